@@ -1,0 +1,57 @@
+"""The one small interface every channel implements, and the one error family it raises."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One page to one address over one channel, already rendered."""
+
+    channel: str  # "sms", "voice", "email", "webhook"
+    to: str  # E.164 number, email address, or URL, depending on the channel
+    text: str  # SMS body, spoken text, plain-text email part, or webhook summary
+    subject: str = ""
+    html: str | None = None
+    # Every message of one incident shares a thread id (email threading, chat threads).
+    thread_id: str = ""
+    # Unique per page; adapters pass it on where the provider supports idempotency.
+    idempotency_key: str = ""
+    # Structured data for channels that carry it (webhook JSON, email headers).
+    data: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The provider took the message; ``provider_id`` lets status callbacks find it again."""
+
+    provider_id: str
+    status: str = "sent"
+
+
+class DeliveryError(Exception):
+    """A page could not be handed to the provider.
+
+    ``retryable`` says whether trying again later can help (timeouts, 429, 5xx) or not
+    (invalid number, opted out, unknown mailbox). ``reason`` is a short, stable word used as a
+    metric label; ``str(error)`` is the human detail for the timeline. Neither may hold secrets.
+    """
+
+    def __init__(self, reason: str, detail: str, *, retryable: bool) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class Notifier(Protocol):
+    """A channel adapter. ``send`` returns a receipt or raises ``DeliveryError``."""
+
+    channel: str
+
+    async def send(self, message: Message) -> Receipt: ...
+
+    async def close(self) -> None: ...

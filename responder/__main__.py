@@ -1,0 +1,5 @@
+"""Allow ``python -m responder``."""
+
+from responder.cli import main
+
+raise SystemExit(main())

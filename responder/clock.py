@@ -1,0 +1,63 @@
+"""The only module that reads the wall clock. Everything else receives a ``Clock``.
+
+Time is always an aware UTC ``datetime``; monotonic time is for measuring durations only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware, in UTC."""
+        ...
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Return at ``when`` or later (early return is allowed; callers re-check)."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep_until(self, when: datetime) -> None:
+        delay = (when - self.now()).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def monotonic() -> float:
+    """Seconds from an arbitrary point; for latency measurements."""
+    return time.perf_counter()
+
+
+class FakeClock:
+    """A clock that moves only when a test says so; sleepers wake when it passes their time."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+        self._changed = asyncio.Event()
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, when: datetime) -> None:
+        if when.tzinfo is None:
+            raise ValueError("FakeClock needs an aware datetime")
+        self._now = when
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def advance(self, delta: timedelta | float) -> datetime:
+        step = delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
+        self.set(self._now + step)
+        return self._now
+
+    async def sleep_until(self, when: datetime) -> None:
+        while self._now < when:
+            await self._changed.wait()
