@@ -1,0 +1,62 @@
+"""Secrets come from files or the environment, never from the YAML itself, never into a log.
+
+In config, a secret named ``password`` is given as ``password_file: /path`` or
+``password_env: NAME``. A literal ``password:`` key is refused with a message saying why.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from responder.yamlfile import Node
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A secret value whose repr and str never show it."""
+
+    value: str = field(repr=False)
+    source: str  # "file /etc/responder/token" or "env RESPONDER_TOKEN": safe to log
+
+    def __str__(self) -> str:
+        return f"<secret from {self.source}>"
+
+
+def read_secret_file(path: Path, source: str | None = None) -> Secret:
+    """Read a secret file; surrounding whitespace (a trailing newline) is not part of it."""
+    value = path.read_text(encoding="utf-8").strip()
+    return Secret(value, source or f"file {path}")
+
+
+def read_secret(parent: Node, name: str, base_dir: Path, *, required: bool = False) -> Secret | None:
+    """Read secret ``name`` of a config mapping from ``<name>_file`` or ``<name>_env``."""
+    if name in parent:
+        raise parent[name].error(
+            f"secrets are not written in config; use {name}_file or {name}_env"
+        )
+    file_node = parent.get(f"{name}_file")
+    env_node = parent.get(f"{name}_env")
+    if file_node is not None and env_node is not None:
+        raise env_node.error(f"give {name}_file or {name}_env, not both")
+    if file_node is not None:
+        path = Path(file_node.str())
+        if not path.is_absolute():
+            path = base_dir / path
+        try:
+            secret = read_secret_file(path)
+        except OSError as exc:
+            raise file_node.error(f"cannot read secret file: {exc.strerror or exc}") from None
+        if not secret.value:
+            raise file_node.error("secret file is empty")
+        return secret
+    if env_node is not None:
+        var = env_node.str()
+        value = os.environ.get(var, "")
+        if not value:
+            raise env_node.error(f"environment variable {var} is not set or empty")
+        return Secret(value, f"env {var}")
+    if required:
+        raise parent.error(f"missing secret: give {name}_file or {name}_env")
+    return None
