@@ -30,7 +30,9 @@ def read_secret_file(path: Path, source: str | None = None) -> Secret:
     return Secret(value, source or f"file {path}")
 
 
-def read_secret(parent: Node, name: str, base_dir: Path, *, required: bool = False) -> Secret | None:
+def read_secret(
+    parent: Node, name: str, base_dir: Path, *, required: bool = False
+) -> Secret | None:
     """Read secret ``name`` of a config mapping from ``<name>_file`` or ``<name>_env``."""
     if name in parent:
         raise parent[name].error(
@@ -41,7 +43,7 @@ def read_secret(parent: Node, name: str, base_dir: Path, *, required: bool = Fal
     if file_node is not None and env_node is not None:
         raise env_node.error(f"give {name}_file or {name}_env, not both")
     if file_node is not None:
-        path = Path(file_node.str())
+        path = Path(file_node.as_str())
         if not path.is_absolute():
             path = base_dir / path
         try:
@@ -52,7 +54,7 @@ def read_secret(parent: Node, name: str, base_dir: Path, *, required: bool = Fal
             raise file_node.error("secret file is empty")
         return secret
     if env_node is not None:
-        var = env_node.str()
+        var = env_node.as_str()
         value = os.environ.get(var, "")
         if not value:
             raise env_node.error(f"environment variable {var} is not set or empty")

@@ -1,7 +1,7 @@
 """Strict YAML reading: every value keeps its file and line, so every error can name them.
 
 Config and rule files are read through ``Node``: a loaded value plus where it stood. Readers
-ask for typed values (``node.str()``, ``node["key"]``, ``node.duration()``) and get a
+ask for typed values (``node.as_str()``, ``node["key"]``, ``node.as_duration()``) and get a
 ``ConfigError`` that reads like ``config.yaml:12: server.listen: expected host:port``.
 Unknown keys are errors: ``Node.keys_allowed`` is called by every mapping reader.
 """
@@ -220,7 +220,7 @@ class Node:
             yield name, node
 
     # -- lists ------------------------------------------------------------------------------
-    def list(self) -> list[Node]:
+    def as_list(self) -> list[Node]:
         if self.is_null():
             return []
         if not self.is_list():
@@ -228,13 +228,13 @@ class Node:
         return [self._child(raw, f"[{i}]") for i, raw in enumerate(self._raw["__list__"])]
 
     # -- scalars ----------------------------------------------------------------------------
-    def str(self) -> str:
+    def as_str(self) -> str:
         value = self.value
         if not isinstance(value, str):
             raise self.error(f"expected a string, got {_kind(value)}")
         return value
 
-    def int(self, minimum: int | None = None, maximum: int | None = None) -> int:
+    def as_int(self, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self.value
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(f"expected an integer, got {_kind(value)}")
@@ -244,19 +244,19 @@ class Node:
             raise self.error(f"must be at most {maximum}, got {value}")
         return value
 
-    def float(self) -> float:
+    def as_float(self) -> float:
         value = self.value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(f"expected a number, got {_kind(value)}")
         return float(value)
 
-    def bool(self) -> bool:
+    def as_bool(self) -> bool:
         value = self.value
         if not isinstance(value, bool):
             raise self.error(f"expected true or false, got {_kind(value)}")
         return value
 
-    def duration(self) -> timedelta:
+    def as_duration(self) -> timedelta:
         value = self.value
         if isinstance(value, int) and not isinstance(value, bool) and value == 0:
             return timedelta(0)
@@ -267,15 +267,15 @@ class Node:
         except ValueError as exc:
             raise self.error(str(exc)) from None
 
-    def choice(self, *options: str) -> str:
-        value = self.str()
+    def as_choice(self, *options: str) -> str:
+        value = self.as_str()
         if value not in options:
             raise self.error(f"expected one of {', '.join(options)}, got {value!r}")
         return value
 
-    def str_map(self) -> dict[str, str]:
+    def as_str_map(self) -> dict[str, str]:
         """A mapping of string to string (labels, annotations, headers)."""
-        return {key: node.str() for key, node in self.items()}
+        return {key: node.as_str() for key, node in self.items()}
 
 
 def _kind(value: Any) -> str:
