@@ -170,6 +170,14 @@ class Node:
             path = f"{self.path}.{key}" if self.path else key
         return Node(raw, self.file, _line_of(raw, self.line), path)
 
+    def _keyed_child(self, raw_key: Any, raw_value: Any, name: str) -> Node:
+        node = self._child(raw_value, name)
+        # An empty value, a mapping or a list is reported at its key's line: that is where
+        # the reader looks for "this section" (a block mapping itself starts a line later).
+        if node.is_null() or node.is_map() or node.is_list():
+            node.line = _line_of(raw_key, self.line)
+        return node
+
     # -- mappings ---------------------------------------------------------------------------
     def _map(self) -> dict[Any, Any]:
         if self.is_null():
@@ -196,11 +204,7 @@ class Node:
     def get(self, key: str) -> Node | None:
         for raw_key, raw_value in self._map().items():
             if _unwrap(raw_key) == key:
-                node = self._child(raw_value, key)
-                # A key with an empty value (``key:``) points at the key's own line.
-                if node.is_null():
-                    node.line = _line_of(raw_key, self.line)
-                return node
+                return self._keyed_child(raw_key, raw_value, key)
         return None
 
     def __getitem__(self, key: str) -> Node:
@@ -214,10 +218,7 @@ class Node:
             name = _unwrap(raw_key)
             if not isinstance(name, str):
                 raise self._child(raw_key, str(name)).error("keys must be strings")
-            node = self._child(raw_value, name)
-            if node.is_null():
-                node.line = _line_of(raw_key, self.line)
-            yield name, node
+            yield name, self._keyed_child(raw_key, raw_value, name)
 
     # -- lists ------------------------------------------------------------------------------
     def as_list(self) -> list[Node]:
@@ -302,6 +303,8 @@ def load_text(text: str, file: str) -> Node:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
         problem = exc.problem or exc.context or "invalid YAML"
+        if exc.problem and exc.context and exc.context_mark is not None:
+            problem += f" ({exc.context} started at line {exc.context_mark.line + 1})"
         raise ConfigError(file, line, "", f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(file, 0, "", f"invalid YAML: {exc}") from None

@@ -1,0 +1,90 @@
+"""The authenticated JSON API for people and tools (the CLI uses it too)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from responder.classify.matchers import MatcherError, parse_matchers
+from responder.ingest import json_error, unauthorized
+from responder.model import AlertStatus
+from responder.runtime import RUNTIME
+from responder.store import AlertQuery, StoredAlert, StoreError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_LIMIT = 10_000
+
+
+def authenticated(handler: Handler) -> Handler:
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        runtime = request.app[RUNTIME]
+        if not runtime.authenticator.check(request.headers.get("Authorization")):
+            return unauthorized(runtime)
+        return await handler(request)
+
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def alert_document(alert: StoredAlert) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "fingerprint": alert.fingerprint,
+        "status": alert.status.value,
+        "labels": alert.labels,
+        "annotations": alert.annotations,
+        "startsAt": _iso(alert.starts_at),
+        "endsAt": _iso(alert.ends_at),
+        "generatorURL": alert.generator_url,
+        "groupKey": alert.group_key,
+        "receiver": alert.receiver,
+        "classification": alert.classification,
+        "firstReceived": _iso(alert.first_received),
+        "lastReceived": _iso(alert.last_received),
+        "receiveCount": alert.receive_count,
+    }
+
+
+@authenticated
+async def list_alerts(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/alerts?status=firing&filter=severity="critical"&limit=100"""
+    runtime = request.app[RUNTIME]
+    statuses: set[AlertStatus] = set()
+    for value in request.query.getall("status", []):
+        for part in value.split(","):
+            try:
+                statuses.add(AlertStatus(part.strip()))
+            except ValueError:
+                return json_error(400, f"status: expected firing, resolved or stale, got {part!r}")
+    try:
+        limit = int(request.query.get("limit", "500"))
+    except ValueError:
+        return json_error(400, "limit: expected a whole number")
+    if not 0 < limit <= MAX_LIMIT:
+        return json_error(400, f"limit: must be 1 to {MAX_LIMIT}")
+    try:
+        matchers = [m for text in request.query.getall("filter", []) for m in parse_matchers(text)]
+    except MatcherError as exc:
+        return json_error(400, f"filter: {exc}")
+    query = AlertQuery(
+        statuses=frozenset(statuses),
+        fingerprint=request.query.get("fingerprint"),
+        # Label filters are applied after the read, so read more than asked when filtering.
+        limit=MAX_LIMIT if matchers else limit,
+    )
+    try:
+        alerts = await runtime.store.list_alerts(query)
+    except StoreError as exc:
+        return json_error(503, f"store unavailable: {exc}")
+    if matchers:
+        alerts = [a for a in alerts if all(m.matches(a.labels) for m in matchers)][:limit]
+    return web.json_response({"status": "ok", "data": [alert_document(a) for a in alerts]})

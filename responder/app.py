@@ -1,0 +1,133 @@
+"""Where the pipeline is wired: one screen shows every stage and every door.
+
+``build_app`` takes a loaded snapshot and returns an aiohttp application whose cleanup
+contexts open and close each long-lived resource in order (store, background loops).
+Signals: SIGTERM/SIGINT stop the server gracefully (aiohttp's run_app), SIGHUP reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from responder import api, ingest, ops
+from responder.clock import Clock, SystemClock
+from responder.log import fields
+from responder.metrics import Metrics
+from responder.runtime import RUNTIME, Runtime, Snapshot
+from responder.secrets import Secret
+from responder.store import CommitStats, open_store
+
+log = logging.getLogger("responder")
+
+
+def build_app(
+    snapshot: Snapshot,
+    *,
+    clock: Clock | None = None,
+    registry: CollectorRegistry | None = None,
+    generated_token: Secret | None = None,
+    listen_override: str | None = None,
+    state_dir_override: Path | None = None,
+) -> web.Application:
+    config = snapshot.config
+    metrics = Metrics(registry or CollectorRegistry())
+
+    def on_commit(stats: CommitStats) -> None:
+        metrics.store_commit_duration.observe(stats.seconds)
+        metrics.store_commit_batch.observe(stats.batch_size)
+
+    store = open_store(
+        config.storage.url,
+        config.state_dir,
+        synchronous=config.storage.synchronous,
+        on_commit=on_commit,
+    )
+    runtime = Runtime(
+        snapshot,
+        store=store,
+        metrics=metrics,
+        clock=clock or SystemClock(),
+        generated_token=generated_token,
+        listen_override=listen_override,
+        state_dir_override=state_dir_override,
+    )
+    # aiohttp refuses larger bodies itself (413) before the handler reads them.
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[RUNTIME] = runtime
+
+    # Inbound doors.
+    app.router.add_post("/api/v1/alertmanager", ingest.receive_alertmanager)
+    app.router.add_get("/api/v1/alerts", api.list_alerts)
+    app.router.add_get("/metrics", ops.metrics)
+    app.router.add_get("/-/healthy", ops.healthy)
+    app.router.add_get("/-/ready", ops.ready)
+    app.router.add_post("/-/reload", ops.reload)
+
+    # Resources, opened in this order and closed in reverse.
+    app.cleanup_ctx.append(_store_context)
+    app.cleanup_ctx.append(_stale_sweeper)
+    app.cleanup_ctx.append(_sighup_reload)
+    return app
+
+
+async def _store_context(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    await runtime.store.open()
+    log.info("store open", extra=fields(url=runtime.store.url))
+    yield
+    await runtime.store.close()
+    log.info("store closed")
+
+
+async def _stale_sweeper(app: web.Application) -> AsyncIterator[None]:
+    """Alerts that Alertmanager stopped re-sending without a resolve are marked stale."""
+    runtime = app[RUNTIME]
+
+    async def sweep_forever() -> None:
+        while True:
+            alerts_config = runtime.config.alerts
+            now = runtime.clock.now()
+            try:
+                stale = await runtime.store.mark_stale(now - alerts_config.stale_after, now)
+            except Exception:
+                log.exception("stale sweep failed; will try again")
+            else:
+                if stale:
+                    runtime.metrics.alerts_stale.inc(len(stale))
+                    log.warning("alerts went stale", extra=fields(count=len(stale), ids=stale[:20]))
+            await runtime.clock.sleep_until(now + alerts_config.stale_check_every)
+
+    task = asyncio.create_task(sweep_forever(), name="stale-sweeper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _sighup_reload(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[object]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(runtime.reload(), name="reload")
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals
+        yield
+        return
+    yield
+    loop.remove_signal_handler(signal.SIGHUP)
+    for task in pending:
+        task.cancel()

@@ -1,0 +1,82 @@
+"""Who may talk to the daemon: bearer token and/or HTTP basic auth, compared in constant time.
+
+When the config names no credentials, the first start generates a token into the state
+directory (mode 0600) so that the daemon is never open by default.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from responder.config import AuthConfig
+from responder.secrets import Secret, read_secret_file
+
+TOKEN_FILE = "webhook-token"  # noqa: S105 - a file name, not a secret
+
+
+def token_path(state_dir: Path) -> Path:
+    return state_dir / TOKEN_FILE
+
+
+def ensure_generated_token(state_dir: Path) -> tuple[Secret, bool]:
+    """Read the generated token, creating it first if needed; returns (token, created)."""
+    path = token_path(state_dir)
+    if path.exists():
+        return read_secret_file(path), False
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    # O_EXCL: two daemons starting at once must not overwrite each other's token.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read_secret_file(path), False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    return Secret(token, f"file {path}"), True
+
+
+class Authenticator:
+    """Checks an ``Authorization`` header against the configured credentials."""
+
+    def __init__(self, config: AuthConfig, generated_token: Secret | None = None) -> None:
+        token = config.bearer_token or generated_token
+        self._token = token.value.encode() if token is not None else None
+        self._basic: bytes | None = None
+        if config.basic_username is not None and config.basic_password is not None:
+            self._basic = f"{config.basic_username}:{config.basic_password.value}".encode()
+        if self._token is None and self._basic is None:
+            raise ValueError("an Authenticator needs a token or basic credentials")
+
+    @property
+    def schemes(self) -> list[str]:
+        names = []
+        if self._token is not None:
+            names.append("Bearer")
+        if self._basic is not None:
+            names.append("Basic")
+        return names
+
+    def check(self, header: str | None) -> bool:
+        if not header:
+            return False
+        scheme, _, value = header.strip().partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "bearer" and self._token is not None:
+            return hmac.compare_digest(value.encode(), self._token)
+        if scheme == "basic" and self._basic is not None:
+            try:
+                decoded = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            return hmac.compare_digest(decoded, self._basic)
+        return False
+
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` value for a 401."""
+        return ", ".join(f'{scheme} realm="responder"' for scheme in self.schemes)

@@ -1,0 +1,225 @@
+"""The ``responder`` command: serve, token, check, alerts, and the rule tools.
+
+Exit codes: 0 success, 1 a check or test failed, 2 bad usage or a config error,
+3 the daemon could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import ssl
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from responder import __version__
+from responder.auth import ensure_generated_token, token_path
+from responder.client import ApiClient, ClientError
+from responder.config import load_config
+from responder.log import fields, setup_logging
+from responder.runtime import load_snapshot
+from responder.yamlfile import ConfigError
+
+log = logging.getLogger("responder")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        result: int = args.run(args)
+    except ConfigError as exc:
+        print(f"responder: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ClientError as exc:
+        print(f"responder: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="responder",
+        description="Turns Alertmanager webhooks into containment and pages that reach a human.",
+    )
+    parser.add_argument("--version", action="version", version=f"responder {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "-c", "--config", type=Path, default=Path("config.yaml"), help="config file"
+        )
+        sub.add_argument("--state-dir", type=Path, help="state directory (overrides config)")
+        return sub
+
+    serve = command("serve", "run the daemon")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="listen address (overrides config)")
+    serve.set_defaults(run=cmd_serve)
+
+    token = command("token", "print the webhook token (generating it if needed)")
+    token.set_defaults(run=cmd_token)
+
+    check = command("check", "validate the config and every rule file it names")
+    check.set_defaults(run=cmd_check)
+
+    alerts = command("alerts", "list stored alerts (asks the running daemon)")
+    alerts.add_argument("--status", action="append", help="firing, resolved or stale")
+    alerts.add_argument(
+        "--filter", action="append", default=[], help='label matcher, e.g. severity="critical"'
+    )
+    alerts.add_argument("--limit", type=int, default=100)
+    alerts.add_argument("--json", action="store_true", help="print the API's JSON")
+    alerts.add_argument("--url", help="daemon URL (default: from the config's listen address)")
+    alerts.set_defaults(run=cmd_alerts)
+    return parser
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from responder.app import build_app  # import here: the other commands stay fast
+
+    snapshot = load_snapshot(args.config, listen=args.listen, state_dir=args.state_dir)
+    config = snapshot.config
+    setup_logging(config.logging.level, config.logging.format)
+    generated = None
+    if not config.auth.configured:
+        generated, created = ensure_generated_token(config.state_dir)
+        log.warning(
+            "no credentials configured: webhooks and the API need the generated bearer token"
+            if created
+            else "no credentials configured: using the generated bearer token",
+            extra=fields(token_file=str(token_path(config.state_dir)), show_with="responder token"),
+        )
+    ssl_context = None
+    if config.server.tls is not None:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(config.server.tls.cert_file, config.server.tls.key_file)
+    app = build_app(
+        snapshot,
+        generated_token=generated,
+        listen_override=args.listen,
+        state_dir_override=args.state_dir,
+    )
+    scheme = "https" if ssl_context else "http"
+    log.info(
+        "responder starting",
+        extra=fields(
+            version=__version__,
+            listen=f"{scheme}://{config.server.listen}",
+            config=str(config.path),
+            state_dir=str(config.state_dir),
+            rules=snapshot.classifier.rule_count,
+        ),
+    )
+    web.run_app(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        ssl_context=ssl_context,
+        shutdown_timeout=config.server.shutdown_timeout,
+        access_log=logging.getLogger("responder.access") if config.server.access_log else None,
+        print=None,
+        handle_signals=True,
+    )
+    log.info("responder stopped")
+    return 0
+
+
+# -- token, check ---------------------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    config = load_config(args.config, state_dir=args.state_dir)
+    if config.auth.bearer_token is not None:
+        print(config.auth.bearer_token.value)
+        return 0
+    if config.auth.configured:
+        print(
+            "responder: the config uses basic auth and no bearer token; nothing to print",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    token, created = ensure_generated_token(config.state_dir)
+    if created:
+        print(
+            f"responder: generated a new token in {token_path(config.state_dir)}", file=sys.stderr
+        )
+    print(token.value)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    snapshot = load_snapshot(args.config, state_dir=args.state_dir)
+    print(
+        f"{snapshot.config.path}: OK ({snapshot.classifier.rule_count} rules "
+        f"from {len(snapshot.classifier.files)} files)"
+    )
+    return 0
+
+
+# -- alerts ---------------------------------------------------------------------------------
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    config = load_config(args.config, state_dir=args.state_dir)
+    client = ApiClient.from_config(config, args.url)
+    params: list[tuple[str, str]] = [("limit", str(args.limit))]
+    params += [("status", s) for s in args.status or []]
+    params += [("filter", f) for f in args.filter]
+    document = asyncio.run(client.request("GET", "/api/v1/alerts", params=params))
+    if args.json:
+        print(json.dumps(document["data"], indent=2, ensure_ascii=False))
+        return 0
+    print_table(
+        ["ID", "STATUS", "SEV", "CATEGORY", "RULE", "ALERTNAME", "STARTED", "SEEN", "LABELS"],
+        [_alert_row(alert) for alert in document["data"]],
+    )
+    return 0
+
+
+def _alert_row(alert: dict[str, Any]) -> list[str]:
+    labels = dict(alert["labels"])
+    alertname = labels.pop("alertname", "")
+    c = alert["classification"]
+    return [
+        str(alert["id"]),
+        alert["status"],
+        c["severity"],
+        c["category"],
+        c["rule"] or "(fallback)",
+        alertname,
+        (alert["startsAt"] or "")[:19].replace("T", " "),
+        str(alert["receiveCount"]),
+        ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+    ]
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Columns sized to their content; control characters from labels are made visible."""
+    clean = [[_printable(cell) for cell in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in clean]) for i, h in enumerate(header)]
+    for row in [header, *clean]:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def _printable(text: str) -> str:
+    # A label may hold escape sequences meant to rewrite the operator's terminal.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

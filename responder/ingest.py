@@ -1,0 +1,99 @@
+"""The front door: Alertmanager's webhook, authenticated, bounded, validated, stored, answered.
+
+A webhook is answered 200 only after its alerts are committed (durable before 2xx), 503 when
+the store cannot take them (Alertmanager retries), and 4xx with the reason for anything that
+is not a valid, authenticated webhook. Nothing slow happens before the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+from aiohttp import web
+
+from responder.clock import monotonic
+from responder.log import fields
+from responder.runtime import RUNTIME, Runtime
+from responder.store import IncomingAlert, StoreError
+from responder.webhook import PayloadError, parse_webhook
+
+log = logging.getLogger("responder.ingest")
+
+# Alertmanager gives up on a webhook after 10 s and sends it again; answering 503 a little
+# before that is better than being cancelled (FACTS.md).
+STORE_DEADLINE_S = 8.0
+
+
+def json_error(status: int, message: str, **extra: str) -> web.Response:
+    return web.json_response({"status": "error", "error": message}, status=status, headers=extra)
+
+
+def unauthorized(runtime: Runtime) -> web.Response:
+    return json_error(
+        401,
+        "missing or wrong credentials",
+        **{"WWW-Authenticate": runtime.authenticator.challenge()},
+    )
+
+
+async def receive_alertmanager(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    metrics = runtime.metrics
+    if not runtime.authenticator.check(request.headers.get("Authorization")):
+        metrics.webhook_requests.labels("unauthorized").inc()
+        return unauthorized(runtime)
+    if request.content_type != "application/json":
+        metrics.webhook_requests.labels("unsupported_media_type").inc()
+        return json_error(
+            415, f"expected Content-Type application/json, got {request.content_type or 'none'}"
+        )
+    limit = runtime.config.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        metrics.webhook_requests.labels("too_large").inc()
+        return json_error(413, f"body larger than {limit} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.webhook_requests.labels("too_large").inc()
+        return json_error(413, f"body larger than {limit} bytes")
+    started = monotonic()
+    try:
+        message = parse_webhook(body)
+    except PayloadError as exc:
+        metrics.webhook_requests.labels("bad_request").inc()
+        log.warning("webhook rejected", extra=fields(reason=str(exc), peer=request.remote))
+        return json_error(400, str(exc))
+
+    now = runtime.clock.now()
+    snapshot = runtime.snapshot
+    incoming = [
+        IncomingAlert(
+            alert=alert,
+            group_key=message.group_key,
+            receiver=message.receiver,
+            classification=snapshot.classify(alert.labels, now),
+        )
+        for alert in message.alerts
+    ]
+    try:
+        outcomes = await asyncio.wait_for(runtime.store.ingest(incoming, now), STORE_DEADLINE_S)
+    except (StoreError, TimeoutError) as exc:
+        metrics.webhook_requests.labels("unavailable").inc()
+        log.error("webhook not stored", extra=fields(reason=str(exc) or "store timed out"))
+        return json_error(503, "alerts could not be stored; retry later")
+
+    metrics.ingest_duration.observe(monotonic() - started)
+    metrics.webhook_requests.labels("accepted").inc()
+    counts = Counter(outcome.value for outcome in outcomes)
+    for outcome, count in counts.items():
+        metrics.alerts_ingested.labels(outcome).inc(count)
+    for status, count in Counter(a.status.value for a in message.alerts).items():
+        metrics.alerts_received.labels(status).inc(count)
+    if message.truncated_alerts:
+        log.warning(
+            "Alertmanager truncated the group; raise max_alerts or expect missing alerts",
+            extra=fields(group_key=message.group_key, truncated=message.truncated_alerts),
+        )
+    return web.json_response({"status": "ok", "alerts": len(outcomes), "outcomes": counts})

@@ -1,0 +1,66 @@
+"""Structured logs: one line per event, as ``key=value`` text or as JSON for journald.
+
+Call sites log an event name and fields: ``log.info("webhook accepted", extra=fields(n=3))``.
+Values are data from outside (labels!), so the text format quotes anything with spaces,
+quotes or control characters, and the JSON format escapes them: a label can never forge a
+log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """Wrap event fields for ``extra=`` so they land under one attribute."""
+    return {"fields": values}
+
+
+def _fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    values = getattr(record, "fields", None)
+    return dict(values) if isinstance(values, dict) else {}
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if text and all(c.isalnum() or c in "-_.:/@+,[]()" for c in text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        parts = [when[:-4] + "Z", record.levelname.lower(), _quote(record.getMessage())]
+        parts.extend(f"{key}={_quote(value)}" for key, value in _fields_of(record).items())
+        if record.exc_info:
+            parts.append("error=" + _quote(self.formatException(record.exc_info)))
+        return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        document.update(_fields_of(record))
+        if record.exc_info:
+            document["error"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access log is off unless asked for; its other loggers stay at warning.
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)

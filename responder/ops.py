@@ -1,0 +1,36 @@
+"""Endpoints for operators and Prometheus: metrics, health, readiness, reload."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from responder.api import authenticated
+from responder.runtime import RUNTIME
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[RUNTIME].metrics.registry
+    # The content type carries a charset, which web.Response(content_type=...) refuses.
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def healthy(_request: web.Request) -> web.Response:
+    return web.Response(text="responder is healthy.\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    if await runtime.store.ping():
+        return web.Response(text="responder is ready.\n")
+    return web.Response(status=503, text="responder is not ready: the store is unavailable.\n")
+
+
+@authenticated
+async def reload(request: web.Request) -> web.StreamResponse:
+    error = await request.app[RUNTIME].reload()
+    if error is not None:
+        return web.json_response({"status": "error", "error": str(error)}, status=400)
+    return web.json_response({"status": "ok"})

@@ -1,0 +1,128 @@
+"""The running daemon's shared state: the current config snapshot and the long-lived parts.
+
+A ``Snapshot`` is everything loaded from files (config, rules, ...), immutable, built whole
+or not at all. ``Runtime.reload`` builds a new one and swaps it in one assignment; work that
+already holds the old snapshot finishes with it. A failed reload keeps the old snapshot,
+logs why, and sets ``responder_config_last_reload_successful`` to 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from aiohttp import web
+
+from responder.auth import Authenticator
+from responder.classify import Classifier, load_classifier
+from responder.clock import Clock
+from responder.config import DAEMON_KEYS, Config, parse_config, read_config_file
+from responder.log import fields
+from responder.metrics import Metrics
+from responder.model import Classification
+from responder.secrets import Secret
+from responder.store import Store
+from responder.yamlfile import ConfigError
+
+log = logging.getLogger("responder")
+
+SECTION_KEYS = ("classification",)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Config and everything compiled from it, as one immutable value."""
+
+    config: Config
+    classifier: Classifier
+
+    def classify(self, labels: Mapping[str, str], now: datetime) -> Classification:
+        return self.classifier.classify(labels, now)
+
+
+def load_snapshot(
+    path: Path, *, listen: str | None = None, state_dir: Path | None = None
+) -> Snapshot:
+    """Read the config file and every file it names; raise ``ConfigError`` on the first fault."""
+    path = path.absolute()
+    root = read_config_file(path)
+    root.keys_allowed(*DAEMON_KEYS, *SECTION_KEYS)
+    config = parse_config(root, path, listen=listen, state_dir=state_dir)
+    classifier = load_classifier(root.get("classification"), config.base_dir)
+    return Snapshot(config=config, classifier=classifier)
+
+
+class Runtime:
+    """What every handler and background loop shares; stored on the app under ``RUNTIME``."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        store: Store,
+        metrics: Metrics,
+        clock: Clock,
+        generated_token: Secret | None = None,
+        listen_override: str | None = None,
+        state_dir_override: Path | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.generated_token = generated_token
+        self.authenticator = Authenticator(snapshot.config.auth, generated_token)
+        self._listen_override = listen_override
+        self._state_dir_override = state_dir_override
+        self._reload_lock = asyncio.Lock()
+        metrics.config_reload_ok.set(1)
+        metrics.config_reload_time.set(clock.now().timestamp())
+
+    @property
+    def config(self) -> Config:
+        return self.snapshot.config
+
+    async def reload(self) -> ConfigError | None:
+        """Load the config again; swap it in on success. Returns the error on failure."""
+        async with self._reload_lock:
+            old = self.snapshot
+            try:
+                new = await asyncio.to_thread(
+                    load_snapshot,
+                    old.config.path,
+                    listen=self._listen_override,
+                    state_dir=self._state_dir_override,
+                )
+                authenticator = Authenticator(new.config.auth, self.generated_token)
+            except ConfigError as exc:
+                self.metrics.config_reload_ok.set(0)
+                log.error(
+                    "reload failed; the old config stays in force", extra=fields(error=str(exc))
+                )
+                return exc
+            except ValueError as exc:
+                self.metrics.config_reload_ok.set(0)
+                error = ConfigError(str(old.config.path), 0, "auth", str(exc))
+                log.error(
+                    "reload failed; the old config stays in force", extra=fields(error=str(error))
+                )
+                return error
+            for name in ("server", "storage", "state_dir"):
+                if getattr(new.config, name) != getattr(old.config, name):
+                    log.warning(
+                        "config section changed; it takes effect at the next restart",
+                        extra=fields(section=name),
+                    )
+            self.snapshot = new
+            self.authenticator = authenticator
+            self.metrics.config_reload_ok.set(1)
+            self.metrics.config_reload_time.set(self.clock.now().timestamp())
+            log.info("config reloaded", extra=fields(rules=new.classifier.rule_count))
+            return None
+
+
+RUNTIME = web.AppKey("runtime", Runtime)

@@ -1,0 +1,447 @@
+"""The embedded engine: SQLite in WAL mode, one writer thread with group commit.
+
+Every write is a small function run by the single writer thread on its own connection.
+The thread takes whatever writes are waiting, runs each inside a savepoint (so one failing
+write does not fail its neighbours), commits them all with one fsync, then wakes their
+callers. Under load this turns N webhooks into one commit; at rest a write commits alone
+at once. Reads use a second connection and never wait for the writer (WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from responder.model import AlertStatus, Classification
+from responder.store.base import (
+    AlertQuery,
+    IncomingAlert,
+    IngestOutcome,
+    StoredAlert,
+    StoreError,
+)
+from responder.store.migrations import SQLITE_MIGRATIONS
+
+T = TypeVar("T")
+log = logging.getLogger("responder.store")
+
+# A batch larger than this is split: it bounds the time one commit holds the lock and
+# the latency of the first request in the batch.
+MAX_BATCH = 512
+
+
+def to_us(when: datetime) -> int:
+    """Aware datetime -> integer microseconds since the epoch (exact, sortable)."""
+    delta = when - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class _Job:
+    work: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStats:
+    """Reported to the metrics hook after each commit."""
+
+    batch_size: int
+    seconds: float
+
+
+class SQLiteStore:
+    """``Store`` on one SQLite file. URL: ``sqlite:///absolute/path.db``."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        on_commit: Callable[[CommitStats], None] | None = None,
+    ) -> None:
+        self.url = f"sqlite:///{path}"
+        self.path = path
+        self._synchronous = synchronous
+        self._on_commit = on_commit
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer_conn = self._connect()
+        try:
+            self._migrate(writer_conn)
+        except sqlite3.Error as exc:
+            writer_conn.close()
+            raise StoreError(f"cannot prepare database {self.path}: {exc}") from exc
+        self._reader = self._connect()
+        self._writer = threading.Thread(
+            target=self._write_loop,
+            args=(writer_conn,),
+            name="responder-sqlite-writer",
+            daemon=True,
+        )
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        if current > len(SQLITE_MIGRATIONS):
+            raise StoreError(
+                f"database schema version {current} is newer than this responder "
+                f"({len(SQLITE_MIGRATIONS)}); refusing to touch it"
+            )
+        for version, script in enumerate(SQLITE_MIGRATIONS[current:], start=current + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={version}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("schema migrated", extra={"fields": {"version": version}})
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._jobs.put(None)  # sentinel: the writer drains what is queued, then stops
+            await asyncio.to_thread(self._writer.join)
+        if self._reader is not None:
+            with self._reader_lock:
+                self._reader.close()
+
+    async def ping(self) -> bool:
+        if self._closed or self._writer is None or not self._writer.is_alive():
+            return False
+        try:
+            await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        except StoreError:
+            return False
+        return True
+
+    # -- the writer thread --------------------------------------------------------------------
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed or self._writer is None:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(work, future, loop))
+        return await future
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+            self._run_batch(conn, batch)
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        results: list[tuple[_Job, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.work(conn)
+                except Exception as exc:  # one bad write must not fail the batch
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((job, False, _as_store_error(exc)))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((job, True, value))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The commit itself failed (disk full, I/O error): nothing in the batch is durable.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = StoreError(f"commit failed: {exc}")
+            results = [(job, False, error) for job in batch]
+        if self._on_commit is not None:
+            self._on_commit(CommitStats(len(batch), time.perf_counter() - started))
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
+        for item in results:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        for loop, items in by_loop.items():
+            # A closed loop means its caller is gone; nobody waits for these results.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, items)
+
+    # -- reads --------------------------------------------------------------------------------
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed or self._reader is None:
+            raise StoreError("store is closed")
+        reader = self._reader
+
+        def run() -> T:
+            with self._reader_lock:
+                try:
+                    return work(reader)
+                except sqlite3.Error as exc:
+                    raise StoreError(f"read failed: {exc}") from exc
+
+        return await asyncio.to_thread(run)
+
+    # -- alerts -------------------------------------------------------------------------------
+    async def ingest(self, alerts: Sequence[IncomingAlert], now: datetime) -> list[IngestOutcome]:
+        now_us = to_us(now)
+        return await self._write(lambda conn: [_ingest_one(conn, a, now_us) for a in alerts])
+
+    async def mark_stale(self, last_received_before: datetime, now: datetime) -> list[int]:
+        cutoff = to_us(last_received_before)
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            rows = conn.execute(
+                "UPDATE alerts SET status = 'stale', updated_at = ? "
+                "WHERE status = 'firing' AND last_received < ? RETURNING id",
+                (to_us(now), cutoff),
+            ).fetchall()
+            return sorted(row[0] for row in rows)
+
+        return await self._write(work)
+
+    async def list_alerts(self, query: AlertQuery) -> list[StoredAlert]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if query.statuses:
+            clauses.append(f"status IN ({','.join('?' * len(query.statuses))})")
+            params.extend(sorted(query.statuses))
+        if query.fingerprint is not None:
+            clauses.append("fingerprint = ?")
+            params.append(query.fingerprint)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_ALERT_COLUMNS} FROM alerts {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - clauses are fixed text
+        params.append(query.limit)
+
+        def work(conn: sqlite3.Connection) -> list[StoredAlert]:
+            return [_stored_alert(row) for row in conn.execute(sql, params)]
+
+        return await self._read(work)
+
+
+def _settle(items: list[tuple[_Job, bool, Any]]) -> None:
+    for job, ok, value in items:
+        if job.future.done():
+            continue  # the caller gave up (request cancelled); the write still happened
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+
+
+def _as_store_error(exc: Exception) -> Exception:
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(str(exc))
+    return exc
+
+
+# -- alert SQL ------------------------------------------------------------------------------
+
+_ALERT_COLUMNS = (
+    "id, fingerprint, status, labels, annotations, starts_at, ends_at, generator_url, "
+    "group_key, receiver, severity, category, rule, classification, first_received, "
+    "last_received, receive_count"
+)
+
+
+def classification_document(c: Classification) -> dict[str, object]:
+    """The classification as stored and shown by the API."""
+    return {
+        "severity": c.severity.value,
+        "category": c.category,
+        "rule": c.rule,
+        "policy": c.policy,
+        "actions": list(c.actions),
+        "templates": dict(c.templates),
+        "group_by": list(c.group_by) if c.group_by is not None else None,
+        "labels": dict(c.extra_labels),
+        "annotations": dict(c.extra_annotations),
+        "target": (
+            {"respond_s": c.target.respond_s, "resolve_s": c.target.resolve_s}
+            if c.target is not None
+            else None
+        ),
+        "heartbeat": c.heartbeat,
+    }
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _ingest_one(conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int) -> IngestOutcome:
+    alert = incoming.alert
+    starts_us = to_us(alert.starts_at)
+    if alert.status is AlertStatus.FIRING:
+        cur = conn.execute(
+            "UPDATE alerts SET last_received = ?, receive_count = receive_count + 1, "
+            "annotations = ?, updated_at = ? WHERE fingerprint = ? AND status = 'firing'",
+            (now_us, _dumps(dict(alert.annotations)), now_us, alert.fingerprint),
+        )
+        if cur.rowcount:
+            return IngestOutcome.REPEAT
+        c = incoming.classification
+        cur = conn.execute(
+            "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
+            "generator_url, group_key, receiver, alertname, severity, category, rule, "
+            "classification, first_received, last_received, receive_count, updated_at) "
+            "VALUES (?, 'firing', ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) "
+            "ON CONFLICT (fingerprint, starts_at) DO NOTHING",
+            (
+                alert.fingerprint,
+                _dumps(dict(alert.labels)),
+                _dumps(dict(alert.annotations)),
+                starts_us,
+                alert.generator_url,
+                incoming.group_key,
+                incoming.receiver,
+                alert.labels.get("alertname", ""),
+                c.severity.value,
+                c.category,
+                c.rule,
+                _dumps(classification_document(c)),
+                now_us,
+                now_us,
+                now_us,
+            ),
+        )
+        if cur.rowcount:
+            return IngestOutcome.NEW
+        # Same identity exists and is not firing: stale comes back to life; resolved stays
+        # resolved (a firing copy delivered after the resolve is out of order).
+        cur = conn.execute(
+            "UPDATE alerts SET status = 'firing', last_received = ?, "
+            "receive_count = receive_count + 1, updated_at = ? "
+            "WHERE fingerprint = ? AND starts_at = ? AND status = 'stale'",
+            (now_us, now_us, alert.fingerprint, starts_us),
+        )
+        return IngestOutcome.REVIVED if cur.rowcount else IngestOutcome.LATE
+
+    assert alert.ends_at is not None  # the parser guarantees an end time for resolved alerts
+    ends_us = to_us(alert.ends_at)
+    # Resolve the open episode of this fingerprint; the resolve may carry an earlier startsAt
+    # than the firing copy (Alertmanager keeps the earliest it saw), so match on fingerprint,
+    # but never let an old resolve close an episode that started after it ended.
+    cur = conn.execute(
+        "UPDATE alerts SET status = 'resolved', ends_at = ?, last_received = ?, "
+        "receive_count = receive_count + 1, updated_at = ? "
+        "WHERE id = (SELECT id FROM alerts WHERE fingerprint = ? AND status IN ('firing', 'stale') "
+        "AND starts_at <= ? ORDER BY starts_at DESC LIMIT 1)",
+        (ends_us, now_us, now_us, alert.fingerprint, ends_us),
+    )
+    if cur.rowcount:
+        return IngestOutcome.RESOLVED
+    cur = conn.execute(
+        "UPDATE alerts SET last_received = ?, receive_count = receive_count + 1 "
+        "WHERE id = (SELECT id FROM alerts WHERE fingerprint = ? AND status = 'resolved' "
+        "ORDER BY starts_at DESC LIMIT 1)",
+        (now_us, alert.fingerprint),
+    )
+    if cur.rowcount:
+        return IngestOutcome.REPEAT_RESOLVED
+    c = incoming.classification
+    conn.execute(
+        "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
+        "generator_url, group_key, receiver, alertname, severity, category, rule, "
+        "classification, first_received, last_received, receive_count, updated_at) "
+        "VALUES (?, 'resolved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) "
+        "ON CONFLICT (fingerprint, starts_at) DO NOTHING",
+        (
+            alert.fingerprint,
+            _dumps(dict(alert.labels)),
+            _dumps(dict(alert.annotations)),
+            starts_us,
+            ends_us,
+            alert.generator_url,
+            incoming.group_key,
+            incoming.receiver,
+            alert.labels.get("alertname", ""),
+            c.severity.value,
+            c.category,
+            c.rule,
+            _dumps(classification_document(c)),
+            now_us,
+            now_us,
+            now_us,
+        ),
+    )
+    return IngestOutcome.RESOLVED_UNSEEN
+
+
+def _stored_alert(row: sqlite3.Row | tuple[Any, ...]) -> StoredAlert:
+    return StoredAlert(
+        id=row[0],
+        fingerprint=row[1],
+        status=AlertStatus(row[2]),
+        labels=json.loads(row[3]),
+        annotations=json.loads(row[4]),
+        starts_at=from_us(row[5]),
+        ends_at=from_us(row[6]) if row[6] is not None else None,
+        generator_url=row[7],
+        group_key=row[8],
+        receiver=row[9],
+        severity=row[10],
+        category=row[11],
+        rule=row[12],
+        classification=json.loads(row[13]),
+        first_received=from_us(row[14]),
+        last_received=from_us(row[15]),
+        receive_count=row[16],
+    )

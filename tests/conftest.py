@@ -1,0 +1,67 @@
+"""Shared fixtures: a config written to a temporary folder, and the app built from it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from responder.app import build_app
+from responder.clock import FakeClock
+from responder.runtime import load_snapshot
+
+PAYLOADS = Path(__file__).parent / "data" / "payloads"
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+def payload(name: str) -> dict[str, Any]:
+    """A webhook body captured from a real Alertmanager 0.25."""
+    document: dict[str, Any] = json.loads((PAYLOADS / f"am-0.25.0-{name}.json").read_text())
+    return document
+
+
+def write_config(folder: Path, text: str = "") -> Path:
+    """A config in ``folder`` with a token file and the shipped rules, plus ``text``."""
+    (folder / "token").write_text(TOKEN + "\n")
+    rules = Path(__file__).parent.parent / "rules"
+    base = f"auth:\n  bearer_token_file: token\nclassification:\n  rule_files: ['{rules}/*.yaml']\n"
+    path = folder / "config.yaml"
+    path.write_text(base + text)
+    return path
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def make_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], clock: FakeClock
+) -> ClientFactory:
+    async def make(
+        config_path: Path, registry: CollectorRegistry | None = None
+    ) -> TestClient[Any, Any]:
+        snapshot = load_snapshot(config_path)
+        app = build_app(snapshot, clock=clock, registry=registry or CollectorRegistry())
+        return await aiohttp_client(app)
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory, config_path: Path) -> TestClient[Any, Any]:
+    return await make_client(config_path)

@@ -1,0 +1,232 @@
+"""The webhook door over real HTTP: auth, bad input, durability, idempotency, the read API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import sqlite3
+from asyncio.subprocess import PIPE, STDOUT
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from responder.runtime import RUNTIME
+from tests.conftest import AUTH, TOKEN, ClientFactory, payload, write_config
+
+Client = TestClient[Any, Any]
+
+
+async def post(client: Client, document: Any, headers: dict[str, str] | None = None) -> Any:
+    return await client.post(
+        "/api/v1/alertmanager",
+        data=json.dumps(document),
+        headers={"Content-Type": "application/json", **(headers if headers is not None else AUTH)},
+    )
+
+
+async def alerts(client: Client, query: str = "") -> list[dict[str, Any]]:
+    response = await client.get(f"/api/v1/alerts{query}", headers=AUTH)
+    assert response.status == 200, await response.text()
+    data: list[dict[str, Any]] = (await response.json())["data"]
+    return data
+
+
+async def test_captured_payload_is_stored_and_listed(client: Client) -> None:
+    """A real Alertmanager webhook gets 200 and its alert shows in the API, classified."""
+    response = await post(client, payload("firing-api"))
+    assert response.status == 200
+    assert (await response.json())["outcomes"] == {"new": 1}
+    (stored,) = await alerts(client)
+    assert stored["fingerprint"] == "22309d8945c45a12"
+    assert stored["status"] == "firing"
+    assert stored["labels"]["instance"] == "db-01:9100"
+    assert stored["classification"]["severity"] in {"P0", "P1", "P2", "P3"}
+
+
+async def test_repeat_then_resolve(client: Client) -> None:
+    """Re-sends update the alert; the captured resolve (other startsAt) resolves it."""
+    for _ in range(3):
+        assert (await post(client, payload("firing-api"))).status == 200
+    response = await post(client, payload("resolved-api"))
+    assert (await response.json())["outcomes"] == {"resolved": 1}
+    (stored,) = await alerts(client)
+    assert stored["status"] == "resolved"
+    assert stored["receiveCount"] == 4
+    assert await alerts(client, "?status=firing") == []
+
+
+async def test_grouped_mixed_payload(client: Client) -> None:
+    """A group with one firing and one resolved alert stores both, each as it is."""
+    response = await post(client, payload("grouped-mixed"))
+    assert (await response.json())["outcomes"] == {"new": 1, "resolved_unseen": 1}
+    firing = await alerts(client, '?filter=instance="app-01:9100"')
+    assert [a["status"] for a in firing] == ["firing"]
+
+
+async def test_label_filters_use_alertmanager_matchers(client: Client) -> None:
+    """The read API filters with Alertmanager's matcher syntax; a bad matcher is a 400."""
+    await post(client, payload("firing-api"))
+    await post(client, payload("firing-prometheus"))
+    found = await alerts(client, "?filter=" + '{instance=~"web-.*"}')
+    assert [a["labels"]["alertname"] for a in found] == ["TriggerHigh"]
+    response = await client.get('/api/v1/alerts?filter=instance=~"("', headers=AUTH)
+    assert response.status == 400
+    assert "filter" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": "Basic " + base64.b64encode(b"user:" + TOKEN.encode()).decode()},
+        {"Authorization": TOKEN},
+    ],
+)
+async def test_wrong_credentials_get_401(client: Client, headers: dict[str, str]) -> None:
+    """Anything but the configured credentials is refused, with a challenge, and stores nothing."""
+    response = await post(client, payload("firing-api"), headers=headers)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert await alerts(client) == []
+    assert (await client.get("/api/v1/alerts", headers=headers)).status == 401
+
+
+async def test_basic_auth(make_client: ClientFactory, tmp_path: Path) -> None:
+    """Basic auth works when configured, with the password from a file."""
+    (tmp_path / "pw").write_text("s3cret\n")
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "auth:\n  basic_auth:\n    username: am\n    password_file: pw\n"
+        "classification:\n  rule_files: []\n"
+    )
+    client = await make_client(path)
+    good = {"Authorization": "Basic " + base64.b64encode(b"am:s3cret").decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b"am:s3cre").decode()}
+    assert (await post(client, payload("firing-api"), headers=bad)).status == 401
+    assert (await post(client, payload("firing-api"), headers=good)).status == 200
+
+
+async def test_wrong_content_type_is_415(client: Client) -> None:
+    response = await client.post(
+        "/api/v1/alertmanager",
+        data=json.dumps(payload("firing-api")),
+        headers={**AUTH, "Content-Type": "text/plain"},
+    )
+    assert response.status == 415
+    assert "application/json" in (await response.json())["error"]
+
+
+async def test_50_mb_body_is_413(client: Client) -> None:
+    """A body over the limit is refused before it is read whole."""
+    response = await client.post(
+        "/api/v1/alertmanager",
+        data=b"{" + b" " * (50 * 1024 * 1024) + b"}",
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert response.status == 413
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b'{"version": "4", "alerts": [{"status": "fir', "malformed JSON"),
+        (b"\xc3\x28", "not valid UTF-8"),
+        (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+        (b'{"version": "4", "alerts": [{"status": "firing", "labels": {"a": 1}}]}', "labels.a"),
+    ],
+)
+async def test_bad_bodies_are_400_with_reason(client: Client, raw: bytes, fragment: str) -> None:
+    """Bad input gets a 400 that says what is wrong, never a 500."""
+    response = await client.post(
+        "/api/v1/alertmanager", data=raw, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status == 400
+    assert fragment in (await response.json())["error"]
+
+
+async def test_ten_thousand_alerts_in_one_body(client: Client) -> None:
+    """A huge group (10,000 alerts) is stored whole in one answer."""
+    document = payload("firing-api")
+    template = document["alerts"][0]
+    document["alerts"] = [
+        {
+            **template,
+            "labels": {**template["labels"], "instance": f"host-{i}"},
+            "fingerprint": f"{i:016x}",
+        }
+        for i in range(10_000)
+    ]
+    response = await post(client, document)
+    assert response.status == 200
+    assert (await response.json())["outcomes"] == {"new": 10_000}
+    assert len(await alerts(client, "?limit=10000")) == 10_000
+
+
+async def test_storage_failure_is_503(client: Client) -> None:
+    """When the store cannot commit, Alertmanager gets 503 so that it retries."""
+    db = client.app[RUNTIME].config.state_dir / "responder.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON alerts "
+            "BEGIN SELECT RAISE(FAIL, 'disk on fire'); END"
+        )
+    response = await post(client, payload("firing-api"))
+    assert response.status == 503
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    assert (await post(client, payload("firing-api"))).status == 200
+
+
+async def test_health_ready_and_metrics(client: Client) -> None:
+    """/-/healthy and /-/ready answer; /metrics counts what happened and lints clean."""
+    assert (await client.get("/-/healthy")).status == 200
+    assert (await client.get("/-/ready")).status == 200
+    await post(client, payload("firing-api"))
+    await post(client, payload("firing-api"), headers={})
+    text = await (await client.get("/metrics")).text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("responder_webhook_requests_total", (("outcome", "accepted"),))] == 1
+    assert samples[("responder_webhook_requests_total", (("outcome", "unauthorized"),))] == 1
+    assert samples[("responder_alerts_received_total", (("status", "firing"),))] == 1
+    assert samples[("responder_alerts_ingested_total", (("outcome", "new"),))] == 1
+    assert samples[("responder_ingest_duration_seconds_count", ())] == 1
+    assert samples[("responder_store_commit_batch_size_count", ())] >= 1
+    assert samples[("responder_config_last_reload_successful", ())] == 1
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        lint = await asyncio.create_subprocess_exec(
+            promtool, "check", "metrics", stdin=PIPE, stdout=PIPE, stderr=STDOUT
+        )
+        out, _ = await lint.communicate(text.encode())
+        assert lint.returncode == 0, out.decode()
+
+
+async def test_reload_keeps_old_config_when_new_is_bad(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """/-/reload with a broken file answers 400 with file and line, and changes nothing."""
+    path = write_config(tmp_path)
+    client = await make_client(path)
+    path.write_text(path.read_text() + "server:\n  listen: nowhere\n")
+    response = await client.post("/-/reload", headers=AUTH)
+    assert response.status == 400
+    assert "config.yaml:6: server.listen: expected host:port" in (await response.json())["error"]
+    text = await (await client.get("/metrics")).text()
+    assert "responder_config_last_reload_successful 0.0" in text
+    assert (await post(client, payload("firing-api"))).status == 200
+    path.write_text(path.read_text().replace("listen: nowhere", "listen: 127.0.0.1:9999"))
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    assert (
+        "responder_config_last_reload_successful 1.0" in await (await client.get("/metrics")).text()
+    )

@@ -1,0 +1,209 @@
+"""A real ``responder serve`` process: start, signals, generated token, and kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import TOKEN, payload, write_config
+
+START_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Daemon:
+    process: asyncio.subprocess.Process
+    url: str
+    log: Path
+
+    async def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process.returncode is not None:
+                    raise AssertionError(f"daemon exited early:\n{self.log.read_text()}")
+                try:
+                    async with session.get(self.url + "/-/ready") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"daemon not ready in time:\n{self.log.read_text()}")
+
+
+@asynccontextmanager
+async def running(config: Path, *extra: str) -> AsyncIterator[Daemon]:
+    port = free_port()
+    log = config.parent / f"daemon-{port}.log"
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "responder",
+            "serve",
+            "-c",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            *extra,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    daemon = Daemon(process, f"http://127.0.0.1:{port}", log)
+    try:
+        await daemon.wait_ready()
+        yield daemon
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def post(session: aiohttp.ClientSession, url: str, document: Any, token: str = TOKEN) -> int:
+    async with session.post(
+        url + "/api/v1/alertmanager",
+        data=json.dumps(document),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    ) as response:
+        return response.status
+
+
+def numbered_alert(i: int) -> dict[str, Any]:
+    document = payload("firing-api")
+    alert = document["alerts"][0]
+    alert["labels"] = {**alert["labels"], "instance": f"host-{i}"}
+    alert["fingerprint"] = f"{i:016x}"
+    return document
+
+
+async def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
+    """SIGTERM stops the daemon with exit status 0 within the shutdown bound."""
+    async with running(write_config(tmp_path)) as daemon:
+        async with aiohttp.ClientSession() as session:
+            assert await post(session, daemon.url, payload("firing-api")) == 200
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.process.wait(), 15) == 0
+    assert "responder stopped" in daemon.log.read_text()
+
+
+async def test_sighup_reload_keeps_old_config_on_error(tmp_path: Path) -> None:
+    """SIGHUP with a broken file keeps serving on the old config and says why."""
+    config = write_config(tmp_path)
+    async with running(config) as daemon, aiohttp.ClientSession() as session:
+        good = config.read_text()
+        config.write_text(good + "alerts:\n  stale_after: often\n")
+        daemon.process.send_signal(signal.SIGHUP)
+
+        async def reload_metric() -> str:
+            async with session.get(daemon.url + "/metrics") as response:
+                text = await response.text()
+            return next(
+                line
+                for line in text.splitlines()
+                if line.startswith("responder_config_last_reload_successful ")
+            )
+
+        for _ in range(100):
+            if (await reload_metric()).endswith(" 0.0"):
+                break
+            await asyncio.sleep(0.05)
+        assert (await reload_metric()).endswith(" 0.0")
+        assert "alerts.stale_after" in daemon.log.read_text()
+        assert await post(session, daemon.url, payload("firing-api")) == 200
+        config.write_text(good)
+        daemon.process.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if (await reload_metric()).endswith(" 1.0"):
+                break
+            await asyncio.sleep(0.05)
+        assert (await reload_metric()).endswith(" 1.0")
+
+
+async def test_generated_token_when_none_configured(tmp_path: Path) -> None:
+    """Without credentials in config, a 0600 token is generated and is the only way in."""
+    rules = Path(__file__).parent.parent / "rules"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"classification:\n  rule_files: ['{rules}/*.yaml']\n")
+    async with running(config) as daemon, aiohttp.ClientSession() as session:
+        token_file = tmp_path / "state" / "webhook-token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token_cmd = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "responder",
+            "token",
+            "-c",
+            str(config),
+            stdout=subprocess.PIPE,
+        )
+        printed = (await token_cmd.communicate())[0].decode().strip()
+        assert printed == token_file.read_text().strip()
+        assert await post(session, daemon.url, payload("firing-api"), token="guess") == 401
+        assert await post(session, daemon.url, payload("firing-api"), token=printed) == 200
+        assert str(token_file) in daemon.log.read_text()
+        assert printed not in daemon.log.read_text()  # the secret itself never reaches a log
+
+
+async def test_kill_9_loses_no_acknowledged_alert(tmp_path: Path) -> None:
+    """kill -9 during a stream of webhooks: every alert answered 2xx is in the store after."""
+    config = write_config(tmp_path)
+    accepted: list[int] = []
+    enough = asyncio.Event()
+    async with running(config) as daemon, aiohttp.ClientSession() as session:
+
+        async def sender(worker: int) -> None:
+            for n in range(10_000):
+                i = worker * 100_000 + n
+                try:
+                    status = await post(session, daemon.url, numbered_alert(i))
+                except (TimeoutError, aiohttp.ClientError):
+                    return
+                if status == 200:
+                    accepted.append(i)
+                    if len(accepted) >= 300:
+                        enough.set()
+
+        senders = [asyncio.create_task(sender(w)) for w in range(8)]
+        await asyncio.wait_for(enough.wait(), 60)
+        os.kill(daemon.process.pid, signal.SIGKILL)
+        await daemon.process.wait()
+        await asyncio.gather(*senders)
+    assert len(accepted) >= 300
+    with sqlite3.connect(tmp_path / "state" / "responder.db") as conn:
+        stored = {int(row[0], 16) for row in conn.execute("SELECT fingerprint FROM alerts")}
+    missing = set(accepted) - stored
+    assert not missing, f"{len(missing)} acknowledged alerts lost"
+    # And the daemon starts again on the same database and keeps deduplicating.
+    async with running(config) as daemon, aiohttp.ClientSession() as session:
+        assert await post(session, daemon.url, numbered_alert(accepted[0])) == 200
+        async with session.get(
+            daemon.url + "/api/v1/alerts",
+            params={"fingerprint": f"{accepted[0]:016x}"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as response:
+            (alert,) = (await response.json())["data"]
+        assert alert["receiveCount"] == 2

@@ -1,0 +1,224 @@
+"""The SQLite engine: idempotent ingest, resolves, staleness, group commit, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from responder.model import Alert, AlertStatus, Classification, Severity, frozen_labels
+from responder.store import (
+    AlertQuery,
+    CommitStats,
+    IncomingAlert,
+    IngestOutcome,
+    SQLiteStore,
+    StoreError,
+)
+
+T0 = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
+CLASSIFIED = Classification(severity=Severity.P1, category="availability", rule="test")
+
+
+def alert(
+    fingerprint: str = "aaaa000000000001",
+    status: AlertStatus = AlertStatus.FIRING,
+    starts: datetime = T0,
+    ends: datetime | None = None,
+) -> IncomingAlert:
+    return IncomingAlert(
+        alert=Alert(
+            fingerprint=fingerprint,
+            status=status,
+            labels=frozen_labels({"alertname": "DiskFull", "instance": fingerprint}),
+            annotations=frozen_labels({"summary": "disk almost full"}),
+            starts_at=starts,
+            ends_at=ends,
+        ),
+        group_key='{}:{alertname="DiskFull"}',
+        receiver="responder",
+        classification=CLASSIFIED,
+    )
+
+
+def resolved(a: IncomingAlert, ends: datetime, starts: datetime | None = None) -> IncomingAlert:
+    return replace(
+        a,
+        alert=replace(
+            a.alert,
+            status=AlertStatus.RESOLVED,
+            ends_at=ends,
+            starts_at=starts or a.alert.starts_at,
+        ),
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "responder.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_repeats_update_and_create_nothing(store: SQLiteStore) -> None:
+    """Alertmanager re-sends firing alerts constantly: the first is new, the rest repeats."""
+    a = alert()
+    assert await store.ingest([a], T0) == [IngestOutcome.NEW]
+    for minute in range(1, 4):
+        assert await store.ingest([a], T0 + timedelta(minutes=minute)) == [IngestOutcome.REPEAT]
+    (stored,) = await store.list_alerts(AlertQuery())
+    assert stored.receive_count == 4
+    assert stored.first_received == T0
+    assert stored.last_received == T0 + timedelta(minutes=3)
+    assert stored.status is AlertStatus.FIRING
+    assert stored.classification["severity"] == "P1"
+
+
+async def test_resolve_once_then_repeat(store: SQLiteStore) -> None:
+    """A resolve closes the alert once; the re-sent resolve changes nothing."""
+    a = alert()
+    await store.ingest([a], T0)
+    end = T0 + timedelta(minutes=5)
+    assert await store.ingest([resolved(a, end)], end) == [IngestOutcome.RESOLVED]
+    assert await store.ingest([resolved(a, end)], end) == [IngestOutcome.REPEAT_RESOLVED]
+    (stored,) = await store.list_alerts(AlertQuery())
+    assert stored.status is AlertStatus.RESOLVED
+    assert stored.ends_at == end
+
+
+async def test_resolve_with_earlier_start_matches_by_fingerprint(store: SQLiteStore) -> None:
+    """Alertmanager keeps the earliest startsAt, so a resolve may carry another one."""
+    a = alert()
+    await store.ingest([a], T0)
+    end = T0 + timedelta(minutes=1)
+    outcome = await store.ingest([resolved(a, end, starts=T0 - timedelta(seconds=60))], end)
+    assert outcome == [IngestOutcome.RESOLVED]
+
+
+async def test_late_firing_copy_does_not_reopen(store: SQLiteStore) -> None:
+    """A firing copy delivered after its resolve is out of order and ignored."""
+    a = alert()
+    await store.ingest([a], T0)
+    await store.ingest([resolved(a, T0 + timedelta(minutes=1))], T0 + timedelta(minutes=1))
+    assert await store.ingest([a], T0 + timedelta(minutes=2)) == [IngestOutcome.LATE]
+    assert (await store.list_alerts(AlertQuery()))[0].status is AlertStatus.RESOLVED
+
+
+async def test_refiring_with_new_start_is_a_new_episode(store: SQLiteStore) -> None:
+    """The same labels firing again later (new startsAt) is a new alert episode."""
+    a = alert()
+    await store.ingest([a], T0)
+    await store.ingest([resolved(a, T0 + timedelta(minutes=1))], T0 + timedelta(minutes=1))
+    again = replace(a, alert=replace(a.alert, starts_at=T0 + timedelta(minutes=10)))
+    assert await store.ingest([again], T0 + timedelta(minutes=10)) == [IngestOutcome.NEW]
+    statuses = [s.status for s in await store.list_alerts(AlertQuery())]
+    assert statuses == [AlertStatus.FIRING, AlertStatus.RESOLVED]
+
+
+async def test_old_resolve_does_not_close_a_newer_episode(store: SQLiteStore) -> None:
+    """A resolve that ended before the open episode started belongs to an older one."""
+    a = replace(alert(), alert=replace(alert().alert, starts_at=T0 + timedelta(hours=1)))
+    await store.ingest([a], T0 + timedelta(hours=1))
+    stale_resolve = resolved(alert(), T0 + timedelta(minutes=5), starts=T0)
+    outcome = await store.ingest([stale_resolve], T0 + timedelta(hours=1))
+    assert outcome == [IngestOutcome.RESOLVED_UNSEEN]
+    firing = await store.list_alerts(AlertQuery(statuses=frozenset({AlertStatus.FIRING})))
+    assert len(firing) == 1
+
+
+async def test_resolve_never_seen_firing_is_recorded(store: SQLiteStore) -> None:
+    """A resolve for an alert we never saw firing is kept, not dropped."""
+    outcome = await store.ingest([resolved(alert(), T0)], T0)
+    assert outcome == [IngestOutcome.RESOLVED_UNSEEN]
+    assert (await store.list_alerts(AlertQuery()))[0].status is AlertStatus.RESOLVED
+
+
+async def test_stale_then_revived(store: SQLiteStore) -> None:
+    """Silence past the cut-off makes an alert stale; hearing it again revives it."""
+    a, b = alert("aaaa000000000001"), alert("aaaa000000000002")
+    await store.ingest([a, b], T0)
+    await store.ingest([b], T0 + timedelta(hours=5))
+    stale = await store.mark_stale(T0 + timedelta(hours=1), T0 + timedelta(hours=6))
+    assert len(stale) == 1
+    rows = {s.fingerprint: s.status for s in await store.list_alerts(AlertQuery())}
+    assert rows == {"aaaa000000000001": AlertStatus.STALE, "aaaa000000000002": AlertStatus.FIRING}
+    assert await store.ingest([a], T0 + timedelta(hours=7)) == [IngestOutcome.REVIVED]
+    # and a resolve closes a stale alert too
+    end = T0 + timedelta(hours=8)
+    await store.mark_stale(T0 + timedelta(hours=7, minutes=30), end)
+    assert await store.ingest([resolved(a, end)], end) == [IngestOutcome.RESOLVED]
+
+
+async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
+    """Many concurrent ingests are committed in fewer transactions than writes."""
+    commits: list[CommitStats] = []
+    store = SQLiteStore(tmp_path / "r.db", on_commit=commits.append)
+    await store.open()
+    try:
+        batch = [alert(f"{i:016x}") for i in range(300)]
+        results = await asyncio.gather(*(store.ingest([a], T0) for a in batch))
+        assert all(r == [IngestOutcome.NEW] for r in results)
+        assert sum(c.batch_size for c in commits) == 300
+        assert len(commits) < 300
+    finally:
+        await store.close()
+
+
+async def test_one_failing_write_does_not_fail_its_batch(tmp_path: Path) -> None:
+    """A write that fails is rolled back alone; its neighbours in the batch commit."""
+    store = SQLiteStore(tmp_path / "r.db")
+    await store.open()
+    try:
+        with sqlite3.connect(tmp_path / "r.db") as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON alerts WHEN NEW.fingerprint = 'bad' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+            )
+        good = [store.ingest([alert(f"{i:016x}")], T0) for i in range(20)]
+        bad = store.ingest([alert("bad")], T0)
+        results = await asyncio.gather(*good, bad, return_exceptions=True)
+        assert isinstance(results[-1], StoreError)
+        assert all(r == [IngestOutcome.NEW] for r in results[:-1])
+        assert len(await store.list_alerts(AlertQuery())) == 20
+    finally:
+        await store.close()
+
+
+async def test_data_survives_reopen(tmp_path: Path) -> None:
+    """A restart on the same file sees everything committed before it."""
+    path = tmp_path / "r.db"
+    first = SQLiteStore(path)
+    await first.open()
+    await first.ingest([alert()], T0)
+    await first.close()
+    second = SQLiteStore(path)
+    await second.open()
+    try:
+        assert await second.ingest([alert()], T0 + timedelta(minutes=1)) == [IngestOutcome.REPEAT]
+    finally:
+        await second.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A database written by a newer responder is not touched by an older one."""
+    path = tmp_path / "r.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 999")
+    with pytest.raises(StoreError, match="newer than this responder"):
+        await SQLiteStore(path).open()
+
+
+async def test_closed_store_refuses_writes(tmp_path: Path) -> None:
+    """After close, writes fail with StoreError (answered 503), not a hang."""
+    store = SQLiteStore(tmp_path / "r.db")
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.ingest([alert()], T0)
+    assert not await store.ping()

@@ -1,0 +1,174 @@
+"""The webhook parser: real Alertmanager bodies decode; anything else names what is wrong."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from responder.model import AlertStatus
+from responder.webhook import PayloadError, alertmanager_fingerprint, parse_webhook
+from tests.conftest import payload
+
+
+def body(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+def test_captured_firing_payload_decodes() -> None:
+    """The API-posted firing alert from Alertmanager 0.25 decodes with all its fields."""
+    message = parse_webhook(body(payload("firing-api")))
+    assert message.status is AlertStatus.FIRING
+    assert message.group_key == '{}:{alertname="ApiAlert0"}'
+    (alert,) = message.alerts
+    assert alert.fingerprint == "22309d8945c45a12"
+    assert alert.labels["severity"] == "critical"
+    assert alert.annotations["summary"] == "disk almost full"
+    assert alert.starts_at == datetime(2026, 11, 22, 7, 6, 22, 284703, tzinfo=UTC)
+    assert alert.ends_at is None  # Go's zero time means "still firing"
+
+
+def test_captured_resolved_payload_has_end_time() -> None:
+    """A resolved alert carries its end time; the Prometheus one has millisecond precision."""
+    (alert,) = parse_webhook(body(payload("resolved-prometheus"))).alerts
+    assert alert.status is AlertStatus.RESOLVED
+    assert alert.ends_at == datetime(2026, 11, 22, 7, 7, 13, 491000, tzinfo=UTC)
+
+
+def test_grouped_mixed_payload_keeps_each_alerts_status() -> None:
+    """One group may hold a firing and a resolved alert; each keeps its own status."""
+    message = parse_webhook(body(payload("grouped-mixed")))
+    assert [a.status for a in message.alerts] == [AlertStatus.FIRING, AlertStatus.RESOLVED]
+
+
+def test_fingerprint_matches_alertmanagers() -> None:
+    """Our fallback fingerprint equals Alertmanager's for every captured alert."""
+    for name in ("firing-api", "firing-prometheus", "grouped-mixed"):
+        for raw in payload(name)["alerts"]:
+            assert alertmanager_fingerprint(raw["labels"]) == raw["fingerprint"]
+
+
+def test_missing_fingerprint_is_computed() -> None:
+    """A sender that omits the fingerprint gets Alertmanager's, so identities agree."""
+    document = payload("firing-api")
+    del document["alerts"][0]["fingerprint"]
+    assert parse_webhook(body(document)).alerts[0].fingerprint == "22309d8945c45a12"
+
+
+def test_unknown_fields_are_accepted() -> None:
+    """Newer Alertmanagers and Grafana add fields; they must not break ingest."""
+    document = payload("firing-api")
+    document["orgId"] = 1
+    document["alerts"][0]["silenceURL"] = "http://grafana/silence"
+    document["alerts"][0]["values"] = {"A": 1.5}
+    assert len(parse_webhook(body(document)).alerts) == 1
+
+
+def test_nanosecond_timestamps_are_accepted() -> None:
+    """The API echoes whatever precision was posted, nanoseconds included."""
+    document = payload("firing-api")
+    document["alerts"][0]["startsAt"] = "2026-11-22T07:06:22.284703123+01:00"
+    (alert,) = parse_webhook(body(document)).alerts
+    assert alert.starts_at == datetime(2026, 11, 22, 6, 6, 22, 284703, tzinfo=UTC)
+
+
+def _mutated(path: list[Any], value: Any) -> bytes:
+    document = payload("firing-api")
+    target = document
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return body(document)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"version": "4", "alerts": [', "malformed JSON"),
+        (b"", "malformed JSON"),
+        (b"\xff\xfe{}", "not valid UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"[]", "body: expected a JSON object"),
+        (_mutated(["version"], "3"), 'version: expected "4"'),
+        (_mutated(["alerts"], {}), "alerts: expected a list"),
+        (_mutated(["alerts", 0, "labels"], KeyError), "alerts[0].labels: required"),
+        (_mutated(["alerts", 0, "labels"], {}), "alerts[0].labels: an alert needs"),
+        (_mutated(["alerts", 0, "labels", "job"], 5), "alerts[0].labels.job: expected a string"),
+        (_mutated(["alerts", 0, "labels", "job"], "a\u0000b"), "contains a NUL"),
+        (_mutated(["alerts", 0, "status"], "pending"), 'alerts[0].status: expected "firing"'),
+        (_mutated(["alerts", 0, "startsAt"], "yesterday"), "alerts[0].startsAt: expected an RFC"),
+        (_mutated(["alerts", 0, "startsAt"], "2026-11-22T07:06:22"), "needs a zone offset"),
+        (_mutated(["alerts", 0, "startsAt"], KeyError), "alerts[0].startsAt: required"),
+        (
+            _mutated(["alerts", 0, "annotations"], ["x"]),
+            "alerts[0].annotations: expected an object",
+        ),
+        (_mutated(["alerts", 0, "fingerprint"], 42), "alerts[0].fingerprint"),
+        (_mutated(["truncatedAlerts"], -1), "truncatedAlerts"),
+        (_mutated(["alerts", 0, "labels", "big"], "x" * 20_000), "longer than"),
+    ],
+)
+def test_bad_bodies_name_the_problem(raw: bytes, message: str) -> None:
+    """Each kind of bad body is refused with a message naming the field at fault."""
+    with pytest.raises(PayloadError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        parse_webhook(raw)
+
+
+def test_lone_surrogate_is_refused() -> None:
+    """JSON can smuggle a lone surrogate, which is not text and could not be stored."""
+    raw = body(payload("firing-api")).replace(b'"node"', b'"\\ud800"')
+    with pytest.raises(PayloadError, match=r"alerts\[0\]\.labels\.job: not valid Unicode"):
+        parse_webhook(raw)
+
+
+def test_resolved_alert_without_end_time_is_refused() -> None:
+    """A resolve that does not say when it ended cannot close anything."""
+    document = payload("resolved-api")
+    document["alerts"][0]["endsAt"] = "0001-01-01T00:00:00Z"
+    with pytest.raises(PayloadError, match=r"alerts\[0\]\.endsAt"):
+        parse_webhook(body(document))
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash(raw: bytes) -> None:
+    """Whatever arrives, the parser answers with a message or a webhook, never a crash."""
+    try:
+        outcome = f"{len(parse_webhook(raw).alerts)} alerts"
+    except PayloadError as exc:
+        outcome = str(exc)
+    assert outcome
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["status", "labels", "startsAt", "endsAt", "fingerprint", "annotations", "generatorURL"]
+        ),
+        json_values,
+    )
+)
+def test_arbitrary_alert_objects_never_crash(alert: dict[str, Any]) -> None:
+    """Any JSON shape in an alert gives a clean error or a valid alert."""
+    document = payload("firing-api")
+    document["alerts"] = [alert]
+    try:
+        outcome = dict(parse_webhook(body(document)).alerts[0].labels)
+    except PayloadError as exc:
+        outcome = {"error": str(exc)}
+    assert outcome
