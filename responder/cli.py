@@ -13,6 +13,7 @@ import logging
 import ssl
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from aiohttp import web
 
 from responder import __version__
 from responder.auth import ensure_generated_token, token_path
+from responder.classify import render_explanation, run_rule_tests
 from responder.client import ApiClient, ClientError
 from responder.config import load_config
 from responder.log import fields, setup_logging
 from responder.runtime import load_snapshot
+from responder.webhook import PayloadError, parse_webhook
 from responder.yamlfile import ConfigError
 
 log = logging.getLogger("responder")
@@ -87,6 +90,32 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument("--json", action="store_true", help="print the API's JSON")
     alerts.add_argument("--url", help="daemon URL (default: from the config's listen address)")
     alerts.set_defaults(run=cmd_alerts)
+
+    test = commands.add_parser(
+        "test",
+        help="run rule test files (promtool style)",
+        description="Run rule test files: each lists alerts and the classification expected; "
+        "a failure prints the difference and how the alert was classified.",
+    )
+    test.add_argument("files", nargs="+", type=Path, metavar="FILE", help="test file or folder")
+    test.set_defaults(run=cmd_test)
+
+    explain = command("explain", "show how an alert would be classified, and why")
+    given = explain.add_mutually_exclusive_group(required=True)
+    given.add_argument(
+        "--labels",
+        action="append",
+        metavar="K=V,...",
+        help="the alert's labels, e.g. alertname=TargetDown,severity=critical (repeatable)",
+    )
+    given.add_argument(
+        "--payload", type=Path, metavar="FILE", help="an Alertmanager webhook body (JSON)"
+    )
+    explain.add_argument("--at", metavar="TIME", help="ISO 8601 time to classify at (default now)")
+    explain.add_argument(
+        "--all-matchers", action="store_true", help="show every matcher of rules that missed"
+    )
+    explain.set_defaults(run=cmd_explain)
     return parser
 
 
@@ -173,6 +202,68 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"from {len(snapshot.classifier.files)} files)"
     )
     return 0
+
+
+# -- test, explain --------------------------------------------------------------------------
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    return run_rule_tests(args.files, sys.stdout)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    snapshot = load_snapshot(args.config, state_dir=args.state_dir)
+    at = _parse_time(args.at) if args.at else datetime.now(UTC)
+    if args.payload is not None:
+        try:
+            message = parse_webhook(args.payload.read_bytes())
+        except OSError as exc:
+            raise ConfigError(str(args.payload), 0, "payload", exc.strerror or str(exc)) from exc
+        except PayloadError as exc:
+            raise ConfigError(str(args.payload), 0, "payload", str(exc)) from exc
+        label_sets = [dict(alert.labels) for alert in message.alerts]
+    else:
+        label_sets = [parse_label_list(",".join(args.labels))]
+    for index, labels in enumerate(label_sets):
+        if index:
+            print()
+        explanation = snapshot.classifier.explain(labels, at)
+        print(render_explanation(explanation, all_matchers=args.all_matchers), end="")
+    return 0
+
+
+def parse_label_list(text: str) -> dict[str, str]:
+    """``a=b,c="d,e"`` into a dict; values may be double-quoted to hold commas or '='."""
+    labels: dict[str, str] = {}
+    rest = text.strip()
+    while rest:
+        name, eq, rest = rest.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise ConfigError("--labels", 0, "labels", f"expected name=value, got {text!r}")
+        rest = rest.lstrip()
+        if rest.startswith('"'):
+            end = rest.find('"', 1)
+            if end < 0:
+                raise ConfigError("--labels", 0, name, "unterminated quoted value")
+            value, rest = rest[1:end], rest[end + 1 :].lstrip()
+            if rest and not rest.startswith(","):
+                raise ConfigError("--labels", 0, name, "expected ',' after a quoted value")
+            rest = rest[1:]
+        else:
+            value, _, rest = rest.partition(",")
+            value = value.strip()
+        labels[name] = value
+        rest = rest.strip()
+    return labels
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError("--at", 0, "at", f"expected an ISO 8601 time, got {text!r}") from exc
+    return at if at.tzinfo is not None else at.astimezone()
 
 
 # -- alerts ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from aiohttp import web
 from responder.clock import monotonic
 from responder.log import fields
 from responder.runtime import RUNTIME, Runtime
-from responder.store import IncomingAlert, StoreError
+from responder.store import IncomingAlert, IngestOutcome, StoreError
 from responder.webhook import PayloadError, parse_webhook
 
 log = logging.getLogger("responder.ingest")
@@ -24,6 +24,8 @@ log = logging.getLogger("responder.ingest")
 # Alertmanager gives up on a webhook after 10 s and sends it again; answering 503 a little
 # before that is better than being cancelled (FACTS.md).
 STORE_DEADLINE_S = 8.0
+# Outcomes that mean an alert (re)started firing: what the classification metrics count.
+_STARTED_FIRING = frozenset({IngestOutcome.NEW, IngestOutcome.REVIVED})
 
 
 def json_error(status: int, message: str, **extra: str) -> web.Response:
@@ -86,6 +88,12 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
 
     metrics.ingest_duration.observe(monotonic() - started)
     metrics.webhook_requests.labels("accepted").inc()
+    for item, stored in zip(incoming, outcomes, strict=True):
+        if stored in _STARTED_FIRING:
+            c = item.classification
+            metrics.alerts_classified.labels(c.severity.value, c.category).inc()
+            if c.rule is None:
+                metrics.alerts_unmatched.inc()
     counts = Counter(outcome.value for outcome in outcomes)
     for outcome, count in counts.items():
         metrics.alerts_ingested.labels(outcome).inc(count)

@@ -82,6 +82,22 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
+        self.alerts_classified = Counter(
+            "responder_alerts_classified_total",
+            "Alerts that started firing, by the severity and category the rules gave them.",
+            ["severity", "category"],
+            registry=registry,
+        )
+        self.alerts_unmatched = Counter(
+            "responder_alerts_unmatched_total",
+            "Alerts that started firing and matched no rule: the fallback classified them.",
+            registry=registry,
+        )
+        self.rules_loaded = Gauge(
+            "responder_rules_loaded",
+            "Classification rules in force.",
+            registry=registry,
+        )
         self.config_reload_ok = Gauge(
             "responder_config_last_reload_successful",
             "Whether the last configuration reload attempt was successful.",

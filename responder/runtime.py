@@ -81,6 +81,7 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         metrics.config_reload_ok.set(1)
         metrics.config_reload_time.set(clock.now().timestamp())
+        metrics.rules_loaded.set(snapshot.classifier.rule_count)
 
     @property
     def config(self) -> Config:
@@ -121,6 +122,7 @@ class Runtime:
             self.authenticator = authenticator
             self.metrics.config_reload_ok.set(1)
             self.metrics.config_reload_time.set(self.clock.now().timestamp())
+            self.metrics.rules_loaded.set(new.classifier.rule_count)
             log.info("config reloaded", extra=fields(rules=new.classifier.rule_count))
             return None
 

@@ -1,0 +1,143 @@
+"""The rule tools as a user runs them: ``responder test``, ``responder explain``, and the
+classification each stored alert carries into the API and the metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from responder.cli import main, parse_label_list
+from responder.yamlfile import ConfigError
+from tests.conftest import AUTH, PAYLOADS, write_config
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_shipped_rule_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["test", str(ROOT / "rules" / "tests")]) == 0
+    assert "0 failed" in capsys.readouterr().out
+
+
+def test_failing_rule_test_prints_the_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: disk\n    matchers: ['alertname=\"DiskFull\"']\n    severity: P2\n"
+        "    category: availability\n"
+    )
+    (tmp_path / "t.yaml").write_text(
+        "rule_files: [rules.yaml]\ntests:\n  - name: disk is P1\n"
+        "    labels: {alertname: DiskFull}\n    expect: {severity: P1}\n"
+    )
+    assert main(["test", str(tmp_path / "t.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "expected P1, got P2" in out
+    assert "+ disk" in out  # the explanation shows which rule decided
+
+
+def test_explain_labels(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "explain",
+            "-c",
+            str(ROOT / "config.yaml"),
+            "--labels",
+            "alertname=SSHBruteForce,source_ip=203.0.113.7",
+            "--at",
+            "2026-11-30T10:00:00+01:00",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "+ security-brute-force" in out
+    assert "severity:    P1" in out
+    assert "respond 30m, resolve 8h" in out
+
+
+def test_explain_payload_explains_each_alert(capsys: pytest.CaptureFixture[str]) -> None:
+    path = PAYLOADS / "am-0.25.0-grouped-mixed.json"
+    count = len(json.loads(path.read_text())["alerts"])
+    assert main(["explain", "-c", str(ROOT / "config.yaml"), "--payload", str(path)]) == 0
+    assert capsys.readouterr().out.count("rules tried:") == count
+
+
+def test_explain_bad_payload_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": "4"')
+    assert main(["explain", "-c", str(ROOT / "config.yaml"), "--payload", str(bad)]) == 2
+    assert "bad.json: payload:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a=b", {"a": "b"}),
+        ("a=b, c = d", {"a": "b", "c": "d"}),
+        ('a="x,y=z",b=1', {"a": "x,y=z", "b": "1"}),
+        ("a=", {"a": ""}),
+        ("a=b=c", {"a": "b=c"}),
+    ],
+)
+def test_label_list(text: str, expected: dict[str, str]) -> None:
+    assert parse_label_list(text) == expected
+
+
+@pytest.mark.parametrize("text", ["x", "=b", 'a="open', 'a="x"y'])
+def test_label_list_rejects(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_label_list(text)
+
+
+async def test_classification_metrics_count_started_alerts_once(
+    make_client: Any, tmp_path: Path
+) -> None:
+    """New alerts are counted by severity and category; re-sends are not counted again;
+    an alert that matches no rule is counted as unmatched."""
+    client: TestClient[Any, Any] = await make_client(write_config(tmp_path))
+
+    def body(*labelsets: dict[str, str]) -> dict[str, Any]:
+        return {
+            "version": "4",
+            "status": "firing",
+            "receiver": "responder",
+            "groupKey": "{}:{}",
+            "groupLabels": {},
+            "commonLabels": {},
+            "commonAnnotations": {},
+            "externalURL": "http://am",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": ls,
+                    "annotations": {},
+                    "startsAt": "2026-11-29T10:00:00Z",
+                }
+                for ls in labelsets
+            ],
+        }
+
+    brute = {"alertname": "SSHBruteForce", "source_ip": "203.0.113.7"}
+    odd = {"alertname": "SomethingNobodyWroteARuleFor", "severity": "warning"}
+    for _ in range(2):
+        response = await client.post("/api/v1/alertmanager", json=body(brute, odd), headers=AUTH)
+        assert response.status == 200, await response.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(await (await client.get("/metrics")).text())
+        for s in family.samples
+    }
+    key = (("category", "security"), ("severity", "P1"))
+    assert samples[("responder_alerts_classified_total", key)] == 1
+    assert samples[("responder_alerts_unmatched_total", ())] == 1
+    assert samples[("responder_rules_loaded", ())] >= 20
+    listed = (await (await client.get("/api/v1/alerts", headers=AUTH)).json())["data"]
+    fallback = next(a for a in listed if a["labels"]["alertname"].startswith("Something"))
+    assert fallback["classification"]["rule"] is None
+    assert fallback["classification"]["severity"] == "P2"
