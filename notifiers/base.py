@@ -23,6 +23,12 @@ class Message:
     idempotency_key: str = ""
     # Structured data for channels that carry it (webhook JSON, email headers).
     data: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    # True for the first message of a thread to this address (the incident's first notice).
+    # Email makes it the thread's root (its Message-ID derives from thread_id); later messages
+    # reply to that root. Only the caller knows which message is first: a notifier that guessed
+    # from memory would, after a restart, send a second root with the same Message-ID, and
+    # mail providers silently drop duplicate Message-IDs.
+    thread_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,327 @@
+"""Email pages over SMTP: aiosmtplib against a real aiosmtpd server on loopback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import pytest
+
+from notifiers.base import DeliveryError, Message
+from notifiers.config import build_notifiers, parse_channels
+from notifiers.smtp import SmtpMode, SmtpNotifier, SmtpSettings, thread_root_id
+from responder.clock import FakeClock
+from responder.secrets import Secret
+from responder.testing.smtp_server import SmtpTestServer, TlsMode, self_signed_cert
+from responder.yamlfile import ConfigError, Node, load_text
+
+FROM = "Responder <responder@ops.example>"
+TO = "alice@example.com"
+PASSWORD = "s3cret-Pa55word-xyz"
+
+
+@pytest.fixture(scope="module")
+def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+async def plain() -> AsyncIterator[SmtpTestServer]:
+    async with SmtpTestServer(reject_recipients=["nobody@example.com"]) as server:
+        yield server
+
+
+def settings_for(server: SmtpTestServer, **overrides: object) -> SmtpSettings:
+    values: dict[str, object] = {
+        "host": server.host,
+        "port": server.port,
+        "from_addr": FROM,
+        "mode": SmtpMode.NONE,
+        "timeout": 3.0,
+    }
+    values |= overrides
+    return SmtpSettings(**values)  # type: ignore[arg-type]
+
+
+def page(**overrides: object) -> Message:
+    values: dict[str, object] = {
+        "channel": "email",
+        "to": TO,
+        "subject": "[P1] DiskFull on db1",
+        "text": "Disk 97% full on db1.\nAck: https://responder.example/ack/abc",
+        "html": "<p>Disk <b>97%</b> full on db1.</p>",
+        "thread_id": "incident-42",
+        "idempotency_key": "incident-42/0/alice/email",
+    }
+    values |= overrides
+    return Message(**values)  # type: ignore[arg-type]
+
+
+async def test_plain_relay_gets_both_parts_and_headers(plain: SmtpTestServer) -> None:
+    """A page arrives as multipart/alternative with Date, Message-ID and the envelope we chose."""
+    clock = FakeClock(datetime(2026, 3, 1, 12, 30, tzinfo=UTC))
+    notifier = SmtpNotifier(settings_for(plain), clock=clock)
+    receipt = await notifier.send(page())
+    [got] = plain.messages
+    assert got.mail_from == "responder@ops.example"
+    assert got.rcpt_tos == [TO]
+    assert not got.tls
+    mail = got.message
+    assert mail.get_content_type() == "multipart/alternative"
+    assert mail["Message-ID"] == receipt.provider_id
+    assert parsedate_to_datetime(str(mail["Date"])) == clock.now()
+    assert mail["Subject"] == "[P1] DiskFull on db1"
+    assert mail["Auto-Submitted"] == "auto-generated"
+    text = mail.get_body(("plain",))
+    html = mail.get_body(("html",))
+    assert text is not None
+    assert html is not None
+    assert "Ack: https://responder.example/ack/abc" in text.get_content()
+    assert "<b>97%</b>" in html.get_content()
+
+
+async def test_text_only_page_is_a_single_part(plain: SmtpTestServer) -> None:
+    """Without HTML the message is plain text, not a one-part alternative."""
+    await SmtpNotifier(settings_for(plain)).send(page(html=None))
+    assert plain.messages[0].message.get_content_type() == "text/plain"
+
+
+async def test_messages_of_one_incident_thread_together(plain: SmtpTestServer) -> None:
+    """The first notice is the thread root; updates reply to it; retries keep their id."""
+    notifier = SmtpNotifier(settings_for(plain))
+    first = await notifier.send(page(thread_start=True))
+    update = await notifier.send(page(idempotency_key="incident-42/1/alice/email"))
+    retry = await notifier.send(page(idempotency_key="incident-42/1/alice/email"))
+    other = await notifier.send(page(thread_id="incident-43", thread_start=True))
+    root = thread_root_id("incident-42", "ops.example")
+    m1, m2, m3, m4 = (m.message for m in plain.messages)
+    assert m1["Message-ID"] == root == first.provider_id
+    assert m1["In-Reply-To"] is None
+    assert m2["In-Reply-To"] == root
+    assert m2["References"] == root
+    assert m2["Message-ID"] != root
+    assert m3["Message-ID"] == m2["Message-ID"] == update.provider_id == retry.provider_id
+    assert m4["Message-ID"] == other.provider_id != root
+
+
+async def test_label_text_cannot_inject_headers(plain: SmtpTestServer) -> None:
+    """A subject rendered from labels with a line break stays one header line; an address
+    with a line break is refused permanently instead of crashing the sender."""
+    notifier = SmtpNotifier(settings_for(plain))
+    await notifier.send(page(subject="DiskFull\r\nBcc: mallory@example.com"))
+    mail = plain.messages[0].message
+    assert mail["Subject"] == "DiskFull Bcc: mallory@example.com"
+    assert mail["Bcc"] is None
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(page(to="alice@example.com\r\nBcc: mallory@example.com"))
+    assert (caught.value.reason, caught.value.retryable) == ("bad_address", False)
+    assert len(plain.messages) == 1
+
+
+async def test_rejected_recipient_is_permanent(plain: SmtpTestServer) -> None:
+    """A 550 for the mailbox will not change on retry."""
+    with pytest.raises(DeliveryError) as caught:
+        await SmtpNotifier(settings_for(plain)).send(page(to="nobody@example.com"))
+    assert (caught.value.reason, caught.value.retryable) == ("rejected_recipient", False)
+    assert "550" in str(caught.value)
+
+
+async def test_temporary_failure_then_success(plain: SmtpTestServer) -> None:
+    """A 451 is retryable, and the retry is delivered."""
+    plain.defer_next(1)
+    notifier = SmtpNotifier(settings_for(plain))
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(page())
+    assert (caught.value.reason, caught.value.retryable) == ("deferred", True)
+    assert "451" in str(caught.value)
+    await notifier.send(page())
+    assert len(plain.messages) == 1
+
+
+async def test_refused_connection_is_retryable() -> None:
+    """Nobody listening: try again later."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = SmtpSettings(host="127.0.0.1", port=port, from_addr=FROM, mode=SmtpMode.NONE)
+    with pytest.raises(DeliveryError) as caught:
+        await SmtpNotifier(settings).send(page())
+    assert (caught.value.reason, caught.value.retryable) == ("connection", True)
+
+
+async def test_silent_server_times_out_within_the_bound() -> None:
+    """A server that accepts but never greets is cut off by our timeout, retryably."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        settings = SmtpSettings(
+            host="127.0.0.1", port=port, from_addr=FROM, mode=SmtpMode.NONE, timeout=0.3
+        )
+        with pytest.raises(DeliveryError) as caught:
+            await SmtpNotifier(settings).send(page())
+    assert (caught.value.reason, caught.value.retryable) == ("timeout", True)
+
+
+async def test_starttls_with_ca_bundle(cert_pair: tuple[Path, Path]) -> None:
+    """STARTTLS is used and the self-signed certificate verifies against the given CA file."""
+    cert, key = cert_pair
+    async with SmtpTestServer(mode=TlsMode.STARTTLS, cert=cert, key=key) as server:
+        settings = settings_for(server, mode=SmtpMode.STARTTLS, ca_file=cert)
+        await SmtpNotifier(settings).send(page())
+        assert server.messages[0].tls
+
+
+async def test_starttls_without_the_ca_is_refused_permanently(
+    cert_pair: tuple[Path, Path],
+) -> None:
+    """An unknown certificate is a configuration problem: permanent, reason "tls"."""
+    cert, key = cert_pair
+    async with SmtpTestServer(mode=TlsMode.STARTTLS, cert=cert, key=key) as server:
+        with pytest.raises(DeliveryError) as caught:
+            await SmtpNotifier(settings_for(server, mode=SmtpMode.STARTTLS)).send(page())
+        assert (caught.value.reason, caught.value.retryable) == ("tls", False)
+        assert server.messages == []
+
+
+async def test_starttls_without_verification(cert_pair: tuple[Path, Path]) -> None:
+    """verify=False accepts any certificate (still encrypted)."""
+    cert, key = cert_pair
+    async with SmtpTestServer(mode=TlsMode.STARTTLS, cert=cert, key=key) as server:
+        await SmtpNotifier(settings_for(server, mode=SmtpMode.STARTTLS, verify=False)).send(page())
+        assert server.messages[0].tls
+
+
+async def test_starttls_required_but_not_offered(plain: SmtpTestServer) -> None:
+    """Mode starttls never falls back to plain text."""
+    with pytest.raises(DeliveryError) as caught:
+        await SmtpNotifier(settings_for(plain, mode=SmtpMode.STARTTLS)).send(page())
+    assert (caught.value.reason, caught.value.retryable) == ("unsupported", False)
+    assert plain.messages == []
+
+
+async def test_implicit_tls(cert_pair: tuple[Path, Path]) -> None:
+    """Mode tls speaks TLS from the first byte."""
+    cert, key = cert_pair
+    async with SmtpTestServer(mode=TlsMode.TLS, cert=cert, key=key) as server:
+        await SmtpNotifier(settings_for(server, mode=SmtpMode.TLS, ca_file=cert)).send(page())
+        assert server.messages[0].tls
+
+
+async def test_auth_ok() -> None:
+    """With the right password the server takes the page as the configured user."""
+    async with SmtpTestServer(auth=("responder", PASSWORD)) as server:
+        settings = settings_for(
+            server, username="responder", password=Secret(PASSWORD, "file /run/pw")
+        )
+        await SmtpNotifier(settings).send(page())
+        assert server.messages[0].login == "responder"
+
+
+async def test_auth_wrong_password_is_permanent_and_secret_free() -> None:
+    """535 is permanent with reason "auth"; the password appears in no error or repr."""
+    async with SmtpTestServer(auth=("responder", PASSWORD)) as server:
+        wrong = Secret("Wr0ng-" + PASSWORD, "file /run/pw")
+        settings = settings_for(server, username="responder", password=wrong)
+        notifier = SmtpNotifier(settings)
+        with pytest.raises(DeliveryError) as caught:
+            await notifier.send(page())
+        assert (caught.value.reason, caught.value.retryable) == ("auth", False)
+        assert "535" in str(caught.value)
+        for thing in (caught.value, notifier, settings, wrong):
+            assert wrong.value not in str(thing)
+            assert wrong.value not in repr(thing)
+        # aiosmtplib tries every mechanism the server offers (PLAIN, then LOGIN).
+        assert server.auth_attempts
+        assert all(attempt == ("responder", False) for attempt in server.auth_attempts)
+
+
+async def test_auth_required_but_not_configured() -> None:
+    """A server that demands AUTH refuses an anonymous page permanently (530)."""
+    async with SmtpTestServer(auth=("responder", PASSWORD)) as server:
+        with pytest.raises(DeliveryError) as caught:
+            await SmtpNotifier(settings_for(server)).send(page())
+        assert caught.value.retryable is False
+        assert "530" in str(caught.value)
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+def channels(text: str) -> Node:
+    return load_text(text, "config.yaml")["channels"]
+
+
+async def test_config_builds_email_over_starttls(
+    cert_pair: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``channels.smtp`` block (CA file relative to the config, password from the
+    environment) builds an email notifier that delivers over verified STARTTLS with AUTH."""
+    cert, key = cert_pair
+    (tmp_path / "ca.pem").write_bytes(cert.read_bytes())
+    monkeypatch.setenv("SMTP_PW", PASSWORD)
+    async with SmtpTestServer(
+        mode=TlsMode.STARTTLS, cert=cert, key=key, auth=("responder", PASSWORD)
+    ) as server:
+        node = channels(
+            f"""
+channels:
+  smtp:
+    host: {server.host}
+    port: {server.port}
+    mode: starttls
+    ca_file: ca.pem
+    username: responder
+    password_env: SMTP_PW
+    from: "{FROM}"
+    timeout: 5s
+"""
+        )
+        settings = parse_channels(node, tmp_path)
+        assert settings.smtp is not None
+        assert settings.smtp.ca_file == tmp_path / "ca.pem"
+        assert PASSWORD not in repr(settings)
+        notifiers = build_notifiers(settings, None)
+        assert sorted(notifiers) == ["email"]
+        await notifiers["email"].send(page())
+        assert server.messages[0].tls
+        assert server.messages[0].login == "responder"
+
+
+def test_config_defaults(tmp_path: Path) -> None:
+    """Mode defaults to starttls with port 587 and verification on."""
+    node = channels("channels:\n  smtp:\n    host: mail.example.com\n    from: a@example.com\n")
+    settings = parse_channels(node, tmp_path).smtp
+    assert settings is not None
+    assert (settings.mode, settings.effective_port, settings.verify) == (
+        SmtpMode.STARTTLS,
+        587,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("    mode: ssl\n", "config.yaml:5: channels.smtp.mode: expected one of starttls, tls"),
+        ("    port: 70000\n", "config.yaml:5: channels.smtp.port: must be at most 65535"),
+        ("    mode: none\n    ca_file: x.pem\n", "config.yaml:6: channels.smtp.ca_file: has no"),
+        ("    ca_file: missing.pem\n", "config.yaml:5: channels.smtp.ca_file: no such file"),
+        ("    username: bob\n", "config.yaml:3: channels.smtp: missing secret: give password"),
+        ("    password: hunter2\n", "config.yaml:5: channels.smtp.password: secrets are not"),
+        ("    verify: yes please\n", "config.yaml:5: channels.smtp.verify: expected true or"),
+        ("    tls: true\n", "config.yaml:5: channels.smtp.tls: unknown key"),
+    ],
+)
+def test_config_errors_name_file_line_and_key(body: str, message: str, tmp_path: Path) -> None:
+    """Each mistake in ``channels.smtp`` is reported where it was made."""
+    node = channels(
+        "\nchannels:\n  smtp:\n    host: mail.example.com\n" + body + "    from: a@example.com\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_channels(node, tmp_path)
+    assert str(caught.value).startswith(message)
+    assert "hunter2" not in str(caught.value)

@@ -1,0 +1,458 @@
+"""Twilio SMS and voice pages: the real twilio library against FakeTwilio on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from notifiers.base import DeliveryError, Message
+from notifiers.config import build_notifiers, parse_channels
+from notifiers.twilio import (
+    INBOUND_SMS_PATH,
+    STATUS_CALLBACK_PATH,
+    VOICE_GATHER_PATH,
+    TwilioNotifier,
+    TwilioSettings,
+    parse_status_callback,
+    sms_reply_twiml,
+    validate_twilio_signature,
+    voice_reply_twiml,
+    voice_twiml,
+)
+from responder.secrets import Secret
+from responder.testing.fake_twilio import FakeTwilio, Fault
+from responder.yamlfile import ConfigError, Node, load_text
+
+PRIMARY = "+15005550006"
+FROM = "+15005550001"
+
+
+@dataclass
+class Daemon:
+    """The daemon's side of Twilio's callbacks, as the lead will serve it."""
+
+    public_url: str
+    auth_token: str
+    received: list[tuple[str, dict[str, str], bool]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        form = {key: str(value) for key, value in (await request.post()).items()}
+        # Signatures cover the public URL Twilio called, query string included.
+        url = self.public_url + request.raw_path
+        valid = validate_twilio_signature(
+            self.auth_token, url, form, request.headers.get("X-Twilio-Signature", "")
+        )
+        self.received.append((request.path, form, valid))
+        if not valid:
+            return web.Response(status=403, text="bad signature")
+        if request.path == INBOUND_SMS_PATH:
+            return web.Response(text=sms_reply_twiml("Acknowledged"), content_type="text/xml")
+        if request.path == VOICE_GATHER_PATH:
+            return web.Response(text=voice_reply_twiml("Acknowledged"), content_type="text/xml")
+        return web.Response(status=204)
+
+
+@pytest.fixture(autouse=True)
+def _no_twilio_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TWILIO_EDGE / TWILIO_REGION would rewrite the API host away from loopback.
+    for name in ("TWILIO_EDGE", "TWILIO_REGION", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTwilio]:
+    async with FakeTwilio() as server:
+        yield server
+
+
+@pytest.fixture
+async def daemon(fake: FakeTwilio) -> AsyncIterator[Daemon]:
+    app = web.Application()
+    runner = web.AppRunner(app)
+    holder: list[Daemon] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        return await holder[0].handle(request)
+
+    for path in (STATUS_CALLBACK_PATH, INBOUND_SMS_PATH, VOICE_GATHER_PATH):
+        app.router.add_post(path, handle)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    holder.append(Daemon(f"http://{host}:{port}", fake.auth_token))
+    yield holder[0]
+    await runner.cleanup()
+
+
+def settings_for(fake: FakeTwilio, **overrides: object) -> TwilioSettings:
+    values: dict[str, object] = {
+        "account_sid": fake.account_sid,
+        "auth_token": Secret(fake.auth_token, "test"),
+        "from_number": FROM,
+        "api_base_url": fake.base_url,
+        "timeout": 2.0,
+    }
+    values |= overrides
+    return TwilioSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def sms(fake: FakeTwilio, daemon: Daemon) -> AsyncIterator[TwilioNotifier]:
+    notifier = TwilioNotifier("sms", settings_for(fake), daemon.public_url)
+    yield notifier
+    await notifier.close()
+
+
+def page(text: str = "P1 DiskFull on db1: 97% used", to: str = PRIMARY) -> Message:
+    return Message(
+        channel="sms", to=to, text=text, thread_id="inc-42", idempotency_key="inc-42/1/alice/sms"
+    )
+
+
+def assert_no_secret(fake: FakeTwilio, *things: object) -> None:
+    for thing in things:
+        for text in (str(thing), repr(thing)):
+            assert fake.auth_token not in text
+            assert fake.account_sid not in text
+
+
+async def test_sms_is_sent_with_the_real_library(fake: FakeTwilio, sms: TwilioNotifier) -> None:
+    """A page goes out as one SMS with our From and a status callback to the public URL."""
+    receipt = await sms.send(page())
+    assert receipt.provider_id.startswith("SM")
+    assert receipt.status == "queued"
+    [sent] = fake.sent_sms(to=PRIMARY)
+    assert sent.sid == receipt.provider_id
+    assert sent.body == "P1 DiskFull on db1: 97% used"
+    assert sent.from_ == FROM
+    assert sent.status_callback == sms.status_callback_url
+    assert sent.status_callback.endswith(STATUS_CALLBACK_PATH)
+
+
+async def test_sms_uses_messaging_service_when_configured(fake: FakeTwilio) -> None:
+    """With a messaging service SID the SMS names the service instead of a From number."""
+    service = "MG" + "a" * 32
+    notifier = TwilioNotifier("sms", settings_for(fake, messaging_service_sid=service))
+    try:
+        await notifier.send(page())
+    finally:
+        await notifier.close()
+    [sent] = fake.sent_sms()
+    assert sent.params["MessagingServiceSid"] == service
+    assert "From" not in sent.params
+    assert "StatusCallback" not in sent.params  # no public URL, no callback
+
+
+async def test_long_sms_is_cut_to_the_segment_budget(fake: FakeTwilio) -> None:
+    """A body over ``max_segments`` is cut with an ellipsis before it reaches Twilio."""
+    notifier = TwilioNotifier("sms", settings_for(fake, max_segments=1))
+    try:
+        await notifier.send(page("x" * 500))
+    finally:
+        await notifier.close()
+    assert fake.sent_sms()[0].body == "x" * 157 + "..."
+
+
+async def test_voice_call_carries_twiml_that_gathers_a_key(
+    fake: FakeTwilio, daemon: Daemon
+) -> None:
+    """A voice page is a call whose TwiML speaks the text and posts one key to the daemon."""
+    voice = TwilioNotifier("voice", settings_for(fake), daemon.public_url)
+    try:
+        receipt = await voice.send(page())
+    finally:
+        await voice.close()
+    assert receipt.provider_id.startswith("CA")
+    [call] = fake.calls(to=PRIMARY)
+    assert "<Say>P1 DiskFull on db1: 97% used</Say>" in call.twiml
+    assert '<Gather action="' + daemon.public_url + VOICE_GATHER_PATH in call.twiml
+    assert 'numDigits="1"' in call.twiml
+    assert call.all_params["StatusCallbackEvent"] == [
+        "initiated",
+        "ringing",
+        "answered",
+        "completed",
+    ]
+    answer = await fake.send_keypress(call.sid, "1")
+    assert answer.status == 200
+    assert "<Say>Acknowledged</Say>" in answer.text
+    path, form, valid = daemon.received[-1]
+    assert (path, form["Digits"], form["CallSid"], valid) == (
+        VOICE_GATHER_PATH,
+        "1",
+        call.sid,
+        True,
+    )
+
+
+def test_voice_twiml_without_public_url_only_speaks() -> None:
+    """Without a public URL there is nowhere to post a key, so the call just speaks."""
+    twiml = voice_twiml("Disk full", None)
+    assert "<Gather" not in twiml
+    assert twiml.count("<Say>Disk full</Say>") == 2
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [(Fault.RATE_LIMITED, "rate_limited"), (Fault.SERVER_ERROR, "server_error")],
+)
+async def test_throttling_and_server_errors_are_retryable(
+    fake: FakeTwilio, sms: TwilioNotifier, fault: Fault, reason: str
+) -> None:
+    """429 and 5xx say "try again later"; the next attempt goes through."""
+    fake.fail_next(fault)
+    with pytest.raises(DeliveryError) as caught:
+        await sms.send(page())
+    assert (caught.value.reason, caught.value.retryable) == (reason, True)
+    assert_no_secret(fake, caught.value)
+    assert (await sms.send(page())).provider_id.startswith("SM")
+
+
+async def test_hanging_api_is_cut_off_by_our_timeout(fake: FakeTwilio) -> None:
+    """The library ignores its timeout; ours bounds the call and the error is retryable."""
+    notifier = TwilioNotifier("sms", settings_for(fake, timeout=0.3))
+    fake.fail_next(Fault.HANG)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await notifier.send(page())
+    finally:
+        await notifier.close()
+    assert time.monotonic() - started < 1.5
+    assert (caught.value.reason, caught.value.retryable) == ("timeout", True)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (Fault.INVALID_NUMBER, "invalid_number"),
+        (Fault.OPTED_OUT, "opted_out"),
+        (Fault.NOT_MOBILE, "not_mobile"),
+    ],
+)
+async def test_number_problems_are_permanent(
+    fake: FakeTwilio, sms: TwilioNotifier, fault: Fault, reason: str
+) -> None:
+    """A bad, opted-out or landline number will not get better by retrying."""
+    fake.fail_number(PRIMARY, fault)
+    with pytest.raises(DeliveryError) as caught:
+        await sms.send(page())
+    assert (caught.value.reason, caught.value.retryable) == (reason, False)
+    assert fault.value in str(caught.value)
+    assert_no_secret(fake, caught.value)
+
+
+async def test_malformed_number_is_refused_by_the_api(
+    fake: FakeTwilio, sms: TwilioNotifier
+) -> None:
+    """The fake validates E.164 like Twilio does: 21211, permanent."""
+    with pytest.raises(DeliveryError) as caught:
+        await sms.send(page(to="0800-DISK"))
+    assert (caught.value.reason, caught.value.retryable) == ("invalid_number", False)
+
+
+async def test_bad_credentials_are_permanent_and_never_shown(fake: FakeTwilio) -> None:
+    """A wrong auth token is error 20003: permanent, reason "auth", and no secret leaks."""
+    wrong = Secret("0123456789abcdef0123456789abcdef", "test")
+    notifier = TwilioNotifier("sms", settings_for(fake, auth_token=wrong))
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await notifier.send(page())
+    finally:
+        await notifier.close()
+    assert (caught.value.reason, caught.value.retryable) == ("auth", False)
+    assert fake.requests[-1].error_code == 20003
+    for thing in (caught.value, notifier, settings_for(fake, auth_token=wrong)):
+        assert wrong.value not in str(thing)
+        assert wrong.value not in repr(thing)
+    assert_no_secret(fake, caught.value, notifier, settings_for(fake))
+
+
+async def test_unreachable_api_is_retryable(fake: FakeTwilio) -> None:
+    """A refused connection is worth another try."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    notifier = TwilioNotifier(
+        "sms", settings_for(fake, api_base_url=f"http://127.0.0.1:{closed_port}")
+    )
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await notifier.send(page())
+    finally:
+        await notifier.close()
+    assert (caught.value.reason, caught.value.retryable) == ("connection", True)
+    assert_no_secret(fake, caught.value)
+
+
+def test_signature_validation(fake: FakeTwilio) -> None:
+    """Twilio's signature is accepted; a changed param, URL or token is not."""
+    url = "https://responder.example/api/v1/twilio/sms"
+    params = {"From": PRIMARY, "Body": "ACK 42"}
+    signature = fake.sign(url, params)
+    assert validate_twilio_signature(fake.auth_token, url, params, signature)
+    assert not validate_twilio_signature(
+        fake.auth_token, url, {**params, "Body": "ACK 43"}, signature
+    )
+    assert not validate_twilio_signature(fake.auth_token, url + "?x=1", params, signature)
+    assert not validate_twilio_signature("other-token", url, params, signature)
+    assert not validate_twilio_signature(fake.auth_token, url, params, "")
+
+
+async def test_status_callback_arrives_signed(
+    fake: FakeTwilio, sms: TwilioNotifier, daemon: Daemon
+) -> None:
+    """Twilio's delivery report reaches the daemon with a signature it can verify."""
+    receipt = await sms.send(page())
+    answer = await fake.send_status_callback(receipt.provider_id, "delivered")
+    assert answer.status == 204
+    path, form, valid = daemon.received[-1]
+    assert (path, valid) == (STATUS_CALLBACK_PATH, True)
+    update = parse_status_callback(form)
+    assert update is not None
+    assert (update.provider_id, update.status, update.final, update.delivered) == (
+        receipt.provider_id,
+        "delivered",
+        True,
+        True,
+    )
+
+
+async def test_failed_status_carries_error_code(
+    fake: FakeTwilio, sms: TwilioNotifier, daemon: Daemon
+) -> None:
+    """An undelivered SMS reports its carrier error code."""
+    receipt = await sms.send(page())
+    await fake.send_status_callback(receipt.provider_id, "undelivered", error_code=30003)
+    update = parse_status_callback(daemon.received[-1][1])
+    assert update is not None
+    assert (update.status, update.error_code, update.final, update.delivered) == (
+        "undelivered",
+        30003,
+        True,
+        False,
+    )
+
+
+async def test_inbound_sms_signature_checked(fake: FakeTwilio, daemon: Daemon) -> None:
+    """A reply with Twilio's signature is answered with TwiML; a forged one is refused."""
+    url = daemon.public_url + INBOUND_SMS_PATH
+    good = await fake.send_inbound_sms(url, PRIMARY, FROM, "ACK")
+    assert good.status == 200
+    assert "<Message>Acknowledged</Message>" in good.text
+    forged = await fake.send_inbound_sms(url, PRIMARY, FROM, "ACK", valid_signature=False)
+    assert forged.status == 403
+    assert [valid for _, _, valid in daemon.received] == [True, False]
+
+
+async def test_concurrent_pages_share_one_client(fake: FakeTwilio, sms: TwilioNotifier) -> None:
+    """Several pages at once all go out over the same notifier."""
+    numbers = [f"+1500555{n:04d}" for n in range(10)]
+    receipts = await asyncio.gather(*(sms.send(page(to=number)) for number in numbers))
+    assert len({r.provider_id for r in receipts}) == 10
+    assert sorted(r.to for r in fake.sent_sms()) == sorted(numbers)
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+def channels(text: str) -> Node:
+    return load_text(text, "config.yaml")["channels"]
+
+
+async def test_config_builds_sms_and_voice_that_reach_the_fake(
+    fake: FakeTwilio, daemon: Daemon, tmp_path: Path
+) -> None:
+    """A ``channels.twilio`` block with the token in a file pages through the fake."""
+    (tmp_path / "twilio_token").write_text(fake.auth_token + "\n")
+    node = channels(
+        f"""
+channels:
+  twilio:
+    account_sid: {fake.account_sid}
+    auth_token_file: twilio_token
+    from: "{FROM}"
+    api_base_url: {fake.base_url}/
+    timeout: 2s
+    max_segments: 3
+"""
+    )
+    settings = parse_channels(node, tmp_path)
+    assert settings.twilio is not None
+    assert (settings.twilio.timeout, settings.twilio.max_segments) == (2.0, 3)
+    assert_no_secret(fake, settings, settings.twilio)
+    notifiers = build_notifiers(settings, daemon.public_url)
+    assert sorted(notifiers) == ["sms", "voice"]
+    try:
+        await notifiers["sms"].send(page())
+        await notifiers["voice"].send(page())
+    finally:
+        for notifier in notifiers.values():
+            await notifier.close()
+    assert len(fake.sent_sms()) == len(fake.calls()) == 1
+
+
+def test_config_alphanumeric_sender_gives_no_voice(tmp_path: Path) -> None:
+    """An alphanumeric sender can send SMS but cannot place calls."""
+    (tmp_path / "t").write_text("token")
+    node = channels(
+        f"""
+channels:
+  twilio:
+    account_sid: AC{"0" * 32}
+    auth_token_file: t
+    from: ACME Ops
+"""
+    )
+    assert sorted(build_notifiers(parse_channels(node, tmp_path), None)) == ["sms"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "    account_sid: AC123\n    auth_token_env: HOME\n    from: '+15005550006'\n",
+            "config.yaml:4: channels.twilio.account_sid: expected AC followed by 32",
+        ),
+        (
+            f"    account_sid: AC{'0' * 32}\n    auth_token: abc\n    from: '+15005550006'\n",
+            "config.yaml:5: channels.twilio.auth_token: secrets are not written in config",
+        ),
+        (
+            f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n    from: '555-1234'\n",
+            "config.yaml:6: channels.twilio.from: expected an E.164 number",
+        ),
+        (
+            f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n",
+            "config.yaml:3: channels.twilio: give from, messaging_service_sid, or both",
+        ),
+        (
+            f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n    form: '+15005550006'\n",
+            "config.yaml:6: channels.twilio.form: unknown key",
+        ),
+        (
+            f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n    from: '+15005550006'\n"
+            "    timeout: 0s\n",
+            "config.yaml:7: channels.twilio.timeout: must be more than 0s",
+        ),
+        (
+            f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n    from: '+15005550006'\n"
+            "    api_base_url: localhost:8080\n",
+            "config.yaml:7: channels.twilio.api_base_url: expected an http:// or https:// URL",
+        ),
+    ],
+)
+def test_config_errors_name_file_line_and_key(body: str, message: str, tmp_path: Path) -> None:
+    """Each mistake in ``channels.twilio`` is reported where it was made."""
+    node = channels("\nchannels:\n  twilio:\n" + body)
+    with pytest.raises(ConfigError) as caught:
+        parse_channels(node, tmp_path)
+    assert str(caught.value).startswith(message)
