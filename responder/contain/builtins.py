@@ -1,0 +1,102 @@
+"""Argv builders for the built-in actions: restart a systemd unit, block an address, read a journal.
+
+Pure functions from a parsed spec and validated values to fixed argv tuples (and the undo argv
+of a block), so that what runs is visible and testable without running it. The executables
+are configurable absolute paths; tests point them at recording scripts. Safety checks that need
+the parsed value (the unit allowlist, never-block networks, the narrowest prefix) live here
+too and answer with a reason string rather than raising.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+
+from responder.contain.catalog import BlockAddressSpec, CaptureEvidenceSpec, SystemdRestartSpec
+
+START_LIMIT_HIT = "start-limit-hit"
+
+
+def restart_argv(spec: SystemdRestartSpec, unit: str) -> tuple[str, ...]:
+    # --no-ask-password: without polkit permission, fail at once instead of waiting for a
+    # password prompt that nobody will ever answer.
+    return (spec.systemctl, "restart", "--no-ask-password", unit)
+
+
+def result_argv(spec: SystemdRestartSpec, unit: str) -> tuple[str, ...]:
+    return (spec.systemctl, "show", "-p", "Result", unit)
+
+
+def parse_result(stdout: str) -> str:
+    """``Result=start-limit-hit`` -> ``start-limit-hit``; empty when the output is unexpected."""
+    for line in stdout.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key == "Result":
+            return value.strip()
+    return ""
+
+
+def unit_refusal(spec: SystemdRestartSpec, unit: str) -> str | None:
+    if unit not in spec.units:
+        return f"unit {unit} is not in this action's units allowlist"
+    return None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def address_refusal(spec: BlockAddressSpec, address: str) -> str | None:
+    """Why ``address`` (an IP or a CIDR) must not be blocked, or None."""
+    network: Network = ipaddress.ip_network(address, strict=False)
+    first = network.network_address
+    if first.is_loopback or first.is_unspecified or first.is_multicast or first.is_link_local:
+        return f"{address} is a loopback, unspecified, multicast or link-local address"
+    minimum = spec.min_prefix4 if network.version == 4 else spec.min_prefix6
+    if network.prefixlen < minimum:
+        return f"{address} is wider than /{minimum}"
+    for protected in spec.never_block:
+        if protected.version == network.version and network.overlaps(protected):
+            return f"{address} overlaps never_block {protected}"
+    return None
+
+
+def block_argv(spec: BlockAddressSpec, address: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The argv that blocks ``address`` and the argv that lifts the block again."""
+    version = ipaddress.ip_network(address, strict=False).version
+    seconds = int(spec.duration.total_seconds())
+    prefix: tuple[str, ...] = (spec.sudo, "-n") if spec.sudo else ()
+    if spec.backend == "nft":
+        set_name = spec.set4 if version == 4 else spec.set6
+        base = (spec.nft, "add", "element", "inet", spec.table, set_name)
+        # nft joins its argv and parses it; the only variable part is a validated address.
+        block = (*prefix, *base, f"{{ {address} timeout {seconds}s }}")
+        undo = (
+            *prefix,
+            spec.nft,
+            "delete",
+            "element",
+            "inet",
+            spec.table,
+            set_name,
+            f"{{ {address} }}",
+        )
+        return block, undo
+    exe = spec.iptables if version == 4 else spec.ip6tables
+    # -w: wait for the xtables lock instead of failing when another tool holds it.
+    rule = (spec.chain, "-s", address, "-j", "DROP")
+    return (*prefix, exe, "-w", "-I", *rule), (*prefix, exe, "-w", "-D", *rule)
+
+
+def journal_argv(spec: CaptureEvidenceSpec, unit: str, since: datetime) -> tuple[str, ...]:
+    return (
+        spec.journalctl,
+        "-u",
+        unit,
+        "--since",
+        f"@{int(since.timestamp())}",
+        "-o",
+        "short-iso",
+        "--no-pager",
+        "-n",
+        str(spec.max_lines),
+    )

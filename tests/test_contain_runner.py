@@ -1,0 +1,509 @@
+"""The runner against real subprocesses and a real HTTP server on loopback; a strict catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from responder.clock import FakeClock
+from responder.contain.catalog import Action, ActionCatalog, parse_actions, parse_containment
+from responder.contain.outcome import Outcome
+from responder.contain.params import ParamRejected
+from responder.contain.runner import (
+    REDACTED,
+    ActionRunner,
+    ExecRequest,
+    PreparedRun,
+    RunContext,
+)
+from responder.yamlfile import ConfigError, load_text
+
+CONTEXT = RunContext("42", "HighErrorRate", "abc123", "P1")
+
+
+def script(tmp_path: Path, name: str, body: str) -> Path:
+    """An executable Python script; the tests' stand-in for a real tool."""
+    path = tmp_path / name
+    path.write_text(f"#!{sys.executable}\n{body}")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def catalog(text: str, base_dir: Path) -> ActionCatalog:
+    return parse_actions(load_text(text, "actions.yaml"), base_dir)
+
+
+@pytest.fixture
+async def runner(tmp_path: Path) -> AsyncIterator[ActionRunner]:
+    r = ActionRunner(FakeClock(), tmp_path / "evidence", kill_grace_s=0.3)
+    yield r
+    await r.close()
+
+
+def prepared(
+    runner: ActionRunner,
+    action: Action,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> PreparedRun:
+    result = runner.prepare(action, labels or {}, annotations or {}, CONTEXT)
+    assert isinstance(result, PreparedRun), result
+    return result
+
+
+DUMP = """
+import json, os, sys
+print(json.dumps({"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd(),
+                  "stdin": sys.stdin.read()}))
+"""
+
+
+async def test_argv_placeholders_fill_whole_or_part_of_one_element_only(
+    tmp_path: Path, runner: ActionRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """{host} fills an element or part of one; the env is minimal plus RESPONDER_* context."""
+    monkeypatch.setenv("LEAKY", "parent-secret")
+    monkeypatch.setenv("API_TOKEN", "s3cr3t-token")
+    dump = script(tmp_path, "dump", DUMP)
+    actions = catalog(
+        f"""
+flush:
+  kind: exec
+  params:
+    host: {{from: label, key: instance, type: hostname, extract: "([^:]+):[0-9]+"}}
+  argv: [{dump}, "{{host}}", "--target={{host}}.internal", "{{{{literal}}}}"]
+  env: {{MODE: flush, TOKEN: {{value_env: API_TOKEN}}}}
+  cwd: {tmp_path}
+""",
+        tmp_path,
+    )
+    prep = prepared(runner, actions["flush"], {"instance": "db-01:9100"})
+    result = await runner.execute(prep)
+    assert result.outcome is Outcome.OK, result
+    seen = json.loads(result.attempts[0].stdout)
+    assert seen["argv"] == ["db-01", "--target=db-01.internal", "{literal}"]
+    assert seen["cwd"] == str(tmp_path)
+    assert seen["stdin"] == ""
+    env = seen["env"]
+    assert "LEAKY" not in env
+    assert env["MODE"] == "flush"
+    assert env["RESPONDER_ALERT_NAME"] == "HighErrorRate"
+    assert env["RESPONDER_INCIDENT_ID"] == "42"
+    assert env["RESPONDER_SEVERITY"] == "P1"
+    assert env["RESPONDER_FINGERPRINT"] == "abc123"
+    assert env["RESPONDER_PARAM_HOST"] == "db-01"
+    assert set(env) - {"LC_CTYPE"} <= {
+        "PATH", "LANG", "MODE", "TOKEN", "RESPONDER_ACTION", "RESPONDER_RUN_ID",
+        "RESPONDER_INCIDENT_ID", "RESPONDER_ALERT_NAME", "RESPONDER_FINGERPRINT",
+        "RESPONDER_SEVERITY", "RESPONDER_PARAM_HOST",
+    }  # fmt: skip
+    # The secret reached the process but not the record.
+    assert "s3cr3t-token" not in json.dumps(result.to_audit())
+    assert result.to_audit()["request"]["env"]["TOKEN"] == REDACTED
+    audit = result.to_audit()
+    assert audit["params"] == [{"name": "host", "value": "db-01", "from": "label instance"}]
+    assert audit["exit_status"] == 0
+    assert audit["outcome"] == "ok"
+
+
+async def test_injection_in_a_label_never_reaches_a_process(
+    tmp_path: Path, runner: ActionRunner
+) -> None:
+    """prepare() refuses `$(id)`; there is nothing to execute."""
+    marker = tmp_path / "ran"
+    tool = script(tmp_path, "tool", f"open({str(marker)!r}, 'w').close()\n")
+    actions = catalog(
+        f"""
+a:
+  kind: exec
+  params: {{host: {{from: label, key: host, type: hostname}}}}
+  argv: [{tool}, "{{host}}"]
+""",
+        tmp_path,
+    )
+    for evil in ("$(id)", "; rm -rf /", "--help", "db\n01", "d\u0430tabase"):
+        result = runner.prepare(actions["a"], {"host": evil}, {}, CONTEXT)
+        assert isinstance(result, ParamRejected)
+        record = runner.rejected_result(actions["a"], result, CONTEXT).to_audit()
+        assert record["outcome"] == "rejected"
+        assert record["rejected"]["param"] == "host"
+    assert not marker.exists()
+
+
+async def test_timeout_kills_the_whole_process_group(tmp_path: Path, runner: ActionRunner) -> None:
+    """A hung action and the child it forked are both gone after the timeout (TERM ignored)."""
+    pids = tmp_path / "pids"
+    hang = script(
+        tmp_path,
+        "hang",
+        f"""
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{child.pid}}")
+time.sleep(60)
+""",
+    )
+    actions = catalog(f"h: {{kind: exec, argv: [{hang}], timeout: 1s}}", tmp_path)
+    started = time.monotonic()
+    result = await runner.execute(prepared(runner, actions["h"]))
+    assert time.monotonic() - started < 5
+    assert result.outcome is Outcome.TIMEOUT
+    for pid in map(int, pids.read_text().split()):
+        assert not _alive(pid), pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead; only its parent (init, here) has not reaped it yet.
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+async def test_output_is_bounded_and_the_child_never_blocks(
+    tmp_path: Path, runner: ActionRunner
+) -> None:
+    """4 MiB to stdout and stderr: 64 KiB of each kept, the rest counted, the run ok."""
+    loud = script(
+        tmp_path,
+        "loud",
+        "import sys\nsys.stdout.write('o' * 4194304)\nsys.stderr.write('e' * 4194304)\n",
+    )
+    actions = catalog(f"l: {{kind: exec, argv: [{loud}]}}", tmp_path)
+    result = await runner.execute(prepared(runner, actions["l"]))
+    attempt = result.attempts[0]
+    assert result.outcome is Outcome.OK
+    assert len(attempt.stdout) == 65536
+    assert attempt.stdout_dropped == 4194304 - 65536
+    assert len(attempt.stderr) == 65536
+    assert attempt.stderr_dropped == 4194304 - 65536
+
+
+async def test_retries_until_success_and_failures_are_recorded(
+    tmp_path: Path, runner: ActionRunner
+) -> None:
+    """Fails twice, then works: three attempts, outcome ok, each attempt in the record."""
+    counter = tmp_path / "count"
+    flaky = script(
+        tmp_path,
+        "flaky",
+        f"""
+import pathlib, sys
+p = pathlib.Path({str(counter)!r})
+n = int(p.read_text()) + 1 if p.exists() else 1
+p.write_text(str(n))
+print("attempt", n)
+sys.exit(0 if n >= 3 else 1)
+""",
+    )
+    actions = catalog(f"f: {{kind: exec, argv: [{flaky}], retries: 2, retry_delay: 0}}", tmp_path)
+    result = await runner.execute(prepared(runner, actions["f"]))
+    assert result.outcome is Outcome.OK
+    assert [a.outcome for a in result.attempts] == [Outcome.FAILED, Outcome.FAILED, Outcome.OK]
+    assert [a.exit_status for a in result.attempts] == [1, 1, 0]
+
+    counter.write_text("-10")
+    result = await runner.execute(prepared(runner, actions["f"]))
+    assert result.outcome is Outcome.FAILED
+    assert len(result.attempts) == 3
+
+
+async def test_missing_executable_is_an_error_not_a_crash(
+    tmp_path: Path, runner: ActionRunner
+) -> None:
+    """An executable that does not exist yields outcome error with the reason."""
+    actions = catalog(f"m: {{kind: exec, argv: [{tmp_path}/nope], retries: 3}}", tmp_path)
+    result = await runner.execute(prepared(runner, actions["m"]))
+    assert result.outcome is Outcome.ERROR
+    assert len(result.attempts) == 1
+    assert "cannot start" in result.attempts[0].detail
+
+
+async def test_check_argv_failing_makes_check_failed_and_retries(
+    tmp_path: Path, runner: ActionRunner
+) -> None:
+    """The action exits 0 but its verification fails: check_failed, retried, undo kept."""
+    checker = script(tmp_path, "check", "import sys; print('still broken'); sys.exit(2)\n")
+    actions = catalog(
+        f"""
+c:
+  kind: exec
+  argv: [/bin/true]
+  retries: 1
+  retry_delay: 0
+  check: {{argv: [{checker}], timeout: 5s}}
+  undo: {{argv: [/bin/echo, undone]}}
+""",
+        tmp_path,
+    )
+    result = await runner.execute(prepared(runner, actions["c"]))
+    assert result.outcome is Outcome.CHECK_FAILED
+    assert len(result.attempts) == 2
+    assert result.check is not None
+    assert result.check.exit_status == 2
+    assert "still broken" in result.check.detail
+    assert result.undo is not None
+    assert result.undo.request is not None
+    undone = await runner.run_exec(ExecRequest.from_json(result.undo.request.to_json()))
+    assert undone.stdout == "undone\n"
+
+
+async def test_alert_resolves_within_is_left_to_the_engine_with_a_deadline(
+    tmp_path: Path, runner: ActionRunner
+) -> None:
+    """`alert_resolves_within: 2m`: the check is pending with a deadline two minutes out."""
+    actions = catalog(
+        "r: {kind: exec, argv: [/bin/true], check: {alert_resolves_within: 2m}}", tmp_path
+    )
+    prep = prepared(runner, actions["r"])
+    result = await runner.execute(prep)
+    assert result.outcome is Outcome.OK
+    assert result.check is not None
+    assert result.check.outcome is Outcome.RUNNING
+    assert result.check.deadline is not None
+    assert (result.check.deadline - result.finished_at).total_seconds() == 120
+
+
+async def test_dry_run_renders_but_runs_nothing(tmp_path: Path, runner: ActionRunner) -> None:
+    """dry_run: the audit shows the argv that would have run; the tool never starts."""
+    marker = tmp_path / "ran"
+    tool = script(tmp_path, "tool", f"open({str(marker)!r}, 'w').close()\n")
+    actions = catalog(f"d: {{kind: exec, argv: [{tool}, x], dry_run: true}}", tmp_path)
+    result = await runner.execute(prepared(runner, actions["d"]))
+    assert result.outcome is Outcome.DRY_RUN
+    assert result.attempts == ()
+    assert result.to_audit()["request"]["argv"] == [str(tool), "x"]
+    assert not marker.exists()
+    forced = catalog(f"d: {{kind: exec, argv: [{tool}]}}", tmp_path)
+    assert (await runner.execute(prepared(runner, forced["d"]), dry_run=True)).dry_run
+    assert not marker.exists()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def http_app() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A maintenance-mode API on loopback that records what it receives."""
+    seen: list[dict[str, Any]] = []
+
+    async def maintenance(request: web.Request) -> web.Response:
+        seen.append(
+            {
+                "path": request.raw_path,
+                "method": request.method,
+                "headers": dict(request.headers),
+                "body": await request.text(),
+            }
+        )
+        if request.headers.get("X-Token") != "hunter2":
+            return web.Response(status=403)
+        return web.json_response({"ok": True, "token": "hunter2"}, status=202)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.query.get("status", "200")))
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/api/backends/{name}/maintenance", maintenance)
+    app.router.add_get("/health", health)
+    app.router.add_get("/slow", slow)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield f"http://127.0.0.1:{server.port}", seen
+    await server.close()
+
+
+async def test_http_maintenance_mode_with_secret_header_and_json_body(
+    tmp_path: Path,
+    runner: ActionRunner,
+    http_app: tuple[str, list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Path parameter percent-encoded, JSON body encoded, secret sent but redacted."""
+    base, seen = http_app
+    (tmp_path / "token").write_text("hunter2\n")
+    actions = catalog(
+        f"""
+maint:
+  kind: http
+  method: PUT
+  url: {base}/api/backends/{{backend}}/maintenance
+  params:
+    backend: {{from: label, key: backend, type: identifier}}
+    reason: {{from: annotation, key: summary, type: text, pattern: "[ -~]+"}}
+  headers:
+    X-Token: {{value_file: token}}
+  body: >-
+    {{"enabled": true, "reason": {{{{ params.reason }}}},
+      "incident": {{{{ alert.incident_id }}}}}}
+  expect: [202]
+  check: {{http: {{url: "{base}/health"}}}}
+""",
+        tmp_path,
+    )
+    prep = prepared(
+        runner, actions["maint"], {"backend": "web:01"}, {"summary": 'x", "enabled": false, "a": "'}
+    )
+    result = await runner.execute(prep)
+    assert result.outcome is Outcome.OK, result.to_audit()
+    assert result.http_status == 202
+    assert seen[0]["path"] == "/api/backends/web%3A01/maintenance"
+    assert seen[0]["headers"]["X-Token"] == "hunter2"
+    body = json.loads(seen[0]["body"])
+    assert body == {"enabled": True, "reason": 'x", "enabled": false, "a": "', "incident": "42"}
+    audit = json.dumps(result.to_audit())
+    assert "hunter2" not in audit
+    assert result.to_audit()["request"]["headers"]["X-Token"] == REDACTED
+    assert result.check is not None
+    assert result.check.http_status == 200
+
+
+async def test_http_unexpected_status_timeout_and_failing_probe(
+    tmp_path: Path, runner: ActionRunner, http_app: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """403 is a failure, a slow server a timeout, a 503 health probe a failed check."""
+    base, _ = http_app
+    actions = catalog(
+        f"""
+noauth: {{kind: http, url: "{base}/api/backends/a/maintenance", expect: [202]}}
+slow: {{kind: http, method: GET, url: "{base}/slow", timeout: 500ms}}
+probe:
+  kind: exec
+  argv: [/bin/true]
+  check: {{http: {{url: "{base}/health?status=503"}}}}
+""",
+        tmp_path,
+    )
+    failed = await runner.execute(prepared(runner, actions["noauth"]))
+    assert failed.outcome is Outcome.FAILED
+    assert failed.http_status == 403
+    slow = await runner.execute(prepared(runner, actions["slow"]))
+    assert slow.outcome is Outcome.TIMEOUT
+    probe = await runner.execute(prepared(runner, actions["probe"]))
+    assert probe.outcome is Outcome.CHECK_FAILED
+    assert probe.check is not None
+    assert probe.check.http_status == 503
+
+
+GOOD_HEAD = "a:\n  kind: exec\n  params: {h: {from: label, key: h, type: hostname}}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD_HEAD + "  argv: [/bin/echo, '{x}']\n", "names no declared parameter"),
+        (GOOD_HEAD + "  argv: ['{h}']\n", "the executable must be fixed"),
+        (GOOD_HEAD + "  argv: [echo]\n", "must be an absolute path"),
+        (GOOD_HEAD + "  argv: [/bin/echo, '{print $1}']\n", "lone brace"),
+        (GOOD_HEAD + "  argv: [/bin/echo, 'a}']\n", "lone brace"),
+        (GOOD_HEAD + "  argv: []\n", "must not be empty"),
+        (GOOD_HEAD + "  argv: [/bin/true]\n  shell: true\n", "unknown key"),
+        (GOOD_HEAD + "  argv: [/bin/true]\n  env: {RESPONDER_X: y}\n", "set by responder"),
+        (GOOD_HEAD + "  argv: [/bin/true]\n  env: {T: {value: x}}\n", "unknown key"),
+        (GOOD_HEAD + "  argv: [/bin/true]\n  undo: {action: nope}\n", "no action named"),
+        (GOOD_HEAD + "  argv: [/bin/true]\n  target: x\n", "must name a declared"),
+        (
+            GOOD_HEAD + "  argv: [/bin/true]\n  check: {argv: [/bin/true], "
+            "alert_resolves_within: 1m}\n",
+            "exactly one",
+        ),
+        (
+            "a: {kind: http, url: 'http://{h}/x', params: {h: {from: label, key: h, "
+            "type: hostname}}}",
+            "URL path only",
+        ),
+        ("a: {kind: http, url: 'http://u:p@h/x'}", "credentials in the URL"),
+        ("a: {kind: http, url: 'ftp://h/x'}", "http:// or https://"),
+        ("a: {kind: http, url: 'http://h/', body: '{{ x '}", "template syntax error"),
+        ("a: {kind: teleport}", "expected one of"),
+        ("a: {kind: systemd-restart, units: []}", "at least one unit"),
+        ("a: {kind: systemd-restart, units: [a, b]}", "exactly one unit"),
+        ("a: {kind: block-address}", "needs a parameter `address`"),
+        ("a: {kind: capture-evidence}", "at least one of units, files, commands"),
+        ("a: {kind: capture-evidence, files: [relative.log]}", "absolute path"),
+        ("'a b': {kind: exec, argv: [/bin/true]}", "action names"),
+    ],
+)
+def test_catalog_is_parsed_strictly(text: str, message: str, tmp_path: Path) -> None:
+    """Each config mistake is refused at load time with file, line and key."""
+    with pytest.raises(ConfigError) as err:
+        catalog(text, tmp_path)
+    assert message in str(err.value)
+    assert str(err.value).startswith("actions.yaml:")
+
+
+def test_containment_settings() -> None:
+    """The global section is strict too, with defaults for what is left out."""
+    settings = parse_containment(load_text("dry_run: true\nbreaker_failures: 5\n", "c.yaml"))
+    assert settings.dry_run
+    assert settings.breaker_failures == 5
+    assert settings.max_actions_per_window == 20
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_containment(load_text("dryrun: true\n", "c.yaml"))
+    assert parse_containment(None).concurrency == 4
+
+
+def test_the_documented_example_config_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/actions.md's complete example parses as it stands."""
+    monkeypatch.setenv("LB_TOKEN", "Bearer x")
+    doc = (Path(__file__).parent.parent / "docs" / "actions.md").read_text()
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    root = load_text(block, "actions.md")
+    settings = parse_containment(root["containment"])
+    actions = parse_actions(root["actions"], tmp_path)
+    assert settings.breaker_failures == 3
+    assert set(actions) == {
+        "restart-web", "block-attacker", "maintenance-on", "maintenance-off",
+        "preserve-evidence", "clear-cache",
+    }  # fmt: skip
+    runner = ActionRunner(FakeClock(), tmp_path)
+    prep = runner.prepare(actions["maintenance-on"], {"backend": "web-3"}, {}, CONTEXT)
+    assert isinstance(prep, PreparedRun)
+    body = prep.request.to_audit()["body"]
+    assert json.loads(body) == {"enabled": True, "incident": "42", "alert": "HighErrorRate"}
+    assert prep.undo is not None
+    assert prep.undo.action == "maintenance-off"
+
+
+async def test_leftovers_holding_the_output_open_do_not_outlive_the_action(
+    tmp_path: Path, runner: ActionRunner
+) -> None:
+    """The action exits 0 but its background child keeps stdout: ok, and the child is killed."""
+    pid_file = tmp_path / "child"
+    leaver = script(
+        tmp_path,
+        "leaver",
+        f"""
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+open({str(pid_file)!r}, "w").write(str(child.pid))
+print("done")
+""",
+    )
+    actions = catalog(f"l: {{kind: exec, argv: [{leaver}], timeout: 20s}}", tmp_path)
+    started = time.monotonic()
+    result = await runner.execute(prepared(runner, actions["l"]))
+    assert time.monotonic() - started < 5
+    assert result.outcome is Outcome.OK
+    assert result.attempts[0].stdout == "done\n"
+    assert not _alive(int(pid_file.read_text()))
