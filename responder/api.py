@@ -31,7 +31,7 @@ def authenticated(handler: Handler) -> Handler:
     return wrapper
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
@@ -42,14 +42,14 @@ def alert_document(alert: StoredAlert) -> dict[str, Any]:
         "status": alert.status.value,
         "labels": alert.labels,
         "annotations": alert.annotations,
-        "startsAt": _iso(alert.starts_at),
-        "endsAt": _iso(alert.ends_at),
+        "startsAt": iso(alert.starts_at),
+        "endsAt": iso(alert.ends_at),
         "generatorURL": alert.generator_url,
         "groupKey": alert.group_key,
         "receiver": alert.receiver,
         "classification": alert.classification,
-        "firstReceived": _iso(alert.first_received),
-        "lastReceived": _iso(alert.last_received),
+        "firstReceived": iso(alert.first_received),
+        "lastReceived": iso(alert.last_received),
         "receiveCount": alert.receive_count,
     }
 

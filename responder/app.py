@@ -17,8 +17,11 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from responder import api, ingest, ops
+from notifiers.config import build_notifiers
+from responder import api, incidents_api, ingest, ops
 from responder.clock import Clock, SystemClock
+from responder.deliver import Dispatcher, render_plain
+from responder.escalate import Escalator
 from responder.log import fields
 from responder.metrics import Metrics
 from responder.runtime import RUNTIME, Runtime, Snapshot
@@ -66,6 +69,7 @@ def build_app(
     # Inbound doors.
     app.router.add_post("/api/v1/alertmanager", ingest.receive_alertmanager)
     app.router.add_get("/api/v1/alerts", api.list_alerts)
+    incidents_api.add_routes(app.router)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/-/healthy", ops.healthy)
     app.router.add_get("/-/ready", ops.ready)
@@ -74,6 +78,7 @@ def build_app(
     # Resources, opened in this order and closed in reverse.
     app.cleanup_ctx.append(_store_context)
     app.cleanup_ctx.append(_stale_sweeper)
+    app.cleanup_ctx.append(_engine)
     app.cleanup_ctx.append(_sighup_reload)
     return app
 
@@ -110,6 +115,40 @@ async def _stale_sweeper(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _engine(app: web.Application) -> AsyncIterator[None]:
+    """The escalation engine and the outbox sender, each one loop on the shared clock."""
+    runtime = app[RUNTIME]
+    public_url = runtime.config.server.public_url
+    runtime.notifiers = build_notifiers(runtime.snapshot.channels, public_url)
+    runtime.dispatcher = dispatcher = Dispatcher(
+        runtime.store,
+        runtime.clock,
+        runtime.metrics,
+        lambda: runtime.notifiers,
+        lambda page, incident: render_plain(page, incident, public_url),
+    )
+    runtime.escalator = Escalator(
+        runtime.store,
+        runtime.clock,
+        runtime.metrics,
+        lambda: runtime.snapshot.escalation,
+        on_pages=dispatcher.wake,
+    )
+    tasks = [
+        asyncio.create_task(runtime.escalator.run_forever(), name="escalator"),
+        asyncio.create_task(runtime.dispatcher.run_forever(), name="dispatcher"),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for notifier in runtime.notifiers.values():
+        with contextlib.suppress(Exception):
+            await notifier.close()
 
 
 async def _sighup_reload(app: web.Application) -> AsyncIterator[None]:

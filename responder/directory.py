@@ -421,7 +421,10 @@ def _contact_ref(node: Node, contacts: Mapping[str, Contact]) -> str:
 
 
 def parse_target(node: Node, directory: Directory) -> Target:
-    """``{contact: x}``, ``{role: x}``, ``{team: x}`` or ``{schedule: x}``, checked by name."""
+    """``{contact: x}``, ``{role: x}``, ``{team: x}`` or ``{schedule: x}``, checked by name;
+    a plain name is a contact, as in roles and teams."""
+    if not node.is_map():
+        return Target(TargetKind.CONTACT, _contact_ref(node, directory.contacts))
     kinds = [k.value for k in TargetKind]
     node.keys_allowed(*kinds)
     keys = node.keys()

@@ -14,6 +14,7 @@ from collections import Counter
 from aiohttp import web
 
 from responder.clock import monotonic
+from responder.incident import incident_key
 from responder.log import fields
 from responder.runtime import RUNTIME, Runtime
 from responder.store import IncomingAlert, IngestOutcome, StoreError
@@ -26,6 +27,7 @@ log = logging.getLogger("responder.ingest")
 STORE_DEADLINE_S = 8.0
 # Outcomes that mean an alert (re)started firing: what the classification metrics count.
 _STARTED_FIRING = frozenset({IngestOutcome.NEW, IngestOutcome.REVIVED})
+_CHANGES_INCIDENTS = _STARTED_FIRING | {IngestOutcome.RESOLVED}
 
 
 def json_error(status: int, message: str, **extra: str) -> web.Response:
@@ -70,17 +72,23 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
 
     now = runtime.clock.now()
     snapshot = runtime.snapshot
-    incoming = [
-        IncomingAlert(
-            alert=alert,
-            group_key=message.group_key,
-            receiver=message.receiver,
-            classification=snapshot.classify(alert.labels, now),
+    incoming = []
+    for alert in message.alerts:
+        classification = snapshot.classify(alert.labels, now)
+        incoming.append(
+            IncomingAlert(
+                alert=alert,
+                group_key=message.group_key,
+                receiver=message.receiver,
+                classification=classification,
+                incident_key=incident_key(classification, alert.labels, message.group_key),
+            )
         )
-        for alert in message.alerts
-    ]
+    reopen = snapshot.escalation.reopen_within
     try:
-        outcomes = await asyncio.wait_for(runtime.store.ingest(incoming, now), STORE_DEADLINE_S)
+        outcomes = await asyncio.wait_for(
+            runtime.store.ingest(incoming, now, reopen_within=reopen), STORE_DEADLINE_S
+        )
     except (StoreError, TimeoutError) as exc:
         metrics.webhook_requests.labels("unavailable").inc()
         log.error("webhook not stored", extra=fields(reason=str(exc) or "store timed out"))
@@ -94,6 +102,8 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
             metrics.alerts_classified.labels(c.severity.value, c.category).inc()
             if c.rule is None:
                 metrics.alerts_unmatched.inc()
+    if any(o in _CHANGES_INCIDENTS for o in outcomes):
+        runtime.wake_engine()
     counts = Counter(outcome.value for outcome in outcomes)
     for outcome, count in counts.items():
         metrics.alerts_ingested.labels(outcome).inc(count)

@@ -30,6 +30,8 @@ _LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+# Time to acknowledge and resolve: a minute to three days (the P3 resolve target).
+_KPI_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -96,6 +98,64 @@ class Metrics:
         self.rules_loaded = Gauge(
             "responder_rules_loaded",
             "Classification rules in force.",
+            registry=registry,
+        )
+        # -- incidents and escalation (KPIs by severity, from the seeds) --
+        self.time_to_acknowledge = Histogram(
+            "responder_incident_time_to_acknowledge_seconds",
+            "From an incident triggering to a person acknowledging it.",
+            ["severity"],
+            buckets=_KPI_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_resolve = Histogram(
+            "responder_incident_time_to_resolve_seconds",
+            "From an incident triggering to its resolution.",
+            ["severity"],
+            buckets=_KPI_BUCKETS,
+            registry=registry,
+        )
+        self.target_breaches = Counter(
+            "responder_response_target_breaches_total",
+            "Incidents that passed their response target (respond or resolve) unmet.",
+            ["severity", "target"],
+            registry=registry,
+        )
+        self.incident_actions = Counter(
+            "responder_incident_actions_total",
+            "What people did to incidents (acknowledge, resolve, snooze, ...) and through what.",
+            ["action", "via"],
+            registry=registry,
+        )
+        self.escalation_steps = Counter(
+            "responder_escalation_steps_total",
+            "Escalation steps done, by what they were (escalated, status_update, recovery, "
+            "nobody_to_page, no_policy).",
+            ["kind"],
+            registry=registry,
+        )
+        self.escalation_lag = Histogram(
+            "responder_escalation_lag_seconds",
+            "How late an escalation step was done after its due time.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.escalation_pass = Histogram(
+            "responder_escalation_pass_seconds",
+            "Time one pass of the escalation engine over the due incidents took.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.pages_queued = Counter(
+            "responder_pages_queued_total",
+            "Pages written to the outbox, by channel and kind (page, status, recovery, test).",
+            ["channel", "kind"],
+            registry=registry,
+        )
+        self.pages = Counter(
+            "responder_pages_total",
+            "Pages handed to a channel, by channel and outcome (sent, failed, retry, cancelled).",
+            ["channel", "outcome"],
             registry=registry,
         )
         self.config_reload_ok = Gauge(

@@ -17,10 +17,14 @@ from pathlib import Path
 
 from aiohttp import web
 
+from notifiers.base import Notifier
+from notifiers.config import ChannelSettings, parse_channels
 from responder.auth import Authenticator
 from responder.classify import Classifier, load_classifier
 from responder.clock import Clock
 from responder.config import DAEMON_KEYS, Config, parse_config, read_config_file
+from responder.deliver import Dispatcher
+from responder.escalate import ESCALATION_KEYS, EscalationConfig, Escalator, load_escalation
 from responder.log import fields
 from responder.metrics import Metrics
 from responder.model import Classification
@@ -30,7 +34,7 @@ from responder.yamlfile import ConfigError
 
 log = logging.getLogger("responder")
 
-SECTION_KEYS = ("classification",)
+SECTION_KEYS = ("classification", "channels", *ESCALATION_KEYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,8 @@ class Snapshot:
 
     config: Config
     classifier: Classifier
+    escalation: EscalationConfig
+    channels: ChannelSettings
 
     def classify(self, labels: Mapping[str, str], now: datetime) -> Classification:
         return self.classifier.classify(labels, now)
@@ -52,8 +58,15 @@ def load_snapshot(
     root = read_config_file(path)
     root.keys_allowed(*DAEMON_KEYS, *SECTION_KEYS)
     config = parse_config(root, path, listen=listen, state_dir=state_dir)
-    classifier = load_classifier(root.get("classification"), config.base_dir)
-    return Snapshot(config=config, classifier=classifier)
+    escalation = load_escalation(root)
+    classifier = load_classifier(
+        root.get("classification"),
+        config.base_dir,
+        business_hours=escalation.business_hours if root.get("business_hours") else None,
+    )
+    classifier.check_references(set(escalation.policies), None, None)
+    channels = parse_channels(root.get("channels"), config.base_dir)
+    return Snapshot(config, classifier, escalation, channels)
 
 
 class Runtime:
@@ -79,6 +92,10 @@ class Runtime:
         self._listen_override = listen_override
         self._state_dir_override = state_dir_override
         self._reload_lock = asyncio.Lock()
+        # The engine loops, set by the app; handlers wake them after writing a nearer due time.
+        self.escalator: Escalator | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.notifiers: dict[str, Notifier] = {}
         metrics.config_reload_ok.set(1)
         metrics.config_reload_time.set(clock.now().timestamp())
         metrics.rules_loaded.set(snapshot.classifier.rule_count)
@@ -86,6 +103,13 @@ class Runtime:
     @property
     def config(self) -> Config:
         return self.snapshot.config
+
+    def wake_engine(self) -> None:
+        """Something changed that may make a step or a page due now."""
+        if self.escalator is not None:
+            self.escalator.wake()
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
 
     async def reload(self) -> ConfigError | None:
         """Load the config again; swap it in on success. Returns the error on failure."""
@@ -112,6 +136,11 @@ class Runtime:
                     "reload failed; the old config stays in force", extra=fields(error=str(error))
                 )
                 return error
+            if new.channels != old.channels:
+                log.warning(
+                    "config section changed; it takes effect at the next restart",
+                    extra=fields(section="channels"),
+                )
             for name in ("server", "storage", "state_dir"):
                 if getattr(new.config, name) != getattr(old.config, name):
                     log.warning(

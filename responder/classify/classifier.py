@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 
-from responder.calendar import parse_business_hours
+from responder.calendar import BusinessHours, parse_business_hours
 from responder.classify.explain import Explanation, MatcherResult, RuleTrial
 from responder.classify.matchers import Matcher, MatchType
 from responder.classify.rules import Rule, load_rule_file
@@ -451,11 +451,14 @@ def load_classifier(
     *,
     rule_files: Node | None = None,
     rule_base: Path | None = None,
+    business_hours: BusinessHours | None = None,
 ) -> Classifier:
     """Build the classifier from config.yaml's ``classification:`` section (None if absent).
 
     Rule file patterns are relative to ``base_dir``. Rule tests pass ``rule_files`` (a list
-    node) to replace the section's own, relative to ``rule_base``. Raises ConfigError.
+    node) to replace the section's own, relative to ``rule_base``. ``business_hours`` is the
+    top-level definition, which escalation shares; the section may hold its own only when
+    there is none at the top level (one definition, one truth). Raises ConfigError.
     """
     if section is None:
         # An absent section reads like an empty one: every key takes its default.
@@ -467,7 +470,12 @@ def load_classifier(
     categories = _categories(get("categories"))
     fallback = _fallback(get("fallback"), categories)
     hours_node = get("business_hours")
-    business_hours = None if hours_node is None else parse_business_hours(hours_node)
+    if hours_node is not None:
+        if business_hours is not None:
+            raise hours_node.error(
+                "business hours are defined at the top level already; keep one definition"
+            )
+        business_hours = parse_business_hours(hours_node)
     targets = parse_response_targets(get("response_targets"), business_hours)
     if rule_files is not None:
         paths = _rule_paths(rule_files, rule_base or base_dir)

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+from responder.incident import (
+    EscalationWork,
+    Incident,
+    NewPage,
+    Page,
+    PageState,
+    StepDone,
+    TimelineEvent,
+)
 from responder.model import Alert, AlertStatus, Classification
 
 
@@ -37,6 +46,9 @@ class IncomingAlert:
     group_key: str
     receiver: str
     classification: Classification
+    # The incident this alert joins when it fires (``responder.incident.incident_key``);
+    # None for alerts that never make an incident (heartbeats).
+    incident_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +96,16 @@ class Store(Protocol):
         """True when the store can serve reads and writes."""
         ...
 
-    async def ingest(self, alerts: Sequence[IncomingAlert], now: datetime) -> list[IngestOutcome]:
-        """Record alerts durably and idempotently; one outcome per alert, same order."""
+    async def ingest(
+        self,
+        alerts: Sequence[IncomingAlert],
+        now: datetime,
+        *,
+        reopen_within: timedelta = ...,
+    ) -> list[IngestOutcome]:
+        """Record alerts durably and idempotently; one outcome per alert, same order. In the
+        same transaction, firing alerts join (or open, or reopen) their incident, and an
+        incident whose last firing alert resolved is resolved."""
         ...
 
     async def mark_stale(self, last_received_before: datetime, now: datetime) -> list[int]:
@@ -94,4 +114,84 @@ class Store(Protocol):
 
     async def list_alerts(self, query: AlertQuery) -> list[StoredAlert]:
         """Newest first."""
+        ...
+
+    # -- incidents: the engine's side ---------------------------------------------------------
+    async def due_escalations(self, now: datetime, limit: int = 200) -> list[EscalationWork]:
+        """Incidents whose ``next_due`` has come, with the steps already done."""
+        ...
+
+    async def apply_escalation(
+        self,
+        incident_id: int,
+        version: int,
+        steps: Sequence[StepDone],
+        events: Sequence[TimelineEvent],
+        next_due: datetime | None,
+        now: datetime,
+        *,
+        unsnooze: bool = False,
+    ) -> list[str] | None:
+        """Record steps once each, with their pages and events, and the next due time, in one
+        transaction; None (nothing written) when the incident changed since it was read."""
+        ...
+
+    async def next_escalation(self) -> datetime | None:
+        """The earliest ``next_due`` of any incident."""
+        ...
+
+    async def next_page(self) -> datetime | None:
+        """The earliest due time of a queued page."""
+        ...
+
+    # -- incidents: people's side -------------------------------------------------------------
+    async def transition(
+        self,
+        incident_id: int,
+        action: str,
+        *,
+        actor: str,
+        via: str,
+        now: datetime,
+        until: datetime | None = None,
+        text: str | None = None,
+        assignee: str | None = None,
+        pages: Sequence[NewPage] = (),
+    ) -> tuple[Incident, bool]:
+        """acknowledge, unacknowledge, resolve, snooze, reassign or note; raises
+        ``IncidentNotFound`` or ``TransitionError``."""
+        ...
+
+    async def get_incident(self, incident_id: int) -> Incident: ...
+
+    async def incident_details(
+        self, incident_id: int
+    ) -> tuple[Incident, list[StoredAlert], list[TimelineEvent], list[Page]]: ...
+
+    async def list_incidents(
+        self, states: Sequence[str] = (), since: datetime | None = None, limit: int = 500
+    ) -> list[Incident]:
+        """Newest first."""
+        ...
+
+    # -- the outbox ---------------------------------------------------------------------------
+    async def claim_pages(self, now: datetime, limit: int = 50) -> list[Page]:
+        """Due queued pages, marked ``sending`` durably before they are returned."""
+        ...
+
+    async def finish_page(
+        self,
+        page_id: int,
+        state: PageState,
+        now: datetime,
+        *,
+        provider_id: str | None = None,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        """Record the outcome; with ``retry_at`` the page is queued again for then."""
+        ...
+
+    async def recover_sending(self, now: datetime) -> int:
+        """At start: settle pages a crash left in ``sending`` (see docs/escalation.md)."""
         ...

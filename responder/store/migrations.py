@@ -36,4 +36,88 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX alerts_firing_last ON alerts (last_received) WHERE status = 'firing'",
         "CREATE INDEX alerts_status ON alerts (status, id)",
     ],
+    # 2: incidents, their timelines, escalation steps done, and the outbox of pages.
+    [
+        """
+        CREATE TABLE incidents (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('triggered', 'acknowledged', 'snoozed', 'resolved')),
+            severity TEXT NOT NULL,
+            category TEXT NOT NULL,
+            policy TEXT,
+            rule TEXT,
+            title TEXT NOT NULL,
+            respond_s INTEGER,
+            resolve_s INTEGER,
+            opened_at INTEGER NOT NULL,
+            triggered_at INTEGER NOT NULL,
+            episode INTEGER NOT NULL DEFAULT 1,
+            acknowledged_at INTEGER,
+            acknowledged_by TEXT,
+            resolved_at INTEGER,
+            resolved_by TEXT,
+            snoozed_until INTEGER,
+            assignee TEXT,
+            next_due INTEGER,
+            version INTEGER NOT NULL DEFAULT 0,
+            updated_at INTEGER NOT NULL
+        )
+        """,
+        # One open incident per key: a new alert with the key joins it.
+        "CREATE UNIQUE INDEX incidents_open_key ON incidents (key) WHERE state != 'resolved'",
+        "CREATE INDEX incidents_key ON incidents (key, resolved_at)",
+        "CREATE INDEX incidents_due ON incidents (next_due) WHERE next_due IS NOT NULL",
+        "CREATE INDEX incidents_opened ON incidents (opened_at)",
+        "ALTER TABLE alerts ADD COLUMN incident_id INTEGER REFERENCES incidents (id)",
+        "CREATE INDEX alerts_incident ON alerts (incident_id, status)",
+        """
+        CREATE TABLE timeline (
+            id INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL REFERENCES incidents (id),
+            at INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            actor TEXT,
+            via TEXT,
+            detail TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX timeline_incident ON timeline (incident_id, id)",
+        """
+        CREATE TABLE steps (
+            incident_id INTEGER NOT NULL REFERENCES incidents (id),
+            episode INTEGER NOT NULL,
+            step TEXT NOT NULL,
+            done_at INTEGER NOT NULL,
+            PRIMARY KEY (incident_id, episode, step)
+        )
+        """,
+        """
+        CREATE TABLE pages (
+            id INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL REFERENCES incidents (id),
+            episode INTEGER NOT NULL,
+            step TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('page', 'status', 'recovery', 'test')),
+            contact TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            address TEXT NOT NULL,
+            backup TEXT,
+            due_at INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN
+                ('queued', 'sending', 'sent', 'delivered', 'failed', 'cancelled')),
+            cancel_on_ack INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            provider_id TEXT,
+            error TEXT,
+            created_at INTEGER NOT NULL,
+            sent_at INTEGER,
+            updated_at INTEGER NOT NULL,
+            UNIQUE (incident_id, episode, step, contact, channel)
+        )
+        """,
+        "CREATE INDEX pages_queued ON pages (due_at) WHERE state = 'queued'",
+        "CREATE INDEX pages_incident ON pages (incident_id, id)",
+    ],
 ]

@@ -19,11 +19,22 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from responder.incident import (
+    EscalationWork,
+    Event,
+    Incident,
+    NewPage,
+    Page,
+    PageState,
+    StepDone,
+    TimelineEvent,
+)
 from responder.model import AlertStatus, Classification
+from responder.store import sqlite_incidents as inc
 from responder.store.base import (
     AlertQuery,
     IncomingAlert,
@@ -32,26 +43,16 @@ from responder.store.base import (
     StoreError,
 )
 from responder.store.migrations import SQLITE_MIGRATIONS
+from responder.store.sqlite_incidents import dumps as _dumps
+from responder.store.sqlite_incidents import from_us, to_us
 
 T = TypeVar("T")
+DEFAULT_REOPEN_WITHIN = timedelta(hours=1)
 log = logging.getLogger("responder.store")
 
 # A batch larger than this is split: it bounds the time one commit holds the lock and
 # the latency of the first request in the batch.
 MAX_BATCH = 512
-
-
-def to_us(when: datetime) -> int:
-    """Aware datetime -> integer microseconds since the epoch (exact, sortable)."""
-    delta = when - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1_000_000, UTC).replace(microsecond=value % 1_000_000)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -240,19 +241,32 @@ class SQLiteStore:
         return await asyncio.to_thread(run)
 
     # -- alerts -------------------------------------------------------------------------------
-    async def ingest(self, alerts: Sequence[IncomingAlert], now: datetime) -> list[IngestOutcome]:
+    async def ingest(
+        self,
+        alerts: Sequence[IncomingAlert],
+        now: datetime,
+        *,
+        reopen_within: timedelta = DEFAULT_REOPEN_WITHIN,
+    ) -> list[IngestOutcome]:
         now_us = to_us(now)
-        return await self._write(lambda conn: [_ingest_one(conn, a, now_us) for a in alerts])
+        reopen_us = int(reopen_within.total_seconds() * 1_000_000)
+        return await self._write(
+            lambda conn: [_ingest_one(conn, a, now_us, reopen_us) for a in alerts]
+        )
 
     async def mark_stale(self, last_received_before: datetime, now: datetime) -> list[int]:
         cutoff = to_us(last_received_before)
 
         def work(conn: sqlite3.Connection) -> list[int]:
+            now_us = to_us(now)
             rows = conn.execute(
                 "UPDATE alerts SET status = 'stale', updated_at = ? "
-                "WHERE status = 'firing' AND last_received < ? RETURNING id",
-                (to_us(now), cutoff),
+                "WHERE status = 'firing' AND last_received < ? RETURNING id, incident_id",
+                (now_us, cutoff),
             ).fetchall()
+            for alert_id, incident_id in sorted(rows):
+                if incident_id is not None:
+                    inc.alert_ended(conn, alert_id, incident_id, Event.ALERT_STALE, now_us)
             return sorted(row[0] for row in rows)
 
         return await self._write(work)
@@ -274,6 +288,133 @@ class SQLiteStore:
             return [_stored_alert(row) for row in conn.execute(sql, params)]
 
         return await self._read(work)
+
+    # -- incidents ----------------------------------------------------------------------------
+    async def due_escalations(self, now: datetime, limit: int = 200) -> list[EscalationWork]:
+        now_us = to_us(now)
+        return await self._read(lambda conn: inc.due_work(conn, now_us, limit))
+
+    async def apply_escalation(
+        self,
+        incident_id: int,
+        version: int,
+        steps: Sequence[StepDone],
+        events: Sequence[TimelineEvent],
+        next_due: datetime | None,
+        now: datetime,
+        *,
+        unsnooze: bool = False,
+    ) -> list[str] | None:
+        next_us = None if next_due is None else to_us(next_due)
+        now_us = to_us(now)
+        return await self._write(
+            lambda conn: inc.apply_steps(
+                conn, incident_id, version, steps, events, next_us, unsnooze, now_us
+            )
+        )
+
+    async def next_escalation(self) -> datetime | None:
+        value = await self._read(inc.next_escalation)
+        return None if value is None else from_us(value)
+
+    async def next_page(self) -> datetime | None:
+        value = await self._read(inc.next_page)
+        return None if value is None else from_us(value)
+
+    async def transition(
+        self,
+        incident_id: int,
+        action: str,
+        *,
+        actor: str,
+        via: str,
+        now: datetime,
+        until: datetime | None = None,
+        text: str | None = None,
+        assignee: str | None = None,
+        pages: Sequence[NewPage] = (),
+    ) -> tuple[Incident, bool]:
+        now_us = to_us(now)
+        until_us = None if until is None else to_us(until)
+        return await self._write(
+            lambda conn: inc.transition(
+                conn,
+                incident_id,
+                action,
+                actor=actor,
+                via=via,
+                now_us=now_us,
+                until_us=until_us,
+                text=text,
+                assignee=assignee,
+                pages=pages,
+            )
+        )
+
+    async def get_incident(self, incident_id: int) -> Incident:
+        return await self._read(lambda conn: inc.get_incident(conn, incident_id))
+
+    async def incident_details(
+        self, incident_id: int
+    ) -> tuple[Incident, list[StoredAlert], list[TimelineEvent], list[Page]]:
+        def work(
+            conn: sqlite3.Connection,
+        ) -> tuple[Incident, list[StoredAlert], list[TimelineEvent], list[Page]]:
+            incident = inc.get_incident(conn, incident_id)
+            alerts = [
+                _stored_alert(row)
+                for row in conn.execute(
+                    f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE incident_id = ? ORDER BY id",  # noqa: S608 - fixed text
+                    (incident_id,),
+                )
+            ]
+            return (
+                incident,
+                alerts,
+                inc.timeline(conn, incident_id),
+                inc.pages_of(conn, incident_id),
+            )
+
+        return await self._read(work)
+
+    async def list_incidents(
+        self, states: Sequence[str] = (), since: datetime | None = None, limit: int = 500
+    ) -> list[Incident]:
+        since_us = None if since is None else to_us(since)
+        return await self._read(lambda conn: inc.list_incidents(conn, states, since_us, limit))
+
+    # -- the outbox ---------------------------------------------------------------------------
+    async def claim_pages(self, now: datetime, limit: int = 50) -> list[Page]:
+        now_us = to_us(now)
+        return await self._write(lambda conn: inc.claim_pages(conn, now_us, limit))
+
+    async def finish_page(
+        self,
+        page_id: int,
+        state: PageState,
+        now: datetime,
+        *,
+        provider_id: str | None = None,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        now_us = to_us(now)
+        retry_us = None if retry_at is None else to_us(retry_at)
+        await self._write(
+            lambda conn: inc.finish_page(
+                conn,
+                page_id,
+                state,
+                now_us,
+                provider_id=provider_id,
+                error=error,
+                retry_at_us=retry_us,
+            )
+        )
+
+    async def recover_sending(self, now: datetime) -> int:
+        now_us = to_us(now)
+        return await self._write(lambda conn: inc.recover_sending(conn, now_us))
 
 
 def _settle(items: list[tuple[_Job, bool, Any]]) -> None:
@@ -322,11 +463,33 @@ def classification_document(c: Classification) -> dict[str, object]:
     }
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+def _ingest_one(
+    conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int, reopen_us: int
+) -> IngestOutcome:
+    outcome, alert_id, incident_id = _store_alert(conn, incoming, now_us)
+    if alert_id is None:
+        return outcome
+    if outcome in (IngestOutcome.NEW, IngestOutcome.REVIVED):
+        if incoming.incident_key is not None:
+            inc.attach_alert(
+                conn,
+                alert_id,
+                incoming.incident_key,
+                dict(incoming.alert.labels),
+                classification_document(incoming.classification),
+                now_us,
+                reopen_us,
+            )
+    elif outcome is IngestOutcome.RESOLVED and incident_id is not None:
+        inc.alert_ended(conn, alert_id, incident_id, Event.ALERT_RESOLVED, now_us)
+    return outcome
 
 
-def _ingest_one(conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int) -> IngestOutcome:
+def _store_alert(
+    conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int
+) -> tuple[IngestOutcome, int | None, int | None]:
+    """Write the alert row; returns the outcome, the row id when incidents must hear of it,
+    and the incident it belongs to."""
     alert = incoming.alert
     starts_us = to_us(alert.starts_at)
     if alert.status is AlertStatus.FIRING:
@@ -336,7 +499,7 @@ def _ingest_one(conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int) 
             (now_us, _dumps(dict(alert.annotations)), now_us, alert.fingerprint),
         )
         if cur.rowcount:
-            return IngestOutcome.REPEAT
+            return IngestOutcome.REPEAT, None, None
         c = incoming.classification
         cur = conn.execute(
             "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
@@ -363,31 +526,33 @@ def _ingest_one(conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int) 
             ),
         )
         if cur.rowcount:
-            return IngestOutcome.NEW
+            return IngestOutcome.NEW, cur.lastrowid, None
         # Same identity exists and is not firing: stale comes back to life; resolved stays
         # resolved (a firing copy delivered after the resolve is out of order).
-        cur = conn.execute(
+        revived = conn.execute(
             "UPDATE alerts SET status = 'firing', last_received = ?, "
             "receive_count = receive_count + 1, updated_at = ? "
-            "WHERE fingerprint = ? AND starts_at = ? AND status = 'stale'",
+            "WHERE fingerprint = ? AND starts_at = ? AND status = 'stale' RETURNING id",
             (now_us, now_us, alert.fingerprint, starts_us),
-        )
-        return IngestOutcome.REVIVED if cur.rowcount else IngestOutcome.LATE
+        ).fetchone()
+        if revived is not None:
+            return IngestOutcome.REVIVED, revived[0], None
+        return IngestOutcome.LATE, None, None
 
     assert alert.ends_at is not None  # the parser guarantees an end time for resolved alerts
     ends_us = to_us(alert.ends_at)
     # Resolve the open episode of this fingerprint; the resolve may carry an earlier startsAt
     # than the firing copy (Alertmanager keeps the earliest it saw), so match on fingerprint,
     # but never let an old resolve close an episode that started after it ended.
-    cur = conn.execute(
+    resolved = conn.execute(
         "UPDATE alerts SET status = 'resolved', ends_at = ?, last_received = ?, "
         "receive_count = receive_count + 1, updated_at = ? "
         "WHERE id = (SELECT id FROM alerts WHERE fingerprint = ? AND status IN ('firing', 'stale') "
-        "AND starts_at <= ? ORDER BY starts_at DESC LIMIT 1)",
+        "AND starts_at <= ? ORDER BY starts_at DESC LIMIT 1) RETURNING id, incident_id",
         (ends_us, now_us, now_us, alert.fingerprint, ends_us),
-    )
-    if cur.rowcount:
-        return IngestOutcome.RESOLVED
+    ).fetchone()
+    if resolved is not None:
+        return IngestOutcome.RESOLVED, resolved[0], resolved[1]
     cur = conn.execute(
         "UPDATE alerts SET last_received = ?, receive_count = receive_count + 1 "
         "WHERE id = (SELECT id FROM alerts WHERE fingerprint = ? AND status = 'resolved' "
@@ -395,7 +560,7 @@ def _ingest_one(conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int) 
         (now_us, alert.fingerprint),
     )
     if cur.rowcount:
-        return IngestOutcome.REPEAT_RESOLVED
+        return IngestOutcome.REPEAT_RESOLVED, None, None
     c = incoming.classification
     conn.execute(
         "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
@@ -422,7 +587,7 @@ def _ingest_one(conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int) 
             now_us,
         ),
     )
-    return IngestOutcome.RESOLVED_UNSEEN
+    return IngestOutcome.RESOLVED_UNSEEN, None, None
 
 
 def _stored_alert(row: sqlite3.Row | tuple[Any, ...]) -> StoredAlert:

@@ -1,0 +1,374 @@
+"""The escalation engine: one loop that sleeps until the earliest stored due time, decides what
+is due with ``responder.policy`` and records it (steps, pages, timeline) through the store.
+
+Due times are data in the store, so a restart simply reads them: nothing is recomputed by
+hand, nothing missed, nothing repeated (a step is a unique row). The decision (``decide``) is
+pure and takes the instant; the loop (``Escalator``) is the only part that waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+
+from responder.calendar import BusinessHours, parse_business_hours
+from responder.clock import Clock, monotonic
+from responder.directory import Directory, parse_directory
+from responder.incident import (
+    EscalationWork,
+    Event,
+    Incident,
+    IncidentState,
+    NewPage,
+    PageKind,
+    StepDone,
+    TimelineEvent,
+)
+from responder.log import fields
+from responder.metrics import Metrics
+from responder.model import Severity
+from responder.policy import (
+    EscalationClock,
+    IncidentView,
+    Policy,
+    Step,
+    StepKind,
+    due_steps,
+    next_due,
+    pages_for,
+    parse_policies,
+)
+from responder.store import Store
+from responder.yamlfile import Node
+
+log = logging.getLogger("responder.escalate")
+
+ESCALATION_KEYS = (
+    "business_hours",
+    "contacts",
+    "roles",
+    "teams",
+    "schedules",
+    "escalation_policies",
+    "incidents",
+)
+DEFAULT_REOPEN_WITHIN = timedelta(hours=1)
+# A safety net, not the mechanism: the loop is woken when a nearer due time is written, and
+# this bounds how long a due time written by another daemon (HA) can wait.
+MAX_SLEEP = timedelta(seconds=30)
+RECOVERY_STEP = "R"
+CLOSED_STEP = "K"  # the resolve seen by the engine once: time to resolve is observed then
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationConfig:
+    """Everything from config.yaml that decides who is paged when."""
+
+    business_hours: BusinessHours = field(default_factory=BusinessHours)
+    directory: Directory = field(
+        default_factory=lambda: Directory(
+            MappingProxyType({}), MappingProxyType({}), MappingProxyType({}), MappingProxyType({})
+        )
+    )
+    policies: Mapping[str, Policy] = field(default_factory=lambda: MappingProxyType({}))
+    default_policy: str | None = None
+    reopen_within: timedelta = DEFAULT_REOPEN_WITHIN
+
+    def policy_for(self, name: str | None) -> Policy | None:
+        return self.policies.get(name or self.default_policy or "")
+
+
+def load_escalation(root: Node) -> EscalationConfig:
+    """Read the escalation sections of the top-level config node; raises ConfigError."""
+    hours_node = root.get("business_hours")
+    hours = BusinessHours() if hours_node is None else parse_business_hours(hours_node)
+    directory = parse_directory(root)
+    policies_node = root.get("escalation_policies")
+    policies = {} if policies_node is None else parse_policies(policies_node, directory, hours)
+    default_policy = None
+    reopen = DEFAULT_REOPEN_WITHIN
+    incidents = root.get("incidents")
+    if incidents is not None:
+        incidents.keys_allowed("default_policy", "reopen_within")
+        if (node := incidents.get("default_policy")) is not None:
+            default_policy = node.as_str()
+            if default_policy not in policies:
+                known = ", ".join(sorted(policies)) or "none defined"
+                raise node.error(f"unknown escalation policy {default_policy!r} (known: {known})")
+        if (node := incidents.get("reopen_within")) is not None:
+            reopen = node.as_duration()
+    return EscalationConfig(hours, directory, MappingProxyType(policies), default_policy, reopen)
+
+
+# -- the decision ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    steps: tuple[StepDone, ...]
+    events: tuple[TimelineEvent, ...]
+    next_due: datetime | None
+    unsnooze: bool = False
+
+
+def _view(incident: Incident, done: frozenset[str]) -> IncidentView:
+    return IncidentView(
+        triggered_at=incident.triggered_at,
+        severity=Severity(incident.severity),
+        category=incident.category,
+        acknowledged_at=incident.acknowledged_at,
+        resolved_at=incident.resolved_at,
+        snoozed_until=incident.snoozed_until,
+        done=done,
+    )
+
+
+def _level_clock(policy: Policy, step: Step) -> EscalationClock:
+    for level in policy.levels:
+        if level.number == step.level:
+            return level.clock
+    return EscalationClock.UNACKNOWLEDGED
+
+
+def _target_breaches(incident: Incident, done: frozenset[str], now: datetime) -> list[StepDone]:
+    """Response targets passed while nobody acknowledged / nothing resolved: recorded once."""
+    breaches: list[StepDone] = []
+    checks = (
+        ("B.respond", incident.respond_s, incident.acknowledged_at, "respond"),
+        ("B.resolve", incident.resolve_s, incident.resolved_at, "resolve"),
+    )
+    for step_id, seconds, met_at, target in checks:
+        if seconds is None or step_id in done:
+            continue
+        deadline = incident.triggered_at + timedelta(seconds=seconds)
+        if now >= deadline and (met_at is None or met_at > deadline):
+            detail = {"target": target, "seconds": seconds, "deadline": deadline.isoformat()}
+            event = TimelineEvent(now, Event.TARGET_BREACHED, "responder", "engine", detail)
+            breaches.append(StepDone(step_id, event))
+    return breaches
+
+
+def _next_breach(incident: Incident, done: frozenset[str]) -> datetime | None:
+    if incident.state is IncidentState.RESOLVED:
+        return None
+    times = []
+    respond_open = "B.respond" not in done and incident.acknowledged_at is None
+    if incident.respond_s is not None and respond_open:
+        times.append(incident.triggered_at + timedelta(seconds=incident.respond_s))
+    if incident.resolve_s is not None and "B.resolve" not in done:
+        times.append(incident.triggered_at + timedelta(seconds=incident.resolve_s))
+    return min(times, default=None)
+
+
+def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Decision:
+    """What to record for one due incident at ``now``: steps with their pages, events, and the
+    next due time. Pure: the same inputs give the same decision."""
+    incident, done = work.incident, work.done
+    breaches = tuple(_target_breaches(incident, done, now))
+    policy = config.policy_for(incident.policy)
+
+    steps: list[StepDone]
+    if incident.state is IncidentState.RESOLVED:
+        steps = list(breaches)
+        if CLOSED_STEP not in done:
+            steps.append(StepDone(CLOSED_STEP, None))
+        if RECOVERY_STEP not in done and work.paged:
+            pages = tuple(
+                NewPage(RECOVERY_STEP, PageKind.RECOVERY, contact, channel, address, now)
+                for contact, channel, address in work.paged
+            )
+            detail = {"contacts": sorted({p.contact for p in pages}), "pages": len(pages)}
+            event = TimelineEvent(now, Event.RECOVERY, "responder", "engine", detail)
+            steps.append(StepDone(RECOVERY_STEP, event, pages))
+        return Decision(tuple(steps), (), None)
+
+    events: list[TimelineEvent] = []
+    unsnooze = False
+    snooze_end = incident.snoozed_until
+    if incident.state is IncidentState.SNOOZED and snooze_end is not None and snooze_end <= now:
+        unsnooze = True
+        events.append(TimelineEvent(now, Event.SNOOZE_ENDED, "responder", "engine"))
+
+    if policy is None:
+        if "no-policy" not in done:
+            detail = {"policy": incident.policy, "default_policy": config.default_policy}
+            event = TimelineEvent(now, Event.NO_POLICY, "responder", "engine", detail)
+            breaches = (*breaches, StepDone("no-policy", event))
+        recorded = done | {s.step for s in breaches}
+        return Decision(breaches, tuple(events), _next_breach(incident, recorded), unsnooze)
+
+    view = _view(incident, done)
+    steps = list(breaches)
+    for step in due_steps(policy, view, now):
+        steps.append(_step_record(step, policy, config.directory, now))
+    recorded = done | {s.step for s in steps}
+    upcoming = [next_due(policy, _view(incident, recorded), now), _next_breach(incident, recorded)]
+    if incident.state is IncidentState.SNOOZED and not unsnooze:
+        upcoming.append(incident.snoozed_until)
+    wake = min((t for t in upcoming if t is not None), default=None)
+    return Decision(tuple(steps), tuple(events), wake, unsnooze)
+
+
+def _step_record(step: Step, policy: Policy, directory: Directory, now: datetime) -> StepDone:
+    targets = pages_for(step, policy, directory, now)
+    if step.kind is StepKind.STATUS_UPDATE:
+        kind, cancel_on_ack = PageKind.STATUS, False
+    else:
+        kind = PageKind.PAGE
+        # Management (duration-clock) levels go even when acknowledged.
+        cancel_on_ack = _level_clock(policy, step) is EscalationClock.UNACKNOWLEDGED
+    pages = tuple(
+        NewPage(
+            step.id,
+            kind,
+            t.contact,
+            t.channel.value,
+            t.address,
+            now + t.delay,
+            t.backup,
+            cancel_on_ack,
+        )
+        for t in targets
+    )
+    detail: dict[str, object] = {
+        "step": step.id,
+        "policy": policy.name,
+        "due": step.due.isoformat(),
+        "pages": [f"{p.contact}/{p.channel}" for p in pages],
+    }
+    if step.level is not None:
+        detail["level"] = step.level
+    if step.repeat:
+        detail["repeat"] = step.repeat
+    if not pages:
+        event_kind = Event.NOBODY_TO_PAGE
+    elif kind is PageKind.STATUS:
+        event_kind = Event.STATUS_UPDATE
+    else:
+        event_kind = Event.ESCALATED
+    return StepDone(step.id, TimelineEvent(now, event_kind, "responder", "engine", detail), pages)
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+class Escalator:
+    """Runs ``decide`` for every due incident, then sleeps until the next due time or a wake."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        config: Callable[[], EscalationConfig],  # read at each pass: a reload swaps it
+        *,
+        on_pages: Callable[[], None] = lambda: None,
+        batch: int = 200,
+    ) -> None:
+        self._on_pages = on_pages  # wakes the outbox sender
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._config = config
+        self._batch = batch
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """A nearer due time may have been written (new incident, acknowledge, ...)."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Handle everything due now; returns how many incidents were handled."""
+        handled = 0
+        while True:
+            now = self._clock.now()
+            work = await self._store.due_escalations(now, self._batch)
+            if not work:
+                return handled
+            config = self._config()
+            progressed = False
+            for item in work:
+                if await self._handle(item, config, now):
+                    progressed = True
+                handled += 1
+            if not progressed or len(work) < self._batch:
+                return handled
+
+    async def _handle(self, work: EscalationWork, config: EscalationConfig, now: datetime) -> bool:
+        decision = decide(work, config, now)
+        recorded = await self._store.apply_escalation(
+            work.incident.id,
+            work.incident.version,
+            decision.steps,
+            decision.events,
+            decision.next_due,
+            now,
+            unsnooze=decision.unsnooze,
+        )
+        if recorded is None:
+            return False  # changed meanwhile (acknowledged, new alert): decided again next pass
+        incident = work.incident
+        for step in decision.steps:
+            if step.step not in recorded:
+                continue
+            self._count(step, incident, now)
+            if step.pages:
+                self._on_pages()
+        return True
+
+    def _count(self, step: StepDone, incident: Incident, now: datetime) -> None:
+        m = self._metrics
+        if step.event is None:
+            if step.step == CLOSED_STEP and incident.resolved_at is not None:
+                took = (incident.resolved_at - incident.triggered_at).total_seconds()
+                m.time_to_resolve.labels(incident.severity).observe(took)
+            return
+        kind = step.event.kind
+        if kind is Event.TARGET_BREACHED:
+            m.target_breaches.labels(incident.severity, str(step.event.detail["target"])).inc()
+            return
+        m.escalation_steps.labels(kind.value).inc()
+        due = step.event.detail.get("due")
+        if isinstance(due, str):
+            m.escalation_lag.observe((now - datetime.fromisoformat(due)).total_seconds())
+        for page in step.pages:
+            m.pages_queued.labels(page.channel, page.kind.value).inc()
+        if kind is Event.NOBODY_TO_PAGE:
+            log.error(
+                "escalation step found nobody to page",
+                extra=fields(incident=incident.id, step=step.step),
+            )
+        elif step.pages:
+            log.info(
+                "escalated",
+                extra=fields(incident=incident.id, step=step.step, pages=len(step.pages)),
+            )
+
+    async def run_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            started = monotonic()
+            try:
+                await self.run_once()
+                wake_at = await self._store.next_escalation()
+            except Exception:
+                log.exception("escalation pass failed; trying again shortly")
+                wake_at = None
+                await asyncio.sleep(1.0)
+            self._metrics.escalation_pass.observe(monotonic() - started)
+            now = self._clock.now()
+            limit = now + MAX_SLEEP
+            until = limit if wake_at is None else min(wake_at, limit)
+            if until <= now:
+                continue
+            sleeper = asyncio.ensure_future(self._clock.sleep_until(until))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()

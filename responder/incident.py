@@ -1,0 +1,195 @@
+"""Incidents: what groups alerts, the states an incident moves through, and its records.
+
+An incident is one problem a human must own. Alerts join it by its key (the rule's
+``group_by`` labels, or Alertmanager's group key); it is triggered, acknowledged, snoozed
+until a time, or resolved. A resolved incident that fires again within the reopen window is
+re-triggered (a new *episode*: escalation starts over, the history stays). Every change is an
+event in its timeline. The store writes these records; this module only defines them and the
+pure rules (keys, titles, which transitions are allowed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from types import MappingProxyType
+
+from responder.model import Classification
+
+
+class IncidentState(StrEnum):
+    TRIGGERED = "triggered"
+    ACKNOWLEDGED = "acknowledged"
+    SNOOZED = "snoozed"
+    RESOLVED = "resolved"
+
+
+class PageKind(StrEnum):
+    PAGE = "page"  # an escalation level: someone must act
+    STATUS = "status"  # a status update to stakeholders while open
+    RECOVERY = "recovery"  # the incident resolved: everyone paged is told
+    TEST = "test"  # a drill
+
+
+class PageState(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"  # marked before the provider call: a crash never sends it twice
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # acknowledged or resolved before it was due
+
+
+class Event(StrEnum):
+    """Timeline entry kinds; the report and the API show them by these names."""
+
+    TRIGGERED = "triggered"
+    RETRIGGERED = "retriggered"
+    ALERT_FIRED = "alert_fired"
+    ALERT_RESOLVED = "alert_resolved"
+    ALERT_STALE = "alert_stale"
+    SEVERITY_RAISED = "severity_raised"
+    ESCALATED = "escalated"
+    STATUS_UPDATE = "status_update"
+    NOBODY_TO_PAGE = "nobody_to_page"
+    NO_POLICY = "no_policy"
+    ACKNOWLEDGED = "acknowledged"
+    UNACKNOWLEDGED = "unacknowledged"
+    SNOOZED = "snoozed"
+    SNOOZE_ENDED = "snooze_ended"
+    REASSIGNED = "reassigned"
+    NOTE = "note"
+    RESOLVED = "resolved"
+    RECOVERY = "recovery"
+    TARGET_BREACHED = "target_breached"
+    PAGE_SENT = "page_sent"
+    PAGE_FAILED = "page_failed"
+
+
+class TransitionError(ValueError):
+    """The action does not apply to the incident in its current state (HTTP 409)."""
+
+
+class IncidentNotFound(LookupError):
+    """No incident has that id (HTTP 404)."""
+
+
+def incident_key(
+    classification: Classification, labels: Mapping[str, str], group_key: str
+) -> str | None:
+    """Which incident an alert belongs to; None when it never makes one (heartbeats).
+
+    With the rule's ``group_by``, the key is the rule and those label values; without, it is
+    Alertmanager's group key, so one Alertmanager notification group is one incident.
+    """
+    if classification.heartbeat:
+        return None
+    if classification.group_by is None:
+        return "am:" + group_key
+    parts = [classification.rule or "fallback"]
+    parts += [f"{name}={labels.get(name, '')}" for name in classification.group_by]
+    # Hashed: label values may be long and any text; the key only has to be equal or not.
+    digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+    return f"rule:{classification.rule or 'fallback'}:{digest}"
+
+
+def incident_title(labels: Mapping[str, str]) -> str:
+    """``TargetDown on web-1:9100``: the alert name and where, for lists and messages."""
+    name = labels.get("alertname") or "alert"
+    where = labels.get("instance") or labels.get("job") or labels.get("service")
+    title = f"{name} on {where}" if where else name
+    return title[:200]
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    at: datetime
+    kind: Event
+    actor: str | None = None  # who: a contact, "alertmanager", "responder", an API user
+    via: str | None = None  # how: api, cli, sms, voice, email, alertmanager, engine
+    detail: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    id: int
+    key: str
+    state: IncidentState
+    severity: str
+    category: str
+    policy: str | None
+    rule: str | None
+    title: str
+    respond_s: int | None  # the response target in force when it triggered
+    resolve_s: int | None
+    opened_at: datetime
+    triggered_at: datetime  # start of the current episode
+    episode: int
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    snoozed_until: datetime | None
+    assignee: str | None
+    next_due: datetime | None
+    version: int
+    alert_count: int = 0
+    firing_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewPage:
+    """A page the engine decided on; the store gives it its unique key and its row."""
+
+    step: str
+    kind: PageKind
+    contact: str
+    channel: str
+    address: str
+    due_at: datetime
+    backup: str | None = None
+    # Unacknowledged-clock pages are moot once someone acknowledged; management (duration)
+    # pages and status updates still go.
+    cancel_on_ack: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    id: int
+    incident_id: int
+    episode: int
+    step: str
+    kind: PageKind
+    contact: str
+    channel: str
+    address: str
+    backup: str | None
+    due_at: datetime
+    state: PageState
+    attempts: int
+    provider_id: str | None
+    error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepDone:
+    """One escalation step recorded once (unique per incident, episode and id), with its pages
+    and its timeline event, in one transaction."""
+
+    step: str
+    event: TimelineEvent | None  # None: a bookkeeping step the timeline need not show
+    pages: tuple[NewPage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationWork:
+    """What the engine needs to decide one due incident."""
+
+    incident: Incident
+    done: frozenset[str]  # step ids recorded in the current episode
+    paged: tuple[tuple[str, str, str], ...]  # (contact, channel, address) paged this episode

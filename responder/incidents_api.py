@@ -1,0 +1,335 @@
+"""Incidents through the authenticated JSON API, and ``act``: the one function every door
+(API, CLI, SMS reply, voice keypress, email link) uses to acknowledge, resolve, snooze,
+reassign or annotate an incident, so each is recorded, counted and woken the same way."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from responder.api import MAX_LIMIT, authenticated, iso
+from responder.incident import (
+    Incident,
+    IncidentNotFound,
+    IncidentState,
+    NewPage,
+    Page,
+    PageKind,
+    TimelineEvent,
+    TransitionError,
+)
+from responder.ingest import json_error
+from responder.runtime import RUNTIME, Runtime
+from responder.store import StoredAlert, StoreError
+from responder.yamlfile import parse_duration
+
+ACTIONS = ("acknowledge", "unacknowledge", "resolve", "snooze", "reassign", "note")
+MAX_TEXT = 2000
+MAX_SNOOZE = timedelta(days=7)
+
+
+async def act(
+    runtime: Runtime,
+    incident_id: int,
+    action: str,
+    *,
+    actor: str,
+    via: str,
+    until: datetime | None = None,
+    text: str | None = None,
+    assignee: str | None = None,
+) -> tuple[Incident, bool]:
+    """Apply a person's action; raises IncidentNotFound, TransitionError or StoreError."""
+    now = runtime.clock.now()
+    pages: list[NewPage] = []
+    if action == "reassign":
+        if assignee is None:
+            raise TransitionError("reassign needs a contact")
+        pages = reassign_pages(runtime, assignee, now)
+    incident, changed = await runtime.store.transition(
+        incident_id,
+        action,
+        actor=actor,
+        via=via,
+        now=now,
+        until=until,
+        text=text,
+        assignee=assignee,
+        pages=pages,
+    )
+    if changed:
+        runtime.metrics.incident_actions.labels(action, via).inc()
+        if action == "acknowledge" and incident.acknowledged_at is not None:
+            took = (incident.acknowledged_at - incident.triggered_at).total_seconds()
+            runtime.metrics.time_to_acknowledge.labels(incident.severity).observe(took)
+        runtime.wake_engine()
+    return incident, changed
+
+
+def reassign_pages(runtime: Runtime, contact: str, now: datetime) -> list[NewPage]:
+    """The new owner is paged at once through their own notification rules."""
+    directory = runtime.snapshot.escalation.directory
+    if contact not in directory.contacts:
+        known = ", ".join(sorted(directory.contacts)) or "none defined"
+        raise TransitionError(f"unknown contact {contact!r} (known: {known})")
+    reached, rules = directory.reachable(contact)
+    pages: list[NewPage] = []
+    for rule in rules:
+        address = directory.contacts[reached].address(rule.channel)
+        if address is None:
+            continue
+        pages.append(
+            NewPage(
+                "A",
+                PageKind.PAGE,
+                reached,
+                rule.channel.value,
+                address,
+                now + rule.after,
+                directory.backup_of(reached),
+                cancel_on_ack=False,
+            )
+        )
+    return pages
+
+
+# -- documents ---------------------------------------------------------------------------------
+
+
+def incident_document(incident: Incident) -> dict[str, Any]:
+    target = None
+    if incident.respond_s is not None and incident.resolve_s is not None:
+        target = {"respondSeconds": incident.respond_s, "resolveSeconds": incident.resolve_s}
+    return {
+        "id": incident.id,
+        "key": incident.key,
+        "state": incident.state.value,
+        "severity": incident.severity,
+        "category": incident.category,
+        "policy": incident.policy,
+        "rule": incident.rule,
+        "title": incident.title,
+        "target": target,
+        "openedAt": iso(incident.opened_at),
+        "triggeredAt": iso(incident.triggered_at),
+        "episode": incident.episode,
+        "acknowledgedAt": iso(incident.acknowledged_at),
+        "acknowledgedBy": incident.acknowledged_by,
+        "resolvedAt": iso(incident.resolved_at),
+        "resolvedBy": incident.resolved_by,
+        "snoozedUntil": iso(incident.snoozed_until),
+        "assignee": incident.assignee,
+        "nextDue": iso(incident.next_due),
+        "alertCount": incident.alert_count,
+        "firingCount": incident.firing_count,
+    }
+
+
+def _event_document(event: TimelineEvent) -> dict[str, Any]:
+    return {
+        "at": iso(event.at),
+        "kind": event.kind.value,
+        "actor": event.actor,
+        "via": event.via,
+        "detail": event.detail,
+    }
+
+
+def _page_document(page: Page) -> dict[str, Any]:
+    return {
+        "id": page.id,
+        "step": page.step,
+        "kind": page.kind.value,
+        "contact": page.contact,
+        "channel": page.channel,
+        "address": page.address,
+        "backup": page.backup,
+        "state": page.state.value,
+        "dueAt": iso(page.due_at),
+        "sentAt": iso(page.sent_at),
+        "attempts": page.attempts,
+        "providerId": page.provider_id,
+        "error": page.error,
+        "episode": page.episode,
+    }
+
+
+def _alert_summary(alert: StoredAlert) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "fingerprint": alert.fingerprint,
+        "status": alert.status.value,
+        "labels": alert.labels,
+        "annotations": alert.annotations,
+        "startsAt": iso(alert.starts_at),
+        "endsAt": iso(alert.ends_at),
+    }
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+def _incident_id(request: web.Request) -> int:
+    try:
+        value = int(request.match_info["id"])
+    except ValueError:
+        raise web.HTTPNotFound(text="incident ids are whole numbers") from None
+    return value
+
+
+@authenticated
+async def list_incidents(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/incidents?state=triggered,acknowledged&since=2026-11-01T00:00:00Z&limit=100"""
+    runtime = request.app[RUNTIME]
+    states: list[str] = []
+    for value in request.query.getall("state", []):
+        for part in value.split(","):
+            part = part.strip()
+            if part == "open":
+                states += ["triggered", "acknowledged", "snoozed"]
+                continue
+            if part not in {s.value for s in IncidentState}:
+                return json_error(400, f"state: expected open or one of {_STATES}, got {part!r}")
+            states.append(part)
+    try:
+        limit = int(request.query.get("limit", "500"))
+    except ValueError:
+        return json_error(400, "limit: expected a whole number")
+    if not 0 < limit <= MAX_LIMIT:
+        return json_error(400, f"limit: must be 1 to {MAX_LIMIT}")
+    since = None
+    if "since" in request.query:
+        try:
+            since = datetime.fromisoformat(request.query["since"])
+        except ValueError:
+            return json_error(400, "since: expected an ISO 8601 time")
+        if since.tzinfo is None:
+            return json_error(400, "since: needs a time zone (e.g. Z)")
+    try:
+        incidents = await runtime.store.list_incidents(states, since, limit)
+    except StoreError as exc:
+        return json_error(503, f"store unavailable: {exc}")
+    return web.json_response({"status": "ok", "data": [incident_document(i) for i in incidents]})
+
+
+_STATES = ", ".join(s.value for s in IncidentState)
+
+
+@authenticated
+async def get_incident(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/incidents/{id}: the incident with its alerts, timeline and pages."""
+    runtime = request.app[RUNTIME]
+    try:
+        incident, alerts, timeline, pages = await runtime.store.incident_details(
+            _incident_id(request)
+        )
+    except IncidentNotFound as exc:
+        return json_error(404, str(exc))
+    except StoreError as exc:
+        return json_error(503, f"store unavailable: {exc}")
+    document = incident_document(incident)
+    document["alerts"] = [_alert_summary(a) for a in alerts]
+    document["timeline"] = [_event_document(e) for e in timeline]
+    document["pages"] = [_page_document(p) for p in pages]
+    return web.json_response({"status": "ok", "data": document})
+
+
+def _text_field(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise TransitionError(f"{name}: expected non-empty text")
+    if len(value) > MAX_TEXT:
+        raise TransitionError(f"{name}: at most {MAX_TEXT} characters")
+    return value.strip()
+
+
+def _until(body: dict[str, Any], now: datetime) -> datetime | None:
+    if "until" in body:
+        text = body["until"]
+        try:
+            until = datetime.fromisoformat(text) if isinstance(text, str) else None
+        except ValueError:
+            until = None
+        if until is None or until.tzinfo is None:
+            raise TransitionError("until: expected an ISO 8601 time with a time zone")
+    elif "for" in body:
+        text = body["for"]
+        try:
+            until = now + parse_duration(str(text))
+        except ValueError as exc:
+            raise TransitionError(f"for: {exc}") from None
+    else:
+        return None
+    if until - now > MAX_SNOOZE:
+        raise TransitionError("a snooze lasts at most 7 days")
+    return until
+
+
+@authenticated
+async def incident_action(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/incidents/{id}/{action} with an optional JSON body:
+    {"by": "alice", "text": "...", "for": "30m" | "until": "...", "to": "bob", "via": "cli"}"""
+    runtime = request.app[RUNTIME]
+    action = request.match_info["action"]
+    if action not in ACTIONS:
+        return json_error(404, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    body: dict[str, Any] = {}
+    if request.can_read_body:
+        try:
+            parsed = json.loads(await request.read() or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            return json_error(400, "body: malformed JSON")
+        if not isinstance(parsed, dict):
+            return json_error(400, "body: expected a JSON object")
+        body = parsed
+    try:
+        actor = _text_field(body, "by") or "api"
+        via = body.get("via") if body.get("via") in ("api", "cli") else "api"
+        incident, changed = await act(
+            runtime,
+            _incident_id(request),
+            action,
+            actor=actor[:100],
+            via=str(via),
+            until=_until(body, runtime.clock.now()),
+            text=_text_field(body, "text"),
+            assignee=_text_field(body, "to"),
+        )
+    except IncidentNotFound as exc:
+        return json_error(404, str(exc))
+    except TransitionError as exc:
+        return json_error(409 if "already" in str(exc) or " is " in str(exc) else 400, str(exc))
+    except StoreError as exc:
+        return json_error(503, f"store unavailable: {exc}")
+    return web.json_response(
+        {"status": "ok", "changed": changed, "data": incident_document(incident)}
+    )
+
+
+@authenticated
+async def oncall(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/oncall?at=TIME: who is on call per schedule."""
+    runtime = request.app[RUNTIME]
+    at = runtime.clock.now()
+    if "at" in request.query:
+        try:
+            at = datetime.fromisoformat(request.query["at"])
+        except ValueError:
+            return json_error(400, "at: expected an ISO 8601 time")
+        if at.tzinfo is None:
+            return json_error(400, "at: needs a time zone (e.g. Z)")
+    directory = runtime.snapshot.escalation.directory
+    data = {name: list(directory.on_call(name, at)) for name in sorted(directory.schedules)}
+    return web.json_response({"status": "ok", "at": iso(at), "data": data})
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/v1/incidents", list_incidents)
+    router.add_get("/api/v1/incidents/{id}", get_incident)
+    router.add_post("/api/v1/incidents/{id}/{action}", incident_action)
+    router.add_get("/api/v1/oncall", oncall)

@@ -1,0 +1,597 @@
+"""Markdown for the post-incident review and the period review, from the API's JSON documents.
+
+Reports take the same plain documents the JSON API returns (camelCase keys, ISO 8601 times with
+an offset), so the CLI can render what the daemon sends and the daemon can render what it
+stores. ``incident_figures`` computes one incident's key figures (time to acknowledge and to
+resolve, response targets met or breached); ``incident_report`` and ``period_report`` turn them
+into Markdown. Everything is pure: the current instant is an argument. Labels, annotations,
+titles and timeline details come from alerts, that is from whoever can make an alert fire, so
+every such text goes through ``md_text`` and can neither break a table nor inject Markdown or
+HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from responder.calendar import require_aware
+from responder.classify import format_duration
+from responder.model import Severity
+
+__all__ = [
+    "IncidentFigures",
+    "TargetCheck",
+    "TargetStatus",
+    "incident_figures",
+    "incident_report",
+    "md_text",
+    "period_report",
+]
+
+# -- escaping ------------------------------------------------------------------------------------
+
+# Markdown punctuation that can start inline markup (code, emphasis, links, strikethrough,
+# math) or end a table cell. The block-level ones (#, -, >, 1.) only act at the start of a
+# line, and every value here follows fixed text, except that `#` also ends a heading.
+_MD_ESCAPE = frozenset("\\`*_[]|~$#")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+# Bidirectional overrides can make a cell read differently from what it holds.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def md_text(value: object, limit: int | None = 300) -> str:
+    """``value`` as inert Markdown inline text on one line, at most ``limit`` characters.
+
+    HTML-special characters become entities and Markdown punctuation is backslash-escaped, so
+    ``<script>`` shows as text; line breaks show as ``⏎`` and other control characters as
+    ``\\xNN``, so a value stays within its table cell or list item.
+    """
+    text = value if isinstance(value, str) else _compact(value)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    out: list[str] = []
+    for char in text.replace("\r\n", "\n"):
+        if char in _LINE_BREAKS:
+            out.append(" ⏎ ")
+        elif char == "\t":
+            out.append(" ")
+        elif char in _HTML:
+            out.append(_HTML[char])
+        elif char in _MD_ESCAPE:
+            out.append("\\" + char)
+        elif char < " " or char == "\x7f" or "\x80" <= char < "\xa0":
+            out.append(f"\\x{ord(char):02x}")
+        elif char in _BIDI:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _compact(value: object) -> str:
+    """One value as short text: strings as they are, everything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _detail(detail: object) -> str:
+    """A timeline event's detail as ``key=value; ...``, every piece escaped and bounded."""
+    if detail is None:
+        return ""
+    if not isinstance(detail, Mapping):
+        return md_text(detail)
+    return "; ".join(f"{md_text(k, 60)}={md_text(v, 200)}" for k, v in detail.items())
+
+
+def _row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cell or " " for cell in cells) + " |"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    return [_row(header), _row("---" for _ in header), *(_row(r) for r in rows)]
+
+
+# -- reading documents -----------------------------------------------------------------------------
+
+
+def _time(doc: Mapping[str, Any], key: str) -> datetime | None:
+    """An ISO 8601 time with an offset (or None); a naive time is refused, not guessed."""
+    raw = doc.get(key)
+    if raw is None:
+        return None
+    if isinstance(raw, datetime):
+        moment = raw
+    elif isinstance(raw, str):
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            raise ValueError(f"{key}: expected an ISO 8601 time, got {raw!r}") from None
+    else:
+        raise ValueError(f"{key}: expected an ISO 8601 time, got {raw!r}")
+    require_aware(moment, key)
+    return moment.astimezone(UTC)
+
+
+def _text(doc: Mapping[str, Any], key: str) -> str | None:
+    raw = doc.get(key)
+    return None if raw is None else str(raw)
+
+
+def _seconds(doc: Mapping[str, Any], key: str) -> int | None:
+    raw = doc.get(key)
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"{key}: expected a number of seconds, got {raw!r}")
+    return int(raw)
+
+
+# -- key figures -----------------------------------------------------------------------------------
+
+
+class TargetStatus(StrEnum):
+    MET = "met"
+    BREACHED = "breached"
+    PENDING = "pending"  # still open and the deadline has not passed
+
+
+@dataclass(frozen=True, slots=True)
+class TargetCheck:
+    """One response target: its length, the verdict, and the margin (to spare, over, or left)."""
+
+    target: timedelta
+    status: TargetStatus
+    margin: timedelta
+
+    def __str__(self) -> str:
+        target = f"target {_span(self.target)}"
+        match self.status:
+            case TargetStatus.MET:
+                return f"{target}: met, {_span(self.margin)} to spare"
+            case TargetStatus.BREACHED:
+                return f"{target}: **breached** by {_span(self.margin)}"
+            case TargetStatus.PENDING:
+                return f"{target}: {_span(self.margin)} left"
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentFigures:
+    """What the review measures about one incident, as of ``now``.
+
+    Time to acknowledge runs from the trigger of the episode that was acknowledged (the
+    opening, if the ack came before a re-trigger); time to resolve runs from the opening.
+    """
+
+    opened: datetime
+    respond_from: datetime
+    acknowledged: datetime | None
+    resolved: datetime | None
+    now: datetime
+    respond: TargetCheck | None
+    resolve: TargetCheck | None
+
+    @property
+    def time_to_acknowledge(self) -> timedelta | None:
+        return None if self.acknowledged is None else self.acknowledged - self.respond_from
+
+    @property
+    def time_to_resolve(self) -> timedelta | None:
+        return None if self.resolved is None else self.resolved - self.opened
+
+    @property
+    def open_for(self) -> timedelta:
+        """How long it has been open, until resolved or ``now``."""
+        return (self.resolved or self.now) - self.opened
+
+
+def _check(
+    target_s: int | None, start: datetime, done: datetime | None, now: datetime
+) -> TargetCheck | None:
+    if target_s is None:
+        return None
+    target = timedelta(seconds=target_s)
+    deadline = start + target
+    if done is not None:
+        if done <= deadline:
+            return TargetCheck(target, TargetStatus.MET, deadline - done)
+        return TargetCheck(target, TargetStatus.BREACHED, done - deadline)
+    if now > deadline:
+        return TargetCheck(target, TargetStatus.BREACHED, now - deadline)
+    return TargetCheck(target, TargetStatus.PENDING, deadline - now)
+
+
+def incident_figures(doc: Mapping[str, Any], *, now: datetime) -> IncidentFigures:
+    """Key figures of one incident document; open incidents are judged at ``now``."""
+    require_aware(now, "now")
+    now = now.astimezone(UTC)
+    opened = _time(doc, "openedAt") or _time(doc, "triggeredAt")
+    if opened is None:
+        raise ValueError("the incident document has neither openedAt nor triggeredAt")
+    triggered = _time(doc, "triggeredAt")
+    acknowledged = _time(doc, "acknowledgedAt")
+    resolved = _time(doc, "resolvedAt")
+    respond_from = opened
+    if triggered is not None and (acknowledged is None or triggered <= acknowledged):
+        respond_from = triggered
+    target = doc.get("target")
+    respond_s = resolve_s = None
+    if isinstance(target, Mapping):
+        respond_s = _seconds(target, "respondSeconds")
+        resolve_s = _seconds(target, "resolveSeconds")
+    # An incident resolved before anyone acknowledged it was answered in time if it was
+    # resolved in time; one left burning unacknowledged past the target was not.
+    answered = acknowledged if acknowledged is not None else resolved
+    return IncidentFigures(
+        opened=opened,
+        respond_from=respond_from,
+        acknowledged=acknowledged,
+        resolved=resolved,
+        now=now,
+        respond=_check(respond_s, respond_from, answered, now),
+        resolve=_check(resolve_s, triggered or opened, resolved, now),
+    )
+
+
+# -- formatting ------------------------------------------------------------------------------------
+
+
+def _span(span: timedelta) -> str:
+    seconds = round(span.total_seconds())
+    return ("-" if seconds < 0 else "") + format_duration(abs(seconds))
+
+
+def _signed(span: timedelta) -> str:
+    seconds = round(span.total_seconds())
+    return ("-" if seconds < 0 else "+") + format_duration(abs(seconds))
+
+
+def _utc(moment: datetime | None) -> str:
+    return "—" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _or_dash(value: str | None) -> str:
+    return "—" if value is None or value == "" else md_text(value)
+
+
+_STEP = re.compile(r"L(\d+)(?:\.r(\d+))?")
+
+
+def _escalation(pages: Sequence[Mapping[str, Any]]) -> str:
+    """Levels reached, repeats and status updates, read from the pages' step ids."""
+    levels: set[int] = set()
+    repeats = 0
+    updates: set[str] = set()
+    for page in pages:
+        step = str(page.get("step") or "")
+        match = _STEP.fullmatch(step)
+        if match is not None:
+            levels.add(int(match.group(1)))
+            repeats = max(repeats, int(match.group(2) or 0))
+        elif step.startswith("U"):
+            updates.add(step)
+    if not levels:
+        text = "none"
+    else:
+        text = ", ".join(f"L{n}" for n in sorted(levels)) + f" (highest: L{max(levels)})"
+    if repeats:
+        text += f"; repeated {repeats} time{'s' if repeats > 1 else ''}"
+    if updates:
+        text += f"; {len(updates)} status update{'s' if len(updates) > 1 else ''}"
+    return text
+
+
+def _pages_table(pages: Sequence[Mapping[str, Any]]) -> list[str]:
+    counts: Counter[tuple[str, str]] = Counter()
+    for page in pages:
+        counts[str(page.get("channel") or "?"), str(page.get("state") or "?")] += 1
+    channels = sorted({c for c, _ in counts})
+    states = sorted({s for _, s in counts})
+    rows = [
+        [
+            md_text(channel, 40),
+            str(sum(counts[channel, s] for s in states)),
+            *(str(counts[channel, s]) for s in states),
+        ]
+        for channel in channels
+    ]
+    return _table(["Channel", "Pages", *(md_text(s, 40) for s in states)], rows)
+
+
+def _who(event: Mapping[str, Any]) -> str:
+    actor = _text(event, "actor")
+    via = _text(event, "via")
+    parts = [md_text(actor, 80)] if actor else []
+    if via:
+        parts.append(f"via {md_text(via, 40)}")
+    return " ".join(parts)
+
+
+def _mappings(value: object) -> list[Mapping[str, Any]]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def _labels(value: object) -> str:
+    if not isinstance(value, Mapping) or not value:
+        return "—"
+    return ", ".join(f"{md_text(k, 60)}={md_text(v, 200)}" for k, v in sorted(value.items()))
+
+
+def incident_report(doc: Mapping[str, Any], *, now: datetime) -> str:
+    """The post-incident review of one incident document, as Markdown."""
+    figures = incident_figures(doc, now=now)
+    title = _text(doc, "title") or _text(doc, "key") or "(untitled)"
+    lines = [f"# Incident {md_text(doc.get('id', '?'), 40)}: {md_text(title)}", ""]
+
+    state = _text(doc, "state") or "?"
+    state_text = md_text(state, 40)
+    snoozed = _time(doc, "snoozedUntil")
+    if state == "snoozed" and snoozed is not None:
+        state_text += f" until {_utc(snoozed)}"
+    triggered = _time(doc, "triggeredAt")
+    episode = doc.get("episode")
+    triggered_text = _utc(triggered)
+    if isinstance(episode, int) and episode > 1:
+        triggered_text += f" (episode {episode})"
+    acked_by = _text(doc, "acknowledgedBy")
+    acked = _utc(figures.acknowledged)
+    if figures.acknowledged is not None and acked_by:
+        acked += f" by {md_text(acked_by, 80)}"
+    resolved_by = _text(doc, "resolvedBy")
+    resolved = _utc(figures.resolved)
+    if figures.resolved is not None and resolved_by:
+        resolved += f" by {md_text(resolved_by, 80)}"
+    alerts = _mappings(doc.get("alerts"))
+    alert_count = doc.get("alertCount", len(alerts))
+    firing = doc.get("firingCount")
+    alert_text = md_text(alert_count, 20) + (
+        "" if firing is None else f" ({md_text(firing)} firing)"
+    )
+    summary = [
+        ("Severity", _or_dash(_text(doc, "severity"))),
+        ("Category", _or_dash(_text(doc, "category"))),
+        ("State", state_text),
+        ("Policy", _or_dash(_text(doc, "policy"))),
+        ("Rule", _or_dash(_text(doc, "rule"))),
+        ("Key", _or_dash(_text(doc, "key"))),
+        ("Opened", _utc(figures.opened)),
+        ("Triggered", triggered_text),
+        ("Acknowledged", acked),
+        ("Resolved", resolved),
+        ("Assignee", _or_dash(_text(doc, "assignee"))),
+        ("Alerts", alert_text),
+    ]
+    lines += ["## Summary", "", *_table(["", ""], summary), ""]
+
+    lines += ["## Key figures", ""]
+    tta = figures.time_to_acknowledge
+    if tta is not None:
+        ack_line = f"- Time to acknowledge: {_span(tta)}"
+    else:
+        ack_line = "- Time to acknowledge: not acknowledged"
+    if figures.respond is not None:
+        ack_line += f" ({figures.respond})"
+    ttr = figures.time_to_resolve
+    if ttr is not None:
+        resolve_line = f"- Time to resolve: {_span(ttr)}"
+    else:
+        resolve_line = f"- Time to resolve: open for {_span(figures.open_for)}"
+    if figures.resolve is not None:
+        resolve_line += f" ({figures.resolve})"
+    pages = _mappings(doc.get("pages"))
+    lines += [
+        ack_line,
+        resolve_line,
+        f"- Escalation levels reached: {_escalation(pages)}",
+        f"- Pages: {len(pages)}" + (", by channel and state:" if pages else ""),
+        "",
+    ]
+    if pages:
+        lines += [*_pages_table(pages), ""]
+
+    lines += ["## Timeline", ""]
+    events = _mappings(doc.get("timeline"))
+    if events:
+        # Stable sort: events recorded at the same instant keep the engine's order.
+        timed = sorted(
+            ((_time(e, "at"), e) for e in events),
+            key=lambda item: item[0] or figures.opened,
+        )
+        rows = [
+            [
+                "—" if at is None else at.strftime("%Y-%m-%d %H:%M:%S"),
+                "" if at is None else _signed(at - figures.opened),
+                md_text(event.get("kind", ""), 60),
+                _who(event),
+                _detail(event.get("detail")),
+            ]
+            for at, event in timed
+        ]
+        lines += _table(["Time (UTC)", "Since opened", "Event", "By", "Detail"], rows)
+    else:
+        lines.append("No events recorded.")
+    lines.append("")
+
+    lines += ["## Alerts", ""]
+    if isinstance(alert_count, int) and alert_count > len(alerts):
+        lines += [f"Showing {len(alerts)} of {alert_count} alerts.", ""]
+    for alert in alerts:
+        starts = _time(alert, "startsAt")
+        ends = _time(alert, "endsAt")
+        status = md_text(alert.get("status", "?"), 40)
+        head = f"- **{status}** since {_utc(starts)}"
+        if ends is not None:
+            head += f", ended {_utc(ends)}"
+        head += f", fingerprint {md_text(alert.get('fingerprint', '?'), 40)}"
+        lines += [
+            head,
+            f"  - labels: {_labels(alert.get('labels'))}",
+            f"  - annotations: {_labels(alert.get('annotations'))}",
+        ]
+    if not alerts:
+        lines.append("No alerts recorded.")
+    lines.append("")
+
+    # Left empty for the people writing the review.
+    lines += ["## Root cause", "", "## Actions", "", "## Lessons", ""]
+    return "\n".join(lines)
+
+
+# -- the period review -----------------------------------------------------------------------------
+
+
+def _severity_order(names: Iterable[str]) -> list[str]:
+    known = [s.value for s in Severity]
+    others = sorted(set(names) - set(known))
+    return [*known, *others]
+
+
+def _p90(values: Sequence[float]) -> float:
+    """Nearest rank: the smallest value with at least 90% of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[math.ceil(0.9 * len(ordered)) - 1]
+
+
+def _stats_row(values: Sequence[float]) -> list[str]:
+    if not values:
+        return [str(len(values)), "—", "—", "—"]
+    return [
+        str(len(values)),
+        _span(timedelta(seconds=statistics.fmean(values))),
+        _span(timedelta(seconds=statistics.median(values))),
+        _span(timedelta(seconds=_p90(values))),
+    ]
+
+
+def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: datetime) -> str:
+    """Incidents opened in ``[since, until)``: counts, MTTA, MTTR and target breaches, as Markdown.
+
+    Incidents still open are judged against their targets at ``until``.
+    """
+    require_aware(since, "since")
+    require_aware(until, "until")
+    chosen: list[tuple[Mapping[str, Any], IncidentFigures]] = []
+    for doc in docs:
+        figures = incident_figures(doc, now=until)
+        if since <= figures.opened < until:
+            chosen.append((doc, figures))
+    left_out = len(docs) - len(chosen)
+
+    groups: dict[str, list[IncidentFigures]] = {}
+    for doc, figures in chosen:
+        groups.setdefault(_text(doc, "severity") or "?", []).append(figures)
+    order = _severity_order(groups)
+    everything = [f for _, f in chosen]
+
+    def tta(group: Sequence[IncidentFigures]) -> list[float]:
+        return [t.total_seconds() for f in group if (t := f.time_to_acknowledge) is not None]
+
+    def ttr(group: Sequence[IncidentFigures]) -> list[float]:
+        return [t.total_seconds() for f in group if (t := f.time_to_resolve) is not None]
+
+    def breaches(group: Sequence[IncidentFigures], which: str) -> str:
+        checks = [getattr(f, which) for f in group]
+        return str(sum(1 for c in checks if c is not None and c.status is TargetStatus.BREACHED))
+
+    labelled = [(md_text(name, 40), groups.get(name, [])) for name in order]
+    labelled.append(("**All**", everything))
+    still_open = sum(1 for f in everything if f.resolved is None)
+    lines = [
+        f"# Incidents from {_utc(since)} to {_utc(until)}",
+        "",
+        f"{len(chosen)} incident{'' if len(chosen) == 1 else 's'} opened in the period; "
+        f"{still_open} still open.",
+        "",
+        "## By severity",
+        "",
+        *_table(
+            [
+                "Severity",
+                "Incidents",
+                "Still open",
+                "Acknowledged",
+                "Resolved",
+                "Respond target breached",
+                "Resolve target breached",
+            ],
+            (
+                [
+                    name,
+                    str(len(group)),
+                    str(sum(1 for f in group if f.resolved is None)),
+                    str(sum(1 for f in group if f.acknowledged is not None)),
+                    str(sum(1 for f in group if f.resolved is not None)),
+                    breaches(group, "respond"),
+                    breaches(group, "resolve"),
+                ]
+                for name, group in labelled
+            ),
+        ),
+        "",
+        "## Time to acknowledge (MTTA)",
+        "",
+        *_table(
+            ["Severity", "Counted", "Mean", "Median", "p90"],
+            ([name, *_stats_row(tta(group))] for name, group in labelled),
+        ),
+        "",
+        "## Time to resolve (MTTR)",
+        "",
+        *_table(
+            ["Severity", "Counted", "Mean", "Median", "p90"],
+            ([name, *_stats_row(ttr(group))] for name, group in labelled),
+        ),
+        "",
+    ]
+
+    if chosen:
+        lines += ["## Incidents", ""]
+        rows = [
+            [
+                md_text(doc.get("id", "?"), 40),
+                md_text(_text(doc, "severity") or "?", 40),
+                md_text(_text(doc, "title") or _text(doc, "key") or "", 120),
+                _utc(f.opened),
+                "—" if (a := f.time_to_acknowledge) is None else _span(a),
+                "open" if (r := f.time_to_resolve) is None else _span(r),
+                ", ".join(
+                    f"{what} {check.status}"
+                    for what, check in (("respond", f.respond), ("resolve", f.resolve))
+                    if check is not None
+                ),
+            ]
+            for doc, f in sorted(chosen, key=lambda item: item[1].opened)
+        ]
+        lines += [*_table(["Id", "Severity", "Title", "Opened", "TTA", "TTR", "Targets"], rows), ""]
+
+    unacked = sum(1 for f in everything if f.acknowledged is None)
+    lines += [
+        "## Notes",
+        "",
+        f"- MTTA counts acknowledged incidents only ({unacked} never acknowledged); it runs from "
+        "the trigger of the episode that was acknowledged.",
+        f"- MTTR counts resolved incidents only ({still_open} unresolved); it runs from the "
+        "opening.",
+        "- p90 is by nearest rank. Open incidents are judged against their targets at the end "
+        "of the period; an incident resolved without acknowledgement met the respond target if "
+        "it was resolved within it.",
+    ]
+    if left_out:
+        lines.append(
+            f"- {left_out} incident{'s' if left_out > 1 else ''} opened outside the "
+            "period left out."
+        )
+    lines.append("")
+    return "\n".join(lines)

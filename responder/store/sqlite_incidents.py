@@ -1,0 +1,640 @@
+"""Incident SQL for the SQLite engine: each function runs inside the writer's transaction
+(or on the reader connection) and takes the connection as its first argument.
+
+The rules that keep pages exactly-once live here: a step is a row with a unique key
+(incident, episode, step) and its pages are inserted only when that row is new; an engine
+write carries the incident's ``version`` and does nothing when someone else changed the
+incident in between (the engine then decides again from fresh data).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from responder.incident import (
+    EscalationWork,
+    Event,
+    Incident,
+    IncidentNotFound,
+    IncidentState,
+    NewPage,
+    Page,
+    PageKind,
+    PageState,
+    StepDone,
+    TimelineEvent,
+    TransitionError,
+    incident_title,
+)
+from responder.model import Severity
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(when: datetime) -> int:
+    """Aware datetime -> integer microseconds since the epoch (exact, sortable)."""
+    delta = when - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+
+
+def _opt_us(value: int | None) -> datetime | None:
+    return None if value is None else from_us(value)
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def add_event(conn: sqlite3.Connection, incident_id: int, event: TimelineEvent) -> None:
+    conn.execute(
+        "INSERT INTO timeline (incident_id, at, kind, actor, via, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            incident_id,
+            to_us(event.at),
+            event.kind.value,
+            event.actor,
+            event.via,
+            dumps(dict(event.detail)),
+        ),
+    )
+
+
+# -- alerts joining and leaving incidents -------------------------------------------------------
+
+
+def attach_alert(
+    conn: sqlite3.Connection,
+    alert_id: int,
+    key: str,
+    labels: dict[str, str],
+    classification: dict[str, Any],
+    now_us: int,
+    reopen_us: int,
+) -> int:
+    """Put a firing alert into the open incident with its key, reopening or creating one."""
+    severity = str(classification["severity"])
+    fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
+    row = conn.execute(
+        "SELECT id, severity FROM incidents WHERE key = ? AND state != 'resolved'", (key,)
+    ).fetchone()
+    if row is not None:
+        incident_id, current = row
+        conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (incident_id, alert_id))
+        _event(conn, incident_id, now_us, Event.ALERT_FIRED, "alertmanager", fired)
+        if Severity(severity).rank < Severity(current).rank:
+            # A worse alert joined: the incident takes its severity and policy, and the
+            # engine looks again at once.
+            conn.execute(
+                "UPDATE incidents SET severity = ?, policy = COALESCE(?, policy), "
+                "next_due = ?, version = version + 1, updated_at = ? WHERE id = ?",
+                (severity, classification.get("policy"), now_us, now_us, incident_id),
+            )
+            _event(
+                conn,
+                incident_id,
+                now_us,
+                Event.SEVERITY_RAISED,
+                "alertmanager",
+                {"from": current, "to": severity},
+            )
+        return int(incident_id)
+
+    row = conn.execute(
+        "SELECT id FROM incidents WHERE key = ? AND state = 'resolved' AND resolved_at >= ? "
+        "ORDER BY resolved_at DESC LIMIT 1",
+        (key, now_us - reopen_us),
+    ).fetchone()
+    target = classification.get("target") or {}
+    if row is not None:
+        incident_id = row[0]
+        conn.execute(
+            "UPDATE incidents SET state = 'triggered', episode = episode + 1, triggered_at = ?, "
+            "acknowledged_at = NULL, acknowledged_by = NULL, resolved_at = NULL, "
+            "resolved_by = NULL, snoozed_until = NULL, severity = ?, category = ?, policy = ?, "
+            "respond_s = ?, resolve_s = ?, next_due = ?, version = version + 1, updated_at = ? "
+            "WHERE id = ?",
+            (
+                now_us,
+                severity,
+                classification["category"],
+                classification.get("policy"),
+                target.get("respond_s"),
+                target.get("resolve_s"),
+                now_us,
+                now_us,
+                incident_id,
+            ),
+        )
+        conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (incident_id, alert_id))
+        _event(conn, incident_id, now_us, Event.RETRIGGERED, "alertmanager", fired)
+        return int(incident_id)
+
+    cur = conn.execute(
+        "INSERT INTO incidents (key, state, severity, category, policy, rule, title, respond_s, "
+        "resolve_s, opened_at, triggered_at, next_due, updated_at) "
+        "VALUES (?, 'triggered', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            key,
+            severity,
+            classification["category"],
+            classification.get("policy"),
+            classification.get("rule"),
+            incident_title(labels),
+            target.get("respond_s"),
+            target.get("resolve_s"),
+            now_us,
+            now_us,
+            now_us,
+            now_us,
+        ),
+    )
+    incident_id = int(cur.lastrowid or 0)
+    conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (incident_id, alert_id))
+    _event(
+        conn,
+        incident_id,
+        now_us,
+        Event.TRIGGERED,
+        "alertmanager",
+        {**fired, "classification": classification},
+    )
+    return incident_id
+
+
+def alert_ended(
+    conn: sqlite3.Connection, alert_id: int, incident_id: int, kind: Event, now_us: int
+) -> None:
+    """An alert resolved or went stale: the incident resolves when none of its alerts fires."""
+    _event(conn, incident_id, now_us, kind, "alertmanager", {"alert": alert_id})
+    firing = conn.execute(
+        "SELECT 1 FROM alerts WHERE incident_id = ? AND status = 'firing' LIMIT 1", (incident_id,)
+    ).fetchone()
+    if firing is not None:
+        return
+    cur = conn.execute(
+        "UPDATE incidents SET state = 'resolved', resolved_at = ?, resolved_by = 'alertmanager', "
+        "snoozed_until = NULL, next_due = ?, version = version + 1, updated_at = ? "
+        "WHERE id = ? AND state != 'resolved'",
+        (now_us, now_us, now_us, incident_id),
+    )
+    if cur.rowcount:
+        _cancel_pending(conn, incident_id, now_us, "resolved", resolve=True)
+        reason = "all alerts resolved" if kind is Event.ALERT_RESOLVED else "all alerts ended"
+        _event(conn, incident_id, now_us, Event.RESOLVED, "alertmanager", {"reason": reason})
+
+
+def _event(
+    conn: sqlite3.Connection,
+    incident_id: int,
+    at_us: int,
+    kind: Event,
+    actor: str | None,
+    detail: dict[str, object],
+    via: str | None = "alertmanager",
+) -> None:
+    conn.execute(
+        "INSERT INTO timeline (incident_id, at, kind, actor, via, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (incident_id, at_us, kind.value, actor, via, dumps(detail)),
+    )
+
+
+def _cancel_pending(
+    conn: sqlite3.Connection, incident_id: int, now_us: int, reason: str, *, resolve: bool
+) -> int:
+    """Queued pages that lost their point. On acknowledge: unacknowledged-clock pages. On
+    resolve: every page and status update (the recovery notice is written after this)."""
+    condition = "kind IN ('page', 'status')" if resolve else "cancel_on_ack = 1"
+    cur = conn.execute(
+        f"UPDATE pages SET state = 'cancelled', error = ?, updated_at = ? "  # noqa: S608 - fixed text
+        f"WHERE incident_id = ? AND state = 'queued' AND {condition}",
+        (reason, now_us, incident_id),
+    )
+    return cur.rowcount
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+INCIDENT_COLUMNS = (
+    "i.id, i.key, i.state, i.severity, i.category, i.policy, i.rule, i.title, i.respond_s, "
+    "i.resolve_s, i.opened_at, i.triggered_at, i.episode, i.acknowledged_at, i.acknowledged_by, "
+    "i.resolved_at, i.resolved_by, i.snoozed_until, i.assignee, i.next_due, i.version, "
+    "(SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id), "
+    "(SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id AND a.status = 'firing')"
+)
+
+
+def incident_from_row(row: Sequence[Any]) -> Incident:
+    return Incident(
+        id=row[0],
+        key=row[1],
+        state=IncidentState(row[2]),
+        severity=row[3],
+        category=row[4],
+        policy=row[5],
+        rule=row[6],
+        title=row[7],
+        respond_s=row[8],
+        resolve_s=row[9],
+        opened_at=from_us(row[10]),
+        triggered_at=from_us(row[11]),
+        episode=row[12],
+        acknowledged_at=_opt_us(row[13]),
+        acknowledged_by=row[14],
+        resolved_at=_opt_us(row[15]),
+        resolved_by=row[16],
+        snoozed_until=_opt_us(row[17]),
+        assignee=row[18],
+        next_due=_opt_us(row[19]),
+        version=row[20],
+        alert_count=row[21],
+        firing_count=row[22],
+    )
+
+
+def get_incident(conn: sqlite3.Connection, incident_id: int) -> Incident:
+    row = conn.execute(
+        f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.id = ?",  # noqa: S608 - fixed text
+        (incident_id,),
+    ).fetchone()
+    if row is None:
+        raise IncidentNotFound(f"no incident {incident_id}")
+    return incident_from_row(row)
+
+
+def list_incidents(
+    conn: sqlite3.Connection,
+    states: Sequence[str],
+    since_us: int | None,
+    limit: int,
+) -> list[Incident]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if states:
+        clauses.append(f"i.state IN ({','.join('?' * len(states))})")
+        params.extend(states)
+    if since_us is not None:
+        clauses.append("i.opened_at >= ?")
+        params.append(since_us)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.append(limit)
+    sql = f"SELECT {INCIDENT_COLUMNS} FROM incidents i {where} ORDER BY i.id DESC LIMIT ?"  # noqa: S608 - fixed text
+    return [incident_from_row(row) for row in conn.execute(sql, params)]
+
+
+def timeline(conn: sqlite3.Connection, incident_id: int) -> list[TimelineEvent]:
+    return [
+        TimelineEvent(from_us(at), Event(kind), actor, via, json.loads(detail))
+        for at, kind, actor, via, detail in conn.execute(
+            "SELECT at, kind, actor, via, detail FROM timeline WHERE incident_id = ? ORDER BY id",
+            (incident_id,),
+        )
+    ]
+
+
+PAGE_COLUMNS = (
+    "id, incident_id, episode, step, kind, contact, channel, address, backup, due_at, state, "
+    "attempts, provider_id, error, created_at, sent_at"
+)
+
+
+def page_from_row(row: Sequence[Any]) -> Page:
+    return Page(
+        id=row[0],
+        incident_id=row[1],
+        episode=row[2],
+        step=row[3],
+        kind=PageKind(row[4]),
+        contact=row[5],
+        channel=row[6],
+        address=row[7],
+        backup=row[8],
+        due_at=from_us(row[9]),
+        state=PageState(row[10]),
+        attempts=row[11],
+        provider_id=row[12],
+        error=row[13],
+        created_at=from_us(row[14]),
+        sent_at=_opt_us(row[15]),
+    )
+
+
+def pages_of(conn: sqlite3.Connection, incident_id: int) -> list[Page]:
+    return [
+        page_from_row(row)
+        for row in conn.execute(
+            f"SELECT {PAGE_COLUMNS} FROM pages WHERE incident_id = ? ORDER BY id",  # noqa: S608 - fixed text
+            (incident_id,),
+        )
+    ]
+
+
+def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[EscalationWork]:
+    rows = conn.execute(
+        f"SELECT {INCIDENT_COLUMNS} FROM incidents i "  # noqa: S608 - fixed text
+        "WHERE i.next_due IS NOT NULL AND i.next_due <= ? ORDER BY i.next_due LIMIT ?",
+        (now_us, limit),
+    ).fetchall()
+    work: list[EscalationWork] = []
+    for row in rows:
+        incident = incident_from_row(row)
+        done = frozenset(
+            step
+            for (step,) in conn.execute(
+                "SELECT step FROM steps WHERE incident_id = ? AND episode = ?",
+                (incident.id, incident.episode),
+            )
+        )
+        paged = tuple(
+            (contact, channel, address)
+            for contact, channel, address in conn.execute(
+                "SELECT DISTINCT contact, channel, address FROM pages WHERE incident_id = ? "
+                "AND episode = ? AND kind = 'page' AND state != 'cancelled' ORDER BY contact",
+                (incident.id, incident.episode),
+            )
+        )
+        work.append(EscalationWork(incident, done, paged))
+    return work
+
+
+def next_escalation(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT MIN(next_due) FROM incidents WHERE next_due IS NOT NULL").fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def next_page(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT MIN(due_at) FROM pages WHERE state = 'queued'").fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+# -- the engine's writes -----------------------------------------------------------------------
+
+
+def apply_steps(
+    conn: sqlite3.Connection,
+    incident_id: int,
+    version: int,
+    steps: Sequence[StepDone],
+    events: Sequence[TimelineEvent],
+    next_due_us: int | None,
+    unsnooze: bool,
+    now_us: int,
+) -> list[str] | None:
+    """Record steps (each once), their pages and events; None if the incident changed since
+    the engine read it (its version moved), in which case nothing is written."""
+    row = conn.execute(
+        "SELECT episode FROM incidents WHERE id = ? AND version = ?", (incident_id, version)
+    ).fetchone()
+    if row is None:
+        return None
+    episode = row[0]
+    recorded: list[str] = []
+    for step in steps:
+        cur = conn.execute(
+            "INSERT INTO steps (incident_id, episode, step, done_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (incident_id, episode, step.step, now_us),
+        )
+        if not cur.rowcount:
+            continue  # already done (another node, or a retry): its pages exist
+        recorded.append(step.step)
+        if step.event is not None:
+            add_event(conn, incident_id, step.event)
+        for page in step.pages:
+            conn.execute(
+                "INSERT INTO pages (incident_id, episode, step, kind, contact, channel, address, "
+                "backup, due_at, state, cancel_on_ack, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    incident_id,
+                    episode,
+                    page.step,
+                    page.kind.value,
+                    page.contact,
+                    page.channel,
+                    page.address,
+                    page.backup,
+                    to_us(page.due_at),
+                    int(page.cancel_on_ack),
+                    now_us,
+                    now_us,
+                ),
+            )
+    for event in events:
+        add_event(conn, incident_id, event)
+    # The snooze's end stays recorded: the policy re-arms escalation from it.
+    state_sql = ", state = 'triggered'" if unsnooze else ""
+    conn.execute(
+        f"UPDATE incidents SET next_due = ?, version = version + 1, updated_at = ?{state_sql} "  # noqa: S608 - fixed text
+        "WHERE id = ?",
+        (next_due_us, now_us, incident_id),
+    )
+    return recorded
+
+
+# -- people's actions --------------------------------------------------------------------------
+
+
+def transition(
+    conn: sqlite3.Connection,
+    incident_id: int,
+    action: str,
+    *,
+    actor: str,
+    via: str,
+    now_us: int,
+    until_us: int | None = None,
+    text: str | None = None,
+    assignee: str | None = None,
+    pages: Sequence[NewPage] = (),
+) -> tuple[Incident, bool]:
+    """Acknowledge, unacknowledge, resolve, snooze, reassign or note. Returns the incident after
+    the change and whether anything changed (acknowledging twice is not an error, and not a
+    second event)."""
+    incident = get_incident(conn, incident_id)
+    state = incident.state
+    detail: dict[str, object] = {}
+    if action == "note":
+        if not text:
+            raise TransitionError("a note needs text")
+        _event(conn, incident_id, now_us, Event.NOTE, actor, {"text": text}, via)
+        return incident, True
+    if state is IncidentState.RESOLVED and action != "reassign":
+        raise TransitionError(f"incident {incident_id} is already resolved")
+    if action == "acknowledge":
+        if state is IncidentState.ACKNOWLEDGED:
+            return incident, False
+        conn.execute(
+            "UPDATE incidents SET state = 'acknowledged', acknowledged_at = ?, "
+            "acknowledged_by = ?, snoozed_until = NULL, next_due = ?, version = version + 1, "
+            "updated_at = ? WHERE id = ?",
+            (now_us, actor, now_us, now_us, incident_id),
+        )
+        detail["cancelled_pages"] = _cancel_pending(
+            conn, incident_id, now_us, f"acknowledged by {actor}", resolve=False
+        )
+        kind = Event.ACKNOWLEDGED
+    elif action == "unacknowledge":
+        if state is not IncidentState.ACKNOWLEDGED:
+            raise TransitionError(f"incident {incident_id} is {state.value}, not acknowledged")
+        # Escalation starts over from the top, as if it had just triggered.
+        conn.execute(
+            "UPDATE incidents SET state = 'triggered', triggered_at = ?, episode = episode + 1, "
+            "acknowledged_at = NULL, acknowledged_by = NULL, next_due = ?, "
+            "version = version + 1, updated_at = ? WHERE id = ?",
+            (now_us, now_us, now_us, incident_id),
+        )
+        kind = Event.UNACKNOWLEDGED
+    elif action == "resolve":
+        conn.execute(
+            "UPDATE incidents SET state = 'resolved', resolved_at = ?, resolved_by = ?, "
+            "snoozed_until = NULL, next_due = ?, version = version + 1, updated_at = ? "
+            "WHERE id = ?",
+            (now_us, actor, now_us, now_us, incident_id),
+        )
+        detail["cancelled_pages"] = _cancel_pending(
+            conn, incident_id, now_us, f"resolved by {actor}", resolve=True
+        )
+        detail["still_firing"] = incident.firing_count
+        kind = Event.RESOLVED
+    elif action == "snooze":
+        if until_us is None or until_us <= now_us:
+            raise TransitionError("snooze needs a time in the future")
+        conn.execute(
+            "UPDATE incidents SET state = 'snoozed', snoozed_until = ?, acknowledged_at = NULL, "
+            "acknowledged_by = NULL, next_due = ?, version = version + 1, updated_at = ? "
+            "WHERE id = ?",
+            (until_us, now_us, now_us, incident_id),
+        )
+        detail["cancelled_pages"] = _cancel_pending(
+            conn, incident_id, now_us, f"snoozed by {actor}", resolve=False
+        )
+        detail["until"] = from_us(until_us).isoformat()
+        kind = Event.SNOOZED
+    elif action == "reassign":
+        if not assignee:
+            raise TransitionError("reassign needs a contact")
+        conn.execute(
+            "UPDATE incidents SET assignee = ?, version = version + 1, updated_at = ? WHERE id = ?",
+            (assignee, now_us, incident_id),
+        )
+        detail["to"] = assignee
+        step = f"A{now_us}"
+        for page in pages:
+            conn.execute(
+                "INSERT INTO pages (incident_id, episode, step, kind, contact, channel, address, "
+                "backup, due_at, state, cancel_on_ack, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    incident_id,
+                    incident.episode,
+                    step,
+                    page.kind.value,
+                    page.contact,
+                    page.channel,
+                    page.address,
+                    page.backup,
+                    to_us(page.due_at),
+                    now_us,
+                    now_us,
+                ),
+            )
+        detail["pages"] = len(pages)
+        kind = Event.REASSIGNED
+    else:
+        raise TransitionError(f"unknown action {action!r}")
+    if text:
+        detail["note"] = text
+    _event(conn, incident_id, now_us, kind, actor, detail, via)
+    return get_incident(conn, incident_id), True
+
+
+# -- the outbox --------------------------------------------------------------------------------
+
+
+def claim_pages(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Page]:
+    """Mark due pages as sending (durably, before any provider call) and return them."""
+    rows = conn.execute(
+        f"UPDATE pages SET state = 'sending', attempts = attempts + 1, updated_at = ? "  # noqa: S608 - fixed text
+        f"WHERE id IN (SELECT id FROM pages WHERE state = 'queued' AND due_at <= ? "
+        f"ORDER BY due_at LIMIT ?) RETURNING {PAGE_COLUMNS}",
+        (now_us, now_us, limit),
+    ).fetchall()
+    return sorted((page_from_row(r) for r in rows), key=lambda p: (p.due_at, p.id))
+
+
+def finish_page(
+    conn: sqlite3.Connection,
+    page_id: int,
+    state: PageState,
+    now_us: int,
+    *,
+    provider_id: str | None = None,
+    error: str | None = None,
+    retry_at_us: int | None = None,
+) -> None:
+    if retry_at_us is not None:
+        conn.execute(
+            "UPDATE pages SET state = 'queued', due_at = ?, error = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'sending'",
+            (retry_at_us, error, now_us, page_id),
+        )
+        return
+    sent_at = now_us if state in (PageState.SENT, PageState.DELIVERED) else None
+    conn.execute(
+        "UPDATE pages SET state = ?, provider_id = COALESCE(?, provider_id), error = ?, "
+        "sent_at = COALESCE(?, sent_at), updated_at = ? WHERE id = ?",
+        (state.value, provider_id, error, sent_at, now_us, page_id),
+    )
+    page = conn.execute(
+        "SELECT incident_id, contact, channel, step FROM pages WHERE id = ?", (page_id,)
+    ).fetchone()
+    if page is not None and state in (PageState.SENT, PageState.FAILED):
+        kind = Event.PAGE_SENT if state is PageState.SENT else Event.PAGE_FAILED
+        detail: dict[str, object] = {
+            "page": page_id,
+            "contact": page[1],
+            "channel": page[2],
+            "step": page[3],
+        }
+        if error:
+            detail["error"] = error
+        _event(conn, page[0], now_us, kind, "responder", detail, via=page[2])
+
+
+def recover_sending(conn: sqlite3.Connection, now_us: int) -> int:
+    """At start: pages left in 'sending' by a crash. Whether the provider took them is unknown;
+    sending again could page twice, so they are marked failed ('unknown') and the timeline says
+    so. Duplicate pages erode trust in paging faster than one lost page that the next level
+    and the repeat cover."""
+    rows = conn.execute(
+        "UPDATE pages SET state = 'failed', error = 'interrupted while sending: outcome unknown', "
+        "updated_at = ? WHERE state = 'sending' RETURNING id, incident_id, contact, channel, step",
+        (now_us,),
+    ).fetchall()
+    for page_id, incident_id, contact, channel, step in rows:
+        _event(
+            conn,
+            incident_id,
+            now_us,
+            Event.PAGE_FAILED,
+            "responder",
+            {
+                "page": page_id,
+                "contact": contact,
+                "channel": channel,
+                "step": step,
+                "error": "interrupted while sending: outcome unknown",
+            },
+            via=channel,
+        )
+    return len(rows)

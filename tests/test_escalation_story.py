@@ -1,0 +1,376 @@
+"""The operator's day, with a fake clock, through the real app: webhooks in over HTTP, the
+escalation engine and the outbox running, pages out to a real SMTP server and the real twilio
+library talking to a Twilio-compatible server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from responder.clock import FakeClock
+from responder.testing import FakeTwilio, SmtpTestServer
+from tests.conftest import AUTH, ClientFactory, write_config
+
+Client = TestClient[Any, Any]
+
+POLICY = """
+contacts:
+  alice: {sms: "+15551230001", email: alice@example.com, backup: bob}
+  bob: {sms: "+15551230002", email: bob@example.com}
+  mgr: {email: mgr@example.com}
+  ciso: {email: ciso@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+      - after: 15m
+        targets: [bob]
+      - after: 30m
+        clock: duration
+        targets: [mgr]
+      - after: 30m
+        clock: duration
+        when: {category: security}
+        targets: [ciso]
+    status_updates: {every: 30m, to: [mgr]}
+incidents:
+  default_policy: standard
+"""
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpTestServer]:
+    async with SmtpTestServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilio]:
+    async with FakeTwilio() as fake:
+        yield fake
+
+
+def story_config(folder: Path, smtp: SmtpTestServer, twilio: FakeTwilio, extra: str = "") -> Path:
+    (folder / "twilio_token").write_text(twilio.auth_token)
+    channels = f"""
+channels:
+  smtp:
+    host: 127.0.0.1
+    port: {smtp.port}
+    mode: none
+    from: "Responder <responder@example.com>"
+  twilio:
+    account_sid: {twilio.account_sid}
+    auth_token_file: twilio_token
+    from: "+15550000000"
+    api_base_url: {twilio.base_url}
+"""
+    return write_config(folder, POLICY + channels + extra)
+
+
+def alert(
+    name: str, status: str = "firing", starts: str = "2026-01-05T09:00:00Z", **labels: str
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "labels": {"alertname": name, **labels},
+        "annotations": {},
+        "startsAt": starts,
+        "endsAt": "2026-01-05T10:00:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
+    }
+
+
+def webhook(*alerts: dict[str, Any], group: str = '{}:{alertname="x"}') -> dict[str, Any]:
+    return {
+        "version": "4",
+        "status": "resolved" if all(a["status"] == "resolved" for a in alerts) else "firing",
+        "receiver": "responder",
+        "groupKey": group,
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://am",
+        "alerts": list(alerts),
+    }
+
+
+async def post(client: Client, body: dict[str, Any]) -> None:
+    response = await client.post("/api/v1/alertmanager", json=body, headers=AUTH)
+    assert response.status == 200, await response.text()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Let the engine's loops run (real time, a few ms) until ``check`` holds."""
+    for _ in range(300):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def incident(client: Client, number: int = 1) -> dict[str, Any]:
+    response = await client.get(f"/api/v1/incidents/{number}", headers=AUTH)
+    assert response.status == 200, await response.text()
+    data: dict[str, Any] = (await response.json())["data"]
+    return data
+
+
+def pages_of(doc: dict[str, Any], **match: str) -> list[tuple[str, str, str, str]]:
+    return [
+        (p["step"], p["contact"], p["channel"], p["state"])
+        for p in doc["pages"]
+        if all(p[k] == v for k, v in match.items())
+    ]
+
+
+async def settle(client: Client, clock: FakeClock, delta: timedelta) -> None:
+    clock.advance(delta)
+    await asyncio.sleep(0.05)
+
+
+async def test_p1_story_page_escalate_ack_manage_recover(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    registry = CollectorRegistry()
+    client = await make_client(story_config(tmp_path, smtp, twilio), registry)
+    brute = alert("SSHBruteForce", source_ip="203.0.113.7", instance="bastion")
+    await post(client, webhook(brute))
+
+    # Level 1 at once: alice by SMS and email.
+    async def level1_sent() -> bool:
+        doc = await incident(client)
+        return sorted(pages_of(doc, step="L1")) == [
+            ("L1", "alice", "email", "sent"),
+            ("L1", "alice", "sms", "sent"),
+        ]
+
+    await eventually(level1_sent, "level 1 paged alice")
+    doc = await incident(client)
+    assert doc["severity"] == "P1"
+    assert doc["category"] == "security"
+    assert doc["policy"] is None  # the rule names none: the default policy escalates it
+    assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]
+    assert [r.to for r in twilio.sent_sms()] == ["+15551230001"]
+    assert "Reply ACK 1" in twilio.sent_sms()[0].body
+
+    # Repeats of the same alert change nothing: no new incident, no new page.
+    await post(client, webhook(brute))
+    await asyncio.sleep(0.05)
+    assert len(twilio.sent_sms()) == 1
+
+    # 14 minutes: still nothing more. 15 minutes without ack: level 2, bob.
+    await settle(client, clock, timedelta(minutes=14))
+    assert len(twilio.sent_sms()) == 1
+    clock.advance(timedelta(minutes=1))
+
+    async def level2_sent() -> bool:
+        return ("L2", "bob", "sms", "sent") in pages_of(await incident(client))
+
+    await eventually(level2_sent, "level 2 paged bob")
+
+    # Bob acknowledges through the API.
+    response = await client.post(
+        "/api/v1/incidents/1/acknowledge", json={"by": "bob"}, headers=AUTH
+    )
+    assert response.status == 200
+    body = await response.json()
+    assert body["data"]["state"] == "acknowledged"
+    assert body["data"]["acknowledgedBy"] == "bob"
+
+    # 30 minutes: no further unacknowledged levels, but the management matrix still goes,
+    # the CISO because it is security, and the status update to the manager.
+    sms_before = len(twilio.sent_sms())
+    clock.advance(timedelta(minutes=15))
+
+    async def management_told() -> bool:
+        doc = await incident(client)
+        return {("L3", "mgr"), ("L4", "ciso"), ("U1", "mgr")} <= {
+            (p["step"], p["contact"]) for p in doc["pages"] if p["state"] == "sent"
+        }
+
+    await eventually(management_told, "management and CISO told at 30 minutes")
+    assert len(twilio.sent_sms()) == sms_before  # nobody's phone buzzed again
+
+    # Alertmanager resolves: the incident resolves, everyone paged gets a recovery notice.
+    await post(client, webhook(alert("SSHBruteForce", "resolved", **brute["labels"])))
+
+    async def recovered() -> bool:
+        doc = await incident(client)
+        return doc["state"] == "resolved" and {
+            p["contact"] for p in doc["pages"] if p["kind"] == "recovery" and p["state"] == "sent"
+        } == {"alice", "bob", "mgr", "ciso"}
+
+    await eventually(recovered, "recovery notices to everyone paged")
+    doc = await incident(client)
+    kinds = [e["kind"] for e in doc["timeline"]]
+    for expected in ("triggered", "escalated", "acknowledged", "status_update", "resolved"):
+        assert expected in kinds, kinds
+    assert kinds.index("acknowledged") < kinds.index("resolved")
+    recovery_sms = [r for r in twilio.sent_sms() if r.body.startswith("RESOLVED")]
+    assert sorted(r.to for r in recovery_sms) == ["+15551230001", "+15551230002"]
+
+    # Later: nothing else is ever sent for it.
+    total = len(smtp.messages) + len(twilio.sent_sms())
+    await settle(client, clock, timedelta(hours=3))
+    assert len(smtp.messages) + len(twilio.sent_sms()) == total
+
+    text = await (await client.get("/metrics")).text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert (
+        samples[("responder_incident_time_to_acknowledge_seconds_count", (("severity", "P1"),))]
+        == 1
+    )
+    assert (
+        samples[("responder_incident_time_to_acknowledge_seconds_sum", (("severity", "P1"),))]
+        == 15 * 60
+    )
+    assert samples[("responder_incident_time_to_resolve_seconds_count", (("severity", "P1"),))] == 1
+
+
+async def test_resolve_before_level2_stops_escalation(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    client = await make_client(story_config(tmp_path, smtp, twilio))
+    down = alert("TargetDown", instance="web-1:9100", job="node")
+    await post(client, webhook(down))
+    await eventually(lambda: _has(client, ("L1", "alice", "sms", "sent")), "level 1 paged alice")
+    await post(client, webhook(alert("TargetDown", "resolved", **down["labels"])))
+    await eventually(lambda: _state(client, "resolved"), "resolved")
+    await settle(client, clock, timedelta(hours=2))
+    doc = await incident(client)
+    assert not [p for p in doc["pages"] if p["step"] in ("L2", "L3", "U1")]
+
+
+async def test_incident_resolves_only_when_all_its_alerts_resolve(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    client = await make_client(story_config(tmp_path, smtp, twilio))
+    a = alert("TargetDown", instance="web-1:9100")
+    b = alert("TargetDown", instance="web-2:9100")
+    await post(client, webhook(a, b))
+    await eventually(lambda: _has(client, ("L1", "alice", "sms", "sent")), "paged")
+    doc = await incident(client)
+    assert doc["alertCount"] == 2  # one group, one incident
+    await post(client, webhook(alert("TargetDown", "resolved", **a["labels"]), b))
+    await asyncio.sleep(0.05)
+    assert (await incident(client))["state"] == "triggered"
+    await post(client, webhook(alert("TargetDown", "resolved", **b["labels"])))
+    await eventually(lambda: _state(client, "resolved"), "resolved after the last alert")
+
+
+async def test_snooze_holds_escalation_then_resumes(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    client = await make_client(story_config(tmp_path, smtp, twilio))
+    await post(client, webhook(alert("TargetDown", instance="web-1:9100")))
+    await eventually(lambda: _has(client, ("L1", "alice", "sms", "sent")), "paged")
+    response = await client.post(
+        "/api/v1/incidents/1/snooze", json={"by": "alice", "for": "1h"}, headers=AUTH
+    )
+    assert response.status == 200, await response.text()
+    assert (await response.json())["data"]["state"] == "snoozed"
+    await settle(client, clock, timedelta(minutes=50))
+    assert not pages_of(await incident(client), step="L2")
+    clock.advance(timedelta(minutes=11))
+    await eventually(lambda: _state(client, "triggered"), "snooze ended")
+    # Re-armed: level 2 waits its full 15 minutes after the snooze ends.
+    await settle(client, clock, timedelta(minutes=10))
+    assert not pages_of(await incident(client), step="L2")
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _has(client, ("L2", "bob", "sms", "sent")), "level 2 after snooze")
+
+
+async def test_refire_within_window_reopens_the_same_incident(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    client = await make_client(story_config(tmp_path, smtp, twilio))
+    first = alert("TargetDown", instance="web-1:9100")
+    await post(client, webhook(first))
+    await eventually(lambda: _has(client, ("L1", "alice", "sms", "sent")), "paged")
+    await post(client, webhook(alert("TargetDown", "resolved", **first["labels"])))
+    await eventually(lambda: _state(client, "resolved"), "resolved")
+    clock.advance(timedelta(minutes=20))
+    again = alert("TargetDown", starts="2026-01-05T09:20:00Z", instance="web-1:9100")
+    await post(client, webhook(again))
+    await eventually(lambda: _state(client, "triggered"), "re-triggered")
+    doc = await incident(client)
+    assert doc["episode"] == 2
+    assert "retriggered" in [e["kind"] for e in doc["timeline"]]
+    listed = await (await client.get("/api/v1/incidents", headers=AUTH)).json()
+    assert len(listed["data"]) == 1
+    await eventually(
+        lambda: _count(client, lambda p: p["step"] == "L1" and p["episode"] == 2), "paged again"
+    )
+
+
+async def test_api_errors(
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer, twilio: FakeTwilio
+) -> None:
+    client = await make_client(story_config(tmp_path, smtp, twilio))
+    assert (await client.get("/api/v1/incidents/1")).status == 401
+    assert (await client.get("/api/v1/incidents/99", headers=AUTH)).status == 404
+    assert (await client.post("/api/v1/incidents/99/acknowledge", headers=AUTH)).status == 404
+    await post(client, webhook(alert("TargetDown", instance="web-1:9100")))
+    bad = await client.post("/api/v1/incidents/1/explode", headers=AUTH)
+    assert bad.status == 404
+    bad = await client.post("/api/v1/incidents/1/snooze", json={"for": "forever"}, headers=AUTH)
+    assert bad.status == 400
+    assert "for:" in (await bad.json())["error"]
+    bad = await client.post("/api/v1/incidents/1/reassign", json={"to": "mallory"}, headers=AUTH)
+    assert bad.status == 400
+    assert "unknown contact" in (await bad.json())["error"]
+    ok = await client.post("/api/v1/incidents/1/resolve", json={"by": "alice"}, headers=AUTH)
+    assert ok.status == 200
+    again = await client.post("/api/v1/incidents/1/acknowledge", headers=AUTH)
+    assert again.status == 409
+    assert (await client.get("/api/v1/incidents?state=bogus", headers=AUTH)).status == 400
+
+
+async def _has(client: Client, page: tuple[str, str, str, str]) -> bool:
+    return page in pages_of(await incident(client))
+
+
+async def _state(client: Client, state: str) -> bool:
+    return bool((await incident(client))["state"] == state)
+
+
+async def _count(client: Client, predicate: Callable[[dict[str, Any]], bool]) -> bool:
+    return any(predicate(p) for p in (await incident(client))["pages"])
+
+
+def test_story_payloads_are_valid_json() -> None:
+    json.dumps(webhook(alert("x")))
+    assert datetime(2026, 1, 5, 9, tzinfo=UTC).isoformat()
