@@ -10,12 +10,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import ssl
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
@@ -25,9 +27,11 @@ from responder.classify import render_explanation, run_rule_tests
 from responder.client import ApiClient, ClientError
 from responder.config import load_config
 from responder.log import fields, setup_logging
+from responder.plan import escalation_plan, render_oncall, render_plan
+from responder.report import incident_report, period_report
 from responder.runtime import load_snapshot
 from responder.webhook import PayloadError, parse_webhook
-from responder.yamlfile import ConfigError
+from responder.yamlfile import ConfigError, parse_duration
 
 log = logging.getLogger("responder")
 
@@ -116,6 +120,62 @@ def _parser() -> argparse.ArgumentParser:
         "--all-matchers", action="store_true", help="show every matcher of rules that missed"
     )
     explain.set_defaults(run=cmd_explain)
+
+    def daemon_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = command(name, help_text)
+        sub.add_argument("--url", help="daemon URL (default: from the config's listen address)")
+        sub.add_argument("--json", action="store_true", help="print the API's JSON")
+        return sub
+
+    incidents = daemon_command("incidents", "list incidents (open ones by default)")
+    incidents.add_argument(
+        "--state", action="append", help="open, triggered, acknowledged, snoozed, resolved"
+    )
+    incidents.add_argument("--all", action="store_true", help="every state")
+    incidents.add_argument("--limit", type=int, default=100)
+    incidents.set_defaults(run=cmd_incidents)
+
+    show = daemon_command("incident", "show one incident with its timeline and pages")
+    show.add_argument("id", type=int)
+    show.set_defaults(run=cmd_incident)
+
+    for name, action, help_text in (
+        ("ack", "acknowledge", "acknowledge an incident: escalation stops"),
+        ("unack", "unacknowledge", "take an acknowledgement back: escalation starts over"),
+        ("resolve", "resolve", "resolve an incident by hand"),
+        ("note", "note", "add a note to an incident's timeline"),
+    ):
+        sub = daemon_command(name, help_text)
+        sub.add_argument("id", type=int)
+        sub.add_argument("--by", help="who (default: $USER)")
+        sub.add_argument(
+            "text" if name == "note" else "--note", nargs=None if name == "note" else "?"
+        )
+        sub.set_defaults(run=cmd_act, action=action)
+    snooze = daemon_command("snooze", "hold escalation for a while (e.g. 30m), then resume")
+    snooze.add_argument("id", type=int)
+    snooze.add_argument("duration", help="30m, 2h, ...")
+    snooze.add_argument("--by", help="who (default: $USER)")
+    snooze.add_argument("--note")
+    snooze.set_defaults(run=cmd_act, action="snooze")
+    reassign = daemon_command("reassign", "hand an incident to a contact, who is paged")
+    reassign.add_argument("id", type=int)
+    reassign.add_argument("contact")
+    reassign.add_argument("--by", help="who (default: $USER)")
+    reassign.add_argument("--note")
+    reassign.set_defaults(run=cmd_act, action="reassign")
+
+    oncall = command("oncall", "who is on call now (or --at TIME), per schedule, role and team")
+    oncall.add_argument("--at", metavar="TIME", help="ISO 8601 time (default now)")
+    oncall.add_argument("--tz", help="show times in this IANA zone (default UTC)")
+    oncall.set_defaults(run=cmd_oncall)
+
+    report = daemon_command(
+        "report", "Markdown for the post-incident review (ID), or MTTA/MTTR (--since)"
+    )
+    report.add_argument("id", type=int, nargs="?")
+    report.add_argument("--since", help="a duration back from now (30d) or an ISO 8601 time")
+    report.set_defaults(run=cmd_report)
     return parser
 
 
@@ -229,6 +289,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print()
         explanation = snapshot.classifier.explain(labels, at)
         print(render_explanation(explanation, all_matchers=args.all_matchers), end="")
+        c = explanation.classification
+        if c.heartbeat:
+            print("escalation: none (a heartbeat never opens an incident)")
+            continue
+        escalation = snapshot.escalation
+        policy = escalation.policy_for(c.policy)
+        if policy is None:
+            print("escalation: no policy (name one in the rule or set incidents.default_policy)")
+            continue
+        plan = escalation_plan(
+            policy, escalation.directory, c.severity, c.category, at, horizon=timedelta(hours=4)
+        )
+        print(f"escalation: policy {policy.name}, if nobody acknowledges (next 4h):")
+        print(render_plan(plan, zone=escalation.business_hours.timezone), end="")
     return 0
 
 
@@ -264,6 +338,151 @@ def _parse_time(text: str) -> datetime:
     except ValueError as exc:
         raise ConfigError("--at", 0, "at", f"expected an ISO 8601 time, got {text!r}") from exc
     return at if at.tzinfo is not None else at.astimezone()
+
+
+# -- incidents --------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    return ApiClient.from_config(load_config(args.config, state_dir=args.state_dir), args.url)
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    params: list[tuple[str, str]] = [("limit", str(args.limit))]
+    if not args.all:
+        params += [("state", s) for s in args.state or ["open"]]
+    document = asyncio.run(_client(args).request("GET", "/api/v1/incidents", params=params))
+    if args.json:
+        print(json.dumps(document["data"], indent=2, ensure_ascii=False))
+        return 0
+    print_table(
+        ["ID", "STATE", "SEV", "CATEGORY", "OPENED", "ACK BY", "ALERTS", "TITLE"],
+        [
+            [
+                str(i["id"]),
+                i["state"],
+                i["severity"],
+                i["category"],
+                (i["openedAt"] or "")[:19].replace("T", " "),
+                i["acknowledgedBy"] or "",
+                f"{i['firingCount']}/{i['alertCount']}",
+                i["title"],
+            ]
+            for i in document["data"]
+        ],
+    )
+    return 0
+
+
+def cmd_incident(args: argparse.Namespace) -> int:
+    document = asyncio.run(_client(args).request("GET", f"/api/v1/incidents/{args.id}"))
+    data = document["data"]
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    print(f"incident {data['id']}: {_printable(data['title'])}")
+    for key in (
+        "state",
+        "severity",
+        "category",
+        "policy",
+        "rule",
+        "openedAt",
+        "acknowledgedAt",
+        "acknowledgedBy",
+        "resolvedAt",
+        "resolvedBy",
+        "snoozedUntil",
+        "assignee",
+        "nextDue",
+    ):
+        if data.get(key) is not None:
+            print(f"  {key + ':':<16}{_printable(str(data[key]))}")
+    print("timeline:")
+    print_table(
+        ["AT", "EVENT", "WHO", "VIA", "DETAIL"],
+        [
+            [
+                (e["at"] or "")[:19].replace("T", " "),
+                e["kind"],
+                e["actor"] or "",
+                e["via"] or "",
+                json.dumps(e["detail"], ensure_ascii=False, sort_keys=True)[:120],
+            ]
+            for e in data["timeline"]
+        ],
+    )
+    print("pages:")
+    print_table(
+        ["ID", "STEP", "KIND", "CONTACT", "CHANNEL", "STATE", "DUE", "ERROR"],
+        [
+            [
+                str(p["id"]),
+                p["step"],
+                p["kind"],
+                p["contact"],
+                p["channel"],
+                p["state"],
+                (p["dueAt"] or "")[:19].replace("T", " "),
+                p["error"] or "",
+            ]
+            for p in data["pages"]
+        ],
+    )
+    return 0
+
+
+def cmd_act(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"by": args.by or os.environ.get("USER") or "cli", "via": "cli"}
+    text = getattr(args, "text", None) or getattr(args, "note", None)
+    if text:
+        body["text"] = text
+    if args.action == "snooze":
+        body["for"] = args.duration
+    if args.action == "reassign":
+        body["to"] = args.contact
+    path = f"/api/v1/incidents/{args.id}/{args.action}"
+    document = asyncio.run(_client(args).request("POST", path, body=body))
+    data = document["data"]
+    if args.json:
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    elif not document.get("changed", True):
+        print(f"incident {data['id']} was already {data['state']}")
+    else:
+        print(f"incident {data['id']}: {data['state']}")
+    return 0
+
+
+def cmd_oncall(args: argparse.Namespace) -> int:
+    snapshot = load_snapshot(args.config, state_dir=args.state_dir)
+    at = _parse_time(args.at) if args.at else datetime.now(UTC)
+    zone: tzinfo = UTC
+    if args.tz:
+        try:
+            zone = ZoneInfo(args.tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError("--tz", 0, "tz", f"unknown time zone {args.tz!r}") from None
+    print(render_oncall(snapshot.escalation.directory, at, zone=zone), end="")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    client = _client(args)
+    now = datetime.now(UTC)
+    if args.id is not None:
+        document = asyncio.run(client.request("GET", f"/api/v1/incidents/{args.id}"))
+        print(incident_report(document["data"], now=now), end="")
+        return 0
+    if not args.since:
+        raise ConfigError("report", 0, "", "give an incident ID or --since (e.g. 30d)")
+    try:
+        since = now - parse_duration(args.since)
+    except ValueError:
+        since = _parse_time(args.since)
+    params = [("since", since.isoformat()), ("limit", "10000")]
+    document = asyncio.run(client.request("GET", "/api/v1/incidents", params=params))
+    print(period_report(document["data"], since=since, until=now), end="")
+    return 0
 
 
 # -- alerts ---------------------------------------------------------------------------------

@@ -374,3 +374,48 @@ async def _count(client: Client, predicate: Callable[[dict[str, Any]], bool]) ->
 def test_story_payloads_are_valid_json() -> None:
     json.dumps(webhook(alert("x")))
     assert datetime(2026, 1, 5, 9, tzinfo=UTC).isoformat()
+
+
+DST_POLICY = """
+contacts:
+  alice: {email: alice@example.com}
+  bob: {email: bob@example.com}
+schedules:
+  primary:
+    timezone: Europe/Berlin
+    layers:
+      - type: daily
+        start: 2026-03-01
+        handoff: "09:00"
+        members: [alice, bob]
+escalation_policies:
+  oncall:
+    levels:
+      - targets: [{schedule: primary}]
+      - after: 15m
+        targets: [{schedule: primary}]
+incidents:
+  default_policy: oncall
+"""
+
+
+async def test_story_across_the_spring_forward_change(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+) -> None:
+    """Berlin springs forward on 29 March 2026: the 09:00 hand-off is 07:00 UTC that day, not
+    08:00. An incident at 08:50 local is paged to the night's person, and its level 2 at
+    09:05 local goes to the day's person, as the wall clock says."""
+    channels = f"""
+channels:
+  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
+"""
+    client = await make_client(write_config(tmp_path, DST_POLICY + channels))
+    clock.set(datetime(2026, 3, 29, 6, 50, tzinfo=UTC))  # 08:50 CEST
+    await post(client, webhook(alert("TargetDown", starts="2026-03-29T06:50:00Z", instance="db")))
+    await eventually(lambda: _has(client, ("L1", "bob", "email", "sent")), "level 1 to bob")
+    clock.advance(timedelta(minutes=15))  # 09:05 CEST: alice's day shift began at 07:00 UTC
+    await eventually(lambda: _has(client, ("L2", "alice", "email", "sent")), "level 2 to alice")
+    assert [m.rcpt_tos for m in smtp.messages] == [["bob@example.com"], ["alice@example.com"]]

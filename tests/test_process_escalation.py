@@ -1,0 +1,174 @@
+"""A real ``responder serve`` killed with SIGKILL across an escalation due time: after the
+restart, the step that came due while it was dead is done once, and nothing already sent is
+sent again. Pages are counted where they arrive: a real SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from responder.testing import SmtpTestServer
+from tests.conftest import AUTH, write_config
+from tests.test_process import running
+
+POLICY = """
+contacts:
+  alice: {email: alice@example.com}
+  bob: {email: bob@example.com}
+  carol: {email: carol@example.com}
+escalation_policies:
+  fast:
+    levels:
+      - targets: [alice]
+      - after: 3s
+        targets: [bob]
+      - after: 6s
+        targets: [carol]
+incidents:
+  default_policy: fast
+"""
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpTestServer]:
+    async with SmtpTestServer() as server:
+        yield server
+
+
+def body(status: str = "firing") -> dict[str, Any]:
+    return {
+        "version": "4",
+        "status": status,
+        "receiver": "responder",
+        "groupKey": '{}:{alertname="TargetDown"}',
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://am",
+        "alerts": [
+            {
+                "status": status,
+                "labels": {"alertname": "TargetDown", "instance": "web-1:9100"},
+                "annotations": {},
+                "startsAt": "2026-11-29T10:00:00Z",
+                "endsAt": "2026-11-29T11:00:00Z"
+                if status == "resolved"
+                else "0001-01-01T00:00:00Z",
+            }
+        ],
+    }
+
+
+async def wait_for(check: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def recipients(smtp: SmtpTestServer) -> Counter[str]:
+    return Counter(to for m in smtp.messages for to in m.rcpt_tos)
+
+
+async def test_kill_9_across_a_due_time_pages_each_level_once(
+    tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    channels = f"""
+channels:
+  smtp:
+    host: 127.0.0.1
+    port: {smtp.port}
+    mode: none
+    from: "Responder <responder@example.com>"
+"""
+    config = write_config(tmp_path, POLICY + channels)
+    async with running(config) as daemon:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                daemon.url + "/api/v1/alertmanager", json=body(), headers=AUTH
+            ) as response,
+        ):
+            assert response.status == 200
+        await wait_for(lambda: recipients(smtp)["alice@example.com"] == 1, 10, "level 1")
+        daemon.process.send_signal(signal.SIGKILL)
+        await daemon.process.wait()
+    killed_at = time.monotonic()
+    # Dead while level 2 (3 s) comes due.
+    await asyncio.sleep(max(0.0, 4.0 - (time.monotonic() - killed_at)))
+    assert recipients(smtp)["bob@example.com"] == 0
+
+    async with running(config) as daemon:
+        await wait_for(lambda: recipients(smtp)["bob@example.com"] == 1, 10, "level 2 late")
+        await wait_for(lambda: recipients(smtp)["carol@example.com"] == 1, 10, "level 3")
+        await asyncio.sleep(1.0)
+        url = daemon.url + "/api/v1/incidents/1"
+        async with aiohttp.ClientSession() as session, session.get(url, headers=AUTH) as response:
+            doc = (await response.json())["data"]
+    assert recipients(smtp) == Counter(
+        {"alice@example.com": 1, "bob@example.com": 1, "carol@example.com": 1}
+    )
+    steps = Counter(p["step"] for p in doc["pages"])
+    assert steps == Counter({"L1": 1, "L2": 1, "L3": 1})
+    assert all(p["state"] == "sent" for p in doc["pages"])
+
+
+def cli(config: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "responder", *args, "-c", str(config), "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_cli_lists_acknowledges_and_reports(tmp_path: Path, smtp: SmtpTestServer) -> None:
+    channels = f"""
+channels:
+  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
+"""
+    config = write_config(tmp_path, POLICY + channels)
+    async with running(config) as daemon:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                daemon.url + "/api/v1/alertmanager", json=body(), headers=AUTH
+            ) as response,
+        ):
+            assert response.status == 200
+        await wait_for(lambda: recipients(smtp)["alice@example.com"] == 1, 10, "level 1")
+        listed = await asyncio.to_thread(cli, config, daemon.url, "incidents")
+        assert listed.returncode == 0, listed.stderr
+        assert "TargetDown on web-1:9100" in listed.stdout
+        assert "triggered" in listed.stdout
+        acked = await asyncio.to_thread(cli, config, daemon.url, "ack", "1", "--by", "alice")
+        assert acked.returncode == 0, acked.stderr
+        assert "acknowledged" in acked.stdout
+        again = await asyncio.to_thread(cli, config, daemon.url, "ack", "1")
+        assert "already acknowledged" in again.stdout
+        shown = await asyncio.to_thread(cli, config, daemon.url, "incident", "1")
+        assert "acknowledged" in shown.stdout
+        assert "alice" in shown.stdout
+        report = await asyncio.to_thread(cli, config, daemon.url, "report", "1")
+        assert report.returncode == 0, report.stderr
+        assert report.stdout.startswith("# Incident 1")
+        period = await asyncio.to_thread(cli, config, daemon.url, "report", "--since", "1d")
+        assert period.returncode == 0, period.stderr
+        missing = await asyncio.to_thread(cli, config, daemon.url, "ack", "42")
+        assert missing.returncode == 3
+        assert "404" in missing.stderr
+        await asyncio.sleep(3.5)  # past level 2's due time: acknowledged, so bob is not paged
+    assert recipients(smtp)["bob@example.com"] == 0
