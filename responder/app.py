@@ -17,11 +17,13 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from notifiers.base import Message
 from notifiers.config import build_notifiers
-from responder import api, incidents_api, ingest, ops
+from responder import api, incidents_api, ingest, links, ops, twilio_doors
 from responder.clock import Clock, SystemClock
 from responder.deliver import Dispatcher, render_plain
 from responder.escalate import Escalator
+from responder.incident import Incident, IncidentState, Page
 from responder.log import fields
 from responder.metrics import Metrics
 from responder.runtime import RUNTIME, Runtime, Snapshot
@@ -70,6 +72,8 @@ def build_app(
     app.router.add_post("/api/v1/alertmanager", ingest.receive_alertmanager)
     app.router.add_get("/api/v1/alerts", api.list_alerts)
     incidents_api.add_routes(app.router)
+    twilio_doors.add_routes(app.router)
+    links.add_routes(app.router)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/-/healthy", ops.healthy)
     app.router.add_get("/-/ready", ops.ready)
@@ -122,12 +126,21 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     public_url = runtime.config.server.public_url
     runtime.notifiers = build_notifiers(runtime.snapshot.channels, public_url)
+    secret = links.link_secret(runtime.config.state_dir)
+
+    def renderer(page: Page, incident: Incident) -> Message:
+        ack = None
+        if public_url and page.channel == "email" and incident.state is not IncidentState.RESOLVED:
+            ack = links.ack_url(public_url, secret, incident.id, page.contact, runtime.clock.now())
+        return render_plain(page, incident, ack_url=ack)
+
     runtime.dispatcher = dispatcher = Dispatcher(
         runtime.store,
         runtime.clock,
         runtime.metrics,
         lambda: runtime.notifiers,
-        lambda page, incident: render_plain(page, incident, public_url),
+        renderer,
+        directory=lambda: runtime.snapshot.escalation.directory,
     )
     runtime.escalator = Escalator(
         runtime.store,

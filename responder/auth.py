@@ -25,7 +25,12 @@ def token_path(state_dir: Path) -> Path:
 
 def ensure_generated_token(state_dir: Path) -> tuple[Secret, bool]:
     """Read the generated token, creating it first if needed; returns (token, created)."""
-    path = token_path(state_dir)
+    return ensure_generated_secret(token_path(state_dir))
+
+
+def ensure_generated_secret(path: Path) -> tuple[Secret, bool]:
+    """Read a generated secret file (mode 0600), creating it first if needed."""
+    state_dir = path.parent
     if path.exists():
         return read_secret_file(path), False
     state_dir.mkdir(parents=True, exist_ok=True)

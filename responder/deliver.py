@@ -13,12 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from notifiers.base import DeliveryError, Message, Notifier
 from responder.clock import Clock
-from responder.incident import Incident, Page, PageKind, PageState
+from responder.directory import Directory
+from responder.incident import (
+    Event,
+    Incident,
+    IncidentState,
+    NewPage,
+    Page,
+    PageKind,
+    PageState,
+    TimelineEvent,
+)
 from responder.log import fields
 from responder.metrics import Metrics
 from responder.store import Store
@@ -41,7 +51,7 @@ def backoff(attempt: int, rng: random.Random) -> timedelta:
     return ceiling * (0.5 + rng.random() / 2)
 
 
-def render_plain(page: Page, incident: Incident, public_url: str | None = None) -> Message:
+def render_plain(page: Page, incident: Incident, *, ack_url: str | None = None) -> Message:
     """The built-in text of a page; short enough for one or two SMS segments."""
     ref = f"#{page.incident_id}"
     title, severity = incident.title, incident.severity
@@ -57,8 +67,8 @@ def render_plain(page: Page, incident: Incident, public_url: str | None = None) 
     else:
         text = f"[{severity}] {ref} {title}. Reply ACK {page.incident_id} to acknowledge."
         subject = f"[{severity}] {ref} {title}"
-    if public_url and page.channel == "email":
-        text += f"\n\n{public_url.rstrip('/')}/api/v1/incidents/{page.incident_id}"
+    if ack_url is not None:
+        text += f"\n\nAcknowledge or resolve: {ack_url}"
     return Message(
         channel=page.channel,
         to=page.address,
@@ -69,6 +79,43 @@ def render_plain(page: Page, incident: Incident, public_url: str | None = None) 
         thread_start=page.step == "L1" and page.kind is PageKind.PAGE,
         data={"incident": page.incident_id, "step": page.step, "kind": page.kind.value},
     )
+
+
+def failover_pages(
+    page: Page, siblings: Sequence[Page], directory: Directory, now: datetime
+) -> list[NewPage]:
+    """Where a failed page goes next: the contact's next unused channel, else every channel of
+    the backup contact not yet tried in this step. Empty when the chain is exhausted."""
+    used = {(p.contact, p.channel) for p in siblings}
+    cancel_on_ack = page.kind is PageKind.PAGE
+
+    def new(contact: str, channel: str, address: str, backup: str | None) -> NewPage:
+        return NewPage(page.step, page.kind, contact, channel, address, now, backup, cancel_on_ack)
+
+    contact = directory.contacts.get(page.contact)
+    if contact is not None:
+        for rule in contact.rules:
+            address = contact.address(rule.channel)
+            if address is not None and (contact.name, rule.channel.value) not in used:
+                return [new(contact.name, rule.channel.value, address, contact.backup)]
+    backup_name = page.backup or (contact.backup if contact is not None else None)
+    seen: set[str] = {page.contact}
+    while backup_name is not None and backup_name in directory.contacts:
+        if backup_name in seen:
+            return []  # parse_directory refuses circles; a reload race must not loop
+        seen.add(backup_name)
+        reached, rules = directory.reachable(backup_name)
+        backup = directory.contacts[reached]
+        pages = [
+            new(reached, rule.channel.value, address, backup.backup)
+            for rule in rules
+            if (address := backup.address(rule.channel)) is not None
+            and (reached, rule.channel.value) not in used
+        ]
+        if pages:
+            return pages
+        backup_name = backup.backup
+    return []
 
 
 class Dispatcher:
@@ -82,9 +129,11 @@ class Dispatcher:
         notifiers: Callable[[], Mapping[str, Notifier]],
         render: Renderer,
         *,
+        directory: Callable[[], Directory] | None = None,
         rng: random.Random | None = None,
         batch: int = 50,
     ) -> None:
+        self._directory = directory
         self._store = store
         self._clock = clock
         self._metrics = metrics
@@ -153,6 +202,7 @@ class Dispatcher:
                 "page failed",
                 extra=fields(page=page.id, incident=page.incident_id, error=reason),
             )
+            await self.failover(page, reason)
             return
         except Exception as exc:  # a bug in an adapter must not stop the outbox
             log.exception("page crashed its channel adapter", extra=fields(page=page.id))
@@ -163,6 +213,38 @@ class Dispatcher:
             return
         await self._finish(page, PageState.SENT, provider_id=receipt.provider_id)
         m.pages.labels(page.channel, "sent").inc()
+
+    async def failover(self, page: Page, reason: str) -> int:
+        """Queue the next channel or the backup contact for a page that failed for good."""
+        if self._directory is None:
+            return 0
+        incident = await self._store.get_incident(page.incident_id)
+        if page.kind is PageKind.PAGE and incident.state is not IncidentState.TRIGGERED:
+            return 0  # someone has it (or it is over): nobody else needs waking
+        if page.kind is not PageKind.RECOVERY and incident.state is IncidentState.RESOLVED:
+            return 0
+        now = self._clock.now()
+        siblings = await self._store.step_pages(page.incident_id, page.episode, page.step)
+        pages = failover_pages(page, siblings, self._directory(), now)
+        if not pages:
+            log.error(
+                "page failed and nobody is left to fail over to",
+                extra=fields(page=page.id, incident=page.incident_id, contact=page.contact),
+            )
+            self._metrics.pages.labels(page.channel, "exhausted").inc()
+            return 0
+        detail = {
+            "failed_page": page.id,
+            "reason": reason,
+            "to": [f"{p.contact}/{p.channel}" for p in pages],
+        }
+        event = TimelineEvent(now, Event.FAILOVER, "responder", page.channel, detail)
+        added = await self._store.add_pages(page.incident_id, page.episode, pages, event, now)
+        if added:
+            for new_page in pages:
+                self._metrics.pages_queued.labels(new_page.channel, new_page.kind.value).inc()
+            self.wake()
+        return added
 
     async def _finish(
         self,

@@ -67,6 +67,8 @@ class Event(StrEnum):
     TARGET_BREACHED = "target_breached"
     PAGE_SENT = "page_sent"
     PAGE_FAILED = "page_failed"
+    PAGE_DELIVERED = "page_delivered"
+    FAILOVER = "failover"
 
 
 class TransitionError(ValueError):

@@ -192,6 +192,37 @@ class Store(Protocol):
         """Record the outcome; with ``retry_at`` the page is queued again for then."""
         ...
 
+    async def get_page(self, page_id: int) -> Page | None: ...
+
+    async def page_by_provider_id(self, provider_id: str) -> Page | None:
+        """The page a provider id (Twilio MessageSid/CallSid) was returned for."""
+        ...
+
+    async def step_pages(self, incident_id: int, episode: int, step: str) -> list[Page]:
+        """Every page of one step, failovers included."""
+        ...
+
+    async def provider_status(
+        self, page_id: int, state: PageState, error: str | None, now: datetime
+    ) -> bool:
+        """A status callback's outcome for a sent page; False if the page had moved on."""
+        ...
+
+    async def add_pages(
+        self,
+        incident_id: int,
+        episode: int,
+        pages: Sequence[NewPage],
+        event: TimelineEvent | None,
+        now: datetime,
+    ) -> int:
+        """Queue pages outside the engine (failover, drills); returns how many were new."""
+        ...
+
+    async def open_incidents_paged_to(self, contact: str) -> list[Incident]:
+        """Open incidents that paged ``contact``, newest first."""
+        ...
+
     async def recover_sending(self, now: datetime) -> int:
         """At start: settle pages a crash left in ``sending`` (see docs/escalation.md)."""
         ...

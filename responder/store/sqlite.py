@@ -412,6 +412,39 @@ class SQLiteStore:
             )
         )
 
+    async def get_page(self, page_id: int) -> Page | None:
+        return await self._read(lambda conn: inc.get_page(conn, page_id))
+
+    async def page_by_provider_id(self, provider_id: str) -> Page | None:
+        return await self._read(lambda conn: inc.page_by_provider_id(conn, provider_id))
+
+    async def step_pages(self, incident_id: int, episode: int, step: str) -> list[Page]:
+        return await self._read(lambda conn: inc.step_pages(conn, incident_id, episode, step))
+
+    async def provider_status(
+        self, page_id: int, state: PageState, error: str | None, now: datetime
+    ) -> bool:
+        now_us = to_us(now)
+        return await self._write(
+            lambda conn: inc.provider_status(conn, page_id, state, error, now_us)
+        )
+
+    async def add_pages(
+        self,
+        incident_id: int,
+        episode: int,
+        pages: Sequence[NewPage],
+        event: TimelineEvent | None,
+        now: datetime,
+    ) -> int:
+        now_us = to_us(now)
+        return await self._write(
+            lambda conn: inc.add_pages(conn, incident_id, episode, pages, event, now_us)
+        )
+
+    async def open_incidents_paged_to(self, contact: str) -> list[Incident]:
+        return await self._read(lambda conn: inc.open_incidents_paged_to(conn, contact))
+
     async def recover_sending(self, now: datetime) -> int:
         now_us = to_us(now)
         return await self._write(lambda conn: inc.recover_sending(conn, now_us))

@@ -638,3 +638,103 @@ def recover_sending(conn: sqlite3.Connection, now_us: int) -> int:
             via=channel,
         )
     return len(rows)
+
+
+def get_page(conn: sqlite3.Connection, page_id: int) -> Page | None:
+    row = conn.execute(
+        f"SELECT {PAGE_COLUMNS} FROM pages WHERE id = ?",  # noqa: S608 - fixed text
+        (page_id,),
+    ).fetchone()
+    return None if row is None else page_from_row(row)
+
+
+def page_by_provider_id(conn: sqlite3.Connection, provider_id: str) -> Page | None:
+    row = conn.execute(
+        f"SELECT {PAGE_COLUMNS} FROM pages WHERE provider_id = ? ORDER BY id DESC LIMIT 1",  # noqa: S608 - fixed text
+        (provider_id,),
+    ).fetchone()
+    return None if row is None else page_from_row(row)
+
+
+def step_pages(conn: sqlite3.Connection, incident_id: int, episode: int, step: str) -> list[Page]:
+    return [
+        page_from_row(row)
+        for row in conn.execute(
+            f"SELECT {PAGE_COLUMNS} FROM pages "  # noqa: S608 - fixed text
+            "WHERE incident_id = ? AND episode = ? AND step = ? ORDER BY id",
+            (incident_id, episode, step),
+        )
+    ]
+
+
+def provider_status(
+    conn: sqlite3.Connection, page_id: int, state: PageState, error: str | None, now_us: int
+) -> bool:
+    """A provider's later word on a sent page (delivered, or failed after all). Only moves a
+    page forward: a late 'delivered' never revives a page already failed over."""
+    cur = conn.execute(
+        "UPDATE pages SET state = ?, error = COALESCE(?, error), updated_at = ? "
+        "WHERE id = ? AND state IN ('sent', 'sending')",
+        (state.value, error, now_us, page_id),
+    )
+    if cur.rowcount and state is PageState.FAILED:
+        page = get_page(conn, page_id)
+        if page is not None:
+            detail: dict[str, object] = {
+                "page": page_id,
+                "contact": page.contact,
+                "channel": page.channel,
+                "step": page.step,
+                "error": error or "failed",
+            }
+            _event(
+                conn, page.incident_id, now_us, Event.PAGE_FAILED, "responder", detail, page.channel
+            )
+    return bool(cur.rowcount)
+
+
+def add_pages(
+    conn: sqlite3.Connection,
+    incident_id: int,
+    episode: int,
+    pages: Sequence[NewPage],
+    event: TimelineEvent | None,
+    now_us: int,
+) -> int:
+    added = 0
+    for page in pages:
+        cur = conn.execute(
+            "INSERT INTO pages (incident_id, episode, step, kind, contact, channel, address, "
+            "backup, due_at, state, cancel_on_ack, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                incident_id,
+                episode,
+                page.step,
+                page.kind.value,
+                page.contact,
+                page.channel,
+                page.address,
+                page.backup,
+                to_us(page.due_at),
+                int(page.cancel_on_ack),
+                now_us,
+                now_us,
+            ),
+        )
+        added += cur.rowcount
+    if added and event is not None:
+        add_event(conn, incident_id, event)
+    return added
+
+
+def open_incidents_paged_to(conn: sqlite3.Connection, contact: str) -> list[Incident]:
+    """Open incidents that paged ``contact``, newest first: what 'ACK' and 'ACK ALL' answer."""
+    rows = conn.execute(
+        f"SELECT {INCIDENT_COLUMNS} FROM incidents i "  # noqa: S608 - fixed text
+        "WHERE i.state IN ('triggered', 'snoozed', 'acknowledged') AND EXISTS "
+        "(SELECT 1 FROM pages p WHERE p.incident_id = i.id AND p.contact = ?) "
+        "ORDER BY i.id DESC LIMIT 100",
+        (contact,),
+    ).fetchall()
+    return [incident_from_row(row) for row in rows]

@@ -1,0 +1,180 @@
+"""Acknowledge links for email: HMAC-signed, expiring, single-incident tokens.
+
+A token names one incident and the contact it was sent to, and expires; it is signed with
+HMAC-SHA256 under a secret kept in the state directory (``link-secret``, mode 0600; in high
+availability every daemon needs the same file). ``GET /ack/{token}`` only shows a small page
+with buttons; ``POST`` acts, because mail scanners and link previews follow every link in a
+message and must never acknowledge anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from aiohttp import web
+
+from responder.auth import ensure_generated_secret
+from responder.incident import IncidentNotFound, TransitionError
+from responder.incidents_api import act
+from responder.runtime import RUNTIME
+from responder.secrets import Secret
+from responder.store import StoreError
+
+LINK_SECRET_FILE = "link-secret"  # noqa: S105 - a file name, not a secret
+LINK_LIFETIME = timedelta(hours=24)
+ACK_PATH = "/ack/"
+_SIG_BYTES = 18  # 144 bits: plenty against forgery, short enough for a tidy URL
+
+
+class LinkError(ValueError):
+    """The token is malformed, forged or expired; the message says which, for the page."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClaim:
+    incident_id: int
+    contact: str
+    expires: datetime
+
+
+def link_secret(state_dir: Path) -> Secret:
+    secret, _ = ensure_generated_secret(state_dir / LINK_SECRET_FILE)
+    return secret
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: Secret, payload: bytes) -> bytes:
+    return hmac.new(secret.value.encode(), payload, hashlib.sha256).digest()[:_SIG_BYTES]
+
+
+def make_token(secret: Secret, incident_id: int, contact: str, expires: datetime) -> str:
+    payload = f"{incident_id}:{int(expires.timestamp())}:{contact}".encode()
+    return f"{_b64(payload)}.{_b64(_sign(secret, payload))}"
+
+
+def read_token(secret: Secret, token: str, now: datetime) -> LinkClaim:
+    try:
+        payload_text, signature_text = token.split(".", 1)
+        payload, signature = _unb64(payload_text), _unb64(signature_text)
+    except (ValueError, UnicodeEncodeError):
+        raise LinkError("this link is malformed") from None
+    if not hmac.compare_digest(signature, _sign(secret, payload)):
+        raise LinkError("this link is not valid")
+    try:
+        incident_text, expires_text, contact = payload.decode().split(":", 2)
+        claim = LinkClaim(
+            int(incident_text), contact, datetime.fromtimestamp(int(expires_text), UTC)
+        )
+    except (ValueError, UnicodeDecodeError):
+        raise LinkError("this link is malformed") from None
+    if now >= claim.expires:
+        raise LinkError("this link has expired; acknowledge by SMS, the CLI or the API")
+    return claim
+
+
+def ack_url(public_url: str, secret: Secret, incident_id: int, contact: str, now: datetime) -> str:
+    token = make_token(secret, incident_id, contact, now + LINK_LIFETIME)
+    return public_url.rstrip("/") + ACK_PATH + token
+
+
+# -- the page ----------------------------------------------------------------------------------
+
+_STYLE = (
+    "body{font-family:sans-serif;max-width:32em;margin:2em auto;padding:0 1em}"
+    "button{font-size:1.1em;padding:.5em 1em;margin:.3em}"
+)
+
+
+def _page(title: str, body: str, status: int = 200) -> web.Response:
+    text = (
+        "<!doctype html><html><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body>{body}</body></html>"
+    )
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",  # the token must not leak to other sites
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+            "form-action 'self'",
+        },
+    )
+
+
+async def show_link(request: web.Request) -> web.StreamResponse:
+    """GET: what the link is for, with buttons. Changes nothing."""
+    runtime = request.app[RUNTIME]
+    secret = link_secret(runtime.config.state_dir)
+    try:
+        claim = read_token(secret, request.match_info["token"], runtime.clock.now())
+        incident = await runtime.store.get_incident(claim.incident_id)
+    except LinkError as exc:
+        return _page("Link not valid", f"<p>{html.escape(str(exc))}</p>", 403)
+    except IncidentNotFound:
+        return _page("Not found", "<p>This incident does not exist.</p>", 404)
+    except StoreError:
+        return _page("Unavailable", "<p>Try again in a moment.</p>", 503)
+    title = f"Incident {incident.id}: {incident.title}"
+    buttons = ""
+    if incident.state.value != "resolved":
+        buttons = (
+            '<form method="post">'
+            '<button name="action" value="acknowledge">Acknowledge</button>'
+            '<button name="action" value="resolve">Resolve</button></form>'
+        )
+    body = (
+        f"<h1>{html.escape(title)}</h1>"
+        f"<p>{html.escape(incident.severity)} · {html.escape(incident.category)} · "
+        f"<b>{html.escape(incident.state.value)}</b></p>"
+        f"<p>Acting as {html.escape(claim.contact)}.</p>{buttons}"
+    )
+    return _page(title, body)
+
+
+async def use_link(request: web.Request) -> web.StreamResponse:
+    """POST: acknowledge or resolve the one incident the token names."""
+    runtime = request.app[RUNTIME]
+    secret = link_secret(runtime.config.state_dir)
+    form = await request.post()
+    action = str(form.get("action", ""))
+    if action not in ("acknowledge", "resolve"):
+        return _page("Bad request", "<p>Unknown action.</p>", 400)
+    try:
+        claim = read_token(secret, request.match_info["token"], runtime.clock.now())
+        incident, changed = await act(
+            runtime, claim.incident_id, action, actor=claim.contact, via="email"
+        )
+    except LinkError as exc:
+        return _page("Link not valid", f"<p>{html.escape(str(exc))}</p>", 403)
+    except IncidentNotFound:
+        return _page("Not found", "<p>This incident does not exist.</p>", 404)
+    except TransitionError as exc:
+        return _page("Nothing to do", f"<p>{html.escape(str(exc))}</p>", 409)
+    except StoreError:
+        return _page("Unavailable", "<p>Try again in a moment.</p>", 503)
+    done = "Acknowledged" if action == "acknowledge" else "Resolved"
+    note = "" if changed else " (it already was)"
+    title = f"{done}: incident {incident.id}"
+    return _page(title, f"<h1>{html.escape(title)}{note}</h1><p>{html.escape(incident.title)}</p>")
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get(ACK_PATH + "{token}", show_link)
+    router.add_post(ACK_PATH + "{token}", use_link)

@@ -1,0 +1,199 @@
+"""What Twilio posts back: delivery status callbacks, SMS replies and voice keypresses.
+
+Every request must carry a valid ``X-Twilio-Signature`` computed over the configured
+``server.public_url`` plus the path Twilio called; without a Twilio channel or a public URL
+these doors are closed. Replies a person can send to the Twilio number:
+
+- ``ACK 42`` / ``RES 42``: acknowledge or resolve incident 42;
+- ``ACK`` / ``RES``: the newest open incident that paged the sender;
+- ``ACK ALL``: every open incident that paged the sender.
+
+Senders are recognised by their number (a contact's ``sms`` or ``voice``); an unknown sender
+gets no answer at all and is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from notifiers.twilio import (
+    INBOUND_SMS_PATH,
+    STATUS_CALLBACK_PATH,
+    VOICE_GATHER_PATH,
+    parse_status_callback,
+    sms_reply_twiml,
+    validate_twilio_signature,
+    voice_reply_twiml,
+)
+from responder.directory import Directory
+from responder.incident import IncidentNotFound, PageState, TransitionError
+from responder.incidents_api import act
+from responder.log import fields
+from responder.runtime import RUNTIME, Runtime
+from responder.store import StoreError
+
+log = logging.getLogger("responder.twilio")
+
+_COMMAND = re.compile(
+    r"^\s*(?P<verb>ack|acknowledge|a|res|resolve|r)\b\s*#?(?P<what>\d{1,12}|all)?\s*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    action: str  # acknowledge | resolve
+    incident: int | None  # None: the newest open incident that paged the sender
+    everything: bool = False  # ACK ALL
+
+
+def parse_reply(text: str) -> Command | None:
+    """``ACK 42``, ``res 42``, ``ACK``, ``ACK ALL``; None for anything else."""
+    match = _COMMAND.match(text.strip()[:100])
+    if match is None:
+        return None
+    action = "acknowledge" if match["verb"].lower().startswith("a") else "resolve"
+    what = (match["what"] or "").lower()
+    if what == "all":
+        return Command(action, None, everything=True)
+    return Command(action, int(what) if what else None)
+
+
+def contact_by_number(directory: Directory, number: str) -> str | None:
+    for contact in directory.contacts.values():
+        if number and number in (contact.sms, contact.voice):
+            return contact.name
+    return None
+
+
+async def _verified_form(request: web.Request, runtime: Runtime) -> dict[str, str] | None:
+    """The POST form if the request really comes from Twilio; None (and a log line) if not."""
+    twilio = runtime.snapshot.channels.twilio
+    public_url = runtime.config.server.public_url
+    if twilio is None or public_url is None:
+        log.warning(
+            "Twilio callback refused: no twilio channel or no server.public_url configured",
+            extra=fields(path=request.path),
+        )
+        return None
+    form = await request.post()
+    params = {key: str(value) for key, value in form.items()}
+    url = public_url.rstrip("/") + request.raw_path
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if not validate_twilio_signature(twilio.auth_token.value, url, params, signature):
+        log.warning(
+            "Twilio callback with a bad signature refused",
+            extra=fields(path=request.path, peer=request.remote),
+        )
+        return None
+    return params
+
+
+def _xml(text: str) -> web.Response:
+    return web.Response(text=text, content_type="application/xml")
+
+
+async def status_callback(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    params = await _verified_form(request, runtime)
+    if params is None:
+        return web.Response(status=403, text="forbidden")
+    update = parse_status_callback(params)
+    if update is None or not update.final:
+        return web.Response(status=204)
+    page = await runtime.store.page_by_provider_id(update.provider_id)
+    if page is None:
+        return web.Response(status=204)  # not ours (a drill from another daemon, say)
+    now = runtime.clock.now()
+    if update.delivered:
+        await runtime.store.provider_status(page.id, PageState.DELIVERED, None, now)
+        runtime.metrics.pages.labels(page.channel, "delivered").inc()
+        return web.Response(status=204)
+    code = f" (Twilio error {update.error_code})" if update.error_code else ""
+    reason = f"{update.status}{code}"
+    if await runtime.store.provider_status(page.id, PageState.FAILED, reason, now):
+        runtime.metrics.pages.labels(page.channel, "undelivered").inc()
+        if runtime.dispatcher is not None:
+            await runtime.dispatcher.failover(page, reason)
+    return web.Response(status=204)
+
+
+async def inbound_sms(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    params = await _verified_form(request, runtime)
+    if params is None:
+        return web.Response(status=403, text="forbidden")
+    sender = params.get("From", "")
+    contact = contact_by_number(runtime.snapshot.escalation.directory, sender)
+    if contact is None:
+        log.warning("SMS from an unknown number ignored", extra=fields(sender=sender[-4:]))
+        return _xml(sms_reply_twiml(None))
+    command = parse_reply(params.get("Body", ""))
+    if command is None:
+        return _xml(sms_reply_twiml("Reply ACK <id>, RES <id>, ACK or ACK ALL."))
+    try:
+        reply = await _run(runtime, contact, command)
+    except StoreError:
+        reply = "responder cannot reach its database right now; try again or use the CLI."
+    return _xml(sms_reply_twiml(reply))
+
+
+async def _run(runtime: Runtime, contact: str, command: Command) -> str:
+    verb = "Acknowledged" if command.action == "acknowledge" else "Resolved"
+    if command.incident is not None:
+        targets = [command.incident]
+    else:
+        open_incidents = await runtime.store.open_incidents_paged_to(contact)
+        if command.action == "acknowledge":
+            open_incidents = [i for i in open_incidents if i.state.value != "acknowledged"]
+        targets = [i.id for i in open_incidents]
+        if not command.everything:
+            targets = targets[:1]
+        if not targets:
+            return "Nothing open to act on."
+    done: list[str] = []
+    problems: list[str] = []
+    for incident_id in targets:
+        try:
+            incident, _ = await act(runtime, incident_id, command.action, actor=contact, via="sms")
+        except IncidentNotFound:
+            problems.append(f"#{incident_id} not found")
+        except TransitionError as exc:
+            problems.append(f"#{incident_id}: {exc}")
+        else:
+            done.append(f"#{incident.id} {incident.title}"[:60])
+    text = f"{verb} {', '.join(done)}." if done else ""
+    if problems:
+        text = (text + " " if text else "") + "; ".join(problems)
+    return text[:300]
+
+
+async def voice_keypress(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    params = await _verified_form(request, runtime)
+    if params is None:
+        return web.Response(status=403, text="forbidden")
+    page_key = request.query.get("page", "")
+    page_id = int(page_key.removeprefix("page-")) if page_key.removeprefix("page-").isdigit() else 0
+    page = await runtime.store.get_page(page_id) if page_id else None
+    if page is None:
+        return _xml(voice_reply_twiml("This page is unknown. Goodbye."))
+    if params.get("Digits") != "1":
+        return _xml(voice_reply_twiml("No action taken. Goodbye."))
+    try:
+        incident, _ = await act(
+            runtime, page.incident_id, "acknowledge", actor=page.contact, via="voice"
+        )
+    except TransitionError as exc:
+        return _xml(voice_reply_twiml(f"{exc}. Goodbye."))
+    return _xml(voice_reply_twiml(f"Incident {incident.id} acknowledged. Goodbye."))
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_post(STATUS_CALLBACK_PATH, status_callback)
+    router.add_post(INBOUND_SMS_PATH, inbound_sms)
+    router.add_post(VOICE_GATHER_PATH, voice_keypress)

@@ -1,0 +1,273 @@
+"""Acknowledge from anywhere: SMS replies, voice keypresses and email links, plus Twilio's
+delivery callbacks driving failover. The real twilio library pages through a
+Twilio-compatible server on loopback, which then calls back with valid signatures."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from notifiers.twilio import INBOUND_SMS_PATH
+from responder.app import build_app
+from responder.clock import FakeClock
+from responder.links import LinkError, make_token, read_token
+from responder.runtime import load_snapshot
+from responder.secrets import Secret
+from responder.testing import FakeTwilio, SmtpTestServer
+from responder.twilio_doors import Command, parse_reply
+from tests.conftest import AUTH, write_config
+from tests.test_escalation_story import alert, eventually, incident, post, webhook
+
+Client = TestClient[Any, Any]
+
+CONTACTS = """
+contacts:
+  alice:
+    sms: "+15551230001"
+    voice: "+15551230001"
+    email: alice@example.com
+    backup: bob
+    notify: [{channel: sms}, {channel: voice, after: 5m}]
+  bob: {sms: "+15551230002", email: bob@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+      - after: 15m
+        targets: [bob]
+incidents:
+  default_policy: standard
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilio]:
+    async with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpTestServer]:
+    async with SmtpTestServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def daemon(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> Client:
+    """The app on a known port, so its public URL is where the fake's callbacks land."""
+    port = free_port()
+    (tmp_path / "twilio_token").write_text(twilio.auth_token)
+    config = write_config(
+        tmp_path,
+        f"""
+server:
+  public_url: http://127.0.0.1:{port}
+channels:
+  twilio:
+    account_sid: {twilio.account_sid}
+    auth_token_file: twilio_token
+    from: "+15550000000"
+    api_base_url: {twilio.base_url}
+  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
+"""
+        + CONTACTS,
+    )
+    app = build_app(load_snapshot(config), clock=clock, registry=CollectorRegistry())
+    return await aiohttp_client(app, server_kwargs={"port": port})
+
+
+def public(client: Client, path: str) -> str:
+    return f"http://127.0.0.1:{client.port}{path}"
+
+
+async def first_incident_paged(client: Client, twilio: FakeTwilio) -> None:
+    await post(client, webhook(alert("TargetDown", instance="web-1:9100")))
+
+    async def sms_sent() -> bool:
+        return len(twilio.sent_sms("+15551230001")) == 1
+
+    await eventually(sms_sent, "SMS to alice")
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("ACK 42", Command("acknowledge", 42)),
+        ("ack #42", Command("acknowledge", 42)),
+        (" Res 7 ", Command("resolve", 7)),
+        ("ACK", Command("acknowledge", None)),
+        ("ack all", Command("acknowledge", None, everything=True)),
+        ("r", Command("resolve", None)),
+        ("hello", None),
+        ("ACK 42; DROP TABLE", None),
+        ("ACK 4" + "2" * 20, None),
+    ],
+)
+def test_reply_parsing(text: str, command: Command | None) -> None:
+    assert parse_reply(text) == command
+
+
+async def test_sms_reply_acknowledges(daemon: Client, twilio: FakeTwilio) -> None:
+    await first_incident_paged(daemon, twilio)
+    answer = await twilio.send_inbound_sms(
+        public(daemon, INBOUND_SMS_PATH), "+15551230001", "+15550000000", "ACK 1"
+    )
+    assert answer.status == 200
+    assert "Acknowledged #1" in answer.text
+    assert answer.content_type.startswith("application/xml")
+    doc = await incident(daemon)
+    assert (doc["state"], doc["acknowledgedBy"]) == ("acknowledged", "alice")
+    ack = next(e for e in doc["timeline"] if e["kind"] == "acknowledged")
+    assert (ack["actor"], ack["via"]) == ("alice", "sms")
+    # The voice call that alice's rules put 5 minutes after the SMS is no longer needed.
+    voice = [p for p in doc["pages"] if p["channel"] == "voice"]
+    assert [p["state"] for p in voice] == ["cancelled"]
+
+
+async def test_sms_ack_all_and_unknown_senders(daemon: Client, twilio: FakeTwilio) -> None:
+    await first_incident_paged(daemon, twilio)
+    await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
+    await eventually(
+        lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "second incident paged"
+    )
+    stranger = await twilio.send_inbound_sms(
+        public(daemon, INBOUND_SMS_PATH), "+15559999999", "+15550000000", "ACK ALL"
+    )
+    assert stranger.status == 200
+    assert "<Message>" not in stranger.text  # unknown senders get nothing
+    forged = await twilio.send_inbound_sms(
+        public(daemon, INBOUND_SMS_PATH),
+        "+15551230001",
+        "+15550000000",
+        "ACK ALL",
+        valid_signature=False,
+    )
+    assert forged.status == 403
+    assert (await incident(daemon, 1))["state"] == "triggered"
+    answer = await twilio.send_inbound_sms(
+        public(daemon, INBOUND_SMS_PATH), "+15551230001", "+15550000000", "ack all"
+    )
+    assert "#1" in answer.text
+    assert "#2" in answer.text
+    assert (await incident(daemon, 1))["state"] == "acknowledged"
+    assert (await incident(daemon, 2))["state"] == "acknowledged"
+
+
+async def test_voice_keypress_acknowledges(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    await first_incident_paged(daemon, twilio)
+    clock.advance(timedelta(minutes=5))
+    await eventually(lambda: _true(len(twilio.calls("+15551230001")) == 1), "voice call")
+    call = twilio.calls("+15551230001")[0]
+    answer = await twilio.send_keypress(call.sid, "1")
+    assert answer.status == 200
+    assert "acknowledged" in answer.text
+    doc = await incident(daemon)
+    ack = next(e for e in doc["timeline"] if e["kind"] == "acknowledged")
+    assert (ack["actor"], ack["via"]) == ("alice", "voice")
+
+
+async def test_undelivered_sms_fails_over_to_the_backup(daemon: Client, twilio: FakeTwilio) -> None:
+    await first_incident_paged(daemon, twilio)
+    sid = twilio.sent_sms("+15551230001")[0].sid
+    answer = await twilio.send_status_callback(sid, "undelivered", 30003)
+    assert answer.status == 204
+
+    async def bob_paged() -> bool:
+        return len(twilio.sent_sms("+15551230002")) == 1
+
+    await eventually(bob_paged, "failover to bob: alice has no unused channel left in L1")
+    doc = await incident(daemon)
+    failed = [p for p in doc["pages"] if p["channel"] == "sms" and p["contact"] == "alice"]
+    assert failed[0]["state"] == "failed"
+    assert "30003" in failed[0]["error"]
+    assert "failover" in [e["kind"] for e in doc["timeline"]]
+
+
+async def test_delivered_callback_marks_the_page(daemon: Client, twilio: FakeTwilio) -> None:
+    await first_incident_paged(daemon, twilio)
+    sid = twilio.sent_sms("+15551230001")[0].sid
+    assert (await twilio.send_status_callback(sid, "delivered")).status == 204
+    doc = await incident(daemon)
+    sms = next(p for p in doc["pages"] if p["channel"] == "sms")
+    assert sms["state"] == "delivered"
+
+
+async def test_email_link_get_shows_post_acts(
+    daemon: Client, twilio: FakeTwilio, smtp: SmtpTestServer, clock: FakeClock
+) -> None:
+    await post(daemon, webhook(alert("TargetDown", instance="web-1:9100")))
+    clock.advance(timedelta(minutes=15))  # level 2: bob, who has email in his default rules
+    await eventually(lambda: _true(len(smtp.messages) == 1), "email to bob")
+    body = smtp.messages[0].message.get_body(("plain",))
+    assert body is not None
+    match = re.search(r"(http://\S+/ack/\S+)", body.get_content())
+    assert match is not None
+    link = match.group(1).replace(public(daemon, ""), "")
+    shown = await daemon.get(link)
+    assert shown.status == 200
+    page = await shown.text()
+    assert "Acknowledge" in page
+    assert "bob" in page
+    assert (await incident(daemon))["state"] == "triggered"  # a GET never acts
+    acted = await daemon.post(link, data={"action": "acknowledge"})
+    assert acted.status == 200
+    doc = await incident(daemon)
+    assert (doc["state"], doc["acknowledgedBy"]) == ("acknowledged", "bob")
+    tampered = link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")
+    assert (await daemon.post(tampered, data={"action": "resolve"})).status == 403
+    clock.advance(timedelta(hours=25))
+    expired = await daemon.post(link, data={"action": "resolve"})
+    assert expired.status == 403
+    assert "expired" in await expired.text()
+
+
+def test_tokens_are_bound_to_one_incident() -> None:
+    secret = Secret("s3cret", "test")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    token = make_token(secret, 7, "alice", now + timedelta(hours=1))
+    claim = read_token(secret, token, now)
+    assert (claim.incident_id, claim.contact) == (7, "alice")
+    with pytest.raises(LinkError):
+        read_token(Secret("other", "test"), token, now)
+    _payload, signature = token.split(".")
+    forged_payload = make_token(secret, 8, "alice", now).split(".")[0]
+    with pytest.raises(LinkError):
+        read_token(secret, f"{forged_payload}.{signature}", now)
+    with pytest.raises(LinkError):
+        read_token(secret, "garbage", now)
+
+
+async def test_callbacks_refused_without_twilio(make_client: Any, tmp_path: Path) -> None:
+    client = await make_client(write_config(tmp_path))
+    response = await client.post(INBOUND_SMS_PATH, data={"From": "+1", "Body": "ACK 1"})
+    assert response.status == 403
+    assert (await client.get("/api/v1/incidents", headers=AUTH)).status == 200
+
+
+async def _true(value: bool) -> bool:
+    await asyncio.sleep(0)
+    return value
