@@ -13,17 +13,18 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from notifiers.base import Message
 from notifiers.config import build_notifiers
 from responder import api, incidents_api, ingest, links, ops, twilio_doors
 from responder.clock import Clock, SystemClock
-from responder.deliver import Dispatcher, render_plain
+from responder.compose import Composer
+from responder.deliver import Dispatcher
+from responder.directory import Directory
 from responder.escalate import Escalator
-from responder.incident import Incident, IncidentState, Page
 from responder.log import fields
 from responder.metrics import Metrics
 from responder.runtime import RUNTIME, Runtime, Snapshot
@@ -126,21 +127,30 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     public_url = runtime.config.server.public_url
     runtime.notifiers = build_notifiers(runtime.snapshot.channels, public_url)
-    secret = links.link_secret(runtime.config.state_dir)
 
-    def renderer(page: Page, incident: Incident) -> Message:
-        ack = None
-        if public_url and page.channel == "email" and incident.state is not IncidentState.RESOLVED:
-            ack = links.ack_url(public_url, secret, incident.id, page.contact, runtime.clock.now())
-        return render_plain(page, incident, ack_url=ack)
+    def directory() -> Directory:
+        return runtime.snapshot.escalation.directory  # read per use: a reload swaps it
 
+    def contact_zone(name: str) -> ZoneInfo | None:
+        contact = directory().contacts.get(name)
+        return None if contact is None else contact.timezone
+
+    composer = Composer(
+        runtime.store,
+        runtime.clock.now,
+        lambda: runtime.snapshot.templates,
+        public_url=public_url,
+        link_secret=links.link_secret(runtime.config.state_dir),
+        contact_zone=contact_zone,
+    )
     runtime.dispatcher = dispatcher = Dispatcher(
         runtime.store,
         runtime.clock,
         runtime.metrics,
         lambda: runtime.notifiers,
-        renderer,
-        directory=lambda: runtime.snapshot.escalation.directory,
+        composer,
+        directory=directory,
+        config=lambda: runtime.snapshot.delivery,
     )
     runtime.escalator = Escalator(
         runtime.store,

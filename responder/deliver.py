@@ -13,15 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Protocol
 
 from notifiers.base import DeliveryError, Message, Notifier
+from responder.classify import format_duration
 from responder.clock import Clock
 from responder.directory import Directory
 from responder.incident import (
     Event,
-    Incident,
     IncidentState,
     NewPage,
     Page,
@@ -32,6 +36,7 @@ from responder.incident import (
 from responder.log import fields
 from responder.metrics import Metrics
 from responder.store import Store
+from responder.yamlfile import Node, parse_duration
 
 log = logging.getLogger("responder.deliver")
 
@@ -42,43 +47,109 @@ MAX_SLEEP = timedelta(seconds=30)
 # One provider call may not hold the outbox longer than this (twilio ignores its own timeout).
 SEND_DEADLINE_S = 30.0
 
-Renderer = Callable[[Page, Incident], Message]
+
+class MessageComposer(Protocol):
+    """Turns outbox rows into messages (``responder.compose.Composer``)."""
+
+    async def page(self, page: Page) -> Message: ...
+
+    async def bundle(self, pages: Sequence[Page]) -> Message: ...
+
+
+PAID_CHANNELS = frozenset({"sms", "voice"})
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    count: int
+    window: timedelta
+
+    def __str__(self) -> str:
+        return f"{self.count}/{format_duration(int(self.window.total_seconds()))}"
+
+
+# GoAlert's limits per contact method (FACTS.md): at most one message a minute, 5 per 15 min,
+# 11 per hour, 21 per 3 h. Held-back pages wait in the queue and go out bundled.
+DEFAULT_LIMITS = (
+    RateLimit(1, timedelta(minutes=1)),
+    RateLimit(5, timedelta(minutes=15)),
+    RateLimit(11, timedelta(hours=1)),
+    RateLimit(21, timedelta(hours=3)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """The ``delivery:`` section: retries, per-contact rate limits, the spend budget."""
+
+    max_attempts: int = MAX_ATTEMPTS
+    rate_limits: Mapping[str, tuple[RateLimit, ...]] = field(
+        default_factory=lambda: MappingProxyType(
+            dict.fromkeys(("sms", "voice", "email", "webhook"), DEFAULT_LIMITS)
+        )
+    )
+    sms_voice_per_hour: int = 200  # across all contacts; Grafana OnCall caps 200/user/day
+    budget_notify: tuple[str, ...] = ()  # email addresses told when the budget is reached
+
+    def limits_for(self, channel: str) -> tuple[RateLimit, ...]:
+        return self.rate_limits.get(channel, DEFAULT_LIMITS)
+
+
+_LIMIT = re.compile(r"^\s*(\d{1,4})\s*/\s*(\S+)\s*$")
+
+
+def parse_delivery(node: Node | None) -> DeliveryConfig:
+    if node is None:
+        return DeliveryConfig()
+    node.keys_allowed("max_attempts", "rate_limits", "budget")
+    config = DeliveryConfig()
+    if (attempts := node.get("max_attempts")) is not None:
+        config = replace(config, max_attempts=attempts.as_int(minimum=1, maximum=20))
+    if (limits_node := node.get("rate_limits")) is not None:
+        limits = dict(config.rate_limits)
+        for channel, item in limits_node.items():
+            if channel not in limits:
+                raise item.error(f"unknown channel {channel!r}; one of {', '.join(limits)}")
+            parsed: list[RateLimit] = []
+            for entry in item.as_list():
+                match = _LIMIT.match(entry.as_str())
+                try:
+                    window = parse_duration(match.group(2)) if match else timedelta(0)
+                except ValueError:
+                    window = timedelta(0)
+                if match is None or int(match.group(1)) < 1 or window <= timedelta(0):
+                    raise entry.error("expected COUNT/DURATION, e.g. 5/15m")
+                parsed.append(RateLimit(int(match.group(1)), window))
+            limits[channel] = tuple(parsed)
+        config = replace(config, rate_limits=MappingProxyType(limits))
+    if (budget := node.get("budget")) is not None:
+        budget.keys_allowed("sms_voice_per_hour", "notify")
+        if (per_hour := budget.get("sms_voice_per_hour")) is not None:
+            config = replace(config, sms_voice_per_hour=per_hour.as_int(minimum=1))
+        if (notify := budget.get("notify")) is not None:
+            addresses = tuple(item.as_str() for item in notify.as_list())
+            for item, address in zip(notify.as_list(), addresses, strict=True):
+                if "@" not in address or any(c.isspace() for c in address):
+                    raise item.error("expected an email address")
+            config = replace(config, budget_notify=addresses)
+    return config
+
+
+def next_allowed(sent: Sequence[datetime], limits: Sequence[RateLimit], now: datetime) -> datetime:
+    """The earliest instant a message may go to a contact method that got ``sent`` (sorted)."""
+    allowed = now
+    for limit in limits:
+        recent = [t for t in sent if t > now - limit.window]
+        if len(recent) >= limit.count:
+            # The oldest message inside the window must leave it first.
+            allowed = max(allowed, recent[-limit.count] + limit.window)
+    return allowed
 
 
 def backoff(attempt: int, rng: random.Random) -> timedelta:
     """Exponential backoff with full jitter: attempt 1 waits up to 15 s, then 30 s, ... 5 min."""
     ceiling = min(BASE_BACKOFF * (1 << min(max(0, attempt - 1), 16)), MAX_BACKOFF)
     return ceiling * (0.5 + rng.random() / 2)
-
-
-def render_plain(page: Page, incident: Incident, *, ack_url: str | None = None) -> Message:
-    """The built-in text of a page; short enough for one or two SMS segments."""
-    ref = f"#{page.incident_id}"
-    title, severity = incident.title, incident.severity
-    if page.kind is PageKind.RECOVERY:
-        text = f"RESOLVED {ref} {title}"
-        subject = f"[RESOLVED] {ref} {title}"
-    elif page.kind is PageKind.STATUS:
-        text = f"STATUS {ref} [{severity}] still open: {title}"
-        subject = f"[{severity}] {ref} status update: {title}"
-    elif page.kind is PageKind.TEST:
-        text = f"TEST page from responder (drill {ref}). Reply ACK {page.incident_id}."
-        subject = f"[TEST] responder drill {ref}"
-    else:
-        text = f"[{severity}] {ref} {title}. Reply ACK {page.incident_id} to acknowledge."
-        subject = f"[{severity}] {ref} {title}"
-    if ack_url is not None:
-        text += f"\n\nAcknowledge or resolve: {ack_url}"
-    return Message(
-        channel=page.channel,
-        to=page.address,
-        text=text,
-        subject=subject,
-        thread_id=f"incident-{page.incident_id}",
-        idempotency_key=f"page-{page.id}",
-        thread_start=page.step == "L1" and page.kind is PageKind.PAGE,
-        data={"incident": page.incident_id, "step": page.step, "kind": page.kind.value},
-    )
 
 
 def failover_pages(
@@ -127,18 +198,21 @@ class Dispatcher:
         clock: Clock,
         metrics: Metrics,
         notifiers: Callable[[], Mapping[str, Notifier]],
-        render: Renderer,
+        compose: MessageComposer,
         *,
         directory: Callable[[], Directory] | None = None,
+        config: Callable[[], DeliveryConfig] = DeliveryConfig,
         rng: random.Random | None = None,
         batch: int = 50,
     ) -> None:
         self._directory = directory
+        self._config = config
+        self._budget_told: datetime | None = None
         self._store = store
         self._clock = clock
         self._metrics = metrics
         self._notifiers = notifiers
-        self._render = render
+        self._compose = compose
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._batch = batch
         self._wake = asyncio.Event()
@@ -147,13 +221,17 @@ class Dispatcher:
         self._wake.set()
 
     async def recover(self) -> int:
-        count = await self._store.recover_sending(self._clock.now())
-        if count:
+        """Settle pages a crash left in 'sending': failed, and re-routed (docs/escalation.md)."""
+        pages = await self._store.recover_sending(self._clock.now())
+        if pages:
             log.warning(
-                "pages interrupted while sending were marked failed (outcome unknown)",
-                extra=fields(count=count),
+                "pages interrupted while sending: outcome unknown, re-routed instead of resent",
+                extra=fields(pages=[p.id for p in pages]),
             )
-        return count
+        for page in pages:
+            self._metrics.pages.labels(page.channel, "unknown").inc()
+            await self.failover(page, "interrupted while sending: outcome unknown")
+        return len(pages)
 
     async def run_once(self) -> int:
         sent = 0
@@ -161,8 +239,100 @@ class Dispatcher:
             pages = await self._store.claim_pages(self._clock.now(), self._batch)
             if not pages:
                 return sent
-            await asyncio.gather(*(self._deliver(page) for page in pages))
+            groups: dict[tuple[str, str, str], list[Page]] = {}
+            for page in pages:
+                groups.setdefault((page.contact, page.channel, page.address), []).append(page)
+            await asyncio.gather(*(self._deliver_group(group) for group in groups.values()))
             sent += len(pages)
+            self._metrics.queue_depth.set(await self._store.queue_depth())
+
+    async def _deliver_group(self, pages: list[Page]) -> None:
+        """One contact method's due pages: within its limits they go as one message."""
+        first = pages[0]
+        config = self._config()
+        now = self._clock.now()
+        if first.channel in PAID_CHANNELS:
+            used = await self._store.paid_messages_since(now - timedelta(hours=1))
+            self._metrics.budget_used.set(used)
+            if used >= config.sms_voice_per_hour:
+                await self._hold(pages, now + timedelta(minutes=5), "hourly SMS/voice budget used")
+                await self._tell_admins(config, used, now)
+                return
+        limits = config.limits_for(first.channel)
+        longest = max((limit.window for limit in limits), default=timedelta(0))
+        sent = await self._store.send_times(first.contact, first.channel, now - longest)
+        allowed = next_allowed(sent, limits, now)
+        if allowed > now:
+            await self._hold(pages, allowed, f"rate limited until {allowed.isoformat()}")
+            return
+        if len(pages) == 1:
+            await self._deliver(first)
+        else:
+            await self._deliver_bundle(pages)
+
+    async def _hold(self, pages: list[Page], until: datetime, reason: str) -> None:
+        await self._store.hold_pages([p.id for p in pages], until, reason, self._clock.now())
+        for page in pages:
+            self._metrics.pages.labels(page.channel, "held").inc()
+        log.warning(
+            "pages held back",
+            extra=fields(
+                pages=[p.id for p in pages],
+                contact=pages[0].contact,
+                channel=pages[0].channel,
+                reason=reason,
+            ),
+        )
+
+    async def _tell_admins(self, config: DeliveryConfig, used: int, now: datetime) -> None:
+        """Email the admins once an hour while the budget holds pages back."""
+        if self._budget_told is not None and now - self._budget_told < timedelta(hours=1):
+            return
+        self._budget_told = now
+        log.error("SMS/voice budget reached", extra=fields(used=used))
+        email = self._notifiers().get("email")
+        if email is None or not config.budget_notify:
+            return
+        text = (
+            f"responder has sent {used} SMS and calls in the last hour, its budget "
+            f"({config.sms_voice_per_hour}). Further SMS and calls wait in the queue until the "
+            "budget frees up; email pages still go out. Raise delivery.budget if this is real."
+        )
+        for address in config.budget_notify:
+            message = Message("email", address, text, subject="[responder] SMS/voice budget used")
+            try:
+                await asyncio.wait_for(email.send(message), SEND_DEADLINE_S)
+            except (DeliveryError, TimeoutError) as exc:
+                log.error("budget notice not sent", extra=fields(error=str(exc)))
+
+    async def _deliver_bundle(self, pages: list[Page]) -> None:
+        m = self._metrics
+        notifier = self._notifiers().get(pages[0].channel)
+        if notifier is None:
+            for page in pages:
+                await self._deliver(page)  # records the missing channel per page
+            return
+        try:
+            message = await self._compose.bundle(pages)
+            receipt = await asyncio.wait_for(notifier.send(message), SEND_DEADLINE_S)
+        except (DeliveryError, TimeoutError):
+            # Let each page take its own retry and failover path.
+            for page in pages:
+                await self._deliver(page)
+            return
+        m.pages_bundled.inc(len(pages))
+        for page in pages:
+            self._observe_sent(page)
+            await self._finish(page, PageState.SENT, provider_id=receipt.provider_id)
+        log.info(
+            "pages bundled",
+            extra=fields(pages=[p.id for p in pages], contact=pages[0].contact),
+        )
+
+    def _observe_sent(self, page: Page) -> None:
+        self._metrics.pages.labels(page.channel, "sent").inc()
+        latency = (self._clock.now() - page.due_at).total_seconds()
+        self._metrics.delivery_latency.labels(page.channel).observe(max(latency, 0.0))
 
     async def _deliver(self, page: Page) -> None:
         m = self._metrics
@@ -185,13 +355,12 @@ class Dispatcher:
             m.pages.labels(page.channel, "failed").inc()
             return
         try:
-            incident = await self._store.get_incident(page.incident_id)
-            message = self._render(page, incident)
+            message = await self._compose.page(page)
             receipt = await asyncio.wait_for(notifier.send(message), SEND_DEADLINE_S)
         except (DeliveryError, TimeoutError) as exc:
             retryable = exc.retryable if isinstance(exc, DeliveryError) else True
             reason = str(exc) or "timed out"
-            if retryable and page.attempts < MAX_ATTEMPTS:
+            if retryable and page.attempts < self._config().max_attempts:
                 retry_at = self._clock.now() + backoff(page.attempts, self._rng)
                 await self._finish(page, PageState.QUEUED, error=reason, retry_at=retry_at)
                 m.pages.labels(page.channel, "retry").inc()
@@ -211,8 +380,8 @@ class Dispatcher:
             )
             m.pages.labels(page.channel, "failed").inc()
             return
+        self._observe_sent(page)
         await self._finish(page, PageState.SENT, provider_id=receipt.provider_id)
-        m.pages.labels(page.channel, "sent").inc()
 
     async def failover(self, page: Page, reason: str) -> int:
         """Queue the next channel or the backup contact for a page that failed for good."""

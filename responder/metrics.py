@@ -158,6 +158,28 @@ class Metrics:
             ["channel", "outcome"],
             registry=registry,
         )
+        self.pages_bundled = Counter(
+            "responder_pages_bundled_total",
+            "Pages that went out inside a bundle (several pages to one person, one message).",
+            registry=registry,
+        )
+        self.delivery_latency = Histogram(
+            "responder_delivery_latency_seconds",
+            "From a page being due to the provider accepting it.",
+            ["channel"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "responder_outbox_queued_pages",
+            "Pages waiting in the outbox (due later, held back, or waiting for a retry).",
+            registry=registry,
+        )
+        self.budget_used = Gauge(
+            "responder_sms_voice_sent_last_hour",
+            "SMS and calls sent in the last hour, against the delivery budget.",
+            registry=registry,
+        )
         self.config_reload_ok = Gauge(
             "responder_config_last_reload_successful",
             "Whether the last configuration reload attempt was successful.",

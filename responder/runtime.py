@@ -23,9 +23,10 @@ from responder.auth import Authenticator
 from responder.classify import Classifier, load_classifier
 from responder.clock import Clock
 from responder.config import DAEMON_KEYS, Config, parse_config, read_config_file
-from responder.deliver import Dispatcher
+from responder.deliver import DeliveryConfig, Dispatcher, parse_delivery
 from responder.escalate import ESCALATION_KEYS, EscalationConfig, Escalator, load_escalation
 from responder.log import fields
+from responder.messages import Templates, load_templates
 from responder.metrics import Metrics
 from responder.model import Classification
 from responder.secrets import Secret
@@ -34,7 +35,7 @@ from responder.yamlfile import ConfigError
 
 log = logging.getLogger("responder")
 
-SECTION_KEYS = ("classification", "channels", *ESCALATION_KEYS)
+SECTION_KEYS = ("classification", "channels", "delivery", "templates", *ESCALATION_KEYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,8 @@ class Snapshot:
     classifier: Classifier
     escalation: EscalationConfig
     channels: ChannelSettings
+    delivery: DeliveryConfig
+    templates: Templates
 
     def classify(self, labels: Mapping[str, str], now: datetime) -> Classification:
         return self.classifier.classify(labels, now)
@@ -64,9 +67,11 @@ def load_snapshot(
         config.base_dir,
         business_hours=escalation.business_hours if root.get("business_hours") else None,
     )
-    classifier.check_references(set(escalation.policies), None, None)
+    templates = load_templates(root.get("templates"), config.base_dir)
+    classifier.check_references(set(escalation.policies), None, templates.names)
     channels = parse_channels(root.get("channels"), config.base_dir)
-    return Snapshot(config, classifier, escalation, channels)
+    delivery = parse_delivery(root.get("delivery"))
+    return Snapshot(config, classifier, escalation, channels, delivery, templates)
 
 
 class Runtime:

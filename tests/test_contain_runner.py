@@ -165,6 +165,15 @@ time.sleep(60)
 
 
 def _alive(pid: int) -> bool:
+    """Dead within a moment: a killed process closes its files (which ends the runner's wait)
+    a little before the kernel marks it a zombie."""
+    deadline = time.monotonic() + 2.0
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _running(pid)
+
+
+def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -387,7 +387,7 @@ BAD_FILES = {
     "decides_nothing.yaml": (2, "rules[0]", "decides nothing"),
     "bad_rule_name.yaml": (2, "rules[0].name", "invalid rule name"),
     "duplicate_action.yaml": (4, "rules[0].actions[2]", "listed twice"),
-    "bad_template_kind.yaml": (5, "rules[0].templates.Activation", "invalid template kind"),
+    "bad_template_kind.yaml": (5, "rules[0].templates.Activation", "unknown notice kind"),
     "bad_group_by.yaml": (4, "rules[0].group_by[1]", "invalid label name"),
     "bad_label_name.yaml": (5, "rules[0].labels.owner.team", "invalid label name"),
     "bad_bool.yaml": (5, "rules[0].continue", "expected true or false"),

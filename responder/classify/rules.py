@@ -41,7 +41,9 @@ RULE_KEYS: tuple[str, ...] = (
 
 # Rule names show up in timelines, metrics and CLI output: keep them to one plain word.
 _RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
-_TEMPLATE_KIND = re.compile(r"[a-z][a-z0-9_-]*")
+# The notices a rule may choose templates for (``responder.messages.Kind``; drills and
+# bundles span incidents, so no rule chooses theirs).
+RULE_TEMPLATE_KINDS = ("activation", "status", "recovery")
 
 RefKind = Literal["policy", "action", "template"]
 
@@ -179,8 +181,10 @@ def parse_rule(node: Node, categories: Collection[str]) -> Rule:
     if templates_node is not None:
         chosen: dict[str, str] = {}
         for kind, item in templates_node.items():
-            if not _TEMPLATE_KIND.fullmatch(kind):
-                raise item.error(f"invalid template kind {kind!r} (expected [a-z][a-z0-9_-]*)")
+            if kind not in RULE_TEMPLATE_KINDS:
+                raise item.error(
+                    f"unknown notice kind {kind!r} (one of {', '.join(RULE_TEMPLATE_KINDS)})"
+                )
             chosen[kind] = _reference_name(item, "template")
             references.append(Reference("template", chosen[kind], item.file, item.line, item.path))
         templates = frozen_labels(chosen)

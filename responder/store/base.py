@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from responder.incident import (
     EscalationWork,
@@ -223,6 +223,30 @@ class Store(Protocol):
         """Open incidents that paged ``contact``, newest first."""
         ...
 
-    async def recover_sending(self, now: datetime) -> int:
+    async def send_times(self, contact: str, channel: str, since: datetime) -> list[datetime]:
+        """When messages went to one contact method since a time (a bundle counts once)."""
+        ...
+
+    async def paid_messages_since(self, since: datetime) -> int:
+        """SMS and calls sent since a time, for the spend budget."""
+        ...
+
+    async def hold_pages(
+        self, page_ids: Sequence[int], until: datetime, reason: str, now: datetime
+    ) -> None:
+        """Return claimed pages to the queue until a limit allows them."""
+        ...
+
+    async def first_alert(
+        self, incident_id: int
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]] | None:
+        """Labels, annotations and classification of the incident's first alert."""
+        ...
+
+    async def queue_depth(self) -> int:
+        """Pages waiting in the outbox."""
+        ...
+
+    async def recover_sending(self, now: datetime) -> list[Page]:
         """At start: settle pages a crash left in ``sending`` (see docs/escalation.md)."""
         ...

@@ -445,7 +445,33 @@ class SQLiteStore:
     async def open_incidents_paged_to(self, contact: str) -> list[Incident]:
         return await self._read(lambda conn: inc.open_incidents_paged_to(conn, contact))
 
-    async def recover_sending(self, now: datetime) -> int:
+    async def send_times(self, contact: str, channel: str, since: datetime) -> list[datetime]:
+        since_us = to_us(since)
+        values = await self._read(lambda conn: inc.send_times(conn, contact, channel, since_us))
+        return [from_us(v) for v in values]
+
+    async def paid_messages_since(self, since: datetime) -> int:
+        since_us = to_us(since)
+        return await self._read(lambda conn: inc.paid_messages_since(conn, since_us))
+
+    async def hold_pages(
+        self, page_ids: Sequence[int], until: datetime, reason: str, now: datetime
+    ) -> None:
+        until_us, now_us = to_us(until), to_us(now)
+        await self._write(lambda conn: inc.hold_pages(conn, page_ids, until_us, reason, now_us))
+
+    async def first_alert(
+        self, incident_id: int
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]] | None:
+        row = await self._read(lambda conn: inc.first_alert_of(conn, incident_id))
+        if row is None:
+            return None
+        return json.loads(row[0]), json.loads(row[1]), json.loads(row[2])
+
+    async def queue_depth(self) -> int:
+        return await self._read(inc.queue_depth)
+
+    async def recover_sending(self, now: datetime) -> list[Page]:
         now_us = to_us(now)
         return await self._write(lambda conn: inc.recover_sending(conn, now_us))
 

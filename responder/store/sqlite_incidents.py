@@ -611,33 +611,29 @@ def finish_page(
         _event(conn, page[0], now_us, kind, "responder", detail, via=page[2])
 
 
-def recover_sending(conn: sqlite3.Connection, now_us: int) -> int:
-    """At start: pages left in 'sending' by a crash. Whether the provider took them is unknown;
-    sending again could page twice, so they are marked failed ('unknown') and the timeline says
-    so. Duplicate pages erode trust in paging faster than one lost page that the next level
-    and the repeat cover."""
-    rows = conn.execute(
-        "UPDATE pages SET state = 'failed', error = 'interrupted while sending: outcome unknown', "
-        "updated_at = ? WHERE state = 'sending' RETURNING id, incident_id, contact, channel, step",
-        (now_us,),
-    ).fetchall()
-    for page_id, incident_id, contact, channel, step in rows:
-        _event(
-            conn,
-            incident_id,
-            now_us,
-            Event.PAGE_FAILED,
-            "responder",
-            {
-                "page": page_id,
-                "contact": contact,
-                "channel": channel,
-                "step": step,
-                "error": "interrupted while sending: outcome unknown",
-            },
-            via=channel,
-        )
-    return len(rows)
+_INTERRUPTED = "interrupted while sending: outcome unknown"
+_RECOVER_SQL = (
+    f"UPDATE pages SET state = 'failed', error = '{_INTERRUPTED}', updated_at = ? "  # noqa: S608
+    f"WHERE state = 'sending' RETURNING {PAGE_COLUMNS}"
+)
+
+
+def recover_sending(conn: sqlite3.Connection, now_us: int) -> list[Page]:
+    """At start: pages a crash left in 'sending'. Whether the provider took them is unknown;
+    sending again on the same route could page twice, so they are marked failed ('outcome
+    unknown') and returned, for the sender to re-route to the next channel or the backup."""
+    rows = conn.execute(_RECOVER_SQL, (now_us,)).fetchall()
+    pages = [page_from_row(row) for row in rows]
+    for page in pages:
+        detail: dict[str, object] = {
+            "page": page.id,
+            "contact": page.contact,
+            "channel": page.channel,
+            "step": page.step,
+            "error": "interrupted while sending: outcome unknown",
+        }
+        _event(conn, page.incident_id, now_us, Event.PAGE_FAILED, "responder", detail, page.channel)
+    return pages
 
 
 def get_page(conn: sqlite3.Connection, page_id: int) -> Page | None:
@@ -738,3 +734,51 @@ def open_incidents_paged_to(conn: sqlite3.Connection, contact: str) -> list[Inci
         (contact,),
     ).fetchall()
     return [incident_from_row(row) for row in rows]
+
+
+def send_times(conn: sqlite3.Connection, contact: str, channel: str, since_us: int) -> list[int]:
+    """When messages went to one contact method (a bundle of pages counts once)."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT sent_at FROM pages WHERE contact = ? AND channel = ? "
+            "AND sent_at >= ? ORDER BY sent_at",
+            (contact, channel, since_us),
+        )
+    ]
+
+
+def paid_messages_since(conn: sqlite3.Connection, since_us: int) -> int:
+    """SMS and calls sent since a time, for the spend budget (a bundle counts once)."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM (SELECT DISTINCT contact, channel, sent_at FROM pages "
+        "WHERE channel IN ('sms', 'voice') AND sent_at >= ?)",
+        (since_us,),
+    ).fetchone()
+    return int(row[0])
+
+
+def hold_pages(
+    conn: sqlite3.Connection, page_ids: Sequence[int], until_us: int, reason: str, now_us: int
+) -> None:
+    """Put claimed pages back in the queue until a limit allows them; not a failed attempt."""
+    conn.executemany(
+        "UPDATE pages SET state = 'queued', due_at = ?, error = ?, "
+        "attempts = MAX(attempts - 1, 0), updated_at = ? WHERE id = ? AND state = 'sending'",
+        [(until_us, reason, now_us, page_id) for page_id in page_ids],
+    )
+
+
+def queue_depth(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT COUNT(*) FROM pages WHERE state = 'queued'").fetchone()
+    return int(row[0])
+
+
+def first_alert_of(conn: sqlite3.Connection, incident_id: int) -> tuple[str, str, str] | None:
+    """(labels, annotations, classification) JSON of the incident's first alert."""
+    row = conn.execute(
+        "SELECT labels, annotations, classification FROM alerts WHERE incident_id = ? "
+        "ORDER BY id LIMIT 1",
+        (incident_id,),
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])

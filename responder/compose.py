@@ -1,0 +1,121 @@
+"""Turning outbox rows into messages: the incident and its first alert from the store, the
+templates of the config in force, and the signed acknowledge link for email."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from notifiers.base import Message
+from responder import links
+from responder.incident import Incident, IncidentState, Page, PageKind
+from responder.log import fields
+from responder.messages import BundleItem, Kind, Templates, context_for, kind_for_page
+from responder.secrets import Secret
+from responder.store import Store
+
+log = logging.getLogger("responder.compose")
+
+
+class Composer:
+    def __init__(
+        self,
+        store: Store,
+        now: Callable[[], datetime],
+        templates: Callable[[], Templates],
+        *,
+        public_url: str | None,
+        link_secret: Secret,
+        contact_zone: Callable[[str], Any] = lambda _name: None,
+    ) -> None:
+        self._store = store
+        self._now = now
+        self._templates = templates
+        self._public_url = public_url
+        self._secret = link_secret
+        self._contact_zone = contact_zone
+
+    def _ack_url(self, page: Page, incident: Incident) -> str | None:
+        if self._public_url is None or page.channel not in ("email", "webhook"):
+            return None
+        if incident.state is IncidentState.RESOLVED or page.kind is PageKind.RECOVERY:
+            return None
+        return links.ack_url(self._public_url, self._secret, incident.id, page.contact, self._now())
+
+    async def page(self, page: Page) -> Message:
+        incident = await self._store.get_incident(page.incident_id)
+        first = await self._store.first_alert(incident.id)
+        labels, annotations, classification = first or ({}, {}, {})
+        labels = {**labels, **classification.get("labels", {})}
+        annotations = {**annotations, **classification.get("annotations", {})}
+        kind = kind_for_page(page.kind)
+        context = context_for(
+            page,
+            incident,
+            now=self._now(),
+            labels=labels,
+            annotations=annotations,
+            contact_timezone=self._contact_zone(page.contact),
+            ack_url=self._ack_url(page, incident),
+            public_url=self._public_url,
+        )
+        chosen = (classification.get("templates") or {}).get(kind.value)
+        rendered = self._templates().render(kind, page.channel, context, template_set=chosen)
+        if rendered.problem is not None:
+            log.error(
+                "template failed; the default text was sent",
+                extra=fields(page=page.id, problem=rendered.problem),
+            )
+        return Message(
+            channel=page.channel,
+            to=page.address,
+            text=rendered.text,
+            subject=rendered.subject,
+            html=rendered.html,
+            thread_id=f"incident-{incident.id}",
+            idempotency_key=f"page-{page.id}",
+            thread_start=page.step == "L1" and page.kind is PageKind.PAGE,
+            data={"incident": incident.id, "step": page.step, "kind": page.kind.value},
+        )
+
+    async def bundle(self, pages: Sequence[Page]) -> Message:
+        first = pages[0]
+        incidents: dict[int, Incident] = {}
+        for page in pages:
+            if page.incident_id not in incidents:
+                incidents[page.incident_id] = await self._store.get_incident(page.incident_id)
+        items = tuple(
+            BundleItem(
+                i.id,
+                i.title,
+                i.severity,
+                i.category,
+                i.state.value,
+                i.triggered_at,
+                self._ack_url(first, i),
+            )
+            for i in incidents.values()
+        )
+        lead = next(iter(incidents.values()))
+        context = context_for(
+            first,
+            lead,
+            now=self._now(),
+            labels={},
+            annotations={},
+            contact_timezone=self._contact_zone(first.contact),
+            public_url=self._public_url,
+            items=items,
+        )
+        rendered = self._templates().render(Kind.BUNDLE, first.channel, context)
+        return Message(
+            channel=first.channel,
+            to=first.address,
+            text=rendered.text,
+            subject=rendered.subject,
+            html=rendered.html,
+            idempotency_key="bundle-" + "-".join(str(p.id) for p in pages),
+            data={"incidents": list(incidents), "kind": "bundle"},
+        )

@@ -1,0 +1,243 @@
+"""Delivery through provider trouble and alert storms: retries with backoff, failover on
+permanent errors, per-contact rate limits that bundle instead of dropping, the spend budget,
+and a kill -9 while a page is with the provider."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from responder.clock import FakeClock
+from responder.deliver import RateLimit, next_allowed, parse_delivery
+from responder.testing import FakeTwilio, Fault, SmtpTestServer
+from responder.yamlfile import ConfigError, load_text
+from tests.conftest import AUTH, ClientFactory, write_config
+from tests.test_escalation_story import alert, eventually, incident, post, webhook
+from tests.test_process import running
+from tests.test_process_escalation import wait_for
+
+CONTACTS = """
+contacts:
+  alice: {sms: "+15551230001", email: alice@example.com, backup: bob}
+  bob: {sms: "+15551230002"}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+incidents:
+  default_policy: standard
+"""
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilio]:
+    async with FakeTwilio(hang_seconds=30) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpTestServer]:
+    async with SmtpTestServer() as server:
+        yield server
+
+
+def config(folder: Path, twilio: FakeTwilio, smtp: SmtpTestServer, extra: str = "") -> Path:
+    (folder / "twilio_token").write_text(twilio.auth_token)
+    channels = f"""
+channels:
+  twilio:
+    account_sid: {twilio.account_sid}
+    auth_token_file: twilio_token
+    from: "+15550000000"
+    api_base_url: {twilio.base_url}
+    timeout: 2s
+  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
+"""
+    return write_config(folder, CONTACTS + channels + extra)
+
+
+def at(minute: int, second: int = 0) -> datetime:
+    return datetime(2026, 1, 5, 9, minute, second, tzinfo=UTC)
+
+
+def test_rate_limits_follow_the_oldest_message_in_each_window() -> None:
+    limits = (RateLimit(1, timedelta(minutes=1)), RateLimit(3, timedelta(minutes=15)))
+    assert next_allowed([], limits, at(0)) == at(0)
+    assert next_allowed([at(0)], limits, at(0, 30)) == at(1)
+    assert next_allowed([at(0), at(2), at(4)], limits, at(6)) == at(15)
+    assert next_allowed([at(0), at(2), at(4)], limits, at(15)) == at(15)
+
+
+def test_delivery_config_errors_name_the_line() -> None:
+    node = load_text("delivery:\n  rate_limits:\n    sms: ['5 per 15m']\n", "config.yaml")
+    with pytest.raises(ConfigError, match=r"config.yaml:3: .*COUNT/DURATION"):
+        parse_delivery(node["delivery"])
+    node = load_text("delivery:\n  rate_limits:\n    pager: ['1/1m']\n", "config.yaml")
+    with pytest.raises(ConfigError, match="unknown channel"):
+        parse_delivery(node["delivery"])
+    ok = parse_delivery(
+        load_text("delivery:\n  rate_limits:\n    sms: [2/1m]\n", "config.yaml")["delivery"]
+    )
+    assert ok.limits_for("sms") == (RateLimit(2, timedelta(minutes=1)),)
+
+
+async def test_retryable_errors_back_off_then_succeed(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await make_client(config(tmp_path, twilio, smtp))
+    twilio.fail_next(Fault.RATE_LIMITED)
+    twilio.fail_next(Fault.SERVER_ERROR)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+
+    async def retried() -> bool:
+        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
+        return bool(sms) and sms[0]["state"] == "queued" and sms[0]["attempts"] >= 1
+
+    await eventually(retried, "first attempt refused, page queued again")
+    for _ in range(4):  # backoff: up to 15 s, then up to 30 s
+        clock.advance(timedelta(seconds=30))
+        await asyncio.sleep(0.05)
+
+    async def sent() -> bool:
+        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
+        return bool(sms[0]["state"] == "sent")
+
+    await eventually(sent, "sent after two retryable errors")
+    sms = next(p for p in (await incident(client))["pages"] if p["channel"] == "sms")
+    assert sms["attempts"] == 3
+    assert [r.http_status for r in twilio.requests] == [429, 500, 201]
+
+
+async def test_invalid_number_fails_over_at_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await make_client(config(tmp_path, twilio, smtp))
+    twilio.fail_number("+15551230001", Fault.INVALID_NUMBER)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+
+    async def bob_paged() -> bool:
+        return len(twilio.sent_sms("+15551230002")) == 1
+
+    await eventually(bob_paged, "failover to the backup after a permanent error")
+    pages = (await incident(client))["pages"]
+    alice_sms = next(p for p in pages if (p["contact"], p["channel"]) == ("alice", "sms"))
+    assert alice_sms["state"] == "failed"
+    assert alice_sms["attempts"] == 1  # permanent: never retried
+    assert "21211" in alice_sms["error"]
+    assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]
+
+
+async def test_a_storm_for_one_person_is_held_and_bundled_not_dropped(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await make_client(config(tmp_path, twilio, smtp))
+    for n in range(8):
+        await post(client, webhook(alert("TargetDown", instance=f"web-{n}"), group=f"g{n}"))
+        await asyncio.sleep(0.02)
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) >= 1), "first SMS")
+    await asyncio.sleep(0.1)
+    assert len(twilio.sent_sms("+15551230001")) == 1  # one a minute
+    clock.advance(timedelta(minutes=1))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "the bundle")
+    bundle = twilio.sent_sms("+15551230001")[1].body
+    assert bundle.startswith("7 new P2 incidents, reply ACK ALL")
+    assert "ACK ALL" in bundle
+
+    async def all_sent() -> bool:
+        listed = await (await client.get("/api/v1/incidents?state=open", headers=AUTH)).json()
+        states = [
+            p["state"]
+            for i in listed["data"]
+            for p in (await incident(client, i["id"]))["pages"]
+            if p["channel"] == "sms"
+        ]
+        return states == ["sent"] * 8  # every page accounted for, none dropped
+
+    await eventually(all_sent, "all 8 SMS pages sent: 1 alone, 7 in the bundle")
+    text = await (await client.get("/metrics")).text()
+    assert 'responder_pages_total{channel="sms",outcome="held"}' in text
+    # Alice's email pages are held and bundled the same way: at least the 7 SMS pages.
+    bundled = next(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "responder_pages_bundled_total"
+    )
+    assert bundled >= 7
+
+
+async def test_budget_holds_sms_and_tells_the_admins(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    extra = """
+delivery:
+  budget: {sms_voice_per_hour: 1, notify: [admin@example.com]}
+"""
+    client = await make_client(config(tmp_path, twilio, smtp, extra))
+    await post(client, webhook(alert("TargetDown", instance="web-1"), group="a"))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "first SMS")
+    clock.advance(timedelta(minutes=2))
+    await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
+
+    async def admin_told() -> bool:
+        return any("admin@example.com" in m.rcpt_tos for m in smtp.messages)
+
+    await eventually(admin_told, "budget notice to the admins")
+    assert len(twilio.sent_sms()) == 1
+    held = [p for p in (await incident(client, 2))["pages"] if p["channel"] == "sms"]
+    assert held[0]["state"] == "queued"
+    assert "budget" in held[0]["error"]
+    clock.advance(timedelta(hours=1))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 2), "sent once the budget frees")
+
+
+async def test_kill_9_while_the_provider_holds_the_page(
+    tmp_path: Path, twilio: FakeTwilio, smtp: SmtpTestServer
+) -> None:
+    """The SMS request hangs at the provider, the daemon dies: after the restart the SMS is not
+    sent again on the same route (its fate is unknown); the page goes to the next route."""
+    path = config(tmp_path, twilio, smtp)
+    twilio.fail_next(Fault.HANG)
+    async with running(path) as daemon:
+        async with aiohttp.ClientSession() as session:
+            body: dict[str, Any] = webhook(alert("TargetDown", instance="web-1"))
+            url = daemon.url + "/api/v1/alertmanager"
+            async with session.post(url, json=body, headers=AUTH) as response:
+                assert response.status == 200
+        await wait_for(lambda: len(twilio.requests) == 1, 10, "SMS request at the provider")
+        await wait_for(lambda: len(smtp.messages) == 1, 10, "email to alice")
+        daemon.process.send_signal(signal.SIGKILL)
+        await daemon.process.wait()
+    async with running(path) as daemon:
+        await wait_for(lambda: len(twilio.sent_sms("+15551230002")) == 1, 10, "re-routed")
+        await asyncio.sleep(0.5)
+    assert [r.to for r in twilio.requests] == ["+15551230001", "+15551230002"]
+    assert len(smtp.messages) == 1  # the email that was sent is not sent again
+
+
+async def _true(value: bool) -> bool:
+    await asyncio.sleep(0)
+    return value
