@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from notifiers.config import build_notifiers
-from responder import api, incidents_api, ingest, links, ops, twilio_doors
+from responder import api, drills, incidents_api, ingest, links, ops, twilio_doors
 from responder.clock import Clock, SystemClock
 from responder.compose import Composer
 from responder.deliver import Dispatcher
@@ -75,6 +75,7 @@ def build_app(
     incidents_api.add_routes(app.router)
     twilio_doors.add_routes(app.router)
     links.add_routes(app.router)
+    drills.add_routes(app.router)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/-/healthy", ops.healthy)
     app.router.add_get("/-/ready", ops.ready)
@@ -84,6 +85,7 @@ def build_app(
     app.cleanup_ctx.append(_store_context)
     app.cleanup_ctx.append(_stale_sweeper)
     app.cleanup_ctx.append(_engine)
+    app.cleanup_ctx.append(drills.scheduled_drills)
     app.cleanup_ctx.append(_sighup_reload)
     return app
 

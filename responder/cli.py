@@ -170,6 +170,15 @@ def _parser() -> argparse.ArgumentParser:
     oncall.add_argument("--tz", help="show times in this IANA zone (default UTC)")
     oncall.set_defaults(run=cmd_oncall)
 
+    drill = daemon_command(
+        "drill", "send a marked test page to contacts and report who answered, how, how fast"
+    )
+    drill.add_argument("--policy", help="everyone the policy's levels reach now")
+    drill.add_argument("--contact", action="append", default=[], help="a contact (repeatable)")
+    drill.add_argument("--wait", default="5m", help="how long to wait for answers (default 5m)")
+    drill.add_argument("--list", action="store_true", help="show past drills instead")
+    drill.set_defaults(run=cmd_drill)
+
     report = daemon_command(
         "report", "Markdown for the post-incident review (ID), or MTTA/MTTR (--since)"
     )
@@ -451,6 +460,63 @@ def cmd_act(args: argparse.Namespace) -> int:
     else:
         print(f"incident {data['id']}: {data['state']}")
     return 0
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.list:
+        document = asyncio.run(client.request("GET", "/api/v1/drills"))
+        if args.json:
+            print(json.dumps(document["data"], indent=2, ensure_ascii=False))
+            return 0
+        for result in document["data"]:
+            _print_drill(result)
+        return 0
+    try:
+        wait = parse_duration(args.wait)
+    except ValueError as exc:
+        raise ConfigError("--wait", 0, "wait", str(exc)) from None
+    body: dict[str, Any] = {"contacts": args.contact, "by": os.environ.get("USER") or "cli"}
+    if args.policy:
+        body["policy"] = args.policy
+    started = asyncio.run(client.request("POST", "/api/v1/drills", body=body))
+    drill_id = started["data"]["id"]
+    print(f"drill {drill_id} started; waiting up to {args.wait} for answers (Ctrl-C stops)")
+    result = asyncio.run(_await_drill(client, drill_id, wait.total_seconds()))
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        _print_drill(result)
+    return 0 if result["answered"] == result["total"] else EXIT_FAILED
+
+
+async def _await_drill(client: ApiClient, drill_id: int, seconds: float) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        result: dict[str, Any] = (await client.request("GET", f"/api/v1/drills/{drill_id}"))["data"]
+        if result["answered"] == result["total"] or asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(2.0)
+
+
+def _print_drill(result: dict[str, Any]) -> None:
+    print(
+        f"drill {result['id']} at {result['openedAt'][:19].replace('T', ' ')}: "
+        f"{result['answered']} of {result['total']} answered"
+    )
+    rows = []
+    for name, entry in sorted(result["contacts"].items()):
+        answer = entry["answer"]
+        channels = ", ".join(f"{p['channel']} {p['state']}" for p in entry["pages"])
+        rows.append(
+            [
+                name,
+                channels,
+                answer["via"] if answer else "NO ANSWER",
+                f"{answer['seconds']:.0f}s" if answer else "",
+            ]
+        )
+    print_table(["CONTACT", "PAGES", "ANSWERED VIA", "AFTER"], rows)
 
 
 def cmd_oncall(args: argparse.Namespace) -> int:

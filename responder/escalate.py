@@ -55,6 +55,7 @@ ESCALATION_KEYS = (
     "schedules",
     "escalation_policies",
     "incidents",
+    "drills",
 )
 DEFAULT_REOPEN_WITHIN = timedelta(hours=1)
 # A safety net, not the mechanism: the loop is woken when a nearer due time is written, and
@@ -62,6 +63,39 @@ DEFAULT_REOPEN_WITHIN = timedelta(hours=1)
 MAX_SLEEP = timedelta(seconds=30)
 RECOVERY_STEP = "R"
 CLOSED_STEP = "K"  # the resolve seen by the engine once: time to resolve is observed then
+
+
+@dataclass(frozen=True, slots=True)
+class DrillSchedule:
+    every: timedelta
+    policy: str | None = None
+    contacts: tuple[str, ...] = ()
+
+
+def parse_drills(
+    node: Node | None, directory: Directory, policies: Mapping[str, Policy]
+) -> DrillSchedule | None:
+    """``drills: {every: 7d, policy: standard}`` or ``{every: 30d, contacts: [alice]}``."""
+    if node is None:
+        return None
+    node.keys_allowed("every", "policy", "contacts")
+    every_node = node["every"]
+    every = every_node.as_duration()
+    if every < timedelta(hours=1):
+        raise every_node.error("drills at most once an hour")
+    policy = None
+    if (policy_node := node.get("policy")) is not None:
+        policy = policy_node.as_str()
+        if policy not in policies:
+            raise policy_node.error(f"unknown escalation policy {policy!r}")
+    contacts: list[str] = []
+    if (contacts_node := node.get("contacts")) is not None:
+        for item in contacts_node.as_list():
+            name = item.as_str()
+            if name not in directory.contacts:
+                raise item.error(f"unknown contact {name!r}")
+            contacts.append(name)
+    return DrillSchedule(every, policy, tuple(contacts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +111,7 @@ class EscalationConfig:
     policies: Mapping[str, Policy] = field(default_factory=lambda: MappingProxyType({}))
     default_policy: str | None = None
     reopen_within: timedelta = DEFAULT_REOPEN_WITHIN
+    drills: DrillSchedule | None = None
 
     def policy_for(self, name: str | None) -> Policy | None:
         return self.policies.get(name or self.default_policy or "")
@@ -101,7 +136,10 @@ def load_escalation(root: Node) -> EscalationConfig:
                 raise node.error(f"unknown escalation policy {default_policy!r} (known: {known})")
         if (node := incidents.get("reopen_within")) is not None:
             reopen = node.as_duration()
-    return EscalationConfig(hours, directory, MappingProxyType(policies), default_policy, reopen)
+    drills = parse_drills(root.get("drills"), directory, policies)
+    return EscalationConfig(
+        hours, directory, MappingProxyType(policies), default_policy, reopen, drills
+    )
 
 
 # -- the decision ------------------------------------------------------------------------------
@@ -168,6 +206,8 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
     """What to record for one due incident at ``now``: steps with their pages, events, and the
     next due time. Pure: the same inputs give the same decision."""
     incident, done = work.incident, work.done
+    if incident.category == "drill":
+        return Decision((), (), None)  # drills page once, by themselves, and never escalate
     breaches = tuple(_target_breaches(incident, done, now))
     policy = config.policy_for(incident.policy)
 

@@ -69,6 +69,7 @@ class Event(StrEnum):
     PAGE_FAILED = "page_failed"
     PAGE_DELIVERED = "page_delivered"
     FAILOVER = "failover"
+    DRILL = "drill"
 
 
 class TransitionError(ValueError):

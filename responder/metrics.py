@@ -180,6 +180,11 @@ class Metrics:
             "SMS and calls sent in the last hour, against the delivery budget.",
             registry=registry,
         )
+        self.drills = Counter(
+            "responder_drills_total",
+            "Drills started (by hand or on schedule).",
+            registry=registry,
+        )
         self.config_reload_ok = Gauge(
             "responder_config_last_reload_successful",
             "Whether the last configuration reload attempt was successful.",

@@ -275,3 +275,37 @@ async def test_callbacks_refused_without_twilio(make_client: Any, tmp_path: Path
 async def _true(value: bool) -> bool:
     await asyncio.sleep(0)
     return value
+
+
+async def test_drill_pages_every_channel_and_reports_answers(
+    daemon: Client, twilio: FakeTwilio, smtp: SmtpTestServer
+) -> None:
+    started = await daemon.post(
+        "/api/v1/drills", json={"contacts": ["alice", "bob"], "by": "ops"}, headers=AUTH
+    )
+    assert started.status == 200, await started.text()
+    drill_id = (await started.json())["data"]["id"]
+
+    async def all_sent() -> bool:
+        return len(twilio.sent_sms()) == 2 and len(twilio.calls()) == 1 and len(smtp.messages) == 2
+
+    await eventually(all_sent, "test pages on every channel of both contacts")
+    assert all("TEST" in r.body for r in twilio.sent_sms())
+    answer = await twilio.send_inbound_sms(
+        public(daemon, INBOUND_SMS_PATH), "+15551230001", "+15550000000", f"ACK {drill_id}"
+    )
+    assert "Acknowledged" in answer.text
+    acked = await daemon.post(
+        f"/api/v1/incidents/{drill_id}/acknowledge", json={"by": "bob"}, headers=AUTH
+    )
+    assert acked.status == 200
+    result = (await (await daemon.get(f"/api/v1/drills/{drill_id}", headers=AUTH)).json())["data"]
+    assert (result["answered"], result["total"]) == (2, 2)
+    assert result["contacts"]["alice"]["answer"]["via"] == "sms"
+    assert result["contacts"]["bob"]["answer"]["via"] == "api"
+    doc = await incident(daemon, drill_id)
+    assert {p["step"] for p in doc["pages"]} == {"D"}  # a drill never escalates
+    listed = (await (await daemon.get("/api/v1/drills", headers=AUTH)).json())["data"]
+    assert [d["id"] for d in listed] == [drill_id]
+    bad = await daemon.post("/api/v1/drills", json={"contacts": ["mallory"]}, headers=AUTH)
+    assert bad.status == 400

@@ -243,6 +243,12 @@ class Store(Protocol):
         """Labels, annotations and classification of the incident's first alert."""
         ...
 
+    async def create_drill(
+        self, title: str, pages: Sequence[NewPage], actor: str, now: datetime
+    ) -> int:
+        """Open a drill incident with its test pages; returns its id."""
+        ...
+
     async def queue_depth(self) -> int:
         """Pages waiting in the outbox."""
         ...

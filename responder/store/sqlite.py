@@ -468,6 +468,12 @@ class SQLiteStore:
             return None
         return json.loads(row[0]), json.loads(row[1]), json.loads(row[2])
 
+    async def create_drill(
+        self, title: str, pages: Sequence[NewPage], actor: str, now: datetime
+    ) -> int:
+        now_us = to_us(now)
+        return await self._write(lambda conn: inc.create_drill(conn, title, pages, actor, now_us))
+
     async def queue_depth(self) -> int:
         return await self._read(inc.queue_depth)
 

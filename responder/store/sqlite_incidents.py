@@ -33,6 +33,7 @@ from responder.incident import (
 from responder.model import Severity
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DRILL_KEY_PREFIX = "drill:"
 
 
 def to_us(when: datetime) -> int:
@@ -472,6 +473,10 @@ def transition(
         raise TransitionError(f"incident {incident_id} is already resolved")
     if action == "acknowledge":
         if state is IncidentState.ACKNOWLEDGED:
+            if incident.key.startswith(DRILL_KEY_PREFIX):
+                # A drill wants every contact's answer, not only the first one.
+                _event(conn, incident_id, now_us, Event.ACKNOWLEDGED, actor, {"drill": True}, via)
+                return incident, True
             return incident, False
         conn.execute(
             "UPDATE incidents SET state = 'acknowledged', acknowledged_at = ?, "
@@ -782,3 +787,23 @@ def first_alert_of(conn: sqlite3.Connection, incident_id: int) -> tuple[str, str
         (incident_id,),
     ).fetchone()
     return None if row is None else (row[0], row[1], row[2])
+
+
+def create_drill(
+    conn: sqlite3.Connection, title: str, pages: Sequence[NewPage], actor: str, now_us: int
+) -> int:
+    """A drill is an incident of its own (category drill) that never escalates: its test pages
+    go out at once, and acknowledgements come back through the usual doors."""
+    cur = conn.execute(
+        "INSERT INTO incidents (key, state, severity, category, policy, rule, title, opened_at, "
+        "triggered_at, next_due, updated_at) "
+        "VALUES (?, 'triggered', 'P3', 'drill', NULL, NULL, ?, ?, ?, NULL, ?)",
+        (f"{DRILL_KEY_PREFIX}{now_us}", title, now_us, now_us, now_us),
+    )
+    incident_id = int(cur.lastrowid or 0)
+    contacts = sorted({p.contact for p in pages})
+    _event(
+        conn, incident_id, now_us, Event.DRILL, actor, {"contacts": contacts, "pages": len(pages)}
+    )
+    add_pages(conn, incident_id, 1, pages, None, now_us)
+    return incident_id
