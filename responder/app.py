@@ -19,9 +19,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from notifiers.config import build_notifiers
-from responder import api, drills, incidents_api, ingest, links, ops, twilio_doors
+from responder import actions_api, api, drills, incidents_api, ingest, links, ops, twilio_doors
 from responder.clock import Clock, SystemClock
 from responder.compose import Composer
+from responder.contain import ActionRunner
+from responder.contain.engine import Containment
 from responder.deliver import Dispatcher
 from responder.directory import Directory
 from responder.escalate import Escalator
@@ -76,6 +78,7 @@ def build_app(
     twilio_doors.add_routes(app.router)
     links.add_routes(app.router)
     drills.add_routes(app.router)
+    actions_api.add_routes(app.router)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/-/healthy", ops.healthy)
     app.router.add_get("/-/ready", ops.ready)
@@ -161,7 +164,17 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         lambda: runtime.snapshot.escalation,
         on_pages=dispatcher.wake,
     )
+    runner = ActionRunner(runtime.clock, runtime.config.state_dir / "evidence")
+    runtime.containment = Containment(
+        runtime.store,
+        runtime.clock,
+        runtime.metrics,
+        runner,
+        lambda: (runtime.snapshot.actions, runtime.snapshot.containment),
+        on_escalate=runtime.escalator.wake,
+    )
     tasks = [
+        asyncio.create_task(runtime.containment.run_forever(), name="containment"),
         asyncio.create_task(runtime.escalator.run_forever(), name="escalator"),
         asyncio.create_task(runtime.dispatcher.run_forever(), name="dispatcher"),
     ]

@@ -179,6 +179,14 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--list", action="store_true", help="show past drills instead")
     drill.set_defaults(run=cmd_drill)
 
+    actions = daemon_command("actions", "containment: status, kill switch, breaker reset")
+    actions.add_argument("verb", choices=["status", "pause", "resume", "reset"])
+    actions.add_argument("name", nargs="?", help="reset: the action")
+    actions.add_argument("target", nargs="?", help="reset: the target, as status shows it")
+    actions.add_argument("--reason", help="pause: why (recorded)")
+    actions.add_argument("--by", help="who (default: $USER)")
+    actions.set_defaults(run=cmd_actions)
+
     report = daemon_command(
         "report", "Markdown for the post-incident review (ID), or MTTA/MTTR (--since)"
     )
@@ -517,6 +525,66 @@ def _print_drill(result: dict[str, Any]) -> None:
             ]
         )
     print_table(["CONTACT", "PAGES", "ANSWERED VIA", "AFTER"], rows)
+
+
+def cmd_actions(args: argparse.Namespace) -> int:
+    client = _client(args)
+    by = args.by or os.environ.get("USER") or "cli"
+    if args.verb == "pause":
+        if not args.reason:
+            raise ConfigError("actions pause", 0, "", "--reason is required (it is audited)")
+        body: dict[str, Any] = {"reason": args.reason, "by": by}
+        document = asyncio.run(client.request("POST", "/api/v1/actions/pause", body=body))
+        print(f"containment paused by {by}: {args.reason}")
+        return 0
+    if args.verb == "resume":
+        asyncio.run(client.request("POST", "/api/v1/actions/resume", body={"by": by}))
+        print(f"containment resumed by {by}")
+        return 0
+    if args.verb == "reset":
+        if not (args.name and args.target):
+            raise ConfigError("actions reset", 0, "", "give the action and the target")
+        body = {"action": args.name, "target": args.target, "by": by}
+        asyncio.run(client.request("POST", "/api/v1/actions/reset", body=body))
+        print(f"breaker reset: {args.name} on {args.target}")
+        return 0
+    document = asyncio.run(client.request("GET", "/api/v1/actions"))
+    data = document["data"]
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    switch = data["killSwitch"]
+    if data["paused"]:
+        print(f"PAUSED by {switch['by']} at {switch['at']}: {switch['reason']}")
+    else:
+        print("containment active" + (" (dry run)" if data["dryRun"] else ""))
+    print(f"actions: {', '.join(data['actions']) or 'none configured'}")
+    if data["breakers"]:
+        print("breakers:")
+        print_table(
+            ["ACTION", "TARGET", "FAILURES", "OPEN SINCE"],
+            [
+                [b["action"], b["target"], str(b["consecutive_failures"]), b["opened_at"] or ""]
+                for b in data["breakers"]
+            ],
+        )
+    print("recent runs:")
+    print_table(
+        ["STARTED", "ACTION", "TARGET", "STATE", "OUTCOME", "INCIDENT", "UNDO"],
+        [
+            [
+                (r["startedAt"] or "")[:19].replace("T", " "),
+                r["action"],
+                r["target"],
+                r["state"],
+                r["outcome"] or "",
+                str(r["incident"] or ""),
+                r["undo"] or "",
+            ]
+            for r in data["recent"]
+        ],
+    )
+    return 0
 
 
 def cmd_oncall(args: argparse.Namespace) -> int:

@@ -50,6 +50,12 @@ class Composer:
         labels, annotations, classification = first or ({}, {}, {})
         labels = {**labels, **classification.get("labels", {})}
         annotations = {**annotations, **classification.get("annotations", {})}
+        if page.kind is PageKind.PAGE:
+            failure = await self._store.containment_failure(incident.id)
+            if failure:
+                # The page says what containment tried and how it failed.
+                summary = annotations.get("summary", "")
+                annotations["summary"] = f"Containment failed: {failure}. {summary}".strip()
         kind = kind_for_page(page.kind)
         context = context_for(
             page,

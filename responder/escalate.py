@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
@@ -242,6 +242,18 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         return Decision(breaches, tuple(events), _next_breach(incident, recorded), unsnooze)
 
     view = _view(incident, done)
+    if incident.escalate_now is not None and incident.state is not IncidentState.ACKNOWLEDGED:
+        # Containment failed: whatever level comes next is due now. The clock is shifted for
+        # this decision only; later levels keep their own times.
+        soonest = next_due(policy, view, now)
+        # A level already due (the first, held while containment worked) is the one to page.
+        if soonest is not None and soonest > now and not due_steps(policy, view, now):
+            view = replace(view, triggered_at=view.triggered_at - (soonest - now))
+        events.append(
+            TimelineEvent(
+                now, Event.ESCALATED, "responder", "containment", {"reason": incident.escalate_now}
+            )
+        )
     steps = list(breaches)
     for step in due_steps(policy, view, now):
         steps.append(_step_record(step, policy, config.directory, now))

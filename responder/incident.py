@@ -70,6 +70,15 @@ class Event(StrEnum):
     PAGE_DELIVERED = "page_delivered"
     FAILOVER = "failover"
     DRILL = "drill"
+    ACTION_STARTED = "action_started"
+    ACTION_SKIPPED = "action_skipped"
+    ACTION_REJECTED = "action_rejected"
+    ACTION_DRY_RUN = "action_dry_run"
+    ACTION_FINISHED = "action_finished"
+    ACTION_INTERRUPTED = "action_interrupted"
+    ACTION_UNDONE = "action_undone"
+    CONTAINMENT_FAILED = "containment_failed"
+    CONTAINMENT_VERIFIED = "containment_verified"
 
 
 class TransitionError(ValueError):
@@ -139,6 +148,7 @@ class Incident:
     assignee: str | None
     next_due: datetime | None
     version: int
+    escalate_now: str | None = None  # why the next level must go now (containment failed)
     alert_count: int = 0
     firing_count: int = 0
 

@@ -185,6 +185,39 @@ class Metrics:
             "Drills started (by hand or on schedule).",
             registry=registry,
         )
+        # -- containment --
+        self.actions = Counter(
+            "responder_actions_total",
+            "Containment runs by action and outcome (ok, failed, timeout, check_failed, "
+            "rejected, dry_run, interrupted, undo_done, ...).",
+            ["action", "outcome"],
+            registry=registry,
+        )
+        self.action_guard_stops = Counter(
+            "responder_action_guard_stops_total",
+            "Runs a guard stopped (paused, breaker_open, concurrency, cooldown, rate_limit, "
+            "blast_radius).",
+            ["action", "guard"],
+            registry=registry,
+        )
+        self.action_duration = Histogram(
+            "responder_action_duration_seconds",
+            "How long a containment run took, retries and check included.",
+            ["action"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.breakers_opened = Counter(
+            "responder_action_breakers_opened_total",
+            "Circuit breakers opened after consecutive failures of an action on a target.",
+            ["action"],
+            registry=registry,
+        )
+        self.containment_paused = Gauge(
+            "responder_containment_paused",
+            "1 while the kill switch holds every containment action.",
+            registry=registry,
+        )
         self.config_reload_ok = Gauge(
             "responder_config_last_reload_successful",
             "Whether the last configuration reload attempt was successful.",

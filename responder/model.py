@@ -115,3 +115,4 @@ class Classification:
     extra_annotations: Labels = field(default_factory=lambda: frozen_labels({}))
     target: ResponseTarget | None = None
     heartbeat: bool = False  # e.g. Watchdog: proves the pipeline works, never an incident
+    hold_page_s: int | None = None  # hold the first page while containment works

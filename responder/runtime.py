@@ -23,6 +23,8 @@ from responder.auth import Authenticator
 from responder.classify import Classifier, load_classifier
 from responder.clock import Clock
 from responder.config import DAEMON_KEYS, Config, parse_config, read_config_file
+from responder.contain import ActionCatalog, ContainmentSettings, parse_actions, parse_containment
+from responder.contain.engine import Containment
 from responder.deliver import DeliveryConfig, Dispatcher, parse_delivery
 from responder.escalate import ESCALATION_KEYS, EscalationConfig, Escalator, load_escalation
 from responder.log import fields
@@ -35,7 +37,15 @@ from responder.yamlfile import ConfigError
 
 log = logging.getLogger("responder")
 
-SECTION_KEYS = ("classification", "channels", "delivery", "templates", *ESCALATION_KEYS)
+SECTION_KEYS = (
+    "classification",
+    "channels",
+    "delivery",
+    "templates",
+    "actions",
+    "containment",
+    *ESCALATION_KEYS,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +58,8 @@ class Snapshot:
     channels: ChannelSettings
     delivery: DeliveryConfig
     templates: Templates
+    actions: ActionCatalog
+    containment: ContainmentSettings
 
     def classify(self, labels: Mapping[str, str], now: datetime) -> Classification:
         return self.classifier.classify(labels, now)
@@ -68,10 +80,14 @@ def load_snapshot(
         business_hours=escalation.business_hours if root.get("business_hours") else None,
     )
     templates = load_templates(root.get("templates"), config.base_dir)
-    classifier.check_references(set(escalation.policies), None, templates.names)
+    actions = parse_actions(root.get("actions"), config.base_dir)
+    containment = parse_containment(root.get("containment"))
+    classifier.check_references(set(escalation.policies), set(actions.actions), templates.names)
     channels = parse_channels(root.get("channels"), config.base_dir)
     delivery = parse_delivery(root.get("delivery"))
-    return Snapshot(config, classifier, escalation, channels, delivery, templates)
+    return Snapshot(
+        config, classifier, escalation, channels, delivery, templates, actions, containment
+    )
 
 
 class Runtime:
@@ -100,6 +116,7 @@ class Runtime:
         # The engine loops, set by the app; handlers wake them after writing a nearer due time.
         self.escalator: Escalator | None = None
         self.dispatcher: Dispatcher | None = None
+        self.containment: Containment | None = None
         self.notifiers: dict[str, Notifier] = {}
         metrics.config_reload_ok.set(1)
         metrics.config_reload_time.set(clock.now().timestamp())
@@ -115,6 +132,8 @@ class Runtime:
             self.escalator.wake()
         if self.dispatcher is not None:
             self.dispatcher.wake()
+        if self.containment is not None:
+            self.containment.wake()
 
     async def reload(self) -> ConfigError | None:
         """Load the config again; swap it in on success. Returns the error on failure."""

@@ -18,7 +18,7 @@ import glob
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
@@ -99,10 +99,11 @@ class _Decision:
     labels: Labels = field(default_factory=lambda: _EMPTY)
     annotations: Labels = field(default_factory=lambda: _EMPTY)
     heartbeat: bool | None = None
+    hold_page: timedelta | None = None
 
 
 _NOTHING = _Decision()
-_SCALARS = ("severity", "category", "policy", "actions", "group_by", "heartbeat")
+_SCALARS = ("severity", "category", "policy", "actions", "group_by", "heartbeat", "hold_page")
 _MAPS = ("templates", "labels", "annotations")
 
 
@@ -126,6 +127,7 @@ def _merge(rules: Sequence[Rule]) -> _Decision:
         labels=merged([r.labels for r in rules]),
         annotations=merged([r.annotations for r in rules]),
         heartbeat=next((r.heartbeat for r in rules if r.heartbeat is not None), None),
+        hold_page=next((r.hold_page for r in rules if r.hold_page is not None), None),
     )
 
 
@@ -309,6 +311,9 @@ class Classifier:
             # A heartbeat is proof of life, not something anyone has to respond to.
             target=None if heartbeat else self._targets.target(severity, now),
             heartbeat=heartbeat,
+            hold_page_s=(
+                None if decision.hold_page is None else int(decision.hold_page.total_seconds())
+            ),
         )
 
     def explain(self, labels: Mapping[str, str], now: datetime) -> Explanation:

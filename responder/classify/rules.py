@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +38,7 @@ RULE_KEYS: tuple[str, ...] = (
     "annotations",
     "continue",
     "heartbeat",
+    "hold_page",
 )
 
 # Rule names show up in timelines, metrics and CLI output: keep them to one plain word.
@@ -81,6 +83,9 @@ class Rule:
     annotations: Mapping[str, str] | None = None
     continue_: bool = False
     heartbeat: bool | None = None
+    # With actions: hold the first page this long while containment works; a failed
+    # containment pages at once, a resolve within the hold pages nobody.
+    hold_page: timedelta | None = None
     references: tuple[Reference, ...] = ()
 
     @property
@@ -213,6 +218,14 @@ def parse_rule(node: Node, categories: Collection[str]) -> Rule:
     continue_ = False if continue_node is None else continue_node.as_bool()
     heartbeat_node = node.get("heartbeat")
     heartbeat = None if heartbeat_node is None else heartbeat_node.as_bool()
+    hold_node = node.get("hold_page")
+    hold_page = None
+    if hold_node is not None:
+        hold_page = hold_node.as_duration()
+        if hold_page > timedelta(hours=1):
+            raise hold_node.error("hold a page at most 1h: a human must hear of it eventually")
+        if actions is None or not actions:
+            raise hold_node.error("hold_page needs actions whose containment it waits for")
     description_node = node.get("description")
     description = "" if description_node is None else description_node.as_str()
 
@@ -241,6 +254,7 @@ def parse_rule(node: Node, categories: Collection[str]) -> Rule:
         annotations=annotations,
         continue_=continue_,
         heartbeat=heartbeat,
+        hold_page=hold_page,
         references=tuple(references),
     )
 

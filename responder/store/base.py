@@ -79,7 +79,82 @@ class AlertQuery:
     limit: int = 500
 
 
-class Store(Protocol):
+@dataclass(frozen=True, slots=True)
+class QueuedAlert:
+    """An alert whose classification names actions, waiting for containment."""
+
+    queue_id: int
+    alert_id: int
+    trigger: str  # fire | resolve
+    incident_id: int | None
+    fingerprint: str
+    status: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    classification: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    run_id: str
+    alert_id: int
+    incident_id: int | None
+    action: str
+    target: str
+    trigger: str
+    state: str
+    outcome: str | None
+    audit: dict[str, Any]
+    undo: dict[str, Any] | None
+    undo_state: str | None
+    undo_due: int | None
+    check_due: int | None
+    started_at: int
+    finished_at: int | None
+
+
+class ContainmentStore(Protocol):
+    """What containment needs: its durable queue, run records and the guards' state."""
+
+    async def containment_queue(self, limit: int = 100) -> list[QueuedAlert]: ...
+
+    async def containment_done(self, queue_id: int) -> None: ...
+
+    async def load_guards(self) -> str | None: ...
+
+    async def save_guards(self, state: str, now: datetime) -> None: ...
+
+    async def record_run(self, now: datetime, **fields: Any) -> bool:
+        """Write a run before it starts (see ``sqlite_actions.record_run``); False if this
+        alert already ran this action."""
+        ...
+
+    async def finish_run(self, now: datetime, **fields: Any) -> None: ...
+
+    async def interrupt_runs(self, now: datetime) -> list[RunRow]: ...
+
+    async def escalate_incident(self, incident_id: int, reason: str, now: datetime) -> None: ...
+
+    async def due_undos(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, bool]]: ...
+
+    async def finish_undo(
+        self, run_id: str, state: str, detail: dict[str, Any], now: datetime
+    ) -> None: ...
+
+    async def due_checks(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, str]]: ...
+
+    async def finish_check(
+        self, run_id: str, verified: bool, reason: str, now: datetime
+    ) -> None: ...
+
+    async def action_runs(self, limit: int = 100) -> list[RunRow]: ...
+
+    async def containment_failure(self, incident_id: int) -> str | None: ...
+
+    async def next_containment(self) -> datetime | None: ...
+
+
+class Store(ContainmentStore, Protocol):
     """One interface, several engines, chosen by URL (``responder.store.open_store``)."""
 
     url: str

@@ -120,4 +120,49 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX pages_queued ON pages (due_at) WHERE state = 'queued'",
         "CREATE INDEX pages_incident ON pages (incident_id, id)",
     ],
+    # 3: containment. Work arrives through a durable queue written with the alert; every run
+    # is a row written before anything starts; the guards' state is one JSON document.
+    [
+        """
+        CREATE TABLE action_queue (
+            id INTEGER PRIMARY KEY,
+            alert_id INTEGER NOT NULL REFERENCES alerts (id),
+            trigger TEXT NOT NULL CHECK (trigger IN ('fire', 'resolve')),
+            queued_at INTEGER NOT NULL,
+            UNIQUE (alert_id, trigger)
+        )
+        """,
+        """
+        CREATE TABLE action_runs (
+            run_id TEXT PRIMARY KEY,
+            alert_id INTEGER NOT NULL REFERENCES alerts (id),
+            incident_id INTEGER REFERENCES incidents (id),
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            state TEXT NOT NULL,
+            outcome TEXT,
+            audit TEXT NOT NULL,
+            undo TEXT,
+            undo_hold_s INTEGER,
+            undo_state TEXT,
+            undo_due INTEGER,
+            check_due INTEGER,
+            started_at INTEGER NOT NULL,
+            finished_at INTEGER,
+            UNIQUE (alert_id, action, trigger)
+        )
+        """,
+        "CREATE INDEX action_runs_undo ON action_runs (undo_due) WHERE undo_state = 'wait'",
+        "CREATE INDEX action_runs_check ON action_runs (check_due) WHERE check_due IS NOT NULL",
+        "CREATE INDEX action_runs_incident ON action_runs (incident_id)",
+        """
+        CREATE TABLE guard_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            state TEXT NOT NULL,
+            updated_at INTEGER NOT NULL
+        )
+        """,
+        "ALTER TABLE incidents ADD COLUMN escalate_now TEXT",
+    ],
 ]

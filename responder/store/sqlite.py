@@ -34,11 +34,14 @@ from responder.incident import (
     TimelineEvent,
 )
 from responder.model import AlertStatus, Classification
+from responder.store import sqlite_actions as actions
 from responder.store import sqlite_incidents as inc
 from responder.store.base import (
     AlertQuery,
     IncomingAlert,
     IngestOutcome,
+    QueuedAlert,
+    RunRow,
     StoredAlert,
     StoreError,
 )
@@ -474,6 +477,64 @@ class SQLiteStore:
         now_us = to_us(now)
         return await self._write(lambda conn: inc.create_drill(conn, title, pages, actor, now_us))
 
+    # -- containment --------------------------------------------------------------------------
+    async def containment_queue(self, limit: int = 100) -> list[QueuedAlert]:
+        return await self._read(lambda conn: actions.queued(conn, limit))
+
+    async def containment_done(self, queue_id: int) -> None:
+        await self._write(lambda conn: actions.dequeue(conn, queue_id))
+
+    async def load_guards(self) -> str | None:
+        return await self._read(actions.load_guards)
+
+    async def save_guards(self, state: str, now: datetime) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: actions.save_guards(conn, state, now_us))
+
+    async def record_run(self, now: datetime, **fields: Any) -> bool:
+        now_us = to_us(now)
+        return await self._write(lambda conn: actions.record_run(conn, now_us=now_us, **fields))
+
+    async def finish_run(self, now: datetime, **fields: Any) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: actions.finish_run(conn, now_us=now_us, **fields))
+
+    async def interrupt_runs(self, now: datetime) -> list[RunRow]:
+        now_us = to_us(now)
+        return await self._write(lambda conn: actions.interrupt_running(conn, now_us))
+
+    async def escalate_incident(self, incident_id: int, reason: str, now: datetime) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: actions.escalate_incident(conn, incident_id, reason, now_us))
+
+    async def due_undos(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, bool]]:
+        now_us = to_us(now)
+        return await self._read(lambda conn: actions.due_undos(conn, now_us, limit))
+
+    async def finish_undo(
+        self, run_id: str, state: str, detail: dict[str, Any], now: datetime
+    ) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: actions.finish_undo(conn, run_id, state, detail, now_us))
+
+    async def due_checks(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, str]]:
+        now_us = to_us(now)
+        return await self._read(lambda conn: actions.due_checks(conn, now_us, limit))
+
+    async def finish_check(self, run_id: str, verified: bool, reason: str, now: datetime) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: actions.finish_check(conn, run_id, verified, reason, now_us))
+
+    async def action_runs(self, limit: int = 100) -> list[RunRow]:
+        return await self._read(lambda conn: actions.runs(conn, limit))
+
+    async def containment_failure(self, incident_id: int) -> str | None:
+        return await self._read(lambda conn: actions.latest_failure(conn, incident_id))
+
+    async def next_containment(self) -> datetime | None:
+        value = await self._read(actions.next_due)
+        return None if value is None else from_us(value)
+
     async def queue_depth(self) -> int:
         return await self._read(inc.queue_depth)
 
@@ -525,6 +586,7 @@ def classification_document(c: Classification) -> dict[str, object]:
             else None
         ),
         "heartbeat": c.heartbeat,
+        "hold_page_s": c.hold_page_s,
     }
 
 
@@ -534,6 +596,16 @@ def _ingest_one(
     outcome, alert_id, incident_id = _store_alert(conn, incoming, now_us)
     if alert_id is None:
         return outcome
+    if incoming.classification.actions and outcome is not IngestOutcome.RESOLVED_UNSEEN:
+        # Containment's work, durable with the alert: a crash before it runs loses nothing.
+        trigger = "resolve" if outcome is IngestOutcome.RESOLVED else "fire"
+        conn.execute(
+            "INSERT INTO action_queue (alert_id, trigger, queued_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (alert_id, trigger, now_us),
+        )
+    if outcome is IngestOutcome.RESOLVED:
+        actions.alert_resolved(conn, alert_id, now_us)
     if outcome in (IngestOutcome.NEW, IngestOutcome.REVIVED):
         if incoming.incident_key is not None:
             inc.attach_alert(

@@ -139,6 +139,8 @@ def attach_alert(
         _event(conn, incident_id, now_us, Event.RETRIGGERED, "alertmanager", fired)
         return int(incident_id)
 
+    # A rule may hold the first page while containment works (hold_page).
+    hold_us = int(classification.get("hold_page_s") or 0) * 1_000_000
     cur = conn.execute(
         "INSERT INTO incidents (key, state, severity, category, policy, rule, title, respond_s, "
         "resolve_s, opened_at, triggered_at, next_due, updated_at) "
@@ -154,7 +156,7 @@ def attach_alert(
             target.get("resolve_s"),
             now_us,
             now_us,
-            now_us,
+            now_us + hold_us,
             now_us,
         ),
     )
@@ -229,6 +231,7 @@ INCIDENT_COLUMNS = (
     "i.id, i.key, i.state, i.severity, i.category, i.policy, i.rule, i.title, i.respond_s, "
     "i.resolve_s, i.opened_at, i.triggered_at, i.episode, i.acknowledged_at, i.acknowledged_by, "
     "i.resolved_at, i.resolved_by, i.snoozed_until, i.assignee, i.next_due, i.version, "
+    "i.escalate_now, "
     "(SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id), "
     "(SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id AND a.status = 'firing')"
 )
@@ -257,8 +260,9 @@ def incident_from_row(row: Sequence[Any]) -> Incident:
         assignee=row[18],
         next_due=_opt_us(row[19]),
         version=row[20],
-        alert_count=row[21],
-        firing_count=row[22],
+        escalate_now=row[21],
+        alert_count=row[22],
+        firing_count=row[23],
     )
 
 
@@ -435,8 +439,8 @@ def apply_steps(
     # The snooze's end stays recorded: the policy re-arms escalation from it.
     state_sql = ", state = 'triggered'" if unsnooze else ""
     conn.execute(
-        f"UPDATE incidents SET next_due = ?, version = version + 1, updated_at = ?{state_sql} "  # noqa: S608 - fixed text
-        "WHERE id = ?",
+        "UPDATE incidents SET next_due = ?, version = version + 1, updated_at = ?, "  # noqa: S608 - fixed text
+        f"escalate_now = NULL{state_sql} WHERE id = ?",
         (next_due_us, now_us, incident_id),
     )
     return recorded

@@ -1,0 +1,107 @@
+"""Containment through the authenticated API: status, the kill switch, breaker resets.
+``responder actions ...`` uses these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from responder.api import authenticated, iso
+from responder.ingest import json_error
+from responder.runtime import RUNTIME, Runtime
+from responder.store import StoreError
+from responder.store.sqlite_incidents import from_us
+
+
+def _containment(runtime: Runtime) -> Any:
+    if runtime.containment is None:
+        raise web.HTTPServiceUnavailable(text="containment is not running")
+    return runtime.containment
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="body: malformed JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body: expected a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        raise web.HTTPBadRequest(text=f"{key}: expected non-empty text")
+    return value.strip()[:500]
+
+
+@authenticated
+async def status(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/actions: the kill switch, running actions, open breakers, recent runs."""
+    runtime = request.app[RUNTIME]
+    state = _containment(runtime).state
+    try:
+        runs = await runtime.store.action_runs(50)
+    except StoreError as exc:
+        return json_error(503, f"store unavailable: {exc}")
+    catalog = runtime.snapshot.actions
+    data = {
+        "paused": state.kill_switch.engaged,
+        "killSwitch": state.to_json()["kill_switch"],
+        "dryRun": runtime.snapshot.containment.dry_run,
+        "actions": sorted(catalog.actions),
+        "running": [r for r in state.to_json()["runs"] if r["outcome"] == "running"],
+        "breakers": state.to_json()["breakers"],
+        "recent": [
+            {
+                "runId": r.run_id,
+                "action": r.action,
+                "target": r.target,
+                "state": r.state,
+                "outcome": r.outcome,
+                "incident": r.incident_id,
+                "startedAt": iso(from_us(r.started_at)),
+                "undo": r.undo_state,
+            }
+            for r in runs
+        ],
+    }
+    return web.json_response({"status": "ok", "data": data})
+
+
+@authenticated
+async def pause(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/actions/pause {"reason": "...", "by": "alice"}: the kill switch."""
+    runtime = request.app[RUNTIME]
+    body = await _body(request)
+    state = await _containment(runtime).pause(_text(body, "reason"), _text(body, "by", "api"))
+    return web.json_response({"status": "ok", "data": state.to_json()["kill_switch"]})
+
+
+@authenticated
+async def resume(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    body = await _body(request)
+    state = await _containment(runtime).resume(_text(body, "by", "api"))
+    return web.json_response({"status": "ok", "data": state.to_json()["kill_switch"]})
+
+
+@authenticated
+async def reset(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/actions/reset {"action": "restart-web", "target": "unit=nginx.service"}"""
+    runtime = request.app[RUNTIME]
+    body = await _body(request)
+    action, target = _text(body, "action"), _text(body, "target")
+    state = await _containment(runtime).reset(action, target, _text(body, "by", "api"))
+    return web.json_response({"status": "ok", "data": {"breakers": state.to_json()["breakers"]}})
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/v1/actions", status)
+    router.add_post("/api/v1/actions/pause", pause)
+    router.add_post("/api/v1/actions/resume", resume)
+    router.add_post("/api/v1/actions/reset", reset)

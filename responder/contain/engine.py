@@ -1,0 +1,418 @@
+"""The containment engine: runs a rule's actions for its alerts, under the guards, and says
+so in the incident's timeline.
+
+Work arrives through a durable queue written in the same transaction as the alert, so a
+crash between storing an alert and acting on it loses nothing. Each run is recorded (with the
+guards' state that counts it) before its process starts, under a unique key (alert, action,
+trigger): a repeated webhook never runs an action twice, and a restart finds an unfinished
+run marked interrupted instead of starting it again blindly (and escalates, because nobody
+knows whether it helped). A failed containment (the failure count reaching the action's
+``escalate_after_failures``, a failed check, a refused parameter, an opened breaker) pages
+the next level at once, with the reason in the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from responder.clock import Clock
+from responder.contain.catalog import Action, ActionCatalog, ContainmentSettings
+from responder.contain.guards import (
+    GuardState,
+    decide,
+    finish_run,
+    interrupt_running,
+    pause,
+    prune,
+    reset_breaker,
+    resume,
+    start_run,
+)
+from responder.contain.outcome import Outcome
+from responder.contain.params import ParamRejected
+from responder.contain.runner import ActionRunner, ExecRequest, RunContext, RunResult
+from responder.incident import Event
+from responder.log import fields
+from responder.metrics import Metrics
+from responder.store.base import ContainmentStore, QueuedAlert, RunRow
+
+log = logging.getLogger("responder.contain")
+
+MAX_SLEEP = timedelta(seconds=30)
+KEEP_RUNS = timedelta(days=2)  # longer than any window a guard looks back over
+
+ConfigSource = Callable[[], tuple[ActionCatalog, ContainmentSettings]]
+
+
+def _tail(result: RunResult, limit: int = 300) -> str:
+    if result.rejected is not None:
+        return str(result.rejected.to_audit().get("reason", "parameter refused"))
+    if not result.attempts:
+        return ""
+    last = result.attempts[-1]
+    text = (last.stderr or last.stdout or last.detail).strip()
+    return text[-limit:]
+
+
+class Containment:
+    def __init__(
+        self,
+        store: ContainmentStore,
+        clock: Clock,
+        metrics: Metrics,
+        runner: ActionRunner,
+        config: ConfigSource,
+        *,
+        on_escalate: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._on_escalate = on_escalate  # wakes the escalation engine
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._runner = runner
+        self._config = config
+        self._state = GuardState()
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._busy: set[int] = set()  # queue ids being handled
+
+    @property
+    def state(self) -> GuardState:
+        return self._state
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _save(self) -> None:
+        await self._store.save_guards(json.dumps(self._state.to_json()), self._clock.now())
+
+    # -- start ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        now = self._clock.now()
+        saved = await self._store.load_guards()
+        self._state = GuardState.from_json(json.loads(saved)) if saved else GuardState()
+        self._state = prune(interrupt_running(self._state, now), now, KEEP_RUNS)
+        await self._save()
+        for run in await self._store.interrupt_runs(now):
+            self._metrics.actions.labels(run.action, Outcome.INTERRUPTED.value).inc()
+            log.error(
+                "action was running when the daemon stopped; not started again",
+                extra=fields(run=run.run_id, action=run.action, target=run.target),
+            )
+            if run.incident_id is not None:
+                reason = f"{run.action} was interrupted by a restart: outcome unknown"
+                await self._store.escalate_incident(run.incident_id, reason, now)
+                self._on_escalate()
+        self._metrics.containment_paused.set(int(self._state.kill_switch.engaged))
+
+    # -- the kill switch and breakers ------------------------------------------------------------
+    async def pause(self, reason: str, by: str) -> GuardState:
+        async with self._lock:
+            self._state = pause(self._state, reason, by, self._clock.now())
+            await self._save()
+        self._metrics.containment_paused.set(1)
+        log.warning("containment paused", extra=fields(by=by, reason=reason))
+        return self._state
+
+    async def resume(self, by: str) -> GuardState:
+        async with self._lock:
+            self._state = resume(self._state, by, self._clock.now())
+            await self._save()
+        self._metrics.containment_paused.set(0)
+        log.warning("containment resumed", extra=fields(by=by))
+        return self._state
+
+    async def reset(self, action: str, target: str, by: str) -> GuardState:
+        async with self._lock:
+            self._state = reset_breaker(self._state, action, target)
+            await self._save()
+        log.warning("breaker reset", extra=fields(action=action, target=target, by=by))
+        return self._state
+
+    # -- one alert -------------------------------------------------------------------------------
+    async def handle(self, item: QueuedAlert) -> None:
+        catalog, settings = self._config()
+        names = item.classification.get("actions") or []
+        for name in names:
+            action = catalog.actions.get(name)
+            if action is None:
+                log.error(
+                    "rule names an action the config no longer has", extra=fields(action=name)
+                )
+                continue
+            wanted = "resolve" if action.on_resolve else "fire"
+            if item.trigger != wanted:
+                continue  # actions run for firing alerts only, unless declared for resolve
+            await self._run_one(item, action, settings)
+        await self._store.containment_done(item.queue_id)
+
+    async def _run_one(
+        self, item: QueuedAlert, action: Action, settings: ContainmentSettings
+    ) -> None:
+        m = self._metrics
+        context = RunContext(
+            str(item.incident_id or ""),
+            item.labels.get("alertname", ""),
+            item.fingerprint,
+            str(item.classification.get("severity", "")),
+        )
+        common: dict[str, Any] = {
+            "alert_id": item.alert_id,
+            "incident_id": item.incident_id,
+            "action": action.name,
+            "trigger": item.trigger,
+        }
+        prepared = self._runner.prepare(action, item.labels, item.annotations, context)
+        if isinstance(prepared, ParamRejected):
+            result = self._runner.rejected_result(action, prepared, context)
+            recorded = await self._store.record_run(
+                self._clock.now(),
+                run_id=result.run_id,
+                target="",
+                state="rejected",
+                audit=result.to_audit(),
+                guards=None,
+                event=Event.ACTION_REJECTED,
+                detail=result.to_audit(),
+                escalate=f"{action.name} not run: {_tail(result)}",
+                **common,
+            )
+            self._on_escalate()
+            if recorded:
+                m.actions.labels(action.name, Outcome.REJECTED.value).inc()
+                log.warning(
+                    "action refused a parameter; nothing ran",
+                    extra=fields(action=action.name, rejection=prepared.to_audit()),
+                )
+            return
+
+        async with self._lock:
+            now = self._clock.now()
+            decision = decide(self._state, action, prepared.target, settings, now)
+            if not decision.allowed and not decision.dry_run:
+                guard = decision.guard.value if decision.guard else "unknown"
+                detail = {"action": action.name, "target": prepared.target, "guard": guard}
+                detail["reason"] = decision.reason
+                recorded = await self._store.record_run(
+                    now,
+                    run_id=prepared.run_id,
+                    target=prepared.target,
+                    state="skipped",
+                    audit={**prepared.to_audit(), "guard": guard, "reason": decision.reason},
+                    guards=None,
+                    event=Event.ACTION_SKIPPED,
+                    detail=detail,
+                    **common,
+                )
+                if recorded:
+                    m.action_guard_stops.labels(action.name, guard).inc()
+                return
+            dry = decision.dry_run
+            before = self._state
+            self._state = start_run(
+                self._state, prepared.run_id, action.name, prepared.target, now, dry_run=dry
+            )
+            recorded = await self._store.record_run(
+                now,
+                run_id=prepared.run_id,
+                target=prepared.target,
+                state="dry_run" if dry else "running",
+                audit=prepared.to_audit(),
+                guards=json.dumps(self._state.to_json()),
+                event=Event.ACTION_DRY_RUN if dry else Event.ACTION_STARTED,
+                detail=prepared.to_audit(),
+                **common,
+            )
+            if not recorded:
+                self._state = before  # this alert already ran this action: never twice
+                return
+
+        result = await self._runner.execute(prepared, dry_run=dry)
+        m.actions.labels(action.name, result.outcome.value).inc()
+        m.action_duration.labels(action.name).observe(result.duration_s)
+        async with self._lock:
+            now = self._clock.now()
+            escalate: str | None = None
+            if not dry:
+                finished = finish_run(
+                    self._state,
+                    prepared.run_id,
+                    result.outcome,
+                    now,
+                    action=action,
+                    settings=settings,
+                    attempts=max(len(result.attempts), 1),
+                )
+                self._state = finished.state
+                if finished.escalate or result.outcome is Outcome.CHECK_FAILED:
+                    escalate = f"{action.name} {result.outcome.value}: {_tail(result)}"
+                if finished.breaker_opened:
+                    m.breakers_opened.labels(action.name).inc()
+                    escalate = (escalate or f"{action.name} {result.outcome.value}") + (
+                        f"; breaker open for {prepared.target} until reset"
+                    )
+            undo_json: dict[str, Any] | None = None
+            undo_hold: int | None = None
+            undo_at: int | None = None
+            if result.undo is not None:
+                plan = result.undo
+                undo_json = {
+                    "argv": plan.request.to_json() if plan.request is not None else None,
+                    "action": plan.action,
+                }
+                if plan.at is not None:
+                    undo_at = _us(plan.at)  # iptables: lifted at expiry whatever happens
+                elif plan.on_resolve:
+                    undo_hold = int(plan.hold_down.total_seconds())
+            check_due = None
+            check = prepared.check
+            if (
+                check is not None
+                and check.alert_resolves_within is not None
+                and result.outcome is Outcome.OK
+                and not dry
+            ):
+                check_due = _us(now + check.alert_resolves_within)
+            await self._store.finish_run(
+                now,
+                run_id=prepared.run_id,
+                outcome=result.outcome.value,
+                audit=result.to_audit(),
+                undo=undo_json,
+                undo_hold_s=undo_hold,
+                undo_at_us=undo_at,
+                check_due_us=check_due,
+                guards=json.dumps(self._state.to_json()),
+                escalate=escalate,
+            )
+        if escalate is not None:
+            self._on_escalate()
+        level = logging.INFO if result.outcome in (Outcome.OK, Outcome.DRY_RUN) else logging.ERROR
+        log.log(
+            level,
+            "action finished",
+            extra=fields(
+                action=action.name,
+                target=prepared.target,
+                outcome=result.outcome.value,
+                duration_s=round(result.duration_s, 3),
+                escalate=escalate is not None,
+            ),
+        )
+
+    # -- deadlines: checks and undos --------------------------------------------------------------
+    async def _checks(self) -> None:
+        now = self._clock.now()
+        for run, status in await self._store.due_checks(now):
+            verified = status != "firing"
+            reason = (
+                "the alert resolved in time" if verified else "the alert did not resolve in time"
+            )
+            await self._store.finish_check(run.run_id, verified, reason, now)
+            if not verified:
+                self._on_escalate()
+            outcome = Outcome.OK if verified else Outcome.CHECK_FAILED
+            self._metrics.actions.labels(run.action, f"check_{outcome.value}").inc()
+
+    async def _undos(self) -> None:
+        now = self._clock.now()
+        catalog, _ = self._config()
+        for run, refired in await self._store.due_undos(now):
+            if refired:
+                detail = {"run_id": run.run_id, "action": run.action, "undo": "cancelled"}
+                detail["reason"] = "the alert fired again within the hold-down"
+                await self._store.finish_undo(run.run_id, "cancelled", detail, now)
+                continue
+            await self._undo(run, catalog, now)
+
+    async def _undo(self, run: RunRow, catalog: ActionCatalog, now: datetime) -> None:
+        plan = run.undo or {}
+        detail: dict[str, Any] = {"run_id": run.run_id, "action": run.action}
+        state = "done"
+        if plan.get("argv"):
+            process = await self._runner.run_exec(ExecRequest.from_json(plan["argv"]))
+            detail |= {"undo": "argv", "exit_status": process.exit_status}
+            if process.outcome is not Outcome.OK:
+                state = "failed"
+                detail["stderr"] = process.stderr[-300:]
+        elif plan.get("action"):
+            other = catalog.actions.get(str(plan["action"]))
+            if other is None:
+                state, detail["error"] = "failed", f"undo action {plan['action']!r} is gone"
+            else:
+                audit = run.audit
+                labels = {p["name"]: p["value"] for p in audit.get("params", [])}
+                context = RunContext(str(run.incident_id or ""))
+                prepared = self._runner.prepare(other, labels, {}, context)
+                if isinstance(prepared, ParamRejected):
+                    state, detail["error"] = "failed", str(prepared.to_audit())
+                else:
+                    result = await self._runner.execute(prepared)
+                    detail |= {"undo": other.name, "outcome": result.outcome.value}
+                    state = "done" if result.outcome is Outcome.OK else "failed"
+        self._metrics.actions.labels(run.action, f"undo_{state}").inc()
+        await self._store.finish_undo(run.run_id, state, detail, now)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    async def run_once(self) -> None:
+        for item in await self._store.containment_queue():
+            if item.queue_id in self._busy:
+                continue
+            self._busy.add(item.queue_id)
+            task = asyncio.create_task(self._handle_safely(item), name="containment")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await self._checks()
+        await self._undos()
+
+    async def _handle_safely(self, item: QueuedAlert) -> None:
+        try:
+            await self.handle(item)
+        except Exception:
+            log.exception("containment failed for an alert", extra=fields(alert=item.alert_id))
+            with contextlib.suppress(Exception):
+                await self._store.containment_done(item.queue_id)
+        finally:
+            self._busy.discard(item.queue_id)
+            self.wake()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.run_once()
+                    due = await self._store.next_containment()
+                except Exception:
+                    log.exception("containment pass failed; trying again shortly")
+                    due = None
+                    await asyncio.sleep(1.0)
+                now = self._clock.now()
+                until = now + MAX_SLEEP
+                if due is not None and due.timestamp() > 0:
+                    until = min(until, due)
+                if due is not None and due.timestamp() == 0 and not self._busy:
+                    continue  # queued work that no task has taken yet
+                sleeper = asyncio.ensure_future(self._clock.sleep_until(until))
+                waker = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    waker.cancel()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await self._runner.close()
+
+
+def _us(when: datetime) -> int:
+    return int(when.timestamp() * 1_000_000)

@@ -1,0 +1,289 @@
+"""Containment SQL for the SQLite engine: the work queue, the run records and the guards'
+state. A run row is written (with the guards' state that counts it) before its process
+starts; the unique key (alert, action, trigger) makes a repeated webhook or a restart unable
+to start the same action for the same alert twice."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from responder.incident import Event
+from responder.store.base import QueuedAlert, RunRow
+from responder.store.sqlite_incidents import dumps
+
+_RUN_COLUMNS = (
+    "run_id, alert_id, incident_id, action, target, trigger, state, outcome, audit, undo, "
+    "undo_state, undo_due, check_due, started_at, finished_at"
+)
+
+
+def _run(row: Sequence[Any]) -> RunRow:
+    return RunRow(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        json.loads(row[8]),
+        json.loads(row[9]) if row[9] else None,
+        row[10],
+        row[11],
+        row[12],
+        row[13],
+        row[14],
+    )
+
+
+def _event(
+    conn: sqlite3.Connection,
+    incident_id: int | None,
+    now_us: int,
+    kind: Event,
+    detail: dict[str, Any],
+) -> None:
+    if incident_id is None:
+        return
+    conn.execute(
+        "INSERT INTO timeline (incident_id, at, kind, actor, via, detail) "
+        "VALUES (?, ?, ?, 'responder', 'containment', ?)",
+        (incident_id, now_us, kind.value, dumps(detail)),
+    )
+
+
+def queued(conn: sqlite3.Connection, limit: int) -> list[QueuedAlert]:
+    rows = conn.execute(
+        "SELECT q.id, q.alert_id, q.trigger, a.incident_id, a.fingerprint, a.status, a.labels, "
+        "a.annotations, a.classification FROM action_queue q JOIN alerts a ON a.id = q.alert_id "
+        "ORDER BY q.id LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [
+        QueuedAlert(
+            r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7]), json.loads(r[8])
+        )
+        for r in rows
+    ]
+
+
+def dequeue(conn: sqlite3.Connection, queue_id: int) -> None:
+    conn.execute("DELETE FROM action_queue WHERE id = ?", (queue_id,))
+
+
+def load_guards(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT state FROM guard_state WHERE id = 1").fetchone()
+    return None if row is None else str(row[0])
+
+
+def save_guards(conn: sqlite3.Connection, state: str, now_us: int) -> None:
+    conn.execute(
+        "INSERT INTO guard_state (id, state, updated_at) VALUES (1, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+        (state, now_us),
+    )
+
+
+def record_run(
+    conn: sqlite3.Connection,
+    *,
+    run_id: str,
+    alert_id: int,
+    incident_id: int | None,
+    action: str,
+    target: str,
+    trigger: str,
+    state: str,
+    audit: dict[str, Any],
+    guards: str | None,
+    event: Event,
+    detail: dict[str, Any],
+    now_us: int,
+    escalate: str | None = None,
+) -> bool:
+    """Write the run before anything starts; False if this alert already ran this action.
+    ``escalate`` (a refused parameter) pages the next level in the same transaction."""
+    cur = conn.execute(
+        "INSERT INTO action_runs (run_id, alert_id, incident_id, action, target, trigger, state, "
+        "audit, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (run_id, alert_id, incident_id, action, target, trigger, state, dumps(audit), now_us),
+    )
+    if not cur.rowcount:
+        return False
+    if guards is not None:
+        save_guards(conn, guards, now_us)
+    _event(conn, incident_id, now_us, event, detail)
+    if escalate is not None:
+        escalate_incident(conn, incident_id, escalate, now_us)
+    return True
+
+
+def finish_run(
+    conn: sqlite3.Connection,
+    *,
+    run_id: str,
+    outcome: str,
+    audit: dict[str, Any],
+    undo: dict[str, Any] | None,
+    undo_hold_s: int | None,
+    undo_at_us: int | None,
+    check_due_us: int | None,
+    guards: str,
+    escalate: str | None,
+    now_us: int,
+) -> None:
+    row = conn.execute(
+        "UPDATE action_runs SET state = 'done', outcome = ?, audit = ?, undo = ?, "
+        "undo_hold_s = ?, undo_state = ?, undo_due = ?, check_due = ?, finished_at = ? "
+        "WHERE run_id = ? RETURNING incident_id",
+        (
+            outcome,
+            dumps(audit),
+            dumps(undo) if undo is not None else None,
+            undo_hold_s,
+            "wait" if undo_at_us is not None else None,
+            undo_at_us,
+            check_due_us,
+            now_us,
+            run_id,
+        ),
+    ).fetchone()
+    save_guards(conn, guards, now_us)
+    incident_id = None if row is None else row[0]
+    _event(conn, incident_id, now_us, Event.ACTION_FINISHED, audit)
+    if escalate is not None:
+        escalate_incident(conn, incident_id, escalate, now_us)
+
+
+def escalate_incident(
+    conn: sqlite3.Connection, incident_id: int | None, reason: str, now_us: int
+) -> None:
+    """Containment failed: the next level is paged now, with the reason in the page."""
+    if incident_id is None:
+        return
+    cur = conn.execute(
+        "UPDATE incidents SET escalate_now = ?, next_due = ?, version = version + 1, "
+        "updated_at = ? WHERE id = ? AND state IN ('triggered', 'snoozed')",
+        (reason[:500], now_us, now_us, incident_id),
+    )
+    if cur.rowcount:
+        _event(conn, incident_id, now_us, Event.CONTAINMENT_FAILED, {"reason": reason[:2000]})
+
+
+def alert_resolved(conn: sqlite3.Connection, alert_id: int, now_us: int) -> None:
+    """Undos of this alert's runs wait out their hold-down from now."""
+    conn.execute(
+        "UPDATE action_runs SET undo_state = 'wait', undo_due = ? + undo_hold_s * 1000000 "
+        "WHERE alert_id = ? AND undo IS NOT NULL AND undo_state IS NULL "
+        "AND undo_hold_s IS NOT NULL",
+        (now_us, alert_id),
+    )
+
+
+def interrupt_running(conn: sqlite3.Connection, now_us: int) -> list[RunRow]:
+    """At start: runs a stopped daemon left 'running' are interrupted, never started again."""
+    rows = conn.execute(
+        f"UPDATE action_runs SET state = 'interrupted', outcome = 'interrupted', "  # noqa: S608
+        f"finished_at = ? WHERE state = 'running' RETURNING {_RUN_COLUMNS}",
+        (now_us,),
+    ).fetchall()
+    runs = [_run(r) for r in rows]
+    for run in runs:
+        detail = {"run_id": run.run_id, "action": run.action, "target": run.target}
+        _event(conn, run.incident_id, now_us, Event.ACTION_INTERRUPTED, detail)
+    return runs
+
+
+def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, bool]]:
+    """Runs whose undo is due, each with whether its alert (by fingerprint) fires again."""
+    rows = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM action_runs WHERE undo_state = 'wait' "  # noqa: S608
+        "AND undo_due <= ? ORDER BY undo_due LIMIT ?",
+        (now_us, limit),
+    ).fetchall()
+    result: list[tuple[RunRow, bool]] = []
+    for row in rows:
+        run = _run(row)
+        refired = conn.execute(
+            "SELECT 1 FROM alerts b JOIN alerts a ON a.fingerprint = b.fingerprint "
+            "WHERE a.id = ? AND b.status = 'firing' LIMIT 1",
+            (run.alert_id,),
+        ).fetchone()
+        result.append((run, refired is not None))
+    return result
+
+
+def finish_undo(
+    conn: sqlite3.Connection, run_id: str, state: str, detail: dict[str, Any], now_us: int
+) -> None:
+    row = conn.execute(
+        "UPDATE action_runs SET undo_state = ? WHERE run_id = ? RETURNING incident_id",
+        (state, run_id),
+    ).fetchone()
+    _event(conn, None if row is None else row[0], now_us, Event.ACTION_UNDONE, detail)
+
+
+def due_checks(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, str]]:
+    """'alert resolves within' checks whose deadline passed, with the alert's status now."""
+    rows = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM action_runs WHERE check_due IS NOT NULL "  # noqa: S608
+        "AND check_due <= ? ORDER BY check_due LIMIT ?",
+        (now_us, limit),
+    ).fetchall()
+    result: list[tuple[RunRow, str]] = []
+    for row in rows:
+        run = _run(row)
+        status = conn.execute("SELECT status FROM alerts WHERE id = ?", (run.alert_id,)).fetchone()
+        result.append((run, status[0] if status else "resolved"))
+    return result
+
+
+def finish_check(
+    conn: sqlite3.Connection, run_id: str, verified: bool, reason: str, now_us: int
+) -> None:
+    row = conn.execute(
+        "UPDATE action_runs SET check_due = NULL, outcome = ? WHERE run_id = ? "
+        "RETURNING incident_id, action",
+        ("ok" if verified else "check_failed", run_id),
+    ).fetchone()
+    if row is None:
+        return
+    incident_id, action = row
+    if verified:
+        detail = {"run_id": run_id, "action": action, "check": reason}
+        _event(conn, incident_id, now_us, Event.CONTAINMENT_VERIFIED, detail)
+    else:
+        escalate_incident(conn, incident_id, f"{action}: {reason}", now_us)
+
+
+def runs(conn: sqlite3.Connection, limit: int) -> list[RunRow]:
+    rows = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM action_runs ORDER BY started_at DESC LIMIT ?",  # noqa: S608
+        (limit,),
+    ).fetchall()
+    return [_run(r) for r in rows]
+
+
+def latest_failure(conn: sqlite3.Connection, incident_id: int) -> str | None:
+    """Why containment failed for this incident, for the page that escalates it."""
+    row = conn.execute(
+        "SELECT detail FROM timeline WHERE incident_id = ? AND kind = 'containment_failed' "
+        "ORDER BY id DESC LIMIT 1",
+        (incident_id,),
+    ).fetchone()
+    return None if row is None else str(json.loads(row[0]).get("reason", ""))
+
+
+def next_due(conn: sqlite3.Connection) -> int | None:
+    """The earliest undo or check deadline (queued work is due at once)."""
+    if conn.execute("SELECT 1 FROM action_queue LIMIT 1").fetchone() is not None:
+        return 0
+    row = conn.execute(
+        "SELECT MIN(t) FROM (SELECT MIN(undo_due) AS t FROM action_runs WHERE undo_state = 'wait' "
+        "UNION ALL SELECT MIN(check_due) FROM action_runs WHERE check_due IS NOT NULL)"
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
