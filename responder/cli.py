@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import sqlite3
 import ssl
 import sys
 from collections.abc import Sequence
@@ -25,11 +27,14 @@ from responder import __version__
 from responder.auth import ensure_generated_token, token_path
 from responder.classify import render_explanation, run_rule_tests
 from responder.client import ApiClient, ClientError
+from responder.clock import SystemClock
 from responder.config import load_config
+from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide
 from responder.log import fields, setup_logging
 from responder.plan import escalation_plan, render_oncall, render_plan
 from responder.report import incident_report, period_report
-from responder.runtime import load_snapshot
+from responder.runtime import Snapshot, load_snapshot
+from responder.store import sqlite_path
 from responder.webhook import PayloadError, parse_webhook
 from responder.yamlfile import ConfigError, parse_duration
 
@@ -298,10 +303,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             raise ConfigError(str(args.payload), 0, "payload", exc.strerror or str(exc)) from exc
         except PayloadError as exc:
             raise ConfigError(str(args.payload), 0, "payload", str(exc)) from exc
-        label_sets = [dict(alert.labels) for alert in message.alerts]
+        label_sets = [(dict(a.labels), dict(a.annotations)) for a in message.alerts]
     else:
-        label_sets = [parse_label_list(",".join(args.labels))]
-    for index, labels in enumerate(label_sets):
+        label_sets = [(parse_label_list(",".join(args.labels)), {})]
+    guards = _saved_guards(snapshot)
+    for index, (labels, notes) in enumerate(label_sets):
         if index:
             print()
         explanation = snapshot.classifier.explain(labels, at)
@@ -310,6 +316,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if c.heartbeat:
             print("escalation: none (a heartbeat never opens an incident)")
             continue
+        _explain_actions(snapshot, c.actions, labels, notes, guards, at)
         escalation = snapshot.escalation
         policy = escalation.policy_for(c.policy)
         if policy is None:
@@ -318,9 +325,57 @@ def cmd_explain(args: argparse.Namespace) -> int:
         plan = escalation_plan(
             policy, escalation.directory, c.severity, c.category, at, horizon=timedelta(hours=4)
         )
-        print(f"escalation: policy {policy.name}, if nobody acknowledges (next 4h):")
+        hold = f", first page held {c.hold_page_s}s for containment" if c.hold_page_s else ""
+        print(f"escalation: policy {policy.name}, if nobody acknowledges (next 4h){hold}:")
         print(render_plan(plan, zone=escalation.business_hours.timezone), end="")
     return 0
+
+
+def _saved_guards(snapshot: Snapshot) -> GuardState:
+    """The daemon's guard state (kill switch, breakers, recent runs), read-only from its
+    database if there is one, so explain says which guard would stop an action now."""
+    try:
+        path = sqlite_path(snapshot.config.storage.url, snapshot.config.state_dir)
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT state FROM guard_state WHERE id = 1").fetchone()
+    except (ValueError, sqlite3.Error):
+        return GuardState()
+    return GuardState.from_json(json.loads(row[0])) if row else GuardState()
+
+
+def _explain_actions(
+    snapshot: Snapshot,
+    names: Sequence[str],
+    labels: dict[str, str],
+    notes: dict[str, str],
+    guards: GuardState,
+    at: datetime,
+) -> None:
+    """Each action the alert would run, rendered dry, and the guard that would stop it."""
+    if not names:
+        print("containment: no actions")
+        return
+    print("containment (dry: nothing runs):")
+    runner = ActionRunner(SystemClock(), snapshot.config.state_dir / "evidence")
+    context = RunContext("(explain)", labels.get("alertname", ""), "", "")
+    for name in names:
+        action = snapshot.actions.actions[name]
+        prepared = runner.prepare(action, labels, notes, context)
+        if isinstance(prepared, ParamRejected):
+            audit = prepared.to_audit()
+            print(f"  - {name}: REFUSED, nothing would run: {audit.get('reason', audit)}")
+            continue
+        request = prepared.request.to_audit()
+        shown = request.get("argv") or request.get("url") or request
+        print(f"  - {name} ({action.kind.value}) on {prepared.target}: {shown}")
+        decision = decide(guards, action, prepared.target, snapshot.containment, at)
+        if decision.dry_run:
+            print(f"      dry run: {decision.reason}")
+        elif not decision.allowed:
+            guard = decision.guard.value if decision.guard else "guard"
+            print(f"      would be stopped by {guard}: {decision.reason}")
+        if action.on_resolve:
+            print("      runs when the alert resolves")
 
 
 def parse_label_list(text: str) -> dict[str, str]:
