@@ -34,7 +34,7 @@ from responder.log import fields, setup_logging
 from responder.plan import escalation_plan, render_oncall, render_plan
 from responder.report import incident_report, period_report
 from responder.runtime import Snapshot, load_snapshot
-from responder.store import sqlite_path
+from responder.store import StoreError, sqlite_path
 from responder.webhook import PayloadError, parse_webhook
 from responder.yamlfile import ConfigError, parse_duration
 
@@ -240,16 +240,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             rules=snapshot.classifier.rule_count,
         ),
     )
-    web.run_app(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        ssl_context=ssl_context,
-        shutdown_timeout=config.server.shutdown_timeout,
-        access_log=logging.getLogger("responder.access") if config.server.access_log else None,
-        print=None,
-        handle_signals=True,
-    )
+    try:
+        web.run_app(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            ssl_context=ssl_context,
+            shutdown_timeout=config.server.shutdown_timeout,
+            access_log=logging.getLogger("responder.access") if config.server.access_log else None,
+            print=None,
+            handle_signals=True,
+        )
+    except (StoreError, OSError) as exc:
+        # The database cannot be opened or migrated, or the address is taken: say so in one
+        # line, not a traceback; systemd restarts (exit 1) since the cause may pass.
+        log.error("responder cannot start", extra=fields(error=str(exc)))
+        return EXIT_FAILED
     log.info("responder stopped")
     return 0
 

@@ -230,7 +230,9 @@ def _storage(node: Node | None) -> StorageConfig:
     cfg = StorageConfig()
     if (url := node.get("url")) is not None:
         text = url.as_str()
-        if not text.startswith("sqlite:"):
+        absolute = text.startswith("sqlite:///") and len(text) > len("sqlite:///")
+        relative = text.startswith("sqlite:") and not text.startswith("sqlite:/")
+        if not (absolute or (relative and len(text) > len("sqlite:"))):
             raise url.error("expected a sqlite: URL (sqlite:///absolute/path or sqlite:name.db)")
         cfg = replace(cfg, url=text)
     if (sync := node.get("synchronous")) is not None:

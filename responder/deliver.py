@@ -353,6 +353,7 @@ class Dispatcher:
             error = f"no {page.channel} channel configured (see channels: in the config)"
             await self._finish(page, PageState.FAILED, error=error)
             m.pages.labels(page.channel, "failed").inc()
+            await self.failover(page, error)
             return
         try:
             message = await self._compose.page(page)

@@ -160,6 +160,11 @@ class Runtime:
                     "reload failed; the old config stays in force", extra=fields(error=str(error))
                 )
                 return error
+            if new.config.logging != old.config.logging:
+                log.warning(
+                    "config section changed; it takes effect at the next restart",
+                    extra=fields(section="logging"),
+                )
             if new.channels != old.channels:
                 log.warning(
                     "config section changed; it takes effect at the next restart",

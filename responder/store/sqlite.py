@@ -83,7 +83,7 @@ class SQLiteStore:
         synchronous: str = "FULL",
         on_commit: Callable[[CommitStats], None] | None = None,
     ) -> None:
-        self.url = f"sqlite:///{path}"
+        self.url = f"sqlite://{path}" if path.is_absolute() else f"sqlite:{path}"
         self.path = path
         self._synchronous = synchronous
         self._on_commit = on_commit

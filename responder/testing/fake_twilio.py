@@ -108,7 +108,9 @@ class FakeTwilio:
         auth_token: str | None = None,
         *,
         hang_seconds: float = 30.0,
+        port: int = 0,
     ) -> None:
+        self._port = port  # 0: any free port
         self.account_sid = account_sid or "AC" + secrets.token_hex(16)
         self.auth_token = auth_token or secrets.token_hex(16)
         self.hang_seconds = hang_seconds
@@ -128,7 +130,7 @@ class FakeTwilio:
         app.router.add_post(prefix + "/Calls.json", self._calls)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.base_url = f"http://{host}:{port}"

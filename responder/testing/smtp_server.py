@@ -156,12 +156,13 @@ class SmtpTestServer:
         auth: tuple[str, str] | None = None,
         reject_recipients: Collection[str] = (),
         defer_next: int = 0,
+        port: int = 0,
     ) -> None:
         if mode is not TlsMode.NONE and (cert is None or key is None):
             raise ValueError(f"mode {mode} needs cert and key")
         self.mode = mode
         self.host = "127.0.0.1"
-        self.port = 0
+        self.port = port  # 0: a free one, chosen at start
         self.messages: list[ReceivedMessage] = []
         self.reject_recipients = frozenset(r.lower() for r in reject_recipients)
         self.auth_attempts: list[tuple[str, bool]] = []  # (login, accepted)
@@ -213,7 +214,7 @@ class SmtpTestServer:
         return context
 
     async def __aenter__(self) -> Self:
-        self.port = _free_port()
+        self.port = self.port or _free_port()
         smtp_kwargs: dict[str, Any] = {}
         controller_kwargs: dict[str, Any] = {}
         if self.mode is TlsMode.STARTTLS:

@@ -1,0 +1,50 @@
+"""Try paging without real providers: a Twilio-compatible API and an SMTP server on loopback
+that print every SMS, call and mail they receive.
+
+    cd examples && ../.venv/bin/python loopback_peers.py
+
+then start the daemon on examples/paging.yaml (which points at them) and post an alert. The
+Twilio side is the fake the tests use (responder.testing.FakeTwilio); its auth token is
+generated and written to ./twilio-token (mode 0600), where the config reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+from pathlib import Path
+
+from responder.testing import FakeTwilio, SmtpTestServer
+
+
+async def main(twilio_port: int, smtp_port: int, token: str) -> None:
+    async with (
+        FakeTwilio(account_sid="AC" + "0" * 32, auth_token=token, port=twilio_port) as twilio,
+        SmtpTestServer(port=smtp_port) as smtp,
+    ):
+        print(f"twilio api_base_url: {twilio.base_url}  account_sid: {twilio.account_sid}")
+        print(f"smtp: 127.0.0.1:{smtp.port}", flush=True)
+        seen_sms = seen_calls = seen_mail = 0
+        while True:
+            await asyncio.sleep(0.2)
+            for request in twilio.sent_sms()[seen_sms:]:
+                print(f"SMS  to {request.to}: {request.body!r}", flush=True)
+            for request in twilio.calls()[seen_calls:]:
+                print(f"CALL to {request.to}", flush=True)
+            for mail in smtp.messages[seen_mail:]:
+                print(f"MAIL to {mail.rcpt_tos}: {mail.message['Subject']}", flush=True)
+            seen_sms, seen_calls = len(twilio.sent_sms()), len(twilio.calls())
+            seen_mail = len(smtp.messages)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Twilio and SMTP stand-ins on loopback.")
+    parser.add_argument("--twilio-port", type=int, default=8099)
+    parser.add_argument("--smtp-port", type=int, default=2525)
+    parser.add_argument("--token-file", type=Path, default=Path("twilio-token"))
+    args = parser.parse_args()
+    generated = secrets.token_hex(16)
+    args.token_file.write_text(generated + "\n")
+    args.token_file.chmod(0o600)
+    asyncio.run(main(args.twilio_port, args.smtp_port, generated))
