@@ -170,6 +170,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.delivered_latency = Histogram(
+            "responder_delivery_to_handset_seconds",
+            "From a page being due to the provider reporting it delivered (Twilio callbacks).",
+            ["channel"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "responder_outbox_queued_pages",
             "Pages waiting in the outbox (due later, held back, or waiting for a retry).",

@@ -110,8 +110,10 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204)  # not ours (a drill from another daemon, say)
     now = runtime.clock.now()
     if update.delivered:
-        await runtime.store.provider_status(page.id, PageState.DELIVERED, None, now)
-        runtime.metrics.pages.labels(page.channel, "delivered").inc()
+        if await runtime.store.provider_status(page.id, PageState.DELIVERED, None, now):
+            runtime.metrics.pages.labels(page.channel, "delivered").inc()
+            took = max((now - page.due_at).total_seconds(), 0.0)
+            runtime.metrics.delivered_latency.labels(page.channel).observe(took)
         return web.Response(status=204)
     code = f" (Twilio error {update.error_code})" if update.error_code else ""
     reason = f"{update.status}{code}"

@@ -173,6 +173,34 @@ async def test_contained_blip_wakes_nobody(
     assert doc["state"] == "resolved"  # recorded, nobody woken
 
 
+async def test_alert_resolves_within_verifies_or_escalates(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The check "the alert resolves within 2m": one alert does (verified, held page never
+    sent), the other does not (escalated at once when the 2 minutes pass)."""
+    extra = "    check: {alert_resolves_within: 2m}\n    concurrency: 2"
+    rule = RESTART_RULE + "    hold_page: 10m\n"
+    client = await make_client(
+        config(tmp_path, smtp, restart_action(tmp_path, "pass", extra), rule)
+    )
+    healed = alert("WebDown", service="api")
+    await post(client, webhook(healed, group="a"))
+    await post(client, webhook(alert("WebDown", service="web"), group="b"))
+    await eventually(lambda: _finished(client, 1), "first run finished")
+    await eventually(lambda: _finished(client, 2), "second run finished")
+    await post(client, webhook(alert("WebDown", "resolved", **healed["labels"]), group="a"))
+    clock.advance(timedelta(minutes=2, seconds=1))
+
+    async def outcome() -> bool:
+        kinds_1 = [e["kind"] for e in (await incident(client, 1))["timeline"]]
+        kinds_2 = [e["kind"] for e in (await incident(client, 2))["timeline"]]
+        return "containment_verified" in kinds_1 and "containment_failed" in kinds_2
+
+    await eventually(outcome, "one verified, one escalated")
+    await eventually(lambda: _true(len(smtp.messages) == 1), "the page for the one not healed")
+    assert "did not resolve in time" in str(smtp.messages[0].message.get_body(("plain",)))
+
+
 async def test_kill_switch_stops_actions_and_is_audited(
     make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer
 ) -> None:
@@ -321,8 +349,8 @@ async def test_kill_9_during_a_running_action_is_not_rerun(
     await wait_for(lambda: len(smtp.messages) >= 1, 10, "the page went out")
 
 
-async def _finished(client: Any) -> bool:
-    return "action_finished" in [e["kind"] for e in await runs(client)]
+async def _finished(client: Any, number: int = 1) -> bool:
+    return "action_finished" in [e["kind"] for e in await runs(client, number)]
 
 
 async def _true(value: bool) -> bool:
