@@ -61,3 +61,18 @@ class FakeClock:
     async def sleep_until(self, when: datetime) -> None:
         while self._now < when:
             await self._changed.wait()
+
+
+async def sleep_until_or_woken(clock: Clock, until: datetime, wake: asyncio.Event) -> None:
+    """Sleep until ``until`` on ``clock``, or until ``wake`` is set, whichever comes first.
+
+    The engine loops use this: they sleep to the next stored due time, and whoever writes a
+    nearer one wakes them.
+    """
+    sleeper = asyncio.ensure_future(clock.sleep_until(until))
+    waker = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()

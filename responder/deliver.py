@@ -22,7 +22,7 @@ from typing import Protocol
 
 from notifiers.base import DeliveryError, Message, Notifier
 from responder.classify import format_duration
-from responder.clock import Clock
+from responder.clock import Clock, sleep_until_or_woken
 from responder.directory import Directory
 from responder.incident import (
     Event,
@@ -449,10 +449,4 @@ class Dispatcher:
             until = now + MAX_SLEEP if due is None else min(due, now + MAX_SLEEP)
             if until <= now:
                 continue
-            sleeper = asyncio.ensure_future(self._clock.sleep_until(until))
-            waker = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-                waker.cancel()
+            await sleep_until_or_woken(self._clock, until, self._wake)

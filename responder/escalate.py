@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from responder.calendar import BusinessHours, parse_business_hours
-from responder.clock import Clock, monotonic
+from responder.clock import Clock, monotonic, sleep_until_or_woken
 from responder.directory import Directory, parse_directory
 from responder.incident import (
     EscalationWork,
@@ -417,10 +417,4 @@ class Escalator:
             until = limit if wake_at is None else min(wake_at, limit)
             if until <= now:
                 continue
-            sleeper = asyncio.ensure_future(self._clock.sleep_until(until))
-            waker = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-                waker.cancel()
+            await sleep_until_or_woken(self._clock, until, self._wake)

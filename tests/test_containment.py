@@ -226,9 +226,21 @@ async def test_kill_switch_stops_actions_and_is_audited(
     assert 'responder_action_guard_stops_total{action="restart",guard="paused"} 1.0' in text
 
 
-async def test_undo_runs_after_the_hold_down(
-    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
-) -> None:
+MAINTENANCE_RULE = """
+rules:
+  - name: backend-errors
+    matchers: ['alertname="BackendErrors"']
+    severity: P2
+    category: availability
+    actions: [maintenance]
+"""
+
+
+async def maintenance_on(
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer
+) -> tuple[Any, Path, dict[str, Any]]:
+    """An action that switches a backend to maintenance, undone 5 minutes after the alert
+    resolved; the alert has fired, the action ran and the alert has resolved."""
     log = tmp_path / "log"
     on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
     off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
@@ -243,20 +255,19 @@ actions:
     undo: {{argv: [{off}, "{{backend}}"]}}
     undo_hold_down: 5m
 """
-    rule = """
-rules:
-  - name: backend-errors
-    matchers: ['alertname="BackendErrors"']
-    severity: P2
-    category: availability
-    actions: [maintenance]
-"""
-    client = await make_client(config(tmp_path, smtp, actions, rule))
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     fired = alert("BackendErrors", backend="web-1")
     await post(client, webhook(fired))
     await eventually(lambda: _true(log.exists() and "on web-1" in log.read_text()), "on")
     await eventually(lambda: _finished(client), "run recorded as finished")
     await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    return client, log, fired
+
+
+async def test_undo_runs_after_the_hold_down(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    client, log, _ = await maintenance_on(make_client, tmp_path, smtp)
     clock.advance(timedelta(minutes=3))
     await asyncio.sleep(0.1)
     assert "off" not in log.read_text()  # still within the hold-down
@@ -272,34 +283,7 @@ rules:
 async def test_a_flapping_alert_cancels_the_undo(
     make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
 ) -> None:
-    log = tmp_path / "log"
-    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
-    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
-    actions = f"""
-actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-    cooldown: 0
-    undo: {{argv: [{off}, "{{backend}}"]}}
-    undo_hold_down: 5m
-"""
-    rule = """
-rules:
-  - name: backend-errors
-    matchers: ['alertname="BackendErrors"']
-    severity: P2
-    category: availability
-    actions: [maintenance]
-"""
-    client = await make_client(config(tmp_path, smtp, actions, rule))
-    fired = alert("BackendErrors", backend="web-1")
-    await post(client, webhook(fired))
-    await eventually(lambda: _true(log.exists() and "on web-1" in log.read_text()), "on")
-    await eventually(lambda: _finished(client), "run recorded as finished")
-    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    client, log, _ = await maintenance_on(make_client, tmp_path, smtp)
     clock.advance(timedelta(minutes=2))
     again = alert("BackendErrors", starts="2026-01-05T09:02:00Z", backend="web-1")
     await post(client, webhook(again))  # fires again within the hold-down

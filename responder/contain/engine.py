@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from responder.clock import Clock
+from responder.clock import Clock, sleep_until_or_woken
 from responder.contain.catalog import Action, ActionCatalog, ContainmentSettings
 from responder.contain.guards import (
     GuardState,
@@ -401,13 +401,7 @@ class Containment:
                     until = min(until, due)
                 if due is not None and due.timestamp() == 0 and not self._busy:
                     continue  # queued work that no task has taken yet
-                sleeper = asyncio.ensure_future(self._clock.sleep_until(until))
-                waker = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    sleeper.cancel()
-                    waker.cancel()
+                await sleep_until_or_woken(self._clock, until, self._wake)
         finally:
             for task in list(self._tasks):
                 task.cancel()

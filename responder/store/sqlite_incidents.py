@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -414,26 +415,7 @@ def apply_steps(
         recorded.append(step.step)
         if step.event is not None:
             add_event(conn, incident_id, step.event)
-        for page in step.pages:
-            conn.execute(
-                "INSERT INTO pages (incident_id, episode, step, kind, contact, channel, address, "
-                "backup, due_at, state, cancel_on_ack, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT DO NOTHING",
-                (
-                    incident_id,
-                    episode,
-                    page.step,
-                    page.kind.value,
-                    page.contact,
-                    page.channel,
-                    page.address,
-                    page.backup,
-                    to_us(page.due_at),
-                    int(page.cancel_on_ack),
-                    now_us,
-                    now_us,
-                ),
-            )
+        add_pages(conn, incident_id, episode, step.pages, None, now_us)
     for event in events:
         add_event(conn, incident_id, event)
     # The snooze's end stays recorded: the policy re-arms escalation from it.
@@ -537,26 +519,10 @@ def transition(
             (assignee, now_us, incident_id),
         )
         detail["to"] = assignee
+        # One step per reassignment: its pages are unique among themselves only.
         step = f"A{now_us}"
-        for page in pages:
-            conn.execute(
-                "INSERT INTO pages (incident_id, episode, step, kind, contact, channel, address, "
-                "backup, due_at, state, cancel_on_ack, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?) ON CONFLICT DO NOTHING",
-                (
-                    incident_id,
-                    incident.episode,
-                    step,
-                    page.kind.value,
-                    page.contact,
-                    page.channel,
-                    page.address,
-                    page.backup,
-                    to_us(page.due_at),
-                    now_us,
-                    now_us,
-                ),
-            )
+        reassigned = [replace(p, step=step, cancel_on_ack=False) for p in pages]
+        add_pages(conn, incident_id, incident.episode, reassigned, None, now_us)
         detail["pages"] = len(pages)
         kind = Event.REASSIGNED
     else:
