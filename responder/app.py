@@ -131,6 +131,11 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     """The escalation engine and the outbox sender, each one loop on the shared clock."""
     runtime = app[RUNTIME]
     public_url = runtime.config.server.public_url
+    if not runtime.snapshot.escalation.policies:
+        log.warning(
+            "no escalation_policies configured: incidents are recorded, nobody is paged "
+            "(see docs/escalation.md)"
+        )
     runtime.notifiers = build_notifiers(runtime.snapshot.channels, public_url)
 
     def directory() -> Directory:
