@@ -204,6 +204,7 @@ class Dispatcher:
         config: Callable[[], DeliveryConfig] = DeliveryConfig,
         rng: random.Random | None = None,
         batch: int = 50,
+        max_in_flight: int = 64,
     ) -> None:
         self._directory = directory
         self._config = config
@@ -213,6 +214,10 @@ class Dispatcher:
         self._metrics = metrics
         self._notifiers = notifiers
         self._compose = compose
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0  # pages claimed and not yet settled
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._method_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._batch = batch
         self._wake = asyncio.Event()
@@ -234,17 +239,40 @@ class Dispatcher:
         return len(pages)
 
     async def run_once(self) -> int:
-        sent = 0
-        while True:
-            pages = await self._store.claim_pages(self._clock.now(), self._batch)
+        """Claim what is due and start delivering it; returns how many pages were claimed.
+
+        Deliveries run as tasks: a slow provider call never holds up pages claimed after it
+        (up to ``max_in_flight`` pages at once). Pages to one contact method go one group at
+        a time, so rate limits and bundling see every message sent before.
+        """
+        claimed = 0
+        while (room := self._max_in_flight - self._in_flight) > 0:
+            pages = await self._store.claim_pages(self._clock.now(), min(room, self._batch))
             if not pages:
-                return sent
+                break
             groups: dict[tuple[str, str, str], list[Page]] = {}
             for page in pages:
                 groups.setdefault((page.contact, page.channel, page.address), []).append(page)
-            await asyncio.gather(*(self._deliver_group(group) for group in groups.values()))
-            sent += len(pages)
-            self._metrics.queue_depth.set(await self._store.queue_depth())
+            for key, group in groups.items():
+                self._in_flight += len(group)
+                task = asyncio.create_task(self._deliver_in_turn(key, group), name="deliver")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            claimed += len(pages)
+        return claimed
+
+    async def _deliver_in_turn(self, key: tuple[str, str, str], pages: list[Page]) -> None:
+        lock = self._method_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                await self._deliver_group(pages)
+        except Exception:
+            log.exception("delivery failed unexpectedly", extra=fields(pages=[p.id for p in pages]))
+        finally:
+            self._in_flight -= len(pages)
+            if not lock.locked():
+                self._method_locks.pop(key, None)
+            self.wake()
 
     async def _deliver_group(self, pages: list[Page]) -> None:
         """One contact method's due pages: within its limits they go as one message."""
@@ -436,17 +464,24 @@ class Dispatcher:
 
     async def run_forever(self) -> None:
         await self.recover()
-        while True:
-            self._wake.clear()
-            try:
-                await self.run_once()
-                due = await self._store.next_page()
-            except Exception:
-                log.exception("delivery pass failed; trying again shortly")
-                due = None
-                await asyncio.sleep(1.0)
-            now = self._clock.now()
-            until = now + MAX_SLEEP if due is None else min(due, now + MAX_SLEEP)
-            if until <= now:
-                continue
-            await sleep_until_or_woken(self._clock, until, self._wake)
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.run_once()
+                    due = await self._store.next_page()
+                    self._metrics.queue_depth.set(await self._store.queue_depth())
+                except Exception:
+                    log.exception("delivery pass failed; trying again shortly")
+                    due = None
+                    await asyncio.sleep(1.0)
+                now = self._clock.now()
+                until = now + MAX_SLEEP if due is None else min(due, now + MAX_SLEEP)
+                if until <= now and self._in_flight < self._max_in_flight:
+                    continue
+                await sleep_until_or_woken(self._clock, until, self._wake)
+        finally:
+            # Let provider calls under way finish (bounded): a page cut off mid-call would
+            # have to be re-routed at the next start.
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=SEND_DEADLINE_S / 3)

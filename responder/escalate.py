@@ -42,7 +42,7 @@ from responder.policy import (
     pages_for,
     parse_policies,
 )
-from responder.store import Store
+from responder.store import EscalationUpdate, Store
 from responder.yamlfile import Node
 
 log = logging.getLogger("responder.escalate")
@@ -319,7 +319,7 @@ class Escalator:
         config: Callable[[], EscalationConfig],  # read at each pass: a reload swaps it
         *,
         on_pages: Callable[[], None] = lambda: None,
-        batch: int = 200,
+        batch: int = 1000,
     ) -> None:
         self._on_pages = on_pages  # wakes the outbox sender
         self._store = store
@@ -334,7 +334,7 @@ class Escalator:
         self._wake.set()
 
     async def run_once(self) -> int:
-        """Handle everything due now; returns how many incidents were handled."""
+        """Handle everything due now, a batch per transaction; returns how many were handled."""
         handled = 0
         while True:
             now = self._clock.now()
@@ -342,35 +342,34 @@ class Escalator:
             if not work:
                 return handled
             config = self._config()
+            decisions = [decide(item, config, now) for item in work]
+            updates = [
+                EscalationUpdate(
+                    item.incident.id,
+                    item.incident.version,
+                    d.steps,
+                    d.events,
+                    d.next_due,
+                    d.unsnooze,
+                )
+                for item, d in zip(work, decisions, strict=True)
+            ]
+            results = await self._store.apply_escalations(updates, now)
             progressed = False
-            for item in work:
-                if await self._handle(item, config, now):
-                    progressed = True
-                handled += 1
+            paged = False
+            for item, decision, recorded in zip(work, decisions, results, strict=True):
+                if recorded is None:
+                    continue  # changed meanwhile (acknowledged, new alert): decided again next pass
+                progressed = True
+                for step in decision.steps:
+                    if step.step in recorded:
+                        self._count(step, item.incident, now)
+                        paged = paged or bool(step.pages)
+            if paged:
+                self._on_pages()
+            handled += len(work)
             if not progressed or len(work) < self._batch:
                 return handled
-
-    async def _handle(self, work: EscalationWork, config: EscalationConfig, now: datetime) -> bool:
-        decision = decide(work, config, now)
-        recorded = await self._store.apply_escalation(
-            work.incident.id,
-            work.incident.version,
-            decision.steps,
-            decision.events,
-            decision.next_due,
-            now,
-            unsnooze=decision.unsnooze,
-        )
-        if recorded is None:
-            return False  # changed meanwhile (acknowledged, new alert): decided again next pass
-        incident = work.incident
-        for step in decision.steps:
-            if step.step not in recorded:
-                continue
-            self._count(step, incident, now)
-            if step.pages:
-                self._on_pages()
-        return True
 
     def _count(self, step: StepDone, incident: Incident, now: datetime) -> None:
         m = self._metrics

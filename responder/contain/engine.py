@@ -27,6 +27,7 @@ from responder.contain.guards import (
     GuardState,
     decide,
     finish_run,
+    forget_run,
     interrupt_running,
     pause,
     prune,
@@ -78,7 +79,6 @@ class Containment:
         self._runner = runner
         self._config = config
         self._state = GuardState()
-        self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: set[int] = set()  # queue ids being handled
@@ -90,8 +90,14 @@ class Containment:
     def wake(self) -> None:
         self._wake.set()
 
+    def _guards_json(self) -> str:
+        # Called by the store's writer when it commits, so a commit always carries the newest
+        # state even when writes queued in another order than the changes were made. Reading
+        # the attribute from the writer thread is safe: GuardState is immutable.
+        return json.dumps(self._state.to_json())
+
     async def _save(self) -> None:
-        await self._store.save_guards(json.dumps(self._state.to_json()), self._clock.now())
+        await self._store.save_guards(self._guards_json, self._clock.now())
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -114,25 +120,22 @@ class Containment:
 
     # -- the kill switch and breakers ------------------------------------------------------------
     async def pause(self, reason: str, by: str) -> GuardState:
-        async with self._lock:
-            self._state = pause(self._state, reason, by, self._clock.now())
-            await self._save()
+        self._state = pause(self._state, reason, by, self._clock.now())
+        await self._save()
         self._metrics.containment_paused.set(1)
         log.warning("containment paused", extra=fields(by=by, reason=reason))
         return self._state
 
     async def resume(self, by: str) -> GuardState:
-        async with self._lock:
-            self._state = resume(self._state, by, self._clock.now())
-            await self._save()
+        self._state = resume(self._state, by, self._clock.now())
+        await self._save()
         self._metrics.containment_paused.set(0)
         log.warning("containment resumed", extra=fields(by=by))
         return self._state
 
     async def reset(self, action: str, target: str, by: str) -> GuardState:
-        async with self._lock:
-            self._state = reset_breaker(self._state, action, target)
-            await self._save()
+        self._state = reset_breaker(self._state, action, target)
+        await self._save()
         log.warning("breaker reset", extra=fields(action=action, target=target, by=by))
         return self._state
 
@@ -193,105 +196,104 @@ class Containment:
                 )
             return
 
-        async with self._lock:
-            now = self._clock.now()
-            decision = decide(self._state, action, prepared.target, settings, now)
-            if not decision.allowed and not decision.dry_run:
-                guard = decision.guard.value if decision.guard else "unknown"
-                detail = {"action": action.name, "target": prepared.target, "guard": guard}
-                detail["reason"] = decision.reason
-                recorded = await self._store.record_run(
-                    now,
-                    run_id=prepared.run_id,
-                    target=prepared.target,
-                    state="skipped",
-                    audit={**prepared.to_audit(), "guard": guard, "reason": decision.reason},
-                    guards=None,
-                    event=Event.ACTION_SKIPPED,
-                    detail=detail,
-                    **common,
-                )
-                if recorded:
-                    m.action_guard_stops.labels(action.name, guard).inc()
-                return
-            dry = decision.dry_run
-            before = self._state
-            self._state = start_run(
-                self._state, prepared.run_id, action.name, prepared.target, now, dry_run=dry
-            )
+        now = self._clock.now()
+        decision = decide(self._state, action, prepared.target, settings, now)
+        if not decision.allowed and not decision.dry_run:
+            guard = decision.guard.value if decision.guard else "unknown"
+            detail = {"action": action.name, "target": prepared.target, "guard": guard}
+            detail["reason"] = decision.reason
             recorded = await self._store.record_run(
                 now,
                 run_id=prepared.run_id,
                 target=prepared.target,
-                state="dry_run" if dry else "running",
-                audit=prepared.to_audit(),
-                guards=json.dumps(self._state.to_json()),
-                event=Event.ACTION_DRY_RUN if dry else Event.ACTION_STARTED,
-                detail=prepared.to_audit(),
+                state="skipped",
+                audit={**prepared.to_audit(), "guard": guard, "reason": decision.reason},
+                guards=None,
+                event=Event.ACTION_SKIPPED,
+                detail=detail,
                 **common,
             )
-            if not recorded:
-                self._state = before  # this alert already ran this action: never twice
-                return
+            if recorded:
+                m.action_guard_stops.labels(action.name, guard).inc()
+            return
+        # No await between the decision and the start: the loop's single thread makes the
+        # two one step, so concurrent runs always see each other.
+        dry = decision.dry_run
+        self._state = start_run(
+            self._state, prepared.run_id, action.name, prepared.target, now, dry_run=dry
+        )
+        recorded = await self._store.record_run(
+            now,
+            run_id=prepared.run_id,
+            target=prepared.target,
+            state="dry_run" if dry else "running",
+            audit=prepared.to_audit(),
+            guards=self._guards_json,
+            event=Event.ACTION_DRY_RUN if dry else Event.ACTION_STARTED,
+            detail=prepared.to_audit(),
+            **common,
+        )
+        if not recorded:
+            self._state = forget_run(self._state, prepared.run_id)  # ran already: never twice
+            return
 
         result = await self._runner.execute(prepared, dry_run=dry)
         m.actions.labels(action.name, result.outcome.value).inc()
         m.action_duration.labels(action.name).observe(result.duration_s)
-        async with self._lock:
-            now = self._clock.now()
-            escalate: str | None = None
-            if not dry:
-                finished = finish_run(
-                    self._state,
-                    prepared.run_id,
-                    result.outcome,
-                    now,
-                    action=action,
-                    settings=settings,
-                    attempts=max(len(result.attempts), 1),
-                )
-                self._state = finished.state
-                if finished.escalate or result.outcome is Outcome.CHECK_FAILED:
-                    escalate = f"{action.name} {result.outcome.value}: {_tail(result)}"
-                if finished.breaker_opened:
-                    m.breakers_opened.labels(action.name).inc()
-                    escalate = (escalate or f"{action.name} {result.outcome.value}") + (
-                        f"; breaker open for {prepared.target} until reset"
-                    )
-            undo_json: dict[str, Any] | None = None
-            undo_hold: int | None = None
-            undo_at: int | None = None
-            if result.undo is not None:
-                plan = result.undo
-                undo_json = {
-                    "argv": plan.request.to_json() if plan.request is not None else None,
-                    "action": plan.action,
-                }
-                if plan.at is not None:
-                    undo_at = _us(plan.at)  # iptables: lifted at expiry whatever happens
-                elif plan.on_resolve:
-                    undo_hold = int(plan.hold_down.total_seconds())
-            check_due = None
-            check = prepared.check
-            if (
-                check is not None
-                and check.alert_resolves_within is not None
-                and result.outcome is Outcome.OK
-                and not dry
-            ):
-                check_due = _us(now + check.alert_resolves_within)
-            await self._store.finish_run(
+        now = self._clock.now()
+        escalate: str | None = None
+        if not dry:
+            finished = finish_run(
+                self._state,
+                prepared.run_id,
+                result.outcome,
                 now,
-                run_id=prepared.run_id,
-                outcome=result.outcome.value,
-                audit=result.to_audit(),
-                undo=undo_json,
-                undo_hold_s=undo_hold,
-                undo_at_us=undo_at,
-                check_due_us=check_due,
-                guards=json.dumps(self._state.to_json()),
-                escalate=escalate,
+                action=action,
+                settings=settings,
+                attempts=max(len(result.attempts), 1),
             )
+            self._state = finished.state
+            if finished.escalate or result.outcome is Outcome.CHECK_FAILED:
+                escalate = f"{action.name} {result.outcome.value}: {_tail(result)}"
+            if finished.breaker_opened:
+                m.breakers_opened.labels(action.name).inc()
+                escalate = (escalate or f"{action.name} {result.outcome.value}") + (
+                    f"; breaker open for {prepared.target} until reset"
+                )
+        undo_json: dict[str, Any] | None = None
+        undo_hold: int | None = None
+        undo_at: int | None = None
+        if result.undo is not None:
+            plan = result.undo
+            undo_json = {
+                "argv": plan.request.to_json() if plan.request is not None else None,
+                "action": plan.action,
+            }
+            if plan.at is not None:
+                undo_at = _us(plan.at)  # iptables: lifted at expiry whatever happens
+            elif plan.on_resolve:
+                undo_hold = int(plan.hold_down.total_seconds())
+        check_due = None
+        check = prepared.check
+        if (
+            check is not None
+            and check.alert_resolves_within is not None
+            and result.outcome is Outcome.OK
+            and not dry
+        ):
+            check_due = _us(now + check.alert_resolves_within)
+        await self._store.finish_run(
+            now,
+            run_id=prepared.run_id,
+            outcome=result.outcome.value,
+            audit=result.to_audit(),
+            undo=undo_json,
+            undo_hold_s=undo_hold,
+            undo_at_us=undo_at,
+            check_due_us=check_due,
+            guards=self._guards_json,
+            escalate=escalate,
+        )
         if escalate is not None:
             self._on_escalate()
         level = logging.INFO if result.outcome in (Outcome.OK, Outcome.DRY_RUN) else logging.ERROR

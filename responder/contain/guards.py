@@ -324,6 +324,11 @@ def finish_run(
     )
 
 
+def forget_run(state: GuardState, run_id: str) -> GuardState:
+    """Take back a start that could not be recorded (the alert had run this action already)."""
+    return replace(state, runs=tuple(r for r in state.runs if r.run_id != run_id))
+
+
 def interrupt_running(state: GuardState, now: datetime) -> GuardState:
     """At start-up: runs left RUNNING by a stopped daemon become INTERRUPTED, not re-run."""
     runs = tuple(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from responder.store.base import (
     AlertQuery,
+    EscalationUpdate,
     IncomingAlert,
     IngestOutcome,
     Store,
@@ -22,6 +23,7 @@ from responder.store.sqlite import CommitStats, SQLiteStore
 __all__ = [
     "AlertQuery",
     "CommitStats",
+    "EscalationUpdate",
     "IncomingAlert",
     "IngestOutcome",
     "SQLiteStore",

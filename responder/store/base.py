@@ -6,7 +6,7 @@ is durable when its coroutine returns: callers answer Alertmanager only after th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -113,6 +113,18 @@ class RunRow:
     finished_at: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class EscalationUpdate:
+    """What the engine decided for one incident (see ``Store.apply_escalations``)."""
+
+    incident_id: int
+    version: int
+    steps: Sequence[StepDone]
+    events: Sequence[TimelineEvent]
+    next_due: datetime | None
+    unsnooze: bool = False
+
+
 class ContainmentStore(Protocol):
     """What containment needs: its durable queue, run records and the guards' state."""
 
@@ -122,7 +134,9 @@ class ContainmentStore(Protocol):
 
     async def load_guards(self) -> str | None: ...
 
-    async def save_guards(self, state: str, now: datetime) -> None: ...
+    async def save_guards(self, state: Callable[[], str], now: datetime) -> None:
+        """``state`` is read in the writer at commit time: the newest state always wins."""
+        ...
 
     async def record_run(self, now: datetime, **fields: Any) -> bool:
         """Write a run before it starts (see ``sqlite_actions.record_run``); False if this
@@ -209,6 +223,12 @@ class Store(ContainmentStore, Protocol):
     ) -> list[str] | None:
         """Record steps once each, with their pages and events, and the next due time, in one
         transaction; None (nothing written) when the incident changed since it was read."""
+        ...
+
+    async def apply_escalations(
+        self, batch: Sequence[EscalationUpdate], now: datetime
+    ) -> list[list[str] | None]:
+        """``apply_escalation`` for a whole pass in one transaction; one result each."""
         ...
 
     async def next_escalation(self) -> datetime | None:

@@ -38,6 +38,7 @@ from responder.store import sqlite_actions as actions
 from responder.store import sqlite_incidents as inc
 from responder.store.base import (
     AlertQuery,
+    EscalationUpdate,
     IncomingAlert,
     IngestOutcome,
     QueuedAlert,
@@ -316,6 +317,23 @@ class SQLiteStore:
             )
         )
 
+    async def apply_escalations(
+        self, batch: Sequence[EscalationUpdate], now: datetime
+    ) -> list[list[str] | None]:
+        now_us = to_us(now)
+        rows = [
+            (
+                u.incident_id,
+                u.version,
+                u.steps,
+                u.events,
+                None if u.next_due is None else to_us(u.next_due),
+                u.unsnooze,
+            )
+            for u in batch
+        ]
+        return await self._write(lambda conn: inc.apply_batch(conn, rows, now_us))
+
     async def next_escalation(self) -> datetime | None:
         value = await self._read(inc.next_escalation)
         return None if value is None else from_us(value)
@@ -487,9 +505,9 @@ class SQLiteStore:
     async def load_guards(self) -> str | None:
         return await self._read(actions.load_guards)
 
-    async def save_guards(self, state: str, now: datetime) -> None:
+    async def save_guards(self, state: Callable[[], str], now: datetime) -> None:
         now_us = to_us(now)
-        await self._write(lambda conn: actions.save_guards(conn, state, now_us))
+        await self._write(lambda conn: actions.save_guards(conn, state(), now_us))
 
     async def record_run(self, now: datetime, **fields: Any) -> bool:
         now_us = to_us(now)

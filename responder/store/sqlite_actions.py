@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from responder.incident import Event
@@ -99,7 +99,7 @@ def record_run(
     trigger: str,
     state: str,
     audit: dict[str, Any],
-    guards: str | None,
+    guards: Callable[[], str] | None,
     event: Event,
     detail: dict[str, Any],
     now_us: int,
@@ -115,7 +115,7 @@ def record_run(
     if not cur.rowcount:
         return False
     if guards is not None:
-        save_guards(conn, guards, now_us)
+        save_guards(conn, guards(), now_us)
     _event(conn, incident_id, now_us, event, detail)
     if escalate is not None:
         escalate_incident(conn, incident_id, escalate, now_us)
@@ -132,7 +132,7 @@ def finish_run(
     undo_hold_s: int | None,
     undo_at_us: int | None,
     check_due_us: int | None,
-    guards: str,
+    guards: Callable[[], str],
     escalate: str | None,
     now_us: int,
 ) -> None:
@@ -152,7 +152,7 @@ def finish_run(
             run_id,
         ),
     ).fetchone()
-    save_guards(conn, guards, now_us)
+    save_guards(conn, guards(), now_us)
     incident_id = None if row is None else row[0]
     _event(conn, incident_id, now_us, Event.ACTION_FINISHED, audit)
     if escalate is not None:

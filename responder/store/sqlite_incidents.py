@@ -345,31 +345,40 @@ def pages_of(conn: sqlite3.Connection, incident_id: int) -> list[Page]:
 
 
 def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[EscalationWork]:
-    rows = conn.execute(
-        f"SELECT {INCIDENT_COLUMNS} FROM incidents i "  # noqa: S608 - fixed text
-        "WHERE i.next_due IS NOT NULL AND i.next_due <= ? ORDER BY i.next_due LIMIT ?",
-        (now_us, limit),
-    ).fetchall()
-    work: list[EscalationWork] = []
-    for row in rows:
-        incident = incident_from_row(row)
-        done = frozenset(
-            step
-            for (step,) in conn.execute(
-                "SELECT step FROM steps WHERE incident_id = ? AND episode = ?",
-                (incident.id, incident.episode),
-            )
+    """Due incidents with their done steps (and, for resolved ones, who was paged), read in
+    three queries for the whole batch rather than two per incident."""
+    incidents = [
+        incident_from_row(row)
+        for row in conn.execute(
+            f"SELECT {INCIDENT_COLUMNS} FROM incidents i "  # noqa: S608 - fixed text
+            "WHERE i.next_due IS NOT NULL AND i.next_due <= ? ORDER BY i.next_due LIMIT ?",
+            (now_us, limit),
         )
-        paged = tuple(
-            (contact, channel, address)
-            for contact, channel, address in conn.execute(
-                "SELECT DISTINCT contact, channel, address FROM pages WHERE incident_id = ? "
-                "AND episode = ? AND kind = 'page' AND state != 'cancelled' ORDER BY contact",
-                (incident.id, incident.episode),
-            )
-        )
-        work.append(EscalationWork(incident, done, paged))
-    return work
+    ]
+    if not incidents:
+        return []
+    episode = {i.id: i.episode for i in incidents}
+    marks = ",".join("?" * len(incidents))
+    done: dict[int, set[str]] = {i.id: set() for i in incidents}
+    for incident_id, step_episode, step in conn.execute(
+        f"SELECT incident_id, episode, step FROM steps WHERE incident_id IN ({marks})",  # noqa: S608
+        list(episode),
+    ):
+        if step_episode == episode[incident_id]:
+            done[incident_id].add(step)
+    paged: dict[int, list[tuple[str, str, str]]] = {}
+    resolved = [i.id for i in incidents if i.state is IncidentState.RESOLVED]
+    if resolved:
+        resolved_marks = ",".join("?" * len(resolved))
+        for incident_id, page_episode, contact, channel, address in conn.execute(
+            "SELECT DISTINCT incident_id, episode, contact, channel, address FROM pages "  # noqa: S608
+            f"WHERE incident_id IN ({resolved_marks}) AND kind = 'page' "
+            "AND state != 'cancelled' ORDER BY contact",
+            resolved,
+        ):
+            if page_episode == episode[incident_id]:
+                paged.setdefault(incident_id, []).append((contact, channel, address))
+    return [EscalationWork(i, frozenset(done[i.id]), tuple(paged.get(i.id, ()))) for i in incidents]
 
 
 def next_escalation(conn: sqlite3.Connection) -> int | None:
@@ -777,3 +786,15 @@ def create_drill(
     )
     add_pages(conn, incident_id, 1, pages, None, now_us)
     return incident_id
+
+
+def apply_batch(
+    conn: sqlite3.Connection,
+    batch: Sequence[tuple[int, int, Sequence[StepDone], Sequence[TimelineEvent], int | None, bool]],
+    now_us: int,
+) -> list[list[str] | None]:
+    """``apply_steps`` for many incidents in one transaction: one commit for a whole pass."""
+    return [
+        apply_steps(conn, incident_id, version, steps, events, next_us, unsnooze, now_us)
+        for incident_id, version, steps, events, next_us, unsnooze in batch
+    ]
