@@ -81,7 +81,8 @@ class Containment:
         self._state = GuardState()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._busy: set[int] = set()  # queue ids being handled
+        self._taken_up_to = 0  # highest queue id handed to a task
+        self._deadline: datetime | None = None  # earliest check or undo due; None: unknown
 
     @property
     def state(self) -> GuardState:
@@ -364,15 +365,18 @@ class Containment:
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run_once(self) -> None:
-        for item in await self._store.containment_queue():
-            if item.queue_id in self._busy:
-                continue
-            self._busy.add(item.queue_id)
-            task = asyncio.create_task(self._handle_safely(item), name="containment")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        await self._checks()
-        await self._undos()
+        # Take new queue rows only (the queue only grows at the end): a backlog is read once,
+        # not again on every pass while its runs are under way.
+        while items := await self._store.containment_queue(self._taken_up_to):
+            for item in items:
+                self._taken_up_to = max(self._taken_up_to, item.queue_id)
+                task = asyncio.create_task(self._handle_safely(item), name="containment")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        now = self._clock.now()
+        if self._deadline is not None and now >= self._deadline:
+            await self._checks()
+            await self._undos()
 
     async def _handle_safely(self, item: QueuedAlert) -> None:
         try:
@@ -382,27 +386,27 @@ class Containment:
             with contextlib.suppress(Exception):
                 await self._store.containment_done(item.queue_id)
         finally:
-            self._busy.discard(item.queue_id)
             self.wake()
 
     async def run_forever(self) -> None:
         await self.start()
+        self._deadline = self._clock.now()  # look once at start
         try:
             while True:
                 self._wake.clear()
                 try:
                     await self.run_once()
-                    due = await self._store.next_containment()
+                    self._deadline = await self._store.next_deadline()
                 except Exception:
                     log.exception("containment pass failed; trying again shortly")
-                    due = None
+                    self._deadline = self._clock.now()
                     await asyncio.sleep(1.0)
                 now = self._clock.now()
                 until = now + MAX_SLEEP
-                if due is not None and due.timestamp() > 0:
-                    until = min(until, due)
-                if due is not None and due.timestamp() == 0 and not self._busy:
-                    continue  # queued work that no task has taken yet
+                if self._deadline is not None:
+                    until = min(until, self._deadline)
+                if until <= now:
+                    continue
                 await sleep_until_or_woken(self._clock, until, self._wake)
         finally:
             for task in list(self._tasks):

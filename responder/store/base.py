@@ -128,7 +128,9 @@ class EscalationUpdate:
 class ContainmentStore(Protocol):
     """What containment needs: its durable queue, run records and the guards' state."""
 
-    async def containment_queue(self, limit: int = 100) -> list[QueuedAlert]: ...
+    async def containment_queue(self, after_id: int = 0, limit: int = 100) -> list[QueuedAlert]:
+        """Queued alerts with queue ids above ``after_id``, oldest first."""
+        ...
 
     async def containment_done(self, queue_id: int) -> None: ...
 
@@ -165,7 +167,9 @@ class ContainmentStore(Protocol):
 
     async def containment_failure(self, incident_id: int) -> str | None: ...
 
-    async def next_containment(self) -> datetime | None: ...
+    async def next_deadline(self) -> datetime | None:
+        """The earliest undo or check deadline of containment runs."""
+        ...
 
 
 class Store(ContainmentStore, Protocol):

@@ -496,8 +496,8 @@ class SQLiteStore:
         return await self._write(lambda conn: inc.create_drill(conn, title, pages, actor, now_us))
 
     # -- containment --------------------------------------------------------------------------
-    async def containment_queue(self, limit: int = 100) -> list[QueuedAlert]:
-        return await self._read(lambda conn: actions.queued(conn, limit))
+    async def containment_queue(self, after_id: int = 0, limit: int = 100) -> list[QueuedAlert]:
+        return await self._read(lambda conn: actions.queued(conn, after_id, limit))
 
     async def containment_done(self, queue_id: int) -> None:
         await self._write(lambda conn: actions.dequeue(conn, queue_id))
@@ -549,8 +549,8 @@ class SQLiteStore:
     async def containment_failure(self, incident_id: int) -> str | None:
         return await self._read(lambda conn: actions.latest_failure(conn, incident_id))
 
-    async def next_containment(self) -> datetime | None:
-        value = await self._read(actions.next_due)
+    async def next_deadline(self) -> datetime | None:
+        value = await self._read(actions.next_deadline)
         return None if value is None else from_us(value)
 
     async def queue_depth(self) -> int:

@@ -56,12 +56,14 @@ def _event(
     )
 
 
-def queued(conn: sqlite3.Connection, limit: int) -> list[QueuedAlert]:
+def queued(conn: sqlite3.Connection, after_id: int, limit: int) -> list[QueuedAlert]:
+    """Queued work with ids above ``after_id`` (the engine's high-water mark: rows it has
+    already taken are not read again while it works on them)."""
     rows = conn.execute(
         "SELECT q.id, q.alert_id, q.trigger, a.incident_id, a.fingerprint, a.status, a.labels, "
         "a.annotations, a.classification FROM action_queue q JOIN alerts a ON a.id = q.alert_id "
-        "ORDER BY q.id LIMIT ?",
-        (limit,),
+        "WHERE q.id > ? ORDER BY q.id LIMIT ?",
+        (after_id, limit),
     ).fetchall()
     return [
         QueuedAlert(
@@ -278,10 +280,8 @@ def latest_failure(conn: sqlite3.Connection, incident_id: int) -> str | None:
     return None if row is None else str(json.loads(row[0]).get("reason", ""))
 
 
-def next_due(conn: sqlite3.Connection) -> int | None:
-    """The earliest undo or check deadline (queued work is due at once)."""
-    if conn.execute("SELECT 1 FROM action_queue LIMIT 1").fetchone() is not None:
-        return 0
+def next_deadline(conn: sqlite3.Connection) -> int | None:
+    """The earliest undo or 'alert resolves within' deadline."""
     row = conn.execute(
         "SELECT MIN(t) FROM (SELECT MIN(undo_due) AS t FROM action_runs WHERE undo_state = 'wait' "
         "UNION ALL SELECT MIN(check_due) FROM action_runs WHERE check_due IS NOT NULL)"
