@@ -222,3 +222,37 @@ async def test_closed_store_refuses_writes(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         await store.ingest([alert()], T0)
     assert not await store.ping()
+
+
+async def test_containment_queue_ids_are_never_reused(tmp_path: Path) -> None:
+    """The containment engine reads queue ids above the last one it took: a deleted highest
+    id handed out again would be skipped for good."""
+
+    from responder.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "q.db")
+    await store.open()
+    try:
+
+        def queue(conn: sqlite3.Connection, alert_id: int) -> int:
+            conn.execute(
+                "INSERT INTO alerts (id, fingerprint, status, labels, annotations, starts_at, "
+                "generator_url, group_key, receiver, alertname, severity, category, "
+                "classification, first_received, last_received, receive_count, updated_at) "
+                "VALUES (?, ?, 'firing', '{}', '{}', 0, '', '', '', '', 'P2', 'x', '{}', "
+                "0, 0, 1, 0)",
+                (alert_id, f"f{alert_id}"),
+            )
+            cur = conn.execute(
+                "INSERT INTO action_queue (alert_id, trigger, queued_at) VALUES (?, 'fire', 0)",
+                (alert_id,),
+            )
+            return int(cur.lastrowid or 0)
+
+        first = await store._write(lambda conn: queue(conn, 1))
+        await store.containment_done(first)
+        second = await store._write(lambda conn: queue(conn, 2))
+        assert second > first
+        assert [q.queue_id for q in await store.containment_queue(first)] == [second]
+    finally:
+        await store.close()

@@ -165,4 +165,21 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         """,
         "ALTER TABLE incidents ADD COLUMN escalate_now TEXT",
     ],
+    # 4: queue ids never reused. Without AUTOINCREMENT SQLite hands a deleted highest id out
+    # again, and the containment engine's high-water mark (it reads ids above the last one it
+    # took) would then skip the new row.
+    [
+        """
+        CREATE TABLE action_queue_v4 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alert_id INTEGER NOT NULL REFERENCES alerts (id),
+            trigger TEXT NOT NULL CHECK (trigger IN ('fire', 'resolve')),
+            queued_at INTEGER NOT NULL,
+            UNIQUE (alert_id, trigger)
+        )
+        """,
+        "INSERT INTO action_queue_v4 SELECT id, alert_id, trigger, queued_at FROM action_queue",
+        "DROP TABLE action_queue",
+        "ALTER TABLE action_queue_v4 RENAME TO action_queue",
+    ],
 ]
