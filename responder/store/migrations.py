@@ -182,4 +182,10 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "DROP TABLE action_queue",
         "ALTER TABLE action_queue_v4 RENAME TO action_queue",
     ],
+    # 5: the outbox's rate-limit and budget reads look up sends by contact method and time;
+    # without these indexes each one scanned every page ever sent.
+    [
+        "CREATE INDEX pages_sent_by_method ON pages (contact, channel, sent_at)",
+        "CREATE INDEX pages_sent_at ON pages (sent_at) WHERE sent_at IS NOT NULL",
+    ],
 ]
