@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import ssl
 from dataclasses import dataclass
 from email.headerregistry import Address
@@ -128,6 +129,9 @@ class SmtpNotifier:
         self._settings = settings
         self._clock = clock or SystemClock()
         self._context: ssl.SSLContext | None = None
+        # The EHLO name, without DNS: aiosmtplib would otherwise resolve the FQDN in the
+        # default thread pool for every message, and DNS may be what is on fire.
+        self._local_hostname = socket.gethostname() or "localhost"
 
     def __repr__(self) -> str:
         s = self._settings
@@ -171,6 +175,7 @@ class SmtpNotifier:
                     username=settings.username,
                     password=settings.password.value if settings.password else None,
                     timeout=settings.timeout,
+                    local_hostname=self._local_hostname,
                 ),
                 # aiosmtplib's timeout is per operation; this one bounds the whole exchange.
                 timeout=settings.timeout,

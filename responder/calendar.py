@@ -169,6 +169,9 @@ class BusinessHours:
         return high
 
 
+DAY = timedelta(days=1)
+
+
 def parse_business_hours(node: Node) -> BusinessHours:
     """Read a ``business_hours:`` mapping; an absent or empty one means Mon-Fri 09-17 UTC."""
     if node.is_null():
@@ -210,6 +213,10 @@ def parse_business_hours(node: Node) -> BusinessHours:
             if day_off in holidays:
                 raise item.error(f"holiday {day_off.isoformat()} is listed twice")
             holidays.add(day_off)
+    if len(days) == 7 and start == timedelta(0) and end == DAY and not holidays:
+        raise node.error(
+            "open around the clock on every day: that is no window at all; leave it out"
+        )
     return BusinessHours(timezone, days, start, end, frozenset(holidays))
 
 

@@ -544,6 +544,8 @@ def _parse_restriction(node: Node, zone: ZoneInfo) -> BusinessHours:
     node.keys_allowed("days", "start", "end")
     window = parse_business_hours(node)
     days = window.days if "days" in node else frozenset(range(7))
+    if len(days) == 7 and window.start == timedelta(0) and window.end == timedelta(days=1):
+        raise node.error("a restriction to every hour of every day restricts nothing; leave it out")
     return BusinessHours(zone, days, window.start, window.end)
 
 

@@ -166,8 +166,8 @@ def test_next_change_is_the_first_flip(
 ) -> None:
     """The answer is constant from ``at`` until next_change, and differs there."""
     start, end = sorted((a, b))
-    if start == end:
-        return
+    if start == end or (len(days) == 7 and (start, end) == (0, 24 * 60)):
+        return  # no window, or open around the clock: parse_business_hours refuses both
     office = BusinessHours(
         ZoneInfo(zone), frozenset(days), timedelta(minutes=start), timedelta(minutes=end)
     )
