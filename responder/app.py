@@ -178,6 +178,8 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         lambda: (runtime.snapshot.actions, runtime.snapshot.containment),
         on_escalate=runtime.escalator.wake,
     )
+    # Before any request: the guards' state (kill switch, breakers) is in force from the start.
+    await runtime.containment.start()
     tasks = [
         asyncio.create_task(runtime.containment.run_forever(), name="containment"),
         asyncio.create_task(runtime.escalator.run_forever(), name="escalator"),

@@ -16,7 +16,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Protocol
 
@@ -216,6 +216,7 @@ class Dispatcher:
         self._compose = compose
         self._max_in_flight = max_in_flight
         self._in_flight = 0  # pages claimed and not yet settled
+        self._depth_at = datetime.min.replace(tzinfo=UTC)
         self._tasks: set[asyncio.Task[None]] = set()
         self._method_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
@@ -260,6 +261,13 @@ class Dispatcher:
                 task.add_done_callback(self._tasks.discard)
             claimed += len(pages)
         return claimed
+
+    async def _update_queue_depth(self) -> None:
+        # A count over the queue: every few seconds is plenty for a gauge.
+        now = self._clock.now()
+        if now - self._depth_at >= timedelta(seconds=5):
+            self._depth_at = now
+            self._metrics.queue_depth.set(await self._store.queue_depth())
 
     async def _deliver_in_turn(self, key: tuple[str, str, str], pages: list[Page]) -> None:
         lock = self._method_locks.setdefault(key, asyncio.Lock())
@@ -349,9 +357,10 @@ class Dispatcher:
                 await self._deliver(page)
             return
         m.pages_bundled.inc(len(pages))
+        sent_at = self._clock.now()  # one message: one send time, counted once by the limits
         for page in pages:
             self._observe_sent(page)
-            await self._finish(page, PageState.SENT, provider_id=receipt.provider_id)
+            await self._finish(page, PageState.SENT, provider_id=receipt.provider_id, at=sent_at)
         log.info(
             "pages bundled",
             extra=fields(pages=[p.id for p in pages], contact=pages[0].contact),
@@ -452,11 +461,12 @@ class Dispatcher:
         provider_id: str | None = None,
         error: str | None = None,
         retry_at: datetime | None = None,
+        at: datetime | None = None,
     ) -> None:
         await self._store.finish_page(
             page.id,
             state,
-            self._clock.now(),
+            at or self._clock.now(),
             provider_id=provider_id,
             error=error,
             retry_at=retry_at,
@@ -470,7 +480,7 @@ class Dispatcher:
                 try:
                     await self.run_once()
                     due = await self._store.next_page()
-                    self._metrics.queue_depth.set(await self._store.queue_depth())
+                    await self._update_queue_depth()
                 except Exception:
                     log.exception("delivery pass failed; trying again shortly")
                     due = None

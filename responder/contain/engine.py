@@ -18,7 +18,8 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from responder.clock import Clock, sleep_until_or_woken
@@ -46,7 +47,6 @@ from responder.store.base import ContainmentStore, QueuedAlert, RunRow
 log = logging.getLogger("responder.contain")
 
 MAX_SLEEP = timedelta(seconds=30)
-KEEP_RUNS = timedelta(days=2)  # longer than any window a guard looks back over
 
 ConfigSource = Callable[[], tuple[ActionCatalog, ContainmentSettings]]
 
@@ -83,6 +83,7 @@ class Containment:
         self._tasks: set[asyncio.Task[None]] = set()
         self._taken_up_to = 0  # highest queue id handed to a task
         self._deadline: datetime | None = None  # earliest check or undo due; None: unknown
+        self._pruned_at = datetime.min.replace(tzinfo=UTC)
 
     @property
     def state(self) -> GuardState:
@@ -94,8 +95,28 @@ class Containment:
     def _guards_json(self) -> str:
         # Called by the store's writer when it commits, so a commit always carries the newest
         # state even when writes queued in another order than the changes were made. Reading
-        # the attribute from the writer thread is safe: GuardState is immutable.
-        return json.dumps(self._state.to_json())
+        # the attribute from the writer thread is safe: GuardState is immutable. Finished runs
+        # are not written: action_runs holds them, and start() reads them back.
+        state = self._state
+        slim = replace(state, runs=tuple(r for r in state.runs if r.outcome is Outcome.RUNNING))
+        return json.dumps(slim.to_json())
+
+    def _keep(self) -> timedelta:
+        """How far back the guards look: the longest window, cooldown or budget window."""
+        catalog, settings = self._config()
+        spans = [settings.window, timedelta(minutes=1)]
+        for action in catalog.actions.values():
+            spans.append(action.cooldown)
+            if action.max_runs is not None:
+                spans.append(action.window)
+        return max(spans)
+
+    def _prune(self, now: datetime) -> None:
+        # Runs older than every window are history only: dropping them keeps each decision
+        # (and the state) proportional to recent activity, not to the daemon's age.
+        if now - self._pruned_at >= timedelta(seconds=10):
+            self._state = prune(self._state, now, self._keep())
+            self._pruned_at = now
 
     async def _save(self) -> None:
         await self._store.save_guards(self._guards_json, self._clock.now())
@@ -104,8 +125,12 @@ class Containment:
     async def start(self) -> None:
         now = self._clock.now()
         saved = await self._store.load_guards()
-        self._state = GuardState.from_json(json.loads(saved)) if saved else GuardState()
-        self._state = prune(interrupt_running(self._state, now), now, KEEP_RUNS)
+        state = GuardState.from_json(json.loads(saved)) if saved else GuardState()
+        # Recent finished runs come back from their records: cooldowns and budgets survive.
+        history = await self._store.recent_runs(now - self._keep())
+        known = {r.run_id for r in state.runs}
+        state = replace(state, runs=(*state.runs, *(r for r in history if r.run_id not in known)))
+        self._state = prune(interrupt_running(state, now), now, self._keep())
         await self._save()
         for run in await self._store.interrupt_runs(now):
             self._metrics.actions.labels(run.action, Outcome.INTERRUPTED.value).inc()
@@ -389,7 +414,7 @@ class Containment:
             self.wake()
 
     async def run_forever(self) -> None:
-        await self.start()
+        """Call ``start`` first (the app does, before it serves requests)."""
         self._deadline = self._clock.now()  # look once at start
         try:
             while True:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from responder.contain.guards import RunRecord
 from responder.incident import (
     EscalationWork,
     Incident,
@@ -146,6 +147,10 @@ class ContainmentStore(Protocol):
         ...
 
     async def finish_run(self, now: datetime, **fields: Any) -> None: ...
+
+    async def recent_runs(self, since: datetime) -> list[RunRecord]:
+        """Runs recorded since a time, as the guards count them (start-up history)."""
+        ...
 
     async def interrupt_runs(self, now: datetime) -> list[RunRow]: ...
 

@@ -23,6 +23,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from responder.contain.guards import RunRecord
+from responder.contain.outcome import Outcome
 from responder.incident import (
     EscalationWork,
     Event,
@@ -516,6 +518,22 @@ class SQLiteStore:
     async def finish_run(self, now: datetime, **fields: Any) -> None:
         now_us = to_us(now)
         await self._write(lambda conn: actions.finish_run(conn, now_us=now_us, **fields))
+
+    async def recent_runs(self, since: datetime) -> list[RunRecord]:
+        since_us = to_us(since)
+        rows = await self._read(lambda conn: actions.recent_runs(conn, since_us))
+        return [
+            RunRecord(
+                run_id,
+                action,
+                target,
+                from_us(started),
+                Outcome(outcome or "interrupted"),
+                from_us(finished) if finished is not None else None,
+                dry_run=state == "dry_run",
+            )
+            for run_id, action, target, started, outcome, finished, state in rows
+        ]
 
     async def interrupt_runs(self, now: datetime) -> list[RunRow]:
         now_us = to_us(now)

@@ -287,3 +287,12 @@ def next_deadline(conn: sqlite3.Connection) -> int | None:
         "UNION ALL SELECT MIN(check_due) FROM action_runs WHERE check_due IS NOT NULL)"
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+def recent_runs(conn: sqlite3.Connection, since_us: int) -> list[tuple[Any, ...]]:
+    """Finished and skipped-free runs started since a time, for the guards' history."""
+    return conn.execute(
+        "SELECT run_id, action, target, started_at, outcome, finished_at, state FROM action_runs "
+        "WHERE started_at >= ? AND state IN ('done', 'dry_run', 'interrupted')",
+        (since_us,),
+    ).fetchall()
