@@ -45,17 +45,14 @@ class Composer:
         return links.ack_url(self._public_url, self._secret, incident.id, page.contact, self._now())
 
     async def page(self, page: Page) -> Message:
-        incident = await self._store.get_incident(page.incident_id)
-        first = await self._store.first_alert(incident.id)
+        incident, first, failure = await self._store.page_context(page.incident_id)
         labels, annotations, classification = first or ({}, {}, {})
         labels = {**labels, **classification.get("labels", {})}
         annotations = {**annotations, **classification.get("annotations", {})}
-        if page.kind is PageKind.PAGE:
-            failure = await self._store.containment_failure(incident.id)
-            if failure:
-                # The page says what containment tried and how it failed.
-                summary = annotations.get("summary", "")
-                annotations["summary"] = f"Containment failed: {failure}. {summary}".strip()
+        if page.kind is PageKind.PAGE and failure:
+            # The page says what containment tried and how it failed.
+            summary = annotations.get("summary", "")
+            annotations["summary"] = f"Containment failed: {failure}. {summary}".strip()
         kind = kind_for_page(page.kind)
         context = context_for(
             page,

@@ -170,8 +170,6 @@ class ContainmentStore(Protocol):
 
     async def action_runs(self, limit: int = 100) -> list[RunRow]: ...
 
-    async def containment_failure(self, incident_id: int) -> str | None: ...
-
     async def next_deadline(self) -> datetime | None:
         """The earliest undo or check deadline of containment runs."""
         ...
@@ -341,16 +339,17 @@ class Store(ContainmentStore, Protocol):
         """Return claimed pages to the queue until a limit allows them."""
         ...
 
-    async def first_alert(
-        self, incident_id: int
-    ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]] | None:
-        """Labels, annotations and classification of the incident's first alert."""
-        ...
-
     async def create_drill(
         self, title: str, pages: Sequence[NewPage], actor: str, now: datetime
     ) -> int:
         """Open a drill incident with its test pages; returns its id."""
+        ...
+
+    async def page_context(
+        self, incident_id: int
+    ) -> tuple[Incident, tuple[dict[str, str], dict[str, str], dict[str, Any]] | None, str | None]:
+        """What a page's message needs, in one read: the incident, its first alert's labels,
+        annotations and classification, and why containment failed (if it did)."""
         ...
 
     async def queue_depth(self) -> int:

@@ -483,14 +483,6 @@ class SQLiteStore:
         until_us, now_us = to_us(until), to_us(now)
         await self._write(lambda conn: inc.hold_pages(conn, page_ids, until_us, reason, now_us))
 
-    async def first_alert(
-        self, incident_id: int
-    ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]] | None:
-        row = await self._read(lambda conn: inc.first_alert_of(conn, incident_id))
-        if row is None:
-            return None
-        return json.loads(row[0]), json.loads(row[1]), json.loads(row[2])
-
     async def create_drill(
         self, title: str, pages: Sequence[NewPage], actor: str, now: datetime
     ) -> int:
@@ -564,12 +556,27 @@ class SQLiteStore:
     async def action_runs(self, limit: int = 100) -> list[RunRow]:
         return await self._read(lambda conn: actions.runs(conn, limit))
 
-    async def containment_failure(self, incident_id: int) -> str | None:
-        return await self._read(lambda conn: actions.latest_failure(conn, incident_id))
-
     async def next_deadline(self) -> datetime | None:
         value = await self._read(actions.next_deadline)
         return None if value is None else from_us(value)
+
+    async def page_context(
+        self, incident_id: int
+    ) -> tuple[Incident, tuple[dict[str, str], dict[str, str], dict[str, Any]] | None, str | None]:
+        def work(
+            conn: sqlite3.Connection,
+        ) -> tuple[Incident, tuple[str, str, str] | None, str | None]:
+            return (
+                inc.get_incident(conn, incident_id),
+                inc.first_alert_of(conn, incident_id),
+                actions.latest_failure(conn, incident_id),
+            )
+
+        incident, first, failure = await self._read(work)
+        alert = None
+        if first is not None:
+            alert = (json.loads(first[0]), json.loads(first[1]), json.loads(first[2]))
+        return incident, alert, failure
 
     async def queue_depth(self) -> int:
         return await self._read(inc.queue_depth)
