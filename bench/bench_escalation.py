@@ -291,7 +291,8 @@ async def wait_ready(daemon: Daemon) -> float:
                     if response.status == 200:
                         return time.monotonic() - daemon.spawned
             except (aiohttp.ClientError, TimeoutError):
-                pass
+                # not listening yet: poll again after the pause below
+                ...
             await asyncio.sleep(0.01)
     raise SystemExit(f"daemon not ready after {START_TIMEOUT_S:g} s:\n{tail(daemon.log)}")
 

@@ -210,7 +210,8 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
                 if answer.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+            # not listening yet: poll again after the pause below
+            ...
         time.sleep(0.05)
     raise SystemExit(f"server at {url} not ready after 30 s:\n{log.read_text()}")
 

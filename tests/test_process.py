@@ -49,7 +49,8 @@ class Daemon:
                         if response.status == 200:
                             return
                 except aiohttp.ClientError:
-                    pass
+                    # not listening yet: poll again after the pause below
+                    ...
                 await asyncio.sleep(0.05)
         raise AssertionError(f"daemon not ready in time:\n{self.log.read_text()}")
 
