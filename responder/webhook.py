@@ -133,16 +133,33 @@ def _labels(raw: Any, where: str) -> Mapping[str, str]:
         raise PayloadError(f"{where}: expected an object of strings, got {_kind(raw)}")
     if len(raw) > MAX_LABELS:
         raise PayloadError(f"{where}: more than {MAX_LABELS} entries")
+    # The fast path checks every entry without building a message; only a fault pays for
+    # finding and naming the entry (this runs for every label of every alert received).
     for name, value in raw.items():
-        if not name or len(name) > MAX_NAME_LENGTH:
-            raise PayloadError(f"{where}: a name must have 1 to {MAX_NAME_LENGTH} characters")
-        if not isinstance(value, str):
-            raise PayloadError(f"{where}.{_short(name)}: expected a string, got {_kind(value)}")
-        if len(value) > MAX_VALUE_LENGTH:
-            raise PayloadError(f"{where}.{_short(name)}: longer than {MAX_VALUE_LENGTH} characters")
-        _check_text(name, f"{where}: name {_short(name)}")
-        _check_text(value, f"{where}.{_short(name)}")
+        if not (
+            0 < len(name) <= MAX_NAME_LENGTH
+            and type(value) is str
+            and len(value) <= MAX_VALUE_LENGTH
+            and name.isascii()
+            and value.isascii()
+            and "\x00" not in name
+            and "\x00" not in value
+        ):
+            _label_fault(name, value, where)
     return frozen_labels(raw)
+
+
+def _label_fault(name: str, value: Any, where: str) -> None:
+    """Raise the ``PayloadError`` for one entry, or return if the entry is fine after all
+    (non-ASCII text that is valid Unicode)."""
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise PayloadError(f"{where}: a name must have 1 to {MAX_NAME_LENGTH} characters")
+    if not isinstance(value, str):
+        raise PayloadError(f"{where}.{_short(name)}: expected a string, got {_kind(value)}")
+    if len(value) > MAX_VALUE_LENGTH:
+        raise PayloadError(f"{where}.{_short(name)}: longer than {MAX_VALUE_LENGTH} characters")
+    _check_text(name, f"{where}: name {_short(name)}")
+    _check_text(value, f"{where}.{_short(name)}")
 
 
 def _check_text(text: str, where: str) -> None:
