@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -90,6 +91,7 @@ def build_app(
     app.cleanup_ctx.append(_engine)
     app.cleanup_ctx.append(drills.scheduled_drills)
     app.cleanup_ctx.append(_sighup_reload)
+    app.on_startup.append(_freeze_startup_objects)
     return app
 
 
@@ -100,6 +102,13 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
     yield
     await runtime.store.close()
     log.info("store closed")
+
+
+async def _freeze_startup_objects(_app: web.Application) -> None:
+    """Everything loaded at start (modules, rules, templates) lives as long as the process:
+    moved out of the collector's sight, a full collection under load scans only what
+    requests create, which shortens the pauses that make latency tails."""
+    gc.freeze()
 
 
 async def _stale_sweeper(app: web.Application) -> AsyncIterator[None]:
@@ -116,6 +125,7 @@ async def _stale_sweeper(app: web.Application) -> AsyncIterator[None]:
                 log.exception("stale sweep failed; will try again")
             else:
                 if stale:
+                    runtime.wake_engine()  # incidents may have resolved: recovery notices
                     runtime.metrics.alerts_stale.inc(len(stale))
                     log.warning("alerts went stale", extra=fields(count=len(stale), ids=stale[:20]))
             await runtime.clock.sleep_until(now + alerts_config.stale_check_every)

@@ -248,7 +248,11 @@ class Dispatcher:
         """
         claimed = 0
         while (room := self._max_in_flight - self._in_flight) > 0:
-            pages = await self._store.claim_pages(self._clock.now(), min(room, self._batch))
+            # A contact method with a message in progress gets its next pages afterwards,
+            # together (one bundle), instead of marked as sending while they wait.
+            pages = await self._store.claim_pages(
+                self._clock.now(), min(room, self._batch), busy=tuple(self._method_locks)
+            )
             if not pages:
                 break
             groups: dict[tuple[str, str, str], list[Page]] = {}
@@ -256,6 +260,7 @@ class Dispatcher:
                 groups.setdefault((page.contact, page.channel, page.address), []).append(page)
             for key, group in groups.items():
                 self._in_flight += len(group)
+                self._method_locks.setdefault(key, asyncio.Lock())  # busy from now on
                 task = asyncio.create_task(self._deliver_in_turn(key, group), name="deliver")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

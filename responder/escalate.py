@@ -328,10 +328,21 @@ class Escalator:
         self._config = config
         self._batch = batch
         self._wake = asyncio.Event()
+        self._passes_started = 0
+        self._passes_done = 0
+        self._pass_done = asyncio.Event()
 
     def wake(self) -> None:
         """A nearer due time may have been written (new incident, acknowledge, ...)."""
         self._wake.set()
+
+    async def next_pass(self) -> None:
+        """Return once a pass that started after this call has finished: whatever was due
+        when it was called has been handled (or failed, to be tried again)."""
+        target = self._passes_started + 1
+        while self._passes_done < target:
+            self._pass_done.clear()
+            await self._pass_done.wait()
 
     async def run_once(self) -> int:
         """Handle everything due now, a batch per transaction; returns how many were handled."""
@@ -403,6 +414,7 @@ class Escalator:
         while True:
             self._wake.clear()
             started = monotonic()
+            self._passes_started += 1
             try:
                 await self.run_once()
                 wake_at = await self._store.next_escalation()
@@ -410,6 +422,8 @@ class Escalator:
                 log.exception("escalation pass failed; trying again shortly")
                 wake_at = None
                 await asyncio.sleep(1.0)
+            self._passes_done = self._passes_started
+            self._pass_done.set()
             self._metrics.escalation_pass.observe(monotonic() - started)
             now = self._clock.now()
             limit = now + MAX_SLEEP

@@ -8,14 +8,16 @@ is not a valid, authenticated webhook. Nothing slow happens before the answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import Counter
+from datetime import datetime
 
 from aiohttp import web
 
 from responder.clock import monotonic
 from responder.incident import incident_key
 from responder.log import fields
+from responder.model import AlertStatus, WebhookMessage
 from responder.runtime import RUNTIME, Runtime
 from responder.store import IncomingAlert, IngestOutcome, StoreError
 from responder.webhook import PayloadError, parse_webhook
@@ -25,9 +27,29 @@ log = logging.getLogger("responder.ingest")
 # Alertmanager gives up on a webhook after 10 s and sends it again; answering 503 a little
 # before that is better than being cancelled (FACTS.md).
 STORE_DEADLINE_S = 8.0
+# After the store, a webhook that opened incidents may wait for the escalation engine
+# (back-pressure, intake.py) until this long after the store's deadline, then answers 200.
+ANSWER_AFTER_STORE_S = 1.0
 # Outcomes that mean an alert (re)started firing: what the classification metrics count.
 _STARTED_FIRING = frozenset({IngestOutcome.NEW, IngestOutcome.REVIVED})
 _CHANGES_INCIDENTS = _STARTED_FIRING | {IngestOutcome.RESOLVED}
+
+
+def _classify(runtime: Runtime, message: WebhookMessage, now: datetime) -> list[IncomingAlert]:
+    snapshot = runtime.snapshot
+    incoming = []
+    for alert in message.alerts:
+        classification = snapshot.classify(alert.labels, now)
+        incoming.append(
+            IncomingAlert(
+                alert=alert,
+                group_key=message.group_key,
+                receiver=message.receiver,
+                classification=classification,
+                incident_key=incident_key(classification, alert.labels, message.group_key),
+            )
+        )
+    return incoming
 
 
 def json_error(status: int, message: str, **extra: str) -> web.Response:
@@ -63,6 +85,7 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
         metrics.webhook_requests.labels("too_large").inc()
         return json_error(413, f"body larger than {limit} bytes")
     started = monotonic()
+    deadline = asyncio.get_running_loop().time() + STORE_DEADLINE_S  # the loop's clock
     try:
         message = parse_webhook(body)
     except PayloadError as exc:
@@ -70,45 +93,56 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
         log.warning("webhook rejected", extra=fields(reason=str(exc), peer=request.remote))
         return json_error(400, str(exc))
 
-    now = runtime.clock.now()
-    snapshot = runtime.snapshot
-    incoming = []
-    for alert in message.alerts:
-        classification = snapshot.classify(alert.labels, now)
-        incoming.append(
-            IncomingAlert(
-                alert=alert,
-                group_key=message.group_key,
-                receiver=message.receiver,
-                classification=classification,
-                incident_key=incident_key(classification, alert.labels, message.group_key),
-            )
-        )
-    reopen = snapshot.escalation.reopen_within
-    try:
-        outcomes = await asyncio.wait_for(
-            runtime.store.ingest(incoming, now, reopen_within=reopen), STORE_DEADLINE_S
-        )
-    except (StoreError, TimeoutError) as exc:
-        metrics.webhook_requests.labels("unavailable").inc()
-        log.error("webhook not stored", extra=fields(reason=str(exc) or "store timed out"))
-        return json_error(503, "alerts could not be stored; retry later")
+    firing = sum(1 for a in message.alerts if a.status is AlertStatus.FIRING)
+    async with runtime.intake.admit(firing):
+        now = runtime.clock.now()  # after any wait: an incident opens when it is stored
+        incoming = _classify(runtime, message, now)
+        due = False
 
-    metrics.ingest_duration.observe(monotonic() - started)
+        def incidents_due() -> None:
+            nonlocal due
+            due = True
+            runtime.wake_escalator()
+
+        reopen = runtime.snapshot.escalation.reopen_within
+        try:
+            # asyncio.timeout, not wait_for: no task per webhook.
+            async with asyncio.timeout_at(deadline):
+                outcomes = await runtime.store.ingest(
+                    incoming, now, reopen_within=reopen, on_due=incidents_due
+                )
+        except (StoreError, TimeoutError) as exc:
+            metrics.webhook_requests.labels("unavailable").inc()
+            log.error("webhook not stored", extra=fields(reason=str(exc) or "store timed out"))
+            return json_error(503, "alerts could not be stored; retry later")
+        metrics.ingest_duration.observe(monotonic() - started)
+        if any(
+            stored in _CHANGES_INCIDENTS and item.classification.actions
+            for item, stored in zip(incoming, outcomes, strict=True)
+        ):
+            runtime.wake_containment()
+        if due and runtime.escalator is not None:
+            # Hold our places until the engine has seen the new incidents (intake.py). The
+            # alerts are stored: running out of time here still answers 200.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline + ANSWER_AFTER_STORE_S):
+                    await runtime.escalator.next_pass()
+
     metrics.webhook_requests.labels("accepted").inc()
+    counts: dict[str, int] = {}
     for item, stored in zip(incoming, outcomes, strict=True):
+        counts[stored.value] = counts.get(stored.value, 0) + 1
         if stored in _STARTED_FIRING:
             c = item.classification
             metrics.alerts_classified.labels(c.severity.value, c.category).inc()
             if c.rule is None:
                 metrics.alerts_unmatched.inc()
-    if any(o in _CHANGES_INCIDENTS for o in outcomes):
-        runtime.wake_engine()
-    counts = Counter(outcome.value for outcome in outcomes)
     for outcome, count in counts.items():
         metrics.alerts_ingested.labels(outcome).inc(count)
-    for status, count in Counter(a.status.value for a in message.alerts).items():
-        metrics.alerts_received.labels(status).inc(count)
+    if firing:
+        metrics.alerts_received.labels(AlertStatus.FIRING.value).inc(firing)
+    if firing < len(message.alerts):
+        metrics.alerts_received.labels(AlertStatus.RESOLVED.value).inc(len(message.alerts) - firing)
     if message.truncated_alerts:
         log.warning(
             "Alertmanager truncated the group; raise max_alerts or expect missing alerts",

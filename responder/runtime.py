@@ -27,6 +27,7 @@ from responder.contain import ActionCatalog, ContainmentSettings, parse_actions,
 from responder.contain.engine import Containment
 from responder.deliver import DeliveryConfig, Dispatcher, parse_delivery
 from responder.escalate import ESCALATION_KEYS, EscalationConfig, Escalator, load_escalation
+from responder.intake import Intake
 from responder.log import fields
 from responder.messages import Templates, load_templates
 from responder.metrics import Metrics
@@ -117,6 +118,7 @@ class Runtime:
         self.escalator: Escalator | None = None
         self.dispatcher: Dispatcher | None = None
         self.containment: Containment | None = None
+        self.intake = Intake()  # back-pressure from the escalation engine on the webhook
         self.notifiers: dict[str, Notifier] = {}
         metrics.config_reload_ok.set(1)
         metrics.config_reload_time.set(clock.now().timestamp())
@@ -132,6 +134,16 @@ class Runtime:
             self.escalator.wake()
         if self.dispatcher is not None:
             self.dispatcher.wake()
+        if self.containment is not None:
+            self.containment.wake()
+
+    def wake_escalator(self) -> None:
+        """An incident's next due time moved earlier (opened, reopened, raised, resolved)."""
+        if self.escalator is not None:
+            self.escalator.wake()
+
+    def wake_containment(self) -> None:
+        """Containment work was queued."""
         if self.containment is not None:
             self.containment.wake()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from responder.incident import NewPage, PageKind, PageState
 from responder.model import Alert, AlertStatus, Classification, Severity, frozen_labels
 from responder.store import (
     AlertQuery,
@@ -256,3 +257,53 @@ async def test_containment_queue_ids_are_never_reused(tmp_path: Path) -> None:
         assert [q.queue_id for q in await store.containment_queue(first)] == [second]
     finally:
         await store.close()
+
+
+async def test_on_due_only_when_an_incident_needs_the_engine_now(store: SQLiteStore) -> None:
+    """Opening, raising and resolving an incident call ``on_due`` after the commit; an alert
+    joining an open incident at the same severity, and a repeat, do not (the webhook then
+    has no reason to wake the engine or wait for it)."""
+    calls: list[str] = []
+
+    async def ingest(a: IncomingAlert, at: datetime, what: str) -> None:
+        await store.ingest([a], at, on_due=lambda: calls.append(what))
+
+    first = replace(alert("aaaa000000000001"), incident_key="disk")
+    joins = replace(alert("aaaa000000000002"), incident_key="disk")
+    worse = replace(
+        alert("aaaa000000000003"),
+        incident_key="disk",
+        classification=replace(CLASSIFIED, severity=Severity.P0),
+    )
+    await ingest(first, T0, "opened")
+    await ingest(first, T0 + timedelta(minutes=1), "repeat")
+    await ingest(joins, T0 + timedelta(minutes=1), "joined")
+    await ingest(worse, T0 + timedelta(minutes=2), "raised")
+    end = T0 + timedelta(minutes=3)
+    await ingest(resolved(first, end), end, "one of three resolved")
+    await ingest(resolved(joins, end), end, "two of three resolved")
+    await ingest(resolved(worse, end), end, "all resolved")
+    assert calls == ["opened", "raised", "all resolved"]
+
+
+async def test_claim_skips_contact_methods_with_a_message_in_progress(
+    store: SQLiteStore,
+) -> None:
+    """Pages for a contact method that is busy stay queued: marked as sending while they
+    wait, a crash would make their outcome unknown although nobody had sent them."""
+    await store.ingest([replace(alert(), incident_key="disk")], T0)
+    pages = [
+        NewPage("L1", PageKind.PAGE, contact, channel, address, T0)
+        for contact, channel, address in [
+            ("alice", "sms", "+15551230001"),
+            ("alice", "email", "alice@example.com"),
+            ("bob", "sms", "+15551230002"),
+        ]
+    ]
+    await store.add_pages(1, 1, pages, None, T0)
+    busy = [("alice", "sms", "+15551230001")]
+    claimed = await store.claim_pages(T0, busy=busy)
+    assert sorted((p.contact, p.channel) for p in claimed) == [("alice", "email"), ("bob", "sms")]
+    assert await store.claim_pages(T0, busy=busy) == []
+    (last,) = await store.claim_pages(T0)
+    assert (last.contact, last.channel, last.state) == ("alice", "sms", PageState.SENDING)

@@ -6,7 +6,7 @@ is durable when its coroutine returns: callers answer Alertmanager only after th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -198,10 +198,13 @@ class Store(ContainmentStore, Protocol):
         now: datetime,
         *,
         reopen_within: timedelta = ...,
+        on_due: Callable[[], None] | None = None,
     ) -> list[IngestOutcome]:
         """Record alerts durably and idempotently; one outcome per alert, same order. In the
         same transaction, firing alerts join (or open, or reopen) their incident, and an
-        incident whose last firing alert resolved is resolved."""
+        incident whose last firing alert resolved is resolved. ``on_due`` is called, after
+        the commit, when that made an incident due now (opened, reopened, severity raised,
+        resolved); an alert joining an open incident does not."""
         ...
 
     async def mark_stale(self, last_received_before: datetime, now: datetime) -> list[int]:
@@ -277,8 +280,12 @@ class Store(ContainmentStore, Protocol):
         ...
 
     # -- the outbox ---------------------------------------------------------------------------
-    async def claim_pages(self, now: datetime, limit: int = 50) -> list[Page]:
-        """Due queued pages, marked ``sending`` durably before they are returned."""
+    async def claim_pages(
+        self, now: datetime, limit: int = 50, busy: Collection[tuple[str, str, str]] = ()
+    ) -> list[Page]:
+        """Due queued pages, marked ``sending`` durably before they are returned; none for
+        the ``busy`` (contact, channel, address) methods, whose pages would only wait, marked
+        as sending, for the message in progress (a crash would make their outcome unknown)."""
         ...
 
     async def finish_page(

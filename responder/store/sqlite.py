@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -253,12 +253,16 @@ class SQLiteStore:
         now: datetime,
         *,
         reopen_within: timedelta = DEFAULT_REOPEN_WITHIN,
+        on_due: Callable[[], None] | None = None,
     ) -> list[IngestOutcome]:
         now_us = to_us(now)
         reopen_us = int(reopen_within.total_seconds() * 1_000_000)
-        return await self._write(
+        results = await self._write(
             lambda conn: [_ingest_one(conn, a, now_us, reopen_us) for a in alerts]
         )
+        if on_due is not None and any(due for _, due in results):
+            on_due()
+        return [outcome for outcome, _ in results]
 
     async def mark_stale(self, last_received_before: datetime, now: datetime) -> list[int]:
         cutoff = to_us(last_received_before)
@@ -407,9 +411,12 @@ class SQLiteStore:
         return await self._read(lambda conn: inc.list_incidents(conn, states, since_us, limit))
 
     # -- the outbox ---------------------------------------------------------------------------
-    async def claim_pages(self, now: datetime, limit: int = 50) -> list[Page]:
+    async def claim_pages(
+        self, now: datetime, limit: int = 50, busy: Collection[tuple[str, str, str]] = ()
+    ) -> list[Page]:
         now_us = to_us(now)
-        return await self._write(lambda conn: inc.claim_pages(conn, now_us, limit))
+        skip = list(busy)
+        return await self._write(lambda conn: inc.claim_pages(conn, now_us, limit, skip))
 
     async def finish_page(
         self,
@@ -635,10 +642,12 @@ def classification_document(c: Classification) -> dict[str, object]:
 
 def _ingest_one(
     conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int, reopen_us: int
-) -> IngestOutcome:
+) -> tuple[IngestOutcome, bool]:
+    """Store one alert; the flag says an incident's next due time moved earlier (the
+    escalation engine should look now)."""
     outcome, alert_id, incident_id = _store_alert(conn, incoming, now_us)
     if alert_id is None:
-        return outcome
+        return outcome, False
     if incoming.classification.actions and outcome is not IngestOutcome.RESOLVED_UNSEEN:
         # Containment's work, durable with the alert: a crash before it runs loses nothing.
         trigger = "resolve" if outcome is IngestOutcome.RESOLVED else "fire"
@@ -651,7 +660,7 @@ def _ingest_one(
         actions.alert_resolved(conn, alert_id, now_us)
     if outcome in (IngestOutcome.NEW, IngestOutcome.REVIVED):
         if incoming.incident_key is not None:
-            inc.attach_alert(
+            return outcome, inc.attach_alert(
                 conn,
                 alert_id,
                 incoming.incident_key,
@@ -661,8 +670,8 @@ def _ingest_one(
                 reopen_us,
             )
     elif outcome is IngestOutcome.RESOLVED and incident_id is not None:
-        inc.alert_ended(conn, alert_id, incident_id, Event.ALERT_RESOLVED, now_us)
-    return outcome
+        return outcome, inc.alert_ended(conn, alert_id, incident_id, Event.ALERT_RESOLVED, now_us)
+    return outcome, False
 
 
 def _store_alert(

@@ -81,8 +81,9 @@ def attach_alert(
     classification: dict[str, Any],
     now_us: int,
     reopen_us: int,
-) -> int:
-    """Put a firing alert into the open incident with its key, reopening or creating one."""
+) -> bool:
+    """Put a firing alert into the open incident with its key, reopening or creating one.
+    True when the incident's next due time moved to now (opened, reopened, raised)."""
     severity = str(classification["severity"])
     fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
     row = conn.execute(
@@ -108,7 +109,8 @@ def attach_alert(
                 "alertmanager",
                 {"from": current, "to": severity},
             )
-        return int(incident_id)
+            return True
+        return False
 
     row = conn.execute(
         "SELECT id FROM incidents WHERE key = ? AND state = 'resolved' AND resolved_at >= ? "
@@ -138,7 +140,7 @@ def attach_alert(
         )
         conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (incident_id, alert_id))
         _event(conn, incident_id, now_us, Event.RETRIGGERED, "alertmanager", fired)
-        return int(incident_id)
+        return True
 
     # A rule may hold the first page while containment works (hold_page).
     hold_us = int(classification.get("hold_page_s") or 0) * 1_000_000
@@ -171,19 +173,20 @@ def attach_alert(
         "alertmanager",
         {**fired, "classification": classification},
     )
-    return incident_id
+    return True
 
 
 def alert_ended(
     conn: sqlite3.Connection, alert_id: int, incident_id: int, kind: Event, now_us: int
-) -> None:
-    """An alert resolved or went stale: the incident resolves when none of its alerts fires."""
+) -> bool:
+    """An alert resolved or went stale: the incident resolves when none of its alerts fires.
+    True when it did (its recovery notice is due now)."""
     _event(conn, incident_id, now_us, kind, "alertmanager", {"alert": alert_id})
     firing = conn.execute(
         "SELECT 1 FROM alerts WHERE incident_id = ? AND status = 'firing' LIMIT 1", (incident_id,)
     ).fetchone()
     if firing is not None:
-        return
+        return False
     cur = conn.execute(
         "UPDATE incidents SET state = 'resolved', resolved_at = ?, resolved_by = 'alertmanager', "
         "snoozed_until = NULL, next_due = ?, version = version + 1, updated_at = ? "
@@ -194,6 +197,8 @@ def alert_ended(
         _cancel_pending(conn, incident_id, now_us, "resolved", resolve=True)
         reason = "all alerts resolved" if kind is Event.ALERT_RESOLVED else "all alerts ended"
         _event(conn, incident_id, now_us, Event.RESOLVED, "alertmanager", {"reason": reason})
+        return True
+    return False
 
 
 def _event(
@@ -545,13 +550,27 @@ def transition(
 # -- the outbox --------------------------------------------------------------------------------
 
 
-def claim_pages(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Page]:
-    """Mark due pages as sending (durably, before any provider call) and return them."""
+def claim_pages(
+    conn: sqlite3.Connection, now_us: int, limit: int, busy: Sequence[tuple[str, str, str]] = ()
+) -> list[Page]:
+    """Mark due pages as sending (durably, before any provider call) and return them,
+    skipping the ``busy`` (contact, channel, address) methods."""
+    skip = ""
+    params: list[object] = [now_us, now_us]
+    if busy:
+        skip = (
+            "AND (contact, channel, address) NOT IN (VALUES "
+            + ",".join(["(?, ?, ?)"] * len(busy))
+            + ") "
+        )
+        for method in busy:
+            params.extend(method)
+    params.append(limit)
     rows = conn.execute(
-        f"UPDATE pages SET state = 'sending', attempts = attempts + 1, updated_at = ? "  # noqa: S608 - fixed text
-        f"WHERE id IN (SELECT id FROM pages WHERE state = 'queued' AND due_at <= ? "
+        f"UPDATE pages SET state = 'sending', attempts = attempts + 1, updated_at = ? "  # noqa: S608 - fixed text and placeholders
+        f"WHERE id IN (SELECT id FROM pages WHERE state = 'queued' AND due_at <= ? {skip}"
         f"ORDER BY due_at LIMIT ?) RETURNING {PAGE_COLUMNS}",
-        (now_us, now_us, limit),
+        params,
     ).fetchall()
     return sorted((page_from_row(r) for r in rows), key=lambda p: (p.due_at, p.id))
 

@@ -1,0 +1,56 @@
+"""Back-pressure between the webhook and the escalation engine during an alert storm.
+
+On one core, the webhook can store new incidents faster than the engine can page for them:
+left alone, a storm of 100,000 alerts would be stored at full speed while their first pages
+fell further and further behind. Paging on time matters more than taking alerts fast, so
+the webhook takes new firing alerts only while fewer than ``limit`` are between the door
+and the engine (stored, but not yet through an escalation pass); others wait their turn
+before they are stored. Alertmanager keeps what it has not had a 2xx for, and sends it again
+if we are too slow, so waiting loses nothing. Waits are bounded: a stuck engine slows the
+webhook down, it never stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from responder.clock import monotonic
+
+# Firing alerts allowed between the door and the engine. About what one escalation pass
+# handles in a few hundred milliseconds; a larger body is let in alone.
+DEFAULT_LIMIT = 1000
+# The longest a webhook waits for its turn before it is let in anyway.
+DEFAULT_MAX_WAIT_S = 3.0
+
+
+class Intake:
+    """A weighted semaphore over firing alerts, never refusing, only delaying."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT, max_wait_s: float = DEFAULT_MAX_WAIT_S):
+        self._limit = limit
+        self._max_wait_s = max_wait_s
+        self._in_flight = 0
+        self._freed = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @contextlib.asynccontextmanager
+    async def admit(self, alerts: int) -> AsyncIterator[None]:
+        """Hold ``alerts`` places for the body of the ``async with``."""
+        if alerts and self._in_flight and self._in_flight + alerts > self._limit:
+            deadline = monotonic() + self._max_wait_s
+            with contextlib.suppress(TimeoutError):
+                while self._in_flight and self._in_flight + alerts > self._limit:
+                    self._freed.clear()
+                    async with asyncio.timeout(max(0.0, deadline - monotonic())):
+                        await self._freed.wait()
+        self._in_flight += alerts
+        try:
+            yield
+        finally:
+            self._in_flight -= alerts
+            self._freed.set()
