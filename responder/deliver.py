@@ -365,7 +365,9 @@ class Dispatcher:
         sent_at = self._clock.now()  # one message: one send time, counted once by the limits
         for page in pages:
             self._observe_sent(page)
-            await self._finish(page, PageState.SENT, provider_id=receipt.provider_id, at=sent_at)
+        await self._store.finish_pages(
+            [p.id for p in pages], PageState.SENT, sent_at, provider_id=receipt.provider_id
+        )
         log.info(
             "pages bundled",
             extra=fields(pages=[p.id for p in pages], contact=pages[0].contact),
@@ -466,12 +468,11 @@ class Dispatcher:
         provider_id: str | None = None,
         error: str | None = None,
         retry_at: datetime | None = None,
-        at: datetime | None = None,
     ) -> None:
         await self._store.finish_page(
             page.id,
             state,
-            at or self._clock.now(),
+            self._clock.now(),
             provider_id=provider_id,
             error=error,
             retry_at=retry_at,

@@ -301,6 +301,13 @@ class Store(ContainmentStore, Protocol):
         """Record the outcome; with ``retry_at`` the page is queued again for then."""
         ...
 
+    async def finish_pages(
+        self, page_ids: Sequence[int], state: PageState, now: datetime, *, provider_id: str
+    ) -> None:
+        """The outcome of one message that carried several pages (a bundle), recorded for
+        all of them in one transaction."""
+        ...
+
     async def get_page(self, page_id: int) -> Page | None: ...
 
     async def page_by_provider_id(self, provider_id: str) -> Page | None:

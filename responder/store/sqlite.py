@@ -442,6 +442,18 @@ class SQLiteStore:
             )
         )
 
+    async def finish_pages(
+        self, page_ids: Sequence[int], state: PageState, now: datetime, *, provider_id: str
+    ) -> None:
+        now_us = to_us(now)
+        ids = list(page_ids)
+
+        def work(conn: sqlite3.Connection) -> None:
+            for page_id in ids:
+                inc.finish_page(conn, page_id, state, now_us, provider_id=provider_id)
+
+        await self._write(work)
+
     async def get_page(self, page_id: int) -> Page | None:
         return await self._read(lambda conn: inc.get_page(conn, page_id))
 
