@@ -94,7 +94,8 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
         return json_error(400, str(exc))
 
     firing = sum(1 for a in message.alerts if a.status is AlertStatus.FIRING)
-    async with runtime.intake.admit(firing):
+    await runtime.intake.acquire(firing)
+    try:
         now = runtime.clock.now()  # after any wait: an incident opens when it is stored
         incoming = _classify(runtime, message, now)
         due = False
@@ -112,7 +113,7 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
                     incoming, now, reopen_within=reopen, on_due=incidents_due
                 )
         except (StoreError, TimeoutError) as exc:
-            metrics.webhook_requests.labels("unavailable").inc()
+            metrics.webhook_outcome("unavailable").inc()
             log.error("webhook not stored", extra=fields(reason=str(exc) or "store timed out"))
             return json_error(503, "alerts could not be stored; retry later")
         metrics.ingest_duration.observe(monotonic() - started)
@@ -127,22 +128,24 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline + ANSWER_AFTER_STORE_S):
                     await runtime.escalator.next_pass()
+    finally:
+        runtime.intake.release(firing)
 
-    metrics.webhook_requests.labels("accepted").inc()
+    metrics.webhook_outcome("accepted").inc()
     counts: dict[str, int] = {}
     for item, stored in zip(incoming, outcomes, strict=True):
-        counts[stored.value] = counts.get(stored.value, 0) + 1
+        counts[stored] = counts.get(stored, 0) + 1
         if stored in _STARTED_FIRING:
             c = item.classification
-            metrics.alerts_classified.labels(c.severity.value, c.category).inc()
+            metrics.classified_as(c.severity, c.category).inc()
             if c.rule is None:
                 metrics.alerts_unmatched.inc()
     for outcome, count in counts.items():
-        metrics.alerts_ingested.labels(outcome).inc(count)
+        metrics.ingested_by_outcome(outcome).inc(count)
     if firing:
-        metrics.alerts_received.labels(AlertStatus.FIRING.value).inc(firing)
+        metrics.received_by_status(AlertStatus.FIRING).inc(firing)
     if firing < len(message.alerts):
-        metrics.alerts_received.labels(AlertStatus.RESOLVED.value).inc(len(message.alerts) - firing)
+        metrics.received_by_status(AlertStatus.RESOLVED).inc(len(message.alerts) - firing)
     if message.truncated_alerts:
         log.warning(
             "Alertmanager truncated the group; raise max_alerts or expect missing alerts",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 from responder.clock import monotonic
 
@@ -38,9 +37,9 @@ class Intake:
     def in_flight(self) -> int:
         return self._in_flight
 
-    @contextlib.asynccontextmanager
-    async def admit(self, alerts: int) -> AsyncIterator[None]:
-        """Hold ``alerts`` places for the body of the ``async with``."""
+    async def acquire(self, alerts: int) -> None:
+        """Take ``alerts`` places, waiting (bounded) while they do not fit; pair with
+        ``release``."""
         if alerts and self._in_flight and self._in_flight + alerts > self._limit:
             deadline = monotonic() + self._max_wait_s
             with contextlib.suppress(TimeoutError):
@@ -49,8 +48,7 @@ class Intake:
                     async with asyncio.timeout(max(0.0, deadline - monotonic())):
                         await self._freed.wait()
         self._in_flight += alerts
-        try:
-            yield
-        finally:
-            self._in_flight -= alerts
-            self._freed.set()
+
+    def release(self, alerts: int) -> None:
+        self._in_flight -= alerts
+        self._freed.set()

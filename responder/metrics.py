@@ -35,6 +35,21 @@ _KPI_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+class Children:
+    """A labelled counter's children, looked up once per label values: ``labels()``
+    validates and takes a lock on every call, which the webhook pays per alert."""
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def __call__(self, *values: str) -> Counter:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._counter.labels(*values)
+        return child
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -90,6 +105,11 @@ class Metrics:
             ["severity", "category"],
             registry=registry,
         )
+        # The webhook's per-alert counters, by label values (see Children).
+        self.webhook_outcome = Children(self.webhook_requests)
+        self.received_by_status = Children(self.alerts_received)
+        self.ingested_by_outcome = Children(self.alerts_ingested)
+        self.classified_as = Children(self.alerts_classified)
         self.alerts_unmatched = Counter(
             "responder_alerts_unmatched_total",
             "Alerts that started firing and matched no rule: the fallback classified them.",

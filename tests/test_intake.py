@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,18 @@ from tests.test_escalation_story import alert, webhook
 Client = TestClient[Any, Any]
 
 
+@contextlib.asynccontextmanager
+async def admitted(intake: Intake, alerts: int) -> AsyncIterator[None]:
+    await intake.acquire(alerts)
+    try:
+        yield
+    finally:
+        intake.release(alerts)
+
+
 async def test_bodies_that_fit_are_let_in_at_once() -> None:
     intake = Intake(limit=10)
-    async with intake.admit(4), intake.admit(6):
+    async with admitted(intake, 4), admitted(intake, 6):
         assert intake.in_flight == 10
     assert intake.in_flight == 0
 
@@ -29,7 +40,7 @@ async def test_a_body_that_does_not_fit_waits_for_places() -> None:
     order: list[str] = []
 
     async def body(name: str, alerts: int, hold: asyncio.Event) -> None:
-        async with intake.admit(alerts):
+        async with admitted(intake, alerts):
             order.append(f"{name} in")
             await hold.wait()
         order.append(f"{name} out")
@@ -53,7 +64,7 @@ async def test_a_body_larger_than_the_limit_goes_in_alone() -> None:
     release = asyncio.Event()
 
     async def small() -> None:
-        async with intake.admit(2):
+        async with admitted(intake, 2):
             await release.wait()
 
     first = asyncio.create_task(small())
@@ -61,7 +72,7 @@ async def test_a_body_larger_than_the_limit_goes_in_alone() -> None:
     entered = asyncio.Event()
 
     async def huge() -> None:
-        async with intake.admit(50):
+        async with admitted(intake, 50):
             entered.set()
 
     big = asyncio.create_task(huge())
@@ -75,10 +86,10 @@ async def test_a_body_larger_than_the_limit_goes_in_alone() -> None:
 async def test_waiting_is_bounded_the_body_goes_in_anyway() -> None:
     """A stuck engine slows the webhook down; it never stops it."""
     intake = Intake(limit=10, max_wait_s=0.05)
-    async with intake.admit(10):
+    async with admitted(intake, 10):
         loop = asyncio.get_running_loop()
         started = loop.time()
-        async with intake.admit(5):
+        async with admitted(intake, 5):
             assert intake.in_flight == 15
         assert 0.04 <= loop.time() - started < 1.0
 

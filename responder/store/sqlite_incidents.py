@@ -51,8 +51,12 @@ def _opt_us(value: int | None) -> datetime | None:
     return None if value is None else from_us(value)
 
 
+# One encoder for every row: json.dumps with options builds a new encoder on each call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
 def dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return _ENCODER.encode(value)
 
 
 def add_event(conn: sqlite3.Connection, incident_id: int, event: TimelineEvent) -> None:
