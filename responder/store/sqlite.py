@@ -257,9 +257,12 @@ class SQLiteStore:
     ) -> list[IngestOutcome]:
         now_us = to_us(now)
         reopen_us = int(reopen_within.total_seconds() * 1_000_000)
-        results = await self._write(
-            lambda conn: [_ingest_one(conn, a, now_us, reopen_us) for a in alerts]
-        )
+
+        def work(conn: sqlite3.Connection) -> list[tuple[IngestOutcome, bool]]:
+            documents = _Documents()
+            return [_ingest_one(conn, a, now_us, reopen_us, documents) for a in alerts]
+
+        results = await self._write(work)
         if on_due is not None and any(due for _, due in results):
             on_due()
         return [outcome for outcome, _ in results]
@@ -652,12 +655,37 @@ def classification_document(c: Classification) -> dict[str, object]:
     }
 
 
+class _Documents:
+    """The stored classification document, built once for a run of alerts that share their
+    classification (the alerts of one body usually do)."""
+
+    __slots__ = ("_classification", "_document", "_text")
+
+    def __init__(self) -> None:
+        self._classification: Classification | None = None
+        self._document: dict[str, object] = {}
+        self._text = ""
+
+    def of(self, c: Classification) -> tuple[dict[str, object], str]:
+        if c is not self._classification and c != self._classification:
+            self._classification = c
+            self._document = classification_document(c)
+            self._text = _dumps(self._document)
+        return self._document, self._text
+
+
 def _ingest_one(
-    conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int, reopen_us: int
+    conn: sqlite3.Connection,
+    incoming: IncomingAlert,
+    now_us: int,
+    reopen_us: int,
+    documents: _Documents,
 ) -> tuple[IngestOutcome, bool]:
     """Store one alert; the flag says an incident's next due time moved earlier (the
     escalation engine should look now)."""
-    outcome, alert_id, incident_id = _store_alert(conn, incoming, now_us)
+    outcome, alert_id, incident_id, incident_severity = _store_alert(
+        conn, incoming, now_us, documents
+    )
     if alert_id is None:
         return outcome, False
     if incoming.classification.actions and outcome is not IngestOutcome.RESOLVED_UNSEEN:
@@ -670,27 +698,32 @@ def _ingest_one(
         )
     if outcome is IngestOutcome.RESOLVED:
         actions.alert_resolved(conn, alert_id, now_us)
-    if outcome in (IngestOutcome.NEW, IngestOutcome.REVIVED):
-        if incoming.incident_key is not None:
-            return outcome, inc.attach_alert(
-                conn,
-                alert_id,
-                incoming.incident_key,
-                dict(incoming.alert.labels),
-                classification_document(incoming.classification),
-                now_us,
-                reopen_us,
+        if incident_id is not None:
+            return outcome, inc.alert_ended(
+                conn, alert_id, incident_id, Event.ALERT_RESOLVED, now_us
             )
-    elif outcome is IngestOutcome.RESOLVED and incident_id is not None:
-        return outcome, inc.alert_ended(conn, alert_id, incident_id, Event.ALERT_RESOLVED, now_us)
-    return outcome, False
+        return outcome, False
+    if incoming.incident_key is None:
+        return outcome, False
+    document = documents.of(incoming.classification)[0]
+    labels = dict(incoming.alert.labels)
+    if incident_id is not None and incident_severity is not None:
+        # A new alert, stored with the open incident it joins.
+        return outcome, inc.join_incident(
+            conn, alert_id, incident_id, incident_severity, labels, document, now_us
+        )
+    return outcome, inc.attach_alert(
+        conn, alert_id, incoming.incident_key, labels, document, now_us, reopen_us
+    )
 
 
 def _store_alert(
-    conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int
-) -> tuple[IngestOutcome, int | None, int | None]:
-    """Write the alert row; returns the outcome, the row id when incidents must hear of it,
-    and the incident it belongs to."""
+    conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int, documents: _Documents
+) -> tuple[IngestOutcome, int | None, int | None, str | None]:
+    """Write the alert row. Returns the outcome; the row id when incidents must hear of it;
+    the incident it belongs to (for a resolve, the alert's; for a new alert, the open
+    incident it was stored with, None when incidents must place it); and, for a new alert
+    stored with its incident, that incident's severity."""
     alert = incoming.alert
     starts_us = to_us(alert.starts_at)
     if alert.status is AlertStatus.FIRING:
@@ -700,13 +733,18 @@ def _store_alert(
             (now_us, _dumps(dict(alert.annotations)), now_us, alert.fingerprint),
         )
         if cur.rowcount:
-            return IngestOutcome.REPEAT, None, None
+            return IngestOutcome.REPEAT, None, None, None
         c = incoming.classification
+        # Most new alerts join an open incident: stored with it at once, no second write.
+        joins = None
+        if incoming.incident_key is not None:
+            joins = inc.open_incident(conn, incoming.incident_key)
         cur = conn.execute(
             "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
             "generator_url, group_key, receiver, alertname, severity, category, rule, "
-            "classification, first_received, last_received, receive_count, updated_at) "
-            "VALUES (?, 'firing', ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) "
+            "classification, first_received, last_received, receive_count, updated_at, "
+            "incident_id) "
+            "VALUES (?, 'firing', ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
             "ON CONFLICT (fingerprint, starts_at) DO NOTHING",
             (
                 alert.fingerprint,
@@ -720,14 +758,17 @@ def _store_alert(
                 c.severity.value,
                 c.category,
                 c.rule,
-                _dumps(classification_document(c)),
+                documents.of(c)[1],
                 now_us,
                 now_us,
                 now_us,
+                None if joins is None else joins[0],
             ),
         )
         if cur.rowcount:
-            return IngestOutcome.NEW, cur.lastrowid, None
+            if joins is None:
+                return IngestOutcome.NEW, cur.lastrowid, None, None
+            return IngestOutcome.NEW, cur.lastrowid, joins[0], joins[1]
         # Same identity exists and is not firing: stale comes back to life; resolved stays
         # resolved (a firing copy delivered after the resolve is out of order).
         revived = conn.execute(
@@ -737,8 +778,8 @@ def _store_alert(
             (now_us, now_us, alert.fingerprint, starts_us),
         ).fetchone()
         if revived is not None:
-            return IngestOutcome.REVIVED, revived[0], None
-        return IngestOutcome.LATE, None, None
+            return IngestOutcome.REVIVED, revived[0], None, None
+        return IngestOutcome.LATE, None, None, None
 
     assert alert.ends_at is not None  # the parser guarantees an end time for resolved alerts
     ends_us = to_us(alert.ends_at)
@@ -753,7 +794,7 @@ def _store_alert(
         (ends_us, now_us, now_us, alert.fingerprint, ends_us),
     ).fetchone()
     if resolved is not None:
-        return IngestOutcome.RESOLVED, resolved[0], resolved[1]
+        return IngestOutcome.RESOLVED, resolved[0], resolved[1], None
     cur = conn.execute(
         "UPDATE alerts SET last_received = ?, receive_count = receive_count + 1 "
         "WHERE id = (SELECT id FROM alerts WHERE fingerprint = ? AND status = 'resolved' "
@@ -761,7 +802,7 @@ def _store_alert(
         (now_us, alert.fingerprint),
     )
     if cur.rowcount:
-        return IngestOutcome.REPEAT_RESOLVED, None, None
+        return IngestOutcome.REPEAT_RESOLVED, None, None, None
     c = incoming.classification
     conn.execute(
         "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
@@ -782,13 +823,13 @@ def _store_alert(
             c.severity.value,
             c.category,
             c.rule,
-            _dumps(classification_document(c)),
+            documents.of(c)[1],
             now_us,
             now_us,
             now_us,
         ),
     )
-    return IngestOutcome.RESOLVED_UNSEEN, None, None
+    return IngestOutcome.RESOLVED_UNSEEN, None, None, None
 
 
 def _stored_alert(row: sqlite3.Row | tuple[Any, ...]) -> StoredAlert:

@@ -77,6 +77,48 @@ def add_event(conn: sqlite3.Connection, incident_id: int, event: TimelineEvent) 
 # -- alerts joining and leaving incidents -------------------------------------------------------
 
 
+def open_incident(conn: sqlite3.Connection, key: str) -> tuple[int, str] | None:
+    """The open (not resolved) incident with ``key``: (id, severity)."""
+    row = conn.execute(
+        "SELECT id, severity FROM incidents WHERE key = ? AND state != 'resolved'", (key,)
+    ).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def join_incident(
+    conn: sqlite3.Connection,
+    alert_id: int,
+    incident_id: int,
+    current: str,
+    labels: dict[str, str],
+    classification: dict[str, Any],
+    now_us: int,
+) -> bool:
+    """A firing alert (already stored with ``incident_id``) joined the open incident whose
+    severity is ``current``. True when a worse alert raised the incident (due now)."""
+    severity = str(classification["severity"])
+    fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
+    _event(conn, incident_id, now_us, Event.ALERT_FIRED, "alertmanager", fired)
+    if Severity(severity).rank >= Severity(current).rank:
+        return False
+    # A worse alert joined: the incident takes its severity and policy, and the engine
+    # looks again at once.
+    conn.execute(
+        "UPDATE incidents SET severity = ?, policy = COALESCE(?, policy), "
+        "next_due = ?, version = version + 1, updated_at = ? WHERE id = ?",
+        (severity, classification.get("policy"), now_us, now_us, incident_id),
+    )
+    _event(
+        conn,
+        incident_id,
+        now_us,
+        Event.SEVERITY_RAISED,
+        "alertmanager",
+        {"from": current, "to": severity},
+    )
+    return True
+
+
 def attach_alert(
     conn: sqlite3.Connection,
     alert_id: int,
@@ -90,31 +132,10 @@ def attach_alert(
     True when the incident's next due time moved to now (opened, reopened, raised)."""
     severity = str(classification["severity"])
     fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
-    row = conn.execute(
-        "SELECT id, severity FROM incidents WHERE key = ? AND state != 'resolved'", (key,)
-    ).fetchone()
-    if row is not None:
-        incident_id, current = row
-        conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (incident_id, alert_id))
-        _event(conn, incident_id, now_us, Event.ALERT_FIRED, "alertmanager", fired)
-        if Severity(severity).rank < Severity(current).rank:
-            # A worse alert joined: the incident takes its severity and policy, and the
-            # engine looks again at once.
-            conn.execute(
-                "UPDATE incidents SET severity = ?, policy = COALESCE(?, policy), "
-                "next_due = ?, version = version + 1, updated_at = ? WHERE id = ?",
-                (severity, classification.get("policy"), now_us, now_us, incident_id),
-            )
-            _event(
-                conn,
-                incident_id,
-                now_us,
-                Event.SEVERITY_RAISED,
-                "alertmanager",
-                {"from": current, "to": severity},
-            )
-            return True
-        return False
+    found = open_incident(conn, key)
+    if found is not None:
+        conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (found[0], alert_id))
+        return join_incident(conn, alert_id, found[0], found[1], labels, classification, now_us)
 
     row = conn.execute(
         "SELECT id FROM incidents WHERE key = ? AND state = 'resolved' AND resolved_at >= ? "
