@@ -11,6 +11,7 @@ resort that always works, and the only one when no provider is configured.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import re
@@ -209,6 +210,10 @@ class Dispatcher:
         self._directory = directory
         self._config = config
         self._budget_told: datetime | None = None
+        # Send times of SMS and calls in the last hour (the budget's window), read from the
+        # store on first use and kept here after: counting them in the database for every
+        # message grew with the traffic.
+        self._paid: collections.deque[datetime] | None = None
         self._store = store
         self._clock = clock
         self._metrics = metrics
@@ -293,7 +298,7 @@ class Dispatcher:
         config = self._config()
         now = self._clock.now()
         if first.channel in PAID_CHANNELS:
-            used = await self._store.paid_messages_since(now - timedelta(hours=1))
+            used = await self._paid_in_last_hour(now)
             self._metrics.budget_used.set(used)
             if used >= config.sms_voice_per_hour:
                 await self._hold(pages, now + timedelta(minutes=5), "hourly SMS/voice budget used")
@@ -310,6 +315,19 @@ class Dispatcher:
             await self._deliver(first)
         else:
             await self._deliver_bundle(pages)
+
+    async def _paid_in_last_hour(self, now: datetime) -> int:
+        since = now - timedelta(hours=1)
+        if self._paid is None:
+            self._paid = collections.deque(await self._store.paid_send_times(since))
+        paid = self._paid
+        while paid and paid[0] < since:
+            paid.popleft()
+        return len(paid)
+
+    def _count_paid(self, channel: str, at: datetime) -> None:
+        if channel in PAID_CHANNELS and self._paid is not None:
+            self._paid.append(at)
 
     async def _hold(self, pages: list[Page], until: datetime, reason: str) -> None:
         await self._store.hold_pages([p.id for p in pages], until, reason, self._clock.now())
@@ -355,7 +373,8 @@ class Dispatcher:
             return
         try:
             message = await self._compose.bundle(pages)
-            receipt = await asyncio.wait_for(notifier.send(message), SEND_DEADLINE_S)
+            async with asyncio.timeout(SEND_DEADLINE_S):
+                receipt = await notifier.send(message)
         except (DeliveryError, TimeoutError):
             # Let each page take its own retry and failover path.
             for page in pages:
@@ -368,6 +387,7 @@ class Dispatcher:
         await self._store.finish_pages(
             [p.id for p in pages], PageState.SENT, sent_at, provider_id=receipt.provider_id
         )
+        self._count_paid(pages[0].channel, sent_at)
         log.info(
             "pages bundled",
             extra=fields(pages=[p.id for p in pages], contact=pages[0].contact),
@@ -401,7 +421,8 @@ class Dispatcher:
             return
         try:
             message = await self._compose.page(page)
-            receipt = await asyncio.wait_for(notifier.send(message), SEND_DEADLINE_S)
+            async with asyncio.timeout(SEND_DEADLINE_S):
+                receipt = await notifier.send(message)
         except (DeliveryError, TimeoutError) as exc:
             retryable = exc.retryable if isinstance(exc, DeliveryError) else True
             reason = str(exc) or "timed out"
@@ -427,6 +448,7 @@ class Dispatcher:
             return
         self._observe_sent(page)
         await self._finish(page, PageState.SENT, provider_id=receipt.provider_id)
+        self._count_paid(page.channel, self._clock.now())
 
     async def failover(self, page: Page, reason: str) -> int:
         """Queue the next channel or the backup contact for a page that failed for good."""

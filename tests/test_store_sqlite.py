@@ -307,3 +307,25 @@ async def test_claim_skips_contact_methods_with_a_message_in_progress(
     assert await store.claim_pages(T0, busy=busy) == []
     (last,) = await store.claim_pages(T0)
     assert (last.contact, last.channel, last.state) == ("alice", "sms", PageState.SENDING)
+
+
+async def test_paid_send_times_count_a_bundle_once(store: SQLiteStore) -> None:
+    """The SMS/voice budget's window, as read at start: a bundle is one message; email and
+    messages older than the window do not count."""
+    await store.ingest([replace(alert(), incident_key="disk")], T0)
+    pages = [
+        NewPage(f"L{n}", PageKind.PAGE, "alice", channel, address, T0)
+        for n, (channel, address) in enumerate(
+            [("sms", "+15551230001")] * 3 + [("email", "alice@example.com")]
+        )
+    ]
+    await store.add_pages(1, 1, pages, None, T0)
+    claimed = await store.claim_pages(T0)
+    sms = [p.id for p in claimed if p.channel == "sms"]
+    email = [p.id for p in claimed if p.channel == "email"]
+    early, later = T0 + timedelta(minutes=1), T0 + timedelta(minutes=50)
+    await store.finish_page(sms[0], PageState.SENT, early, provider_id="SM1")
+    await store.finish_pages(sms[1:], PageState.SENT, later, provider_id="SM2")
+    await store.finish_page(email[0], PageState.SENT, later, provider_id="<m@x>")
+    assert await store.paid_send_times(T0) == [early, later]
+    assert await store.paid_send_times(early + timedelta(seconds=1)) == [later]

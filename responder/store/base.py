@@ -343,8 +343,9 @@ class Store(ContainmentStore, Protocol):
         """When messages went to one contact method since a time (a bundle counts once)."""
         ...
 
-    async def paid_messages_since(self, since: datetime) -> int:
-        """SMS and calls sent since a time, for the spend budget."""
+    async def paid_send_times(self, since: datetime) -> list[datetime]:
+        """When each SMS and call since a time was sent (a bundle once), oldest first: the
+        spend budget's window, read once at start and kept in memory after."""
         ...
 
     async def hold_pages(

@@ -495,9 +495,10 @@ class SQLiteStore:
         values = await self._read(lambda conn: inc.send_times(conn, contact, channel, since_us))
         return [from_us(v) for v in values]
 
-    async def paid_messages_since(self, since: datetime) -> int:
+    async def paid_send_times(self, since: datetime) -> list[datetime]:
         since_us = to_us(since)
-        return await self._read(lambda conn: inc.paid_messages_since(conn, since_us))
+        values = await self._read(lambda conn: inc.paid_send_times(conn, since_us))
+        return [from_us(v) for v in values]
 
     async def hold_pages(
         self, page_ids: Sequence[int], until: datetime, reason: str, now: datetime

@@ -776,16 +776,19 @@ def send_times(conn: sqlite3.Connection, contact: str, channel: str, since_us: i
     ]
 
 
-def paid_messages_since(conn: sqlite3.Connection, since_us: int) -> int:
-    """SMS and calls sent since a time, for the spend budget (a bundle counts once)."""
-    row = conn.execute(
-        # INDEXED BY: the planner would rather scan the whole (contact, channel, sent_at)
-        # index for the DISTINCT than seek to the last hour.
-        "SELECT COUNT(*) FROM (SELECT DISTINCT contact, channel, sent_at FROM pages "
-        "INDEXED BY pages_sent_at WHERE channel IN ('sms', 'voice') AND sent_at >= ?)",
-        (since_us,),
-    ).fetchone()
-    return int(row[0])
+def paid_send_times(conn: sqlite3.Connection, since_us: int) -> list[int]:
+    """When SMS and calls were sent since a time, for the spend budget (a bundle once)."""
+    return [
+        int(sent_at)
+        for _contact, _channel, sent_at in conn.execute(
+            # INDEXED BY: the planner would rather scan the whole (contact, channel, sent_at)
+            # index for the DISTINCT than seek to the last hour.
+            "SELECT DISTINCT contact, channel, sent_at FROM pages "
+            "INDEXED BY pages_sent_at WHERE channel IN ('sms', 'voice') AND sent_at >= ? "
+            "ORDER BY sent_at",
+            (since_us,),
+        )
+    ]
 
 
 def hold_pages(
