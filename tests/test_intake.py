@@ -137,3 +137,30 @@ async def test_webhook_that_opens_an_incident_answers_after_the_engine_pass(
     assert await post(webhook(alert("DiskFull", instance="b"))) == 200
     assert engine.woken == 1
     assert len(engine.passes) == 1
+
+
+async def test_with_the_real_engine_the_answer_comes_after_the_first_pages_are_queued(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A 200 for a webhook that opened an incident means its level-1 pages are queued."""
+    policy = """
+contacts:
+  alice: {email: alice@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+incidents:
+  default_policy: standard
+"""
+    client = await make_client(write_config(tmp_path, policy))
+    runtime = client.app[RUNTIME]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await client.post(
+        "/api/v1/alertmanager", json=webhook(alert("DiskFull", instance="a")), headers=AUTH
+    )
+    assert response.status == 200
+    assert loop.time() - started < 1.0  # the engine's pass, not the answer deadline
+    pages = await runtime.store.step_pages(1, 1, "L1")
+    assert [(p.contact, p.channel) for p in pages] == [("alice", "email")]
