@@ -27,8 +27,11 @@ log = logging.getLogger("responder.ingest")
 # Alertmanager gives up on a webhook after 10 s and sends it again; answering 503 a little
 # before that is better than being cancelled (FACTS.md).
 STORE_DEADLINE_S = 8.0
-# After the store, a webhook that opened incidents may wait for the escalation engine
-# (back-pressure, intake.py) until this long after the store's deadline, then answers 200.
+# After the store, a webhook that opened incidents waits for the escalation engine's next
+# pass (back-pressure, intake.py): at most this long, and never past the store's deadline
+# plus a second; then it answers 200 anyway. A pass over a large wave of due steps can take
+# longer, and Alertmanager must not be held near its own timeout for that.
+ENGINE_WAIT_S = 2.0
 ANSWER_AFTER_STORE_S = 1.0
 # Outcomes that mean an alert (re)started firing: what the classification metrics count.
 _STARTED_FIRING = frozenset({IngestOutcome.NEW, IngestOutcome.REVIVED})
@@ -126,7 +129,9 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
             # Hold our places until the engine has seen the new incidents (intake.py). The
             # alerts are stored: running out of time here still answers 200.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline + ANSWER_AFTER_STORE_S):
+                loop_now = asyncio.get_running_loop().time()
+                wait_until = min(deadline + ANSWER_AFTER_STORE_S, loop_now + ENGINE_WAIT_S)
+                async with asyncio.timeout_at(wait_until):
                     await runtime.escalator.next_pass()
     finally:
         runtime.intake.release(firing)
