@@ -319,7 +319,9 @@ class Dispatcher:
     async def _paid_in_last_hour(self, now: datetime) -> int:
         since = now - timedelta(hours=1)
         if self._paid is None:
-            self._paid = collections.deque(await self._store.paid_send_times(since))
+            seeded = collections.deque(await self._store.paid_send_times(since))
+            if self._paid is None:  # another delivery may have seeded it meanwhile
+                self._paid = seeded
         paid = self._paid
         while paid and paid[0] < since:
             paid.popleft()
@@ -507,7 +509,9 @@ class Dispatcher:
                 self._wake.clear()
                 try:
                     await self.run_once()
-                    due = await self._store.next_page()
+                    # Busy contact methods are left out: their pages go when the message in
+                    # progress is done (which wakes this loop), not in a spin until then.
+                    due = await self._store.next_page(busy=tuple(self._method_locks))
                     await self._update_queue_depth()
                 except Exception:
                     log.exception("delivery pass failed; trying again shortly")

@@ -83,7 +83,8 @@ class Metrics:
         )
         self.ingest_duration = Histogram(
             "responder_ingest_duration_seconds",
-            "Time from a webhook's body being read to its alerts being committed.",
+            "Time from a webhook's body being read to its alerts being committed, including "
+            "any wait for its turn during an alert storm.",
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )

@@ -5,24 +5,32 @@ and a kill -9 while a page is with the provider."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from responder.clock import FakeClock
-from responder.deliver import RateLimit, next_allowed, parse_delivery
+from notifiers.base import Message, Receipt
+from responder.clock import FakeClock, SystemClock
+from responder.deliver import Dispatcher, RateLimit, next_allowed, parse_delivery
+from responder.incident import NewPage, Page, PageKind, PageState
+from responder.metrics import Metrics
+from responder.store import SQLiteStore
 from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from responder.yamlfile import ConfigError, load_text
 from tests.conftest import AUTH, ClientFactory, write_config
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
 from tests.test_process import running
 from tests.test_process_escalation import wait_for
+from tests.test_store_sqlite import alert as stored_alert
 
 CONTACTS = """
 contacts:
@@ -243,3 +251,83 @@ async def test_kill_9_while_the_provider_holds_the_page(
 async def _true(value: bool) -> bool:
     await asyncio.sleep(0)
     return value
+
+
+class HeldNotifier:
+    """An email channel whose provider holds each message until the test releases it."""
+
+    channel = "email"
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.sent: list[str] = []
+
+    async def send(self, message: Message) -> Receipt:
+        await self.release.wait()
+        self.sent.append(message.text)
+        return Receipt(f"id-{len(self.sent)}")
+
+    async def close(self) -> None:
+        return None
+
+
+class PlainComposer:
+    async def page(self, page: Page) -> Message:
+        return Message(channel=page.channel, to=page.address, text=f"page {page.id}")
+
+    async def bundle(self, pages: Sequence[Page]) -> Message:
+        text = "bundle " + " ".join(str(p.id) for p in pages)
+        return Message(channel=pages[0].channel, to=pages[0].address, text=text)
+
+
+async def test_pages_for_a_busy_contact_wait_queued_without_spinning(tmp_path: Path) -> None:
+    """While alice's email is with the provider, her next page stays queued (not marked
+    sending) and the outbox sleeps instead of polling; it goes once the first is done."""
+    store = SQLiteStore(tmp_path / "responder.db")
+    await store.open()
+    clock = SystemClock()
+    now = clock.now()
+    await store.ingest([replace(stored_alert(starts=now), incident_key="k")], now)
+    claims = 0
+    claim = store.claim_pages
+
+    async def counted(*args: Any, **kwargs: Any) -> list[Page]:
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kwargs)
+
+    store.claim_pages = counted  # type: ignore[method-assign]
+    notifier = HeldNotifier()
+    loose = load_text("delivery:\n  rate_limits:\n    email: [100/1m]\n", "config.yaml")
+    delivery = parse_delivery(loose["delivery"])  # the default would hold the second page
+    dispatcher = Dispatcher(
+        store,
+        clock,
+        Metrics(CollectorRegistry()),
+        lambda: {"email": notifier},
+        PlainComposer(),
+        config=lambda: delivery,
+    )
+    first = NewPage("L1", PageKind.PAGE, "alice", "email", "alice@example.com", now)
+    await store.add_pages(1, 1, [first], None, now)
+    task = asyncio.create_task(dispatcher.run_forever())
+    try:
+        await asyncio.sleep(0.1)
+        second = NewPage("L2", PageKind.PAGE, "alice", "email", "alice@example.com", clock.now())
+        await store.add_pages(1, 1, [second], None, clock.now())
+        dispatcher.wake()
+        before = claims
+        await asyncio.sleep(0.5)
+        assert claims - before <= 2  # woken once, then asleep until the first is done
+        assert [p.state for p in await store.step_pages(1, 1, "L2")] == [PageState.QUEUED]
+        notifier.release.set()
+        for _ in range(100):
+            if len(notifier.sent) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert notifier.sent == ["page 1", "page 2"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.close()

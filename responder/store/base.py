@@ -245,8 +245,9 @@ class Store(ContainmentStore, Protocol):
         """The earliest ``next_due`` of any incident."""
         ...
 
-    async def next_page(self) -> datetime | None:
-        """The earliest due time of a queued page."""
+    async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
+        """The earliest due time of a queued page, leaving out the ``busy`` contact methods
+        (as ``claim_pages`` does: their pages wait for the message in progress)."""
         ...
 
     # -- incidents: people's side -------------------------------------------------------------

@@ -347,8 +347,9 @@ class SQLiteStore:
         value = await self._read(inc.next_escalation)
         return None if value is None else from_us(value)
 
-    async def next_page(self) -> datetime | None:
-        value = await self._read(inc.next_page)
+    async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
+        skip = list(busy)
+        value = await self._read(lambda conn: inc.next_page(conn, skip))
         return None if value is None else from_us(value)
 
     async def transition(
@@ -682,8 +683,8 @@ def _ingest_one(
     reopen_us: int,
     documents: _Documents,
 ) -> tuple[IngestOutcome, bool]:
-    """Store one alert; the flag says an incident's next due time moved earlier (the
-    escalation engine should look now)."""
+    """Store one alert; the flag says an incident's next due time moved earlier (opened,
+    reopened, raised, resolved): the escalation engine should look again."""
     outcome, alert_id, incident_id, incident_severity = _store_alert(
         conn, incoming, now_us, documents
     )

@@ -129,7 +129,8 @@ def attach_alert(
     reopen_us: int,
 ) -> bool:
     """Put a firing alert into the open incident with its key, reopening or creating one.
-    True when the incident's next due time moved to now (opened, reopened, raised)."""
+    True when the incident's next due time moved earlier: opened (due now, or when a
+    rule's hold_page ends), reopened, raised."""
     severity = str(classification["severity"])
     fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
     found = open_incident(conn, key)
@@ -416,9 +417,23 @@ def next_escalation(conn: sqlite3.Connection) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
-def next_page(conn: sqlite3.Connection) -> int | None:
-    row = conn.execute("SELECT MIN(due_at) FROM pages WHERE state = 'queued'").fetchone()
+def next_page(conn: sqlite3.Connection, busy: Sequence[tuple[str, str, str]] = ()) -> int | None:
+    skip, params = _not_busy(busy)
+    row = conn.execute(
+        f"SELECT MIN(due_at) FROM pages WHERE state = 'queued' {skip}",  # noqa: S608 - placeholders
+        params,
+    ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+def _not_busy(busy: Sequence[tuple[str, str, str]]) -> tuple[str, list[object]]:
+    """A condition leaving out pages of the busy (contact, channel, address) methods."""
+    if not busy:
+        return "", []
+    rows = ",".join(["(?, ?, ?)"] * len(busy))
+    return f"AND (contact, channel, address) NOT IN (VALUES {rows}) ", [
+        value for method in busy for value in method
+    ]
 
 
 # -- the engine's writes -----------------------------------------------------------------------
@@ -580,17 +595,8 @@ def claim_pages(
 ) -> list[Page]:
     """Mark due pages as sending (durably, before any provider call) and return them,
     skipping the ``busy`` (contact, channel, address) methods."""
-    skip = ""
-    params: list[object] = [now_us, now_us]
-    if busy:
-        skip = (
-            "AND (contact, channel, address) NOT IN (VALUES "
-            + ",".join(["(?, ?, ?)"] * len(busy))
-            + ") "
-        )
-        for method in busy:
-            params.extend(method)
-    params.append(limit)
+    skip, busy_params = _not_busy(busy)
+    params: list[object] = [now_us, now_us, *busy_params, limit]
     rows = conn.execute(
         f"UPDATE pages SET state = 'sending', attempts = attempts + 1, updated_at = ? "  # noqa: S608 - fixed text and placeholders
         f"WHERE id IN (SELECT id FROM pages WHERE state = 'queued' AND due_at <= ? {skip}"
