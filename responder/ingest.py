@@ -112,12 +112,10 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
 
         reopen = runtime.snapshot.escalation.reopen_within
         try:
-            # asyncio.timeout, not wait_for: no task per webhook.
-            async with asyncio.timeout_at(deadline):
-                outcomes = await runtime.store.ingest(
-                    incoming, now, reopen_within=reopen, on_due=incidents_due
-                )
-        except (StoreError, TimeoutError) as exc:
+            outcomes = await runtime.store.ingest(
+                incoming, now, reopen_within=reopen, on_due=incidents_due, deadline=deadline
+            )
+        except StoreError as exc:
             metrics.webhook_outcome("unavailable").inc()
             log.error("webhook not stored", extra=fields(reason=str(exc) or "store timed out"))
             return json_error(503, "alerts could not be stored; retry later")

@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from responder import ingest
 from responder.runtime import RUNTIME
 from tests.conftest import AUTH, TOKEN, ClientFactory, payload, write_config
 
@@ -181,6 +182,32 @@ async def test_storage_failure_is_503(client: Client) -> None:
     assert response.status == 503
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TRIGGER refuse")
+    assert (await post(client, payload("firing-api"))).status == 200
+
+
+async def test_a_stalled_disk_is_503_within_the_deadline(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that does not come back in time answers 503 (Alertmanager retries) instead of
+    holding the request; the write itself lands once the disk answers."""
+    monkeypatch.setattr(ingest, "STORE_DEADLINE_S", 0.5)
+    db = client.app[RUNTIME].config.state_dir / "responder.db"
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer's next transaction waits for this one
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        response = await post(client, payload("firing-api"))
+        assert response.status == 503
+        assert loop.time() - started < 2.0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    for _ in range(100):
+        if await alerts(client):
+            break
+        await asyncio.sleep(0.02)
+    assert len(await alerts(client)) == 1
     assert (await post(client, payload("firing-api"))).status == 200
 
 

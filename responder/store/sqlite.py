@@ -10,6 +10,7 @@ at once. Reads use a second connection and never wait for the writer (WAL).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -59,6 +60,8 @@ log = logging.getLogger("responder.store")
 # A batch larger than this is split: it bounds the time one commit holds the lock and
 # the latency of the first request in the batch.
 MAX_BATCH = 512
+# How often writes with a deadline are checked: a deadline is met to within this.
+DEADLINE_CHECK_S = 0.25
 
 
 @dataclass(slots=True)
@@ -95,6 +98,9 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._closed = False
+        # Writes with a deadline, oldest first, and the timer that fails the overdue ones.
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -154,6 +160,9 @@ class SQLiteStore:
         if self._closed:
             return
         self._closed = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self._writer is not None:
             self._jobs.put(None)  # sentinel: the writer drains what is queued, then stops
             await asyncio.to_thread(self._writer.join)
@@ -171,13 +180,35 @@ class SQLiteStore:
         return True
 
     # -- the writer thread --------------------------------------------------------------------
-    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(
+        self, work: Callable[[sqlite3.Connection], T], deadline: float | None = None
+    ) -> T:
+        """Queue ``work`` for the writer and wait for its commit. With a ``deadline`` (on the
+        loop's clock) the caller gets ``StoreError`` once it passes; the write itself may
+        still commit later."""
         if self._closed or self._writer is None:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(work, future, loop))
+        if deadline is not None:
+            self._deadlines.append((deadline, future))
+            if self._deadline_timer is None:
+                self._deadline_timer = loop.call_later(DEADLINE_CHECK_S, self._expire, loop)
         return await future
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the waiting writes whose deadline passed (a stalled disk), and forget the
+        settled ones. One timer for all writes: a timer per webhook costs it 6 µs."""
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _, future = deadlines.popleft()
+            if not future.done():
+                future.set_exception(StoreError("store did not commit in time"))
+        self._deadline_timer = (
+            loop.call_later(DEADLINE_CHECK_S, self._expire, loop) if deadlines else None
+        )
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         stopping = False
@@ -254,6 +285,7 @@ class SQLiteStore:
         *,
         reopen_within: timedelta = DEFAULT_REOPEN_WITHIN,
         on_due: Callable[[], None] | None = None,
+        deadline: float | None = None,
     ) -> list[IngestOutcome]:
         now_us = to_us(now)
         reopen_us = int(reopen_within.total_seconds() * 1_000_000)
@@ -262,7 +294,7 @@ class SQLiteStore:
             documents = _Documents()
             return [_ingest_one(conn, a, now_us, reopen_us, documents) for a in alerts]
 
-        results = await self._write(work)
+        results = await self._write(work, deadline)
         if on_due is not None and any(due for _, due in results):
             on_due()
         return [outcome for outcome, _ in results]
