@@ -46,12 +46,10 @@ import hashlib
 import itertools
 import json
 import os
-import platform
 import secrets
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -67,6 +65,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from benchlib import cpu_seconds_with_children, free_port, wait_ready
+from benchlib import machine as benchlib_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "containment.md"
@@ -93,13 +93,6 @@ rules:
 
 
 # -- config and daemon ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def action_config(probe: str, stamps: Path) -> dict[str, Any]:
@@ -144,22 +137,6 @@ def write_config(
     return path
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"responder exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - our URL
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            # not listening yet: poll again after the pause below
-            ...
-        time.sleep(0.05)
-    raise SystemExit(f"responder not ready after 30 s:\n{log.read_text()}")
-
-
 @dataclass
 class Daemon:
     process: subprocess.Popen[bytes]
@@ -201,13 +178,6 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(own user+system CPU seconds, reaped children's) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
 def busy_seconds() -> float:
@@ -496,16 +466,6 @@ def code_under_test() -> str:
 
 
 def machine() -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    synchronous = "full"
-    with contextlib.suppress(Exception):
-        shipped = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
-        synchronous = str(shipped["storage"]["synchronous"])
     fs = "unknown"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(
@@ -515,16 +475,7 @@ def machine() -> dict[str, str]:
             check=False,
         )
         fs = out.stdout.split()[-1]
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "synchronous": synchronous,
-        "fs": fs,
-        "code": code_under_test(),
-    }
+    return {**benchlib_machine(), "fs": fs, "code": code_under_test()}
 
 
 @dataclass
@@ -762,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             db = daemon.state / "responder.db"
             wait_for_runs(db, len(warm.sent), 30)
             before = metrics(port)
-            server_before = cpu_seconds(daemon.process.pid)
+            server_before = cpu_seconds_with_children(daemon.process.pid)
             machine_before = busy_seconds()
             started = time.process_time()
             wall = time.monotonic()
@@ -771,7 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The load lasts until the last answer: longer than args.seconds when answers lag.
             elapsed = time.monotonic() - wall
             load_cpu = (time.process_time() - started) / elapsed
-            server_after = cpu_seconds(daemon.process.pid)
+            server_after = cpu_seconds_with_children(daemon.process.pid)
             machine_busy = (busy_seconds() - machine_before) / elapsed
             finished = wait_for_runs(db, total, args.wait)
             after = metrics(port)

@@ -45,15 +45,12 @@ import contextlib
 import io
 import json
 import math
-import os
-import platform
 import pstats
 import re
 import secrets
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -68,6 +65,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from benchlib import cpu_seconds, free_port, machine, percentile, shipped_synchronous
 
 from responder.testing import SmtpTestServer
 
@@ -116,17 +114,6 @@ def proc_status(pid: int) -> tuple[int, int] | None:
     return rss, hwm
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (0.0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man proc).
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Sampler:
     """Samples the watched daemon's memory in a thread; ``phase`` labels the samples."""
 
@@ -168,13 +155,6 @@ class Sampler:
 
 
 # -- setup ------------------------------------------------------------------------------------
-
-
-def shipped_synchronous() -> str:
-    with contextlib.suppress(Exception):
-        shipped = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
-        return str(shipped["storage"]["synchronous"])
-    return "full"
 
 
 def write_setup(work: Path, token: str, smtp_port: int, after_s: int, synchronous: str) -> Path:
@@ -227,13 +207,6 @@ def write_setup(work: Path, token: str, smtp_port: int, after_s: int, synchronou
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- the daemon -------------------------------------------------------------------------------
@@ -763,32 +736,6 @@ def profile_summary(stats_file: Path, top: int = 30) -> str:
 
 
 # -- the report -------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[index]
-
-
-def machine() -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "sqlite": sqlite3.sqlite_version,
-        "synchronous": shipped_synchronous(),
-    }
 
 
 def filesystem(path: Path) -> str:

@@ -36,13 +36,11 @@ import contextlib
 import gc
 import json
 import os
-import platform
 import re
 import resource
 import secrets
 import shlex
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -57,6 +55,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import yaml
+from benchlib import cpu_seconds, free_port, wait_ready
+from benchlib import machine as benchlib_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 WEBHOOK_PATH = "/api/v1/alertmanager"
@@ -191,29 +191,6 @@ def wrk_script(case: Case, token: str, prefix: int) -> str:
 
 
 # -- processes ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - our URL
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            # not listening yet: poll again after the pause below
-            ...
-        time.sleep(0.05)
-    raise SystemExit(f"server at {url} not ready after 30 s:\n{log.read_text()}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -393,12 +370,6 @@ def machine_busy() -> float:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
     user, nice, system = (int(v) for v in fields[1:4])
     return (user + nice + system) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- open loop: fixed-rate generator --------------------------------------------------------
@@ -594,29 +565,9 @@ class CaseResult:
 
 
 def machine() -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    import aiohttp
-
-    synchronous = "full"
-    with contextlib.suppress(Exception):
-        shipped = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
-        synchronous = str(shipped["storage"]["synchronous"])
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "sqlite": sqlite3.sqlite_version,
-        "synchronous": synchronous,
-        "wrk": (wrk_version.stdout + wrk_version.stderr).split("\n", 1)[0].strip(),
-    }
+    wrk = (wrk_version.stdout + wrk_version.stderr).split("\n", 1)[0].strip()
+    return {**benchlib_machine(), "wrk": wrk}
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,11 @@ import email.policy
 import gc
 import json
 import os
-import platform
 import re
 import secrets
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -62,6 +60,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from benchlib import cpu_seconds, free_port, machine, percentile
 
 from responder.testing import FakeTwilio, SmtpTestServer
 
@@ -144,13 +143,6 @@ class SmtpStamps:
 
 
 # -- the daemon -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def contact_name(slot: int) -> str:
@@ -288,12 +280,6 @@ def tcp_counters() -> dict[str, int]:
                 table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
                 return {key: int(table.get(key, 0)) for key in wanted}
     return dict.fromkeys(wanted, 0)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def scrape(session: aiohttp.ClientSession, daemon: Daemon) -> dict[str, float]:
@@ -508,15 +494,6 @@ async def wait_for_pages(collector: Collector, numbers: Sequence[int], seconds: 
 # -- figures ----------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest rank: the smallest value with at least p% of the values at or below it."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, -(-len(ordered) * p // 100))
-    return ordered[min(len(ordered), int(rank)) - 1]
-
-
 @dataclass(frozen=True)
 class Row:
     name: str
@@ -682,26 +659,6 @@ def write_csv(outcome: Outcome, path: Path) -> None:
         ]
         lines.append(f"{s.number},{s.status}," + ",".join(cell(v) for v in values))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def machine() -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    shipped = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
-    synchronous = str(((shipped.get("storage") or {}).get("synchronous")) or "full")
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "sqlite": sqlite3.sqlite_version,
-        "synchronous": synchronous,
-    }
 
 
 def report(outcome: Outcome, args: argparse.Namespace, info: dict[str, str], pinned: bool) -> str:
