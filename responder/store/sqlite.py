@@ -747,7 +747,14 @@ def _ingest_one(
             conn, alert_id, incident_id, incident_severity, labels, document, now_us
         )
     return outcome, inc.attach_alert(
-        conn, alert_id, incoming.incident_key, labels, document, now_us, reopen_us
+        conn,
+        alert_id,
+        incoming.incident_key,
+        labels,
+        document,
+        now_us,
+        reopen_us,
+        none_open=outcome is IngestOutcome.NEW,  # _store_alert looked for one
     )
 
 

@@ -127,13 +127,16 @@ def attach_alert(
     classification: dict[str, Any],
     now_us: int,
     reopen_us: int,
+    *,
+    none_open: bool = False,
 ) -> bool:
-    """Put a firing alert into the open incident with its key, reopening or creating one.
-    True when the incident's next due time moved earlier: opened (due now, or when a
-    rule's hold_page ends), reopened, raised."""
+    """Put a firing alert into the open incident with its key, reopening or creating one
+    (``none_open``: the caller already found no open incident). True when the incident's
+    next due time moved earlier: opened (due now, or when a rule's hold_page ends),
+    reopened, raised."""
     severity = str(classification["severity"])
     fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
-    found = open_incident(conn, key)
+    found = None if none_open else open_incident(conn, key)
     if found is not None:
         conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (found[0], alert_id))
         return join_incident(conn, alert_id, found[0], found[1], labels, classification, now_us)
