@@ -2,7 +2,8 @@
 
 A webhook is answered 200 only after its alerts are committed (durable before 2xx), 503 when
 the store cannot take them (Alertmanager retries), and 4xx with the reason for anything that
-is not a valid, authenticated webhook. Nothing slow happens before the answer.
+is not a valid, authenticated webhook. The handler itself does nothing slow; in an alert
+storm it may wait (bounded) for its turn and for the escalation engine (intake.py).
 """
 
 from __future__ import annotations
