@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchlib import cpu_seconds_with_children, free_port, wait_ready
+from benchlib import cpu_seconds_with_children, free_port, read_response, wait_ready
 from benchlib import machine as benchlib_machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,16 +268,7 @@ class _Conn:
         self.writer = writer
 
     async def response(self) -> int:
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if length:
-            await self.reader.readexactly(length)
-        return status
+        return await read_response(self.reader)
 
 
 async def open_loop(

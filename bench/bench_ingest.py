@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import yaml
-from benchlib import cpu_seconds, free_port, wait_ready
+from benchlib import cpu_seconds, free_port, read_response, wait_ready
 from benchlib import machine as benchlib_machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -400,16 +400,7 @@ class _Conn:
 
     async def exchange(self, request: bytes) -> int:
         self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if length:
-            await self.reader.readexactly(length)
-        return status
+        return await read_response(self.reader)
 
 
 async def open_loop(

@@ -4,6 +4,7 @@ run from this folder)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -99,3 +100,18 @@ def machine() -> dict[str, str]:
         "sqlite": sqlite3.sqlite_version,
         "synchronous": shipped_synchronous(),
     }
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response (head and Content-Length body) off a keep-alive
+    connection; returns its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length:
+        await reader.readexactly(length)
+    return status
