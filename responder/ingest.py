@@ -18,7 +18,7 @@ from aiohttp import web
 from responder.clock import monotonic
 from responder.incident import incident_key
 from responder.log import fields
-from responder.model import AlertStatus, WebhookMessage
+from responder.model import Alert, AlertStatus, Classification, WebhookMessage
 from responder.runtime import RUNTIME, Runtime
 from responder.store import IncomingAlert, IngestOutcome, StoreError
 from responder.webhook import PayloadError, parse_webhook
@@ -39,21 +39,18 @@ _STARTED_FIRING = frozenset({IngestOutcome.NEW, IngestOutcome.REVIVED})
 _CHANGES_INCIDENTS = _STARTED_FIRING | {IngestOutcome.RESOLVED}
 
 
-def _classify(runtime: Runtime, message: WebhookMessage, now: datetime) -> list[IncomingAlert]:
-    snapshot = runtime.snapshot
-    incoming = []
-    for alert in message.alerts:
-        classification = snapshot.classify(alert.labels, now)
-        incoming.append(
-            IncomingAlert(
-                alert=alert,
-                group_key=message.group_key,
-                receiver=message.receiver,
-                classification=classification,
-                incident_key=incident_key(classification, alert.labels, message.group_key),
-            )
-        )
-    return incoming
+def _incoming(runtime: Runtime, message: WebhookMessage, now: datetime) -> list[IncomingAlert]:
+    """The alerts to store. Each is classified when the store first needs it: a repeat of a
+    firing alert, what Alertmanager sends most, never is."""
+    classifier = runtime.snapshot.classifier  # the rules in force now, even after a reload
+    group_key = message.group_key
+
+    def decide(alert: Alert) -> tuple[Classification, str | None]:
+        classification = classifier.classify(alert.labels, now)
+        return classification, incident_key(classification, alert.labels, group_key)
+
+    receiver = message.receiver
+    return [IncomingAlert(alert, group_key, receiver, decide=decide) for alert in message.alerts]
 
 
 def json_error(status: int, message: str, **extra: str) -> web.Response:
@@ -103,7 +100,7 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
     await runtime.intake.acquire(firing)
     try:
         now = runtime.clock.now()  # after any wait: an incident opens when it is stored
-        incoming = _classify(runtime, message, now)
+        incoming = _incoming(runtime, message, now)
         due = False
 
         def incidents_due() -> None:
@@ -122,7 +119,7 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
             return json_error(503, "alerts could not be stored; retry later")
         metrics.ingest_duration.observe(monotonic() - started)
         if any(
-            stored in _CHANGES_INCIDENTS and item.classification.actions
+            stored in _CHANGES_INCIDENTS and item.decided().actions
             for item, stored in zip(incoming, outcomes, strict=True)
         ):
             runtime.wake_containment()
@@ -142,7 +139,7 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
     for item, stored in zip(incoming, outcomes, strict=True):
         counts[stored] = counts.get(stored, 0) + 1
         if stored in _STARTED_FIRING:
-            c = item.classification
+            c = item.decided()
             metrics.classified_as(c.severity, c.category).inc()
             if c.rule is None:
                 metrics.alerts_unmatched.inc()

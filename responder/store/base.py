@@ -39,17 +39,29 @@ class IngestOutcome(StrEnum):
     LATE = "late"  # a firing copy of an alert already resolved: out of order, ignored
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IncomingAlert:
-    """An alert as received, with where it came from and what the rules decided."""
+    """An alert as received, with where it came from and what the rules decided.
+
+    The decision is given, or made by ``decide`` when the store first needs it (a repeat of
+    a firing alert never does): ``decided()`` returns it.
+    """
 
     alert: Alert
     group_key: str
     receiver: str
-    classification: Classification
+    classification: Classification | None = None
     # The incident this alert joins when it fires (``responder.incident.incident_key``);
-    # None for alerts that never make an incident (heartbeats).
+    # None for alerts that never make an incident (heartbeats). Known once decided.
     incident_key: str | None = None
+    decide: Callable[[Alert], tuple[Classification, str | None]] | None = None
+
+    def decided(self) -> Classification:
+        if self.classification is None:
+            if self.decide is None:
+                raise ValueError("an incoming alert needs a classification or a decide")
+            self.classification, self.incident_key = self.decide(self.alert)
+        return self.classification
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,8 @@ class SQLiteStore:
         # Writes with a deadline, oldest first, and the timer that fails the overdue ones.
         self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
         self._deadline_timer: asyncio.TimerHandle | None = None
+        # The writer thread's memory between ingest jobs (only that thread touches it).
+        self._ingest_cache = _IngestCache()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -231,20 +233,8 @@ class SQLiteStore:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         started = time.perf_counter()
-        results: list[tuple[_Job, bool, Any]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = job.work(conn)
-                except Exception as exc:  # one bad write must not fail the batch
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    results.append((job, False, _as_store_error(exc)))
-                else:
-                    conn.execute("RELEASE job")
-                    results.append((job, True, value))
+            results = self._run_jobs(conn, batch)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The commit itself failed (disk full, I/O error): nothing in the batch is durable.
@@ -261,6 +251,32 @@ class SQLiteStore:
             # A closed loop means its caller is gone; nobody waits for these results.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items)
+
+    @staticmethod
+    def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+        """Run the batch's jobs in one open transaction. First without savepoints (two
+        statements a job, a tenth of a webhook's store time); if a job fails, the batch is
+        rolled back and run again with a savepoint per job, so that one bad write fails
+        alone. A job is a function of the connection only, so running it again is safe."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            return [(job, True, job.work(conn)) for job in batch]
+        except Exception:  # which job failed, and why, is found below
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        results: list[tuple[_Job, bool, Any]] = []
+        for job in batch:
+            conn.execute("SAVEPOINT job")
+            try:
+                value = job.work(conn)
+            except Exception as exc:  # one bad write must not fail the batch
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                results.append((job, False, _as_store_error(exc)))
+            else:
+                conn.execute("RELEASE job")
+                results.append((job, True, value))
+        return results
 
     # -- reads --------------------------------------------------------------------------------
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -291,8 +307,8 @@ class SQLiteStore:
         reopen_us = int(reopen_within.total_seconds() * 1_000_000)
 
         def work(conn: sqlite3.Connection) -> list[tuple[IngestOutcome, bool]]:
-            documents = _Documents()
-            return [_ingest_one(conn, a, now_us, reopen_us, documents) for a in alerts]
+            cache = self._ingest_cache
+            return [_ingest_one(conn, a, now_us, reopen_us, cache) for a in alerts]
 
         results = await self._write(work, deadline)
         if on_due is not None and any(due for _, due in results):
@@ -689,23 +705,43 @@ def classification_document(c: Classification) -> dict[str, object]:
     }
 
 
-class _Documents:
-    """The stored classification document, built once for a run of alerts that share their
-    classification (the alerts of one body usually do)."""
+class _IngestCache:
+    """What the writer remembers between ingest jobs, to do less work; never what is true.
 
-    __slots__ = ("_classification", "_document", "_text")
+    * The stored classification document, built once for a run of alerts that share their
+      classification (alerts of one rule usually do).
+    * Fingerprints seen firing lately: for those, a delivery is most likely a repeat and the
+      row is updated first; for others it is most likely new and inserted first. Either
+      order gives the same result, the wrong guess costs one statement that does nothing.
+    """
+
+    __slots__ = ("_classification", "_document", "_firing", "_text")
+
+    FIRING_ENTRIES = 100_000  # forgotten all at once when full, then learnt again
 
     def __init__(self) -> None:
         self._classification: Classification | None = None
         self._document: dict[str, object] = {}
         self._text = ""
+        self._firing: set[str] = set()
 
-    def of(self, c: Classification) -> tuple[dict[str, object], str]:
+    def document(self, c: Classification) -> tuple[dict[str, object], str]:
         if c is not self._classification and c != self._classification:
             self._classification = c
             self._document = classification_document(c)
             self._text = _dumps(self._document)
         return self._document, self._text
+
+    def probably_firing(self, fingerprint: str) -> bool:
+        return fingerprint in self._firing
+
+    def firing(self, fingerprint: str) -> None:
+        if len(self._firing) >= self.FIRING_ENTRIES:
+            self._firing.clear()
+        self._firing.add(fingerprint)
+
+    def ended(self, fingerprint: str) -> None:
+        self._firing.discard(fingerprint)
 
 
 def _ingest_one(
@@ -713,16 +749,15 @@ def _ingest_one(
     incoming: IncomingAlert,
     now_us: int,
     reopen_us: int,
-    documents: _Documents,
+    cache: _IngestCache,
 ) -> tuple[IngestOutcome, bool]:
     """Store one alert; the flag says an incident's next due time moved earlier (opened,
     reopened, raised, resolved): the escalation engine should look again."""
-    outcome, alert_id, incident_id, incident_severity = _store_alert(
-        conn, incoming, now_us, documents
-    )
+    outcome, alert_id, incident_id, incident_severity = _store_alert(conn, incoming, now_us, cache)
     if alert_id is None:
         return outcome, False
-    if incoming.classification.actions and outcome is not IngestOutcome.RESOLVED_UNSEEN:
+    classification = incoming.decided()
+    if classification.actions and outcome is not IngestOutcome.RESOLVED_UNSEEN:
         # Containment's work, durable with the alert: a crash before it runs loses nothing.
         trigger = "resolve" if outcome is IngestOutcome.RESOLVED else "fire"
         conn.execute(
@@ -739,7 +774,7 @@ def _ingest_one(
         return outcome, False
     if incoming.incident_key is None:
         return outcome, False
-    document = documents.of(incoming.classification)[0]
+    document = cache.document(classification)[0]
     labels = dict(incoming.alert.labels)
     if incident_id is not None and incident_severity is not None:
         # A new alert, stored with the open incident it joins.
@@ -759,7 +794,7 @@ def _ingest_one(
 
 
 def _store_alert(
-    conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int, documents: _Documents
+    conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int, cache: _IngestCache
 ) -> tuple[IngestOutcome, int | None, int | None, str | None]:
     """Write the alert row. Returns the outcome; the row id when incidents must hear of it;
     the incident it belongs to (for a resolve, the alert's; for a new alert, the open
@@ -768,60 +803,34 @@ def _store_alert(
     alert = incoming.alert
     starts_us = to_us(alert.starts_at)
     if alert.status is AlertStatus.FIRING:
-        cur = conn.execute(
-            "UPDATE alerts SET last_received = ?, receive_count = receive_count + 1, "
-            "annotations = ?, updated_at = ? WHERE fingerprint = ? AND status = 'firing'",
-            (now_us, _dumps(dict(alert.annotations)), now_us, alert.fingerprint),
-        )
-        if cur.rowcount:
-            return IngestOutcome.REPEAT, None, None, None
-        c = incoming.classification
-        # Most new alerts join an open incident: stored with it at once, no second write.
-        joins = None
-        if incoming.incident_key is not None:
-            joins = inc.open_incident(conn, incoming.incident_key)
-        cur = conn.execute(
-            "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
-            "generator_url, group_key, receiver, alertname, severity, category, rule, "
-            "classification, first_received, last_received, receive_count, updated_at, "
-            "incident_id) "
-            "VALUES (?, 'firing', ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
-            "ON CONFLICT (fingerprint, starts_at) DO NOTHING",
-            (
-                alert.fingerprint,
-                _dumps(dict(alert.labels)),
-                _dumps(dict(alert.annotations)),
-                starts_us,
-                alert.generator_url,
-                incoming.group_key,
-                incoming.receiver,
-                alert.labels.get("alertname", ""),
-                c.severity.value,
-                c.category,
-                c.rule,
-                documents.of(c)[1],
-                now_us,
-                now_us,
-                now_us,
-                None if joins is None else joins[0],
-            ),
-        )
-        if cur.rowcount:
-            if joins is None:
-                return IngestOutcome.NEW, cur.lastrowid, None, None
-            return IngestOutcome.NEW, cur.lastrowid, joins[0], joins[1]
+        annotations = _dumps(dict(alert.annotations))
+        fingerprint = alert.fingerprint
+        if cache.probably_firing(fingerprint):
+            if _repeat(conn, fingerprint, annotations, now_us):
+                return IngestOutcome.REPEAT, None, None, None
+            stored = _insert_firing(conn, incoming, annotations, starts_us, now_us, cache)
+        else:
+            stored = _insert_firing(conn, incoming, annotations, starts_us, now_us, cache)
+            if stored is None and _repeat(conn, fingerprint, annotations, now_us):
+                cache.firing(fingerprint)
+                return IngestOutcome.REPEAT, None, None, None
+        if stored is not None:
+            cache.firing(fingerprint)
+            return (IngestOutcome.NEW, *stored)
         # Same identity exists and is not firing: stale comes back to life; resolved stays
         # resolved (a firing copy delivered after the resolve is out of order).
         revived = conn.execute(
             "UPDATE alerts SET status = 'firing', last_received = ?, "
             "receive_count = receive_count + 1, updated_at = ? "
             "WHERE fingerprint = ? AND starts_at = ? AND status = 'stale' RETURNING id",
-            (now_us, now_us, alert.fingerprint, starts_us),
+            (now_us, now_us, fingerprint, starts_us),
         ).fetchone()
         if revived is not None:
+            cache.firing(fingerprint)
             return IngestOutcome.REVIVED, revived[0], None, None
         return IngestOutcome.LATE, None, None, None
 
+    cache.ended(alert.fingerprint)
     assert alert.ends_at is not None  # the parser guarantees an end time for resolved alerts
     ends_us = to_us(alert.ends_at)
     # Resolve the open episode of this fingerprint; the resolve may carry an earlier startsAt
@@ -844,7 +853,7 @@ def _store_alert(
     )
     if cur.rowcount:
         return IngestOutcome.REPEAT_RESOLVED, None, None, None
-    c = incoming.classification
+    c = incoming.decided()
     conn.execute(
         "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
         "generator_url, group_key, receiver, alertname, severity, category, rule, "
@@ -864,13 +873,76 @@ def _store_alert(
             c.severity.value,
             c.category,
             c.rule,
-            documents.of(c)[1],
+            cache.document(c)[1],
             now_us,
             now_us,
             now_us,
         ),
     )
     return IngestOutcome.RESOLVED_UNSEEN, None, None, None
+
+
+def _repeat(conn: sqlite3.Connection, fingerprint: str, annotations: str, now_us: int) -> bool:
+    """The alert is firing already: count the delivery. False when it is not firing."""
+    cur = conn.execute(
+        "UPDATE alerts SET last_received = ?, receive_count = receive_count + 1, "
+        "annotations = ?, updated_at = ? WHERE fingerprint = ? AND status = 'firing'",
+        (now_us, annotations, now_us, fingerprint),
+    )
+    return cur.rowcount > 0
+
+
+def _insert_firing(
+    conn: sqlite3.Connection,
+    incoming: IncomingAlert,
+    annotations: str,
+    starts_us: int,
+    now_us: int,
+    cache: _IngestCache,
+) -> tuple[int, int | None, str | None] | None:
+    """Insert a firing alert unless its fingerprint is firing or its episode (fingerprint,
+    startsAt) is stored. Returns the new row id with the open incident it was stored with
+    and that incident's severity (None, None when incidents must place it); None when
+    nothing was inserted."""
+    alert = incoming.alert
+    c = incoming.decided()
+    # Most new alerts join an open incident: stored with it at once, no second write.
+    joins = None
+    if incoming.incident_key is not None:
+        joins = inc.open_incident(conn, incoming.incident_key)
+    cur = conn.execute(
+        "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
+        "generator_url, group_key, receiver, alertname, severity, category, rule, "
+        "classification, first_received, last_received, receive_count, updated_at, "
+        "incident_id) "
+        "VALUES (?, 'firing', ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
+        # Any unique index: the episode (fingerprint, starts_at), or a firing fingerprint.
+        "ON CONFLICT DO NOTHING",
+        (
+            alert.fingerprint,
+            _dumps(dict(alert.labels)),
+            annotations,
+            starts_us,
+            alert.generator_url,
+            incoming.group_key,
+            incoming.receiver,
+            alert.labels.get("alertname", ""),
+            c.severity.value,
+            c.category,
+            c.rule,
+            cache.document(c)[1],
+            now_us,
+            now_us,
+            now_us,
+            None if joins is None else joins[0],
+        ),
+    )
+    if not cur.rowcount:
+        return None
+    assert cur.lastrowid is not None
+    if joins is None:
+        return cur.lastrowid, None, None
+    return cur.lastrowid, joins[0], joins[1]
 
 
 def _stored_alert(row: sqlite3.Row | tuple[Any, ...]) -> StoredAlert:
