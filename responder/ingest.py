@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from datetime import datetime
 
 from aiohttp import web
 
-from responder.clock import monotonic
 from responder.incident import incident_key
 from responder.log import fields
 from responder.model import Alert, AlertStatus, Classification, WebhookMessage
@@ -35,8 +35,7 @@ STORE_DEADLINE_S = 8.0
 ENGINE_WAIT_S = 2.0
 ANSWER_AFTER_STORE_S = 1.0
 # Outcomes that mean an alert (re)started firing: what the classification metrics count.
-_STARTED_FIRING = frozenset({IngestOutcome.NEW, IngestOutcome.REVIVED})
-_CHANGES_INCIDENTS = _STARTED_FIRING | {IngestOutcome.RESOLVED}
+_CHANGES_INCIDENTS = frozenset({IngestOutcome.NEW, IngestOutcome.REVIVED, IngestOutcome.RESOLVED})
 
 
 def _incoming(runtime: Runtime, message: WebhookMessage, now: datetime) -> list[IncomingAlert]:
@@ -67,37 +66,41 @@ def unauthorized(runtime: Runtime) -> web.Response:
 
 async def receive_alertmanager(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    metrics = runtime.metrics
+    metrics = runtime.metrics.webhook
     if not runtime.authenticator.check(request.headers.get("Authorization")):
-        metrics.webhook_requests.labels("unauthorized").inc()
+        metrics.request("unauthorized")
         return unauthorized(runtime)
     if request.content_type != "application/json":
-        metrics.webhook_requests.labels("unsupported_media_type").inc()
+        metrics.request("unsupported_media_type")
         return json_error(
             415, f"expected Content-Type application/json, got {request.content_type or 'none'}"
         )
     limit = runtime.config.server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        metrics.webhook_requests.labels("too_large").inc()
+        metrics.request("too_large")
         return json_error(413, f"body larger than {limit} bytes")
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        metrics.webhook_requests.labels("too_large").inc()
+        metrics.request("too_large")
         return json_error(413, f"body larger than {limit} bytes")
-    started = monotonic()
+    loop = asyncio.get_running_loop()
     # On the loop's clock, from the body's arrival: a wait for a turn (intake.py) counts
-    # against it, because Alertmanager's own 10 s timeout does too.
-    deadline = asyncio.get_running_loop().time() + STORE_DEADLINE_S
+    # against the deadline, because Alertmanager's own 10 s timeout does too.
+    started = loop.time()
+    deadline = started + STORE_DEADLINE_S
     try:
         message = parse_webhook(body)
     except PayloadError as exc:
-        metrics.webhook_requests.labels("bad_request").inc()
+        metrics.request("bad_request")
         log.warning("webhook rejected", extra=fields(reason=str(exc), peer=request.remote))
         return json_error(400, str(exc))
 
-    firing = sum(1 for a in message.alerts if a.status is AlertStatus.FIRING)
-    await runtime.intake.acquire(firing)
+    alerts = message.alerts
+    firing = sum(1 for a in alerts if a.status is AlertStatus.FIRING)
+    intake = runtime.intake
+    if not intake.try_acquire(firing):
+        await intake.acquire(firing)
     try:
         now = runtime.clock.now()  # after any wait: an incident opens when it is stored
         incoming = _incoming(runtime, message, now)
@@ -114,44 +117,62 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
                 incoming, now, reopen_within=reopen, on_due=incidents_due, deadline=deadline
             )
         except StoreError as exc:
-            metrics.webhook_outcome("unavailable").inc()
+            metrics.request("unavailable")
             log.error("webhook not stored", extra=fields(reason=str(exc) or "store timed out"))
             return json_error(503, "alerts could not be stored; retry later")
-        metrics.ingest_duration.observe(monotonic() - started)
-        if any(
-            stored in _CHANGES_INCIDENTS and item.decided().actions
-            for item, stored in zip(incoming, outcomes, strict=True)
-        ):
+        metrics.observe_ingest(loop.time() - started)
+        counts: dict[str, int] = {}
+        contain = False
+        for item, stored in zip(incoming, outcomes, strict=True):
+            counts[stored] = counts.get(stored, 0) + 1
+            if stored in _CHANGES_INCIDENTS:
+                c = item.decided()
+                contain = contain or bool(c.actions)
+                if stored is not IngestOutcome.RESOLVED:  # started firing
+                    key = (c.severity.value, c.category)
+                    metrics.classified[key] = metrics.classified.get(key, 0) + 1
+                    if c.rule is None:
+                        metrics.unmatched += 1
+        if contain:
             runtime.wake_containment()
         if due and runtime.escalator is not None:
             # Hold our places until the engine has seen the new incidents (intake.py). The
             # alerts are stored: running out of time here still answers 200.
             with contextlib.suppress(TimeoutError):
-                loop_now = asyncio.get_running_loop().time()
-                wait_until = min(deadline + ANSWER_AFTER_STORE_S, loop_now + ENGINE_WAIT_S)
+                wait_until = min(deadline + ANSWER_AFTER_STORE_S, loop.time() + ENGINE_WAIT_S)
                 async with asyncio.timeout_at(wait_until):
                     await runtime.escalator.next_pass()
     finally:
-        runtime.intake.release(firing)
+        intake.release(firing)
 
-    metrics.webhook_outcome("accepted").inc()
-    counts: dict[str, int] = {}
-    for item, stored in zip(incoming, outcomes, strict=True):
-        counts[stored] = counts.get(stored, 0) + 1
-        if stored in _STARTED_FIRING:
-            c = item.decided()
-            metrics.classified_as(c.severity, c.category).inc()
-            if c.rule is None:
-                metrics.alerts_unmatched.inc()
+    metrics.request("accepted")
+    ingested = metrics.ingested
     for outcome, count in counts.items():
-        metrics.ingested_by_outcome(outcome).inc(count)
+        ingested[outcome] = ingested.get(outcome, 0) + count
+    received = metrics.received
     if firing:
-        metrics.received_by_status(AlertStatus.FIRING).inc(firing)
-    if firing < len(message.alerts):
-        metrics.received_by_status(AlertStatus.RESOLVED).inc(len(message.alerts) - firing)
+        received["firing"] = received.get("firing", 0) + firing
+    if firing < len(alerts):
+        received["resolved"] = received.get("resolved", 0) + len(alerts) - firing
     if message.truncated_alerts:
         log.warning(
             "Alertmanager truncated the group; raise max_alerts or expect missing alerts",
             extra=fields(group_key=message.group_key, truncated=message.truncated_alerts),
         )
-    return web.json_response({"status": "ok", "alerts": len(outcomes), "outcomes": counts})
+    return _accepted(len(outcomes), counts)
+
+
+# The few distinct answers, encoded once each (a 1-alert webhook has about a dozen).
+_ANSWERS: dict[tuple[int, tuple[tuple[str, int], ...]], bytes] = {}
+_MAX_ANSWERS = 1024
+
+
+def _accepted(alerts: int, counts: dict[str, int]) -> web.Response:
+    key = (alerts, tuple(counts.items()))
+    body = _ANSWERS.get(key)
+    if body is None:
+        if len(_ANSWERS) >= _MAX_ANSWERS:
+            _ANSWERS.clear()
+        answer = {"status": "ok", "alerts": alerts, "outcomes": counts}
+        body = _ANSWERS[key] = json.dumps(answer).encode()
+    return web.Response(body=body, content_type="application/json", charset="utf-8")

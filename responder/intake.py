@@ -37,6 +37,13 @@ class Intake:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def try_acquire(self, alerts: int) -> bool:
+        """Take ``alerts`` places if they fit now (the usual case, without a coroutine)."""
+        if alerts and self._in_flight and self._in_flight + alerts > self._limit:
+            return False
+        self._in_flight += alerts
+        return True
+
     async def acquire(self, alerts: int) -> None:
         """Take ``alerts`` places, waiting (bounded) while they do not fit; pair with
         ``release``."""
