@@ -160,6 +160,7 @@ class Classifier:
         "_decisions",
         "_fallback",
         "_files",
+        "_finished",
         "_name_matchers",
         "_rest",
         "_rules",
@@ -211,8 +212,9 @@ class Classifier:
         self._scan = tuple(scan)
         self._name_matchers = tuple(name_matchers)
         self._rest = tuple(rest)
-        # The one mutable part: a memo of pure results, invisible to callers.
+        # The mutable parts: memos of pure results, invisible to callers.
         self._cache: dict[str, tuple[int, ...]] = {}
+        self._finished: dict[tuple[int, Severity, ResponseTarget | None], Classification] = {}
 
     # -- facts ------------------------------------------------------------------------------
     @property
@@ -288,16 +290,43 @@ class Classifier:
                 if not rule.continue_:
                     break
         if first < 0:
-            return self._finish(_NOTHING, None, labels, now)
+            return self._finish(_NOTHING, None, labels, now, first)
         if more is None:
-            return self._finish(self._decisions[first], rules[first].name, labels, now)
+            return self._finish(self._decisions[first], rules[first].name, labels, now, first)
         return self._finish(_merge(more), _named(more), labels, now)
 
     def _finish(
-        self, decision: _Decision, rule: str | None, labels: Mapping[str, str], now: datetime
+        self,
+        decision: _Decision,
+        rule: str | None,
+        labels: Mapping[str, str],
+        now: datetime,
+        index: int | None = None,
     ) -> Classification:
+        """The classification for what one rule (``index``; -1 for none) or several rules
+        decided. For one rule it depends only on the severity and the response target, so
+        equal ones are one shared object: built once, and the store recognises it at once."""
         severity = decision.severity or self._fallback.severity_for(labels)
         heartbeat = bool(decision.heartbeat)
+        target = None if heartbeat else self._targets.target(severity, now)
+        if index is None:
+            return self._build(decision, rule, severity, heartbeat, target)
+        key = (index, severity, target)
+        found = self._finished.get(key)
+        if found is None:
+            if len(self._finished) >= _CACHE_ENTRIES:
+                self._finished.clear()
+            found = self._finished[key] = self._build(decision, rule, severity, heartbeat, target)
+        return found
+
+    def _build(
+        self,
+        decision: _Decision,
+        rule: str | None,
+        severity: Severity,
+        heartbeat: bool,
+        target: ResponseTarget | None,
+    ) -> Classification:
         return Classification(
             severity=severity,
             category=decision.category or self._fallback.category,
@@ -308,8 +337,7 @@ class Classifier:
             group_by=decision.group_by,
             extra_labels=decision.labels,
             extra_annotations=decision.annotations,
-            # A heartbeat is proof of life, not something anyone has to respond to.
-            target=None if heartbeat else self._targets.target(severity, now),
+            target=target,  # None for a heartbeat: proof of life, nobody has to respond
             heartbeat=heartbeat,
             hold_page_s=(
                 None if decision.hold_page is None else int(decision.hold_page.total_seconds())
