@@ -70,7 +70,11 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
     if not runtime.authenticator.check(request.headers.get("Authorization")):
         metrics.request("unauthorized")
         return unauthorized(runtime)
-    if request.content_type != "application/json":
+    # Alertmanager sends exactly this; anything else is parsed (parameters, case).
+    if (
+        request.headers.get("Content-Type") != "application/json"
+        and request.content_type != "application/json"
+    ):
         metrics.request("unsupported_media_type")
         return json_error(
             415, f"expected Content-Type application/json, got {request.content_type or 'none'}"
@@ -97,7 +101,7 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
         return json_error(400, str(exc))
 
     alerts = message.alerts
-    firing = sum(1 for a in alerts if a.status is AlertStatus.FIRING)
+    firing = [a.status for a in alerts].count(AlertStatus.FIRING)
     intake = runtime.intake
     if not intake.try_acquire(firing):
         await intake.acquire(firing)

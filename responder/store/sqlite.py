@@ -188,6 +188,12 @@ class SQLiteStore:
         """Queue ``work`` for the writer and wait for its commit. With a ``deadline`` (on the
         loop's clock) the caller gets ``StoreError`` once it passes; the write itself may
         still commit later."""
+        return await self._queue(work, deadline)
+
+    def _queue(
+        self, work: Callable[[sqlite3.Connection], T], deadline: float | None = None
+    ) -> asyncio.Future[T]:
+        """``_write`` without its coroutine, for the webhook's path."""
         if self._closed or self._writer is None:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
@@ -197,7 +203,7 @@ class SQLiteStore:
             self._deadlines.append((deadline, future))
             if self._deadline_timer is None:
                 self._deadline_timer = loop.call_later(DEADLINE_CHECK_S, self._expire, loop)
-        return await future
+        return future
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fail the waiting writes whose deadline passed (a stalled disk), and forget the
@@ -310,7 +316,7 @@ class SQLiteStore:
             cache = self._ingest_cache
             return [_ingest_one(conn, a, now_us, reopen_us, cache) for a in alerts]
 
-        results = await self._write(work, deadline)
+        results = await self._queue(work, deadline)
         if on_due is not None and any(due for _, due in results):
             on_due()
         return [outcome for outcome, _ in results]
@@ -801,15 +807,16 @@ def _store_alert(
     incident it was stored with, None when incidents must place it); and, for a new alert
     stored with its incident, that incident's severity."""
     alert = incoming.alert
-    starts_us = to_us(alert.starts_at)
     if alert.status is AlertStatus.FIRING:
         annotations = _dumps(dict(alert.annotations))
         fingerprint = alert.fingerprint
         if cache.probably_firing(fingerprint):
             if _repeat(conn, fingerprint, annotations, now_us):
                 return IngestOutcome.REPEAT, None, None, None
+            starts_us = to_us(alert.starts_at)
             stored = _insert_firing(conn, incoming, annotations, starts_us, now_us, cache)
         else:
+            starts_us = to_us(alert.starts_at)
             stored = _insert_firing(conn, incoming, annotations, starts_us, now_us, cache)
             if stored is None and _repeat(conn, fingerprint, annotations, now_us):
                 cache.firing(fingerprint)
@@ -832,6 +839,7 @@ def _store_alert(
 
     cache.ended(alert.fingerprint)
     assert alert.ends_at is not None  # the parser guarantees an end time for resolved alerts
+    starts_us = to_us(alert.starts_at)
     ends_us = to_us(alert.ends_at)
     # Resolve the open episode of this fingerprint; the resolve may carry an earlier startsAt
     # than the firing copy (Alertmanager keeps the earliest it saw), so match on fingerprint,
