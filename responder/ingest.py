@@ -34,7 +34,7 @@ STORE_DEADLINE_S = 8.0
 # longer, and Alertmanager must not be held near its own timeout for that.
 ENGINE_WAIT_S = 2.0
 ANSWER_AFTER_STORE_S = 1.0
-# Outcomes that mean an alert (re)started firing: what the classification metrics count.
+# Outcomes after which an incident (and containment) has something to do.
 _CHANGES_INCIDENTS = frozenset({IngestOutcome.NEW, IngestOutcome.REVIVED, IngestOutcome.RESOLVED})
 
 
@@ -132,11 +132,8 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
             if stored in _CHANGES_INCIDENTS:
                 c = item.decided()
                 contain = contain or bool(c.actions)
-                if stored is not IngestOutcome.RESOLVED:  # started firing
-                    key = (c.severity.value, c.category)
-                    metrics.classified[key] = metrics.classified.get(key, 0) + 1
-                    if c.rule is None:
-                        metrics.unmatched += 1
+                if stored is not IngestOutcome.RESOLVED:
+                    metrics.started_firing(c)
         if contain:
             runtime.wake_containment()
         if due and runtime.escalator is not None:
@@ -149,15 +146,7 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
     finally:
         intake.release(firing)
 
-    metrics.request("accepted")
-    ingested = metrics.ingested
-    for outcome, count in counts.items():
-        ingested[outcome] = ingested.get(outcome, 0) + count
-    received = metrics.received
-    if firing:
-        received["firing"] = received.get("firing", 0) + firing
-    if firing < len(alerts):
-        received["resolved"] = received.get("resolved", 0) + len(alerts) - firing
+    metrics.accepted(counts, firing=firing, resolved=len(alerts) - firing)
     if message.truncated_alerts:
         log.warning(
             "Alertmanager truncated the group; raise max_alerts or expect missing alerts",

@@ -39,18 +39,22 @@ class Intake:
 
     def try_acquire(self, alerts: int) -> bool:
         """Take ``alerts`` places if they fit now (the usual case, without a coroutine)."""
-        if alerts and self._in_flight and self._in_flight + alerts > self._limit:
+        if self._full_for(alerts):
             return False
         self._in_flight += alerts
         return True
 
+    def _full_for(self, alerts: int) -> bool:
+        # A body larger than the limit is let in alone.
+        return bool(alerts and self._in_flight and self._in_flight + alerts > self._limit)
+
     async def acquire(self, alerts: int) -> None:
         """Take ``alerts`` places, waiting (bounded) while they do not fit; pair with
         ``release``."""
-        if alerts and self._in_flight and self._in_flight + alerts > self._limit:
+        if self._full_for(alerts):
             deadline = monotonic() + self._max_wait_s
             with contextlib.suppress(TimeoutError):
-                while self._in_flight and self._in_flight + alerts > self._limit:
+                while self._full_for(alerts):
                     self._freed.clear()
                     async with asyncio.timeout(max(0.0, deadline - monotonic())):
                         await self._freed.wait()

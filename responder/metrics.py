@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 
 from responder import __version__
+from responder.model import Classification
 
 # Ingest runs in well under a millisecond when healthy; the buckets resolve that range
 # and still show multi-second stalls (a disk that stopped answering).
@@ -62,6 +63,24 @@ class WebhookMetrics:
 
     def request(self, outcome: str) -> None:
         self.requests[outcome] = self.requests.get(outcome, 0) + 1
+
+    def accepted(self, stored: dict[str, int], *, firing: int, resolved: int) -> None:
+        """A webhook was stored: ``stored`` counts its alerts by ingest outcome."""
+        self.request("accepted")
+        ingested = self.ingested
+        for outcome, count in stored.items():
+            ingested[outcome] = ingested.get(outcome, 0) + count
+        received = self.received
+        if firing:
+            received["firing"] = received.get("firing", 0) + firing
+        if resolved:
+            received["resolved"] = received.get("resolved", 0) + resolved
+
+    def started_firing(self, classification: Classification) -> None:
+        key = (classification.severity.value, classification.category)
+        self.classified[key] = self.classified.get(key, 0) + 1
+        if classification.rule is None:
+            self.unmatched += 1
 
     def observe_ingest(self, seconds: float) -> None:
         self._buckets[bisect.bisect_left(self._bounds, seconds)] += 1
