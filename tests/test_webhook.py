@@ -7,11 +7,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from responder.model import AlertStatus
-from responder.webhook import PayloadError, alertmanager_fingerprint, parse_webhook
+from responder.webhook import (
+    PayloadError,
+    _parse_generally,
+    alertmanager_fingerprint,
+    parse_webhook,
+)
 from tests.conftest import payload
 
 
@@ -172,3 +177,102 @@ def test_arbitrary_alert_objects_never_crash(alert: dict[str, Any]) -> None:
     except PayloadError as exc:
         outcome = {"error": str(exc)}
     assert outcome
+
+
+def outcome_of(parse: Any, raw: bytes) -> Any:
+    try:
+        return parse(raw)
+    except PayloadError as exc:
+        return f"PayloadError: {exc}"
+
+
+# Values a field may carry: right, wrong and borderline (long, empty, zero time, null).
+EDGE_VALUES: list[Any] = [
+    None,
+    {},
+    [],
+    "firing",
+    "resolved",
+    "4",
+    "",
+    "2026-11-22T07:06:22.284703Z",
+    "2026-11-22T07:06:22Z",
+    "2026-11-22T09:06:22+02:00",
+    "2026-11-22T07:06:22",
+    "2026-11-22T07:06:22.123456789Z",
+    "0001-01-01T00:00:00Z",
+    "x" * 65,
+    "x" * 16385,
+    2**70,
+    -1,
+    0,
+    1.0,
+    True,
+    {"alertname": "a"},
+    {"alertname": ""},
+    {"": "a"},
+    {"x" * 257: "a"},
+    {"a": "x" * 16385},
+    {"a": "é"},
+    {"é": "a"},
+    {"a": "nul\x00"},
+    {"a": "\ud800"},
+    {"a": 1},
+    {"a": None},
+    {f"l{i}": "v" for i in range(129)},
+]
+ALERT_FIELDS = [
+    "status",
+    "labels",
+    "startsAt",
+    "endsAt",
+    "fingerprint",
+    "annotations",
+    "generatorURL",
+]
+MESSAGE_FIELDS = [
+    "version",
+    "receiver",
+    "status",
+    "groupKey",
+    "truncatedAlerts",
+    "externalURL",
+    "groupLabels",
+    "commonLabels",
+    "commonAnnotations",
+]
+
+
+def both_paths_agree(alert: dict[str, Any], message: dict[str, Any], ascii_only: bool) -> None:
+    """The usual body is decoded against a schema (msgspec); anything else by the general
+    path. Whatever the body, both give the same message or the same error."""
+    document = payload("firing-api")
+    document["alerts"][0].update(alert)
+    document.update(message)
+    raw = json.dumps(document, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    assert outcome_of(parse_webhook, raw) == outcome_of(_parse_generally, raw)
+
+
+@pytest.mark.parametrize("value", EDGE_VALUES, ids=lambda v: repr(v)[:30])
+def test_schema_path_agrees_with_the_general_path_on_one_field(value: Any) -> None:
+    for field in ALERT_FIELDS:
+        both_paths_agree({field: value}, {}, ascii_only=True)
+        both_paths_agree({field: value}, {}, ascii_only=False)
+    for field in MESSAGE_FIELDS:
+        both_paths_agree({}, {field: value}, ascii_only=True)
+        both_paths_agree({}, {field: value}, ascii_only=False)
+
+
+field_values = st.sampled_from(EDGE_VALUES) | json_values
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(st.sampled_from(ALERT_FIELDS), field_values, max_size=3),
+    st.dictionaries(st.sampled_from(MESSAGE_FIELDS), field_values, max_size=3),
+    st.booleans(),
+)
+def test_schema_path_agrees_with_the_general_path(
+    alert: dict[str, Any], message: dict[str, Any], ascii_only: bool
+) -> None:
+    both_paths_agree(alert, message, ascii_only)
