@@ -1,7 +1,7 @@
 """Webhook ingest speed: a real ``responder serve`` against a bare aiohttp server, one core each.
 
-Run by hand: ``.venv/bin/python bench/bench_ingest.py`` (about 4 minutes; ``--quick`` takes
-about one). Linux only; needs ``taskset`` and ``wrk`` (``apt-get install wrk``).
+Run by hand: ``.venv/bin/python bench/bench_ingest.py`` (about 15 minutes; ``--quick`` takes
+about two). Linux only; needs ``taskset`` and ``wrk`` (``apt-get install wrk``).
 
 What it does, in one run:
 
@@ -14,7 +14,8 @@ What it does, in one run:
 * drives both with ``wrk`` (one thread, pinned to core 1, a generated Lua script) posting
   Alertmanager v4 webhooks with a bearer token: bodies of 1 and of 10 alerts, either new
   alerts on every request ("distinct": the labels and fingerprint carry a counter) or the
-  same alerts again ("repeated");
+  same alerts again ("repeated"); the two servers take turns, ``--rounds`` times each, and
+  each one's median run counts, because this VM's speed drifts by 10-20% within minutes;
 * measures latency at half of each case's maximum rate with an open-loop generator written
   below (asyncio, core 1, raw HTTP/1.1 keep-alive): requests leave on a fixed schedule whether
   or not earlier ones were answered, and latency counts from the scheduled send time, so a
@@ -536,11 +537,18 @@ def commit_stats(port: int) -> tuple[float, float]:
 # -- the run --------------------------------------------------------------------------------
 
 
+def median_run(loads: list[Load]) -> Load:
+    """The run with the median rate (the lower middle one for an even count)."""
+    return sorted(loads, key=lambda load: load.rate)[(len(loads) - 1) // 2]
+
+
 @dataclass
 class CaseResult:
     case: Case
-    responder: Load
+    responder: Load  # the median run
     bare: Load
+    responder_runs: list[Load]
+    bare_runs: list[Load]
     half: list[OpenLoop] = field(default_factory=list)  # one per repetition
     half_bare: list[OpenLoop] = field(default_factory=list)
     acked: int = 0  # alerts answered 200 (warm-up included)
@@ -550,7 +558,7 @@ class CaseResult:
 
     def other_cpu(self) -> float:
         """The most CPU anything else on the machine took during one of the measurements."""
-        runs = [self.responder.other_cpu, self.bare.other_cpu]
+        runs = [x.other_cpu for x in self.responder_runs + self.bare_runs]
         runs += [x.other_cpu for x in self.half + self.half_bare]
         return max(runs)
 
@@ -567,6 +575,7 @@ class Settings:
     warmup: float
     connections: int
     repeat: int
+    rounds: int
     max_other: float  # other processes' CPU (cores) above which a measurement is taken again
     retries: int
     quiet_timeout: float
@@ -615,13 +624,6 @@ def run_case(work: Path, token: str, case: Case, settings: Settings) -> CaseResu
     with bare_server(work) as bare:
         pids = [bare.process.pid]
         run_wrk(work, bare, case, token, settings.warmup, connections)
-        bare_load = measured(
-            "bare",
-            lambda: run_wrk(work, bare, case, token, seconds, connections),
-            pids,
-            settings,
-        )
-        print(f"  bare      {bare_load.rate:9.0f} req/s", file=sys.stderr)
         with responder_server(work, Path(work / "token"), label) as responder:
             pids.append(responder.process.pid)
             acked = 0  # requests answered 200, every attempt included
@@ -640,9 +642,27 @@ def run_case(work: Path, token: str, case: Case, settings: Settings) -> CaseResu
 
             warm = run_wrk(work, responder, case, token, settings.warmup, connections)
             acked += warm.requests - warm.errors
-            load = measured("responder", closed, pids, settings)
-            print(f"  responder {load.rate:9.0f} req/s", file=sys.stderr)
-            result = CaseResult(case, load, bare_load)
+            # Bare and responder alternate, so that both meet the same spells of the VM's
+            # noise (rates drift by 10-20% within minutes); the median run of each counts.
+            bares: list[Load] = []
+            loads: list[Load] = []
+            for _ in range(settings.rounds):
+                bares.append(
+                    measured(
+                        "bare",
+                        lambda: run_wrk(work, bare, case, token, seconds, connections),
+                        pids,
+                        settings,
+                    )
+                )
+                loads.append(measured("responder", closed, pids, settings))
+                print(
+                    f"  max rate: responder {loads[-1].rate:9.0f} req/s, "
+                    f"bare {bares[-1].rate:9.0f} req/s",
+                    file=sys.stderr,
+                )
+            load, bare_load = median_run(loads), median_run(bares)
+            result = CaseResult(case, load, bare_load, loads, bares)
             half_rate = load.rate / 2
             # Responder and control alternate, so that both meet the same spells of noise.
             for _ in range(settings.repeat):
@@ -666,6 +686,13 @@ def run_case(work: Path, token: str, case: Case, settings: Settings) -> CaseResu
     assert state is not None
     _, result.stored = stored_alerts(state)
     return result
+
+
+def round_ratios(result: CaseResult) -> str:
+    """Each round's responder/bare ratio, in brackets, when there was more than one."""
+    pairs = zip(result.responder_runs, result.bare_runs, strict=True)
+    ratios = [f"{load.rate / bare.rate:.0%}" for load, bare in pairs]
+    return f" ({', '.join(ratios)})" if len(ratios) > 1 else ""
 
 
 def ms(value: float) -> str:
@@ -693,7 +720,9 @@ def report(results: list[CaseResult], info: dict[str, str], args: argparse.Names
     out(
         f"Servers pinned to core {SERVER_CORE}, load generators to core {LOAD_CORE}. "
         f"Closed loop: wrk, 1 thread, {args.connections} connections, "
-        f"{args.duration:g} s per case after {args.warmup:g} s of warm-up. Open loop: "
+        f"{args.rounds} run(s) of {args.duration:g} s per server after {args.warmup:g} s of "
+        "warm-up, alternating; the table shows each server's median run, the ratio is "
+        "theirs, the ratios of the rounds are in brackets. Open loop: "
         f"{args.repeat} run(s) of {args.duration:g} s per server, alternating; p99 is the "
         "median of the runs' p99 (range in brackets).\n"
     )
@@ -708,7 +737,7 @@ def report(results: list[CaseResult], info: dict[str, str], args: argparse.Names
             f"| {r.case.name} | {r.responder.rate:,.0f} | {r.responder.rate * r.case.alerts:,.0f} "
             f"| {ms(r.responder.p50_ms)} | {ms(r.responder.p99_ms)} | {r.bare.rate:,.0f} "
             f"| {ms(r.bare.p50_ms)} | {ms(r.bare.p99_ms)} "
-            f"| {r.responder.rate / r.bare.rate:.0%} |"
+            f"| {r.responder.rate / r.bare.rate:.0%}{round_ratios(r)} |"
         )
     out("")
     out("### Latency at half the maximum rate (open loop, fixed schedule)\n")
@@ -799,7 +828,15 @@ def main(argv: list[str] | None = None) -> int:
         help="open-loop runs per case; the median of their p99s counts (default 3, quick 1)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="3 s per measurement, 1 s warm-up, 1 open-loop run"
+        "--rounds",
+        type=int,
+        help="closed-loop runs per server and case, alternating; the median run counts "
+        "(default 3, quick 1)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 s per measurement, 1 s warm-up, 1 round, 1 open-loop run",
     )
     parser.add_argument(
         "--case",
@@ -831,6 +868,8 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.warmup = 3.0, 1.0
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
     for tool in ("taskset", "wrk"):
         if shutil.which(tool) is None:
             print(
@@ -860,6 +899,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             connections=args.connections,
             repeat=args.repeat,
+            rounds=args.rounds,
             max_other=args.max_other,
             retries=args.retries,
             quiet_timeout=args.quiet_timeout,
