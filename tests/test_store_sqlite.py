@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,6 @@ from responder.store import (
     SQLiteStore,
     StoreError,
 )
-from responder.store.sqlite import INLINE_ALERTS
 
 T0 = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
 CLASSIFIED = Classification(severity=Severity.P1, category="availability", rule="test")
@@ -190,52 +188,6 @@ async def test_one_failing_write_does_not_fail_its_batch(tmp_path: Path) -> None
         assert all(r == [IngestOutcome.NEW] for r in results[:-1])
         assert len(await store.list_alerts(AlertQuery())) == 20
     finally:
-        await store.close()
-
-
-async def test_small_writes_run_on_the_loop_large_ones_in_the_writer(tmp_path: Path) -> None:
-    """A webhook's few alerts are written on the event loop (only the commit goes to the
-    writer thread); a storm's large body is written in the writer thread, away from it."""
-    store = SQLiteStore(tmp_path / "r.db")
-    await store.open()
-    threads: dict[str, set[str]] = {"small": set(), "large": set()}
-
-    def recorded(a: IncomingAlert, size: str) -> IncomingAlert:
-        def decide(_alert: Alert) -> tuple[Classification, str | None]:
-            threads[size].add(threading.current_thread().name)
-            return CLASSIFIED, None
-
-        return replace(a, classification=None, decide=decide)
-
-    try:
-        await store.ingest([recorded(alert("small0000000001"), "small")], T0)
-        large = [recorded(alert(f"large{i:011x}"), "large") for i in range(INLINE_ALERTS + 1)]
-        assert await store.ingest(large, T0) == [IngestOutcome.NEW] * len(large)
-    finally:
-        await store.close()
-    assert threads["small"] == {threading.current_thread().name}
-    assert threads["large"] == {"responder-sqlite-writer"}
-
-
-async def test_a_locked_database_never_blocks_the_loop(tmp_path: Path) -> None:
-    """Another connection holding the write lock (a backup, a second process) makes writes
-    wait in the writer thread; the event loop goes on, and the write lands afterwards."""
-    store = SQLiteStore(tmp_path / "r.db")
-    await store.open()
-    blocker = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
-    try:
-        blocker.execute("BEGIN IMMEDIATE")
-        write = asyncio.ensure_future(store.ingest([alert()], T0))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for _ in range(10):
-            await asyncio.sleep(0.02)
-        assert loop.time() - started < 0.5  # the loop kept turning
-        assert not write.done()
-        blocker.execute("ROLLBACK")
-        assert await asyncio.wait_for(write, 5) == [IngestOutcome.NEW]
-    finally:
-        blocker.close()
         await store.close()
 
 

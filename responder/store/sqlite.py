@@ -1,13 +1,10 @@
-"""The embedded engine: SQLite in WAL mode, one write connection with group commit.
+"""The embedded engine: SQLite in WAL mode, one writer thread with group commit.
 
-Every write is a small function of the write connection. Writes wait on the event loop
-while a batch is being committed and then go together as the next batch: one transaction,
-one fsync (group commit). The writer thread runs the commits, and runs the large writes
-(an escalation pass) away from the loop; a batch of small writes (a webhook's alerts) is
-run on the loop, its commit only in the thread. A batch runs without savepoints; if one of
-its writes fails, it is run again with one savepoint per write, so that only that write
-fails. Under load this turns N webhooks into one commit; at rest a write commits alone at
-once. Reads use a second connection and never wait for the writer (WAL).
+Every write is a small function run by the single writer thread on its own connection.
+The thread takes whatever writes are waiting, runs each inside a savepoint (so one failing
+write does not fail its neighbours), commits them all with one fsync, then wakes their
+callers. Under load this turns N webhooks into one commit; at rest a write commits alone
+at once. Reads use a second connection and never wait for the writer (WAL).
 """
 
 from __future__ import annotations
@@ -65,30 +62,13 @@ log = logging.getLogger("responder.store")
 MAX_BATCH = 512
 # How often writes with a deadline are checked: a deadline is met to within this.
 DEADLINE_CHECK_S = 0.25
-# How long the writer thread waits for a lock held by another connection (a backup, a
-# second process): longer than any webhook's deadline.
-BUSY_TIMEOUT_MS = 10_000
-# Ingest writes of up to this many alerts run on the event loop (about 50 µs each at most).
-INLINE_ALERTS = 20
 
 
 @dataclass(slots=True)
 class _Job:
     work: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
-    # Small and bounded: may run on the event loop (see SQLiteStore._dispatch).
-    inline: bool = False
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Writes committed together, handed to the writer thread."""
-
-    jobs: list[_Job]
     loop: asyncio.AbstractEventLoop
-    # Set when the event loop has run the jobs already, in a transaction still open: the
-    # writer only commits. None: the writer runs them.
-    results: list[tuple[_Job, bool, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,24 +93,15 @@ class SQLiteStore:
         self.path = path
         self._synchronous = synchronous
         self._on_commit = on_commit
-        # Batches for the writer thread, at most one at a time; None: stop.
-        self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
-        self._writer_conn: sqlite3.Connection | None = None
-        # Event-loop side: writes waiting for the next batch, whether a batch is with the
-        # writer (then the connection is the writer's), and whether a dispatch is due.
-        self._pending: list[_Job] = []
-        self._batch_out = False
-        self._dispatch_due = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._closed = False
         # Writes with a deadline, oldest first, and the timer that fails the overdue ones.
         self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
         self._deadline_timer: asyncio.TimerHandle | None = None
-        # Memory between ingest jobs, used by whoever holds the writer connection.
+        # The writer thread's memory between ingest jobs (only that thread touches it).
         self._ingest_cache = _IngestCache()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -145,10 +116,6 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             writer_conn.close()
             raise StoreError(f"cannot prepare database {self.path}: {exc}") from exc
-        # The writer connection never waits for a lock: the event loop must not block on
-        # one (see _run_here); the writer thread sets a wait for the batches it runs.
-        writer_conn.execute("PRAGMA busy_timeout=0")
-        self._writer_conn = writer_conn
         self._reader = self._connect()
         self._writer = threading.Thread(
             target=self._write_loop,
@@ -199,9 +166,7 @@ class SQLiteStore:
             self._deadline_timer.cancel()
             self._deadline_timer = None
         if self._writer is not None:
-            if self._writer.is_alive():
-                await self._idle.wait()  # what was queued is committed (or failed)
-            self._batches.put(None)  # sentinel: the writer stops
+            self._jobs.put(None)  # sentinel: the writer drains what is queued, then stops
             await asyncio.to_thread(self._writer.join)
         if self._reader is not None:
             with self._reader_lock:
@@ -226,74 +191,19 @@ class SQLiteStore:
         return await self._queue(work, deadline)
 
     def _queue(
-        self,
-        work: Callable[[sqlite3.Connection], T],
-        deadline: float | None = None,
-        *,
-        inline: bool = False,
+        self, work: Callable[[sqlite3.Connection], T], deadline: float | None = None
     ) -> asyncio.Future[T]:
-        """``_write`` without its coroutine, for the webhook's path. ``inline``: the work is
-        small and bounded, and may run on the event loop."""
+        """``_write`` without its coroutine, for the webhook's path."""
         if self._closed or self._writer is None:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Job(work, future, inline))
-        self._idle.clear()
-        if not self._dispatch_due and not self._batch_out:
-            self._dispatch_due = True
-            loop.call_soon(self._dispatch, loop)
+        self._jobs.put(_Job(work, future, loop))
         if deadline is not None:
             self._deadlines.append((deadline, future))
             if self._deadline_timer is None:
                 self._deadline_timer = loop.call_later(DEADLINE_CHECK_S, self._expire, loop)
         return future
-
-    # -- group commit -------------------------------------------------------------------------
-    #
-    # One batch at a time is with the writer thread; writes queued meanwhile wait on the
-    # event loop and make up the next batch when it is committed, so a batch holds what
-    # arrived during the previous commit (its fsync). A batch of small writes (a webhook's
-    # alerts) is run on the event loop and only its COMMIT goes to the writer: run in the
-    # writer thread, each statement would hand the GIL back and forth with the loop
-    # (5% of a webhook's time on one core). Larger writes (an escalation pass over
-    # thousands of incidents) run in the writer thread, away from the loop.
-
-    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._dispatch_due = False
-        if self._batch_out:
-            return  # _batch_done dispatches again
-        if not self._pending:
-            self._idle.set()
-            return
-        jobs, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-        batch = _Batch(jobs, loop)
-        self._batch_out = True
-        if all(job.inline for job in jobs):
-            batch.results = self._run_here(jobs)
-        self._batches.put(batch)
-
-    def _run_here(self, jobs: list[_Job]) -> list[tuple[_Job, bool, Any]] | None:
-        """Run small writes on the event loop, leaving their transaction open for the
-        writer to commit. None when the database is locked by another connection (the
-        writer then waits for it, not the loop) or the writes failed to run at all."""
-        conn = self._writer_conn
-        assert conn is not None
-        try:
-            return self._run_jobs(conn, jobs)
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return None
-
-    def _batch_done(self, results: list[tuple[_Job, bool, Any]]) -> None:
-        """On the event loop: the writer committed (or failed) a batch."""
-        _settle(results)
-        self._batch_out = False
-        if not self._dispatch_due:
-            self._dispatch_due = True
-            loop = asyncio.get_running_loop()
-            loop.call_soon(self._dispatch, loop)
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fail the waiting writes whose deadline passed (a stalled disk), and forget the
@@ -309,33 +219,44 @@ class SQLiteStore:
         )
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
-        while (batch := self._batches.get()) is not None:
-            results = self._run_batch(conn, batch)
-            # A closed loop means its caller is gone; nobody waits for these results.
-            with contextlib.suppress(RuntimeError):
-                batch.loop.call_soon_threadsafe(self._batch_done, results)
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+            self._run_batch(conn, batch)
         conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: _Batch) -> list[tuple[_Job, bool, Any]]:
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         started = time.perf_counter()
         try:
-            results = batch.results
-            if results is None:
-                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-                try:
-                    results = self._run_jobs(conn, batch.jobs)
-                finally:
-                    conn.execute("PRAGMA busy_timeout=0")
+            results = self._run_jobs(conn, batch)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The commit itself failed (disk full, I/O error): nothing in the batch is durable.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             error = StoreError(f"commit failed: {exc}")
-            results = [(job, False, error) for job in batch.jobs]
+            results = [(job, False, error) for job in batch]
         if self._on_commit is not None:
-            self._on_commit(CommitStats(len(batch.jobs), time.perf_counter() - started))
-        return results
+            self._on_commit(CommitStats(len(batch), time.perf_counter() - started))
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
+        for item in results:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        for loop, items in by_loop.items():
+            # A closed loop means its caller is gone; nobody waits for these results.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, items)
 
     @staticmethod
     def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> list[tuple[_Job, bool, Any]]:
@@ -395,10 +316,7 @@ class SQLiteStore:
             cache = self._ingest_cache
             return [_ingest_one(conn, a, now_us, reopen_us, cache) for a in alerts]
 
-        # A webhook's few alerts are written on the event loop (see _dispatch); a storm's
-        # thousand-alert bodies in the writer thread.
-        inline = len(alerts) <= INLINE_ALERTS
-        results = await self._queue(work, deadline, inline=inline)
+        results = await self._queue(work, deadline)
         if on_due is not None and any(due for _, due in results):
             on_due()
         return [outcome for outcome, _ in results]
