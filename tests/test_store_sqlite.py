@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.incident import NewPage, PageKind, PageState
+from responder.incident import IncidentState, NewPage, PageKind, PageState
 from responder.model import Alert, AlertStatus, Classification, Severity, frozen_labels
 from responder.store import (
     AlertQuery,
@@ -284,6 +284,27 @@ async def test_on_due_only_when_an_incident_needs_the_engine_now(store: SQLiteSt
     await ingest(resolved(joins, end), end, "two of three resolved")
     await ingest(resolved(worse, end), end, "all resolved")
     assert calls == ["opened", "raised", "all resolved"]
+
+
+async def test_one_body_that_resolves_an_incident_and_fires_again(store: SQLiteStore) -> None:
+    """Within one body, an incident that its alerts resolve is not joined by the next new
+    alert of its key (the store remembers open incidents only until one changes): that alert
+    starts the incident's next episode."""
+    first = replace(alert("aaaa000000000001"), incident_key="disk")
+    second = replace(alert("aaaa000000000002"), incident_key="disk")
+    third = replace(alert("aaaa000000000003"), incident_key="disk")
+    await store.ingest([first], T0)
+    end = T0 + timedelta(minutes=1)
+    outcomes = await store.ingest([second, resolved(first, end), resolved(second, end), third], end)
+    assert outcomes == [
+        IngestOutcome.NEW,
+        IngestOutcome.RESOLVED,
+        IngestOutcome.RESOLVED,
+        IngestOutcome.NEW,
+    ]
+    (incident,) = await store.list_incidents()
+    assert incident.state is IncidentState.TRIGGERED
+    assert incident.episode == 2
 
 
 async def test_claim_skips_contact_methods_with_a_message_in_progress(

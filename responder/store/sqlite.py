@@ -327,8 +327,8 @@ class SQLiteStore:
         reopen_us = int(reopen_within.total_seconds() * 1_000_000)
 
         def work(conn: sqlite3.Connection) -> list[tuple[IngestOutcome, bool]]:
-            cache = self._ingest_cache
-            return [_ingest_one(conn, a, now_us, reopen_us, cache) for a in alerts]
+            cache, known = self._ingest_cache, _OpenIncidents()
+            return [_ingest_one(conn, a, now_us, reopen_us, cache, known) for a in alerts]
 
         results = await self._queue(work, deadline)
         if on_due is not None and any(due for _, due in results):
@@ -764,16 +764,41 @@ class _IngestCache:
         self._firing.discard(fingerprint)
 
 
+class _OpenIncidents:
+    """Open incidents looked up during one ingest job (the alerts of one body mostly share
+    one). Valid while the job changes no incident: anything that opens, reopens, raises or
+    resolves one forgets them all."""
+
+    __slots__ = ("_found",)
+
+    def __init__(self) -> None:
+        self._found: dict[str, tuple[int, str]] = {}
+
+    def get(self, conn: sqlite3.Connection, key: str) -> tuple[int, str] | None:
+        found = self._found.get(key)
+        if found is None:
+            found = inc.open_incident(conn, key)
+            if found is not None:
+                self._found[key] = found
+        return found
+
+    def forget(self) -> None:
+        self._found.clear()
+
+
 def _ingest_one(
     conn: sqlite3.Connection,
     incoming: IncomingAlert,
     now_us: int,
     reopen_us: int,
     cache: _IngestCache,
+    known: _OpenIncidents,
 ) -> tuple[IngestOutcome, bool]:
     """Store one alert; the flag says an incident's next due time moved earlier (opened,
     reopened, raised, resolved): the escalation engine should look again."""
-    outcome, alert_id, incident_id, incident_severity = _store_alert(conn, incoming, now_us, cache)
+    outcome, alert_id, incident_id, incident_severity = _store_alert(
+        conn, incoming, now_us, cache, known
+    )
     if alert_id is None:
         return outcome, False
     classification = incoming.decided()
@@ -786,6 +811,7 @@ def _ingest_one(
             (alert_id, trigger, now_us),
         )
     if outcome is IngestOutcome.RESOLVED:
+        known.forget()
         actions.alert_resolved(conn, alert_id, now_us)
         if incident_id is not None:
             return outcome, inc.alert_ended(
@@ -798,9 +824,13 @@ def _ingest_one(
     labels = dict(incoming.alert.labels)
     if incident_id is not None and incident_severity is not None:
         # A new alert, stored with the open incident it joins.
-        return outcome, inc.join_incident(
+        raised = inc.join_incident(
             conn, alert_id, incident_id, incident_severity, labels, document, now_us
         )
+        if raised:
+            known.forget()
+        return outcome, raised
+    known.forget()
     return outcome, inc.attach_alert(
         conn,
         alert_id,
@@ -814,7 +844,11 @@ def _ingest_one(
 
 
 def _store_alert(
-    conn: sqlite3.Connection, incoming: IncomingAlert, now_us: int, cache: _IngestCache
+    conn: sqlite3.Connection,
+    incoming: IncomingAlert,
+    now_us: int,
+    cache: _IngestCache,
+    known: _OpenIncidents,
 ) -> tuple[IngestOutcome, int | None, int | None, str | None]:
     """Write the alert row. Returns the outcome; the row id when incidents must hear of it;
     the incident it belongs to (for a resolve, the alert's; for a new alert, the open
@@ -828,10 +862,10 @@ def _store_alert(
             if _repeat(conn, fingerprint, annotations, now_us):
                 return IngestOutcome.REPEAT, None, None, None
             starts_us = to_us(alert.starts_at)
-            stored = _insert_firing(conn, incoming, annotations, starts_us, now_us, cache)
+            stored = _insert_firing(conn, incoming, annotations, starts_us, now_us, cache, known)
         else:
             starts_us = to_us(alert.starts_at)
-            stored = _insert_firing(conn, incoming, annotations, starts_us, now_us, cache)
+            stored = _insert_firing(conn, incoming, annotations, starts_us, now_us, cache, known)
             if stored is None and _repeat(conn, fingerprint, annotations, now_us):
                 cache.firing(fingerprint)
                 return IngestOutcome.REPEAT, None, None, None
@@ -921,6 +955,7 @@ def _insert_firing(
     starts_us: int,
     now_us: int,
     cache: _IngestCache,
+    known: _OpenIncidents,
 ) -> tuple[int, int | None, str | None] | None:
     """Insert a firing alert unless its fingerprint is firing or its episode (fingerprint,
     startsAt) is stored. Returns the new row id with the open incident it was stored with
@@ -931,7 +966,7 @@ def _insert_firing(
     # Most new alerts join an open incident: stored with it at once, no second write.
     joins = None
     if incoming.incident_key is not None:
-        joins = inc.open_incident(conn, incoming.incident_key)
+        joins = known.get(conn, incoming.incident_key)
     cur = conn.execute(
         "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
         "generator_url, group_key, receiver, alertname, severity, category, rule, "
