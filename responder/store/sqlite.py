@@ -93,9 +93,7 @@ class SQLiteStore:
         self.path = path
         self._synchronous = synchronous
         self._on_commit = on_commit
-        # The writes of one turn of the event loop each (see _hand_over); None: stop.
-        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        self._pending: list[_Job] = []  # queued during this turn of the loop
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
@@ -168,7 +166,6 @@ class SQLiteStore:
             self._deadline_timer.cancel()
             self._deadline_timer = None
         if self._writer is not None:
-            self._hand_over()
             self._jobs.put(None)  # sentinel: the writer drains what is queued, then stops
             await asyncio.to_thread(self._writer.join)
         if self._reader is not None:
@@ -201,22 +198,12 @@ class SQLiteStore:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._hand_over)
-        self._pending.append(_Job(work, future, loop))
+        self._jobs.put(_Job(work, future, loop))
         if deadline is not None:
             self._deadlines.append((deadline, future))
             if self._deadline_timer is None:
                 self._deadline_timer = loop.call_later(DEADLINE_CHECK_S, self._expire, loop)
         return future
-
-    def _hand_over(self) -> None:
-        """Give the writer the writes queued during one turn of the event loop, at once.
-        Handed over one by one, each would wake the writer (and take the GIL from the loop)
-        while the loop still has requests of the same turn to read."""
-        jobs, self._pending = self._pending, []
-        if jobs:
-            self._jobs.put(jobs)
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fail the waiting writes whose deadline passed (a stalled disk), and forget the
@@ -237,18 +224,17 @@ class SQLiteStore:
             first = self._jobs.get()
             if first is None:
                 break
-            batch = list(first)
+            batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
-                    jobs = self._jobs.get_nowait()
+                    job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if jobs is None:
+                if job is None:
                     stopping = True
                     break
-                batch.extend(jobs)
-            for start in range(0, len(batch), MAX_BATCH):
-                self._run_batch(conn, batch[start : start + MAX_BATCH])
+                batch.append(job)
+            self._run_batch(conn, batch)
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
