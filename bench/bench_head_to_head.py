@@ -19,41 +19,19 @@ worktree of the older commit installed in a second venv:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from bench_ingest import CASES, SERVER_CORE, Case, Load, Server, responder_config, run_wrk, stop
-from benchlib import cpu_seconds, free_port, wait_ready
+from bench_ingest import CASES, Case, Load, Server, responder_server, run_wrk
+from benchlib import cpu_seconds
 
 CONNECTIONS = 64
-
-
-def start(work: Path, token_file: Path, label: str, python: str) -> Server:
-    port = free_port()
-    config = responder_config(work, port, token_file)
-    state = work / f"state-{label}"
-    log = work / f"responder-{label}.log"
-    argv = [
-        "taskset",
-        "-c",
-        SERVER_CORE,
-        str(Path(python).parent / "responder"),
-        "serve",
-        "-c",
-        str(config),
-        "--state-dir",
-        str(state),
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd="/tmp")
-    wait_ready(f"http://127.0.0.1:{port}/-/ready", process, log)
-    return Server("responder", port, process, state)
 
 
 def one_round(
@@ -94,26 +72,24 @@ def main() -> int:
     token = secrets.token_urlsafe(32)
     token_file = work / "token"
     token_file.write_text(token + "\n", encoding="utf-8")
-    servers: dict[str, Server] = {}
     try:
-        servers = {
-            label: start(work, token_file, label, python)
-            for label, python in (("A", args.a), ("B", args.b))
-        }
-        for server in servers.values():
-            run_wrk(work, server, case, token, 2, CONNECTIONS)  # warm-up
-        ratios = []
-        for number in range(args.rounds):
-            cost = one_round(work, servers, case, token, args.seconds)
-            ratios.append(cost["A"] / cost["B"])
-            print(
-                f"round {number + 1}: A {cost['A']:.1f} us/request, B {cost['B']:.1f} "
-                f"us/request, A/B {ratios[-1]:.3f}"
-            )
+        with contextlib.ExitStack() as stack:
+            servers = {
+                label: stack.enter_context(responder_server(work, token_file, label, python))
+                for label, python in (("A", args.a), ("B", args.b))
+            }
+            for server in servers.values():
+                run_wrk(work, server, case, token, 2, CONNECTIONS)  # warm-up
+            ratios = []
+            for number in range(args.rounds):
+                cost = one_round(work, servers, case, token, args.seconds)
+                ratios.append(cost["A"] / cost["B"])
+                print(
+                    f"round {number + 1}: A {cost['A']:.1f} us/request, B {cost['B']:.1f} "
+                    f"us/request, A/B {ratios[-1]:.3f}"
+                )
         print(f"{case.name}: median A/B {statistics.median(ratios):.3f} (above 1: B is cheaper)")
     finally:
-        for server in servers.values():
-            stop(server.process)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

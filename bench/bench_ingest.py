@@ -254,7 +254,11 @@ def responder_config(work: Path, port: int, token_file: Path) -> Path:
 
 
 @contextlib.contextmanager
-def responder_server(work: Path, token_file: Path, label: str) -> Iterator[Server]:
+def responder_server(
+    work: Path, token_file: Path, label: str, python: str = sys.executable
+) -> Iterator[Server]:
+    """``responder serve`` of the virtualenv whose interpreter is ``python``, started in
+    ``/tmp`` so that it imports its own build, not one in the current directory."""
     port = free_port()
     config = responder_config(work, port, token_file)
     state = work / f"state-{label}"
@@ -263,7 +267,7 @@ def responder_server(work: Path, token_file: Path, label: str) -> Iterator[Serve
         "taskset",
         "-c",
         SERVER_CORE,
-        str(Path(sys.executable).parent / "responder"),
+        str(Path(python).parent / "responder"),
         "serve",
         "-c",
         str(config),
@@ -271,7 +275,7 @@ def responder_server(work: Path, token_file: Path, label: str) -> Iterator[Serve
         str(state),
     ]
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd="/tmp")
     try:
         wait_ready(f"http://127.0.0.1:{port}/-/ready", process, log)
         yield Server("responder", port, process, state)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -87,50 +88,52 @@ class WebhookMetrics:
         self._sum += seconds
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
-            "responder_webhook_requests",
-            "Webhook requests by outcome (accepted, unauthorized, bad_request, too_large, "
-            "unsupported_media_type, unavailable).",
-            labels=["outcome"],
-        )
-        for outcome, count in self.requests.items():
-            requests.add_metric([outcome], count)
-        received = CounterMetricFamily(
-            "responder_alerts_received",
-            "Alerts received in accepted webhooks, by the status Alertmanager gave them.",
-            labels=["status"],
-        )
-        for status, count in self.received.items():
-            received.add_metric([status], count)
-        ingested = CounterMetricFamily(
-            "responder_alerts_ingested",
-            "Alerts stored, by what storing them meant (new, repeat, resolved, ...).",
-            labels=["outcome"],
-        )
-        for outcome, count in self.ingested.items():
-            ingested.add_metric([outcome], count)
-        classified = CounterMetricFamily(
-            "responder_alerts_classified",
-            "Alerts that started firing, by the severity and category the rules gave them.",
-            labels=["severity", "category"],
-        )
-        for (severity, category), count in self.classified.items():
-            classified.add_metric([severity, category], count)
-        unmatched = CounterMetricFamily(
+        labelled: list[tuple[str, str, list[str], Mapping[Any, int]]] = [
+            (
+                "responder_webhook_requests",
+                "Webhook requests by outcome (accepted, unauthorized, bad_request, too_large, "
+                "unsupported_media_type, unavailable).",
+                ["outcome"],
+                self.requests,
+            ),
+            (
+                "responder_alerts_received",
+                "Alerts received in accepted webhooks, by the status Alertmanager gave them.",
+                ["status"],
+                self.received,
+            ),
+            (
+                "responder_alerts_ingested",
+                "Alerts stored, by what storing them meant (new, repeat, resolved, ...).",
+                ["outcome"],
+                self.ingested,
+            ),
+            (
+                "responder_alerts_classified",
+                "Alerts that started firing, by the severity and category the rules gave them.",
+                ["severity", "category"],
+                self.classified,
+            ),
+        ]
+        for name, documentation, labels, counts in labelled:
+            family = CounterMetricFamily(name, documentation, labels=labels)
+            for key, count in counts.items():
+                family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+            yield family
+        yield CounterMetricFamily(
             "responder_alerts_unmatched",
             "Alerts that started firing and matched no rule: the fallback classified them.",
             value=self.unmatched,
         )
         cumulative = list(itertools.accumulate(self._buckets))
         bounds = [*map(floatToGoString, self._bounds), "+Inf"]
-        duration = HistogramMetricFamily(
+        yield HistogramMetricFamily(
             "responder_ingest_duration_seconds",
             "Time from a webhook's body being read to its alerts being committed, including "
             "any wait for its turn during an alert storm.",
             buckets=list(zip(bounds, cumulative, strict=True)),
             sum_value=self._sum,
         )
-        return iter([requests, received, ingested, classified, unmatched, duration])
 
 
 class Metrics:

@@ -8,6 +8,7 @@ checked to be well-formed text of bounded size, and it stays data from here on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -42,12 +43,8 @@ def parse_webhook(body: bytes) -> WebhookMessage:
     # type-checked in one pass by msgspec, against the schema below. Anything else, or
     # anything that schema refuses, takes the general way, which decides and words errors.
     if body.isascii() and b"\\u" not in body:
-        try:
-            typed = _TYPED_DECODER.decode(body)
-        except msgspec.DecodeError:  # or its subclass ValidationError
-            pass
-        else:
-            message = _from_typed(typed)
+        with contextlib.suppress(msgspec.DecodeError):  # or its subclass ValidationError
+            message = _from_typed(_TYPED_DECODER.decode(body))
             if message is not None:
                 return message
     return _parse_generally(body)
