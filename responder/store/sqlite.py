@@ -895,31 +895,9 @@ def _store_alert(
     )
     if cur.rowcount:
         return IngestOutcome.REPEAT_RESOLVED, None, None, None
-    c = incoming.decided()
-    conn.execute(
-        "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
-        "generator_url, group_key, receiver, alertname, severity, category, rule, "
-        "classification, first_received, last_received, receive_count, updated_at) "
-        "VALUES (?, 'resolved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) "
-        "ON CONFLICT (fingerprint, starts_at) DO NOTHING",
-        (
-            alert.fingerprint,
-            _dumps(dict(alert.labels)),
-            _dumps(dict(alert.annotations)),
-            starts_us,
-            ends_us,
-            alert.generator_url,
-            incoming.group_key,
-            incoming.receiver,
-            alert.labels.get("alertname", ""),
-            c.severity.value,
-            c.category,
-            c.rule,
-            cache.document(c)[1],
-            now_us,
-            now_us,
-            now_us,
-        ),
+    annotations = _dumps(dict(alert.annotations))
+    _insert_alert(
+        conn, incoming, AlertStatus.RESOLVED, annotations, starts_us, ends_us, now_us, cache
     )
     return IngestOutcome.RESOLVED_UNSEEN, None, None, None
 
@@ -947,25 +925,52 @@ def _insert_firing(
     startsAt) is stored. Returns the new row id with the open incident it was stored with
     and that incident's severity (None, None when incidents must place it); None when
     nothing was inserted."""
-    alert = incoming.alert
-    c = incoming.decided()
+    incoming.decided()  # the incident key comes with the classification
     # Most new alerts join an open incident: stored with it at once, no second write.
     joins = None
     if incoming.incident_key is not None:
         joins = known.get(conn, incoming.incident_key)
-    cur = conn.execute(
+    incident_id = None if joins is None else joins[0]
+    cur = _insert_alert(
+        conn, incoming, AlertStatus.FIRING, annotations, starts_us, None, now_us, cache, incident_id
+    )
+    if not cur.rowcount:
+        return None
+    assert cur.lastrowid is not None
+    if joins is None:
+        return cur.lastrowid, None, None
+    return cur.lastrowid, joins[0], joins[1]
+
+
+def _insert_alert(
+    conn: sqlite3.Connection,
+    incoming: IncomingAlert,
+    status: AlertStatus,
+    annotations: str,
+    starts_us: int,
+    ends_us: int | None,
+    now_us: int,
+    cache: _IngestCache,
+    incident_id: int | None = None,
+) -> sqlite3.Cursor:
+    """Insert an alert's first row, unless a unique index refuses it: its episode
+    (fingerprint, startsAt) is stored, or (firing) its fingerprint is firing already."""
+    alert = incoming.alert
+    c = incoming.decided()
+    return conn.execute(
         "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
         "generator_url, group_key, receiver, alertname, severity, category, rule, "
         "classification, first_received, last_received, receive_count, updated_at, "
         "incident_id) "
-        "VALUES (?, 'firing', ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
-        # Any unique index: the episode (fingerprint, starts_at), or a firing fingerprint.
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
         "ON CONFLICT DO NOTHING",
         (
             alert.fingerprint,
+            status.value,
             _dumps(dict(alert.labels)),
             annotations,
             starts_us,
+            ends_us,
             alert.generator_url,
             incoming.group_key,
             incoming.receiver,
@@ -977,15 +982,9 @@ def _insert_firing(
             now_us,
             now_us,
             now_us,
-            None if joins is None else joins[0],
+            incident_id,
         ),
     )
-    if not cur.rowcount:
-        return None
-    assert cur.lastrowid is not None
-    if joins is None:
-        return cur.lastrowid, None, None
-    return cur.lastrowid, joins[0], joins[1]
 
 
 def _stored_alert(row: sqlite3.Row | tuple[Any, ...]) -> StoredAlert:
