@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -167,6 +169,39 @@ async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
         assert all(r == [IngestOutcome.NEW] for r in results)
         assert sum(c.batch_size for c in commits) == 300
         assert len(commits) < 300
+    finally:
+        await store.close()
+
+
+async def test_commits_under_concurrent_writes_are_spaced(tmp_path: Path) -> None:
+    """After a commit of several writes, the next waits out the spacing so that the writes
+    arriving meanwhile share it; a lone chain of writes is never held back."""
+    spacing = 0.25
+    started: list[tuple[float, int]] = []  # (when the commit began, how many writes)
+
+    def committed(stats: CommitStats) -> None:
+        started.append((time.perf_counter() - stats.seconds, stats.batch_size))
+
+    store = SQLiteStore(tmp_path / "r.db", on_commit=committed, commit_spacing=spacing)
+    await store.open()
+    try:
+        chain_began = time.perf_counter()
+        for i in range(4):
+            assert await store.ingest([alert(f"c{i:015x}")], T0) == [IngestOutcome.NEW]
+        assert time.perf_counter() - chain_began < spacing  # four commits, none delayed
+        assert all(size == 1 for _, size in started)
+
+        for wave in range(3):
+            writes = [store.ingest([alert(f"{wave}{i:015x}")], T0) for i in range(50)]
+            await asyncio.gather(*writes)
+        after_shared = [
+            later - earlier
+            for (earlier, size), (later, _) in itertools.pairwise(started)
+            if size > 1
+        ]
+        assert after_shared  # the waves did share commits
+        assert min(after_shared) >= spacing - 0.02
+        assert sum(size for _, size in started) == 4 + 150
     finally:
         await store.close()
 
