@@ -6,10 +6,11 @@ import asyncio
 import itertools
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -24,6 +25,7 @@ from responder.store import (
     StoreError,
 )
 
+T = TypeVar("T")
 T0 = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
 CLASSIFIED = Classification(severity=Severity.P1, category="availability", rule="test")
 
@@ -156,6 +158,32 @@ async def test_stale_then_revived(store: SQLiteStore) -> None:
     end = T0 + timedelta(hours=8)
     await store.mark_stale(T0 + timedelta(hours=7, minutes=30), end)
     assert await store.ingest([resolved(a, end)], end) == [IngestOutcome.RESOLVED]
+
+
+async def test_a_repeat_between_the_stale_scan_and_its_write_keeps_the_alert(
+    tmp_path: Path,
+) -> None:
+    """The sweep finds candidates on the reader, then writes: an alert heard again in
+    between stays firing."""
+    heard_again = alert("aaaa000000000001")
+
+    class RepeatAfterScan(SQLiteStore):
+        async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+            found = await super()._read(work)
+            await self.ingest([heard_again], T0 + timedelta(hours=5))
+            return found
+
+    store = RepeatAfterScan(tmp_path / "r.db")
+    await store.open()
+    try:
+        await store.ingest([heard_again, alert("aaaa000000000002")], T0)
+        stale = await store.mark_stale(T0 + timedelta(hours=1), T0 + timedelta(hours=6))
+        assert len(stale) == 1
+        rows = {s.fingerprint: s.status for s in await store.list_alerts(AlertQuery())}
+        assert rows["aaaa000000000001"] is AlertStatus.FIRING
+        assert rows["aaaa000000000002"] is AlertStatus.STALE
+    finally:
+        await store.close()
 
 
 async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:

@@ -340,13 +340,27 @@ class SQLiteStore:
 
     async def mark_stale(self, last_received_before: datetime, now: datetime) -> list[int]:
         cutoff = to_us(last_received_before)
+        # Found on the reader: the scan reads every firing alert (40 ms for 130,000), and on
+        # the writer it would hold up every webhook meanwhile. The write checks again.
+        candidates = await self._read(
+            lambda conn: [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM alerts WHERE status = 'firing' AND last_received < ?",
+                    (cutoff,),
+                )
+            ]
+        )
+        if not candidates:
+            return []
 
         def work(conn: sqlite3.Connection) -> list[int]:
             now_us = to_us(now)
             rows = conn.execute(
                 "UPDATE alerts SET status = 'stale', updated_at = ? "
-                "WHERE status = 'firing' AND last_received < ? RETURNING id, incident_id",
-                (now_us, cutoff),
+                "WHERE id IN (SELECT value FROM json_each(?)) "
+                "AND status = 'firing' AND last_received < ? RETURNING id, incident_id",
+                (now_us, _dumps(candidates), cutoff),
             ).fetchall()
             for alert_id, incident_id in sorted(rows):
                 if incident_id is not None:
