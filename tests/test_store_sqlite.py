@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -368,6 +369,50 @@ async def test_one_body_that_resolves_an_incident_and_fires_again(store: SQLiteS
     (incident,) = await store.list_incidents()
     assert incident.state is IncidentState.TRIGGERED
     assert incident.episode == 2
+
+
+async def test_an_incident_resolved_within_a_batch_is_looked_up_again(tmp_path: Path) -> None:
+    """Ingest jobs of one batch share the open incidents they looked up; a job of another
+    kind between them (here the incident is resolved by hand) makes the next one look
+    again, so a new alert retriggers the incident instead of joining it resolved."""
+    commits: list[CommitStats] = []
+    store = SQLiteStore(tmp_path / "r.db", on_commit=commits.append)
+    await store.open()
+    try:
+        first = replace(alert("aaaa000000000001"), incident_key="disk")
+        second = replace(alert("aaaa000000000002"), incident_key="disk")
+        third = replace(alert("aaaa000000000003"), incident_key="disk")
+        await store.ingest([first], T0)
+        (incident,) = await store.list_incidents()
+
+        # Hold the writer so that the next three writes queue up and share one batch.
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold(_: sqlite3.Connection) -> None:
+            entered.set()
+            gate.wait(10)
+
+        held = asyncio.ensure_future(store._write(hold))
+        await asyncio.to_thread(entered.wait, 10)
+        later = T0 + timedelta(minutes=1)
+        joined = asyncio.ensure_future(store.ingest([second], later))
+        resolved_by_hand = asyncio.ensure_future(
+            store.transition(incident.id, "resolve", actor="alice", via="api", now=later)
+        )
+        fired_again = asyncio.ensure_future(store.ingest([third], later))
+        await asyncio.sleep(0.1)
+        gate.set()
+        await held
+        assert await joined == [IngestOutcome.NEW]
+        await resolved_by_hand
+        assert await fired_again == [IngestOutcome.NEW]
+        assert commits[-1].batch_size == 3  # the three did share one batch
+
+        (incident,) = await store.list_incidents()
+        assert incident.state is IncidentState.TRIGGERED
+        assert incident.episode == 2
+    finally:
+        await store.close()
 
 
 async def test_claim_skips_contact_methods_with_a_message_in_progress(

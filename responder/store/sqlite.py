@@ -75,6 +75,9 @@ class _Job:
     work: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    # An ingest job keeps the open incidents it looked up for the next ingest job of the
+    # batch (``_OpenIncidents``); after any other job they are looked up again.
+    ingest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,7 @@ class SQLiteStore:
         self._deadline_timer: asyncio.TimerHandle | None = None
         # The writer thread's memory between ingest jobs (only that thread touches it).
         self._ingest_cache = _IngestCache()
+        self._open_incidents = _OpenIncidents()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -199,14 +203,18 @@ class SQLiteStore:
         return await self._queue(work, deadline)
 
     def _queue(
-        self, work: Callable[[sqlite3.Connection], T], deadline: float | None = None
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        deadline: float | None = None,
+        *,
+        ingest: bool = False,
     ) -> asyncio.Future[T]:
         """``_write`` without its coroutine, for the webhook's path."""
         if self._closed or self._writer is None:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(work, future, loop))
+        self._jobs.put(_Job(work, future, loop, ingest))
         if deadline is not None:
             self._deadlines.append((deadline, future))
             if self._deadline_timer is None:
@@ -275,19 +283,31 @@ class SQLiteStore:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items)
 
-    @staticmethod
-    def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+    def _run_jobs(
+        self, conn: sqlite3.Connection, batch: list[_Job]
+    ) -> list[tuple[_Job, bool, Any]]:
         """Run the batch's jobs in one open transaction. First without savepoints (two
         statements a job, a tenth of a webhook's store time); if a job fails, the batch is
         rolled back and run again with a savepoint per job, so that one bad write fails
-        alone. A job is a function of the connection only, so running it again is safe."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            return [(job, True, job.work(conn)) for job in batch]
-        except Exception:  # which job failed, and why, is found below
-            conn.execute("ROLLBACK")
+        alone. A job is a function of the connection only, so running it again is safe.
+
+        The open incidents that ingest jobs looked up are forgotten whenever what they saw
+        may have changed: at each start, after any other job, after a job rolled back."""
+        known = self._open_incidents
+        known.forget()
         conn.execute("BEGIN IMMEDIATE")
         results: list[tuple[_Job, bool, Any]] = []
+        try:
+            for job in batch:
+                results.append((job, True, job.work(conn)))
+                if not job.ingest:
+                    known.forget()
+            return results
+        except Exception:  # which job failed, and why, is found below
+            conn.execute("ROLLBACK")
+        known.forget()
+        conn.execute("BEGIN IMMEDIATE")
+        results = []
         for job in batch:
             conn.execute("SAVEPOINT job")
             try:
@@ -295,9 +315,12 @@ class SQLiteStore:
             except Exception as exc:  # one bad write must not fail the batch
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
+                known.forget()
                 results.append((job, False, _as_store_error(exc)))
             else:
                 conn.execute("RELEASE job")
+                if not job.ingest:
+                    known.forget()
                 results.append((job, True, value))
         return results
 
@@ -330,10 +353,10 @@ class SQLiteStore:
         reopen_us = int(reopen_within.total_seconds() * 1_000_000)
 
         def work(conn: sqlite3.Connection) -> list[tuple[IngestOutcome, bool]]:
-            cache, known = self._ingest_cache, _OpenIncidents()
+            cache, known = self._ingest_cache, self._open_incidents
             return [_ingest_one(conn, a, now_us, reopen_us, cache, known) for a in alerts]
 
-        results = await self._queue(work, deadline)
+        results = await self._queue(work, deadline, ingest=True)
         if on_due is not None and any(due for _, due in results):
             on_due()
         return [outcome for outcome, _ in results]
@@ -782,9 +805,10 @@ class _IngestCache:
 
 
 class _OpenIncidents:
-    """Open incidents looked up during one ingest job (the alerts of one body mostly share
-    one). Valid while the job changes no incident: anything that opens, reopens, raises or
-    resolves one forgets them all."""
+    """Open incidents looked up by the ingest jobs of one batch (new alerts mostly join the
+    same few: one SELECT saved per new alert, 5% of its store work). Valid while nothing
+    changes an incident: ingest forgets them all when it opens, reopens, raises or resolves
+    one, and ``_run_jobs`` after any other job and any rollback."""
 
     __slots__ = ("_found",)
 
@@ -838,7 +862,7 @@ def _ingest_one(
     if incoming.incident_key is None:
         return outcome, False
     document = cache.document(classification)[0]
-    labels = dict(incoming.alert.labels)
+    labels = incoming.alert.labels
     if incident_id is not None and incident_severity is not None:
         # A new alert, stored with the open incident it joins.
         raised = inc.join_incident(

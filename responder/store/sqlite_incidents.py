@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -89,12 +89,15 @@ def open_incident(conn: sqlite3.Connection, key: str) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), str(row[1]))
 
 
+_RANK = {s.value: s.rank for s in Severity}  # "P1": 1, without building the enum per alert
+
+
 def join_incident(
     conn: sqlite3.Connection,
     alert_id: int,
     incident_id: int,
     current: str,
-    labels: dict[str, str],
+    labels: Mapping[str, str],
     classification: dict[str, Any],
     now_us: int,
 ) -> bool:
@@ -103,7 +106,7 @@ def join_incident(
     severity = str(classification["severity"])
     fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
     _event(conn, incident_id, now_us, Event.ALERT_FIRED, "alertmanager", fired)
-    if Severity(severity).rank >= Severity(current).rank:
+    if _RANK[severity] >= _RANK[current]:
         return False
     # A worse alert joined: the incident takes its severity and policy, and the engine
     # looks again at once.
@@ -127,7 +130,7 @@ def attach_alert(
     conn: sqlite3.Connection,
     alert_id: int,
     key: str,
-    labels: dict[str, str],
+    labels: Mapping[str, str],
     classification: dict[str, Any],
     now_us: int,
     reopen_us: int,
