@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -31,7 +29,6 @@ from responder.intake import Intake
 from responder.log import fields
 from responder.messages import Templates, load_templates
 from responder.metrics import Metrics
-from responder.model import Classification
 from responder.secrets import Secret
 from responder.store import Store
 from responder.yamlfile import ConfigError
@@ -61,9 +58,6 @@ class Snapshot:
     templates: Templates
     actions: ActionCatalog
     containment: ContainmentSettings
-
-    def classify(self, labels: Mapping[str, str], now: datetime) -> Classification:
-        return self.classifier.classify(labels, now)
 
 
 def load_snapshot(
