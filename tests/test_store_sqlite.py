@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import pytest
 
-from responder.incident import IncidentState, NewPage, PageKind, PageState
+from responder.incident import IncidentState, NewPage, PageKind, PageState, TimelineEvent
 from responder.model import Alert, AlertStatus, Classification, Severity, frozen_labels
 from responder.store import (
     AlertQuery,
@@ -25,6 +25,7 @@ from responder.store import (
     SQLiteStore,
     StoreError,
 )
+from responder.store.migrations import SQLITE_MIGRATIONS
 
 T = TypeVar("T")
 T0 = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
@@ -369,6 +370,137 @@ async def test_one_body_that_resolves_an_incident_and_fires_again(store: SQLiteS
     (incident,) = await store.list_incidents()
     assert incident.state is IncidentState.TRIGGERED
     assert incident.episode == 2
+
+
+def _kinds(events: list[TimelineEvent]) -> list[tuple[str, object]]:
+    return [(e.kind.value, e.detail.get("alert")) for e in events]
+
+
+async def test_alerts_joining_an_incident_are_in_its_timeline_without_a_row_each(
+    store: SQLiteStore,
+) -> None:
+    """An alert that joins an open incident has its "alert_fired" entry read from the alert
+    row: in place, with the detail a row had, and no timeline row written for it. At one
+    instant the opening comes first and a raise after the alert that caused it."""
+    first = replace(alert("aaaa000000000001"), incident_key="disk")
+    same_body = replace(alert("aaaa000000000002"), incident_key="disk")
+    later = replace(alert("aaaa000000000003"), incident_key="disk")
+    worse = replace(
+        alert("aaaa000000000004"),
+        incident_key="disk",
+        classification=replace(CLASSIFIED, severity=Severity.P0),
+    )
+    await store.ingest([first, same_body], T0)
+    await store.ingest([later], T0 + timedelta(minutes=1))
+    await store.ingest([worse], T0 + timedelta(minutes=2))
+    (incident,) = await store.list_incidents()
+    _, alerts, events, _ = await store.incident_details(incident.id)
+    ids = {a.fingerprint: a.id for a in alerts}
+    assert _kinds(events) == [
+        ("triggered", ids["aaaa000000000001"]),
+        ("alert_fired", ids["aaaa000000000002"]),
+        ("alert_fired", ids["aaaa000000000003"]),
+        ("alert_fired", ids["aaaa000000000004"]),
+        ("severity_raised", None),
+    ]
+    fired = [e for e in events if e.kind.value == "alert_fired"]
+    assert [e.at for e in fired] == [T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)]
+    assert (fired[2].actor, fired[2].via) == ("alertmanager", "alertmanager")
+    assert dict(fired[2].detail) == {
+        "alert": ids["aaaa000000000004"],
+        "alertname": "DiskFull",
+        "severity": "P0",
+    }
+    conn = sqlite3.connect(store.path)
+    try:
+        rows = conn.execute("SELECT kind FROM timeline WHERE kind = 'alert_fired'").fetchall()
+    finally:
+        conn.close()
+    assert rows == []
+
+
+async def test_an_alert_that_moves_to_another_incident_stays_in_the_first_timeline(
+    store: SQLiteStore,
+) -> None:
+    """A stale alert that fires again after its incident resolved opens the next incident;
+    the first incident's timeline keeps the entry of when the alert joined it."""
+    first = replace(alert("aaaa000000000001"), incident_key="disk")
+    second = replace(alert("aaaa000000000002"), incident_key="disk")
+    joined_at = T0 + timedelta(minutes=1)
+    await store.ingest([first], T0)
+    await store.ingest([second], joined_at)
+    await store.ingest([first], T0 + timedelta(hours=2))
+    assert len(await store.mark_stale(T0 + timedelta(hours=1), T0 + timedelta(hours=2))) == 1
+    end = T0 + timedelta(hours=3)
+    await store.ingest([resolved(first, end)], end)
+    (old,) = await store.list_incidents()
+    assert old.state is IncidentState.RESOLVED
+
+    back = T0 + timedelta(hours=9)
+    assert await store.ingest([second], back, reopen_within=timedelta(minutes=5)) == [
+        IngestOutcome.REVIVED
+    ]
+    new, _ = await store.list_incidents()  # newest first
+    assert new.id != old.id
+    _, _, events, _ = await store.incident_details(old.id)
+    second_id = next(e.detail["alert"] for e in events if e.kind.value == "alert_stale")
+    assert _kinds(events) == [
+        ("triggered", 1),
+        ("alert_fired", second_id),
+        ("alert_stale", second_id),
+        ("alert_resolved", 1),
+        ("resolved", None),
+    ]
+    assert events[1].at == joined_at
+    _, alerts, events, _ = await store.incident_details(new.id)
+    assert [a.id for a in alerts] == [second_id]
+    assert _kinds(events) == [("triggered", second_id)]
+
+
+async def test_timeline_rows_from_before_schema_7_are_read_once(tmp_path: Path) -> None:
+    """A database written by schema 6 kept an "alert_fired" row per joining alert; after the
+    migration those rows are the entries, not doubled by the alerts they name."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for script in SQLITE_MIGRATIONS[:6]:
+            for statement in script:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 6")
+        conn.execute(
+            "INSERT INTO incidents (id, key, state, severity, category, opened_at, "
+            "triggered_at, updated_at, title) "
+            "VALUES (1, 'disk', 'triggered', 'P1', 'availability', 1, 1, 1, 'DiskFull')"
+        )
+        for alert_id in (1, 2):
+            conn.execute(
+                "INSERT INTO alerts (id, fingerprint, status, labels, annotations, starts_at, "
+                "generator_url, group_key, receiver, alertname, severity, category, "
+                "classification, first_received, last_received, receive_count, updated_at, "
+                "incident_id) VALUES (?, ?, 'firing', '{}', '{}', 1, '', '', '', 'DiskFull', "
+                "'P1', 'availability', '{}', ?, ?, 1, ?, 1)",
+                (alert_id, f"{alert_id:016x}", alert_id, alert_id, alert_id),
+            )
+        conn.execute(
+            "INSERT INTO timeline (incident_id, at, kind, actor, via, detail) VALUES "
+            "(1, 1, 'triggered', 'alertmanager', 'alertmanager', '{\"alert\":1}'), "
+            "(1, 2, 'alert_fired', 'alertmanager', 'alertmanager', '{\"alert\":2}')"
+        )
+    finally:
+        conn.close()
+
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        _, _, events, _ = await store.incident_details(1)
+        assert _kinds(events) == [("triggered", 1), ("alert_fired", 2)]
+        # A new alert joining it now makes its entry from its own row.
+        joins = replace(alert("aaaa000000000003"), incident_key="disk")
+        await store.ingest([joins], T0)
+        _, _, events, _ = await store.incident_details(1)
+        assert _kinds(events) == [("triggered", 1), ("alert_fired", 2), ("alert_fired", 3)]
+    finally:
+        await store.close()
 
 
 async def test_an_incident_resolved_within_a_batch_is_looked_up_again(tmp_path: Path) -> None:

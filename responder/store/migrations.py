@@ -194,4 +194,10 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     [
         "DROP INDEX alerts_firing_last",
     ],
+    # 7: an alert that joins an open incident records when, and its "alert_fired" entry in
+    # the incident's timeline is read from the alert (sqlite_incidents.timeline) instead of
+    # being a timeline row of its own: that row was a tenth of a new alert's store work.
+    [
+        "ALTER TABLE alerts ADD COLUMN joined_at INTEGER",
+    ],
 ]

@@ -862,12 +862,9 @@ def _ingest_one(
     if incoming.incident_key is None:
         return outcome, False
     document = cache.document(classification)[0]
-    labels = incoming.alert.labels
     if incident_id is not None and incident_severity is not None:
         # A new alert, stored with the open incident it joins.
-        raised = inc.join_incident(
-            conn, alert_id, incident_id, incident_severity, labels, document, now_us
-        )
+        raised = inc.join_incident(conn, incident_id, incident_severity, document, now_us)
         if raised:
             known.forget()
         return outcome, raised
@@ -876,7 +873,7 @@ def _ingest_one(
         conn,
         alert_id,
         incoming.incident_key,
-        labels,
+        incoming.alert.labels,
         document,
         now_us,
         reopen_us,
@@ -1016,8 +1013,8 @@ def _insert_alert(
         "INSERT INTO alerts (fingerprint, status, labels, annotations, starts_at, ends_at, "
         "generator_url, group_key, receiver, alertname, severity, category, rule, "
         "classification, first_received, last_received, receive_count, updated_at, "
-        "incident_id) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
+        "incident_id, joined_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?) "
         "ON CONFLICT DO NOTHING",
         (
             alert.fingerprint,
@@ -1038,6 +1035,7 @@ def _insert_alert(
             now_us,
             now_us,
             incident_id,
+            None if incident_id is None else now_us,  # joined as it was stored
         ),
     )
 

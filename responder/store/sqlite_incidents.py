@@ -94,18 +94,15 @@ _RANK = {s.value: s.rank for s in Severity}  # "P1": 1, without building the enu
 
 def join_incident(
     conn: sqlite3.Connection,
-    alert_id: int,
     incident_id: int,
     current: str,
-    labels: Mapping[str, str],
     classification: dict[str, Any],
     now_us: int,
 ) -> bool:
-    """A firing alert (already stored with ``incident_id``) joined the open incident whose
-    severity is ``current``. True when a worse alert raised the incident (due now)."""
+    """A firing alert (already stored with ``incident_id`` and ``joined_at``, which make its
+    "alert_fired" timeline entry) joined the open incident whose severity is ``current``.
+    True when a worse alert raised the incident (due now)."""
     severity = str(classification["severity"])
-    fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
-    _event(conn, incident_id, now_us, Event.ALERT_FIRED, "alertmanager", fired)
     if _RANK[severity] >= _RANK[current]:
         return False
     # A worse alert joined: the incident takes its severity and policy, and the engine
@@ -124,6 +121,26 @@ def join_incident(
         {"from": current, "to": severity},
     )
     return True
+
+
+def _place_alert(
+    conn: sqlite3.Connection, alert_id: int, incident_id: int, joined_at: int | None
+) -> None:
+    """Put the alert into ``incident_id``; ``joined_at`` when that makes its "alert_fired"
+    entry, None when the incident's own event (triggered, retriggered) tells of it. An
+    entry the alert already makes elsewhere (a stale alert fired again) is first written
+    out as a timeline row, so that the timeline it belongs to keeps it."""
+    row = conn.execute(
+        "SELECT incident_id, joined_at, alertname, severity FROM alerts WHERE id = ?",
+        (alert_id,),
+    ).fetchone()
+    if row is not None and row[0] is not None and row[1] is not None:
+        fired = {"alert": alert_id, "alertname": row[2], "severity": row[3]}
+        _event(conn, row[0], row[1], Event.ALERT_FIRED, "alertmanager", fired)
+    conn.execute(
+        "UPDATE alerts SET incident_id = ?, joined_at = ? WHERE id = ?",
+        (incident_id, joined_at, alert_id),
+    )
 
 
 def attach_alert(
@@ -145,8 +162,8 @@ def attach_alert(
     fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
     found = None if none_open else open_incident(conn, key)
     if found is not None:
-        conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (found[0], alert_id))
-        return join_incident(conn, alert_id, found[0], found[1], labels, classification, now_us)
+        _place_alert(conn, alert_id, found[0], now_us)
+        return join_incident(conn, found[0], found[1], classification, now_us)
 
     row = conn.execute(
         "SELECT id FROM incidents WHERE key = ? AND state = 'resolved' AND resolved_at >= ? "
@@ -174,7 +191,7 @@ def attach_alert(
                 incident_id,
             ),
         )
-        conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (incident_id, alert_id))
+        _place_alert(conn, alert_id, incident_id, None)
         _event(conn, incident_id, now_us, Event.RETRIGGERED, "alertmanager", fired)
         return True
 
@@ -200,7 +217,7 @@ def attach_alert(
         ),
     )
     incident_id = int(cur.lastrowid or 0)
-    conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (incident_id, alert_id))
+    _place_alert(conn, alert_id, incident_id, None)
     _event(
         conn,
         incident_id,
@@ -338,14 +355,52 @@ def list_incidents(
     return [incident_from_row(row) for row in conn.execute(sql, params)]
 
 
+# At one instant, an incident's opening comes before the alerts that join it, and those
+# before what follows from them (a raised severity).
+_OPENING = frozenset({Event.TRIGGERED, Event.RETRIGGERED})
+
+
 def timeline(conn: sqlite3.Connection, incident_id: int) -> list[TimelineEvent]:
-    return [
+    """The incident's events in time order: its timeline rows, and an "alert_fired" entry
+    for each alert that joined it (read from the alert, see migration 7)."""
+    rows = [
         TimelineEvent(from_us(at), Event(kind), actor, via, json.loads(detail))
         for at, kind, actor, via, detail in conn.execute(
-            "SELECT at, kind, actor, via, detail FROM timeline WHERE incident_id = ? ORDER BY id",
+            "SELECT at, kind, actor, via, detail FROM timeline WHERE incident_id = ? "
+            "ORDER BY at, id",
             (incident_id,),
         )
     ]
+    joined = [
+        TimelineEvent(
+            from_us(at),
+            Event.ALERT_FIRED,
+            "alertmanager",
+            "alertmanager",
+            {"alert": alert_id, "alertname": alertname, "severity": severity},
+        )
+        for at, alert_id, alertname, severity in conn.execute(
+            "SELECT joined_at, id, alertname, severity FROM alerts "
+            "WHERE incident_id = ? AND joined_at IS NOT NULL ORDER BY joined_at, id",
+            (incident_id,),
+        )
+    ]
+    if not joined:
+        return rows
+    merged: list[TimelineEvent] = []
+    pending = iter(joined)
+    entry = next(pending, None)
+    for row in rows:
+        while entry is not None and (
+            entry.at < row.at or (entry.at == row.at and row.kind not in _OPENING)
+        ):
+            merged.append(entry)
+            entry = next(pending, None)
+        merged.append(row)
+    if entry is not None:
+        merged.append(entry)
+        merged.extend(pending)
+    return merged
 
 
 PAGE_COLUMNS = (
