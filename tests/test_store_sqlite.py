@@ -457,6 +457,60 @@ async def test_an_alert_that_moves_to_another_incident_stays_in_the_first_timeli
     assert _kinds(events) == [("triggered", second_id)]
 
 
+async def test_one_body_that_resolves_reopens_and_joins_is_in_order(store: SQLiteStore) -> None:
+    """The alerts of one body share an instant: the timeline keeps the body's order, the
+    resolve and the reopening before the alert that joins the reopened incident."""
+    first = replace(alert("aaaa000000000001"), incident_key="disk")
+    second = replace(alert("aaaa000000000002"), incident_key="disk")
+    third = replace(alert("aaaa000000000003"), incident_key="disk")
+    await store.ingest([first], T0)
+    end = T0 + timedelta(minutes=1)
+    await store.ingest([resolved(first, end), second, third], end)
+    (incident,) = await store.list_incidents()
+    _, alerts, events, _ = await store.incident_details(incident.id)
+    ids = {a.fingerprint: a.id for a in alerts}
+    assert _kinds(events) == [
+        ("triggered", ids["aaaa000000000001"]),
+        ("alert_resolved", ids["aaaa000000000001"]),
+        ("resolved", None),
+        ("retriggered", ids["aaaa000000000002"]),
+        ("alert_fired", ids["aaaa000000000003"]),
+    ]
+
+
+async def test_an_alert_classified_anew_when_it_fires_again_shows_its_new_severity(
+    store: SQLiteStore,
+) -> None:
+    """A stale alert firing again under changed rules: its entry tells the severity it
+    has now, before the raise it causes, and its first entry stays as it was."""
+    first = replace(alert("aaaa000000000001"), incident_key="disk")
+    second = replace(alert("aaaa000000000002"), incident_key="disk")
+    await store.ingest([first, second], T0)
+    joined = T0 + timedelta(minutes=1)
+    later = replace(alert("aaaa000000000003"), incident_key="disk")
+    await store.ingest([later], joined)
+    await store.ingest([first, second], T0 + timedelta(hours=2))
+    assert len(await store.mark_stale(T0 + timedelta(hours=1), T0 + timedelta(hours=3))) == 1
+    back = T0 + timedelta(hours=4)
+    worse = replace(
+        alert("aaaa000000000003"),
+        incident_key="disk",
+        classification=replace(CLASSIFIED, severity=Severity.P0),
+    )
+    assert await store.ingest([worse], back) == [IngestOutcome.REVIVED]
+    (incident,) = await store.list_incidents()
+    assert incident.severity == "P0"
+    _, alerts, events, _ = await store.incident_details(incident.id)
+    third = next(a.id for a in alerts if a.fingerprint == "aaaa000000000003")
+    fired = [
+        (e.at, e.detail["severity"])
+        for e in events
+        if e.kind.value == "alert_fired" and e.detail["alert"] == third
+    ]
+    assert fired == [(joined, "P1"), (back, "P0")]
+    assert [e.kind.value for e in events][-2:] == ["alert_fired", "severity_raised"]
+
+
 async def test_timeline_rows_from_before_schema_7_are_read_once(tmp_path: Path) -> None:
     """A database written by schema 6 kept an "alert_fired" row per joining alert; after the
     migration those rows are the entries, not doubled by the alerts they name."""

@@ -499,20 +499,25 @@ class SQLiteStore:
         def work(
             conn: sqlite3.Connection,
         ) -> tuple[Incident, list[StoredAlert], list[TimelineEvent], list[Page]]:
-            incident = inc.get_incident(conn, incident_id)
-            alerts = [
-                _stored_alert(row)
-                for row in conn.execute(
-                    f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE incident_id = ? ORDER BY id",  # noqa: S608 - fixed text
-                    (incident_id,),
+            # One snapshot: an alert moving to another incident meanwhile (its timeline
+            # entry moves with it) is seen on one side of the move, not on neither.
+            conn.execute("BEGIN")
+            try:
+                alerts = [
+                    _stored_alert(row)
+                    for row in conn.execute(
+                        f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE incident_id = ? ORDER BY id",  # noqa: S608 - fixed text
+                        (incident_id,),
+                    )
+                ]
+                return (
+                    inc.get_incident(conn, incident_id),
+                    alerts,
+                    inc.timeline(conn, incident_id),
+                    inc.pages_of(conn, incident_id),
                 )
-            ]
-            return (
-                incident,
-                alerts,
-                inc.timeline(conn, incident_id),
-                inc.pages_of(conn, incident_id),
-            )
+            finally:
+                conn.execute("COMMIT")
 
         return await self._read(work)
 

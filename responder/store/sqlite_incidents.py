@@ -124,19 +124,37 @@ def join_incident(
 
 
 def _place_alert(
-    conn: sqlite3.Connection, alert_id: int, incident_id: int, joined_at: int | None
+    conn: sqlite3.Connection,
+    alert_id: int,
+    incident_id: int,
+    fired: dict[str, object] | None,
+    now_us: int,
+    *,
+    fresh: bool,
 ) -> None:
-    """Put the alert into ``incident_id``; ``joined_at`` when that makes its "alert_fired"
-    entry, None when the incident's own event (triggered, retriggered) tells of it. An
-    entry the alert already makes elsewhere (a stale alert fired again) is first written
-    out as a timeline row, so that the timeline it belongs to keeps it."""
-    row = conn.execute(
-        "SELECT incident_id, joined_at, alertname, severity FROM alerts WHERE id = ?",
-        (alert_id,),
-    ).fetchone()
-    if row is not None and row[0] is not None and row[1] is not None:
-        fired = {"alert": alert_id, "alertname": row[2], "severity": row[3]}
-        _event(conn, row[0], row[1], Event.ALERT_FIRED, "alertmanager", fired)
+    """Put the alert into ``incident_id``. ``fired``: the detail of its "alert_fired" entry
+    there; None when the incident's own event (triggered, retriggered) tells of it. The
+    entry is read from the alert row (``joined_at``, see ``timeline``) when the row says
+    what the entry says; otherwise it is written as a timeline row. ``fresh``: the alert
+    was stored just now and belongs to no incident. An entry the alert makes already (a
+    stale alert firing again) is first written out as a row, so that its timeline keeps it."""
+    stored_severity = fired["severity"] if fired is not None and fresh else None
+    if not fresh:
+        row = conn.execute(
+            "SELECT incident_id, joined_at, alertname, severity FROM alerts WHERE id = ?",
+            (alert_id,),
+        ).fetchone()
+        if row is not None:
+            stored_severity = row[3]
+            if row[0] is not None and row[1] is not None:
+                was = {"alert": alert_id, "alertname": row[2], "severity": row[3]}
+                _event(conn, row[0], row[1], Event.ALERT_FIRED, "alertmanager", was)
+    joined_at = None
+    if fired is not None:
+        if fired["severity"] == stored_severity:
+            joined_at = now_us
+        else:  # classified anew since it was stored (the rules changed): the row is out of date
+            _event(conn, incident_id, now_us, Event.ALERT_FIRED, "alertmanager", fired)
     conn.execute(
         "UPDATE alerts SET incident_id = ?, joined_at = ? WHERE id = ?",
         (incident_id, joined_at, alert_id),
@@ -162,7 +180,7 @@ def attach_alert(
     fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
     found = None if none_open else open_incident(conn, key)
     if found is not None:
-        _place_alert(conn, alert_id, found[0], now_us)
+        _place_alert(conn, alert_id, found[0], fired, now_us, fresh=none_open)
         return join_incident(conn, found[0], found[1], classification, now_us)
 
     row = conn.execute(
@@ -191,7 +209,7 @@ def attach_alert(
                 incident_id,
             ),
         )
-        _place_alert(conn, alert_id, incident_id, None)
+        _place_alert(conn, alert_id, incident_id, None, now_us, fresh=none_open)
         _event(conn, incident_id, now_us, Event.RETRIGGERED, "alertmanager", fired)
         return True
 
@@ -217,7 +235,7 @@ def attach_alert(
         ),
     )
     incident_id = int(cur.lastrowid or 0)
-    _place_alert(conn, alert_id, incident_id, None)
+    _place_alert(conn, alert_id, incident_id, None, now_us, fresh=none_open)
     _event(
         conn,
         incident_id,
@@ -355,11 +373,6 @@ def list_incidents(
     return [incident_from_row(row) for row in conn.execute(sql, params)]
 
 
-# At one instant, an incident's opening comes before the alerts that join it, and those
-# before what follows from them (a raised severity).
-_OPENING = frozenset({Event.TRIGGERED, Event.RETRIGGERED})
-
-
 def timeline(conn: sqlite3.Connection, incident_id: int) -> list[TimelineEvent]:
     """The incident's events in time order: its timeline rows, and an "alert_fired" entry
     for each alert that joined it (read from the alert, see migration 7)."""
@@ -391,8 +404,11 @@ def timeline(conn: sqlite3.Connection, incident_id: int) -> list[TimelineEvent]:
     pending = iter(joined)
     entry = next(pending, None)
     for row in rows:
+        # One body's alerts share an instant. Its resolves and the incident's opening or
+        # reopening come before the alerts that join, and a raise after the alert that
+        # caused it.
         while entry is not None and (
-            entry.at < row.at or (entry.at == row.at and row.kind not in _OPENING)
+            entry.at < row.at or (entry.at == row.at and row.kind is Event.SEVERITY_RAISED)
         ):
             merged.append(entry)
             entry = next(pending, None)
