@@ -227,9 +227,19 @@ class Dispatcher:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._batch = batch
         self._wake = asyncio.Event()
+        self._settled = asyncio.Event()  # set, and replaced, whenever a delivery settles
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def sending(self) -> bool:
+        """Pages are on their way: a provider may already know of a send not recorded yet."""
+        return self._in_flight > 0
+
+    async def delivery_settled(self) -> None:
+        """Wait until the next delivery in progress has recorded its outcome."""
+        await self._settled.wait()
 
     async def recover(self) -> int:
         """Settle pages a crash left in 'sending': failed, and re-routed (docs/escalation.md)."""
@@ -290,6 +300,8 @@ class Dispatcher:
             self._in_flight -= len(pages)
             if not lock.locked():
                 self._method_locks.pop(key, None)
+            self._settled.set()
+            self._settled = asyncio.Event()
             self.wake()
 
     async def _deliver_group(self, pages: list[Page]) -> None:

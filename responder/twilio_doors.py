@@ -14,6 +14,7 @@ gets no answer at all and is logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -30,13 +31,16 @@ from notifiers.twilio import (
     voice_reply_twiml,
 )
 from responder.directory import Directory
-from responder.incident import IncidentNotFound, PageState, TransitionError
+from responder.incident import IncidentNotFound, Page, PageState, TransitionError
 from responder.incidents_api import act
 from responder.log import fields
 from responder.runtime import RUNTIME, Runtime
 from responder.store import StoreError
 
 log = logging.getLogger("responder.twilio")
+# How long a status callback waits for the send it is about to be recorded (Twilio waits
+# 15 s for our answer).
+CALLBACK_WAIT_S = 10.0
 
 _COMMAND = re.compile(
     r"^\s*(?P<verb>ack|acknowledge|a|res|resolve|r)\b\s*#?(?P<what>\d{1,12}|all)?\s*$",
@@ -105,7 +109,7 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
     update = parse_status_callback(params)
     if update is None or not update.final:
         return web.Response(status=204)
-    page = await runtime.store.page_by_provider_id(update.provider_id)
+    page = await _page_of(runtime, update.provider_id)
     if page is None:
         return web.Response(status=204)  # not ours (a drill from another daemon, say)
     now = runtime.clock.now()
@@ -122,6 +126,25 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
         if runtime.dispatcher is not None:
             await runtime.dispatcher.failover(page, reason)
     return web.Response(status=204)
+
+
+async def _page_of(runtime: Runtime, provider_id: str) -> Page | None:
+    """The page a provider's ID belongs to. A final status can overtake the record of its
+    send (the provider answered; our write is on its way) and Twilio sends a callback only
+    once: while deliveries are in progress, wait for them, at most ``CALLBACK_WAIT_S``."""
+    page = await runtime.store.page_by_provider_id(provider_id)
+    dispatcher = runtime.dispatcher
+    if page is not None or dispatcher is None:
+        return page
+    deadline = asyncio.get_running_loop().time() + CALLBACK_WAIT_S
+    while page is None and dispatcher.sending:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await dispatcher.delivery_settled()
+        except TimeoutError:
+            break
+        page = await runtime.store.page_by_provider_id(provider_id)
+    return page
 
 
 async def inbound_sms(request: web.Request) -> web.StreamResponse:

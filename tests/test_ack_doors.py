@@ -211,6 +211,27 @@ async def test_undelivered_sms_fails_over_to_the_backup(daemon: Client, twilio: 
     assert "failover" in [e["kind"] for e in doc["timeline"]]
 
 
+async def test_a_failure_callback_that_overtakes_the_send_still_fails_over(
+    daemon: Client, twilio: FakeTwilio
+) -> None:
+    """Twilio's answer to the send is slow, and its 'undelivered' callback arrives before
+    the daemon has recorded the SID: the callback waits for the send's record, then fails
+    over (Twilio sends each callback once)."""
+    twilio.answer_delay = 0.5
+    await first_incident_paged(daemon, twilio)
+    sid = twilio.sent_sms("+15551230001")[0].sid
+    answer = await twilio.send_status_callback(sid, "undelivered", 30003)
+    assert answer.status == 204
+    doc = await incident(daemon)
+    failed = [p for p in doc["pages"] if p["channel"] == "sms" and p["contact"] == "alice"]
+    assert failed[0]["state"] == "failed"
+
+    async def bob_paged() -> bool:
+        return len(twilio.sent_sms("+15551230002")) == 1
+
+    await eventually(bob_paged, "failover to bob")
+
+
 async def test_delivered_callback_marks_the_page(daemon: Client, twilio: FakeTwilio) -> None:
     await first_incident_paged(daemon, twilio)
     sid = twilio.sent_sms("+15551230001")[0].sid

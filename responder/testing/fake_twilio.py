@@ -114,6 +114,9 @@ class FakeTwilio:
         self.account_sid = account_sid or "AC" + secrets.token_hex(16)
         self.auth_token = auth_token or secrets.token_hex(16)
         self.hang_seconds = hang_seconds
+        # Seconds an accepted request waits before its answer: a slow API, whose callbacks
+        # can overtake the answer that tells the sender the SID.
+        self.answer_delay = 0.0
         self.requests: list[TwilioRequest] = []
         self._next_faults: deque[Fault] = deque()
         self._number_faults: dict[str, Fault] = {}
@@ -229,6 +232,9 @@ class FakeTwilio:
         self.requests.append(record)
         response = await self._answer(request, kind, record)
         record.http_status = response.status
+        if record.accepted and self.answer_delay > 0:
+            # Accepted (``sent_sms`` lists it, callbacks can be sent) but not answered yet.
+            await asyncio.sleep(self.answer_delay)
         return response
 
     async def _answer(self, request: web.Request, kind: str, record: TwilioRequest) -> web.Response:
