@@ -53,6 +53,14 @@ def alert(
     )
 
 
+def disk_alert(fingerprint: str, severity: Severity | None = None) -> IncomingAlert:
+    """A firing alert of the incident keyed "disk", of another severity when given."""
+    incoming = replace(alert(fingerprint), incident_key="disk")
+    if severity is None:
+        return incoming
+    return replace(incoming, classification=replace(CLASSIFIED, severity=severity))
+
+
 def resolved(a: IncomingAlert, ends: datetime, starts: datetime | None = None) -> IncomingAlert:
     return replace(
         a,
@@ -333,13 +341,9 @@ async def test_on_due_only_when_an_incident_needs_the_engine_now(store: SQLiteSt
     async def ingest(a: IncomingAlert, at: datetime, what: str) -> None:
         await store.ingest([a], at, on_due=lambda: calls.append(what))
 
-    first = replace(alert("aaaa000000000001"), incident_key="disk")
-    joins = replace(alert("aaaa000000000002"), incident_key="disk")
-    worse = replace(
-        alert("aaaa000000000003"),
-        incident_key="disk",
-        classification=replace(CLASSIFIED, severity=Severity.P0),
-    )
+    first = disk_alert("aaaa000000000001")
+    joins = disk_alert("aaaa000000000002")
+    worse = disk_alert("aaaa000000000003", Severity.P0)
     await ingest(first, T0, "opened")
     await ingest(first, T0 + timedelta(minutes=1), "repeat")
     await ingest(joins, T0 + timedelta(minutes=1), "joined")
@@ -355,9 +359,9 @@ async def test_one_body_that_resolves_an_incident_and_fires_again(store: SQLiteS
     """Within one body, an incident that its alerts resolve is not joined by the next new
     alert of its key (the store remembers open incidents only until one changes): that alert
     starts the incident's next episode."""
-    first = replace(alert("aaaa000000000001"), incident_key="disk")
-    second = replace(alert("aaaa000000000002"), incident_key="disk")
-    third = replace(alert("aaaa000000000003"), incident_key="disk")
+    first = disk_alert("aaaa000000000001")
+    second = disk_alert("aaaa000000000002")
+    third = disk_alert("aaaa000000000003")
     await store.ingest([first], T0)
     end = T0 + timedelta(minutes=1)
     outcomes = await store.ingest([second, resolved(first, end), resolved(second, end), third], end)
@@ -382,14 +386,10 @@ async def test_alerts_joining_an_incident_are_in_its_timeline_without_a_row_each
     """An alert that joins an open incident has its "alert_fired" entry read from the alert
     row: in place, with the detail a row had, and no timeline row written for it. At one
     instant the opening comes first and a raise after the alert that caused it."""
-    first = replace(alert("aaaa000000000001"), incident_key="disk")
-    same_body = replace(alert("aaaa000000000002"), incident_key="disk")
-    later = replace(alert("aaaa000000000003"), incident_key="disk")
-    worse = replace(
-        alert("aaaa000000000004"),
-        incident_key="disk",
-        classification=replace(CLASSIFIED, severity=Severity.P0),
-    )
+    first = disk_alert("aaaa000000000001")
+    same_body = disk_alert("aaaa000000000002")
+    later = disk_alert("aaaa000000000003")
+    worse = disk_alert("aaaa000000000004", Severity.P0)
     await store.ingest([first, same_body], T0)
     await store.ingest([later], T0 + timedelta(minutes=1))
     await store.ingest([worse], T0 + timedelta(minutes=2))
@@ -424,8 +424,8 @@ async def test_an_alert_that_moves_to_another_incident_stays_in_the_first_timeli
 ) -> None:
     """A stale alert that fires again after its incident resolved opens the next incident;
     the first incident's timeline keeps the entry of when the alert joined it."""
-    first = replace(alert("aaaa000000000001"), incident_key="disk")
-    second = replace(alert("aaaa000000000002"), incident_key="disk")
+    first = disk_alert("aaaa000000000001")
+    second = disk_alert("aaaa000000000002")
     joined_at = T0 + timedelta(minutes=1)
     await store.ingest([first], T0)
     await store.ingest([second], joined_at)
@@ -460,9 +460,9 @@ async def test_an_alert_that_moves_to_another_incident_stays_in_the_first_timeli
 async def test_one_body_that_resolves_reopens_and_joins_is_in_order(store: SQLiteStore) -> None:
     """The alerts of one body share an instant: the timeline keeps the body's order, the
     resolve and the reopening before the alert that joins the reopened incident."""
-    first = replace(alert("aaaa000000000001"), incident_key="disk")
-    second = replace(alert("aaaa000000000002"), incident_key="disk")
-    third = replace(alert("aaaa000000000003"), incident_key="disk")
+    first = disk_alert("aaaa000000000001")
+    second = disk_alert("aaaa000000000002")
+    third = disk_alert("aaaa000000000003")
     await store.ingest([first], T0)
     end = T0 + timedelta(minutes=1)
     await store.ingest([resolved(first, end), second, third], end)
@@ -483,20 +483,16 @@ async def test_an_alert_classified_anew_when_it_fires_again_shows_its_new_severi
 ) -> None:
     """A stale alert firing again under changed rules: its entry tells the severity it
     has now, before the raise it causes, and its first entry stays as it was."""
-    first = replace(alert("aaaa000000000001"), incident_key="disk")
-    second = replace(alert("aaaa000000000002"), incident_key="disk")
+    first = disk_alert("aaaa000000000001")
+    second = disk_alert("aaaa000000000002")
     await store.ingest([first, second], T0)
     joined = T0 + timedelta(minutes=1)
-    later = replace(alert("aaaa000000000003"), incident_key="disk")
+    later = disk_alert("aaaa000000000003")
     await store.ingest([later], joined)
     await store.ingest([first, second], T0 + timedelta(hours=2))
     assert len(await store.mark_stale(T0 + timedelta(hours=1), T0 + timedelta(hours=3))) == 1
     back = T0 + timedelta(hours=4)
-    worse = replace(
-        alert("aaaa000000000003"),
-        incident_key="disk",
-        classification=replace(CLASSIFIED, severity=Severity.P0),
-    )
+    worse = disk_alert("aaaa000000000003", Severity.P0)
     assert await store.ingest([worse], back) == [IngestOutcome.REVIVED]
     (incident,) = await store.list_incidents()
     assert incident.severity == "P0"
@@ -549,7 +545,7 @@ async def test_timeline_rows_from_before_schema_7_are_read_once(tmp_path: Path) 
         _, _, events, _ = await store.incident_details(1)
         assert _kinds(events) == [("triggered", 1), ("alert_fired", 2)]
         # A new alert joining it now makes its entry from its own row.
-        joins = replace(alert("aaaa000000000003"), incident_key="disk")
+        joins = disk_alert("aaaa000000000003")
         await store.ingest([joins], T0)
         _, _, events, _ = await store.incident_details(1)
         assert _kinds(events) == [("triggered", 1), ("alert_fired", 2), ("alert_fired", 3)]
@@ -565,9 +561,9 @@ async def test_an_incident_resolved_within_a_batch_is_looked_up_again(tmp_path: 
     store = SQLiteStore(tmp_path / "r.db", on_commit=commits.append)
     await store.open()
     try:
-        first = replace(alert("aaaa000000000001"), incident_key="disk")
-        second = replace(alert("aaaa000000000002"), incident_key="disk")
-        third = replace(alert("aaaa000000000003"), incident_key="disk")
+        first = disk_alert("aaaa000000000001")
+        second = disk_alert("aaaa000000000002")
+        third = disk_alert("aaaa000000000003")
         await store.ingest([first], T0)
         (incident,) = await store.list_incidents()
 
@@ -606,7 +602,7 @@ async def test_claim_skips_contact_methods_with_a_message_in_progress(
 ) -> None:
     """Pages for a contact method that is busy stay queued: marked as sending while they
     wait, a crash would make their outcome unknown although nobody had sent them."""
-    await store.ingest([replace(alert(), incident_key="disk")], T0)
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
     pages = [
         NewPage("L1", PageKind.PAGE, contact, channel, address, T0)
         for contact, channel, address in [
@@ -627,7 +623,7 @@ async def test_claim_skips_contact_methods_with_a_message_in_progress(
 async def test_paid_send_times_count_a_bundle_once(store: SQLiteStore) -> None:
     """The SMS/voice budget's window, as read at start: a bundle is one message; email and
     messages older than the window do not count."""
-    await store.ingest([replace(alert(), incident_key="disk")], T0)
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
     pages = [
         NewPage(f"L{n}", PageKind.PAGE, "alice", channel, address, T0)
         for n, (channel, address) in enumerate(
