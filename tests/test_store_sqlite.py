@@ -376,6 +376,13 @@ async def test_one_body_that_resolves_an_incident_and_fires_again(store: SQLiteS
     assert incident.episode == 2
 
 
+async def only_timeline(store: SQLiteStore) -> tuple[list[TimelineEvent], dict[str, int]]:
+    """The one incident's timeline, and its alerts' IDs by fingerprint."""
+    (incident,) = await store.list_incidents()
+    _, alerts, events, _ = await store.incident_details(incident.id)
+    return events, {a.fingerprint: a.id for a in alerts}
+
+
 def _kinds(events: list[TimelineEvent]) -> list[tuple[str, object]]:
     return [(e.kind.value, e.detail.get("alert")) for e in events]
 
@@ -393,9 +400,7 @@ async def test_alerts_joining_an_incident_are_in_its_timeline_without_a_row_each
     await store.ingest([first, same_body], T0)
     await store.ingest([later], T0 + timedelta(minutes=1))
     await store.ingest([worse], T0 + timedelta(minutes=2))
-    (incident,) = await store.list_incidents()
-    _, alerts, events, _ = await store.incident_details(incident.id)
-    ids = {a.fingerprint: a.id for a in alerts}
+    events, ids = await only_timeline(store)
     assert _kinds(events) == [
         ("triggered", ids["aaaa000000000001"]),
         ("alert_fired", ids["aaaa000000000002"]),
@@ -466,9 +471,7 @@ async def test_one_body_that_resolves_reopens_and_joins_is_in_order(store: SQLit
     await store.ingest([first], T0)
     end = T0 + timedelta(minutes=1)
     await store.ingest([resolved(first, end), second, third], end)
-    (incident,) = await store.list_incidents()
-    _, alerts, events, _ = await store.incident_details(incident.id)
-    ids = {a.fingerprint: a.id for a in alerts}
+    events, ids = await only_timeline(store)
     assert _kinds(events) == [
         ("triggered", ids["aaaa000000000001"]),
         ("alert_resolved", ids["aaaa000000000001"]),

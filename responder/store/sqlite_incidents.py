@@ -138,20 +138,18 @@ def _place_alert(
     what the entry says; otherwise it is written as a timeline row. ``fresh``: the alert
     was stored just now and belongs to no incident. An entry the alert makes already (a
     stale alert firing again) is first written out as a row, so that its timeline keeps it."""
-    stored_severity = fired["severity"] if fired is not None and fresh else None
+    stored_severity = None  # what the alert row says, when it was stored before now
     if not fresh:
-        row = conn.execute(
+        was_in, was_joined, alertname, stored_severity = conn.execute(
             "SELECT incident_id, joined_at, alertname, severity FROM alerts WHERE id = ?",
             (alert_id,),
         ).fetchone()
-        if row is not None:
-            stored_severity = row[3]
-            if row[0] is not None and row[1] is not None:
-                was = {"alert": alert_id, "alertname": row[2], "severity": row[3]}
-                _event(conn, row[0], row[1], Event.ALERT_FIRED, "alertmanager", was)
+        if was_in is not None and was_joined is not None:
+            was = {"alert": alert_id, "alertname": alertname, "severity": stored_severity}
+            _event(conn, was_in, was_joined, Event.ALERT_FIRED, "alertmanager", was)
     joined_at = None
     if fired is not None:
-        if fired["severity"] == stored_severity:
+        if fresh or fired["severity"] == stored_severity:
             joined_at = now_us
         else:  # classified anew since it was stored (the rules changed): the row is out of date
             _event(conn, incident_id, now_us, Event.ALERT_FIRED, "alertmanager", fired)
