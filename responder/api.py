@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from responder.classify.matchers import MatcherError, parse_matchers
+from responder.classify.matchers import Matcher, MatcherError, parse_matchers
 from responder.ingest import json_error, unauthorized
 from responder.model import AlertStatus
 from responder.runtime import RUNTIME
@@ -17,6 +18,9 @@ from responder.store import AlertQuery, StoredAlert, StoreError
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_LIMIT = 10_000
+# A label filter reads the alerts page by page, newest first, at most this many in all; the
+# answer says when it stopped short ("truncated").
+MAX_FILTER_SCAN = 100_000
 
 
 def authenticated(handler: Handler) -> Handler:
@@ -78,13 +82,29 @@ async def list_alerts(request: web.Request) -> web.StreamResponse:
     query = AlertQuery(
         statuses=frozenset(statuses),
         fingerprint=request.query.get("fingerprint"),
-        # Label filters are applied after the read, so read more than asked when filtering.
+        # Label filters are applied after the read: read pages until enough match.
         limit=MAX_LIMIT if matchers else limit,
     )
+    answer: dict[str, Any] = {"status": "ok"}
     try:
         alerts = await runtime.store.list_alerts(query)
+        if matchers:
+            found, scanned = _matching(alerts, matchers), len(alerts)
+            while len(found) < limit and len(alerts) == MAX_LIMIT:
+                if scanned >= MAX_FILTER_SCAN:
+                    # Say so rather than let an older match look absent.
+                    answer["truncated"] = f"searched the newest {scanned} alerts only"
+                    break
+                query = replace(query, before_id=alerts[-1].id)
+                alerts = await runtime.store.list_alerts(query)
+                found += _matching(alerts, matchers)
+                scanned += len(alerts)
+            alerts = found[:limit]
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
-    if matchers:
-        alerts = [a for a in alerts if all(m.matches(a.labels) for m in matchers)][:limit]
-    return web.json_response({"status": "ok", "data": [alert_document(a) for a in alerts]})
+    answer["data"] = [alert_document(a) for a in alerts]
+    return web.json_response(answer)
+
+
+def _matching(alerts: list[StoredAlert], matchers: list[Matcher]) -> list[StoredAlert]:
+    return [a for a in alerts if all(m.matches(a.labels) for m in matchers)]

@@ -30,7 +30,7 @@ from responder.directory import Directory
 from responder.escalate import Escalator
 from responder.log import fields
 from responder.metrics import Metrics
-from responder.runtime import RUNTIME, Runtime, Snapshot
+from responder.runtime import BODY_LIMIT, RUNTIME, Runtime, Snapshot
 from responder.secrets import Secret
 from responder.store import CommitStats, open_store
 
@@ -71,6 +71,7 @@ def build_app(
     # aiohttp refuses larger bodies itself (413) before the handler reads them.
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[RUNTIME] = runtime
+    app[BODY_LIMIT] = config.server.max_body_bytes
 
     # Inbound doors.
     app.router.add_post("/api/v1/alertmanager", ingest.receive_alertmanager)

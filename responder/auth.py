@@ -73,7 +73,8 @@ class Authenticator:
         scheme = scheme.lower()
         value = value.strip()
         if scheme == "bearer" and self._token is not None:
-            return hmac.compare_digest(value.encode(), self._token)
+            # aiohttp keeps undecodable header bytes as surrogates: give them back as bytes.
+            return hmac.compare_digest(value.encode("utf-8", "surrogateescape"), self._token)
         if scheme == "basic" and self._basic is not None:
             try:
                 decoded = base64.b64decode(value, validate=True)

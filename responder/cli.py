@@ -30,7 +30,7 @@ from responder.client import ApiClient, ClientError
 from responder.clock import SystemClock
 from responder.config import load_config
 from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide
-from responder.log import fields, setup_logging
+from responder.log import AccessLog, fields, setup_logging
 from responder.plan import escalation_plan, render_oncall, render_plan
 from responder.report import incident_report, period_report
 from responder.runtime import Snapshot, load_snapshot
@@ -250,6 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ssl_context=ssl_context,
             shutdown_timeout=config.server.shutdown_timeout,
             access_log=logging.getLogger("responder.access") if config.server.access_log else None,
+            access_log_class=AccessLog,
             print=None,
             handle_signals=True,
             # aiohttp's default of 128 overflowed when a burst of new connections met a busy
@@ -698,11 +699,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     document = asyncio.run(client.request("GET", "/api/v1/alerts", params=params))
     if args.json:
         print(json.dumps(document["data"], indent=2, ensure_ascii=False))
-        return 0
-    print_table(
-        ["ID", "STATUS", "SEV", "CATEGORY", "RULE", "ALERTNAME", "STARTED", "SEEN", "LABELS"],
-        [_alert_row(alert) for alert in document["data"]],
-    )
+    else:
+        print_table(
+            ["ID", "STATUS", "SEV", "CATEGORY", "RULE", "ALERTNAME", "STARTED", "SEEN", "LABELS"],
+            [_alert_row(alert) for alert in document["data"]],
+        )
+    if "truncated" in document:
+        print(f"responder: the filter {document['truncated']}", file=sys.stderr)
     return 0
 
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from responder.incident import incident_key
 from responder.log import fields
 from responder.model import Alert, AlertStatus, Classification, WebhookMessage
-from responder.runtime import RUNTIME, Runtime
+from responder.runtime import BODY_LIMIT, RUNTIME, Runtime
 from responder.store import IncomingAlert, IngestOutcome, StoreError
 from responder.webhook import PayloadError, parse_webhook
 
@@ -79,7 +79,7 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
         return json_error(
             415, f"expected Content-Type application/json, got {request.content_type or 'none'}"
         )
-    limit = runtime.config.server.max_body_bytes
+    limit = request.app[BODY_LIMIT]
     if request.content_length is not None and request.content_length > limit:
         metrics.request("too_large")
         return json_error(413, f"body larger than {limit} bytes")

@@ -166,6 +166,13 @@ class Runtime:
                     "reload failed; the old config stays in force", extra=fields(error=str(error))
                 )
                 return error
+            except Exception as exc:  # a fault of ours in loading: still keep the old config
+                self.metrics.config_reload_ok.set(0)
+                error = ConfigError(str(old.config.path), 0, "", f"cannot load: {exc!r}")
+                log.exception(
+                    "reload failed; the old config stays in force", extra=fields(error=str(error))
+                )
+                return error
             if new.config.logging != old.config.logging:
                 log.warning(
                     "config section changed; it takes effect at the next restart",
@@ -192,3 +199,5 @@ class Runtime:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+# The body limit aiohttp enforces, fixed at start (``server`` changes wait for a restart).
+BODY_LIMIT = web.AppKey("body_limit", int)

@@ -50,6 +50,8 @@ def read_secret(
             secret = read_secret_file(path)
         except OSError as exc:
             raise file_node.error(f"cannot read secret file: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise file_node.error("secret file is not valid UTF-8") from None
         if not secret.value:
             raise file_node.error("secret file is empty")
         return secret

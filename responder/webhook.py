@@ -43,7 +43,8 @@ def parse_webhook(body: bytes) -> WebhookMessage:
     # type-checked in one pass by msgspec, against the schema below. Anything else, or
     # anything that schema refuses, takes the general way, which decides and words errors.
     if body.isascii() and b"\\u" not in body:
-        with contextlib.suppress(msgspec.DecodeError):  # or its subclass ValidationError
+        # (or its subclass ValidationError; RecursionError: nested about 1,000 deep)
+        with contextlib.suppress(msgspec.DecodeError, RecursionError):
             message = _from_typed(_TYPED_DECODER.decode(body))
             if message is not None:
                 return message
@@ -165,6 +166,8 @@ def _decode_strictly(body: bytes) -> Any:
         ) from None
     except RecursionError:
         raise PayloadError("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # such as an integer of more than 4,300 digits
+        raise PayloadError(f"malformed JSON: {exc}") from None
 
 
 def webhook_from_document(document: Any, *, plain: bool = False) -> WebhookMessage:
@@ -235,6 +238,8 @@ def _alert(raw: Any, index: int, plain: bool) -> Alert:
         raise PayloadError(
             f"alerts[{index}].fingerprint: expected a short string, got {_kind(fingerprint)}"
         )
+    elif not plain:
+        _check_text(fingerprint, f"alerts[{index}].fingerprint")
     generator = raw.get("generatorURL", "")
     if generator is None:
         generator = ""
@@ -242,6 +247,8 @@ def _alert(raw: Any, index: int, plain: bool) -> Alert:
         raise PayloadError(
             f"alerts[{index}].generatorURL: expected a string, got {_kind(generator)}"
         )
+    if not plain:
+        _check_text(generator, f"alerts[{index}].generatorURL")
     return Alert(
         fingerprint=fingerprint,
         status=status,
@@ -349,7 +356,14 @@ def _time(raw: Any, field: str, index: int) -> datetime | None:
         ) from None
     if parsed.tzinfo is None:
         raise PayloadError(f"{_where(field, index)}: the time needs a zone offset (such as Z)")
-    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+    if parsed.tzinfo is UTC:
+        return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T01:00+05:00 is before the first representable day
+        raise PayloadError(
+            f"{_where(field, index)}: {_short(raw)!r} is outside the years 1 to 9999 in UTC"
+        ) from None
 
 
 _FNV_OFFSET = 14695981039346656037

@@ -130,7 +130,10 @@ def parse_duration(text: str) -> timedelta:
         pos = match.end()
     if pos != len(text):
         raise ValueError(f"expected a duration such as 30s, 15m or 1h30m, got {text!r}")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too long") from None
 
 
 class Node:
@@ -308,6 +311,8 @@ def load_text(text: str, file: str) -> Node:
         raise ConfigError(file, line, "", f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(file, 0, "", f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(file, 0, "", "invalid YAML: nested too deeply") from None
     return Node(raw, file, _line_of(raw, 1), "")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import settings
 from prometheus_client import CollectorRegistry
 
 from responder.app import build_app
@@ -20,6 +21,11 @@ TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+# Hypothesis fails an example slower than 200 ms by default. On a loaded 2-core machine (CI,
+# helpers running beside the suite) a parse can take that long without anything being wrong.
+settings.register_profile("responder", deadline=None)
+settings.load_profile("responder")
 
 
 def payload(name: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import shutil
 import sqlite3
 from asyncio.subprocess import PIPE, STDOUT
@@ -12,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
 
-from responder import ingest
+from responder import api, ingest
+from responder.links import ACK_PATH
+from responder.log import AccessLog
 from responder.runtime import RUNTIME
 from tests.conftest import AUTH, TOKEN, ClientFactory, payload, write_config
 
@@ -170,6 +174,30 @@ async def test_ten_thousand_alerts_in_one_body(client: Client) -> None:
     assert len(await alerts(client, "?limit=10000")) == 10_000
 
 
+async def test_label_filters_read_past_the_newest_page(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A label filter finds an alert older than the newest page of alerts (pages of 3 here,
+    10,000 in the daemon), and says so when it stops searching before the oldest."""
+    monkeypatch.setattr(api, "MAX_LIMIT", 3)
+    document = payload("firing-api")
+    template = document["alerts"][0]
+    for i in range(10):
+        labels = {**template["labels"], "instance": f"host-{i}"}
+        document["alerts"] = [{**template, "labels": labels, "fingerprint": f"{i:016x}"}]
+        assert (await post(client, document)).status == 200
+    oldest = await alerts(client, '?limit=2&filter=instance="host-0"')
+    assert [a["labels"]["instance"] for a in oldest] == ["host-0"]
+    two = await alerts(client, '?limit=2&filter=instance=~"host-[01]"')
+    assert [a["labels"]["instance"] for a in two] == ["host-1", "host-0"]
+
+    monkeypatch.setattr(api, "MAX_FILTER_SCAN", 6)
+    response = await client.get('/api/v1/alerts?limit=2&filter=instance="host-0"', headers=AUTH)
+    answer = await response.json()
+    assert answer["data"] == []
+    assert answer["truncated"] == "searched the newest 6 alerts only"
+
+
 async def test_storage_failure_is_503(client: Client) -> None:
     """When the store cannot commit, Alertmanager gets 503 so that it retries."""
     db = client.app[RUNTIME].config.state_dir / "responder.db"
@@ -257,3 +285,65 @@ async def test_reload_keeps_old_config_when_new_is_bad(
     assert (
         "responder_config_last_reload_successful 1.0" in await (await client.get("/metrics")).text()
     )
+
+
+async def test_undecodable_authorization_header_is_401(client: Client) -> None:
+    """Header bytes that are not UTF-8 reach us as surrogates; they are wrong credentials,
+    not a 500 (review, stop 12)."""
+    body = json.dumps(payload("firing-api")).encode()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        b"POST /api/v1/alertmanager HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1] == b"401"
+    assert await alerts(client) == []
+
+
+async def test_body_limit_stays_the_one_in_force_until_restart(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """aiohttp's limit is fixed at start; the handler's own check must agree with it, not
+    with a reloaded value that is only logged as waiting for a restart."""
+    path = write_config(tmp_path)
+    client = await make_client(path)
+    path.write_text(path.read_text() + "server:\n  max_body_bytes: 2048\n")
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    document = payload("firing-api")
+    document["alerts"][0]["annotations"]["description"] = "x" * 3000
+    assert (await post(client, document)).status == 200
+
+
+async def test_reload_that_fails_unexpectedly_keeps_old_config(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A duration too long for Python's timedelta is a config error like any other: 400, the
+    old config stays, and the reload metric says so."""
+    path = write_config(tmp_path)
+    client = await make_client(path)
+    path.write_text(path.read_text() + "alerts:\n  stale_after: 99999999999999w\n")
+    response = await client.post("/-/reload", headers=AUTH)
+    assert response.status == 400
+    assert (
+        "alerts.stale_after: duration '99999999999999w' is too long"
+        in (await response.json())["error"]
+    )
+    text = await (await client.get("/metrics")).text()
+    assert "responder_config_last_reload_successful 0.0" in text
+
+
+def test_access_log_hides_acknowledge_link_tokens(caplog: pytest.LogCaptureFixture) -> None:
+    """An acknowledge link's path is a credential; the access log shows it as <token>."""
+    logger = logging.getLogger("responder.access")
+    access = AccessLog(logger, "")
+    with caplog.at_level(logging.INFO, logger="responder.access"):
+        for path in (f"{ACK_PATH}SIGNED-SECRET-TOKEN", "/-/healthy"):
+            access.log(make_mocked_request("GET", path), web.Response(status=200), 0.001)
+    paths = [r.fields["path"] for r in caplog.records]  # type: ignore[attr-defined]
+    assert paths == [f"{ACK_PATH}<token>", "/-/healthy"]
+    assert "SIGNED-SECRET-TOKEN" not in caplog.text

@@ -90,6 +90,7 @@ class AlertQuery:
     statuses: frozenset[AlertStatus] = frozenset()  # empty: any status
     fingerprint: str | None = None
     limit: int = 500
+    before_id: int | None = None  # only older alerts: the next page, newest first
 
 
 @dataclass(frozen=True, slots=True)

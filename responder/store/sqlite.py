@@ -401,6 +401,9 @@ class SQLiteStore:
         if query.fingerprint is not None:
             clauses.append("fingerprint = ?")
             params.append(query.fingerprint)
+        if query.before_id is not None:
+            clauses.append("id < ?")
+            params.append(query.before_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT {_ALERT_COLUMNS} FROM alerts {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - clauses are fixed text
         params.append(query.limit)
