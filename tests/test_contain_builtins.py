@@ -217,6 +217,8 @@ async def test_block_with_iptables_has_an_undo_due_at_expiry(
         "192.0.2.55",
         "fe80::1",
         "10.0.0.1; reboot",
+        "::ffff:127.0.0.1",  # loopback, IPv4-mapped: not loopback to Python 3.11's checks
+        "::ffff:192.0.2.55",  # never_block, IPv4-mapped
     ],
 )
 async def test_addresses_that_must_never_be_blocked(

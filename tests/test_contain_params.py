@@ -55,6 +55,8 @@ INJECTIONS = [
     "\u202eevil",  # right-to-left override
     "db-01\r",
     "\\\\server\\share",
+    "..",  # a path step: /api/backends/{name}/maintenance must not climb (review, stop 12)
+    ".",
 ]
 
 

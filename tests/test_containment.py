@@ -340,3 +340,166 @@ async def _finished(client: Any, number: int = 1) -> bool:
 async def _true(value: bool) -> bool:
     await asyncio.sleep(0)
     return value
+
+
+# -- review of stop 12: blocks that were never lifted, undos that could not bind ---------------
+
+BLOCK_RULE = """
+rules:
+  - name: brute
+    matchers: ['alertname="SSHBruteForce"']
+    severity: P1
+    category: security
+    actions: [block]
+"""
+
+
+def block_action(folder: Path, extra: str = "") -> tuple[Path, str]:
+    """An iptables block-address action whose iptables only logs its argv."""
+    log = folder / "fw.log"
+    tool = script(
+        folder, "iptables", f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')"
+    )
+    return (
+        log,
+        f"""
+actions:
+  block:
+    kind: block-address
+    backend: iptables
+    iptables: {tool}
+    ip6tables: {tool}
+    duration: 1h
+    params:
+      address: {{from: label, key: source_ip, type: ip}}
+    cooldown: 0
+{extra}
+""",
+    )
+
+
+def _lines(log: Path, verb: str) -> int:
+    return sum(f" {verb} " in f" {line} " for line in log.read_text().splitlines())
+
+
+async def test_an_iptables_block_is_lifted_at_expiry_while_its_alert_still_fires(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """iptables has no timeouts: the engine lifts the block at its expiry, and an attacker
+    who keeps the alert firing must not be able to make it permanent."""
+    log, actions = block_action(tmp_path)
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
+    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
+    await eventually(lambda: _finished(client), "blocked")
+    clock.advance(timedelta(hours=1, minutes=1))
+    await eventually(lambda: _true(_lines(log, "-D") == 1), "the block lifted at expiry")
+    assert _lines(log, "-I") == 1
+
+
+async def test_an_iptables_block_whose_check_failed_is_lifted_every_copy(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """A failed check leaves the block in place (and each retry inserted another rule): at
+    expiry every copy is lifted."""
+    check = script(tmp_path, "check", "sys.exit(1)")
+    extra = f"    retries: 2\n    retry_delay: 0s\n    check: {{argv: [{check}]}}\n"
+    log, actions = block_action(tmp_path, extra)
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
+    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
+    await eventually(lambda: _finished(client), "tried three times")
+    assert _lines(log, "-I") == 3
+    clock.advance(timedelta(hours=1, minutes=1))
+    await eventually(lambda: _true(_lines(log, "-D") == 3), "all three copies lifted")
+
+
+async def test_an_iptables_block_with_builtin_undo_is_lifted_on_resolve(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """undo: builtin lifts the block after the hold-down, before its expiry; a refire
+    within the hold-down defers the lift to the expiry instead of cancelling it."""
+    log, actions = block_action(tmp_path, "    undo: builtin\n    undo_hold_down: 5m\n")
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
+    fired = alert("SSHBruteForce", source_ip="203.0.113.7")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "blocked")
+    await post(client, webhook(alert("SSHBruteForce", "resolved", **fired["labels"])))
+    clock.advance(timedelta(minutes=2))
+    again = alert("SSHBruteForce", starts="2026-01-05T09:02:00Z", source_ip="203.0.113.7")
+    await post(client, webhook(again))  # fires again within the hold-down
+    clock.advance(timedelta(minutes=10))
+    await asyncio.sleep(0.3)
+    assert _lines(log, "-D") == 0  # the attacker is back: the block stays
+    clock.advance(timedelta(hours=1))
+    await eventually(lambda: _true(_lines(log, "-D") == 1), "lifted at expiry after all")
+
+
+async def test_an_undo_action_takes_its_runs_values_and_a_failed_undo_is_told(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """undo: {action: X} binds X's parameters by name from the run's checked values (here
+    extracted from a label under another key); an undo that fails is escalated."""
+    log = tmp_path / "log"
+    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
+    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
+    params = '{host: {from: label, key: instance, type: hostname, extract: "([^:]+):[0-9]+"}}'
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "{{host}}"]
+    params: {params}
+    cooldown: 0
+    undo: {{action: maintenance-off}}
+    undo_hold_down: 5m
+  maintenance-off:
+    kind: exec
+    argv: [{off}, "{{host}}"]
+    params: {params}
+"""
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    fired = alert("BackendErrors", instance="web-1:9100")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "maintenance on")
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _true("off web-1" in log.read_text()), "maintenance off")
+
+    off.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(3)\n")  # now the undo fails
+    second = alert("BackendErrors", starts="2026-01-05T10:00:00Z", instance="web-2:9100")
+    await post(client, webhook(second))
+    await eventually(lambda: _true("on web-2" in log.read_text()), "maintenance on web-2")
+    await post(client, webhook(alert("BackendErrors", "resolved", **second["labels"])))
+    clock.advance(timedelta(minutes=6))
+
+    async def told() -> bool:
+        events = (await incident(client))["timeline"]
+        return any(
+            e["kind"] == "containment_failed"
+            and "undo of maintenance failed" in e["detail"]["reason"]
+            for e in events
+        )
+
+    await eventually(told, "the failed undo is in the incident's timeline")
+
+
+async def test_containment_failing_after_an_acknowledgement_is_in_the_timeline(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Somebody took the incident on: a failed check does not page again, but it is not
+    lost either."""
+    extra = "    check: {alert_resolves_within: 2m}"
+    path = config(tmp_path, smtp, restart_action(tmp_path, "pass", extra), RESTART_RULE)
+    client = await make_client(path)
+    await post(client, webhook(alert("WebDown", service="nginx")))
+    await eventually(lambda: _finished(client), "restarted")
+    answer = await client.post(
+        "/api/v1/incidents/1/acknowledge", json={"by": "alice"}, headers=AUTH
+    )
+    assert answer.status == 200
+    clock.advance(timedelta(minutes=3))  # the alert keeps firing
+
+    async def recorded() -> bool:
+        return "containment_failed" in [e["kind"] for e in (await incident(client))["timeline"]]
+
+    await eventually(recorded, "the failed check is in the timeline")
+    assert (await incident(client))["state"] == "acknowledged"

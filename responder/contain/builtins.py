@@ -48,6 +48,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def address_refusal(spec: BlockAddressSpec, address: str) -> str | None:
     """Why ``address`` (an IP or a CIDR) must not be blocked, or None."""
     network: Network = ipaddress.ip_network(address, strict=False)
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped:
+        # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel, but not to the checks below.
+        return f"{address} is an IPv4-mapped address; give the IPv4 address"
     first = network.network_address
     if first.is_loopback or first.is_unspecified or first.is_multicast or first.is_link_local:
         return f"{address} is a loopback, unspecified, multicast or link-local address"

@@ -296,8 +296,14 @@ class Containment:
                 "action": plan.action,
             }
             if plan.at is not None:
-                undo_at = _us(plan.at)  # iptables: lifted at expiry whatever happens
-            elif plan.on_resolve:
+                # iptables: lifted at expiry whatever happens (and earlier on resolve, below).
+                undo_at = _us(plan.at)
+                undo_json["at"] = undo_at
+                # Each attempt that may have run "-I" inserted a rule of its own; the lift
+                # ("-D") removes one a time, so it runs as often, until nothing is left.
+                inserts = sum(a.outcome in _MAY_HAVE_RUN for a in result.attempts)
+                undo_json["times"] = max(inserts, 1)
+            if plan.on_resolve:
                 undo_hold = int(plan.hold_down.total_seconds())
         check_due = None
         check = prepared.check
@@ -365,20 +371,28 @@ class Containment:
         detail: dict[str, Any] = {"run_id": run.run_id, "action": run.action}
         state = "done"
         if plan.get("argv"):
-            process = await self._runner.run_exec(ExecRequest.from_json(plan["argv"]))
+            request = ExecRequest.from_json(plan["argv"])
+            process = await self._runner.run_exec(request)
             detail |= {"undo": "argv", "exit_status": process.exit_status}
             if process.outcome is not Outcome.OK:
                 state = "failed"
                 detail["stderr"] = process.stderr[-300:]
+            else:
+                # Rules inserted more than once (retries) go one lift each; the first lift
+                # that finds nothing left ends it.
+                for _ in range(int(plan.get("times", 1)) - 1):
+                    if (await self._runner.run_exec(request)).outcome is not Outcome.OK:
+                        break
         elif plan.get("action"):
             other = catalog.actions.get(str(plan["action"]))
             if other is None:
                 state, detail["error"] = "failed", f"undo action {plan['action']!r} is gone"
             else:
-                audit = run.audit
-                labels = {p["name"]: p["value"] for p in audit.get("params", [])}
+                # The run's values, by parameter name: already read from the labels,
+                # extracted and checked; the undo action checks them against its own types.
+                values = {p["name"]: p["value"] for p in run.audit.get("params", [])}
                 context = RunContext(str(run.incident_id or ""))
-                prepared = self._runner.prepare(other, labels, {}, context)
+                prepared = self._runner.prepare(other, {}, {}, context, values=values)
                 if isinstance(prepared, ParamRejected):
                     state, detail["error"] = "failed", str(prepared.to_audit())
                 else:
@@ -387,6 +401,14 @@ class Containment:
                     state = "done" if result.outcome is Outcome.OK else "failed"
         self._metrics.actions.labels(run.action, f"undo_{state}").inc()
         await self._store.finish_undo(run.run_id, state, detail, now)
+        if state == "failed":
+            # What containment changed is still in place (a site left in maintenance, an
+            # address still blocked): a person must hear of it.
+            log.error("undo failed", extra=fields(action=run.action, run_id=run.run_id))
+            if run.incident_id is not None:
+                reason = f"undo of {run.action} failed: {detail.get('error') or detail}"
+                await self._store.escalate_incident(run.incident_id, reason[:500], now)
+                self._on_escalate()
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run_once(self) -> None:
@@ -437,6 +459,10 @@ class Containment:
             for task in list(self._tasks):
                 task.cancel()
             await self._runner.close()
+
+
+# Attempts whose process may have done its work: it exited 0, or was killed on timeout.
+_MAY_HAVE_RUN = frozenset({Outcome.OK, Outcome.TIMEOUT})
 
 
 def _us(when: datetime) -> int:

@@ -161,6 +161,8 @@ def check_value(spec: ParamSpec, value: str) -> tuple[str, None] | tuple[None, s
         return None, "starts with '-' (would read as an option)"
     if "\\" in value or ("/" in value and spec.type is not ParamType.CIDR):
         return None, "contains a path separator"
+    if value in (".", ".."):
+        return None, "is a path step ('.' or '..')"
     if value.strip() != value:
         return None, "has surrounding whitespace"
     checked = _check_type(spec.type, value)
@@ -263,6 +265,27 @@ def bind_params(
         canonical, reason = check_value(spec, value)
         if canonical is None:
             return ParamRejected(spec.name, spec.origin, reason or "invalid", audit_value(raw))
+        bound[spec.name] = BoundParam(spec.name, canonical, spec.source, spec.key)
+    return bound
+
+
+def bind_values(
+    specs: tuple[ParamSpec, ...], values: Mapping[str, str]
+) -> dict[str, BoundParam] | ParamRejected:
+    """Bind parameters by name from values another action bound (already extracted from
+    their labels): each is checked again against this action's type and pattern."""
+    bound: dict[str, BoundParam] = {}
+    for spec in specs:
+        origin = f"the run's {spec.name}"
+        raw = values.get(spec.name)
+        if raw is None or raw == "":
+            if spec.default is not None:
+                bound[spec.name] = BoundParam(spec.name, spec.default, None, spec.key)
+                continue
+            return ParamRejected(spec.name, origin, "missing", audit_value(""))
+        canonical, reason = check_value(spec, raw)
+        if canonical is None:
+            return ParamRejected(spec.name, origin, reason or "invalid", audit_value(raw))
         bound[spec.name] = BoundParam(spec.name, canonical, spec.source, spec.key)
     return bound
 

@@ -45,7 +45,13 @@ from responder.contain.catalog import (
     Template,
 )
 from responder.contain.outcome import Outcome
-from responder.contain.params import BoundParam, ParamRejected, audit_value, bind_params
+from responder.contain.params import (
+    BoundParam,
+    ParamRejected,
+    audit_value,
+    bind_params,
+    bind_values,
+)
 from responder.secrets import Secret
 
 OUTPUT_LIMIT = 64 * 1024
@@ -546,9 +552,14 @@ class ActionRunner:
         context: RunContext,
         *,
         run_id: str | None = None,
+        values: Mapping[str, str] | None = None,
     ) -> PreparedRun | ParamRejected:
-        """Validate the parameters and render the request; nothing runs."""
-        bound = bind_params(action.params, labels, annotations)
+        """Validate the parameters and render the request; nothing runs. ``values``, by
+        parameter name, stand for the labels (an undo action takes its run's values)."""
+        if values is None:
+            bound = bind_params(action.params, labels, annotations)
+        else:
+            bound = bind_values(action.params, values)
         if isinstance(bound, ParamRejected):
             return bound
         values = {name: p.value for name, p in bound.items()}
@@ -766,7 +777,8 @@ class ActionRunner:
         finished_at = self._clock.now()
         undo = prepared.undo
         expires_at: datetime | None = None
-        if isinstance(action.spec, BlockAddressSpec) and outcome is Outcome.OK:
+        if isinstance(action.spec, BlockAddressSpec) and not dry and outcome in _MAY_NEED_UNDO:
+            # A timeout or a failed check may leave the block in place: it expires all the same.
             expires_at = finished_at + action.spec.duration
             if undo is not None and action.spec.backend == "iptables":
                 # iptables rules have no timeout of their own: the engine lifts them at expiry.

@@ -677,7 +677,8 @@ class SQLiteStore:
 
     async def due_undos(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, bool]]:
         now_us = to_us(now)
-        return await self._read(lambda conn: actions.due_undos(conn, now_us, limit))
+        # A write: an undo whose alert fires again may go back to waiting for its expiry.
+        return await self._write(lambda conn: actions.due_undos(conn, now_us, limit))
 
     async def finish_undo(
         self, run_id: str, state: str, detail: dict[str, Any], now: datetime

@@ -164,24 +164,26 @@ def finish_run(
 def escalate_incident(
     conn: sqlite3.Connection, incident_id: int | None, reason: str, now_us: int
 ) -> None:
-    """Containment failed: the next level is paged now, with the reason in the page."""
+    """Containment failed: the timeline says so, and an incident nobody has taken on
+    (triggered, snoozed) pages its next level now, with the reason in the page."""
     if incident_id is None:
         return
-    cur = conn.execute(
+    conn.execute(
         "UPDATE incidents SET escalate_now = ?, next_due = ?, version = version + 1, "
         "updated_at = ? WHERE id = ? AND state IN ('triggered', 'snoozed')",
         (reason[:500], now_us, now_us, incident_id),
     )
-    if cur.rowcount:
-        _event(conn, incident_id, now_us, Event.CONTAINMENT_FAILED, {"reason": reason[:2000]})
+    _event(conn, incident_id, now_us, Event.CONTAINMENT_FAILED, {"reason": reason[:2000]})
 
 
 def alert_resolved(conn: sqlite3.Connection, alert_id: int, now_us: int) -> None:
-    """Undos of this alert's runs wait out their hold-down from now."""
+    """Undos of this alert's runs wait out their hold-down from now; one that waits for its
+    expiry (an iptables block) runs at whichever comes first."""
     conn.execute(
-        "UPDATE action_runs SET undo_state = 'wait', undo_due = ? + undo_hold_s * 1000000 "
-        "WHERE alert_id = ? AND undo IS NOT NULL AND undo_state IS NULL "
-        "AND undo_hold_s IS NOT NULL",
+        "UPDATE action_runs SET undo_state = 'wait', "
+        "undo_due = MIN(? + undo_hold_s * 1000000, COALESCE(json_extract(undo, '$.at'), 9e18)) "
+        "WHERE alert_id = ? AND undo IS NOT NULL AND undo_hold_s IS NOT NULL "
+        "AND (undo_state IS NULL OR undo_state = 'wait')",
         (now_us, alert_id),
     )
 
@@ -201,7 +203,9 @@ def interrupt_running(conn: sqlite3.Connection, now_us: int) -> list[RunRow]:
 
 
 def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, bool]]:
-    """Runs whose undo is due, each with whether its alert (by fingerprint) fires again."""
+    """Runs whose undo is due, each with whether its alert (by fingerprint) fires again, so
+    that the hold-down is over for nothing. An undo due at the block's expiry is never
+    stopped so; one due after a hold-down whose alert fires again waits for that expiry."""
     rows = conn.execute(
         f"SELECT {_RUN_COLUMNS} FROM action_runs WHERE undo_state = 'wait' "  # noqa: S608
         "AND undo_due <= ? ORDER BY undo_due LIMIT ?",
@@ -210,11 +214,20 @@ def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[R
     result: list[tuple[RunRow, bool]] = []
     for row in rows:
         run = _run(row)
+        expires_us = (run.undo or {}).get("at")
+        if expires_us is not None and run.undo_due is not None and run.undo_due >= expires_us:
+            result.append((run, False))
+            continue
         refired = conn.execute(
             "SELECT 1 FROM alerts b JOIN alerts a ON a.fingerprint = b.fingerprint "
             "WHERE a.id = ? AND b.status = 'firing' LIMIT 1",
             (run.alert_id,),
         ).fetchone()
+        if refired is not None and expires_us is not None:
+            conn.execute(
+                "UPDATE action_runs SET undo_due = ? WHERE run_id = ?", (expires_us, run.run_id)
+            )
+            continue
         result.append((run, refired is not None))
     return result
 
