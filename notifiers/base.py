@@ -43,14 +43,20 @@ class DeliveryError(Exception):
     """A page could not be handed to the provider.
 
     ``retryable`` says whether trying again later can help (timeouts, 429, 5xx) or not
-    (invalid number, opted out, unknown mailbox). ``reason`` is a short, stable word used as a
-    metric label; ``str(error)`` is the human detail for the timeline. Neither may hold secrets.
+    (invalid number, opted out, unknown mailbox). ``maybe_sent``: the request reached the
+    provider and no answer came back (a read timeout, a dropped connection), so the message
+    may be on its way; sending it again could page twice. ``reason`` is a short, stable word
+    used as a metric label; ``str(error)`` is the human detail for the timeline. Neither may
+    hold secrets.
     """
 
-    def __init__(self, reason: str, detail: str, *, retryable: bool) -> None:
+    def __init__(
+        self, reason: str, detail: str, *, retryable: bool, maybe_sent: bool = False
+    ) -> None:
         super().__init__(detail)
         self.reason = reason
         self.retryable = retryable
+        self.maybe_sent = maybe_sent
 
 
 class Notifier(Protocol):

@@ -275,11 +275,19 @@ class TwilioNotifier:
 
     def _delivery_error(self, exc: BaseException) -> DeliveryError:
         what = "SMS" if self.channel == "sms" else "call"
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return DeliveryError(
+                "connection",
+                "cannot reach Twilio: no connection within the timeout",
+                retryable=True,
+            )
         if isinstance(exc, TimeoutError):
+            # The request was sent: Twilio may have taken the message and be slow to say so.
             return DeliveryError(
                 "timeout",
                 f"Twilio did not answer the {what} request within {self._settings.timeout:g}s",
                 retryable=True,
+                maybe_sent=True,
             )
         if isinstance(exc, TwilioRestException | TwilioServiceException):
             return self._api_error(exc)
@@ -288,6 +296,10 @@ class TwilioNotifier:
                 "connection",
                 f"cannot reach Twilio: {self._scrub(type(exc).__name__ + ': ' + str(exc))}",
                 retryable=True,
+                # Refused or unreachable: nothing was sent. Dropped mid-answer: unknown.
+                maybe_sent=isinstance(
+                    exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
+                ),
             )
         if isinstance(exc, json.JSONDecodeError | KeyError | ValueError):
             return DeliveryError(

@@ -389,10 +389,11 @@ class Dispatcher:
             message = await self._compose.bundle(pages)
             async with asyncio.timeout(SEND_DEADLINE_S):
                 receipt = await notifier.send(message)
-        except (DeliveryError, TimeoutError):
-            # Let each page take its own retry and failover path.
+        except (DeliveryError, TimeoutError) as exc:
+            # Each page takes its own retry (with backoff, the limits checked again when it is
+            # due) or failover; never an immediate resend, one message per page.
             for page in pages:
-                await self._deliver(page)
+                await self._not_sent(page, exc)
             return
         m.pages_bundled.inc(len(pages))
         sent_at = self._clock.now()  # one message: one send time, counted once by the limits
@@ -438,20 +439,7 @@ class Dispatcher:
             async with asyncio.timeout(SEND_DEADLINE_S):
                 receipt = await notifier.send(message)
         except (DeliveryError, TimeoutError) as exc:
-            retryable = exc.retryable if isinstance(exc, DeliveryError) else True
-            reason = str(exc) or "timed out"
-            if retryable and page.attempts < self._config().max_attempts:
-                retry_at = self._clock.now() + backoff(page.attempts, self._rng)
-                await self._finish(page, PageState.QUEUED, error=reason, retry_at=retry_at)
-                m.pages.labels(page.channel, "retry").inc()
-                return
-            await self._finish(page, PageState.FAILED, error=reason)
-            m.pages.labels(page.channel, "failed").inc()
-            log.error(
-                "page failed",
-                extra=fields(page=page.id, incident=page.incident_id, error=reason),
-            )
-            await self.failover(page, reason)
+            await self._not_sent(page, exc)
             return
         except Exception as exc:  # a bug in an adapter must not stop the outbox
             log.exception("page crashed its channel adapter", extra=fields(page=page.id))
@@ -463,6 +451,29 @@ class Dispatcher:
         self._observe_sent(page)
         await self._finish(page, PageState.SENT, provider_id=receipt.provider_id)
         self._count_paid(page.channel, self._clock.now())
+
+    async def _not_sent(self, page: Page, exc: DeliveryError | TimeoutError) -> None:
+        """A send that failed: retried later on the same route when that can help and cannot
+        page twice; otherwise failed, and the next channel or backup contact is queued."""
+        m = self._metrics
+        if isinstance(exc, DeliveryError):
+            retryable, maybe_sent, reason = exc.retryable, exc.maybe_sent, str(exc)
+        else:  # our own deadline: the provider had the request and did not answer
+            retryable, maybe_sent, reason = True, True, f"no answer within {SEND_DEADLINE_S:g}s"
+        if maybe_sent:
+            # As after a crash during a send: re-routed, never resent (docs/incidents.md).
+            reason = f"outcome unknown, re-routed instead of resent: {reason}"
+        elif retryable and page.attempts < self._config().max_attempts:
+            retry_at = self._clock.now() + backoff(page.attempts, self._rng)
+            await self._finish(page, PageState.QUEUED, error=reason, retry_at=retry_at)
+            m.pages.labels(page.channel, "retry").inc()
+            return
+        await self._finish(page, PageState.FAILED, error=reason)
+        m.pages.labels(page.channel, "failed").inc()
+        log.error(
+            "page failed", extra=fields(page=page.id, incident=page.incident_id, error=reason)
+        )
+        await self.failover(page, reason)
 
     async def failover(self, page: Page, reason: str) -> int:
         """Queue the next channel or the backup contact for a page that failed for good."""

@@ -109,42 +109,41 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
     update = parse_status_callback(params)
     if update is None or not update.final:
         return web.Response(status=204)
-    page = await _page_of(runtime, update.provider_id)
-    if page is None:
-        return web.Response(status=204)  # not ours (a drill from another daemon, say)
+    # A bundle is one message for several pages: its status is each one's.
+    pages = await _pages_of(runtime, update.provider_id)
     now = runtime.clock.now()
-    if update.delivered:
-        if await runtime.store.provider_status(page.id, PageState.DELIVERED, None, now):
-            runtime.metrics.pages.labels(page.channel, "delivered").inc()
-            took = max((now - page.due_at).total_seconds(), 0.0)
-            runtime.metrics.delivered_latency.labels(page.channel).observe(took)
-        return web.Response(status=204)
     code = f" (Twilio error {update.error_code})" if update.error_code else ""
     reason = f"{update.status}{code}"
-    if await runtime.store.provider_status(page.id, PageState.FAILED, reason, now):
-        runtime.metrics.pages.labels(page.channel, "undelivered").inc()
-        if runtime.dispatcher is not None:
-            await runtime.dispatcher.failover(page, reason)
+    for page in pages:  # none: not ours (a drill from another daemon, say)
+        if update.delivered:
+            if await runtime.store.provider_status(page.id, PageState.DELIVERED, None, now):
+                runtime.metrics.pages.labels(page.channel, "delivered").inc()
+                took = max((now - page.due_at).total_seconds(), 0.0)
+                runtime.metrics.delivered_latency.labels(page.channel).observe(took)
+        elif await runtime.store.provider_status(page.id, PageState.FAILED, reason, now):
+            runtime.metrics.pages.labels(page.channel, "undelivered").inc()
+            if runtime.dispatcher is not None:
+                await runtime.dispatcher.failover(page, reason)
     return web.Response(status=204)
 
 
-async def _page_of(runtime: Runtime, provider_id: str) -> Page | None:
-    """The page a provider's ID belongs to. A final status can overtake the record of its
+async def _pages_of(runtime: Runtime, provider_id: str) -> list[Page]:
+    """The pages a provider's ID belongs to. A final status can overtake the record of its
     send (the provider answered; our write is on its way) and Twilio sends a callback only
     once: while deliveries are in progress, wait for them, at most ``CALLBACK_WAIT_S``."""
-    page = await runtime.store.page_by_provider_id(provider_id)
+    pages = await runtime.store.pages_by_provider_id(provider_id)
     dispatcher = runtime.dispatcher
-    if page is not None or dispatcher is None:
-        return page
+    if pages or dispatcher is None:
+        return pages
     deadline = asyncio.get_running_loop().time() + CALLBACK_WAIT_S
-    while page is None and dispatcher.sending:
+    while not pages and dispatcher.sending:
         try:
             async with asyncio.timeout_at(deadline):
                 await dispatcher.delivery_settled()
         except TimeoutError:
             break
-        page = await runtime.store.page_by_provider_id(provider_id)
-    return page
+        pages = await runtime.store.pages_by_provider_id(provider_id)
+    return pages
 
 
 async def inbound_sms(request: web.Request) -> web.StreamResponse:

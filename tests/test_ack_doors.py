@@ -330,3 +330,35 @@ async def test_drill_pages_every_channel_and_reports_answers(
     assert [d["id"] for d in listed] == [drill_id]
     bad = await daemon.post("/api/v1/drills", json={"contacts": ["mallory"]}, headers=AUTH)
     assert bad.status == 400
+
+
+async def test_an_undelivered_bundle_fails_over_every_incident_in_it(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    """A bundle is one SMS for several incidents' pages: its 'undelivered' callback fails
+    each of them over, not only the newest."""
+    await first_incident_paged(daemon, twilio)
+    for n in (2, 3):
+        await post(
+            daemon, webhook(alert("DiskFull", instance=f"db-{n}"), group=f'{{}}:{{x="{n}"}}')
+        )
+
+    async def both_held() -> bool:
+        held = []
+        for number in (2, 3):
+            pages = (await incident(daemon, number))["pages"]
+            held += [p for p in pages if p["channel"] == "sms" and "rate" in (p["error"] or "")]
+        return len(held) == 2
+
+    await eventually(both_held, "both SMS pages held back by the rate limit")
+    clock.advance(timedelta(minutes=1))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "the bundle")
+    bundle = twilio.sent_sms("+15551230001")[1]
+    assert bundle.body.startswith("2 new")
+    answer = await twilio.send_status_callback(bundle.sid, "undelivered", 30003)
+    assert answer.status == 204
+    for number in (2, 3):
+        pages = (await incident(daemon, number))["pages"]
+        alice = [p for p in pages if (p["contact"], p["channel"]) == ("alice", "sms")]
+        assert [p["state"] for p in alice] == ["failed"], number
+        assert any(p["contact"] == "bob" for p in pages), f"incident {number} not failed over"

@@ -150,6 +150,40 @@ async def test_invalid_number_fails_over_at_once(
     assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]
 
 
+async def test_a_provider_that_took_the_message_but_answered_late_is_not_sent_twice(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """Twilio accepted the SMS but answered after our 2 s timeout: the outcome is unknown,
+    so the page is re-routed (the backup), never sent again on the same route."""
+    client = await make_client(config(tmp_path, twilio, smtp))
+    twilio.answer_delay = 3.0
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+
+    async def alice_failed() -> bool:
+        pages = (await incident(client))["pages"]
+        return any(
+            (p["contact"], p["channel"], p["state"]) == ("alice", "sms", "failed") for p in pages
+        )
+
+    await eventually(alice_failed, "alice's SMS timed out")
+    twilio.answer_delay = 0.0
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230002")) == 1), "bob paged")
+    for _ in range(4):  # well past any retry backoff
+        clock.advance(timedelta(minutes=1))
+        await asyncio.sleep(0.05)
+    assert len(twilio.sent_sms("+15551230001")) == 1
+    alice_sms = next(
+        p
+        for p in (await incident(client))["pages"]
+        if (p["contact"], p["channel"]) == ("alice", "sms")
+    )
+    assert "outcome unknown" in alice_sms["error"]
+
+
 async def test_a_storm_for_one_person_is_held_and_bundled_not_dropped(
     make_client: ClientFactory,
     tmp_path: Path,

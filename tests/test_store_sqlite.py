@@ -623,6 +623,30 @@ async def test_claim_skips_contact_methods_with_a_message_in_progress(
     assert (last.contact, last.channel, last.state) == ("alice", "sms", PageState.SENDING)
 
 
+async def test_a_page_being_sent_when_its_incident_is_acknowledged_is_not_retried(
+    store: SQLiteStore,
+) -> None:
+    """Acknowledging cancels the queued pages; one that was being sent and then fails (a
+    retry) or is held back (a rate limit) is cancelled too, instead of going out after the
+    acknowledgement."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    pages = [
+        NewPage("L1", PageKind.PAGE, "alice", "sms", "+15551230001", T0),
+        NewPage("L1", PageKind.PAGE, "alice", "email", "alice@example.com", T0),
+    ]
+    await store.add_pages(1, 1, pages, None, T0)
+    sms, email = sorted(await store.claim_pages(T0), key=lambda p: p.channel != "sms")
+    later = T0 + timedelta(seconds=5)
+    await store.transition(1, "acknowledge", actor="alice", via="api", now=later)
+    await store.finish_page(sms.id, PageState.QUEUED, later, error="500", retry_at=later)
+    await store.hold_pages([email.id], later, "rate limit", later)
+    assert await store.claim_pages(later + timedelta(minutes=5)) == []
+    for page_id in (sms.id, email.id):
+        page = await store.get_page(page_id)
+        assert page is not None
+        assert (page.state, page.error) == (PageState.CANCELLED, "incident acknowledged")
+
+
 async def test_paid_send_times_count_a_bundle_once(store: SQLiteStore) -> None:
     """The SMS/voice budget's window, as read at start: a bundle is one message; email and
     messages older than the window do not count."""

@@ -326,8 +326,9 @@ class Store(ContainmentStore, Protocol):
 
     async def get_page(self, page_id: int) -> Page | None: ...
 
-    async def page_by_provider_id(self, provider_id: str) -> Page | None:
-        """The page a provider id (Twilio MessageSid/CallSid) was returned for."""
+    async def pages_by_provider_id(self, provider_id: str) -> list[Page]:
+        """The pages a provider id (Twilio MessageSid/CallSid) was returned for: one, or
+        every page of a bundle."""
         ...
 
     async def step_pages(self, incident_id: int, episode: int, step: str) -> list[Page]:

@@ -577,8 +577,8 @@ class SQLiteStore:
     async def get_page(self, page_id: int) -> Page | None:
         return await self._read(lambda conn: inc.get_page(conn, page_id))
 
-    async def page_by_provider_id(self, provider_id: str) -> Page | None:
-        return await self._read(lambda conn: inc.page_by_provider_id(conn, provider_id))
+    async def pages_by_provider_id(self, provider_id: str) -> list[Page]:
+        return await self._read(lambda conn: inc.pages_by_provider_id(conn, provider_id))
 
     async def step_pages(self, incident_id: int, episode: int, step: str) -> list[Page]:
         return await self._read(lambda conn: inc.step_pages(conn, incident_id, episode, step))

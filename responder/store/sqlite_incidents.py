@@ -701,6 +701,7 @@ def finish_page(
             "WHERE id = ? AND state = 'sending'",
             (retry_at_us, error, now_us, page_id),
         )
+        _cancel_if_pointless(conn, [page_id], now_us)
         return
     sent_at = now_us if state in (PageState.SENT, PageState.DELIVERED) else None
     conn.execute(
@@ -757,12 +758,12 @@ def get_page(conn: sqlite3.Connection, page_id: int) -> Page | None:
     return None if row is None else page_from_row(row)
 
 
-def page_by_provider_id(conn: sqlite3.Connection, provider_id: str) -> Page | None:
-    row = conn.execute(
-        f"SELECT {PAGE_COLUMNS} FROM pages WHERE provider_id = ? ORDER BY id DESC LIMIT 1",  # noqa: S608 - fixed text
+def pages_by_provider_id(conn: sqlite3.Connection, provider_id: str) -> list[Page]:
+    rows = conn.execute(
+        f"SELECT {PAGE_COLUMNS} FROM pages WHERE provider_id = ? ORDER BY id",  # noqa: S608 - fixed text
         (provider_id,),
-    ).fetchone()
-    return None if row is None else page_from_row(row)
+    ).fetchall()
+    return [page_from_row(row) for row in rows]
 
 
 def step_pages(conn: sqlite3.Connection, incident_id: int, episode: int, step: str) -> list[Page]:
@@ -884,6 +885,21 @@ def hold_pages(
         "UPDATE pages SET state = 'queued', due_at = ?, error = ?, "
         "attempts = MAX(attempts - 1, 0), updated_at = ? WHERE id = ? AND state = 'sending'",
         [(until_us, reason, now_us, page_id) for page_id in page_ids],
+    )
+    _cancel_if_pointless(conn, page_ids, now_us)
+
+
+def _cancel_if_pointless(conn: sqlite3.Connection, page_ids: Sequence[int], now_us: int) -> None:
+    """Pages going back to the queue (a retry, a hold) that were being sent when their
+    incident was acknowledged, snoozed or resolved: cancelled as that transition cancelled
+    the queued ones (``_cancel_pending``), instead of going out after it."""
+    conn.executemany(
+        "UPDATE pages SET state = 'cancelled', updated_at = ?, "
+        "error = 'incident ' || (SELECT state FROM incidents WHERE id = pages.incident_id) "
+        "WHERE id = ? AND state = 'queued' AND EXISTS (SELECT 1 FROM incidents i "
+        "WHERE i.id = pages.incident_id AND ((pages.cancel_on_ack = 1 AND i.state != 'triggered') "
+        "OR (pages.kind IN ('page', 'status') AND i.state = 'resolved')))",
+        [(now_us, page_id) for page_id in page_ids],
     )
 
 
