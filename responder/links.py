@@ -20,7 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from responder.auth import ensure_generated_secret
-from responder.incident import IncidentNotFound, TransitionError
+from responder.incident import Incident, IncidentNotFound, TransitionError
 from responder.incidents_api import act
 from responder.runtime import RUNTIME
 from responder.secrets import Secret
@@ -39,6 +39,7 @@ class LinkError(ValueError):
 @dataclass(frozen=True, slots=True)
 class LinkClaim:
     incident_id: int
+    episode: int  # the trigger the page was for: a link does not carry over to the next one
     contact: str
     expires: datetime
 
@@ -60,8 +61,10 @@ def _sign(secret: Secret, payload: bytes) -> bytes:
     return hmac.new(secret.value.encode(), payload, hashlib.sha256).digest()[:_SIG_BYTES]
 
 
-def make_token(secret: Secret, incident_id: int, contact: str, expires: datetime) -> str:
-    payload = f"{incident_id}:{int(expires.timestamp())}:{contact}".encode()
+def make_token(
+    secret: Secret, incident_id: int, episode: int, contact: str, expires: datetime
+) -> str:
+    payload = f"{incident_id}:{episode}:{int(expires.timestamp())}:{contact}".encode()
     return f"{_b64(payload)}.{_b64(_sign(secret, payload))}"
 
 
@@ -74,10 +77,9 @@ def read_token(secret: Secret, token: str, now: datetime) -> LinkClaim:
     if not hmac.compare_digest(signature, _sign(secret, payload)):
         raise LinkError("this link is not valid")
     try:
-        incident_text, expires_text, contact = payload.decode().split(":", 2)
-        claim = LinkClaim(
-            int(incident_text), contact, datetime.fromtimestamp(int(expires_text), UTC)
-        )
+        incident_text, episode_text, expires_text, contact = payload.decode().split(":", 3)
+        expires = datetime.fromtimestamp(int(expires_text), UTC)
+        claim = LinkClaim(int(incident_text), int(episode_text), contact, expires)
     except (ValueError, UnicodeDecodeError):
         raise LinkError("this link is malformed") from None
     if now >= claim.expires:
@@ -85,9 +87,21 @@ def read_token(secret: Secret, token: str, now: datetime) -> LinkClaim:
     return claim
 
 
-def ack_url(public_url: str, secret: Secret, incident_id: int, contact: str, now: datetime) -> str:
-    token = make_token(secret, incident_id, contact, now + LINK_LIFETIME)
+def ack_url(
+    public_url: str, secret: Secret, incident: Incident, contact: str, now: datetime
+) -> str:
+    token = make_token(secret, incident.id, incident.episode, contact, now + LINK_LIFETIME)
     return public_url.rstrip("/") + ACK_PATH + token
+
+
+def _current(claim: LinkClaim, incident: Incident) -> None:
+    """A link acts on the trigger it was sent for: once the incident fired again (or was
+    unacknowledged), its contact may not have been paged for it at all."""
+    if incident.episode != claim.episode:
+        raise LinkError(
+            "this link was sent before the incident fired again; use the newest page's link, "
+            "SMS, the CLI or the API"
+        )
 
 
 # -- the page ----------------------------------------------------------------------------------
@@ -125,6 +139,7 @@ async def show_link(request: web.Request) -> web.StreamResponse:
     try:
         claim = read_token(secret, request.match_info["token"], runtime.clock.now())
         incident = await runtime.store.get_incident(claim.incident_id)
+        _current(claim, incident)
     except LinkError as exc:
         return _page("Link not valid", f"<p>{html.escape(str(exc))}</p>", 403)
     except IncidentNotFound:
@@ -158,6 +173,7 @@ async def use_link(request: web.Request) -> web.StreamResponse:
         return _page("Bad request", "<p>Unknown action.</p>", 400)
     try:
         claim = read_token(secret, request.match_info["token"], runtime.clock.now())
+        _current(claim, await runtime.store.get_incident(claim.incident_id))
         incident, changed = await act(
             runtime, claim.incident_id, action, actor=claim.contact, via="email"
         )

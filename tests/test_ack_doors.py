@@ -262,6 +262,15 @@ async def test_email_link_get_shows_post_acts(
     assert acted.status == 200
     doc = await incident(daemon)
     assert (doc["state"], doc["acknowledgedBy"]) == ("acknowledged", "bob")
+    # A new episode (unacknowledged, or fired again): the old page's link no longer acts.
+    again = await daemon.post(
+        "/api/v1/incidents/1/unacknowledge", json={"by": "alice"}, headers=AUTH
+    )
+    assert again.status == 200
+    replayed = await daemon.post(link, data={"action": "acknowledge"})
+    assert replayed.status == 403
+    assert "fired again" in await replayed.text()
+    assert (await incident(daemon))["state"] == "triggered"
     tampered = link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")
     assert (await daemon.post(tampered, data={"action": "resolve"})).status == 403
     clock.advance(timedelta(hours=25))
@@ -273,13 +282,13 @@ async def test_email_link_get_shows_post_acts(
 def test_tokens_are_bound_to_one_incident() -> None:
     secret = Secret("s3cret", "test")
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    token = make_token(secret, 7, "alice", now + timedelta(hours=1))
+    token = make_token(secret, 7, 2, "alice", now + timedelta(hours=1))
     claim = read_token(secret, token, now)
-    assert (claim.incident_id, claim.contact) == (7, "alice")
+    assert (claim.incident_id, claim.episode, claim.contact) == (7, 2, "alice")
     with pytest.raises(LinkError):
         read_token(Secret("other", "test"), token, now)
     _payload, signature = token.split(".")
-    forged_payload = make_token(secret, 8, "alice", now).split(".")[0]
+    forged_payload = make_token(secret, 8, 2, "alice", now).split(".")[0]
     with pytest.raises(LinkError):
         read_token(secret, f"{forged_payload}.{signature}", now)
     with pytest.raises(LinkError):

@@ -667,3 +667,17 @@ async def test_paid_send_times_count_a_bundle_once(store: SQLiteStore) -> None:
     await store.finish_page(email[0], PageState.SENT, later, provider_id="<m@x>")
     assert await store.paid_send_times(T0) == [early, later]
     assert await store.paid_send_times(early + timedelta(seconds=1)) == [later]
+
+
+async def test_the_last_drill_is_found_behind_any_number_of_incidents(
+    store: SQLiteStore,
+) -> None:
+    """The drill schedule asks for the newest drill by category: it used to look among the
+    newest 1,000 incidents only, and a storm made a drill look overdue (review, stop 12)."""
+    drill = await store.create_drill("DRILL", [], "schedule", T0)
+    for n in range(3):
+        await store.ingest([disk_alert(f"bbbb00000000000{n}")], T0 + timedelta(hours=n + 2))
+    assert len(await store.list_incidents()) >= 2
+    (latest,) = await store.list_incidents(limit=1, category="drill")
+    assert latest.id == drill
+    assert [i.id for i in await store.list_incidents(limit=1)] != [drill]

@@ -290,9 +290,14 @@ class Store(ContainmentStore, Protocol):
     ) -> tuple[Incident, list[StoredAlert], list[TimelineEvent], list[Page]]: ...
 
     async def list_incidents(
-        self, states: Sequence[str] = (), since: datetime | None = None, limit: int = 500
+        self,
+        states: Sequence[str] = (),
+        since: datetime | None = None,
+        limit: int = 500,
+        *,
+        category: str | None = None,
     ) -> list[Incident]:
-        """Newest first."""
+        """Newest first; ``category="drill"`` for the drills."""
         ...
 
     # -- the outbox ---------------------------------------------------------------------------

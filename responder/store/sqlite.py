@@ -525,10 +525,17 @@ class SQLiteStore:
         return await self._read(work)
 
     async def list_incidents(
-        self, states: Sequence[str] = (), since: datetime | None = None, limit: int = 500
+        self,
+        states: Sequence[str] = (),
+        since: datetime | None = None,
+        limit: int = 500,
+        *,
+        category: str | None = None,
     ) -> list[Incident]:
         since_us = None if since is None else to_us(since)
-        return await self._read(lambda conn: inc.list_incidents(conn, states, since_us, limit))
+        return await self._read(
+            lambda conn: inc.list_incidents(conn, states, since_us, limit, category)
+        )
 
     # -- the outbox ---------------------------------------------------------------------------
     async def claim_pages(

@@ -356,9 +356,13 @@ def list_incidents(
     states: Sequence[str],
     since_us: int | None,
     limit: int,
+    category: str | None = None,
 ) -> list[Incident]:
     clauses: list[str] = []
     params: list[Any] = []
+    if category is not None:
+        clauses.append("i.category = ?")
+        params.append(category)
     if states:
         clauses.append(f"i.state IN ({','.join('?' * len(states))})")
         params.extend(states)
