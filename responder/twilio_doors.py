@@ -201,20 +201,41 @@ async def voice_keypress(request: web.Request) -> web.StreamResponse:
     params = await _verified_form(request, runtime)
     if params is None:
         return web.Response(status=403, text="forbidden")
-    page_key = request.query.get("page", "")
-    page_id = int(page_key.removeprefix("page-")) if page_key.removeprefix("page-").isdigit() else 0
-    page = await runtime.store.get_page(page_id) if page_id else None
-    if page is None:
+    pages = [
+        page
+        for page_id in _page_ids(request.query.get("page", ""))
+        if (page := await runtime.store.get_page(page_id)) is not None
+    ]
+    if not pages:
         return _xml(voice_reply_twiml("This page is unknown. Goodbye."))
     if params.get("Digits") != "1":
         return _xml(voice_reply_twiml("No action taken. Goodbye."))
-    try:
-        incident, _ = await act(
-            runtime, page.incident_id, "acknowledge", actor=page.contact, via="voice"
-        )
-    except TransitionError as exc:
-        return _xml(voice_reply_twiml(f"{exc}. Goodbye."))
-    return _xml(voice_reply_twiml(f"Incident {incident.id} acknowledged. Goodbye."))
+    # One call may carry a bundle: the key acknowledges every incident it told of.
+    done: list[str] = []
+    problems: list[str] = []
+    for incident_id in dict.fromkeys(page.incident_id for page in pages):
+        contact = next(p.contact for p in pages if p.incident_id == incident_id)
+        try:
+            await act(runtime, incident_id, "acknowledge", actor=contact, via="voice")
+        except (TransitionError, IncidentNotFound) as exc:
+            problems.append(f"{exc}.")
+        else:
+            done.append(str(incident_id))
+    said = []
+    if done:
+        noun = "Incident" if len(done) == 1 else "Incidents"
+        said.append(f"{noun} {', '.join(done)} acknowledged.")
+    return _xml(voice_reply_twiml(" ".join([*said, *problems, "Goodbye."])))
+
+
+def _page_ids(key: str) -> list[int]:
+    """The pages a keypress URL's key names: ``page-12`` (one page) or ``bundle-12-13``."""
+    for prefix in ("page-", "bundle-"):
+        if key.startswith(prefix):
+            parts = key.removeprefix(prefix).split("-")
+            if all(part.isdigit() for part in parts):
+                return [int(part) for part in parts]
+    return []
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

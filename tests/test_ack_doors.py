@@ -371,3 +371,23 @@ async def test_an_undelivered_bundle_fails_over_every_incident_in_it(
         alice = [p for p in pages if (p["contact"], p["channel"]) == ("alice", "sms")]
         assert [p["state"] for p in alice] == ["failed"], number
         assert any(p["contact"] == "bob" for p in pages), f"incident {number} not failed over"
+
+
+async def test_a_keypress_on_a_bundled_call_acknowledges_every_incident_in_it(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    """A call that told of several incidents offers "press 1" for them all (review, stop
+    12: the key named a bundle, which the keypress door did not know)."""
+    for n in (1, 2):
+        await post(
+            daemon, webhook(alert("DiskFull", instance=f"db-{n}"), group=f'{{}}:{{x="{n}"}}')
+        )
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) >= 1), "an SMS")
+    clock.advance(timedelta(minutes=5))  # both voice pages are due together: one call
+    await eventually(lambda: _true(len(twilio.calls("+15551230001")) >= 1), "the call")
+    (call,) = twilio.calls("+15551230001")
+    answer = await twilio.send_keypress(call.sid, "1")
+    assert answer.status == 200
+    assert "Incidents 1, 2 acknowledged" in answer.text
+    for number in (1, 2):
+        assert (await incident(daemon, number))["state"] == "acknowledged"
