@@ -503,3 +503,39 @@ async def test_containment_failing_after_an_acknowledgement_is_in_the_timeline(
 
     await eventually(recorded, "the failed check is in the timeline")
     assert (await incident(client))["state"] == "acknowledged"
+
+
+async def test_a_run_stopped_by_a_guard_does_not_hold_the_page_back(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """hold_page waits for containment at work; when a guard (here an open breaker) stops
+    the run, nothing is at work and the first page goes at once."""
+    body = "sys.stderr.write('nginx failed'); sys.exit(1)"
+    actions = restart_action(tmp_path, body, "    breaker_failures: 1")
+    client = await make_client(
+        config(tmp_path, smtp, actions, RESTART_RULE + "    hold_page: 30m\n")
+    )
+    down = alert("WebDown", service="nginx")
+    await post(client, webhook(down))
+    await eventually(
+        lambda: _true(len(smtp.messages) == 1), "the failure pages, opening the breaker"
+    )
+    await post(client, webhook(alert("WebDown", "resolved", **down["labels"])))
+    clock.advance(timedelta(hours=2))
+    await post(client, webhook(alert("WebDown", starts="2026-01-05T11:00:00Z", service="nginx")))
+
+    async def skipped() -> bool:
+        return "action_skipped" in [e["kind"] for e in await runs(client, 2)]
+
+    await eventually(skipped, "the breaker stopped the second run")
+
+    async def escalated() -> bool:
+        return "escalated" in [e["kind"] for e in (await incident(client, 2))["timeline"]]
+
+    await eventually(escalated, "level 1 due at once, not after the 30 minute hold")
+    clock.advance(timedelta(minutes=2))  # email's 1-a-minute limit: the recovery notice went
+
+    async def paged() -> bool:
+        return any("#2" in str(m.message["Subject"]) for m in smtp.messages)
+
+    await eventually(paged, "incident 2 paged without waiting out the 30 minute hold")

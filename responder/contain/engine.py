@@ -237,10 +237,12 @@ class Containment:
                 guards=None,
                 event=Event.ACTION_SKIPPED,
                 detail=detail,
+                release_hold=True,
                 **common,
             )
             if recorded:
                 m.action_guard_stops.labels(action.name, guard).inc()
+                self._on_escalate()  # a held first page is due now
             return
         # No await between the decision and the start: the loop's single thread makes the
         # two one step, so concurrent runs always see each other.

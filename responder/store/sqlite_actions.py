@@ -106,9 +106,12 @@ def record_run(
     detail: dict[str, Any],
     now_us: int,
     escalate: str | None = None,
+    release_hold: bool = False,
 ) -> bool:
     """Write the run before anything starts; False if this alert already ran this action.
-    ``escalate`` (a refused parameter) pages the next level in the same transaction."""
+    ``escalate`` (a refused parameter) pages the next level in the same transaction;
+    ``release_hold`` (a guard stopped the run) ends a rule's hold_page: no containment is
+    working, so the first page goes now."""
     cur = conn.execute(
         "INSERT INTO action_runs (run_id, alert_id, incident_id, action, target, trigger, state, "
         "audit, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -121,6 +124,12 @@ def record_run(
     _event(conn, incident_id, now_us, event, detail)
     if escalate is not None:
         escalate_incident(conn, incident_id, escalate, now_us)
+    if release_hold and incident_id is not None:
+        conn.execute(
+            "UPDATE incidents SET next_due = ?, version = version + 1, updated_at = ? "
+            "WHERE id = ? AND state = 'triggered' AND next_due > ?",
+            (now_us, now_us, incident_id, now_us),
+        )
     return True
 
 
