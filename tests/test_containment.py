@@ -468,6 +468,11 @@ actions:
     second = alert("BackendErrors", starts="2026-01-05T10:00:00Z", instance="web-2:9100")
     await post(client, webhook(second))
     await eventually(lambda: _true("on web-2" in log.read_text()), "maintenance on web-2")
+
+    async def second_finished() -> bool:
+        return [e["kind"] for e in await runs(client)].count("action_finished") == 2
+
+    await eventually(second_finished, "the second run recorded as finished")
     await post(client, webhook(alert("BackendErrors", "resolved", **second["labels"])))
     clock.advance(timedelta(minutes=6))
 
@@ -505,6 +510,43 @@ async def test_containment_failing_after_an_acknowledgement_is_in_the_timeline(
     assert (await incident(client))["state"] == "acknowledged"
 
 
+async def test_an_alert_that_resolves_while_its_action_runs_is_undone(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The resolve arrives before the run is recorded as finished (the action is slow):
+    the undo's hold-down starts when the run finishes, instead of never."""
+    log = tmp_path / "log"
+    on = script(
+        tmp_path,
+        "on",
+        f"time.sleep(0.5); open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')",
+    )
+    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "{{backend}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+    cooldown: 0
+    undo: {{argv: [{off}, "{{backend}}"]}}
+    undo_hold_down: 5m
+"""
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    fired = alert("BackendErrors", backend="web-1")
+    await post(client, webhook(fired))
+
+    async def started() -> bool:
+        return "action_started" in [e["kind"] for e in await runs(client)]
+
+    await eventually(started, "the action started")
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await eventually(lambda: _finished(client), "the run finished after the resolve")
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _true("off web-1" in log.read_text()), "undone after the hold-down")
+
+
 async def test_a_run_stopped_by_a_guard_does_not_hold_the_page_back(
     make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
 ) -> None:
@@ -539,3 +581,47 @@ async def test_a_run_stopped_by_a_guard_does_not_hold_the_page_back(
         return any("#2" in str(m.message["Subject"]) for m in smtp.messages)
 
     await eventually(paged, "incident 2 paged without waiting out the 30 minute hold")
+
+
+async def test_an_nft_lift_waits_while_another_runs_block_on_the_address_is_in_force(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Two alerts block the same address: one nft set element. The first alert resolving
+    must not lift the block the second, still firing, needs; the second's lift does."""
+    log = tmp_path / "fw.log"
+    tool = script(tmp_path, "nft", f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')")
+    actions = f"""
+actions:
+  block:
+    kind: block-address
+    nft: {tool}
+    duration: 1h
+    params:
+      address: {{from: label, key: source_ip, type: ip}}
+    cooldown: 0
+    undo: builtin
+    undo_hold_down: 5m
+"""
+    rule = BLOCK_RULE.replace('alertname="SSHBruteForce"', 'alertname=~"SSH.*|WebLogin.*"')
+    rule += "    group_by: [alertname]\n"
+    client = await make_client(config(tmp_path, smtp, actions, rule))
+    ssh = alert("SSHBruteForce", source_ip="203.0.113.7")
+    await post(client, webhook(ssh, group="ssh"))
+    await eventually(lambda: _finished(client, 1), "blocked for the SSH alert")
+    web = alert("WebLoginBruteForce", source_ip="203.0.113.7")
+    await post(client, webhook(web, group="web"))
+    await eventually(lambda: _finished(client, 2), "blocked for the web alert")
+    await post(client, webhook(alert("SSHBruteForce", "resolved", **ssh["labels"]), group="ssh"))
+    clock.advance(timedelta(minutes=6))
+
+    async def held() -> bool:
+        events = await runs(client, 1)
+        return any(e["detail"].get("undo") == "cancelled" for e in events)
+
+    await eventually(held, "the SSH alert's lift stood down")
+    assert _lines(log, "delete") == 0
+    await post(
+        client, webhook(alert("WebLoginBruteForce", "resolved", **web["labels"]), group="web")
+    )
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _true(_lines(log, "delete") == 1), "lifted by the last holder")

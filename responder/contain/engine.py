@@ -23,7 +23,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from responder.clock import Clock, sleep_until_or_woken
-from responder.contain.catalog import Action, ActionCatalog, ContainmentSettings
+from responder.contain.catalog import (
+    Action,
+    ActionCatalog,
+    BlockAddressSpec,
+    ContainmentSettings,
+)
 from responder.contain.guards import (
     GuardState,
     decide,
@@ -307,6 +312,16 @@ class Containment:
                 undo_json["times"] = max(inserts, 1)
             if plan.on_resolve:
                 undo_hold = int(plan.hold_down.total_seconds())
+            spec = action.spec
+            if (
+                isinstance(spec, BlockAddressSpec)
+                and spec.backend == "nft"
+                and result.expires_at is not None
+            ):
+                # One set element per address, whichever runs added it: its lift waits while
+                # another run's block on it is in force (sqlite_actions.due_undos).
+                undo_json["shared"] = True
+                undo_json["until"] = _us(result.expires_at)
         check_due = None
         check = prepared.check
         if (

@@ -150,7 +150,7 @@ def finish_run(
     row = conn.execute(
         "UPDATE action_runs SET state = 'done', outcome = ?, audit = ?, undo = ?, "
         "undo_hold_s = ?, undo_state = ?, undo_due = ?, check_due = ?, finished_at = ? "
-        "WHERE run_id = ? RETURNING incident_id",
+        "WHERE run_id = ? RETURNING incident_id, alert_id",
         (
             outcome,
             dumps(audit),
@@ -165,6 +165,11 @@ def finish_run(
     ).fetchone()
     save_guards(conn, guards(), now_us)
     incident_id = None if row is None else row[0]
+    if row is not None and undo is not None and undo_hold_s is not None:
+        # The alert may have resolved while the action ran: its hold-down starts now.
+        status = conn.execute("SELECT status FROM alerts WHERE id = ?", (row[1],)).fetchone()
+        if status is not None and status[0] == "resolved":
+            alert_resolved(conn, row[1], now_us)
     _event(conn, incident_id, now_us, Event.ACTION_FINISHED, audit)
     if escalate is not None:
         escalate_incident(conn, incident_id, escalate, now_us)
@@ -223,6 +228,11 @@ def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[R
     result: list[tuple[RunRow, bool]] = []
     for row in rows:
         run = _run(row)
+        if (run.undo or {}).get("shared") and _held_by_another(conn, run, now_us):
+            detail = {"run_id": run.run_id, "action": run.action, "undo": "cancelled"}
+            detail["reason"] = "another run's block on the same address is still in force"
+            finish_undo(conn, run.run_id, "cancelled", detail, now_us)
+            continue
         expires_us = (run.undo or {}).get("at")
         if expires_us is not None and run.undo_due is not None and run.undo_due >= expires_us:
             result.append((run, False))
@@ -239,6 +249,19 @@ def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[R
             continue
         result.append((run, refired is not None))
     return result
+
+
+def _held_by_another(conn: sqlite3.Connection, run: RunRow, now_us: int) -> bool:
+    """Another run made the same change (the same lift argv), it has not expired, and its
+    own lift is still to come."""
+    row = conn.execute(
+        "SELECT 1 FROM action_runs WHERE run_id != ? AND undo IS NOT NULL "
+        "AND (undo_state IS NULL OR undo_state = 'wait') "
+        "AND json_extract(undo, '$.until') > ? "
+        "AND json_extract(undo, '$.argv.argv') = json_extract(?, '$.argv.argv') LIMIT 1",
+        (run.run_id, now_us, dumps(run.undo)),
+    ).fetchone()
+    return row is not None
 
 
 def finish_undo(
