@@ -193,7 +193,10 @@ async def test_block_with_iptables_has_an_undo_due_at_expiry(
     """iptables has no timeouts: the undo (-D) is due at expiry, with sudo -n in front."""
     sudo = recorder(tmp_path, "sudo")
     cat = block_catalog(tmp_path, "iptables", f"  sudo: {sudo}\n  chain: RESPONDER\n")
-    result = await runner.execute(prepare(runner, cat, "block-attacker", source_ip="198.51.100.9"))
+    prepared = prepare(runner, cat, "block-attacker", source_ip="198.51.100.9")
+    # Recorded before the run starts: an interrupted run is still lifted at its expiry.
+    assert prepared.to_audit()["undo"]["at"] is not None
+    result = await runner.execute(prepared)
     assert result.outcome is Outcome.OK
     iptables = str(tmp_path / "iptables")
     assert calls(tmp_path) == [

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import pytest
 
-from responder.incident import IncidentState, NewPage, PageKind, PageState, TimelineEvent
+from responder.incident import Event, IncidentState, NewPage, PageKind, PageState, TimelineEvent
 from responder.model import Alert, AlertStatus, Classification, Severity, frozen_labels
 from responder.store import (
     AlertQuery,
@@ -681,3 +681,38 @@ async def test_the_last_drill_is_found_behind_any_number_of_incidents(
     (latest,) = await store.list_incidents(limit=1, category="drill")
     assert latest.id == drill
     assert [i.id for i in await store.list_incidents(limit=1)] != [drill]
+
+
+async def test_an_interrupted_iptables_block_is_lifted_at_its_expiry(store: SQLiteStore) -> None:
+    """A daemon killed during an iptables block leaves the run 'running'; at the next start
+    it is interrupted, and the lift recorded with it before it started is due at the
+    block's expiry (nothing else would ever remove the rule)."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    expiry = T0 + timedelta(hours=1)
+    lift = ["/usr/sbin/iptables", "-w", "-D", "INPUT", "-s", "203.0.113.7", "-j", "DROP"]
+    audit = {
+        "request": {"argv": ["/usr/sbin/iptables", "-w", "-I"], "env": {"LANG": "C.UTF-8"}},
+        "undo": {"argv": lift, "action": None, "on_resolve": False, "at": expiry.isoformat()},
+    }
+    recorded = await store.record_run(
+        T0,
+        run_id="r1",
+        alert_id=1,
+        incident_id=1,
+        action="block",
+        target="address=203.0.113.7",
+        trigger="fire",
+        state="running",
+        audit=audit,
+        guards=None,
+        event=Event.ACTION_STARTED,
+        detail={},
+    )
+    assert recorded
+    (interrupted,) = await store.interrupt_runs(T0 + timedelta(minutes=1))
+    assert interrupted.run_id == "r1"
+    assert await store.due_undos(expiry - timedelta(seconds=1)) == []
+    ((run, refired),) = await store.due_undos(expiry)
+    assert run.undo is not None
+    assert run.undo["argv"]["argv"] == lift
+    assert refired is False

@@ -596,6 +596,9 @@ class ActionRunner:
                 request=ExecRequest(lift, env, None, _s(action.timeout)),
                 on_resolve=action.undo is not None and action.undo.builtin,
                 hold_down=action.undo_hold_down,
+                # iptables: the expiry if the run is interrupted (it is recorded before it
+                # starts); a finished run's expiry counts from when it finished.
+                at=now + spec.duration if spec.backend == "iptables" else None,
             )
         else:
             request = self._evidence_plan(action, spec, values, env, now)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from responder.incident import Event
@@ -213,7 +214,24 @@ def interrupt_running(conn: sqlite3.Connection, now_us: int) -> list[RunRow]:
     for run in runs:
         detail = {"run_id": run.run_id, "action": run.action, "target": run.target}
         _event(conn, run.incident_id, now_us, Event.ACTION_INTERRUPTED, detail)
+        _lift_at_expiry(conn, run)
     return runs
+
+
+def _lift_at_expiry(conn: sqlite3.Connection, run: RunRow) -> None:
+    """An interrupted iptables block may be in place, and nothing else would ever lift it:
+    its lift, recorded with the run before it started, is due at the block's expiry."""
+    planned = run.audit.get("undo") or {}
+    argv, at = planned.get("argv"), planned.get("at")
+    if not argv or not at:
+        return
+    at_us = int(datetime.fromisoformat(at).timestamp() * 1_000_000)
+    env = (run.audit.get("request") or {}).get("env") or {}
+    undo = {"argv": {"argv": argv, "env": env}, "action": None, "at": at_us, "times": 1}
+    conn.execute(
+        "UPDATE action_runs SET undo = ?, undo_state = 'wait', undo_due = ? WHERE run_id = ?",
+        (dumps(undo), at_us, run.run_id),
+    )
 
 
 def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, bool]]:
