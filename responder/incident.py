@@ -187,6 +187,8 @@ class Page:
     error: str | None
     created_at: datetime
     sent_at: datetime | None
+    # On the unacknowledged clock: moot once someone acknowledged (``NewPage``).
+    cancel_on_ack: bool = True
 
 
 @dataclass(frozen=True, slots=True)

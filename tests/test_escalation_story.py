@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from responder.clock import FakeClock
-from responder.testing import FakeTwilio, SmtpTestServer
+from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from tests.conftest import AUTH, ClientFactory, write_config
 
 Client = TestClient[Any, Any]
@@ -422,3 +422,83 @@ channels:
     clock.advance(timedelta(minutes=15))  # 09:05 CEST: alice's day shift began at 07:00 UTC
     await eventually(lambda: _has(client, ("L2", "alice", "email", "sent")), "level 2 to alice")
     assert [m.rcpt_tos for m in smtp.messages] == [["bob@example.com"], ["alice@example.com"]]
+
+
+async def test_a_management_page_that_fails_goes_to_the_backup_though_acknowledged(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """A duration level pages while the incident is acknowledged (that is its point); when
+    its page fails for good, its failover must go too (escalation review, stop 12)."""
+    (tmp_path / "twilio_token").write_text(twilio.auth_token)
+    text = f"""
+contacts:
+  alice: {{email: alice@example.com}}
+  cto: {{sms: "+15551239999", backup: deputy}}
+  deputy: {{sms: "+15551238888"}}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+      - after: 30m
+        clock: duration
+        targets: [cto]
+incidents:
+  default_policy: standard
+channels:
+  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
+  twilio:
+    account_sid: {twilio.account_sid}
+    auth_token_file: twilio_token
+    from: "+15550000000"
+    api_base_url: {twilio.base_url}
+"""
+    twilio.fail_number("+15551239999", Fault.INVALID_NUMBER)
+    client = await make_client(write_config(tmp_path, text))
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice paged")
+    answer = await client.post(
+        "/api/v1/incidents/1/acknowledge", json={"by": "alice"}, headers=AUTH
+    )
+    assert answer.status == 200
+    clock.advance(timedelta(minutes=31))
+
+    async def deputy_paged() -> bool:
+        return len(twilio.sent_sms("+15551238888")) == 1
+
+    await eventually(deputy_paged, "the deputy paged for the cto")
+
+
+async def test_everyone_paged_before_an_unacknowledge_hears_of_the_recovery(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Unacknowledging starts a new episode; the recovery notice still goes to everyone
+    paged since the last one, bob included (escalation review, stop 12)."""
+    client = await make_client(story_config(tmp_path, smtp, twilio))
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice paged")
+    for _ in range(16):
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob paged")
+    for action in ("acknowledge", "unacknowledge"):
+        answer = await client.post(
+            f"/api/v1/incidents/1/{action}", json={"by": "bob"}, headers=AUTH
+        )
+        assert answer.status == 200
+        await settle(client, clock, timedelta(minutes=2))
+    await post(client, webhook(alert("Other", "resolved", instance="a")))
+
+    async def told(number: str) -> bool:
+        return any(r.body.startswith("RESOLVED") for r in twilio.sent_sms(number))
+
+    for _ in range(3):
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: told("+15551230001"), "alice told of the recovery")
+    await eventually(lambda: told("+15551230002"), "bob told of the recovery")

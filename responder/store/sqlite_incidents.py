@@ -423,7 +423,7 @@ def timeline(conn: sqlite3.Connection, incident_id: int) -> list[TimelineEvent]:
 
 PAGE_COLUMNS = (
     "id, incident_id, episode, step, kind, contact, channel, address, backup, due_at, state, "
-    "attempts, provider_id, error, created_at, sent_at"
+    "attempts, provider_id, error, created_at, sent_at, cancel_on_ack"
 )
 
 
@@ -445,6 +445,7 @@ def page_from_row(row: Sequence[Any]) -> Page:
         error=row[13],
         created_at=from_us(row[14]),
         sent_at=_opt_us(row[15]),
+        cancel_on_ack=bool(row[16]),
     )
 
 
@@ -483,15 +484,21 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
     paged: dict[int, list[tuple[str, str, str]]] = {}
     resolved = [i.id for i in incidents if i.state is IncidentState.RESOLVED]
     if resolved:
+        # Who was told of it since the last recovery notice: every episode since (an
+        # unacknowledge starts one mid-incident), and only pages that reached someone or
+        # may have (never a route that failed or was cancelled).
         resolved_marks = ",".join("?" * len(resolved))
-        for incident_id, page_episode, contact, channel, address in conn.execute(
-            "SELECT DISTINCT incident_id, episode, contact, channel, address FROM pages "  # noqa: S608
-            f"WHERE incident_id IN ({resolved_marks}) AND kind = 'page' "
-            "AND state != 'cancelled' ORDER BY contact",
+        for incident_id, contact, channel, address in conn.execute(
+            "SELECT DISTINCT p.incident_id, p.contact, p.channel, p.address FROM pages p "  # noqa: S608
+            f"WHERE p.incident_id IN ({resolved_marks}) AND p.kind = 'page' "
+            "AND (p.state IN ('sent', 'delivered', 'sending') "
+            "OR (p.state = 'failed' AND p.error LIKE '%outcome unknown%')) "
+            "AND p.episode > (SELECT COALESCE(MAX(r.episode), 0) FROM pages r "
+            "WHERE r.incident_id = p.incident_id AND r.kind = 'recovery') "
+            "ORDER BY p.contact",
             resolved,
         ):
-            if page_episode == episode[incident_id]:
-                paged.setdefault(incident_id, []).append((contact, channel, address))
+            paged.setdefault(incident_id, []).append((contact, channel, address))
     return [EscalationWork(i, frozenset(done[i.id]), tuple(paged.get(i.id, ()))) for i in incidents]
 
 
