@@ -30,7 +30,7 @@ from responder.log import fields
 from responder.messages import Templates, load_templates
 from responder.metrics import Metrics
 from responder.secrets import Secret
-from responder.store import Store
+from responder.store import Store, StoreError
 from responder.yamlfile import ConfigError
 
 log = logging.getLogger("responder")
@@ -141,6 +141,17 @@ class Runtime:
         if self.containment is not None:
             self.containment.wake()
 
+    async def _rearm(self) -> None:
+        """New policies: each open incident's next step is computed again under them now
+        (a level moved earlier is due at once, not at the time the old policy gave)."""
+        try:
+            count = await self.store.rearm_open_incidents(self.clock.now())
+        except StoreError as exc:  # the old due times stand; the engine catches up there
+            log.error("open incidents not re-armed after reload", extra=fields(error=str(exc)))
+            return
+        log.info("open incidents re-armed for the new policies", extra=fields(incidents=count))
+        self.wake_engine()
+
     async def reload(self) -> ConfigError | None:
         """Load the config again; swap it in on success. Returns the error on failure."""
         async with self._reload_lock:
@@ -191,6 +202,8 @@ class Runtime:
                     )
             self.snapshot = new
             self.authenticator = authenticator
+            if new.escalation != old.escalation:
+                await self._rearm()
             self.metrics.config_reload_ok.set(1)
             self.metrics.config_reload_time.set(self.clock.now().timestamp())
             self.metrics.rules_loaded.set(new.classifier.rule_count)

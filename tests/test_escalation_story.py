@@ -502,3 +502,37 @@ async def test_everyone_paged_before_an_unacknowledge_hears_of_the_recovery(
         await settle(client, clock, timedelta(minutes=1))
     await eventually(lambda: told("+15551230001"), "alice told of the recovery")
     await eventually(lambda: told("+15551230002"), "bob told of the recovery")
+
+
+async def test_a_reload_that_moves_a_level_earlier_pages_it_then(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The open incident's next step was due at the old policy's time (bob at 60m); after a
+    reload that moves bob to 15m, bob is paged at 15m (escalation review, stop 12)."""
+
+    def policy(bob_after: str) -> str:
+        return f"""
+contacts:
+  alice: {{email: alice@example.com}}
+  bob: {{email: bob@example.com}}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+      - after: {bob_after}
+        targets: [bob]
+incidents:
+  default_policy: standard
+channels:
+  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
+"""
+
+    path = write_config(tmp_path, policy("60m"))
+    client = await make_client(path)
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice paged")
+    await settle(client, clock, timedelta(minutes=10))
+    write_config(tmp_path, policy("15m"))
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    await settle(client, clock, timedelta(minutes=6))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")

@@ -260,6 +260,11 @@ class Store(ContainmentStore, Protocol):
         """The earliest ``next_due`` of any incident."""
         ...
 
+    async def rearm_open_incidents(self, now: datetime) -> int:
+        """Every open incident is due now: the policies changed (a reload), and the times
+        their next steps were due under the old ones no longer hold. Returns how many."""
+        ...
+
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
         """The earliest due time of a queued page, leaving out the ``busy`` contact methods
         (as ``claim_pages`` does: their pages wait for the message in progress)."""

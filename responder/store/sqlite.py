@@ -458,6 +458,19 @@ class SQLiteStore:
         value = await self._read(inc.next_escalation)
         return None if value is None else from_us(value)
 
+    async def rearm_open_incidents(self, now: datetime) -> int:
+        now_us = to_us(now)
+
+        def work(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE incidents SET next_due = ? WHERE state != 'resolved' "
+                "AND (next_due IS NULL OR next_due > ?)",
+                (now_us, now_us),
+            )
+            return cur.rowcount
+
+        return await self._write(work)
+
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
         skip = list(busy)
         value = await self._read(lambda conn: inc.next_page(conn, skip))
