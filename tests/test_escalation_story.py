@@ -536,3 +536,59 @@ channels:
     assert (await client.post("/-/reload", headers=AUTH)).status == 200
     await settle(client, clock, timedelta(minutes=6))
     await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")
+
+
+async def test_a_worse_alert_under_another_policy_starts_that_policys_escalation(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """A P3 incident under the 'low' policy (a ticket) is raised to P1 by a worse alert whose
+    rule names 'standard': alice, that policy's first level, is paged at once, and bob 15
+    minutes later (review, stop 12: the old policy's L1 counted as the new one's)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        """
+rules:
+  - name: low-thing
+    matchers: ['alertname="LowThing"']
+    severity: P3
+    category: availability
+    policy: low
+  - name: big-thing
+    matchers: ['alertname="BigThing"']
+    severity: P1
+    category: availability
+    policy: standard
+"""
+    )
+    text = f"""
+contacts:
+  alice: {{email: alice@example.com}}
+  bob: {{email: bob@example.com}}
+  ticket: {{email: tickets@example.com}}
+escalation_policies:
+  low:
+    levels:
+      - targets: [ticket]
+  standard:
+    levels:
+      - targets: [alice]
+      - after: 15m
+        targets: [bob]
+channels:
+  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
+"""
+    path = write_config(tmp_path, text)
+    path.write_text(path.read_text().replace("rule_files: ['", f"rule_files: ['{rules}', '"))
+    client = await make_client(path)
+    low = alert("LowThing", instance="a")
+    await post(client, webhook(low))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "ticket"), "the ticket")
+    await settle(client, clock, timedelta(minutes=2))
+    await post(client, webhook(low, alert("BigThing", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice at once")
+    doc = await incident(client)
+    assert (doc["severity"], doc["policy"]) == ("P1", "standard")
+    await settle(client, clock, timedelta(minutes=10))
+    assert not await _count(client, lambda p: p["contact"] == "bob")
+    await settle(client, clock, timedelta(minutes=6))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")

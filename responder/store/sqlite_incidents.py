@@ -105,12 +105,21 @@ def join_incident(
     severity = str(classification["severity"])
     if _RANK[severity] >= _RANK[current]:
         return False
-    # A worse alert joined: the incident takes its severity and policy, and the engine
-    # looks again at once.
+    # A worse alert joined: the incident takes its severity, policy and response targets,
+    # and the engine looks again at once. Under another policy, escalation starts over from
+    # that policy's first level, as after an unacknowledge (a new episode): the old policy's
+    # levels done say nothing of the new one's.
+    policy = classification.get("policy")
+    target = classification.get("target") or {}
     conn.execute(
-        "UPDATE incidents SET severity = ?, policy = COALESCE(?, policy), "
-        "next_due = ?, version = version + 1, updated_at = ? WHERE id = ?",
-        (severity, classification.get("policy"), now_us, now_us, incident_id),
+        "UPDATE incidents SET severity = ?6, "
+        "episode = episode + (state = 'triggered' AND ?1 IS NOT NULL AND ?1 IS NOT policy), "
+        "triggered_at = CASE WHEN state = 'triggered' AND ?1 IS NOT NULL AND ?1 IS NOT policy "
+        "THEN ?2 ELSE triggered_at END, "
+        "policy = COALESCE(?1, policy), respond_s = COALESCE(?3, respond_s), "
+        "resolve_s = COALESCE(?4, resolve_s), "
+        "next_due = ?2, version = version + 1, updated_at = ?2 WHERE id = ?5",
+        (policy, now_us, target.get("respond_s"), target.get("resolve_s"), incident_id, severity),
     )
     _event(
         conn,
