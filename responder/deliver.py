@@ -84,6 +84,9 @@ class DeliveryConfig:
     """The ``delivery:`` section: retries, per-contact rate limits, the spend budget."""
 
     max_attempts: int = MAX_ATTEMPTS
+    # After the attempts, a page whose provider is down (not its route: connection refused,
+    # 5xx, 429) fails over and keeps trying this long from its creation, every 5 minutes.
+    retry_for: timedelta = timedelta(hours=1)
     rate_limits: Mapping[str, tuple[RateLimit, ...]] = field(
         default_factory=lambda: MappingProxyType(
             dict.fromkeys(("sms", "voice", "email", "webhook"), DEFAULT_LIMITS)
@@ -102,10 +105,12 @@ _LIMIT = re.compile(r"^\s*(\d{1,4})\s*/\s*(\S+)\s*$")
 def parse_delivery(node: Node | None) -> DeliveryConfig:
     if node is None:
         return DeliveryConfig()
-    node.keys_allowed("max_attempts", "rate_limits", "budget")
+    node.keys_allowed("max_attempts", "retry_for", "rate_limits", "budget")
     config = DeliveryConfig()
     if (attempts := node.get("max_attempts")) is not None:
         config = replace(config, max_attempts=attempts.as_int(minimum=1, maximum=20))
+    if (retry_for := node.get("retry_for")) is not None:
+        config = replace(config, retry_for=retry_for.as_duration())
     if (limits_node := node.get("rate_limits")) is not None:
         limits = dict(config.rate_limits)
         for channel, item in limits_node.items():
@@ -456,6 +461,8 @@ class Dispatcher:
         """A send that failed: retried later on the same route when that can help and cannot
         page twice; otherwise failed, and the next channel or backup contact is queued."""
         m = self._metrics
+        config = self._config()
+        now = self._clock.now()
         if isinstance(exc, DeliveryError):
             retryable, maybe_sent, reason = exc.retryable, exc.maybe_sent, str(exc)
         else:  # our own deadline: the provider had the request and did not answer
@@ -463,10 +470,16 @@ class Dispatcher:
         if maybe_sent:
             # As after a crash during a send: re-routed, never resent (docs/incidents.md).
             reason = f"outcome unknown, re-routed instead of resent: {reason}"
-        elif retryable and page.attempts < self._config().max_attempts:
-            retry_at = self._clock.now() + backoff(page.attempts, self._rng)
+        elif retryable and (
+            page.attempts < config.max_attempts or now - page.created_at < config.retry_for
+        ):
+            retry_at = now + backoff(page.attempts, self._rng)
             await self._finish(page, PageState.QUEUED, error=reason, retry_at=retry_at)
             m.pages.labels(page.channel, "retry").inc()
+            if page.attempts == config.max_attempts:
+                # An outage, most likely: the next channel or the backup is tried now, and
+                # this page still goes once the provider is back (until retry_for).
+                await self.failover(page, reason)
             return
         await self._finish(page, PageState.FAILED, error=reason)
         m.pages.labels(page.channel, "failed").inc()

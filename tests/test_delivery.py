@@ -365,3 +365,32 @@ async def test_pages_for_a_busy_contact_wait_queued_without_spinning(tmp_path: P
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await store.close()
+
+
+async def test_a_provider_outage_longer_than_the_retries_still_delivers_the_page(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """Twilio answers 500 to alice's number for 15 minutes: after its attempts her SMS fails
+    over (bob, her backup, is paged), and it keeps trying every few minutes, so she still
+    gets it once it goes through (escalation review, stop 12: it was failed for good after
+    about 6 minutes)."""
+    client = await make_client(config(tmp_path, twilio, smtp))
+    twilio.fail_number("+15551230001", Fault.SERVER_ERROR)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    for _ in range(15):
+        clock.advance(timedelta(minutes=1))
+        await asyncio.sleep(0.05)
+    assert twilio.sent_sms("+15551230001") == []  # only refused requests so far
+    assert len(twilio.sent_sms("+15551230002")) == 1  # the failover
+    twilio.clear_faults()
+    for _ in range(6):
+        clock.advance(timedelta(minutes=1))
+        await asyncio.sleep(0.05)
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 1), "sent at last")
+    pages = (await incident(client))["pages"]
+    alice_sms = next(p for p in pages if (p["contact"], p["channel"]) == ("alice", "sms"))
+    assert alice_sms["state"] == "sent"
