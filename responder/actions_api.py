@@ -97,6 +97,10 @@ async def reset(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     action, target = _text(body, "action"), _text(body, "target")
     state = await _containment(runtime).reset(action, target, _text(body, "by", "api"))
+    if state is None:
+        return json_error(
+            404, f"no breaker for {action} on {target}; `responder actions status` lists them"
+        )
     return web.json_response({"status": "ok", "data": {"breakers": state.to_json()["breakers"]}})
 
 

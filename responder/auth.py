@@ -33,7 +33,7 @@ def ensure_generated_secret(path: Path) -> tuple[Secret, bool]:
     state_dir = path.parent
     if path.exists():
         return read_secret_file(path), False
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     # O_EXCL: two daemons starting at once must not overwrite each other's token.
     try:

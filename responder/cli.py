@@ -45,6 +45,8 @@ EXIT_FAILED = 1
 LISTEN_BACKLOG = 1024
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+# The most incidents a period report reads (the API's largest page).
+REPORT_LIMIT = 10_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,7 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ClientError as exc:
         print(f"responder: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        if exc.status is None or exc.status >= 500:
+            return EXIT_UNREACHABLE  # down, or up without its store: try again later
+        return EXIT_USAGE if exc.status == 400 else EXIT_FAILED  # refused: 404, 409, 401
+    except (OSError, OverflowError) as exc:  # a state directory under a file, a date too far
+        print(f"responder: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     return result
@@ -681,9 +688,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         since = now - parse_duration(args.since)
     except ValueError:
         since = _parse_time(args.since)
-    params = [("since", since.isoformat()), ("limit", "10000")]
+    params = [("since", since.isoformat()), ("limit", str(REPORT_LIMIT))]
     document = asyncio.run(client.request("GET", "/api/v1/incidents", params=params))
     print(period_report(document["data"], since=since, until=now), end="")
+    if document.get("truncated"):
+        print(
+            f"responder: more than {REPORT_LIMIT} incidents since {since.isoformat()}; the "
+            f"figures above cover the newest {REPORT_LIMIT} only: give a shorter --since",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0
 
 

@@ -16,7 +16,13 @@ from responder.secrets import read_secret_file
 
 
 class ClientError(Exception):
-    """The daemon could not be reached or refused the request; the message says why."""
+    """The daemon could not be reached or refused the request; the message says why.
+    ``status`` is the daemon's HTTP status when it answered (a refusal), None when it could
+    not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +70,9 @@ class ApiClient:
                 except ValueError:
                     document = {"error": text.strip()}
                 if response.status >= 400:
-                    raise ClientError(f"{response.status}: {document.get('error', text)}")
+                    raise ClientError(
+                        f"{response.status}: {document.get('error', text)}", response.status
+                    )
                 if not isinstance(document, dict):
                     raise ClientError("the daemon answered something that is not a JSON object")
                 return document

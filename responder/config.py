@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -192,6 +193,10 @@ def _server(node: Node | None, base_dir: Path) -> ServerConfig:
         for name, file in (("cert_file", cert), ("key_file", key)):
             if not file.is_file():
                 raise tls[name].error(f"no such file: {file}")
+        try:  # as serve will: `responder check` must catch what would stop the start
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise tls.error(f"cannot load the certificate and key: {exc}") from None
         cfg = replace(cfg, tls=TlsConfig(cert, key))
     if (size := node.get("max_body_bytes")) is not None:
         cfg = replace(cfg, max_body_bytes=size.as_int(minimum=1024))
@@ -212,6 +217,12 @@ def _auth(node: Node | None, base_dir: Path) -> AuthConfig:
         return AuthConfig()
     node.keys_allowed("bearer_token_file", "bearer_token_env", "basic_auth", "bearer_token")
     token = read_secret(node, "bearer_token", base_dir)
+    if token is not None and not all(0x21 <= ord(c) <= 0x7E for c in token.value):
+        # No client could send it: a header value is one line of visible ASCII.
+        where = node.get("bearer_token_file") or node["bearer_token_env"]
+        raise where.error(
+            "a bearer token must be one line of visible ASCII, without spaces (a second line?)"
+        )
     username: str | None = None
     password: Secret | None = None
     if (basic := node.get("basic_auth")) is not None:

@@ -209,10 +209,14 @@ async def list_incidents(request: web.Request) -> web.StreamResponse:
         if since.tzinfo is None:
             return json_error(400, "since: needs a time zone (e.g. Z)")
     try:
-        incidents = await runtime.store.list_incidents(states, since, limit)
+        incidents = await runtime.store.list_incidents(states, since, limit + 1)
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
-    return web.json_response({"status": "ok", "data": [incident_document(i) for i in incidents]})
+    answer: dict[str, object] = {"status": "ok"}
+    if len(incidents) > limit:  # more match than asked for: say so, a count must not guess
+        answer["truncated"] = True
+    answer["data"] = [incident_document(i) for i in incidents[:limit]]
+    return web.json_response(answer)
 
 
 _STATES = ", ".join(s.value for s in IncidentState)

@@ -76,10 +76,21 @@ class _JournalPrefix(logging.Formatter):
         return f"<{priority}>{self._inner.format(record)}"
 
 
+def _stderr_is_the_journal() -> bool:
+    """systemd sets JOURNAL_STREAM to the journal stream's device:inode; a child that
+    inherited the variable but writes elsewhere (a redirect, a pipe) must not prefix."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
-    if os.environ.get("JOURNAL_STREAM"):  # set by systemd when stderr goes to the journal
+    if _stderr_is_the_journal():
         formatter = _JournalPrefix(formatter)
     handler.setFormatter(formatter)
     root = logging.getLogger()

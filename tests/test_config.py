@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -104,3 +106,46 @@ def test_secret_file_must_not_be_empty(tmp_path: Path) -> None:
     ):
         load_config(path)
     assert os.path.exists(tmp_path / "token")
+
+
+@pytest.mark.parametrize("content", ["abc def\n", "first\nsecond\n", "tab\there\n", b"\xffx"])
+def test_a_token_no_client_could_send_is_refused(tmp_path: Path, content: str | bytes) -> None:
+    """Two lines, spaces, or bytes that are not UTF-8 in the token file: an error naming it,
+    not a daemon nobody can authenticate to (operations review, stop 12)."""
+    token = tmp_path / "token"
+    if isinstance(content, bytes):
+        token.write_bytes(content)
+    else:
+        token.write_text(content)
+    path = tmp_path / "config.yaml"
+    path.write_text("auth:\n  bearer_token_file: token\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml:2: auth\.bearer_token_file: "):
+        load_config(path)
+
+
+def test_a_certificate_that_cannot_be_loaded_is_a_config_error(tmp_path: Path) -> None:
+    """`responder check` must catch what would stop `serve` (operations review, stop 12)."""
+    (tmp_path / "cert.pem").write_text("garbage\n")
+    (tmp_path / "key.pem").write_text("garbage\n")
+    path = tmp_path / "config.yaml"
+    path.write_text("server:\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n")
+    with pytest.raises(
+        ConfigError, match=r"config\.yaml:2: server\.tls: cannot load the certificate and key"
+    ):
+        load_config(path)
+
+
+def test_a_real_certificate_loads(tmp_path: Path) -> None:
+    """The check above accepts a working pair (made by the openssl command)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make a certificate with")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=localhost", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text("server:\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n")
+    assert load_config(path).server.tls is not None

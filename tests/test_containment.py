@@ -582,6 +582,16 @@ async def test_a_run_stopped_by_a_guard_does_not_hold_the_page_back(
 
     await eventually(paged, "incident 2 paged without waiting out the 30 minute hold")
 
+    async def reset(target: str) -> int:
+        body = {"action": "restart", "target": target, "by": "alice"}
+        answer = await client.post("/api/v1/actions/reset", json=body, headers=AUTH)
+        return answer.status
+
+    assert await reset("service=ngnix") == 404  # a typo is not a reset
+    assert await reset("service=nginx") == 200
+    status = (await (await client.get("/api/v1/actions", headers=AUTH)).json())["data"]
+    assert status["breakers"] == []
+
 
 async def test_an_nft_lift_waits_while_another_runs_block_on_the_address_is_in_force(
     make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer

@@ -592,3 +592,23 @@ channels:
     assert not await _count(client, lambda p: p["contact"] == "bob")
     await settle(client, clock, timedelta(minutes=6))
     await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")
+
+
+async def test_an_incident_list_cut_short_says_so(
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer, twilio: FakeTwilio
+) -> None:
+    """`responder report --since` counts the incidents of a period: a list cut at its limit
+    must say so instead of passing for the whole period (operations review, stop 12)."""
+    client = await make_client(story_config(tmp_path, smtp, twilio))
+    for n in (1, 2):
+        await post(client, webhook(alert("Other", instance=f"h{n}"), group=f"g{n}"))
+
+    async def listed(limit: int) -> dict[str, Any]:
+        answer = await client.get(f"/api/v1/incidents?limit={limit}", headers=AUTH)
+        document: dict[str, Any] = await answer.json()
+        return document
+
+    cut = await listed(1)
+    assert (len(cut["data"]), cut.get("truncated")) == (1, True)
+    whole = await listed(2)
+    assert (len(whole["data"]), "truncated" in whole) == (2, False)

@@ -168,5 +168,13 @@ channels:
         period = await asyncio.to_thread(cli, config, daemon.url, "report", "--since", "1d")
         assert period.returncode == 0, period.stderr
         missing = await asyncio.to_thread(cli, config, daemon.url, "ack", "42")
-        assert missing.returncode == 3
+        assert missing.returncode == 1  # refused; 3 means the daemon could not be reached
         assert "404" in missing.stderr
+        bad = await asyncio.to_thread(cli, config, daemon.url, "snooze", "1", "banana")
+        assert bad.returncode == 2, bad.stderr
+        far = await asyncio.to_thread(cli, config, daemon.url, "report", "--since", "99999999d")
+        assert far.returncode == 1
+        assert "Traceback" not in far.stderr
+    gone = await asyncio.to_thread(cli, config, daemon.url, "incidents")
+    assert gone.returncode == 3
+    assert "cannot reach the daemon" in gone.stderr

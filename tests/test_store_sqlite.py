@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import sqlite3
 import threading
 import time
@@ -716,3 +717,22 @@ async def test_an_interrupted_iptables_block_is_lifted_at_its_expiry(store: SQLi
     assert run.undo is not None
     assert run.undo["argv"]["argv"] == lift
     assert refired is False
+
+
+async def test_a_new_state_directory_and_database_are_owner_only(tmp_path: Path) -> None:
+    """Outside systemd's UMask=0077 too: the store holds phone numbers and alert text."""
+    old = os.umask(0o022)
+    try:
+        store = SQLiteStore(tmp_path / "state" / "responder.db")
+        await store.open()
+        await store.ingest([disk_alert("aaaa000000000001")], T0)
+        modes = {
+            p.name: p.stat().st_mode & 0o777
+            for p in [tmp_path / "state", *(tmp_path / "state").iterdir()]
+        }
+        await store.close()
+    finally:
+        os.umask(old)
+    assert modes.pop("state") == 0o700
+    assert "responder.db-wal" in modes
+    assert set(modes.values()) == {0o600}, modes

@@ -164,7 +164,11 @@ class Containment:
         log.warning("containment resumed", extra=fields(by=by))
         return self._state
 
-    async def reset(self, action: str, target: str, by: str) -> GuardState:
+    async def reset(self, action: str, target: str, by: str) -> GuardState | None:
+        """Close the breaker of ``action`` on ``target``; None when there is none (a typo
+        must not read as a reset)."""
+        if not any((b.action, b.target) == (action, target) for b in self._state.breakers):
+            return None
         self._state = reset_breaker(self._state, action, target)
         await self._save()
         log.warning("breaker reset", extra=fields(action=action, target=target, by=by))

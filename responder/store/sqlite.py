@@ -14,6 +14,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -121,7 +122,11 @@ class SQLiteStore:
         await asyncio.to_thread(self._open_sync)
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Alert labels, timelines and contacts' numbers: owner-only whatever the umask (the
+        # WAL and shared-memory files take the database file's mode).
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         writer_conn = self._connect()
         try:
             self._migrate(writer_conn)
