@@ -164,7 +164,7 @@ def failover_pages(
     """Where a failed page goes next: the contact's next unused channel, else every channel of
     the backup contact not yet tried in this step. Empty when the chain is exhausted."""
     used = {(p.contact, p.channel) for p in siblings}
-    cancel_on_ack = page.cancel_on_ack
+    cancel_on_ack = page.kind is PageKind.PAGE and page.cancel_on_ack
 
     def new(contact: str, channel: str, address: str, backup: str | None) -> NewPage:
         return NewPage(page.step, page.kind, contact, channel, address, now, backup, cancel_on_ack)
@@ -493,7 +493,11 @@ class Dispatcher:
         if self._directory is None:
             return 0
         incident = await self._store.get_incident(page.incident_id)
-        if page.cancel_on_ack and incident.state is not IncidentState.TRIGGERED:
+        if (
+            page.kind is PageKind.PAGE
+            and page.cancel_on_ack
+            and incident.state is not IncidentState.TRIGGERED
+        ):
             return 0  # someone has it (or it is over): nobody else needs waking
         # A duration level (management, cancel_on_ack off) pages even once acknowledged.
         if page.kind is not PageKind.RECOVERY and incident.state is IncidentState.RESOLVED:

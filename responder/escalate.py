@@ -218,7 +218,16 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
             steps.append(StepDone(CLOSED_STEP, None))
         if RECOVERY_STEP not in done and work.paged:
             pages = tuple(
-                NewPage(RECOVERY_STEP, PageKind.RECOVERY, contact, channel, address, now)
+                # After the incident is over, by definition: never cancelled by its state.
+                NewPage(
+                    RECOVERY_STEP,
+                    PageKind.RECOVERY,
+                    contact,
+                    channel,
+                    address,
+                    now,
+                    cancel_on_ack=False,
+                )
                 for contact, channel, address in work.paged
             )
             detail = {"contacts": sorted({p.contact for p in pages}), "pages": len(pages)}

@@ -394,3 +394,29 @@ async def test_a_provider_outage_longer_than_the_retries_still_delivers_the_page
     pages = (await incident(client))["pages"]
     alice_sms = next(p for p in pages if (p["contact"], p["channel"]) == ("alice", "sms"))
     assert alice_sms["state"] == "sent"
+
+
+async def test_a_recovery_notice_held_by_the_rate_limit_still_goes(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """The alert resolves within a minute of the page: the recovery SMS waits for the
+    1-a-minute limit and then goes; a held page is cancelled only when its point is gone,
+    and a recovery's point comes with the resolve (found by hand, stop 12)."""
+    client = await make_client(config(tmp_path, twilio, smtp))
+    fired = alert("TargetDown", instance="web-1")
+    await post(client, webhook(fired))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 1), "the page")
+    await post(client, webhook(alert("TargetDown", "resolved", instance="web-1")))
+
+    async def held() -> bool:
+        pages = (await incident(client))["pages"]
+        return any(p["kind"] == "recovery" and p["channel"] == "sms" and p["error"] for p in pages)
+
+    await eventually(held, "the recovery SMS held back by the rate limit")
+    clock.advance(timedelta(minutes=1))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "the recovery")
+    assert twilio.sent_sms("+15551230001")[1].body.startswith("RESOLVED")

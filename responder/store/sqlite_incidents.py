@@ -917,8 +917,9 @@ def _cancel_if_pointless(conn: sqlite3.Connection, page_ids: Sequence[int], now_
         "UPDATE pages SET state = 'cancelled', updated_at = ?, "
         "error = 'incident ' || (SELECT state FROM incidents WHERE id = pages.incident_id) "
         "WHERE id = ? AND state = 'queued' AND EXISTS (SELECT 1 FROM incidents i "
-        "WHERE i.id = pages.incident_id AND ((pages.cancel_on_ack = 1 AND i.state != 'triggered') "
-        "OR (pages.kind IN ('page', 'status') AND i.state = 'resolved')))",
+        "WHERE i.id = pages.incident_id AND ((pages.kind = 'page' AND pages.cancel_on_ack = 1 "
+        "AND i.state != 'triggered') OR (pages.kind IN ('page', 'status') "
+        "AND i.state = 'resolved')))",
         [(now_us, page_id) for page_id in page_ids],
     )
 
