@@ -237,12 +237,16 @@ rules:
 
 
 async def maintenance_on(
-    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer, *, slow: bool = False
 ) -> tuple[Any, Path, dict[str, Any]]:
     """An action that switches a backend to maintenance, undone 5 minutes after the alert
-    resolved; the alert has fired, the action ran and the alert has resolved."""
+    resolved; the alert has fired, the action ran and the alert has resolved. ``slow``: the
+    action takes half a second, and the resolve arrives while it runs."""
     log = tmp_path / "log"
-    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
+    pause = "time.sleep(0.5); " if slow else ""
+    on = script(
+        tmp_path, "on", pause + f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')"
+    )
     off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
     actions = f"""
 actions:
@@ -258,8 +262,15 @@ actions:
     client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     fired = alert("BackendErrors", backend="web-1")
     await post(client, webhook(fired))
-    await eventually(lambda: _true(log.exists() and "on web-1" in log.read_text()), "on")
-    await eventually(lambda: _finished(client), "run recorded as finished")
+
+    async def started() -> bool:
+        return "action_started" in [e["kind"] for e in await runs(client)]
+
+    if slow:
+        await eventually(started, "the action started")
+    else:
+        await eventually(lambda: _true(log.exists() and "on web-1" in log.read_text()), "on")
+        await eventually(lambda: _finished(client), "run recorded as finished")
     await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
     return client, log, fired
 
@@ -515,33 +526,7 @@ async def test_an_alert_that_resolves_while_its_action_runs_is_undone(
 ) -> None:
     """The resolve arrives before the run is recorded as finished (the action is slow):
     the undo's hold-down starts when the run finishes, instead of never."""
-    log = tmp_path / "log"
-    on = script(
-        tmp_path,
-        "on",
-        f"time.sleep(0.5); open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')",
-    )
-    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
-    actions = f"""
-actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-    cooldown: 0
-    undo: {{argv: [{off}, "{{backend}}"]}}
-    undo_hold_down: 5m
-"""
-    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
-    fired = alert("BackendErrors", backend="web-1")
-    await post(client, webhook(fired))
-
-    async def started() -> bool:
-        return "action_started" in [e["kind"] for e in await runs(client)]
-
-    await eventually(started, "the action started")
-    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    client, log, _ = await maintenance_on(make_client, tmp_path, smtp, slow=True)
     await eventually(lambda: _finished(client), "the run finished after the resolve")
     clock.advance(timedelta(minutes=6))
     await eventually(lambda: _true("off web-1" in log.read_text()), "undone after the hold-down")
