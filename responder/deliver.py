@@ -489,7 +489,8 @@ class Dispatcher:
         await self.failover(page, reason)
 
     async def failover(self, page: Page, reason: str) -> int:
-        """Queue the next channel or the backup contact for a page that failed for good."""
+        """Queue the next channel or the backup contact for a page that failed for good, or
+        whose attempts ran out in an outage (it keeps trying, see ``_not_sent``)."""
         if self._directory is None:
             return 0
         incident = await self._store.get_incident(page.incident_id)
