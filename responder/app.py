@@ -125,13 +125,20 @@ async def _freeze_startup_objects(_app: web.Application) -> None:
 async def _stale_sweeper(app: web.Application) -> AsyncIterator[None]:
     """Alerts that Alertmanager stopped re-sending without a resolve are marked stale."""
     runtime = app[RUNTIME]
+    # Silence counts only while this daemon could hear: an alert that Alertmanager kept
+    # re-sending while we were down arrives again within its repeat interval after the
+    # start, and must not be called stale (its incident resolved, everyone told) meanwhile.
+    listening_since = runtime.clock.now()
 
     async def sweep_forever() -> None:
         while True:
             alerts_config = runtime.config.alerts
             now = runtime.clock.now()
+            cutoff = now - alerts_config.stale_after
             try:
-                stale = await runtime.store.mark_stale(now - alerts_config.stale_after, now)
+                stale = (
+                    await runtime.store.mark_stale(cutoff, now) if listening_since < cutoff else []
+                )
             except Exception:
                 log.exception("stale sweep failed; will try again")
             else:

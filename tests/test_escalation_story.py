@@ -612,3 +612,36 @@ async def test_an_incident_list_cut_short_says_so(
     assert (len(cut["data"]), cut.get("truncated")) == (1, True)
     whole = await listed(2)
     assert (len(whole["data"]), "truncated" in whole) == (2, False)
+
+
+async def test_a_restart_after_a_long_outage_does_not_call_live_alerts_stale(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """The daemon was down 13 hours; Alertmanager kept the alert and sends it again soon
+    after the start. Silence counts only while the daemon could hear: the incident stays
+    acknowledged, nobody is told RESOLVED and paged again (rules review, stop 12)."""
+    path = story_config(tmp_path, smtp, twilio)
+    client = await make_client(path)
+    down = alert("InstanceDown", instance="db-1")
+    await post(client, webhook(down))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice paged")
+    answer = await client.post(
+        "/api/v1/incidents/1/acknowledge", json={"by": "alice"}, headers=AUTH
+    )
+    assert answer.status == 200
+    await client.close()
+    sms_before = len(twilio.sent_sms())
+    clock.advance(timedelta(hours=13))
+    client = await make_client(path)
+    await asyncio.sleep(0.3)  # the first sweep runs at start
+    await settle(client, clock, timedelta(minutes=5))
+    await post(client, webhook(down))
+    await settle(client, clock, timedelta(minutes=1))
+    doc = await incident(client)
+    assert doc["state"] == "acknowledged"
+    assert "resolved" not in [e["kind"] for e in doc["timeline"]]
+    assert len(twilio.sent_sms()) == sms_before
