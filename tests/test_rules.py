@@ -384,6 +384,7 @@ BAD_FILES = {
     "unknown_category.yaml": (5, "rules[0].category", "unknown category 'availabilty'"),
     "missing_name.yaml": (2, "rules[0]", "missing required key 'name'"),
     "missing_matchers.yaml": (2, "rules[0]", "missing required key 'matchers'"),
+    "empty_matchers.yaml": (3, "rules[0].matchers", "no matchers; write [] to match every alert"),
     "decides_nothing.yaml": (2, "rules[0]", "decides nothing"),
     "bad_rule_name.yaml": (2, "rules[0].name", "invalid rule name"),
     "duplicate_action.yaml": (4, "rules[0].actions[2]", "listed twice"),

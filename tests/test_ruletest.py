@@ -179,3 +179,36 @@ def test_broken_rules_named_by_a_test_exit_2(tmp_path: Path) -> None:
 def test_no_test_files(tmp_path: Path) -> None:
     """An empty directory is not a pass."""
     assert run(tmp_path)[0] == 2
+
+
+def test_top_level_business_hours_apply_as_in_the_daemon(tmp_path: Path) -> None:
+    """business_hours at the top of config.yaml (the recommended place) decide off hours
+    in rule tests as they do in the daemon; the tests refused such a config before (rules
+    review, stop 12)."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(
+        """
+business_hours: {timezone: America/New_York, start: "08:00", end: "18:00"}
+classification:
+  rule_files: [../rules.yaml]
+  response_targets:
+    P1: {off_hours: {respond: 2h}}
+"""
+    )
+    path = write(
+        tmp_path,
+        """
+config: conf/config.yaml
+tests:
+  - name: 09:00 in New York, in hours
+    labels: {alertname: InstanceDown}
+    at: 2026-03-02T14:00:00Z
+    expect: {respond: 30m}
+  - name: 20:00 in New York, off hours
+    labels: {alertname: InstanceDown}
+    at: "2026-03-02T20:00:00-05:00"
+    expect: {respond: 2h}
+""",
+    )
+    code, text = run(path)
+    assert code == 0, text

@@ -145,7 +145,12 @@ def parse_rule(node: Node, categories: Collection[str]) -> Rule:
             f"invalid rule name {name!r} (letters, digits and _ . : -, starting with a "
             "letter or digit)"
         )
-    matchers = matchers_from_node(node["matchers"])
+    matchers_node = node["matchers"]
+    if matchers_node.is_null():
+        # An empty key (its matchers commented out, say) would match every alert and end the
+        # search there: say it, with [], if that is what is meant.
+        raise matchers_node.error("no matchers; write [] to match every alert")
+    matchers = matchers_from_node(matchers_node)
     severity, impact, urgency = _severity(node)
     references: list[Reference] = []
 

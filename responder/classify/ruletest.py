@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from responder.calendar import parse_business_hours
 from responder.classify.classifier import Classifier, load_classifier
 from responder.classify.explain import format_duration, format_labels, render_explanation
 from responder.model import Classification, Severity
@@ -157,16 +158,21 @@ def _suite(path: Path) -> _Suite:
     here = path.parent
     section: Node | None = None
     base_dir = here
+    business_hours = None
     config_node = root.get("config")
     if config_node is not None:
         config_path = here / config_node.as_str()
         config = load_file(config_path)
         section = config.get("classification")
         base_dir = config_path.parent
+        if (hours := config.get("business_hours")) is not None:
+            business_hours = parse_business_hours(hours)  # as the daemon reads the config
     rule_files = root.get("rule_files")
     if rule_files is None and section is None:
         raise root.error("missing required key 'rule_files' (or a config that names them)")
-    classifier = load_classifier(section, base_dir, rule_files=rule_files, rule_base=here)
+    classifier = load_classifier(
+        section, base_dir, rule_files=rule_files, rule_base=here, business_hours=business_hours
+    )
     at_node = root.get("at")
     default_at = DEFAULT_AT if at_node is None else _time(at_node)
     tests_node = root["tests"]
