@@ -34,11 +34,16 @@ def payload(name: str) -> dict[str, Any]:
     return document
 
 
-def write_config(folder: Path, text: str = "") -> Path:
-    """A config in ``folder`` with a token file and the shipped rules, plus ``text``."""
+def write_config(folder: Path, text: str = "", *, rules: str | None = None) -> Path:
+    """A config in ``folder`` with a token file and the shipped rules, plus ``text``.
+    ``rules``: a rule file of the test's own, tried before the shipped ones."""
     (folder / "token").write_text(TOKEN + "\n")
-    rules = Path(__file__).parent.parent / "rules"
-    base = f"auth:\n  bearer_token_file: token\nclassification:\n  rule_files: ['{rules}/*.yaml']\n"
+    files = [f"{Path(__file__).parent.parent / 'rules'}/*.yaml"]
+    if rules is not None:
+        (folder / "rules.yaml").write_text(rules)
+        files.insert(0, str(folder / "rules.yaml"))
+    listed = ", ".join(f"'{f}'" for f in files)
+    base = f"auth:\n  bearer_token_file: token\nclassification:\n  rule_files: [{listed}]\n"
     path = folder / "config.yaml"
     path.write_text(base + text)
     return path

@@ -37,8 +37,6 @@ async def smtp() -> AsyncIterator[SmtpTestServer]:
 
 
 def config(folder: Path, smtp: SmtpTestServer, actions: str, rule: str) -> Path:
-    rules = folder / "rules.yaml"
-    rules.write_text(rule)
     text = f"""
 contacts:
   alice: {{email: alice@example.com}}
@@ -58,10 +56,8 @@ containment:
   max_targets_per_window: 100
 {actions}
 """
-    path = write_config(folder, text)
-    # The test's own rules only, so the actions are what these tests say.
-    path.write_text(path.read_text().replace("rule_files: ['", f"rule_files: ['{rules}', '"))
-    return path
+    # The test's own rules first, so the actions are what these tests say.
+    return write_config(folder, text, rules=rule)
 
 
 RESTART_RULE = """

@@ -60,8 +60,13 @@ async def twilio() -> AsyncIterator[FakeTwilio]:
 
 
 def story_config(folder: Path, smtp: SmtpTestServer, twilio: FakeTwilio, extra: str = "") -> Path:
+    return write_config(folder, POLICY + channels(folder, smtp, twilio) + extra)
+
+
+def channels(folder: Path, smtp: SmtpTestServer, twilio: FakeTwilio) -> str:
+    """The ``channels`` section for the test SMTP server and the fake Twilio."""
     (folder / "twilio_token").write_text(twilio.auth_token)
-    channels = f"""
+    return f"""
 channels:
   smtp:
     host: 127.0.0.1
@@ -74,7 +79,6 @@ channels:
     from: "+15550000000"
     api_base_url: {twilio.base_url}
 """
-    return write_config(folder, POLICY + channels + extra)
 
 
 def alert(
@@ -433,12 +437,11 @@ async def test_a_management_page_that_fails_goes_to_the_backup_though_acknowledg
 ) -> None:
     """A duration level pages while the incident is acknowledged (that is its point); when
     its page fails for good, its failover must go too (escalation review, stop 12)."""
-    (tmp_path / "twilio_token").write_text(twilio.auth_token)
-    text = f"""
+    text = """
 contacts:
-  alice: {{email: alice@example.com}}
-  cto: {{sms: "+15551239999", backup: deputy}}
-  deputy: {{sms: "+15551238888"}}
+  alice: {email: alice@example.com}
+  cto: {sms: "+15551239999", backup: deputy}
+  deputy: {sms: "+15551238888"}
 escalation_policies:
   standard:
     levels:
@@ -448,16 +451,9 @@ escalation_policies:
         targets: [cto]
 incidents:
   default_policy: standard
-channels:
-  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
-  twilio:
-    account_sid: {twilio.account_sid}
-    auth_token_file: twilio_token
-    from: "+15550000000"
-    api_base_url: {twilio.base_url}
 """
     twilio.fail_number("+15551239999", Fault.INVALID_NUMBER)
-    client = await make_client(write_config(tmp_path, text))
+    client = await make_client(write_config(tmp_path, text + channels(tmp_path, smtp, twilio)))
     await post(client, webhook(alert("Other", instance="a")))
     await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice paged")
     answer = await client.post(
@@ -505,7 +501,11 @@ async def test_everyone_paged_before_an_unacknowledge_hears_of_the_recovery(
 
 
 async def test_a_reload_that_moves_a_level_earlier_pages_it_then(
-    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
 ) -> None:
     """The open incident's next step was due at the old policy's time (bob at 60m); after a
     reload that moves bob to 15m, bob is paged at 15m (escalation review, stop 12)."""
@@ -523,9 +523,7 @@ escalation_policies:
         targets: [bob]
 incidents:
   default_policy: standard
-channels:
-  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
-"""
+{channels(tmp_path, smtp, twilio)}"""
 
     path = write_config(tmp_path, policy("60m"))
     client = await make_client(path)
@@ -539,14 +537,16 @@ channels:
 
 
 async def test_a_worse_alert_under_another_policy_starts_that_policys_escalation(
-    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
 ) -> None:
     """A P3 incident under the 'low' policy (a ticket) is raised to P1 by a worse alert whose
     rule names 'standard': alice, that policy's first level, is paged at once, and bob 15
     minutes later (review, stop 12: the old policy's L1 counted as the new one's)."""
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(
-        """
+    rules = """
 rules:
   - name: low-thing
     matchers: ['alertname="LowThing"']
@@ -559,12 +559,11 @@ rules:
     category: availability
     policy: standard
 """
-    )
-    text = f"""
+    text = """
 contacts:
-  alice: {{email: alice@example.com}}
-  bob: {{email: bob@example.com}}
-  ticket: {{email: tickets@example.com}}
+  alice: {email: alice@example.com}
+  bob: {email: bob@example.com}
+  ticket: {email: tickets@example.com}
 escalation_policies:
   low:
     levels:
@@ -574,11 +573,8 @@ escalation_policies:
       - targets: [alice]
       - after: 15m
         targets: [bob]
-channels:
-  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
 """
-    path = write_config(tmp_path, text)
-    path.write_text(path.read_text().replace("rule_files: ['", f"rule_files: ['{rules}', '"))
+    path = write_config(tmp_path, text + channels(tmp_path, smtp, twilio), rules=rules)
     client = await make_client(path)
     low = alert("LowThing", instance="a")
     await post(client, webhook(low))

@@ -465,16 +465,7 @@ class SQLiteStore:
 
     async def rearm_open_incidents(self, now: datetime) -> int:
         now_us = to_us(now)
-
-        def work(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "UPDATE incidents SET next_due = ? WHERE state != 'resolved' "
-                "AND (next_due IS NULL OR next_due > ?)",
-                (now_us, now_us),
-            )
-            return cur.rowcount
-
-        return await self._write(work)
+        return await self._write(lambda conn: inc.rearm_open(conn, now_us))
 
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
         skip = list(busy)

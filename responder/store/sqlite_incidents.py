@@ -511,6 +511,16 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
     return [EscalationWork(i, frozenset(done[i.id]), tuple(paged.get(i.id, ()))) for i in incidents]
 
 
+def rearm_open(conn: sqlite3.Connection, now_us: int) -> int:
+    """Every open incident due now (the policies changed); returns how many."""
+    cur = conn.execute(
+        "UPDATE incidents SET next_due = ? WHERE state != 'resolved' "
+        "AND (next_due IS NULL OR next_due > ?)",
+        (now_us, now_us),
+    )
+    return cur.rowcount
+
+
 def next_escalation(conn: sqlite3.Connection) -> int | None:
     row = conn.execute("SELECT MIN(next_due) FROM incidents WHERE next_due IS NOT NULL").fetchone()
     return None if row is None or row[0] is None else int(row[0])
