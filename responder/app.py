@@ -20,7 +20,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from notifiers.config import build_notifiers
-from responder import actions_api, api, drills, incidents_api, ingest, links, ops, twilio_doors
+from responder import (
+    actions_api,
+    api,
+    drills,
+    heartbeats,
+    incidents_api,
+    ingest,
+    links,
+    ops,
+    twilio_doors,
+)
 from responder.clock import Clock, SystemClock
 from responder.compose import Composer
 from responder.contain import ActionRunner
@@ -72,6 +82,7 @@ def build_app(
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[RUNTIME] = runtime
     app[BODY_LIMIT] = config.server.max_body_bytes
+    app[heartbeats.HEARTBEAT_WATCH] = heartbeats.HeartbeatWatch(runtime)
 
     # Inbound doors.
     app.router.add_post("/api/v1/alertmanager", ingest.receive_alertmanager)
@@ -81,6 +92,7 @@ def build_app(
     links.add_routes(app.router)
     drills.add_routes(app.router)
     actions_api.add_routes(app.router)
+    heartbeats.add_routes(app.router)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/-/healthy", ops.healthy)
     app.router.add_get("/-/ready", ops.ready)
@@ -90,6 +102,7 @@ def build_app(
     app.cleanup_ctx.append(_store_context)
     app.cleanup_ctx.append(_stale_sweeper)
     app.cleanup_ctx.append(_engine)
+    app.cleanup_ctx.append(heartbeats.watch_heartbeats)
     app.cleanup_ctx.append(drills.scheduled_drills)
     app.cleanup_ctx.append(_sighup_reload)
     app.on_startup.append(_freeze_startup_objects)

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import ssl
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -25,7 +26,7 @@ from aiohttp import web
 
 from responder import __version__
 from responder.auth import ensure_generated_token, token_path
-from responder.classify import render_explanation, run_rule_tests
+from responder.classify import format_duration, render_explanation, run_rule_tests
 from responder.client import ApiClient, ClientError
 from responder.clock import SystemClock
 from responder.config import load_config
@@ -201,6 +202,16 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_argument("--by", help="who (default: $USER)")
     actions.set_defaults(run=cmd_actions)
 
+    heartbeats = daemon_command(
+        "heartbeats", "heartbeats watched by the dead-man switch and when each was last heard"
+    )
+    heartbeats.add_argument(
+        "--forget",
+        metavar="FINGERPRINT",
+        help="stop watching a retired heartbeat; its HeartbeatMissing incident resolves",
+    )
+    heartbeats.set_defaults(run=cmd_heartbeats)
+
     report = daemon_command(
         "report", "Markdown for the post-incident review (ID), or MTTA/MTTR (--since)"
     )
@@ -334,7 +345,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(render_explanation(explanation, all_matchers=args.all_matchers), end="")
         c = explanation.classification
         if c.heartbeat:
-            print("escalation: none (a heartbeat never opens an incident)")
+            watch = (
+                f"; {format_duration(c.heartbeat_timeout_s)} without it opens HeartbeatMissing"
+                if c.heartbeat_timeout_s is not None
+                else ""
+            )
+            print(f"escalation: none (a heartbeat never opens an incident{watch})")
             continue
         _explain_actions(snapshot, c.actions, labels, notes, guards, at)
         escalation = snapshot.escalation
@@ -698,6 +714,44 @@ def cmd_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    return 0
+
+
+def cmd_heartbeats(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.forget:
+        path = f"/api/v1/heartbeats/{urllib.parse.quote(args.forget, safe='')}"
+        asyncio.run(client.request("DELETE", path))
+        print(f"heartbeat {args.forget} forgotten")
+        return 0
+    document = asyncio.run(client.request("GET", "/api/v1/heartbeats"))
+    if args.json:
+        print(json.dumps(document["data"], indent=2, ensure_ascii=False))
+        return 0
+
+    def when(value: str | None) -> str:
+        return (value or "")[:19].replace("T", " ")
+
+    rows = []
+    for h in document["data"]:
+        labels = dict(h["labels"])
+        alertname = labels.pop("alertname", "")
+        timeout = h["timeoutSeconds"]
+        rows.append(
+            [
+                h["fingerprint"],
+                alertname,
+                h["state"],
+                "-" if timeout is None else format_duration(timeout),
+                when(h["lastHeard"]),
+                when(h["missingSince"]),
+                ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+            ]
+        )
+    print_table(
+        ["FINGERPRINT", "ALERTNAME", "STATE", "TIMEOUT", "LAST HEARD", "MISSING SINCE", "LABELS"],
+        rows,
+    )
     return 0
 
 

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from aiohttp import web
 
 from responder.incident import incident_key
 from responder.log import fields
-from responder.model import Alert, AlertStatus, Classification, WebhookMessage
+from responder.model import Alert, AlertStatus, Classification
 from responder.runtime import BODY_LIMIT, RUNTIME, Runtime
 from responder.store import IncomingAlert, IngestOutcome, StoreError
 from responder.webhook import PayloadError, parse_webhook
@@ -36,20 +37,56 @@ ENGINE_WAIT_S = 2.0
 ANSWER_AFTER_STORE_S = 1.0
 # Outcomes after which an incident (and containment) has something to do.
 _CHANGES_INCIDENTS = frozenset({IngestOutcome.NEW, IngestOutcome.REVIVED, IngestOutcome.RESOLVED})
+# The receiver recorded for alerts the daemon raises itself.
+OWN_RECEIVER = "responder"
 
 
-def _incoming(runtime: Runtime, message: WebhookMessage, now: datetime) -> list[IncomingAlert]:
+def _incoming(
+    runtime: Runtime, alerts: Sequence[Alert], group_key: str, receiver: str, now: datetime
+) -> list[IncomingAlert]:
     """The alerts to store. Each is classified when the store first needs it: a repeat of a
     firing alert, what Alertmanager sends most, never is."""
     classifier = runtime.snapshot.classifier  # the rules in force now, even after a reload
-    group_key = message.group_key
 
     def decide(alert: Alert) -> tuple[Classification, str | None]:
         classification = classifier.classify(alert.labels, now)
         return classification, incident_key(classification, alert.labels, group_key)
 
-    receiver = message.receiver
-    return [IncomingAlert(alert, group_key, receiver, decide=decide) for alert in message.alerts]
+    return [IncomingAlert(alert, group_key, receiver, decide=decide) for alert in alerts]
+
+
+def _stored(
+    runtime: Runtime, incoming: Sequence[IncomingAlert], outcomes: Sequence[IngestOutcome]
+) -> dict[str, int]:
+    """After the commit: count the outcomes, tell the metrics which alerts started firing
+    and containment that it has work. Returns the counts by outcome."""
+    metrics = runtime.metrics.webhook
+    counts: dict[str, int] = {}
+    contain = False
+    for item, stored in zip(incoming, outcomes, strict=True):
+        counts[stored] = counts.get(stored, 0) + 1
+        if stored in _CHANGES_INCIDENTS:
+            c = item.decided()
+            contain = contain or bool(c.actions)
+            if stored is not IngestOutcome.RESOLVED:
+                metrics.started_firing(c)
+    if contain:
+        runtime.wake_containment()
+    return counts
+
+
+async def store_own_alert(runtime: Runtime, alert: Alert, group_key: str) -> IngestOutcome:
+    """Store an alert the daemon raises itself (HeartbeatMissing) as if Alertmanager had
+    sent it: classified by the rules, an incident, escalation and containment. Raises
+    StoreError when the store cannot take it."""
+    now = runtime.clock.now()
+    incoming = _incoming(runtime, (alert,), group_key, OWN_RECEIVER, now)
+    reopen = runtime.snapshot.escalation.reopen_within
+    outcomes = await runtime.store.ingest(
+        incoming, now, reopen_within=reopen, on_due=runtime.wake_escalator
+    )
+    _stored(runtime, incoming, outcomes)
+    return outcomes[0]
 
 
 def json_error(status: int, message: str, **extra: str) -> web.Response:
@@ -107,7 +144,7 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
         await intake.acquire(firing)
     try:
         now = runtime.clock.now()  # after any wait: an incident opens when it is stored
-        incoming = _incoming(runtime, message, now)
+        incoming = _incoming(runtime, alerts, message.group_key, message.receiver, now)
         due = False
 
         def incidents_due() -> None:
@@ -125,17 +162,7 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
             log.error("webhook not stored", extra=fields(reason=str(exc) or "store timed out"))
             return json_error(503, "alerts could not be stored; retry later")
         metrics.observe_ingest(loop.time() - started)
-        counts: dict[str, int] = {}
-        contain = False
-        for item, stored in zip(incoming, outcomes, strict=True):
-            counts[stored] = counts.get(stored, 0) + 1
-            if stored in _CHANGES_INCIDENTS:
-                c = item.decided()
-                contain = contain or bool(c.actions)
-                if stored is not IngestOutcome.RESOLVED:
-                    metrics.started_firing(c)
-        if contain:
-            runtime.wake_containment()
+        counts = _stored(runtime, incoming, outcomes)
         if due and runtime.escalator is not None:
             # Hold our places until the engine has seen the new incidents (intake.py). The
             # alerts are stored: running out of time here still answers 200.

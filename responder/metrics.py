@@ -149,6 +149,13 @@ class Metrics:
             "Firing alerts marked stale because Alertmanager stopped re-sending them.",
             registry=registry,
         )
+        self.heartbeats = Gauge(
+            "responder_heartbeats",
+            "Heartbeat alerts seen, by state: alive, missing (HeartbeatMissing raised), "
+            "unwatched (no heartbeat_timeout in the rules).",
+            ["state"],
+            registry=registry,
+        )
         self.store_commit_duration = Histogram(
             "responder_store_commit_duration_seconds",
             "Time one group commit took, writes and fsync included.",

@@ -115,4 +115,5 @@ class Classification:
     extra_annotations: Labels = field(default_factory=lambda: frozen_labels({}))
     target: ResponseTarget | None = None
     heartbeat: bool = False  # e.g. Watchdog: proves the pipeline works, never an incident
+    heartbeat_timeout_s: int | None = None  # silence this long opens HeartbeatMissing
     hold_page_s: int | None = None  # hold the first page while containment works

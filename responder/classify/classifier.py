@@ -99,6 +99,7 @@ class _Decision:
     labels: Labels = field(default_factory=lambda: _EMPTY)
     annotations: Labels = field(default_factory=lambda: _EMPTY)
     heartbeat: bool | None = None
+    heartbeat_timeout: timedelta | None = None  # decided by the rule that decides heartbeat
     hold_page: timedelta | None = None
 
 
@@ -127,6 +128,9 @@ def _merge(rules: Sequence[Rule]) -> _Decision:
         labels=merged([r.labels for r in rules]),
         annotations=merged([r.annotations for r in rules]),
         heartbeat=next((r.heartbeat for r in rules if r.heartbeat is not None), None),
+        heartbeat_timeout=next(
+            (r.heartbeat_timeout for r in rules if r.heartbeat is not None), None
+        ),
         hold_page=next((r.hold_page for r in rules if r.hold_page is not None), None),
     )
 
@@ -339,6 +343,11 @@ class Classifier:
             extra_annotations=decision.annotations,
             target=target,  # None for a heartbeat: proof of life, nobody has to respond
             heartbeat=heartbeat,
+            heartbeat_timeout_s=(
+                int(decision.heartbeat_timeout.total_seconds())
+                if heartbeat and decision.heartbeat_timeout is not None
+                else None
+            ),
             hold_page_s=(
                 None if decision.hold_page is None else int(decision.hold_page.total_seconds())
             ),

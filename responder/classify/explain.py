@@ -119,6 +119,10 @@ def _value(field: str, classification: Classification) -> str:
     if field == "annotations":
         return format_labels(c.extra_annotations) if c.extra_annotations else "-"
     if field == "heartbeat":
+        if c.heartbeat_timeout_s is not None:
+            return (
+                f"yes, HeartbeatMissing after {format_duration(c.heartbeat_timeout_s)} of silence"
+            )
         return "yes" if c.heartbeat else "no"
     if field == "target":
         if c.target is None:

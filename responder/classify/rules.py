@@ -38,6 +38,7 @@ RULE_KEYS: tuple[str, ...] = (
     "annotations",
     "continue",
     "heartbeat",
+    "heartbeat_timeout",
     "hold_page",
 )
 
@@ -46,6 +47,10 @@ _RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 # The notices a rule may choose templates for (``responder.messages.Kind``; drills and
 # bundles span incidents, so no rule chooses theirs).
 RULE_TEMPLATE_KINDS = ("activation", "status", "recovery")
+
+# The dead-man switch checks every 30 s; shorter would page for a heartbeat in transit.
+MIN_HEARTBEAT_TIMEOUT = timedelta(minutes=1)
+MAX_HEARTBEAT_TIMEOUT = timedelta(days=7)
 
 RefKind = Literal["policy", "action", "template"]
 
@@ -83,6 +88,9 @@ class Rule:
     annotations: Mapping[str, str] | None = None
     continue_: bool = False
     heartbeat: bool | None = None
+    # With heartbeat: true, silence this long (no firing copy received) opens a
+    # HeartbeatMissing incident (responder.heartbeats): the dead-man switch.
+    heartbeat_timeout: timedelta | None = None
     # With actions: hold the first page this long while containment works; a failed
     # containment pages at once, a resolve within the hold pages nobody.
     hold_page: timedelta | None = None
@@ -223,6 +231,17 @@ def parse_rule(node: Node, categories: Collection[str]) -> Rule:
     continue_ = False if continue_node is None else continue_node.as_bool()
     heartbeat_node = node.get("heartbeat")
     heartbeat = None if heartbeat_node is None else heartbeat_node.as_bool()
+    timeout_node = node.get("heartbeat_timeout")
+    heartbeat_timeout = None
+    if timeout_node is not None:
+        heartbeat_timeout = timeout_node.as_duration()
+        if heartbeat is not True:
+            raise timeout_node.error("heartbeat_timeout needs heartbeat: true in the same rule")
+        if not MIN_HEARTBEAT_TIMEOUT <= heartbeat_timeout <= MAX_HEARTBEAT_TIMEOUT:
+            raise timeout_node.error(
+                "heartbeat_timeout must be between 1m and 7d, and longer than the repeat "
+                "interval of Alertmanager's route for this alert"
+            )
     hold_node = node.get("hold_page")
     hold_page = None
     if hold_node is not None:
@@ -259,6 +278,7 @@ def parse_rule(node: Node, categories: Collection[str]) -> Rule:
         annotations=annotations,
         continue_=continue_,
         heartbeat=heartbeat,
+        heartbeat_timeout=heartbeat_timeout,
         hold_page=hold_page,
         references=tuple(references),
     )

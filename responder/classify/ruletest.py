@@ -38,6 +38,7 @@ _EXPECT_KEYS = (
     "labels",
     "annotations",
     "heartbeat",
+    "heartbeat_timeout",
     "respond",
     "resolve",
 )
@@ -70,6 +71,7 @@ def _actual(field: str, c: Classification) -> object:
         "labels": lambda c: dict(c.extra_labels),
         "annotations": lambda c: dict(c.extra_annotations),
         "heartbeat": lambda c: c.heartbeat,
+        "heartbeat_timeout": lambda c: c.heartbeat_timeout_s,
         "respond": lambda c: None if c.target is None else c.target.respond_s,
         "resolve": lambda c: None if c.target is None else c.target.resolve_s,
     }
@@ -79,7 +81,7 @@ def _actual(field: str, c: Classification) -> object:
 def _show(field: str, value: object) -> str:
     if value is None:
         return "none"
-    if field in ("respond", "resolve") and isinstance(value, int):
+    if field in ("respond", "resolve", "heartbeat_timeout") and isinstance(value, int):
         return format_duration(value)
     if isinstance(value, Severity):
         return value.value
@@ -117,7 +119,8 @@ def _expected(field: str, node: Node) -> object:
         return node.as_str_map()
     if field == "heartbeat":
         return node.as_bool()
-    # respond / resolve: null expects no target (a heartbeat)
+    # respond / resolve: null expects no target (a heartbeat); heartbeat_timeout: null
+    # expects no dead-man switch
     if node.is_null():
         return None
     return int(node.as_duration().total_seconds())

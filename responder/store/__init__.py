@@ -12,6 +12,7 @@ from pathlib import Path
 from responder.store.base import (
     AlertQuery,
     EscalationUpdate,
+    HeartbeatRow,
     IncomingAlert,
     IngestOutcome,
     Store,
@@ -24,6 +25,7 @@ __all__ = [
     "AlertQuery",
     "CommitStats",
     "EscalationUpdate",
+    "HeartbeatRow",
     "IncomingAlert",
     "IngestOutcome",
     "SQLiteStore",

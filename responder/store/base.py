@@ -86,6 +86,19 @@ class StoredAlert:
 
 
 @dataclass(frozen=True, slots=True)
+class HeartbeatRow:
+    """A heartbeat alert the dead-man switch watches (``responder.heartbeats``)."""
+
+    fingerprint: str
+    labels: Mapping[str, str]
+    first_seen: datetime
+    # The last sign of life: a firing copy received, or the end Alertmanager gave it.
+    alive_until: datetime | None
+    # When it was found missing: its HeartbeatMissing alert's start. None while alive.
+    missing_since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class AlertQuery:
     statuses: frozenset[AlertStatus] = frozenset()  # empty: any status
     fingerprint: str | None = None
@@ -224,6 +237,19 @@ class Store(ContainmentStore, Protocol):
 
     async def mark_stale(self, last_received_before: datetime, now: datetime) -> list[int]:
         """Firing alerts not heard of since the cut-off become stale; returns their ids."""
+        ...
+
+    async def heartbeats(self) -> list[HeartbeatRow]:
+        """Every heartbeat seen (a heartbeat alert's new episode starts watching it)."""
+        ...
+
+    async def heartbeat_missing(self, fingerprint: str, since: datetime | None) -> bool:
+        """Record that a heartbeat was found missing (``since``) or is alive again (None).
+        False if it is not watched (forgotten meanwhile)."""
+        ...
+
+    async def forget_heartbeat(self, fingerprint: str) -> HeartbeatRow | None:
+        """Stop watching a heartbeat until its alert starts a new episode."""
         ...
 
     async def list_alerts(self, query: AlertQuery) -> list[StoredAlert]:

@@ -200,4 +200,22 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE alerts ADD COLUMN joined_at INTEGER",
     ],
+    # 8: heartbeats watched by the dead-man switch (responder.heartbeats), one row per
+    # heartbeat alert (fingerprint) ever seen; when it was found missing, the time its
+    # HeartbeatMissing alert started. Heartbeats stored before this version are adopted.
+    [
+        """
+        CREATE TABLE heartbeats (
+            fingerprint TEXT PRIMARY KEY,
+            labels TEXT NOT NULL,
+            first_seen INTEGER NOT NULL,
+            missing_since INTEGER
+        )
+        """,
+        """
+        INSERT INTO heartbeats (fingerprint, labels, first_seen)
+        SELECT fingerprint, labels, min(first_received) FROM alerts
+        WHERE json_extract(classification, '$.heartbeat') = 1 GROUP BY fingerprint
+        """,
+    ],
 ]

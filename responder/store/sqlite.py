@@ -39,10 +39,12 @@ from responder.incident import (
 )
 from responder.model import AlertStatus, Classification
 from responder.store import sqlite_actions as actions
+from responder.store import sqlite_heartbeats as heartbeats
 from responder.store import sqlite_incidents as inc
 from responder.store.base import (
     AlertQuery,
     EscalationUpdate,
+    HeartbeatRow,
     IncomingAlert,
     IngestOutcome,
     QueuedAlert,
@@ -396,6 +398,17 @@ class SQLiteStore:
             return sorted(row[0] for row in rows)
 
         return await self._write(work)
+
+    # -- heartbeats (the dead-man switch) -----------------------------------------------------
+    async def heartbeats(self) -> list[HeartbeatRow]:
+        return await self._read(heartbeats.all_rows)
+
+    async def heartbeat_missing(self, fingerprint: str, since: datetime | None) -> bool:
+        since_us = None if since is None else to_us(since)
+        return await self._write(lambda conn: heartbeats.set_missing(conn, fingerprint, since_us))
+
+    async def forget_heartbeat(self, fingerprint: str) -> HeartbeatRow | None:
+        return await self._write(lambda conn: heartbeats.forget(conn, fingerprint))
 
     async def list_alerts(self, query: AlertQuery) -> list[StoredAlert]:
         clauses: list[str] = []
@@ -786,6 +799,7 @@ def classification_document(c: Classification) -> dict[str, object]:
             else None
         ),
         "heartbeat": c.heartbeat,
+        "heartbeat_timeout_s": c.heartbeat_timeout_s,
         "hold_page_s": c.hold_page_s,
     }
 
@@ -885,6 +899,9 @@ def _ingest_one(
             )
         return outcome, False
     if incoming.incident_key is None:
+        if classification.heartbeat:
+            alert = incoming.alert  # a new or revived episode of a heartbeat: watch it
+            heartbeats.track(conn, alert.fingerprint, _dumps(dict(alert.labels)), now_us)
         return outcome, False
     document = cache.document(classification)[0]
     if incident_id is not None and incident_severity is not None:

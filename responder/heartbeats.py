@@ -1,0 +1,271 @@
+"""The dead-man switch: a heartbeat that stops arriving opens an incident.
+
+A heartbeat (a rule's ``heartbeat: true``, e.g. Prometheus' always-firing ``Watchdog``)
+never opens an incident while it arrives. Its silence is the alarm: when Prometheus,
+Alertmanager or the path from them to this daemon is down, no other alert arrives either.
+With ``heartbeat_timeout`` in its rule, a heartbeat not received firing for that long raises
+a ``HeartbeatMissing`` alert of our own, stored and classified like any other (the shipped
+rule makes it P1): an incident, pages, escalation. The heartbeat's return resolves it, and
+the people paged get the recovery notice.
+
+Every heartbeat alert (fingerprint) seen is watched, so one Prometheus of several going
+quiet is noticed. Silence counts only while this daemon could hear: after a start, a
+heartbeat has its whole timeout to arrive. A heartbeat retired on purpose is forgotten with
+``responder heartbeats --forget FINGERPRINT`` (``DELETE /api/v1/heartbeats/{fingerprint}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from responder.api import authenticated, iso
+from responder.classify import format_duration
+from responder.ingest import json_error, store_own_alert
+from responder.log import fields
+from responder.model import Alert, AlertStatus, frozen_labels
+from responder.runtime import RUNTIME, Runtime
+from responder.store import HeartbeatRow, StoreError
+
+log = logging.getLogger("responder.heartbeats")
+
+MISSING_ALERTNAME = "HeartbeatMissing"
+# Detection comes at most this long after the timeout. Each check also re-sends the open
+# HeartbeatMissing alerts to the store, as Alertmanager re-sends its own, so that the stale
+# sweep never takes a silence that lasts for a day as resolved.
+CHECK_EVERY = timedelta(seconds=30)
+
+
+class HeartbeatState(enum.StrEnum):
+    ALIVE = "alive"
+    MISSING = "missing"
+    UNWATCHED = "unwatched"  # the rules in force give it no heartbeat_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatStatus:
+    row: HeartbeatRow
+    timeout: timedelta | None
+    state: HeartbeatState
+
+
+def judge(
+    row: HeartbeatRow, timeout: timedelta | None, now: datetime, listening_since: datetime
+) -> HeartbeatState:
+    """Whether a heartbeat is alive, missing or not watched, now."""
+    if timeout is None:
+        return HeartbeatState.UNWATCHED
+    if row.missing_since is not None:
+        # Missing until a firing copy arrives after it was found missing; a restart of the
+        # daemon meanwhile changes nothing.
+        back = row.alive_until is not None and row.alive_until > row.missing_since
+        return HeartbeatState.ALIVE if back else HeartbeatState.MISSING
+    heard = listening_since if row.alive_until is None else max(row.alive_until, listening_since)
+    return HeartbeatState.MISSING if now - heard > timeout else HeartbeatState.ALIVE
+
+
+def missing_fingerprint(heartbeat_fingerprint: str) -> str:
+    return f"heartbeat-missing:{heartbeat_fingerprint}"
+
+
+def missing_alert(
+    row: HeartbeatRow, timeout: timedelta | None, since: datetime, ended: datetime | None
+) -> Alert:
+    """The HeartbeatMissing alert for a heartbeat: firing from ``since``, or resolved at
+    ``ended``. It carries the heartbeat's labels (which Prometheus, which cluster) except
+    its name and its severity label (Watchdog's is "none"): the rules decide the severity.
+    Its text depends only on the heartbeat's state, so each re-send is a plain repeat."""
+    name = row.labels.get("alertname", "heartbeat")
+    labels = {k: v for k, v in row.labels.items() if k not in ("alertname", "severity")}
+    labels["alertname"] = MISSING_ALERTNAME
+    labels["heartbeat"] = name
+    last = (
+        f"last heard at {iso(row.alive_until)}"
+        if row.alive_until is not None
+        else "not heard since it was first seen"
+    )
+    silence = f" for {format_duration(int(timeout.total_seconds()))}" if timeout else ""
+    annotations = {
+        "summary": f"{name} not heard{silence}",
+        "description": (
+            f"The heartbeat {name} ({row.fingerprint}) was {last}. Prometheus, Alertmanager "
+            "or the path from them to responder may be down: other alerts may not arrive "
+            "either. If it was retired on purpose: responder heartbeats --forget "
+            f"{row.fingerprint}"
+        ),
+    }
+    return Alert(
+        fingerprint=missing_fingerprint(row.fingerprint),
+        status=AlertStatus.FIRING if ended is None else AlertStatus.RESOLVED,
+        labels=frozen_labels(labels),
+        annotations=frozen_labels(annotations),
+        starts_at=since,
+        ends_at=ended,
+    )
+
+
+class HeartbeatWatch:
+    """Checks every heartbeat on the shared clock; raises and resolves HeartbeatMissing."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._listening_since = runtime.clock.now()
+        self._lock = asyncio.Lock()  # one check or forget at a time
+
+    def start_listening(self) -> None:
+        self._listening_since = self._runtime.clock.now()
+
+    def _timeout(self, labels: Mapping[str, str], now: datetime) -> timedelta | None:
+        c = self._runtime.snapshot.classifier.classify(labels, now)  # the rules now in force
+        if not c.heartbeat or c.heartbeat_timeout_s is None:
+            return None
+        return timedelta(seconds=c.heartbeat_timeout_s)
+
+    async def statuses(self) -> list[HeartbeatStatus]:
+        now = self._runtime.clock.now()
+        result = []
+        for row in await self._runtime.store.heartbeats():
+            timeout = self._timeout(row.labels, now)
+            state = judge(row, timeout, now, self._listening_since)
+            result.append(HeartbeatStatus(row, timeout, state))
+        return result
+
+    async def check(self) -> None:
+        """One pass: raise (or re-send) HeartbeatMissing for the missing heartbeats, resolve
+        it for those back or no longer watched."""
+        async with self._lock:
+            statuses = await self.statuses()
+            self._count(statuses)
+            for status in statuses:
+                row = status.row
+                if status.state is HeartbeatState.MISSING:
+                    await self._raise(status)
+                elif row.missing_since is not None:
+                    await self._clear(status)
+
+    async def forget(self, fingerprint: str) -> HeartbeatRow | None:
+        async with self._lock:
+            row = await self._runtime.store.forget_heartbeat(fingerprint)
+            if row is not None and row.missing_since is not None:
+                now = self._runtime.clock.now()
+                alert = missing_alert(row, None, row.missing_since, ended=now)
+                await store_own_alert(self._runtime, alert, _group_key(row))
+            if row is not None:
+                log.warning("heartbeat forgotten", extra=fields(fingerprint=fingerprint))
+            return row
+
+    async def _raise(self, status: HeartbeatStatus) -> None:
+        row = status.row
+        # Stored before it is marked: a crash between the two re-sends the same alert.
+        since = row.missing_since or self._runtime.clock.now()
+        alert = missing_alert(row, status.timeout, since, ended=None)
+        await store_own_alert(self._runtime, alert, _group_key(row))
+        if row.missing_since is None:
+            await self._runtime.store.heartbeat_missing(row.fingerprint, since)
+            log.error(
+                "heartbeat missing",
+                extra=fields(
+                    fingerprint=row.fingerprint,
+                    alertname=row.labels.get("alertname", ""),
+                    last_heard=iso(row.alive_until),
+                ),
+            )
+
+    async def _clear(self, status: HeartbeatStatus) -> None:
+        row = status.row
+        assert row.missing_since is not None
+        now = self._runtime.clock.now()
+        alert = missing_alert(row, status.timeout, row.missing_since, ended=now)
+        await store_own_alert(self._runtime, alert, _group_key(row))
+        await self._runtime.store.heartbeat_missing(row.fingerprint, None)
+        back = status.state is HeartbeatState.ALIVE
+        log.warning(
+            "heartbeat back" if back else "heartbeat no longer watched",
+            extra=fields(fingerprint=row.fingerprint),
+        )
+
+    def _count(self, statuses: list[HeartbeatStatus]) -> None:
+        gauge = self._runtime.metrics.heartbeats
+        for state in HeartbeatState:
+            gauge.labels(state.value).set(sum(1 for s in statuses if s.state is state))
+
+
+def _group_key(row: HeartbeatRow) -> str:
+    """Each missing heartbeat is an incident of its own (unless a rule's group_by joins
+    them)."""
+    return f"responder:heartbeat:{row.fingerprint}"
+
+
+HEARTBEAT_WATCH = web.AppKey("heartbeat_watch", HeartbeatWatch)
+
+
+async def watch_heartbeats(app: web.Application) -> AsyncIterator[None]:
+    """The dead-man switch's loop, every CHECK_EVERY on the shared clock."""
+    runtime = app[RUNTIME]
+    watch = app[HEARTBEAT_WATCH]
+    watch.start_listening()
+
+    async def loop() -> None:
+        while True:
+            now = runtime.clock.now()
+            try:
+                await watch.check()
+            except Exception:
+                log.exception("heartbeat check failed; will try again")
+            await runtime.clock.sleep_until(now + CHECK_EVERY)
+
+    task = asyncio.create_task(loop(), name="heartbeat-watch")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _document(status: HeartbeatStatus) -> dict[str, Any]:
+    row = status.row
+    return {
+        "fingerprint": row.fingerprint,
+        "labels": dict(row.labels),
+        "state": status.state.value,
+        "timeoutSeconds": None if status.timeout is None else int(status.timeout.total_seconds()),
+        "firstSeen": iso(row.first_seen),
+        "lastHeard": iso(row.alive_until),
+        "missingSince": iso(row.missing_since),
+    }
+
+
+@authenticated
+async def list_heartbeats(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/heartbeats: every heartbeat watched, its state and when it was heard."""
+    try:
+        statuses = await request.app[HEARTBEAT_WATCH].statuses()
+    except StoreError as exc:
+        return json_error(503, f"store unavailable: {exc}")
+    return web.json_response({"status": "ok", "data": [_document(s) for s in statuses]})
+
+
+@authenticated
+async def forget_heartbeat(request: web.Request) -> web.StreamResponse:
+    """DELETE /api/v1/heartbeats/{fingerprint}: stop watching a retired heartbeat; its
+    HeartbeatMissing incident, if any, resolves. Its next new episode is watched again."""
+    fingerprint = request.match_info["fingerprint"]
+    try:
+        row = await request.app[HEARTBEAT_WATCH].forget(fingerprint)
+    except StoreError as exc:
+        return json_error(503, f"store unavailable: {exc}")
+    if row is None:
+        return json_error(404, f"no heartbeat {fingerprint}")
+    return web.json_response({"status": "ok", "data": {"fingerprint": fingerprint}})
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/v1/heartbeats", list_heartbeats)
+    router.add_delete("/api/v1/heartbeats/{fingerprint}", forget_heartbeat)

@@ -1,0 +1,65 @@
+"""The SQL of the dead-man switch (``responder.heartbeats``): which heartbeats exist, when
+each last showed life, and which were found missing.
+
+A heartbeat's last sign of life is read from its alert rows, not written on each delivery:
+a repeat of a firing alert (what Alertmanager sends most) is never classified, so the
+webhook path does not know it is a heartbeat. Firing and stale rows were last alive when
+last received; a resolved row when Alertmanager said it ended (a resolve of Watchdog means
+Prometheus stopped sending it), or its last receipt if that is earlier.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+
+from responder.store.base import HeartbeatRow
+from responder.store.sqlite_incidents import from_us
+
+_SELECT = (
+    "SELECT h.fingerprint, h.labels, h.first_seen, h.missing_since, "
+    "(SELECT max(CASE WHEN a.status = 'resolved' "
+    "THEN min(coalesce(a.ends_at, a.last_received), a.last_received) "
+    "ELSE a.last_received END) FROM alerts a WHERE a.fingerprint = h.fingerprint) "
+    "FROM heartbeats h"
+)
+
+
+def track(conn: sqlite3.Connection, fingerprint: str, labels: str, now_us: int) -> None:
+    """A heartbeat alert started firing (a new episode): watch it from now on."""
+    conn.execute(
+        "INSERT INTO heartbeats (fingerprint, labels, first_seen) VALUES (?, ?, ?) "
+        "ON CONFLICT (fingerprint) DO UPDATE SET labels = excluded.labels",
+        (fingerprint, labels, now_us),
+    )
+
+
+def all_rows(conn: sqlite3.Connection) -> list[HeartbeatRow]:
+    return [_row(r) for r in conn.execute(_SELECT + " ORDER BY h.first_seen, h.fingerprint")]
+
+
+def set_missing(conn: sqlite3.Connection, fingerprint: str, since_us: int | None) -> bool:
+    cur = conn.execute(
+        "UPDATE heartbeats SET missing_since = ? WHERE fingerprint = ?", (since_us, fingerprint)
+    )
+    return cur.rowcount > 0
+
+
+def forget(conn: sqlite3.Connection, fingerprint: str) -> HeartbeatRow | None:
+    row = conn.execute(_SELECT + " WHERE h.fingerprint = ?", (fingerprint,)).fetchone()
+    if row is None:
+        return None
+    conn.execute("DELETE FROM heartbeats WHERE fingerprint = ?", (fingerprint,))
+    return _row(row)
+
+
+def _row(row: tuple[str, str, int, int | None, int | None]) -> HeartbeatRow:
+    labels: Mapping[str, str] = json.loads(row[1])
+    return HeartbeatRow(
+        fingerprint=row[0],
+        labels=labels,
+        first_seen=from_us(row[2]),
+        missing_since=None if row[3] is None else from_us(row[3]),
+        alive_until=None if row[4] is None else from_us(row[4]),
+    )

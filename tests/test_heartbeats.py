@@ -1,0 +1,429 @@
+"""The dead-man switch: a heartbeat that stops arriving opens an incident, pages, and its
+return resolves it. Through the real app with a fake clock, pages to a real SMTP server and
+the real twilio library on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from responder.classify.rules import parse_rule
+from responder.clock import FakeClock
+from responder.heartbeats import CHECK_EVERY, HeartbeatState, judge, missing_alert
+from responder.model import AlertStatus
+from responder.store import HeartbeatRow, SQLiteStore
+from responder.store.migrations import SQLITE_MIGRATIONS
+from responder.testing import FakeTwilio, SmtpTestServer
+from responder.yamlfile import ConfigError, load_text
+from tests.conftest import AUTH, ClientFactory, write_config
+from tests.test_escalation_story import (
+    POLICY,
+    alert,
+    channels,
+    eventually,
+    incident,
+    post,
+    webhook,
+)
+from tests.test_process import post as post_to
+from tests.test_process import running
+from tests.test_process_escalation import cli
+
+Client = TestClient[Any, Any]
+
+FAST_WATCHDOG = """
+rules:
+  - name: fast-watchdog
+    matchers: ['alertname="Watchdog"']
+    heartbeat: true
+    heartbeat_timeout: 5m
+"""
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def row(
+    alive: datetime | None, missing: datetime | None = None, labels: dict[str, str] | None = None
+) -> HeartbeatRow:
+    return HeartbeatRow(
+        fingerprint="abc123",
+        labels=labels or {"alertname": "Watchdog", "severity": "none", "prometheus": "k8s"},
+        first_seen=T0,
+        alive_until=alive,
+        missing_since=missing,
+    )
+
+
+# -- the judgement, on its own --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("alive", "missing", "now", "started", "expected"),
+    [
+        # heard 4 minutes ago: alive; 6 minutes ago: missing
+        (T0, None, T0 + timedelta(minutes=4), T0, HeartbeatState.ALIVE),
+        (T0, None, T0 + timedelta(minutes=6), T0, HeartbeatState.MISSING),
+        # the daemon started 2 minutes ago after a day down: the heartbeat has its timeout
+        (T0, None, T0 + timedelta(days=1), T0 + timedelta(days=1, minutes=-2), "alive"),
+        (T0, None, T0 + timedelta(days=1), T0 + timedelta(days=1, minutes=-6), "missing"),
+        # found missing: stays missing until a copy arrives after that, restart or not
+        (
+            T0,
+            T0 + timedelta(minutes=6),
+            T0 + timedelta(minutes=7),
+            T0 + timedelta(minutes=7),
+            "missing",
+        ),
+        (
+            T0 + timedelta(minutes=8),
+            T0 + timedelta(minutes=6),
+            T0 + timedelta(minutes=9),
+            T0,
+            "alive",
+        ),
+    ],
+)
+def test_judge(
+    alive: datetime, missing: datetime | None, now: datetime, started: datetime, expected: str
+) -> None:
+    assert judge(row(alive, missing), timedelta(minutes=5), now, started) == expected
+
+
+def test_a_heartbeat_without_a_timeout_is_not_watched() -> None:
+    assert judge(row(T0), None, T0 + timedelta(days=9), T0) is HeartbeatState.UNWATCHED
+
+
+def test_the_missing_alert_names_the_heartbeat_and_keeps_its_source() -> None:
+    firing = missing_alert(row(T0), timedelta(minutes=5), T0 + timedelta(minutes=6), None)
+    assert firing.labels == {
+        "alertname": "HeartbeatMissing",
+        "heartbeat": "Watchdog",
+        "prometheus": "k8s",  # which Prometheus went quiet
+    }  # Watchdog's severity="none" is not carried: the rules decide
+    assert firing.status is AlertStatus.FIRING
+    assert firing.fingerprint == "heartbeat-missing:abc123"
+    assert firing.annotations["summary"] == "Watchdog not heard for 5m"
+    assert "2026-01-05T09:00:00Z" in firing.annotations["description"]
+    assert "responder heartbeats --forget abc123" in firing.annotations["description"]
+    ended = missing_alert(row(T0), None, firing.starts_at, T0 + timedelta(minutes=9))
+    assert (ended.status, ended.fingerprint) == (AlertStatus.RESOLVED, firing.fingerprint)
+
+
+def _rule(text: str) -> None:
+    parse_rule(load_text(text, "rules.yaml")["rules"].as_list()[0], ("infrastructure",))
+
+
+def test_heartbeat_timeout_needs_heartbeat_true_and_a_sane_length() -> None:
+    _rule(FAST_WATCHDOG)
+    with pytest.raises(ConfigError, match=r"rules.yaml:6: .*needs heartbeat: true"):
+        _rule(FAST_WATCHDOG.replace("heartbeat: true", "heartbeat: false"))
+    with pytest.raises(ConfigError, match=r"rules.yaml:6: .*between 1m and 7d"):
+        _rule(FAST_WATCHDOG.replace("5m", "30s"))
+    with pytest.raises(ConfigError, match=r"rules.yaml:6: .*between 1m and 7d"):
+        _rule(FAST_WATCHDOG.replace("5m", "8d"))
+
+
+# -- the daemon ------------------------------------------------------------------------------
+
+
+def watchdog(status: str = "firing", **labels: str) -> dict[str, Any]:
+    return alert("Watchdog", status, severity="none", prometheus="k8s", **labels)
+
+
+async def heartbeats(client: Client) -> list[dict[str, Any]]:
+    response = await client.get("/api/v1/heartbeats", headers=AUTH)
+    assert response.status == 200, await response.text()
+    data: list[dict[str, Any]] = (await response.json())["data"]
+    return data
+
+
+async def incident_count(client: Client) -> int:
+    listed = await (await client.get("/api/v1/incidents", headers=AUTH)).json()
+    return len(listed["data"])
+
+
+def subjects(smtp: SmtpTestServer) -> list[str]:
+    return [str(m.message["Subject"]) for m in smtp.messages]
+
+
+@pytest.fixture
+async def smtp() -> Any:
+    async with SmtpTestServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def twilio() -> Any:
+    async with FakeTwilio() as fake:
+        yield fake
+
+
+async def test_a_silent_watchdog_pages_and_its_return_resolves(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    path = write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules=FAST_WATCHDOG)
+    client = await make_client(path)
+
+    await post(client, webhook(watchdog()))
+    assert await incident_count(client) == 0  # a heartbeat that arrives is no incident
+    listed = await heartbeats(client)
+    assert [(h["labels"]["alertname"], h["state"], h["timeoutSeconds"]) for h in listed] == [
+        ("Watchdog", "alive", 300)
+    ]
+    clock.advance(timedelta(minutes=4))
+    await post(client, webhook(watchdog()))  # Alertmanager's repeat: still alive
+    clock.advance(timedelta(minutes=4))
+    assert await incident_count(client) == 0
+
+    clock.advance(timedelta(minutes=2))  # 6 minutes since the last copy
+
+    async def opened() -> bool:
+        return await incident_count(client) == 1
+
+    await eventually(opened, "HeartbeatMissing opened an incident")
+    doc = await incident(client)
+    assert (doc["severity"], doc["category"]) == ("P1", "infrastructure")
+    assert doc["title"].startswith("HeartbeatMissing")
+
+    async def paged() -> bool:
+        sms = twilio.sent_sms("+15551230001")
+        return any("HeartbeatMissing" in s for s in subjects(smtp)) and bool(sms)
+
+    await eventually(paged, "alice paged by email and SMS")
+    assert "HeartbeatMissing" in twilio.sent_sms()[0].body
+    text = smtp.messages[0].message.get_body(("plain",))
+    assert text is not None
+    assert "Watchdog not heard for 5m" in text.get_content()
+    (missing,) = await heartbeats(client)
+    assert missing["state"] == "missing"
+    assert missing["lastHeard"] == "2026-01-05T09:04:00Z"
+    assert missing["missingSince"] == "2026-01-05T09:10:00Z"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'responder_heartbeats{state="missing"} 1.0' in metrics
+
+    # Half a day of silence: the stale sweep (12h) must not take it as resolved.
+    for _ in range(14):
+        clock.advance(timedelta(hours=1))
+        await eventually(
+            lambda: _state_is(client, "triggered"), "still open after an hour more of silence"
+        )
+
+    clock.advance(timedelta(minutes=1))
+    await post(client, webhook(watchdog(starts="2026-01-05T23:00:00Z")))  # Prometheus is back
+    clock.advance(CHECK_EVERY)  # the next check sees it
+    await eventually(lambda: _state_is(client, "resolved"), "its return resolved the incident")
+    clock.advance(timedelta(minutes=2))  # past SMS's and email's 1-a-minute limits
+
+    async def recovered() -> bool:
+        doc = await incident(client)
+        return {
+            p["channel"] for p in doc["pages"] if p["kind"] == "recovery" and p["state"] == "sent"
+        } == {"sms", "email"}
+
+    await eventually(recovered, "the people paged were told of the recovery")
+    assert [h["state"] for h in await heartbeats(client)] == ["alive"]
+
+
+async def _state_is(client: Client, state: str) -> bool:
+    return bool((await incident(client))["state"] == state)
+
+
+def fast_config(tmp_path: Path, smtp: SmtpTestServer, twilio: FakeTwilio) -> Path:
+    return write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules=FAST_WATCHDOG)
+
+
+async def go_missing(client: Client, clock: FakeClock) -> None:
+    """Watchdog heard now, then 6 minutes of silence: HeartbeatMissing is open."""
+    await post(client, webhook(watchdog()))
+    clock.advance(timedelta(minutes=6))
+
+    async def opened() -> bool:
+        return await incident_count(client) == 1
+
+    await eventually(opened, "HeartbeatMissing opened an incident")
+
+
+async def test_after_a_restart_a_heartbeat_has_its_timeout_to_arrive(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Silence while the daemon was down is not the heartbeat's: after a day down, nothing
+    pages until the heartbeat has had its timeout to arrive after the start."""
+    path = fast_config(tmp_path, smtp, twilio)
+    client = await make_client(path)
+    await post(client, webhook(watchdog()))
+    await client.close()
+    clock.advance(timedelta(days=1))
+
+    client = await make_client(path)
+    clock.advance(timedelta(minutes=4))
+    assert [h["state"] for h in await heartbeats(client)] == ["alive"]
+    clock.advance(timedelta(minutes=2))
+
+    async def opened() -> bool:
+        return await incident_count(client) == 1
+
+    await eventually(opened, "missing once the timeout has passed since the start")
+
+
+async def test_a_missing_heartbeat_stays_missing_across_a_restart(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    path = fast_config(tmp_path, smtp, twilio)
+    client = await make_client(path)
+    await go_missing(client, clock)
+    await client.close()
+    clock.advance(timedelta(minutes=1))
+
+    client = await make_client(path)
+    clock.advance(timedelta(minutes=1))
+    assert [h["state"] for h in await heartbeats(client)] == ["missing"]
+    assert (await incident(client))["state"] == "triggered"
+    await post(client, webhook(watchdog()))
+    clock.advance(CHECK_EVERY)  # the next check sees it
+    await eventually(lambda: _state_is(client, "resolved"), "the heartbeat's return resolves it")
+
+
+async def test_forgetting_a_retired_heartbeat_resolves_its_incident(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    await go_missing(client, clock)
+    (watched,) = await heartbeats(client)
+    url = f"/api/v1/heartbeats/{watched['fingerprint']}"
+    assert (await client.delete(url)).status == 401
+    assert (await client.delete("/api/v1/heartbeats/nope", headers=AUTH)).status == 404
+    assert (await client.delete(url, headers=AUTH)).status == 200
+    await eventually(lambda: _state_is(client, "resolved"), "forgetting resolved the incident")
+    assert await heartbeats(client) == []
+    clock.advance(timedelta(hours=1))
+    await asyncio.sleep(0.1)  # the watch's loop runs
+    assert await incident_count(client) == 1  # and nothing new opened
+    assert (await client.delete(url, headers=AUTH)).status == 404
+
+
+async def test_a_reload_that_drops_the_timeout_resolves_the_missing_incident(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    await go_missing(client, clock)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(FAST_WATCHDOG.replace("    heartbeat_timeout: 5m\n", ""))
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    clock.advance(CHECK_EVERY)
+    await eventually(lambda: _state_is(client, "resolved"), "no longer watched: resolved")
+    assert [h["state"] for h in await heartbeats(client)] == ["unwatched"]
+
+
+async def test_a_resolved_watchdog_is_no_sign_of_life(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Alertmanager resolves Watchdog when Prometheus stops sending it: life ended then."""
+    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    await post(client, webhook(watchdog()))
+    clock.advance(timedelta(minutes=3))
+    ended = watchdog("resolved")
+    ended["endsAt"] = "2026-01-05T09:01:00Z"  # Prometheus' last copy said: until 09:01
+    await post(client, webhook(ended))
+    (hb,) = await heartbeats(client)
+    assert hb["lastHeard"] == "2026-01-05T09:01:00Z"
+    clock.advance(timedelta(minutes=3, seconds=30))  # 09:06:30: past 5 minutes since the end
+
+    async def opened() -> bool:
+        return await incident_count(client) == 1
+
+    await eventually(opened, "missing 5 minutes after the end Alertmanager gave")
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+async def test_heartbeats_stored_before_the_switch_existed_are_watched(tmp_path: Path) -> None:
+    """Migration 8 adopts the heartbeat alerts already stored."""
+    path = tmp_path / "responder.db"
+    conn = sqlite3.connect(path)
+    for statements in SQLITE_MIGRATIONS[:7]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 7")
+    columns = (
+        "fingerprint, status, labels, annotations, starts_at, generator_url, group_key, "
+        "receiver, alertname, severity, category, classification, first_received, "
+        "last_received, receive_count, updated_at"
+    )
+    for fingerprint, name, heartbeat in (("f1", "Watchdog", "true"), ("f2", "DiskFull", "false")):
+        conn.execute(
+            f"INSERT INTO alerts ({columns}) VALUES (?, 'firing', ?, '{{}}', 1, '', 'g', 'r', "  # noqa: S608
+            "?, 'P3', 'infrastructure', ?, 5, 7, 2, 7)",
+            (fingerprint, f'{{"alertname": "{name}"}}', name, f'{{"heartbeat": {heartbeat}}}'),
+        )
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        (adopted,) = await store.heartbeats()
+    finally:
+        await store.close()
+    assert (adopted.fingerprint, dict(adopted.labels)) == ("f1", {"alertname": "Watchdog"})
+    assert (adopted.alive_until, adopted.missing_since) == (
+        datetime.fromtimestamp(7 / 1e6, UTC),
+        None,
+    )
+
+
+# -- the command line, against a real daemon -------------------------------------------------
+
+
+async def test_the_cli_lists_and_forgets_heartbeats(tmp_path: Path) -> None:
+    config = write_config(tmp_path)  # the shipped rules: Watchdog, 13h
+    async with running(config) as daemon:
+        async with aiohttp.ClientSession() as session:
+            assert await post_to(session, daemon.url, webhook(watchdog())) == 200
+        listed = await asyncio.to_thread(cli, config, daemon.url, "heartbeats")
+        assert listed.returncode == 0, listed.stderr
+        header, line = listed.stdout.splitlines()
+        assert header.split()[:4] == ["FINGERPRINT", "ALERTNAME", "STATE", "TIMEOUT"]
+        fingerprint, name, state, timeout = line.split()[:4]
+        assert (name, state, timeout) == ("Watchdog", "alive", "13h")
+        forgot = await asyncio.to_thread(
+            cli, config, daemon.url, "heartbeats", "--forget", fingerprint
+        )
+        assert forgot.returncode == 0, forgot.stderr
+        again = await asyncio.to_thread(
+            cli, config, daemon.url, "heartbeats", "--forget", fingerprint
+        )
+        assert again.returncode == 1
+        assert "404: no heartbeat" in again.stderr
+        odd = await asyncio.to_thread(cli, config, daemon.url, "heartbeats", "--forget", "a/../b?c")
+        assert odd.returncode == 1
+        assert "404" in odd.stderr
