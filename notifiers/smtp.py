@@ -22,6 +22,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 
@@ -115,6 +116,21 @@ def _tls_context(settings: SmtpSettings) -> ssl.SSLContext:
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
 
 
+class _TrackedSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client, noting how far a message got: a failure after the DATA command
+    started may come after the server took the message, and one after the server's answer
+    to it does not undo the delivery."""
+
+    data_started = False
+    data_answered = False
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.data_started = True
+        response = await super().data(message, **kwargs)
+        self.data_answered = True  # a refusal raises SMTPDataError instead
+        return response
+
+
 class SmtpNotifier:
     """Sends pages as email; one SMTP connection per page (pages are few and must not queue
     behind a stale pooled connection)."""
@@ -158,31 +174,41 @@ class SmtpNotifier:
             sender = Address(addr_spec=parseaddr(settings.from_addr)[1]).addr_spec
         except (ValueError, IndexError) as exc:
             raise DeliveryError("config", f"bad From address: {exc}", retryable=False) from None
+        receipt = Receipt(provider_id=str(mail["Message-ID"]), status="sent")
+        client: _TrackedSMTP | None = None
         try:
-            context = await self._get_context()
-            await asyncio.wait_for(
-                aiosmtplib.send(
-                    mail,
-                    sender=sender,
-                    recipients=[message.to],
-                    hostname=settings.host,
-                    port=settings.effective_port,
-                    use_tls=settings.mode is SmtpMode.TLS,
-                    # True: STARTTLS is required, a server not offering it is an error;
-                    # False: never upgrade (aiosmtplib's default would upgrade when offered).
-                    start_tls=settings.mode is SmtpMode.STARTTLS,
-                    tls_context=context,
-                    username=settings.username,
-                    password=settings.password.value if settings.password else None,
-                    timeout=settings.timeout,
-                    local_hostname=self._local_hostname,
-                ),
-                # aiosmtplib's timeout is per operation; this one bounds the whole exchange.
+            client = _TrackedSMTP(
+                hostname=settings.host,
+                port=settings.effective_port,
+                use_tls=settings.mode is SmtpMode.TLS,
+                # True: STARTTLS is required, a server not offering it is an error;
+                # False: never upgrade (aiosmtplib's default would upgrade when offered).
+                start_tls=settings.mode is SmtpMode.STARTTLS,
+                tls_context=await self._get_context(),
+                username=settings.username,
+                password=settings.password.value if settings.password else None,
                 timeout=settings.timeout,
+                local_hostname=self._local_hostname,
             )
+            # aiosmtplib's timeout is per operation; this one bounds the whole exchange.
+            async with asyncio.timeout(settings.timeout), client:
+                await client.send_message(mail, sender=sender, recipients=[message.to])
         except Exception as exc:  # every failure becomes a DeliveryError, classified below
-            raise self._delivery_error(exc) from None
-        return Receipt(provider_id=str(mail["Message-ID"]), status="sent")
+            if client is not None and client.data_answered:
+                return receipt  # the server took it; what failed was saying goodbye
+            error = self._delivery_error(exc)
+            sent = client is not None and client.data_started
+            if sent and not isinstance(exc, aiosmtplib.SMTPResponseException):
+                # The message went out and no answer came back: the server may have taken
+                # it, and sending it again could page twice (deliver re-routes instead).
+                error = DeliveryError(
+                    error.reason,
+                    f"{error} after the message was sent; it may have been delivered",
+                    retryable=error.retryable,
+                    maybe_sent=True,
+                )
+            raise error from None
+        return receipt
 
     def _scrub(self, text: str) -> str:
         password = self._settings.password

@@ -184,6 +184,44 @@ async def test_a_provider_that_took_the_message_but_answered_late_is_not_sent_tw
     assert "outcome unknown" in alice_sms["error"]
 
 
+async def test_an_email_the_server_took_but_answered_late_is_not_sent_twice(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """The SMTP server took the page but its 250 came after our timeout: re-routed to the
+    backup like an SMS of unknown fate, never mailed again to the same address."""
+    path = config(tmp_path, twilio, smtp)
+    path.write_text(
+        path.read_text().replace('from: "r@example.com"}', 'from: "r@x.org", timeout: 1s}')
+    )
+    client = await make_client(path)
+    smtp.answer_delay = 2.0
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+
+    async def alice_email_failed() -> bool:
+        pages = (await incident(client))["pages"]
+        return any(
+            (p["contact"], p["channel"], p["state"]) == ("alice", "email", "failed") for p in pages
+        )
+
+    await eventually(alice_email_failed, "alice's email got no answer in time")
+    smtp.answer_delay = 0.0
+    for _ in range(4):  # well past any retry backoff
+        clock.advance(timedelta(minutes=1))
+        await asyncio.sleep(0.05)
+    assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]  # taken once
+    alice_email = next(
+        p
+        for p in (await incident(client))["pages"]
+        if (p["contact"], p["channel"]) == ("alice", "email")
+    )
+    assert "outcome unknown" in alice_email["error"]
+    assert "may have been delivered" in alice_email["error"]
+
+
 async def test_a_storm_for_one_person_is_held_and_bundled_not_dropped(
     make_client: ClientFactory,
     tmp_path: Path,

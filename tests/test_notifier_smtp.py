@@ -136,9 +136,40 @@ async def test_temporary_failure_then_success(plain: SmtpTestServer) -> None:
     with pytest.raises(DeliveryError) as caught:
         await notifier.send(page())
     assert (caught.value.reason, caught.value.retryable) == ("deferred", True)
+    assert not caught.value.maybe_sent  # the server said no: sending again is safe
     assert "451" in str(caught.value)
     await notifier.send(page())
     assert len(plain.messages) == 1
+
+
+async def test_no_answer_after_the_message_went_out_may_have_delivered_it(
+    plain: SmtpTestServer,
+) -> None:
+    """The server took the message but its 250 came after our timeout: the page may be in
+    the mailbox, so the error says so (the outbox re-routes instead of sending it twice)."""
+    plain.answer_delay = 1.0
+    with pytest.raises(DeliveryError) as caught:
+        await SmtpNotifier(settings_for(plain, timeout=0.3)).send(page())
+    assert (caught.value.reason, caught.value.maybe_sent) == ("timeout", True)
+    assert "may have been delivered" in str(caught.value)
+    assert len(plain.messages) == 1  # it was indeed taken
+
+
+async def test_a_timeout_before_the_message_went_out_is_a_plain_retry() -> None:
+    """A server that never greets never got the message: retry it, it cannot double."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        settings = SmtpSettings(
+            host="127.0.0.1",
+            port=listener.getsockname()[1],
+            from_addr=FROM,
+            mode=SmtpMode.NONE,
+            timeout=0.3,
+        )
+        with pytest.raises(DeliveryError) as caught:
+            await SmtpNotifier(settings).send(page())
+    assert (caught.value.reason, caught.value.maybe_sent) == ("timeout", False)
 
 
 async def test_refused_connection_is_retryable() -> None:

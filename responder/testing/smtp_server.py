@@ -141,6 +141,9 @@ class _Handler:
                 login=auth_data.login.decode() if isinstance(auth_data, LoginPassword) else None,
             )
         )
+        if self._server.answer_delay:
+            # The message is taken; the answer is late (a server stalled writing it to disk).
+            await asyncio.sleep(self._server.answer_delay)
         return "250 2.0.0 OK"
 
 
@@ -173,6 +176,7 @@ class SmtpTestServer:
         # The handler runs in the Controller's thread; the counter is shared with the test.
         self._lock = threading.Lock()
         self._defer = defer_next
+        self.answer_delay = 0.0  # seconds between taking a message and answering 250
         self._controller: Controller | None = None
 
     def defer_next(self, count: int) -> None:
