@@ -111,3 +111,30 @@ def fit_segments(text: str, max_segments: int) -> str:
         else:
             high = mid - 1
     return text[: _clean_cut(text, low)] + ellipsis
+
+
+def fit_keeping_head(text: str, max_segments: int, head_lines: int = 2) -> str:
+    """``fit_segments``, but the first ``head_lines`` lines always survive: a page's SMS says
+    what happened, then how to acknowledge. When those lines alone do not fit (a long title
+    in UCS-2, 70 units for a single SMS), the first line is shortened, never the others; the
+    rest of the text fills what room is left."""
+    fitted = fit_segments(text, max_segments)
+    lines = text.split("\n")
+    head = "\n".join(lines[:head_lines])
+    if fitted.startswith(head) or len(lines) == 1:
+        return fitted
+    if count_segments(head)[1] <= max_segments:
+        return head  # the head fits, but not with even an ellipsis after it
+    first, rest = lines[0], "\n" + "\n".join(lines[1:head_lines])
+    if count_segments(rest.lstrip("\n"))[1] > max_segments:
+        return fitted  # the later head lines alone are too long: a plain cut is all we can do
+    ellipsis = GSM7_ELLIPSIS if is_gsm7(head) else UCS2_ELLIPSIS
+    low, high = 0, len(first)
+    while low < high:  # the longest prefix of the first line that fits with the rest
+        mid = (low + high + 1) // 2
+        if count_segments(first[:mid] + ellipsis + rest)[1] <= max_segments:
+            low = mid
+        else:
+            high = mid - 1
+    shortened = first[: _clean_cut(first, low)] + ellipsis + rest
+    return shortened if count_segments(shortened)[1] <= max_segments else fitted

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from notifiers.sms_text import fit_segments
+from notifiers.sms_text import fit_keeping_head
 from responder.calendar import parse_timezone
 from responder.incident import Incident, Page, PageKind
 from responder.log import fields
@@ -689,7 +689,7 @@ class Templates:
         return RenderedMessage(subject, self._fit(channel, text), html, problem)
 
     def _fit(self, channel: str, text: str) -> str:
-        return fit_segments(text, self.sms_max_segments) if channel == "sms" else text
+        return fit_keeping_head(text, self.sms_max_segments) if channel == "sms" else text
 
     def check(self) -> None:
         """Render every template of every set against the sample contexts; raise

@@ -205,6 +205,16 @@ def test_segment_budget_is_configurable(tmp_path: Path) -> None:
     assert count_segments(templates.render(Kind.ACTIVATION, "sms", ctx).text)[1] == 1
 
 
+def test_one_segment_keeps_the_acknowledge_line_of_a_long_non_gsm_title(tmp_path: Path) -> None:
+    """A title with one non-GSM character fills a single UCS-2 SMS by itself: the title is
+    shortened so that "Reply ACK" still arrives."""
+    templates = load_templates(section("templates:\n  sms_max_segments: 1\n"), tmp_path)
+    ctx = context(title="Zugriff verweigert \u201ebackup\u201c auf db-1:9100 " + "x" * 60)
+    got = templates.render(Kind.ACTIVATION, "sms", ctx).text
+    assert count_segments(got) == (Encoding.UCS2, 1)
+    assert got.split("\n")[1] == "Reply ACK 42"
+
+
 # -- strict loading --------------------------------------------------------------------------------
 
 

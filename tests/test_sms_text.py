@@ -13,6 +13,7 @@ from notifiers.sms_text import (
     GSM7_EXTENDED,
     Encoding,
     count_segments,
+    fit_keeping_head,
     fit_segments,
 )
 
@@ -127,3 +128,36 @@ def test_fit_respects_budget_and_keeps_a_prefix(text: str, budget: int) -> None:
 def test_segments_grow_with_text(text: str, more: str) -> None:
     """Appending text never makes a message cheaper (the cut's binary search relies on it)."""
     assert count_segments(text + more)[1] >= count_segments(text)[1]
+
+
+def test_the_first_two_lines_survive_a_long_ucs2_title() -> None:
+    """One UCS-2 SMS holds 70 units: a long non-GSM title is shortened, not "Reply ACK"."""
+    title = (
+        "[P1] #12 Festplatte fast voll auf db-1 \u2013 Schreibzugriffe scheitern bald, "
+        "bitte handeln"
+    )
+    text = f"{title}\nReply ACK 12\navailability, since 09:00 UTC\nDisk /var is 95% full"
+    cut = fit_keeping_head(text, 1)
+    assert count_segments(cut) == (Encoding.UCS2, 1)
+    first, second = cut.split("\n")
+    assert second == "Reply ACK 12"
+    assert first.endswith("\u2026")
+    assert title.startswith(first.removesuffix("\u2026"))
+    assert fit_segments(text, 1).count("Reply ACK") == 0  # what a plain cut did
+
+
+def test_room_left_after_the_head_is_filled() -> None:
+    text = "Short title\nReply ACK 1\n" + "details " * 50
+    cut = fit_keeping_head(text, 1)
+    assert cut.startswith("Short title\nReply ACK 1\ndetails")
+    assert count_segments(cut)[1] == 1
+    assert fit_keeping_head("one line only " * 30, 1) == fit_segments("one line only " * 30, 1)
+
+
+@given(st.text(max_size=600), st.integers(min_value=1, max_value=3))
+def test_keeping_the_head_always_fits(text: str, budget: int) -> None:
+    cut = fit_keeping_head(text, budget)
+    assert count_segments(cut)[1] <= budget
+    if count_segments(text)[1] <= budget:
+        assert cut == text
+    cut.encode("utf-16")
