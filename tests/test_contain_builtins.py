@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import stat
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from responder.clock import FakeClock
-from responder.contain.catalog import ActionCatalog, parse_actions
+from responder.contain.builtins import address_refusal, local_addresses
+from responder.contain.catalog import ActionCatalog, BlockAddressSpec, parse_actions
 from responder.contain.outcome import Outcome
 from responder.contain.params import ParamRejected
 from responder.contain.runner import ActionRunner, PreparedRun, RunContext
@@ -232,6 +234,57 @@ async def test_addresses_that_must_never_be_blocked(
     result = runner.prepare(cat["block-attacker"], {"source_ip": address}, {}, CONTEXT)
     assert isinstance(result, ParamRejected), address
     assert calls(tmp_path) == []
+
+
+@pytest.mark.parametrize("address", ["203.0.113.7", "2001:db8::5"])
+async def test_the_hosts_own_addresses_are_never_blocked(tmp_path: Path, address: str) -> None:
+    """An alert naming this host's own address (or a network holding it) would cut the host
+    off itself: refused without being listed in never_block."""
+    own = frozenset({ipaddress.ip_address("203.0.113.7"), ipaddress.ip_address("2001:db8::5")})
+    runner = ActionRunner(FakeClock(), tmp_path / "evidence", own_addresses=lambda: own)
+    try:
+        result = runner.prepare(
+            block_catalog(tmp_path)["block-attacker"], {"source_ip": address}, {}, CONTEXT
+        )
+        assert isinstance(result, ParamRejected)
+        assert "an address of this host" in str(result)
+        other = runner.prepare(
+            block_catalog(tmp_path)["block-attacker"], {"source_ip": "203.0.113.8"}, {}, CONTEXT
+        )
+        assert isinstance(other, PreparedRun)
+    finally:
+        await runner.close()
+    spec = block_catalog(tmp_path)["block-attacker"].spec
+    assert isinstance(spec, BlockAddressSpec)
+    assert "203.0.113.7, an address of this host" in str(
+        address_refusal(spec, "203.0.113.0/24", own)  # a network holding one
+    )
+
+
+def test_local_addresses_are_read_from_proc(tmp_path: Path) -> None:
+    fib_trie = tmp_path / "fib_trie"
+    fib_trie.write_text(
+        "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n"
+        "     +-- 203.0.113.0/24 2 0 2\n        |-- 203.0.113.0\n"
+        "           /24 link UNICAST\n        |-- 203.0.113.7\n           /32 host LOCAL\n"
+        "        |-- 203.0.113.255\n           /32 link BROADCAST\n"
+    )
+    if_inet6 = tmp_path / "if_inet6"
+    if_inet6.write_text(
+        "00000000000000000000000000000001 01 80 10 80       lo\n"
+        "20010db8000000000000000000000005 02 40 00 80     eth0\n"
+    )
+    assert local_addresses(fib_trie, if_inet6) == {
+        ipaddress.ip_address("203.0.113.7"),
+        ipaddress.ip_address("::1"),
+        ipaddress.ip_address("2001:db8::5"),
+    }
+    assert local_addresses(tmp_path / "none", tmp_path / "none") == frozenset()
+
+
+@pytest.mark.skipif(not Path("/proc/net/fib_trie").exists(), reason="Linux /proc only")
+def test_this_hosts_addresses_include_loopback() -> None:
+    assert ipaddress.ip_address("127.0.0.1") in local_addresses()
 
 
 async def test_cidr_blocks_narrower_than_the_minimum_prefix_only(

@@ -9,8 +9,11 @@ too and answer with a reason string rather than raising.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+from collections.abc import Collection
 from datetime import datetime
+from pathlib import Path
 
 from responder.contain.catalog import BlockAddressSpec, CaptureEvidenceSpec, SystemdRestartSpec
 
@@ -43,10 +46,36 @@ def unit_refusal(spec: SystemdRestartSpec, unit: str) -> str | None:
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def address_refusal(spec: BlockAddressSpec, address: str) -> str | None:
-    """Why ``address`` (an IP or a CIDR) must not be blocked, or None."""
+def local_addresses(
+    fib_trie: Path = Path("/proc/net/fib_trie"), if_inet6: Path = Path("/proc/net/if_inet6")
+) -> frozenset[Address]:
+    """The addresses this host owns right now, from Linux's /proc (read at each block: DHCP
+    may change them). Empty where /proc does not have them."""
+    found: set[Address] = set()
+    with contextlib.suppress(OSError, ValueError):
+        last = ""
+        for line in fib_trie.read_text().splitlines():
+            text = line.strip()
+            if text.startswith("|-- "):
+                last = text[4:]
+            elif text == "/32 host LOCAL" and last:
+                found.add(ipaddress.IPv4Address(last))
+    with contextlib.suppress(OSError, ValueError):
+        for line in if_inet6.read_text().splitlines():
+            hex_address = line.split(maxsplit=1)[0] if line.strip() else ""
+            if len(hex_address) == 32:
+                found.add(ipaddress.IPv6Address(int(hex_address, 16)))
+    return frozenset(found)
+
+
+def address_refusal(
+    spec: BlockAddressSpec, address: str, own: Collection[Address] = ()
+) -> str | None:
+    """Why ``address`` (an IP or a CIDR) must not be blocked, or None. ``own``: the host's
+    own addresses, never blocked (an alert naming one would cut the host off itself)."""
     network: Network = ipaddress.ip_network(address, strict=False)
     if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped:
         # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel, but not to the checks below.
@@ -60,6 +89,9 @@ def address_refusal(spec: BlockAddressSpec, address: str) -> str | None:
     for protected in spec.never_block:
         if protected.version == network.version and network.overlaps(protected):
             return f"{address} overlaps never_block {protected}"
+    for mine in own:
+        if mine.version == network.version and mine in network:
+            return f"{address} holds {mine}, an address of this host"
     return None
 
 

@@ -20,7 +20,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -528,8 +528,10 @@ class ActionRunner:
         kill_grace_s: float = 2.0,
         base_env: Mapping[str, str] = BASE_ENV,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        own_addresses: Callable[[], Collection[builtins.Address]] = builtins.local_addresses,
     ) -> None:
         self._clock = clock
+        self._own_addresses = own_addresses
         self._evidence_dir = evidence_dir
         self._session = session
         self._own_session = session is None
@@ -587,7 +589,7 @@ class ActionRunner:
             request = ExecRequest(builtins.restart_argv(spec, unit), env, None, _s(action.timeout))
         elif isinstance(spec, BlockAddressSpec):
             address = values["address"]
-            refusal = builtins.address_refusal(spec, address)
+            refusal = builtins.address_refusal(spec, address, self._own_addresses())
             if refusal is not None:
                 return _rejected(bound, "address", refusal)
             block, lift = builtins.block_argv(spec, address)
