@@ -39,6 +39,11 @@ class Receipt:
     status: str = "sent"
 
 
+# The outbox's bound on one send (twilio ignores its own timeout). An adapter with its own
+# timeout ends before it, so that it, not the outbox, says whether the message may be out.
+SEND_DEADLINE_S = 30.0
+
+
 class DeliveryError(Exception):
     """A page could not be handed to the provider.
 

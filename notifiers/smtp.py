@@ -26,7 +26,7 @@ from typing import Any
 
 import aiosmtplib
 
-from notifiers.base import DeliveryError, Message, Receipt
+from notifiers.base import SEND_DEADLINE_S, DeliveryError, Message, Receipt
 from responder.clock import Clock, SystemClock
 from responder.secrets import Secret
 
@@ -116,6 +116,10 @@ def _tls_context(settings: SmtpSettings) -> ssl.SSLContext:
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
 
 
+# Room between the end of our own bound and the outbox's deadline.
+SEND_MARGIN_S = 5.0
+
+
 class _TrackedSMTP(aiosmtplib.SMTP):
     """aiosmtplib's client, noting how far a message got: a failure after the DATA command
     started may come after the server took the message, and one after the server's answer
@@ -190,9 +194,12 @@ class SmtpNotifier:
                 timeout=settings.timeout,
                 local_hostname=self._local_hostname,
             )
-            # aiosmtplib's timeout is per operation; this one bounds the whole exchange.
-            async with asyncio.timeout(settings.timeout), client:
+            # aiosmtplib's timeout is per command; this one bounds the whole exchange, QUIT
+            # included, and ends before the outbox's deadline so that the outcome is ours.
+            async with asyncio.timeout(min(settings.timeout, SEND_DEADLINE_S - SEND_MARGIN_S)):
+                await client.connect()  # and STARTTLS and AUTH, as configured
                 await client.send_message(mail, sender=sender, recipients=[message.to])
+                await client.quit()
         except Exception as exc:  # every failure becomes a DeliveryError, classified below
             if client is not None and client.data_answered:
                 return receipt  # the server took it; what failed was saying goodbye
@@ -208,6 +215,9 @@ class SmtpNotifier:
                     maybe_sent=True,
                 )
             raise error from None
+        finally:
+            if client is not None:
+                client.close()  # never left to a QUIT outside the bound
         return receipt
 
     def _scrub(self, text: str) -> str:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Protocol
 
-from notifiers.base import DeliveryError, Message, Notifier
+from notifiers.base import SEND_DEADLINE_S, DeliveryError, Message, Notifier
 from responder.classify import format_duration
 from responder.clock import Clock, sleep_until_or_woken
 from responder.directory import Directory
@@ -45,8 +45,6 @@ MAX_ATTEMPTS = 6
 BASE_BACKOFF = timedelta(seconds=15)
 MAX_BACKOFF = timedelta(minutes=5)
 MAX_SLEEP = timedelta(seconds=30)
-# One provider call may not hold the outbox longer than this (twilio ignores its own timeout).
-SEND_DEADLINE_S = 30.0
 
 
 class MessageComposer(Protocol):

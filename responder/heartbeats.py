@@ -9,9 +9,10 @@ rule makes it P1): an incident, pages, escalation. The heartbeat's return resolv
 the people paged get the recovery notice.
 
 Every heartbeat alert (fingerprint) seen is watched, so one Prometheus of several going
-quiet is noticed. Silence counts only while this daemon could hear: after a start, a
-heartbeat has its whole timeout to arrive. A heartbeat retired on purpose is forgotten with
-``responder heartbeats --forget FINGERPRINT`` (``DELETE /api/v1/heartbeats/{fingerprint}``).
+quiet is noticed. Silence counts only while this daemon could hear: the time it was down
+(from its last check to its start) is not the heartbeat's. A heartbeat retired on purpose
+is forgotten with ``responder heartbeats --forget FINGERPRINT`` (``DELETE
+/api/v1/heartbeats/{fingerprint}``) until it is heard again.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class HeartbeatState(enum.StrEnum):
     ALIVE = "alive"
     MISSING = "missing"
     UNWATCHED = "unwatched"  # the rules in force give it no heartbeat_timeout
+    FORGOTTEN = "forgotten"  # retired by hand, not heard since
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,18 +60,33 @@ class HeartbeatStatus:
 
 
 def judge(
-    row: HeartbeatRow, timeout: timedelta | None, now: datetime, listening_since: datetime
+    row: HeartbeatRow,
+    timeout: timedelta | None,
+    now: datetime,
+    listening_since: datetime,
+    down_since: datetime | None,
 ) -> HeartbeatState:
-    """Whether a heartbeat is alive, missing or not watched, now."""
+    """Whether a heartbeat is alive, missing or not watched, now. The daemon listens since
+    ``listening_since``; before that it was down since ``down_since`` (its last check before
+    the start; None: unknown, all time before the start). Silence counts only while it
+    listened, so restarts more often than the timeout still add a dead pipeline's silence up."""
     if timeout is None:
         return HeartbeatState.UNWATCHED
+    heard = row.alive_until
+    if row.forgotten_at is not None and (heard is None or heard <= row.forgotten_at):
+        return HeartbeatState.FORGOTTEN
     if row.missing_since is not None:
         # Missing until a firing copy arrives after it was found missing; a restart of the
         # daemon meanwhile changes nothing.
-        back = row.alive_until is not None and row.alive_until > row.missing_since
+        back = heard is not None and heard > row.missing_since
         return HeartbeatState.ALIVE if back else HeartbeatState.MISSING
-    heard = listening_since if row.alive_until is None else max(row.alive_until, listening_since)
-    return HeartbeatState.MISSING if now - heard > timeout else HeartbeatState.ALIVE
+    if heard is None:
+        heard = listening_since
+    silence = now - heard
+    if heard < listening_since:  # the time the daemon was down is not the heartbeat's
+        deaf_from = heard if down_since is None else max(heard, down_since)
+        silence -= max(listening_since - deaf_from, timedelta(0))
+    return HeartbeatState.MISSING if silence > timeout else HeartbeatState.ALIVE
 
 
 def missing_fingerprint(heartbeat_fingerprint: str) -> str:
@@ -118,10 +135,12 @@ class HeartbeatWatch:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._listening_since = runtime.clock.now()
+        self._down_since: datetime | None = None
         self._lock = asyncio.Lock()  # one check or forget at a time
 
-    def start_listening(self) -> None:
+    async def start_listening(self) -> None:
         self._listening_since = self._runtime.clock.now()
+        self._down_since = await self._runtime.store.heartbeat_watch_last_check()
 
     def _timeout(self, labels: Mapping[str, str], now: datetime) -> timedelta | None:
         c = self._runtime.snapshot.classifier.classify(labels, now)  # the rules now in force
@@ -134,7 +153,7 @@ class HeartbeatWatch:
         result = []
         for row in await self._runtime.store.heartbeats():
             timeout = self._timeout(row.labels, now)
-            state = judge(row, timeout, now, self._listening_since)
+            state = judge(row, timeout, now, self._listening_since, self._down_since)
             result.append(HeartbeatStatus(row, timeout, state))
         return result
 
@@ -150,12 +169,13 @@ class HeartbeatWatch:
                     await self._raise(status)
                 elif row.missing_since is not None:
                     await self._clear(status)
+            await self._runtime.store.heartbeat_watch_checked(self._runtime.clock.now())
 
     async def forget(self, fingerprint: str) -> HeartbeatRow | None:
         async with self._lock:
-            row = await self._runtime.store.forget_heartbeat(fingerprint)
+            now = self._runtime.clock.now()
+            row = await self._runtime.store.forget_heartbeat(fingerprint, now)
             if row is not None and row.missing_since is not None:
-                now = self._runtime.clock.now()
                 alert = missing_alert(row, None, row.missing_since, ended=now)
                 await store_own_alert(self._runtime, alert, _group_key(row))
             if row is not None:
@@ -164,11 +184,10 @@ class HeartbeatWatch:
 
     async def _raise(self, status: HeartbeatStatus) -> None:
         row = status.row
-        # Stored before it is marked: a crash between the two re-sends the same alert.
         since = row.missing_since or self._runtime.clock.now()
-        alert = missing_alert(row, status.timeout, since, ended=None)
-        await store_own_alert(self._runtime, alert, _group_key(row))
         if row.missing_since is None:
+            # Marked before the alert is stored: after a crash between the two, the
+            # heartbeat is still missing and the next check stores the same alert.
             await self._runtime.store.heartbeat_missing(row.fingerprint, since)
             log.error(
                 "heartbeat missing",
@@ -178,6 +197,8 @@ class HeartbeatWatch:
                     last_heard=iso(row.alive_until),
                 ),
             )
+        alert = missing_alert(row, status.timeout, since, ended=None)
+        await store_own_alert(self._runtime, alert, _group_key(row))
 
     async def _clear(self, status: HeartbeatStatus) -> None:
         row = status.row
@@ -211,7 +232,7 @@ async def watch_heartbeats(app: web.Application) -> AsyncIterator[None]:
     """The dead-man switch's loop, every CHECK_EVERY on the shared clock."""
     runtime = app[RUNTIME]
     watch = app[HEARTBEAT_WATCH]
-    watch.start_listening()
+    await watch.start_listening()
 
     async def loop() -> None:
         while True:
@@ -255,7 +276,7 @@ async def list_heartbeats(request: web.Request) -> web.StreamResponse:
 @authenticated
 async def forget_heartbeat(request: web.Request) -> web.StreamResponse:
     """DELETE /api/v1/heartbeats/{fingerprint}: stop watching a retired heartbeat; its
-    HeartbeatMissing incident, if any, resolves. Its next new episode is watched again."""
+    HeartbeatMissing incident, if any, resolves. Heard again, it is watched again."""
     fingerprint = request.match_info["fingerprint"]
     try:
         row = await request.app[HEARTBEAT_WATCH].forget(fingerprint)

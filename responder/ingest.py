@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from aiohttp import web
@@ -42,14 +43,23 @@ OWN_RECEIVER = "responder"
 
 
 def _incoming(
-    runtime: Runtime, alerts: Sequence[Alert], group_key: str, receiver: str, now: datetime
+    runtime: Runtime,
+    alerts: Sequence[Alert],
+    group_key: str,
+    receiver: str,
+    now: datetime,
+    *,
+    own: bool = False,
 ) -> list[IncomingAlert]:
     """The alerts to store. Each is classified when the store first needs it: a repeat of a
-    firing alert, what Alertmanager sends most, never is."""
+    firing alert, what Alertmanager sends most, never is. The daemon's ``own`` alerts are
+    never heartbeats, whatever a rule says: HeartbeatMissing must open an incident."""
     classifier = runtime.snapshot.classifier  # the rules in force now, even after a reload
 
     def decide(alert: Alert) -> tuple[Classification, str | None]:
         classification = classifier.classify(alert.labels, now)
+        if own and classification.heartbeat:
+            classification = replace(classification, heartbeat=False, heartbeat_timeout_s=None)
         return classification, incident_key(classification, alert.labels, group_key)
 
     return [IncomingAlert(alert, group_key, receiver, decide=decide) for alert in alerts]
@@ -80,7 +90,7 @@ async def store_own_alert(runtime: Runtime, alert: Alert, group_key: str) -> Ing
     sent it: classified by the rules, an incident, escalation and containment. Raises
     StoreError when the store cannot take it."""
     now = runtime.clock.now()
-    incoming = _incoming(runtime, (alert,), group_key, OWN_RECEIVER, now)
+    incoming = _incoming(runtime, (alert,), group_key, OWN_RECEIVER, now, own=True)
     reopen = runtime.snapshot.escalation.reopen_within
     outcomes = await runtime.store.ingest(
         incoming, now, reopen_within=reopen, on_due=runtime.wake_escalator

@@ -92,11 +92,25 @@ def row(
 def test_judge(
     alive: datetime, missing: datetime | None, now: datetime, started: datetime, expected: str
 ) -> None:
-    assert judge(row(alive, missing), timedelta(minutes=5), now, started) == expected
+    assert judge(row(alive, missing), timedelta(minutes=5), now, started, None) == expected
+
+
+def test_silence_adds_up_across_restarts_but_downtime_does_not() -> None:
+    """Heard at T0; the daemon checked last at T0+3m, was down until T0+10m and runs since:
+    at T0+13m the heartbeat has been silent 6 minutes of listening (3 + 3), not 13 or 3."""
+    five = timedelta(minutes=5)
+    started, down_since = T0 + timedelta(minutes=10), T0 + timedelta(minutes=3)
+    now = T0 + timedelta(minutes=13)
+    assert judge(row(T0), five, now, started, down_since) is HeartbeatState.MISSING
+    assert judge(row(T0), five, now - timedelta(minutes=2), started, down_since) == "alive"
+    # a restart every few minutes no longer hides a dead pipeline for ever
+    day3 = T0 + timedelta(days=3)
+    late = judge(row(T0), five, day3, day3 - timedelta(minutes=1), day3 - timedelta(minutes=2))
+    assert late is HeartbeatState.MISSING
 
 
 def test_a_heartbeat_without_a_timeout_is_not_watched() -> None:
-    assert judge(row(T0), None, T0 + timedelta(days=9), T0) is HeartbeatState.UNWATCHED
+    assert judge(row(T0), None, T0 + timedelta(days=9), T0, None) is HeartbeatState.UNWATCHED
 
 
 def test_the_missing_alert_names_the_heartbeat_and_keeps_its_source() -> None:
@@ -316,11 +330,13 @@ async def test_forgetting_a_retired_heartbeat_resolves_its_incident(
     assert (await client.delete("/api/v1/heartbeats/nope", headers=AUTH)).status == 404
     assert (await client.delete(url, headers=AUTH)).status == 200
     await eventually(lambda: _state_is(client, "resolved"), "forgetting resolved the incident")
-    assert await heartbeats(client) == []
+    assert [h["state"] for h in await heartbeats(client)] == ["forgotten"]
     clock.advance(timedelta(hours=1))
     await asyncio.sleep(0.1)  # the watch's loop runs
     assert await incident_count(client) == 1  # and nothing new opened
-    assert (await client.delete(url, headers=AUTH)).status == 404
+    # Heard again (a forget by mistake, or the Prometheus came back): watched again.
+    await post(client, webhook(watchdog()))
+    assert [h["state"] for h in await heartbeats(client)] == ["alive"]
 
 
 async def test_a_reload_that_drops_the_timeout_resolves_the_missing_incident(
@@ -380,11 +396,21 @@ async def test_heartbeats_stored_before_the_switch_existed_are_watched(tmp_path:
         "receiver, alertname, severity, category, classification, first_received, "
         "last_received, receive_count, updated_at"
     )
-    for fingerprint, name, heartbeat in (("f1", "Watchdog", "true"), ("f2", "DiskFull", "false")):
+    for fingerprint, status, name, heartbeat in (
+        ("f1", "firing", "Watchdog", "true"),
+        ("f2", "firing", "DiskFull", "false"),
+        ("f3", "resolved", "Watchdog", "true"),  # a Prometheus retired long ago: not adopted
+    ):
         conn.execute(
-            f"INSERT INTO alerts ({columns}) VALUES (?, 'firing', ?, '{{}}', 1, '', 'g', 'r', "  # noqa: S608
+            f"INSERT INTO alerts ({columns}) VALUES (?, ?, ?, '{{}}', 1, '', 'g', 'r', "  # noqa: S608
             "?, 'P3', 'infrastructure', ?, 5, 7, 2, 7)",
-            (fingerprint, f'{{"alertname": "{name}"}}', name, f'{{"heartbeat": {heartbeat}}}'),
+            (
+                fingerprint,
+                status,
+                f'{{"alertname": "{name}"}}',
+                name,
+                f'{{"heartbeat": {heartbeat}}}',
+            ),
         )
     conn.commit()
     conn.close()
@@ -419,11 +445,84 @@ async def test_the_cli_lists_and_forgets_heartbeats(tmp_path: Path) -> None:
             cli, config, daemon.url, "heartbeats", "--forget", fingerprint
         )
         assert forgot.returncode == 0, forgot.stderr
-        again = await asyncio.to_thread(
-            cli, config, daemon.url, "heartbeats", "--forget", fingerprint
+        listed = await asyncio.to_thread(cli, config, daemon.url, "heartbeats")
+        assert listed.stdout.splitlines()[1].split()[2] == "forgotten"
+        unknown = await asyncio.to_thread(
+            cli, config, daemon.url, "heartbeats", "--forget", "0000000000000000"
         )
-        assert again.returncode == 1
-        assert "404: no heartbeat" in again.stderr
+        assert unknown.returncode == 1
+        assert "404: no heartbeat" in unknown.stderr
         odd = await asyncio.to_thread(cli, config, daemon.url, "heartbeats", "--forget", "a/../b?c")
         assert odd.returncode == 1
         assert "404" in odd.stderr
+
+
+async def test_a_watchdog_resent_with_its_old_start_after_a_resolve_is_life(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Alertmanager timed Watchdog out and resolved it; when the path heals, Prometheus sends
+    it again with the same startsAt. That copy is life, and resolves HeartbeatMissing."""
+    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    await post(client, webhook(watchdog()))
+    clock.advance(timedelta(minutes=1))
+    ended = watchdog("resolved")
+    ended["endsAt"] = "2026-01-05T09:01:00Z"
+    await post(client, webhook(ended))
+    clock.advance(timedelta(minutes=6))
+
+    async def opened() -> bool:
+        return await incident_count(client) == 1
+
+    await eventually(opened, "missing after the resolve")
+    clock.advance(timedelta(seconds=5))
+    await post(client, webhook(watchdog()))  # the same startsAt as before the resolve
+    clock.advance(CHECK_EVERY)
+    await eventually(lambda: _state_is(client, "resolved"), "the old episode's copy is life")
+    assert [h["state"] for h in await heartbeats(client)] == ["alive"]
+
+
+async def test_a_crash_after_marking_missing_still_raises_the_alert(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Marked missing, then the daemon died before storing HeartbeatMissing: after the
+    restart the heartbeat is still missing and the alert is raised."""
+    path = fast_config(tmp_path, smtp, twilio)
+    client = await make_client(path)
+    await post(client, webhook(watchdog()))
+    (hb,) = await heartbeats(client)
+    await client.close()
+    store = SQLiteStore(tmp_path / "state" / "responder.db")
+    await store.open()
+    await store.heartbeat_missing(hb["fingerprint"], T0 + timedelta(minutes=6))
+    await store.close()
+    clock.advance(timedelta(minutes=7))
+
+    client = await make_client(path)
+
+    async def opened() -> bool:
+        return await incident_count(client) == 1
+
+    await eventually(opened, "HeartbeatMissing raised after the restart")
+    assert (await heartbeats(client))[0]["missingSince"] == "2026-01-05T09:06:00Z"
+
+
+async def test_a_rule_calling_heartbeat_missing_a_heartbeat_cannot_silence_it(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    broad = FAST_WATCHDOG.replace('alertname="Watchdog"', 'alertname=~"Watchdog|Heartbeat.*"')
+    path = write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules=broad)
+    client = await make_client(path)
+    await go_missing(client, clock)
+    assert [h["labels"]["alertname"] for h in await heartbeats(client)] == ["Watchdog"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from notifiers import smtp as smtp_module
 from notifiers.base import DeliveryError, Message
 from notifiers.config import build_notifiers, parse_channels
 from notifiers.smtp import SmtpMode, SmtpNotifier, SmtpSettings, thread_root_id
@@ -356,3 +358,27 @@ def test_config_errors_name_file_line_and_key(body: str, message: str, tmp_path:
         parse_channels(node, tmp_path)
     assert str(caught.value).startswith(message)
     assert "hunter2" not in str(caught.value)
+
+
+async def test_the_whole_exchange_ends_within_the_timeout(plain: SmtpTestServer) -> None:
+    """The bound covers QUIT too: a stalled server costs the timeout, not twice it."""
+    plain.answer_delay = 2.0
+    started = time.monotonic()
+    with pytest.raises(DeliveryError):
+        await SmtpNotifier(settings_for(plain, timeout=0.5)).send(page())
+    assert time.monotonic() - started < 0.9
+
+
+async def test_the_adapter_ends_before_the_outbox_deadline(
+    plain: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """smtp.timeout as long as the outbox's deadline would leave the outcome to the outbox
+    (always "unknown"): the adapter's own bound ends first, and it says what happened."""
+    monkeypatch.setattr(smtp_module, "SEND_DEADLINE_S", 1.0)
+    monkeypatch.setattr(smtp_module, "SEND_MARGIN_S", 0.5)
+    plain.answer_delay = 2.0
+    started = time.monotonic()
+    with pytest.raises(DeliveryError) as caught:
+        await SmtpNotifier(settings_for(plain, timeout=30.0)).send(page())
+    assert time.monotonic() - started < 0.9
+    assert (caught.value.reason, caught.value.maybe_sent) == ("timeout", True)

@@ -96,6 +96,8 @@ class HeartbeatRow:
     alive_until: datetime | None
     # When it was found missing: its HeartbeatMissing alert's start. None while alive.
     missing_since: datetime | None
+    # When someone said to forget it (retired); watched again once heard after that.
+    forgotten_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,9 +250,15 @@ class Store(ContainmentStore, Protocol):
         False if it is not watched (forgotten meanwhile)."""
         ...
 
-    async def forget_heartbeat(self, fingerprint: str) -> HeartbeatRow | None:
-        """Stop watching a heartbeat until its alert starts a new episode."""
+    async def forget_heartbeat(self, fingerprint: str, now: datetime) -> HeartbeatRow | None:
+        """Stop watching a heartbeat until it is heard again; the row as it was before."""
         ...
+
+    async def heartbeat_watch_checked(self, now: datetime) -> None:
+        """Record that the heartbeat watch ran (a restart forgives only the time after)."""
+        ...
+
+    async def heartbeat_watch_last_check(self) -> datetime | None: ...
 
     async def list_alerts(self, query: AlertQuery) -> list[StoredAlert]:
         """Newest first."""

@@ -201,21 +201,26 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "ALTER TABLE alerts ADD COLUMN joined_at INTEGER",
     ],
     # 8: heartbeats watched by the dead-man switch (responder.heartbeats), one row per
-    # heartbeat alert (fingerprint) ever seen; when it was found missing, the time its
-    # HeartbeatMissing alert started. Heartbeats stored before this version are adopted.
+    # heartbeat alert (fingerprint) seen; when it was found missing, the time its
+    # HeartbeatMissing alert started; when someone said to forget it. Heartbeats stored
+    # before this version are adopted if firing (not a Prometheus retired long ago).
     [
         """
         CREATE TABLE heartbeats (
             fingerprint TEXT PRIMARY KEY,
             labels TEXT NOT NULL,
             first_seen INTEGER NOT NULL,
-            missing_since INTEGER
+            missing_since INTEGER,
+            forgotten_at INTEGER
         )
         """,
         """
         INSERT INTO heartbeats (fingerprint, labels, first_seen)
         SELECT fingerprint, labels, min(first_received) FROM alerts
-        WHERE json_extract(classification, '$.heartbeat') = 1 GROUP BY fingerprint
+        WHERE json_extract(classification, '$.heartbeat') = 1
+        GROUP BY fingerprint HAVING max(status = 'firing') = 1
         """,
+        # The daemon's own state between runs: when the heartbeat watch last checked.
+        "CREATE TABLE watch_state (id INTEGER PRIMARY KEY CHECK (id = 1), last_check INTEGER)",
     ],
 ]

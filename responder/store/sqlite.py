@@ -407,8 +407,17 @@ class SQLiteStore:
         since_us = None if since is None else to_us(since)
         return await self._write(lambda conn: heartbeats.set_missing(conn, fingerprint, since_us))
 
-    async def forget_heartbeat(self, fingerprint: str) -> HeartbeatRow | None:
-        return await self._write(lambda conn: heartbeats.forget(conn, fingerprint))
+    async def forget_heartbeat(self, fingerprint: str, now: datetime) -> HeartbeatRow | None:
+        now_us = to_us(now)
+        return await self._write(lambda conn: heartbeats.forget(conn, fingerprint, now_us))
+
+    async def heartbeat_watch_checked(self, now: datetime) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: heartbeats.checked(conn, now_us))
+
+    async def heartbeat_watch_last_check(self) -> datetime | None:
+        last = await self._read(heartbeats.last_check)
+        return None if last is None else from_us(last)
 
     async def list_alerts(self, query: AlertQuery) -> list[StoredAlert]:
         clauses: list[str] = []
@@ -953,12 +962,14 @@ def _store_alert(
             cache.firing(fingerprint)
             return (IngestOutcome.NEW, *stored)
         # Same identity exists and is not firing: stale comes back to life; resolved stays
-        # resolved (a firing copy delivered after the resolve is out of order).
+        # resolved (a firing copy delivered after the resolve is out of order). A heartbeat's
+        # copy is proof of life in any order: Prometheus re-sends the same startsAt after
+        # Alertmanager timed it out, and the dead-man switch must see it (heartbeats.py).
         revived = conn.execute(
-            "UPDATE alerts SET status = 'firing', last_received = ?, "
-            "receive_count = receive_count + 1, updated_at = ? "
-            "WHERE fingerprint = ? AND starts_at = ? AND status = 'stale' RETURNING id",
-            (now_us, now_us, fingerprint, starts_us),
+            "UPDATE alerts SET status = 'firing', ends_at = NULL, last_received = ?, "
+            "receive_count = receive_count + 1, updated_at = ? WHERE fingerprint = ? AND "
+            "starts_at = ? AND (status = 'stale' OR (status = 'resolved' AND ?)) RETURNING id",
+            (now_us, now_us, fingerprint, starts_us, incoming.decided().heartbeat),
         ).fetchone()
         if revived is not None:
             cache.firing(fingerprint)

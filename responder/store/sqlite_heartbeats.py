@@ -1,5 +1,5 @@
 """The SQL of the dead-man switch (``responder.heartbeats``): which heartbeats exist, when
-each last showed life, and which were found missing.
+each last showed life, which were found missing or forgotten, and when the watch last ran.
 
 A heartbeat's last sign of life is read from its alert rows, not written on each delivery:
 a repeat of a firing alert (what Alertmanager sends most) is never classified, so the
@@ -18,7 +18,7 @@ from responder.store.base import HeartbeatRow
 from responder.store.sqlite_incidents import from_us
 
 _SELECT = (
-    "SELECT h.fingerprint, h.labels, h.first_seen, h.missing_since, "
+    "SELECT h.fingerprint, h.labels, h.first_seen, h.missing_since, h.forgotten_at, "
     "(SELECT max(CASE WHEN a.status = 'resolved' "
     "THEN min(coalesce(a.ends_at, a.last_received), a.last_received) "
     "ELSE a.last_received END) FROM alerts a WHERE a.fingerprint = h.fingerprint) "
@@ -46,20 +46,38 @@ def set_missing(conn: sqlite3.Connection, fingerprint: str, since_us: int | None
     return cur.rowcount > 0
 
 
-def forget(conn: sqlite3.Connection, fingerprint: str) -> HeartbeatRow | None:
+def forget(conn: sqlite3.Connection, fingerprint: str, now_us: int) -> HeartbeatRow | None:
+    """Mark a heartbeat forgotten (until it is heard again); the row as it was before."""
     row = conn.execute(_SELECT + " WHERE h.fingerprint = ?", (fingerprint,)).fetchone()
     if row is None:
         return None
-    conn.execute("DELETE FROM heartbeats WHERE fingerprint = ?", (fingerprint,))
+    conn.execute(
+        "UPDATE heartbeats SET forgotten_at = ?, missing_since = NULL WHERE fingerprint = ?",
+        (now_us, fingerprint),
+    )
     return _row(row)
 
 
-def _row(row: tuple[str, str, int, int | None, int | None]) -> HeartbeatRow:
+def last_check(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT last_check FROM watch_state WHERE id = 1").fetchone()
+    return None if row is None else int(row[0])
+
+
+def checked(conn: sqlite3.Connection, now_us: int) -> None:
+    conn.execute(
+        "INSERT INTO watch_state (id, last_check) VALUES (1, ?) "
+        "ON CONFLICT (id) DO UPDATE SET last_check = excluded.last_check",
+        (now_us,),
+    )
+
+
+def _row(row: tuple[str, str, int, int | None, int | None, int | None]) -> HeartbeatRow:
     labels: Mapping[str, str] = json.loads(row[1])
     return HeartbeatRow(
         fingerprint=row[0],
         labels=labels,
         first_seen=from_us(row[2]),
         missing_since=None if row[3] is None else from_us(row[3]),
-        alive_until=None if row[4] is None else from_us(row[4]),
+        forgotten_at=None if row[4] is None else from_us(row[4]),
+        alive_until=None if row[5] is None else from_us(row[5]),
     )
