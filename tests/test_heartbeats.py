@@ -201,10 +201,7 @@ async def test_a_silent_watchdog_pages_and_its_return_resolves(
 
     clock.advance(timedelta(minutes=2))  # 6 minutes since the last copy
 
-    async def opened() -> bool:
-        return await incident_count(client) == 1
-
-    await eventually(opened, "HeartbeatMissing opened an incident")
+    await eventually(lambda: _one_incident(client), "HeartbeatMissing opened an incident")
     doc = await incident(client)
     assert (doc["severity"], doc["category"]) == ("P1", "infrastructure")
     assert doc["title"].startswith("HeartbeatMissing")
@@ -248,6 +245,10 @@ async def test_a_silent_watchdog_pages_and_its_return_resolves(
     assert [h["state"] for h in await heartbeats(client)] == ["alive"]
 
 
+async def _one_incident(client: Client) -> bool:
+    return await incident_count(client) == 1
+
+
 async def _state_is(client: Client, state: str) -> bool:
     return bool((await incident(client))["state"] == state)
 
@@ -261,10 +262,7 @@ async def go_missing(client: Client, clock: FakeClock) -> None:
     await post(client, webhook(watchdog()))
     clock.advance(timedelta(minutes=6))
 
-    async def opened() -> bool:
-        return await incident_count(client) == 1
-
-    await eventually(opened, "HeartbeatMissing opened an incident")
+    await eventually(lambda: _one_incident(client), "HeartbeatMissing opened an incident")
 
 
 async def test_after_a_restart_a_heartbeat_has_its_timeout_to_arrive(
@@ -287,10 +285,9 @@ async def test_after_a_restart_a_heartbeat_has_its_timeout_to_arrive(
     assert [h["state"] for h in await heartbeats(client)] == ["alive"]
     clock.advance(timedelta(minutes=2))
 
-    async def opened() -> bool:
-        return await incident_count(client) == 1
-
-    await eventually(opened, "missing once the timeout has passed since the start")
+    await eventually(
+        lambda: _one_incident(client), "missing once the timeout has passed since the start"
+    )
 
 
 async def test_a_missing_heartbeat_stays_missing_across_a_restart(
@@ -374,10 +371,9 @@ async def test_a_resolved_watchdog_is_no_sign_of_life(
     assert hb["lastHeard"] == "2026-01-05T09:01:00Z"
     clock.advance(timedelta(minutes=3, seconds=30))  # 09:06:30: past 5 minutes since the end
 
-    async def opened() -> bool:
-        return await incident_count(client) == 1
-
-    await eventually(opened, "missing 5 minutes after the end Alertmanager gave")
+    await eventually(
+        lambda: _one_incident(client), "missing 5 minutes after the end Alertmanager gave"
+    )
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -474,10 +470,7 @@ async def test_a_watchdog_resent_with_its_old_start_after_a_resolve_is_life(
     await post(client, webhook(ended))
     clock.advance(timedelta(minutes=6))
 
-    async def opened() -> bool:
-        return await incident_count(client) == 1
-
-    await eventually(opened, "missing after the resolve")
+    await eventually(lambda: _one_incident(client), "missing after the resolve")
     clock.advance(timedelta(seconds=5))
     await post(client, webhook(watchdog()))  # the same startsAt as before the resolve
     clock.advance(CHECK_EVERY)
@@ -507,10 +500,7 @@ async def test_a_crash_after_marking_missing_still_raises_the_alert(
 
     client = await make_client(path)
 
-    async def opened() -> bool:
-        return await incident_count(client) == 1
-
-    await eventually(opened, "HeartbeatMissing raised after the restart")
+    await eventually(lambda: _one_incident(client), "HeartbeatMissing raised after the restart")
     assert (await heartbeats(client))[0]["missingSince"] == "2026-01-05T09:06:00Z"
 
 
