@@ -76,9 +76,10 @@ def judge(
     if row.forgotten_at is not None and (heard is None or heard <= row.forgotten_at):
         return HeartbeatState.FORGOTTEN
     if row.missing_since is not None:
-        # Missing until a firing copy arrives after it was found missing; a restart of the
-        # daemon meanwhile changes nothing.
-        back = heard is not None and heard > row.missing_since
+        # Missing until a firing copy arrives after it was found missing, or a reload gives
+        # it a timeout longer than its silence (a timeout shorter than Alertmanager's repeat
+        # interval, corrected); a restart of the daemon meanwhile changes nothing.
+        back = heard is not None and (heard > row.missing_since or now - heard <= timeout)
         return HeartbeatState.ALIVE if back else HeartbeatState.MISSING
     if heard is None:
         heard = listening_since

@@ -109,6 +109,15 @@ def test_silence_adds_up_across_restarts_but_downtime_does_not() -> None:
     assert late is HeartbeatState.MISSING
 
 
+def test_a_timeout_raised_past_the_silence_ends_the_missing_state() -> None:
+    """Found missing with a 5m timeout that was shorter than Alertmanager's repeat interval;
+    the operator raises it to 4h30m: 7 minutes of silence is no longer missing."""
+    found = row(T0, missing=T0 + timedelta(minutes=6))
+    now = T0 + timedelta(minutes=7)
+    assert judge(found, timedelta(minutes=5), now, T0, None) is HeartbeatState.MISSING
+    assert judge(found, timedelta(hours=4, minutes=30), now, T0, None) is HeartbeatState.ALIVE
+
+
 def test_a_heartbeat_without_a_timeout_is_not_watched() -> None:
     assert judge(row(T0), None, T0 + timedelta(days=9), T0, None) is HeartbeatState.UNWATCHED
 
