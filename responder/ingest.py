@@ -62,7 +62,10 @@ def _incoming(
             classification = replace(classification, heartbeat=False, heartbeat_timeout_s=None)
         return classification, incident_key(classification, alert.labels, group_key)
 
-    return [IncomingAlert(alert, group_key, receiver, decide=decide) for alert in alerts]
+    source = OWN_RECEIVER if own else "alertmanager"
+    return [
+        IncomingAlert(alert, group_key, receiver, decide=decide, source=source) for alert in alerts
+    ]
 
 
 def _stored(

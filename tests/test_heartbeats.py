@@ -252,6 +252,10 @@ async def test_a_silent_watchdog_pages_and_its_return_resolves(
 
     await eventually(recovered, "the people paged were told of the recovery")
     assert [h["state"] for h in await heartbeats(client)] == ["alive"]
+    doc = await incident(client)
+    assert doc["resolvedBy"] == "responder"  # raised and ended by the daemon, not Alertmanager
+    actors = {e["kind"]: (e["actor"], e["via"]) for e in doc["timeline"]}
+    assert actors["triggered"] == actors["resolved"] == ("responder", "responder")
 
 
 async def _one_incident(client: Client) -> bool:

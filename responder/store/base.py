@@ -55,6 +55,9 @@ class IncomingAlert:
     # None for alerts that never make an incident (heartbeats). Known once decided.
     incident_key: str | None = None
     decide: Callable[[Alert], tuple[Classification, str | None]] | None = None
+    # Who raised it, as the incident's timeline names it: Alertmanager, or this daemon
+    # itself (HeartbeatMissing).
+    source: str = "alertmanager"
 
     def decided(self) -> Classification:
         if self.classification is None:

@@ -904,7 +904,7 @@ def _ingest_one(
         actions.alert_resolved(conn, alert_id, now_us)
         if incident_id is not None:
             return outcome, inc.alert_ended(
-                conn, alert_id, incident_id, Event.ALERT_RESOLVED, now_us
+                conn, alert_id, incident_id, Event.ALERT_RESOLVED, now_us, incoming.source
             )
         return outcome, False
     if incoming.incident_key is None:
@@ -929,6 +929,7 @@ def _ingest_one(
         now_us,
         reopen_us,
         none_open=outcome is IngestOutcome.NEW,  # _store_alert looked for one
+        source=incoming.source,
     )
 
 

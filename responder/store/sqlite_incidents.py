@@ -178,11 +178,12 @@ def attach_alert(
     reopen_us: int,
     *,
     none_open: bool = False,
+    source: str = "alertmanager",
 ) -> bool:
     """Put a firing alert into the open incident with its key, reopening or creating one
     (``none_open``: the caller already found no open incident). True when the incident's
     next due time moved earlier: opened (due now, or when a rule's hold_page ends),
-    reopened, raised."""
+    reopened, raised. ``source``: who raised the alert, for the timeline."""
     severity = str(classification["severity"])
     fired = {"alert": alert_id, "alertname": labels.get("alertname", ""), "severity": severity}
     found = None if none_open else open_incident(conn, key)
@@ -217,7 +218,7 @@ def attach_alert(
             ),
         )
         _place_alert(conn, alert_id, incident_id, None, now_us, fresh=none_open)
-        _event(conn, incident_id, now_us, Event.RETRIGGERED, "alertmanager", fired)
+        _event(conn, incident_id, now_us, Event.RETRIGGERED, source, fired, source)
         return True
 
     # A rule may hold the first page while containment works (hold_page).
@@ -248,33 +249,39 @@ def attach_alert(
         incident_id,
         now_us,
         Event.TRIGGERED,
-        "alertmanager",
+        source,
         {**fired, "classification": classification},
+        source,
     )
     return True
 
 
 def alert_ended(
-    conn: sqlite3.Connection, alert_id: int, incident_id: int, kind: Event, now_us: int
+    conn: sqlite3.Connection,
+    alert_id: int,
+    incident_id: int,
+    kind: Event,
+    now_us: int,
+    source: str = "alertmanager",
 ) -> bool:
     """An alert resolved or went stale: the incident resolves when none of its alerts fires.
-    True when it did (its recovery notice is due now)."""
-    _event(conn, incident_id, now_us, kind, "alertmanager", {"alert": alert_id})
+    True when it did (its recovery notice is due now). ``source``: who said so."""
+    _event(conn, incident_id, now_us, kind, source, {"alert": alert_id}, source)
     firing = conn.execute(
         "SELECT 1 FROM alerts WHERE incident_id = ? AND status = 'firing' LIMIT 1", (incident_id,)
     ).fetchone()
     if firing is not None:
         return False
     cur = conn.execute(
-        "UPDATE incidents SET state = 'resolved', resolved_at = ?, resolved_by = 'alertmanager', "
+        "UPDATE incidents SET state = 'resolved', resolved_at = ?, resolved_by = ?, "
         "snoozed_until = NULL, next_due = ?, version = version + 1, updated_at = ? "
         "WHERE id = ? AND state != 'resolved'",
-        (now_us, now_us, now_us, incident_id),
+        (now_us, source, now_us, now_us, incident_id),
     )
     if cur.rowcount:
         _cancel_pending(conn, incident_id, now_us, "resolved", resolve=True)
         reason = "all alerts resolved" if kind is Event.ALERT_RESOLVED else "all alerts ended"
-        _event(conn, incident_id, now_us, Event.RESOLVED, "alertmanager", {"reason": reason})
+        _event(conn, incident_id, now_us, Event.RESOLVED, source, {"reason": reason}, source)
         return True
     return False
 
