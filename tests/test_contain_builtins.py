@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import ipaddress
 import json
+import socket
 import stat
 import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 
 from responder.clock import FakeClock
@@ -261,28 +264,27 @@ async def test_the_hosts_own_addresses_are_never_blocked(tmp_path: Path, address
     )
 
 
-def test_local_addresses_are_read_from_proc(tmp_path: Path) -> None:
-    fib_trie = tmp_path / "fib_trie"
-    fib_trie.write_text(
-        "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n"
-        "     +-- 203.0.113.0/24 2 0 2\n        |-- 203.0.113.0\n"
-        "           /24 link UNICAST\n        |-- 203.0.113.7\n           /32 host LOCAL\n"
-        "        |-- 203.0.113.255\n           /32 link BROADCAST\n"
-    )
-    if_inet6 = tmp_path / "if_inet6"
-    if_inet6.write_text(
-        "00000000000000000000000000000001 01 80 10 80       lo\n"
-        "20010db8000000000000000000000005 02 40 00 80     eth0\n"
-    )
-    assert local_addresses(fib_trie, if_inet6) == {
-        ipaddress.ip_address("203.0.113.7"),
-        ipaddress.ip_address("::1"),
-        ipaddress.ip_address("2001:db8::5"),
+def test_local_addresses_are_the_interfaces_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every IPv4 and IPv6 address of every interface, link-local ones without their scope;
+    hardware addresses are not IP addresses."""
+    nic = collections.namedtuple("nic", "family address netmask broadcast ptp")
+    fake = {
+        "lo": [nic(socket.AF_INET, "127.0.0.1", None, None, None)],
+        "eth0": [
+            nic(socket.AF_INET, "203.0.113.7", "255.255.255.0", None, None),
+            nic(socket.AF_INET, "203.0.113.8", "255.255.255.0", None, None),  # secondary
+            nic(socket.AF_INET6, "2001:db8::5", None, None, None),
+            nic(socket.AF_INET6, "fe80::1%eth0", None, None, None),
+            nic(psutil.AF_LINK, "02:fc:00:00:00:01", None, None, None),
+        ],
     }
-    assert local_addresses(tmp_path / "none", tmp_path / "none") == frozenset()
+    monkeypatch.setattr(psutil, "net_if_addrs", lambda: fake)
+    assert local_addresses() == {
+        ipaddress.ip_address(a)
+        for a in ("127.0.0.1", "203.0.113.7", "203.0.113.8", "2001:db8::5", "fe80::1")
+    }
 
 
-@pytest.mark.skipif(not Path("/proc/net/fib_trie").exists(), reason="Linux /proc only")
 def test_this_hosts_addresses_include_loopback() -> None:
     assert ipaddress.ip_address("127.0.0.1") in local_addresses()
 

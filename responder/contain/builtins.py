@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import socket
 from collections.abc import Collection
 from datetime import datetime
-from pathlib import Path
+
+import psutil
 
 from responder.contain.catalog import BlockAddressSpec, CaptureEvidenceSpec, SystemdRestartSpec
 
@@ -49,25 +51,20 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def local_addresses(
-    fib_trie: Path = Path("/proc/net/fib_trie"), if_inet6: Path = Path("/proc/net/if_inet6")
-) -> frozenset[Address]:
-    """The addresses this host owns right now, from Linux's /proc (read at each block: DHCP
-    may change them). Empty where /proc does not have them."""
+def local_addresses() -> frozenset[Address]:
+    """The addresses this host owns right now (read at each block: DHCP may change them).
+    Empty when the system does not say."""
     found: set[Address] = set()
-    with contextlib.suppress(OSError, ValueError):
-        last = ""
-        for line in fib_trie.read_text().splitlines():
-            text = line.strip()
-            if text.startswith("|-- "):
-                last = text[4:]
-            elif text == "/32 host LOCAL" and last:
-                found.add(ipaddress.IPv4Address(last))
-    with contextlib.suppress(OSError, ValueError):
-        for line in if_inet6.read_text().splitlines():
-            hex_address = line.split(maxsplit=1)[0] if line.strip() else ""
-            if len(hex_address) == 32:
-                found.add(ipaddress.IPv6Address(int(hex_address, 16)))
+    try:
+        interfaces = psutil.net_if_addrs()
+    except OSError:
+        return frozenset()
+    for addresses in interfaces.values():
+        for item in addresses:
+            if item.family in (socket.AF_INET, socket.AF_INET6):
+                # A link-local IPv6 address carries its interface: fe80::1%eth0.
+                with contextlib.suppress(ValueError):
+                    found.add(ipaddress.ip_address(item.address.partition("%")[0]))
     return frozenset(found)
 
 
