@@ -121,17 +121,34 @@ SEND_MARGIN_S = 5.0
 
 
 class _TrackedSMTP(aiosmtplib.SMTP):
-    """aiosmtplib's client, noting how far a message got: a failure after the DATA command
-    started may come after the server took the message, and one after the server's answer
-    to it does not undo the delivery."""
+    """aiosmtplib's client, noting how far a message got. Once the body is on its way (after
+    the server's 354) the server may take it whatever happens next; after the server's
+    answer to it, a later failure (QUIT) does not undo the delivery; and a refusal (451,
+    554) is kept, so that a stall after it (aiosmtplib's RSET) does not hide it."""
 
-    data_started = False
+    body_sent = False
     data_answered = False
+    data_refused: aiosmtplib.SMTPResponseException | None = None
 
     async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
-        self.data_started = True
-        response = await super().data(message, **kwargs)
-        self.data_answered = True  # a refusal raises SMTPDataError instead
+        protocol = self.protocol
+        if protocol is not None:
+            write = protocol.write
+
+            def write_noting_the_body(data: bytes) -> None:
+                if data != b"DATA\r\n":  # the only other write of the DATA exchange
+                    self.body_sent = True
+                write(data)
+
+            # For this connection's DATA exchange only: the protocol writes the command and,
+            # after the 354, the body, with no hook of its own between the two.
+            protocol.write = write_noting_the_body  # type: ignore[method-assign]
+        try:
+            response = await super().data(message, **kwargs)
+        except aiosmtplib.SMTPResponseException as exc:
+            self.data_refused = exc
+            raise
+        self.data_answered = True
         return response
 
 
@@ -196,16 +213,18 @@ class SmtpNotifier:
             )
             # aiosmtplib's timeout is per command; this one bounds the whole exchange, QUIT
             # included, and ends before the outbox's deadline so that the outcome is ours.
-            async with asyncio.timeout(min(settings.timeout, SEND_DEADLINE_S - SEND_MARGIN_S)):
+            async with asyncio.timeout(self._bound):
                 await client.connect()  # and STARTTLS and AUTH, as configured
                 await client.send_message(mail, sender=sender, recipients=[message.to])
                 await client.quit()
         except Exception as exc:  # every failure becomes a DeliveryError, classified below
             if client is not None and client.data_answered:
                 return receipt  # the server took it; what failed was saying goodbye
-            error = self._delivery_error(exc)
-            sent = client is not None and client.data_started
-            if sent and not isinstance(exc, aiosmtplib.SMTPResponseException):
+            refused = None if client is None else client.data_refused
+            cause = exc if refused is None else refused  # a clear answer, whatever followed
+            error = self._delivery_error(cause)
+            sent = client is not None and client.body_sent
+            if sent and not isinstance(cause, aiosmtplib.SMTPResponseException):
                 # The message went out and no answer came back: the server may have taken
                 # it, and sending it again could page twice (deliver re-routes instead).
                 error = DeliveryError(
@@ -219,6 +238,12 @@ class SmtpNotifier:
             if client is not None:
                 client.close()  # never left to a QUIT outside the bound
         return receipt
+
+    @property
+    def _bound(self) -> float:
+        """Seconds for one whole send: ends before the outbox's deadline, so that the
+        outcome (not sent, maybe sent, sent) is decided here."""
+        return min(self._settings.timeout, SEND_DEADLINE_S - SEND_MARGIN_S)
 
     def _scrub(self, text: str) -> str:
         password = self._settings.password
@@ -251,7 +276,7 @@ class SmtpNotifier:
         if isinstance(exc, TimeoutError):
             return DeliveryError(
                 "timeout",
-                f"{where} did not finish within {self._settings.timeout:g}s",
+                f"{where} did not finish within {self._bound:g}s",
                 retryable=True,
             )
         if isinstance(exc, ssl.SSLCertVerificationError) or (

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
+import aiosmtpd.smtp
 import pytest
 
 from notifiers import smtp as smtp_module
@@ -17,6 +20,7 @@ from notifiers.config import build_notifiers, parse_channels
 from notifiers.smtp import SmtpMode, SmtpNotifier, SmtpSettings, thread_root_id
 from responder.clock import FakeClock
 from responder.secrets import Secret
+from responder.testing import smtp_server
 from responder.testing.smtp_server import SmtpTestServer, TlsMode, self_signed_cert
 from responder.yamlfile import ConfigError, Node, load_text
 
@@ -382,3 +386,56 @@ async def test_the_adapter_ends_before_the_outbox_deadline(
         await SmtpNotifier(settings_for(plain, timeout=30.0)).send(page())
     assert time.monotonic() - started < 0.9
     assert (caught.value.reason, caught.value.maybe_sent) == ("timeout", True)
+
+
+async def test_a_drop_before_the_body_went_out_is_a_plain_retry(
+    plain: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay restarts right after answering RCPT: the body never went out, so the page
+    is retried on the same address, not re-routed as "may have been delivered"."""
+    answer_rcpt = smtp_server._Handler.handle_RCPT
+
+    async def answer_then_drop(self: Any, server: Any, *args: Any) -> str:
+        answer = await answer_rcpt(self, server, *args)
+        asyncio.get_running_loop().call_soon(server.transport.close)
+        return answer
+
+    monkeypatch.setattr(smtp_server._Handler, "handle_RCPT", answer_then_drop)
+    with pytest.raises(DeliveryError) as caught:
+        await SmtpNotifier(settings_for(plain)).send(page())
+    assert plain.messages == []
+    assert (caught.value.retryable, caught.value.maybe_sent) == (True, False)
+
+
+async def test_a_slow_answer_to_the_data_command_is_a_plain_retry(
+    plain: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks at DATA hold the 354 past our bound: nothing of the message went out."""
+    start_data = aiosmtpd.smtp.SMTP.smtp_DATA
+
+    async def slow(self: Any, arg: str) -> None:
+        await asyncio.sleep(1.0)
+        await start_data(self, arg)
+
+    monkeypatch.setattr(aiosmtpd.smtp.SMTP, "smtp_DATA", slow)
+    with pytest.raises(DeliveryError) as caught:
+        await SmtpNotifier(settings_for(plain, timeout=0.4)).send(page())
+    assert (caught.value.reason, caught.value.maybe_sent) == ("timeout", False)
+
+
+async def test_a_refusal_stays_a_refusal_when_what_follows_stalls(
+    plain: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """451 for the message, then aiosmtplib's RSET gets no answer in time: the page was
+    refused (retry it), not "may have been delivered"."""
+
+    async def slow_rset(self: Any, arg: str) -> None:
+        await asyncio.sleep(2.0)
+        await self.push("250 OK")
+
+    monkeypatch.setattr(aiosmtpd.smtp.SMTP, "smtp_RSET", slow_rset)
+    plain.defer_next(1)
+    with pytest.raises(DeliveryError) as caught:
+        await SmtpNotifier(settings_for(plain, timeout=0.5)).send(page())
+    assert (caught.value.reason, caught.value.maybe_sent) == ("deferred", False)
+    assert "451" in str(caught.value)
