@@ -662,7 +662,7 @@ class Templates:
                     extra=fields(incident=context.incident_id, kind=kind.value, error=problem),
                 )
         subject, text = _last_resort(kind, variables)
-        return RenderedMessage(subject, self._fit(channel, text), None, problem)
+        return RenderedMessage(subject, self._fit(kind, channel, text), None, problem)
 
     def _render_with(
         self,
@@ -686,10 +686,15 @@ class Templates:
             html = part(Part.HTML).strip() or None
         else:
             text = _tidy_lines(part(Part.WEBHOOK))
-        return RenderedMessage(subject, self._fit(channel, text), html, problem)
+        return RenderedMessage(subject, self._fit(kind, channel, text), html, problem)
 
-    def _fit(self, channel: str, text: str) -> str:
-        return fit_keeping_head(text, self.sms_max_segments) if channel == "sms" else text
+    def _fit(self, kind: Kind, channel: str, text: str) -> str:
+        if channel != "sms":
+            return text
+        # What must survive the cut: what happened and how to acknowledge, the first two
+        # lines; a bundle says both ("3 new P1 incidents, reply ACK ALL:") in its first.
+        head = 1 if kind is Kind.BUNDLE else 2
+        return fit_keeping_head(text, self.sms_max_segments, head_lines=head)
 
     def check(self) -> None:
         """Render every template of every set against the sample contexts; raise

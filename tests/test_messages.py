@@ -215,6 +215,19 @@ def test_one_segment_keeps_the_acknowledge_line_of_a_long_non_gsm_title(tmp_path
     assert got.split("\n")[1] == "Reply ACK 42"
 
 
+def test_one_segment_keeps_a_bundles_reply_ack_all(tmp_path: Path) -> None:
+    """A bundle says how to acknowledge in its first line: that line survives, not the
+    first incident's."""
+    templates = load_templates(section("templates:\n  sms_max_segments: 1\n"), tmp_path)
+    items = tuple(
+        BundleItem(40 + i, f"Festplatte fast voll \u2013 db-{i} " + "x" * 40, "P1", "x", "t", START)
+        for i in range(3)
+    )
+    got = templates.render(Kind.BUNDLE, "sms", context(items=items)).text
+    assert count_segments(got)[1] == 1
+    assert got.split("\n")[0] == "3 new P1 incidents, reply ACK ALL:"
+
+
 # -- strict loading --------------------------------------------------------------------------------
 
 
