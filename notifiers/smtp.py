@@ -136,9 +136,9 @@ class _TrackedSMTP(aiosmtplib.SMTP):
             write = protocol.write
 
             def write_noting_the_body(data: bytes) -> None:
+                write(data)
                 if data != b"DATA\r\n":  # the only other write of the DATA exchange
                     self.body_sent = True
-                write(data)
 
             # For this connection's DATA exchange only: the protocol writes the command and,
             # after the 354, the body, with no hook of its own between the two.
@@ -198,22 +198,23 @@ class SmtpNotifier:
         receipt = Receipt(provider_id=str(mail["Message-ID"]), status="sent")
         client: _TrackedSMTP | None = None
         try:
-            client = _TrackedSMTP(
-                hostname=settings.host,
-                port=settings.effective_port,
-                use_tls=settings.mode is SmtpMode.TLS,
-                # True: STARTTLS is required, a server not offering it is an error;
-                # False: never upgrade (aiosmtplib's default would upgrade when offered).
-                start_tls=settings.mode is SmtpMode.STARTTLS,
-                tls_context=await self._get_context(),
-                username=settings.username,
-                password=settings.password.value if settings.password else None,
-                timeout=settings.timeout,
-                local_hostname=self._local_hostname,
-            )
-            # aiosmtplib's timeout is per command; this one bounds the whole exchange, QUIT
-            # included, and ends before the outbox's deadline so that the outcome is ours.
+            # aiosmtplib's timeout is per command; this one bounds the whole exchange, from
+            # loading the CA bundle to QUIT, and ends before the outbox's deadline so that
+            # the outcome is ours.
             async with asyncio.timeout(self._bound):
+                client = _TrackedSMTP(
+                    hostname=settings.host,
+                    port=settings.effective_port,
+                    use_tls=settings.mode is SmtpMode.TLS,
+                    # True: STARTTLS is required, a server not offering it is an error;
+                    # False: never upgrade (aiosmtplib's default would upgrade when offered).
+                    start_tls=settings.mode is SmtpMode.STARTTLS,
+                    tls_context=await self._get_context(),
+                    username=settings.username,
+                    password=settings.password.value if settings.password else None,
+                    timeout=settings.timeout,
+                    local_hostname=self._local_hostname,
+                )
                 await client.connect()  # and STARTTLS and AUTH, as configured
                 await client.send_message(mail, sender=sender, recipients=[message.to])
                 await client.quit()

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +29,8 @@ from typing import Any
 from aiohttp import web
 
 from responder.api import authenticated, iso
-from responder.classify import format_duration
+from responder.classify import Classifier, format_duration
+from responder.classify.rules import MAX_HEARTBEAT_TIMEOUT
 from responder.ingest import json_error, store_own_alert
 from responder.log import fields
 from responder.model import Alert, AlertStatus, frozen_labels
@@ -63,13 +64,12 @@ def judge(
     row: HeartbeatRow,
     timeout: timedelta | None,
     now: datetime,
-    listening_since: datetime,
-    down_since: datetime | None,
+    downtimes: Sequence[tuple[datetime, datetime]] = (),
 ) -> HeartbeatState:
-    """Whether a heartbeat is alive, missing or not watched, now. The daemon listens since
-    ``listening_since``; before that it was down since ``down_since`` (its last check before
-    the start; None: unknown, all time before the start). Silence counts only while it
-    listened, so restarts more often than the timeout still add a dead pipeline's silence up."""
+    """Whether a heartbeat is alive, missing or not watched, now. ``downtimes``: when the
+    daemon was down (from its last check to its next start). Silence counts only while it
+    listened: restarts, however many and however close, neither hide a dead pipeline's
+    silence nor add their downtime to it."""
     if timeout is None:
         return HeartbeatState.UNWATCHED
     heard = row.alive_until
@@ -81,12 +81,12 @@ def judge(
         # interval, corrected); a restart of the daemon meanwhile changes nothing.
         back = heard is not None and (heard > row.missing_since or now - heard <= timeout)
         return HeartbeatState.ALIVE if back else HeartbeatState.MISSING
-    if heard is None:
-        heard = listening_since
-    silence = now - heard
-    if heard < listening_since:  # the time the daemon was down is not the heartbeat's
-        deaf_from = heard if down_since is None else max(heard, down_since)
-        silence -= max(listening_since - deaf_from, timedelta(0))
+    since = row.first_seen if heard is None else heard
+    silence = now - since
+    for down_from, up_at in downtimes:
+        deaf = min(up_at, now) - max(down_from, since)
+        if deaf > timedelta(0):
+            silence -= deaf
     return HeartbeatState.MISSING if silence > timeout else HeartbeatState.ALIVE
 
 
@@ -135,13 +135,14 @@ class HeartbeatWatch:
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._listening_since = runtime.clock.now()
-        self._down_since: datetime | None = None
+        self._downtimes: list[tuple[datetime, datetime]] = []
+        self._adopted_for: Classifier | None = None  # the rules the last adoption used
         self._lock = asyncio.Lock()  # one check or forget at a time
 
     async def start_listening(self) -> None:
-        self._listening_since = self._runtime.clock.now()
-        self._down_since = await self._runtime.store.heartbeat_watch_last_check()
+        self._downtimes = await self._runtime.store.heartbeat_watch_started(
+            self._runtime.clock.now(), MAX_HEARTBEAT_TIMEOUT
+        )
 
     def _timeout(self, labels: Mapping[str, str], now: datetime) -> timedelta | None:
         c = self._runtime.snapshot.classifier.classify(labels, now)  # the rules now in force
@@ -154,7 +155,7 @@ class HeartbeatWatch:
         result = []
         for row in await self._runtime.store.heartbeats():
             timeout = self._timeout(row.labels, now)
-            state = judge(row, timeout, now, self._listening_since, self._down_since)
+            state = judge(row, timeout, now, self._downtimes)
             result.append(HeartbeatStatus(row, timeout, state))
         return result
 
@@ -162,6 +163,7 @@ class HeartbeatWatch:
         """One pass: raise (or re-send) HeartbeatMissing for the missing heartbeats, resolve
         it for those back or no longer watched."""
         async with self._lock:
+            await self._adopt()
             statuses = await self.statuses()
             self._count(statuses)
             for status in statuses:
@@ -176,12 +178,33 @@ class HeartbeatWatch:
         async with self._lock:
             now = self._runtime.clock.now()
             row = await self._runtime.store.forget_heartbeat(fingerprint, now)
-            if row is not None and row.missing_since is not None:
-                alert = missing_alert(row, None, row.missing_since, ended=now)
-                await store_own_alert(self._runtime, alert, _group_key(row))
-            if row is not None:
-                log.warning("heartbeat forgotten", extra=fields(fingerprint=fingerprint))
+            if row is None:
+                return None
+            log.warning("heartbeat forgotten", extra=fields(fingerprint=fingerprint))
+            if row.missing_since is not None:
+                # Resolved now; should that fail, the mark stays and the next check does it.
+                await self._clear(HeartbeatStatus(row, None, HeartbeatState.FORGOTTEN))
             return row
+
+    async def _adopt(self) -> None:
+        """Rules new since the last look (the start, a reload) may call alerts that are
+        firing already heartbeats: watch them. Their repeats are never classified."""
+        classifier = self._runtime.snapshot.classifier
+        if classifier is self._adopted_for:
+            return
+        now = self._runtime.clock.now()
+        found = []
+        for index, (fingerprint, labels) in enumerate(
+            await self._runtime.store.unwatched_firing_alerts()
+        ):
+            if classifier.classify(labels, now).heartbeat:
+                found.append((fingerprint, labels))
+            if index % 1000 == 999:
+                await asyncio.sleep(0)  # a storm's worth of firing alerts: let requests in
+        if found:
+            await self._runtime.store.watch_heartbeats(found, now)
+            log.info("firing alerts now watched as heartbeats", extra=fields(count=len(found)))
+        self._adopted_for = classifier
 
     async def _raise(self, status: HeartbeatStatus) -> None:
         row = status.row
@@ -204,15 +227,17 @@ class HeartbeatWatch:
     async def _clear(self, status: HeartbeatStatus) -> None:
         row = status.row
         assert row.missing_since is not None
-        now = self._runtime.clock.now()
-        alert = missing_alert(row, status.timeout, row.missing_since, ended=now)
+        # Never before its start, even if the wall clock stepped back: the store would not
+        # take the resolve as this episode's.
+        ended = max(self._runtime.clock.now(), row.missing_since)
+        alert = missing_alert(row, status.timeout, row.missing_since, ended=ended)
         await store_own_alert(self._runtime, alert, _group_key(row))
         await self._runtime.store.heartbeat_missing(row.fingerprint, None)
-        back = status.state is HeartbeatState.ALIVE
-        log.warning(
-            "heartbeat back" if back else "heartbeat no longer watched",
-            extra=fields(fingerprint=row.fingerprint),
-        )
+        message = {
+            HeartbeatState.ALIVE: "heartbeat back",
+            HeartbeatState.FORGOTTEN: "heartbeat forgotten: its HeartbeatMissing resolved",
+        }.get(status.state, "heartbeat no longer watched")
+        log.warning(message, extra=fields(fingerprint=row.fingerprint))
 
     def _count(self, statuses: list[HeartbeatStatus]) -> None:
         gauge = self._runtime.metrics.heartbeats
@@ -260,7 +285,8 @@ def _document(status: HeartbeatStatus) -> dict[str, Any]:
         "timeoutSeconds": None if status.timeout is None else int(status.timeout.total_seconds()),
         "firstSeen": iso(row.first_seen),
         "lastHeard": iso(row.alive_until),
-        "missingSince": iso(row.missing_since),
+        # Shown while missing; a heartbeat back keeps its mark until the check resolves it.
+        "missingSince": iso(row.missing_since) if status.state is HeartbeatState.MISSING else None,
     }
 
 

@@ -16,9 +16,16 @@ from aiohttp.test_utils import TestClient
 
 from responder.classify.rules import parse_rule
 from responder.clock import FakeClock
-from responder.heartbeats import CHECK_EVERY, HeartbeatState, judge, missing_alert
+from responder.heartbeats import (
+    CHECK_EVERY,
+    HEARTBEAT_WATCH,
+    HeartbeatState,
+    judge,
+    missing_alert,
+)
 from responder.model import AlertStatus
-from responder.store import HeartbeatRow, SQLiteStore
+from responder.runtime import RUNTIME
+from responder.store import HeartbeatRow, SQLiteStore, StoreError
 from responder.store.migrations import SQLITE_MIGRATIONS
 from responder.testing import FakeTwilio, SmtpTestServer
 from responder.yamlfile import ConfigError, load_text
@@ -46,6 +53,7 @@ rules:
     heartbeat_timeout: 5m
 """
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def row(
@@ -92,21 +100,26 @@ def row(
 def test_judge(
     alive: datetime, missing: datetime | None, now: datetime, started: datetime, expected: str
 ) -> None:
-    assert judge(row(alive, missing), timedelta(minutes=5), now, started, None) == expected
+    downtime = [(EPOCH, started)]  # listening since ``started``, down before
+    assert judge(row(alive, missing), timedelta(minutes=5), now, downtime) == expected
 
 
 def test_silence_adds_up_across_restarts_but_downtime_does_not() -> None:
     """Heard at T0; the daemon checked last at T0+3m, was down until T0+10m and runs since:
     at T0+13m the heartbeat has been silent 6 minutes of listening (3 + 3), not 13 or 3."""
     five = timedelta(minutes=5)
-    started, down_since = T0 + timedelta(minutes=10), T0 + timedelta(minutes=3)
+    down = [(T0 + timedelta(minutes=3), T0 + timedelta(minutes=10))]
     now = T0 + timedelta(minutes=13)
-    assert judge(row(T0), five, now, started, down_since) is HeartbeatState.MISSING
-    assert judge(row(T0), five, now - timedelta(minutes=2), started, down_since) == "alive"
+    assert judge(row(T0), five, now, down) is HeartbeatState.MISSING
+    assert judge(row(T0), five, now - timedelta(minutes=2), down) == "alive"
     # a restart every few minutes no longer hides a dead pipeline for ever
     day3 = T0 + timedelta(days=3)
-    late = judge(row(T0), five, day3, day3 - timedelta(minutes=1), day3 - timedelta(minutes=2))
-    assert late is HeartbeatState.MISSING
+    restarts = [(day3 - timedelta(minutes=2), day3 - timedelta(minutes=1))]
+    assert judge(row(T0), five, day3, restarts) is HeartbeatState.MISSING
+    # nor does a long outage count when a quick restart follows it
+    outage = [(T0 + timedelta(minutes=1), T0 + timedelta(days=1))]
+    quick = [*outage, (T0 + timedelta(days=1, minutes=1), T0 + timedelta(days=1, minutes=2))]
+    assert judge(row(T0), five, T0 + timedelta(days=1, minutes=3), quick) == "alive"
 
 
 def test_a_timeout_raised_past_the_silence_ends_the_missing_state() -> None:
@@ -114,12 +127,12 @@ def test_a_timeout_raised_past_the_silence_ends_the_missing_state() -> None:
     the operator raises it to 4h30m: 7 minutes of silence is no longer missing."""
     found = row(T0, missing=T0 + timedelta(minutes=6))
     now = T0 + timedelta(minutes=7)
-    assert judge(found, timedelta(minutes=5), now, T0, None) is HeartbeatState.MISSING
-    assert judge(found, timedelta(hours=4, minutes=30), now, T0, None) is HeartbeatState.ALIVE
+    assert judge(found, timedelta(minutes=5), now) is HeartbeatState.MISSING
+    assert judge(found, timedelta(hours=4, minutes=30), now) is HeartbeatState.ALIVE
 
 
 def test_a_heartbeat_without_a_timeout_is_not_watched() -> None:
-    assert judge(row(T0), None, T0 + timedelta(days=9), T0, None) is HeartbeatState.UNWATCHED
+    assert judge(row(T0), None, T0 + timedelta(days=9)) is HeartbeatState.UNWATCHED
 
 
 def test_the_missing_alert_names_the_heartbeat_and_keeps_its_source() -> None:
@@ -529,3 +542,91 @@ async def test_a_rule_calling_heartbeat_missing_a_heartbeat_cannot_silence_it(
     client = await make_client(path)
     await go_missing(client, clock)
     assert [h["labels"]["alertname"] for h in await heartbeats(client)] == ["Watchdog"]
+
+
+async def test_a_quick_restart_after_a_long_outage_does_not_page(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Down for a day, started, restarted a minute later: neither downtime is silence."""
+    path = fast_config(tmp_path, smtp, twilio)
+    client = await make_client(path)
+    await post(client, webhook(watchdog()))
+    await client.close()
+    clock.advance(timedelta(days=1))
+    client = await make_client(path)
+    clock.advance(timedelta(minutes=1))
+    await asyncio.sleep(0.05)
+    await client.close()
+    clock.advance(timedelta(minutes=1))
+    client = await make_client(path)
+    clock.advance(timedelta(minutes=1))
+    assert [h["state"] for h in await heartbeats(client)] == ["alive"]  # 2 minutes heard
+    clock.advance(timedelta(minutes=4))
+    await eventually(lambda: _one_incident(client), "5 minutes of listening without it")
+
+
+async def test_a_forget_whose_resolve_failed_is_finished_by_the_next_check(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    await go_missing(client, clock)
+    (hb,) = await heartbeats(client)
+    store = client.app[RUNTIME].store
+    ingest = store.ingest
+
+    async def fail_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(store, "ingest", ingest)
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store, "ingest", fail_once)
+    answer = await client.delete(f"/api/v1/heartbeats/{hb['fingerprint']}", headers=AUTH)
+    assert answer.status == 503
+    assert (await incident(client))["state"] == "triggered"
+    clock.advance(CHECK_EVERY)
+    await eventually(lambda: _state_is(client, "resolved"), "the next check resolved it")
+
+
+async def test_a_wall_clock_stepped_back_still_resolves_heartbeat_missing(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    await go_missing(client, clock)
+    clock.set(clock.now() - timedelta(minutes=3))  # NTP stepped the clock back
+    await post(client, webhook(watchdog()))
+    await client.app[HEARTBEAT_WATCH].check()  # a check before the clock is past the start
+    await eventually(lambda: _state_is(client, "resolved"), "its return resolved it anyway")
+
+
+async def test_a_rule_loaded_for_an_alert_already_firing_watches_it(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """DeadMansSwitch fires as an ordinary alert; a reload makes it a heartbeat. Its repeats
+    are never classified, so the watch adopts it from the rules in force."""
+    path = write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules="rules: []\n")
+    client = await make_client(path)
+    await post(client, webhook(alert("DeadMansSwitch", prometheus="k8s")))
+    (tmp_path / "rules.yaml").write_text(FAST_WATCHDOG.replace("Watchdog", "DeadMansSwitch"))
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    clock.advance(CHECK_EVERY)
+
+    async def adopted() -> bool:
+        return [h["labels"]["alertname"] for h in await heartbeats(client)] == ["DeadMansSwitch"]
+
+    await eventually(adopted, "the firing alert is watched as a heartbeat")

@@ -258,10 +258,25 @@ class Store(ContainmentStore, Protocol):
         ...
 
     async def heartbeat_watch_checked(self, now: datetime) -> None:
-        """Record that the heartbeat watch ran (a restart forgives only the time after)."""
+        """Record that the heartbeat watch ran: a stop after it was down from then."""
         ...
 
-    async def heartbeat_watch_last_check(self) -> datetime | None: ...
+    async def heartbeat_watch_started(
+        self, now: datetime, keep: timedelta
+    ) -> list[tuple[datetime, datetime]]:
+        """Record the downtime that ends now (since the last check); return every downtime
+        that ended within ``keep``: no heartbeat's silence counts in them."""
+        ...
+
+    async def unwatched_firing_alerts(self) -> list[tuple[str, Mapping[str, str]]]:
+        """Firing alerts not watched as heartbeats: (fingerprint, labels)."""
+        ...
+
+    async def watch_heartbeats(
+        self, found: Sequence[tuple[str, Mapping[str, str]]], now: datetime
+    ) -> None:
+        """Watch these firing alerts, which the rules now call heartbeats."""
+        ...
 
     async def list_alerts(self, query: AlertQuery) -> list[StoredAlert]:
         """Newest first."""

@@ -220,7 +220,10 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         WHERE json_extract(classification, '$.heartbeat') = 1
         GROUP BY fingerprint HAVING max(status = 'firing') = 1
         """,
-        # The daemon's own state between runs: when the heartbeat watch last checked.
+        # The daemon's own state between runs: when the heartbeat watch last checked, and
+        # the times it was down (from its last check to its next start), which are not a
+        # heartbeat's silence.
         "CREATE TABLE watch_state (id INTEGER PRIMARY KEY CHECK (id = 1), last_check INTEGER)",
+        "CREATE TABLE watch_downtime (down_from INTEGER NOT NULL, up_at INTEGER NOT NULL)",
     ],
 ]

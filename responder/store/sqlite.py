@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -415,9 +415,23 @@ class SQLiteStore:
         now_us = to_us(now)
         await self._write(lambda conn: heartbeats.checked(conn, now_us))
 
-    async def heartbeat_watch_last_check(self) -> datetime | None:
-        last = await self._read(heartbeats.last_check)
-        return None if last is None else from_us(last)
+    async def heartbeat_watch_started(
+        self, now: datetime, keep: timedelta
+    ) -> list[tuple[datetime, datetime]]:
+        now_us, keep_us = to_us(now), int(keep.total_seconds() * 1_000_000)
+        rows = await self._write(lambda conn: heartbeats.started(conn, now_us, keep_us))
+        return [(from_us(down), from_us(up)) for down, up in rows]
+
+    async def unwatched_firing_alerts(self) -> list[tuple[str, Mapping[str, str]]]:
+        rows = await self._read(heartbeats.unwatched_firing)
+        return [(fingerprint, json.loads(labels)) for fingerprint, labels in rows]
+
+    async def watch_heartbeats(
+        self, found: Sequence[tuple[str, Mapping[str, str]]], now: datetime
+    ) -> None:
+        now_us = to_us(now)
+        rows = [(fingerprint, _dumps(dict(labels))) for fingerprint, labels in found]
+        await self._write(lambda conn: heartbeats.track_many(conn, rows, now_us))
 
     async def list_alerts(self, query: AlertQuery) -> list[StoredAlert]:
         clauses: list[str] = []

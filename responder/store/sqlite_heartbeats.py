@@ -47,20 +47,46 @@ def set_missing(conn: sqlite3.Connection, fingerprint: str, since_us: int | None
 
 
 def forget(conn: sqlite3.Connection, fingerprint: str, now_us: int) -> HeartbeatRow | None:
-    """Mark a heartbeat forgotten (until it is heard again); the row as it was before."""
-    row = conn.execute(_SELECT + " WHERE h.fingerprint = ?", (fingerprint,)).fetchone()
-    if row is None:
-        return None
-    conn.execute(
-        "UPDATE heartbeats SET forgotten_at = ?, missing_since = NULL WHERE fingerprint = ?",
-        (now_us, fingerprint),
+    """Mark a heartbeat forgotten (until it is heard again); the row as it is now. Its
+    missing mark stays until its HeartbeatMissing alert is resolved (``set_missing``)."""
+    cur = conn.execute(
+        "UPDATE heartbeats SET forgotten_at = ? WHERE fingerprint = ?", (now_us, fingerprint)
     )
-    return _row(row)
+    if not cur.rowcount:
+        return None
+    return _row(conn.execute(_SELECT + " WHERE h.fingerprint = ?", (fingerprint,)).fetchone())
 
 
-def last_check(conn: sqlite3.Connection) -> int | None:
+def track_many(conn: sqlite3.Connection, found: list[tuple[str, str]], now_us: int) -> None:
+    """Watch these firing alerts (fingerprint, labels JSON) that the rules now call
+    heartbeats; ones watched already are left as they are."""
+    conn.executemany(
+        "INSERT INTO heartbeats (fingerprint, labels, first_seen) VALUES (?, ?, ?) "
+        "ON CONFLICT (fingerprint) DO NOTHING",
+        [(fingerprint, labels, now_us) for fingerprint, labels in found],
+    )
+
+
+def unwatched_firing(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Firing alerts not watched as heartbeats: (fingerprint, labels JSON)."""
+    return conn.execute(
+        "SELECT fingerprint, labels FROM alerts WHERE status = 'firing' "
+        "AND fingerprint NOT IN (SELECT fingerprint FROM heartbeats)"
+    ).fetchall()
+
+
+def started(conn: sqlite3.Connection, now_us: int, keep_us: int) -> list[tuple[int, int]]:
+    """The daemon starts: the time since its last check was downtime. Returns every
+    downtime that ended within ``keep_us`` (from 0 when no check was ever recorded)."""
     row = conn.execute("SELECT last_check FROM watch_state WHERE id = 1").fetchone()
-    return None if row is None else int(row[0])
+    down_from = 0 if row is None or row[0] is None else int(row[0])
+    if down_from < now_us:
+        conn.execute(
+            "INSERT INTO watch_downtime (down_from, up_at) VALUES (?, ?)", (down_from, now_us)
+        )
+    checked(conn, now_us)
+    conn.execute("DELETE FROM watch_downtime WHERE up_at < ?", (now_us - keep_us,))
+    return conn.execute("SELECT down_from, up_at FROM watch_downtime ORDER BY up_at").fetchall()
 
 
 def checked(conn: sqlite3.Connection, now_us: int) -> None:
