@@ -3,6 +3,8 @@ that print every SMS, call and mail they receive.
 
     cd examples && ../.venv/bin/python loopback_peers.py
 
+(it needs aiosmtpd, one of the test extras: the README's test command installs them),
+
 then start the daemon on examples/paging.yaml (which points at them) and post an alert. The
 Twilio side is the fake the tests use (responder.testing.FakeTwilio); its auth token is
 generated and written to ./twilio-token (mode 0600), where the config reads it.

@@ -260,6 +260,20 @@ def _utc(moment: datetime | None) -> str:
     return "—" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _policy_text(doc: Mapping[str, Any]) -> str:
+    """The rule's policy; or the one escalation used (``incidents.default_policy``)."""
+    named = _text(doc, "policy")
+    if named:
+        return md_text(named)
+    for event in reversed(_mappings(doc.get("timeline"))):
+        detail = event.get("detail")
+        if event.get("kind") == "escalated" and isinstance(detail, Mapping):
+            used = detail.get("policy")
+            if isinstance(used, str) and used:
+                return f"{md_text(used)} (the default policy)"
+    return "—"
+
+
 def _or_dash(value: str | None) -> str:
     return "—" if value is None or value == "" else md_text(value)
 
@@ -363,7 +377,7 @@ def incident_report(doc: Mapping[str, Any], *, now: datetime) -> str:
         ("Severity", _or_dash(_text(doc, "severity"))),
         ("Category", _or_dash(_text(doc, "category"))),
         ("State", state_text),
-        ("Policy", _or_dash(_text(doc, "policy"))),
+        ("Policy", _policy_text(doc)),
         ("Rule", _or_dash(_text(doc, "rule"))),
         ("Key", _or_dash(_text(doc, "key"))),
         ("Opened", _utc(figures.opened)),

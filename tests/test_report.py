@@ -176,6 +176,19 @@ def test_figures_measure_acknowledge_and_resolve_against_the_targets() -> None:
     assert figures.resolve.margin == timedelta(hours=1)
 
 
+def test_the_policy_escalation_used_is_named_when_the_rule_named_none() -> None:
+    """The incident's policy is empty when it came from incidents.default_policy: the
+    summary names the one the escalation used, from its timeline."""
+    doc = document() | {"policy": None}
+    for event in doc["timeline"]:
+        if event["kind"] == "escalated":
+            event["detail"] = {**event["detail"], "policy": "standard"}
+    summary = {
+        cells(r)[0]: cells(r)[1] for r in section(incident_report(doc, now=T0), "Summary")[2:]
+    }
+    assert summary["Policy"] == "standard (the default policy)"
+
+
 def test_report_has_title_summary_key_figures_and_empty_review_headings() -> None:
     """The review page names the incident, its numbers and leaves room for the people."""
     text = incident_report(document(), now=T0 + timedelta(days=1))
