@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,15 +84,29 @@ def judge(
         return HeartbeatState.ALIVE if back else HeartbeatState.MISSING
     since = row.first_seen if heard is None else heard
     silence = now - since
-    for down_from, up_at in downtimes:
-        deaf = min(up_at, now) - max(down_from, since)
-        if deaf > timedelta(0):
-            silence -= deaf
+    deaf_until = since  # downtimes may overlap (a clock stepped back): count each moment once
+    for down_from, up_at in sorted(downtimes):
+        start, end = max(down_from, deaf_until), min(up_at, now)
+        if end > start:
+            silence -= end - start
+            deaf_until = end
     return HeartbeatState.MISSING if silence > timeout else HeartbeatState.ALIVE
 
 
+MISSING_PREFIX = "heartbeat-missing:"
+
+
 def missing_fingerprint(heartbeat_fingerprint: str) -> str:
-    return f"heartbeat-missing:{heartbeat_fingerprint}"
+    return MISSING_PREFIX + heartbeat_fingerprint
+
+
+def heartbeat_rules_signature(classifier: Classifier) -> str:
+    """What decides which alerts are heartbeats: the rules that set ``heartbeat``, in order.
+    Unchanged, the firing alerts need no new look after a start or reload."""
+    deciding = [
+        (r.name, r.matchers, r.heartbeat) for r in classifier.rules if r.heartbeat is not None
+    ]
+    return hashlib.sha256(repr(deciding).encode()).hexdigest()
 
 
 def missing_alert(
@@ -136,11 +151,11 @@ class HeartbeatWatch:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._downtimes: list[tuple[datetime, datetime]] = []
-        self._adopted_for: Classifier | None = None  # the rules the last adoption used
+        self._adopted_for: str | None = None  # the heartbeat rules the last adoption used
         self._lock = asyncio.Lock()  # one check or forget at a time
 
     async def start_listening(self) -> None:
-        self._downtimes = await self._runtime.store.heartbeat_watch_started(
+        self._downtimes, self._adopted_for = await self._runtime.store.heartbeat_watch_started(
             self._runtime.clock.now(), MAX_HEARTBEAT_TIMEOUT
         )
 
@@ -190,21 +205,21 @@ class HeartbeatWatch:
         """Rules new since the last look (the start, a reload) may call alerts that are
         firing already heartbeats: watch them. Their repeats are never classified."""
         classifier = self._runtime.snapshot.classifier
-        if classifier is self._adopted_for:
+        signature = heartbeat_rules_signature(classifier)
+        if signature == self._adopted_for:
             return
         now = self._runtime.clock.now()
         found = []
-        for index, (fingerprint, labels) in enumerate(
-            await self._runtime.store.unwatched_firing_alerts()
-        ):
+        firing = await self._runtime.store.unwatched_firing_alerts(MISSING_PREFIX)
+        for index, (fingerprint, labels) in enumerate(firing):
             if classifier.classify(labels, now).heartbeat:
                 found.append((fingerprint, labels))
-            if index % 1000 == 999:
+            if index % 200 == 199:
                 await asyncio.sleep(0)  # a storm's worth of firing alerts: let requests in
+        await self._runtime.store.watch_heartbeats(found, now, signature)
         if found:
-            await self._runtime.store.watch_heartbeats(found, now)
             log.info("firing alerts now watched as heartbeats", extra=fields(count=len(found)))
-        self._adopted_for = classifier
+        self._adopted_for = signature
 
     async def _raise(self, status: HeartbeatStatus) -> None:
         row = status.row
@@ -258,9 +273,22 @@ async def watch_heartbeats(app: web.Application) -> AsyncIterator[None]:
     """The dead-man switch's loop, every CHECK_EVERY on the shared clock."""
     runtime = app[RUNTIME]
     watch = app[HEARTBEAT_WATCH]
-    await watch.start_listening()
+
+    async def start() -> bool:
+        try:
+            await watch.start_listening()
+        except Exception:  # the daemon still starts: webhooks and pages matter more
+            log.exception("heartbeat watch cannot start; will try again")
+            return False
+        return True
+
+    started = await start()  # before the first request: the API judges with it too
 
     async def loop() -> None:
+        # Nothing is judged before the downtime is known: without it, every heartbeat
+        # would count the time the daemon was down as silence.
+        while not started and not await start():
+            await runtime.clock.sleep_until(runtime.clock.now() + CHECK_EVERY)
         while True:
             now = runtime.clock.now()
             try:

@@ -23,9 +23,9 @@ from responder.heartbeats import (
     judge,
     missing_alert,
 )
-from responder.model import AlertStatus
+from responder.model import Alert, AlertStatus, Classification, Severity, frozen_labels
 from responder.runtime import RUNTIME
-from responder.store import HeartbeatRow, SQLiteStore, StoreError
+from responder.store import HeartbeatRow, IncomingAlert, SQLiteStore, StoreError
 from responder.store.migrations import SQLITE_MIGRATIONS
 from responder.testing import FakeTwilio, SmtpTestServer
 from responder.yamlfile import ConfigError, load_text
@@ -630,3 +630,82 @@ async def test_a_rule_loaded_for_an_alert_already_firing_watches_it(
         return [h["labels"]["alertname"] for h in await heartbeats(client)] == ["DeadMansSwitch"]
 
     await eventually(adopted, "the firing alert is watched as a heartbeat")
+
+
+def test_overlapping_downtimes_count_once() -> None:
+    """A clock stepped back can record overlapping downtimes: each moment is forgiven once.
+    Heard at T0, down from +1m to +4m twice over, now +10m: 7 minutes of listening."""
+    down = [(T0 + timedelta(minutes=1), T0 + timedelta(minutes=4))] * 2
+    assert judge(row(T0), timedelta(minutes=5), T0 + timedelta(minutes=10), down) == "missing"
+
+
+async def test_downtimes_are_kept_while_a_heartbeats_silence_reaches_back(tmp_path: Path) -> None:
+    """Heard at T0; down a day; up two minutes; down a week: the first downtime, older than a
+    week, still matters to that heartbeat's silence and is kept."""
+    store = SQLiteStore(tmp_path / "responder.db")
+    await store.open()
+    try:
+        c = Classification(Severity.P3, "infrastructure", "hb", heartbeat=True)
+        labels = frozen_labels({"alertname": "Watchdog"})
+        hb = Alert("f1", AlertStatus.FIRING, labels, frozen_labels({}), T0, None)
+        await store.ingest([IncomingAlert(hb, "g", "r", classification=c)], T0)
+        week = timedelta(days=7)
+        await store.heartbeat_watch_started(T0, week)
+        day = T0 + timedelta(days=1)
+        await store.heartbeat_watch_started(day, week)
+        await store.heartbeat_watch_checked(day + timedelta(minutes=2))
+        downtimes, _ = await store.heartbeat_watch_started(day + timedelta(days=8), week)
+    finally:
+        await store.close()
+    assert (T0, day) in downtimes
+    assert judge(row(T0), timedelta(minutes=5), day + timedelta(days=8), downtimes) == "alive"
+
+
+async def test_the_daemon_starts_when_the_watch_cannot_and_the_watch_catches_up(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = SQLiteStore.heartbeat_watch_started
+    calls = 0
+
+    async def busy_once(self: SQLiteStore, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreError("database is locked")
+        return await original(self, *args)
+
+    monkeypatch.setattr(SQLiteStore, "heartbeat_watch_started", busy_once)
+    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    await post(client, webhook(watchdog()))  # webhooks are taken meanwhile
+    clock.advance(CHECK_EVERY)
+    await eventually(lambda: _true(calls == 2), "the watch tried again")
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _one_incident(client), "and then watched as usual")
+
+
+async def test_a_restart_never_adopts_heartbeat_missing_as_a_heartbeat(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    broad = FAST_WATCHDOG.replace('alertname="Watchdog"', 'alertname=~"Watchdog|Heartbeat.*"')
+    path = write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules=broad)
+    client = await make_client(path)
+    await go_missing(client, clock)
+    await client.close()
+    (tmp_path / "rules.yaml").write_text(broad + "    # changed: the firing alerts get a look\n")
+    client = await make_client(path)
+    clock.advance(CHECK_EVERY)
+    await client.app[HEARTBEAT_WATCH].check()
+    assert [h["labels"]["alertname"] for h in await heartbeats(client)] == ["Watchdog"]
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -263,19 +263,24 @@ class Store(ContainmentStore, Protocol):
 
     async def heartbeat_watch_started(
         self, now: datetime, keep: timedelta
-    ) -> list[tuple[datetime, datetime]]:
-        """Record the downtime that ends now (since the last check); return every downtime
-        that ended within ``keep``: no heartbeat's silence counts in them."""
+    ) -> tuple[list[tuple[datetime, datetime]], str | None]:
+        """Record the downtime that ends now (since the last check). Returns the downtimes
+        a watched heartbeat's silence may reach back over (no silence counts in them; with
+        none watched, those of the last ``keep``), and the rules signature the firing
+        alerts were last adopted for (``watch_heartbeats``)."""
         ...
 
-    async def unwatched_firing_alerts(self) -> list[tuple[str, Mapping[str, str]]]:
-        """Firing alerts not watched as heartbeats: (fingerprint, labels)."""
+    async def unwatched_firing_alerts(
+        self, except_prefix: str
+    ) -> list[tuple[str, Mapping[str, str]]]:
+        """Firing alerts not watched as heartbeats, but those whose fingerprint starts with
+        ``except_prefix`` (the daemon's own): (fingerprint, labels)."""
         ...
 
     async def watch_heartbeats(
-        self, found: Sequence[tuple[str, Mapping[str, str]]], now: datetime
+        self, found: Sequence[tuple[str, Mapping[str, str]]], now: datetime, signature: str
     ) -> None:
-        """Watch these firing alerts, which the rules now call heartbeats."""
+        """Watch these firing alerts, which the rules with this signature call heartbeats."""
         ...
 
     async def list_alerts(self, query: AlertQuery) -> list[StoredAlert]:

@@ -223,7 +223,8 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         # The daemon's own state between runs: when the heartbeat watch last checked, and
         # the times it was down (from its last check to its next start), which are not a
         # heartbeat's silence.
-        "CREATE TABLE watch_state (id INTEGER PRIMARY KEY CHECK (id = 1), last_check INTEGER)",
+        "CREATE TABLE watch_state ("
+        "id INTEGER PRIMARY KEY CHECK (id = 1), last_check INTEGER, adopted_for TEXT)",
         "CREATE TABLE watch_downtime (down_from INTEGER NOT NULL, up_at INTEGER NOT NULL)",
     ],
 ]

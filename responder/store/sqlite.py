@@ -417,25 +417,27 @@ class SQLiteStore:
 
     async def heartbeat_watch_started(
         self, now: datetime, keep: timedelta
-    ) -> list[tuple[datetime, datetime]]:
+    ) -> tuple[list[tuple[datetime, datetime]], str | None]:
         now_us, keep_us = to_us(now), int(keep.total_seconds() * 1_000_000)
-        rows = await self._write(lambda conn: heartbeats.started(conn, now_us, keep_us))
-        return [(from_us(down), from_us(up)) for down, up in rows]
+        rows, signature = await self._write(lambda conn: heartbeats.started(conn, now_us, keep_us))
+        return [(from_us(down), from_us(up)) for down, up in rows], signature
 
-    async def unwatched_firing_alerts(self) -> list[tuple[str, Mapping[str, str]]]:
+    async def unwatched_firing_alerts(
+        self, except_prefix: str
+    ) -> list[tuple[str, Mapping[str, str]]]:
         def work(conn: sqlite3.Connection) -> list[tuple[str, Mapping[str, str]]]:
             # Parsed on the reader thread: an alert storm's worth of labels is ~0.1 s.
-            rows = heartbeats.unwatched_firing(conn)
+            rows = heartbeats.unwatched_firing(conn, except_prefix)
             return [(fingerprint, json.loads(labels)) for fingerprint, labels in rows]
 
         return await self._read(work)
 
     async def watch_heartbeats(
-        self, found: Sequence[tuple[str, Mapping[str, str]]], now: datetime
+        self, found: Sequence[tuple[str, Mapping[str, str]]], now: datetime, signature: str
     ) -> None:
         now_us = to_us(now)
         rows = [(fingerprint, _dumps(dict(labels))) for fingerprint, labels in found]
-        await self._write(lambda conn: heartbeats.track_many(conn, rows, now_us))
+        await self._write(lambda conn: heartbeats.track_many(conn, rows, now_us, signature))
 
     async def list_alerts(self, query: AlertQuery) -> list[StoredAlert]:
         clauses: list[str] = []

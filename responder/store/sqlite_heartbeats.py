@@ -17,12 +17,15 @@ from collections.abc import Mapping
 from responder.store.base import HeartbeatRow
 from responder.store.sqlite_incidents import from_us
 
-_SELECT = (
-    "SELECT h.fingerprint, h.labels, h.first_seen, h.missing_since, h.forgotten_at, "
+# The last sign of life of heartbeat ``h``, from its alert rows.
+_ALIVE = (
     "(SELECT max(CASE WHEN a.status = 'resolved' "
     "THEN min(coalesce(a.ends_at, a.last_received), a.last_received) "
-    "ELSE a.last_received END) FROM alerts a WHERE a.fingerprint = h.fingerprint) "
-    "FROM heartbeats h"
+    "ELSE a.last_received END) FROM alerts a WHERE a.fingerprint = h.fingerprint)"
+)
+_SELECT = (
+    "SELECT h.fingerprint, h.labels, h.first_seen, h.missing_since, h.forgotten_at, "  # noqa: S608 - fixed text
+    f"{_ALIVE} FROM heartbeats h"
 )
 
 
@@ -57,27 +60,45 @@ def forget(conn: sqlite3.Connection, fingerprint: str, now_us: int) -> Heartbeat
     return _row(conn.execute(_SELECT + " WHERE h.fingerprint = ?", (fingerprint,)).fetchone())
 
 
-def track_many(conn: sqlite3.Connection, found: list[tuple[str, str]], now_us: int) -> None:
-    """Watch these firing alerts (fingerprint, labels JSON) that the rules now call
-    heartbeats; ones watched already are left as they are."""
+def track_many(
+    conn: sqlite3.Connection, found: list[tuple[str, str]], now_us: int, signature: str
+) -> None:
+    """Watch these firing alerts (fingerprint, labels JSON) that the rules whose signature
+    is given call heartbeats; ones watched already are left as they are."""
     conn.executemany(
         "INSERT INTO heartbeats (fingerprint, labels, first_seen) VALUES (?, ?, ?) "
         "ON CONFLICT (fingerprint) DO NOTHING",
         [(fingerprint, labels, now_us) for fingerprint, labels in found],
     )
+    set_adopted_for(conn, signature)
 
 
-def unwatched_firing(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    """Firing alerts not watched as heartbeats: (fingerprint, labels JSON)."""
+def unwatched_firing(conn: sqlite3.Connection, own_prefix: str) -> list[tuple[str, str]]:
+    """Firing alerts not watched as heartbeats, but the daemon's own (whose fingerprints
+    start with ``own_prefix``): (fingerprint, labels JSON)."""
     return conn.execute(
         "SELECT fingerprint, labels FROM alerts WHERE status = 'firing' "
-        "AND fingerprint NOT IN (SELECT fingerprint FROM heartbeats)"
+        "AND fingerprint NOT IN (SELECT fingerprint FROM heartbeats) "
+        "AND substr(fingerprint, 1, length(?1)) != ?1",
+        (own_prefix,),
     ).fetchall()
 
 
-def started(conn: sqlite3.Connection, now_us: int, keep_us: int) -> list[tuple[int, int]]:
-    """The daemon starts: the time since its last check was downtime. Returns every
-    downtime that ended within ``keep_us`` (from 0 when no check was ever recorded)."""
+def adopted_for(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT adopted_for FROM watch_state WHERE id = 1").fetchone()
+    return None if row is None else row[0]
+
+
+def set_adopted_for(conn: sqlite3.Connection, signature: str) -> None:
+    conn.execute("UPDATE watch_state SET adopted_for = ? WHERE id = 1", (signature,))
+
+
+def started(
+    conn: sqlite3.Connection, now_us: int, keep_us: int
+) -> tuple[list[tuple[int, int]], str | None]:
+    """The daemon starts: the time since its last check was downtime (from 0 when no check
+    was ever recorded). Returns the downtimes a watched heartbeat's silence may reach back
+    over, and the rules signature of the last adoption (``set_adopted_for``)."""
     row = conn.execute("SELECT last_check FROM watch_state WHERE id = 1").fetchone()
     down_from = 0 if row is None or row[0] is None else int(row[0])
     if down_from < now_us:
@@ -85,8 +106,16 @@ def started(conn: sqlite3.Connection, now_us: int, keep_us: int) -> list[tuple[i
             "INSERT INTO watch_downtime (down_from, up_at) VALUES (?, ?)", (down_from, now_us)
         )
     checked(conn, now_us)
-    conn.execute("DELETE FROM watch_downtime WHERE up_at < ?", (now_us - keep_us,))
-    return conn.execute("SELECT down_from, up_at FROM watch_downtime ORDER BY up_at").fetchall()
+    # A downtime matters while a watched heartbeat's silence may reach back over it; with
+    # none watched, only a week's worth is kept (a new one's silence starts later anyway).
+    oldest = conn.execute(
+        f"SELECT min(coalesce({_ALIVE}, h.first_seen)) FROM heartbeats h "  # noqa: S608 - fixed text
+        "WHERE h.missing_since IS NULL"
+    ).fetchone()[0]
+    keep_from = now_us - keep_us if oldest is None else int(oldest)
+    conn.execute("DELETE FROM watch_downtime WHERE up_at < ?", (keep_from,))
+    downtimes = conn.execute("SELECT down_from, up_at FROM watch_downtime ORDER BY up_at")
+    return downtimes.fetchall(), adopted_for(conn)
 
 
 def checked(conn: sqlite3.Connection, now_us: int) -> None:
