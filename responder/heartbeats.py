@@ -73,15 +73,16 @@ def judge(
     silence nor add their downtime to it."""
     if timeout is None:
         return HeartbeatState.UNWATCHED
-    heard = row.alive_until
-    if row.forgotten_at is not None and (heard is None or heard <= row.forgotten_at):
+    firing = row.heard_firing
+    if row.forgotten_at is not None and (firing is None or firing <= row.forgotten_at):
         return HeartbeatState.FORGOTTEN
     if row.missing_since is not None:
         # Missing until a firing copy arrives after it was found missing, or a reload gives
         # it a timeout longer than its silence (a timeout shorter than Alertmanager's repeat
         # interval, corrected); a restart of the daemon meanwhile changes nothing.
-        back = heard is not None and (heard > row.missing_since or now - heard <= timeout)
+        back = firing is not None and (firing > row.missing_since or now - firing <= timeout)
         return HeartbeatState.ALIVE if back else HeartbeatState.MISSING
+    heard = row.alive_until
     since = row.first_seen if heard is None else heard
     silence = now - since
     deaf_until = since  # downtimes may overlap (a clock stepped back): count each moment once

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def row(
         first_seen=T0,
         alive_until=alive,
         missing_since=missing,
+        heard_firing=alive,  # a firing copy, unless a test says otherwise
     )
 
 
@@ -709,3 +711,49 @@ async def test_a_restart_never_adopts_heartbeat_missing_as_a_heartbeat(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_a_late_resolve_is_no_return() -> None:
+    """Found missing at +6m; Alertmanager's resolve arrives then, its end (+4m, Prometheus'
+    own) after the last firing copy (+0): the heartbeat is still missing, and a forgotten
+    one still forgotten."""
+    ended = replace(row(T0 + timedelta(minutes=4)), heard_firing=T0)
+    missing = replace(ended, missing_since=T0 + timedelta(minutes=6))
+    now = T0 + timedelta(minutes=7)
+    assert judge(missing, timedelta(minutes=5), now) is HeartbeatState.MISSING
+    forgotten = replace(ended, forgotten_at=T0 + timedelta(seconds=30))
+    assert judge(forgotten, timedelta(minutes=5), now) is HeartbeatState.FORGOTTEN
+
+
+async def test_a_resolve_arriving_after_missing_does_not_close_it(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    await go_missing(client, clock)  # heard 09:00, missing 09:06
+    clock.advance(timedelta(seconds=10))
+    ended = watchdog("resolved")
+    ended["endsAt"] = "2026-01-05T09:04:00Z"  # Prometheus' end time, after 09:00
+    await post(client, webhook(ended))
+    clock.advance(CHECK_EVERY)
+    await client.app[HEARTBEAT_WATCH].check()
+    assert [h["state"] for h in await heartbeats(client)] == ["missing"]
+    assert (await incident(client))["state"] == "triggered"
+
+
+async def test_downtimes_go_once_a_week_of_listening_followed_them(tmp_path: Path) -> None:
+    """A forgotten heartbeat, heard long ago, must not keep every restart's downtime."""
+    store = SQLiteStore(tmp_path / "responder.db")
+    await store.open()
+    try:
+        week = timedelta(days=7)
+        for day in range(30):  # a restart a day, a minute down each time
+            start = T0 + timedelta(days=day)
+            await store.heartbeat_watch_checked(start - timedelta(minutes=1))
+            downtimes, _ = await store.heartbeat_watch_started(start, week)
+    finally:
+        await store.close()
+    assert 7 <= len(downtimes) <= 9

@@ -101,6 +101,9 @@ class HeartbeatRow:
     missing_since: datetime | None
     # When someone said to forget it (retired); watched again once heard after that.
     forgotten_at: datetime | None = None
+    # The last firing copy received: only that ends "missing" or "forgotten" (a resolve
+    # arriving late, its end after the heartbeat went quiet, is no return).
+    heard_firing: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

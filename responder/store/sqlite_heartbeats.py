@@ -17,16 +17,17 @@ from collections.abc import Mapping
 from responder.store.base import HeartbeatRow
 from responder.store.sqlite_incidents import from_us
 
-# The last sign of life of heartbeat ``h``, from its alert rows.
-_ALIVE = (
-    "(SELECT max(CASE WHEN a.status = 'resolved' "
-    "THEN min(coalesce(a.ends_at, a.last_received), a.last_received) "
-    "ELSE a.last_received END) FROM alerts a WHERE a.fingerprint = h.fingerprint)"
-)
+# Heartbeat ``h``'s last sign of life from its alert rows, and the last firing copy
+# received (a resolve is no return: Alertmanager's end time may come after it went quiet).
 _SELECT = (
-    "SELECT h.fingerprint, h.labels, h.first_seen, h.missing_since, h.forgotten_at, "  # noqa: S608 - fixed text
-    f"{_ALIVE} FROM heartbeats h"
+    "SELECT h.fingerprint, h.labels, h.first_seen, h.missing_since, h.forgotten_at, "
+    "max(CASE WHEN a.status = 'resolved' "
+    "THEN min(coalesce(a.ends_at, a.last_received), a.last_received) "
+    "ELSE a.last_received END), "
+    "max(CASE WHEN a.status != 'resolved' THEN a.last_received END) "
+    "FROM heartbeats h LEFT JOIN alerts a ON a.fingerprint = h.fingerprint"
 )
+_GROUP = " GROUP BY h.fingerprint"
 
 
 def track(conn: sqlite3.Connection, fingerprint: str, labels: str, now_us: int) -> None:
@@ -39,7 +40,8 @@ def track(conn: sqlite3.Connection, fingerprint: str, labels: str, now_us: int) 
 
 
 def all_rows(conn: sqlite3.Connection) -> list[HeartbeatRow]:
-    return [_row(r) for r in conn.execute(_SELECT + " ORDER BY h.first_seen, h.fingerprint")]
+    query = _SELECT + _GROUP + " ORDER BY h.first_seen, h.fingerprint"
+    return [_row(r) for r in conn.execute(query)]
 
 
 def set_missing(conn: sqlite3.Connection, fingerprint: str, since_us: int | None) -> bool:
@@ -57,7 +59,8 @@ def forget(conn: sqlite3.Connection, fingerprint: str, now_us: int) -> Heartbeat
     )
     if not cur.rowcount:
         return None
-    return _row(conn.execute(_SELECT + " WHERE h.fingerprint = ?", (fingerprint,)).fetchone())
+    query = _SELECT + " WHERE h.fingerprint = ?" + _GROUP
+    return _row(conn.execute(query, (fingerprint,)).fetchone())
 
 
 def track_many(
@@ -106,14 +109,17 @@ def started(
             "INSERT INTO watch_downtime (down_from, up_at) VALUES (?, ?)", (down_from, now_us)
         )
     checked(conn, now_us)
-    # A downtime matters while a watched heartbeat's silence may reach back over it; with
-    # none watched, only a week's worth is kept (a new one's silence starts later anyway).
-    oldest = conn.execute(
-        f"SELECT min(coalesce({_ALIVE}, h.first_seen)) FROM heartbeats h "  # noqa: S608 - fixed text
-        "WHERE h.missing_since IS NULL"
-    ).fetchone()[0]
-    keep_from = now_us - keep_us if oldest is None else int(oldest)
-    conn.execute("DELETE FROM watch_downtime WHERE up_at < ?", (keep_from,))
+    # A downtime matters while less than ``keep_us`` of listening followed it: a silence
+    # reaching back further is longer than any heartbeat timeout, downtimes or not.
+    listened, cursor = 0, now_us
+    for down, up in conn.execute(
+        "SELECT down_from, up_at FROM watch_downtime ORDER BY up_at DESC"
+    ).fetchall():
+        listened += max(cursor - up, 0)
+        if listened > keep_us:
+            conn.execute("DELETE FROM watch_downtime WHERE up_at <= ?", (up,))
+            break
+        cursor = min(cursor, down)
     downtimes = conn.execute("SELECT down_from, up_at FROM watch_downtime ORDER BY up_at")
     return downtimes.fetchall(), adopted_for(conn)
 
@@ -126,7 +132,9 @@ def checked(conn: sqlite3.Connection, now_us: int) -> None:
     )
 
 
-def _row(row: tuple[str, str, int, int | None, int | None, int | None]) -> HeartbeatRow:
+def _row(
+    row: tuple[str, str, int, int | None, int | None, int | None, int | None],
+) -> HeartbeatRow:
     labels: Mapping[str, str] = json.loads(row[1])
     return HeartbeatRow(
         fingerprint=row[0],
@@ -135,4 +143,5 @@ def _row(row: tuple[str, str, int, int | None, int | None, int | None]) -> Heart
         missing_since=None if row[3] is None else from_us(row[3]),
         forgotten_at=None if row[4] is None else from_us(row[4]),
         alive_until=None if row[5] is None else from_us(row[5]),
+        heard_firing=None if row[6] is None else from_us(row[6]),
     )
