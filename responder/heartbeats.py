@@ -45,6 +45,10 @@ MISSING_ALERTNAME = "HeartbeatMissing"
 # HeartbeatMissing alerts to the store, as Alertmanager re-sends its own, so that the stale
 # sweep never takes a silence that lasts for a day as resolved.
 CHECK_EVERY = timedelta(seconds=30)
+# A heartbeat forgotten by mistake that still arrives this long after the forget is watched
+# again. Shorter would take the copies still on their way for a return: Alertmanager keeps
+# re-sending a retired Prometheus' Watchdog until its end time, about 4 minutes.
+FORGET_SETTLES = timedelta(minutes=10)
 
 
 class HeartbeatState(enum.StrEnum):
@@ -188,6 +192,12 @@ class HeartbeatWatch:
                     await self._raise(status)
                 elif row.missing_since is not None:
                     await self._clear(status)
+                if (
+                    row.forgotten_at is not None
+                    and row.heard_firing is not None
+                    and row.heard_firing - row.forgotten_at > FORGET_SETTLES
+                ):
+                    await self._runtime.store.remember_heartbeat(row.fingerprint, row.forgotten_at)
             await self._runtime.store.heartbeat_watch_checked(self._runtime.clock.now())
 
     async def forget(self, fingerprint: str) -> HeartbeatRow | None:

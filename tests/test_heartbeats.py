@@ -757,3 +757,54 @@ async def test_downtimes_go_once_a_week_of_listening_followed_them(tmp_path: Pat
     finally:
         await store.close()
     assert 7 <= len(downtimes) <= 9
+
+
+async def _forget(client: Client) -> None:
+    (hb,) = await heartbeats(client)
+    answer = await client.delete(f"/api/v1/heartbeats/{hb['fingerprint']}", headers=AUTH)
+    assert answer.status == 200
+
+
+async def _dies_and_pages(client: Client, clock: FakeClock, starts: str) -> None:
+    """Prometheus dies: Alertmanager resolves Watchdog; 6 minutes later it is missing."""
+    ended = watchdog("resolved", starts=starts)
+    ended["endsAt"] = starts
+    await post(client, webhook(ended))
+    clock.advance(timedelta(minutes=6))
+    await client.app[HEARTBEAT_WATCH].check()
+    assert [h["state"] for h in await heartbeats(client)] == ["missing"]
+
+
+async def test_a_retired_prometheus_brought_back_is_watched_for_good(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Forgotten and resolved; back with a new startsAt (a new episode): watched again, and
+    Alertmanager's next resolve does not make it forgotten again."""
+    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    await post(client, webhook(watchdog()))
+    await _forget(client)
+    clock.advance(timedelta(minutes=30))
+    await post(client, webhook(watchdog(starts="2026-01-05T09:30:00Z")))
+    clock.advance(timedelta(minutes=1))
+    await _dies_and_pages(client, clock, "2026-01-05T09:30:00Z")
+
+
+async def test_a_heartbeat_forgotten_by_mistake_is_watched_again_while_it_arrives(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    await post(client, webhook(watchdog()))
+    await _forget(client)
+    for _ in range(11):  # it keeps arriving, one episode, long after the forget
+        clock.advance(timedelta(minutes=1))
+        await post(client, webhook(watchdog()))
+    await client.app[HEARTBEAT_WATCH].check()
+    await _dies_and_pages(client, clock, "2026-01-05T09:00:00Z")

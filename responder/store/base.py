@@ -260,6 +260,10 @@ class Store(ContainmentStore, Protocol):
         """Stop watching a heartbeat until it is heard again; the row as it was before."""
         ...
 
+    async def remember_heartbeat(self, fingerprint: str, forgotten_at: datetime) -> None:
+        """Watch a forgotten heartbeat again: it kept arriving long after that forget."""
+        ...
+
     async def heartbeat_watch_checked(self, now: datetime) -> None:
         """Record that the heartbeat watch ran: a stop after it was down from then."""
         ...

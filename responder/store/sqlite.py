@@ -411,6 +411,10 @@ class SQLiteStore:
         now_us = to_us(now)
         return await self._write(lambda conn: heartbeats.forget(conn, fingerprint, now_us))
 
+    async def remember_heartbeat(self, fingerprint: str, forgotten_at: datetime) -> None:
+        forgotten_us = to_us(forgotten_at)
+        await self._write(lambda conn: heartbeats.remember(conn, fingerprint, forgotten_us))
+
     async def heartbeat_watch_checked(self, now: datetime) -> None:
         now_us = to_us(now)
         await self._write(lambda conn: heartbeats.checked(conn, now_us))

@@ -31,11 +31,20 @@ _GROUP = " GROUP BY h.fingerprint"
 
 
 def track(conn: sqlite3.Connection, fingerprint: str, labels: str, now_us: int) -> None:
-    """A heartbeat alert started firing (a new episode): watch it from now on."""
+    """A heartbeat alert started firing (a new episode): watch it from now on, forgotten
+    or not (a Prometheus retired and then brought back)."""
     conn.execute(
         "INSERT INTO heartbeats (fingerprint, labels, first_seen) VALUES (?, ?, ?) "
-        "ON CONFLICT (fingerprint) DO UPDATE SET labels = excluded.labels",
+        "ON CONFLICT (fingerprint) DO UPDATE SET labels = excluded.labels, forgotten_at = NULL",
         (fingerprint, labels, now_us),
+    )
+
+
+def remember(conn: sqlite3.Connection, fingerprint: str, forgotten_us: int) -> None:
+    """Watch a forgotten heartbeat again (that forget, not a later one)."""
+    conn.execute(
+        "UPDATE heartbeats SET forgotten_at = NULL WHERE fingerprint = ? AND forgotten_at = ?",
+        (fingerprint, forgotten_us),
     )
 
 
