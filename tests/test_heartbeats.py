@@ -209,8 +209,7 @@ async def test_a_silent_watchdog_pages_and_its_return_resolves(
     smtp: SmtpTestServer,
     twilio: FakeTwilio,
 ) -> None:
-    path = write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules=FAST_WATCHDOG)
-    client = await make_client(path)
+    client = await make_client(paging_config(tmp_path, smtp, twilio))
 
     await post(client, webhook(watchdog()))
     assert await incident_count(client) == 0  # a heartbeat that arrives is no incident
@@ -281,8 +280,17 @@ async def _state_is(client: Client, state: str) -> bool:
     return bool((await incident(client))["state"] == state)
 
 
-def fast_config(tmp_path: Path, smtp: SmtpTestServer, twilio: FakeTwilio) -> Path:
-    return write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules=FAST_WATCHDOG)
+def paging_config(
+    tmp_path: Path, smtp: SmtpTestServer, twilio: FakeTwilio, rules: str = FAST_WATCHDOG
+) -> Path:
+    """Paging through the test SMTP server and fake Twilio; ``rules`` before the shipped."""
+    return write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules=rules)
+
+
+@pytest.fixture
+def fast_path(tmp_path: Path, smtp: SmtpTestServer, twilio: FakeTwilio) -> Path:
+    """The config: Watchdog a heartbeat with a 5m timeout, everyone paged by SMS and email."""
+    return paging_config(tmp_path, smtp, twilio)
 
 
 async def go_missing(client: Client, clock: FakeClock) -> None:
@@ -295,20 +303,17 @@ async def go_missing(client: Client, clock: FakeClock) -> None:
 
 async def test_after_a_restart_a_heartbeat_has_its_timeout_to_arrive(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
     """Silence while the daemon was down is not the heartbeat's: after a day down, nothing
     pages until the heartbeat has had its timeout to arrive after the start."""
-    path = fast_config(tmp_path, smtp, twilio)
-    client = await make_client(path)
+    client = await make_client(fast_path)
     await post(client, webhook(watchdog()))
     await client.close()
     clock.advance(timedelta(days=1))
 
-    client = await make_client(path)
+    client = await make_client(fast_path)
     clock.advance(timedelta(minutes=4))
     assert [h["state"] for h in await heartbeats(client)] == ["alive"]
     clock.advance(timedelta(minutes=2))
@@ -320,18 +325,15 @@ async def test_after_a_restart_a_heartbeat_has_its_timeout_to_arrive(
 
 async def test_a_missing_heartbeat_stays_missing_across_a_restart(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
-    path = fast_config(tmp_path, smtp, twilio)
-    client = await make_client(path)
+    client = await make_client(fast_path)
     await go_missing(client, clock)
     await client.close()
     clock.advance(timedelta(minutes=1))
 
-    client = await make_client(path)
+    client = await make_client(fast_path)
     clock.advance(timedelta(minutes=1))
     assert [h["state"] for h in await heartbeats(client)] == ["missing"]
     assert (await incident(client))["state"] == "triggered"
@@ -342,12 +344,10 @@ async def test_a_missing_heartbeat_stays_missing_across_a_restart(
 
 async def test_forgetting_a_retired_heartbeat_resolves_its_incident(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
-    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    client = await make_client(fast_path)
     await go_missing(client, clock)
     (watched,) = await heartbeats(client)
     url = f"/api/v1/heartbeats/{watched['fingerprint']}"
@@ -367,11 +367,10 @@ async def test_forgetting_a_retired_heartbeat_resolves_its_incident(
 async def test_a_reload_that_drops_the_timeout_resolves_the_missing_incident(
     make_client: ClientFactory,
     tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
-    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    client = await make_client(fast_path)
     await go_missing(client, clock)
     rules = tmp_path / "rules.yaml"
     rules.write_text(FAST_WATCHDOG.replace("    heartbeat_timeout: 5m\n", ""))
@@ -383,13 +382,11 @@ async def test_a_reload_that_drops_the_timeout_resolves_the_missing_incident(
 
 async def test_a_resolved_watchdog_is_no_sign_of_life(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
     """Alertmanager resolves Watchdog when Prometheus stops sending it: life ended then."""
-    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    client = await make_client(fast_path)
     await post(client, webhook(watchdog()))
     clock.advance(timedelta(minutes=3))
     ended = watchdog("resolved")
@@ -483,14 +480,12 @@ async def test_the_cli_lists_and_forgets_heartbeats(tmp_path: Path) -> None:
 
 async def test_a_watchdog_resent_with_its_old_start_after_a_resolve_is_life(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
     """Alertmanager timed Watchdog out and resolved it; when the path heals, Prometheus sends
     it again with the same startsAt. That copy is life, and resolves HeartbeatMissing."""
-    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    client = await make_client(fast_path)
     await post(client, webhook(watchdog()))
     clock.advance(timedelta(minutes=1))
     ended = watchdog("resolved")
@@ -509,14 +504,12 @@ async def test_a_watchdog_resent_with_its_old_start_after_a_resolve_is_life(
 async def test_a_crash_after_marking_missing_still_raises_the_alert(
     make_client: ClientFactory,
     tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
     """Marked missing, then the daemon died before storing HeartbeatMissing: after the
     restart the heartbeat is still missing and the alert is raised."""
-    path = fast_config(tmp_path, smtp, twilio)
-    client = await make_client(path)
+    client = await make_client(fast_path)
     await post(client, webhook(watchdog()))
     (hb,) = await heartbeats(client)
     await client.close()
@@ -526,7 +519,7 @@ async def test_a_crash_after_marking_missing_still_raises_the_alert(
     await store.close()
     clock.advance(timedelta(minutes=7))
 
-    client = await make_client(path)
+    client = await make_client(fast_path)
 
     await eventually(lambda: _one_incident(client), "HeartbeatMissing raised after the restart")
     assert (await heartbeats(client))[0]["missingSince"] == "2026-01-05T09:06:00Z"
@@ -540,7 +533,7 @@ async def test_a_rule_calling_heartbeat_missing_a_heartbeat_cannot_silence_it(
     twilio: FakeTwilio,
 ) -> None:
     broad = FAST_WATCHDOG.replace('alertname="Watchdog"', 'alertname=~"Watchdog|Heartbeat.*"')
-    path = write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules=broad)
+    path = paging_config(tmp_path, smtp, twilio, broad)
     client = await make_client(path)
     await go_missing(client, clock)
     assert [h["labels"]["alertname"] for h in await heartbeats(client)] == ["Watchdog"]
@@ -548,23 +541,20 @@ async def test_a_rule_calling_heartbeat_missing_a_heartbeat_cannot_silence_it(
 
 async def test_a_quick_restart_after_a_long_outage_does_not_page(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
     """Down for a day, started, restarted a minute later: neither downtime is silence."""
-    path = fast_config(tmp_path, smtp, twilio)
-    client = await make_client(path)
+    client = await make_client(fast_path)
     await post(client, webhook(watchdog()))
     await client.close()
     clock.advance(timedelta(days=1))
-    client = await make_client(path)
+    client = await make_client(fast_path)
     clock.advance(timedelta(minutes=1))
     await asyncio.sleep(0.05)
     await client.close()
     clock.advance(timedelta(minutes=1))
-    client = await make_client(path)
+    client = await make_client(fast_path)
     clock.advance(timedelta(minutes=1))
     assert [h["state"] for h in await heartbeats(client)] == ["alive"]  # 2 minutes heard
     clock.advance(timedelta(minutes=4))
@@ -573,13 +563,11 @@ async def test_a_quick_restart_after_a_long_outage_does_not_page(
 
 async def test_a_forget_whose_resolve_failed_is_finished_by_the_next_check(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    client = await make_client(fast_path)
     await go_missing(client, clock)
     (hb,) = await heartbeats(client)
     store = client.app[RUNTIME].store
@@ -599,12 +587,10 @@ async def test_a_forget_whose_resolve_failed_is_finished_by_the_next_check(
 
 async def test_a_wall_clock_stepped_back_still_resolves_heartbeat_missing(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
-    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    client = await make_client(fast_path)
     await go_missing(client, clock)
     clock.set(clock.now() - timedelta(minutes=3))  # NTP stepped the clock back
     await post(client, webhook(watchdog()))
@@ -621,7 +607,7 @@ async def test_a_rule_loaded_for_an_alert_already_firing_watches_it(
 ) -> None:
     """DeadMansSwitch fires as an ordinary alert; a reload makes it a heartbeat. Its repeats
     are never classified, so the watch adopts it from the rules in force."""
-    path = write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules="rules: []\n")
+    path = paging_config(tmp_path, smtp, twilio, "rules: []\n")
     client = await make_client(path)
     await post(client, webhook(alert("DeadMansSwitch", prometheus="k8s")))
     (tmp_path / "rules.yaml").write_text(FAST_WATCHDOG.replace("Watchdog", "DeadMansSwitch"))
@@ -665,10 +651,8 @@ async def test_downtimes_are_kept_while_a_heartbeats_silence_reaches_back(tmp_pa
 
 async def test_the_daemon_starts_when_the_watch_cannot_and_the_watch_catches_up(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     original = SQLiteStore.heartbeat_watch_started
@@ -682,10 +666,14 @@ async def test_the_daemon_starts_when_the_watch_cannot_and_the_watch_catches_up(
         return await original(self, *args)
 
     monkeypatch.setattr(SQLiteStore, "heartbeat_watch_started", busy_once)
-    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    client = await make_client(fast_path)
     await post(client, webhook(watchdog()))  # webhooks are taken meanwhile
     clock.advance(CHECK_EVERY)
-    await eventually(lambda: _true(calls == 2), "the watch tried again")
+
+    async def tried_again() -> bool:
+        return calls == 2
+
+    await eventually(tried_again, "the watch tried again")
     clock.advance(timedelta(minutes=6))
     await eventually(lambda: _one_incident(client), "and then watched as usual")
 
@@ -698,7 +686,7 @@ async def test_a_restart_never_adopts_heartbeat_missing_as_a_heartbeat(
     twilio: FakeTwilio,
 ) -> None:
     broad = FAST_WATCHDOG.replace('alertname="Watchdog"', 'alertname=~"Watchdog|Heartbeat.*"')
-    path = write_config(tmp_path, POLICY + channels(tmp_path, smtp, twilio), rules=broad)
+    path = paging_config(tmp_path, smtp, twilio, broad)
     client = await make_client(path)
     await go_missing(client, clock)
     await client.close()
@@ -707,10 +695,6 @@ async def test_a_restart_never_adopts_heartbeat_missing_as_a_heartbeat(
     clock.advance(CHECK_EVERY)
     await client.app[HEARTBEAT_WATCH].check()
     assert [h["labels"]["alertname"] for h in await heartbeats(client)] == ["Watchdog"]
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def test_a_late_resolve_is_no_return() -> None:
@@ -727,12 +711,10 @@ def test_a_late_resolve_is_no_return() -> None:
 
 async def test_a_resolve_arriving_after_missing_does_not_close_it(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
-    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    client = await make_client(fast_path)
     await go_missing(client, clock)  # heard 09:00, missing 09:06
     clock.advance(timedelta(seconds=10))
     ended = watchdog("resolved")
@@ -777,16 +759,17 @@ async def _dies_and_pages(client: Client, clock: FakeClock, starts: str) -> None
 
 async def test_a_retired_prometheus_brought_back_is_watched_for_good(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
     """Forgotten and resolved; back with a new startsAt (a new episode): watched again, and
     Alertmanager's next resolve does not make it forgotten again."""
-    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    client = await make_client(fast_path)
     await post(client, webhook(watchdog()))
     await _forget(client)
+    ended = watchdog("resolved")  # Alertmanager's resolve of the retired one's episode
+    ended["endsAt"] = "2026-01-05T09:01:00Z"
+    await post(client, webhook(ended))
     clock.advance(timedelta(minutes=30))
     await post(client, webhook(watchdog(starts="2026-01-05T09:30:00Z")))
     clock.advance(timedelta(minutes=1))
@@ -795,12 +778,10 @@ async def test_a_retired_prometheus_brought_back_is_watched_for_good(
 
 async def test_a_heartbeat_forgotten_by_mistake_is_watched_again_while_it_arrives(
     make_client: ClientFactory,
-    tmp_path: Path,
+    fast_path: Path,
     clock: FakeClock,
-    smtp: SmtpTestServer,
-    twilio: FakeTwilio,
 ) -> None:
-    client = await make_client(fast_config(tmp_path, smtp, twilio))
+    client = await make_client(fast_path)
     await post(client, webhook(watchdog()))
     await _forget(client)
     for _ in range(11):  # it keeps arriving, one episode, long after the forget
