@@ -19,6 +19,9 @@ from responder.store import Store
 log = logging.getLogger("responder.compose")
 
 
+_TELLING_ORDER = {PageKind.TEST: 0, PageKind.PAGE: 1, PageKind.STATUS: 2, PageKind.RECOVERY: 3}
+
+
 class Composer:
     def __init__(
         self,
@@ -86,9 +89,15 @@ class Composer:
     async def bundle(self, pages: Sequence[Page]) -> Message:
         first = pages[0]
         incidents: dict[int, Incident] = {}
+        # What the bundle tells of each incident: its recovery outranks a status update,
+        # which outranks the page itself (a resolved incident is not news to acknowledge).
+        told: dict[int, Page] = {}
         for page in pages:
             if page.incident_id not in incidents:
                 incidents[page.incident_id] = await self._store.get_incident(page.incident_id)
+            known = told.get(page.incident_id)
+            if known is None or _TELLING_ORDER[page.kind] > _TELLING_ORDER[known.kind]:
+                told[page.incident_id] = page
         items = tuple(
             BundleItem(
                 i.id,
@@ -97,7 +106,8 @@ class Composer:
                 i.category,
                 i.state.value,
                 i.triggered_at,
-                self._ack_url(first, i),
+                self._ack_url(told[i.id], i),
+                kind_for_page(told[i.id].kind).value,
             )
             for i in incidents.values()
         )

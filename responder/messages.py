@@ -129,7 +129,8 @@ def kind_for_page(kind: PageKind) -> Kind:
 
 @dataclass(frozen=True, slots=True)
 class BundleItem:
-    """One incident of a bundle notice."""
+    """One incident of a bundle notice. ``kind`` is what the notice about it is: a new
+    incident ("activation"), a status update, its recovery or a drill (``Kind``'s values)."""
 
     incident_id: int
     title: str
@@ -138,6 +139,7 @@ class BundleItem:
     state: str
     triggered_at: datetime
     ack_url: str | None = None
+    kind: str = "activation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,6 +568,17 @@ def _sample_contexts() -> dict[Kind, tuple[MessageContext, ...]]:
         items=full.items[:1],
     )
     resolved = full.now + timedelta(minutes=20)
+    # Bundles also carry status updates, recoveries and drills, alone or mixed.
+    over = tuple(replace(item, state="resolved", kind="recovery") for item in full.items)
+    mixed = replace(
+        full,
+        items=(
+            full.items[0],
+            replace(full.items[1], state="acknowledged", kind="status"),
+            over[2],
+            replace(full.items[0], incident_id=45, kind="test"),
+        ),
+    )
     samples: dict[Kind, tuple[MessageContext, ...]] = {
         Kind.ACTIVATION: (full, sparse),
         Kind.STATUS: (replace(full, step="U1"), replace(sparse, step="U1")),
@@ -574,7 +587,7 @@ def _sample_contexts() -> dict[Kind, tuple[MessageContext, ...]]:
             replace(sparse, state="resolved", step="R", resolved_at=resolved),
         ),
         Kind.TEST: (replace(full, is_test=True), replace(sparse, is_test=True)),
-        Kind.BUNDLE: (full, sparse),
+        Kind.BUNDLE: (full, sparse, mixed, replace(full, items=over)),
     }
     return samples
 

@@ -641,3 +641,34 @@ async def test_a_restart_after_a_long_outage_does_not_call_live_alerts_stale(
     assert doc["state"] == "acknowledged"
     assert "resolved" not in [e["kind"] for e in doc["timeline"]]
     assert len(twilio.sent_sms()) == sms_before
+
+
+async def test_recoveries_sent_together_are_told_as_resolved_not_as_new(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Two incidents paged in one bundle resolve together: the notice that tells of both
+    says they are over; it does not call them new or ask for ACK ALL (escalation review,
+    stop 13)."""
+    client = await make_client(story_config(tmp_path, smtp, twilio))
+    # SSHBruteForce incidents are keyed by source address (shipped rule): two of them.
+    first, second = (
+        alert("SSHBruteForce", source_ip=f"203.0.113.{n}", instance="bastion") for n in (7, 8)
+    )
+    await post(client, webhook(first, second))
+
+    async def sms_count(count: int) -> bool:
+        return len(twilio.sent_sms("+15551230001")) >= count
+
+    await eventually(lambda: sms_count(1), "alice paged once for both")
+    await settle(client, clock, timedelta(minutes=5))
+    resolved = [alert("SSHBruteForce", "resolved", **a["labels"]) for a in (first, second)]
+    await post(client, webhook(*resolved))
+    await eventually(lambda: sms_count(2), "alice told of the recoveries")
+    notice = twilio.sent_sms("+15551230001")[1].body
+    assert notice.startswith("2 incidents resolved:"), notice
+    assert "new" not in notice, notice
+    assert "ACK" not in notice, notice

@@ -171,6 +171,48 @@ def test_bundle_lists_incidents_and_ack_all() -> None:
     assert got.subject.startswith("[P1] 7 new incidents:")
 
 
+def test_a_bundle_of_recoveries_says_they_are_over() -> None:
+    """Recovery notices held by a rate limit go out together: the bundle says the incidents
+    resolved, and asks nobody to acknowledge them."""
+    items = tuple(
+        BundleItem(
+            40 + i,
+            f"SSHBruteForce on bastion {i}",
+            "P1",
+            "security",
+            "resolved",
+            START,
+            kind="recovery",
+        )
+        for i in range(2)
+    )
+    for channel in ("sms", "email", "voice", "webhook"):
+        got = DEFAULTS.render(Kind.BUNDLE, channel, context(items=items))
+        assert "new" not in got.text.lower(), (channel, got.text)
+        assert "ACK" not in got.text, (channel, got.text)
+        assert "resolved" in got.text.lower(), (channel, got.text)
+    sms = DEFAULTS.render(Kind.BUNDLE, "sms", context(items=items))
+    assert sms.text.startswith("2 incidents resolved:\nRESOLVED #40 [P1]")
+    assert sms.subject.startswith("[P1] 2 incidents resolved:")
+
+
+def test_a_mixed_bundle_tells_each_incident_for_what_it_is() -> None:
+    """A new incident and another's recovery in one SMS: ACK ALL is offered for the new one,
+    and the other is marked resolved."""
+    items = (
+        BundleItem(41, "DiskFull on db-1", "P1", "availability", "triggered", START),
+        BundleItem(
+            40, "TargetDown on web-1", "P2", "availability", "resolved", START, kind="recovery"
+        ),
+    )
+    got = DEFAULTS.render(Kind.BUNDLE, "sms", context(items=items)).text
+    assert got.split("\n") == [
+        "1 new P1 incident, reply ACK ALL; 1 resolved:",
+        "#41 [P1] DiskFull on db-1",
+        "RESOLVED #40 [P2] TargetDown on web-1",
+    ]
+
+
 # -- SMS length ------------------------------------------------------------------------------------
 
 
