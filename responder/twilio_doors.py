@@ -169,6 +169,10 @@ async def inbound_sms(request: web.Request) -> web.StreamResponse:
 async def _run(runtime: Runtime, contact: str, command: Command) -> str:
     verb = "Acknowledged" if command.action == "acknowledge" else "Resolved"
     if command.incident is not None:
+        # Only an incident this person was told of: a number that can text responder must
+        # not be able to close other teams' incidents (email links refuse the same).
+        if not await runtime.store.was_told(contact, command.incident):
+            return f"#{command.incident} was not paged to you; use the CLI or the API."
         targets = [command.incident]
     else:
         open_incidents = await runtime.store.open_incidents_paged_to(contact)

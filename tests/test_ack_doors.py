@@ -174,9 +174,37 @@ async def test_sms_ack_all_and_unknown_senders(daemon: Client, twilio: FakeTwili
         public(daemon, INBOUND_SMS_PATH), "+15551230001", "+15550000000", "ack all"
     )
     assert "#1" in answer.text
-    assert "#2" in answer.text
+    # #2's page is still held: alice has not heard of it, so her ACK ALL leaves it for the
+    # page that will tell her (escalation review, stop 13).
+    assert "#2" not in answer.text
     assert (await incident(daemon, 1))["state"] == "acknowledged"
-    assert (await incident(daemon, 2))["state"] == "acknowledged"
+    assert (await incident(daemon, 2))["state"] == "triggered"
+
+
+async def test_sms_replies_answer_only_for_incidents_the_sender_was_told_of(
+    daemon: Client, twilio: FakeTwilio
+) -> None:
+    """A bare ACK means the incident whose page reached the sender, not a newer one still
+    held by the rate limit; ACK <id> or RES <id> from a contact never paged for that
+    incident is refused (security and escalation reviews, stop 13)."""
+    await first_incident_paged(daemon, twilio)
+    await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
+
+    async def second_held() -> bool:
+        pages = (await incident(daemon, 2))["pages"]
+        return any(p["channel"] == "sms" and "rate limited" in (p["error"] or "") for p in pages)
+
+    await eventually(second_held, "second incident's SMS held back by the rate limit")
+    inbound = public(daemon, INBOUND_SMS_PATH)
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK")
+    assert "#1" in answer.text
+    assert (await incident(daemon, 1))["state"] == "acknowledged"
+    assert (await incident(daemon, 2))["state"] == "triggered"
+    # bob (alice's backup) was paged for neither.
+    refused = await twilio.send_inbound_sms(inbound, "+15551230002", "+15550000000", "RES 2")
+    assert "#2 was not paged to you" in refused.text
+    assert "DiskFull" not in refused.text  # not even the title
+    assert (await incident(daemon, 2))["state"] == "triggered"
 
 
 async def test_voice_keypress_acknowledges(

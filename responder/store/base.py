@@ -427,7 +427,12 @@ class Store(ContainmentStore, Protocol):
         ...
 
     async def open_incidents_paged_to(self, contact: str) -> list[Incident]:
-        """Open incidents that paged ``contact``, newest first."""
+        """Open incidents whose pages or status updates reached ``contact`` (sent, or maybe
+        sent), the one told of last first."""
+        ...
+
+    async def was_told(self, contact: str, incident_id: int) -> bool:
+        """Whether a page or status update of the incident reached ``contact``."""
         ...
 
     async def send_times(self, contact: str, channel: str, since: datetime) -> list[datetime]:

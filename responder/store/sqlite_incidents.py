@@ -875,16 +875,37 @@ def add_pages(
     return added
 
 
+# A page that reached its contact, or may have: what a reply by SMS can answer to. Pages
+# still queued, held by a rate limit, cancelled or failed told nobody anything.
+_REACHED = (
+    "(p.state IN ('sent', 'delivered', 'sending') "
+    "OR (p.state = 'failed' AND p.error LIKE '%outcome unknown%'))"
+)
+
+
 def open_incidents_paged_to(conn: sqlite3.Connection, contact: str) -> list[Incident]:
-    """Open incidents that paged ``contact``, newest first: what 'ACK' and 'ACK ALL' answer."""
+    """Open incidents whose pages or status updates reached ``contact``, the one told of
+    last first: what 'ACK' and 'ACK ALL' answer."""
     rows = conn.execute(
-        f"SELECT {INCIDENT_COLUMNS} FROM incidents i "  # noqa: S608 - fixed text
-        "WHERE i.state IN ('triggered', 'snoozed', 'acknowledged') AND EXISTS "
-        "(SELECT 1 FROM pages p WHERE p.incident_id = i.id AND p.contact = ?) "
-        "ORDER BY i.id DESC LIMIT 100",
+        f"SELECT {INCIDENT_COLUMNS} FROM incidents i JOIN "  # noqa: S608 - fixed text
+        "(SELECT p.incident_id, MAX(COALESCE(p.sent_at, p.created_at)) AS told_at FROM pages p "
+        f"WHERE p.contact = ? AND p.kind IN ('page', 'status', 'test') AND {_REACHED} "
+        "GROUP BY p.incident_id) t ON t.incident_id = i.id "
+        "WHERE i.state IN ('triggered', 'snoozed', 'acknowledged') "
+        "ORDER BY t.told_at DESC, i.id DESC LIMIT 100",
         (contact,),
     ).fetchall()
     return [incident_from_row(row) for row in rows]
+
+
+def was_told(conn: sqlite3.Connection, contact: str, incident_id: int) -> bool:
+    """Whether a page or status update of the incident reached ``contact``, in any episode."""
+    row = conn.execute(
+        "SELECT 1 FROM pages p WHERE p.incident_id = ? AND p.contact = ? "  # noqa: S608
+        f"AND p.kind IN ('page', 'status', 'test') AND {_REACHED} LIMIT 1",
+        (incident_id, contact),
+    ).fetchone()
+    return row is not None
 
 
 def send_times(conn: sqlite3.Connection, contact: str, channel: str, since_us: int) -> list[int]:
