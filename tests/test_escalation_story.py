@@ -672,3 +672,46 @@ async def test_recoveries_sent_together_are_told_as_resolved_not_as_new(
     assert notice.startswith("2 incidents resolved:"), notice
     assert "new" not in notice, notice
     assert "ACK" not in notice, notice
+
+
+STAKEHOLDER_POLICY = """
+contacts:
+  alice: {email: alice@example.com}
+  mgr: {email: mgr@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+    status_updates: {every: 30m, to: [mgr]}
+incidents:
+  default_policy: standard
+"""
+
+
+async def test_stakeholders_who_got_status_updates_hear_of_the_recovery(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """mgr is no escalation level, only told by status updates; the recovery reaches mgr
+    too (escalation review, stop 13)."""
+    config = write_config(tmp_path, STAKEHOLDER_POLICY + channels(tmp_path, smtp, twilio))
+    client = await make_client(config)
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice paged")
+    for _ in range(4):
+        await settle(client, clock, timedelta(minutes=10))
+    await eventually(
+        lambda: _count(client, lambda p: p["contact"] == "mgr" and p["state"] == "sent"),
+        "mgr's status update",
+    )
+    await post(client, webhook(alert("Other", "resolved", instance="a")))
+    await settle(client, clock, timedelta(minutes=1))
+
+    async def mgr_told() -> bool:
+        doc = await incident(client)
+        return any(p["kind"] == "recovery" and p["contact"] == "mgr" for p in doc["pages"])
+
+    await eventually(mgr_told, "mgr told of the recovery")

@@ -506,7 +506,7 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
         resolved_marks = ",".join("?" * len(resolved))
         for incident_id, contact, channel, address in conn.execute(
             "SELECT DISTINCT p.incident_id, p.contact, p.channel, p.address FROM pages p "  # noqa: S608
-            f"WHERE p.incident_id IN ({resolved_marks}) AND p.kind = 'page' "
+            f"WHERE p.incident_id IN ({resolved_marks}) AND p.kind IN ('page', 'status') "
             "AND (p.state IN ('sent', 'delivered', 'sending') "
             "OR (p.state = 'failed' AND p.error LIKE '%outcome unknown%')) "
             "AND p.episode > (SELECT COALESCE(MAX(r.episode), 0) FROM pages r "
