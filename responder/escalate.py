@@ -114,7 +114,10 @@ class EscalationConfig:
     drills: DrillSchedule | None = None
 
     def policy_for(self, name: str | None) -> Policy | None:
-        return self.policies.get(name or self.default_policy or "")
+        """The policy ``name``; the default one when it is none, or when a reload removed
+        or renamed it (an open incident must not stop escalating for that)."""
+        policy = self.policies.get(name) if name else None
+        return policy or self.policies.get(self.default_policy or "")
 
 
 def load_escalation(root: Node) -> EscalationConfig:
@@ -241,6 +244,12 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
     if incident.state is IncidentState.SNOOZED and snooze_end is not None and snooze_end <= now:
         unsnooze = True
         events.append(TimelineEvent(now, Event.SNOOZE_ENDED, "responder", "engine"))
+
+    if incident.policy and incident.policy not in config.policies and "policy-gone" not in done:
+        # Said once on the timeline: the incident now escalates under the default policy.
+        detail = {"policy": incident.policy, "default_policy": config.default_policy}
+        event = TimelineEvent(now, Event.POLICY_GONE, "responder", "engine", detail)
+        breaches = (*breaches, StepDone("policy-gone", event))
 
     if policy is None:
         if "no-policy" not in done:

@@ -56,6 +56,7 @@ class Event(StrEnum):
     STATUS_UPDATE = "status_update"
     NOBODY_TO_PAGE = "nobody_to_page"
     NO_POLICY = "no_policy"
+    POLICY_GONE = "policy_gone"
     ACKNOWLEDGED = "acknowledged"
     UNACKNOWLEDGED = "unacknowledged"
     SNOOZED = "snoozed"

@@ -94,9 +94,13 @@ async def store_own_alert(runtime: Runtime, alert: Alert, group_key: str) -> Ing
     StoreError when the store cannot take it."""
     now = runtime.clock.now()
     incoming = _incoming(runtime, (alert,), group_key, OWN_RECEIVER, now, own=True)
-    reopen = runtime.snapshot.escalation.reopen_within
+    escalation = runtime.snapshot.escalation
     outcomes = await runtime.store.ingest(
-        incoming, now, reopen_within=reopen, on_due=runtime.wake_escalator
+        incoming,
+        now,
+        reopen_within=escalation.reopen_within,
+        on_due=runtime.wake_escalator,
+        default_policy=escalation.default_policy,
     )
     _stored(runtime, incoming, outcomes)
     return outcomes[0]
@@ -165,10 +169,15 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
             due = True
             runtime.wake_escalator()
 
-        reopen = runtime.snapshot.escalation.reopen_within
+        escalation = runtime.snapshot.escalation
         try:
             outcomes = await runtime.store.ingest(
-                incoming, now, reopen_within=reopen, on_due=incidents_due, deadline=deadline
+                incoming,
+                now,
+                reopen_within=escalation.reopen_within,
+                on_due=incidents_due,
+                deadline=deadline,
+                default_policy=escalation.default_policy,
             )
         except StoreError as exc:
             metrics.request("unavailable")

@@ -715,3 +715,115 @@ async def test_stakeholders_who_got_status_updates_hear_of_the_recovery(
         return any(p["kind"] == "recovery" and p["contact"] == "mgr" for p in doc["pages"])
 
     await eventually(mgr_told, "mgr told of the recovery")
+
+
+RENAME_RULES = """
+rules:
+  - name: disk
+    matchers: ['alertname="DiskFull"']
+    severity: P1
+    category: availability
+    policy: {name}
+"""
+
+
+def renamed_policy_config(name: str) -> str:
+    return f"""
+contacts:
+  alice: {{email: alice@example.com}}
+  bob: {{email: bob@example.com}}
+escalation_policies:
+  {name}:
+    levels:
+      - targets: [alice]
+      - after: 15m
+        targets: [bob]
+incidents:
+  default_policy: {name}
+"""
+
+
+async def test_renaming_a_policy_keeps_open_incidents_escalating(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """A reload renames the open incident's policy: it goes on under the default policy, and
+    its timeline says so (escalation review, stop 13)."""
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(
+        write_config(
+            tmp_path, renamed_policy_config("ops") + extra, rules=RENAME_RULES.format(name="ops")
+        )
+    )
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    await settle(client, clock, timedelta(minutes=5))
+    # The operator renames the policy 'ops' to 'operations' (rules and default follow).
+    write_config(
+        tmp_path,
+        renamed_policy_config("operations") + extra,
+        rules=RENAME_RULES.format(name="operations"),
+    )
+    answer = await client.post("/-/reload", headers=AUTH)
+    assert answer.status == 200, await answer.text()
+    for _ in range(15):
+        await settle(client, clock, timedelta(minutes=1))
+    doc = await incident(client)
+    assert [p["contact"] for p in doc["pages"]] == ["alice", "bob"]
+    gone = [e for e in doc["timeline"] if e["kind"] == "policy_gone"]
+    assert len(gone) == 1
+
+
+RAISE_RULES = """
+rules:
+  - name: low-thing
+    matchers: ['alertname="LowThing"']
+    severity: P3
+    category: availability
+    policy: low
+  - name: big-thing
+    matchers: ['alertname="BigThing"']
+    severity: P0
+    category: availability
+"""
+RAISE = """
+contacts:
+  alice: {email: alice@example.com}
+  ticket: {email: tickets@example.com}
+escalation_policies:
+  low:
+    levels:
+      - targets: [ticket]
+  standard:
+    levels:
+      - targets: [alice]
+incidents:
+  default_policy: standard
+"""
+
+
+async def test_a_p0_joining_a_low_incident_pages_under_the_default_policy(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """BigThing (P0) names no policy, so it escalates under the default 'standard'. Joining
+    an open P3 incident under 'low', it raises it to P0 and starts 'standard' from its first
+    level: alice is paged (escalation review, stop 13)."""
+    path = write_config(tmp_path, RAISE + channels(tmp_path, smtp, twilio), rules=RAISE_RULES)
+    client = await make_client(path)
+    low = alert("LowThing", instance="a")
+    await post(client, webhook(low))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "ticket"), "the ticket")
+    await settle(client, clock, timedelta(minutes=2))
+    await post(client, webhook(low, alert("BigThing", instance="a")))
+    for _ in range(10):
+        await settle(client, clock, timedelta(minutes=1))
+    doc = await incident(client)
+    assert doc["severity"] == "P0"
+    assert await _count(client, lambda p: p["contact"] == "alice")

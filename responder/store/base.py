@@ -234,13 +234,16 @@ class Store(ContainmentStore, Protocol):
         reopen_within: timedelta = ...,
         on_due: Callable[[], None] | None = None,
         deadline: float | None = None,
+        default_policy: str | None = None,
     ) -> list[IngestOutcome]:
         """Record alerts durably and idempotently; one outcome per alert, same order. In the
         same transaction, firing alerts join (or open, or reopen) their incident, and an
         incident whose last firing alert resolved is resolved. ``on_due`` is called, after
         the commit, when that made an incident due now (opened, reopened, severity raised,
         resolved); an alert joining an open incident does not. Past ``deadline`` (on the
-        running loop's clock) the call raises ``StoreError`` (the writes may still land)."""
+        running loop's clock) the call raises ``StoreError`` (the writes may still land).
+        ``default_policy`` is the policy of a rule that names none (a worse alert that joins
+        an incident under another policy restarts its escalation under its own)."""
         ...
 
     async def mark_stale(self, last_received_before: datetime, now: datetime) -> list[int]:

@@ -355,13 +355,17 @@ class SQLiteStore:
         reopen_within: timedelta = DEFAULT_REOPEN_WITHIN,
         on_due: Callable[[], None] | None = None,
         deadline: float | None = None,
+        default_policy: str | None = None,
     ) -> list[IngestOutcome]:
         now_us = to_us(now)
         reopen_us = int(reopen_within.total_seconds() * 1_000_000)
 
         def work(conn: sqlite3.Connection) -> list[tuple[IngestOutcome, bool]]:
             cache, known = self._ingest_cache, self._open_incidents
-            return [_ingest_one(conn, a, now_us, reopen_us, cache, known) for a in alerts]
+            return [
+                _ingest_one(conn, a, now_us, reopen_us, cache, known, default_policy)
+                for a in alerts
+            ]
 
         results = await self._queue(work, deadline, ingest=True)
         if on_due is not None and any(due for _, due in results):
@@ -909,6 +913,7 @@ def _ingest_one(
     reopen_us: int,
     cache: _IngestCache,
     known: _OpenIncidents,
+    default_policy: str | None = None,
 ) -> tuple[IngestOutcome, bool]:
     """Store one alert; the flag says an incident's next due time moved earlier (opened,
     reopened, raised, resolved): the escalation engine should look again."""
@@ -942,7 +947,9 @@ def _ingest_one(
     document = cache.document(classification)[0]
     if incident_id is not None and incident_severity is not None:
         # A new alert, stored with the open incident it joins.
-        raised = inc.join_incident(conn, incident_id, incident_severity, document, now_us)
+        raised = inc.join_incident(
+            conn, incident_id, incident_severity, document, now_us, default_policy
+        )
         if raised:
             known.forget()
         return outcome, raised
@@ -957,6 +964,7 @@ def _ingest_one(
         reopen_us,
         none_open=outcome is IngestOutcome.NEW,  # _store_alert looked for one
         source=incoming.source,
+        default_policy=default_policy,
     )
 
 

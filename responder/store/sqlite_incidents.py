@@ -98,10 +98,12 @@ def join_incident(
     current: str,
     classification: dict[str, Any],
     now_us: int,
+    default_policy: str | None = None,
 ) -> bool:
     """A firing alert (already stored with ``incident_id`` and ``joined_at``, which make its
     "alert_fired" timeline entry) joined the open incident whose severity is ``current``.
-    True when a worse alert raised the incident (due now)."""
+    True when a worse alert raised the incident (due now). A rule that names no policy
+    means ``default_policy``, for the incident (stored as none) as for the alert."""
     severity = str(classification["severity"])
     if _RANK[severity] >= _RANK[current]:
         return False
@@ -109,17 +111,26 @@ def join_incident(
     # and the engine looks again at once. Under another policy, escalation starts over from
     # that policy's first level, as after an unacknowledge (a new episode): the old policy's
     # levels done say nothing of the new one's.
-    policy = classification.get("policy")
+    policy = classification.get("policy") or default_policy
     target = classification.get("target") or {}
     conn.execute(
         "UPDATE incidents SET severity = ?6, "
-        "episode = episode + (state = 'triggered' AND ?1 IS NOT NULL AND ?1 IS NOT policy), "
-        "triggered_at = CASE WHEN state = 'triggered' AND ?1 IS NOT NULL AND ?1 IS NOT policy "
-        "THEN ?2 ELSE triggered_at END, "
+        "episode = episode + (state = 'triggered' AND ?1 IS NOT NULL "
+        "AND ?1 IS NOT COALESCE(policy, ?7)), "
+        "triggered_at = CASE WHEN state = 'triggered' AND ?1 IS NOT NULL "
+        "AND ?1 IS NOT COALESCE(policy, ?7) THEN ?2 ELSE triggered_at END, "
         "policy = COALESCE(?1, policy), respond_s = COALESCE(?3, respond_s), "
         "resolve_s = COALESCE(?4, resolve_s), "
         "next_due = ?2, version = version + 1, updated_at = ?2 WHERE id = ?5",
-        (policy, now_us, target.get("respond_s"), target.get("resolve_s"), incident_id, severity),
+        (
+            policy,
+            now_us,
+            target.get("respond_s"),
+            target.get("resolve_s"),
+            incident_id,
+            severity,
+            default_policy,
+        ),
     )
     _event(
         conn,
@@ -179,6 +190,7 @@ def attach_alert(
     *,
     none_open: bool = False,
     source: str = "alertmanager",
+    default_policy: str | None = None,
 ) -> bool:
     """Put a firing alert into the open incident with its key, reopening or creating one
     (``none_open``: the caller already found no open incident). True when the incident's
@@ -189,7 +201,7 @@ def attach_alert(
     found = None if none_open else open_incident(conn, key)
     if found is not None:
         _place_alert(conn, alert_id, found[0], fired, now_us, fresh=none_open)
-        return join_incident(conn, found[0], found[1], classification, now_us)
+        return join_incident(conn, found[0], found[1], classification, now_us, default_policy)
 
     row = conn.execute(
         "SELECT id FROM incidents WHERE key = ? AND state = 'resolved' AND resolved_at >= ? "
