@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,11 +31,31 @@ def _fields_of(record: logging.LogRecord) -> dict[str, Any]:
     return dict(values) if isinstance(values, dict) else {}
 
 
+# Characters that are not visible text: controls (C1 included, which some terminals obey),
+# format characters (bidi overrides), line and paragraph separators (which splitlines() and
+# some log viewers break on), surrogates and unassigned code points.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_NON_ASCII = re.compile(r"[^\x00-\x7e]")
+
+
+def _escape_invisible(text: str) -> str:
+    """JSON text with every invisible non-ASCII character written as ``\\uXXXX``: a label
+    can never forge a log line, nor reach a terminal as a control."""
+
+    def escape(match: re.Match[str]) -> str:
+        ch = match.group()
+        if unicodedata.category(ch) not in _INVISIBLE:
+            return ch
+        return json.dumps(ch)[1:-1]  # \\u escape; a character beyond the BMP as a pair
+
+    return text if text.isascii() else _NON_ASCII.sub(escape, text)
+
+
 def _quote(value: Any) -> str:
     text = str(value)
     if text and all(c.isalnum() or c in "-_.:/@+,[]()" for c in text):
         return text
-    return json.dumps(text, ensure_ascii=False)
+    return _escape_invisible(json.dumps(text, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
@@ -57,7 +79,7 @@ class JsonFormatter(logging.Formatter):
         document.update(_fields_of(record))
         if record.exc_info:
             document["error"] = self.formatException(record.exc_info)
-        return json.dumps(document, ensure_ascii=False, default=str)
+        return _escape_invisible(json.dumps(document, ensure_ascii=False, default=str))
 
 
 # syslog priorities, for journald's "<N>" line prefix (SyslogLevelPrefix=, on by default).

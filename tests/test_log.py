@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from responder.log import JsonFormatter, TextFormatter, fields
 
 SCRIPT = (
     "import logging; from responder.log import setup_logging; setup_logging(); "
@@ -31,3 +35,19 @@ def test_priority_prefix_only_on_the_stream_systemd_named(tmp_path: Path) -> Non
     assert run(path, f"{stat.st_dev}:{stat.st_ino}").startswith("<3>")
     assert not run(path, "1:2").startswith("<")
     assert not run(path, None).startswith("<")
+
+
+def test_a_label_cannot_break_or_colour_a_log_line() -> None:
+    """C1 controls (U+009B starts a terminal escape), Unicode line breaks and bidi
+    overrides are escaped in both formats; visible non-ASCII text stays as it is (security
+    review, stop 13)."""
+    hostile = "x\u009b31m\u2028forged\u0085line\u202e end, caf\u00e9 \u65e5\u672c"
+    record = logging.LogRecord("responder", logging.WARNING, __file__, 1, "webhook", None, None)
+    record.__dict__.update(fields(label=hostile))
+    for formatter in (TextFormatter(), JsonFormatter()):
+        line = formatter.format(record)
+        assert line.splitlines() == [line]
+        assert not any(ch in line for ch in "\u009b\u2028\u0085\u202e")
+        assert "caf\u00e9 \u65e5\u672c" in line
+    document = json.loads(JsonFormatter().format(record))
+    assert document["label"] == hostile  # escaped, not lost
