@@ -154,6 +154,11 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
         log.warning("webhook rejected", extra=fields(reason=str(exc), peer=request.remote))
         return json_error(400, str(exc))
 
+    if message.repairs:
+        log.warning(
+            "alert text mended to keep the alerts",
+            extra=fields(repairs=list(message.repairs[:20]), peer=request.remote),
+        )
     alerts = message.alerts
     firing = [a.status for a in alerts].count(AlertStatus.FIRING)
     intake = runtime.intake
@@ -201,6 +206,9 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
             "Alertmanager truncated the group; raise max_alerts or expect missing alerts",
             extra=fields(group_key=message.group_key, truncated=message.truncated_alerts),
         )
+    if message.repairs:
+        answer = {"status": "ok", "alerts": len(outcomes), "outcomes": counts}
+        return web.json_response({**answer, "repairs": list(message.repairs)})
     return _accepted(len(outcomes), counts)
 
 

@@ -90,6 +90,9 @@ class WebhookMessage:
     external_url: str
     truncated_alerts: int
     alerts: tuple[Alert, ...]
+    # What was mended in the alerts' text to keep them (a value cut to size, a NUL
+    # replaced): one note per mend, naming the field.
+    repairs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,12 @@ Pure: bytes in, ``WebhookMessage`` out, or a ``PayloadError`` that names the off
 (``alerts[3].labels.job: expected a string``). Unknown fields are accepted, because newer
 Alertmanagers and Grafana add fields. Label text is attacker-controlled; here it is only
 checked to be well-formed text of bounded size, and it stays data from here on.
+
+Text that breaks a bound (a value too long, too many labels, a NUL, a lone surrogate) is
+mended, not refused: anyone who can make one alert fire could otherwise get the whole group
+it travels in refused, and Alertmanager does not retry a 4xx. The mended alert says so in
+its ``responder_repaired`` annotation, and the message lists the mends. What is not text
+where text belongs (a number for a label) is a malformed body and is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ MAX_LABELS = 128
 MAX_NAME_LENGTH = 256
 MAX_VALUE_LENGTH = 16384
 MAX_FINGERPRINT_LENGTH = 64
+# The annotation a mended alert carries, and what a cut value ends with.
+REPAIRED_ANNOTATION = "responder_repaired"
+CUT_MARK = "...[cut]"
 
 
 class PayloadError(ValueError):
@@ -179,7 +188,8 @@ def webhook_from_document(document: Any, *, plain: bool = False) -> WebhookMessa
     raw_alerts = document.get("alerts")
     if type(raw_alerts) is not list:
         raise PayloadError(f"alerts: expected a list, got {_kind(raw_alerts)}")
-    alerts = tuple([_alert(raw, i, plain) for i, raw in enumerate(raw_alerts)])
+    repairs: list[str] = []
+    alerts = tuple([_alert(raw, i, plain, repairs) for i, raw in enumerate(raw_alerts)])
     truncated = document.get("truncatedAlerts", 0)
     if type(truncated) is not int or truncated < 0:
         raise PayloadError(f"truncatedAlerts: expected a whole number, got {_kind(truncated)}")
@@ -187,25 +197,31 @@ def webhook_from_document(document: Any, *, plain: bool = False) -> WebhookMessa
         receiver=_optional_str(document, "receiver", "receiver"),
         status=_status(document.get("status", "firing"), "status"),
         group_key=_optional_str(document, "groupKey", "groupKey"),
-        group_labels=_labels(document.get("groupLabels"), "groupLabels", plain=plain),
-        common_labels=_labels(document.get("commonLabels"), "commonLabels", plain=plain),
+        group_labels=_labels(
+            document.get("groupLabels"), "groupLabels", plain=plain, repairs=repairs
+        ),
+        common_labels=_labels(
+            document.get("commonLabels"), "commonLabels", plain=plain, repairs=repairs
+        ),
         common_annotations=_labels(
-            document.get("commonAnnotations"), "commonAnnotations", plain=plain
+            document.get("commonAnnotations"), "commonAnnotations", plain=plain, repairs=repairs
         ),
         external_url=_optional_str(document, "externalURL", "externalURL"),
         truncated_alerts=truncated,
         alerts=alerts,
+        repairs=tuple(repairs),
     )
 
 
-def _alert(raw: Any, index: int, plain: bool) -> Alert:
+def _alert(raw: Any, index: int, plain: bool, repairs: list[str]) -> Alert:
     # Field paths (``alerts[3].labels``) are built only for a message: this runs for every
     # alert received.
     if type(raw) is not dict:
         raise PayloadError(f"alerts[{index}]: expected an object, got {_kind(raw)}")
     if "labels" not in raw:
         raise PayloadError(f"alerts[{index}].labels: required")
-    labels = _labels(raw["labels"], "labels", index, plain=plain)
+    mended: list[str] = []
+    labels = _labels(raw["labels"], "labels", index, plain=plain, repairs=mended)
     if not labels:
         raise PayloadError(f"alerts[{index}].labels: an alert needs at least one label")
     raw_status = raw.get("status")
@@ -249,11 +265,18 @@ def _alert(raw: Any, index: int, plain: bool) -> Alert:
         )
     if not plain:
         _check_text(generator, f"alerts[{index}].generatorURL")
+    annotations = _labels(raw.get("annotations"), "annotations", index, plain=plain, repairs=mended)
+    if mended:
+        repairs.extend(mended)
+        note = "; ".join(m.removeprefix(f"alerts[{index}].") for m in mended)
+        annotations = MappingProxyType(
+            {**annotations, REPAIRED_ANNOTATION: _cut(note, MAX_VALUE_LENGTH)}
+        )
     return Alert(
         fingerprint=fingerprint,
         status=status,
         labels=labels,
-        annotations=_labels(raw.get("annotations"), "annotations", index, plain=plain),
+        annotations=annotations,
         starts_at=starts_at,
         ends_at=ends_at,
         generator_url=generator,
@@ -269,24 +292,30 @@ def _status(raw: Any, where: str) -> AlertStatus:
 
 
 def _labels(
-    raw: Any, field: str, index: int | None = None, *, plain: bool = False
+    raw: Any,
+    field: str,
+    index: int | None = None,
+    *,
+    plain: bool,
+    repairs: list[str],
 ) -> Mapping[str, str]:
     """Validate an object of label (or annotation) texts and freeze it. ``field`` and
     ``index`` say where it is (``alerts[index].field``), for a message; ``plain``, that
-    every text in the body is known to be short, ASCII and free of NULs."""
+    every text in the body is known to be short, ASCII and free of NULs. Text out of
+    bounds is mended (``_mend``), each mend noted in ``repairs``."""
     if raw is None:
         return _EMPTY
     if type(raw) is not dict:
         raise PayloadError(
             f"{_where(field, index)}: expected an object of strings, got {_kind(raw)}"
         )
-    if len(raw) > MAX_LABELS:
-        raise PayloadError(f"{_where(field, index)}: more than {MAX_LABELS} entries")
     # This runs for every label of every alert received: the fast path builds no message.
+    if len(raw) > MAX_LABELS:
+        return _mend(raw, _where(field, index), repairs)
     if plain:
         for name, value in raw.items():
             if type(value) is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
-                _label_fault(name, value, _where(field, index))
+                return _mend(raw, _where(field, index), repairs)
     else:
         for name, value in raw.items():
             if not (
@@ -298,7 +327,14 @@ def _labels(
                 and "\x00" not in name
                 and "\x00" not in value
             ):
-                _label_fault(name, value, _where(field, index))
+                if (
+                    0 < len(name) <= MAX_NAME_LENGTH
+                    and type(value) is str
+                    and _is_text(name)
+                    and _is_text(value)
+                ):
+                    continue  # non-ASCII, valid Unicode, within bounds: fine
+                return _mend(raw, _where(field, index), repairs)
     # The decoder's own dict, which nobody else holds: frozen without a copy.
     return MappingProxyType(raw)
 
@@ -307,17 +343,55 @@ def _where(field: str, index: int | None) -> str:
     return field if index is None else f"alerts[{index}].{field}"
 
 
-def _label_fault(name: str, value: Any, where: str) -> None:
-    """Raise the ``PayloadError`` for one entry, or return if the entry is fine (such as
-    non-ASCII text that is valid Unicode)."""
-    if not name or len(name) > MAX_NAME_LENGTH:
-        raise PayloadError(f"{where}: a name must have 1 to {MAX_NAME_LENGTH} characters")
-    if not isinstance(value, str):
-        raise PayloadError(f"{where}.{_short(name)}: expected a string, got {_kind(value)}")
-    if len(value) > MAX_VALUE_LENGTH:
-        raise PayloadError(f"{where}.{_short(name)}: longer than {MAX_VALUE_LENGTH} characters")
-    _check_text(name, f"{where}: name {_short(name)}")
-    _check_text(value, f"{where}.{_short(name)}")
+def _is_text(text: str) -> bool:
+    """Within bounds, storable (no lone surrogates) and free of NULs."""
+    if len(text) > MAX_VALUE_LENGTH or "\x00" in text:
+        return False
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+def _mend(raw: dict[Any, Any], where: str, repairs: list[str]) -> Mapping[str, str]:
+    """A copy of ``raw`` with its text brought within bounds, each mend noted in
+    ``repairs``: NULs and lone surrogates become U+FFFD, values and names are cut (ending
+    in ``CUT_MARK``), entries without a name are dropped, and of too many entries the first
+    ``MAX_LABELS`` by name are kept (``alertname`` always), the same ones each time the
+    alert comes again. A value that is not a string is refused: that is no text to mend."""
+    for name, value in raw.items():
+        if not isinstance(value, str):
+            raise PayloadError(f"{where}.{_short(name)}: expected a string, got {_kind(value)}")
+    mended: dict[str, str] = {}
+    for name, value in raw.items():
+        clean_name = _cut(_clean(name), MAX_NAME_LENGTH)
+        if not clean_name:
+            repairs.append(f"{where}: an entry without a name dropped")
+            continue
+        if clean_name != name:
+            repairs.append(f"{where}: name {_short(clean_name)!r} mended")
+        clean_value = _cut(_clean(value), MAX_VALUE_LENGTH)
+        if clean_value != value:
+            repairs.append(f"{where}.{_short(clean_name)}: value mended (cut or cleaned)")
+        mended[clean_name] = clean_value
+    if len(mended) > MAX_LABELS:
+        kept = sorted(mended, key=lambda n: (n != "alertname", n))[:MAX_LABELS]
+        repairs.append(f"{where}: {len(mended) - MAX_LABELS} of {len(mended)} entries dropped")
+        mended = {n: mended[n] for n in kept}
+    return MappingProxyType(mended)
+
+
+def _clean(text: str) -> str:
+    """NULs and lone surrogates (not storable text) replaced by U+FFFD."""
+    if text.isascii():
+        return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in text)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - len(CUT_MARK)] + CUT_MARK
 
 
 def _check_text(text: str, where: str) -> None:

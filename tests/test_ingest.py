@@ -73,6 +73,33 @@ async def test_grouped_mixed_payload(client: Client) -> None:
     assert [a["status"] for a in firing] == ["firing"]
 
 
+async def test_one_hostile_alert_does_not_get_its_group_refused(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever can make one alert fire can give it a huge annotation or a NUL; the group it
+    travels in is still stored (Alertmanager does not retry a 4xx), the hostile alert
+    mended and marked (security review, stop 13)."""
+    document = payload("firing-api")
+    hostile = json.loads(json.dumps(document["alerts"][0]))
+    hostile["fingerprint"] = "00000000000000ff"
+    hostile["labels"]["instance"] = "evil\u0000"
+    hostile["annotations"]["description"] = "A" * 20_000
+    document["alerts"].append(hostile)
+    with caplog.at_level(logging.WARNING, logger="responder.ingest"):
+        response = await post(client, document)
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    assert answer["outcomes"] == {"new": 2}
+    assert "alerts[1].annotations.description: value mended (cut or cleaned)" in answer["repairs"]
+    assert "alert text mended" in caplog.text
+    stored = {a["fingerprint"]: a for a in await alerts(client)}
+    assert stored["22309d8945c45a12"]["labels"]["instance"] == "db-01:9100"
+    mended = stored["00000000000000ff"]
+    assert mended["labels"]["instance"] == "evil\ufffd"
+    assert mended["annotations"]["description"].endswith("...[cut]")
+    assert "labels.instance" in mended["annotations"]["responder_repaired"]
+
+
 async def test_label_filters_use_alertmanager_matchers(client: Client) -> None:
     """The read API filters with Alertmanager's matcher syntax; a bad matcher is a 400."""
     await post(client, payload("firing-api"))
