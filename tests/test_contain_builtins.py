@@ -279,14 +279,36 @@ def test_local_addresses_are_the_interfaces_addresses(monkeypatch: pytest.Monkey
         ],
     }
     monkeypatch.setattr(psutil, "net_if_addrs", lambda: fake)
-    assert local_addresses() == {
+    own = local_addresses()
+    assert own is not None
+    assert own == {
         ipaddress.ip_address(a)
         for a in ("127.0.0.1", "203.0.113.7", "203.0.113.8", "2001:db8::5", "fe80::1")
     }
 
 
 def test_this_hosts_addresses_include_loopback() -> None:
-    assert ipaddress.ip_address("127.0.0.1") in local_addresses()
+    own = local_addresses()
+    assert own is not None
+    assert ipaddress.ip_address("127.0.0.1") in own
+
+
+def test_no_block_when_the_hosts_addresses_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Fail closed: if the interfaces cannot be read (a seccomp filter, no netlink), the
+    own-address check cannot be made, so nothing is blocked (security review, stop 13)."""
+
+    def broken() -> None:
+        raise PermissionError("netlink refused")
+
+    monkeypatch.setattr(psutil, "net_if_addrs", broken)
+    assert local_addresses() is None
+    spec = block_catalog(tmp_path)["block-attacker"].spec
+    assert isinstance(spec, BlockAddressSpec)
+    refusal = address_refusal(spec, "198.51.100.7", local_addresses())
+    assert refusal is not None
+    assert "could not be read" in refusal
 
 
 async def test_cidr_blocks_narrower_than_the_minimum_prefix_only(

@@ -201,6 +201,15 @@ def test_non_ascii_only_when_the_pattern_allows_it() -> None:
     assert isinstance(bind_one("text", "Zoë Müller", ', pattern: ".+"'), ParamRejected)
 
 
+@pytest.mark.parametrize("invisible", ["\u202e", "\u2066", "\u00ad", "\u2060", "\ufff9", "\u0085"])
+def test_invisible_characters_never_bind_even_under_a_loose_pattern(invisible: str) -> None:
+    """Bidi overrides and isolates, soft hyphens, word joiners, annotation marks: every
+    format or control character is refused, not a hand-made few (security review, stop 13)."""
+    loose = ', pattern: ".+", allow_non_ascii: true'
+    assert bind_one("text", "Zoë", loose) == "Zoë"
+    assert isinstance(bind_one("text", f"Zo{invisible}ë", loose), ParamRejected)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -26,7 +26,9 @@ from responder.contain.runner import (
     ExecRequest,
     PreparedRun,
     RunContext,
+    run_process,
 )
+from responder.secrets import Secret
 from responder.yamlfile import ConfigError, load_text
 
 CONTEXT = RunContext("42", "HighErrorRate", "abc123", "P1")
@@ -516,3 +518,22 @@ print("done")
     assert result.outcome is Outcome.OK
     assert result.attempts[0].stdout == "done\n"
     assert not _alive(int(pid_file.read_text()))
+
+
+async def test_a_secret_cut_by_the_output_limit_is_still_redacted(tmp_path: Path) -> None:
+    """Output is cut at the limit; a secret that straddles the cut leaves its first part in
+    the kept text, which no longer matches the whole secret: it is redacted as well
+    (security review, stop 13)."""
+    tool = script(
+        tmp_path,
+        "leaky",
+        "import os, sys\nsys.stdout.write('x' * 90 + 'Bearer ' + os.environ['TOKEN'] + 'y' * 50)",
+    )
+    token = Secret("sk_live_0123456789abcdef", "file token")
+    request = ExecRequest(argv=(str(tool),), env={"TOKEN": token})
+    result = await run_process(request, limit=110)
+    assert result.stdout_dropped > 0
+    assert "sk_live" not in result.stdout
+    assert result.stdout.endswith("Bearer " + REDACTED)
+    whole = await run_process(request, limit=1000)  # not cut: only the secret goes
+    assert whole.stdout == "x" * 90 + "Bearer " + REDACTED + "y" * 50

@@ -51,14 +51,14 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def local_addresses() -> frozenset[Address]:
+def local_addresses() -> frozenset[Address] | None:
     """The addresses this host owns right now (read at each block: DHCP may change them).
-    Empty when the system does not say."""
+    None when the system does not say (then no block is safe)."""
     found: set[Address] = set()
     try:
         interfaces = psutil.net_if_addrs()
     except OSError:
-        return frozenset()
+        return None
     for addresses in interfaces.values():
         for item in addresses:
             if item.family in (socket.AF_INET, socket.AF_INET6):
@@ -69,10 +69,13 @@ def local_addresses() -> frozenset[Address]:
 
 
 def address_refusal(
-    spec: BlockAddressSpec, address: str, own: Collection[Address] = ()
+    spec: BlockAddressSpec, address: str, own: Collection[Address] | None = ()
 ) -> str | None:
     """Why ``address`` (an IP or a CIDR) must not be blocked, or None. ``own``: the host's
-    own addresses, never blocked (an alert naming one would cut the host off itself)."""
+    own addresses, never blocked (an alert naming one would cut the host off itself); None
+    when they could not be read, and then nothing is blocked (fail closed)."""
+    if own is None:
+        return f"{address} not blocked: this host's own addresses could not be read"
     network: Network = ipaddress.ip_network(address, strict=False)
     if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped:
         # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel, but not to the checks below.

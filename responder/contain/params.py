@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -138,9 +139,15 @@ def audit_value(value: str) -> str:
     return f'"{shown}"'
 
 
+# Controls, format characters (bidi overrides and isolates, zero-width, soft hyphen),
+# surrogates, private use, unassigned, line and paragraph separators: nothing a reader sees.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
 def _is_control(ch: str) -> bool:
-    code = ord(ch)
-    return code < 0x20 or 0x7F <= code < 0xA0 or ch in "\u2028\u2029\u200b\u200e\u200f\ufeff"
+    if ch.isascii():
+        return ch < " " or ch == "\x7f"
+    return unicodedata.category(ch) in _INVISIBLE
 
 
 def check_value(spec: ParamSpec, value: str) -> tuple[str, None] | tuple[None, str]:

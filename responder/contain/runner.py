@@ -89,10 +89,17 @@ class RunContext:
         }
 
 
-def _redact(text: str, secrets: Sequence[str]) -> str:
+def _redact(text: str, secrets: Sequence[str], *, cut: bool = False) -> str:
+    """``text`` with every secret replaced. ``cut``: the text was cut at a size limit, so a
+    secret may have been cut too; a tail that begins one is replaced as well."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, REDACTED)
+    if cut:
+        for secret in secrets:
+            for length in range(min(len(secret), len(text)) - 1, 0, -1):
+                if text.endswith(secret[:length]):
+                    return text[:-length] + REDACTED
     return text
 
 
@@ -497,8 +504,8 @@ async def run_process(
             exit_task.cancel()
     return ProcessResult(
         exit_status=proc.returncode,
-        stdout=_redact(out.data.decode("utf-8", "replace"), secrets),
-        stderr=_redact(err.data.decode("utf-8", "replace"), secrets),
+        stdout=_redact(out.data.decode("utf-8", "replace"), secrets, cut=out.dropped > 0),
+        stderr=_redact(err.data.decode("utf-8", "replace"), secrets, cut=err.dropped > 0),
         stdout_dropped=out.dropped,
         stderr_dropped=err.dropped,
         duration_s=monotonic() - started,
@@ -528,7 +535,7 @@ class ActionRunner:
         kill_grace_s: float = 2.0,
         base_env: Mapping[str, str] = BASE_ENV,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        own_addresses: Callable[[], Collection[builtins.Address]] = builtins.local_addresses,
+        own_addresses: Callable[[], Collection[builtins.Address] | None] = builtins.local_addresses,
     ) -> None:
         self._clock = clock
         self._own_addresses = own_addresses
@@ -857,7 +864,7 @@ class ActionRunner:
             started_at=at,
             duration_s=monotonic() - started,
             http_status=status,
-            stdout=_redact(body, request.secrets),
+            stdout=_redact(body, request.secrets, cut=dropped > 0),
             stdout_dropped=dropped,
             detail=error or "",
         )
