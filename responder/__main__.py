@@ -1,5 +1,5 @@
 """Allow ``python -m responder``."""
 
-from responder.cli import main
+from responder.entry import main
 
 raise SystemExit(main())

@@ -37,6 +37,7 @@ from responder.contain import ActionRunner
 from responder.contain.engine import Containment
 from responder.deliver import Dispatcher
 from responder.directory import Directory
+from responder.entry import EARLY_SIGHUP
 from responder.escalate import Escalator
 from responder.log import fields
 from responder.metrics import Metrics
@@ -252,6 +253,9 @@ async def _sighup_reload(app: web.Application) -> AsyncIterator[None]:
     except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals
         yield
         return
+    if EARLY_SIGHUP.is_set():  # sent while starting: the files may have changed since read
+        EARLY_SIGHUP.clear()
+        on_sighup()
     yield
     loop.remove_signal_handler(signal.SIGHUP)
     for task in pending:

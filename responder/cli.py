@@ -12,9 +12,11 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sqlite3
 import ssl
 import sys
+import threading
 import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -35,7 +37,7 @@ from responder.log import AccessLog, fields, setup_logging
 from responder.plan import escalation_plan, render_oncall, render_plan
 from responder.report import incident_report, period_report
 from responder.runtime import Snapshot, load_snapshot
-from responder.store import StoreError, sqlite_path
+from responder.store import SchemaTooNew, StoreError, sqlite_path
 from responder.webhook import PayloadError, parse_webhook
 from responder.yamlfile import ConfigError, parse_duration
 
@@ -53,6 +55,9 @@ REPORT_LIMIT = 10_000
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    serving = getattr(args, "run", None) is cmd_serve
+    if not serving and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # held for the daemon only (entry.py)
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_USAGE
@@ -276,9 +281,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # answered a second late). The kernel caps it at net.core.somaxconn.
             backlog=LISTEN_BACKLOG,
         )
+    except SchemaTooNew as exc:
+        # A newer responder's database: restarting cannot help (the unit does not restart
+        # on the config-error status).
+        log.error("responder cannot start", extra=fields(error=str(exc)))
+        return EXIT_USAGE
     except (StoreError, OSError) as exc:
-        # The database cannot be opened or migrated, or the address is taken: say so in one
-        # line, not a traceback; systemd restarts (exit 1) since the cause may pass.
+        # The database cannot be opened or migrated, another responder holds it, or the
+        # address is taken: say so in one line, not a traceback; systemd restarts (exit 1)
+        # since the cause may pass.
         log.error("responder cannot start", extra=fields(error=str(exc)))
         return EXIT_FAILED
     log.info("responder stopped")

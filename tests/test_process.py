@@ -208,3 +208,67 @@ async def test_kill_9_loses_no_acknowledged_alert(tmp_path: Path) -> None:
         ) as response:
             (alert,) = (await response.json())["data"]
         assert alert["receiveCount"] == 2
+
+
+async def test_a_sighup_while_starting_is_held_and_applied(tmp_path: Path) -> None:
+    """systemd may send SIGHUP (reload) right after it started the process; SIGHUP's
+    default action would end the daemon. It is held, and the reload runs once the daemon
+    is up (ops review, stop 13)."""
+    config = write_config(tmp_path)
+    port = free_port()
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "responder",
+            "serve",
+            "-c",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    daemon = Daemon(process, f"http://127.0.0.1:{port}", log)
+    try:
+        await asyncio.sleep(0.2)  # past the interpreter's own start, within the imports
+        assert process.returncode is None
+        process.send_signal(signal.SIGHUP)
+        await daemon.wait_ready()
+        for _ in range(100):
+            if "config reloaded" in log.read_text():
+                break
+            await asyncio.sleep(0.05)
+        assert "config reloaded" in log.read_text()
+        assert process.returncode is None
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_a_second_daemon_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
+    """Two daemons on one database would each take over the other's pages in flight: the
+    second exits 1 saying why, and the first serves on (ops review, stop 13)."""
+    config = write_config(tmp_path)
+    async with running(config) as first:
+        second = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "responder",
+            "serve",
+            "-c",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        output, _ = await asyncio.wait_for(second.communicate(), 30)
+        assert second.returncode == 1
+        assert b"another responder (pid " in output
+        async with aiohttp.ClientSession() as session:
+            assert await post(session, first.url, payload("firing-api")) == 200

@@ -23,6 +23,7 @@ from responder.store import (
     CommitStats,
     IncomingAlert,
     IngestOutcome,
+    SchemaTooNew,
     SQLiteStore,
     StoreError,
 )
@@ -285,8 +286,32 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 999")
-    with pytest.raises(StoreError, match="newer than this responder"):
+    before = path.read_bytes()
+    with pytest.raises(SchemaTooNew, match="newer than this responder"):
         await SQLiteStore(path).open()
+    # Not even switched to WAL: the file is exactly as it was (ops review, stop 13).
+    assert path.read_bytes() == before
+    assert not path.with_name("r.db-wal").exists()
+    # The lock was let go: a later (newer) responder is not told another one runs.
+    await SQLiteStore(tmp_path / "other.db").open()
+
+
+async def test_a_second_store_on_the_same_database_is_refused(tmp_path: Path) -> None:
+    """Two daemons on one database would each recover the other's pages in flight and
+    page twice: the second is refused, naming the first's pid, until the first closes
+    (ops review, stop 13)."""
+    path = tmp_path / "r.db"
+    first = SQLiteStore(path)
+    await first.open()
+    try:
+        with pytest.raises(StoreError, match=rf"another responder \(pid {os.getpid()}\)"):
+            await SQLiteStore(path).open()
+        assert await first.ping()  # the first one goes on undisturbed
+    finally:
+        await first.close()
+    second = SQLiteStore(path)
+    await second.open()
+    await second.close()
 
 
 async def test_closed_store_refuses_writes(tmp_path: Path) -> None:

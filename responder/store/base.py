@@ -29,6 +29,10 @@ class StoreError(Exception):
     """The store could not do what was asked (disk full, locked, gone); callers answer 503."""
 
 
+class SchemaTooNew(StoreError):
+    """The database was written by a newer responder: a restart cannot help."""
+
+
 class IngestOutcome(StrEnum):
     NEW = "new"  # first time this alert (fingerprint, startsAt) fires
     REPEAT = "repeat"  # still firing; Alertmanager re-sent it

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ from responder.store.base import (
     IngestOutcome,
     QueuedAlert,
     RunRow,
+    SchemaTooNew,
     StoredAlert,
     StoreError,
 )
@@ -118,6 +120,7 @@ class SQLiteStore:
         # The writer thread's memory between ingest jobs (only that thread touches it).
         self._ingest_cache = _IngestCache()
         self._open_incidents = _OpenIncidents()
+        self._lock_fd: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -127,15 +130,23 @@ class SQLiteStore:
         # Alert labels, timelines and contacts' numbers: owner-only whatever the umask (the
         # WAL and shared-memory files take the database file's mode).
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        writer_conn = self._connect()
+        self._lock()
         try:
-            self._migrate(writer_conn)
-        except sqlite3.Error as exc:
-            writer_conn.close()
-            raise StoreError(f"cannot prepare database {self.path}: {exc}") from exc
-        self._reader = self._connect()
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            self._refuse_newer_schema()
+            writer_conn = self._connect()
+            try:
+                self._migrate(writer_conn)
+            except BaseException as exc:
+                writer_conn.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot prepare database {self.path}: {exc}") from exc
+                raise
+            self._reader = self._connect()
+        except BaseException:
+            self._unlock()
+            raise
         self._writer = threading.Thread(
             target=self._write_loop,
             args=(writer_conn,),
@@ -143,6 +154,33 @@ class SQLiteStore:
             daemon=True,
         )
         self._writer.start()
+
+    def _lock(self) -> None:
+        """Hold ``<database>.lock`` while open: a second daemon on the same database would
+        take over the first one's pages in flight at its start (recovery) and page twice.
+        The kernel drops the lock when the process dies, kill -9 included."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"another responder (pid {holder}) is using {self.path}; "
+                f"stop it first (lock {lock_path})"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -157,11 +195,28 @@ class SQLiteStore:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         return conn
 
+    def _refuse_newer_schema(self) -> None:
+        """Read the schema version before anything writes (even switching to WAL writes
+        the file): a newer responder's database is left exactly as it is."""
+        try:
+            probe = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            try:
+                current = probe.execute("PRAGMA user_version").fetchone()[0]
+            finally:
+                probe.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        if current > len(SQLITE_MIGRATIONS):
+            raise SchemaTooNew(
+                f"database schema version {current} is newer than this responder "
+                f"({len(SQLITE_MIGRATIONS)}); refusing to touch it"
+            )
+
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
-        if current > len(SQLITE_MIGRATIONS):
-            raise StoreError(
+        if current > len(SQLITE_MIGRATIONS):  # checked before opening; a race is still refused
+            raise SchemaTooNew(
                 f"database schema version {current} is newer than this responder "
                 f"({len(SQLITE_MIGRATIONS)}); refusing to touch it"
             )
@@ -190,6 +245,7 @@ class SQLiteStore:
         if self._reader is not None:
             with self._reader_lock:
                 self._reader.close()
+        self._unlock()
 
     async def ping(self) -> bool:
         if self._closed or self._writer is None or not self._writer.is_alive():
