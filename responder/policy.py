@@ -266,6 +266,24 @@ def next_due(policy: Policy, incident: IncidentView, after: datetime) -> datetim
 # -- to whom -----------------------------------------------------------------------------------
 
 
+def level_renumbering(old: Policy, new: Policy) -> dict[int, int | None]:
+    """How a reload moved the levels of a policy kept by name: old level number to new, or
+    None for a level that is gone. A level is the same level when its clock, targets and
+    condition are (its ``after`` may change); repeated look-alikes pair in order. Empty when
+    nothing moved. Steps are recorded by level number, so without this a removed level
+    would make the next one count as done, and an inserted one would page a level again."""
+    free: dict[tuple[object, ...], list[int]] = {}
+    for level in new.levels:
+        free.setdefault((level.clock, level.targets, level.when), []).append(level.number)
+    moves: dict[int, int | None] = {}
+    for level in old.levels:
+        matches = free.get((level.clock, level.targets, level.when))
+        moves[level.number] = matches.pop(0) if matches else None
+    if all(old_number == new_number for old_number, new_number in moves.items()):
+        return {}
+    return moves
+
+
 def targets_of(step: Step, policy: Policy) -> tuple[Target, ...]:
     """The targets a step pages, as the policy lists them."""
     if step.kind is StepKind.STATUS_UPDATE:

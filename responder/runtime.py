@@ -29,6 +29,7 @@ from responder.intake import Intake
 from responder.log import fields
 from responder.messages import Templates, load_templates
 from responder.metrics import Metrics
+from responder.policy import level_renumbering
 from responder.secrets import Secret
 from responder.store import Store, StoreError
 from responder.yamlfile import ConfigError
@@ -141,11 +142,24 @@ class Runtime:
         if self.containment is not None:
             self.containment.wake()
 
-    async def _rearm(self) -> None:
+    async def _rearm(self, old: EscalationConfig, new: EscalationConfig) -> None:
         """New policies: each open incident's next step is computed again under them now
-        (a level moved earlier is due at once, not at the time the old policy gave)."""
+        (a level moved earlier is due at once, not at the time the old policy gave), and
+        the levels done are renamed where the reload added, removed or moved levels."""
+        renumber: dict[str | None, dict[int, int | None]] = {}
+        for name, policy in new.policies.items():
+            before = old.policies.get(name)
+            if before is not None and (moves := level_renumbering(before, policy)):
+                renumber[name] = moves
+                if name == new.default_policy == old.default_policy:
+                    renumber[None] = moves  # incidents whose rule names no policy
+        if renumber:
+            log.info(
+                "escalation levels moved; open incidents keep the levels they reached",
+                extra=fields(policies=sorted(n for n in renumber if n is not None)),
+            )
         try:
-            count = await self.store.rearm_open_incidents(self.clock.now())
+            count = await self.store.rearm_open_incidents(self.clock.now(), renumber)
         except StoreError as exc:  # the old due times stand; the engine catches up there
             log.error("open incidents not re-armed after reload", extra=fields(error=str(exc)))
             return
@@ -203,7 +217,7 @@ class Runtime:
             self.snapshot = new
             self.authenticator = authenticator
             if new.escalation != old.escalation:
-                await self._rearm()
+                await self._rearm(old.escalation, new.escalation)
             self.metrics.config_reload_ok.set(1)
             self.metrics.config_reload_time.set(self.clock.now().timestamp())
             self.metrics.rules_loaded.set(new.classifier.rule_count)

@@ -827,3 +827,95 @@ async def test_a_p0_joining_a_low_incident_pages_under_the_default_policy(
     doc = await incident(client)
     assert doc["severity"] == "P0"
     assert await _count(client, lambda p: p["contact"] == "alice")
+
+
+RELOAD_CONTACTS = """
+contacts:
+  alice: {email: alice@example.com}
+  bob: {email: bob@example.com}
+  carol: {email: carol@example.com}
+  dave: {email: dave@example.com}
+incidents:
+  default_policy: standard
+"""
+
+
+def reload_policy(levels: str) -> str:
+    return RELOAD_CONTACTS + "escalation_policies:\n  standard:\n    levels:\n" + levels
+
+
+THREE = """
+      - targets: [alice]
+      - after: 15m
+        targets: [bob]
+      - after: 30m
+        targets: [carol]
+"""
+# bob's level removed (he left the team): carol is now level 2, still at 30m.
+TWO = """
+      - targets: [alice]
+      - after: 30m
+        targets: [carol]
+"""
+
+
+async def test_removing_a_level_that_was_paged_does_not_skip_the_next_one(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Steps are recorded by level number: after a reload removed bob's level 2 (already
+    paged), carol's level became 2 and counted as done, so she was never paged. Levels are
+    matched by their targets across a reload now (escalation review, stop 13)."""
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(write_config(tmp_path, reload_policy(THREE) + extra))
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    for _ in range(16):
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")
+    write_config(tmp_path, reload_policy(TWO) + extra)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    for _ in range(30):
+        await settle(client, clock, timedelta(minutes=1))
+    doc = await incident(client)
+    # 46 minutes unacknowledged: carol's level (30m) should have paged her.
+    assert [p["contact"] for p in doc["pages"] if p["contact"] == "carol"] == ["carol"]
+
+
+# A new first level (dave) inserted in front: alice's level becomes L2.
+INSERTED = """
+      - targets: [dave]
+      - targets: [alice]
+      - after: 15m
+        targets: [bob]
+      - after: 30m
+        targets: [carol]
+"""
+
+
+async def test_inserting_a_level_does_not_page_an_earlier_level_twice(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """A reload puts dave's level in front of alice's: alice's level 1 (done) is level 2
+    now, and must not page her again; dave, new at 0m, is paged (escalation review, stop
+    13)."""
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(write_config(tmp_path, reload_policy(THREE) + extra))
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    await settle(client, clock, timedelta(minutes=5))
+    write_config(tmp_path, reload_policy(INSERTED) + extra)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    await settle(client, clock, timedelta(minutes=2))
+    doc = await incident(client)
+    pages = [(p["step"], p["contact"]) for p in doc["pages"]]
+    assert ("L1", "dave") in pages
+    # alice was paged once at 0m for this episode; the reload must not page her again.
+    assert sum(1 for _, c in pages if c == "alice") == 1

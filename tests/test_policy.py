@@ -15,6 +15,7 @@ from responder.policy import (
     PageTarget,
     Policy,
     due_steps,
+    level_renumbering,
     next_due,
     pages_for,
     parse_policies,
@@ -304,3 +305,37 @@ def test_policy_errors_name_file_line_and_key(policy: str, where: str, message: 
         )
     assert str(caught.value).startswith(where), str(caught.value)
     assert message in str(caught.value)
+
+
+def _levels(levels: str) -> Policy:
+    text = (
+        "contacts:\n  a: {email: a@x.org}\n  b: {email: b@x.org}\n  c: {email: c@x.org}\n"
+        "escalation_policies:\n  p:\n    levels:\n" + levels
+    )
+    root = load_text(text, "config.yaml")
+    hours = parse_business_hours(Node(None, "c", 0, ""))
+    return parse_policies(root["escalation_policies"], parse_directory(root), hours)["p"]
+
+
+def test_level_renumbering_follows_levels_by_their_targets() -> None:
+    """Across a reload a level is known by clock, targets and condition, not by position:
+    removed levels map to None, moved ones to their new number, a changed ``after`` is the
+    same level; nothing moved gives nothing to do."""
+    three = _levels(
+        "      - targets: [a]\n      - {after: 15m, targets: [b]}\n"
+        "      - {after: 30m, targets: [c]}\n"
+    )
+    assert level_renumbering(three, three) == {}
+    later = _levels(
+        "      - targets: [a]\n      - {after: 20m, targets: [b]}\n"
+        "      - {after: 30m, targets: [c]}\n"
+    )
+    assert level_renumbering(three, later) == {}
+    without_b = _levels("      - targets: [a]\n      - {after: 30m, targets: [c]}\n")
+    assert level_renumbering(three, without_b) == {1: 1, 2: None, 3: 2}
+    c_first = _levels(
+        "      - targets: [c]\n      - targets: [a]\n      - {after: 15m, targets: [b]}\n"
+    )
+    assert level_renumbering(three, c_first) == {1: 2, 2: 3, 3: 1}
+    twice = _levels("      - targets: [a]\n      - {after: 15m, targets: [a]}\n")
+    assert level_renumbering(twice, _levels("      - targets: [a]\n")) == {1: 1, 2: None}

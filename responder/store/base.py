@@ -331,9 +331,14 @@ class Store(ContainmentStore, Protocol):
         """The earliest ``next_due`` of any incident."""
         ...
 
-    async def rearm_open_incidents(self, now: datetime) -> int:
+    async def rearm_open_incidents(
+        self, now: datetime, renumber: Mapping[str | None, Mapping[int, int | None]] = {}
+    ) -> int:
         """Every open incident is due now: the policies changed (a reload), and the times
-        their next steps were due under the old ones no longer hold. Returns how many."""
+        their next steps were due under the old ones no longer hold. ``renumber``: for a
+        policy whose levels moved (by name; None for incidents on the default policy), old
+        level number to new, None for a level that is gone; the steps done are renamed in
+        the same transaction. Returns how many incidents were re-armed."""
         ...
 
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:

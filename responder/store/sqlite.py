@@ -569,9 +569,17 @@ class SQLiteStore:
         value = await self._read(inc.next_escalation)
         return None if value is None else from_us(value)
 
-    async def rearm_open_incidents(self, now: datetime) -> int:
+    async def rearm_open_incidents(
+        self, now: datetime, renumber: Mapping[str | None, Mapping[int, int | None]] = {}
+    ) -> int:
         now_us = to_us(now)
-        return await self._write(lambda conn: inc.rearm_open(conn, now_us))
+
+        def work(conn: sqlite3.Connection) -> int:
+            for policy, moves in renumber.items():
+                inc.renumber_levels(conn, policy, moves, now_us)
+            return inc.rearm_open(conn, now_us)
+
+        return await self._write(work)
 
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
         skip = list(busy)

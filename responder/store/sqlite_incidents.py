@@ -10,6 +10,7 @@ incident in between (the engine then decides again from fresh data).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -528,6 +529,44 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
         ):
             paged.setdefault(incident_id, []).append((contact, channel, address))
     return [EscalationWork(i, frozenset(done[i.id]), tuple(paged.get(i.id, ()))) for i in incidents]
+
+
+_LEVEL_STEP = re.compile(r"L(\d+)((?:\.r\d+)?)")
+
+
+def renumber_levels(
+    conn: sqlite3.Connection, policy: str | None, moves: Mapping[int, int | None], now_us: int
+) -> None:
+    """Rename the level steps done by open incidents under ``policy`` (None: those that
+    follow the default policy) after a reload moved its levels (``level_renumbering``). A
+    step of a level that is gone keeps its row under a name no level has."""
+    rows = conn.execute(
+        "SELECT s.incident_id, s.episode, s.step, s.done_at FROM steps s "
+        "JOIN incidents i ON i.id = s.incident_id "
+        "WHERE i.state != 'resolved' AND i.policy IS ? AND s.step GLOB 'L[0-9]*'",
+        (policy,),
+    ).fetchall()
+    renamed = []
+    for incident_id, episode, step, done_at in rows:
+        match = _LEVEL_STEP.fullmatch(step)
+        if match is None:
+            continue
+        number, repeat = int(match.group(1)), match.group(2)
+        if number not in moves:
+            continue
+        target = moves[number]
+        name = f"gone:{step}@{now_us}" if target is None else f"L{target}{repeat}"
+        if name != step:
+            renamed.append((incident_id, episode, step, name, done_at))
+    # All out first, then all in: a rename may take a name another one gives up.
+    conn.executemany(
+        "DELETE FROM steps WHERE incident_id = ? AND episode = ? AND step = ?",
+        [(i, e, old) for i, e, old, _, _ in renamed],
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO steps (incident_id, episode, step, done_at) VALUES (?, ?, ?, ?)",
+        [(i, e, new, done_at) for i, e, _, new, done_at in renamed],
+    )
 
 
 def rearm_open(conn: sqlite3.Connection, now_us: int) -> int:
