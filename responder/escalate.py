@@ -38,6 +38,7 @@ from responder.policy import (
     Step,
     StepKind,
     due_steps,
+    last_level_reached,
     next_due,
     pages_for,
     parse_policies,
@@ -273,6 +274,14 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
             )
         )
     steps = list(breaches)
+    if unsnooze and snooze_end is not None and (reached := last_level_reached(policy, done)):
+        # The snooze is over and nobody acknowledged: whoever the escalation had reached
+        # hears of it again now (the next level still waits its own time after the snooze).
+        step_id, level = reached
+        reminder = f"{step_id}.s{int(snooze_end.timestamp())}"
+        if reminder not in done:
+            step = Step(reminder, StepKind.LEVEL, now, level.number)
+            steps.append(_step_record(step, policy, config.directory, now))
     for step in due_steps(policy, view, now):
         steps.append(_step_record(step, policy, config.directory, now))
     recorded = done | {s.step for s in steps}

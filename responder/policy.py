@@ -155,6 +155,18 @@ def _unacknowledged(policy: Policy) -> list[tuple[str, Level, int, timedelta]]:
     return planned
 
 
+def last_level_reached(policy: Policy, done: frozenset[str]) -> tuple[str, Level] | None:
+    """The unacknowledged-clock step done last in the escalation (the latest in time, a
+    repeat included) with its level: whom to remind when a snooze ends."""
+    reached = [
+        (offset, sid, level) for sid, level, _, offset in _unacknowledged(policy) if sid in done
+    ]
+    if not reached:
+        return None
+    _, step_id, level = max(reached, key=lambda item: item[0])
+    return step_id, level
+
+
 def _open_at(incident: IncidentView, at: datetime) -> bool:
     return incident.resolved_at is None or at < incident.resolved_at
 

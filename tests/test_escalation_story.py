@@ -309,6 +309,14 @@ async def test_snooze_holds_escalation_then_resumes(
     assert not pages_of(await incident(client), step="L2")
     clock.advance(timedelta(minutes=11))
     await eventually(lambda: _state(client, "triggered"), "snooze ended")
+
+    async def reminded() -> bool:
+        # alice, who snoozed it, hears of it again as the snooze ends (escalation review,
+        # stop 13): a snooze is no silent acknowledge.
+        pages = pages_of(await incident(client), contact="alice", channel="sms", state="sent")
+        return any(step.startswith("L1.s") for step, *_ in pages)
+
+    await eventually(reminded, "alice reminded when the snooze ended")
     # Re-armed: level 2 waits its full 15 minutes after the snooze ends.
     await settle(client, clock, timedelta(minutes=10))
     assert not pages_of(await incident(client), step="L2")
