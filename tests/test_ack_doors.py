@@ -207,6 +207,45 @@ async def test_sms_replies_answer_only_for_incidents_the_sender_was_told_of(
     assert (await incident(daemon, 2))["state"] == "triggered"
 
 
+async def test_a_reassigned_contact_who_acknowledges_is_not_called_afterwards(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    """bob hands #1 to alice: her rules text her now and call 5 minutes later. She answers
+    the text; the call must not come. A resolved incident may get an owner, but nobody is
+    woken for it (escalation review, stop 13)."""
+    await post(daemon, webhook(alert("DiskFull", instance="db-1")))
+    answer = await daemon.post("/api/v1/incidents/1/acknowledge", json={"by": "bob"}, headers=AUTH)
+    assert answer.status == 200
+    answer = await daemon.post(
+        "/api/v1/incidents/1/reassign", json={"by": "bob", "to": "alice"}, headers=AUTH
+    )
+    assert answer.status == 200
+    reassigned = [p for p in (await incident(daemon))["pages"] if p["step"].startswith("A")]
+    assert sorted(p["channel"] for p in reassigned) == ["sms", "voice"]
+
+    async def texted() -> bool:
+        return len(twilio.sent_sms("+15551230001")) == 1
+
+    await eventually(texted, "alice's SMS of the reassignment")
+    inbound = public(daemon, INBOUND_SMS_PATH)
+    await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK 1")
+    clock.advance(timedelta(minutes=6))
+    await asyncio.sleep(0.1)
+    pages = (await incident(daemon))["pages"]
+    voice = [p["state"] for p in pages if p["channel"] == "voice" and p["step"].startswith("A")]
+    assert voice == ["cancelled"]
+    assert twilio.calls("+15551230001") == []
+    resolved = await daemon.post("/api/v1/incidents/1/resolve", json={"by": "bob"}, headers=AUTH)
+    assert resolved.status == 200
+    answer = await daemon.post(
+        "/api/v1/incidents/1/reassign", json={"by": "carol", "to": "alice"}, headers=AUTH
+    )
+    assert answer.status == 200
+    doc = await incident(daemon)
+    assert doc["assignee"] == "alice"
+    assert len([p for p in doc["pages"] if p["step"].startswith("A")]) == 2  # the first two
+
+
 async def test_voice_keypress_acknowledges(
     daemon: Client, twilio: FakeTwilio, clock: FakeClock
 ) -> None:

@@ -329,6 +329,18 @@ def _cancel_pending(
     return cur.rowcount
 
 
+def _cancel_pages_to(
+    conn: sqlite3.Connection, incident_id: int, contact: str, now_us: int, reason: str
+) -> int:
+    """Queued pages of the incident to ``contact`` (not status updates or recoveries)."""
+    cur = conn.execute(
+        "UPDATE pages SET state = 'cancelled', error = ?, updated_at = ? "
+        "WHERE incident_id = ? AND state = 'queued' AND kind = 'page' AND contact = ?",
+        (reason, now_us, incident_id, contact),
+    )
+    return cur.rowcount
+
+
 # -- reads -------------------------------------------------------------------------------------
 
 INCIDENT_COLUMNS = (
@@ -679,6 +691,10 @@ def transition(
     if state is IncidentState.RESOLVED and action != "reassign":
         raise TransitionError(f"incident {incident_id} is already resolved")
     if action == "acknowledge":
+        # Whoever acknowledges is not paged again for it: their own later notifications
+        # (a call after the SMS, a reassignment's) are dropped even when someone else
+        # acknowledged first.
+        own = _cancel_pages_to(conn, incident_id, actor, now_us, f"acknowledged by {actor}")
         if state is IncidentState.ACKNOWLEDGED:
             if incident.key.startswith(DRILL_KEY_PREFIX):
                 # A drill wants every contact's answer, not only the first one.
@@ -691,7 +707,7 @@ def transition(
             "updated_at = ? WHERE id = ?",
             (now_us, actor, now_us, now_us, incident_id),
         )
-        detail["cancelled_pages"] = _cancel_pending(
+        detail["cancelled_pages"] = own + _cancel_pending(
             conn, incident_id, now_us, f"acknowledged by {actor}", resolve=False
         )
         kind = Event.ACKNOWLEDGED
@@ -740,11 +756,14 @@ def transition(
             (assignee, now_us, incident_id),
         )
         detail["to"] = assignee
-        # One step per reassignment: its pages are unique among themselves only.
+        if state is IncidentState.RESOLVED:
+            pages = ()  # an owner for the review: nothing to wake anyone for
+        # One step per reassignment: its pages are unique among themselves only. An
+        # acknowledgement drops the ones still waiting (the new owner's later calls).
         step = f"A{now_us}"
-        reassigned = [replace(p, step=step, cancel_on_ack=False) for p in pages]
+        reassigned = [replace(p, step=step, cancel_on_ack=True) for p in pages]
         add_pages(conn, incident_id, incident.episode, reassigned, None, now_us)
-        detail["pages"] = len(pages)
+        detail["pages"] = len(reassigned)
         kind = Event.REASSIGNED
     else:
         raise TransitionError(f"unknown action {action!r}")
