@@ -193,6 +193,10 @@ def failover_pages(
     return []
 
 
+# Why a paid page waits: also how a later hold knows the page was held (and re-routed) before.
+BUDGET_HELD = "hourly SMS/voice budget used"
+
+
 class Dispatcher:
     """Sends due pages; sleeps until the next queued page is due or it is woken."""
 
@@ -316,8 +320,13 @@ class Dispatcher:
             used = await self._paid_in_last_hour(now)
             self._metrics.budget_used.set(used)
             if used >= config.sms_voice_per_hour:
-                await self._hold(pages, now + timedelta(minutes=5), "hourly SMS/voice budget used")
+                await self._hold(pages, now + timedelta(minutes=5), BUDGET_HELD)
                 await self._tell_admins(config, used, now)
+                for page in pages:
+                    if page.error != BUDGET_HELD:
+                        # The first hold: whoever else can be reached without SMS or a call
+                        # (the contact's email, the backup) is told now; this page waits.
+                        await self.failover(page, BUDGET_HELD)
                 return
         limits = config.limits_for(first.channel)
         longest = max((limit.window for limit in limits), default=timedelta(0))

@@ -296,6 +296,39 @@ delivery:
     await eventually(lambda: _true(len(twilio.sent_sms()) == 2), "sent once the budget frees")
 
 
+async def test_a_page_held_by_the_budget_reaches_the_backup_by_email_at_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """carol has only SMS; with the hour's SMS budget spent her page waits, and her backup
+    dave, who has email, which is free, is told at once: nobody waits an hour to hear of an
+    incident (escalation review, stop 13)."""
+    path = config(tmp_path, twilio, smtp, "delivery:\n  budget: {sms_voice_per_hour: 1}\n")
+    text = path.read_text().replace(
+        "contacts:\n",
+        'contacts:\n  carol: {sms: "+15551230003", backup: dave}\n  dave: {email: d@x.org}\n',
+    )
+    path.write_text(text.replace("      - targets: [alice]", "      - targets: [carol]"))
+    client = await make_client(path)
+    await post(client, webhook(alert("TargetDown", instance="web-1"), group="a"))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "first SMS: the budget")
+    clock.advance(timedelta(minutes=2))
+    await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
+
+    async def dave_told() -> bool:
+        return any("d@x.org" in m.rcpt_tos for m in smtp.messages)
+
+    await eventually(dave_told, "dave's email")
+    pages = {(p["contact"], p["channel"]): p for p in (await incident(client, 2))["pages"]}
+    assert pages["carol", "sms"]["state"] == "queued"  # still goes when the budget frees
+    clock.advance(timedelta(minutes=6))  # the next hold re-routes nothing more
+    await asyncio.sleep(0.1)
+    assert len((await incident(client, 2))["pages"]) == 2
+
+
 async def test_kill_9_while_the_provider_holds_the_page(
     tmp_path: Path, twilio: FakeTwilio, smtp: SmtpTestServer
 ) -> None:
