@@ -140,8 +140,12 @@ def parse_delivery(node: Node | None) -> DeliveryConfig:
 
 
 def next_allowed(sent: Sequence[datetime], limits: Sequence[RateLimit], now: datetime) -> datetime:
-    """The earliest instant a message may go to a contact method that got ``sent`` (sorted)."""
+    """The earliest instant a message may go to a contact method that got ``sent`` (sorted).
+    A send recorded later than ``now`` (the wall clock stepped back: NTP, a restored VM)
+    counts as sent now, not as a message from the future holding the next page for as long
+    as the step."""
     allowed = now
+    sent = [min(t, now) for t in sent]
     for limit in limits:
         recent = [t for t in sent if t > now - limit.window]
         if len(recent) >= limit.count:

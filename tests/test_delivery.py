@@ -76,6 +76,14 @@ def at(minute: int, second: int = 0) -> datetime:
     return datetime(2026, 1, 5, 9, minute, second, tzinfo=UTC)
 
 
+def test_a_clock_stepped_back_does_not_hold_pages_for_the_step() -> None:
+    """A send recorded an hour 'later' than now (the clock was corrected backwards) counts
+    as sent now: the next page waits the limit's minute, not an hour and a minute (ops
+    review, stop 13)."""
+    limits = (RateLimit(1, timedelta(minutes=1)),)
+    assert next_allowed([at(59)], limits, at(0)) == at(1)
+
+
 def test_rate_limits_follow_the_oldest_message_in_each_window() -> None:
     limits = (RateLimit(1, timedelta(minutes=1)), RateLimit(3, timedelta(minutes=15)))
     assert next_allowed([], limits, at(0)) == at(0)
