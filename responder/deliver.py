@@ -15,7 +15,7 @@ import collections
 import logging
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -27,6 +27,7 @@ from responder.clock import Clock, sleep_until_or_woken
 from responder.directory import Directory
 from responder.incident import (
     Event,
+    Incident,
     IncidentState,
     NewPage,
     Page,
@@ -36,7 +37,7 @@ from responder.incident import (
 )
 from responder.log import fields
 from responder.metrics import Metrics
-from responder.store import Store
+from responder.store import Reroute, Store
 from responder.yamlfile import Node, parse_duration
 
 log = logging.getLogger("responder.deliver")
@@ -254,15 +255,16 @@ class Dispatcher:
 
     async def recover(self) -> int:
         """Settle pages a crash left in 'sending': failed, and re-routed (docs/escalation.md)."""
-        pages = await self._store.recover_sending(self._clock.now())
+        reroute = self.reroute_for("interrupted while sending: outcome unknown")
+        pages = await self._store.recover_sending(self._clock.now(), reroute)
         if pages:
             log.warning(
                 "pages interrupted while sending: outcome unknown, re-routed instead of resent",
                 extra=fields(pages=[p.id for p in pages]),
             )
+            self.wake()
         for page in pages:
             self._metrics.pages.labels(page.channel, "unknown").inc()
-            await self.failover(page, "interrupted while sending: outcome unknown")
         return len(pages)
 
     async def run_once(self) -> int:
@@ -324,13 +326,13 @@ class Dispatcher:
             used = await self._paid_in_last_hour(now)
             self._metrics.budget_used.set(used)
             if used >= config.sms_voice_per_hour:
-                await self._hold(pages, now + timedelta(minutes=5), BUDGET_HELD)
+                # The first hold of a page: whoever else can be reached without SMS or a call
+                # (the contact's email, the backup) is told now; the page itself waits.
+                unheld = [p.id for p in pages if p.error != BUDGET_HELD]
+                reroute = self.reroute_for(BUDGET_HELD, free_only=True)
+                plan = (reroute, unheld) if reroute is not None and unheld else None
+                await self._hold(pages, now + timedelta(minutes=5), BUDGET_HELD, plan)
                 await self._tell_admins(config, used, now)
-                for page in pages:
-                    if page.error != BUDGET_HELD:
-                        # The first hold: whoever else can be reached without SMS or a call
-                        # (the contact's email, the backup) is told now; this page waits.
-                        await self.failover(page, BUDGET_HELD)
                 return
         limits = config.limits_for(first.channel)
         longest = max((limit.window for limit in limits), default=timedelta(0))
@@ -359,8 +361,17 @@ class Dispatcher:
         if channel in PAID_CHANNELS and self._paid is not None:
             self._paid.append(at)
 
-    async def _hold(self, pages: list[Page], until: datetime, reason: str) -> None:
-        await self._store.hold_pages([p.id for p in pages], until, reason, self._clock.now())
+    async def _hold(
+        self,
+        pages: list[Page],
+        until: datetime,
+        reason: str,
+        reroute: tuple[Reroute, Collection[int]] | None = None,
+    ) -> None:
+        ids = [p.id for p in pages]
+        await self._store.hold_pages(ids, until, reason, self._clock.now(), reroute)
+        if reroute is not None:
+            self.wake()
         for page in pages:
             self._metrics.pages.labels(page.channel, "held").inc()
         log.warning(
@@ -446,9 +457,8 @@ class Dispatcher:
         notifier = self._notifiers().get(page.channel)
         if notifier is None:
             error = f"no {page.channel} channel configured (see channels: in the config)"
-            await self._finish(page, PageState.FAILED, error=error)
             m.pages.labels(page.channel, "failed").inc()
-            await self.failover(page, error)
+            await self._finish(page, PageState.FAILED, error=error, reroute=self.reroute_for(error))
             return
         try:
             message = await self._compose.page(page)
@@ -485,57 +495,66 @@ class Dispatcher:
             page.attempts < config.max_attempts or now - page.created_at < config.retry_for
         ):
             retry_at = now + backoff(page.attempts, self._rng)
-            await self._finish(page, PageState.QUEUED, error=reason, retry_at=retry_at)
+            # At the last attempt, an outage most likely: the next channel or the backup is
+            # tried now, and this page still goes once the provider is back (retry_for).
+            outage = page.attempts == config.max_attempts
+            reroute = self.reroute_for(reason) if outage else None
             m.pages.labels(page.channel, "retry").inc()
-            if page.attempts == config.max_attempts:
-                # An outage, most likely: the next channel or the backup is tried now, and
-                # this page still goes once the provider is back (until retry_for).
-                await self.failover(page, reason)
+            await self._finish(
+                page, PageState.QUEUED, error=reason, retry_at=retry_at, reroute=reroute
+            )
             return
-        await self._finish(page, PageState.FAILED, error=reason)
         m.pages.labels(page.channel, "failed").inc()
         log.error(
             "page failed", extra=fields(page=page.id, incident=page.incident_id, error=reason)
         )
-        await self.failover(page, reason)
+        await self._finish(page, PageState.FAILED, error=reason, reroute=self.reroute_for(reason))
 
-    async def failover(self, page: Page, reason: str) -> int:
-        """Queue the next channel or the backup contact for a page that failed for good, or
-        whose attempts ran out in an outage (it keeps trying, see ``_not_sent``)."""
+    def reroute_for(self, reason: str, *, free_only: bool = False) -> Reroute | None:
+        """How a page that failed for good (or waits: an outage, the budget) is re-routed:
+        the contact's next channel, else the backup; ``free_only``, only where no SMS or
+        call is needed (what the budget allows). The store applies it in the transaction
+        that records the failure, so a crash keeps both or neither."""
         if self._directory is None:
-            return 0
-        incident = await self._store.get_incident(page.incident_id)
-        if (
-            page.kind is PageKind.PAGE
-            and page.cancel_on_ack
-            and incident.state is not IncidentState.TRIGGERED
-        ):
-            return 0  # someone has it (or it is over): nobody else needs waking
-        # A duration level (management, cancel_on_ack off) pages even once acknowledged.
-        if page.kind is not PageKind.RECOVERY and incident.state is IncidentState.RESOLVED:
-            return 0
+            return None
+        directory = self._directory()
         now = self._clock.now()
-        siblings = await self._store.step_pages(page.incident_id, page.episode, page.step)
-        pages = failover_pages(page, siblings, self._directory(), now)
-        if not pages:
-            log.error(
-                "page failed and nobody is left to fail over to",
-                extra=fields(page=page.id, incident=page.incident_id, contact=page.contact),
-            )
-            self._metrics.pages.labels(page.channel, "exhausted").inc()
-            return 0
-        detail = {
-            "failed_page": page.id,
-            "reason": reason,
-            "to": [f"{p.contact}/{p.channel}" for p in pages],
-        }
-        event = TimelineEvent(now, Event.FAILOVER, "responder", page.channel, detail)
-        added = await self._store.add_pages(page.incident_id, page.episode, pages, event, now)
-        if added:
+        metrics = self._metrics
+
+        def reroute(
+            page: Page, incident: Incident, siblings: Sequence[Page]
+        ) -> tuple[list[NewPage], TimelineEvent | None]:
+            if (
+                page.kind is PageKind.PAGE
+                and page.cancel_on_ack
+                and incident.state is not IncidentState.TRIGGERED
+            ):
+                return [], None  # someone has it (or it is over): nobody else needs waking
+            # A duration level (management, cancel_on_ack off) pages even once acknowledged.
+            if page.kind is not PageKind.RECOVERY and incident.state is IncidentState.RESOLVED:
+                return [], None
+            pages = failover_pages(page, siblings, directory, now)
+            if free_only:
+                pages = [p for p in pages if p.channel not in PAID_CHANNELS]
+                if not pages:
+                    return [], None  # the page itself still goes when the budget frees
+            if not pages:
+                log.error(
+                    "page failed and nobody is left to fail over to",
+                    extra=fields(page=page.id, incident=page.incident_id, contact=page.contact),
+                )
+                metrics.pages.labels(page.channel, "exhausted").inc()
+                return [], None
             for new_page in pages:
-                self._metrics.pages_queued.labels(new_page.channel, new_page.kind.value).inc()
-            self.wake()
-        return added
+                metrics.pages_queued.labels(new_page.channel, new_page.kind.value).inc()
+            detail = {
+                "failed_page": page.id,
+                "reason": reason,
+                "to": [f"{p.contact}/{p.channel}" for p in pages],
+            }
+            return pages, TimelineEvent(now, Event.FAILOVER, "responder", page.channel, detail)
+
+        return reroute
 
     async def _finish(
         self,
@@ -545,15 +564,19 @@ class Dispatcher:
         provider_id: str | None = None,
         error: str | None = None,
         retry_at: datetime | None = None,
+        reroute: Reroute | None = None,
     ) -> None:
-        await self._store.finish_page(
+        added = await self._store.finish_page(
             page.id,
             state,
             self._clock.now(),
             provider_id=provider_id,
             error=error,
             retry_at=retry_at,
+            reroute=reroute,
         )
+        if added:
+            self.wake()
 
     async def run_forever(self) -> None:
         await self.recover()

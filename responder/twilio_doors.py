@@ -120,10 +120,13 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
                 runtime.metrics.pages.labels(page.channel, "delivered").inc()
                 took = max((now - page.due_at).total_seconds(), 0.0)
                 runtime.metrics.delivered_latency.labels(page.channel).observe(took)
-        elif await runtime.store.provider_status(page.id, PageState.FAILED, reason, now):
-            runtime.metrics.pages.labels(page.channel, "undelivered").inc()
-            if runtime.dispatcher is not None:
-                await runtime.dispatcher.failover(page, reason)
+        else:
+            dispatcher = runtime.dispatcher
+            reroute = None if dispatcher is None else dispatcher.reroute_for(reason)
+            if await runtime.store.provider_status(page.id, PageState.FAILED, reason, now, reroute):
+                runtime.metrics.pages.labels(page.channel, "undelivered").inc()
+                if dispatcher is not None:
+                    dispatcher.wake()
     return web.Response(status=204)
 
 

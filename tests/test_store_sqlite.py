@@ -8,15 +8,24 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
-from responder.incident import Event, IncidentState, NewPage, PageKind, PageState, TimelineEvent
+from responder.incident import (
+    Event,
+    Incident,
+    IncidentState,
+    NewPage,
+    Page,
+    PageKind,
+    PageState,
+    TimelineEvent,
+)
 from responder.model import Alert, AlertStatus, Classification, Severity, frozen_labels
 from responder.store import (
     AlertQuery,
@@ -671,6 +680,38 @@ async def test_a_page_being_sent_when_its_incident_is_acknowledged_is_not_retrie
         page = await store.get_page(page_id)
         assert page is not None
         assert (page.state, page.error) == (PageState.CANCELLED, "incident acknowledged")
+
+
+async def test_a_failed_page_and_its_reroute_are_one_transaction(store: SQLiteStore) -> None:
+    """Recovery marks a page left 'sending' failed and queues where it goes next in one
+    commit: when working out the reroute fails (as a crash would cut it), the page is still
+    'sending', to be recovered again, not 'failed' with nobody told (ops review, stop 13)."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await store.add_pages(
+        1, 1, [NewPage("L1", PageKind.PAGE, "alice", "sms", "+1555", T0)], None, T0
+    )
+    (page,) = await store.claim_pages(T0)
+
+    def broken(page: Page, incident: Incident, siblings: Sequence[Page]) -> Any:
+        raise RuntimeError("cut off here")
+
+    with pytest.raises(RuntimeError, match="cut off here"):
+        await store.recover_sending(T0, broken)
+    still = await store.get_page(page.id)
+    assert still is not None
+    assert still.state is PageState.SENDING
+
+    def to_bob(
+        page: Page, incident: Incident, siblings: Sequence[Page]
+    ) -> tuple[list[NewPage], None]:
+        return [NewPage(page.step, page.kind, "bob", "email", "bob@example.com", T0)], None
+
+    assert [p.id for p in await store.recover_sending(T0, to_bob)] == [page.id]
+    pages = await store.step_pages(1, 1, "L1")
+    assert [(p.contact, p.state) for p in pages] == [
+        ("alice", PageState.FAILED),
+        ("bob", PageState.QUEUED),
+    ]
 
 
 async def test_paid_send_times_count_a_bundle_once(store: SQLiteStore) -> None:

@@ -24,6 +24,12 @@ from responder.incident import (
 )
 from responder.model import Alert, AlertStatus, Classification
 
+# Where a page that failed (or waits) is re-routed: given the page, its incident and every
+# page of its step, the pages to queue and the timeline entry saying so. Called by the
+# store inside the transaction that records why, so a crash cannot keep one without the
+# other. Pure, and safe on any thread.
+Reroute = Callable[[Page, Incident, Sequence[Page]], tuple[Sequence[NewPage], TimelineEvent | None]]
+
 
 class StoreError(Exception):
     """The store could not do what was asked (disk full, locked, gone); callers answer 503."""
@@ -399,8 +405,11 @@ class Store(ContainmentStore, Protocol):
         provider_id: str | None = None,
         error: str | None = None,
         retry_at: datetime | None = None,
-    ) -> None:
-        """Record the outcome; with ``retry_at`` the page is queued again for then."""
+        reroute: Reroute | None = None,
+    ) -> int:
+        """Record the outcome; with ``retry_at`` the page is queued again for then. With
+        ``reroute``, in the same transaction, the pages it gives are queued; returns how
+        many were new."""
         ...
 
     async def finish_pages(
@@ -422,9 +431,15 @@ class Store(ContainmentStore, Protocol):
         ...
 
     async def provider_status(
-        self, page_id: int, state: PageState, error: str | None, now: datetime
+        self,
+        page_id: int,
+        state: PageState,
+        error: str | None,
+        now: datetime,
+        reroute: Reroute | None = None,
     ) -> bool:
-        """A status callback's outcome for a sent page; False if the page had moved on."""
+        """A status callback's outcome for a sent page; False if the page had moved on.
+        A page that failed is re-routed by ``reroute`` in the same transaction."""
         ...
 
     async def add_pages(
@@ -457,9 +472,15 @@ class Store(ContainmentStore, Protocol):
         ...
 
     async def hold_pages(
-        self, page_ids: Sequence[int], until: datetime, reason: str, now: datetime
+        self,
+        page_ids: Sequence[int],
+        until: datetime,
+        reason: str,
+        now: datetime,
+        reroute: tuple[Reroute, Collection[int]] | None = None,
     ) -> None:
-        """Return claimed pages to the queue until a limit allows them."""
+        """Return claimed pages to the queue until a limit allows them; ``reroute`` (and
+        the pages it is for) re-routes some of them in the same transaction."""
         ...
 
     async def create_drill(
@@ -479,6 +500,7 @@ class Store(ContainmentStore, Protocol):
         """Pages waiting in the outbox."""
         ...
 
-    async def recover_sending(self, now: datetime) -> list[Page]:
-        """At start: settle pages a crash left in ``sending`` (see docs/escalation.md)."""
+    async def recover_sending(self, now: datetime, reroute: Reroute | None = None) -> list[Page]:
+        """At start: settle pages a crash left in ``sending`` (see docs/escalation.md), each
+        re-routed by ``reroute`` in the same transaction."""
         ...

@@ -49,6 +49,7 @@ from responder.store.base import (
     IncomingAlert,
     IngestOutcome,
     QueuedAlert,
+    Reroute,
     RunRow,
     SchemaTooNew,
     StoredAlert,
@@ -677,11 +678,13 @@ class SQLiteStore:
         provider_id: str | None = None,
         error: str | None = None,
         retry_at: datetime | None = None,
-    ) -> None:
+        reroute: Reroute | None = None,
+    ) -> int:
         now_us = to_us(now)
         retry_us = None if retry_at is None else to_us(retry_at)
-        await self._write(
-            lambda conn: inc.finish_page(
+
+        def work(conn: sqlite3.Connection) -> int:
+            inc.finish_page(
                 conn,
                 page_id,
                 state,
@@ -690,7 +693,9 @@ class SQLiteStore:
                 error=error,
                 retry_at_us=retry_us,
             )
-        )
+            return 0 if reroute is None else inc.reroute_page(conn, page_id, reroute, now_us)
+
+        return await self._write(work)
 
     async def finish_pages(
         self, page_ids: Sequence[int], state: PageState, now: datetime, *, provider_id: str
@@ -714,12 +719,22 @@ class SQLiteStore:
         return await self._read(lambda conn: inc.step_pages(conn, incident_id, episode, step))
 
     async def provider_status(
-        self, page_id: int, state: PageState, error: str | None, now: datetime
+        self,
+        page_id: int,
+        state: PageState,
+        error: str | None,
+        now: datetime,
+        reroute: Reroute | None = None,
     ) -> bool:
         now_us = to_us(now)
-        return await self._write(
-            lambda conn: inc.provider_status(conn, page_id, state, error, now_us)
-        )
+
+        def work(conn: sqlite3.Connection) -> bool:
+            moved = inc.provider_status(conn, page_id, state, error, now_us)
+            if moved and reroute is not None and state is PageState.FAILED:
+                inc.reroute_page(conn, page_id, reroute, now_us)
+            return moved
+
+        return await self._write(work)
 
     async def add_pages(
         self,
@@ -751,10 +766,23 @@ class SQLiteStore:
         return [from_us(v) for v in values]
 
     async def hold_pages(
-        self, page_ids: Sequence[int], until: datetime, reason: str, now: datetime
+        self,
+        page_ids: Sequence[int],
+        until: datetime,
+        reason: str,
+        now: datetime,
+        reroute: tuple[Reroute, Collection[int]] | None = None,
     ) -> None:
         until_us, now_us = to_us(until), to_us(now)
-        await self._write(lambda conn: inc.hold_pages(conn, page_ids, until_us, reason, now_us))
+
+        def work(conn: sqlite3.Connection) -> None:
+            inc.hold_pages(conn, page_ids, until_us, reason, now_us)
+            if reroute is not None:
+                plan, ids = reroute
+                for page_id in ids:
+                    inc.reroute_page(conn, page_id, plan, now_us)
+
+        await self._write(work)
 
     async def create_drill(
         self, title: str, pages: Sequence[NewPage], actor: str, now: datetime
@@ -855,9 +883,17 @@ class SQLiteStore:
     async def queue_depth(self) -> int:
         return await self._read(inc.queue_depth)
 
-    async def recover_sending(self, now: datetime) -> list[Page]:
+    async def recover_sending(self, now: datetime, reroute: Reroute | None = None) -> list[Page]:
         now_us = to_us(now)
-        return await self._write(lambda conn: inc.recover_sending(conn, now_us))
+
+        def work(conn: sqlite3.Connection) -> list[Page]:
+            pages = inc.recover_sending(conn, now_us)
+            if reroute is not None:
+                for page in pages:
+                    inc.reroute_page(conn, page.id, reroute, now_us)
+            return pages
+
+        return await self._write(work)
 
 
 def _settle(items: list[tuple[_Job, bool, Any]]) -> None:

@@ -35,6 +35,7 @@ from responder.incident import (
     incident_title,
 )
 from responder.model import Severity
+from responder.store.base import Reroute
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DRILL_KEY_PREFIX = "drill:"
@@ -855,6 +856,20 @@ def recover_sending(conn: sqlite3.Connection, now_us: int) -> list[Page]:
         }
         _event(conn, page.incident_id, now_us, Event.PAGE_FAILED, "responder", detail, page.channel)
     return pages
+
+
+def reroute_page(conn: sqlite3.Connection, page_id: int, reroute: Reroute, now_us: int) -> int:
+    """Queue what ``reroute`` says for a page that failed or waits (in the caller's
+    transaction); returns how many pages were new."""
+    page = get_page(conn, page_id)
+    if page is None:
+        return 0
+    incident = get_incident(conn, page.incident_id)
+    siblings = step_pages(conn, page.incident_id, page.episode, page.step)
+    pages, event = reroute(page, incident, siblings)
+    if not pages:
+        return 0
+    return add_pages(conn, page.incident_id, page.episode, pages, event, now_us)
 
 
 def get_page(conn: sqlite3.Connection, page_id: int) -> Page | None:
