@@ -163,16 +163,34 @@ async def show_link(request: web.Request) -> web.StreamResponse:
     return _page(title, body)
 
 
+# What a form posted to a door anyone can reach (an email link, Twilio's callbacks) may
+# weigh: theirs are a few hundred bytes, and a stranger must not make us read megabytes
+# before the token or signature is checked.
+FORM_LIMIT = 64 * 1024
+
+
+async def read_small_form(request: web.Request) -> dict[str, str]:
+    """The posted form, refused with 413 when over ``FORM_LIMIT`` or of unknown length."""
+    length = request.content_length
+    if length is None or length > FORM_LIMIT:
+        raise web.HTTPRequestEntityTooLarge(max_size=FORM_LIMIT, actual_size=length or 0)
+    form = await request.post()
+    return {key: str(value) for key, value in form.items()}
+
+
 async def use_link(request: web.Request) -> web.StreamResponse:
     """POST: acknowledge or resolve the one incident the token names."""
     runtime = request.app[RUNTIME]
     secret = link_secret(runtime.config.state_dir)
-    form = await request.post()
-    action = str(form.get("action", ""))
+    try:
+        claim = read_token(secret, request.match_info["token"], runtime.clock.now())
+    except LinkError as exc:
+        return _page("Link not valid", f"<p>{html.escape(str(exc))}</p>", 403)
+    form = await read_small_form(request)
+    action = form.get("action", "")
     if action not in ("acknowledge", "resolve"):
         return _page("Bad request", "<p>Unknown action.</p>", 400)
     try:
-        claim = read_token(secret, request.match_info["token"], runtime.clock.now())
         _current(claim, await runtime.store.get_incident(claim.incident_id))
         incident, changed = await act(
             runtime, claim.incident_id, action, actor=claim.contact, via="email"

@@ -33,6 +33,7 @@ from notifiers.twilio import (
 from responder.directory import Directory
 from responder.incident import IncidentNotFound, Page, PageState, TransitionError
 from responder.incidents_api import act
+from responder.links import read_small_form
 from responder.log import fields
 from responder.runtime import RUNTIME, Runtime
 from responder.store import StoreError
@@ -84,8 +85,7 @@ async def _verified_form(request: web.Request, runtime: Runtime) -> dict[str, st
             extra=fields(path=request.path),
         )
         return None
-    form = await request.post()
-    params = {key: str(value) for key, value in form.items()}
+    params = await read_small_form(request)
     url = public_url.rstrip("/") + request.raw_path
     signature = request.headers.get("X-Twilio-Signature", "")
     if not validate_twilio_signature(twilio.auth_token.value, url, params, signature):

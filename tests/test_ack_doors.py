@@ -340,6 +340,12 @@ async def test_email_link_get_shows_post_acts(
     assert (await incident(daemon))["state"] == "triggered"
     tampered = link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")
     assert (await daemon.post(tampered, data={"action": "resolve"})).status == 403
+    # A stranger's large body is not read: the token is checked first, forms are small.
+    huge = {"action": "resolve", "pad": "x" * 200_000}
+    assert (await daemon.post(tampered, data=huge)).status == 403
+    assert (await daemon.post(link, data=huge)).status == 413
+    inbound = public(daemon, INBOUND_SMS_PATH).replace(public(daemon, ""), "")
+    assert (await daemon.post(inbound, data=huge)).status == 413
     clock.advance(timedelta(hours=25))
     expired = await daemon.post(link, data={"action": "resolve"})
     assert expired.status == 403
