@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -43,7 +44,7 @@ from responder.log import fields
 from responder.metrics import Metrics
 from responder.runtime import BODY_LIMIT, RUNTIME, Runtime, Snapshot
 from responder.secrets import Secret
-from responder.store import CommitStats, open_store
+from responder.store import PRUNE_BATCH, CommitStats, open_store
 
 log = logging.getLogger("responder")
 
@@ -102,6 +103,7 @@ def build_app(
     # Resources, opened in this order and closed in reverse.
     app.cleanup_ctx.append(_store_context)
     app.cleanup_ctx.append(_stale_sweeper)
+    app.cleanup_ctx.append(_retention)
     app.cleanup_ctx.append(_engine)
     app.cleanup_ctx.append(heartbeats.watch_heartbeats)
     app.cleanup_ctx.append(drills.scheduled_drills)
@@ -167,6 +169,49 @@ async def _stale_sweeper(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+# How often retention looks for what to delete; it deletes in small writes until done.
+RETENTION_EVERY = timedelta(hours=6)
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    """``storage.retention``: what ended longer ago is deleted, a little at a time."""
+    runtime = app[RUNTIME]
+
+    async def prune_forever() -> None:
+        while True:
+            kept = runtime.config.storage.retention
+            now = runtime.clock.now()
+            if kept is not None:
+                try:
+                    incidents, alerts = await _prune(runtime, now - kept)
+                except Exception:
+                    log.exception("retention failed; will try again")
+                else:
+                    if incidents or alerts:
+                        log.info(
+                            "old records deleted (storage.retention)",
+                            extra=fields(incidents=incidents, alerts=alerts, kept=str(kept)),
+                        )
+            await runtime.clock.sleep_until(now + RETENTION_EVERY)
+
+    task = asyncio.create_task(prune_forever(), name="retention")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _prune(runtime: Runtime, before: datetime) -> tuple[int, int]:
+    """Batch after batch until nothing more is due; a pause between them lets webhooks by."""
+    incidents = alerts = 0
+    while True:
+        batch_incidents, batch_alerts = await runtime.store.prune(before, PRUNE_BATCH)
+        incidents, alerts = incidents + batch_incidents, alerts + batch_alerts
+        if batch_incidents < PRUNE_BATCH and batch_alerts < PRUNE_BATCH:
+            return incidents, alerts
+        await asyncio.sleep(0.05)
 
 
 async def _engine(app: web.Application) -> AsyncIterator[None]:

@@ -63,6 +63,9 @@ class StorageConfig:
     # FULL: a commit survives power loss. NORMAL (WAL): survives a crash of the process
     # (kill -9), not of the machine.
     synchronous: str = "FULL"
+    # Incidents resolved, and alerts of no incident ended, longer ago than this are
+    # deleted; None keeps everything.
+    retention: timedelta | None = timedelta(days=365)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,7 @@ def _auth(node: Node | None, base_dir: Path) -> AuthConfig:
 def _storage(node: Node | None) -> StorageConfig:
     if node is None:
         return StorageConfig()
-    node.keys_allowed("url", "synchronous")
+    node.keys_allowed("url", "synchronous", "retention")
     cfg = StorageConfig()
     if (url := node.get("url")) is not None:
         text = url.as_str()
@@ -248,6 +251,14 @@ def _storage(node: Node | None) -> StorageConfig:
         cfg = replace(cfg, url=text)
     if (sync := node.get("synchronous")) is not None:
         cfg = replace(cfg, synchronous=sync.as_choice("full", "normal").upper())
+    if (retention := node.get("retention")) is not None:
+        if retention.value == "forever":
+            cfg = replace(cfg, retention=None)
+        else:
+            kept = retention.as_duration()
+            if kept < timedelta(days=1):
+                raise retention.error("expected a duration of at least 1d, or forever")
+            cfg = replace(cfg, retention=kept)
     return cfg
 
 

@@ -23,6 +23,7 @@ def test_shipped_config_loads() -> None:
     assert config.server.listen == "127.0.0.1:9095"
     assert config.state_dir == ROOT / "state"
     assert config.storage.synchronous == "FULL"
+    assert config.storage.retention == timedelta(days=365)
     assert not config.auth.configured  # the first start generates a token
     assert snapshot.classifier.rule_count > 0
 
@@ -36,6 +37,14 @@ def test_bad_config_names_file_line_and_key(path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ConfigError) as caught:
         load_snapshot(path)
     assert str(caught.value).startswith(expected), str(caught.value)
+
+
+def test_retention_forever_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("storage:\n  retention: forever\n")
+    assert load_config(path).storage.retention is None
+    path.write_text("storage:\n  retention: 90d\n")
+    assert load_config(path).storage.retention == timedelta(days=90)
 
 
 def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

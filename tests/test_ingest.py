@@ -9,6 +9,7 @@ import logging
 import shutil
 import sqlite3
 from asyncio.subprocess import PIPE, STDOUT
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
 
 from responder import api, ingest
+from responder.clock import FakeClock
 from responder.links import ACK_PATH
 from responder.log import AccessLog
 from responder.runtime import RUNTIME
@@ -98,6 +100,25 @@ async def test_one_hostile_alert_does_not_get_its_group_refused(
     assert mended["labels"]["instance"] == "evil\ufffd"
     assert mended["annotations"]["description"].endswith("...[cut]")
     assert "labels.instance" in mended["annotations"]["responder_repaired"]
+
+
+async def test_retention_deletes_what_ended_long_ago(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock
+) -> None:
+    """With storage.retention 1d, a resolved alert is deleted by the retention loop once
+    a day has passed since it ended (it looks every 6 hours); a firing one stays."""
+    client = await make_client(write_config(tmp_path, "storage:\n  retention: 1d\n"))
+    assert (await post(client, payload("firing-api"))).status == 200
+    assert (await post(client, payload("resolved-api"))).status == 200
+    other = payload("firing-api")
+    other["groupKey"] = '{}:{alertname="StillFiring"}'
+    other["alerts"][0]["fingerprint"] = "00000000000000aa"
+    other["alerts"][0]["labels"]["alertname"] = "StillFiring"
+    for _ in range(5):  # 30 hours, in the retention loop's steps; Alertmanager re-sends
+        assert (await post(client, other)).status == 200
+        clock.advance(timedelta(hours=6))
+        await asyncio.sleep(0.05)
+    assert [a["fingerprint"] for a in await alerts(client)] == ["00000000000000aa"]
 
 
 async def test_label_filters_use_alertmanager_matchers(client: Client) -> None:

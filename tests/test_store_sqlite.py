@@ -802,3 +802,38 @@ async def test_a_new_state_directory_and_database_are_owner_only(tmp_path: Path)
     assert modes.pop("state") == 0o700
     assert "responder.db-wal" in modes
     assert set(modes.values()) == {0o600}, modes
+
+
+async def test_retention_deletes_what_ended_long_ago_and_nothing_in_use(
+    store: SQLiteStore,
+) -> None:
+    """An incident resolved before the cutoff goes with its alerts, timeline and pages; an
+    alert of no incident that ended before it goes; an open incident, a recent one, a
+    firing alert and a watched heartbeat's alert stay."""
+    old, recent = T0, T0 + timedelta(days=30)
+    cutoff = T0 + timedelta(days=10)
+    gone = replace(disk_alert("aaaa000000000001"), incident_key="gone")
+    await store.ingest([gone], old)
+    await store.add_pages(
+        1, 1, [NewPage("L1", PageKind.PAGE, "alice", "sms", "+1", old)], None, old
+    )
+    await store.ingest([resolved(gone, old + timedelta(hours=1))], old + timedelta(hours=1))
+    loose = alert("bbbb000000000001")  # no incident key: an alert of no incident
+    await store.ingest([loose], old)
+    await store.ingest([resolved(loose, old + timedelta(hours=1))], old + timedelta(hours=1))
+    beat = replace(alert("cccc000000000001"), classification=replace(CLASSIFIED, heartbeat=True))
+    await store.ingest([beat], old)
+    await store.ingest([resolved(beat, old + timedelta(hours=1))], old + timedelta(hours=1))
+    still_open = replace(disk_alert("dddd000000000001"), incident_key="open")
+    await store.ingest([still_open], old)
+    kept = replace(disk_alert("eeee000000000001"), incident_key="kept")
+    await store.ingest([kept], recent)
+    await store.ingest([resolved(kept, recent + timedelta(hours=1))], recent)
+
+    assert await store.prune(cutoff, limit=1) == (1, 1)  # one batch: at most one of each
+    assert await store.prune(cutoff) == (0, 0)  # nothing more due: the rest is in use
+    incidents = {i.key: i.state for i in await store.list_incidents(states=())}
+    assert incidents == {"open": IncidentState.TRIGGERED, "kept": IncidentState.RESOLVED}
+    left = {a.fingerprint for a in await store.list_alerts(AlertQuery(limit=100))}
+    assert left == {"cccc000000000001", "dddd000000000001", "eeee000000000001"}
+    assert await store.step_pages(1, 1, "L1") == []

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from responder.store.base import (
+    PRUNE_BATCH,
     AlertQuery,
     EscalationUpdate,
     HeartbeatRow,
@@ -24,6 +25,7 @@ from responder.store.base import (
 from responder.store.sqlite import CommitStats, SQLiteStore
 
 __all__ = [
+    "PRUNE_BATCH",
     "AlertQuery",
     "CommitStats",
     "EscalationUpdate",

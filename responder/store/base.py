@@ -31,6 +31,10 @@ from responder.model import Alert, AlertStatus, Classification
 Reroute = Callable[[Page, Incident, Sequence[Page]], tuple[Sequence[NewPage], TimelineEvent | None]]
 
 
+# Rows of each kind one retention write deletes: small enough not to hold webhooks back.
+PRUNE_BATCH = 200
+
+
 class StoreError(Exception):
     """The store could not do what was asked (disk full, locked, gone); callers answer 503."""
 
@@ -254,6 +258,12 @@ class Store(ContainmentStore, Protocol):
         running loop's clock) the call raises ``StoreError`` (the writes may still land).
         ``default_policy`` is the policy of a rule that names none (a worse alert that joins
         an incident under another policy restarts its escalation under its own)."""
+        ...
+
+    async def prune(self, before: datetime, limit: int = PRUNE_BATCH) -> tuple[int, int]:
+        """Retention, one batch: delete up to ``limit`` incidents resolved before ``before``
+        with all that was recorded of them, and up to ``limit`` alerts of no incident that
+        ended before it; never anything still in use. Returns (incidents, alerts)."""
         ...
 
     async def mark_stale(self, last_received_before: datetime, now: datetime) -> list[int]:

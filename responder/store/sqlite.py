@@ -42,7 +42,9 @@ from responder.model import AlertStatus, Classification
 from responder.store import sqlite_actions as actions
 from responder.store import sqlite_heartbeats as heartbeats
 from responder.store import sqlite_incidents as inc
+from responder.store import sqlite_retention as retention
 from responder.store.base import (
+    PRUNE_BATCH,
     AlertQuery,
     EscalationUpdate,
     HeartbeatRow,
@@ -461,6 +463,10 @@ class SQLiteStore:
         return await self._write(work)
 
     # -- heartbeats (the dead-man switch) -----------------------------------------------------
+    async def prune(self, before: datetime, limit: int = PRUNE_BATCH) -> tuple[int, int]:
+        before_us = to_us(before)
+        return await self._write(lambda conn: retention.prune(conn, before_us, limit))
+
     async def heartbeats(self) -> list[HeartbeatRow]:
         return await self._read(heartbeats.all_rows)
 

@@ -1,0 +1,81 @@
+"""Retention: incidents resolved long ago, with everything recorded of them, and alerts of no
+incident that ended long ago, are deleted in small batches (``storage.retention``).
+
+What is still in use is never deleted: open incidents, firing alerts, alerts of a watched
+heartbeat (the dead-man switch reads when it was last heard from them), and containment
+runs still running, waiting to be undone or to be checked (with their alerts and incidents).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+# A containment run whose alert and incident must stay: the engine still has work with it.
+_BUSY_RUN = "(r.state = 'running' OR r.undo_state = 'wait' OR r.check_due IS NOT NULL)"
+
+
+def prune(conn: sqlite3.Connection, before_us: int, limit: int) -> tuple[int, int]:
+    """Delete up to ``limit`` incidents resolved before ``before_us`` (and their alerts,
+    timeline, steps, pages and containment records), then up to ``limit`` alerts of no
+    incident that ended before it. Returns (incidents, alerts) deleted; fewer than
+    ``limit`` of each means nothing more is due."""
+    incidents = [
+        row[0]
+        for row in conn.execute(
+            "SELECT i.id FROM incidents i WHERE i.opened_at < ?1 AND i.state = 'resolved' "  # noqa: S608 - fixed text
+            "AND i.resolved_at < ?1 "
+            "AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.incident_id = i.id "
+            "AND a.status = 'firing') "
+            "AND NOT EXISTS (SELECT 1 FROM action_runs r "
+            f"WHERE r.incident_id = i.id AND {_BUSY_RUN}) "
+            "ORDER BY i.id LIMIT ?2",
+            (before_us, limit),
+        )
+    ]
+    alerts = [
+        row[0]
+        for row in conn.execute(
+            "SELECT a.id FROM alerts a WHERE a.incident_id IS NULL AND a.status != 'firing' "  # noqa: S608 - fixed text
+            "AND a.last_received < ?1 "
+            "AND a.fingerprint NOT IN "
+            "(SELECT fingerprint FROM heartbeats WHERE forgotten_at IS NULL) "
+            "AND NOT EXISTS (SELECT 1 FROM action_runs r "
+            f"WHERE r.alert_id = a.id AND {_BUSY_RUN}) "
+            "ORDER BY a.id LIMIT ?2",
+            (before_us, limit),
+        )
+    ]
+    if incidents:
+        _delete_incidents(conn, incidents)
+    if alerts:
+        _delete_alerts(conn, alerts)
+    return len(incidents), len(alerts)
+
+
+def _marks(ids: Sequence[int]) -> str:
+    return ",".join("?" * len(ids))
+
+
+def _delete_incidents(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    marks = _marks(ids)
+    alert_ids = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT id FROM alerts WHERE incident_id IN ({marks})",  # noqa: S608 - marks only
+            list(ids),
+        )
+    ]
+    conn.execute(f"DELETE FROM action_runs WHERE incident_id IN ({marks})", list(ids))  # noqa: S608
+    for table in ("timeline", "steps", "pages"):
+        conn.execute(f"DELETE FROM {table} WHERE incident_id IN ({marks})", list(ids))  # noqa: S608
+    if alert_ids:
+        _delete_alerts(conn, alert_ids)
+    conn.execute(f"DELETE FROM incidents WHERE id IN ({marks})", list(ids))  # noqa: S608
+
+
+def _delete_alerts(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    marks = _marks(ids)
+    for table in ("action_queue", "action_runs"):
+        conn.execute(f"DELETE FROM {table} WHERE alert_id IN ({marks})", list(ids))  # noqa: S608
+    conn.execute(f"DELETE FROM alerts WHERE id IN ({marks})", list(ids))  # noqa: S608
