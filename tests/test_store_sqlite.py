@@ -837,3 +837,18 @@ async def test_retention_deletes_what_ended_long_ago_and_nothing_in_use(
     left = {a.fingerprint for a in await store.list_alerts(AlertQuery(limit=100))}
     assert left == {"cccc000000000001", "dddd000000000001", "eeee000000000001"}
     assert await store.step_pages(1, 1, "L1") == []
+
+
+async def test_not_ready_while_the_disk_refuses_writes(store: SQLiteStore) -> None:
+    """A full disk fails every write with 503; readiness says so too, and comes back with
+    the first write that succeeds (ops review, stop 13). The database's page limit stands
+    in for a full disk."""
+    assert await store.ping()
+    full = await store._write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    await store._write(lambda conn: conn.execute(f"PRAGMA max_page_count = {full}"))
+    with pytest.raises(StoreError, match="full"):
+        await store.ingest([alert(f"{n:016x}") for n in range(500)], T0)
+    assert not await store.ping()
+    await store._write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+    await store.ingest([alert("aaaa000000000001")], T0)
+    assert await store.ping()

@@ -124,6 +124,9 @@ class SQLiteStore:
         self._ingest_cache = _IngestCache()
         self._open_incidents = _OpenIncidents()
         self._lock_fd: int | None = None
+        # The last commit failed (disk full, I/O error): not ready until one succeeds. The
+        # engine's loops write every 30 s or so, so this clears soon after the cause does.
+        self._commit_failing = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -253,6 +256,8 @@ class SQLiteStore:
     async def ping(self) -> bool:
         if self._closed or self._writer is None or not self._writer.is_alive():
             return False
+        if self._commit_failing:
+            return False
         try:
             await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
         except StoreError:
@@ -333,10 +338,12 @@ class SQLiteStore:
         try:
             results = self._run_jobs(conn, batch)
             conn.execute("COMMIT")
+            self._commit_failing = False
         except sqlite3.Error as exc:
             # The commit itself failed (disk full, I/O error): nothing in the batch is durable.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._commit_failing = True
             error = StoreError(f"commit failed: {exc}")
             results = [(job, False, error) for job in batch]
         if self._on_commit is not None:
@@ -370,7 +377,8 @@ class SQLiteStore:
                     known.forget()
             return results
         except Exception:  # which job failed, and why, is found below
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled it back itself (a full disk)
+                conn.execute("ROLLBACK")
         known.forget()
         conn.execute("BEGIN IMMEDIATE")
         results = []
@@ -379,9 +387,18 @@ class SQLiteStore:
             try:
                 value = job.work(conn)
             except Exception as exc:  # one bad write must not fail the batch
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (a full disk, an I/O error):
+                    # the jobs before this one are lost too, so the whole batch fails. Going
+                    # on would start a new transaction and report them done.
+                    if isinstance(exc, sqlite3.Error):
+                        raise
+                    raise sqlite3.OperationalError(f"transaction lost: {exc}") from exc
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 known.forget()
+                if _is_storage_fault(exc):
+                    self._commit_failing = True  # the disk, not this write: not ready
                 results.append((job, False, _as_store_error(exc)))
             else:
                 conn.execute("RELEASE job")
@@ -910,6 +927,16 @@ def _settle(items: list[tuple[_Job, bool, Any]]) -> None:
             job.future.set_result(value)
         else:
             job.future.set_exception(value)
+
+
+# SQLite's primary result codes for a disk that is full or failing (the extended codes
+# carry them in their low byte).
+_STORAGE_FAULTS = frozenset({10, 13})  # SQLITE_IOERR, SQLITE_FULL
+
+
+def _is_storage_fault(exc: Exception) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _STORAGE_FAULTS
 
 
 def _as_store_error(exc: Exception) -> Exception:
