@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -152,6 +153,12 @@ def _display_name(path: Path) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
+# A DNS name (RFC 1123 labels), such as localhost or responder.internal.
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` -> (host, port); raises ValueError."""
     host, sep, port_text = text.rpartition(":")
@@ -169,6 +176,16 @@ def parse_listen(text: str) -> tuple[str, int]:
             raise ValueError(message) from None
     elif any(c in host for c in "[]:"):
         raise ValueError(f"expected host:port (IPv6 in brackets: [::1]:9095), got {text!r}")
+    elif all(part.isdigit() for part in host.split(".")):
+        # Digits and dots are an IPv4 address or nothing (999.1.1.1 is no host name).
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"expected host:port with a valid IPv4 address, got {text!r}"
+            ) from None
+    elif not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"expected host:port with a host name or address, got {text!r}")
     return host, port
 
 

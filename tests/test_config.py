@@ -98,7 +98,9 @@ def test_bad_durations(text: str) -> None:
         parse_duration(text)
 
 
-@pytest.mark.parametrize("text", ["127.0.0.1", ":80", "host:", "host:0", "[::1:80"])
+@pytest.mark.parametrize(
+    "text", ["127.0.0.1", ":80", "host:", "host:0", "[::1:80", "999.1.1.1:80", "bad_host:80"]
+)
 def test_bad_listen(text: str) -> None:
     with pytest.raises(ValueError, match=r"host:port|port must|IPv6|does not appear"):
         parse_listen(text)
