@@ -36,9 +36,14 @@ MAX_LABELS = 128
 MAX_NAME_LENGTH = 256
 MAX_VALUE_LENGTH = 16384
 MAX_FINGERPRINT_LENGTH = 64
-# The annotation a mended alert carries, and what a cut value ends with.
+# The annotation a mended alert carries, and what a cut value ends with. A sender's own
+# annotation of that name is dropped (a mend itself): the mark must mean responder made it.
 REPAIRED_ANNOTATION = "responder_repaired"
 CUT_MARK = "...[cut]"
+# Mends named: in one alert's annotation, and in the message (the webhook's answer and
+# log); past these, only counted. A hostile body must not make a hostile answer.
+MAX_NOTES_PER_ALERT = 10
+MAX_NOTES = 20
 
 
 class PayloadError(ValueError):
@@ -120,6 +125,8 @@ def _from_typed(typed: _TypedWebhook) -> WebhookMessage | None:
             ends_at = _time(raw.ends_at, "endsAt", index)
             if not raw.labels or starts_at is None:
                 return None
+            if raw.annotations and REPAIRED_ANNOTATION in raw.annotations:
+                return None  # a name of ours: the general way drops it, and says so
             if raw.status == "firing":
                 status, ends_at = AlertStatus.FIRING, None  # see _alert
             elif ends_at is None:
@@ -188,7 +195,7 @@ def webhook_from_document(document: Any, *, plain: bool = False) -> WebhookMessa
     raw_alerts = document.get("alerts")
     if type(raw_alerts) is not list:
         raise PayloadError(f"alerts: expected a list, got {_kind(raw_alerts)}")
-    repairs: list[str] = []
+    repairs = _Repairs()
     alerts = tuple([_alert(raw, i, plain, repairs) for i, raw in enumerate(raw_alerts)])
     truncated = document.get("truncatedAlerts", 0)
     if type(truncated) is not int or truncated < 0:
@@ -209,8 +216,18 @@ def webhook_from_document(document: Any, *, plain: bool = False) -> WebhookMessa
         external_url=_optional_str(document, "externalURL", "externalURL"),
         truncated_alerts=truncated,
         alerts=alerts,
-        repairs=tuple(repairs),
+        repairs=repairs.notes(),
     )
+
+
+class _Repairs(list[str]):
+    """The mends of one message: every note is kept while parsing (one per mended entry,
+    at most 129 an alert), ``notes()`` names the first ``MAX_NOTES`` and counts the rest."""
+
+    def notes(self) -> tuple[str, ...]:
+        if len(self) <= MAX_NOTES:
+            return tuple(self)
+        return (*self[:MAX_NOTES], f"... and {len(self) - MAX_NOTES} more")
 
 
 def _alert(raw: Any, index: int, plain: bool, repairs: list[str]) -> Alert:
@@ -249,7 +266,8 @@ def _alert(raw: Any, index: int, plain: bool, repairs: list[str]) -> Alert:
             raise PayloadError(f"alerts[{index}].endsAt: a resolved alert needs its end time")
     fingerprint = raw.get("fingerprint")
     if fingerprint is None or fingerprint == "":
-        fingerprint = alertmanager_fingerprint(labels)
+        # Of the labels as sent: two alerts that differ only past a cut stay two alerts.
+        fingerprint = alertmanager_fingerprint(raw["labels"] if mended else labels)
     elif type(fingerprint) is not str or len(fingerprint) > MAX_FINGERPRINT_LENGTH:
         raise PayloadError(
             f"alerts[{index}].fingerprint: expected a short string, got {_kind(fingerprint)}"
@@ -266,11 +284,17 @@ def _alert(raw: Any, index: int, plain: bool, repairs: list[str]) -> Alert:
     if not plain:
         _check_text(generator, f"alerts[{index}].generatorURL")
     annotations = _labels(raw.get("annotations"), "annotations", index, plain=plain, repairs=mended)
+    if REPAIRED_ANNOTATION in annotations:
+        mended.append(
+            f"alerts[{index}].annotations.{REPAIRED_ANNOTATION}: a name of responder's, dropped"
+        )
     if mended:
         repairs.extend(mended)
-        note = "; ".join(m.removeprefix(f"alerts[{index}].") for m in mended)
+        named = [m.removeprefix(f"alerts[{index}].") for m in mended[:MAX_NOTES_PER_ALERT]]
+        if len(mended) > MAX_NOTES_PER_ALERT:
+            named.append(f"... and {len(mended) - MAX_NOTES_PER_ALERT} more")
         annotations = MappingProxyType(
-            {**annotations, REPAIRED_ANNOTATION: _cut(note, MAX_VALUE_LENGTH)}
+            {**annotations, REPAIRED_ANNOTATION: _cut("; ".join(named), MAX_VALUE_LENGTH)}
         )
     return Alert(
         fingerprint=fingerprint,
@@ -371,6 +395,13 @@ def _mend(raw: dict[Any, Any], where: str, repairs: list[str]) -> Mapping[str, s
             repairs.append(f"{where}: an entry without a name dropped")
             continue
         if clean_name != name:
+            if clean_name in raw or clean_name in mended:
+                # Another entry has (or was mended to) that name: one of the two would be
+                # lost unseen. This one goes, and says so.
+                repairs.append(
+                    f"{where}: name {_short(clean_name)!r} taken twice once mended, dropped"
+                )
+                continue
             repairs.append(f"{where}: name {_short(clean_name)!r} mended")
         clean_value = _cut(_clean(value), MAX_VALUE_LENGTH)
         if clean_value != value:
@@ -454,7 +485,8 @@ def alertmanager_fingerprint(labels: Mapping[str, str]) -> str:
     value = _FNV_OFFSET
     for name in sorted(labels):
         for part in (name, labels[name]):
-            for byte in part.encode("utf-8"):
+            # surrogatepass: the labels as sent may hold a lone surrogate (mended later).
+            for byte in part.encode("utf-8", "surrogatepass"):
                 value = ((value ^ byte) * _FNV_PRIME) & _MASK64
             value = ((value ^ 0xFF) * _FNV_PRIME) & _MASK64
     return f"{value:016x}"

@@ -15,6 +15,8 @@ from responder.webhook import (
     CUT_MARK,
     MAX_LABELS,
     MAX_NAME_LENGTH,
+    MAX_NOTES,
+    MAX_NOTES_PER_ALERT,
     MAX_VALUE_LENGTH,
     REPAIRED_ANNOTATION,
     PayloadError,
@@ -172,6 +174,66 @@ def test_text_out_of_bounds_is_mended_not_refused() -> None:
     assert any(r.startswith("commonLabels.job") for r in message.repairs)  # "node" there too
     # The same hostile alert again is mended the same way: repeats stay idempotent.
     assert parse_webhook(raw).alerts[0] == alert
+
+
+def test_mends_are_named_within_bounds_however_many() -> None:
+    """10,000 alerts of 129 NUL labels each: the message names 20 mends and counts the
+    rest, each alert's mark names 10; the answer and log stay small (review, stop 13)."""
+    document = payload("firing-api")
+    template = document["alerts"][0]
+    document["alerts"] = [
+        {
+            **template,
+            "fingerprint": f"{i:016x}",
+            "labels": {"alertname": "X", **{f"l{j}": "\u0000" for j in range(129)}},
+        }
+        for i in range(10_000)
+    ]
+    message = parse_webhook(json.dumps(document).encode())
+    assert len(message.repairs) == MAX_NOTES + 1
+    per_alert = 129 + 1  # each NUL, and the 2 of 130 labels past the 128th
+    assert message.repairs[-1] == f"... and {10_000 * per_alert - MAX_NOTES} more"
+    mark = message.alerts[0].annotations[REPAIRED_ANNOTATION]
+    assert mark.count("; ") == MAX_NOTES_PER_ALERT
+    assert mark.endswith(f"... and {per_alert - MAX_NOTES_PER_ALERT} more")
+
+
+def test_a_senders_own_repaired_annotation_is_dropped_and_said() -> None:
+    """The mark must mean responder mended the alert: a sender's annotation of that name
+    is dropped, which is itself a mend the mark names."""
+    document = payload("firing-api")
+    document["alerts"][0]["annotations"][REPAIRED_ANNOTATION] = "all fine, nothing mended"
+    (alert,) = parse_webhook(body(document)).alerts
+    assert alert.annotations[REPAIRED_ANNOTATION] == (
+        f"annotations.{REPAIRED_ANNOTATION}: a name of responder's, dropped"
+    )
+
+
+def test_two_names_that_mend_alike_keep_one_and_say_so() -> None:
+    document = payload("firing-api")
+    labels = document["alerts"][0]["labels"]
+    labels["team\u0000"] = "db"
+    labels["team\ufffd"] = "web"
+    message = parse_webhook(json.dumps(document).encode())
+    (alert,) = message.alerts
+    assert alert.labels["team\ufffd"] == "web"
+    assert message.repairs == (
+        "alerts[0].labels: name 'team\ufffd' taken twice once mended, dropped",
+    )
+
+
+def test_without_a_fingerprint_alerts_that_differ_past_a_cut_stay_two() -> None:
+    """The identity is computed from the labels as sent, before any cut."""
+    document = payload("firing-api")
+    first = document["alerts"][0]
+    del first["fingerprint"]
+    second = json.loads(json.dumps(first))
+    first["labels"]["path"] = "x" * 20_000 + "A"
+    second["labels"]["path"] = "x" * 20_000 + "B"
+    document["alerts"] = [first, second]
+    one, two = parse_webhook(json.dumps(document).encode()).alerts
+    assert one.labels["path"] == two.labels["path"]  # both cut alike
+    assert one.fingerprint != two.fingerprint
 
 
 def test_of_too_many_labels_alertname_is_kept() -> None:
