@@ -26,6 +26,7 @@ from responder.contain.runner import (
     ExecRequest,
     PreparedRun,
     RunContext,
+    _redact,
     run_process,
 )
 from responder.secrets import Secret
@@ -537,3 +538,15 @@ async def test_a_secret_cut_by_the_output_limit_is_still_redacted(tmp_path: Path
     assert result.stdout.endswith("Bearer " + REDACTED)
     whole = await run_process(request, limit=1000)  # not cut: only the secret goes
     assert whole.stdout == "x" * 90 + "Bearer " + REDACTED + "y" * 50
+
+
+def test_redaction_at_the_cut_takes_the_longest_secret_tail() -> None:
+    got = _redact("output ... passwo", ["o123", "password"], cut=True)
+    assert got == "output ... " + REDACTED
+
+
+def test_redaction_at_the_cut_of_a_character_split_in_two() -> None:
+    """The byte cap fell inside a character: its replacement mark is not in the secret."""
+    full = "log: pässwörd".encode()
+    text = full[: full.index("ö".encode()) + 1].decode("utf-8", "replace")
+    assert _redact(text, ["pässwörd"], cut=True) == "log: " + REDACTED

@@ -852,3 +852,61 @@ async def test_not_ready_while_the_disk_refuses_writes(store: SQLiteStore) -> No
     await store._write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
     await store.ingest([alert("aaaa000000000001")], T0)
     assert await store.ping()
+
+
+async def test_retention_keeps_a_run_whose_undo_waits_for_the_resolve(
+    store: SQLiteStore,
+) -> None:
+    """A block made for a firing alert is lifted when the alert resolves. The alert went
+    stale meanwhile; retention must keep it and its run, or the resolve that comes later
+    lifts nothing and the block stays for ever (second review, stop 13)."""
+    loose = alert("bbbb000000000001")  # no incident key
+    await store.ingest([loose], T0)
+    lift = {"argv": {"argv": ["/usr/sbin/iptables", "-D", "INPUT", "-s", "203.0.113.7"]}}
+    assert await store.record_run(
+        T0,
+        run_id="r1",
+        alert_id=1,
+        incident_id=None,
+        action="block",
+        target="address=203.0.113.7",
+        trigger="fire",
+        state="running",
+        audit={},
+        guards=None,
+        event=Event.ACTION_STARTED,
+        detail={},
+    )
+    await store.finish_run(
+        T0,
+        run_id="r1",
+        outcome="ok",
+        audit={},
+        undo=lift,
+        undo_hold_s=600,
+        undo_at_us=None,
+        check_due_us=None,
+        guards=lambda: "{}",
+        escalate=None,
+    )
+    assert await store.mark_stale(T0 + timedelta(minutes=30), T0 + timedelta(hours=1))
+    assert await store.prune(T0 + timedelta(days=2)) == (0, 0)
+    assert [r.run_id for r in await store.action_runs()] == ["r1"]
+    await store.ingest([resolved(loose, T0 + timedelta(days=3))], T0 + timedelta(days=3))
+    assert await store.due_undos(T0 + timedelta(days=4))  # the block is lifted
+
+
+async def test_two_paths_to_one_database_share_its_lock(tmp_path: Path) -> None:
+    real = tmp_path / "state"
+    real.mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "responder.db").symlink_to(real / "responder.db")
+    first = SQLiteStore(real / "responder.db")
+    await first.open()
+    second = SQLiteStore(tmp_path / "other" / "responder.db")
+    try:
+        with pytest.raises(StoreError, match="another responder"):
+            await second.open()
+    finally:
+        await second.close()
+        await first.close()

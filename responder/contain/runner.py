@@ -96,10 +96,19 @@ def _redact(text: str, secrets: Sequence[str], *, cut: bool = False) -> str:
         if secret:
             text = text.replace(secret, REDACTED)
     if cut:
-        for secret in secrets:
-            for length in range(min(len(secret), len(text)) - 1, 0, -1):
-                if text.endswith(secret[:length]):
-                    return text[:-length] + REDACTED
+        # The cut may also have split a character: its replacement mark ends the text.
+        text = text.removesuffix("\ufffd")
+        longest = max(
+            (
+                length
+                for secret in secrets
+                for length in range(min(len(secret), len(text)) - 1, 0, -1)
+                if text.endswith(secret[:length])
+            ),
+            default=0,
+        )
+        if longest:
+            return text[:-longest] + REDACTED
     return text
 
 

@@ -165,7 +165,9 @@ class SQLiteStore:
         """Hold ``<database>.lock`` while open: a second daemon on the same database would
         take over the first one's pages in flight at its start (recovery) and page twice.
         The kernel drops the lock when the process dies, kill -9 included."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        # Beside the file itself: two paths to one database (a symlink) share one lock.
+        real = self.path.resolve()
+        lock_path = real.with_name(real.name + ".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -3,7 +3,9 @@ incident that ended long ago, are deleted in small batches (``storage.retention`
 
 What is still in use is never deleted: open incidents, firing alerts, alerts of a watched
 heartbeat (the dead-man switch reads when it was last heard from them), and containment
-runs still running, waiting to be undone or to be checked (with their alerts and incidents).
+runs still running, being checked, or holding a change not undone yet (with their alerts
+and incidents). An alert deleted this way that fires again later is a new alert (not a
+revival of the old one): after that long, that is what it is.
 """
 
 from __future__ import annotations
@@ -11,8 +13,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-# A containment run whose alert and incident must stay: the engine still has work with it.
-_BUSY_RUN = "(r.state = 'running' OR r.undo_state = 'wait' OR r.check_due IS NOT NULL)"
+# A containment run whose alert and incident must stay: the engine still has work with it
+# (running, checking), or a change it made is not undone yet (an undo waiting for the
+# alert's resolve, or for its hold to pass).
+_BUSY_RUN = (
+    "(r.state = 'running' OR r.check_due IS NOT NULL "
+    "OR (r.undo IS NOT NULL AND (r.undo_state IS NULL OR r.undo_state = 'wait')))"
+)
 
 
 def prune(conn: sqlite3.Connection, before_us: int, limit: int) -> tuple[int, int]:
@@ -27,9 +34,9 @@ def prune(conn: sqlite3.Connection, before_us: int, limit: int) -> tuple[int, in
             "AND i.resolved_at < ?1 "
             "AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.incident_id = i.id "
             "AND a.status = 'firing') "
-            "AND NOT EXISTS (SELECT 1 FROM action_runs r "
-            f"WHERE r.incident_id = i.id AND {_BUSY_RUN}) "
-            "ORDER BY i.id LIMIT ?2",
+            "AND NOT EXISTS (SELECT 1 FROM action_runs r WHERE (r.incident_id = i.id "
+            f"OR r.alert_id IN (SELECT id FROM alerts WHERE incident_id = i.id)) AND {_BUSY_RUN}) "
+            "LIMIT ?2",
             (before_us, limit),
         )
     ]
@@ -42,7 +49,7 @@ def prune(conn: sqlite3.Connection, before_us: int, limit: int) -> tuple[int, in
             "(SELECT fingerprint FROM heartbeats WHERE forgotten_at IS NULL) "
             "AND NOT EXISTS (SELECT 1 FROM action_runs r "
             f"WHERE r.alert_id = a.id AND {_BUSY_RUN}) "
-            "ORDER BY a.id LIMIT ?2",
+            "LIMIT ?2",
             (before_us, limit),
         )
     ]
