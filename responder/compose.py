@@ -19,7 +19,9 @@ from responder.store import Store
 log = logging.getLogger("responder.compose")
 
 
-_TELLING_ORDER = {PageKind.TEST: 0, PageKind.PAGE: 1, PageKind.STATUS: 2, PageKind.RECOVERY: 3}
+# What a bundle tells of an incident with several of its pages in it: that it is over, else
+# that it is news (a page), else how it stands (a status update).
+_TELLING_ORDER = {PageKind.TEST: 0, PageKind.STATUS: 1, PageKind.PAGE: 2, PageKind.RECOVERY: 3}
 
 
 class Composer:
@@ -89,8 +91,8 @@ class Composer:
     async def bundle(self, pages: Sequence[Page]) -> Message:
         first = pages[0]
         incidents: dict[int, Incident] = {}
-        # What the bundle tells of each incident: its recovery outranks a status update,
-        # which outranks the page itself (a resolved incident is not news to acknowledge).
+        # What the bundle tells of each incident (_TELLING_ORDER): a resolved incident is
+        # no news to acknowledge; one never told of is news, whatever else is said of it.
         told: dict[int, Page] = {}
         for page in pages:
             if page.incident_id not in incidents:

@@ -37,7 +37,7 @@ from responder.incident import (
 )
 from responder.log import fields
 from responder.metrics import Metrics
-from responder.store import Reroute, Store
+from responder.store import Store
 from responder.yamlfile import Node, parse_duration
 
 log = logging.getLogger("responder.deliver")
@@ -162,11 +162,16 @@ def backoff(attempt: int, rng: random.Random) -> timedelta:
 
 
 def failover_pages(
-    page: Page, siblings: Sequence[Page], directory: Directory, now: datetime
+    page: Page,
+    siblings: Sequence[Page],
+    directory: Directory,
+    now: datetime,
+    passed: Collection[tuple[str, str]] = (),
 ) -> list[NewPage]:
     """Where a failed page goes next: the contact's next unused channel, else every channel of
-    the backup contact not yet tried in this step. Empty when the chain is exhausted."""
-    used = {(p.contact, p.channel) for p in siblings}
+    the backup contact not yet tried in this step (nor ``passed``: contact methods to go
+    by). Empty when the chain is exhausted."""
+    used = {(p.contact, p.channel) for p in siblings} | set(passed)
     cancel_on_ack = page.kind is PageKind.PAGE and page.cancel_on_ack
 
     def new(contact: str, channel: str, address: str, backup: str | None) -> NewPage:
@@ -196,6 +201,68 @@ def failover_pages(
             return pages
         backup_name = backup.backup
     return []
+
+
+class _Rerouter:
+    """A ``Reroute`` for one failure (see ``Dispatcher.reroute_for``). The store may run it
+    twice (a batch run again after another write failed): what it decided is kept by page,
+    and counted once, by ``counted()``, after the commit."""
+
+    def __init__(self, reason: str, directory: Directory, now: datetime, free_only: bool) -> None:
+        self._reason = reason
+        self._directory = directory
+        self._now = now
+        self._free_only = free_only
+        self._decided: dict[int, tuple[Page, list[NewPage]]] = {}
+
+    def __call__(
+        self, page: Page, incident: Incident, siblings: Sequence[Page]
+    ) -> tuple[list[NewPage], TimelineEvent | None]:
+        if (
+            page.kind is PageKind.PAGE
+            and page.cancel_on_ack
+            and incident.state is not IncidentState.TRIGGERED
+        ):
+            return [], None  # someone has it (or it is over): nobody else needs waking
+        # A duration level (management, cancel_on_ack off) pages even once acknowledged.
+        if page.kind is not PageKind.RECOVERY and incident.state is IncidentState.RESOLVED:
+            return [], None
+        pages = self._next(page, siblings)
+        if self._free_only and not pages:
+            return [], None  # the page itself still goes when the budget frees
+        self._decided[page.id] = (page, pages)
+        if not pages:
+            return [], None
+        detail = {
+            "failed_page": page.id,
+            "reason": self._reason,
+            "to": [f"{p.contact}/{p.channel}" for p in pages],
+        }
+        return pages, TimelineEvent(self._now, Event.FAILOVER, "responder", page.channel, detail)
+
+    def _next(self, page: Page, siblings: Sequence[Page]) -> list[NewPage]:
+        if not self._free_only:
+            return failover_pages(page, siblings, self._directory, self._now)
+        # Down the chain, past whoever has only paid channels, to the first free one.
+        passed: set[tuple[str, str]] = set()
+        while pages := failover_pages(page, siblings, self._directory, self._now, passed):
+            free = [p for p in pages if p.channel not in PAID_CHANNELS]
+            if free:
+                return free
+            passed.update((p.contact, p.channel) for p in pages)
+        return []
+
+    def counted(self, metrics: Metrics) -> None:
+        for page, pages in self._decided.values():
+            if not pages:
+                log.error(
+                    "page failed and nobody is left to fail over to",
+                    extra=fields(page=page.id, incident=page.incident_id, contact=page.contact),
+                )
+                metrics.pages.labels(page.channel, "exhausted").inc()
+            for new_page in pages:
+                metrics.pages_queued.labels(new_page.channel, new_page.kind.value).inc()
+        self._decided.clear()
 
 
 # Why a paid page waits: also how a later hold knows the page was held (and re-routed) before.
@@ -257,6 +324,7 @@ class Dispatcher:
         """Settle pages a crash left in 'sending': failed, and re-routed (docs/escalation.md)."""
         reroute = self.reroute_for("interrupted while sending: outcome unknown")
         pages = await self._store.recover_sending(self._clock.now(), reroute)
+        self.counted(reroute)
         if pages:
             log.warning(
                 "pages interrupted while sending: outcome unknown, re-routed instead of resent",
@@ -366,12 +434,12 @@ class Dispatcher:
         pages: list[Page],
         until: datetime,
         reason: str,
-        reroute: tuple[Reroute, Collection[int]] | None = None,
+        reroute: tuple[_Rerouter, Collection[int]] | None = None,
     ) -> None:
         ids = [p.id for p in pages]
         await self._store.hold_pages(ids, until, reason, self._clock.now(), reroute)
         if reroute is not None:
-            self.wake()
+            self.counted(reroute[0])
         for page in pages:
             self._metrics.pages.labels(page.channel, "held").inc()
         log.warning(
@@ -510,51 +578,15 @@ class Dispatcher:
         )
         await self._finish(page, PageState.FAILED, error=reason, reroute=self.reroute_for(reason))
 
-    def reroute_for(self, reason: str, *, free_only: bool = False) -> Reroute | None:
+    def reroute_for(self, reason: str, *, free_only: bool = False) -> _Rerouter | None:
         """How a page that failed for good (or waits: an outage, the budget) is re-routed:
         the contact's next channel, else the backup; ``free_only``, only where no SMS or
         call is needed (what the budget allows). The store applies it in the transaction
-        that records the failure, so a crash keeps both or neither."""
+        that records the failure, so a crash keeps both or neither; ``counted()`` after
+        that commit keeps the metrics."""
         if self._directory is None:
             return None
-        directory = self._directory()
-        now = self._clock.now()
-        metrics = self._metrics
-
-        def reroute(
-            page: Page, incident: Incident, siblings: Sequence[Page]
-        ) -> tuple[list[NewPage], TimelineEvent | None]:
-            if (
-                page.kind is PageKind.PAGE
-                and page.cancel_on_ack
-                and incident.state is not IncidentState.TRIGGERED
-            ):
-                return [], None  # someone has it (or it is over): nobody else needs waking
-            # A duration level (management, cancel_on_ack off) pages even once acknowledged.
-            if page.kind is not PageKind.RECOVERY and incident.state is IncidentState.RESOLVED:
-                return [], None
-            pages = failover_pages(page, siblings, directory, now)
-            if free_only:
-                pages = [p for p in pages if p.channel not in PAID_CHANNELS]
-                if not pages:
-                    return [], None  # the page itself still goes when the budget frees
-            if not pages:
-                log.error(
-                    "page failed and nobody is left to fail over to",
-                    extra=fields(page=page.id, incident=page.incident_id, contact=page.contact),
-                )
-                metrics.pages.labels(page.channel, "exhausted").inc()
-                return [], None
-            for new_page in pages:
-                metrics.pages_queued.labels(new_page.channel, new_page.kind.value).inc()
-            detail = {
-                "failed_page": page.id,
-                "reason": reason,
-                "to": [f"{p.contact}/{p.channel}" for p in pages],
-            }
-            return pages, TimelineEvent(now, Event.FAILOVER, "responder", page.channel, detail)
-
-        return reroute
+        return _Rerouter(reason, self._directory(), self._clock.now(), free_only)
 
     async def _finish(
         self,
@@ -564,9 +596,9 @@ class Dispatcher:
         provider_id: str | None = None,
         error: str | None = None,
         retry_at: datetime | None = None,
-        reroute: Reroute | None = None,
+        reroute: _Rerouter | None = None,
     ) -> None:
-        added = await self._store.finish_page(
+        await self._store.finish_page(
             page.id,
             state,
             self._clock.now(),
@@ -575,7 +607,12 @@ class Dispatcher:
             retry_at=retry_at,
             reroute=reroute,
         )
-        if added:
+        self.counted(reroute)
+
+    def counted(self, reroute: _Rerouter | None) -> None:
+        """After the commit that applied ``reroute``: its metrics, and a pass for its pages."""
+        if reroute is not None:
+            reroute.counted(self._metrics)
             self.wake()
 
     async def run_forever(self) -> None:

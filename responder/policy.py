@@ -296,6 +296,16 @@ def level_renumbering(old: Policy, new: Policy) -> dict[int, int | None]:
     return moves
 
 
+def same_levels(old: Policy, new: Policy) -> dict[int, int | None] | None:
+    """When ``new`` has exactly the levels of ``old`` (clock, targets, condition), perhaps
+    in another order: how they moved (``level_renumbering``; empty: not at all). None when
+    the levels differ."""
+    moves = level_renumbering(old, new)
+    if len(old.levels) != len(new.levels) or None in moves.values():
+        return None
+    return moves
+
+
 def targets_of(step: Step, policy: Policy) -> tuple[Target, ...]:
     """The targets a step pages, as the policy lists them."""
     if step.kind is StepKind.STATUS_UPDATE:

@@ -29,7 +29,7 @@ from responder.intake import Intake
 from responder.log import fields
 from responder.messages import Templates, load_templates
 from responder.metrics import Metrics
-from responder.policy import level_renumbering
+from responder.policy import Policy, level_renumbering, same_levels
 from responder.secrets import Secret
 from responder.store import Store, StoreError
 from responder.yamlfile import ConfigError
@@ -158,8 +158,27 @@ class Runtime:
                 "escalation levels moved; open incidents keep the levels they reached",
                 extra=fields(policies=sorted(n for n in renumber if n is not None)),
             )
+        # Policies gone, and (None) the default for incidents whose rule names none: their
+        # incidents go on under the new default, where they were if its levels are the same
+        # (a rename), else from its first level. The default's own incidents come first:
+        # those whose policy is removed join them after, and must not be moved twice.
+        fallback = new.policies.get(new.default_policy or "")
+        lost: dict[str | None, Policy] = {}
+        if old.default_policy != new.default_policy:
+            renumber.pop(None, None)
+            if (old_default := old.policies.get(old.default_policy or "")) is not None:
+                lost[None] = old_default
+        lost.update((n, p) for n, p in old.policies.items() if n not in new.policies)
+        gone: dict[str | None, bool] = {}
+        for key, previous in lost.items():
+            carried = None if fallback is None else same_levels(previous, fallback)
+            gone[key] = carried is None
+            if carried:
+                renumber[key] = carried
         try:
-            count = await self.store.rearm_open_incidents(self.clock.now(), renumber)
+            count = await self.store.rearm_open_incidents(
+                self.clock.now(), renumber, gone, new.default_policy
+            )
         except StoreError as exc:  # the old due times stand; the engine catches up there
             log.error("open incidents not re-armed after reload", extra=fields(error=str(exc)))
             return

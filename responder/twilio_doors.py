@@ -125,8 +125,8 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
             reroute = None if dispatcher is None else dispatcher.reroute_for(reason)
             if await runtime.store.provider_status(page.id, PageState.FAILED, reason, now, reroute):
                 runtime.metrics.pages.labels(page.channel, "undelivered").inc()
-                if dispatcher is not None:
-                    dispatcher.wake()
+            if dispatcher is not None:
+                dispatcher.counted(reroute)
     return web.Response(status=204)
 
 

@@ -348,13 +348,21 @@ class Store(ContainmentStore, Protocol):
         ...
 
     async def rearm_open_incidents(
-        self, now: datetime, renumber: Mapping[str | None, Mapping[int, int | None]] = {}
+        self,
+        now: datetime,
+        renumber: Mapping[str | None, Mapping[int, int | None]] = {},
+        gone: Mapping[str | None, bool] = {},
+        default_policy: str | None = None,
     ) -> int:
         """Every open incident is due now: the policies changed (a reload), and the times
         their next steps were due under the old ones no longer hold. ``renumber``: for a
         policy whose levels moved (by name; None for incidents on the default policy), old
         level number to new, None for a level that is gone; the steps done are renamed in
-        the same transaction. Returns how many incidents were re-armed."""
+        the same transaction. ``gone``: policies the reload removed (None: the default
+        changed), whose open incidents go on under ``default_policy``; True: from its first
+        level if nobody acknowledged them, False: where they were (the same levels, renamed;
+        ``renumber`` holds their moves under the old name). A timeline entry
+        ``policy_gone`` says so. Returns how many incidents were re-armed."""
         ...
 
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:

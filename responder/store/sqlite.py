@@ -596,13 +596,19 @@ class SQLiteStore:
         return None if value is None else from_us(value)
 
     async def rearm_open_incidents(
-        self, now: datetime, renumber: Mapping[str | None, Mapping[int, int | None]] = {}
+        self,
+        now: datetime,
+        renumber: Mapping[str | None, Mapping[int, int | None]] = {},
+        gone: Mapping[str | None, bool] = {},
+        default_policy: str | None = None,
     ) -> int:
         now_us = to_us(now)
 
         def work(conn: sqlite3.Connection) -> int:
             for policy, moves in renumber.items():
                 inc.renumber_levels(conn, policy, moves, now_us)
+            for policy, restart in gone.items():
+                inc.policy_gone(conn, policy, default_policy, now_us, restart=restart)
             return inc.rearm_open(conn, now_us)
 
         return await self._write(work)

@@ -582,12 +582,42 @@ def renumber_levels(
     )
 
 
+def policy_gone(
+    conn: sqlite3.Connection,
+    policy: str | None,
+    default_policy: str | None,
+    now_us: int,
+    *,
+    restart: bool = True,
+) -> None:
+    """A reload took away the policy open incidents escalated under: ``policy`` removed
+    (None: the default policy changed, for incidents whose rule names none). They go on
+    under the default. With ``restart``, one not yet acknowledged starts it from its first
+    level (a new episode: the old policy's levels done say nothing of the new one's);
+    without (the default has the same levels: a rename), it goes on where it was."""
+    rows = conn.execute(
+        "SELECT id, policy FROM incidents WHERE state != 'resolved' AND policy IS ?", (policy,)
+    ).fetchall()
+    for incident_id, old in rows:
+        conn.execute(
+            "UPDATE incidents SET policy = NULL, "
+            "episode = episode + (?3 AND state = 'triggered'), "
+            "triggered_at = CASE WHEN ?3 AND state = 'triggered' THEN ?1 ELSE triggered_at END, "
+            "next_due = ?1, version = version + 1, updated_at = ?1 WHERE id = ?2",
+            (now_us, incident_id, restart),
+        )
+        detail: dict[str, object] = {"policy": old, "default_policy": default_policy}
+        _event(conn, incident_id, now_us, Event.POLICY_GONE, "responder", detail, "reload")
+
+
 def rearm_open(conn: sqlite3.Connection, now_us: int) -> int:
     """Every open incident due now (the policies changed); returns how many."""
+    # A new version: an escalation pass that read the incident before the reload must not
+    # apply a decision made with the old levels (apply_steps checks the version).
     cur = conn.execute(
-        "UPDATE incidents SET next_due = ? WHERE state != 'resolved' "
-        "AND (next_due IS NULL OR next_due > ?)",
-        (now_us, now_us),
+        "UPDATE incidents SET next_due = MIN(COALESCE(next_due, ?1), ?1), "
+        "version = version + 1 WHERE state != 'resolved'",
+        (now_us,),
     )
     return cur.rowcount
 
@@ -759,10 +789,13 @@ def transition(
         detail["to"] = assignee
         if state is IncidentState.RESOLVED:
             pages = ()  # an owner for the review: nothing to wake anyone for
-        # One step per reassignment: its pages are unique among themselves only. An
-        # acknowledgement drops the ones still waiting (the new owner's later calls).
+        # One step per reassignment: its pages are unique among themselves only. On an
+        # incident nobody has acknowledged, an acknowledgement drops the ones still waiting
+        # (the new owner's later calls); on an acknowledged one they go regardless, and
+        # the new owner's own acknowledgement drops them (_cancel_pages_to).
         step = f"A{now_us}"
-        reassigned = [replace(p, step=step, cancel_on_ack=True) for p in pages]
+        waits_for_ack = state is IncidentState.TRIGGERED
+        reassigned = [replace(p, step=step, cancel_on_ack=waits_for_ack) for p in pages]
         add_pages(conn, incident_id, incident.episode, reassigned, None, now_us)
         detail["pages"] = len(reassigned)
         kind = Event.REASSIGNED
