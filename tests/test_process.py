@@ -55,8 +55,9 @@ class Daemon:
         raise AssertionError(f"daemon not ready in time:\n{self.log.read_text()}")
 
 
-@asynccontextmanager
-async def running(config: Path, *extra: str) -> AsyncIterator[Daemon]:
+async def spawn(config: Path, *extra: str) -> Daemon:
+    """A ``responder serve`` process on a free port, its output in a log beside the config;
+    not waited for."""
     port = free_port()
     log = config.parent / f"daemon-{port}.log"
     with log.open("wb") as sink:
@@ -74,7 +75,13 @@ async def running(config: Path, *extra: str) -> AsyncIterator[Daemon]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    daemon = Daemon(process, f"http://127.0.0.1:{port}", log)
+    return Daemon(process, f"http://127.0.0.1:{port}", log)
+
+
+@asynccontextmanager
+async def running(config: Path, *extra: str) -> AsyncIterator[Daemon]:
+    daemon = await spawn(config, *extra)
+    process = daemon.process
     try:
         await daemon.wait_ready()
         yield daemon
@@ -214,24 +221,8 @@ async def test_a_sighup_while_starting_is_held_and_applied(tmp_path: Path) -> No
     """systemd may send SIGHUP (reload) right after it started the process; SIGHUP's
     default action would end the daemon. It is held, and the reload runs once the daemon
     is up (ops review, stop 13)."""
-    config = write_config(tmp_path)
-    port = free_port()
-    log = tmp_path / "daemon.log"
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "responder",
-            "serve",
-            "-c",
-            str(config),
-            "--listen",
-            f"127.0.0.1:{port}",
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    daemon = Daemon(process, f"http://127.0.0.1:{port}", log)
+    daemon = await spawn(write_config(tmp_path))
+    process, log = daemon.process, daemon.log
     try:
         await asyncio.sleep(0.2)  # past the interpreter's own start, within the imports
         assert process.returncode is None
@@ -254,21 +245,8 @@ async def test_a_second_daemon_on_the_same_state_directory_is_refused(tmp_path: 
     second exits 1 saying why, and the first serves on (ops review, stop 13)."""
     config = write_config(tmp_path)
     async with running(config) as first:
-        second = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "responder",
-            "serve",
-            "-c",
-            str(config),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        output, _ = await asyncio.wait_for(second.communicate(), 30)
-        assert second.returncode == 1
-        assert b"another responder (pid " in output
+        second = await spawn(config)
+        assert await asyncio.wait_for(second.process.wait(), 30) == 1
+        assert "another responder (pid " in second.log.read_text()
         async with aiohttp.ClientSession() as session:
             assert await post(session, first.url, payload("firing-api")) == 200
