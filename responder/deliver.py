@@ -330,7 +330,6 @@ class Dispatcher:
                 "pages interrupted while sending: outcome unknown, re-routed instead of resent",
                 extra=fields(pages=[p.id for p in pages]),
             )
-            self.wake()
         for page in pages:
             self._metrics.pages.labels(page.channel, "unknown").inc()
         return len(pages)

@@ -215,19 +215,13 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         if current > len(SQLITE_MIGRATIONS):
-            raise SchemaTooNew(
-                f"database schema version {current} is newer than this responder "
-                f"({len(SQLITE_MIGRATIONS)}); refusing to touch it"
-            )
+            raise _too_new(current)
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
         if current > len(SQLITE_MIGRATIONS):  # checked before opening; a race is still refused
-            raise SchemaTooNew(
-                f"database schema version {current} is newer than this responder "
-                f"({len(SQLITE_MIGRATIONS)}); refusing to touch it"
-            )
+            raise _too_new(current)
         for version, script in enumerate(SQLITE_MIGRATIONS[current:], start=current + 1):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -925,6 +919,13 @@ class SQLiteStore:
             return pages
 
         return await self._write(work)
+
+
+def _too_new(version: int) -> SchemaTooNew:
+    return SchemaTooNew(
+        f"database schema version {version} is newer than this responder "
+        f"({len(SQLITE_MIGRATIONS)}); refusing to touch it"
+    )
 
 
 def _settle(items: list[tuple[_Job, bool, Any]]) -> None:
