@@ -22,6 +22,7 @@ from responder.incident import (
     TransitionError,
 )
 from responder.ingest import json_error
+from responder.policy import once_only_steps
 from responder.runtime import RUNTIME, Runtime
 from responder.store import StoredAlert, StoreError
 from responder.yamlfile import parse_duration
@@ -49,6 +50,11 @@ async def act(
         if assignee is None:
             raise TransitionError("reassign needs a contact")
         pages = reassign_pages(runtime, assignee, now)
+    escalation = runtime.snapshot.escalation
+
+    def once_only(policy: str | None) -> frozenset[str]:
+        return once_only_steps(escalation.policy_for(policy))
+
     incident, changed = await runtime.store.transition(
         incident_id,
         action,
@@ -59,6 +65,7 @@ async def act(
         text=text,
         assignee=assignee,
         pages=pages,
+        once_only=once_only,
     )
     if changed:
         runtime.metrics.incident_actions.labels(action, via).inc()

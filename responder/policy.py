@@ -296,6 +296,17 @@ def level_renumbering(old: Policy, new: Policy) -> dict[int, int | None]:
     return moves
 
 
+def once_only_steps(policy: Policy | None) -> frozenset[str]:
+    """Steps an incident does once whatever happens to it: its duration-clock levels
+    (management is told once that an incident has lasted; an unacknowledge does not tell
+    them again)."""
+    if policy is None:
+        return frozenset()
+    return frozenset(
+        f"L{level.number}" for level in policy.levels if level.clock is EscalationClock.DURATION
+    )
+
+
 def same_levels(old: Policy, new: Policy) -> dict[int, int | None] | None:
     """When ``new`` has exactly the levels of ``old`` (clock, targets, condition), perhaps
     in another order: how they moved (``level_renumbering``; empty: not at all). None when

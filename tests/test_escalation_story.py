@@ -934,3 +934,48 @@ async def test_inserting_a_level_does_not_page_an_earlier_level_twice(
     assert ("L1", "dave") in pages
     # alice was paged once at 0m for this episode; the reload must not page her again.
     assert sum(1 for _, c in pages if c == "alice") == 1
+
+
+DURATION_POLICY = """
+contacts:
+  alice: {email: alice@example.com}
+  cto: {email: cto@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+      - after: 30m
+        clock: duration
+        targets: [cto]
+incidents:
+  default_policy: standard
+"""
+
+
+async def test_unacknowledge_does_not_page_a_duration_level_again(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """The CTO's duration level told them at 30m; an acknowledge and unacknowledge start a
+    new episode, which pages alice again but not the CTO (escalation review, stop 13)."""
+    config = write_config(tmp_path, DURATION_POLICY + channels(tmp_path, smtp, twilio))
+    client = await make_client(config)
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    for _ in range(4):
+        await settle(client, clock, timedelta(minutes=10))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "cto"), "cto at 30m")
+    for action in ("acknowledge", "unacknowledge"):
+        answer = await client.post(
+            f"/api/v1/incidents/1/{action}", json={"by": "alice"}, headers=AUTH
+        )
+        assert answer.status == 200
+        await settle(client, clock, timedelta(minutes=1))
+    for _ in range(4):
+        await settle(client, clock, timedelta(minutes=10))
+    pages = (await incident(client))["pages"]
+    assert [p["episode"] for p in pages if p["contact"] == "cto"] == [1]
+    assert [p["episode"] for p in pages if p["contact"] == "alice"] == [1, 2]

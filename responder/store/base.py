@@ -383,9 +383,12 @@ class Store(ContainmentStore, Protocol):
         text: str | None = None,
         assignee: str | None = None,
         pages: Sequence[NewPage] = (),
+        once_only: Callable[[str | None], Collection[str]] | None = None,
     ) -> tuple[Incident, bool]:
         """acknowledge, unacknowledge, resolve, snooze, reassign or note; raises
-        ``IncidentNotFound`` or ``TransitionError``."""
+        ``IncidentNotFound`` or ``TransitionError``. ``once_only``: for an incident's
+        policy, the steps an unacknowledge must not do again (they stay done in the new
+        episode)."""
         ...
 
     async def get_incident(self, incident_id: int) -> Incident: ...

@@ -624,6 +624,7 @@ class SQLiteStore:
         text: str | None = None,
         assignee: str | None = None,
         pages: Sequence[NewPage] = (),
+        once_only: Callable[[str | None], Collection[str]] | None = None,
     ) -> tuple[Incident, bool]:
         now_us = to_us(now)
         until_us = None if until is None else to_us(until)
@@ -639,6 +640,7 @@ class SQLiteStore:
                 text=text,
                 assignee=assignee,
                 pages=pages,
+                once_only=once_only,
             )
         )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -707,6 +707,7 @@ def transition(
     text: str | None = None,
     assignee: str | None = None,
     pages: Sequence[NewPage] = (),
+    once_only: Callable[[str | None], Collection[str]] | None = None,
 ) -> tuple[Incident, bool]:
     """Acknowledge, unacknowledge, resolve, snooze, reassign or note. Returns the incident after
     the change and whether anything changed (acknowledging twice is not an error, and not a
@@ -745,13 +746,22 @@ def transition(
     elif action == "unacknowledge":
         if state is not IncidentState.ACKNOWLEDGED:
             raise TransitionError(f"incident {incident_id} is {state.value}, not acknowledged")
-        # Escalation starts over from the top, as if it had just triggered.
+        # Escalation starts over from the top, as if it had just triggered; what is done
+        # once (management told the incident has lasted) stays done.
         conn.execute(
             "UPDATE incidents SET state = 'triggered', triggered_at = ?, episode = episode + 1, "
             "acknowledged_at = NULL, acknowledged_by = NULL, next_due = ?, "
             "version = version + 1, updated_at = ? WHERE id = ?",
             (now_us, now_us, now_us, incident_id),
         )
+        kept = list(once_only(incident.policy)) if once_only is not None else []
+        if kept:
+            conn.execute(
+                "INSERT OR IGNORE INTO steps (incident_id, episode, step, done_at) "  # noqa: S608
+                "SELECT incident_id, episode + 1, step, done_at FROM steps "
+                f"WHERE incident_id = ? AND episode = ? AND step IN ({','.join('?' * len(kept))})",
+                (incident_id, incident.episode, *kept),
+            )
         kind = Event.UNACKNOWLEDGED
     elif action == "resolve":
         conn.execute(
