@@ -117,6 +117,7 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
     await runtime.store.open()
     log.info("store open", extra=fields(url=runtime.store.url))
     yield
+    await runtime.stop()
     await runtime.store.close()
     log.info("store closed")
 

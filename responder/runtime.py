@@ -9,6 +9,7 @@ logs why, and sets ``responder_config_last_reload_successful`` to 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from responder.store import Store, StoreError
 from responder.yamlfile import ConfigError
 
 log = logging.getLogger("responder")
+# How soon a re-arm the store could not take is tried again.
+REARM_RETRY_S = 5.0
 
 SECTION_KEYS = (
     "classification",
@@ -109,6 +112,11 @@ class Runtime:
         self._listen_override = listen_override
         self._state_dir_override = state_dir_override
         self._reload_lock = asyncio.Lock()
+        # Re-arms of open incidents a reload asked for and the store has not taken yet.
+        self._rearms: list[
+            tuple[dict[str | None, dict[int, int | None]], dict[str | None, bool], str | None]
+        ] = []
+        self._rearm_retry: asyncio.Task[None] | None = None
         # The engine loops, set by the app; handlers wake them after writing a nearer due time.
         self.escalator: Escalator | None = None
         self.dispatcher: Dispatcher | None = None
@@ -175,15 +183,47 @@ class Runtime:
             gone[key] = carried is None
             if carried:
                 renumber[key] = carried
+        # In order, each once: a re-arm that could not be written (the disk) is tried again
+        # until it is, or the open incidents would escalate with the old levels' steps.
+        self._rearms.append((renumber, gone, new.default_policy))
+        if self._rearm_retry is None and not await self._apply_rearms():
+            self._rearm_retry = asyncio.create_task(self._retry_rearms(), name="rearm-retry")
+
+    async def _apply_rearms(self) -> bool:
+        """Write the re-arms waiting, oldest first; False when one could not be written."""
+        while self._rearms:
+            renumber, gone, default_policy = self._rearms[0]
+            try:
+                count = await self.store.rearm_open_incidents(
+                    self.clock.now(), renumber, gone, default_policy
+                )
+            except StoreError as exc:
+                log.error(
+                    "open incidents not re-armed after reload; trying again",
+                    extra=fields(error=str(exc), retry_in_s=REARM_RETRY_S),
+                )
+                return False
+            self._rearms.pop(0)
+            log.info("open incidents re-armed for the new policies", extra=fields(incidents=count))
+            self.wake_engine()
+        return True
+
+    async def stop(self) -> None:
+        """Before the store closes: a re-arm still waiting is not tried again (dropped: the
+        store could not take it; after a restart the steps are as they were stored)."""
+        if self._rearm_retry is not None:
+            self._rearm_retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rearm_retry
+
+    async def _retry_rearms(self) -> None:
         try:
-            count = await self.store.rearm_open_incidents(
-                self.clock.now(), renumber, gone, new.default_policy
-            )
-        except StoreError as exc:  # the old due times stand; the engine catches up there
-            log.error("open incidents not re-armed after reload", extra=fields(error=str(exc)))
-            return
-        log.info("open incidents re-armed for the new policies", extra=fields(incidents=count))
-        self.wake_engine()
+            while True:
+                await asyncio.sleep(REARM_RETRY_S)
+                if await self._apply_rearms():
+                    return
+        finally:
+            self._rearm_retry = None
 
     async def reload(self) -> ConfigError | None:
         """Load the config again; swap it in on success. Returns the error on failure."""

@@ -910,3 +910,21 @@ async def test_two_paths_to_one_database_share_its_lock(tmp_path: Path) -> None:
     finally:
         await second.close()
         await first.close()
+
+
+async def test_a_write_refused_by_a_full_disk_leaves_readiness_at_503(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """When SQLite undoes only the failing statement (a multi-row write: rearm_open's
+    UPDATE), the batch's empty COMMIT that follows must not clear the fault: the write
+    failed 'database or disk is full', and readiness says so (third review, stop 13)."""
+    await store.ingest([replace(alert(f"{n:016x}"), incident_key=f"k{n}") for n in range(400)], T0)
+    # Incidents with nothing due (acknowledged, every step done): next_due NULL.
+    await store._write(lambda conn: conn.execute("UPDATE incidents SET next_due = NULL"))
+    with sqlite3.connect(tmp_path / "responder.db") as other:
+        other.execute("VACUUM")  # no free page left: the disk is full
+    full = await store._write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    await store._write(lambda conn: conn.execute(f"PRAGMA max_page_count = {full}"))
+    with pytest.raises(StoreError, match="full"):
+        await store.rearm_open_incidents(T0)
+    assert not await store.ping()

@@ -127,6 +127,7 @@ class SQLiteStore:
         # The last commit failed (disk full, I/O error): not ready until one succeeds. The
         # engine's loops write every 30 s or so, so this clears soon after the cause does.
         self._commit_failing = False
+        self._batch_fault = False  # a write of the batch in progress met a storage fault
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -331,10 +332,12 @@ class SQLiteStore:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         started = time.perf_counter()
+        self._batch_fault = False
         try:
             results = self._run_jobs(conn, batch)
             conn.execute("COMMIT")
-            self._commit_failing = False
+            # A write refused by a full disk may leave the rest of the batch to commit.
+            self._commit_failing = self._batch_fault
         except sqlite3.Error as exc:
             # The commit itself failed (disk full, I/O error): nothing in the batch is durable.
             if conn.in_transaction:
@@ -394,7 +397,7 @@ class SQLiteStore:
                 conn.execute("RELEASE job")
                 known.forget()
                 if _is_storage_fault(exc):
-                    self._commit_failing = True  # the disk, not this write: not ready
+                    self._batch_fault = True  # the disk, not this write: not ready
                 results.append((job, False, _as_store_error(exc)))
             else:
                 conn.execute("RELEASE job")

@@ -592,17 +592,17 @@ def policy_gone(
 ) -> None:
     """A reload took away the policy open incidents escalated under: ``policy`` removed
     (None: the default policy changed, for incidents whose rule names none). They go on
-    under the default. With ``restart``, one not yet acknowledged starts it from its first
-    level (a new episode: the old policy's levels done say nothing of the new one's);
-    without (the default has the same levels: a rename), it goes on where it was."""
+    under the default. With ``restart``, they start it from its start (a new episode: the
+    old policy's levels done say nothing of the new one's; an acknowledged incident stays
+    acknowledged, and the default's duration levels count from now); without (the default
+    has the same levels: a rename), they go on where they were."""
     rows = conn.execute(
         "SELECT id, policy FROM incidents WHERE state != 'resolved' AND policy IS ?", (policy,)
     ).fetchall()
     for incident_id, old in rows:
         conn.execute(
-            "UPDATE incidents SET policy = NULL, "
-            "episode = episode + (?3 AND state = 'triggered'), "
-            "triggered_at = CASE WHEN ?3 AND state = 'triggered' THEN ?1 ELSE triggered_at END, "
+            "UPDATE incidents SET policy = NULL, episode = episode + ?3, "
+            "triggered_at = CASE WHEN ?3 THEN ?1 ELSE triggered_at END, "
             "next_due = ?1, version = version + 1, updated_at = ?1 WHERE id = ?2",
             (now_us, incident_id, restart),
         )
@@ -800,11 +800,12 @@ def transition(
         if state is IncidentState.RESOLVED:
             pages = ()  # an owner for the review: nothing to wake anyone for
         # One step per reassignment: its pages are unique among themselves only. On an
-        # incident nobody has acknowledged, an acknowledgement drops the ones still waiting
-        # (the new owner's later calls); on an acknowledged one they go regardless, and
-        # the new owner's own acknowledgement drops them (_cancel_pages_to).
+        # incident nobody has acknowledged (triggered, snoozed), an acknowledgement drops
+        # the ones still waiting (the new owner's later calls); on an acknowledged one they
+        # go regardless, and the new owner's own acknowledgement drops them
+        # (_cancel_pages_to).
         step = f"A{now_us}"
-        waits_for_ack = state is IncidentState.TRIGGERED
+        waits_for_ack = state is not IncidentState.ACKNOWLEDGED
         reassigned = [replace(p, step=step, cancel_on_ack=waits_for_ack) for p in pages]
         add_pages(conn, incident_id, incident.episode, reassigned, None, now_us)
         detail["pages"] = len(reassigned)

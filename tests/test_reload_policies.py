@@ -1,0 +1,253 @@
+"""A reload that removes the policy open incidents escalate under: they go on under the
+default policy from its start, snoozed or acknowledged, and even when the store could not
+take the re-arm at once; and reassignment pages of a snoozed incident (third review of
+stop 13, through the real app)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from responder.clock import FakeClock
+from responder.testing import FakeTwilio, SmtpTestServer
+from tests.conftest import AUTH, ClientFactory, write_config
+from tests.test_escalation_story import (
+    _count,
+    _state,
+    alert,
+    channels,
+    eventually,
+    incident,
+    post,
+    settle,
+    smtp,  # noqa: F401 - fixture
+    twilio,  # noqa: F401 - fixture
+    webhook,
+)
+
+RULES_OPS = """
+rules:
+  - name: disk
+    matchers: ['alertname="DiskFull"']
+    severity: P1
+    category: availability
+    policy: ops
+"""
+RULES_DEFAULT = """
+rules:
+  - name: disk
+    matchers: ['alertname="DiskFull"']
+    severity: P1
+    category: availability
+"""
+CONTACTS = """
+contacts:
+  alice: {email: alice@example.com}
+  bob: {email: bob@example.com}
+  carol: {email: carol@example.com}
+  dave: {email: dave@example.com}
+  mgr: {email: mgr@example.com}
+incidents:
+  default_policy: standard
+"""
+OPS = """
+  ops:
+    levels:
+      - targets: [alice]
+      - after: 15m
+        targets: [bob]
+"""
+STANDARD = """
+  standard:
+    levels:
+      - targets: [carol]
+      - after: 15m
+        targets: [dave]
+"""
+# The default has a management (duration) level as its level 1.
+STANDARD_MGMT = """
+  standard:
+    levels:
+      - after: 10m
+        clock: duration
+        targets: [mgr]
+      - after: 15m
+        targets: [carol]
+"""
+
+
+def config(policies: str) -> str:
+    return CONTACTS + "escalation_policies:\n" + policies
+
+
+async def _contacts(client: Any) -> list[tuple[str, str, str]]:
+    doc = await incident(client)
+    return [(p["step"], p["contact"], p["state"]) for p in doc["pages"]]
+
+
+async def test_a_snoozed_incident_whose_policy_is_removed_starts_the_default_from_level_1(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    """A snoozed incident whose policy a reload removed starts the default from its start
+    (a new episode): carol, the default's level 1, is paged when the snooze ends; the steps
+    done under 'ops' are not the default's."""
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(
+        write_config(tmp_path, config(OPS + STANDARD) + extra, rules=RULES_OPS)
+    )
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    for _ in range(16):
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")
+    answer = await client.post(
+        "/api/v1/incidents/1/snooze", json={"by": "bob", "for": "30m"}, headers=AUTH
+    )
+    assert answer.status == 200, await answer.text()
+    # 'ops' is removed; the rule now names no policy (the default, 'standard').
+    write_config(tmp_path, config(STANDARD) + extra, rules=RULES_DEFAULT)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    for _ in range(35):
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: _state(client, "triggered"), "snooze ended")
+    for _ in range(5):
+        await settle(client, clock, timedelta(minutes=1))
+    pages = await _contacts(client)
+    assert any(contact == "carol" for _, contact, _ in pages), pages
+
+
+async def test_an_acknowledged_incident_moved_to_the_default_gets_its_management_level(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    """An acknowledged incident whose policy is removed stays acknowledged and starts the
+    default from its start: the default's level 1, a duration (management) level that pages
+    acknowledged or not, tells mgr 10 minutes after the reload."""
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(
+        write_config(tmp_path, config(OPS + STANDARD_MGMT) + extra, rules=RULES_OPS)
+    )
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    answer = await client.post(
+        "/api/v1/incidents/1/acknowledge", json={"by": "alice"}, headers=AUTH
+    )
+    assert answer.status == 200, await answer.text()
+    await settle(client, clock, timedelta(minutes=2))
+    write_config(tmp_path, config(STANDARD_MGMT) + extra, rules=RULES_DEFAULT)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    for _ in range(15):
+        await settle(client, clock, timedelta(minutes=1))
+    pages = await _contacts(client)
+    doc = await incident(client)
+    assert doc["state"] == "acknowledged"
+    assert any(contact == "mgr" for _, contact, _ in pages), pages
+
+
+REASSIGN = """
+contacts:
+  alice: {email: alice@example.com}
+  bob:
+    email: bob@example.com
+    sms: "+15551230002"
+    notify:
+      - channel: email
+      - channel: sms
+        after: 5m
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+incidents:
+  default_policy: standard
+"""
+
+
+async def test_an_acknowledgement_drops_a_reassignment_s_later_notifications_when_snoozed(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    """A snoozed incident is not acknowledged: an acknowledgement after its reassignment
+    drops the new owner's later notifications (bob's SMS 5 minutes after his email)."""
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(write_config(tmp_path, REASSIGN + extra))
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    answer = await client.post(
+        "/api/v1/incidents/1/snooze", json={"by": "alice", "for": "1h"}, headers=AUTH
+    )
+    assert answer.status == 200, await answer.text()
+    answer = await client.post(
+        "/api/v1/incidents/1/reassign", json={"by": "alice", "to": "bob"}, headers=AUTH
+    )
+    assert answer.status == 200, await answer.text()
+    await settle(client, clock, timedelta(minutes=1))
+    answer = await client.post(
+        "/api/v1/incidents/1/acknowledge", json={"by": "alice"}, headers=AUTH
+    )
+    assert answer.status == 200, await answer.text()
+    for _ in range(8):
+        await settle(client, clock, timedelta(minutes=1))
+    doc = await incident(client)
+    later = [
+        (p["channel"], p["state"])
+        for p in doc["pages"]
+        if p["contact"] == "bob" and p["channel"] == "sms"
+    ]
+    assert later, doc["pages"]
+    assert all(state == "cancelled" for _, state in later), later
+
+
+async def test_a_rearm_the_store_could_not_take_is_tried_again(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The re-arm write also moves incidents of a removed policy to the default: when the
+    store refuses it once, it is tried again, and carol (the default's level 1) is paged."""
+    from responder import runtime as runtime_module
+    from responder.runtime import RUNTIME
+    from responder.store import StoreError
+
+    monkeypatch.setattr(runtime_module, "REARM_RETRY_S", 0.01)
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(
+        write_config(tmp_path, config(OPS + STANDARD) + extra, rules=RULES_OPS)
+    )
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    runtime = client.app[RUNTIME]
+    real = runtime.store.rearm_open_incidents
+    calls = []
+
+    async def failing_once(*args: Any, **kwargs: Any) -> int:
+        calls.append(args)
+        if len(calls) == 1:
+            raise StoreError("database or disk is full")
+        count: int = await real(*args, **kwargs)
+        return count
+
+    monkeypatch.setattr(runtime.store, "rearm_open_incidents", failing_once)
+    write_config(tmp_path, config(STANDARD) + extra, rules=RULES_DEFAULT)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    for _ in range(20):
+        await settle(client, clock, timedelta(minutes=1))
+    pages = await _contacts(client)
+    assert any(contact == "carol" for _, contact, _ in pages), pages
+    assert len(calls) == 2
