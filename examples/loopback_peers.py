@@ -8,6 +8,10 @@ that print every SMS, call and mail they receive.
 then start the daemon on examples/paging.yaml (which points at them) and post an alert. The
 Twilio side is the fake the tests use (responder.testing.FakeTwilio); its auth token is
 generated and written to ./twilio-token (mode 0600), where the config reads it.
+
+To answer a page by SMS as that phone would (signed with the same token, as Twilio signs):
+
+    ../.venv/bin/python loopback_peers.py --reply +15551230001 "ACK 1"
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import asyncio
 import secrets
 from pathlib import Path
 
+from notifiers.twilio import INBOUND_SMS_PATH
 from responder.testing import FakeTwilio, SmtpTestServer
+
+ACCOUNT_SID = "AC" + "0" * 32
 
 
 async def main(twilio_port: int, smtp_port: int, token: str) -> None:
     async with (
-        FakeTwilio(account_sid="AC" + "0" * 32, auth_token=token, port=twilio_port) as twilio,
+        FakeTwilio(account_sid=ACCOUNT_SID, auth_token=token, port=twilio_port) as twilio,
         SmtpTestServer(port=smtp_port) as smtp,
     ):
         print(f"twilio api_base_url: {twilio.base_url}  account_sid: {twilio.account_sid}")
@@ -40,12 +47,32 @@ async def main(twilio_port: int, smtp_port: int, token: str) -> None:
             seen_mail = len(smtp.messages)
 
 
+async def reply(daemon: str, sender: str, text: str, token: str) -> None:
+    """One inbound SMS to the daemon, signed as Twilio signs it; prints the daemon's answer."""
+    async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=token) as twilio:
+        answer = await twilio.send_inbound_sms(
+            daemon.rstrip("/") + INBOUND_SMS_PATH, sender, "+15550000000", text
+        )
+    print(answer.status, answer.text)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Twilio and SMTP stand-ins on loopback.")
     parser.add_argument("--twilio-port", type=int, default=8099)
     parser.add_argument("--smtp-port", type=int, default=2525)
     parser.add_argument("--token-file", type=Path, default=Path("twilio-token"))
+    parser.add_argument(
+        "--reply",
+        nargs=2,
+        metavar=("FROM", "TEXT"),
+        help="send one SMS reply to the daemon (with the running peers' token) and exit",
+    )
+    parser.add_argument("--daemon", default="http://127.0.0.1:9096", help="for --reply")
     args = parser.parse_args()
+    if args.reply:
+        token = args.token_file.read_text().strip()
+        asyncio.run(reply(args.daemon, args.reply[0], args.reply[1], token))
+        raise SystemExit(0)
     generated = secrets.token_hex(16)
     args.token_file.write_text(generated + "\n")
     args.token_file.chmod(0o600)

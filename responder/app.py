@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -109,7 +111,33 @@ def build_app(
     app.cleanup_ctx.append(drills.scheduled_drills)
     app.cleanup_ctx.append(_sighup_reload)
     app.on_startup.append(_freeze_startup_objects)
+    app.on_startup.append(_tell_systemd_ready)  # last: the store, engines, SIGHUP are up
+    app.on_shutdown.append(_tell_systemd_stopping)
     return app
+
+
+def notify_systemd(state: bytes) -> None:
+    """Tell systemd (``Type=notify``) how the service stands: READY=1 once it can take a
+    reload and webhooks, STOPPING=1 when it begins to stop. Nothing without NOTIFY_SOCKET
+    (not started by systemd, or another Type)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or address[0] not in "/@":
+        return
+    target = "\0" + address[1:] if address[0] == "@" else address  # @: the abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(target)
+            sock.sendall(state)
+    except OSError as exc:
+        log.warning("systemd not told", extra=fields(state=state.decode(), error=str(exc)))
+
+
+async def _tell_systemd_ready(_app: web.Application) -> None:
+    notify_systemd(b"READY=1")
+
+
+async def _tell_systemd_stopping(_app: web.Application) -> None:
+    notify_systemd(b"STOPPING=1")
 
 
 async def _store_context(app: web.Application) -> AsyncIterator[None]:

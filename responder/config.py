@@ -272,9 +272,13 @@ def _storage(node: Node | None) -> StorageConfig:
         if retention.value == "forever":
             cfg = replace(cfg, retention=None)
         else:
-            kept = retention.as_duration()
+            refused = "expected a duration of at least 1d, or forever"
+            try:
+                kept = retention.as_duration()
+            except ConfigError:
+                raise retention.error(f"{refused}, got {retention.value!r}") from None
             if kept < timedelta(days=1):
-                raise retention.error("expected a duration of at least 1d, or forever")
+                raise retention.error(refused)
             cfg = replace(cfg, retention=kept)
     return cfg
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import TOKEN, payload, write_config
 
@@ -250,3 +251,23 @@ async def test_a_second_daemon_on_the_same_state_directory_is_refused(tmp_path: 
         assert "another responder (pid " in second.log.read_text()
         async with aiohttp.ClientSession() as session:
             assert await post(session, first.url, payload("firing-api")) == 200
+
+
+async def test_systemd_is_told_ready_then_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under Type=notify, systemd holds a reload until READY=1: the daemon sends it once
+    the store, engines and its SIGHUP handler are up, and STOPPING=1 at SIGTERM."""
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        listener.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        async with running(write_config(tmp_path)) as daemon:
+            loop = asyncio.get_running_loop()
+            ready = await asyncio.wait_for(loop.sock_recv(listener, 64), 10)
+            assert ready == b"READY=1"
+            daemon.process.send_signal(signal.SIGTERM)
+            stopping = await asyncio.wait_for(loop.sock_recv(listener, 64), 10)
+            assert stopping == b"STOPPING=1"
+            assert await asyncio.wait_for(daemon.process.wait(), 15) == 0
