@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import ssl
 import sys
@@ -266,10 +267,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
     )
     try:
+        # Bound before the app starts: an address in use fails here, before the store is
+        # opened, anything is recovered, or systemd is told the daemon is ready.
+        sockets = listening_sockets(config.server.host, config.server.port)
         web.run_app(
             app,
-            host=config.server.host,
-            port=config.server.port,
+            sock=sockets,
             ssl_context=ssl_context,
             shutdown_timeout=config.server.shutdown_timeout,
             access_log=logging.getLogger("responder.access") if config.server.access_log else None,
@@ -294,6 +297,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     log.info("responder stopped")
     return 0
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """The server's sockets, bound (not yet listening): one per address ``host`` has."""
+    sockets: list[socket.socket] = []
+    seen: set[tuple[Any, ...]] = set()
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            if address in seen:
+                continue
+            seen.add(address)
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 # -- token, check ---------------------------------------------------------------------------

@@ -271,3 +271,47 @@ async def test_systemd_is_told_ready_then_stopping(
             stopping = await asyncio.wait_for(loop.sock_recv(listener, 64), 10)
             assert stopping == b"STOPPING=1"
             assert await asyncio.wait_for(daemon.process.wait(), 15) == 0
+
+
+def _port_taken() -> tuple[socket.socket, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, sock.getsockname()[1]
+
+
+async def test_systemd_is_not_told_ready_when_the_address_is_taken(tmp_path: Path) -> None:
+    """READY=1 makes 'systemctl start' succeed: it must not be sent by a daemon that then
+    fails to listen (address in use) and exits 1."""
+    cfg = write_config(tmp_path)
+    address = str(tmp_path / "notify")
+    taken, port = _port_taken()
+    with taken, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        listener.setblocking(False)
+        env = {**os.environ, "NOTIFY_SOCKET": address}
+        log = tmp_path / "daemon.log"
+        with log.open("wb") as sink:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "responder",
+                "serve",
+                "-c",
+                str(cfg),
+                "--listen",
+                f"127.0.0.1:{port}",
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        code = await asyncio.wait_for(process.wait(), 30)
+        got = []
+        while True:
+            try:
+                got.append(listener.recv(64))
+            except BlockingIOError:
+                break
+        assert code == 1
+        assert b"READY=1" not in got, got

@@ -251,3 +251,101 @@ async def test_a_rearm_the_store_could_not_take_is_tried_again(
     pages = await _contacts(client)
     assert any(contact == "carol" for _, contact, _ in pages), pages
     assert len(calls) == 2
+
+
+# Continues the classification: section write_config opens.
+TARGETS = "  response_targets:\n    P1: {respond: 5m, resolve: 20m}\n"
+
+
+def _breaches(doc: dict[str, Any], target: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in doc["timeline"]
+        if e["kind"] == "target_breached" and e.get("detail", {}).get("target") == target
+    ]
+
+
+async def _ack_then_remove_policy(
+    client: Any, tmp_path: Path, clock: FakeClock, extra: str, minutes_before_reload: int
+) -> None:
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    answer = await client.post(
+        "/api/v1/incidents/1/acknowledge", json={"by": "alice"}, headers=AUTH
+    )
+    assert answer.status == 200, await answer.text()
+    for _ in range(minutes_before_reload):
+        await settle(client, clock, timedelta(minutes=1))
+    write_config(tmp_path, TARGETS + config(STANDARD) + extra, rules=RULES_DEFAULT)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    await settle(client, clock, timedelta(seconds=1))
+
+
+async def test_acked_incident_moved_by_reload_still_breaches_its_resolve_target(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    """Resolve target 20m. Acknowledged at once; a reload at 10m removes its policy; it is
+    resolved at 25m: the missed target is recorded (fourth review, stop 13)."""
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(
+        write_config(tmp_path, TARGETS + config(OPS + STANDARD) + extra, rules=RULES_OPS)
+    )
+    await _ack_then_remove_policy(client, tmp_path, clock, extra, 10)
+    for _ in range(15):
+        await settle(client, clock, timedelta(minutes=1))
+    answer = await client.post("/api/v1/incidents/1/resolve", json={"by": "alice"}, headers=AUTH)
+    assert answer.status == 200, await answer.text()
+    for _ in range(3):
+        await settle(client, clock, timedelta(minutes=1))
+    doc = await incident(client)
+    assert _breaches(doc, "resolve"), [e["kind"] for e in doc["timeline"]]
+
+
+async def test_acked_incident_moved_by_reload_breaches_its_resolve_target_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    """Resolve target 20m, breached at 20m; reload at 25m removes its policy: the breach
+    is not recorded (and counted) a second time 20 minutes after the reload."""
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(
+        write_config(tmp_path, TARGETS + config(OPS + STANDARD) + extra, rules=RULES_OPS)
+    )
+    await _ack_then_remove_policy(client, tmp_path, clock, extra, 25)
+    for _ in range(25):
+        await settle(client, clock, timedelta(minutes=1))
+    doc = await incident(client)
+    assert len(_breaches(doc, "resolve")) == 1, _breaches(doc, "resolve")
+
+
+async def test_without_a_reload_the_resolve_breach_is_recorded_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    """The comparison for the two tests above."""
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(
+        write_config(tmp_path, TARGETS + config(OPS + STANDARD) + extra, rules=RULES_OPS)
+    )
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    assert (
+        await client.post("/api/v1/incidents/1/acknowledge", json={"by": "alice"}, headers=AUTH)
+    ).status == 200
+    for _ in range(25):
+        await settle(client, clock, timedelta(minutes=1))
+    assert (
+        await client.post("/api/v1/incidents/1/resolve", json={"by": "alice"}, headers=AUTH)
+    ).status == 200
+    await settle(client, clock, timedelta(minutes=1))
+    assert len(_breaches(await incident(client), "resolve")) == 1

@@ -582,6 +582,24 @@ def renumber_levels(
     )
 
 
+# Response-target breaches: recorded once per incident, whatever episodes follow.
+BREACH_STEPS = ("B.respond", "B.resolve")
+
+
+def _carry_steps(conn: sqlite3.Connection, incident_id: int, steps: Sequence[str]) -> None:
+    """Steps done in the incident's previous episode that stay done in its new (current)
+    one."""
+    if steps:
+        conn.execute(
+            "INSERT OR IGNORE INTO steps (incident_id, episode, step, done_at) "  # noqa: S608
+            "SELECT s.incident_id, i.episode, s.step, s.done_at FROM steps s "
+            "JOIN incidents i ON i.id = s.incident_id "
+            "WHERE s.incident_id = ? AND s.episode = i.episode - 1 "
+            f"AND s.step IN ({','.join('?' * len(steps))})",
+            (incident_id, *steps),
+        )
+
+
 def policy_gone(
     conn: sqlite3.Connection,
     policy: str | None,
@@ -592,20 +610,23 @@ def policy_gone(
 ) -> None:
     """A reload took away the policy open incidents escalated under: ``policy`` removed
     (None: the default policy changed, for incidents whose rule names none). They go on
-    under the default. With ``restart``, they start it from its start (a new episode: the
-    old policy's levels done say nothing of the new one's; an acknowledged incident stays
-    acknowledged, and the default's duration levels count from now); without (the default
-    has the same levels: a rename), they go on where they were."""
+    under the default. With ``restart``, a new episode: the old policy's levels done say
+    nothing of the new one's. A triggered incident starts the default's levels from now;
+    an acknowledged or snoozed one keeps its start (its duration levels count from there).
+    Response-target breaches already recorded stay recorded. Without ``restart`` (the
+    default has the same levels: a rename), they go on where they were."""
     rows = conn.execute(
         "SELECT id, policy FROM incidents WHERE state != 'resolved' AND policy IS ?", (policy,)
     ).fetchall()
     for incident_id, old in rows:
         conn.execute(
             "UPDATE incidents SET policy = NULL, episode = episode + ?3, "
-            "triggered_at = CASE WHEN ?3 THEN ?1 ELSE triggered_at END, "
+            "triggered_at = CASE WHEN ?3 AND state = 'triggered' THEN ?1 ELSE triggered_at END, "
             "next_due = ?1, version = version + 1, updated_at = ?1 WHERE id = ?2",
             (now_us, incident_id, restart),
         )
+        if restart:
+            _carry_steps(conn, incident_id, BREACH_STEPS)
         detail: dict[str, object] = {"policy": old, "default_policy": default_policy}
         _event(conn, incident_id, now_us, Event.POLICY_GONE, "responder", detail, "reload")
 
@@ -755,13 +776,7 @@ def transition(
             (now_us, now_us, now_us, incident_id),
         )
         kept = list(once_only(incident.policy)) if once_only is not None else []
-        if kept:
-            conn.execute(
-                "INSERT OR IGNORE INTO steps (incident_id, episode, step, done_at) "  # noqa: S608
-                "SELECT incident_id, episode + 1, step, done_at FROM steps "
-                f"WHERE incident_id = ? AND episode = ? AND step IN ({','.join('?' * len(kept))})",
-                (incident_id, incident.episode, *kept),
-            )
+        _carry_steps(conn, incident_id, [*kept, *BREACH_STEPS])
         kind = Event.UNACKNOWLEDGED
     elif action == "resolve":
         conn.execute(
