@@ -269,7 +269,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         # Bound before the app starts: an address in use fails here, before the store is
         # opened, anything is recovered, or systemd is told the daemon is ready.
-        sockets = listening_sockets(config.server.host, config.server.port)
+        try:
+            sockets = listening_sockets(config.server.host, config.server.port)
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen on {config.server.listen}: {exc.strerror or exc}"
+            ) from exc
         web.run_app(
             app,
             sock=sockets,
