@@ -166,6 +166,7 @@ def _view(incident: Incident, done: frozenset[str]) -> IncidentView:
         resolved_at=incident.resolved_at,
         snoozed_until=incident.snoozed_until,
         done=done,
+        lasting_since=incident.lasting_since,
     )
 
 

@@ -150,6 +150,8 @@ class Incident:
     next_due: datetime | None
     version: int
     escalate_now: str | None = None  # why the next level must go now (containment failed)
+    # When duration-clock levels count from, if not triggered_at (after an unacknowledge).
+    lasting_since: datetime | None = None
     alert_count: int = 0
     firing_count: int = 0
 

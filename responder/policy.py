@@ -102,6 +102,8 @@ class IncidentView:
     resolved_at: datetime | None = None
     snoozed_until: datetime | None = None
     done: frozenset[str] = frozenset()
+    # When the incident began to last, for duration-clock levels (None: triggered_at).
+    lasting_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +197,11 @@ def _plan(policy: Policy, incident: IncidentView, now: datetime) -> list[_Planne
             step = Step(step_id, StepKind.LEVEL, due, level.number, repeat)
             plan.append(_Planned(step, offset, level.when))
 
+    lasting = incident.lasting_since or start
     for level in policy.levels:
         step_id = f"L{level.number}"
         if level.clock is EscalationClock.DURATION and step_id not in incident.done:
-            step = Step(step_id, StepKind.LEVEL, start + level.after, level.number)
+            step = Step(step_id, StepKind.LEVEL, lasting + level.after, level.number)
             plan.append(_Planned(step, timedelta(0), level.when))
     return plan
 

@@ -979,3 +979,29 @@ async def test_unacknowledge_does_not_page_a_duration_level_again(
     pages = (await incident(client))["pages"]
     assert [p["episode"] for p in pages if p["contact"] == "cto"] == [1]
     assert [p["episode"] for p in pages if p["contact"] == "alice"] == [1, 2]
+
+
+async def test_unacknowledge_does_not_delay_a_duration_level(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """The CTO is told when the incident has lasted 30 minutes: an acknowledge at 1m and
+    an unacknowledge at 20m start the escalation over, not the incident's lasting (fourth
+    review, stop 13)."""
+    config = write_config(tmp_path, DURATION_POLICY + channels(tmp_path, smtp, twilio))
+    client = await make_client(config)
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    await settle(client, clock, timedelta(minutes=1))
+    for action, wait in (("acknowledge", 18), ("unacknowledge", 1), ("acknowledge", 8)):
+        answer = await client.post(
+            f"/api/v1/incidents/1/{action}", json={"by": "alice"}, headers=AUTH
+        )
+        assert answer.status == 200
+        await settle(client, clock, timedelta(minutes=wait))
+    assert not await _count(client, lambda p: p["contact"] == "cto")  # 28m: not yet
+    await settle(client, clock, timedelta(minutes=3))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "cto"), "cto at 30m")

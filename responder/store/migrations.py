@@ -227,4 +227,10 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "id INTEGER PRIMARY KEY CHECK (id = 1), last_check INTEGER, adopted_for TEXT)",
         "CREATE TABLE watch_downtime (down_from INTEGER NOT NULL, up_at INTEGER NOT NULL)",
     ],
+    # 9: when an incident's duration-clock levels count from, when that is not the current
+    # episode's start: an unacknowledge starts the escalation over, not the incident's
+    # lasting (management is told at 30m of the incident, not of the new episode).
+    [
+        "ALTER TABLE incidents ADD COLUMN lasting_since INTEGER",
+    ],
 ]

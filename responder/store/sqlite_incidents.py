@@ -215,7 +215,8 @@ def attach_alert(
         incident_id = row[0]
         conn.execute(
             "UPDATE incidents SET state = 'triggered', episode = episode + 1, triggered_at = ?, "
-            "acknowledged_at = NULL, acknowledged_by = NULL, resolved_at = NULL, "
+            "lasting_since = NULL, acknowledged_at = NULL, acknowledged_by = NULL, "
+            "resolved_at = NULL, "
             "resolved_by = NULL, snoozed_until = NULL, severity = ?, category = ?, policy = ?, "
             "respond_s = ?, resolve_s = ?, next_due = ?, version = version + 1, updated_at = ? "
             "WHERE id = ?",
@@ -348,7 +349,7 @@ INCIDENT_COLUMNS = (
     "i.id, i.key, i.state, i.severity, i.category, i.policy, i.rule, i.title, i.respond_s, "
     "i.resolve_s, i.opened_at, i.triggered_at, i.episode, i.acknowledged_at, i.acknowledged_by, "
     "i.resolved_at, i.resolved_by, i.snoozed_until, i.assignee, i.next_due, i.version, "
-    "i.escalate_now, "
+    "i.escalate_now, i.lasting_since, "
     "(SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id), "
     "(SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id AND a.status = 'firing')"
 )
@@ -378,8 +379,9 @@ def incident_from_row(row: Sequence[Any]) -> Incident:
         next_due=_opt_us(row[19]),
         version=row[20],
         escalate_now=row[21],
-        alert_count=row[22],
-        firing_count=row[23],
+        lasting_since=_opt_us(row[22]),
+        alert_count=row[23],
+        firing_count=row[24],
     )
 
 
@@ -771,6 +773,7 @@ def transition(
         # once (management told the incident has lasted) stays done.
         conn.execute(
             "UPDATE incidents SET state = 'triggered', triggered_at = ?, episode = episode + 1, "
+            "lasting_since = COALESCE(lasting_since, triggered_at), "
             "acknowledged_at = NULL, acknowledged_by = NULL, next_due = ?, "
             "version = version + 1, updated_at = ? WHERE id = ?",
             (now_us, now_us, now_us, incident_id),
