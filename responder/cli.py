@@ -305,7 +305,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
-    """The server's sockets, bound (not yet listening): one per address ``host`` has."""
+    """The server's sockets, bound and listening (connections queue until the app serves
+    them, so READY=1 is never sent for an address that refuses): one per address of
+    ``host``."""
     sockets: list[socket.socket] = []
     seen: set[tuple[Any, ...]] = set()
     try:
@@ -321,6 +323,7 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
     except OSError:
         for sock in sockets:

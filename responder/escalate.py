@@ -187,7 +187,7 @@ def _target_breaches(incident: Incident, done: frozenset[str], now: datetime) ->
     for step_id, seconds, met_at, target in checks:
         if seconds is None or step_id in done:
             continue
-        deadline = incident.triggered_at + timedelta(seconds=seconds)
+        deadline = incident.started + timedelta(seconds=seconds)
         if now >= deadline and (met_at is None or met_at > deadline):
             detail = {"target": target, "seconds": seconds, "deadline": deadline.isoformat()}
             event = TimelineEvent(now, Event.TARGET_BREACHED, "responder", "engine", detail)
@@ -201,9 +201,9 @@ def _next_breach(incident: Incident, done: frozenset[str]) -> datetime | None:
     times = []
     respond_open = "B.respond" not in done and incident.acknowledged_at is None
     if incident.respond_s is not None and respond_open:
-        times.append(incident.triggered_at + timedelta(seconds=incident.respond_s))
+        times.append(incident.started + timedelta(seconds=incident.respond_s))
     if incident.resolve_s is not None and "B.resolve" not in done:
-        times.append(incident.triggered_at + timedelta(seconds=incident.resolve_s))
+        times.append(incident.started + timedelta(seconds=incident.resolve_s))
     return min(times, default=None)
 
 
@@ -414,7 +414,7 @@ class Escalator:
         m = self._metrics
         if step.event is None:
             if step.step == CLOSED_STEP and incident.resolved_at is not None:
-                took = (incident.resolved_at - incident.triggered_at).total_seconds()
+                took = (incident.resolved_at - incident.started).total_seconds()
                 m.time_to_resolve.labels(incident.severity).observe(took)
             return
         kind = step.event.kind

@@ -150,10 +150,19 @@ class Incident:
     next_due: datetime | None
     version: int
     escalate_now: str | None = None  # why the next level must go now (containment failed)
-    # When duration-clock levels count from, if not triggered_at (after an unacknowledge).
+    # When this trigger of the incident began, if not triggered_at: an unacknowledge, a
+    # severity raise or a reload start the escalation over (a new episode), not the
+    # incident's lasting. See ``started``.
     lasting_since: datetime | None = None
     alert_count: int = 0
     firing_count: int = 0
+
+    @property
+    def started(self) -> datetime:
+        """What response targets, duration levels and time to acknowledge or resolve count
+        from: the incident's trigger, whatever episodes followed (a re-fire after a resolve
+        is a new trigger)."""
+        return self.lasting_since or self.triggered_at
 
 
 @dataclass(frozen=True, slots=True)

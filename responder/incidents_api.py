@@ -70,7 +70,7 @@ async def act(
     if changed:
         runtime.metrics.incident_actions.labels(action, via).inc()
         if action == "acknowledge" and incident.acknowledged_at is not None:
-            took = (incident.acknowledged_at - incident.triggered_at).total_seconds()
+            took = (incident.acknowledged_at - incident.started).total_seconds()
             runtime.metrics.time_to_acknowledge.labels(incident.severity).observe(took)
         runtime.wake_engine()
     return incident, changed
@@ -122,6 +122,7 @@ def incident_document(incident: Incident) -> dict[str, Any]:
         "target": target,
         "openedAt": iso(incident.opened_at),
         "triggeredAt": iso(incident.triggered_at),
+        "startedAt": iso(incident.started),
         "episode": incident.episode,
         "acknowledgedAt": iso(incident.acknowledged_at),
         "acknowledgedBy": incident.acknowledged_by,

@@ -102,7 +102,8 @@ class IncidentView:
     resolved_at: datetime | None = None
     snoozed_until: datetime | None = None
     done: frozenset[str] = frozenset()
-    # When the incident began to last, for duration-clock levels (None: triggered_at).
+    # When the incident's trigger began (Incident.started), if not triggered_at: what
+    # duration-clock levels count from.
     lasting_since: datetime | None = None
 
 

@@ -218,7 +218,9 @@ def incident_figures(doc: Mapping[str, Any], *, now: datetime) -> IncidentFigure
     opened = _time(doc, "openedAt") or _time(doc, "triggeredAt")
     if opened is None:
         raise ValueError("the incident document has neither openedAt nor triggeredAt")
-    triggered = _time(doc, "triggeredAt")
+    # Response targets count from the trigger, not from a later episode (an unacknowledge,
+    # a reload): startedAt, in documents written since it was added.
+    triggered = _time(doc, "startedAt") or _time(doc, "triggeredAt")
     acknowledged = _time(doc, "acknowledgedAt")
     resolved = _time(doc, "resolvedAt")
     respond_from = opened

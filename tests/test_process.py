@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -315,3 +316,45 @@ async def test_systemd_is_not_told_ready_when_the_address_is_taken(tmp_path: Pat
                 break
         assert code == 1
         assert b"READY=1" not in got, got
+
+
+async def test_ready_is_sent_by_a_daemon_that_accepts_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notify queue is full, so the daemon blocks in sending READY=1: its address
+    already accepts connections then (bound and listening before the app starts; fifth
+    review, stop 13)."""
+    address = str(tmp_path / "notify")
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler,
+    ):
+        listener.bind(address)
+        listener.setblocking(False)
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # fill the queue: the daemon's READY=1 waits for room
+                filler.sendto(b"x", address)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        daemon = await spawn(write_config(tmp_path))
+        try:
+            for _ in range(400):  # "store open" is logged after the bind, before READY=1
+                if "store open" in daemon.log.read_text():
+                    break
+                await asyncio.sleep(0.05)
+            port = int(daemon.url.rsplit(":", 1)[1])
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            got: list[bytes] = []
+            for _ in range(2000):  # let READY=1 through now
+                try:
+                    got.append(listener.recv(64))
+                except BlockingIOError:
+                    if b"READY=1" in got:
+                        break
+                    await asyncio.sleep(0.01)
+            assert b"READY=1" in got
+        finally:
+            daemon.process.kill()
+            await daemon.process.wait()

@@ -115,8 +115,14 @@ def join_incident(
     # levels done say nothing of the new one's.
     policy = classification.get("policy") or default_policy
     target = classification.get("target") or {}
+    episode = conn.execute("SELECT episode FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+    # Under another policy the escalation starts over (a new episode), not the incident's
+    # lasting: response targets and duration levels keep counting from its trigger.
     conn.execute(
         "UPDATE incidents SET severity = ?6, "
+        "lasting_since = CASE WHEN state = 'triggered' AND ?1 IS NOT NULL "
+        "AND ?1 IS NOT COALESCE(policy, ?7) THEN COALESCE(lasting_since, triggered_at) "
+        "ELSE lasting_since END, "
         "episode = episode + (state = 'triggered' AND ?1 IS NOT NULL "
         "AND ?1 IS NOT COALESCE(policy, ?7)), "
         "triggered_at = CASE WHEN state = 'triggered' AND ?1 IS NOT NULL "
@@ -134,6 +140,11 @@ def join_incident(
             default_policy,
         ),
     )
+    (now_episode,) = conn.execute(
+        "SELECT episode FROM incidents WHERE id = ?", (incident_id,)
+    ).fetchone()
+    if now_episode != episode[0]:
+        _carry_steps(conn, incident_id, BREACH_STEPS)
     _event(
         conn,
         incident_id,
@@ -623,6 +634,8 @@ def policy_gone(
     for incident_id, old in rows:
         conn.execute(
             "UPDATE incidents SET policy = NULL, episode = episode + ?3, "
+            "lasting_since = CASE WHEN ?3 THEN COALESCE(lasting_since, triggered_at) "
+            "ELSE lasting_since END, "
             "triggered_at = CASE WHEN ?3 AND state = 'triggered' THEN ?1 ELSE triggered_at END, "
             "next_due = ?1, version = version + 1, updated_at = ?1 WHERE id = ?2",
             (now_us, incident_id, restart),
