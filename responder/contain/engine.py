@@ -123,6 +123,11 @@ class Containment:
             self._state = prune(self._state, now, self._keep())
             self._pruned_at = now
 
+    def _paused(self) -> str | None:
+        """Why nothing may run now (the kill switch), or None."""
+        switch = self._state.kill_switch
+        return f"containment paused by {switch.by}: {switch.reason}" if switch.engaged else None
+
     async def _save(self) -> None:
         await self._store.save_guards(self._guards_json, self._clock.now())
 
@@ -274,7 +279,7 @@ class Containment:
             self._state = forget_run(self._state, prepared.run_id)  # ran already: never twice
             return
 
-        result = await self._runner.execute(prepared, dry_run=dry)
+        result = await self._runner.execute(prepared, dry_run=dry, stopped=self._paused)
         m.actions.labels(action.name, result.outcome.value).inc()
         m.action_duration.labels(action.name).observe(result.duration_s)
         now = self._clock.now()
@@ -433,6 +438,7 @@ class Containment:
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run_once(self) -> None:
+        self._prune(self._clock.now())
         # Take new queue rows only (the queue only grows at the end): a backlog is read once,
         # not again on every pass while its runs are under way.
         while items := await self._store.containment_queue(self._taken_up_to):

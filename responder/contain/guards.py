@@ -314,8 +314,10 @@ def finish_run(
     )
     if count or opened_at is not None:
         breakers = (*breakers, after)
-    crossed = before.consecutive_failures < action.escalate_after_failures <= count
-    escalate = crossed or outcome is Outcome.START_LIMIT_HIT
+    # Every failure at or past the threshold escalates: a new incident on the same target
+    # must be paged too (the store pages each incident once for it).
+    failing = outcome.is_failure and count >= action.escalate_after_failures
+    escalate = failing or outcome is Outcome.START_LIMIT_HIT
     return Finished(
         replace(state, runs=runs, breakers=breakers),
         consecutive_failures=count,

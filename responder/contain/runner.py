@@ -21,7 +21,7 @@ import os
 import signal
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -223,6 +223,9 @@ class UndoPlan:
     on_resolve: bool = True  # run after the alert resolved and stayed so for ``hold_down``
     hold_down: timedelta = timedelta(minutes=5)
     at: datetime | None = None  # run at this time regardless (iptables has no timeouts)
+    # How many times the run may have done what this undoes (each attempt of an iptables
+    # block inserts a rule): what a run interrupted by a crash must lift.
+    attempts: int = 1
 
     def to_audit(self) -> dict[str, Any]:
         return {
@@ -231,6 +234,7 @@ class UndoPlan:
             "on_resolve": self.on_resolve,
             "hold_down_s": self.hold_down.total_seconds(),
             "at": self.at.isoformat() if self.at is not None else None,
+            "attempts": self.attempts,
         }
 
 
@@ -617,6 +621,7 @@ class ActionRunner:
                 # iptables: the expiry if the run is interrupted (it is recorded before it
                 # starts); a finished run's expiry counts from when it finished.
                 at=now + spec.duration if spec.backend == "iptables" else None,
+                attempts=action.retries + 1,
             )
         else:
             request = self._evidence_plan(action, spec, values, env, now)
@@ -768,8 +773,16 @@ class ActionRunner:
             rejected=rejection,
         )
 
-    async def execute(self, prepared: PreparedRun, *, dry_run: bool = False) -> RunResult:
-        """Run a prepared action with its retries and check; never raises for action failures."""
+    async def execute(
+        self,
+        prepared: PreparedRun,
+        *,
+        dry_run: bool = False,
+        stopped: Callable[[], str | None] | None = None,
+    ) -> RunResult:
+        """Run a prepared action with its retries and check; never raises for action failures.
+        ``stopped`` is asked before each retry: a reason (the kill switch was engaged
+        meanwhile) ends the run with the attempts made."""
         action = prepared.action
         started_at = self._clock.now()
         started = monotonic()
@@ -795,6 +808,8 @@ class ActionRunner:
                 if outcome not in _RETRYABLE or number > action.retries:
                     break
                 await self._sleep(action.retry_delay.total_seconds())
+                if stopped is not None and stopped() is not None:
+                    break  # the kill switch: no new attempt (the audit has those made)
         finished_at = self._clock.now()
         undo = prepared.undo
         expires_at: datetime | None = None
@@ -803,9 +818,7 @@ class ActionRunner:
             expires_at = finished_at + action.spec.duration
             if undo is not None and action.spec.backend == "iptables":
                 # iptables rules have no timeout of their own: the engine lifts them at expiry.
-                undo = UndoPlan(
-                    undo.request, undo.action, undo.on_resolve, undo.hold_down, expires_at
-                )
+                undo = replace(undo, at=expires_at)
         if dry or outcome not in _MAY_NEED_UNDO:
             undo = None
         return RunResult(

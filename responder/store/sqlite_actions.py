@@ -183,11 +183,19 @@ def escalate_incident(
     (triggered, snoozed) pages its next level now, with the reason in the page."""
     if incident_id is None:
         return
-    conn.execute(
-        "UPDATE incidents SET escalate_now = ?, next_due = ?, version = version + 1, "
-        "updated_at = ? WHERE id = ? AND state IN ('triggered', 'snoozed')",
-        (reason[:500], now_us, now_us, incident_id),
-    )
+    # Once an episode: a second action failing for the same incident says so on the
+    # timeline, but does not page yet another level.
+    escalated = conn.execute(
+        "SELECT 1 FROM timeline t JOIN incidents i ON i.id = t.incident_id "
+        "WHERE t.incident_id = ? AND t.kind = ? AND t.at >= i.triggered_at LIMIT 1",
+        (incident_id, Event.CONTAINMENT_FAILED.value),
+    ).fetchone()
+    if escalated is None:
+        conn.execute(
+            "UPDATE incidents SET escalate_now = ?, next_due = ?, version = version + 1, "
+            "updated_at = ? WHERE id = ? AND state IN ('triggered', 'snoozed')",
+            (reason[:500], now_us, now_us, incident_id),
+        )
     _event(conn, incident_id, now_us, Event.CONTAINMENT_FAILED, {"reason": reason[:2000]})
 
 
@@ -220,14 +228,17 @@ def interrupt_running(conn: sqlite3.Connection, now_us: int) -> list[RunRow]:
 
 def _lift_at_expiry(conn: sqlite3.Connection, run: RunRow) -> None:
     """An interrupted iptables block may be in place, and nothing else would ever lift it:
-    its lift, recorded with the run before it started, is due at the block's expiry."""
+    its lift, recorded with the run before it started, is due at the block's expiry. Each
+    attempt the run may have made inserted a rule: as many lifts (the lift stops at the
+    first that finds no rule left)."""
     planned = run.audit.get("undo") or {}
     argv, at = planned.get("argv"), planned.get("at")
     if not argv or not at:
         return
     at_us = int(datetime.fromisoformat(at).timestamp() * 1_000_000)
     env = (run.audit.get("request") or {}).get("env") or {}
-    undo = {"argv": {"argv": argv, "env": env}, "action": None, "at": at_us, "times": 1}
+    times = int(planned.get("attempts") or 1)
+    undo = {"argv": {"argv": argv, "env": env}, "action": None, "at": at_us, "times": times}
     conn.execute(
         "UPDATE action_runs SET undo = ?, undo_state = 'wait', undo_due = ? WHERE run_id = ?",
         (dumps(undo), at_us, run.run_id),
@@ -246,6 +257,14 @@ def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[R
     result: list[tuple[RunRow, bool]] = []
     for row in rows:
         run = _run(row)
+        until = (run.undo or {}).get("until")
+        if (run.undo or {}).get("shared") and until is not None and until <= now_us:
+            # The kernel let the set element go at its timeout: nothing is left to lift
+            # (deleting it would fail, and say containment failed).
+            detail = {"run_id": run.run_id, "action": run.action, "undo": "expired"}
+            detail["reason"] = "the block expired by itself"
+            finish_undo(conn, run.run_id, "expired", detail, now_us)
+            continue
         if (run.undo or {}).get("shared") and _held_by_another(conn, run, now_us):
             detail = {"run_id": run.run_id, "action": run.action, "undo": "cancelled"}
             detail["reason"] = "another run's block on the same address is still in force"

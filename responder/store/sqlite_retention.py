@@ -14,11 +14,12 @@ import sqlite3
 from collections.abc import Sequence
 
 # A containment run whose alert and incident must stay: the engine still has work with it
-# (running, checking), or a change it made is not undone yet (an undo waiting for the
-# alert's resolve, or for its hold to pass).
+# (running, checking, an undo due), or a change it made waits for the alert's resolve to
+# be undone, unless that change (an nft set element) expired before the cutoff (?1).
 _BUSY_RUN = (
-    "(r.state = 'running' OR r.check_due IS NOT NULL "
-    "OR (r.undo IS NOT NULL AND (r.undo_state IS NULL OR r.undo_state = 'wait')))"
+    "(r.state = 'running' OR r.check_due IS NOT NULL OR r.undo_state = 'wait' "
+    "OR (r.undo IS NOT NULL AND r.undo_state IS NULL AND r.undo_hold_s IS NOT NULL "
+    "AND COALESCE(json_extract(r.undo, '$.until'), 9e18) >= ?1))"
 )
 
 
