@@ -44,7 +44,7 @@ from responder.entry import EARLY_SIGHUP
 from responder.escalate import Escalator
 from responder.log import fields
 from responder.metrics import Metrics
-from responder.runtime import BODY_LIMIT, RUNTIME, Runtime, Snapshot
+from responder.runtime import BODY_LIMIT, RUNTIME, Runtime, Snapshot, in_background
 from responder.secrets import Secret
 from responder.store import PRUNE_BATCH, CommitStats, open_store
 
@@ -193,11 +193,8 @@ async def _stale_sweeper(app: web.Application) -> AsyncIterator[None]:
                     log.warning("alerts went stale", extra=fields(count=len(stale), ids=stale[:20]))
             await runtime.clock.sleep_until(now + alerts_config.stale_check_every)
 
-    task = asyncio.create_task(sweep_forever(), name="stale-sweeper")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with in_background(sweep_forever(), "stale-sweeper"):
+        yield
 
 
 # How often retention looks for what to delete; it deletes in small writes until done.
@@ -225,11 +222,8 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
                         )
             await runtime.clock.sleep_until(now + RETENTION_EVERY)
 
-    task = asyncio.create_task(prune_forever(), name="retention")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with in_background(prune_forever(), "retention"):
+        yield
 
 
 async def _prune(runtime: Runtime, before: datetime) -> tuple[int, int]:

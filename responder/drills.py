@@ -10,8 +10,6 @@ A scheduled drill (``drills.every``) runs on its own; results stay in the store.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -26,7 +24,7 @@ from responder.incident import Incident, NewPage, PageKind
 from responder.incidents_api import incident_document
 from responder.ingest import json_error
 from responder.log import fields
-from responder.runtime import RUNTIME, Runtime
+from responder.runtime import RUNTIME, Runtime, in_background
 from responder.store import StoreError
 
 log = logging.getLogger("responder.drills")
@@ -223,8 +221,5 @@ async def scheduled_drills(app: web.Application) -> AsyncIterator[None]:
                     log.exception("scheduled drill failed; trying again later")
             await runtime.clock.sleep_until(wait_until)
 
-    task = asyncio.create_task(loop(), name="drills")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with in_background(loop(), "drills"):
+        yield

@@ -18,7 +18,6 @@ is forgotten with ``responder heartbeats --forget FINGERPRINT`` (``DELETE
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import hashlib
 import logging
@@ -35,7 +34,7 @@ from responder.classify.rules import MAX_HEARTBEAT_TIMEOUT
 from responder.ingest import json_error, store_own_alert
 from responder.log import fields
 from responder.model import Alert, AlertStatus, frozen_labels
-from responder.runtime import RUNTIME, Runtime
+from responder.runtime import RUNTIME, Runtime, in_background
 from responder.store import HeartbeatRow, StoreError
 
 log = logging.getLogger("responder.heartbeats")
@@ -308,11 +307,8 @@ async def watch_heartbeats(app: web.Application) -> AsyncIterator[None]:
                 log.exception("heartbeat check failed; will try again")
             await runtime.clock.sleep_until(now + CHECK_EVERY)
 
-    task = asyncio.create_task(loop(), name="heartbeat-watch")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with in_background(loop(), "heartbeat-watch"):
+        yield
 
 
 def _document(status: HeartbeatStatus) -> dict[str, Any]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -282,6 +284,18 @@ class Runtime:
             self.metrics.rules_loaded.set(new.classifier.rule_count)
             log.info("config reloaded", extra=fields(rules=new.classifier.rule_count))
             return None
+
+
+@contextlib.asynccontextmanager
+async def in_background(loop: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``loop`` (a daemon's forever-loop) while the app serves; cancel it at shutdown."""
+    task = asyncio.create_task(loop, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -9,6 +9,7 @@ import asyncio
 import functools
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from responder.clock import FakeClock
 from responder.runtime import RUNTIME
@@ -25,7 +26,7 @@ from tests.test_containment import (
     script,
     smtp,  # noqa: F401  (fixture)
 )
-from tests.test_escalation_story import alert, eventually, incident, post, webhook
+from tests.test_escalation_story import _state, alert, eventually, incident, post, webhook
 
 
 def nft_action(folder: Path, extra: str = "") -> tuple[Path, str]:
@@ -178,6 +179,21 @@ actions:
     assert len(engine.state.runs) <= 2, f"{len(engine.state.runs)} runs kept after 20 days"
 
 
+async def _run_resolve_and_prune_a_year_later(client: Any, clock: FakeClock) -> tuple[int, int]:
+    """SSHBruteForce fires (its action runs) and resolves; 400 days later, retention with a
+    365-day cutoff runs once. Returns what it deleted."""
+    fired = alert("SSHBruteForce", source_ip="203.0.113.7")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "the action ran")
+    await post(client, webhook(alert("SSHBruteForce", "resolved", **fired["labels"])))
+    await eventually(lambda: _state(client, "resolved"), "incident resolved")
+    clock.advance(timedelta(days=400))  # a 1h block expired 400 days ago
+    deleted: tuple[int, int] = await client.app[RUNTIME].store.prune(
+        clock.now() - timedelta(days=365)
+    )
+    return deleted
+
+
 async def test_retention_deletes_an_incident_whose_nft_block_expired(
     make_client: ClientFactory,
     tmp_path: Path,
@@ -188,19 +204,7 @@ async def test_retention_deletes_an_incident_whose_nft_block_expired(
     never runs: once the block expired, retention deletes its incident like any other."""
     _log, actions = nft_action(tmp_path)
     client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
-    fired = alert("SSHBruteForce", source_ip="203.0.113.7")
-    await post(client, webhook(fired))
-    await eventually(lambda: _finished(client), "blocked")
-    await post(client, webhook(alert("SSHBruteForce", "resolved", **fired["labels"])))
-
-    async def resolved() -> bool:
-        state: str = (await incident(client))["state"]
-        return state == "resolved"
-
-    await eventually(resolved, "incident resolved")
-    clock.advance(timedelta(days=400))  # the 1h block expired 400 days ago
-    store = client.app[RUNTIME].store
-    deleted = await store.prune(clock.now() - timedelta(days=365))
+    deleted = await _run_resolve_and_prune_a_year_later(client, clock)
     assert deleted[0] == 1, f"prune deleted {deleted}: the incident is kept forever"
 
 
@@ -222,18 +226,7 @@ actions:
     cooldown: 0
 """
     client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
-    fired = alert("SSHBruteForce", source_ip="203.0.113.7")
-    await post(client, webhook(fired))
-    await eventually(lambda: _finished(client), "ran")
-    await post(client, webhook(alert("SSHBruteForce", "resolved", **fired["labels"])))
-
-    async def resolved() -> bool:
-        state: str = (await incident(client))["state"]
-        return state == "resolved"
-
-    await eventually(resolved, "incident resolved")
-    clock.advance(timedelta(days=400))
-    deleted = await client.app[RUNTIME].store.prune(clock.now() - timedelta(days=365))
+    deleted = await _run_resolve_and_prune_a_year_later(client, clock)
     assert deleted[0] == 1
 
 
