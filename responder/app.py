@@ -144,6 +144,7 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     await runtime.store.open()
     log.info("store open", extra=fields(url=runtime.store.url))
+    await runtime.rearm_at_start()  # before the engine's first pass
     yield
     await runtime.stop()
     await runtime.store.close()

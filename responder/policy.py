@@ -12,6 +12,7 @@ docs/escalation.md.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -282,19 +283,42 @@ def next_due(policy: Policy, incident: IncidentView, after: datetime) -> datetim
 # -- to whom -----------------------------------------------------------------------------------
 
 
-def level_renumbering(old: Policy, new: Policy) -> dict[int, int | None]:
-    """How a reload moved the levels of a policy kept by name: old level number to new, or
-    None for a level that is gone. A level is the same level when its clock, targets and
-    condition are (its ``after`` may change); repeated look-alikes pair in order. Empty when
-    nothing moved. Steps are recorded by level number, so without this a removed level
-    would make the next one count as done, and an inserted one would page a level again."""
-    free: dict[tuple[object, ...], list[int]] = {}
-    for level in new.levels:
-        free.setdefault((level.clock, level.targets, level.when), []).append(level.number)
+LevelKeys = tuple[tuple[int, str], ...]  # (number, identity) of each of a policy's levels
+
+
+def level_identity(level: Level) -> str:
+    """What makes a level the same level across config changes, as stable text: its clock,
+    targets and condition. Its ``after`` may change; the number is where it stands."""
+    when = level.when
+    return json.dumps(
+        [
+            level.clock.value,
+            [[target.kind.value, target.name] for target in level.targets],
+            None if when.categories is None else sorted(when.categories),
+            None if when.severities is None else sorted(s.value for s in when.severities),
+            when.business_hours,
+        ],
+        separators=(",", ":"),
+    )
+
+
+def level_keys(policy: Policy) -> LevelKeys:
+    return tuple((level.number, level_identity(level)) for level in policy.levels)
+
+
+def level_renumbering(old: LevelKeys, new: LevelKeys) -> dict[int, int | None]:
+    """How a config change moved the levels of a policy kept by name: old level number to
+    new, or None for a level that is gone. A level is the same level when its identity
+    (``level_identity``) is; repeated look-alikes pair in order. Empty when nothing moved.
+    Steps are recorded by level number, so without this a removed level would make the
+    next one count as done, and an inserted one would page a level again."""
+    free: dict[str, list[int]] = {}
+    for number, identity in new:
+        free.setdefault(identity, []).append(number)
     moves: dict[int, int | None] = {}
-    for level in old.levels:
-        matches = free.get((level.clock, level.targets, level.when))
-        moves[level.number] = matches.pop(0) if matches else None
+    for number, identity in old:
+        matches = free.get(identity)
+        moves[number] = matches.pop(0) if matches else None
     if all(old_number == new_number for old_number, new_number in moves.items()):
         return {}
     return moves
@@ -311,14 +335,51 @@ def once_only_steps(policy: Policy | None) -> frozenset[str]:
     )
 
 
-def same_levels(old: Policy, new: Policy) -> dict[int, int | None] | None:
-    """When ``new`` has exactly the levels of ``old`` (clock, targets, condition), perhaps
-    in another order: how they moved (``level_renumbering``; empty: not at all). None when
-    the levels differ."""
+def same_levels(old: LevelKeys, new: LevelKeys) -> dict[int, int | None] | None:
+    """When ``new`` has exactly the levels of ``old``, perhaps in another order: how they
+    moved (``level_renumbering``; empty: not at all). None when the levels differ."""
     moves = level_renumbering(old, new)
-    if len(old.levels) != len(new.levels) or None in moves.values():
+    if len(old) != len(new) or None in moves.values():
         return None
     return moves
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationLayout:
+    """The shape of the escalation policies that open incidents' recorded steps refer to:
+    each policy's levels by number and identity, and the default policy. The store keeps
+    the layout its incidents were last armed under, so that a config changed while the
+    daemon was stopped is reconciled at the next start as a reload would have been."""
+
+    default_policy: str | None
+    policies: Mapping[str, LevelKeys]
+
+    @classmethod
+    def of(cls, policies: Mapping[str, Policy], default_policy: str | None) -> EscalationLayout:
+        return cls(default_policy, {name: level_keys(p) for name, p in policies.items()})
+
+    def to_json(self) -> str:
+        document = {
+            "default_policy": self.default_policy,
+            "policies": {name: [list(key) for key in keys] for name, keys in self.policies.items()},
+        }
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> EscalationLayout:
+        """Raises ValueError for text that is not a layout."""
+        try:
+            document = json.loads(text)
+            default = document["default_policy"]
+            policies = {
+                str(name): tuple((int(number), str(identity)) for number, identity in keys)
+                for name, keys in document["policies"].items()
+            }
+        except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not an escalation layout: {exc}") from None
+        if default is not None and not isinstance(default, str):
+            raise ValueError("not an escalation layout: default_policy")
+        return cls(default, policies)
 
 
 def targets_of(step: Step, policy: Policy) -> tuple[Target, ...]:

@@ -32,7 +32,7 @@ from responder.intake import Intake
 from responder.log import fields
 from responder.messages import Templates, load_templates
 from responder.metrics import Metrics
-from responder.policy import Policy, level_renumbering, same_levels
+from responder.policy import EscalationLayout, LevelKeys, level_renumbering, same_levels
 from responder.secrets import Secret
 from responder.store import Store, StoreError
 from responder.yamlfile import ConfigError
@@ -116,7 +116,7 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         # Re-arms of open incidents a reload asked for and the store has not taken yet.
         self._rearms: list[
-            tuple[dict[str | None, dict[int, int | None]], dict[str | None, bool], str | None]
+            tuple[dict[str | None, dict[int, int | None]], dict[str | None, bool], str | None, str]
         ] = []
         self._rearm_retry: asyncio.Task[None] | None = None
         # The engine loops, set by the app; handlers wake them after writing a nearer due time.
@@ -152,14 +152,46 @@ class Runtime:
         if self.containment is not None:
             self.containment.wake()
 
-    async def _rearm(self, old: EscalationConfig, new: EscalationConfig) -> None:
+    async def rearm_at_start(self) -> None:
+        """Reconcile the open incidents with the policies in force, as a reload would: the
+        config may have changed while the daemon was stopped (an edit, then a restart), or
+        a reload's re-arm may not have been written before it stopped. The store keeps the
+        layout its incidents were last armed under; without one (a new database) there is
+        nothing to carry over. Before the engine's first pass."""
+        current = self._layout(self.snapshot.escalation)
+        try:
+            stored = await self.store.escalation_layout()
+        except StoreError as exc:
+            log.error(
+                "escalation layout not read; open incidents keep their steps",
+                extra=fields(error=str(exc)),
+            )
+            return
+        previous = current
+        if stored is not None:
+            try:
+                previous = EscalationLayout.from_json(stored)
+            except ValueError as exc:
+                log.warning(
+                    "stored escalation layout unreadable; replaced", extra=fields(error=str(exc))
+                )
+        if stored is not None and previous == current:
+            return
+        async with self._reload_lock:
+            await self._rearm(previous, current)
+
+    @staticmethod
+    def _layout(escalation: EscalationConfig) -> EscalationLayout:
+        return EscalationLayout.of(escalation.policies, escalation.default_policy)
+
+    async def _rearm(self, old: EscalationLayout, new: EscalationLayout) -> None:
         """New policies: each open incident's next step is computed again under them now
         (a level moved earlier is due at once, not at the time the old policy gave), and
-        the levels done are renamed where the reload added, removed or moved levels."""
+        the levels done are renamed where the change added, removed or moved levels."""
         renumber: dict[str | None, dict[int, int | None]] = {}
-        for name, policy in new.policies.items():
+        for name, levels in new.policies.items():
             before = old.policies.get(name)
-            if before is not None and (moves := level_renumbering(before, policy)):
+            if before is not None and (moves := level_renumbering(before, levels)):
                 renumber[name] = moves
                 if name == new.default_policy == old.default_policy:
                     renumber[None] = moves  # incidents whose rule names no policy
@@ -173,7 +205,7 @@ class Runtime:
         # (a rename), else from its first level. The default's own incidents come first:
         # those whose policy is removed join them after, and must not be moved twice.
         fallback = new.policies.get(new.default_policy or "")
-        lost: dict[str | None, Policy] = {}
+        lost: dict[str | None, LevelKeys] = {}
         if old.default_policy != new.default_policy:
             renumber.pop(None, None)
             if (old_default := old.policies.get(old.default_policy or "")) is not None:
@@ -186,22 +218,24 @@ class Runtime:
             if carried:
                 renumber[key] = carried
         # In order, each once: a re-arm that could not be written (the disk) is tried again
-        # until it is, or the open incidents would escalate with the old levels' steps.
-        self._rearms.append((renumber, gone, new.default_policy))
+        # until it is, or the open incidents would escalate with the old levels' steps. The
+        # layout is written with it: a re-arm still waiting when the daemon stops is done
+        # at the next start (rearm_at_start).
+        self._rearms.append((renumber, gone, new.default_policy, new.to_json()))
         if self._rearm_retry is None and not await self._apply_rearms():
             self._rearm_retry = asyncio.create_task(self._retry_rearms(), name="rearm-retry")
 
     async def _apply_rearms(self) -> bool:
         """Write the re-arms waiting, oldest first; False when one could not be written."""
         while self._rearms:
-            renumber, gone, default_policy = self._rearms[0]
+            renumber, gone, default_policy, layout = self._rearms[0]
             try:
                 count = await self.store.rearm_open_incidents(
-                    self.clock.now(), renumber, gone, default_policy
+                    self.clock.now(), renumber, gone, default_policy, layout=layout
                 )
             except StoreError as exc:
                 log.error(
-                    "open incidents not re-armed after reload; trying again",
+                    "open incidents not re-armed for the new policies; trying again",
                     extra=fields(error=str(exc), retry_in_s=REARM_RETRY_S),
                 )
                 return False
@@ -211,8 +245,8 @@ class Runtime:
         return True
 
     async def stop(self) -> None:
-        """Before the store closes: a re-arm still waiting is not tried again (dropped: the
-        store could not take it; after a restart the steps are as they were stored)."""
+        """Before the store closes: a re-arm still waiting is not tried again here; the
+        store still holds the layout before it, so the next start does it."""
         if self._rearm_retry is not None:
             self._rearm_retry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -278,7 +312,7 @@ class Runtime:
             self.snapshot = new
             self.authenticator = authenticator
             if new.escalation != old.escalation:
-                await self._rearm(old.escalation, new.escalation)
+                await self._rearm(self._layout(old.escalation), self._layout(new.escalation))
             self.metrics.config_reload_ok.set(1)
             self.metrics.config_reload_time.set(self.clock.now().timestamp())
             self.metrics.rules_loaded.set(new.classifier.rule_count)

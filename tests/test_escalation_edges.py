@@ -287,7 +287,7 @@ async def test_a_pass_that_read_the_steps_before_a_reload_does_not_undo_the_renu
     new config after its await: under it 'L2' is carol's level. The re-arm moved the
     incident's version, so that stale decision is refused and the next pass pages carol
     (the very outcome e2cefbf was written to prevent)."""
-    from responder.policy import level_renumbering
+    from responder.policy import level_keys, level_renumbering
     from responder.runtime import load_snapshot
 
     three = (
@@ -297,7 +297,9 @@ async def test_a_pass_that_read_the_steps_before_a_reload_does_not_undo_the_renu
     two = "      - targets: [alice]\n      - {after: 30m, targets: [carol]}\n"
     old = load_snapshot(write_config(tmp_path, RACE_BASE + three)).escalation
     new = load_snapshot(write_config(tmp_path, RACE_BASE + two)).escalation
-    moves = level_renumbering(old.policies["standard"], new.policies["standard"])
+    moves = level_renumbering(
+        level_keys(old.policies["standard"]), level_keys(new.policies["standard"])
+    )
     assert moves == {1: 1, 2: None, 3: 2}
 
     start = T0

@@ -11,10 +11,13 @@ from responder.calendar import parse_business_hours
 from responder.directory import Channel, Directory, Target, TargetKind, parse_directory
 from responder.model import Severity
 from responder.policy import (
+    EscalationLayout,
     IncidentView,
+    LevelKeys,
     PageTarget,
     Policy,
     due_steps,
+    level_keys,
     level_renumbering,
     next_due,
     pages_for,
@@ -307,14 +310,16 @@ def test_policy_errors_name_file_line_and_key(policy: str, where: str, message: 
     assert message in str(caught.value)
 
 
-def _levels(levels: str) -> Policy:
+def _levels(levels: str) -> LevelKeys:
     text = (
         "contacts:\n  a: {email: a@x.org}\n  b: {email: b@x.org}\n  c: {email: c@x.org}\n"
         "escalation_policies:\n  p:\n    levels:\n" + levels
     )
     root = load_text(text, "config.yaml")
     hours = parse_business_hours(Node(None, "c", 0, ""))
-    return parse_policies(root["escalation_policies"], parse_directory(root), hours)["p"]
+    return level_keys(
+        parse_policies(root["escalation_policies"], parse_directory(root), hours)["p"]
+    )
 
 
 def test_level_renumbering_follows_levels_by_their_targets() -> None:
@@ -339,3 +344,31 @@ def test_level_renumbering_follows_levels_by_their_targets() -> None:
     assert level_renumbering(three, c_first) == {1: 2, 2: 3, 3: 1}
     twice = _levels("      - targets: [a]\n      - {after: 15m, targets: [a]}\n")
     assert level_renumbering(twice, _levels("      - targets: [a]\n")) == {1: 1, 2: None}
+
+
+def test_a_level_s_clock_and_condition_are_part_of_what_it_is() -> None:
+    """The same targets on the other clock, or under another condition, are another level:
+    a level done under one is not done under the other."""
+    plain = _levels("      - targets: [a]\n      - {after: 15m, targets: [b]}\n")
+    duration = _levels(
+        "      - targets: [a]\n      - {after: 15m, clock: duration, targets: [b]}\n"
+    )
+    assert level_renumbering(plain, duration) == {1: 1, 2: None}
+    conditioned = _levels(
+        "      - targets: [a]\n      - {after: 15m, targets: [b], when: {severity: [P0, P1]}}\n"
+    )
+    assert level_renumbering(plain, conditioned) == {1: 1, 2: None}
+    reordered = _levels(
+        "      - targets: [a]\n      - {after: 15m, targets: [b], when: {severity: [P1, P0]}}\n"
+    )
+    assert level_renumbering(conditioned, reordered) == {}
+
+
+def test_an_escalation_layout_survives_its_text() -> None:
+    """The layout kept in the store reads back as written; anything else is refused."""
+    keys = _levels("      - targets: [a]\n      - {after: 15m, targets: [b]}\n")
+    layout = EscalationLayout("p", {"p": keys, "q": ()})
+    assert EscalationLayout.from_json(layout.to_json()) == layout
+    for text in ("", "[]", '{"policies": {}}', '{"default_policy": 1, "policies": {}}'):
+        with pytest.raises(ValueError, match="not an escalation layout"):
+            EscalationLayout.from_json(text)

@@ -353,6 +353,8 @@ class Store(ContainmentStore, Protocol):
         renumber: Mapping[str | None, Mapping[int, int | None]] = {},
         gone: Mapping[str | None, bool] = {},
         default_policy: str | None = None,
+        *,
+        layout: str | None = None,
     ) -> int:
         """Every open incident is due now: the policies changed (a reload), and the times
         their next steps were due under the old ones no longer hold. ``renumber``: for a
@@ -362,7 +364,13 @@ class Store(ContainmentStore, Protocol):
         changed), whose open incidents go on under ``default_policy``; True: from its first
         level if nobody acknowledged them, False: where they were (the same levels, renamed;
         ``renumber`` holds their moves under the old name). A timeline entry
-        ``policy_gone`` says so. Returns how many incidents were re-armed."""
+        ``policy_gone`` says so. ``layout`` (``EscalationLayout.to_json``), when given, is
+        kept as the layout the incidents are now armed under, in the same transaction.
+        Returns how many incidents were re-armed."""
+        ...
+
+    async def escalation_layout(self) -> str | None:
+        """The layout last kept by ``rearm_open_incidents``; None before the first."""
         ...
 
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:

@@ -233,4 +233,11 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE incidents ADD COLUMN lasting_since INTEGER",
     ],
+    # 10: the escalation layout (policies' levels by number and identity) the open
+    # incidents' steps were last armed under: a config changed while the daemon was
+    # stopped is reconciled at the next start as a reload would have been.
+    [
+        "CREATE TABLE escalation_layout ("
+        "id INTEGER PRIMARY KEY CHECK (id = 1), layout TEXT NOT NULL)",
+    ],
 ]

@@ -598,6 +598,8 @@ class SQLiteStore:
         renumber: Mapping[str | None, Mapping[int, int | None]] = {},
         gone: Mapping[str | None, bool] = {},
         default_policy: str | None = None,
+        *,
+        layout: str | None = None,
     ) -> int:
         now_us = to_us(now)
 
@@ -606,9 +608,21 @@ class SQLiteStore:
                 inc.renumber_levels(conn, policy, moves, now_us)
             for policy, restart in gone.items():
                 inc.policy_gone(conn, policy, default_policy, now_us, restart=restart)
+            if layout is not None:
+                conn.execute(
+                    "INSERT INTO escalation_layout (id, layout) VALUES (1, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET layout = excluded.layout",
+                    (layout,),
+                )
             return inc.rearm_open(conn, now_us)
 
         return await self._write(work)
+
+    async def escalation_layout(self) -> str | None:
+        row = await self._read(
+            lambda conn: conn.execute("SELECT layout FROM escalation_layout").fetchone()
+        )
+        return None if row is None else str(row[0])
 
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
         skip = list(busy)

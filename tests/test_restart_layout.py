@@ -1,0 +1,129 @@
+"""A config changed while the daemon was stopped (an edit, then a restart instead of a
+reload) is reconciled at the next start as a reload would have been: the store keeps the
+layout of the policies that open incidents were armed under (schema 10)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from responder.clock import FakeClock
+from responder.runtime import RUNTIME
+from responder.testing import FakeTwilio, SmtpTestServer
+from tests.conftest import ClientFactory, write_config
+from tests.test_escalation_story import (
+    _count,
+    alert,
+    channels,
+    eventually,
+    post,
+    settle,
+    smtp,  # noqa: F401 - fixture
+    twilio,  # noqa: F401 - fixture
+    webhook,
+)
+from tests.test_reload_policies import RULES_OPS, STANDARD, _contacts, config
+
+OPS_THREE = """
+  ops:
+    levels:
+      - targets: [alice]
+      - after: 15m
+        targets: [bob]
+      - after: 30m
+        targets: [carol]
+"""
+OPS_WITHOUT_BOB = """
+  ops:
+    levels:
+      - targets: [alice]
+      - after: 30m
+        targets: [carol]
+"""
+OPS_CAROL_FIRST = """
+  ops:
+    levels:
+      - targets: [carol]
+      - after: 1m
+        targets: [alice]
+      - after: 15m
+        targets: [bob]
+"""
+
+
+async def _paged_to_bob(make_client: ClientFactory, path: Path, clock: FakeClock) -> None:
+    client = await make_client(path)
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    for _ in range(16):
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")
+    await client.close()
+
+
+async def test_a_level_removed_across_a_restart_does_not_make_the_next_one_done(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    """Bob's level 2 was done; the restart's config drops it, so carol is level 2 now. She
+    is still paged at 30m: the step done was bob's, not hers."""
+    extra = channels(tmp_path, smtp, twilio)
+    path = write_config(tmp_path, config(OPS_THREE + STANDARD) + extra, rules=RULES_OPS)
+    await _paged_to_bob(make_client, path, clock)
+    write_config(tmp_path, config(OPS_WITHOUT_BOB + STANDARD) + extra, rules=RULES_OPS)
+    client = await make_client(path)
+    for _ in range(16):
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "carol"), "carol at 30m")
+    contacts = [contact for _, contact, _ in await _contacts(client)]
+    assert sorted(contacts) == ["alice", "bob", "carol"], contacts
+
+
+async def test_levels_reordered_across_a_restart_page_nobody_again(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    """Alice (level 1) and bob (level 2) were paged; the restart's config puts a new carol
+    level first. Alice and bob are not paged again (their steps are renamed L2 and L3),
+    and carol's level, earlier than the levels reached, is moot as after a reload."""
+    extra = channels(tmp_path, smtp, twilio)
+    path = write_config(tmp_path, config(OPS_THREE + STANDARD) + extra, rules=RULES_OPS)
+    await _paged_to_bob(make_client, path, clock)
+    write_config(tmp_path, config(OPS_CAROL_FIRST + STANDARD) + extra, rules=RULES_OPS)
+    client = await make_client(path)
+    for _ in range(20):
+        await settle(client, clock, timedelta(minutes=1))
+    contacts = [contact for _, contact, _ in await _contacts(client)]
+    assert sorted(contacts) == ["alice", "bob"], contacts
+
+
+async def test_an_unchanged_config_restarts_without_a_re_arm(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The layout is written at the first start; a restart on the same policies finds it
+    unchanged and leaves the open incidents' due times alone."""
+    extra = channels(tmp_path, smtp, twilio)
+    path = write_config(tmp_path, config(OPS_THREE + STANDARD) + extra, rules=RULES_OPS)
+    client = await make_client(path)
+    stored = await client.app[RUNTIME].store.escalation_layout()
+    assert stored is not None
+    assert '"ops"' in stored
+    await client.close()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="responder"):
+        client = await make_client(path)
+    assert "open incidents re-armed" not in caplog.text
+    assert await client.app[RUNTIME].store.escalation_layout() == stored
