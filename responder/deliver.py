@@ -15,7 +15,7 @@ import collections
 import logging
 import random
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -293,6 +293,10 @@ class Dispatcher:
         # store on first use and kept here after: counting them in the database for every
         # message grew with the traffic.
         self._paid: collections.deque[datetime] | None = None
+        # Send times recorded later than the clock reads (it stepped back), and when each
+        # was first seen: it counts as sent then. Clamped to "now" afresh at every look, it
+        # would hold its contact method until the clock caught up with it, hours perhaps.
+        self._future_sends: dict[datetime, datetime] = {}
         self._store = store
         self._clock = clock
         self._metrics = metrics
@@ -403,7 +407,9 @@ class Dispatcher:
                 return
         limits = config.limits_for(first.channel)
         longest = max((limit.window for limit in limits), default=timedelta(0))
-        sent = await self._store.send_times(first.contact, first.channel, now - longest)
+        sent = self._as_seen(
+            await self._store.send_times(first.contact, first.channel, now - longest), now
+        )
         allowed = next_allowed(sent, limits, now)
         if allowed > now:
             await self._hold(pages, allowed, f"rate limited until {allowed.isoformat()}")
@@ -420,9 +426,20 @@ class Dispatcher:
             if self._paid is None:  # another delivery may have seeded it meanwhile
                 self._paid = seeded
         paid = self._paid
+        if paid and max(paid) > now:
+            # At most a budget's worth to scan, and only after the clock stepped back.
+            self._paid = paid = collections.deque(self._as_seen(paid, now))
         while paid and paid[0] < since:
             paid.popleft()
         return len(paid)
+
+    def _as_seen(self, sent: Iterable[datetime], now: datetime) -> list[datetime]:
+        """Send times, sorted, with those recorded later than ``now`` (the wall clock stepped
+        back: NTP, a restored VM) moved to when this dispatcher first saw them."""
+        seen = self._future_sends
+        for at in [at for at in seen if at <= now]:
+            del seen[at]  # the clock caught up with it
+        return sorted(seen.setdefault(at, now) if at > now else at for at in sent)
 
     def _count_paid(self, channel: str, at: datetime) -> None:
         if channel in PAID_CHANNELS and self._paid is not None:

@@ -499,3 +499,30 @@ async def test_a_recovery_notice_held_by_the_rate_limit_still_goes(
     clock.advance(timedelta(minutes=1))
     await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "the recovery")
     assert twilio.sent_sms("+15551230001")[1].body.startswith("RESOLVED")
+
+
+async def test_an_sms_sent_before_the_clock_stepped_back_holds_the_budget_one_hour(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """The wall clock stepped back two hours (NTP at boot, a restored VM) after an SMS went
+    out: that SMS counts as sent at the step, not two hours ahead, so the budget it used
+    frees an hour later, not three."""
+    extra = "delivery:\n  budget: {sms_voice_per_hour: 1}\n"
+    client = await make_client(config(tmp_path, twilio, smtp, extra))
+    await post(client, webhook(alert("TargetDown", instance="web-1"), group="a"))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "first SMS")
+    await asyncio.sleep(0.1)  # its send is recorded
+    clock.advance(timedelta(hours=-2))
+    await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
+
+    async def held() -> bool:
+        pages = [p for p in (await incident(client, 2))["pages"] if p["channel"] == "sms"]
+        return bool(pages) and "budget" in (pages[0]["error"] or "")
+
+    await eventually(held, "the second SMS held by the budget")
+    clock.advance(timedelta(hours=1, minutes=10))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 2), "sent an hour after the step")
