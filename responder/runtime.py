@@ -157,7 +157,8 @@ class Runtime:
         config may have changed while the daemon was stopped (an edit, then a restart), or
         a reload's re-arm may not have been written before it stopped. The store keeps the
         layout its incidents were last armed under; without one (a new database) there is
-        nothing to carry over. Before the engine's first pass."""
+        nothing to carry over. Every open incident is looked at again even when the layout
+        is the same: a level's ``after`` is not part of it. Before the engine's first pass."""
         current = self._layout(self.snapshot.escalation)
         try:
             stored = await self.store.escalation_layout()
@@ -175,8 +176,6 @@ class Runtime:
                 log.warning(
                     "stored escalation layout unreadable; replaced", extra=fields(error=str(exc))
                 )
-        if stored is not None and previous == current:
-            return
         async with self._reload_lock:
             await self._rearm(previous, current)
 

@@ -4,11 +4,8 @@ layout of the policies that open incidents were armed under (schema 10)."""
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from pathlib import Path
-
-import pytest
 
 from responder.clock import FakeClock
 from responder.runtime import RUNTIME
@@ -42,6 +39,20 @@ OPS_WITHOUT_BOB = """
       - targets: [alice]
       - after: 30m
         targets: [carol]
+"""
+OPS_BOB_LATE = """
+  ops:
+    levels:
+      - targets: [alice]
+      - after: 30m
+        targets: [bob]
+"""
+OPS_BOB_EARLY = """
+  ops:
+    levels:
+      - targets: [alice]
+      - after: 10m
+        targets: [bob]
 """
 OPS_CAROL_FIRST = """
   ops:
@@ -106,24 +117,26 @@ async def test_levels_reordered_across_a_restart_page_nobody_again(
     assert sorted(contacts) == ["alice", "bob"], contacts
 
 
-async def test_an_unchanged_config_restarts_without_a_re_arm(
+async def test_a_level_moved_earlier_while_stopped_pages_at_its_new_time(
     make_client: ClientFactory,
     tmp_path: Path,
+    clock: FakeClock,
     smtp: SmtpTestServer,  # noqa: F811
     twilio: FakeTwilio,  # noqa: F811
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The layout is written at the first start; a restart on the same policies finds it
-    unchanged and leaves the open incidents' due times alone."""
+    """Bob's level moves from 30m to 10m while the daemon is stopped (the same level: only
+    its ``after`` changed). At the start, past 10m, he is paged at once, not at 30m."""
     extra = channels(tmp_path, smtp, twilio)
-    path = write_config(tmp_path, config(OPS_THREE + STANDARD) + extra, rules=RULES_OPS)
+    path = write_config(tmp_path, config(OPS_BOB_LATE + STANDARD) + extra, rules=RULES_OPS)
     client = await make_client(path)
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
     stored = await client.app[RUNTIME].store.escalation_layout()
     assert stored is not None
     assert '"ops"' in stored
     await client.close()
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="responder"):
-        client = await make_client(path)
-    assert "open incidents re-armed" not in caplog.text
-    assert await client.app[RUNTIME].store.escalation_layout() == stored
+    write_config(tmp_path, config(OPS_BOB_EARLY + STANDARD) + extra, rules=RULES_OPS)
+    clock.advance(timedelta(minutes=12))
+    client = await make_client(path)
+    await settle(client, clock, timedelta(seconds=10))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at once")
