@@ -13,6 +13,7 @@ line or an error message.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import re
@@ -56,6 +57,34 @@ PERMANENT_CODES: Mapping[int, str] = {
 # kept at WARNING so the SID never reaches a log handler.
 _library_logger = logging.getLogger("notifiers.twilio.http")
 _library_logger.setLevel(logging.WARNING)
+
+
+class _Progress:
+    """How far one request got: until a connection to the API exists, nothing was sent."""
+
+    __slots__ = ("connected",)
+
+    def __init__(self) -> None:
+        self.connected = False
+
+
+# The request in progress in this task (``send`` sets it; aiohttp's connection signals,
+# which run in the same task, mark it).
+_PROGRESS: contextvars.ContextVar[_Progress | None] = contextvars.ContextVar(
+    "twilio_progress", default=None
+)
+
+
+async def _connected(*_args: object) -> None:
+    if (progress := _PROGRESS.get()) is not None:
+        progress.connected = True
+
+
+def _connection_trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(_connected)
+    trace.on_connection_reuseconn.append(_connected)
+    return trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +243,9 @@ class TwilioNotifier:
             settings = self._settings
             # max_retries stays None: the library would retry 5xx on its own, unbounded by our
             # timeout and invisible to the outbox's accounting.
-            self._http = AsyncTwilioHttpClient(logger=_library_logger)
+            self._http = AsyncTwilioHttpClient(
+                logger=_library_logger, trace_configs=[_connection_trace()]
+            )
             client = Client(
                 username=settings.account_sid,
                 password=settings.auth_token.value,
@@ -253,10 +284,14 @@ class TwilioNotifier:
             if self.status_callback_url:
                 kwargs["status_callback_event"] = ["initiated", "ringing", "answered", "completed"]
             call = client.calls.create_async(**kwargs)
+        progress = _Progress()
+        token = _PROGRESS.set(progress)
         try:
             instance = await asyncio.wait_for(call, timeout=settings.timeout)
         except Exception as exc:  # every failure becomes a DeliveryError, classified below
-            raise self._delivery_error(exc) from None
+            raise self._delivery_error(exc, progress.connected) from None
+        finally:
+            _PROGRESS.reset(token)
         sid = getattr(instance, "sid", None)
         if not isinstance(sid, str) or not sid:
             raise DeliveryError("bad_response", "Twilio answered without a SID", retryable=True)
@@ -273,9 +308,15 @@ class TwilioNotifier:
                 text = text.replace(secret, mask)
         return text
 
-    def _delivery_error(self, exc: BaseException) -> DeliveryError:
+    def _delivery_error(self, exc: BaseException, connected: bool) -> DeliveryError:
+        """``connected``: a connection to the API existed, so the request may have reached
+        it. Before that nothing was sent, and the page is simply tried again; after, a
+        failure leaves it unknown whether Twilio took the message (``maybe_sent``)."""
         what = "SMS" if self.channel == "sms" else "call"
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        if isinstance(exc, aiohttp.ConnectionTimeoutError) or (
+            isinstance(exc, TimeoutError) and not connected
+        ):
+            # A black-holed route or a firewall dropping packets: no connection, no request.
             return DeliveryError(
                 "connection",
                 "cannot reach Twilio: no connection within the timeout",
@@ -296,10 +337,9 @@ class TwilioNotifier:
                 "connection",
                 f"cannot reach Twilio: {self._scrub(type(exc).__name__ + ': ' + str(exc))}",
                 retryable=True,
-                # Refused or unreachable: nothing was sent. Dropped mid-answer: unknown.
-                maybe_sent=isinstance(
-                    exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
-                ),
+                # Refused, unresolvable, a bad certificate: nothing was sent. Reset or dropped
+                # once connected: the whole request may have gone out, unknown.
+                maybe_sent=connected and not isinstance(exc, aiohttp.ClientConnectorError),
             )
         if isinstance(exc, json.JSONDecodeError | KeyError | ValueError):
             return DeliveryError(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,6 +230,7 @@ async def test_hanging_api_is_cut_off_by_our_timeout(fake: FakeTwilio) -> None:
         await notifier.close()
     assert time.monotonic() - started < 1.5
     assert (caught.value.reason, caught.value.retryable) == ("timeout", True)
+    assert caught.value.maybe_sent  # the request went out: Twilio may have taken it
 
 
 @pytest.mark.parametrize(
@@ -291,6 +294,84 @@ async def test_unreachable_api_is_retryable(fake: FakeTwilio) -> None:
         await notifier.close()
     assert (caught.value.reason, caught.value.retryable) == ("connection", True)
     assert_no_secret(fake, caught.value)
+
+
+@contextlib.contextmanager
+def black_holed_port() -> Iterator[int]:
+    """A loopback port whose connection attempts are dropped (its listen queue is full): a
+    connect hangs, as when a firewall or a broken route black-holes the provider."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.1)
+    try:
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_a_black_holed_api_sent_nothing(fake: FakeTwilio) -> None:
+    """No connection within our timeout: nothing can have reached Twilio, so the page is
+    tried again (not failed as 'outcome unknown', review of stop 14)."""
+    with black_holed_port() as port:
+        notifier = TwilioNotifier(
+            "sms", settings_for(fake, api_base_url=f"http://127.0.0.1:{port}", timeout=0.5)
+        )
+        try:
+            with pytest.raises(DeliveryError) as caught:
+                await notifier.send(page())
+        finally:
+            await notifier.close()
+    assert (caught.value.reason, caught.value.retryable) == ("connection", True)
+    assert not caught.value.maybe_sent
+
+
+async def test_a_connection_reset_after_the_request_may_have_sent_it(fake: FakeTwilio) -> None:
+    """The whole request reached the API, then the connection was reset: Twilio may have
+    taken the message, so the page must not be sent again on the same route."""
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await reader.read(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        while len(body) < length:
+            body += await reader.read(65536)
+        received.append(body)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset, not a clean close
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    notifier = TwilioNotifier(
+        "sms", settings_for(fake, api_base_url=f"http://127.0.0.1:{port}", timeout=3.0)
+    )
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await notifier.send(page())
+    finally:
+        await notifier.close()
+        server.close()
+        await server.wait_closed()
+    assert len(received) == 1
+    assert caught.value.maybe_sent, str(caught.value)
 
 
 def test_signature_validation(fake: FakeTwilio) -> None:
