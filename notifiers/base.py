@@ -29,6 +29,10 @@ class Message:
     # from memory would, after a restart, send a second root with the same Message-ID, and
     # mail providers silently drop duplicate Message-IDs.
     thread_start: bool = False
+    # Which install composed it: stable for the install, different for another (staging and
+    # production paging the same person have their own incident 1 and page 1). Email mixes
+    # it into Message-IDs, which must never repeat across the two.
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)

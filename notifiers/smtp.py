@@ -63,20 +63,21 @@ def _from_domain(from_addr: str) -> str:
     return domain or "responder.invalid"
 
 
-def thread_root_id(thread_id: str, domain: str) -> str:
+def thread_root_id(thread_id: str, domain: str, origin: str = "") -> str:
     """The Message-ID every message of ``thread_id`` refers to: the same on every run."""
-    digest = hashlib.sha256(thread_id.encode("utf-8")).hexdigest()[:32]
+    digest = hashlib.sha256(f"{origin}\x00{thread_id}".encode()).hexdigest()[:32]
     return f"<thread.{digest}@{domain}>"
 
 
 def message_id(message: Message, domain: str) -> str:
     """A message's own Message-ID: the thread root for ``thread_start``; otherwise derived from
     the idempotency key, so that a retried page carries the same id and mail systems can drop
-    the duplicate; random only when there is no key."""
+    the duplicate; random only when there is no key. Both mix in the message's origin."""
     if message.thread_start and message.thread_id:
-        return thread_root_id(message.thread_id, domain)
+        return thread_root_id(message.thread_id, domain, message.origin)
     if message.idempotency_key:
-        digest = hashlib.sha256(message.idempotency_key.encode("utf-8")).hexdigest()[:32]
+        key = f"{message.origin}\x00{message.idempotency_key}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         return f"<page.{digest}@{domain}>"
     return make_msgid("page", domain=domain)
 
@@ -94,7 +95,7 @@ def build_email(message: Message, from_addr: str, clock: Clock) -> EmailMessage:
     mail["Date"] = format_datetime(clock.now())
     mail["Message-ID"] = message_id(message, domain)
     if message.thread_id and not message.thread_start:
-        root = thread_root_id(message.thread_id, domain)
+        root = thread_root_id(message.thread_id, domain, message.origin)
         mail["In-Reply-To"] = root
         mail["References"] = root
     # RFC 3834: tells vacation responders and ticket systems not to answer a page.

@@ -3,6 +3,8 @@ templates of the config in force, and the signed acknowledge link for email."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -41,6 +43,10 @@ class Composer:
         self._public_url = public_url
         self._secret = link_secret
         self._contact_zone = contact_zone
+        # The install's mark on its messages (Message.origin), from its own secret.
+        self._origin = hmac.new(
+            link_secret.value.encode(), b"message origin", hashlib.sha256
+        ).hexdigest()[:16]
 
     def _ack_url(self, page: Page, incident: Incident) -> str | None:
         if self._public_url is None or page.channel not in ("email", "webhook"):
@@ -84,7 +90,10 @@ class Composer:
             html=rendered.html,
             thread_id=f"incident-{incident.id}",
             idempotency_key=f"page-{page.id}",
-            thread_start=page.step == "L1" and page.kind is PageKind.PAGE,
+            # The incident's first page; level 1 of a later episode (after an unacknowledge)
+            # replies to it: a second root would repeat its Message-ID, and be dropped.
+            thread_start=page.step == "L1" and page.kind is PageKind.PAGE and page.episode == 1,
+            origin=self._origin,
             data={"incident": incident.id, "step": page.step, "kind": page.kind.value},
         )
 
@@ -132,5 +141,6 @@ class Composer:
             subject=rendered.subject,
             html=rendered.html,
             idempotency_key="bundle-" + "-".join(str(p.id) for p in pages),
+            origin=self._origin,
             data={"incidents": list(incidents), "kind": "bundle"},
         )

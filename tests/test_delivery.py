@@ -526,3 +526,34 @@ async def test_an_sms_sent_before_the_clock_stepped_back_holds_the_budget_one_ho
     await eventually(held, "the second SMS held by the budget")
     clock.advance(timedelta(hours=1, minutes=10))
     await eventually(lambda: _true(len(twilio.sent_sms()) == 2), "sent an hour after the step")
+
+
+async def test_level_1_after_an_unacknowledge_is_a_new_email_in_the_same_thread(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """After an unacknowledge, level 1 emails alice again: a message of its own (the first
+    one's Message-ID again would be dropped by her mailbox as a duplicate) that replies to
+    the first (review of stop 14)."""
+    client = await make_client(config(tmp_path, twilio, smtp))
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+
+    def to_alice() -> list[Any]:
+        return [m.message for m in smtp.messages if "alice@example.com" in m.rcpt_tos]
+
+    await eventually(lambda: _true(len(to_alice()) == 1), "the first email")
+    for action in ("acknowledge", "unacknowledge"):
+        answer = await client.post(
+            f"/api/v1/incidents/1/{action}", json={"by": "alice"}, headers=AUTH
+        )
+        assert answer.status == 200, await answer.text()
+    for _ in range(3):  # past the rate limit
+        clock.advance(timedelta(minutes=1))
+        await asyncio.sleep(0.05)
+    await eventually(lambda: _true(len(to_alice()) == 2), "the email after the unacknowledge")
+    first, second = to_alice()
+    assert second["Message-ID"] != first["Message-ID"]
+    assert second["In-Reply-To"] == first["Message-ID"]

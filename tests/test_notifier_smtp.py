@@ -113,6 +113,23 @@ async def test_messages_of_one_incident_thread_together(plain: SmtpTestServer) -
     assert m4["Message-ID"] == other.provider_id != root
 
 
+async def test_two_installs_never_share_a_message_id(plain: SmtpTestServer) -> None:
+    """Staging and production paging the same person each have an incident 42 and a page
+    with the same key: their Message-IDs differ (their origins do), or the mailbox would
+    drop the second as a duplicate (review of stop 14)."""
+    notifier = SmtpNotifier(settings_for(plain))
+    for origin in ("staging", "production"):
+        await notifier.send(page(thread_start=True, origin=origin))
+        await notifier.send(page(idempotency_key="page-7", origin=origin))
+    staging_root, staging_page, production_root, production_page = (
+        m.message for m in plain.messages
+    )
+    assert staging_root["Message-ID"] != production_root["Message-ID"]
+    assert staging_page["Message-ID"] != production_page["Message-ID"]
+    assert staging_page["In-Reply-To"] == staging_root["Message-ID"]
+    assert production_page["In-Reply-To"] == production_root["Message-ID"]
+
+
 async def test_label_text_cannot_inject_headers(plain: SmtpTestServer) -> None:
     """A subject rendered from labels with a line break stays one header line; an address
     with a line break is refused permanently instead of crashing the sender."""
