@@ -37,7 +37,7 @@ from responder.incident import (
 )
 from responder.log import fields
 from responder.metrics import Metrics
-from responder.store import Store
+from responder.store import Store, StoreError
 from responder.yamlfile import Node, parse_duration
 
 log = logging.getLogger("responder.deliver")
@@ -498,6 +498,12 @@ class Dispatcher:
             return
         try:
             message = await self._compose.bundle(pages)
+        except Exception as exc:  # nothing was sent: tried again with backoff
+            error = self._not_composed(pages, exc)
+            for page in pages:
+                await self._not_sent(page, error)
+            return
+        try:
             async with asyncio.timeout(SEND_DEADLINE_S):
                 receipt = await notifier.send(message)
         except (DeliveryError, TimeoutError) as exc:
@@ -505,6 +511,10 @@ class Dispatcher:
             # due) or failover; never an immediate resend, one message per page.
             for page in pages:
                 await self._not_sent(page, exc)
+            return
+        except Exception as exc:  # a bug in an adapter must not leave the pages "sending"
+            for page in pages:
+                await self._adapter_failed(page, exc)
             return
         m.pages_bundled.inc(len(pages))
         sent_at = self._clock.now()  # one message: one send time, counted once by the limits
@@ -546,21 +556,42 @@ class Dispatcher:
             return
         try:
             message = await self._compose.page(page)
+        except Exception as exc:  # nothing was sent: tried again with backoff
+            await self._not_sent(page, self._not_composed([page], exc))
+            return
+        try:
             async with asyncio.timeout(SEND_DEADLINE_S):
                 receipt = await notifier.send(message)
         except (DeliveryError, TimeoutError) as exc:
             await self._not_sent(page, exc)
             return
         except Exception as exc:  # a bug in an adapter must not stop the outbox
-            log.exception("page crashed its channel adapter", extra=fields(page=page.id))
-            await self._finish(
-                page, PageState.FAILED, error=f"internal error: {type(exc).__name__}"
-            )
-            m.pages.labels(page.channel, "failed").inc()
+            await self._adapter_failed(page, exc)
             return
         self._observe_sent(page)
         await self._finish(page, PageState.SENT, provider_id=receipt.provider_id)
         self._count_paid(page.channel, self._clock.now())
+
+    @staticmethod
+    def _not_composed(pages: Sequence[Page], exc: Exception) -> DeliveryError:
+        """The message could not be made (a store read failed: the disk; a template bug):
+        nothing reached a provider, so the pages are tried again like a refused send."""
+        log.error(
+            "page not composed; trying again",
+            extra=fields(pages=[p.id for p in pages], error=f"{type(exc).__name__}: {exc}"),
+            exc_info=not isinstance(exc, StoreError),
+        )
+        return DeliveryError(
+            "compose", f"message not composed: {type(exc).__name__}", retryable=True
+        )
+
+    async def _adapter_failed(self, page: Page, exc: Exception) -> None:
+        """The channel adapter crashed during the send: whether the provider took the message
+        is unknown, so the page fails and is re-routed, as for a send cut off."""
+        log.exception("page crashed its channel adapter", extra=fields(page=page.id))
+        error = f"internal error: {type(exc).__name__}"
+        self._metrics.pages.labels(page.channel, "failed").inc()
+        await self._finish(page, PageState.FAILED, error=error, reroute=self.reroute_for(error))
 
     async def _not_sent(self, page: Page, exc: DeliveryError | TimeoutError) -> None:
         """A send that failed: retried later on the same route when that can help and cannot

@@ -1,0 +1,147 @@
+"""Faults inside the daemon while a page is made or handed over: nothing was sent, so the
+page is tried again; or the adapter crashed mid-send, so it fails and is re-routed. No page
+is lost and none is left "sending" (review of stop 14)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from notifiers.base import Message, Receipt
+from responder.clock import FakeClock, SystemClock
+from responder.deliver import Dispatcher, parse_delivery
+from responder.incident import NewPage, Page, PageKind, PageState
+from responder.metrics import Metrics
+from responder.runtime import RUNTIME
+from responder.store import SQLiteStore, StoreError
+from responder.testing import SmtpTestServer
+from responder.yamlfile import load_text
+from tests.conftest import ClientFactory, write_config
+from tests.test_escalation_story import alert, incident, post, webhook
+from tests.test_store_sqlite import alert as stored_alert
+
+ALICE_THEN_BOB = """
+contacts:
+  alice: {email: alice@example.com, backup: bob}
+  bob: {email: bob@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+incidents:
+  default_policy: standard
+"""
+
+
+def smtp_channel(smtp: SmtpTestServer) -> str:
+    return (
+        "channels:\n"
+        f'  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}\n'
+    )
+
+
+async def test_a_store_error_while_a_page_is_composed_is_tried_again(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock
+) -> None:
+    """One failed read while alice's email is composed (the disk): it was never sent, so it
+    is tried again after a backoff and reaches her; before, it failed for good and neither
+    she nor her backup was paged."""
+    async with SmtpTestServer() as smtp:
+        client = await make_client(write_config(tmp_path, ALICE_THEN_BOB + smtp_channel(smtp)))
+        store = client.app[RUNTIME].store
+        real = store.page_context
+        failures = [StoreError("read failed: disk I/O error")]
+
+        async def flaky(incident_id: int) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real(incident_id)
+
+        store.page_context = flaky
+        await post(client, webhook(alert("TargetDown", instance="web-1")))
+        for _ in range(50):
+            if not failures:
+                break
+            await asyncio.sleep(0.02)
+        for _ in range(10):  # past any backoff
+            clock.advance(timedelta(minutes=1))
+            await asyncio.sleep(0.05)
+        pages = (await incident(client))["pages"]
+        assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]], pages
+    assert [(p["contact"], p["state"]) for p in pages] == [("alice", "sent")]
+    assert pages[0]["attempts"] == 2
+
+
+class _Email:
+    channel = "email"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, message: Message) -> Receipt:
+        self.sent.append(message.text)
+        return Receipt(f"id-{len(self.sent)}")
+
+    async def close(self) -> None:
+        return None
+
+
+class _FailingOnce:
+    """A composer whose first bundle fails (a store read)."""
+
+    def __init__(self) -> None:
+        self.failures = 1
+
+    async def page(self, page: Page) -> Message:
+        return Message(channel=page.channel, to=page.address, text=f"page {page.id}")
+
+    async def bundle(self, pages: Sequence[Page]) -> Message:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("read failed: disk I/O error")
+        return Message(channel="email", to=pages[0].address, text="bundle")
+
+
+async def test_a_bundle_that_could_not_be_composed_is_not_left_sending(tmp_path: Path) -> None:
+    """Two pages for alice go as one bundle; its composition fails once. They are queued
+    again (and later sent), not left "sending" until a restart calls them "outcome
+    unknown"."""
+    store = SQLiteStore(tmp_path / "responder.db")
+    await store.open()
+    clock = SystemClock()
+    now = clock.now()
+    await store.ingest([replace(stored_alert(starts=now), incident_key="k")], now)
+    loose = parse_delivery(
+        load_text("delivery:\n  rate_limits:\n    email: [100/1m]\n", "c.yaml")["delivery"]
+    )
+    notifier = _Email()
+    dispatcher = Dispatcher(
+        store,
+        clock,
+        Metrics(CollectorRegistry()),
+        lambda: {"email": notifier},
+        _FailingOnce(),
+        config=lambda: loose,
+    )
+    pages = [
+        NewPage(step, PageKind.PAGE, "alice", "email", "alice@example.com", now)
+        for step in ("L1", "L2")
+    ]
+    await store.add_pages(1, 1, pages, None, now)
+    task = asyncio.create_task(dispatcher.run_forever())
+    try:
+        await asyncio.sleep(0.5)
+        states = [p.state for s in ("L1", "L2") for p in await store.step_pages(1, 1, s)]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.close()
+    assert states == [PageState.QUEUED, PageState.QUEUED]
