@@ -241,13 +241,13 @@ async def _prune(runtime: Runtime, before: datetime) -> tuple[int, int]:
 async def _engine(app: web.Application) -> AsyncIterator[None]:
     """The escalation engine and the outbox sender, each one loop on the shared clock."""
     runtime = app[RUNTIME]
-    public_url = runtime.config.server.public_url
+    public_url = runtime.started_with.config.server.public_url
     if not runtime.snapshot.escalation.policies:
         log.warning(
             "no escalation_policies configured: incidents are recorded, nobody is paged "
             "(see docs/escalation.md)"
         )
-    runtime.notifiers = build_notifiers(runtime.snapshot.channels, public_url)
+    runtime.notifiers = build_notifiers(runtime.started_with.channels, public_url)
 
     def directory() -> Directory:
         return runtime.snapshot.escalation.directory  # read per use: a reload swaps it
@@ -261,7 +261,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         runtime.clock.now,
         lambda: runtime.snapshot.templates,
         public_url=public_url,
-        link_secret=links.link_secret(runtime.config.state_dir),
+        link_secret=links.link_secret(runtime.started_with.config.state_dir),
         contact_zone=contact_zone,
     )
     runtime.dispatcher = dispatcher = Dispatcher(
@@ -280,7 +280,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         lambda: runtime.snapshot.escalation,
         on_pages=dispatcher.wake,
     )
-    runner = ActionRunner(runtime.clock, runtime.config.state_dir / "evidence")
+    runner = ActionRunner(runtime.clock, runtime.started_with.config.state_dir / "evidence")
     runtime.containment = Containment(
         runtime.store,
         runtime.clock,

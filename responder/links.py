@@ -135,7 +135,7 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
 async def show_link(request: web.Request) -> web.StreamResponse:
     """GET: what the link is for, with buttons. Changes nothing."""
     runtime = request.app[RUNTIME]
-    secret = link_secret(runtime.config.state_dir)
+    secret = link_secret(runtime.started_with.config.state_dir)
     try:
         claim = read_token(secret, request.match_info["token"], runtime.clock.now())
         incident = await runtime.store.get_incident(claim.incident_id)
@@ -181,7 +181,7 @@ async def read_small_form(request: web.Request) -> dict[str, str]:
 async def use_link(request: web.Request) -> web.StreamResponse:
     """POST: acknowledge or resolve the one incident the token names."""
     runtime = request.app[RUNTIME]
-    secret = link_secret(runtime.config.state_dir)
+    secret = link_secret(runtime.started_with.config.state_dir)
     try:
         claim = read_token(secret, request.match_info["token"], runtime.clock.now())
     except LinkError as exc:

@@ -106,6 +106,9 @@ class Runtime:
         state_dir_override: Path | None = None,
     ) -> None:
         self.snapshot = snapshot
+        # The sections read only at start (server, storage, state_dir, channels, logging):
+        # a reload that changes them takes effect at the next restart, for every part alike.
+        self.started_with = snapshot
         self.store = store
         self.metrics = metrics
         self.clock = clock

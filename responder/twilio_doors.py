@@ -77,8 +77,9 @@ def contact_by_number(directory: Directory, number: str) -> str | None:
 
 async def _verified_form(request: web.Request, runtime: Runtime) -> dict[str, str] | None:
     """The POST form if the request really comes from Twilio; None (and a log line) if not."""
-    twilio = runtime.snapshot.channels.twilio
-    public_url = runtime.config.server.public_url
+    # What the notifiers send with: the account and the URLs of the start, until a restart.
+    twilio = runtime.started_with.channels.twilio
+    public_url = runtime.started_with.config.server.public_url
     if twilio is None or public_url is None:
         log.warning(
             "Twilio callback refused: no twilio channel or no server.public_url configured",

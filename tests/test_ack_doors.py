@@ -146,6 +146,23 @@ async def test_sms_reply_acknowledges(daemon: Client, twilio: FakeTwilio) -> Non
     assert [p["state"] for p in voice] == ["cancelled"]
 
 
+async def test_a_twilio_token_staged_by_a_reload_waits_for_the_restart(
+    daemon: Client, twilio: FakeTwilio, tmp_path: Path
+) -> None:
+    """The operator puts a new Twilio token in the file and reloads: channels take effect at
+    the next restart, for the pages and for checking Twilio's callbacks alike, so alice's
+    ACK signed with the token in force is taken (it was refused with 403: review of stop
+    14)."""
+    await first_incident_paged(daemon, twilio)
+    (tmp_path / "twilio_token").write_text("0123456789abcdef" * 2)
+    assert (await daemon.post("/-/reload", headers=AUTH)).status == 200
+    answer = await twilio.send_inbound_sms(
+        public(daemon, INBOUND_SMS_PATH), "+15551230001", "+15550000000", "ACK 1"
+    )
+    assert answer.status == 200, answer
+    assert (await incident(daemon))["state"] == "acknowledged"
+
+
 async def test_sms_ack_all_and_unknown_senders(daemon: Client, twilio: FakeTwilio) -> None:
     await first_incident_paged(daemon, twilio)
     await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
