@@ -67,6 +67,27 @@ async def test_repeat_then_resolve(client: Client) -> None:
     assert await alerts(client, "?status=firing") == []
 
 
+async def test_an_alert_resolved_by_timeout_that_fires_again_opens_an_incident(
+    client: Client, clock: FakeClock
+) -> None:
+    """The captured alert resolved (Alertmanager timed it out), then sent firing again with
+    its same startsAt an hour later: it fires again and an incident is open for it."""
+    firing = payload("firing-api")
+    assert (await post(client, firing)).status == 200
+    clock.advance(timedelta(minutes=10))
+    resolved = json.loads(json.dumps(firing))
+    resolved["status"] = resolved["alerts"][0]["status"] = "resolved"
+    resolved["alerts"][0]["endsAt"] = "2026-11-22T07:20:00Z"
+    assert (await (await post(client, resolved)).json())["outcomes"] == {"resolved": 1}
+    clock.advance(timedelta(hours=1))
+    answer = await (await post(client, firing)).json()
+    assert answer["outcomes"] == {"revived": 1}
+    (stored,) = await alerts(client)
+    assert stored["status"] == "firing"
+    listed = await (await client.get("/api/v1/incidents?state=open", headers=AUTH)).json()
+    assert len(listed["data"]) == 1
+
+
 async def test_grouped_mixed_payload(client: Client) -> None:
     """A group with one firing and one resolved alert stores both, each as it is."""
     response = await post(client, payload("grouped-mixed"))

@@ -128,12 +128,31 @@ async def test_resolve_with_earlier_start_matches_by_fingerprint(store: SQLiteSt
 
 
 async def test_late_firing_copy_does_not_reopen(store: SQLiteStore) -> None:
-    """A firing copy delivered after its resolve is out of order and ignored."""
+    """A firing copy delivered just after its resolve is out of order and ignored."""
     a = alert()
     await store.ingest([a], T0)
     await store.ingest([resolved(a, T0 + timedelta(minutes=1))], T0 + timedelta(minutes=1))
-    assert await store.ingest([a], T0 + timedelta(minutes=2)) == [IngestOutcome.LATE]
+    late = T0 + timedelta(minutes=1, seconds=5)
+    assert await store.ingest([a], late) == [IngestOutcome.LATE]
     assert (await store.list_alerts(AlertQuery()))[0].status is AlertStatus.RESOLVED
+
+
+async def test_a_resolved_alert_firing_again_with_its_start_is_revived(
+    store: SQLiteStore,
+) -> None:
+    """Alertmanager resolved the alert by timeout while Prometheus could not reach it; when
+    Prometheus gets through, the alert fires again with the same startsAt (Prometheus keeps
+    it). That is no out-of-order copy: the alert fires again and its incident opens. Before,
+    it was "late" for good, and nobody was paged while the problem lasted (review of stop
+    14, seen with the real Alertmanager 0.25)."""
+    a = alert()
+    await store.ingest([a], T0)
+    await store.ingest([resolved(a, T0 + timedelta(minutes=1))], T0 + timedelta(minutes=1))
+    again = T0 + timedelta(minutes=30)
+    assert await store.ingest([a], again) == [IngestOutcome.REVIVED]
+    (stored,) = await store.list_alerts(AlertQuery())
+    assert (stored.status, stored.ends_at) == (AlertStatus.FIRING, None)
+    assert await store.ingest([a], again + timedelta(minutes=1)) == [IngestOutcome.REPEAT]
 
 
 async def test_refiring_with_new_start_is_a_new_episode(store: SQLiteStore) -> None:

@@ -50,7 +50,7 @@ class IngestOutcome(StrEnum):
     RESOLVED = "resolved"  # was firing, now resolved
     REPEAT_RESOLVED = "repeat_resolved"  # resolved before; the resolve was re-sent
     RESOLVED_UNSEEN = "resolved_unseen"  # a resolve for an alert never seen firing
-    LATE = "late"  # a firing copy of an alert already resolved: out of order, ignored
+    LATE = "late"  # a firing copy just after its resolve: out of order, ignored
 
 
 @dataclass(slots=True)

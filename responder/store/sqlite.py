@@ -63,6 +63,11 @@ from responder.store.sqlite_incidents import from_us, to_us
 
 T = TypeVar("T")
 DEFAULT_REOPEN_WITHIN = timedelta(hours=1)
+# A firing copy of a resolved alert episode (same fingerprint and startsAt) that arrives
+# this long after the resolve fires again; sooner, it is out of order and ignored. Longer
+# than a webhook can wait in the daemon before it is stored (its deadline, 8 s), shorter
+# than Alertmanager's group_wait (30 s by default) before a new group's first notice.
+REFIRE_AFTER_RESOLVE_US = 20_000_000
 log = logging.getLogger("responder.store")
 
 # A batch larger than this is split: it bounds the time one commit holds the lock and
@@ -1158,15 +1163,26 @@ def _store_alert(
         if stored is not None:
             cache.firing(fingerprint)
             return (IngestOutcome.NEW, *stored)
-        # Same identity exists and is not firing: stale comes back to life; resolved stays
-        # resolved (a firing copy delivered after the resolve is out of order). A heartbeat's
-        # copy is proof of life in any order: Prometheus re-sends the same startsAt after
-        # Alertmanager timed it out, and the dead-man switch must see it (heartbeats.py).
+        # Same identity exists and is not firing: stale comes back to life. Resolved comes
+        # back too once its resolve is older than REFIRE_AFTER_RESOLVE_S: Prometheus keeps an
+        # alert's start while it stays active, so after Alertmanager resolved it by timeout
+        # (Prometheus could not reach it) the alert fires again with the same startsAt. A
+        # firing copy closer to the resolve is out of order (a request that waited in our
+        # intake while the resolve went by) and is ignored. A heartbeat's copy is proof of
+        # life in any order: the dead-man switch must see it (heartbeats.py).
         revived = conn.execute(
             "UPDATE alerts SET status = 'firing', ends_at = NULL, last_received = ?, "
             "receive_count = receive_count + 1, updated_at = ? WHERE fingerprint = ? AND "
-            "starts_at = ? AND (status = 'stale' OR (status = 'resolved' AND ?)) RETURNING id",
-            (now_us, now_us, fingerprint, starts_us, incoming.decided().heartbeat),
+            "starts_at = ? AND (status = 'stale' OR "
+            "(status = 'resolved' AND (? OR last_received <= ?))) RETURNING id",
+            (
+                now_us,
+                now_us,
+                fingerprint,
+                starts_us,
+                incoming.decided().heartbeat,
+                now_us - REFIRE_AFTER_RESOLVE_US,
+            ),
         ).fetchone()
         if revived is not None:
             cache.firing(fingerprint)
