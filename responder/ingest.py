@@ -17,6 +17,8 @@ from dataclasses import replace
 from datetime import datetime
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from responder.incident import incident_key
 from responder.log import fields
@@ -142,6 +144,10 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         metrics.request("too_large")
         return json_error(413, f"body larger than {limit} bytes")
+    except (RequestPayloadError, ContentEncodingError) as exc:
+        # A body that does not decode as its Content-Encoding says (not gzip at all, cut off).
+        metrics.request("bad_request")
+        return json_error(400, f"body could not be read: {exc}")
     loop = asyncio.get_running_loop()
     # On the loop's clock, from the body's arrival: a wait for a turn (intake.py) counts
     # against the deadline, because Alertmanager's own 10 s timeout does too.

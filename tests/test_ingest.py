@@ -88,6 +88,18 @@ async def test_an_alert_resolved_by_timeout_that_fires_again_opens_an_incident(
     assert len(listed["data"]) == 1
 
 
+async def test_a_body_that_is_not_what_its_encoding_says_is_a_400(client: Client) -> None:
+    """Content-Encoding: gzip on a body that is not gzip: a 400 that says so (it was a 500,
+    which Alertmanager retries, and two tracebacks: review of stop 14)."""
+    response = await client.post(
+        "/api/v1/alertmanager",
+        data=json.dumps(payload("firing-api")).encode(),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip", **AUTH},
+    )
+    assert response.status == 400, await response.text()
+    assert "body could not be read" in (await response.json())["error"]
+
+
 async def test_grouped_mixed_payload(client: Client) -> None:
     """A group with one firing and one resolved alert stores both, each as it is."""
     response = await post(client, payload("grouped-mixed"))
