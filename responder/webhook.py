@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -27,8 +28,17 @@ from responder.model import Alert, AlertStatus, WebhookMessage, frozen_labels
 
 _EMPTY: Mapping[str, str] = frozen_labels({})
 
-# Firing alerts carry Go's zero time as endsAt.
-_GO_ZERO_TIME_PREFIX = "0001-01-01T00:00:00"
+# Firing alerts carry Go's zero time as endsAt: that instant, however it is written.
+_GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
+_GO_ZERO_TIME_TEXT = "0001-01-01T00:00:00Z"
+# Times Alertmanager accepts but Python cannot hold (year 0, an offset past either end)
+# are clamped to these, and the mend noted: the first instant after the zero time, and
+# the last one of year 9999.
+_EARLIEST = datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_RFC3339 = re.compile(
+    r"(\d{4})-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|([+-])\d{2}:\d{2})"
+)
 
 # Bounds per alert: generous for real alerts, tight enough that one body cannot make
 # every later stage (rules, templates, storage) chew on megabytes of labels.
@@ -250,7 +260,7 @@ def _alert(raw: Any, index: int, plain: bool, repairs: list[str]) -> Alert:
         status = _status(raw_status, f"alerts[{index}].status")  # raises
     if "startsAt" not in raw:
         raise PayloadError(f"alerts[{index}].startsAt: required")
-    starts_at = _time(raw["startsAt"], "startsAt", index)
+    starts_at = _time(raw["startsAt"], "startsAt", index, mended)
     if starts_at is None:
         raise PayloadError(
             f"alerts[{index}].startsAt: a firing time is required, got the zero time"
@@ -258,10 +268,10 @@ def _alert(raw: Any, index: int, plain: bool, repairs: list[str]) -> Alert:
     if status is AlertStatus.FIRING:
         # Alertmanager sends the zero time while firing; a future endsAt is its own
         # resolve_timeout and means nothing to us until the resolve arrives. Still checked.
-        _time(raw.get("endsAt"), "endsAt", index)
+        _time(raw.get("endsAt"), "endsAt", index, [])
         ends_at = None
     else:
-        ends_at = _time(raw.get("endsAt"), "endsAt", index)
+        ends_at = _time(raw.get("endsAt"), "endsAt", index, mended)
         if ends_at is None:
             raise PayloadError(f"alerts[{index}].endsAt: a resolved alert needs its end time")
     fingerprint = raw.get("fingerprint")
@@ -277,12 +287,14 @@ def _alert(raw: Any, index: int, plain: bool, repairs: list[str]) -> Alert:
     generator = raw.get("generatorURL", "")
     if generator is None:
         generator = ""
-    if type(generator) is not str or len(generator) > MAX_VALUE_LENGTH:
+    if type(generator) is not str:
         raise PayloadError(
             f"alerts[{index}].generatorURL: expected a string, got {_kind(generator)}"
         )
-    if not plain:
-        _check_text(generator, f"alerts[{index}].generatorURL")
+    if not plain and not _is_text(generator):
+        # Alertmanager takes a URL of any length: cut, like an annotation, not refused.
+        generator = _cut(_clean(generator), MAX_VALUE_LENGTH)
+        mended.append(f"alerts[{index}].generatorURL: mended (cut or cleaned)")
     annotations = _labels(raw.get("annotations"), "annotations", index, plain=plain, repairs=mended)
     if REPAIRED_ANNOTATION in annotations:
         mended.append(
@@ -446,29 +458,45 @@ def _optional_str(document: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _time(raw: Any, field: str, index: int) -> datetime | None:
-    if raw is None or raw == "":
+def _time(
+    raw: Any, field: str, index: int, repairs: list[str] | None = None
+) -> datetime | None:
+    """An RFC 3339 time in UTC; None for none (empty, null, Go's zero time). A time outside
+    the years 1 to 9999 in UTC is clamped to the nearest end and the mend noted in
+    ``repairs``; without ``repairs`` (msgspec's quick way) it is refused instead, and the
+    general way mends it."""
+    if raw is None or raw == "" or raw == _GO_ZERO_TIME_TEXT:
         return None
     if type(raw) is not str:
         raise PayloadError(f"{_where(field, index)}: expected an RFC 3339 time, got {_kind(raw)}")
-    if raw.startswith(_GO_ZERO_TIME_PREFIX):
-        return None
     try:
         parsed = datetime.fromisoformat(raw)
     except ValueError:
-        raise PayloadError(
-            f"{_where(field, index)}: expected an RFC 3339 time, got {_short(raw)!r}"
-        ) from None
+        shape = _RFC3339.fullmatch(raw)
+        if shape is None or shape.group(1) != "0000":
+            raise PayloadError(
+                f"{_where(field, index)}: expected an RFC 3339 time, got {_short(raw)!r}"
+            ) from None
+        return _clamped(raw, _EARLIEST, field, index, repairs)  # year 0: RFC 3339 allows it
     if parsed.tzinfo is None:
         raise PayloadError(f"{_where(field, index)}: the time needs a zone offset (such as Z)")
-    if parsed.tzinfo is UTC:
-        return parsed
-    try:
-        return parsed.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T01:00+05:00 is before the first representable day
-        raise PayloadError(
-            f"{_where(field, index)}: {_short(raw)!r} is outside the years 1 to 9999 in UTC"
-        ) from None
+    if parsed.tzinfo is not UTC:
+        try:
+            parsed = parsed.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T01:00+05:00 is before the first representable day
+            end = _EARLIEST if parsed.year == 1 else _LATEST
+            return _clamped(raw, end, field, index, repairs)
+    return None if parsed == _GO_ZERO_TIME else parsed
+
+
+def _clamped(
+    raw: str, end: datetime, field: str, index: int, repairs: list[str] | None
+) -> datetime:
+    where = _where(field, index)
+    if repairs is None:
+        raise PayloadError(f"{where}: {_short(raw)!r} is outside the years 1 to 9999 in UTC")
+    repairs.append(f"{where}: {_short(raw)!r} outside the years 1 to 9999, clamped")
+    return end
 
 
 _FNV_OFFSET = 14695981039346656037
