@@ -141,8 +141,10 @@ class BusinessHours:
         Both folds are taken, so the repeated hour of a fall-back day counts twice.
         """
         first = after.astimezone(self.timezone).date() - timedelta(days=1)
-        # Every holiday can push the next opening by one day; a week more finds an open day.
-        span = len(self.holidays) + 9
+        # Every holiday can push the next opening by a week (a single open weekday: each
+        # holiday on it skips to the next); a week more, and a day either side, finds one.
+        ahead = sum(1 for day in self.holidays if day >= first)
+        span = (ahead + 1) * 7 + 2
         found: set[datetime] = set()
         for offset in range(span):
             day = first + timedelta(days=offset)

@@ -100,7 +100,7 @@ DAEMON_KEYS = ("state_dir", "server", "auth", "storage", "alerts", "logging")
 
 def read_config_file(path: Path) -> Node:
     """Parse the config file into a ``Node``; an empty file is an empty mapping."""
-    root = load_file(path, display=_display_name(path))
+    root = load_file(path, display=display_name(path))
     if root.is_null():
         root = Node({"__line__": 1, "__map__": {}}, root.file, 1, "")
     return root
@@ -144,7 +144,7 @@ def parse_config(
     )
 
 
-def _display_name(path: Path) -> str:
+def display_name(path: Path) -> str:
     """As the operator would type it: relative below the working directory, else absolute."""
     try:
         relative = os.path.relpath(path)

@@ -23,7 +23,7 @@ from notifiers.config import ChannelSettings, parse_channels
 from responder.auth import Authenticator
 from responder.classify import Classifier, load_classifier
 from responder.clock import Clock
-from responder.config import DAEMON_KEYS, Config, parse_config, read_config_file
+from responder.config import DAEMON_KEYS, Config, display_name, parse_config, read_config_file
 from responder.contain import ActionCatalog, ContainmentSettings, parse_actions, parse_containment
 from responder.contain.engine import Containment
 from responder.deliver import DeliveryConfig, Dispatcher, parse_delivery
@@ -274,16 +274,25 @@ class Runtime:
                     listen=self._listen_override,
                     state_dir=self._state_dir_override,
                 )
-                authenticator = Authenticator(new.config.auth, self.generated_token)
             except ConfigError as exc:
                 self.metrics.config_reload_ok.set(0)
                 log.error(
                     "reload failed; the old config stays in force", extra=fields(error=str(exc))
                 )
                 return exc
-            except ValueError as exc:
+            try:
+                authenticator = Authenticator(new.config.auth, self.generated_token)
+            except ValueError:
+                # No credentials left, and no generated token to fall back on: one is made
+                # only at a start (docs/configuration.md, Reload).
                 self.metrics.config_reload_ok.set(0)
-                error = ConfigError(str(old.config.path), 0, "auth", str(exc))
+                error = ConfigError(
+                    display_name(new.config.path),
+                    0,
+                    "auth",
+                    "a reload cannot remove every credential; restart instead, and a token "
+                    "is generated",
+                )
                 log.error(
                     "reload failed; the old config stays in force", extra=fields(error=str(error))
                 )

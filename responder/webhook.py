@@ -458,9 +458,7 @@ def _optional_str(document: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _time(
-    raw: Any, field: str, index: int, repairs: list[str] | None = None
-) -> datetime | None:
+def _time(raw: Any, field: str, index: int, repairs: list[str] | None = None) -> datetime | None:
     """An RFC 3339 time in UTC; None for none (empty, null, Go's zero time). A time outside
     the years 1 to 9999 in UTC is clamped to the nearest end and the mend noted in
     ``repairs``; without ``repairs`` (msgspec's quick way) it is refused instead, and the

@@ -40,7 +40,22 @@ class _Mark:
 
 
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that wraps every scalar, list and map with its 1-based line number."""
+    """SafeLoader that wraps every scalar, list and map with its 1-based line number.
+
+    Aliases (``*name``, and so ``<<: *name`` merges) are refused: each use would be expanded
+    here, so a few hundred bytes of nested aliases (a "billion laughs") would take the
+    daemon's memory on a reload, and an error inside one would name the anchor's line."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"aliases (*{event.anchor}) are not supported; write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -73,7 +88,13 @@ def _construct_scalar_with_line(tag: str) -> Any:
     base = yaml.SafeLoader.yaml_constructors[tag]
 
     def construct(loader: _LineLoader, node: yaml.Node) -> tuple[Any, int]:
-        return (base(loader, node), node.start_mark.line + 1)
+        try:
+            value = base(loader, node)
+        except (ValueError, OverflowError) as exc:  # 2026-02-30, +24:00, 5,000 digits
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value[:40]!r} cannot be read: {exc}", node.start_mark
+            ) from None
+        return (value, node.start_mark.line + 1)
 
     return construct
 
@@ -158,7 +179,9 @@ class Node:
         return _unwrap(self._raw)
 
     def is_null(self) -> bool:
-        return self.value is None
+        # Without unwrapping: a mapping's subtree need not be copied to say it is not null.
+        raw = self._raw
+        return raw is None or (isinstance(raw, tuple) and raw[0] is None)
 
     def is_map(self) -> bool:
         return isinstance(self._raw, dict) and "__map__" in self._raw
@@ -320,9 +343,12 @@ def load_file(path: Path, display: str | None = None) -> Node:
     """Read and parse one YAML file; a missing or unreadable file is a ``ConfigError``."""
     name = display or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(name, 0, "", f"cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, 0, "", "not valid UTF-8") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(name, line, "", "not valid UTF-8") from None
     return load_text(text, name)

@@ -14,7 +14,6 @@ alert only runs the remaining matchers of the few rules that can still match it.
 
 from __future__ import annotations
 
-import glob
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -472,19 +471,42 @@ def _rule_paths(node: Node | None, base_dir: Path) -> list[tuple[Path, str]]:
     seen: set[Path] = set()
     result: list[tuple[Path, str]] = []
     for pattern, item in patterns:
-        joined = str(base_dir / pattern)
-        matches = sorted(p for p in glob.glob(joined, recursive=True) if Path(p).is_file())
+        matches = _matching_files(base_dir, pattern)
         if not matches and item is not None:
             if _GLOB_CHARS.search(pattern):
                 raise item.error(f"pattern matches no file (looked in {base_dir})")
-            raise item.error(f"no such file: {joined}")
-        for match in matches:
-            path = Path(match)
+            raise item.error(f"no such file: {base_dir / pattern}")
+        for path in matches:
             key = path.resolve()
             if key not in seen:
                 seen.add(key)
-                result.append((path, match))
+                result.append((path, str(path)))
     return result
+
+
+def _matching_files(base_dir: Path, pattern: str) -> list[Path]:
+    """The files ``pattern`` (relative to ``base_dir``, or absolute) matches, sorted. As
+    ``glob`` would, with three differences: the folder's own name is never read as a
+    pattern (a config in ``responder[prod]/`` finds its rules); ``**`` does not walk into
+    symlinked folders, so a link loop cannot make it endless; hidden files and folders are
+    left out unless the pattern names one (an editor's ``.#rules.yaml``)."""
+    given = Path(pattern)
+    if given.is_absolute():
+        root, relative = Path(given.anchor), str(given.relative_to(given.anchor))
+    else:
+        root, relative = base_dir, pattern
+    if not _GLOB_CHARS.search(relative):
+        literal = root / relative
+        return [literal] if literal.is_file() else []
+    hidden_named = ("/" + relative).find("/.") >= 0
+    found = []
+    for match in root.glob(relative):
+        parts = match.relative_to(root).parts
+        if not hidden_named and any(p[0] == "." and p not in (".", "..") for p in parts):
+            continue
+        if match.is_file():
+            found.append(match)
+    return sorted(found, key=str)
 
 
 def load_classifier(
@@ -532,7 +554,7 @@ def load_classifier(
             if earlier is not None:
                 raise ConfigError(
                     rule.file,
-                    rule.line,
+                    rule.name_line or rule.line,
                     f"{rule.path}.name",
                     f"duplicate rule name {rule.name!r} (first defined at {earlier.where})",
                 )

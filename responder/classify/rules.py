@@ -95,6 +95,7 @@ class Rule:
     # containment pages at once, a resolve within the hold pages nobody.
     hold_page: timedelta | None = None
     references: tuple[Reference, ...] = ()
+    name_line: int = 0  # the line of its name: key, for errors about the name (0: line)
 
     @property
     def where(self) -> str:
@@ -264,6 +265,7 @@ def parse_rule(node: Node, categories: Collection[str]) -> Rule:
         matchers=matchers,
         file=node.file,
         line=node.line,
+        name_line=name_node.line,
         path=node.path,
         description=description,
         severity=severity,
