@@ -3,7 +3,7 @@ that print every SMS, call and mail they receive.
 
     cd examples && ../.venv/bin/python loopback_peers.py
 
-(it needs aiosmtpd, one of the test extras: the README's test command installs them),
+(it needs aiosmtpd, one of the test extras: `.venv/bin/pip install -q -e '.[test]'`),
 
 then start the daemon on examples/paging.yaml (which points at them) and post an alert. The
 Twilio side is the fake the tests use (responder.testing.FakeTwilio); its auth token is

@@ -112,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
         "--filter", action="append", default=[], help='label matcher, e.g. severity="critical"'
     )
     alerts.add_argument("--limit", type=int, default=100)
-    alerts.add_argument("--json", action="store_true", help="print the API's JSON")
+    alerts.add_argument(
+        "--json", action="store_true", help="print the data of the daemon's answer as JSON"
+    )
     alerts.add_argument("--url", help="daemon URL (default: from the config's listen address)")
     alerts.set_defaults(run=cmd_alerts)
 
@@ -145,7 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     def daemon_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = command(name, help_text)
         sub.add_argument("--url", help="daemon URL (default: from the config's listen address)")
-        sub.add_argument("--json", action="store_true", help="print the API's JSON")
+        sub.add_argument(
+            "--json", action="store_true", help="print the data of the daemon's answer as JSON"
+        )
         return sub
 
     incidents = daemon_command("incidents", "list incidents (open ones by default)")
@@ -508,7 +512,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
         params += [("state", s) for s in args.state or ["open"]]
     document = asyncio.run(_client(args).request("GET", "/api/v1/incidents", params=params))
     if args.json:
-        print(json.dumps(document["data"], indent=2, ensure_ascii=False))
+        print(_as_json(document["data"]))
         return 0
     print_table(
         ["ID", "STATE", "SEV", "CATEGORY", "OPENED", "ACK BY", "ALERTS", "TITLE"],
@@ -533,7 +537,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
     document = asyncio.run(_client(args).request("GET", f"/api/v1/incidents/{args.id}"))
     data = document["data"]
     if args.json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(_as_json(data))
         return 0
     print(f"incident {data['id']}: {_printable(data['title'])}")
     for key in (
@@ -600,7 +604,7 @@ def cmd_act(args: argparse.Namespace) -> int:
     document = asyncio.run(_client(args).request("POST", path, body=body))
     data = document["data"]
     if args.json:
-        print(json.dumps(document, indent=2, ensure_ascii=False))
+        print(_as_json(document))
     elif not document.get("changed", True):
         print(f"incident {data['id']} was already {data['state']}")
     else:
@@ -613,7 +617,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if args.list:
         document = asyncio.run(client.request("GET", "/api/v1/drills"))
         if args.json:
-            print(json.dumps(document["data"], indent=2, ensure_ascii=False))
+            print(_as_json(document["data"]))
             return 0
         for result in document["data"]:
             _print_drill(result)
@@ -630,7 +634,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     print(f"drill {drill_id} started; waiting up to {args.wait} for answers (Ctrl-C stops)")
     result = asyncio.run(_await_drill(client, drill_id, wait.total_seconds()))
     if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        print(_as_json(result))
     else:
         _print_drill(result)
     return 0 if result["answered"] == result["total"] else EXIT_FAILED
@@ -689,7 +693,7 @@ def cmd_actions(args: argparse.Namespace) -> int:
     document = asyncio.run(client.request("GET", "/api/v1/actions"))
     data = document["data"]
     if args.json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(_as_json(data))
         return 0
     switch = data["killSwitch"]
     if data["paused"]:
@@ -743,6 +747,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     if args.id is not None:
         document = asyncio.run(client.request("GET", f"/api/v1/incidents/{args.id}"))
+        if args.json:
+            print(_as_json(document["data"]))
+            return 0
         print(incident_report(document["data"], now=now), end="")
         return 0
     if not args.since:
@@ -753,7 +760,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         since = _parse_time(args.since)
     params = [("since", since.isoformat()), ("limit", str(REPORT_LIMIT))]
     document = asyncio.run(client.request("GET", "/api/v1/incidents", params=params))
-    print(period_report(document["data"], since=since, until=now), end="")
+    if args.json:
+        print(_as_json(document["data"]))
+    else:
+        print(period_report(document["data"], since=since, until=now), end="")
     if document.get("truncated"):
         print(
             f"responder: more than {REPORT_LIMIT} incidents since {since.isoformat()}; the "
@@ -773,7 +783,7 @@ def cmd_heartbeats(args: argparse.Namespace) -> int:
         return 0
     document = asyncio.run(client.request("GET", "/api/v1/heartbeats"))
     if args.json:
-        print(json.dumps(document["data"], indent=2, ensure_ascii=False))
+        print(_as_json(document["data"]))
         return 0
 
     def when(value: str | None) -> str:
@@ -802,6 +812,12 @@ def cmd_heartbeats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_json(data: Any) -> str:
+    # ASCII only: label text is anyone's, and raw control or bidi characters would reach
+    # the terminal; \u escapes keep it valid JSON for jq.
+    return json.dumps(data, indent=2, ensure_ascii=True)
+
+
 # -- alerts ---------------------------------------------------------------------------------
 
 
@@ -813,7 +829,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     params += [("filter", f) for f in args.filter]
     document = asyncio.run(client.request("GET", "/api/v1/alerts", params=params))
     if args.json:
-        print(json.dumps(document["data"], indent=2, ensure_ascii=False))
+        print(_as_json(document["data"]))
     else:
         print_table(
             ["ID", "STATUS", "SEV", "CATEGORY", "RULE", "ALERTNAME", "STARTED", "SEEN", "LABELS"],

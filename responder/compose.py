@@ -65,6 +65,7 @@ class Composer:
             summary = annotations.get("summary", "")
             annotations["summary"] = f"Containment failed: {failure}. {summary}".strip()
         kind = kind_for_page(page.kind)
+        ack_url = self._ack_url(page, incident)
         context = context_for(
             page,
             incident,
@@ -72,7 +73,7 @@ class Composer:
             labels=labels,
             annotations=annotations,
             contact_timezone=self._contact_zone(page.contact),
-            ack_url=self._ack_url(page, incident),
+            ack_url=ack_url,
             public_url=self._public_url,
         )
         chosen = (classification.get("templates") or {}).get(kind.value)
@@ -94,7 +95,13 @@ class Composer:
             # replies to it: a second root would repeat its Message-ID, and be dropped.
             thread_start=page.step == "L1" and page.kind is PageKind.PAGE and page.episode == 1,
             origin=self._origin,
-            data={"incident": incident.id, "step": page.step, "kind": page.kind.value},
+            data={
+                "incident": incident.id,
+                "step": page.step,
+                "kind": page.kind.value,
+                # A webhook's receiver (a chat bot) can offer the signed link as a button.
+                **({"ack_url": ack_url} if ack_url else {}),
+            },
         )
 
     async def bundle(self, pages: Sequence[Page]) -> Message:

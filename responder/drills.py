@@ -72,16 +72,23 @@ def drill_pages(directory: Directory, contacts: Sequence[str], at: datetime) -> 
 
 
 async def start_drill(
-    runtime: Runtime, *, policy: str | None, contacts: Sequence[str], actor: str
+    runtime: Runtime,
+    *,
+    policy: str | None,
+    contacts: Sequence[str],
+    actor: str,
+    via: str = "api",
 ) -> int:
     now = runtime.clock.now()
     escalation = runtime.snapshot.escalation
     names = drill_contacts(escalation, policy, contacts, now)
     pages = drill_pages(escalation.directory, names, now)
+    if not escalation.directory.contacts:
+        raise ValueError("nobody to drill: no contacts are configured (contacts: in the config)")
     if not pages:
         raise ValueError("nobody to drill: the chosen contacts have no channel")
     title = "DRILL: test page, please acknowledge"
-    incident_id = await runtime.store.create_drill(title, pages, actor, now)
+    incident_id = await runtime.store.create_drill(title, pages, actor, now, via)
     for page in pages:
         runtime.metrics.pages_queued.labels(page.channel, page.kind.value).inc()
     runtime.metrics.drills.inc()
@@ -214,6 +221,7 @@ async def scheduled_drills(app: web.Application) -> AsyncIterator[None]:
                             policy=schedule.policy,
                             contacts=schedule.contacts,
                             actor="schedule",
+                            via="schedule",
                         )
                         due = now + schedule.every
                     wait_until = min(wait_until, due)

@@ -169,8 +169,8 @@ class TargetCheck:
 class IncidentFigures:
     """What the review measures about one incident, as of ``now``.
 
-    Time to acknowledge runs from the trigger of the episode that was acknowledged (the
-    opening, if the ack came before a re-trigger); time to resolve runs from the opening.
+    Time to acknowledge runs from the incident's start (``startedAt``: its trigger, through
+    every episode that followed); time to resolve runs from the opening.
     """
 
     opened: datetime
@@ -499,11 +499,16 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
     require_aware(since, "since")
     require_aware(until, "until")
     chosen: list[tuple[Mapping[str, Any], IncidentFigures]] = []
+    drills = 0
     for doc in docs:
         figures = incident_figures(doc, now=until)
-        if since <= figures.opened < until:
-            chosen.append((doc, figures))
-    left_out = len(docs) - len(chosen)
+        if not since <= figures.opened < until:
+            continue
+        if _text(doc, "category") == "drill":
+            drills += 1  # tests of the paging path, not incidents: kept out of the figures
+            continue
+        chosen.append((doc, figures))
+    left_out = len(docs) - len(chosen) - drills
 
     groups: dict[str, list[IncidentFigures]] = {}
     for doc, figures in chosen:
@@ -596,8 +601,16 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
     lines += [
         "## Notes",
         "",
+        *(
+            [
+                f"- Drills are left out of every figure above ({drills} in the period; see "
+                "`responder drill --list`)."
+            ]
+            if drills
+            else []
+        ),
         f"- MTTA counts acknowledged incidents only ({unacked} never acknowledged); it runs from "
-        "the trigger of the episode that was acknowledged.",
+        "the incident's start (its trigger, whatever episodes followed).",
         f"- MTTR counts resolved incidents only ({still_open} unresolved); it runs from the "
         "opening.",
         "- p90 is by nearest rank. Open incidents are judged against their targets at the end "

@@ -49,7 +49,9 @@ def read_secret(
         try:
             secret = read_secret_file(path)
         except OSError as exc:
-            raise file_node.error(f"cannot read secret file: {exc.strerror or exc}") from None
+            raise file_node.error(
+                f"cannot read secret file {path}: {exc.strerror or exc}"
+            ) from None
         except UnicodeDecodeError:
             raise file_node.error("secret file is not valid UTF-8") from None
         if not secret.value:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
@@ -481,3 +482,58 @@ async def test_a_keypress_on_a_bundled_call_acknowledges_every_incident_in_it(
     assert "Incidents 1, 2 acknowledged" in answer.text
     for number in (1, 2):
         assert (await incident(daemon, number))["state"] == "acknowledged"
+
+
+async def test_a_webhook_page_carries_the_acknowledge_link(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tmp_path: Path,
+    clock: FakeClock,
+) -> None:
+    """With server.public_url, a webhook page carries the signed link in data.ack_url (the
+    docs said so; it did not: review of stop 14), and the link opens the ack page."""
+    bodies: list[dict[str, Any]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.Response(text="ok")
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", receive)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    hook_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+    try:
+        port = free_port()
+        config = write_config(
+            tmp_path,
+            f"""
+server:
+  public_url: http://127.0.0.1:{port}
+channels:
+  webhook: {{}}
+contacts:
+  alice: {{webhook: "http://127.0.0.1:{hook_port}/hook"}}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+incidents:
+  default_policy: standard
+""",
+        )
+        app = build_app(load_snapshot(config), clock=clock, registry=CollectorRegistry())
+        client = await aiohttp_client(app, server_kwargs={"port": port})
+        await post(client, webhook(alert("TargetDown", instance="web-1:9100")))
+
+        async def paged() -> bool:
+            return len(bodies) == 1
+
+        await eventually(paged, "the webhook page")
+        link = bodies[0]["data"]["ack_url"]
+        assert link.startswith(f"http://127.0.0.1:{port}/ack/")
+        page = await client.get(link.removeprefix(f"http://127.0.0.1:{port}"))
+        assert page.status == 200
+        assert "Acknowledge" in await page.text()
+    finally:
+        await runner.cleanup()

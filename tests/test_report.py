@@ -398,3 +398,19 @@ def test_an_empty_period_still_renders() -> None:
     )
     assert "0 incidents opened in the period; 0 still open." in text
     assert table(text, "Time to resolve (MTTR)")["**All**"] == ["0", "—", "—", "—"]
+
+
+def test_drills_are_left_out_of_the_figures_and_counted_in_the_notes() -> None:
+    """A drill tests the paging path; as a P3 incident it skewed MTTA and the counts (docs
+    review of stop 14)."""
+    drill = incident(9, "P3", BASE + timedelta(days=1), 1, None, P3_TARGET) | {"category": "drill"}
+    text = period_report(
+        [*month(), drill],
+        since=datetime(2026, 3, 1, tzinfo=UTC),
+        until=datetime(2026, 4, 1, tzinfo=UTC),
+    )
+    assert "7 incidents opened in the period; 2 still open." in text
+    assert table(text, "By severity")["P3"] == ["1", "1", "0", "0", "1", "1"]
+    notes = "\n".join(section(text, "Notes"))
+    assert "Drills are left out of every figure above (1 in the period" in notes
+    assert "- 1 incident opened outside the period left out." in text

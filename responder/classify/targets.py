@@ -96,7 +96,10 @@ def parse_response_targets(
             off_node = entry.get("off_hours")
             if off_node is not None:
                 if business_hours is None:
-                    raise off_node.error("off_hours needs classification.business_hours")
+                    raise off_node.error(
+                        "off_hours needs business hours: define business_hours (at the top "
+                        "level, or in classification)"
+                    )
                 off_node.keys_allowed("respond", "resolve")
                 if off_node.is_null():
                     raise off_node.error("expected respond and/or resolve")

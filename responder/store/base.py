@@ -513,9 +513,10 @@ class Store(ContainmentStore, Protocol):
         ...
 
     async def create_drill(
-        self, title: str, pages: Sequence[NewPage], actor: str, now: datetime
+        self, title: str, pages: Sequence[NewPage], actor: str, now: datetime, via: str = "api"
     ) -> int:
-        """Open a drill incident with its test pages; returns its id."""
+        """Open a drill incident with its test pages; returns its id. ``via``: how it was
+        started (``api``, which the CLI uses too, or ``schedule``), for its timeline."""
         ...
 
     async def page_context(

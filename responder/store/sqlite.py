@@ -834,10 +834,12 @@ class SQLiteStore:
         await self._write(work)
 
     async def create_drill(
-        self, title: str, pages: Sequence[NewPage], actor: str, now: datetime
+        self, title: str, pages: Sequence[NewPage], actor: str, now: datetime, via: str = "api"
     ) -> int:
         now_us = to_us(now)
-        return await self._write(lambda conn: inc.create_drill(conn, title, pages, actor, now_us))
+        return await self._write(
+            lambda conn: inc.create_drill(conn, title, pages, actor, now_us, via)
+        )
 
     # -- containment --------------------------------------------------------------------------
     async def containment_queue(self, after_id: int = 0, limit: int = 100) -> list[QueuedAlert]:

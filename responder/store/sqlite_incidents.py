@@ -1138,7 +1138,12 @@ def first_alert_of(conn: sqlite3.Connection, incident_id: int) -> tuple[str, str
 
 
 def create_drill(
-    conn: sqlite3.Connection, title: str, pages: Sequence[NewPage], actor: str, now_us: int
+    conn: sqlite3.Connection,
+    title: str,
+    pages: Sequence[NewPage],
+    actor: str,
+    now_us: int,
+    via: str = "api",
 ) -> int:
     """A drill is an incident of its own (category drill) that never escalates: its test pages
     go out at once, and acknowledgements come back through the usual doors."""
@@ -1150,9 +1155,8 @@ def create_drill(
     )
     incident_id = int(cur.lastrowid or 0)
     contacts = sorted({p.contact for p in pages})
-    _event(
-        conn, incident_id, now_us, Event.DRILL, actor, {"contacts": contacts, "pages": len(pages)}
-    )
+    detail: dict[str, object] = {"contacts": contacts, "pages": len(pages)}
+    _event(conn, incident_id, now_us, Event.DRILL, actor, detail, via)
     add_pages(conn, incident_id, 1, pages, None, now_us)
     return incident_id
 
