@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -22,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from responder.app import quiet_accept_errors
 from tests.conftest import TOKEN, payload, write_config
 
 START_TIMEOUT_S = 20.0
@@ -358,3 +361,59 @@ async def test_ready_is_sent_by_a_daemon_that_accepts_connections(
         finally:
             daemon.process.kill()
             await daemon.process.wait()
+
+
+async def test_the_daemon_takes_all_the_file_descriptors_it_may(tmp_path: Path) -> None:
+    """Started under a soft limit of 256 (systemd's default is 1,024), the daemon raises it to
+    the hard limit: idle connections from anyone who can reach the port must not use up its
+    descriptors and lock Alertmanager out (review of stop 14)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip("needs a finite hard limit above 256")
+    port = free_port()
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "responder",
+            "serve",
+            "-c",
+            str(write_config(tmp_path)),
+            "--listen",
+            f"127.0.0.1:{port}",
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+        )
+    daemon = Daemon(process, f"http://127.0.0.1:{port}", log)
+    try:
+        await daemon.wait_ready()
+        limits = await asyncio.to_thread(Path(f"/proc/{process.pid}/limits").read_text)
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3] == str(hard), line
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def test_accept_errors_are_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """Out of descriptors, asyncio retries accept() every second and logs a traceback each
+    time: 184 MB of log in 30 s, on the disk the database lives on. Once a minute now; other
+    loop errors are logged as before."""
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    quiet_accept_errors(loop)
+    try:
+        with caplog.at_level(logging.ERROR):
+            for _ in range(5):
+                loop.call_exception_handler(
+                    {"message": "socket.accept() out of system resource", "exception": OSError(24)}
+                )
+            loop.call_exception_handler({"message": "something else went wrong"})
+    finally:
+        loop.set_exception_handler(before)
+    texts = [r.getMessage() for r in caplog.records]
+    assert sum("cannot accept connections" in t for t in texts) == 1
+    assert any("something else went wrong" in t for t in texts)
