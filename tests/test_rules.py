@@ -267,7 +267,7 @@ def test_off_hours_targets(tmp_path: Path, when: datetime, respond: int, resolve
             "classification:\n  response_targets:\n    P1: {off_hours: {respond: 1h}}\n",
             3,
             "classification.response_targets.P1.off_hours",
-            "needs classification.business_hours",
+            "off_hours needs business hours: define business_hours",
         ),
         (
             "classification:\n  response_targets:\n    P4: {respond: 1h}\n",
