@@ -263,6 +263,15 @@ class Runtime:
         finally:
             self._rearm_retry = None
 
+    def _reload_fault(self, old: Snapshot, exc: Exception) -> ConfigError:
+        """A reload that failed for a fault of ours, not the file's: the old config stays."""
+        self.metrics.config_reload_ok.set(0)
+        error = ConfigError(display_name(old.config.path), 0, "", f"cannot load: {exc!r}")
+        log.exception(
+            "reload failed; the old config stays in force", extra=fields(error=str(error))
+        )
+        return error
+
     async def reload(self) -> ConfigError | None:
         """Load the config again; swap it in on success. Returns the error on failure."""
         async with self._reload_lock:
@@ -280,6 +289,8 @@ class Runtime:
                     "reload failed; the old config stays in force", extra=fields(error=str(exc))
                 )
                 return exc
+            except Exception as exc:  # a fault of ours in loading: still keep the old config
+                return self._reload_fault(old, exc)
             try:
                 authenticator = Authenticator(new.config.auth, self.generated_token)
             except ValueError:
@@ -297,13 +308,8 @@ class Runtime:
                     "reload failed; the old config stays in force", extra=fields(error=str(error))
                 )
                 return error
-            except Exception as exc:  # a fault of ours in loading: still keep the old config
-                self.metrics.config_reload_ok.set(0)
-                error = ConfigError(str(old.config.path), 0, "", f"cannot load: {exc!r}")
-                log.exception(
-                    "reload failed; the old config stays in force", extra=fields(error=str(error))
-                )
-                return error
+            except Exception as exc:  # a fault of ours
+                return self._reload_fault(old, exc)
             if new.config.logging != old.config.logging:
                 log.warning(
                     "config section changed; it takes effect at the next restart",

@@ -16,7 +16,7 @@ import pytest
 
 from responder.calendar import BusinessHours
 from responder.classify import load_classifier
-from responder.yamlfile import ConfigError
+from responder.yamlfile import ConfigError, Node, load_text
 from tests.conftest import AUTH, ClientFactory, write_config
 
 GOOD = "rules:\n  - name: a\n    matchers: []\n    severity: P1\n"
@@ -152,3 +152,44 @@ def test_the_next_opening_past_holidays_on_the_one_open_weekday() -> None:
     )
     after = datetime(2026, 1, 4, 12, tzinfo=UTC)
     assert hours.next_change(after) == datetime(2026, 1, 19, 9, tzinfo=UTC)
+
+
+def _section(pattern: str) -> Node | None:
+    return load_text(f'classification:\n  rule_files: ["{pattern}"]\n', "c.yaml").get(
+        "classification"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("rules/**", 2),  # a trailing ** is every file below, as glob had it
+        ("rules/**.yaml", 1),  # ** inside a name is *, as glob had it
+        ("./rules/*.yaml", 1),  # ./ names no hidden part: .x.yaml stays out
+        ("rules/.*.yaml", 1),  # a pattern that names hidden files gets them
+    ],
+)
+def test_patterns_match_as_glob_did(tmp_path: Path, pattern: str, expected: int) -> None:
+    (tmp_path / "rules" / "team").mkdir(parents=True)
+    (tmp_path / "rules" / "a.yaml").write_text(GOOD)
+    (tmp_path / "rules" / "team" / "b.yaml").write_text(GOOD.replace("name: a", "name: b"))
+    (tmp_path / "rules" / ".x.yaml").write_text(GOOD.replace("name: a", "name: x"))
+    assert load_classifier(_section(pattern), tmp_path).rule_count == expected
+
+
+async def test_a_reload_that_fails_for_a_fault_of_ours_keeps_the_old_config(
+    make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a ConfigError (a bug of ours while loading): still a 400 that says so, the
+    reload gauge at 0, the old config in force; not a 500 (review of stop 14)."""
+    client = await make_client(write_config(tmp_path))
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a fault of ours")
+
+    monkeypatch.setattr("responder.runtime.load_snapshot", broken)
+    answer = await client.post("/-/reload", headers=AUTH)
+    assert answer.status == 400, await answer.text()
+    assert "cannot load: RuntimeError('a fault of ours')" in (await answer.json())["error"]
+    metrics = await (await client.get("/metrics")).text()
+    assert "responder_config_last_reload_successful 0.0" in metrics

@@ -498,9 +498,13 @@ def _matching_files(base_dir: Path, pattern: str) -> list[Path]:
     if not _GLOB_CHARS.search(relative):
         literal = root / relative
         return [literal] if literal.is_file() else []
-    hidden_named = ("/" + relative).find("/.") >= 0
+    # As glob reads them: "**" inside a name is "*", and a trailing "**" is every file below.
+    components = [c if c == "**" else c.replace("**", "*") for c in Path(relative).parts]
+    if components[-1] == "**":
+        components.append("*")
+    hidden_named = any(c[0] == "." and c not in (".", "..") for c in components)
     found = []
-    for match in root.glob(relative):
+    for match in root.glob(str(Path(*components))):
         parts = match.relative_to(root).parts
         if not hidden_named and any(p[0] == "." and p not in (".", "..") for p in parts):
             continue
