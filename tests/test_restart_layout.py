@@ -4,6 +4,7 @@ layout of the policies that open incidents were armed under (schema 10)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,11 +12,14 @@ from responder.clock import FakeClock
 from responder.runtime import RUNTIME
 from responder.testing import FakeTwilio, SmtpTestServer
 from tests.conftest import ClientFactory, write_config
+from tests.test_containment import RESTART_RULE, _finished, restart_action
+from tests.test_containment import config as containment_config
 from tests.test_escalation_story import (
     _count,
     alert,
     channels,
     eventually,
+    incident,
     post,
     settle,
     smtp,  # noqa: F401 - fixture
@@ -140,3 +144,35 @@ async def test_a_level_moved_earlier_while_stopped_pages_at_its_new_time(
     client = await make_client(path)
     await settle(client, clock, timedelta(seconds=10))
     await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at once")
+
+
+async def test_a_restart_during_a_hold_keeps_the_page_held(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+) -> None:
+    """hold_page 5m and containment worked; the daemon restarts a minute in (same config)
+    and the alert resolves at 2m: nobody is woken, as without the restart. The start's
+    re-arm released the hold and paged (second review of stop 14)."""
+    path = containment_config(
+        tmp_path, smtp, restart_action(tmp_path, "pass"), RESTART_RULE + "    hold_page: 5m\n"
+    )
+    client = await make_client(path)
+    down = alert("WebDown", service="nginx")
+    await post(client, webhook(down))
+    for _ in range(200):
+        if await _finished(client):
+            break
+        await asyncio.sleep(0.02)
+    assert await _finished(client)
+    await client.close()
+    clock.advance(timedelta(minutes=1))
+    client = await make_client(path)
+    await asyncio.sleep(0.5)  # the engine and the outbox run
+    clock.advance(timedelta(minutes=1))
+    await post(client, webhook(alert("WebDown", "resolved", **down["labels"])))
+    clock.advance(timedelta(minutes=10))
+    await asyncio.sleep(0.3)
+    assert (await incident(client))["state"] == "resolved"
+    assert smtp.messages == [], [m.rcpt_tos for m in smtp.messages]

@@ -240,4 +240,9 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "CREATE TABLE escalation_layout ("
         "id INTEGER PRIMARY KEY CHECK (id = 1), layout TEXT NOT NULL)",
     ],
+    # 11: until when a rule's hold_page holds an incident's first page. Kept apart from
+    # next_due, which a re-arm (a reload, every start) pulls forward to recompute.
+    [
+        "ALTER TABLE incidents ADD COLUMN held_until INTEGER",
+    ],
 ]

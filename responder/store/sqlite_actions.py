@@ -127,8 +127,8 @@ def record_run(
         escalate_incident(conn, incident_id, escalate, now_us)
     if release_hold and incident_id is not None:
         conn.execute(
-            "UPDATE incidents SET next_due = ?, version = version + 1, updated_at = ? "
-            "WHERE id = ? AND state = 'triggered' AND next_due > ?",
+            "UPDATE incidents SET next_due = ?, held_until = NULL, version = version + 1, "
+            "updated_at = ? WHERE id = ? AND state = 'triggered' AND next_due > ?",
             (now_us, now_us, incident_id, now_us),
         )
     return True
@@ -192,8 +192,9 @@ def escalate_incident(
     ).fetchone()
     if escalated is None:
         conn.execute(
-            "UPDATE incidents SET escalate_now = ?, next_due = ?, version = version + 1, "
-            "updated_at = ? WHERE id = ? AND state IN ('triggered', 'snoozed')",
+            "UPDATE incidents SET escalate_now = ?, next_due = ?, held_until = NULL, "
+            "version = version + 1, updated_at = ? WHERE id = ? "
+            "AND state IN ('triggered', 'snoozed')",
             (reason[:500], now_us, now_us, incident_id),
         )
     _event(conn, incident_id, now_us, Event.CONTAINMENT_FAILED, {"reason": reason[:2000]})

@@ -251,8 +251,8 @@ def attach_alert(
     hold_us = int(classification.get("hold_page_s") or 0) * 1_000_000
     cur = conn.execute(
         "INSERT INTO incidents (key, state, severity, category, policy, rule, title, respond_s, "
-        "resolve_s, opened_at, triggered_at, next_due, updated_at) "
-        "VALUES (?, 'triggered', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "resolve_s, opened_at, triggered_at, next_due, updated_at, held_until) "
+        "VALUES (?, 'triggered', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             key,
             severity,
@@ -266,6 +266,7 @@ def attach_alert(
             now_us,
             now_us + hold_us,
             now_us,
+            now_us + hold_us if hold_us else None,
         ),
     )
     incident_id = int(cur.lastrowid or 0)
@@ -647,11 +648,13 @@ def policy_gone(
 
 
 def rearm_open(conn: sqlite3.Connection, now_us: int) -> int:
-    """Every open incident due now (the policies changed); returns how many."""
+    """Every open incident due now (the policies changed), but for a first page a rule's
+    hold_page still holds (its end stays its due time); returns how many."""
     # A new version: an escalation pass that read the incident before the reload must not
     # apply a decision made with the old levels (apply_steps checks the version).
     cur = conn.execute(
-        "UPDATE incidents SET next_due = MIN(COALESCE(next_due, ?1), ?1), "
+        "UPDATE incidents SET next_due = MIN(COALESCE(next_due, ?1), "
+        "CASE WHEN state = 'triggered' AND held_until > ?1 THEN held_until ELSE ?1 END), "
         "version = version + 1 WHERE state != 'resolved'",
         (now_us,),
     )
