@@ -146,7 +146,11 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     await runtime.store.open()
     log.info("store open", extra=fields(url=runtime.store.url))
-    await runtime.rearm_at_start()  # before the engine's first pass
+    try:
+        await runtime.rearm_at_start()  # before the engine's first pass
+    except BaseException:
+        await runtime.store.close()  # the start fails: its lock and writer go with it
+        raise
     yield
     await runtime.stop()
     await runtime.store.close()
@@ -319,6 +323,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         runtime.metrics,
         lambda: runtime.snapshot.escalation,
         on_pages=dispatcher.wake,
+        held=lambda: runtime.rearm_pending,
     )
     runner = ActionRunner(runtime.clock, runtime.started_with.config.state_dir / "evidence")
     runtime.containment = Containment(

@@ -347,9 +347,13 @@ class Escalator:
         config: Callable[[], EscalationConfig],  # read at each pass: a reload swaps it
         *,
         on_pages: Callable[[], None] = lambda: None,
+        held: Callable[[], bool] = lambda: False,
         batch: int = 1000,
     ) -> None:
         self._on_pages = on_pages  # wakes the outbox sender
+        # True while a re-arm (new policies) waits for the store: the steps recorded may
+        # still name the old levels, so nothing is decided until it is written (and wakes us).
+        self._held = held
         self._store = store
         self._clock = clock
         self._metrics = metrics
@@ -444,8 +448,11 @@ class Escalator:
             started = monotonic()
             self._passes_started += 1
             try:
-                await self.run_once()
-                wake_at = await self._store.next_escalation()
+                if self._held():
+                    wake_at = None
+                else:
+                    await self.run_once()
+                    wake_at = await self._store.next_escalation()
             except Exception:
                 log.exception("escalation pass failed; trying again shortly")
                 wake_at = None

@@ -163,14 +163,9 @@ class Runtime:
         nothing to carry over. Every open incident is looked at again even when the layout
         is the same: a level's ``after`` is not part of it. Before the engine's first pass."""
         current = self._layout(self.snapshot.escalation)
-        try:
-            stored = await self.store.escalation_layout()
-        except StoreError as exc:
-            log.error(
-                "escalation layout not read; open incidents keep their steps",
-                extra=fields(error=str(exc)),
-            )
-            return
+        # A store that cannot take this cannot take anything: the start fails (and systemd
+        # starts the daemon again), rather than escalate on steps of the old levels.
+        stored = await self.store.escalation_layout()
         previous = current
         if stored is not None:
             try:
@@ -180,13 +175,20 @@ class Runtime:
                     "stored escalation layout unreadable; replaced", extra=fields(error=str(exc))
                 )
         async with self._reload_lock:
-            await self._rearm(previous, current)
+            self._rearm(previous, current)
+            if not await self._apply_rearms():
+                raise StoreError("open incidents could not be re-armed at start")
+
+    @property
+    def rearm_pending(self) -> bool:
+        """A re-arm waits for the store (the escalation engine holds off meanwhile)."""
+        return bool(self._rearms)
 
     @staticmethod
     def _layout(escalation: EscalationConfig) -> EscalationLayout:
         return EscalationLayout.of(escalation.policies, escalation.default_policy)
 
-    async def _rearm(self, old: EscalationLayout, new: EscalationLayout) -> None:
+    def _rearm(self, old: EscalationLayout, new: EscalationLayout) -> None:
         """New policies: each open incident's next step is computed again under them now
         (a level moved earlier is due at once, not at the time the old policy gave), and
         the levels done are renamed where the change added, removed or moved levels."""
@@ -224,8 +226,6 @@ class Runtime:
         # layout is written with it: a re-arm still waiting when the daemon stops is done
         # at the next start (rearm_at_start).
         self._rearms.append((renumber, gone, new.default_policy, new.to_json()))
-        if self._rearm_retry is None and not await self._apply_rearms():
-            self._rearm_retry = asyncio.create_task(self._retry_rearms(), name="rearm-retry")
 
     async def _apply_rearms(self) -> bool:
         """Write the re-arms waiting, oldest first; False when one could not be written."""
@@ -329,7 +329,11 @@ class Runtime:
             self.snapshot = new
             self.authenticator = authenticator
             if new.escalation != old.escalation:
-                await self._rearm(self._layout(old.escalation), self._layout(new.escalation))
+                self._rearm(self._layout(old.escalation), self._layout(new.escalation))
+                if self._rearm_retry is None and not await self._apply_rearms():
+                    self._rearm_retry = asyncio.create_task(
+                        self._retry_rearms(), name="rearm-retry"
+                    )
             self.metrics.config_reload_ok.set(1)
             self.metrics.config_reload_time.set(self.clock.now().timestamp())
             self.metrics.rules_loaded.set(new.classifier.rule_count)

@@ -7,11 +7,16 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from responder import runtime as runtime_module
 from responder.clock import FakeClock
 from responder.runtime import RUNTIME
+from responder.store import SQLiteStore, StoreError
 from responder.testing import FakeTwilio, SmtpTestServer
-from tests.conftest import ClientFactory, write_config
+from tests.conftest import AUTH, ClientFactory, write_config
 from tests.test_containment import RESTART_RULE, _finished, restart_action
 from tests.test_containment import config as containment_config
 from tests.test_escalation_story import (
@@ -176,3 +181,78 @@ async def test_a_restart_during_a_hold_keeps_the_page_held(
     await asyncio.sleep(0.3)
     assert (await incident(client))["state"] == "resolved"
     assert smtp.messages == [], [m.rcpt_tos for m in smtp.messages]
+
+
+async def test_a_start_whose_re_arm_the_store_refuses_does_not_start(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The levels moved while the daemon was stopped and the store refuses the start's
+    re-arm: the start fails (systemd starts it again) instead of escalating with the new
+    levels on the old steps, which paged bob twice (second review of stop 14). The next
+    start re-arms and pages nobody again."""
+    extra = channels(tmp_path, smtp, twilio)
+    path = write_config(tmp_path, config(OPS_THREE + STANDARD) + extra, rules=RULES_OPS)
+    await _paged_to_bob(make_client, path, clock)
+    write_config(tmp_path, config(OPS_CAROL_FIRST + STANDARD) + extra, rules=RULES_OPS)
+    real = SQLiteStore.rearm_open_incidents
+
+    async def refused(self: SQLiteStore, *args: Any, **kwargs: Any) -> int:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(SQLiteStore, "rearm_open_incidents", refused)
+    with pytest.raises(StoreError, match="could not be re-armed at start"):
+        await make_client(path)
+    monkeypatch.setattr(SQLiteStore, "rearm_open_incidents", real)
+    client = await make_client(path)
+    for _ in range(20):
+        await settle(client, clock, timedelta(minutes=1))
+    contacts = [contact for _, contact, _ in await _contacts(client)]
+    assert sorted(contacts) == ["alice", "bob"], contacts
+
+
+async def test_no_escalation_while_a_reload_s_re_arm_waits_for_the_store(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reload puts carol's level first and the store refuses its re-arm once: until the
+    retry writes it, the engine decides nothing (the steps still name the old levels), so
+    nobody is paged again."""
+    monkeypatch.setattr(runtime_module, "REARM_RETRY_S", 1.5)
+    extra = channels(tmp_path, smtp, twilio)
+    path = write_config(tmp_path, config(OPS_THREE + STANDARD) + extra, rules=RULES_OPS)
+    client = await make_client(path)
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    for _ in range(16):
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")
+    runtime = client.app[RUNTIME]
+    real = runtime.store.rearm_open_incidents
+    calls: list[object] = []
+
+    async def refused_once(*args: Any, **kwargs: Any) -> int:
+        calls.append(args)
+        if len(calls) == 1:
+            raise StoreError("database is locked")
+        count: int = await real(*args, **kwargs)
+        return count
+
+    monkeypatch.setattr(runtime.store, "rearm_open_incidents", refused_once)
+    write_config(tmp_path, config(OPS_CAROL_FIRST + STANDARD) + extra, rules=RULES_OPS)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    # Past the old level 3's time (30m) before the retry: nothing may be decided yet.
+    await settle(client, clock, timedelta(minutes=20))
+    await asyncio.sleep(2.0)  # past the retry
+    for _ in range(5):
+        await settle(client, clock, timedelta(minutes=1))
+    assert len(calls) == 2
+    contacts = [contact for _, contact, _ in await _contacts(client)]
+    assert sorted(contacts) == ["alice", "bob"], contacts
