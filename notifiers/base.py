@@ -46,6 +46,13 @@ class Receipt:
 # The outbox's bound on one send (twilio ignores its own timeout). An adapter with its own
 # timeout ends before it, so that it, not the outbox, says whether the message may be out.
 SEND_DEADLINE_S = 30.0
+# Room between the end of an adapter's own bound and the outbox's deadline.
+SEND_MARGIN_S = 5.0
+
+
+def send_bound(timeout: float) -> float:
+    """An adapter's bound on one send: its configured timeout, ending before the outbox's."""
+    return min(timeout, SEND_DEADLINE_S - SEND_MARGIN_S)
 
 
 class DeliveryError(Exception):

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiosmtplib
 
-from notifiers.base import SEND_DEADLINE_S, DeliveryError, Message, Receipt
+from notifiers.base import DeliveryError, Message, Receipt, send_bound
 from responder.clock import Clock, SystemClock
 from responder.secrets import Secret
 
@@ -116,9 +116,6 @@ def _tls_context(settings: SmtpSettings) -> ssl.SSLContext:
     cafile = str(settings.ca_file) if settings.ca_file is not None else None
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
 
-
-# Room between the end of our own bound and the outbox's deadline.
-SEND_MARGIN_S = 5.0
 
 
 class _TrackedSMTP(aiosmtplib.SMTP):
@@ -245,7 +242,7 @@ class SmtpNotifier:
     def _bound(self) -> float:
         """Seconds for one whole send: ends before the outbox's deadline, so that the
         outcome (not sent, maybe sent, sent) is decided here."""
-        return min(self._settings.timeout, SEND_DEADLINE_S - SEND_MARGIN_S)
+        return send_bound(self._settings.timeout)
 
     def _scrub(self, text: str) -> str:
         password = self._settings.password

@@ -30,7 +30,7 @@ from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
-from notifiers.base import DeliveryError, Message, Receipt
+from notifiers.base import DeliveryError, Message, Receipt, send_bound
 from notifiers.sms_text import fit_segments
 from responder.secrets import Secret
 
@@ -287,7 +287,7 @@ class TwilioNotifier:
         progress = _Progress()
         token = _PROGRESS.set(progress)
         try:
-            instance = await asyncio.wait_for(call, timeout=settings.timeout)
+            instance = await asyncio.wait_for(call, timeout=send_bound(settings.timeout))
         except Exception as exc:  # every failure becomes a DeliveryError, classified below
             raise self._delivery_error(exc, progress.connected) from None
         finally:
@@ -326,7 +326,8 @@ class TwilioNotifier:
             # The request was sent: Twilio may have taken the message and be slow to say so.
             return DeliveryError(
                 "timeout",
-                f"Twilio did not answer the {what} request within {self._settings.timeout:g}s",
+                f"Twilio did not answer the {what} request within "
+                f"{send_bound(self._settings.timeout):g}s",
                 retryable=True,
                 maybe_sent=True,
             )

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from notifiers.base import DeliveryError, Message, Receipt
+from notifiers.base import DeliveryError, Message, Receipt, send_bound
 from responder import __version__
 from responder.clock import Clock, SystemClock
 from responder.secrets import Secret
@@ -127,7 +127,7 @@ class WebhookNotifier:
             headers[SIGNATURE_HEADER] = sign(self._settings.secret.value, timestamp, body)
         session = self._get_session()
         try:
-            async with asyncio.timeout(self._settings.timeout):
+            async with asyncio.timeout(send_bound(self._settings.timeout)):
                 async with session.post(
                     url, data=body, headers=headers, allow_redirects=False
                 ) as response:
@@ -137,7 +137,7 @@ class WebhookNotifier:
         except TimeoutError:
             raise DeliveryError(
                 "timeout",
-                f"{origin} did not answer within {self._settings.timeout:g}s",
+                f"{origin} did not answer within {send_bound(self._settings.timeout):g}s",
                 retryable=True,
             ) from None
         except aiohttp.InvalidURL:

@@ -14,7 +14,7 @@ from typing import Any
 import aiosmtpd.smtp
 import pytest
 
-from notifiers import smtp as smtp_module
+import notifiers.base
 from notifiers.base import DeliveryError, Message
 from notifiers.config import build_notifiers, parse_channels
 from notifiers.smtp import SmtpMode, SmtpNotifier, SmtpSettings, thread_root_id
@@ -395,8 +395,8 @@ async def test_the_adapter_ends_before_the_outbox_deadline(
 ) -> None:
     """smtp.timeout as long as the outbox's deadline would leave the outcome to the outbox
     (always "unknown"): the adapter's own bound ends first, and it says what happened."""
-    monkeypatch.setattr(smtp_module, "SEND_DEADLINE_S", 1.0)
-    monkeypatch.setattr(smtp_module, "SEND_MARGIN_S", 0.5)
+    monkeypatch.setattr(notifiers.base, "SEND_DEADLINE_S", 1.0)
+    monkeypatch.setattr(notifiers.base, "SEND_MARGIN_S", 0.5)
     plain.answer_delay = 2.0
     started = time.monotonic()
     with pytest.raises(DeliveryError) as caught:

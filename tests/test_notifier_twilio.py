@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+import notifiers.base
 from notifiers.base import DeliveryError, Message
 from notifiers.config import build_notifiers, parse_channels
 from notifiers.twilio import (
@@ -334,6 +335,28 @@ async def test_a_black_holed_api_sent_nothing(fake: FakeTwilio) -> None:
             await notifier.close()
     assert (caught.value.reason, caught.value.retryable) == ("connection", True)
     assert not caught.value.maybe_sent
+
+
+async def test_a_long_twilio_timeout_still_ends_before_the_outbox_deadline(
+    fake: FakeTwilio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """twilio.timeout as long as the outbox's deadline left the outcome to the outbox, which
+    calls it "maybe sent": a black-holed API failed the page instead of retrying it. The
+    adapter's own bound ends first now, and it knows nothing was sent."""
+    monkeypatch.setattr(notifiers.base, "SEND_DEADLINE_S", 1.0)
+    monkeypatch.setattr(notifiers.base, "SEND_MARGIN_S", 0.5)
+    with black_holed_port() as port:
+        notifier = TwilioNotifier(
+            "sms", settings_for(fake, api_base_url=f"http://127.0.0.1:{port}", timeout=30.0)
+        )
+        started = time.monotonic()
+        try:
+            with pytest.raises(DeliveryError) as caught:
+                await notifier.send(page())
+        finally:
+            await notifier.close()
+    assert time.monotonic() - started < 0.9
+    assert (caught.value.reason, caught.value.maybe_sent) == ("connection", False)
 
 
 async def test_a_connection_reset_after_the_request_may_have_sent_it(fake: FakeTwilio) -> None:
