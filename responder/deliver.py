@@ -267,6 +267,9 @@ class _Rerouter:
 
 # Why a paid page waits: also how a later hold knows the page was held (and re-routed) before.
 BUDGET_HELD = "hourly SMS/voice budget used"
+# How long a send recorded in the future (the clock stepped back) keeps the time it was
+# first seen at: longer than any rate limit's window and the budget's hour.
+FUTURE_SENDS_KEPT = timedelta(days=2)
 
 
 class Dispatcher:
@@ -437,9 +440,17 @@ class Dispatcher:
         """Send times, sorted, with those recorded later than ``now`` (the wall clock stepped
         back: NTP, a restored VM) moved to when this dispatcher first saw them."""
         seen = self._future_sends
-        for at in [at for at in seen if at <= now]:
-            del seen[at]  # the clock caught up with it
-        return sorted(seen.setdefault(at, now) if at > now else at for at in sent)
+        # Remembered past any limit's window (even once the clock reaches the recorded
+        # time: read raw again then, the send would count a second time).
+        windows = [
+            limit.window for limits in self._config().rate_limits.values() for limit in limits
+        ]
+        kept = max([FUTURE_SENDS_KEPT, *windows])
+        for at in [at for at, first in seen.items() if first < now - kept]:
+            del seen[at]
+        return sorted(
+            seen[at] if at in seen else seen.setdefault(at, now) if at > now else at for at in sent
+        )
 
     def _count_paid(self, channel: str, at: datetime) -> None:
         if channel in PAID_CHANNELS and self._paid is not None:

@@ -515,7 +515,12 @@ async def test_an_sms_sent_before_the_clock_stepped_back_holds_the_budget_one_ho
     client = await make_client(config(tmp_path, twilio, smtp, extra))
     await post(client, webhook(alert("TargetDown", instance="web-1"), group="a"))
     await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "first SMS")
-    await asyncio.sleep(0.1)  # its send is recorded
+
+    async def recorded() -> bool:
+        pages = [p for p in (await incident(client, 1))["pages"] if p["channel"] == "sms"]
+        return bool(pages) and pages[0]["state"] == "sent"
+
+    await eventually(recorded, "the first SMS recorded as sent before the clock moves")
     clock.advance(timedelta(hours=-2))
     await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
 
@@ -557,3 +562,38 @@ async def test_level_1_after_an_unacknowledge_is_a_new_email_in_the_same_thread(
     first, second = to_alice()
     assert second["Message-ID"] != first["Message-ID"]
     assert second["In-Reply-To"] == first["Message-ID"]
+
+
+async def test_a_send_from_before_a_clock_step_is_not_counted_again_when_the_clock_catches_up(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """SMS 1 went out at t0, then the clock stepped back 2 h: SMS 1 counts as sent at the
+    step, and SMS 2 waits the 1/10m limit. When the clock reaches t0 again, SMS 1 must not
+    count a second time at its recorded time: SMS 3 goes at once (second review of stop
+    14)."""
+    extra = "delivery:\n  rate_limits:\n    sms: [1/10m]\n"
+    client = await make_client(config(tmp_path, twilio, smtp, extra))
+    t0 = clock.now()
+
+    async def recorded(number: int) -> bool:
+        pages = [p for p in (await incident(client, number))["pages"] if p["channel"] == "sms"]
+        return bool(pages) and pages[0]["state"] == "sent"
+
+    await post(client, webhook(alert("TargetDown", instance="web-1"), group="a"))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "SMS 1 at t0")
+    await eventually(lambda: recorded(1), "SMS 1 recorded as sent at t0")
+    clock.advance(timedelta(hours=-2))
+    await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
+    await asyncio.sleep(0.3)
+    clock.advance(timedelta(minutes=10, seconds=1))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 2), "SMS 2, ten minutes on")
+
+    await eventually(lambda: recorded(2), "SMS 2 recorded as sent before the clock moves")
+    clock.advance(t0 + timedelta(minutes=1) - clock.now())
+    await post(client, webhook(alert("LoadHigh", instance="app-1"), group="c"))
+
+    await eventually(lambda: recorded(3), "SMS 3 at once")
