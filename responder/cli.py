@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import signal
 import socket
 import sqlite3
@@ -35,6 +34,7 @@ from responder.client import ApiClient, ClientError
 from responder.clock import SystemClock
 from responder.config import load_config
 from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide
+from responder.limits import OPEN_FILES_WANTED, raise_open_file_limit
 from responder.log import AccessLog, fields, setup_logging
 from responder.plan import escalation_plan, render_oncall, render_plan
 from responder.report import incident_report, period_report
@@ -48,8 +48,6 @@ log = logging.getLogger("responder")
 EXIT_FAILED = 1
 # Connections waiting to be accepted (see cmd_serve).
 LISTEN_BACKLOG = 1024
-# File descriptors the daemon wants at least (raise_open_file_limit); the unit allows 65,536.
-OPEN_FILES_WANTED = 65_536
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 # The most incidents a period report reads (the API's largest page).
@@ -315,19 +313,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     log.info("responder stopped")
     return 0
-
-
-def raise_open_file_limit() -> tuple[int, int]:
-    """Every connection takes a file descriptor, and systemd's default soft limit is 1,024:
-    that many idle connections from anyone who can reach the port would lock Alertmanager
-    out. The soft limit is raised to the hard one (the unit sets LimitNOFILE). Returns the
-    limits before and after."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, OPEN_FILES_WANTED)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:

@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import stat
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -550,3 +552,26 @@ def test_redaction_at_the_cut_of_a_character_split_in_two() -> None:
     full = "log: pässwörd".encode()
     text = full[: full.index("ö".encode()) + 1].decode("utf-8", "replace")
     assert _redact(text, ["pässwörd"], cut=True) == "log: " + REDACTED
+
+
+def test_actions_start_with_the_open_file_limit_the_daemon_started_with() -> None:
+    """The daemon raises its soft open-file limit to the hard one; the programs containment
+    starts get the limit it started with back (select() breaks past 1,024, and some tools
+    close every descriptor up to the limit: second review of stop 14)."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))
+        from responder.limits import raise_open_file_limit
+        from responder.contain.runner import ExecRequest, run_process
+        print("daemon", raise_open_file_limit())
+        probe = "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+        result = asyncio.run(run_process(ExecRequest(({sys.executable!r}, "-c", probe), {{}})))
+        print("child", result.stdout.strip())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert lines == {"daemon": "(1024, 4096)", "child": "1024"}, done.stdout

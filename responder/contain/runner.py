@@ -31,6 +31,7 @@ import aiohttp
 import jinja2
 import yarl
 
+from responder import limits
 from responder.clock import Clock, monotonic
 from responder.contain import builtins, evidence
 from responder.contain.catalog import (
@@ -467,6 +468,8 @@ async def run_process(
             # A session (and so a process group) of its own: a timeout can then kill
             # everything the action started, not just its first process.
             start_new_session=True,
+            # The open-file limit the daemon started with, not the one it raised.
+            preexec_fn=limits.restore_in_child if limits.raised() else None,
         )
     except OSError as exc:
         return ProcessResult(
