@@ -117,7 +117,6 @@ def _tls_context(settings: SmtpSettings) -> ssl.SSLContext:
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
 
 
-
 class _TrackedSMTP(aiosmtplib.SMTP):
     """aiosmtplib's client, noting how far a message got. Once the body is on its way (after
     the server's 354) the server may take it whatever happens next; after the server's

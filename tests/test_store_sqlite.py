@@ -155,6 +155,17 @@ async def test_a_resolved_alert_firing_again_with_its_start_is_revived(
     assert await store.ingest([a], again + timedelta(minutes=1)) == [IngestOutcome.REPEAT]
 
 
+async def test_a_refire_after_a_clock_step_back_is_revived(store: SQLiteStore) -> None:
+    """The resolve is recorded "later" than now (the clock stepped back an hour since): the
+    firing copy 10 minutes on is no out-of-order copy, and fires again (second review of
+    stop 14)."""
+    a = alert()
+    await store.ingest([a], T0)
+    await store.ingest([resolved(a, T0 + timedelta(minutes=1))], T0 + timedelta(minutes=1))
+    stepped_back = T0 + timedelta(minutes=11) - timedelta(hours=1)
+    assert await store.ingest([a], stepped_back) == [IngestOutcome.REVIVED]
+
+
 async def test_refiring_with_new_start_is_a_new_episode(store: SQLiteStore) -> None:
     """The same labels firing again later (new startsAt) is a new alert episode."""
     a = alert()

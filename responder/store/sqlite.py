@@ -1176,7 +1176,8 @@ def _store_alert(
             "UPDATE alerts SET status = 'firing', ends_at = NULL, last_received = ?, "
             "receive_count = receive_count + 1, updated_at = ? WHERE fingerprint = ? AND "
             "starts_at = ? AND (status = 'stale' OR "
-            "(status = 'resolved' AND (? OR last_received <= ?))) RETURNING id",
+            "(status = 'resolved' AND (? OR last_received <= ? OR last_received > ?))) "
+            "RETURNING id",
             (
                 now_us,
                 now_us,
@@ -1184,6 +1185,7 @@ def _store_alert(
                 starts_us,
                 incoming.decided().heartbeat,
                 now_us - REFIRE_AFTER_RESOLVE_US,
+                now_us,  # recorded "later" than now: the clock stepped back since
             ),
         ).fetchone()
         if revived is not None:
