@@ -619,3 +619,26 @@ actions:
     )
     clock.advance(timedelta(minutes=6))
     await eventually(lambda: _true(_lines(log, "delete") == 1), "lifted by the last holder")
+
+
+async def test_a_revived_alert_runs_its_containment_again(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+) -> None:
+    """Maintenance on, the alert resolved, the undo ran after the hold-down (maintenance
+    off); then the alert fires again with its startsAt (revived: Alertmanager had resolved
+    it by timeout). Its revival is a new generation: maintenance goes on again. It was
+    'already run' for that alert, and the backend stayed out of maintenance (second review
+    of stop 14)."""
+    client, log, fired = await maintenance_on(make_client, tmp_path, smtp)
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _true("off web-1" in log.read_text()), "undo after the hold-down")
+    clock.advance(timedelta(minutes=10))
+    answer = await client.post("/api/v1/alertmanager", json=webhook(fired), headers=AUTH)
+    assert (await answer.json())["outcomes"] == {"revived": 1}
+    await eventually(
+        lambda: _true(log.read_text().splitlines() == ["on web-1", "off web-1", "on web-1"]),
+        "maintenance on again",
+    )

@@ -191,7 +191,7 @@ class Containment:
                 )
                 continue
             wanted = "resolve" if action.on_resolve else "fire"
-            if item.trigger != wanted:
+            if item.trigger.partition("#")[0] != wanted:  # "fire#2": its third generation
                 continue  # actions run for firing alerts only, unless declared for resolve
             await self._run_one(item, action, settings)
         await self._store.containment_done(item.queue_id)

@@ -245,4 +245,29 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE incidents ADD COLUMN held_until INTEGER",
     ],
+    # 12: how often an alert came back to life (stale or resolved, then firing again with
+    # its startsAt): each time is a new generation for containment, whose runs are once per
+    # (alert, action, trigger), or a revived alert would never run its actions again.
+    [
+        "ALTER TABLE alerts ADD COLUMN revivals INTEGER NOT NULL DEFAULT 0",
+        """
+        CREATE TABLE action_queue_v12 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alert_id INTEGER NOT NULL REFERENCES alerts (id),
+            trigger TEXT NOT NULL CHECK (
+                trigger IN ('fire', 'resolve')
+                OR trigger GLOB 'fire#[1-9]*' OR trigger GLOB 'resolve#[1-9]*'
+            ),
+            queued_at INTEGER NOT NULL,
+            UNIQUE (alert_id, trigger)
+        )
+        """,
+        "INSERT INTO action_queue_v12 SELECT id, alert_id, trigger, queued_at FROM action_queue",
+        # Ids stay never reused (migration 4): the new table counts on from the old one.
+        "DELETE FROM sqlite_sequence WHERE name = 'action_queue_v12'",
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'action_queue_v12', seq "
+        "FROM sqlite_sequence WHERE name = 'action_queue'",
+        "DROP TABLE action_queue",
+        "ALTER TABLE action_queue_v12 RENAME TO action_queue",
+    ],
 ]

@@ -1094,6 +1094,13 @@ def _ingest_one(
     if classification.actions and outcome is not IngestOutcome.RESOLVED_UNSEEN:
         # Containment's work, durable with the alert: a crash before it runs loses nothing.
         trigger = "resolve" if outcome is IngestOutcome.RESOLVED else "fire"
+        if outcome is not IngestOutcome.NEW:
+            # A revived alert is a new generation: its actions run again ("fire#1").
+            (revivals,) = conn.execute(
+                "SELECT revivals FROM alerts WHERE id = ?", (alert_id,)
+            ).fetchone()
+            if revivals:
+                trigger += f"#{revivals}"
         conn.execute(
             "INSERT INTO action_queue (alert_id, trigger, queued_at) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING",
@@ -1174,7 +1181,8 @@ def _store_alert(
         # life in any order: the dead-man switch must see it (heartbeats.py).
         revived = conn.execute(
             "UPDATE alerts SET status = 'firing', ends_at = NULL, last_received = ?, "
-            "receive_count = receive_count + 1, updated_at = ? WHERE fingerprint = ? AND "
+            "receive_count = receive_count + 1, revivals = revivals + 1, updated_at = ? "
+            "WHERE fingerprint = ? AND "
             "starts_at = ? AND (status = 'stale' OR "
             "(status = 'resolved' AND (? OR last_received <= ? OR last_received > ?))) "
             "RETURNING id",
