@@ -501,6 +501,16 @@ async def test_a_recovery_notice_held_by_the_rate_limit_still_goes(
     assert twilio.sent_sms("+15551230001")[1].body.startswith("RESOLVED")
 
 
+async def _first_sms(client: Any, number: int) -> dict[str, Any]:
+    """Incident ``number``'s first SMS page ({} while it has none)."""
+    pages = [p for p in (await incident(client, number))["pages"] if p["channel"] == "sms"]
+    return pages[0] if pages else {}
+
+
+async def _sms_sent(client: Any, number: int) -> bool:
+    return (await _first_sms(client, number)).get("state") == "sent"
+
+
 async def test_an_sms_sent_before_the_clock_stepped_back_holds_the_budget_one_hour(
     make_client: ClientFactory,
     tmp_path: Path,
@@ -515,18 +525,12 @@ async def test_an_sms_sent_before_the_clock_stepped_back_holds_the_budget_one_ho
     client = await make_client(config(tmp_path, twilio, smtp, extra))
     await post(client, webhook(alert("TargetDown", instance="web-1"), group="a"))
     await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "first SMS")
-
-    async def recorded() -> bool:
-        pages = [p for p in (await incident(client, 1))["pages"] if p["channel"] == "sms"]
-        return bool(pages) and pages[0]["state"] == "sent"
-
-    await eventually(recorded, "the first SMS recorded as sent before the clock moves")
+    await eventually(lambda: _sms_sent(client, 1), "the first SMS recorded as sent")
     clock.advance(timedelta(hours=-2))
     await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
 
     async def held() -> bool:
-        pages = [p for p in (await incident(client, 2))["pages"] if p["channel"] == "sms"]
-        return bool(pages) and "budget" in (pages[0]["error"] or "")
+        return "budget" in ((await _first_sms(client, 2)).get("error") or "")
 
     await eventually(held, "the second SMS held by the budget")
     clock.advance(timedelta(hours=1, minutes=10))
@@ -579,21 +583,17 @@ async def test_a_send_from_before_a_clock_step_is_not_counted_again_when_the_clo
     client = await make_client(config(tmp_path, twilio, smtp, extra))
     t0 = clock.now()
 
-    async def recorded(number: int) -> bool:
-        pages = [p for p in (await incident(client, number))["pages"] if p["channel"] == "sms"]
-        return bool(pages) and pages[0]["state"] == "sent"
-
     await post(client, webhook(alert("TargetDown", instance="web-1"), group="a"))
     await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "SMS 1 at t0")
-    await eventually(lambda: recorded(1), "SMS 1 recorded as sent at t0")
+    await eventually(lambda: _sms_sent(client, 1), "SMS 1 recorded as sent at t0")
     clock.advance(timedelta(hours=-2))
     await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
     await asyncio.sleep(0.3)
     clock.advance(timedelta(minutes=10, seconds=1))
     await eventually(lambda: _true(len(twilio.sent_sms()) == 2), "SMS 2, ten minutes on")
 
-    await eventually(lambda: recorded(2), "SMS 2 recorded as sent before the clock moves")
+    await eventually(lambda: _sms_sent(client, 2), "SMS 2 recorded as sent before the clock moves")
     clock.advance(t0 + timedelta(minutes=1) - clock.now())
     await post(client, webhook(alert("LoadHigh", instance="app-1"), group="c"))
 
-    await eventually(lambda: recorded(3), "SMS 3 at once")
+    await eventually(lambda: _sms_sent(client, 3), "SMS 3 at once")

@@ -84,6 +84,14 @@ async def _paged_to_bob(make_client: ClientFactory, path: Path, clock: FakeClock
     await client.close()
 
 
+async def _nobody_paged_again(client: Any, clock: FakeClock) -> None:
+    """Twenty minutes on: alice and bob were paged once each, and nobody else."""
+    for _ in range(20):
+        await settle(client, clock, timedelta(minutes=1))
+    contacts = [contact for _, contact, _ in await _contacts(client)]
+    assert sorted(contacts) == ["alice", "bob"], contacts
+
+
 async def test_a_level_removed_across_a_restart_does_not_make_the_next_one_done(
     make_client: ClientFactory,
     tmp_path: Path,
@@ -119,11 +127,7 @@ async def test_levels_reordered_across_a_restart_page_nobody_again(
     path = write_config(tmp_path, config(OPS_THREE + STANDARD) + extra, rules=RULES_OPS)
     await _paged_to_bob(make_client, path, clock)
     write_config(tmp_path, config(OPS_CAROL_FIRST + STANDARD) + extra, rules=RULES_OPS)
-    client = await make_client(path)
-    for _ in range(20):
-        await settle(client, clock, timedelta(minutes=1))
-    contacts = [contact for _, contact, _ in await _contacts(client)]
-    assert sorted(contacts) == ["alice", "bob"], contacts
+    await _nobody_paged_again(await make_client(path), clock)
 
 
 async def test_a_level_moved_earlier_while_stopped_pages_at_its_new_time(
@@ -208,11 +212,7 @@ async def test_a_start_whose_re_arm_the_store_refuses_does_not_start(
     with pytest.raises(StoreError, match="could not be re-armed at start"):
         await make_client(path)
     monkeypatch.setattr(SQLiteStore, "rearm_open_incidents", real)
-    client = await make_client(path)
-    for _ in range(20):
-        await settle(client, clock, timedelta(minutes=1))
-    contacts = [contact for _, contact, _ in await _contacts(client)]
-    assert sorted(contacts) == ["alice", "bob"], contacts
+    await _nobody_paged_again(await make_client(path), clock)
 
 
 async def test_no_escalation_while_a_reload_s_re_arm_waits_for_the_store(
