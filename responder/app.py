@@ -252,7 +252,7 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
 
     async def prune_forever() -> None:
         while True:
-            kept = runtime.config.storage.retention
+            kept = runtime.started_with.config.storage.retention  # storage: at start only
             now = runtime.clock.now()
             if kept is not None:
                 try:

@@ -585,15 +585,17 @@ class Dispatcher:
 
     @staticmethod
     def _not_composed(pages: Sequence[Page], exc: Exception) -> DeliveryError:
-        """The message could not be made (a store read failed: the disk; a template bug):
-        nothing reached a provider, so the pages are tried again like a refused send."""
+        """The message could not be made. Nothing reached a provider: a store read that
+        failed (the disk) is tried again like a refused send; anything else (the incident
+        is gone, a bug) will not get better, and the page fails over at once."""
+        transient = isinstance(exc, StoreError)
         log.error(
-            "page not composed; trying again",
+            "page not composed; trying again" if transient else "page not composed",
             extra=fields(pages=[p.id for p in pages], error=f"{type(exc).__name__}: {exc}"),
-            exc_info=not isinstance(exc, StoreError),
+            exc_info=not transient,
         )
         return DeliveryError(
-            "compose", f"message not composed: {type(exc).__name__}", retryable=True
+            "compose", f"message not composed: {type(exc).__name__}", retryable=transient
         )
 
     async def _adapter_failed(self, page: Page, exc: Exception) -> None:

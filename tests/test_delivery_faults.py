@@ -24,7 +24,7 @@ from responder.store import SQLiteStore, StoreError
 from responder.testing import SmtpTestServer
 from responder.yamlfile import load_text
 from tests.conftest import ClientFactory, write_config
-from tests.test_escalation_story import alert, incident, post, webhook
+from tests.test_escalation_story import alert, eventually, incident, post, webhook
 from tests.test_store_sqlite import alert as stored_alert
 
 ALICE_THEN_BOB = """
@@ -77,6 +77,33 @@ async def test_a_store_error_while_a_page_is_composed_is_tried_again(
         assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]], pages
     assert [(p["contact"], p["state"]) for p in pages] == [("alice", "sent")]
     assert pages[0]["attempts"] == 2
+
+
+async def test_a_page_that_cannot_be_composed_for_good_fails_over_at_once(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock
+) -> None:
+    """Not the store but a fault that will not pass (here a bug of ours): alice's page
+    fails at once and her backup bob is paged, instead of minutes of retries."""
+    async with SmtpTestServer() as smtp:
+        client = await make_client(write_config(tmp_path, ALICE_THEN_BOB + smtp_channel(smtp)))
+        store = client.app[RUNTIME].store
+        real = store.page_context
+        failures = [RuntimeError("a bug of ours")]
+
+        async def broken(incident_id: int) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real(incident_id)
+
+        store.page_context = broken
+        await post(client, webhook(alert("TargetDown", instance="web-1")))
+
+        async def bob_paged() -> bool:
+            return any("bob@example.com" in m.rcpt_tos for m in smtp.messages)
+
+        await eventually(bob_paged, "bob paged at once")
+        pages = (await incident(client))["pages"]
+    assert [(p["contact"], p["state"]) for p in pages] == [("alice", "failed"), ("bob", "sent")]
 
 
 class _Email:
