@@ -34,7 +34,7 @@ from responder.client import ApiClient, ClientError
 from responder.clock import SystemClock
 from responder.config import load_config
 from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide
-from responder.limits import OPEN_FILES_WANTED, raise_open_file_limit
+from responder.limits import OPEN_FILES_FEW, raise_open_file_limit
 from responder.log import AccessLog, fields, setup_logging
 from responder.plan import escalation_plan, render_oncall, render_plan
 from responder.report import incident_report, period_report
@@ -272,7 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
     )
     before, after = raise_open_file_limit()
-    if after < OPEN_FILES_WANTED:
+    if after < OPEN_FILES_FEW:
         log.warning(
             "few file descriptors: many idle connections could lock webhooks out",
             extra=fields(open_files=after, was=before, raise_with="LimitNOFILE= in the unit"),

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import resource
 
-# Descriptors the daemon wants at least; the shipped unit allows 65,536.
+# Descriptors the daemon takes when the hard limit is infinite; the shipped unit allows
+# 65,536. Below OPEN_FILES_FEW (systemd's default soft limit and the like) it warns.
 OPEN_FILES_WANTED = 65_536
+OPEN_FILES_FEW = 4_096
 
 # The soft limit the process started with, once raise_open_file_limit raised it.
 _started_with: int | None = None
