@@ -256,3 +256,91 @@ async def test_no_escalation_while_a_reload_s_re_arm_waits_for_the_store(
     assert len(calls) == 2
     contacts = [contact for _, contact, _ in await _contacts(client)]
     assert sorted(contacts) == ["alice", "bob"], contacts
+
+
+async def _held_incident(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    smtp: SmtpTestServer,  # noqa: F811
+) -> tuple[Path, Any, dict[str, Any]]:
+    """An incident whose first page a rule's hold_page (5m) holds; containment worked."""
+    path = containment_config(
+        tmp_path, smtp, restart_action(tmp_path, "pass"), RESTART_RULE + "    hold_page: 5m\n"
+    )
+    client = await make_client(path)
+    down = alert("WebDown", service="nginx")
+    await post(client, webhook(down))
+    for _ in range(200):
+        if await _finished(client):
+            break
+        await asyncio.sleep(0.02)
+    assert await _finished(client)
+    return path, client, down
+
+
+def _rename_default(path: Path) -> None:
+    path.write_text(
+        path.read_text()
+        .replace("  standard:\n", "  std:\n")
+        .replace("default_policy: standard", "default_policy: std")
+    )
+
+
+async def _resolved_with_nobody_woken(
+    client: Any,
+    clock: FakeClock,
+    down: dict[str, Any],
+    smtp: SmtpTestServer,  # noqa: F811
+) -> None:
+    clock.advance(timedelta(minutes=1))
+    await post(client, webhook(alert("WebDown", "resolved", **down["labels"])))
+    clock.advance(timedelta(minutes=10))
+    await asyncio.sleep(0.3)
+    assert (await incident(client))["state"] == "resolved"
+    assert smtp.messages == [], [m.rcpt_tos for m in smtp.messages]
+
+
+@pytest.mark.parametrize("how", ["restart", "reload"])
+async def test_a_renamed_default_policy_keeps_a_held_page_held(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    how: str,
+) -> None:
+    """The default policy renamed (same levels) during the hold, across a restart or by a
+    reload: the incident moves to the new name and its first page stays held (third
+    review of stop 14: policy_gone paged at once)."""
+    path, client, down = await _held_incident(make_client, tmp_path, smtp)
+    clock.advance(timedelta(minutes=1))
+    _rename_default(path)
+    if how == "restart":
+        await client.close()
+        client = await make_client(path)
+    else:
+        assert await client.app[RUNTIME].reload() is None
+    await asyncio.sleep(0.5)
+    await _resolved_with_nobody_woken(client, clock, down, smtp)
+
+
+async def test_a_reopened_incident_has_no_hold_of_its_first_episode(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+) -> None:
+    """Resolved at 1m, reopened at 2m (a new startsAt: alice paged at once); at 3m a reload
+    moves bob's level to 1m, so he is due now. The first episode's hold (until 5m) held
+    him back."""
+    path, client, down = await _held_incident(make_client, tmp_path, smtp)
+    clock.advance(timedelta(minutes=1))
+    await post(client, webhook(alert("WebDown", "resolved", **down["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=1))
+    await post(client, webhook(alert("WebDown", starts="2026-01-05T09:30:00Z", service="nginx")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    clock.advance(timedelta(minutes=1))
+    path.write_text(path.read_text().replace("after: 15m", "after: 1m"))
+    assert await client.app[RUNTIME].reload() is None
+    clock.advance(timedelta(seconds=5))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at once")

@@ -128,7 +128,7 @@ def join_incident(
         "triggered_at = CASE WHEN state = 'triggered' AND ?1 IS NOT NULL "
         "AND ?1 IS NOT COALESCE(policy, ?7) THEN ?2 ELSE triggered_at END, "
         "policy = COALESCE(?1, policy), respond_s = COALESCE(?3, respond_s), "
-        "resolve_s = COALESCE(?4, resolve_s), "
+        "resolve_s = COALESCE(?4, resolve_s), held_until = NULL, "
         "next_due = ?2, version = version + 1, updated_at = ?2 WHERE id = ?5",
         (
             policy,
@@ -227,6 +227,7 @@ def attach_alert(
         conn.execute(
             "UPDATE incidents SET state = 'triggered', episode = episode + 1, triggered_at = ?, "
             "lasting_since = NULL, acknowledged_at = NULL, acknowledged_by = NULL, "
+            "held_until = NULL, "
             "resolved_at = NULL, "
             "resolved_by = NULL, snoozed_until = NULL, severity = ?, category = ?, policy = ?, "
             "respond_s = ?, resolve_s = ?, next_due = ?, version = version + 1, updated_at = ? "
@@ -638,7 +639,9 @@ def policy_gone(
             "lasting_since = CASE WHEN ?3 THEN COALESCE(lasting_since, triggered_at) "
             "ELSE lasting_since END, "
             "triggered_at = CASE WHEN ?3 AND state = 'triggered' THEN ?1 ELSE triggered_at END, "
-            "next_due = ?1, version = version + 1, updated_at = ?1 WHERE id = ?2",
+            # A first page a rule's hold_page holds stays held: containment is working.
+            "next_due = CASE WHEN state = 'triggered' AND held_until > ?1 THEN held_until "
+            "ELSE ?1 END, version = version + 1, updated_at = ?1 WHERE id = ?2",
             (now_us, incident_id, restart),
         )
         if restart:
@@ -790,7 +793,7 @@ def transition(
         conn.execute(
             "UPDATE incidents SET state = 'triggered', triggered_at = ?, episode = episode + 1, "
             "lasting_since = COALESCE(lasting_since, triggered_at), "
-            "acknowledged_at = NULL, acknowledged_by = NULL, next_due = ?, "
+            "acknowledged_at = NULL, acknowledged_by = NULL, next_due = ?, held_until = NULL, "
             "version = version + 1, updated_at = ? WHERE id = ?",
             (now_us, now_us, now_us, incident_id),
         )
