@@ -287,23 +287,34 @@ async def test_undo_runs_after_the_hold_down(
     await eventually(undone, "the undo is in the timeline")
 
 
-async def test_a_flapping_alert_cancels_the_undo(
+async def test_a_flapping_alert_postpones_the_undo_to_its_next_resolve(
     make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
 ) -> None:
+    """The alert fires again (a new episode) within the hold-down after its resolve: the
+    change stays (the new episode does not run the action again: it is in force), and it is
+    lifted once after that episode resolves. The undo used to be cancelled for good, and
+    the change stayed after the last resolve (third review of stop 14)."""
     client, log, _ = await maintenance_on(make_client, tmp_path, smtp)
     clock.advance(timedelta(minutes=2))
     again = alert("BackendErrors", starts="2026-01-05T09:02:00Z", backend="web-1")
     await post(client, webhook(again))  # fires again within the hold-down
     clock.advance(timedelta(minutes=10))
 
-    async def cancelled() -> bool:
+    async def postponed() -> bool:
         events = (await incident(client))["timeline"]
         return any(
-            e["kind"] == "action_undone" and e["detail"].get("undo") == "cancelled" for e in events
+            e["kind"] == "action_undone" and e["detail"].get("undo") == "postponed" for e in events
         )
 
-    await eventually(cancelled, "the undo was cancelled")
-    assert "off" not in log.read_text()  # the containment stays in place
+    await eventually(postponed, "the undo was postponed")
+    assert log.read_text().splitlines() == ["on web-1"]  # in place, and not run again
+    await post(client, webhook(alert("BackendErrors", "resolved", **again["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await eventually(
+        lambda: _true(log.read_text().splitlines() == ["on web-1", "off web-1"]),
+        "lifted once after the last resolve",
+    )
 
 
 async def test_kill_9_during_a_running_action_is_not_rerun(
@@ -641,4 +652,31 @@ async def test_a_revived_alert_runs_its_containment_again(
     await eventually(
         lambda: _true(log.read_text().splitlines() == ["on web-1", "off web-1", "on web-1"]),
         "maintenance on again",
+    )
+
+
+async def test_a_revival_within_the_hold_down_keeps_the_change_and_lifts_it_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+) -> None:
+    """Maintenance on, the alert resolved, and revived (its startsAt) within the hold-down:
+    the change is in force, so the action does not run again (a guard would have stopped
+    it, counted a guard stop and released a hold); the change is lifted once after the
+    final resolve (third review of stop 14)."""
+    client, log, fired = await maintenance_on(make_client, tmp_path, smtp)
+    clock.advance(timedelta(minutes=1))
+    answer = await client.post("/api/v1/alertmanager", json=webhook(fired), headers=AUTH)
+    assert (await answer.json())["outcomes"] == {"revived": 1}
+    await asyncio.sleep(0.3)
+    clock.advance(timedelta(minutes=6))  # the first run's undo is due: postponed
+    await asyncio.sleep(0.3)
+    assert log.read_text().splitlines() == ["on web-1"]
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await eventually(
+        lambda: _true(log.read_text().splitlines() == ["on web-1", "off web-1"]),
+        "lifted once after the final resolve",
     )

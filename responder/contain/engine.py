@@ -193,6 +193,16 @@ class Containment:
             wanted = "resolve" if action.on_resolve else "fire"
             if item.trigger.partition("#")[0] != wanted:  # "fire#2": its third generation
                 continue  # actions run for firing alerts only, unless declared for resolve
+            if wanted == "fire" and await self._store.change_in_force(
+                item.fingerprint, action.name
+            ):
+                # The alert fired again (revived, or a new episode) before an earlier run's
+                # change was lifted: it is in force already, lifted after the next resolve.
+                log.info(
+                    "action not run again: its change is still in force",
+                    extra=fields(action=action.name, alert=item.alert_id, trigger=item.trigger),
+                )
+                continue
             await self._run_one(item, action, settings)
         await self._store.containment_done(item.queue_id)
 
@@ -386,9 +396,10 @@ class Containment:
         catalog, _ = self._config()
         for run, refired in await self._store.due_undos(now):
             if refired:
-                detail = {"run_id": run.run_id, "action": run.action, "undo": "cancelled"}
+                # The change stays while the alert fires; it is lifted after its next resolve.
+                detail = {"run_id": run.run_id, "action": run.action, "undo": "postponed"}
                 detail["reason"] = "the alert fired again within the hold-down"
-                await self._store.finish_undo(run.run_id, "cancelled", detail, now)
+                await self._store.finish_undo(run.run_id, "postponed", detail, now)
                 continue
             await self._undo(run, catalog, now)
 

@@ -134,7 +134,7 @@ class QueuedAlert:
 
     queue_id: int
     alert_id: int
-    trigger: str  # fire | resolve
+    trigger: str  # fire | resolve; fire#1, resolve#1, ... for an alert revived once, ...
     incident_id: int | None
     fingerprint: str
     status: str
@@ -205,6 +205,11 @@ class ContainmentStore(Protocol):
     async def escalate_incident(self, incident_id: int, reason: str, now: datetime) -> None: ...
 
     async def due_undos(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, bool]]: ...
+
+    async def change_in_force(self, fingerprint: str, action: str) -> bool:
+        """Whether a run of ``action`` for an alert with ``fingerprint`` made a change that
+        is still to be lifted (its undo waits for a resolve, a hold-down or an expiry)."""
+        ...
 
     async def finish_undo(
         self, run_id: str, state: str, detail: dict[str, Any], now: datetime

@@ -200,16 +200,35 @@ def escalate_incident(
     _event(conn, incident_id, now_us, Event.CONTAINMENT_FAILED, {"reason": reason[:2000]})
 
 
+# Undo states of a change still in force: waiting for its alert's resolve (none yet), for
+# the hold-down after it ('wait'), or again for a resolve after the alert fired anew
+# within the hold-down ('postponed').
+_IN_FORCE = "(undo_state IS NULL OR undo_state IN ('wait', 'postponed'))"
+
+
 def alert_resolved(conn: sqlite3.Connection, alert_id: int, now_us: int) -> None:
-    """Undos of this alert's runs wait out their hold-down from now; one that waits for its
-    expiry (an iptables block) runs at whichever comes first."""
+    """Undos of the runs for this alert, and for earlier episodes of it (its fingerprint)
+    whose undo was postponed when it fired again, wait out their hold-down from now; one
+    that waits for its expiry (an iptables block) runs at whichever comes first."""
     conn.execute(
-        "UPDATE action_runs SET undo_state = 'wait', "
-        "undo_due = MIN(? + undo_hold_s * 1000000, COALESCE(json_extract(undo, '$.at'), 9e18)) "
-        "WHERE alert_id = ? AND undo IS NOT NULL AND undo_hold_s IS NOT NULL "
-        "AND (undo_state IS NULL OR undo_state = 'wait')",
+        "UPDATE action_runs SET undo_state = 'wait', "  # noqa: S608 - _IN_FORCE is a constant
+        "undo_due = MIN(?1 + undo_hold_s * 1000000, "
+        "COALESCE(json_extract(undo, '$.at'), 9e18)) WHERE alert_id IN "
+        "(SELECT b.id FROM alerts a JOIN alerts b ON b.fingerprint = a.fingerprint "
+        "WHERE a.id = ?2) "
+        f"AND undo IS NOT NULL AND undo_hold_s IS NOT NULL AND {_IN_FORCE}",
         (now_us, alert_id),
     )
+
+
+def change_in_force(conn: sqlite3.Connection, fingerprint: str, action: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM action_runs r JOIN alerts a ON a.id = r.alert_id "  # noqa: S608 - constant
+        f"WHERE a.fingerprint = ? AND r.action = ? AND r.undo IS NOT NULL AND {_IN_FORCE} "
+        "AND r.state NOT IN ('rejected', 'skipped') LIMIT 1",
+        (fingerprint, action),
+    ).fetchone()
+    return row is not None
 
 
 def interrupt_running(conn: sqlite3.Connection, now_us: int) -> list[RunRow]:
