@@ -73,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.status is None or exc.status >= 500:
             return EXIT_UNREACHABLE  # down, or up without its store: try again later
         return EXIT_USAGE if exc.status == 400 else EXIT_FAILED  # refused: 404, 409, 401
+    except BrokenPipeError:
+        # Output piped into a reader that stopped (`responder incident 1 | head`): as other
+        # command-line tools, quietly. Python would complain again flushing at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except (OSError, OverflowError) as exc:  # a state directory under a file, a date too far
         print(f"responder: {exc}", file=sys.stderr)
         return EXIT_FAILED

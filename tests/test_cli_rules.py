@@ -4,6 +4,8 @@ classification each stored alert carries into the API and the metrics."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +143,30 @@ async def test_classification_metrics_count_started_alerts_once(
     fallback = next(a for a in listed if a["labels"]["alertname"].startswith("Something"))
     assert fallback["classification"]["rule"] is None
     assert fallback["classification"]["severity"] == "P2"
+
+
+def test_output_into_a_reader_that_stopped_ends_quietly() -> None:
+    """`responder explain ... | head -1`: the pipe breaks while responder writes. It ends
+    without a complaint on stderr (it printed "responder: [Errno 32] Broken pipe")."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "responder",
+            "explain",
+            "-c",
+            str(ROOT / "config.yaml"),
+            "--labels",
+            "alertname=TargetDown,instance=x",
+            "--all-matchers",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()
+    errors = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout=30) != 0
+    assert errors == b""
