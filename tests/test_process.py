@@ -368,8 +368,9 @@ async def test_the_daemon_takes_all_the_file_descriptors_it_may(tmp_path: Path) 
     the hard limit: idle connections from anyone who can reach the port must not use up its
     descriptors and lock Alertmanager out (review of stop 14)."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard <= 256:
-        pytest.skip("needs a finite hard limit above 256")
+    # The daemon's own limits: a finite hard one (lowering it needs no privilege).
+    hard = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    soft = min(256, hard)
     port = free_port()
     log = tmp_path / "daemon.log"
     with log.open("wb") as sink:
@@ -385,7 +386,7 @@ async def test_the_daemon_takes_all_the_file_descriptors_it_may(tmp_path: Path) 
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
         )
     daemon = Daemon(process, f"http://127.0.0.1:{port}", log)
     try:
