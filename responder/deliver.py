@@ -509,7 +509,7 @@ class Dispatcher:
             return
         try:
             message = await self._compose.bundle(pages)
-        except Exception as exc:  # nothing was sent: tried again with backoff
+        except Exception as exc:  # nothing was sent (_not_composed: whether to try again)
             error = self._not_composed(pages, exc)
             for page in pages:
                 await self._not_sent(page, error)
@@ -567,7 +567,7 @@ class Dispatcher:
             return
         try:
             message = await self._compose.page(page)
-        except Exception as exc:  # nothing was sent: tried again with backoff
+        except Exception as exc:  # nothing was sent (_not_composed: whether to try again)
             await self._not_sent(page, self._not_composed([page], exc))
             return
         try:

@@ -175,7 +175,7 @@ class Runtime:
                     "stored escalation layout unreadable; replaced", extra=fields(error=str(exc))
                 )
         async with self._reload_lock:
-            self._rearm(previous, current)
+            self._queue_rearm(previous, current)
             if not await self._apply_rearms():
                 raise StoreError("open incidents could not be re-armed at start")
 
@@ -188,7 +188,7 @@ class Runtime:
     def _layout(escalation: EscalationConfig) -> EscalationLayout:
         return EscalationLayout.of(escalation.policies, escalation.default_policy)
 
-    def _rearm(self, old: EscalationLayout, new: EscalationLayout) -> None:
+    def _queue_rearm(self, old: EscalationLayout, new: EscalationLayout) -> None:
         """New policies: each open incident's next step is computed again under them now
         (a level moved earlier is due at once, not at the time the old policy gave), and
         the levels done are renamed where the change added, removed or moved levels."""
@@ -329,7 +329,7 @@ class Runtime:
             self.snapshot = new
             self.authenticator = authenticator
             if new.escalation != old.escalation:
-                self._rearm(self._layout(old.escalation), self._layout(new.escalation))
+                self._queue_rearm(self._layout(old.escalation), self._layout(new.escalation))
                 if self._rearm_retry is None and not await self._apply_rearms():
                     self._rearm_retry = asyncio.create_task(
                         self._retry_rearms(), name="rearm-retry"
