@@ -287,34 +287,28 @@ async def test_undo_runs_after_the_hold_down(
     await eventually(undone, "the undo is in the timeline")
 
 
-async def test_a_flapping_alert_postpones_the_undo_to_its_next_resolve(
+async def test_a_flapping_alert_makes_the_change_again_and_it_is_lifted_once(
     make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
 ) -> None:
     """The alert fires again (a new episode) within the hold-down after its resolve: the
-    change stays (the new episode does not run the action again: it is in force), and it is
-    lifted once after that episode resolves. The undo used to be cancelled for good, and
-    the change stayed after the last resolve (third review of stop 14)."""
+    action runs again, and its lift replaces the first run's (superseded), so the change is
+    lifted once, after the last resolve (third review of stop 14)."""
     client, log, _ = await maintenance_on(make_client, tmp_path, smtp)
     clock.advance(timedelta(minutes=2))
     again = alert("BackendErrors", starts="2026-01-05T09:02:00Z", backend="web-1")
     await post(client, webhook(again))  # fires again within the hold-down
+    await eventually(
+        lambda: _true(log.read_text().splitlines() == ["on web-1", "on web-1"]), "run again"
+    )
     clock.advance(timedelta(minutes=10))
-
-    async def postponed() -> bool:
-        events = (await incident(client))["timeline"]
-        return any(
-            e["kind"] == "action_undone" and e["detail"].get("undo") == "postponed" for e in events
-        )
-
-    await eventually(postponed, "the undo was postponed")
-    assert log.read_text().splitlines() == ["on web-1"]  # in place, and not run again
+    await asyncio.sleep(0.3)
+    assert "off web-1" not in log.read_text()  # in place while the alert fires
     await post(client, webhook(alert("BackendErrors", "resolved", **again["labels"])))
     await asyncio.sleep(0.2)
     clock.advance(timedelta(minutes=6))
-    await eventually(
-        lambda: _true(log.read_text().splitlines() == ["on web-1", "off web-1"]),
-        "lifted once after the last resolve",
-    )
+    await eventually(lambda: _true("off web-1" in log.read_text()), "lifted after the last resolve")
+    await asyncio.sleep(0.3)
+    assert log.read_text().splitlines() == ["on web-1", "on web-1", "off web-1"]
 
 
 async def test_kill_9_during_a_running_action_is_not_rerun(
@@ -655,28 +649,49 @@ async def test_a_revived_alert_runs_its_containment_again(
     )
 
 
-async def test_a_revival_within_the_hold_down_keeps_the_change_and_lifts_it_once(
+async def test_a_revival_stopped_by_a_guard_keeps_the_change_until_the_final_resolve(
     make_client: ClientFactory,
     tmp_path: Path,
     clock: FakeClock,
     smtp: SmtpTestServer,
 ) -> None:
-    """Maintenance on, the alert resolved, and revived (its startsAt) within the hold-down:
-    the change is in force, so the action does not run again (a guard would have stopped
-    it, counted a guard stop and released a hold); the change is lifted once after the
-    final resolve (third review of stop 14)."""
-    client, log, fired = await maintenance_on(make_client, tmp_path, smtp)
+    """Maintenance on (cooldown 5m), the alert resolved, and revived within the hold-down:
+    the cooldown stops the new run, the first run's undo comes due while the alert fires
+    and is postponed (it was cancelled for good), and the change is lifted after the final
+    resolve (third review of stop 14)."""
+    log = tmp_path / "log"
+    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
+    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "{{backend}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+    cooldown: 5m
+    undo: {{argv: [{off}, "{{backend}}"]}}
+    undo_hold_down: 5m
+"""
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    fired = alert("BackendErrors", backend="web-1")
+    await post(client, webhook(fired))
+    await eventually(lambda: _true(log.exists() and "on web-1" in log.read_text()), "on")
+    await eventually(lambda: _finished(client), "the run finished")
+    clock.advance(timedelta(minutes=1))
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
     clock.advance(timedelta(minutes=1))
     answer = await client.post("/api/v1/alertmanager", json=webhook(fired), headers=AUTH)
     assert (await answer.json())["outcomes"] == {"revived": 1}
     await asyncio.sleep(0.3)
-    clock.advance(timedelta(minutes=6))  # the first run's undo is due: postponed
+    clock.advance(timedelta(minutes=5))  # the first run's undo is due: postponed
     await asyncio.sleep(0.3)
     assert log.read_text().splitlines() == ["on web-1"]
+    clock.advance(timedelta(minutes=3))
     await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
     await asyncio.sleep(0.2)
     clock.advance(timedelta(minutes=6))
     await eventually(
         lambda: _true(log.read_text().splitlines() == ["on web-1", "off web-1"]),
-        "lifted once after the final resolve",
+        "lifted after the final resolve",
     )

@@ -193,16 +193,6 @@ class Containment:
             wanted = "resolve" if action.on_resolve else "fire"
             if item.trigger.partition("#")[0] != wanted:  # "fire#2": its third generation
                 continue  # actions run for firing alerts only, unless declared for resolve
-            if wanted == "fire" and await self._store.change_in_force(
-                item.fingerprint, action.name
-            ):
-                # The alert fired again (revived, or a new episode) before an earlier run's
-                # change was lifted: it is in force already, lifted after the next resolve.
-                log.info(
-                    "action not run again: its change is still in force",
-                    extra=fields(action=action.name, alert=item.alert_id, trigger=item.trigger),
-                )
-                continue
             await self._run_one(item, action, settings)
         await self._store.containment_done(item.queue_id)
 

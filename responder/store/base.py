@@ -206,11 +206,6 @@ class ContainmentStore(Protocol):
 
     async def due_undos(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, bool]]: ...
 
-    async def change_in_force(self, fingerprint: str, action: str) -> bool:
-        """Whether a run of ``action`` for an alert with ``fingerprint`` made a change that
-        is still to be lifted (its undo waits for a resolve, a hold-down or an expiry)."""
-        ...
-
     async def finish_undo(
         self, run_id: str, state: str, detail: dict[str, Any], now: datetime
     ) -> None: ...

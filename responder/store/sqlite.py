@@ -892,9 +892,6 @@ class SQLiteStore:
         # A write: an undo whose alert fires again may go back to waiting for its expiry.
         return await self._write(lambda conn: actions.due_undos(conn, now_us, limit))
 
-    async def change_in_force(self, fingerprint: str, action: str) -> bool:
-        return await self._read(lambda conn: actions.change_in_force(conn, fingerprint, action))
-
     async def finish_undo(
         self, run_id: str, state: str, detail: dict[str, Any], now: datetime
     ) -> None:

@@ -166,6 +166,8 @@ def finish_run(
     ).fetchone()
     save_guards(conn, guards(), now_us)
     incident_id = None if row is None else row[0]
+    if row is not None and undo is not None:
+        _supersede(conn, run_id, row[1], now_us)
     if row is not None and undo is not None and undo_hold_s is not None:
         # The alert may have resolved while the action ran: its hold-down starts now.
         status = conn.execute("SELECT status FROM alerts WHERE id = ?", (row[1],)).fetchone()
@@ -219,16 +221,6 @@ def alert_resolved(conn: sqlite3.Connection, alert_id: int, now_us: int) -> None
         f"AND undo IS NOT NULL AND undo_hold_s IS NOT NULL AND {_IN_FORCE}",
         (now_us, alert_id),
     )
-
-
-def change_in_force(conn: sqlite3.Connection, fingerprint: str, action: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM action_runs r JOIN alerts a ON a.id = r.alert_id "  # noqa: S608 - constant
-        f"WHERE a.fingerprint = ? AND r.action = ? AND r.undo IS NOT NULL AND {_IN_FORCE} "
-        "AND r.state NOT IN ('rejected', 'skipped') LIMIT 1",
-        (fingerprint, action),
-    ).fetchone()
-    return row is not None
 
 
 def interrupt_running(conn: sqlite3.Connection, now_us: int) -> list[RunRow]:
@@ -308,12 +300,31 @@ def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[R
     return result
 
 
+def _supersede(conn: sqlite3.Connection, run_id: str, alert_id: int, now_us: int) -> None:
+    """The run ``run_id`` made its change again for an alert that fired anew (a revival, a
+    new episode) while an earlier run's lift of the same change still waited (a hold-down,
+    or postponed to a resolve): the new run's own lift replaces it, so it is lifted once."""
+    rows = conn.execute(
+        "UPDATE action_runs SET undo_state = 'superseded' WHERE run_id IN ("
+        "SELECT e.run_id FROM action_runs n JOIN action_runs e ON e.action = n.action "
+        "AND e.target = n.target AND e.run_id != n.run_id "
+        "JOIN alerts a ON a.id = e.alert_id JOIN alerts b ON b.id = ?2 "
+        "AND b.fingerprint = a.fingerprint WHERE n.run_id = ?1 "
+        "AND e.undo_state IN ('wait', 'postponed')) RETURNING run_id, incident_id, action",
+        (run_id, alert_id),
+    ).fetchall()
+    for earlier, incident_id, action in rows:
+        detail = {"run_id": earlier, "action": action, "undo": "superseded", "by": run_id}
+        detail["reason"] = "the alert fired again and the change was made again"
+        _event(conn, incident_id, now_us, Event.ACTION_UNDONE, detail)
+
+
 def _held_by_another(conn: sqlite3.Connection, run: RunRow, now_us: int) -> bool:
     """Another run made the same change (the same lift argv), it has not expired, and its
     own lift is still to come."""
     row = conn.execute(
-        "SELECT 1 FROM action_runs WHERE run_id != ? AND undo IS NOT NULL "
-        "AND (undo_state IS NULL OR undo_state = 'wait') "
+        "SELECT 1 FROM action_runs WHERE run_id != ? AND undo IS NOT NULL "  # noqa: S608
+        f"AND {_IN_FORCE} "
         "AND json_extract(undo, '$.until') > ? "
         "AND json_extract(undo, '$.argv.argv') = json_extract(?, '$.argv.argv') LIMIT 1",
         (run.run_id, now_us, dumps(run.undo)),

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 # (running, checking, an undo due), or a change it made waits for the alert's resolve to
 # be undone, unless that change (an nft set element) expired before the cutoff (?1).
 _BUSY_RUN = (
-    "(r.state = 'running' OR r.check_due IS NOT NULL OR r.undo_state = 'wait' "
+    "(r.state = 'running' OR r.check_due IS NOT NULL "
+    "OR r.undo_state IN ('wait', 'postponed') "
     "OR (r.undo IS NOT NULL AND r.undo_state IS NULL AND r.undo_hold_s IS NOT NULL "
     "AND COALESCE(json_extract(r.undo, '$.until'), 9e18) >= ?1))"
 )
