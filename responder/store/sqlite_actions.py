@@ -335,10 +335,21 @@ def _held_by_another(conn: sqlite3.Connection, run: RunRow, now_us: int) -> bool
 def finish_undo(
     conn: sqlite3.Connection, run_id: str, state: str, detail: dict[str, Any], now_us: int
 ) -> None:
-    row = conn.execute(
-        "UPDATE action_runs SET undo_state = ? WHERE run_id = ? RETURNING incident_id",
-        (state, run_id),
-    ).fetchone()
+    if state == "postponed":
+        # Only a lift still waiting: a run that made the change again may have superseded
+        # it since the engine read it (then the new run's lift is the one to come).
+        row = conn.execute(
+            "UPDATE action_runs SET undo_state = ? WHERE run_id = ? AND undo_state = 'wait' "
+            "RETURNING incident_id",
+            (state, run_id),
+        ).fetchone()
+        if row is None:
+            return
+    else:
+        row = conn.execute(
+            "UPDATE action_runs SET undo_state = ? WHERE run_id = ? RETURNING incident_id",
+            (state, run_id),
+        ).fetchone()
     _event(conn, None if row is None else row[0], now_us, Event.ACTION_UNDONE, detail)
 
 
