@@ -99,11 +99,14 @@ async def test_a_page_that_cannot_be_composed_for_good_fails_over_at_once(
         await post(client, webhook(alert("TargetDown", instance="web-1")))
 
         async def bob_paged() -> bool:
-            return any("bob@example.com" in m.rcpt_tos for m in smtp.messages)
+            pages = (await incident(client))["pages"]
+            return [(p["contact"], p["state"]) for p in pages] == [
+                ("alice", "failed"),
+                ("bob", "sent"),
+            ]
 
-        await eventually(bob_paged, "bob paged at once")
-        pages = (await incident(client))["pages"]
-    assert [(p["contact"], p["state"]) for p in pages] == [("alice", "failed"), ("bob", "sent")]
+        await eventually(bob_paged, "alice's page failed, bob paged at once")
+        assert [m.rcpt_tos for m in smtp.messages] == [["bob@example.com"]]
 
 
 class _Email:
