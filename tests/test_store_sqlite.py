@@ -37,6 +37,7 @@ from responder.store import (
     StoreError,
 )
 from responder.store.migrations import SQLITE_MIGRATIONS
+from responder.store.sqlite_incidents import to_us
 
 T = TypeVar("T")
 T0 = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
@@ -958,3 +959,45 @@ async def test_a_write_refused_by_a_full_disk_leaves_readiness_at_503(
     with pytest.raises(StoreError, match="full"):
         await store.rearm_open_incidents(T0)
     assert not await store.ping()
+
+
+async def test_a_hold_in_progress_at_the_upgrade_to_schema_11_is_kept(tmp_path: Path) -> None:
+    """An incident whose first page a rule's hold_page held when schema 10 was running: the
+    migration records its hold, so the first start's re-arm does not page at once."""
+    path = tmp_path / "old.db"
+    now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
+    held_to = now_us + 300_000_000
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for script in SQLITE_MIGRATIONS[:10]:
+            for statement in script:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 10")
+        for incident_id, hold in ((1, "300"), (2, "null")):
+            conn.execute(
+                "INSERT INTO incidents (id, key, state, severity, category, opened_at, "
+                "triggered_at, next_due, updated_at, title) "
+                "VALUES (?, ?, 'triggered', 'P1', 'availability', ?, ?, ?, ?, 'WebDown')",
+                (incident_id, f"k{incident_id}", now_us, now_us, held_to, now_us),
+            )
+            conn.execute(
+                "INSERT INTO alerts (id, fingerprint, status, labels, annotations, starts_at, "
+                "generator_url, group_key, receiver, alertname, severity, category, "
+                "classification, first_received, last_received, receive_count, updated_at, "
+                "incident_id) VALUES (?, ?, 'firing', '{}', '{}', 1, '', '', '', 'WebDown', "
+                "'P1', 'availability', ?, 1, 1, 1, 1, ?)",
+                (incident_id, f"{incident_id:016x}", f'{{"hold_page_s": {hold}}}', incident_id),
+            )
+    finally:
+        conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        await store.rearm_open_incidents(datetime.now(UTC))
+        due = {i.id: i.next_due for i in await store.list_incidents()}
+    finally:
+        await store.close()
+    assert due[1] is not None
+    assert to_us(due[1]) == held_to  # still held
+    assert due[2] is not None
+    assert to_us(due[2]) < held_to  # no hold: due at once

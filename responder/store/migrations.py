@@ -244,6 +244,16 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     # next_due, which a re-arm (a reload, every start) pulls forward to recompute.
     [
         "ALTER TABLE incidents ADD COLUMN held_until INTEGER",
+        # A hold in progress at the upgrade: a first page not yet due (no step done), of an
+        # incident whose alert's rule holds it. Without this, the first start would page.
+        """
+        UPDATE incidents SET held_until = next_due
+        WHERE state = 'triggered' AND episode = 1
+        AND next_due > CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)
+        AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.incident_id = incidents.id)
+        AND EXISTS (SELECT 1 FROM alerts a WHERE a.incident_id = incidents.id
+                    AND json_extract(a.classification, '$.hold_page_s') > 0)
+        """,
     ],
     # 12: how often an alert came back to life (stale or resolved, then firing again with
     # its startsAt): each time is a new generation for containment, whose runs are once per
