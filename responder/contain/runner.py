@@ -816,13 +816,16 @@ class ActionRunner:
         finished_at = self._clock.now()
         undo = prepared.undo
         expires_at: datetime | None = None
-        if isinstance(action.spec, BlockAddressSpec) and not dry and outcome in _MAY_NEED_UNDO:
+        # Any attempt that may have made the change needs its lift, whatever the last one
+        # did: a timed-out insert then a failed retry still left the rule in place.
+        changed = outcome in _MAY_NEED_UNDO or any(a.outcome in _MAY_NEED_UNDO for a in attempts)
+        if isinstance(action.spec, BlockAddressSpec) and not dry and changed:
             # A timeout or a failed check may leave the block in place: it expires all the same.
             expires_at = finished_at + action.spec.duration
             if undo is not None and action.spec.backend == "iptables":
                 # iptables rules have no timeout of their own: the engine lifts them at expiry.
                 undo = replace(undo, at=expires_at)
-        if dry or outcome not in _MAY_NEED_UNDO:
+        if dry or not changed:
             undo = None
         return RunResult(
             run_id=prepared.run_id,

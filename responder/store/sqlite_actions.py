@@ -302,15 +302,21 @@ def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[R
 
 def _supersede(conn: sqlite3.Connection, run_id: str, alert_id: int, now_us: int) -> None:
     """The run ``run_id`` made its change again for an alert that fired anew (a revival, a
-    new episode) while an earlier run's lift of the same change still waited (a hold-down,
-    or postponed to a resolve): the new run's own lift replaces it, so it is lifted once."""
+    new episode) while an earlier run's lift of the very same change still waited (for a
+    resolve, a hold-down, or postponed): the new run's own lift replaces it, so it is lifted
+    once. Only an identical lift command, and never an iptables one: each iptables run
+    inserts a rule of its own, which its own lift must delete."""
     rows = conn.execute(
         "UPDATE action_runs SET undo_state = 'superseded' WHERE run_id IN ("
         "SELECT e.run_id FROM action_runs n JOIN action_runs e ON e.action = n.action "
         "AND e.target = n.target AND e.run_id != n.run_id "
+        "AND json_extract(e.undo, '$.argv.argv') = json_extract(n.undo, '$.argv.argv') "
+        "AND json_extract(e.undo, '$.at') IS NULL "
         "JOIN alerts a ON a.id = e.alert_id JOIN alerts b ON b.id = ?2 "
         "AND b.fingerprint = a.fingerprint WHERE n.run_id = ?1 "
-        "AND e.undo_state IN ('wait', 'postponed')) RETURNING run_id, incident_id, action",
+        "AND (e.undo_state IN ('wait', 'postponed') "
+        "OR (e.undo_state IS NULL AND e.undo_hold_s IS NOT NULL))) "
+        "RETURNING run_id, incident_id, action",
         (run_id, alert_id),
     ).fetchall()
     for earlier, incident_id, action in rows:

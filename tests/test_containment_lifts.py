@@ -1,0 +1,266 @@
+"""Every change containment made is lifted exactly once: iptables rules one per insert, a
+change made again by a new episode once, a retried attempt's change too (fifth review of
+stop 14)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+from responder.clock import FakeClock
+from responder.testing import SmtpTestServer
+from tests.conftest import AUTH, ClientFactory
+from tests.test_containment import (
+    BLOCK_RULE,
+    _finished,
+    _lines,
+    _true,
+    block_action,
+    config,
+    smtp,
+)
+from tests.test_escalation_story import alert, eventually, post, webhook
+
+__all__ = ["smtp"]
+
+
+async def test_an_iptables_block_made_again_by_a_new_episode_lifts_both_rules(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """iptables: each run inserts a rule of its own (-I), each lift deletes one (-D). A new
+    episode's run must not supersede the first run's lift: as many rules come out as went
+    in (it superseded it, and the address stayed blocked for ever)."""
+    log, actions = block_action(tmp_path)
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
+    fired = alert("SSHBruteForce", source_ip="203.0.113.7")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "blocked")
+    await post(client, webhook(alert("SSHBruteForce", "resolved", **fired["labels"])))
+    clock.advance(timedelta(minutes=10))
+    again = alert("SSHBruteForce", starts="2026-01-05T09:10:00Z", source_ip="203.0.113.7")
+    await post(client, webhook(again))  # the attacker is back: a new episode
+    await eventually(lambda: _true(_lines(log, "-I") == 2), "blocked again")
+    await asyncio.sleep(0.3)
+    clock.advance(timedelta(hours=3))  # both blocks long expired
+    await asyncio.sleep(0.5)
+    clock.advance(timedelta(minutes=1))
+    await asyncio.sleep(0.5)
+    assert _lines(log, "-I") == 2
+    assert _lines(log, "-D") == 2, "one inserted rule is never deleted: blocked for ever"
+
+
+def _maintenance(tmp_path: Path, extra: str = "") -> tuple[Path, str]:
+    from tests.test_containment import script
+
+    log = tmp_path / "log"
+    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
+    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
+    return (
+        log,
+        f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "{{backend}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+    cooldown: 0
+    undo: {{argv: [{off}, "{{backend}}"]}}
+    undo_hold_down: 5m
+{extra}
+""",
+    )
+
+
+async def test_a_stale_alert_revived_lifts_its_change_once(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The alert went stale (the first run's lift still waiting for a resolve), then revived
+    and ran its action again: the new run's lift supersedes the first, and the change is
+    lifted once at the final resolve (it was lifted twice)."""
+    from tests.test_containment import MAINTENANCE_RULE
+
+    log, actions = _maintenance(tmp_path)
+    text_actions = "alerts: {stale_after: 10m, stale_check_every: 1m}\n" + actions
+    client = await make_client(config(tmp_path, smtp, text_actions, MAINTENANCE_RULE))
+    fired = alert("BackendErrors", backend="web-1")
+    await post(client, webhook(fired))
+    await eventually(lambda: _true(log.exists() and "on web-1" in log.read_text()), "on")
+    await eventually(lambda: _finished(client), "the run finished")
+    for _ in range(15):  # past stale_after: the sweeper marks it stale
+        clock.advance(timedelta(minutes=1))
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    answer = await client.post("/api/v1/alertmanager", json=webhook(fired), headers=AUTH)
+    assert (await answer.json())["outcomes"] == {"revived": 1}
+    await eventually(
+        lambda: _true(log.read_text().splitlines() == ["on web-1", "on web-1"]), "run again"
+    )
+    await asyncio.sleep(0.3)
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _true("off web-1" in log.read_text()), "lifted")
+    await asyncio.sleep(0.5)
+    assert log.read_text().splitlines() == ["on web-1", "on web-1", "off web-1"]
+
+
+async def test_a_new_episode_on_the_same_target_with_other_values_lifts_both_changes(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """`target: backend`, the pool from an annotation: episode 1 drains web-1 from pool a,
+    episode 2 from pool b. Different lifts: neither supersedes the other, and both are
+    lifted (pool a's was superseded, and web-1 stayed drained from it)."""
+    from tests.test_containment import MAINTENANCE_RULE, script
+
+    log = tmp_path / "log"
+    w = f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')"
+    on = script(tmp_path, "on", w)
+    off = script(tmp_path, "off", w)
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "drain", "{{backend}}", "{{pool}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+      pool: {{from: annotation, key: pool, type: identifier}}
+    target: backend
+    cooldown: 0
+    undo: {{argv: [{off}, "undrain", "{{backend}}", "{{pool}}"]}}
+    undo_hold_down: 5m
+"""
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    fired = alert("BackendErrors", backend="web-1")
+    fired["annotations"] = {"pool": "a"}
+    await post(client, webhook(fired))
+    await eventually(lambda: _true(log.exists() and "drain web-1 a" in log.read_text()), "a")
+    await eventually(lambda: _finished(client), "the run finished")
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    clock.advance(timedelta(minutes=2))
+    again = alert("BackendErrors", starts="2026-01-05T09:02:00Z", backend="web-1")
+    again["annotations"] = {"pool": "b"}
+    await post(client, webhook(again))
+    await eventually(lambda: _true("drain web-1 b" in log.read_text()), "b")
+    await asyncio.sleep(0.3)
+    await post(client, webhook(alert("BackendErrors", "resolved", **again["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _true("undrain web-1 b" in log.read_text()), "b lifted")
+    await asyncio.sleep(0.5)
+    assert "undrain web-1 a" in log.read_text().splitlines(), log.read_text()
+
+
+async def test_a_builtin_iptables_block_refired_deletes_as_many_rules_as_it_inserted(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The scenario of test_an_iptables_block_with_builtin_undo_is_lifted_on_resolve, counting
+    the rules that went in as well as those that came out."""
+    log, actions = block_action(tmp_path, "    undo: builtin\n    undo_hold_down: 5m\n")
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
+    fired = alert("SSHBruteForce", source_ip="203.0.113.7")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "blocked")
+    await post(client, webhook(alert("SSHBruteForce", "resolved", **fired["labels"])))
+    clock.advance(timedelta(minutes=2))
+    again = alert("SSHBruteForce", starts="2026-01-05T09:02:00Z", source_ip="203.0.113.7")
+    await post(client, webhook(again))
+    await asyncio.sleep(0.3)
+    await post(client, webhook(alert("SSHBruteForce", "resolved", **again["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await asyncio.sleep(0.5)
+    clock.advance(timedelta(hours=2))
+    await asyncio.sleep(0.5)
+    assert _lines(log, "-I") == 2
+    assert _lines(log, "-D") == 2, "one DROP rule stays for ever"
+
+
+async def test_an_iptables_insert_that_timed_out_then_a_failed_retry_is_lifted(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Attempt 1's insert timed out after the rule went in, the retry failed: the outcome is
+    'failed', yet the rule is lifted at its expiry (the lift was dropped, and the rule
+    stayed for ever)."""
+    from tests.test_containment import script
+
+    log = tmp_path / "fw.log"
+    flag = tmp_path / "tried"
+    body = (
+        f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "if '-I' in sys.argv:\n"
+        f"    if not os.path.exists({str(flag)!r}):\n"
+        f"        open({str(flag)!r}, 'w').close(); time.sleep(10)\n"
+        "    sys.exit(1)\n"
+    )
+    tool = script(tmp_path, "iptables", body)
+    actions = f"""
+actions:
+  block:
+    kind: block-address
+    backend: iptables
+    iptables: {tool}
+    ip6tables: {tool}
+    duration: 1h
+    params:
+      address: {{from: label, key: source_ip, type: ip}}
+    cooldown: 0
+    timeout: 1s
+    retries: 1
+    retry_delay: 0s
+"""
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
+    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
+    for _ in range(100):
+        if await _finished(client):
+            break
+        await asyncio.sleep(0.1)
+    assert _lines(log, "-I") == 2
+    clock.advance(timedelta(hours=1, minutes=1))
+    await asyncio.sleep(0.5)
+    clock.advance(timedelta(minutes=1))
+    await asyncio.sleep(0.5)
+    assert _lines(log, "-D") >= 1, "the rule attempt 1 may have inserted is never lifted"
+
+
+async def test_maintenance_on_whose_retry_failed_after_a_failed_check_is_lifted(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Attempt 1 put web-1 in maintenance but its check failed, the retry failed: the resolve
+    still takes web-1 out of maintenance (the lift was dropped)."""
+    from tests.test_containment import MAINTENANCE_RULE, script
+
+    log = tmp_path / "log"
+    flag = tmp_path / "tried"
+    on = script(
+        tmp_path,
+        "on",
+        f"if os.path.exists({str(flag)!r}): sys.exit(1)\n"
+        f"open({str(flag)!r}, 'w').close(); open({str(log)!r}, 'a').write('on web-1\\n')",
+    )
+    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
+    check = script(tmp_path, "check", "sys.exit(1)")
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "{{backend}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+    cooldown: 0
+    retries: 1
+    retry_delay: 0s
+    check: {{argv: [{check}]}}
+    undo: {{argv: [{off}, "{{backend}}"]}}
+    undo_hold_down: 5m
+"""
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    fired = alert("BackendErrors", backend="web-1")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "the run finished")
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await asyncio.sleep(0.5)
+    assert log.read_text().splitlines() == ["on web-1", "off web-1"]
