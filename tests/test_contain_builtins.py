@@ -204,14 +204,16 @@ async def test_block_with_iptables_has_an_undo_due_at_expiry(
     result = await runner.execute(prepared)
     assert result.outcome is Outcome.OK
     iptables = str(tmp_path / "iptables")
+    # The rule carries its run's id: a lift deletes its own rule, not another run's.
+    tag = ["-m", "comment", "--comment", f"responder:{prepared.run_id}"]
     assert calls(tmp_path) == [
-        ["-n", iptables, "-w", "-I", "RESPONDER", "-s", "198.51.100.9", "-j", "DROP"]
+        ["-n", iptables, "-w", "-I", "RESPONDER", "-s", "198.51.100.9", *tag, "-j", "DROP"]
     ]
     assert result.undo is not None
     assert result.undo.request is not None
     assert result.undo.at == result.expires_at
     assert list(result.undo.request.argv[1:]) == [
-        "-n", iptables, "-w", "-D", "RESPONDER", "-s", "198.51.100.9", "-j", "DROP",
+        "-n", iptables, "-w", "-D", "RESPONDER", "-s", "198.51.100.9", *tag, "-j", "DROP",
     ]  # fmt: skip
 
 

@@ -95,8 +95,12 @@ def address_refusal(
     return None
 
 
-def block_argv(spec: BlockAddressSpec, address: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The argv that blocks ``address`` and the argv that lifts the block again."""
+def block_argv(
+    spec: BlockAddressSpec, address: str, run_id: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The argv that blocks ``address`` and the argv that lifts the block again. An iptables
+    rule carries its run's id: ``-D`` deletes any identical rule, and without it one run's
+    lift could delete another's block of the same address before that one expires."""
     version = ipaddress.ip_network(address, strict=False).version
     seconds = int(spec.duration.total_seconds())
     prefix: tuple[str, ...] = (spec.sudo, "-n") if spec.sudo else ()
@@ -118,7 +122,8 @@ def block_argv(spec: BlockAddressSpec, address: str) -> tuple[tuple[str, ...], t
         return block, undo
     exe = spec.iptables if version == 4 else spec.ip6tables
     # -w: wait for the xtables lock instead of failing when another tool holds it.
-    rule = (spec.chain, "-s", address, "-j", "DROP")
+    tag = ("-m", "comment", "--comment", f"responder:{run_id}")
+    rule = (spec.chain, "-s", address, *tag, "-j", "DROP")
     return (*prefix, exe, "-w", "-I", *rule), (*prefix, exe, "-w", "-D", *rule)
 
 

@@ -319,6 +319,9 @@ class Containment:
                 # ("-D") removes one a time, so it runs as often, until nothing is left.
                 inserts = sum(a.outcome in _MAY_HAVE_RUN for a in result.attempts)
                 undo_json["times"] = max(inserts, 1)
+                # No attempt is known to have inserted (each timed out): finding nothing to
+                # delete then is no failure, the rule most likely never went in.
+                undo_json["maybe"] = not any(a.outcome is Outcome.OK for a in result.attempts)
             if plan.on_resolve:
                 undo_hold = int(plan.hold_down.total_seconds())
             spec = action.spec
@@ -401,7 +404,10 @@ class Containment:
             request = ExecRequest.from_json(plan["argv"])
             process = await self._runner.run_exec(request)
             detail |= {"undo": "argv", "exit_status": process.exit_status}
-            if process.outcome is not Outcome.OK:
+            if process.outcome is not Outcome.OK and plan.get("maybe"):
+                state = "nothing"  # the block most likely never went in
+                detail["reason"] = "nothing to lift: no attempt of the block is known to have run"
+            elif process.outcome is not Outcome.OK:
                 state = "failed"
                 detail["stderr"] = process.stderr[-300:]
             else:

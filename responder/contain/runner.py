@@ -615,7 +615,7 @@ class ActionRunner:
             refusal = builtins.address_refusal(spec, address, self._own_addresses())
             if refusal is not None:
                 return _rejected(bound, "address", refusal)
-            block, lift = builtins.block_argv(spec, address)
+            block, lift = builtins.block_argv(spec, address, run_id)
             request = ExecRequest(block, env, None, _s(action.timeout))
             undo = UndoPlan(
                 request=ExecRequest(lift, env, None, _s(action.timeout)),

@@ -310,7 +310,11 @@ def _supersede(conn: sqlite3.Connection, run_id: str, alert_id: int, now_us: int
         "UPDATE action_runs SET undo_state = 'superseded' WHERE run_id IN ("
         "SELECT e.run_id FROM action_runs n JOIN action_runs e ON e.action = n.action "
         "AND e.target = n.target AND e.run_id != n.run_id "
-        "AND json_extract(e.undo, '$.argv.argv') = json_extract(n.undo, '$.argv.argv') "
+        # The same lift: the same undo command (or undo action) with the same values (an
+        # undo also reads them from RESPONDER_PARAM_* in its environment).
+        "AND COALESCE(json_extract(e.undo, '$.argv.argv'), json_extract(e.undo, '$.action')) "
+        "= COALESCE(json_extract(n.undo, '$.argv.argv'), json_extract(n.undo, '$.action')) "
+        "AND json_extract(e.audit, '$.params') = json_extract(n.audit, '$.params') "
         "AND json_extract(e.undo, '$.at') IS NULL "
         "JOIN alerts a ON a.id = e.alert_id JOIN alerts b ON b.id = ?2 "
         "AND b.fingerprint = a.fingerprint WHERE n.run_id = ?1 "
