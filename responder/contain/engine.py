@@ -404,8 +404,10 @@ class Containment:
             request = ExecRequest.from_json(plan["argv"])
             process = await self._runner.run_exec(request)
             detail |= {"undo": "argv", "exit_status": process.exit_status}
-            if process.outcome is not Outcome.OK and plan.get("maybe"):
-                state = "nothing"  # the block most likely never went in
+            if plan.get("maybe") and process.exit_status == 1:
+                # iptables' "Bad rule (does a matching rule exist?)": the block most likely
+                # never went in. Any other failure (the lock, sudo) is a failure.
+                state = "nothing"
                 detail["reason"] = "nothing to lift: no attempt of the block is known to have run"
             elif process.outcome is not Outcome.OK:
                 state = "failed"

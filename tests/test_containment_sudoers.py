@@ -1,0 +1,138 @@
+"""The sudoers example lets exactly the block commands responder runs through sudo (and the
+lifts of blocks made before rules carried their run's id); a lift that could not run is a
+failure (seventh review of stop 14)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from responder.clock import FakeClock
+from responder.contain import builtins
+from responder.contain.catalog import BlockAddressSpec
+from responder.testing import SmtpTestServer
+from tests.conftest import ClientFactory
+from tests.test_containment import AUTH, _finished, _true, config, script, smtp
+from tests.test_containment_lift_identity import BLOCK
+from tests.test_escalation_story import alert, eventually, incident, post, webhook
+
+__all__ = ["smtp"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sudoers_patterns() -> dict[str, list[str]]:
+    """Cmnd_Alias RESPONDER_IPTABLES: command -> its argument regexes (sudoers '\\:' -> ':')."""
+    text = (ROOT / "systemd" / "sudoers.d-responder.example").read_text()
+    body = text.split("Cmnd_Alias RESPONDER_IPTABLES =", 1)[1].split("\n\n", 1)[0]
+    found: dict[str, list[str]] = {}
+    for item in body.replace("\\\n", " ").split(", "):
+        cmd, _, args = item.strip().partition(" ")
+        found.setdefault(cmd, []).append(args.strip().replace("\\:", ":"))
+    return found
+
+
+def _sudo_allows(argv: tuple[str, ...]) -> bool:
+    """As sudo >= 1.9.10 does: the arguments joined by spaces, matched by ^...$ regex."""
+    assert argv[:2] == ("/usr/bin/sudo", "-n")
+    cmd, args = argv[2], " ".join(argv[3:])
+    return any(re.search(p, args) for p in _sudoers_patterns().get(cmd, []))
+
+
+def _spec() -> BlockAddressSpec:
+    return BlockAddressSpec(
+        backend="iptables", duration=timedelta(hours=1), nft="/usr/sbin/nft",
+        table="responder", set4="blocklist4", set6="blocklist6",
+        iptables="/usr/sbin/iptables", ip6tables="/usr/sbin/ip6tables", chain="INPUT",
+        sudo="/usr/bin/sudo", never_block=(), min_prefix4=24, min_prefix6=48,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("address", ["198.51.100.9", "203.0.113.0/24", "2001:db8::1"])
+def test_sudoers_example_allows_the_generated_block_and_lift(address: str) -> None:
+    """The block and lift commands responder generates match the example."""
+    block, lift = builtins.block_argv(_spec(), address, uuid.uuid4().hex)
+    assert _sudo_allows(block)
+    assert _sudo_allows(lift)
+
+
+def test_sudoers_example_still_allows_the_lift_of_a_block_recorded_before_the_upgrade() -> None:
+    """A block inserted by the previous release (no comment) has its lift recorded in the
+    store with the old argv; after the upgrade (sudoers replaced by the new example) that
+    lift must still be allowed, or the rule stays and the lift fails."""
+    old_lift = (
+        "/usr/bin/sudo",
+        "-n",
+        "/usr/sbin/iptables",
+        "-w",
+        "-D",
+        "INPUT",
+        "-s",
+        "198.51.100.9",
+        "-j",
+        "DROP",
+    )  # fmt: skip  (what block_argv of 86badc6 returned, stored in action_runs.undo)
+    assert _sudo_allows(old_lift), "the pending lift of a pre-upgrade block is refused by sudo"
+
+
+async def test_a_maybe_lift_that_cannot_run_is_a_failure_not_nothing(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Attempt 1 inserted the rule but was killed on timeout before it exited, attempt 2
+    failed: 'maybe' is set. At expiry, -D cannot take the xtables lock (exit 4): the rule
+    is still there, and that must be a failed undo (paged), not 'nothing'."""
+    rules = tmp_path / "rules"
+    rules.write_text("")
+    flag = tmp_path / "once"
+    log = tmp_path / "fw.log"
+    tool = script(
+        tmp_path,
+        "iptables",
+        f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "if '-I' in sys.argv:\n"
+        f"    if os.path.exists({str(flag)!r}): sys.exit(1)\n"
+        f"    open({str(flag)!r}, 'w').close()\n"
+        f"    open({str(rules)!r}, 'a').write('rule\\n'); time.sleep(30)\n"
+        "else:\n"
+        "    sys.stderr.write('Another app is currently holding the xtables lock.\\n')\n"
+        "    sys.exit(4)\n",
+    )
+    actions = f"""
+actions:
+  block:
+    kind: block-address
+    backend: iptables
+    iptables: {tool}
+    ip6tables: {tool}
+    duration: 1h
+    params:
+      address: {{from: label, key: source_ip, type: ip}}
+    cooldown: 0
+    timeout: 1s
+    retries: 1
+    retry_delay: 0s
+"""
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK))
+    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
+    for _ in range(100):
+        if await _finished(client):
+            break
+        await asyncio.sleep(0.1)
+    assert rules.read_text() == "rule\n"  # the block is in place
+    clock.advance(timedelta(hours=1, minutes=1))
+    await eventually(lambda: _true(" -D " in f" {log.read_text()} "), "the lift ran")
+    await asyncio.sleep(0.5)
+    status = (await (await client.get("/api/v1/actions", headers=AUTH)).json())["data"]
+    assert rules.read_text() == "rule\n"  # still blocked
+    assert [r["undo"] for r in status["recent"]] == ["failed"], status["recent"]
+    reasons = [
+        e["detail"].get("reason", "")
+        for e in (await incident(client))["timeline"]
+        if e["kind"] == "containment_failed"
+    ]
+    assert any("undo of block failed" in r for r in reasons), reasons
