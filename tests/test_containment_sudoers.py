@@ -16,8 +16,8 @@ from responder.clock import FakeClock
 from responder.contain import builtins
 from responder.contain.catalog import BlockAddressSpec
 from responder.testing import SmtpTestServer
-from tests.conftest import ClientFactory
-from tests.test_containment import AUTH, _finished, _true, config, script, smtp
+from tests.conftest import AUTH, ClientFactory
+from tests.test_containment import _finished, _true, config, script, smtp
 from tests.test_containment_lift_identity import BLOCK
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
 
