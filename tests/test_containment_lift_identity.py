@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from responder.clock import FakeClock
 from responder.testing import SmtpTestServer
@@ -19,6 +20,7 @@ from tests.test_containment import (
     script,
     smtp,
 )
+from tests.test_containment_lifts import drained_from_two_pools
 from tests.test_escalation_story import alert, eventually, post, webhook
 
 __all__ = ["smtp"]
@@ -92,25 +94,7 @@ actions:
     undo: {{argv: [{off}, "undrain", "{{backend}}"]}}
     undo_hold_down: 5m
 """
-    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
-    fired = alert("BackendErrors", backend="web-1")
-    fired["annotations"] = {"pool": "a"}
-    await post(client, webhook(fired))
-    await eventually(lambda: _true(log.exists() and "drain web-1 a" in log.read_text()), "a")
-    await eventually(lambda: _finished(client), "the run finished")
-    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
-    clock.advance(timedelta(minutes=2))
-    again = alert("BackendErrors", starts="2026-01-05T09:02:00Z", backend="web-1")
-    again["annotations"] = {"pool": "b"}
-    await post(client, webhook(again))
-    await eventually(lambda: _true("drain web-1 b" in log.read_text()), "b")
-    await asyncio.sleep(0.3)
-    await post(client, webhook(alert("BackendErrors", "resolved", **again["labels"])))
-    await asyncio.sleep(0.2)
-    clock.advance(timedelta(minutes=6))
-    await eventually(lambda: _true("undrain web-1 b" in log.read_text()), "b lifted")
-    await asyncio.sleep(0.5)
-    assert "undrain web-1 a" in log.read_text().splitlines(), log.read_text()
+    await drained_from_two_pools(make_client, tmp_path, clock, smtp, actions, log)
 
 
 def _stateful_iptables(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -199,24 +183,11 @@ actions:
     assert _count(rules) == 1, "B's block was lifted by A's lift before its expiry"
 
 
-async def test_a_timed_out_insert_that_inserted_nothing_is_not_a_failed_lift(
-    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
-) -> None:
-    """Attempt 1 hung on the xtables lock and was killed, attempt 2 failed: the run keeps its
-    lift (a rule may be in place); at expiry -D finds none, and that is 'nothing', not
-    'undo of block failed' paging the next level."""
-    from tests.test_escalation_story import incident
-
-    tool, rules, log = _stateful_iptables(tmp_path)
-    # Attempt 2 fails: a second flag makes -I exit 1 after the hang.
-    text = tool.read_text().replace(
-        "    open(",
-        "    if os.path.exists("
-        + repr(str(tmp_path / "locked-once"))
-        + "): sys.exit(1)\n    open(",
-        1,
-    )
-    tool.write_text(text)
+async def blocked_once(
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer, tool: Path
+) -> Any:
+    """A daemon whose iptables block (``tool`` as iptables, 1 s timeout, one retry) ran for
+    203.0.113.7, its run finished."""
     actions = f"""
 actions:
   block:
@@ -238,6 +209,28 @@ actions:
         if await _finished(client):
             break
         await asyncio.sleep(0.1)
+    return client
+
+
+async def test_a_timed_out_insert_that_inserted_nothing_is_not_a_failed_lift(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Attempt 1 hung on the xtables lock and was killed, attempt 2 failed: the run keeps its
+    lift (a rule may be in place); at expiry -D finds none, and that is 'nothing', not
+    'undo of block failed' paging the next level."""
+    from tests.test_escalation_story import incident
+
+    tool, rules, log = _stateful_iptables(tmp_path)
+    # Attempt 2 fails: a second flag makes -I exit 1 after the hang.
+    text = tool.read_text().replace(
+        "    open(",
+        "    if os.path.exists("
+        + repr(str(tmp_path / "locked-once"))
+        + "): sys.exit(1)\n    open(",
+        1,
+    )
+    tool.write_text(text)
+    client = await blocked_once(make_client, tmp_path, smtp, tool)
     assert _count(rules) == 0
     clock.advance(timedelta(hours=1, minutes=1))
     await eventually(lambda: _true(" -D " in f" {log.read_text()} "), "the lift ran")

@@ -13,6 +13,7 @@ from responder.testing import SmtpTestServer
 from tests.conftest import AUTH, ClientFactory
 from tests.test_containment import (
     BLOCK_RULE,
+    MAINTENANCE_RULE,
     _finished,
     _lines,
     _true,
@@ -79,8 +80,6 @@ async def test_a_stale_alert_revived_lifts_its_change_once(
     """The alert went stale (the first run's lift still waiting for a resolve), then revived
     and ran its action again: the new run's lift supersedes the first, and the change is
     lifted once at the final resolve (it was lifted twice)."""
-    from tests.test_containment import MAINTENANCE_RULE
-
     log, actions = _maintenance(tmp_path)
     text_actions = "alerts: {stale_after: 10m, stale_check_every: 1m}\n" + actions
     client = await make_client(config(tmp_path, smtp, text_actions, MAINTENANCE_RULE))
@@ -106,31 +105,16 @@ async def test_a_stale_alert_revived_lifts_its_change_once(
     assert log.read_text().splitlines() == ["on web-1", "on web-1", "off web-1"]
 
 
-async def test_a_new_episode_on_the_same_target_with_other_values_lifts_both_changes(
-    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+async def drained_from_two_pools(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    actions: str,
+    log: Path,
 ) -> None:
-    """`target: backend`, the pool from an annotation: episode 1 drains web-1 from pool a,
-    episode 2 from pool b. Different lifts: neither supersedes the other, and both are
-    lifted (pool a's was superseded, and web-1 stayed drained from it)."""
-    from tests.test_containment import MAINTENANCE_RULE, script
-
-    log = tmp_path / "log"
-    w = f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')"
-    on = script(tmp_path, "on", w)
-    off = script(tmp_path, "off", w)
-    actions = f"""
-actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "drain", "{{backend}}", "{{pool}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-      pool: {{from: annotation, key: pool, type: identifier}}
-    target: backend
-    cooldown: 0
-    undo: {{argv: [{off}, "undrain", "{{backend}}", "{{pool}}"]}}
-    undo_hold_down: 5m
-"""
+    """Episode 1 drains web-1 from pool a (from an annotation), episode 2 from pool b, and
+    both resolve: both pools are undrained."""
     client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     fired = alert("BackendErrors", backend="web-1")
     fired["annotations"] = {"pool": "a"}
@@ -149,7 +133,36 @@ actions:
     clock.advance(timedelta(minutes=6))
     await eventually(lambda: _true("undrain web-1 b" in log.read_text()), "b lifted")
     await asyncio.sleep(0.5)
-    assert "undrain web-1 a" in log.read_text().splitlines(), log.read_text()
+    text = await asyncio.to_thread(log.read_text)
+    assert "undrain web-1 a" in text.splitlines(), text
+
+
+async def test_a_new_episode_on_the_same_target_with_other_values_lifts_both_changes(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """`target: backend`, the pool from an annotation: episode 1 drains web-1 from pool a,
+    episode 2 from pool b. Different lifts: neither supersedes the other, and both are
+    lifted (pool a's was superseded, and web-1 stayed drained from it)."""
+    from tests.test_containment import script
+
+    log = tmp_path / "log"
+    w = f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')"
+    on = script(tmp_path, "on", w)
+    off = script(tmp_path, "off", w)
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "drain", "{{backend}}", "{{pool}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+      pool: {{from: annotation, key: pool, type: identifier}}
+    target: backend
+    cooldown: 0
+    undo: {{argv: [{off}, "undrain", "{{backend}}", "{{pool}}"]}}
+    undo_hold_down: 5m
+"""
+    await drained_from_two_pools(make_client, tmp_path, clock, smtp, actions, log)
 
 
 async def test_a_builtin_iptables_block_refired_deletes_as_many_rules_as_it_inserted(
@@ -229,7 +242,7 @@ async def test_maintenance_on_whose_retry_failed_after_a_failed_check_is_lifted(
 ) -> None:
     """Attempt 1 put web-1 in maintenance but its check failed, the retry failed: the resolve
     still takes web-1 out of maintenance (the lift was dropped)."""
-    from tests.test_containment import MAINTENANCE_RULE, script
+    from tests.test_containment import script
 
     log = tmp_path / "log"
     flag = tmp_path / "tried"

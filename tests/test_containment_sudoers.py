@@ -17,9 +17,9 @@ from responder.contain import builtins
 from responder.contain.catalog import BlockAddressSpec
 from responder.testing import SmtpTestServer
 from tests.conftest import AUTH, ClientFactory
-from tests.test_containment import _finished, _true, config, script, smtp
-from tests.test_containment_lift_identity import BLOCK
-from tests.test_escalation_story import alert, eventually, incident, post, webhook
+from tests.test_containment import _true, script, smtp
+from tests.test_containment_lift_identity import blocked_once
+from tests.test_escalation_story import eventually, incident
 
 __all__ = ["smtp"]
 
@@ -102,27 +102,7 @@ async def test_a_maybe_lift_that_cannot_run_is_a_failure_not_nothing(
         "    sys.stderr.write('Another app is currently holding the xtables lock.\\n')\n"
         "    sys.exit(4)\n",
     )
-    actions = f"""
-actions:
-  block:
-    kind: block-address
-    backend: iptables
-    iptables: {tool}
-    ip6tables: {tool}
-    duration: 1h
-    params:
-      address: {{from: label, key: source_ip, type: ip}}
-    cooldown: 0
-    timeout: 1s
-    retries: 1
-    retry_delay: 0s
-"""
-    client = await make_client(config(tmp_path, smtp, actions, BLOCK))
-    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
-    for _ in range(100):
-        if await _finished(client):
-            break
-        await asyncio.sleep(0.1)
+    client = await blocked_once(make_client, tmp_path, smtp, tool)
     assert rules.read_text() == "rule\n"  # the block is in place
     clock.advance(timedelta(hours=1, minutes=1))
     await eventually(lambda: _true(" -D " in f" {log.read_text()} "), "the lift ran")
