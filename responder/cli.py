@@ -459,7 +459,8 @@ def _explain_actions(
     context = RunContext("(explain)", labels.get("alertname", ""), "", "")
     for name in names:
         action = snapshot.actions.actions[name]
-        prepared = runner.prepare(action, labels, notes, context)
+        # A placeholder run id: the real one is made per run (iptables rules carry it).
+        prepared = runner.prepare(action, labels, notes, context, run_id="<run-id>")
         if isinstance(prepared, ParamRejected):
             audit = prepared.to_audit()
             print(f"  - {name}: REFUSED, nothing would run: {audit.get('reason', audit)}")

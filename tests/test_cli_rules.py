@@ -170,3 +170,23 @@ def test_output_into_a_reader_that_stopped_ends_quietly() -> None:
     process.stderr.close()
     assert process.wait(timeout=30) != 0
     assert errors == b""
+
+
+def test_explain_shows_a_placeholder_for_the_run_id_an_iptables_rule_carries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each run's rule carries its own id; explain runs nothing, so it shows where the id
+    goes instead of a random one that no run will ever have."""
+    actions = (
+        "actions:\n  block:\n    kind: block-address\n    backend: iptables\n"
+        "    params:\n      address: {from: label, key: source_ip, type: ip}\n"
+    )
+    rules = (
+        "rules:\n  - name: brute\n    matchers: ['alertname=\"SSHBruteForce\"']\n"
+        "    severity: P1\n    category: security\n    actions: [block]\n"
+    )
+    path = write_config(tmp_path, actions, rules=rules)
+    labels = "alertname=SSHBruteForce,source_ip=203.0.113.7"
+    assert main(["explain", "-c", str(path), "--labels", labels]) == 0
+    out = capsys.readouterr().out
+    assert "'responder:<run-id>'" in out, out
