@@ -282,6 +282,14 @@ def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[R
             detail["reason"] = "another run's block on the same address is still in force"
             finish_undo(conn, run.run_id, "cancelled", detail, now_us)
             continue
+        if not (run.undo or {}).get("shared") and _same_change_in_force(conn, run.run_id):
+            detail = {"run_id": run.run_id, "action": run.action, "undo": "cancelled"}
+            detail["reason"] = "another run made the same change; its own lift undoes it"
+            finish_undo(conn, run.run_id, "cancelled", detail, now_us)
+            continue
+        if _wanted_by_another_alert(conn, run, now_us):
+            _hold_for_another_alert(conn, run, now_us)
+            continue
         expires_us = (run.undo or {}).get("at")
         if expires_us is not None and run.undo_due is not None and run.undo_due >= expires_us:
             result.append((run, False))
@@ -307,19 +315,10 @@ def _supersede(conn: sqlite3.Connection, run_id: str, alert_id: int, now_us: int
     once. Only an identical lift command, and never an iptables one: each iptables run
     inserts a rule of its own, which its own lift must delete."""
     rows = conn.execute(
-        "UPDATE action_runs SET undo_state = 'superseded' WHERE run_id IN ("
-        "SELECT e.run_id FROM action_runs n JOIN action_runs e ON e.action = n.action "
-        "AND e.target = n.target AND e.run_id != n.run_id "
-        # The same lift: the same undo command (or undo action) with the same values (an
-        # undo also reads them from RESPONDER_PARAM_* in its environment).
-        "AND COALESCE(json_extract(e.undo, '$.argv.argv'), json_extract(e.undo, '$.action')) "
-        "= COALESCE(json_extract(n.undo, '$.argv.argv'), json_extract(n.undo, '$.action')) "
-        "AND json_extract(e.audit, '$.params') = json_extract(n.audit, '$.params') "
-        "AND json_extract(e.undo, '$.at') IS NULL "
+        "UPDATE action_runs SET undo_state = 'superseded' WHERE run_id IN ("  # noqa: S608
+        f"SELECT e.run_id FROM action_runs n JOIN action_runs e ON {_same_lift('e', 'n')} "
         "JOIN alerts a ON a.id = e.alert_id JOIN alerts b ON b.id = ?2 "
-        "AND b.fingerprint = a.fingerprint WHERE n.run_id = ?1 "
-        "AND (e.undo_state IN ('wait', 'postponed') "
-        "OR (e.undo_state IS NULL AND e.undo_hold_s IS NOT NULL))) "
+        f"AND b.fingerprint = a.fingerprint WHERE n.run_id = ?1 AND {_LIFT_TO_COME}) "
         "RETURNING run_id, incident_id, action",
         (run_id, alert_id),
     ).fetchall()
@@ -327,6 +326,74 @@ def _supersede(conn: sqlite3.Connection, run_id: str, alert_id: int, now_us: int
         detail = {"run_id": earlier, "action": action, "undo": "superseded", "by": run_id}
         detail["reason"] = "the alert fired again and the change was made again"
         _event(conn, incident_id, now_us, Event.ACTION_UNDONE, detail)
+
+
+def _same_lift(e: str, n: str) -> str:
+    """SQL: runs ``e`` and ``n`` (aliases of action_runs) are for the same change, which the
+    same lift undoes: the same action on the same target, the same planned undo command (or
+    undo action) with the same parameter values, wherever each value came from (an undo
+    also reads them from RESPONDER_PARAM_* in its environment). Read from each run's audit,
+    which a run skipped by a guard has too. Never an iptables block: each run inserts a rule
+    of its own, which its own lift must delete."""
+    return (
+        f"{e}.action = {n}.action AND {e}.target = {n}.target AND {e}.run_id != {n}.run_id "
+        f"AND {_planned_lift(e)} = {_planned_lift(n)} "
+        f"AND {_param_values(e)} = {_param_values(n)} "
+        f"AND json_extract({e}.audit, '$.undo.at') IS NULL "
+        f"AND json_extract({n}.audit, '$.undo.at') IS NULL"
+    )
+
+
+def _planned_lift(run: str) -> str:
+    return (
+        f"COALESCE(json_extract({run}.audit, '$.undo.argv'), "
+        f"json_extract({run}.audit, '$.undo.action'))"
+    )
+
+
+def _param_values(run: str) -> str:
+    """SQL: a run's parameters as [name, value] pairs, without where each value came from."""
+    return (
+        "(SELECT json_group_array(json_array(json_extract(p.value, '$.name'), "  # noqa: S608
+        f"json_extract(p.value, '$.value'))) FROM json_each({run}.audit, '$.params') p)"
+    )
+
+
+# A change whose lift is still to come, by ``e``'s undo state: waiting for its alert's
+# resolve (none yet), for the hold-down after it ('wait'), or again for a resolve after the
+# alert fired anew ('postponed').
+_LIFT_TO_COME = (
+    "e.undo IS NOT NULL AND (e.undo_state IN ('wait', 'postponed') "
+    "OR (e.undo_state IS NULL AND e.undo_hold_s IS NOT NULL))"
+)
+
+
+def _same_change_in_force(conn: sqlite3.Connection, run_id: str) -> bool:
+    """Another run made the very change this run's lift would undo (two alerts that put the
+    same backend into maintenance), and its own lift is still to come: that lift undoes it,
+    later; lifting now would undo it under the other alert."""
+    row = conn.execute(
+        "SELECT 1 FROM action_runs n JOIN action_runs e "  # noqa: S608 - constant fragments
+        f"ON {_same_lift('e', 'n')} WHERE n.run_id = ? AND {_LIFT_TO_COME} LIMIT 1",
+        (run_id,),
+    ).fetchone()
+    return row is not None
+
+
+def _wanted_by_another_alert(conn: sqlite3.Connection, run: RunRow, now_us: int) -> bool:
+    """Another alert (another fingerprint) asked for the same change and still needs it: it
+    fires (or went stale), or resolved less than this run's hold-down ago. Its own run was
+    skipped (a cooldown, the target busy with this run), failed, or is still running, so it
+    has no lift of its own to hand over to: this run's change stays until it is done."""
+    row = conn.execute(
+        "SELECT 1 FROM action_runs n JOIN alerts na ON na.id = n.alert_id "  # noqa: S608
+        f"JOIN action_runs e ON {_same_lift('e', 'n')} AND e.state != 'rejected' "
+        "JOIN alerts ea ON ea.id = e.alert_id AND ea.fingerprint != na.fingerprint "
+        "WHERE n.run_id = ?1 AND (ea.status != 'resolved' "
+        "OR ea.updated_at > ?2 - COALESCE(n.undo_hold_s, 0) * 1000000) LIMIT 1",
+        (run.run_id, now_us),
+    ).fetchone()
+    return row is not None
 
 
 def _held_by_another(conn: sqlite3.Connection, run: RunRow, now_us: int) -> bool:
@@ -340,6 +407,20 @@ def _held_by_another(conn: sqlite3.Connection, run: RunRow, now_us: int) -> bool
         (run.run_id, now_us, dumps(run.undo)),
     ).fetchone()
     return row is not None
+
+
+def _hold_for_another_alert(conn: sqlite3.Connection, run: RunRow, now_us: int) -> None:
+    """Look again after another hold-down (the other alert may resolve meanwhile, or fire
+    for days: one query per hold-down). The timeline says so once."""
+    conn.execute(
+        "UPDATE action_runs SET undo = json_set(undo, '$.held', 1), "
+        "undo_due = ? + MAX(COALESCE(undo_hold_s, 0), 60) * 1000000 WHERE run_id = ?",
+        (now_us, run.run_id),
+    )
+    if not (run.undo or {}).get("held"):
+        detail = {"run_id": run.run_id, "action": run.action, "undo": "held"}
+        detail["reason"] = "another alert that asked for the same change still fires"
+        _event(conn, run.incident_id, now_us, Event.ACTION_UNDONE, detail)
 
 
 def finish_undo(
