@@ -22,7 +22,8 @@ __all__ = ["smtp"]
 async def _runs(client: Any, state: str, count: int) -> bool:
     """Exactly ``count`` runs are in ``state``."""
     answer = await client.get("/api/v1/actions", headers=AUTH)
-    return sum(r["state"] == state for r in (await answer.json())["data"]["recent"]) == count
+    states = [str(r["state"]) for r in (await answer.json())["data"]["recent"]]
+    return states.count(state) == count
 
 
 async def _lines(log: Path) -> list[str]:
