@@ -104,8 +104,28 @@ async def reset(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok", "data": {"breakers": state.to_json()["breakers"]}})
 
 
+@authenticated
+async def lift(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/actions/lift {"run": "<run id>", "by": "alice"}: undo a run's change now,
+    whatever its lift waits for (the alert's resolve, a hold-down, another alert)."""
+    runtime = request.app[RUNTIME]
+    body = await _body(request)
+    run_id = _text(body, "run")
+    try:
+        refused = await _containment(runtime).lift(run_id, _text(body, "by", "api"))
+    except StoreError as exc:
+        return json_error(503, f"store unavailable: {exc}")
+    if refused == "no such run":
+        return json_error(404, f"no run {run_id}; `responder actions status` lists recent runs")
+    if refused is not None:
+        return json_error(409, f"run {run_id}: {refused}")
+    data = {"run": run_id, "lift": "due now; the incident's timeline shows its outcome"}
+    return web.json_response({"status": "ok", "data": data}, status=202)
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/v1/actions", status)
     router.add_post("/api/v1/actions/pause", pause)
     router.add_post("/api/v1/actions/resume", resume)
     router.add_post("/api/v1/actions/reset", reset)
+    router.add_post("/api/v1/actions/lift", lift)

@@ -211,8 +211,8 @@ def _parser() -> argparse.ArgumentParser:
     drill.set_defaults(run=cmd_drill)
 
     actions = daemon_command("actions", "containment: status, kill switch, breaker reset")
-    actions.add_argument("verb", choices=["status", "pause", "resume", "reset"])
-    actions.add_argument("name", nargs="?", help="reset: the action")
+    actions.add_argument("verb", choices=["status", "pause", "resume", "reset", "lift"])
+    actions.add_argument("name", nargs="?", help="reset: the action; lift: the run (its id)")
     actions.add_argument("target", nargs="?", help="reset: the target, as status shows it")
     actions.add_argument("--reason", help="pause: why (recorded)")
     actions.add_argument("--by", help="who (default: $USER)")
@@ -682,6 +682,10 @@ def _print_drill(result: dict[str, Any]) -> None:
     print_table(["CONTACT", "PAGES", "ANSWERED VIA", "AFTER"], rows)
 
 
+# Runs are shown by the start of their id, like git's short hashes; `actions lift` takes it.
+RUN_ID_SHOWN = 12
+
+
 def cmd_actions(args: argparse.Namespace) -> int:
     client = _client(args)
     by = args.by or os.environ.get("USER") or "cli"
@@ -702,6 +706,13 @@ def cmd_actions(args: argparse.Namespace) -> int:
         body = {"action": args.name, "target": args.target, "by": by}
         asyncio.run(client.request("POST", "/api/v1/actions/reset", body=body))
         print(f"breaker reset: {args.name} on {args.target}")
+        return 0
+    if args.verb == "lift":
+        if not args.name:
+            raise ConfigError("actions lift", 0, "", "give the run's id (actions status shows it)")
+        body = {"run": args.name, "by": by}
+        document = asyncio.run(client.request("POST", "/api/v1/actions/lift", body=body))
+        print(f"lift of run {document['data']['run']} due now (requested by {by})")
         return 0
     document = asyncio.run(client.request("GET", "/api/v1/actions"))
     data = document["data"]
@@ -725,10 +736,11 @@ def cmd_actions(args: argparse.Namespace) -> int:
         )
     print("recent runs:")
     print_table(
-        ["STARTED", "ACTION", "TARGET", "STATE", "OUTCOME", "INCIDENT", "UNDO"],
+        ["STARTED", "RUN", "ACTION", "TARGET", "STATE", "OUTCOME", "INCIDENT", "UNDO"],
         [
             [
                 (r["startedAt"] or "")[:19].replace("T", " "),
+                r["runId"][:RUN_ID_SHOWN],
                 r["action"],
                 r["target"],
                 r["state"],

@@ -179,6 +179,16 @@ class Containment:
         log.warning("breaker reset", extra=fields(action=action, target=target, by=by))
         return self._state
 
+    async def lift(self, run_id: str, by: str) -> str | None:
+        """Lift a run's change now (the engine's next pass runs its undo); None when it is
+        due, else why it cannot be."""
+        refused = await self._store.lift_now(run_id, by, self._clock.now())
+        if refused is None:
+            log.warning("lift requested by hand", extra=fields(run=run_id, by=by))
+            self._deadline = self._clock.now()
+            self.wake()
+        return refused
+
     # -- one alert -------------------------------------------------------------------------------
     async def handle(self, item: QueuedAlert) -> None:
         catalog, settings = self._config()
@@ -399,6 +409,8 @@ class Containment:
     async def _undo(self, run: RunRow, catalog: ActionCatalog, now: datetime) -> None:
         plan = run.undo or {}
         detail: dict[str, Any] = {"run_id": run.run_id, "action": run.action}
+        if plan.get("manual"):
+            detail["by"] = plan["manual"]
         state = "done"
         if plan.get("argv"):
             request = ExecRequest.from_json(plan["argv"])

@@ -892,6 +892,10 @@ class SQLiteStore:
         # A write: an undo whose alert fires again may go back to waiting for its expiry.
         return await self._write(lambda conn: actions.due_undos(conn, now_us, limit))
 
+    async def lift_now(self, run_id: str, by: str, now: datetime) -> str | None:
+        now_us = to_us(now)
+        return await self._write(lambda conn: actions.lift_now(conn, run_id, by, now_us))
+
     async def finish_undo(
         self, run_id: str, state: str, detail: dict[str, Any], now: datetime
     ) -> None:

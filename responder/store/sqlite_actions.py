@@ -257,6 +257,57 @@ def _lift_at_expiry(conn: sqlite3.Connection, run: RunRow) -> None:
     )
 
 
+# Undo states of a lift that has ended one way or another.
+_LIFT_ENDED = ("done", "failed", "nothing", "expired", "cancelled", "superseded")
+
+
+def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> str | None:
+    """An operator lifts a run's change now, whatever it waits for (a resolve, a hold-down,
+    another alert, the block's expiry): the lift is due at once and ``due_undos`` hands it
+    to the engine without its usual checks. None when it is due; else why it cannot be."""
+    rows = conn.execute(
+        "SELECT run_id, state, undo, undo_state, incident_id, action FROM action_runs "
+        "WHERE run_id = ?1 OR (length(?1) >= 8 AND substr(run_id, 1, length(?1)) = ?1) "
+        "LIMIT 2",
+        (run_id,),
+    ).fetchall()
+    exact = [r for r in rows if r[0] == run_id]
+    if exact:
+        rows = exact
+    if not rows:
+        return "no such run"
+    if len(rows) > 1:
+        return "more than one run's id starts so; give more of it"
+    run_id, state, undo, undo_state, incident_id, action = rows[0]
+    if state == "running":
+        return "the run is still running; lift it once it has finished"
+    if undo is None:
+        return "the run has no lift (no undo declared, or it changed nothing)"
+    if undo_state in _LIFT_ENDED:
+        return f"its lift has ended already ({undo_state})"
+    conn.execute(
+        "UPDATE action_runs SET undo = json_set(undo, '$.manual', ?), undo_state = 'wait', "
+        "undo_due = ? WHERE run_id = ?",
+        (by, now_us, run_id),
+    )
+    detail = {"run_id": run_id, "action": action, "undo": "requested", "by": by}
+    detail["reason"] = "lifted by hand"
+    _event(conn, incident_id, now_us, Event.ACTION_UNDONE, detail)
+    # Other runs' lifts of the very same change have nothing left to undo.
+    others = conn.execute(
+        "UPDATE action_runs SET undo_state = 'cancelled' WHERE run_id IN ("  # noqa: S608
+        f"SELECT e.run_id FROM action_runs n JOIN action_runs e ON {_same_lift('e', 'n')} "
+        f"WHERE n.run_id = ? AND {_LIFT_TO_COME}) "
+        "RETURNING run_id, incident_id, action",
+        (run_id,),
+    ).fetchall()
+    for other, other_incident, other_action in others:
+        detail = {"run_id": other, "action": other_action, "undo": "cancelled", "by": by}
+        detail["reason"] = f"the same change was lifted by hand (run {run_id})"
+        _event(conn, other_incident, now_us, Event.ACTION_UNDONE, detail)
+    return None
+
+
 def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, bool]]:
     """Runs whose undo is due, each with whether its alert (by fingerprint) fires again, so
     that the hold-down is over for nothing. An undo due at the block's expiry is never
@@ -276,6 +327,9 @@ def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[R
             detail = {"run_id": run.run_id, "action": run.action, "undo": "expired"}
             detail["reason"] = "the block expired by itself"
             finish_undo(conn, run.run_id, "expired", detail, now_us)
+            continue
+        if (run.undo or {}).get("manual"):
+            result.append((run, False))  # an operator asked for it: no hold, no hand-over
             continue
         if (run.undo or {}).get("shared") and _held_by_another(conn, run, now_us):
             detail = {"run_id": run.run_id, "action": run.action, "undo": "cancelled"}
