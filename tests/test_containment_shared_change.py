@@ -12,7 +12,7 @@ from typing import Any
 from responder.clock import FakeClock
 from responder.testing import SmtpTestServer
 from tests.conftest import AUTH, ClientFactory
-from tests.test_containment import MAINTENANCE_RULE, _true, config, smtp
+from tests.test_containment import MAINTENANCE_RULE, _true, config, script, smtp
 from tests.test_containment_lifts import _maintenance
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
 
@@ -138,3 +138,97 @@ async def test_changes_to_different_targets_are_lifted_each_at_its_own_resolve(
     clock.advance(timedelta(minutes=6))
     await eventually(lambda: _true("off web-1" in log.read_text()), "web-1 lifted")
     assert "off web-2" not in await _lines(log)
+
+
+async def test_a_failed_run_of_a_firing_alert_holds_the_lift(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The second alert's run fails (the 'on' tool exits 1 the second time, say 'already in
+    maintenance'): the run has no lift of its own, its alert still fires, so the first run's
+    lift is held (its finished audit shows no planned lift: the change key keeps it)."""
+    log, actions = _maintenance(tmp_path)
+    count = tmp_path / "count"
+    on = script(
+        tmp_path,
+        "on2",
+        f"p = {str(count)!r}\nn = int(open(p).read()) if os.path.exists(p) else 0\n"
+        f"open(p, 'w').write(str(n + 1))\n"
+        f"if n: sys.exit(1)\n"
+        f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')",
+    )
+    actions = actions.replace(str(tmp_path / "on"), str(on))
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    first = alert("BackendErrors", backend="web-1", instance="lb-a")
+    second = alert("BackendErrors", backend="web-1", instance="lb-b")
+    await post(client, webhook(first))
+    await eventually(lambda: _runs(client, "done", 1), "the first run finished")
+    await post(client, webhook(second))
+    await eventually(lambda: _runs(client, "done", 2), "the second run finished (failed)")
+    assert await _lines(log) == ["on web-1"]
+    await post(client, webhook(alert("BackendErrors", "resolved", **first["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))  # the first alert's hold-down is over
+    await asyncio.sleep(1.0)
+    assert await _lines(log) == ["on web-1"], "lifted while the second alert still fires"
+
+
+async def test_a_running_holder_that_then_fails_keeps_holding(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The second alert's run is still running when the first lift is due: held. Then that
+    run fails: the lift stays held while the second alert fires."""
+    log, actions = _maintenance(tmp_path)
+    count = tmp_path / "count"
+    on = script(
+        tmp_path,
+        "on2",
+        f"p = {str(count)!r}\nn = int(open(p).read()) if os.path.exists(p) else 0\n"
+        f"open(p, 'w').write(str(n + 1))\n"
+        f"if n:\n    time.sleep(1.5)\n    sys.exit(1)\n"
+        f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')",
+    )
+    actions = actions.replace(str(tmp_path / "on"), str(on))
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    first = alert("BackendErrors", backend="web-1", instance="lb-a")
+    second = alert("BackendErrors", backend="web-1", instance="lb-b")
+    await post(client, webhook(first))
+    await eventually(lambda: _runs(client, "done", 1), "the first run finished")
+    await post(client, webhook(alert("BackendErrors", "resolved", **first["labels"])))
+    await asyncio.sleep(0.2)
+    await post(client, webhook(second))
+    await eventually(lambda: _runs(client, "running", 1), "the second run is running")
+    clock.advance(timedelta(minutes=6))  # the first lift is due while the second runs
+    await asyncio.sleep(0.5)
+    assert await _lines(log) == ["on web-1"], "held while the second run runs"
+    await eventually(lambda: _runs(client, "done", 2), "the second run finished (failed)")
+    clock.advance(timedelta(minutes=6))  # the held lift looks again
+    await asyncio.sleep(1.0)
+    assert await _lines(log) == ["on web-1"], "lifted while the second alert still fires"
+
+
+async def test_an_iptables_block_is_held_for_another_alert_until_its_expiry(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The address attacks two services: the second alert's block is skipped (cooldown), so
+    the first block is the only one. Its lift after the first alert's resolve waits while
+    the second alert fires, but not past the block's expiry (an attacker who keeps an alert
+    firing cannot make a block permanent)."""
+    from tests.test_containment import BLOCK_RULE, block_action
+    from tests.test_containment import _lines as verbs
+
+    log, actions = block_action(tmp_path, "    undo: builtin\n    undo_hold_down: 5m\n")
+    actions = actions.replace("cooldown: 0", "cooldown: 1h")
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
+    first = alert("SSHBruteForce", source_ip="203.0.113.7", instance="bastion")
+    await post(client, webhook(first))
+    await eventually(lambda: _runs(client, "done", 1), "blocked")
+    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7", instance="git")))
+    await eventually(lambda: _runs(client, "skipped", 1), "the second block skipped")
+    await post(client, webhook(alert("SSHBruteForce", "resolved", **first["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await asyncio.sleep(0.5)
+    assert verbs(log, "-D") == 0, "unblocked while the second alert still fires"
+    assert len(await _undone(client, "held")) == 1
+    clock.advance(timedelta(minutes=55))  # past the block's expiry
+    await eventually(lambda: _true(verbs(log, "-D") == 1), "lifted at its expiry")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import sqlite3
 import threading
@@ -1001,3 +1002,62 @@ async def test_a_hold_in_progress_at_the_upgrade_to_schema_11_is_kept(tmp_path: 
     assert to_us(due[1]) == held_to  # still held
     assert due[2] is not None
     assert to_us(due[2]) < held_to  # no hold: due at once
+
+
+async def test_the_upgrade_to_schema_13_keys_each_runs_change(tmp_path: Path) -> None:
+    """Runs recorded before schema 13 get their change key from their audit: the same undo
+    with the same values from a label and from a default is one change; an iptables block
+    (a lift at its expiry) is not a shared lift; a run with no undo has no key."""
+    path = tmp_path / "old.db"
+    undo: dict[str, Any] = {
+        "argv": ["/usr/local/bin/maint", "off", "web-1"],
+        "action": None,
+        "at": None,
+    }
+    own_rule = {"argv": ["iptables", "-D"], "action": None, "at": "2026-01-05T10:00:00+00:00"}
+    runs = {
+        "a": ("maintenance", "backend=web-1", undo, "label backend"),
+        "b": ("maintenance", "backend=web-1", undo, "default"),
+        "c": (
+            "maintenance",
+            "backend=web-2",
+            {**undo, "argv": ["/usr/local/bin/maint", "off", "web-2"]},
+            "",
+        ),
+        "d": ("block", "address=203.0.113.7", own_rule, "label source_ip"),
+        "e": ("restart", "unit=nginx.service", None, "label unit"),
+    }
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for script in SQLITE_MIGRATIONS[:12]:
+            for statement in script:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 12")
+        for number, (run_id, (action, target, planned, origin)) in enumerate(runs.items()):
+            value = target.split("=", 1)[1]
+            params = [{"name": target.split("=")[0], "value": value, "from": origin}]
+            audit = json.dumps({"undo": planned, "params": params})
+            conn.execute(
+                "INSERT INTO action_runs (run_id, alert_id, action, target, trigger, state, "
+                "audit, started_at) VALUES (?, ?, ?, ?, 'fire', 'done', ?, 1)",
+                (run_id, number + 1, action, target, audit),
+            )
+    finally:
+        conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        keys = dict(
+            conn.execute("SELECT run_id, json_array(change_key, shared_lift) FROM action_runs")
+        )
+    finally:
+        conn.close()
+    key = {run_id: json.loads(text) for run_id, text in keys.items()}
+    assert key["a"] == key["b"]
+    assert key["a"][0] is not None
+    assert key["a"][1] == 1
+    assert key["c"][0] != key["a"][0]
+    assert key["d"][1] == 0
+    assert key["e"][0] is None

@@ -4,6 +4,23 @@ The version applied is kept in SQLite's ``user_version``; each list entry is one
 Times are integer microseconds since the epoch (exact and sortable).
 """
 
+# A containment run's change, from the audit it is recorded with (its planned undo and its
+# parameters): its action and target, its lift (the undo command with its values, or the
+# undo action) and its parameter values, without where each came from (a label or the
+# declared default give the same change). An iptables block's lift deletes that run's own
+# rule, so its key names no command: "own rule". NULL when no undo is planned. Migration 13
+# fills the column with it: changing it needs a migration that fills the column anew.
+CHANGE_KEY = (
+    "(CASE WHEN json_extract(audit, '$.undo') IS NULL THEN NULL ELSE json_array(action, target, "
+    "CASE WHEN json_extract(audit, '$.undo.at') IS NULL THEN COALESCE("
+    "json_extract(audit, '$.undo.argv'), json_extract(audit, '$.undo.action')) "
+    "ELSE 'own rule' END, "
+    "(SELECT json_group_array(json_array(json_extract(p.value, '$.name'), "
+    "json_extract(p.value, '$.value'))) FROM json_each(audit, '$.params') p)) END)"
+)
+# One lift undoes the change for every run with its key (not so for an iptables rule).
+SHARED_LIFT = "(json_extract(audit, '$.undo.at') IS NULL)"
+
 SQLITE_MIGRATIONS: list[list[str]] = [
     # 1: alerts as received, one row per episode (fingerprint, startsAt).
     [
@@ -279,5 +296,16 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "FROM sqlite_sequence WHERE name = 'action_queue'",
         "DROP TABLE action_queue",
         "ALTER TABLE action_queue_v12 RENAME TO action_queue",
+    ],
+    # 13: which change a containment run makes, as its lift will undo it (CHANGE_KEY): runs
+    # with the same key want the same change, whichever alert asked, so a lift stands down
+    # or waits while another alert still needs it. Kept in a column of its own, read from
+    # the run's audit when it is recorded: a finished run's audit no longer shows the lift
+    # it planned if it changed nothing, and the column takes an index.
+    [
+        "ALTER TABLE action_runs ADD COLUMN change_key TEXT",
+        "ALTER TABLE action_runs ADD COLUMN shared_lift INTEGER",
+        f"UPDATE action_runs SET change_key = {CHANGE_KEY}, shared_lift = {SHARED_LIFT}",  # noqa: S608
+        "CREATE INDEX action_runs_change ON action_runs (change_key) WHERE change_key IS NOT NULL",
     ],
 ]

@@ -13,6 +13,7 @@ from typing import Any
 
 from responder.incident import Event
 from responder.store.base import QueuedAlert, RunRow
+from responder.store.migrations import CHANGE_KEY, SHARED_LIFT
 from responder.store.sqlite_incidents import dumps
 
 _RUN_COLUMNS = (
@@ -120,6 +121,11 @@ def record_run(
     )
     if not cur.rowcount:
         return False
+    conn.execute(
+        f"UPDATE action_runs SET change_key = {CHANGE_KEY}, shared_lift = {SHARED_LIFT} "  # noqa: S608
+        "WHERE run_id = ?",
+        (run_id,),
+    )
     if guards is not None:
         save_guards(conn, guards(), now_us)
     _event(conn, incident_id, now_us, event, detail)
@@ -331,6 +337,10 @@ def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[R
         if (run.undo or {}).get("manual"):
             result.append((run, False))  # an operator asked for it: no hold, no hand-over
             continue
+        expires_us = (run.undo or {}).get("at")
+        if expires_us is not None and run.undo_due is not None and run.undo_due >= expires_us:
+            result.append((run, False))  # an iptables block's expiry: nothing holds it longer
+            continue
         if (run.undo or {}).get("shared") and _held_by_another(conn, run, now_us):
             detail = {"run_id": run.run_id, "action": run.action, "undo": "cancelled"}
             detail["reason"] = "another run's block on the same address is still in force"
@@ -343,10 +353,6 @@ def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[R
             continue
         if _wanted_by_another_alert(conn, run, now_us):
             _hold_for_another_alert(conn, run, now_us)
-            continue
-        expires_us = (run.undo or {}).get("at")
-        if expires_us is not None and run.undo_due is not None and run.undo_due >= expires_us:
-            result.append((run, False))
             continue
         refired = conn.execute(
             "SELECT 1 FROM alerts b JOIN alerts a ON a.fingerprint = b.fingerprint "
@@ -383,33 +389,12 @@ def _supersede(conn: sqlite3.Connection, run_id: str, alert_id: int, now_us: int
 
 
 def _same_lift(e: str, n: str) -> str:
-    """SQL: runs ``e`` and ``n`` (aliases of action_runs) are for the same change, which the
-    same lift undoes: the same action on the same target, the same planned undo command (or
-    undo action) with the same parameter values, wherever each value came from (an undo
-    also reads them from RESPONDER_PARAM_* in its environment). Read from each run's audit,
-    which a run skipped by a guard has too. Never an iptables block: each run inserts a rule
-    of its own, which its own lift must delete."""
+    """SQL: runs ``e`` and ``n`` (aliases of action_runs) made the same change, which one
+    lift undoes for both (migrations.CHANGE_KEY). Never an iptables block: each run inserts
+    a rule of its own, which its own lift must delete."""
     return (
-        f"{e}.action = {n}.action AND {e}.target = {n}.target AND {e}.run_id != {n}.run_id "
-        f"AND {_planned_lift(e)} = {_planned_lift(n)} "
-        f"AND {_param_values(e)} = {_param_values(n)} "
-        f"AND json_extract({e}.audit, '$.undo.at') IS NULL "
-        f"AND json_extract({n}.audit, '$.undo.at') IS NULL"
-    )
-
-
-def _planned_lift(run: str) -> str:
-    return (
-        f"COALESCE(json_extract({run}.audit, '$.undo.argv'), "
-        f"json_extract({run}.audit, '$.undo.action'))"
-    )
-
-
-def _param_values(run: str) -> str:
-    """SQL: a run's parameters as [name, value] pairs, without where each value came from."""
-    return (
-        "(SELECT json_group_array(json_array(json_extract(p.value, '$.name'), "  # noqa: S608
-        f"json_extract(p.value, '$.value'))) FROM json_each({run}.audit, '$.params') p)"
+        f"{e}.change_key = {n}.change_key AND {e}.run_id != {n}.run_id "
+        f"AND {e}.shared_lift AND {n}.shared_lift"
     )
 
 
@@ -438,10 +423,13 @@ def _wanted_by_another_alert(conn: sqlite3.Connection, run: RunRow, now_us: int)
     """Another alert (another fingerprint) asked for the same change and still needs it: it
     fires (or went stale), or resolved less than this run's hold-down ago. Its own run was
     skipped (a cooldown, the target busy with this run), failed, or is still running, so it
-    has no lift of its own to hand over to: this run's change stays until it is done."""
+    has no lift of its own to hand over to: this run's change stays until it is done. An
+    iptables block too (the other alert's address stays blocked), but never past the
+    block's expiry."""
     row = conn.execute(
-        "SELECT 1 FROM action_runs n JOIN alerts na ON na.id = n.alert_id "  # noqa: S608
-        f"JOIN action_runs e ON {_same_lift('e', 'n')} AND e.state != 'rejected' "
+        "SELECT 1 FROM action_runs n JOIN alerts na ON na.id = n.alert_id "
+        "JOIN action_runs e ON e.change_key = n.change_key AND e.run_id != n.run_id "
+        "AND e.state != 'rejected' "
         "JOIN alerts ea ON ea.id = e.alert_id AND ea.fingerprint != na.fingerprint "
         "WHERE n.run_id = ?1 AND (ea.status != 'resolved' "
         "OR ea.updated_at > ?2 - COALESCE(n.undo_hold_s, 0) * 1000000) LIMIT 1",
@@ -468,7 +456,8 @@ def _hold_for_another_alert(conn: sqlite3.Connection, run: RunRow, now_us: int) 
     for days: one query per hold-down). The timeline says so once."""
     conn.execute(
         "UPDATE action_runs SET undo = json_set(undo, '$.held', 1), "
-        "undo_due = ? + MAX(COALESCE(undo_hold_s, 0), 60) * 1000000 WHERE run_id = ?",
+        "undo_due = MIN(? + MAX(COALESCE(undo_hold_s, 0), 60) * 1000000, "
+        "COALESCE(json_extract(undo, '$.at'), 9e18)) WHERE run_id = ?",
         (now_us, run.run_id),
     )
     if not (run.undo or {}).get("held"):
