@@ -170,7 +170,10 @@ FORM_LIMIT = 64 * 1024
 
 
 async def read_small_form(request: web.Request) -> dict[str, str]:
-    """The posted form, refused with 413 when over ``FORM_LIMIT`` or of unknown length."""
+    """The posted form, refused with 413 when over ``FORM_LIMIT`` or of unknown length
+    (chunked); a request with no body at all is an empty form."""
+    if not request.body_exists:
+        return {}
     length = request.content_length
     if length is None or length > FORM_LIMIT:
         raise web.HTTPRequestEntityTooLarge(max_size=FORM_LIMIT, actual_size=length or 0)

@@ -362,6 +362,13 @@ async def test_email_link_get_shows_post_acts(
     huge = {"action": "resolve", "pad": "x" * 200_000}
     assert (await daemon.post(tampered, data=huge)).status == 403
     assert (await daemon.post(link, data=huge)).status == 413
+    # No body and no Content-Length (curl -X POST): no action chosen, not a body too large.
+    reader, writer = await asyncio.open_connection(daemon.server.host, daemon.server.port)
+    writer.write(f"POST {link} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"Unknown action" in answer
     inbound = public(daemon, INBOUND_SMS_PATH).replace(public(daemon, ""), "")
     assert (await daemon.post(inbound, data=huge)).status == 413
     clock.advance(timedelta(hours=25))
