@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -178,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = daemon_command(name, help_text)
         sub.add_argument("id", type=int)
-        sub.add_argument("--by", help="who (default: $USER)")
+        sub.add_argument("--by", help="who (default: $USER, else your login name)")
         sub.add_argument(
             "text" if name == "note" else "--note", nargs=None if name == "note" else "?"
         )
@@ -186,13 +187,13 @@ def _parser() -> argparse.ArgumentParser:
     snooze = daemon_command("snooze", "hold escalation for a while (e.g. 30m), then resume")
     snooze.add_argument("id", type=int)
     snooze.add_argument("duration", help="30m, 2h, ...")
-    snooze.add_argument("--by", help="who (default: $USER)")
+    snooze.add_argument("--by", help="who (default: $USER, else your login name)")
     snooze.add_argument("--note")
     snooze.set_defaults(run=cmd_act, action="snooze")
     reassign = daemon_command("reassign", "hand an incident to a contact, who is paged")
     reassign.add_argument("id", type=int)
     reassign.add_argument("contact")
-    reassign.add_argument("--by", help="who (default: $USER)")
+    reassign.add_argument("--by", help="who (default: $USER, else your login name)")
     reassign.add_argument("--note")
     reassign.set_defaults(run=cmd_act, action="reassign")
 
@@ -215,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_argument("name", nargs="?", help="reset: the action; lift: the run (its id)")
     actions.add_argument("target", nargs="?", help="reset: the target, as status shows it")
     actions.add_argument("--reason", help="pause: why (recorded)")
-    actions.add_argument("--by", help="who (default: $USER)")
+    actions.add_argument("--by", help="who (default: $USER, else your login name)")
     actions.set_defaults(run=cmd_actions)
 
     heartbeats = daemon_command(
@@ -605,7 +606,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
 
 
 def cmd_act(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"by": args.by or os.environ.get("USER") or "cli", "via": "cli"}
+    body: dict[str, Any] = {"by": args.by or operator_name(), "via": "cli"}
     text = getattr(args, "text", None) or getattr(args, "note", None)
     if text:
         body["text"] = text
@@ -639,7 +640,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
         wait = parse_duration(args.wait)
     except ValueError as exc:
         raise ConfigError("--wait", 0, "wait", str(exc)) from None
-    body: dict[str, Any] = {"contacts": args.contact, "by": os.environ.get("USER") or "cli"}
+    body: dict[str, Any] = {"contacts": args.contact, "by": operator_name()}
     if args.policy:
         body["policy"] = args.policy
     started = asyncio.run(client.request("POST", "/api/v1/drills", body=body))
@@ -682,13 +683,22 @@ def _print_drill(result: dict[str, Any]) -> None:
     print_table(["CONTACT", "PAGES", "ANSWERED VIA", "AFTER"], rows)
 
 
+def operator_name() -> str:
+    """Who runs the command, for the audit: $USER, else the login name the system knows
+    (a root shell, cron or a container often has no $USER), else "cli"."""
+    try:
+        return os.environ.get("USER") or getpass.getuser() or "cli"
+    except (OSError, KeyError):  # no such variable and no passwd entry for the uid
+        return "cli"
+
+
 # Runs are shown by the start of their id, like git's short hashes; `actions lift` takes it.
 RUN_ID_SHOWN = 12
 
 
 def cmd_actions(args: argparse.Namespace) -> int:
     client = _client(args)
-    by = args.by or os.environ.get("USER") or "cli"
+    by = args.by or operator_name()
     if args.verb == "pause":
         if not args.reason:
             raise ConfigError("actions pause", 0, "", "--reason is required (it is audited)")

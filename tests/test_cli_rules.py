@@ -190,3 +190,22 @@ def test_explain_shows_a_placeholder_for_the_run_id_an_iptables_rule_carries(
     assert main(["explain", "-c", str(path), "--labels", labels]) == 0
     out = capsys.readouterr().out
     assert "'responder:<run-id>'" in out, out
+
+
+def test_who_ran_a_command_is_the_login_name_when_user_is_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A root shell, cron or a container often has no $USER: the audit names the login
+    (it said "cli", and who acknowledged was lost)."""
+    import getpass
+    import os
+    import pwd
+
+    from responder.cli import operator_name
+
+    for name in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert operator_name() == pwd.getpwuid(os.getuid()).pw_name
+    monkeypatch.setenv("USER", "alice")
+    assert operator_name() == "alice"
+    assert getpass.getuser() == "alice"
