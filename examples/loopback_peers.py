@@ -7,7 +7,9 @@ that print every SMS, call and mail they receive.
 
 then start the daemon on examples/paging.yaml (which points at them) and post an alert. The
 Twilio side is the fake the tests use (responder.testing.FakeTwilio); its auth token is
-generated and written to ./twilio-token (mode 0600), where the config reads it.
+generated once and written to ./twilio-token (mode 0600), where the config reads it; a
+restart of the peers keeps it, so the running daemon still authenticates. Each mail is
+printed with the links in its text (the acknowledge link, to try it with a browser or curl).
 
 To answer a page by SMS as that phone would (signed with the same token, as Twilio signs):
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import secrets
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from notifiers.twilio import INBOUND_SMS_PATH
 from responder.testing import FakeTwilio, SmtpTestServer
 
 ACCOUNT_SID = "AC" + "0" * 32
+LINK = re.compile(r"https?://\S+")
 
 
 async def main(twilio_port: int, smtp_port: int, token: str) -> None:
@@ -43,6 +47,9 @@ async def main(twilio_port: int, smtp_port: int, token: str) -> None:
                 print(f"CALL to {request.to}", flush=True)
             for mail in smtp.messages[seen_mail:]:
                 print(f"MAIL to {mail.rcpt_tos}: {mail.message['Subject']}", flush=True)
+                text = mail.message.get_body(("plain",))
+                for link in LINK.findall(text.get_content() if text is not None else ""):
+                    print(f"     link: {link}", flush=True)
             seen_sms, seen_calls = len(twilio.sent_sms()), len(twilio.calls())
             seen_mail = len(smtp.messages)
 
@@ -73,7 +80,10 @@ if __name__ == "__main__":
         token = args.token_file.read_text().strip()
         asyncio.run(reply(args.daemon, args.reply[0], args.reply[1], token))
         raise SystemExit(0)
-    generated = secrets.token_hex(16)
-    args.token_file.write_text(generated + "\n")
+    # Kept across restarts: a daemon already running reads the token once, at its start.
+    token = args.token_file.read_text().strip() if args.token_file.exists() else ""
+    if not token:
+        token = secrets.token_hex(16)
+        args.token_file.write_text(token + "\n")
     args.token_file.chmod(0o600)
-    asyncio.run(main(args.twilio_port, args.smtp_port, generated))
+    asyncio.run(main(args.twilio_port, args.smtp_port, token))
