@@ -64,15 +64,27 @@ class DeliveryError(Exception):
     may be on its way; sending it again could page twice. ``reason`` is a short, stable word
     used as a metric label; ``str(error)`` is the human detail for the timeline. Neither may
     hold secrets.
+
+    ``channel_down``: the channel itself cannot deliver any page (the provider refused our
+    credentials, our TLS setup does not verify): not the page's fault, and not fixed by
+    waiting but by an operator. Such an error is retryable: the page fails over at once and
+    stays queued, retried until ``delivery.retry_for``, so it still goes once fixed.
     """
 
     def __init__(
-        self, reason: str, detail: str, *, retryable: bool, maybe_sent: bool = False
+        self,
+        reason: str,
+        detail: str,
+        *,
+        retryable: bool,
+        maybe_sent: bool = False,
+        channel_down: bool = False,
     ) -> None:
         super().__init__(detail)
         self.reason = reason
-        self.retryable = retryable
+        self.retryable = retryable or channel_down
         self.maybe_sent = maybe_sent
+        self.channel_down = channel_down
 
 
 class Notifier(Protocol):

@@ -264,10 +264,11 @@ class SmtpNotifier:
             detail = self._scrub(f"{where} answered {exc.code} {exc.message}")
             if 400 <= exc.code < 500:
                 return DeliveryError("deferred", detail, retryable=True)
-            if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-                return DeliveryError("auth", detail, retryable=False)
+            # Our login or our From address refused: every page on this channel fails alike.
+            if isinstance(exc, aiosmtplib.SMTPAuthenticationError) or exc.code == 530:
+                return DeliveryError("auth", detail, retryable=False, channel_down=True)
             if isinstance(exc, aiosmtplib.SMTPSenderRefused):
-                return DeliveryError("rejected_sender", detail, retryable=False)
+                return DeliveryError("rejected_sender", detail, retryable=False, channel_down=True)
             if isinstance(exc, aiosmtplib.SMTPConnectResponseError) and exc.code < 500:
                 return DeliveryError("connection", detail, retryable=True)
             return DeliveryError("rejected", detail, retryable=False)
@@ -282,7 +283,10 @@ class SmtpNotifier:
         ):
             # A certificate that does not verify is a configuration problem, not bad luck.
             return DeliveryError(
-                "tls", self._scrub(f"TLS with {where} failed: {exc}"), retryable=False
+                "tls",
+                self._scrub(f"TLS with {where} failed: {exc}"),
+                retryable=False,
+                channel_down=True,
             )
         if isinstance(exc, ConnectionError | OSError):
             # SMTPConnectError and SMTPServerDisconnected are ConnectionErrors too.

@@ -45,9 +45,10 @@ INBOUND_SMS_PATH = "/api/v1/twilio/sms"  # replies to SMS pages (set on the numb
 # 4000. Spoken pages are cut well below that, since nobody listens to a minute of text.
 MAX_SPOKEN_CHARS = 1000
 
-# Error codes that no retry can fix, with the metric label each one gets.
+# Twilio's "Authenticate": our account SID or auth token is wrong (a channel outage).
+AUTH_FAILED = 20003
+# Error codes that no retry of this page can fix, with the metric label each one gets.
 PERMANENT_CODES: Mapping[int, str] = {
-    20003: "auth",  # bad account SID or auth token
     21211: "invalid_number",  # the To number is not a valid phone number
     21610: "opted_out",  # the recipient replied STOP
     21614: "not_mobile",  # the To number cannot receive SMS
@@ -363,10 +364,11 @@ class TwilioNotifier:
             return DeliveryError("rate_limited", detail, retryable=True)
         if status >= 500:
             return DeliveryError("server_error", detail, retryable=True)
+        if code == AUTH_FAILED or status == 401:
+            # Our account SID or auth token: every page on this channel fails alike.
+            return DeliveryError("auth", detail, retryable=False, channel_down=True)
         if code is not None and code in PERMANENT_CODES:
             return DeliveryError(PERMANENT_CODES[code], detail, retryable=False)
-        if status == 401:
-            return DeliveryError("auth", detail, retryable=False)
         return DeliveryError("rejected", detail, retryable=False)
 
     async def close(self) -> None:

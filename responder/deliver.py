@@ -155,6 +155,11 @@ def next_allowed(sent: Sequence[datetime], limits: Sequence[RateLimit], now: dat
     return allowed
 
 
+# Marks a page's error when its channel could not deliver anything (DeliveryError's
+# channel_down): such a page was re-routed at that failure, and is not again.
+CHANNEL_DOWN = "channel down: "
+
+
 def backoff(attempt: int, rng: random.Random) -> timedelta:
     """Exponential backoff with full jitter: attempt 1 waits up to 15 s, then 30 s, ... 5 min."""
     ceiling = min(BASE_BACKOFF * (1 << min(max(0, attempt - 1), 16)), MAX_BACKOFF)
@@ -612,10 +617,17 @@ class Dispatcher:
         m = self._metrics
         config = self._config()
         now = self._clock.now()
+        channel_down = isinstance(exc, DeliveryError) and exc.channel_down
         if isinstance(exc, DeliveryError):
             retryable, maybe_sent, reason = exc.retryable, exc.maybe_sent, str(exc)
         else:  # our own deadline: the provider had the request and did not answer
             retryable, maybe_sent, reason = True, True, f"no answer within {SEND_DEADLINE_S:g}s"
+        if channel_down:
+            reason = CHANNEL_DOWN + reason
+            log.error(
+                "channel cannot deliver any page until its settings are fixed",
+                extra=fields(channel=page.channel, page=page.id, error=str(exc)),
+            )
         if maybe_sent:
             # As after a crash during a send: re-routed, never resent (docs/incidents.md).
             reason = f"outcome unknown, re-routed instead of resent: {reason}"
@@ -624,8 +636,13 @@ class Dispatcher:
         ):
             retry_at = now + backoff(page.attempts, self._rng)
             # At the last attempt, an outage most likely: the next channel or the backup is
-            # tried now, and this page still goes once the provider is back (retry_for).
-            outage = page.attempts == config.max_attempts
+            # tried now, and this page still goes once the provider is back (retry_for). A
+            # channel that is down (our credentials) is such an outage from the first
+            # failure; its page is re-routed once (its last error says it was).
+            if channel_down:
+                outage = not (page.error or "").startswith(CHANNEL_DOWN)
+            else:
+                outage = page.attempts == config.max_attempts
             reroute = self.reroute_for(reason) if outage else None
             m.pages.labels(page.channel, "retry").inc()
             await self._finish(

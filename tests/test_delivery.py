@@ -597,3 +597,50 @@ async def test_a_send_from_before_a_clock_step_is_not_counted_again_when_the_clo
     await post(client, webhook(alert("LoadHigh", instance="app-1"), group="c"))
 
     await eventually(lambda: _sms_sent(client, 3), "SMS 3 at once")
+
+
+async def test_refused_credentials_fail_over_at_once_and_the_page_still_goes_once_fixed(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """Twilio refuses our auth token (20003): no SMS can go, whoever it is for. alice's SMS
+    fails over at once (her email went already, so to bob, whose SMS fails alike) and both
+    stay queued, re-routed once each; once the token is right, both go. Before, 20003 failed
+    the pages for good and a token fixed a minute later sent nothing."""
+    path = config(tmp_path, twilio, smtp)
+    right = twilio.auth_token
+    twilio.auth_token = "0" * 32  # the provider knows another token than ours
+    client = await make_client(path)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+
+    async def both_down() -> bool:
+        pages = (await incident(client))["pages"]
+        sms = [p for p in pages if p["channel"] == "sms"]
+        return len(sms) == 2 and all(
+            p["state"] == "queued" and (p["error"] or "").startswith("channel down: ") for p in sms
+        )
+
+    await eventually(both_down, "alice's and bob's SMS queued, their channel down")
+    assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]
+    for _ in range(3):  # retried: still down, and re-routed no further
+        clock.advance(timedelta(minutes=5))
+        await asyncio.sleep(0.2)
+    assert len((await incident(client))["pages"]) == 3
+    assert sum(r.error_code == 20003 for r in twilio.requests) >= 4
+    twilio.auth_token = right  # fixed
+    clock.advance(timedelta(minutes=5))
+
+    async def sent() -> bool:
+        return (
+            len(twilio.sent_sms("+15551230001")) == 1 and len(twilio.sent_sms("+15551230002")) == 1
+        )
+
+    await eventually(sent, "both SMS sent once the token is right")
+    await asyncio.sleep(0.3)
+    clock.advance(timedelta(minutes=5))
+    await asyncio.sleep(0.3)
+    assert len(twilio.sent_sms()) == 2
+    assert len((await incident(client))["pages"]) == 3

@@ -229,15 +229,16 @@ async def test_starttls_with_ca_bundle(cert_pair: tuple[Path, Path]) -> None:
         assert server.messages[0].tls
 
 
-async def test_starttls_without_the_ca_is_refused_permanently(
+async def test_starttls_without_the_ca_takes_the_channel_down(
     cert_pair: tuple[Path, Path],
 ) -> None:
-    """An unknown certificate is a configuration problem: permanent, reason "tls"."""
+    """An unknown certificate is a configuration problem, "tls": no page on this channel
+    goes until it is fixed (channel down: failed over at once, retried meanwhile)."""
     cert, key = cert_pair
     async with SmtpTestServer(mode=TlsMode.STARTTLS, cert=cert, key=key) as server:
         with pytest.raises(DeliveryError) as caught:
             await SmtpNotifier(settings_for(server, mode=SmtpMode.STARTTLS)).send(page())
-        assert (caught.value.reason, caught.value.retryable) == ("tls", False)
+        assert (caught.value.reason, caught.value.channel_down) == ("tls", True)
         assert server.messages == []
 
 
@@ -275,15 +276,16 @@ async def test_auth_ok() -> None:
         assert server.messages[0].login == "responder"
 
 
-async def test_auth_wrong_password_is_permanent_and_secret_free() -> None:
-    """535 is permanent with reason "auth"; the password appears in no error or repr."""
+async def test_auth_wrong_password_takes_the_channel_down_and_is_secret_free() -> None:
+    """535, reason "auth": the channel is down until the password is fixed; the password
+    appears in no error or repr."""
     async with SmtpTestServer(auth=("responder", PASSWORD)) as server:
         wrong = Secret("Wr0ng-" + PASSWORD, "file /run/pw")
         settings = settings_for(server, username="responder", password=wrong)
         notifier = SmtpNotifier(settings)
         with pytest.raises(DeliveryError) as caught:
             await notifier.send(page())
-        assert (caught.value.reason, caught.value.retryable) == ("auth", False)
+        assert (caught.value.reason, caught.value.channel_down) == ("auth", True)
         assert "535" in str(caught.value)
         for thing in (caught.value, notifier, settings, wrong):
             assert wrong.value not in str(thing)
@@ -294,11 +296,11 @@ async def test_auth_wrong_password_is_permanent_and_secret_free() -> None:
 
 
 async def test_auth_required_but_not_configured() -> None:
-    """A server that demands AUTH refuses an anonymous page permanently (530)."""
+    """A server that demands AUTH refuses an anonymous page (530): channel down."""
     async with SmtpTestServer(auth=("responder", PASSWORD)) as server:
         with pytest.raises(DeliveryError) as caught:
             await SmtpNotifier(settings_for(server)).send(page())
-        assert caught.value.retryable is False
+        assert caught.value.channel_down
         assert "530" in str(caught.value)
 
 

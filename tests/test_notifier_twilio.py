@@ -263,8 +263,11 @@ async def test_malformed_number_is_refused_by_the_api(
     assert (caught.value.reason, caught.value.retryable) == ("invalid_number", False)
 
 
-async def test_bad_credentials_are_permanent_and_never_shown(fake: FakeTwilio) -> None:
-    """A wrong auth token is error 20003: permanent, reason "auth", and no secret leaks."""
+async def test_bad_credentials_take_the_channel_down_and_are_never_shown(
+    fake: FakeTwilio,
+) -> None:
+    """A wrong auth token is error 20003, reason "auth": no page on this channel goes until
+    it is fixed (channel down), and no secret leaks."""
     wrong = Secret("0123456789abcdef0123456789abcdef", "test")
     notifier = TwilioNotifier("sms", settings_for(fake, auth_token=wrong))
     try:
@@ -272,7 +275,7 @@ async def test_bad_credentials_are_permanent_and_never_shown(fake: FakeTwilio) -
             await notifier.send(page())
     finally:
         await notifier.close()
-    assert (caught.value.reason, caught.value.retryable) == ("auth", False)
+    assert (caught.value.reason, caught.value.channel_down) == ("auth", True)
     assert fake.requests[-1].error_code == 20003
     for thing in (caught.value, notifier, settings_for(fake, auth_token=wrong)):
         assert wrong.value not in str(thing)
