@@ -11,6 +11,7 @@ from responder.api import authenticated, iso
 from responder.ingest import json_error
 from responder.runtime import RUNTIME, Runtime
 from responder.store import StoreError
+from responder.store.base import RunRow
 from responder.store.sqlite_incidents import from_us
 
 
@@ -39,6 +40,13 @@ def _text(body: dict[str, Any], key: str, default: str | None = None) -> str:
     return value.strip()[:500]
 
 
+def _undo_state(run: RunRow) -> str | None:
+    """A lift held for another alert waits like any other lift; the API says why it waits."""
+    if run.undo_state == "wait" and (run.undo or {}).get("held"):
+        return "held"
+    return run.undo_state
+
+
 @authenticated
 async def status(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/actions: the kill switch, running actions, open breakers, recent runs."""
@@ -65,7 +73,10 @@ async def status(request: web.Request) -> web.StreamResponse:
                 "outcome": r.outcome,
                 "incident": r.incident_id,
                 "startedAt": iso(from_us(r.started_at)),
-                "undo": r.undo_state,
+                # A lift held for another alert waits like any other; say why it waits.
+                "undo": "held"
+                if r.undo_state == "wait" and (r.undo or {}).get("held")
+                else r.undo_state,
             }
             for r in runs
         ],

@@ -50,6 +50,9 @@ async def _first_resolves_then_second(
     clock.advance(timedelta(minutes=6))  # the first alert's hold-down is over
     await asyncio.sleep(1.0)
     assert await _lines(log) == on, "the change was lifted while the second alert still fires"
+    answer = await client.get("/api/v1/actions", headers=AUTH)
+    undo = {r["undo"] for r in (await answer.json())["data"]["recent"]}
+    assert undo & {"cancelled", "held"}, undo  # the API says why nothing was lifted
     await post(client, webhook(alert("BackendErrors", "resolved", **second["labels"])))
     await asyncio.sleep(0.2)
     for _ in range(3):  # the held lift looks again each hold-down
