@@ -121,13 +121,13 @@ async def lift(request: web.Request) -> web.StreamResponse:
     whatever its lift waits for (the alert's resolve, a hold-down, another alert)."""
     runtime = request.app[RUNTIME]
     body = await _body(request)
-    run_id = _text(body, "run")
+    asked = _text(body, "run")
     try:
-        refused = await _containment(runtime).lift(run_id, _text(body, "by", "api"))
+        run_id, refused = await _containment(runtime).lift(asked, _text(body, "by", "api"))
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
     if refused == "no such run":
-        return json_error(404, f"no run {run_id}; `responder actions status` lists recent runs")
+        return json_error(404, f"no run {asked}; `responder actions status` lists recent runs")
     if refused is not None:
         return json_error(409, f"run {run_id}: {refused}")
     data = {"run": run_id, "lift": "due now; the incident's timeline shows its outcome"}

@@ -12,10 +12,10 @@ from typing import Any
 from responder.clock import FakeClock
 from responder.testing import SmtpTestServer
 from tests.conftest import AUTH, ClientFactory
-from tests.test_containment import MAINTENANCE_RULE, _true, config, smtp
+from tests.test_containment import MAINTENANCE_RULE, _true, config, script, smtp
 from tests.test_containment_lifts import _maintenance
 from tests.test_containment_shared_change import _lines, _runs, _undone
-from tests.test_escalation_story import alert, eventually, post, webhook
+from tests.test_escalation_story import alert, eventually, incident, post, webhook
 from tests.test_process_escalation import cli
 
 __all__ = ["smtp"]
@@ -25,6 +25,10 @@ async def _run_ids(client: Any) -> list[str]:
     """Oldest first."""
     answer = await client.get("/api/v1/actions", headers=AUTH)
     return [str(r["runId"]) for r in reversed((await answer.json())["data"]["recent"])]
+
+
+async def _cancelled(client: Any, runs: list[str]) -> bool:
+    return [c["run_id"] for c in await _undone(client, "cancelled")] == runs
 
 
 async def _lift(client: Any, run: str) -> tuple[int, dict[str, Any]]:
@@ -60,7 +64,7 @@ async def test_a_change_held_for_a_stale_or_firing_alert_is_lifted_by_hand_via_t
     url = str(client.make_url("")).rstrip("/")
     done = await asyncio.to_thread(cli, path, url, "actions", "lift", run[:12], "--by", "alice")
     assert done.returncode == 0, done.stderr
-    assert f"lift of run {run[:12]} due now (requested by alice)" in done.stdout
+    assert f"lift of run {run} due now (requested by alice)" in done.stdout
     await eventually(lambda: _true("off web-1" in log.read_text()), "lifted by hand")
     requested = await _undone(client, "requested")
     assert [r["by"] for r in requested] == ["alice"]
@@ -93,8 +97,8 @@ async def test_a_lift_by_hand_cancels_the_other_runs_lift_of_the_same_change(
     status, answer = await _lift(client, first_run)
     assert status == 202, answer
     await eventually(lambda: _true("off web-1" in log.read_text()), "lifted by hand")
+    await eventually(lambda: _cancelled(client, [second_run]), "the other lift stood down")
     cancelled = await _undone(client, "cancelled")
-    assert [c["run_id"] for c in cancelled] == [second_run]
     assert first_run in cancelled[0]["reason"]
     await post(client, webhook(alert("BackendErrors", "resolved", **second["labels"])))
     await asyncio.sleep(0.2)
@@ -125,3 +129,165 @@ async def test_lift_refuses_what_it_cannot_lift(
     short = await client.post("/api/v1/actions/lift", json={"by": "alice"}, headers=AUTH)
     assert short.status == 400
     assert await _lines(log) == ["on web-1"]
+
+
+async def test_a_failed_lift_by_hand_cancels_nothing_and_can_be_asked_again(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Two alerts, one change. The lift by hand of the first fails once (a lock held for a
+    moment): the second run's lift stays (it was cancelled at the request, and nothing ever
+    lifted the change), and the failed lift can be asked for again, which then cancels it."""
+    log, actions = _maintenance(tmp_path)
+    count = tmp_path / "offcount"
+    off = script(
+        tmp_path,
+        "off2",
+        f"p = {str(count)!r}\nn = int(open(p).read()) if os.path.exists(p) else 0\n"
+        f"open(p, 'w').write(str(n + 1))\n"
+        f"if not n: sys.exit(1)\n"
+        f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')",
+    )
+    actions = actions.replace(str(tmp_path / "off"), str(off))
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    second = alert("BackendErrors", backend="web-1", instance="lb-b")
+    await post(client, webhook(alert("BackendErrors", backend="web-1", instance="lb-a")))
+    await eventually(lambda: _runs(client, "done", 1), "the first run finished")
+    clock.advance(timedelta(seconds=30))
+    await post(client, webhook(second))
+    await eventually(lambda: _runs(client, "done", 2), "the second run finished")
+    first_run, second_run = await _run_ids(client)
+    status, _ = await _lift(client, first_run)
+    assert status == 202
+    await eventually(lambda: _true(count.exists()), "the lift ran (and failed)")
+    await asyncio.sleep(0.3)
+    assert await _undone(client, "cancelled") == []
+    status, answer = await _lift(client, first_run)  # again, once the lock is free
+    assert status == 202, answer
+    await eventually(lambda: _true("off web-1" in log.read_text()), "lifted on the retry")
+    await eventually(lambda: _cancelled(client, [second_run]), "the other lift stood down")
+    await post(client, webhook(alert("BackendErrors", "resolved", **second["labels"])))
+    await asyncio.sleep(0.2)
+    for _ in range(3):
+        clock.advance(timedelta(minutes=10))
+        await asyncio.sleep(0.3)
+    assert await _lines(log) == ["on web-1", "on web-1", "off web-1"]
+
+
+async def test_a_lift_by_hand_asked_while_the_engine_works_is_not_turned_into_postponed(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Two changes due in one pass: web-1's undo is slow; web-2's alert fired again (its new
+    run skipped by the cooldown), so the engine means to postpone it. The operator lifts
+    web-2 while web-1's undo runs: the engine's postponement, decided before, must not
+    overwrite the lift by hand (it did, and web-2 was never lifted)."""
+    log = tmp_path / "log"
+    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
+    off = script(
+        tmp_path,
+        "off",
+        "if sys.argv[1] == 'web-1': time.sleep(1.5)\n"
+        f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')",
+    )
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "{{backend}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+    cooldown: 1h
+    undo: {{argv: [{off}, "{{backend}}"]}}
+    undo_hold_down: 5m
+"""
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    one = alert("BackendErrors", backend="web-1", instance="lb-a")
+    two = alert("BackendErrors", backend="web-2", instance="lb-b")
+    await post(client, webhook(one))
+    await eventually(lambda: _runs(client, "done", 1), "web-1 on")
+    clock.advance(timedelta(seconds=30))
+    await post(client, webhook(two))
+    await eventually(lambda: _runs(client, "done", 2), "web-2 on")
+    web1_run, web2_run = await _run_ids(client)
+    await post(client, webhook(alert("BackendErrors", "resolved", **one["labels"])))
+    await post(client, webhook(alert("BackendErrors", "resolved", **two["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=1))
+    # web-2 fires again within its hold-down (a new episode; its run is skipped: cooldown)
+    again = alert("BackendErrors", starts="2026-01-05T09:30:00Z", **two["labels"])
+    await post(client, webhook(again))
+    await eventually(lambda: _runs(client, "skipped", 1), "the re-fire's run skipped")
+    clock.advance(timedelta(minutes=5))  # both lifts due in one pass; web-1's undo is slow
+    await asyncio.sleep(0.5)
+    status, _ = await _lift(client, web2_run)
+    assert status == 202
+    await eventually(lambda: _true("off web-1" in log.read_text()), "web-1 lifted")
+    await eventually(lambda: _true("off web-2" in log.read_text()), "web-2 lifted as asked")
+    assert [r["run_id"] for r in await _undone(client, "postponed")] == []
+    del web1_run
+
+
+async def test_an_nft_lift_by_hand_cancels_another_actions_lift_of_the_same_element(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Two actions (ssh 1h, web 24h) block one address into the same nft set: one element,
+    one lift argv. Lifting the ssh run by hand deletes the element; the web run's lift, of
+    a gone element, stands down (it ran, failed, and paged)."""
+    log = tmp_path / "fw.log"
+    have = tmp_path / "set"
+    body = (
+        f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        f"p = {str(have)!r}\n"
+        "if 'add' in sys.argv: open(p, 'w').write('x')\n"
+        "if 'delete' in sys.argv:\n"
+        "    if not os.path.exists(p):\n"
+        "        sys.stderr.write('Error: Could not process rule: No such file or directory')\n"
+        "        sys.exit(1)\n"
+        "    os.remove(p)\n"
+    )
+    tool = script(tmp_path, "nft", body)
+    block = """
+  {name}:
+    kind: block-address
+    nft: {tool}
+    duration: {duration}
+    params:
+      address: {{from: label, key: source_ip, type: ip}}
+    cooldown: 0
+    undo: builtin
+    undo_hold_down: 5m
+"""
+    actions = "actions:" + block.format(name="block-ssh", tool=tool, duration="1h")
+    actions += block.format(name="block-web", tool=tool, duration="24h")
+    rules = """
+rules:
+  - name: ssh
+    matchers: ['alertname="SSHBruteForce"']
+    severity: P1
+    category: security
+    actions: [block-ssh]
+  - name: web
+    matchers: ['alertname="WebLoginBruteForce"']
+    severity: P1
+    category: security
+    actions: [block-web]
+"""
+    client = await make_client(config(tmp_path, smtp, actions, rules))
+    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
+    await eventually(lambda: _runs(client, "done", 1), "blocked for ssh")
+    clock.advance(timedelta(seconds=30))
+    web = alert("WebLoginBruteForce", source_ip="203.0.113.7")
+    await post(client, webhook(web))
+    await eventually(lambda: _runs(client, "done", 2), "blocked for web")
+    ssh_run, web_run = await _run_ids(client)
+    status, _ = await _lift(client, ssh_run)
+    assert status == 202
+    await eventually(lambda: _true("delete" in log.read_text()), "ssh lifted by hand")
+    await eventually(lambda: _cancelled(client, [web_run]), "the web lift stood down")
+    await post(client, webhook(alert("WebLoginBruteForce", "resolved", **web["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await asyncio.sleep(1.0)
+    timeline = (await incident(client))["timeline"]
+    failed = [e["detail"]["reason"] for e in timeline if e["kind"] == "containment_failed"]
+    assert not any("undo of block-web failed" in r for r in failed), failed
+    assert log.read_text().count("delete") == 1

@@ -179,15 +179,15 @@ class Containment:
         log.warning("breaker reset", extra=fields(action=action, target=target, by=by))
         return self._state
 
-    async def lift(self, run_id: str, by: str) -> str | None:
-        """Lift a run's change now (the engine's next pass runs its undo); None when it is
-        due, else why it cannot be."""
-        refused = await self._store.lift_now(run_id, by, self._clock.now())
+    async def lift(self, run_id: str, by: str) -> tuple[str, str | None]:
+        """Lift a run's change now (the engine's next pass runs its undo). Returns the run's
+        full id and None when it is due, else why it cannot be."""
+        run_id, refused = await self._store.lift_now(run_id, by, self._clock.now())
         if refused is None:
             log.warning("lift requested by hand", extra=fields(run=run_id, by=by))
             self._deadline = self._clock.now()
             self.wake()
-        return refused
+        return run_id, refused
 
     # -- one alert -------------------------------------------------------------------------------
     async def handle(self, item: QueuedAlert) -> None:

@@ -892,7 +892,7 @@ class SQLiteStore:
         # A write: an undo whose alert fires again may go back to waiting for its expiry.
         return await self._write(lambda conn: actions.due_undos(conn, now_us, limit))
 
-    async def lift_now(self, run_id: str, by: str, now: datetime) -> str | None:
+    async def lift_now(self, run_id: str, by: str, now: datetime) -> tuple[str, str | None]:
         now_us = to_us(now)
         return await self._write(lambda conn: actions.lift_now(conn, run_id, by, now_us))
 

@@ -267,30 +267,33 @@ def _lift_at_expiry(conn: sqlite3.Connection, run: RunRow) -> None:
 _LIFT_ENDED = ("done", "failed", "nothing", "expired", "cancelled", "superseded")
 
 
-def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> str | None:
+def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> tuple[str, str | None]:
     """An operator lifts a run's change now, whatever it waits for (a resolve, a hold-down,
-    another alert, the block's expiry): the lift is due at once and ``due_undos`` hands it
-    to the engine without its usual checks. None when it is due; else why it cannot be."""
+    another alert, the block's expiry), or again after it failed: the lift is due at once
+    and ``due_undos`` hands it to the engine without its usual checks. ``run_id`` may be a
+    unique start of the id (8 characters or more). Returns the run's id and None when the
+    lift is due, else why it cannot be."""
+    run_id = run_id.strip().lower()
+    upper = run_id + "g"  # ids are hex: every id that starts with run_id sorts below this
     rows = conn.execute(
         "SELECT run_id, state, undo, undo_state, incident_id, action FROM action_runs "
-        "WHERE run_id = ?1 OR (length(?1) >= 8 AND substr(run_id, 1, length(?1)) = ?1) "
-        "LIMIT 2",
-        (run_id,),
+        "WHERE run_id = ?1 OR (length(?1) >= 8 AND run_id >= ?1 AND run_id < ?2) LIMIT 2",
+        (run_id, upper),
     ).fetchall()
     exact = [r for r in rows if r[0] == run_id]
     if exact:
         rows = exact
     if not rows:
-        return "no such run"
+        return run_id, "no such run"
     if len(rows) > 1:
-        return "more than one run's id starts so; give more of it"
+        return run_id, "more than one run's id starts so; give more of it"
     run_id, state, undo, undo_state, incident_id, action = rows[0]
     if state == "running":
-        return "the run is still running; lift it once it has finished"
+        return run_id, "the run is still running; lift it once it has finished"
     if undo is None:
-        return "the run has no lift (no undo declared, or it changed nothing)"
-    if undo_state in _LIFT_ENDED:
-        return f"its lift has ended already ({undo_state})"
+        return run_id, "the run has no lift (no undo declared, or it changed nothing)"
+    if undo_state in _LIFT_ENDED and undo_state != "failed":
+        return run_id, f"its lift has ended already ({undo_state})"
     conn.execute(
         "UPDATE action_runs SET undo = json_set(undo, '$.manual', ?), undo_state = 'wait', "
         "undo_due = ? WHERE run_id = ?",
@@ -299,19 +302,26 @@ def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> str
     detail = {"run_id": run_id, "action": action, "undo": "requested", "by": by}
     detail["reason"] = "lifted by hand"
     _event(conn, incident_id, now_us, Event.ACTION_UNDONE, detail)
-    # Other runs' lifts of the very same change have nothing left to undo.
+    return run_id, None
+
+
+def _lifted_by_hand(conn: sqlite3.Connection, run: RunRow, now_us: int) -> None:
+    """A lift by hand is done: other runs' lifts of the very same change have nothing left
+    to undo (for an nft block, any lift of the same set element), so they stand down."""
+    by = (run.undo or {}).get("manual")
     others = conn.execute(
         "UPDATE action_runs SET undo_state = 'cancelled' WHERE run_id IN ("  # noqa: S608
-        f"SELECT e.run_id FROM action_runs n JOIN action_runs e ON {_same_lift('e', 'n')} "
+        "SELECT e.run_id FROM action_runs n JOIN action_runs e ON e.run_id != n.run_id "
+        f"AND ({_same_lift('e', 'n')} OR (json_extract(n.undo, '$.shared') "
+        "AND json_extract(e.undo, '$.argv.argv') = json_extract(n.undo, '$.argv.argv'))) "
         f"WHERE n.run_id = ? AND {_LIFT_TO_COME}) "
         "RETURNING run_id, incident_id, action",
-        (run_id,),
+        (run.run_id,),
     ).fetchall()
     for other, other_incident, other_action in others:
         detail = {"run_id": other, "action": other_action, "undo": "cancelled", "by": by}
-        detail["reason"] = f"the same change was lifted by hand (run {run_id})"
+        detail["reason"] = f"the same change was lifted by hand (run {run.run_id})"
         _event(conn, other_incident, now_us, Event.ACTION_UNDONE, detail)
-    return None
 
 
 def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, bool]]:
@@ -429,7 +439,7 @@ def _wanted_by_another_alert(conn: sqlite3.Connection, run: RunRow, now_us: int)
     row = conn.execute(
         "SELECT 1 FROM action_runs n JOIN alerts na ON na.id = n.alert_id "
         "JOIN action_runs e ON e.change_key = n.change_key AND e.run_id != n.run_id "
-        "AND e.state != 'rejected' "
+        "AND e.state != 'rejected' AND e.outcome IS NOT 'dry_run' "
         "JOIN alerts ea ON ea.id = e.alert_id AND ea.fingerprint != na.fingerprint "
         "WHERE n.run_id = ?1 AND (ea.status != 'resolved' "
         "OR ea.updated_at > ?2 - COALESCE(n.undo_hold_s, 0) * 1000000) LIMIT 1",
@@ -471,20 +481,25 @@ def finish_undo(
 ) -> None:
     if state == "postponed":
         # Only a lift still waiting: a run that made the change again may have superseded
-        # it since the engine read it (then the new run's lift is the one to come).
+        # it since the engine read it (then the new run's lift is the one to come), and an
+        # operator may have asked to lift it by hand meanwhile (then it goes now).
         row = conn.execute(
-            "UPDATE action_runs SET undo_state = ? WHERE run_id = ? AND undo_state = 'wait' "
-            "RETURNING incident_id",
+            "UPDATE action_runs SET undo_state = ? WHERE run_id = ? "  # noqa: S608 - constants
+            "AND undo_state = 'wait' AND json_extract(undo, '$.manual') IS NULL "
+            f"RETURNING {_RUN_COLUMNS}",
             (state, run_id),
         ).fetchone()
         if row is None:
             return
     else:
         row = conn.execute(
-            "UPDATE action_runs SET undo_state = ? WHERE run_id = ? RETURNING incident_id",
+            f"UPDATE action_runs SET undo_state = ? WHERE run_id = ? RETURNING {_RUN_COLUMNS}",  # noqa: S608
             (state, run_id),
         ).fetchone()
-    _event(conn, None if row is None else row[0], now_us, Event.ACTION_UNDONE, detail)
+    run = None if row is None else _run(row)
+    _event(conn, None if run is None else run.incident_id, now_us, Event.ACTION_UNDONE, detail)
+    if run is not None and state == "done" and (run.undo or {}).get("manual"):
+        _lifted_by_hand(conn, run, now_us)
 
 
 def due_checks(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, str]]:
