@@ -268,6 +268,9 @@ class SmtpNotifier:
             if isinstance(exc, aiosmtplib.SMTPAuthenticationError) or exc.code == 530:
                 return DeliveryError("auth", detail, retryable=False, channel_down=True)
             if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+                if exc.code == 552:
+                    # MAIL FROM's SIZE= over the server's limit: this message, not the channel.
+                    return DeliveryError("too_large", detail, retryable=False)
                 return DeliveryError("rejected_sender", detail, retryable=False, channel_down=True)
             if isinstance(exc, aiosmtplib.SMTPConnectResponseError) and exc.code < 500:
                 return DeliveryError("connection", detail, retryable=True)

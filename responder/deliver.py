@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from notifiers.base import SEND_DEADLINE_S, DeliveryError, Message, Notifier
 from responder.classify import format_duration
@@ -156,7 +156,7 @@ def next_allowed(sent: Sequence[datetime], limits: Sequence[RateLimit], now: dat
 
 
 # Marks a page's error when its channel could not deliver anything (DeliveryError's
-# channel_down): such a page was re-routed at that failure, and is not again.
+# channel_down), for the timeline and the API.
 CHANNEL_DOWN = "channel down: "
 
 
@@ -221,8 +221,12 @@ class _Rerouter:
         self._decided: dict[int, tuple[Page, list[NewPage]]] = {}
 
     def __call__(
-        self, page: Page, incident: Incident, siblings: Sequence[Page]
+        self, page: Page, incident: Incident, siblings: Sequence[Page], rerouted: bool
     ) -> tuple[list[NewPage], TimelineEvent | None]:
+        if rerouted and not self._free_only:
+            # Failed over already (its channel went down, then its retries ran out): whoever
+            # was paged then has it; waking the next in the chain too would page twice.
+            return [], None
         if (
             page.kind is PageKind.PAGE
             and page.cancel_on_ack
@@ -238,11 +242,13 @@ class _Rerouter:
         self._decided[page.id] = (page, pages)
         if not pages:
             return [], None
-        detail = {
+        detail: dict[str, Any] = {
             "failed_page": page.id,
             "reason": self._reason,
             "to": [f"{p.contact}/{p.channel}" for p in pages],
         }
+        if self._free_only:
+            detail["free_only"] = True  # the page itself still waits: not its failover
         return pages, TimelineEvent(self._now, Event.FAILOVER, "responder", page.channel, detail)
 
     def _next(self, page: Page, siblings: Sequence[Page]) -> list[NewPage]:
@@ -315,6 +321,7 @@ class Dispatcher:
         self._depth_at = datetime.min.replace(tzinfo=UTC)
         self._tasks: set[asyncio.Task[None]] = set()
         self._method_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._channels_down: set[str] = set()  # said once in the log until one delivers again
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._batch = batch
         self._wake = asyncio.Event()
@@ -546,6 +553,9 @@ class Dispatcher:
         )
 
     def _observe_sent(self, page: Page) -> None:
+        if page.channel in self._channels_down:
+            self._channels_down.discard(page.channel)
+            log.warning("channel delivers again", extra=fields(channel=page.channel))
         self._metrics.pages.labels(page.channel, "sent").inc()
         latency = (self._clock.now() - page.due_at).total_seconds()
         self._metrics.delivery_latency.labels(page.channel).observe(max(latency, 0.0))
@@ -624,10 +634,12 @@ class Dispatcher:
             retryable, maybe_sent, reason = True, True, f"no answer within {SEND_DEADLINE_S:g}s"
         if channel_down:
             reason = CHANNEL_DOWN + reason
-            log.error(
-                "channel cannot deliver any page until its settings are fixed",
-                extra=fields(channel=page.channel, page=page.id, error=str(exc)),
-            )
+            if page.channel not in self._channels_down:
+                self._channels_down.add(page.channel)
+                log.error(
+                    "channel cannot deliver any page until its settings are fixed",
+                    extra=fields(channel=page.channel, page=page.id, error=str(exc)),
+                )
         if maybe_sent:
             # As after a crash during a send: re-routed, never resent (docs/incidents.md).
             reason = f"outcome unknown, re-routed instead of resent: {reason}"
@@ -638,13 +650,10 @@ class Dispatcher:
             # At the last attempt, an outage most likely: the next channel or the backup is
             # tried now, and this page still goes once the provider is back (retry_for). A
             # channel that is down (our credentials) is such an outage from the first
-            # failure; its page is re-routed once (its last error says it was).
-            if channel_down:
-                outage = not (page.error or "").startswith(CHANNEL_DOWN)
-            else:
-                outage = page.attempts == config.max_attempts
+            # failure. A page is re-routed once, whatever the path (the store knows).
+            outage = channel_down or page.attempts == config.max_attempts
             reroute = self.reroute_for(reason) if outage else None
-            m.pages.labels(page.channel, "retry").inc()
+            m.pages.labels(page.channel, "channel_down" if channel_down else "retry").inc()
             await self._finish(
                 page, PageState.QUEUED, error=reason, retry_at=retry_at, reroute=reroute
             )

@@ -227,7 +227,8 @@ class Metrics:
         )
         self.pages = Counter(
             "responder_pages_total",
-            "Pages handed to a channel, by channel and outcome (sent, failed, retry, cancelled).",
+            "Pages handed to a channel, by channel and outcome (sent, failed, retry, "
+            "channel_down: our credentials or setup refused, cancelled, ...).",
             ["channel", "outcome"],
             registry=registry,
         )

@@ -724,7 +724,7 @@ async def test_a_failed_page_and_its_reroute_are_one_transaction(store: SQLiteSt
     )
     (page,) = await store.claim_pages(T0)
 
-    def broken(page: Page, incident: Incident, siblings: Sequence[Page]) -> Any:
+    def broken(page: Page, incident: Incident, siblings: Sequence[Page], before: bool) -> Any:
         raise RuntimeError("cut off here")
 
     with pytest.raises(RuntimeError, match="cut off here"):
@@ -734,7 +734,7 @@ async def test_a_failed_page_and_its_reroute_are_one_transaction(store: SQLiteSt
     assert still.state is PageState.SENDING
 
     def to_bob(
-        page: Page, incident: Incident, siblings: Sequence[Page]
+        page: Page, incident: Incident, siblings: Sequence[Page], before: bool
     ) -> tuple[list[NewPage], None]:
         return [NewPage(page.step, page.kind, "bob", "email", "bob@example.com", T0)], None
 

@@ -28,7 +28,11 @@ from responder.model import Alert, AlertStatus, Classification
 # page of its step, the pages to queue and the timeline entry saying so. Called by the
 # store inside the transaction that records why, so a crash cannot keep one without the
 # other. Pure, and safe on any thread.
-Reroute = Callable[[Page, Incident, Sequence[Page]], tuple[Sequence[NewPage], TimelineEvent | None]]
+# How a failed (or waiting) page is re-routed: given the page, its incident, the pages of
+# its step, and whether the page was re-routed before (each page fails over once).
+Reroute = Callable[
+    [Page, Incident, Sequence[Page], bool], tuple[Sequence[NewPage], TimelineEvent | None]
+]
 
 
 # Rows of each kind one retention write deletes: small enough not to hold webhooks back.

@@ -947,7 +947,14 @@ def reroute_page(conn: sqlite3.Connection, page_id: int, reroute: Reroute, now_u
         return 0
     incident = get_incident(conn, page.incident_id)
     siblings = step_pages(conn, page.incident_id, page.episode, page.step)
-    pages, event = reroute(page, incident, siblings)
+    # Its failover is on the timeline (a budget hold's reroute to free channels aside).
+    before = conn.execute(
+        "SELECT 1 FROM timeline WHERE incident_id = ? AND kind = ? "
+        "AND json_extract(detail, '$.failed_page') = ? "
+        "AND json_extract(detail, '$.free_only') IS NULL LIMIT 1",
+        (page.incident_id, Event.FAILOVER.value, page_id),
+    ).fetchone()
+    pages, event = reroute(page, incident, siblings, before is not None)
     if not pages:
         return 0
     return add_pages(conn, page.incident_id, page.episode, pages, event, now_us)

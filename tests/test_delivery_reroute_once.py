@@ -1,0 +1,382 @@
+"""A page fails over once, whichever way it fails: its channel down (our credentials), its
+retries run out, its last retry before retry_for, or those in any order; each extra
+failover woke the backup's backup for a page someone already had (review of the
+channel-down change)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from responder.clock import FakeClock
+from responder.testing import FakeTwilio, Fault, SmtpTestServer
+from tests.conftest import ClientFactory, write_config
+from tests.test_escalation_story import alert, eventually, incident, post, webhook
+
+ALICE = "+15551230001"
+CHAIN = """
+contacts:
+  alice: {sms: "+15551230001", backup: bob}
+  bob: {email: bob@example.com, backup: carol}
+  carol: {email: carol@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+incidents:
+  default_policy: standard
+"""
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilio]:
+    async with FakeTwilio(hang_seconds=30) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpTestServer]:
+    async with SmtpTestServer() as server:
+        yield server
+
+
+def config(folder: Path, twilio: FakeTwilio, smtp: SmtpTestServer, delivery: str) -> Path:
+    (folder / "twilio_token").write_text(twilio.auth_token)
+    channels = f"""
+channels:
+  twilio:
+    account_sid: {twilio.account_sid}
+    auth_token_file: twilio_token
+    from: "+15550000000"
+    api_base_url: {twilio.base_url}
+    timeout: 2s
+  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
+"""
+    return write_config(folder, CHAIN + channels + delivery)
+
+
+async def pages(client: Any) -> list[tuple[str, str, str, int, str]]:
+    return [
+        (p["contact"], p["channel"], p["state"], p["attempts"], (p["error"] or "")[:40])
+        for p in (await incident(client))["pages"]
+    ]
+
+
+async def alice_attempts(client: Any, clock: FakeClock, n: int) -> None:
+    async def done() -> bool:
+        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
+        return bool(sms[0]["attempts"] >= n and sms[0]["state"] != "sending")
+
+    for _ in range(40):
+        if await done():
+            return
+        clock.advance(timedelta(minutes=5))
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"alice's SMS never reached attempt {n}")
+
+
+def contacts_paged(smtp: SmtpTestServer) -> list[str]:
+    return [m.rcpt_tos[0] for m in smtp.messages]
+
+
+async def start(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+    delivery: str,
+) -> Any:
+    del clock  # the tests advance it themselves
+    return await make_client(config(tmp_path, twilio, smtp, delivery))
+
+
+async def test_channel_down_then_5xx_at_max_attempts_reroutes_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await start(
+        make_client, tmp_path, clock, twilio, smtp, "delivery: {max_attempts: 3}\n"
+    )
+    right = twilio.auth_token
+    twilio.auth_token = "0" * 32
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await alice_attempts(client, clock, 1)
+    await eventually(lambda: _true(len(smtp.messages) == 1), "bob paged")
+    twilio.auth_token = right
+    twilio.fail_number(ALICE, Fault.SERVER_ERROR)  # Twilio itself now has an outage
+    await alice_attempts(client, clock, 3)
+    await asyncio.sleep(0.3)
+    assert contacts_paged(smtp) == ["bob@example.com"], "carol paged: re-routed a second time"
+
+
+async def test_outage_reroute_then_channel_down_reroutes_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await start(
+        make_client, tmp_path, clock, twilio, smtp, "delivery: {max_attempts: 2}\n"
+    )
+    twilio.fail_number(ALICE, Fault.SERVER_ERROR)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await alice_attempts(client, clock, 2)
+    await eventually(lambda: _true(len(smtp.messages) == 1), "bob paged (outage)")
+    twilio.clear_faults()
+    twilio.auth_token = "0" * 32  # now our token is refused
+    await alice_attempts(client, clock, 3)
+    await asyncio.sleep(0.3)
+    assert contacts_paged(smtp) == ["bob@example.com"], "carol paged: re-routed a second time"
+
+
+async def test_channel_down_5xx_channel_down_reroutes_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await start(make_client, tmp_path, clock, twilio, smtp, "")
+    right = twilio.auth_token
+    twilio.auth_token = "0" * 32
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await alice_attempts(client, clock, 1)
+    await eventually(lambda: _true(len(smtp.messages) == 1), "bob paged")
+    twilio.auth_token = right
+    twilio.fail_next(Fault.SERVER_ERROR)  # one 500 in between (attempt 2 of 6)
+    await alice_attempts(client, clock, 2)
+    twilio.auth_token = "0" * 32
+    await alice_attempts(client, clock, 3)
+    await asyncio.sleep(0.3)
+    assert contacts_paged(smtp) == ["bob@example.com"], "carol paged: re-routed a second time"
+
+
+async def test_channel_down_with_retry_for_zero_reroutes_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await start(
+        make_client, tmp_path, clock, twilio, smtp, "delivery: {max_attempts: 2, retry_for: 0s}\n"
+    )
+    twilio.auth_token = "0" * 32
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await alice_attempts(client, clock, 2)
+    await asyncio.sleep(0.3)
+    assert contacts_paged(smtp) == ["bob@example.com"], "carol paged: re-routed a second time"
+
+
+async def test_baseline_outage_with_retry_for_zero_reroutes_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await start(
+        make_client, tmp_path, clock, twilio, smtp, "delivery: {max_attempts: 2, retry_for: 0s}\n"
+    )
+    twilio.fail_number(ALICE, Fault.SERVER_ERROR)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await alice_attempts(client, clock, 2)
+    await asyncio.sleep(0.3)
+    assert contacts_paged(smtp) == ["bob@example.com"]
+
+
+async def test_channel_down_until_retry_for_reroutes_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await start(make_client, tmp_path, clock, twilio, smtp, "delivery: {retry_for: 20m}\n")
+    twilio.auth_token = "0" * 32
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+
+    async def failed() -> bool:
+        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
+        return bool(sms[0]["state"] == "failed")
+
+    for _ in range(40):
+        if await failed():
+            break
+        clock.advance(timedelta(minutes=5))
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    assert contacts_paged(smtp) == ["bob@example.com"], "carol paged: re-routed a second time"
+
+
+async def test_an_outage_until_retry_for_reroutes_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await start(
+        make_client, tmp_path, clock, twilio, smtp, "delivery: {max_attempts: 2, retry_for: 20m}\n"
+    )
+    twilio.fail_number(ALICE, Fault.SERVER_ERROR)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+
+    async def failed() -> bool:
+        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
+        return bool(sms[0]["state"] == "failed")
+
+    for _ in range(40):
+        if await failed():
+            break
+        clock.advance(timedelta(minutes=5))
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    assert contacts_paged(smtp) == ["bob@example.com"], "baseline: carol paged too"
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_smtp_size_refusal_at_mail_from_is_not_channel_down() -> None:
+    """RFC 1870: a message over the server's SIZE limit is refused at MAIL FROM (552),
+    which aiosmtplib raises as SMTPSenderRefused: one too-large message, not the channel."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Sink
+
+    from notifiers.base import DeliveryError
+    from notifiers.smtp import SmtpNotifier
+    from tests.test_notifier_smtp import page, settings_for
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port, data_size_limit=2000)
+    await asyncio.to_thread(controller.start)
+    try:
+        server = SmtpTestServer()
+        server.port = port
+        notifier = SmtpNotifier(settings_for(server))
+        await notifier.send(page())  # a small page goes
+        with pytest.raises(DeliveryError) as caught:
+            await notifier.send(page(text="x" * 5000))
+        assert not caught.value.channel_down
+    finally:
+        await asyncio.to_thread(controller.stop)
+
+
+async def test_a_broken_token_counts_as_channel_down_and_is_logged_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/deployment.md's ResponderPagesFailing fires on outcome channel_down: a broken
+    token counted only 'retry' for the hour of retry_for, and no documented alert fired;
+    the log says so once, not at every attempt of every page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = await start(make_client, tmp_path, clock, twilio, smtp, "")
+    twilio.auth_token = "0" * 32
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    for _ in range(11):  # 55 minutes
+        clock.advance(timedelta(minutes=5))
+        await asyncio.sleep(0.1)
+    text = await (await client.get("/metrics")).text()
+    outcomes = {
+        s.labels["outcome"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "responder_pages"
+        for s in f.samples
+        if s.name == "responder_pages_total" and s.labels["channel"] == "sms"
+    }
+    assert outcomes.get("channel_down", 0) > 1
+    errors = [r for r in caplog.records if "channel cannot deliver" in r.getMessage()]
+    assert len(errors) == 1
+
+
+async def test_bundle_down_reroutes_each_page_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await start(make_client, tmp_path, clock, twilio, smtp, "")
+    right = twilio.auth_token
+    await post(client, webhook(alert("TargetDown", instance="web-1"), group="a"))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "first SMS")
+    twilio.auth_token = "0" * 32
+    await post(client, webhook(alert("TargetDown", instance="web-2"), group="b"))
+    await post(client, webhook(alert("TargetDown", instance="web-3"), group="c"))
+    await asyncio.sleep(0.3)
+    for _ in range(8):
+        clock.advance(timedelta(minutes=5))
+        await asyncio.sleep(0.15)
+    assert set(contacts_paged(smtp)) == {"bob@example.com"}
+    twilio.auth_token = right
+    clock.advance(timedelta(minutes=5))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 2), "the bundle goes once fixed")
+    await asyncio.sleep(0.3)
+    clock.advance(timedelta(minutes=5))
+    await asyncio.sleep(0.3)
+    assert len(twilio.sent_sms()) == 2
+
+
+async def test_ack_cancels_the_channel_down_page(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    from tests.conftest import AUTH
+
+    client = await start(make_client, tmp_path, clock, twilio, smtp, "")
+    right = twilio.auth_token
+    twilio.auth_token = "0" * 32
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await alice_attempts(client, clock, 1)
+    r = await client.post("/api/v1/incidents/1/acknowledge", json={"by": "bob"}, headers=AUTH)
+    assert r.status == 200
+    twilio.auth_token = right
+    for _ in range(4):
+        clock.advance(timedelta(minutes=5))
+        await asyncio.sleep(0.1)
+    assert twilio.sent_sms() == []
+    assert [p[2] for p in await pages(client) if p[1] == "sms"] == ["cancelled"]
+
+
+async def test_restart_keeps_the_mark(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    client = await start(make_client, tmp_path, clock, twilio, smtp, "")
+    twilio.auth_token = "0" * 32
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await alice_attempts(client, clock, 1)
+    await eventually(lambda: _true(len(smtp.messages) == 1), "bob paged")
+    await client.close()
+    client = await make_client(tmp_path / "config.yaml")
+    await alice_attempts(client, clock, 3)
+    await asyncio.sleep(0.3)
+    assert contacts_paged(smtp) == ["bob@example.com"]
