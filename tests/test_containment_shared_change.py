@@ -143,12 +143,9 @@ async def test_changes_to_different_targets_are_lifted_each_at_its_own_resolve(
     assert "off web-2" not in await _lines(log)
 
 
-async def test_a_failed_run_of_a_firing_alert_holds_the_lift(
-    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
-) -> None:
-    """The second alert's run fails (the 'on' tool exits 1 the second time, say 'already in
-    maintenance'): the run has no lift of its own, its alert still fires, so the first run's
-    lift is held (its finished audit shows no planned lift: the change key keeps it)."""
+def _fails_after_the_first(tmp_path: Path, then: str) -> tuple[Path, str]:
+    """The maintenance action whose 'on' works the first time, then does ``then`` (fails,
+    say 'already in maintenance')."""
     log, actions = _maintenance(tmp_path)
     count = tmp_path / "count"
     on = script(
@@ -156,10 +153,19 @@ async def test_a_failed_run_of_a_firing_alert_holds_the_lift(
         "on2",
         f"p = {str(count)!r}\nn = int(open(p).read()) if os.path.exists(p) else 0\n"
         f"open(p, 'w').write(str(n + 1))\n"
-        f"if n: sys.exit(1)\n"
+        f"if n: {then}\n"
         f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')",
     )
-    actions = actions.replace(str(tmp_path / "on"), str(on))
+    return log, actions.replace(str(tmp_path / "on"), str(on))
+
+
+async def test_a_failed_run_of_a_firing_alert_holds_the_lift(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The second alert's run fails (the 'on' tool exits 1 the second time, say 'already in
+    maintenance'): the run has no lift of its own, its alert still fires, so the first run's
+    lift is held (its finished audit shows no planned lift: the change key keeps it)."""
+    log, actions = _fails_after_the_first(tmp_path, "sys.exit(1)")
     client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     first = alert("BackendErrors", backend="web-1", instance="lb-a")
     second = alert("BackendErrors", backend="web-1", instance="lb-b")
@@ -180,17 +186,7 @@ async def test_a_running_holder_that_then_fails_keeps_holding(
 ) -> None:
     """The second alert's run is still running when the first lift is due: held. Then that
     run fails: the lift stays held while the second alert fires."""
-    log, actions = _maintenance(tmp_path)
-    count = tmp_path / "count"
-    on = script(
-        tmp_path,
-        "on2",
-        f"p = {str(count)!r}\nn = int(open(p).read()) if os.path.exists(p) else 0\n"
-        f"open(p, 'w').write(str(n + 1))\n"
-        f"if n:\n    time.sleep(1.5)\n    sys.exit(1)\n"
-        f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')",
-    )
-    actions = actions.replace(str(tmp_path / "on"), str(on))
+    log, actions = _fails_after_the_first(tmp_path, "time.sleep(1.5); sys.exit(1)")
     client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     first = alert("BackendErrors", backend="web-1", instance="lb-a")
     second = alert("BackendErrors", backend="web-1", instance="lb-b")

@@ -57,7 +57,14 @@ async def smtp() -> AsyncIterator[SmtpTestServer]:
         yield server
 
 
-def config(folder: Path, twilio: FakeTwilio, smtp: SmtpTestServer, extra: str = "") -> Path:
+def config(
+    folder: Path,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+    extra: str = "",
+    *,
+    contacts: str = CONTACTS,
+) -> Path:
     (folder / "twilio_token").write_text(twilio.auth_token)
     channels = f"""
 channels:
@@ -69,7 +76,7 @@ channels:
     timeout: 2s
   smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
 """
-    return write_config(folder, CONTACTS + channels + extra)
+    return write_config(folder, contacts + channels + extra)
 
 
 def at(minute: int, second: int = 0) -> datetime:

@@ -6,7 +6,6 @@ channel-down change)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,11 @@ import pytest
 
 from responder.clock import FakeClock
 from responder.testing import FakeTwilio, Fault, SmtpTestServer
-from tests.conftest import ClientFactory, write_config
+from tests.conftest import ClientFactory
+from tests.test_delivery import config, smtp, twilio
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
+
+__all__ = ["smtp", "twilio"]
 
 ALICE = "+15551230001"
 CHAIN = """
@@ -31,33 +33,6 @@ escalation_policies:
 incidents:
   default_policy: standard
 """
-
-
-@pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilio]:
-    async with FakeTwilio(hang_seconds=30) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[SmtpTestServer]:
-    async with SmtpTestServer() as server:
-        yield server
-
-
-def config(folder: Path, twilio: FakeTwilio, smtp: SmtpTestServer, delivery: str) -> Path:
-    (folder / "twilio_token").write_text(twilio.auth_token)
-    channels = f"""
-channels:
-  twilio:
-    account_sid: {twilio.account_sid}
-    auth_token_file: twilio_token
-    from: "+15550000000"
-    api_base_url: {twilio.base_url}
-    timeout: 2s
-  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
-"""
-    return write_config(folder, CHAIN + channels + delivery)
 
 
 async def pages(client: Any) -> list[tuple[str, str, str, int, str]]:
@@ -80,6 +55,21 @@ async def alice_attempts(client: Any, clock: FakeClock, n: int) -> None:
     raise AssertionError(f"alice's SMS never reached attempt {n}")
 
 
+async def until_failed(client: Any, clock: FakeClock) -> None:
+    """Five minutes at a time until alice's SMS has failed for good (retry_for is over)."""
+
+    async def failed() -> bool:
+        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
+        return bool(sms[0]["state"] == "failed")
+
+    for _ in range(40):
+        if await failed():
+            break
+        clock.advance(timedelta(minutes=5))
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+
+
 def contacts_paged(smtp: SmtpTestServer) -> list[str]:
     return [m.rcpt_tos[0] for m in smtp.messages]
 
@@ -93,7 +83,7 @@ async def start(
     delivery: str,
 ) -> Any:
     del clock  # the tests advance it themselves
-    return await make_client(config(tmp_path, twilio, smtp, delivery))
+    return await make_client(config(tmp_path, twilio, smtp, delivery, contacts=CHAIN))
 
 
 async def test_channel_down_then_5xx_at_max_attempts_reroutes_once(
@@ -205,17 +195,7 @@ async def test_channel_down_until_retry_for_reroutes_once(
     client = await start(make_client, tmp_path, clock, twilio, smtp, "delivery: {retry_for: 20m}\n")
     twilio.auth_token = "0" * 32
     await post(client, webhook(alert("TargetDown", instance="web-1")))
-
-    async def failed() -> bool:
-        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
-        return bool(sms[0]["state"] == "failed")
-
-    for _ in range(40):
-        if await failed():
-            break
-        clock.advance(timedelta(minutes=5))
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.3)
+    await until_failed(client, clock)
     assert contacts_paged(smtp) == ["bob@example.com"], "carol paged: re-routed a second time"
 
 
@@ -231,17 +211,7 @@ async def test_an_outage_until_retry_for_reroutes_once(
     )
     twilio.fail_number(ALICE, Fault.SERVER_ERROR)
     await post(client, webhook(alert("TargetDown", instance="web-1")))
-
-    async def failed() -> bool:
-        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
-        return bool(sms[0]["state"] == "failed")
-
-    for _ in range(40):
-        if await failed():
-            break
-        clock.advance(timedelta(minutes=5))
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.3)
+    await until_failed(client, clock)
     assert contacts_paged(smtp) == ["bob@example.com"], "baseline: carol paged too"
 
 
