@@ -211,7 +211,9 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--list", action="store_true", help="show past drills instead")
     drill.set_defaults(run=cmd_drill)
 
-    actions = daemon_command("actions", "containment: status, kill switch, breaker reset")
+    actions = daemon_command(
+        "actions", "containment: status, kill switch, breaker reset, lift by hand"
+    )
     actions.add_argument("verb", choices=["status", "pause", "resume", "reset", "lift"])
     actions.add_argument("name", nargs="?", help="reset: the action; lift: the run (its id)")
     actions.add_argument("target", nargs="?", help="reset: the target, as status shows it")
