@@ -217,15 +217,16 @@ class _Rerouter:
         self._reason = reason
         self._directory = directory
         self._now = now
-        self._free_only = free_only
+        self.free_only = free_only
         self._decided: dict[int, tuple[Page, list[NewPage]]] = {}
 
     def __call__(
-        self, page: Page, incident: Incident, siblings: Sequence[Page], rerouted: bool
+        self, page: Page, incident: Incident, siblings: Sequence[Page], failed_over: bool
     ) -> tuple[list[NewPage], TimelineEvent | None]:
-        if rerouted and not self._free_only:
-            # Failed over already (its channel went down, then its retries ran out): whoever
-            # was paged then has it; waking the next in the chain too would page twice.
+        if failed_over:
+            # Its channel went down, then its retries ran out, or the budget holds it now:
+            # whoever was paged at its failover has it (or nobody was left then); waking the
+            # next in the chain too would page twice.
             return [], None
         if (
             page.kind is PageKind.PAGE
@@ -237,7 +238,7 @@ class _Rerouter:
         if page.kind is not PageKind.RECOVERY and incident.state is IncidentState.RESOLVED:
             return [], None
         pages = self._next(page, siblings)
-        if self._free_only and not pages:
+        if self.free_only and not pages:
             return [], None  # the page itself still goes when the budget frees
         self._decided[page.id] = (page, pages)
         if not pages:
@@ -247,12 +248,12 @@ class _Rerouter:
             "reason": self._reason,
             "to": [f"{p.contact}/{p.channel}" for p in pages],
         }
-        if self._free_only:
+        if self.free_only:
             detail["free_only"] = True  # the page itself still waits: not its failover
         return pages, TimelineEvent(self._now, Event.FAILOVER, "responder", page.channel, detail)
 
     def _next(self, page: Page, siblings: Sequence[Page]) -> list[NewPage]:
-        if not self._free_only:
+        if not self.free_only:
             return failover_pages(page, siblings, self._directory, self._now)
         # Down the chain, past whoever has only paid channels, to the first free one.
         passed: set[tuple[str, str]] = set()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from responder.clock import FakeClock
 from responder.testing import FakeTwilio, Fault, SmtpTestServer
@@ -260,23 +261,13 @@ async def test_a_broken_token_counts_as_channel_down_and_is_logged_once(
     """docs/deployment.md's ResponderPagesFailing fires on outcome channel_down: a broken
     token counted only 'retry' for the hour of retry_for, and no documented alert fired;
     the log says so once, not at every attempt of every page."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     client = await start(make_client, tmp_path, clock, twilio, smtp, "")
     twilio.auth_token = "0" * 32
     await post(client, webhook(alert("TargetDown", instance="web-1")))
     for _ in range(11):  # 55 minutes
         clock.advance(timedelta(minutes=5))
         await asyncio.sleep(0.1)
-    text = await (await client.get("/metrics")).text()
-    outcomes = {
-        s.labels["outcome"]: s.value
-        for f in text_string_to_metric_families(text)
-        if f.name == "responder_pages"
-        for s in f.samples
-        if s.name == "responder_pages_total" and s.labels["channel"] == "sms"
-    }
-    assert outcomes.get("channel_down", 0) > 1
+    assert (await outcomes(client, "sms")).get("channel_down", 0) > 1
     errors = [r for r in caplog.records if "channel cannot deliver" in r.getMessage()]
     assert len(errors) == 1
 
@@ -350,3 +341,87 @@ async def test_restart_keeps_the_mark(
     await alice_attempts(client, clock, 3)
     await asyncio.sleep(0.3)
     assert contacts_paged(smtp) == ["bob@example.com"]
+
+
+POLICY = """
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+incidents:
+  default_policy: standard
+"""
+
+
+async def outcomes(client: Any, channel: str) -> dict[str, float]:
+    text = await (await client.get("/metrics")).text()
+    return {
+        s.labels["outcome"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "responder_pages"
+        for s in f.samples
+        if s.name == "responder_pages_total" and s.labels["channel"] == channel
+    }
+
+
+async def test_a_budget_hold_after_the_failover_wakes_nobody_else(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """alice's SMS fails over at max_attempts to bob (SMS + email); bob's SMS spends the
+    budget; alice's SMS retry is then held by the budget: it failed over already, so its
+    reroute to free channels wakes nobody (carol was woken for a page bob got twice)."""
+    body = (
+        """
+contacts:
+  alice: {sms: "+15551230001", backup: bob}
+  bob: {sms: "+15551230002", email: bob@example.com, backup: carol}
+  carol: {email: carol@example.com}
+delivery:
+  max_attempts: 1
+  budget: {sms_voice_per_hour: 1}
+"""
+        + POLICY
+    )
+    client = await make_client(config(tmp_path, twilio, smtp, contacts=body))
+    twilio.fail_next(Fault.SERVER_ERROR)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "bob's SMS")
+    await eventually(lambda: _true(len(smtp.messages) == 1), "bob's email")
+    for _ in range(4):
+        clock.advance(timedelta(minutes=1))
+        await asyncio.sleep(0.15)
+    assert contacts_paged(smtp) == ["bob@example.com"], "carol woken: a second failover"
+
+
+async def test_an_exhausted_chain_is_reported_once_while_the_channel_is_down(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """alice has only SMS and no backup; the token is refused for 55 minutes: the page's
+    failover finds nobody once, and 'exhausted' is logged and counted once (it was at
+    every attempt: nobody found wrote no failover event)."""
+    body = (
+        """
+contacts:
+  alice: {sms: "+15551230001"}
+"""
+        + POLICY
+    )
+    client = await make_client(config(tmp_path, twilio, smtp, contacts=body))
+    twilio.auth_token = "0" * 32
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    for _ in range(11):
+        clock.advance(timedelta(minutes=5))
+        await asyncio.sleep(0.1)
+    got = await outcomes(client, "sms")
+    nobody = [r for r in caplog.records if "nobody is left" in r.getMessage()]
+    assert got.get("exhausted", 0) == 1
+    assert len(nobody) == 1

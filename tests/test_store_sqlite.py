@@ -724,8 +724,15 @@ async def test_a_failed_page_and_its_reroute_are_one_transaction(store: SQLiteSt
     )
     (page,) = await store.claim_pages(T0)
 
-    def broken(page: Page, incident: Incident, siblings: Sequence[Page], before: bool) -> Any:
-        raise RuntimeError("cut off here")
+    class Broken:
+        free_only = False
+
+        def __call__(
+            self, page: Page, incident: Incident, siblings: Sequence[Page], failed_over: bool
+        ) -> Any:
+            raise RuntimeError("cut off here")
+
+    broken = Broken()
 
     with pytest.raises(RuntimeError, match="cut off here"):
         await store.recover_sending(T0, broken)
@@ -733,10 +740,15 @@ async def test_a_failed_page_and_its_reroute_are_one_transaction(store: SQLiteSt
     assert still is not None
     assert still.state is PageState.SENDING
 
-    def to_bob(
-        page: Page, incident: Incident, siblings: Sequence[Page], before: bool
-    ) -> tuple[list[NewPage], None]:
-        return [NewPage(page.step, page.kind, "bob", "email", "bob@example.com", T0)], None
+    class ToBob:
+        free_only = False
+
+        def __call__(
+            self, page: Page, incident: Incident, siblings: Sequence[Page], failed_over: bool
+        ) -> tuple[list[NewPage], None]:
+            return [NewPage(page.step, page.kind, "bob", "email", "bob@example.com", T0)], None
+
+    to_bob = ToBob()
 
     assert [p.id for p in await store.recover_sending(T0, to_bob)] == [page.id]
     pages = await store.step_pages(1, 1, "L1")
@@ -1061,3 +1073,41 @@ async def test_the_upgrade_to_schema_13_keys_each_runs_change(tmp_path: Path) ->
     assert key["c"][0] != key["a"][0]
     assert key["d"][1] == 0
     assert key["e"][0] is None
+
+
+async def test_the_upgrade_to_schema_14_knows_which_pages_failed_over(tmp_path: Path) -> None:
+    """A page whose failover is on the timeline does not fail over again after the upgrade;
+    a page that a budget hold only re-routed to free channels still may."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for script in SQLITE_MIGRATIONS[:13]:
+            for statement in script:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 13")
+        for page_id, reason in (
+            (1, "Twilio answered HTTP 500"),
+            (2, "hourly SMS/voice budget used"),
+        ):
+            conn.execute(
+                "INSERT INTO pages (id, incident_id, episode, step, kind, contact, channel, "
+                "address, due_at, state, cancel_on_ack, created_at, updated_at) "
+                "VALUES (?, 1, 1, 'L1', 'page', 'alice', ?, 'x', 1, 'queued', 1, 1, 1)",
+                (page_id, f"channel{page_id}"),
+            )
+            detail = json.dumps({"failed_page": page_id, "reason": reason, "to": ["bob/email"]})
+            conn.execute(
+                "INSERT INTO timeline (incident_id, at, kind, detail) VALUES (1, 7, 'failover', ?)",
+                (detail,),
+            )
+    finally:
+        conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        marks = dict(conn.execute("SELECT id, failed_over_at FROM pages"))
+    finally:
+        conn.close()
+    assert marks == {1: 7, 2: None}

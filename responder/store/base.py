@@ -24,15 +24,20 @@ from responder.incident import (
 )
 from responder.model import Alert, AlertStatus, Classification
 
-# Where a page that failed (or waits) is re-routed: given the page, its incident and every
-# page of its step, the pages to queue and the timeline entry saying so. Called by the
-# store inside the transaction that records why, so a crash cannot keep one without the
-# other. Pure, and safe on any thread.
-# How a failed (or waiting) page is re-routed: given the page, its incident, the pages of
-# its step, and whether the page was re-routed before (each page fails over once).
-Reroute = Callable[
-    [Page, Incident, Sequence[Page], bool], tuple[Sequence[NewPage], TimelineEvent | None]
-]
+
+class Reroute(Protocol):
+    """Where a page that failed (or waits) is re-routed: given the page, its incident, every
+    page of its step, and whether the page failed over before (each page fails over once),
+    the pages to queue and the timeline entry saying so. Called by the store inside the
+    transaction that records why, so a crash cannot keep one without the other. Pure, and
+    safe on any thread. ``free_only``: only to channels that cost nothing while the page
+    itself waits for the SMS/voice budget, which is not the page's failover."""
+
+    free_only: bool
+
+    def __call__(
+        self, page: Page, incident: Incident, siblings: Sequence[Page], failed_over: bool
+    ) -> tuple[Sequence[NewPage], TimelineEvent | None]: ...
 
 
 # Rows of each kind one retention write deletes: small enough not to hold webhooks back.

@@ -308,4 +308,18 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         f"UPDATE action_runs SET change_key = {CHANGE_KEY}, shared_lift = {SHARED_LIFT}",  # noqa: S608
         "CREATE INDEX action_runs_change ON action_runs (change_key) WHERE change_key IS NOT NULL",
     ],
+    # 14: when a page failed over (its channel down, its retries run out, its last failure):
+    # a page fails over once, whichever way it fails, also when nobody was left to take it.
+    # Pages that failed over before the upgrade are known by their failover events (a
+    # budget hold's reroute to free channels is not the page's failover).
+    [
+        "ALTER TABLE pages ADD COLUMN failed_over_at INTEGER",
+        """
+        UPDATE pages SET failed_over_at = (
+            SELECT MIN(t.at) FROM timeline t WHERE t.incident_id = pages.incident_id
+            AND t.kind = 'failover' AND json_extract(t.detail, '$.failed_page') = pages.id
+            AND json_extract(t.detail, '$.reason') != 'hourly SMS/voice budget used')
+        WHERE state IN ('queued', 'failed')
+        """,
+    ],
 ]

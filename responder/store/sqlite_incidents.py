@@ -947,14 +947,13 @@ def reroute_page(conn: sqlite3.Connection, page_id: int, reroute: Reroute, now_u
         return 0
     incident = get_incident(conn, page.incident_id)
     siblings = step_pages(conn, page.incident_id, page.episode, page.step)
-    # Its failover is on the timeline (a budget hold's reroute to free channels aside).
-    before = conn.execute(
-        "SELECT 1 FROM timeline WHERE incident_id = ? AND kind = ? "
-        "AND json_extract(detail, '$.failed_page') = ? "
-        "AND json_extract(detail, '$.free_only') IS NULL LIMIT 1",
-        (page.incident_id, Event.FAILOVER.value, page_id),
+    (failed_over_at,) = conn.execute(
+        "SELECT failed_over_at FROM pages WHERE id = ?", (page_id,)
     ).fetchone()
-    pages, event = reroute(page, incident, siblings, before is not None)
+    pages, event = reroute(page, incident, siblings, failed_over_at is not None)
+    if failed_over_at is None and not reroute.free_only:
+        # Decided, even when nobody was left: the next failure does not fail over again.
+        conn.execute("UPDATE pages SET failed_over_at = ? WHERE id = ?", (now_us, page_id))
     if not pages:
         return 0
     return add_pages(conn, page.incident_id, page.episode, pages, event, now_us)
