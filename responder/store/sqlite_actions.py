@@ -263,8 +263,9 @@ def _lift_at_expiry(conn: sqlite3.Connection, run: RunRow) -> None:
     )
 
 
-# Undo states of a lift that has ended one way or another.
-_LIFT_ENDED = ("done", "failed", "nothing", "expired", "cancelled", "superseded")
+# Undo states of a lift that has ended with nothing left for it to do ('failed' is not one:
+# what the run changed may still be in place).
+_LIFT_OVER = ("done", "nothing", "expired", "cancelled", "superseded")
 
 
 def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> tuple[str, str | None]:
@@ -292,7 +293,7 @@ def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> tup
         return run_id, "the run is still running; lift it once it has finished"
     if undo is None:
         return run_id, "the run has no lift (no undo declared, or it changed nothing)"
-    if undo_state in _LIFT_ENDED and undo_state != "failed":
+    if undo_state in _LIFT_OVER:
         return run_id, f"its lift has ended already ({undo_state})"
     conn.execute(
         "UPDATE action_runs SET undo = json_set(undo, '$.manual', ?), undo_state = 'wait', "
