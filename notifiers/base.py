@@ -82,7 +82,7 @@ class DeliveryError(Exception):
     ) -> None:
         super().__init__(detail)
         self.reason = reason
-        self.retryable = retryable or channel_down
+        self.retryable = retryable or channel_down  # retried until an operator fixes it
         self.maybe_sent = maybe_sent
         self.channel_down = channel_down
 

@@ -266,12 +266,12 @@ class SmtpNotifier:
                 return DeliveryError("deferred", detail, retryable=True)
             # Our login or our From address refused: every page on this channel fails alike.
             if isinstance(exc, aiosmtplib.SMTPAuthenticationError) or exc.code == 530:
-                return DeliveryError("auth", detail, retryable=False, channel_down=True)
+                return DeliveryError("auth", detail, retryable=True, channel_down=True)
             if isinstance(exc, aiosmtplib.SMTPSenderRefused):
                 if exc.code == 552:
                     # MAIL FROM's SIZE= over the server's limit: this message, not the channel.
                     return DeliveryError("too_large", detail, retryable=False)
-                return DeliveryError("rejected_sender", detail, retryable=False, channel_down=True)
+                return DeliveryError("rejected_sender", detail, retryable=True, channel_down=True)
             if isinstance(exc, aiosmtplib.SMTPConnectResponseError) and exc.code < 500:
                 return DeliveryError("connection", detail, retryable=True)
             return DeliveryError("rejected", detail, retryable=False)
@@ -288,7 +288,7 @@ class SmtpNotifier:
             return DeliveryError(
                 "tls",
                 self._scrub(f"TLS with {where} failed: {exc}"),
-                retryable=False,
+                retryable=True,
                 channel_down=True,
             )
         if isinstance(exc, ConnectionError | OSError):

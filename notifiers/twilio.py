@@ -366,7 +366,7 @@ class TwilioNotifier:
             return DeliveryError("server_error", detail, retryable=True)
         if code == AUTH_FAILED or status == 401:
             # Our account SID or auth token: every page on this channel fails alike.
-            return DeliveryError("auth", detail, retryable=False, channel_down=True)
+            return DeliveryError("auth", detail, retryable=True, channel_down=True)
         if code is not None and code in PERMANENT_CODES:
             return DeliveryError(PERMANENT_CODES[code], detail, retryable=False)
         return DeliveryError("rejected", detail, retryable=False)
