@@ -73,10 +73,7 @@ async def status(request: web.Request) -> web.StreamResponse:
                 "outcome": r.outcome,
                 "incident": r.incident_id,
                 "startedAt": iso(from_us(r.started_at)),
-                # A lift held for another alert waits like any other; say why it waits.
-                "undo": "held"
-                if r.undo_state == "wait" and (r.undo or {}).get("held")
-                else r.undo_state,
+                "undo": _undo_state(r),
             }
             for r in runs
         ],

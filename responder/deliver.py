@@ -633,6 +633,10 @@ class Dispatcher:
             retryable, maybe_sent, reason = exc.retryable, exc.maybe_sent, str(exc)
         else:  # our own deadline: the provider had the request and did not answer
             retryable, maybe_sent, reason = True, True, f"no answer within {SEND_DEADLINE_S:g}s"
+        if channel_down and page.kind is PageKind.TEST:
+            # A drill is there to find a channel that does not work: it says so now, and
+            # its test message does not go out an hour later, once fixed.
+            retryable = channel_down = False
         if channel_down:
             reason = CHANNEL_DOWN + reason
             if page.channel not in self._channels_down:

@@ -439,6 +439,25 @@ async def test_drill_pages_every_channel_and_reports_answers(
     assert bad.status == 400
 
 
+async def test_a_drill_shows_a_channel_down_as_failed_at_once(
+    daemon: Client, twilio: FakeTwilio, smtp: SmtpTestServer
+) -> None:
+    """A drill is there to find a channel that does not work: a refused Twilio token fails
+    its test SMS now (not queued for an hour, and sent after the drill, once fixed)."""
+    twilio.auth_token = "0" * 32  # Twilio knows another token than ours
+    started = await daemon.post("/api/v1/drills", json={"contacts": ["alice"]}, headers=AUTH)
+    drill_id = (await started.json())["data"]["id"]
+
+    async def alices_sms_failed() -> bool:
+        pages = (await incident(daemon, drill_id))["pages"]
+        return [p["state"] for p in pages if p["contact"] == "alice"] == ["failed"] * 2 + ["sent"]
+
+    await eventually(alices_sms_failed, "the test SMS and call failed, the email went")
+    pages = (await incident(daemon, drill_id))["pages"]
+    assert all("20003" in p["error"] for p in pages if p["channel"] in ("sms", "voice"))
+    assert ["alice@example.com"] in [m.rcpt_tos for m in smtp.messages]
+
+
 async def test_an_undelivered_bundle_fails_over_every_incident_in_it(
     daemon: Client, twilio: FakeTwilio, clock: FakeClock
 ) -> None:

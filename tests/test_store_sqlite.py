@@ -1111,3 +1111,53 @@ async def test_the_upgrade_to_schema_14_knows_which_pages_failed_over(tmp_path: 
     finally:
         conn.close()
     assert marks == {1: 7, 2: None}
+
+
+async def test_a_held_lift_rescheduled_any_other_way_is_no_longer_shown_held(
+    tmp_path: Path,
+) -> None:
+    """'held' (waiting for another alert) is a mark on the lift; a resolve of its own alert,
+    a postponement or a lift by hand reschedules it for another reason, and the mark goes
+    (the API said 'held' after nothing held it any more)."""
+    from responder.store import sqlite_actions as actions
+
+    store = SQLiteStore(tmp_path / "r.db")
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    undo = json.dumps({"argv": {"argv": ["/bin/off"], "env": {}}, "action": None, "held": 1})
+    try:
+        conn.execute(
+            "INSERT INTO alerts (id, fingerprint, status, labels, annotations, starts_at, "
+            "generator_url, group_key, receiver, alertname, severity, category, "
+            "classification, first_received, last_received, receive_count, updated_at) "
+            "VALUES (1, 'f', 'resolved', '{}', '{}', 1, '', '', '', 'A', 'P2', 'x', '{}', "
+            "1, 1, 1, 1)"
+        )
+
+        def held_run(run_id: str) -> None:
+            conn.execute(
+                "INSERT INTO action_runs (run_id, alert_id, action, target, trigger, state, "
+                "audit, undo, undo_hold_s, undo_state, undo_due, started_at) "
+                "VALUES (?, 1, 'm', 't', ?, 'done', '{}', ?, 300, 'wait', 5, 1)",
+                (run_id, run_id, undo),
+            )
+
+        def held(run_id: str) -> object:
+            return conn.execute(
+                "SELECT json_extract(undo, '$.held') FROM action_runs WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()[0]
+
+        for run_id in ("resolved", "postponed", "by-hand1"):
+            held_run(run_id)
+        actions.alert_resolved(conn, 1, 10)
+        assert held("resolved") is None
+        conn.execute("UPDATE action_runs SET undo_state = 'wait' WHERE run_id != 'resolved'")
+        conn.execute("UPDATE action_runs SET undo = ? WHERE run_id != 'resolved'", (undo,))
+        actions.finish_undo(conn, "postponed", "postponed", {}, 10)
+        assert held("postponed") is None
+        assert actions.lift_now(conn, "by-hand1", "alice", 10) == ("by-hand1", None)
+        assert held("by-hand1") is None
+    finally:
+        conn.close()

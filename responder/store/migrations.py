@@ -319,7 +319,6 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             SELECT MIN(t.at) FROM timeline t WHERE t.incident_id = pages.incident_id
             AND t.kind = 'failover' AND json_extract(t.detail, '$.failed_page') = pages.id
             AND json_extract(t.detail, '$.reason') != 'hourly SMS/voice budget used')
-        WHERE state IN ('queued', 'failed')
         """,
     ],
 ]

@@ -219,7 +219,7 @@ def alert_resolved(conn: sqlite3.Connection, alert_id: int, now_us: int) -> None
     whose undo was postponed when it fired again, wait out their hold-down from now; one
     that waits for its expiry (an iptables block) runs at whichever comes first."""
     conn.execute(
-        "UPDATE action_runs SET undo_state = 'wait', "  # noqa: S608 - _IN_FORCE is a constant
+        "UPDATE action_runs SET undo_state = 'wait', undo = json_remove(undo, '$.held'), "  # noqa: S608 - _IN_FORCE is a constant
         "undo_due = MIN(?1 + undo_hold_s * 1000000, "
         "COALESCE(json_extract(undo, '$.at'), 9e18)) WHERE alert_id IN "
         "(SELECT b.id FROM alerts a JOIN alerts b ON b.fingerprint = a.fingerprint "
@@ -296,8 +296,8 @@ def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> tup
     if undo_state in _LIFT_OVER:
         return run_id, f"its lift has ended already ({undo_state})"
     conn.execute(
-        "UPDATE action_runs SET undo = json_set(undo, '$.manual', ?), undo_state = 'wait', "
-        "undo_due = ? WHERE run_id = ?",
+        "UPDATE action_runs SET undo = json_remove(json_set(undo, '$.manual', ?), '$.held'), "
+        "undo_state = 'wait', undo_due = ? WHERE run_id = ?",
         (by, now_us, run_id),
     )
     detail = {"run_id": run_id, "action": action, "undo": "requested", "by": by}
@@ -485,8 +485,8 @@ def finish_undo(
         # it since the engine read it (then the new run's lift is the one to come), and an
         # operator may have asked to lift it by hand meanwhile (then it goes now).
         row = conn.execute(
-            "UPDATE action_runs SET undo_state = ? WHERE run_id = ? "  # noqa: S608 - constants
-            "AND undo_state = 'wait' AND json_extract(undo, '$.manual') IS NULL "
+            "UPDATE action_runs SET undo_state = ?, undo = json_remove(undo, '$.held') "  # noqa: S608 - constants
+            "WHERE run_id = ? AND undo_state = 'wait' AND json_extract(undo, '$.manual') IS NULL "
             f"RETURNING {_RUN_COLUMNS}",
             (state, run_id),
         ).fetchone()
