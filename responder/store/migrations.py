@@ -314,11 +314,21 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     # budget hold's reroute to free channels is not the page's failover).
     [
         "ALTER TABLE pages ADD COLUMN failed_over_at INTEGER",
+        # One pass over the failover events (a subquery per page read each page's whole
+        # incident timeline: 34 s for 2,000 pages of an incident with 100,000 entries).
         """
-        UPDATE pages SET failed_over_at = (
-            SELECT MIN(t.at) FROM timeline t WHERE t.incident_id = pages.incident_id
-            AND t.kind = 'failover' AND json_extract(t.detail, '$.failed_page') = pages.id
-            AND json_extract(t.detail, '$.reason') != 'hourly SMS/voice budget used')
+        CREATE TEMP TABLE failed_over AS
+        SELECT json_extract(detail, '$.failed_page') AS page_id, MIN(at) AS at
+        FROM timeline WHERE kind = 'failover'
+        AND json_extract(detail, '$.reason') != 'hourly SMS/voice budget used'
+        GROUP BY 1
         """,
+        "CREATE INDEX temp.failed_over_page ON failed_over (page_id)",
+        """
+        UPDATE pages SET failed_over_at =
+            (SELECT f.at FROM failed_over f WHERE f.page_id = pages.id)
+        WHERE id IN (SELECT page_id FROM failed_over)
+        """,
+        "DROP TABLE temp.failed_over",
     ],
 ]
