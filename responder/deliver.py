@@ -221,12 +221,13 @@ class _Rerouter:
         self._decided: dict[int, tuple[Page, list[NewPage]]] = {}
 
     def __call__(
-        self, page: Page, incident: Incident, siblings: Sequence[Page], failed_over: bool
+        self, page: Page, incident: Incident, siblings: Sequence[Page], done_before: bool
     ) -> tuple[list[NewPage], TimelineEvent | None]:
-        if failed_over:
-            # Its channel went down, then its retries ran out, or the budget holds it now:
-            # whoever was paged at its failover has it (or nobody was left then); waking the
-            # next in the chain too would page twice.
+        if done_before:
+            # It failed over before (its channel went down, then its retries ran out; or the
+            # budget holds it after its failover), or the budget held it before: whoever was
+            # paged then has it (or nobody was left); waking the next in the chain too would
+            # page twice.
             return [], None
         if (
             page.kind is PageKind.PAGE

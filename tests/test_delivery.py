@@ -159,7 +159,7 @@ async def test_invalid_number_fails_over_at_once(
     await eventually(bob_paged, "failover to the backup after a permanent error")
     pages = (await incident(client))["pages"]
     alice_sms = next(p for p in pages if (p["contact"], p["channel"]) == ("alice", "sms"))
-    assert alice_sms["state"] == "failed"
+    assert alice_sms["state"] == "failed", pages
     assert alice_sms["attempts"] == 1  # permanent: never retried
     assert "21211" in alice_sms["error"]
     assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]

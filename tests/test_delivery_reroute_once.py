@@ -425,3 +425,35 @@ contacts:
     nobody = [r for r in caplog.records if "nobody is left" in r.getMessage()]
     assert got.get("exhausted", 0) == 1
     assert len(nobody) == 1
+
+
+async def test_a_second_budget_hold_wakes_nobody_further_down_the_chain(tmp_path: Path) -> None:
+    """The budget holds alice's SMS (re-routed to bob's email), a rate limit holds it next
+    (its error changes), the budget holds it again: re-routed once, not on to carol (the
+    'held before' was read from the page's last error, which the rate limit overwrote)."""
+    from datetime import UTC, datetime
+
+    from responder.deliver import BUDGET_HELD, _Rerouter
+    from responder.directory import parse_directory
+    from responder.incident import NewPage, PageKind
+    from responder.store.sqlite import SQLiteStore
+    from responder.yamlfile import load_text
+
+    directory = parse_directory(load_text(CHAIN, "config.yaml"))
+    store = SQLiteStore(tmp_path / "r.db")
+    await store.open()
+    try:
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        page = NewPage("drill", PageKind.TEST, "alice", "sms", "+15551230001", now, "bob", False)
+        incident_id = await store.create_drill("d", [page], "t", now)
+        for minutes, reason in ((0, BUDGET_HELD), (5, "rate limited"), (6, BUDGET_HELD)):
+            at = now + timedelta(minutes=minutes)
+            (claimed,) = [p for p in await store.claim_pages(at) if p.channel == "sms"]
+            plan = None
+            if reason == BUDGET_HELD:
+                plan = (_Rerouter(BUDGET_HELD, directory, at, True), [claimed.id])
+            await store.hold_pages([claimed.id], at + timedelta(minutes=1), reason, at, plan)
+        pages = await store.step_pages(incident_id, 1, "drill")
+    finally:
+        await store.close()
+    assert sorted(p.contact for p in pages) == ["alice", "bob"]

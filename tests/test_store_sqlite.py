@@ -728,7 +728,7 @@ async def test_a_failed_page_and_its_reroute_are_one_transaction(store: SQLiteSt
         free_only = False
 
         def __call__(
-            self, page: Page, incident: Incident, siblings: Sequence[Page], failed_over: bool
+            self, page: Page, incident: Incident, siblings: Sequence[Page], done_before: bool
         ) -> Any:
             raise RuntimeError("cut off here")
 
@@ -744,7 +744,7 @@ async def test_a_failed_page_and_its_reroute_are_one_transaction(store: SQLiteSt
         free_only = False
 
         def __call__(
-            self, page: Page, incident: Incident, siblings: Sequence[Page], failed_over: bool
+            self, page: Page, incident: Incident, siblings: Sequence[Page], done_before: bool
         ) -> tuple[list[NewPage], None]:
             return [NewPage(page.step, page.kind, "bob", "email", "bob@example.com", T0)], None
 

@@ -27,16 +27,17 @@ from responder.model import Alert, AlertStatus, Classification
 
 class Reroute(Protocol):
     """Where a page that failed (or waits) is re-routed: given the page, its incident, every
-    page of its step, and whether the page failed over before (each page fails over once),
-    the pages to queue and the timeline entry saying so. Called by the store inside the
-    transaction that records why, so a crash cannot keep one without the other. Pure, and
-    safe on any thread. ``free_only``: only to channels that cost nothing while the page
-    itself waits for the SMS/voice budget, which is not the page's failover."""
+    page of its step, and whether this was done for the page before (each page fails over
+    once), the pages to queue and the timeline entry saying so. Called by the store inside
+    the transaction that records why, so a crash cannot keep one without the other. Pure,
+    and safe on any thread. ``free_only``: only to channels that cost nothing while the
+    page itself waits for the SMS/voice budget, which is not the page's failover (and is
+    done once too, never after its failover)."""
 
     free_only: bool
 
     def __call__(
-        self, page: Page, incident: Incident, siblings: Sequence[Page], failed_over: bool
+        self, page: Page, incident: Incident, siblings: Sequence[Page], done_before: bool
     ) -> tuple[Sequence[NewPage], TimelineEvent | None]: ...
 
 

@@ -309,11 +309,13 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX action_runs_change ON action_runs (change_key) WHERE change_key IS NOT NULL",
     ],
     # 14: when a page failed over (its channel down, its retries run out, its last failure):
-    # a page fails over once, whichever way it fails, also when nobody was left to take it.
-    # Pages that failed over before the upgrade are known by their failover events (a
-    # budget hold's reroute to free channels is not the page's failover).
+    # a page fails over once, whichever way it fails, also when nobody was left to take it;
+    # and when the SMS/voice budget first held it and re-routed it to free channels, which
+    # is not its failover but is done once too. Pages of before the upgrade are known by
+    # their failover events.
     [
         "ALTER TABLE pages ADD COLUMN failed_over_at INTEGER",
+        "ALTER TABLE pages ADD COLUMN budget_rerouted_at INTEGER",
         # One pass over the failover events (a subquery per page read each page's whole
         # incident timeline: 34 s for 2,000 pages of an incident with 100,000 entries).
         """
@@ -330,5 +332,11 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         WHERE id IN (SELECT page_id FROM failed_over)
         """,
         "DROP TABLE temp.failed_over",
+        """
+        UPDATE pages SET budget_rerouted_at = (
+            SELECT MIN(t.at) FROM timeline t WHERE t.incident_id = pages.incident_id
+            AND t.kind = 'failover' AND json_extract(t.detail, '$.failed_page') = pages.id)
+        WHERE state = 'queued' AND error = 'hourly SMS/voice budget used'
+        """,
     ],
 ]

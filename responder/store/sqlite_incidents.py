@@ -947,13 +947,16 @@ def reroute_page(conn: sqlite3.Connection, page_id: int, reroute: Reroute, now_u
         return 0
     incident = get_incident(conn, page.incident_id)
     siblings = step_pages(conn, page.incident_id, page.episode, page.step)
-    (failed_over_at,) = conn.execute(
-        "SELECT failed_over_at FROM pages WHERE id = ?", (page_id,)
+    failed_over_at, budget_rerouted_at = conn.execute(
+        "SELECT failed_over_at, budget_rerouted_at FROM pages WHERE id = ?", (page_id,)
     ).fetchone()
-    pages, event = reroute(page, incident, siblings, failed_over_at is not None)
-    if failed_over_at is None and not reroute.free_only:
-        # Decided, even when nobody was left: the next failure does not fail over again.
-        conn.execute("UPDATE pages SET failed_over_at = ? WHERE id = ?", (now_us, page_id))
+    # Each once, also when nobody was left: a failover, and the budget's first hold (after
+    # a failover, someone has the page already).
+    mark = "budget_rerouted_at" if reroute.free_only else "failed_over_at"
+    done = failed_over_at is not None or (reroute.free_only and budget_rerouted_at is not None)
+    pages, event = reroute(page, incident, siblings, done)
+    if not done:
+        conn.execute(f"UPDATE pages SET {mark} = ? WHERE id = ?", (now_us, page_id))  # noqa: S608
     if not pages:
         return 0
     return add_pages(conn, page.incident_id, page.episode, pages, event, now_us)
