@@ -180,25 +180,14 @@ async def test_a_lift_by_hand_asked_while_the_engine_works_is_not_turned_into_po
     run skipped by the cooldown), so the engine means to postpone it. The operator lifts
     web-2 while web-1's undo runs: the engine's postponement, decided before, must not
     overwrite the lift by hand (it did, and web-2 was never lifted)."""
-    log = tmp_path / "log"
-    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
-    off = script(
+    log, actions = _maintenance(tmp_path)
+    actions = actions.replace("cooldown: 0", "cooldown: 1h")
+    script(  # web-1's lift is slow
         tmp_path,
         "off",
         "if sys.argv[1] == 'web-1': time.sleep(1.5)\n"
         f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')",
     )
-    actions = f"""
-actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-    cooldown: 1h
-    undo: {{argv: [{off}, "{{backend}}"]}}
-    undo_hold_down: 5m
-"""
     client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     one = alert("BackendErrors", backend="web-1", instance="lb-a")
     two = alert("BackendErrors", backend="web-2", instance="lb-b")

@@ -86,6 +86,14 @@ def resolved(a: IncomingAlert, ends: datetime, starts: datetime | None = None) -
     )
 
 
+def migrate_to(conn: sqlite3.Connection, version: int) -> None:
+    """The schema of an older release: the first ``version`` migrations, as it left them."""
+    for script in SQLITE_MIGRATIONS[:version]:
+        for statement in script:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "responder.db")
@@ -583,10 +591,7 @@ async def test_timeline_rows_from_before_schema_7_are_read_once(tmp_path: Path) 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        for script in SQLITE_MIGRATIONS[:6]:
-            for statement in script:
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 6")
+        migrate_to(conn, 6)
         conn.execute(
             "INSERT INTO incidents (id, key, state, severity, category, opened_at, "
             "triggered_at, updated_at, title) "
@@ -982,10 +987,7 @@ async def test_a_hold_in_progress_at_the_upgrade_to_schema_11_is_kept(tmp_path: 
     held_to = now_us + 300_000_000
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        for script in SQLITE_MIGRATIONS[:10]:
-            for statement in script:
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 10")
+        migrate_to(conn, 10)
         for incident_id, hold in ((1, "300"), (2, "null")):
             conn.execute(
                 "INSERT INTO incidents (id, key, state, severity, category, opened_at, "
@@ -1041,10 +1043,7 @@ async def test_the_upgrade_to_schema_13_keys_each_runs_change(tmp_path: Path) ->
     }
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        for script in SQLITE_MIGRATIONS[:12]:
-            for statement in script:
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 12")
+        migrate_to(conn, 12)
         for number, (run_id, (action, target, planned, origin)) in enumerate(runs.items()):
             value = target.split("=", 1)[1]
             params = [{"name": target.split("=")[0], "value": value, "from": origin}]
@@ -1081,10 +1080,7 @@ async def test_the_upgrade_to_schema_14_knows_which_pages_failed_over(tmp_path: 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        for script in SQLITE_MIGRATIONS[:13]:
-            for statement in script:
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 13")
+        migrate_to(conn, 13)
         for page_id, reason in (
             (1, "Twilio answered HTTP 500"),
             (2, "hourly SMS/voice budget used"),
