@@ -159,7 +159,7 @@ def _from_typed(typed: _TypedWebhook) -> WebhookMessage | None:
         return None
     return WebhookMessage(
         receiver=typed.receiver or "",
-        status=AlertStatus(typed.status),
+        status=AlertStatus.FIRING if typed.status == "firing" else AlertStatus.RESOLVED,
         group_key=typed.group_key or "",
         group_labels=_frozen(typed.group_labels),
         common_labels=_frozen(typed.common_labels),

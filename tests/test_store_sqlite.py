@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 
 from responder.incident import (
@@ -77,7 +78,7 @@ def disk_alert(fingerprint: str, severity: Severity | None = None) -> IncomingAl
 def resolved(a: IncomingAlert, ends: datetime, starts: datetime | None = None) -> IncomingAlert:
     return replace(
         a,
-        alert=replace(
+        alert=msgspec.structs.replace(
             a.alert,
             status=AlertStatus.RESOLVED,
             ends_at=ends,
@@ -181,7 +182,7 @@ async def test_refiring_with_new_start_is_a_new_episode(store: SQLiteStore) -> N
     a = alert()
     await store.ingest([a], T0)
     await store.ingest([resolved(a, T0 + timedelta(minutes=1))], T0 + timedelta(minutes=1))
-    again = replace(a, alert=replace(a.alert, starts_at=T0 + timedelta(minutes=10)))
+    again = replace(a, alert=msgspec.structs.replace(a.alert, starts_at=T0 + timedelta(minutes=10)))
     assert await store.ingest([again], T0 + timedelta(minutes=10)) == [IngestOutcome.NEW]
     statuses = [s.status for s in await store.list_alerts(AlertQuery())]
     assert statuses == [AlertStatus.FIRING, AlertStatus.RESOLVED]
@@ -189,7 +190,8 @@ async def test_refiring_with_new_start_is_a_new_episode(store: SQLiteStore) -> N
 
 async def test_old_resolve_does_not_close_a_newer_episode(store: SQLiteStore) -> None:
     """A resolve that ended before the open episode started belongs to an older one."""
-    a = replace(alert(), alert=replace(alert().alert, starts_at=T0 + timedelta(hours=1)))
+    later = msgspec.structs.replace(alert().alert, starts_at=T0 + timedelta(hours=1))
+    a = replace(alert(), alert=later)
     await store.ingest([a], T0 + timedelta(hours=1))
     stale_resolve = resolved(alert(), T0 + timedelta(minutes=5), starts=T0)
     outcome = await store.ingest([stale_resolve], T0 + timedelta(hours=1))
