@@ -27,7 +27,6 @@ from responder.heartbeats import (
 from responder.model import Alert, AlertStatus, Classification, Severity, frozen_labels
 from responder.runtime import RUNTIME
 from responder.store import HeartbeatRow, IncomingAlert, SQLiteStore, StoreError
-from responder.store.migrations import SQLITE_MIGRATIONS
 from responder.testing import FakeTwilio, SmtpTestServer
 from responder.yamlfile import ConfigError, load_text
 from tests.conftest import AUTH, ClientFactory, write_config
@@ -43,6 +42,7 @@ from tests.test_escalation_story import (
 from tests.test_process import post as post_to
 from tests.test_process import running
 from tests.test_process_escalation import cli
+from tests.test_store_sqlite import migrate_to
 
 Client = TestClient[Any, Any]
 
@@ -408,10 +408,7 @@ async def test_heartbeats_stored_before_the_switch_existed_are_watched(tmp_path:
     """Migration 8 adopts the heartbeat alerts already stored."""
     path = tmp_path / "responder.db"
     conn = sqlite3.connect(path)
-    for statements in SQLITE_MIGRATIONS[:7]:
-        for statement in statements:
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 7")
+    migrate_to(conn, 7)
     columns = (
         "fingerprint, status, labels, annotations, starts_at, generator_url, group_key, "
         "receiver, alertname, severity, category, classification, first_received, "
