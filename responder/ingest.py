@@ -38,6 +38,11 @@ STORE_DEADLINE_S = 8.0
 # longer, and Alertmanager must not be held near its own timeout for that.
 ENGINE_WAIT_S = 2.0
 ANSWER_AFTER_STORE_S = 1.0
+# A client gets this long to send its body once its headers are in (Alertmanager's own
+# timeout is 10 s), then 408. aiohttp sets no limit of its own: a body trickled a byte at a
+# time would hold its connection and its handler forever, and a few thousand such would take
+# every file descriptor the daemon has.
+BODY_TIMEOUT_S = 30.0
 # Outcomes after which an incident (and containment) has something to do.
 _CHANGES_INCIDENTS = frozenset({IngestOutcome.NEW, IngestOutcome.REVIVED, IngestOutcome.RESOLVED})
 # The receiver recorded for alerts the daemon raises itself.
@@ -108,6 +113,14 @@ async def store_own_alert(runtime: Runtime, alert: Alert, group_key: str) -> Ing
     return outcomes[0]
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, within ``BODY_TIMEOUT_S``; raises ``TimeoutError`` after it."""
+    if request.content.is_eof():  # all of it arrived with the headers (nearly always)
+        return await request.read()
+    async with asyncio.timeout(BODY_TIMEOUT_S):
+        return await request.read()
+
+
 def json_error(status: int, message: str, **extra: str) -> web.Response:
     return web.json_response({"status": "error", "error": message}, status=status, headers=extra)
 
@@ -140,7 +153,10 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
         metrics.request("too_large")
         return json_error(413, f"body larger than {limit} bytes")
     try:
-        body = await request.read()
+        body = await read_body(request)
+    except TimeoutError:
+        metrics.request("timeout")
+        return json_error(408, f"body not received within {BODY_TIMEOUT_S:g} s")
     except web.HTTPRequestEntityTooLarge:
         metrics.request("too_large")
         return json_error(413, f"body larger than {limit} bytes")

@@ -22,6 +22,7 @@ from aiohttp import web
 from responder.auth import ensure_generated_secret
 from responder.incident import Incident, IncidentNotFound, TransitionError
 from responder.incidents_api import act
+from responder.ingest import BODY_TIMEOUT_S, read_body
 from responder.runtime import RUNTIME
 from responder.secrets import Secret
 from responder.store import StoreError
@@ -177,6 +178,11 @@ async def read_small_form(request: web.Request) -> dict[str, str]:
     length = request.content_length
     if length is None or length > FORM_LIMIT:
         raise web.HTTPRequestEntityTooLarge(max_size=FORM_LIMIT, actual_size=length or 0)
+    try:
+        await read_body(request)  # aiohttp's post() parses what this read
+    except TimeoutError:
+        message = f"body not received within {BODY_TIMEOUT_S:g} s"
+        raise web.HTTPRequestTimeout(text=message) from None
     form = await request.post()
     return {key: str(value) for key, value in form.items()}
 

@@ -91,8 +91,8 @@ class WebhookMetrics:
         labelled: list[tuple[str, str, list[str], Mapping[Any, int]]] = [
             (
                 "responder_webhook_requests",
-                "Webhook requests by outcome (accepted, unauthorized, bad_request, too_large, "
-                "unsupported_media_type, unavailable).",
+                "Webhook requests by outcome (accepted, unauthorized, bad_request, timeout, "
+                "too_large, unsupported_media_type, unavailable).",
                 ["outcome"],
                 self.requests,
             ),

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from notifiers.twilio import INBOUND_SMS_PATH
+from responder import ingest
 from responder.app import build_app
 from responder.clock import FakeClock
 from responder.links import LinkError, make_token, read_token
@@ -27,6 +28,7 @@ from responder.testing import FakeTwilio, SmtpTestServer
 from responder.twilio_doors import Command, parse_reply
 from tests.conftest import AUTH, write_config
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
+from tests.test_ingest import send_slowly
 
 Client = TestClient[Any, Any]
 
@@ -327,7 +329,11 @@ async def test_delivered_callback_marks_the_page(daemon: Client, twilio: FakeTwi
 
 
 async def test_email_link_get_shows_post_acts(
-    daemon: Client, twilio: FakeTwilio, smtp: SmtpTestServer, clock: FakeClock
+    daemon: Client,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await post(daemon, webhook(alert("TargetDown", instance="web-1:9100")))
     clock.advance(timedelta(minutes=15))  # level 2: bob, who has email in his default rules
@@ -371,6 +377,12 @@ async def test_email_link_get_shows_post_acts(
     assert b"Unknown action" in answer
     inbound = public(daemon, INBOUND_SMS_PATH).replace(public(daemon, ""), "")
     assert (await daemon.post(inbound, data=huge)).status == 413
+    # A form trickled slower than the body deadline (unsigned, so read before any check).
+    monkeypatch.setattr(ingest, "BODY_TIMEOUT_S", 0.2)
+    form = b"From=%2B15551230001&Body=ACK"
+    kind = {"Content-Type": "application/x-www-form-urlencoded"}
+    answer = await send_slowly(daemon, inbound, kind, form, 4, 0.1)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     clock.advance(timedelta(hours=25))
     expired = await daemon.post(link, data={"action": "resolve"})
     assert expired.status == 403

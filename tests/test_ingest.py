@@ -219,6 +219,43 @@ async def test_50_mb_body_is_413(client: Client) -> None:
     assert response.status == 413
 
 
+async def send_slowly(
+    client: Client, path: str, headers: dict[str, str], body: bytes, parts: int, pause: float
+) -> bytes:
+    """POST the first ``parts`` tenths of ``body`` over a raw connection, ``pause`` seconds
+    apart, then the rest; the raw answer."""
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}"
+    writer.write(f"{request}Connection: close\r\n\r\n".encode())
+    step = len(body) // 10
+    for start in range(0, parts * step, step):
+        writer.write(body[start : start + step])
+        await writer.drain()
+        await asyncio.sleep(pause)
+    writer.write(body[parts * step :])
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer
+
+
+async def test_a_body_trickled_slower_than_the_deadline_is_408(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that does not arrive within the deadline frees its connection with a 408; one
+    sent in pieces within it is taken."""
+    monkeypatch.setattr(ingest, "BODY_TIMEOUT_S", 0.3)
+    body = json.dumps(payload("firing-api")).encode()
+    headers = {**AUTH, "Content-Type": "application/json"}
+    answer = await send_slowly(client, "/api/v1/alertmanager", headers, body, 4, 0.1)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"body not received within 0.3 s" in answer
+    answer = await send_slowly(client, "/api/v1/alertmanager", headers, body, 2, 0.05)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert len(await alerts(client)) == 1
+
+
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
