@@ -133,7 +133,7 @@ def parse_status_callback(params: Mapping[str, str]) -> StatusUpdate | None:
     if not sid or not status:
         return None
     raw_code = params.get("ErrorCode", "")
-    error_code = int(raw_code) if raw_code.isdigit() else None
+    error_code = int(raw_code) if raw_code.isascii() and raw_code.isdigit() else None
     return StatusUpdate(
         provider_id=sid,
         status=status,

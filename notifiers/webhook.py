@@ -52,8 +52,8 @@ def verify_signature(
     candidates: list[str] = []
     for part in header.split(","):
         name, _, value = part.strip().partition("=")
-        if name == "t" and value.isdigit():
-            timestamp = int(value)
+        if name == "t" and value.isascii() and value.isdigit() and len(value) <= 12:
+            timestamp = int(value)  # ("²".isdigit() holds, but int("²") fails)
         elif name == "v1":
             candidates.append(value)
     if timestamp is None or not candidates or abs(now - timestamp) > tolerance:

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from responder.api import authenticated, iso
-from responder.ingest import json_error
+from responder.ingest import json_error, read_json_object
 from responder.runtime import RUNTIME, Runtime
 from responder.store import StoreError
 from responder.store.base import RunRow
@@ -19,18 +19,6 @@ def _containment(runtime: Runtime) -> Any:
     if runtime.containment is None:
         raise web.HTTPServiceUnavailable(text="containment is not running")
     return runtime.containment
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text="body: malformed JSON") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="body: expected a JSON object")
-    return body
 
 
 def _text(body: dict[str, Any], key: str, default: str | None = None) -> str:
@@ -85,7 +73,7 @@ async def status(request: web.Request) -> web.StreamResponse:
 async def pause(request: web.Request) -> web.StreamResponse:
     """POST /api/v1/actions/pause {"reason": "...", "by": "alice"}: the kill switch."""
     runtime = request.app[RUNTIME]
-    body = await _body(request)
+    body = await read_json_object(request)
     state = await _containment(runtime).pause(_text(body, "reason"), _text(body, "by", "api"))
     return web.json_response({"status": "ok", "data": state.to_json()["kill_switch"]})
 
@@ -93,7 +81,7 @@ async def pause(request: web.Request) -> web.StreamResponse:
 @authenticated
 async def resume(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    body = await _body(request)
+    body = await read_json_object(request)
     state = await _containment(runtime).resume(_text(body, "by", "api"))
     return web.json_response({"status": "ok", "data": state.to_json()["kill_switch"]})
 
@@ -102,7 +90,7 @@ async def resume(request: web.Request) -> web.StreamResponse:
 async def reset(request: web.Request) -> web.StreamResponse:
     """POST /api/v1/actions/reset {"action": "restart-web", "target": "unit=nginx.service"}"""
     runtime = request.app[RUNTIME]
-    body = await _body(request)
+    body = await read_json_object(request)
     action, target = _text(body, "action"), _text(body, "target")
     state = await _containment(runtime).reset(action, target, _text(body, "by", "api"))
     if state is None:
@@ -117,7 +105,7 @@ async def lift(request: web.Request) -> web.StreamResponse:
     """POST /api/v1/actions/lift {"run": "<run id>", "by": "alice"}: undo a run's change now,
     whatever its lift waits for (the alert's resolve, a hold-down, another alert)."""
     runtime = request.app[RUNTIME]
-    body = await _body(request)
+    body = await read_json_object(request)
     asked = _text(body, "run")
     try:
         run_id, refused = await _containment(runtime).lift(asked, _text(body, "by", "api"))

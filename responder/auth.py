@@ -11,6 +11,7 @@ import binascii
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from responder.config import AuthConfig
@@ -29,20 +30,35 @@ def ensure_generated_token(state_dir: Path) -> tuple[Secret, bool]:
 
 
 def ensure_generated_secret(path: Path) -> tuple[Secret, bool]:
-    """Read a generated secret file (mode 0600), creating it first if needed."""
-    state_dir = path.parent
-    if path.exists():
-        return read_secret_file(path), False
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    # O_EXCL: two daemons starting at once must not overwrite each other's token.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return read_secret_file(path), False
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
-    return Secret(token, f"file {path}"), True
+    """Read a generated secret file (mode 0600), creating it first if needed.
+
+    The file appears whole or not at all: the secret is written and synced under a temporary
+    name, then linked into place, which fails if another process got there first (two
+    first starts at once, ``responder token`` beside ``serve``); then theirs is read. An empty
+    file (cut short by a crash of an older release) is refused: it would let anyone in."""
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(token + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made it first: read theirs below
+        else:
+            return Secret(token, f"file {path}"), True
+        finally:
+            os.unlink(temporary)
+    secret = read_secret_file(path)
+    if not secret.value:
+        raise OSError(
+            f"the generated secret file {path} is empty; delete it, and the next start "
+            "makes a new one"
+        )
+    return secret, False
 
 
 class Authenticator:

@@ -22,10 +22,10 @@ from responder.directory import Channel, Directory
 from responder.escalate import EscalationConfig
 from responder.incident import Incident, NewPage, PageKind
 from responder.incidents_api import incident_document
-from responder.ingest import json_error
+from responder.ingest import json_error, read_json_object
 from responder.log import fields
 from responder.runtime import RUNTIME, Runtime, in_background
-from responder.store import StoreError
+from responder.store import StoreError, row_id
 
 log = logging.getLogger("responder.drills")
 
@@ -131,12 +131,7 @@ def drill_results(document: Mapping[str, Any]) -> dict[str, Any]:
 async def post_drill(request: web.Request) -> web.StreamResponse:
     """POST /api/v1/drills {"policy": "standard"} or {"contacts": ["alice"]}; {} is everyone."""
     runtime = request.app[RUNTIME]
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        return json_error(400, "body: malformed JSON")
-    if not isinstance(body, dict):
-        return json_error(400, "body: expected a JSON object")
+    body = await read_json_object(request)
     policy = body.get("policy")
     contacts = body.get("contacts") or []
     if policy is not None and not isinstance(policy, str):
@@ -180,9 +175,12 @@ async def list_drills(request: web.Request) -> web.StreamResponse:
 @authenticated
 async def get_drill(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    drill_id = row_id(request.match_info["id"])
+    if drill_id is None:
+        return json_error(404, "no such drill")
     try:
-        incident = await runtime.store.get_incident(int(request.match_info["id"]))
-    except (ValueError, LookupError):
+        incident = await runtime.store.get_incident(drill_id)
+    except LookupError:
         return json_error(404, "no such drill")
     if incident.category != "drill":
         return json_error(404, "no such drill")

@@ -4,7 +4,6 @@ reassign or annotate an incident, so each is recorded, counted and woken the sam
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,10 +20,10 @@ from responder.incident import (
     TimelineEvent,
     TransitionError,
 )
-from responder.ingest import json_error
+from responder.ingest import json_error, read_json_object
 from responder.policy import once_only_steps
 from responder.runtime import RUNTIME, Runtime
-from responder.store import StoredAlert, StoreError
+from responder.store import StoredAlert, StoreError, row_id
 from responder.yamlfile import parse_duration
 
 ACTIONS = ("acknowledge", "unacknowledge", "resolve", "snooze", "reassign", "note")
@@ -181,10 +180,9 @@ def _alert_summary(alert: StoredAlert) -> dict[str, Any]:
 
 
 def _incident_id(request: web.Request) -> int:
-    try:
-        value = int(request.match_info["id"])
-    except ValueError:
-        raise web.HTTPNotFound(text="incident ids are whole numbers") from None
+    value = row_id(request.match_info["id"])
+    if value is None:
+        raise web.HTTPNotFound(text="incident ids are whole numbers")
     return value
 
 
@@ -290,15 +288,7 @@ async def incident_action(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
     if action not in ACTIONS:
         return json_error(404, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
-    body: dict[str, Any] = {}
-    if request.can_read_body:
-        try:
-            parsed = json.loads(await request.read() or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            return json_error(400, "body: malformed JSON")
-        if not isinstance(parsed, dict):
-            return json_error(400, "body: expected a JSON object")
-        body = parsed
+    body = await read_json_object(request)
     try:
         actor = _text_field(body, "by") or "api"
         via = body.get("via") if body.get("via") in ("api", "cli") else "api"

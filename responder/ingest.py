@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
@@ -123,6 +124,29 @@ async def read_body(request: web.Request) -> bytes:
 
 def json_error(status: int, message: str, **extra: str) -> web.Response:
     return web.json_response({"status": "error", "error": message}, status=status, headers=extra)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """An API call's JSON object body, ``{}`` when it has none; a 400 (or 408) otherwise."""
+    if not request.can_read_body:
+        return {}
+    try:
+        raw = await read_body(request)
+    except TimeoutError:
+        raise _http_error(web.HTTPRequestTimeout, "body not received in time") from None
+    try:
+        # RecursionError: nested about 1,000 deep
+        parsed = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise _http_error(web.HTTPBadRequest, "body: malformed JSON") from None
+    if not isinstance(parsed, dict):
+        raise _http_error(web.HTTPBadRequest, "body: expected a JSON object")
+    return parsed
+
+
+def _http_error(kind: type[web.HTTPException], message: str) -> web.HTTPException:
+    body = json.dumps({"status": "error", "error": message})
+    return kind(text=body, content_type="application/json")
 
 
 def unauthorized(runtime: Runtime) -> web.Response:

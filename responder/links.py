@@ -13,16 +13,18 @@ import base64
 import hashlib
 import hmac
 import html
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from responder.auth import ensure_generated_secret
 from responder.incident import Incident, IncidentNotFound, TransitionError
 from responder.incidents_api import act
 from responder.ingest import BODY_TIMEOUT_S, read_body
+from responder.messages import clean_text
 from responder.runtime import RUNTIME
 from responder.secrets import Secret
 from responder.store import StoreError
@@ -147,7 +149,7 @@ async def show_link(request: web.Request) -> web.StreamResponse:
         return _page("Not found", "<p>This incident does not exist.</p>", 404)
     except StoreError:
         return _page("Unavailable", "<p>Try again in a moment.</p>", 503)
-    title = f"Incident {incident.id}: {incident.title}"
+    title = f"Incident {incident.id}: {clean_text(incident.title)}"
     buttons = ""
     if incident.state.value != "resolved":
         buttons = (
@@ -168,23 +170,45 @@ async def show_link(request: web.Request) -> web.StreamResponse:
 # weigh: theirs are a few hundred bytes, and a stranger must not make us read megabytes
 # before the token or signature is checked.
 FORM_LIMIT = 64 * 1024
+# Twilio's callbacks carry about 30 fields.
+_FORM_FIELDS = 200
+# A form sent without a type (aiohttp then says application/octet-stream) is taken as one.
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "application/octet-stream", ""})
 
 
 async def read_small_form(request: web.Request) -> dict[str, str]:
-    """The posted form, refused with 413 when over ``FORM_LIMIT`` or of unknown length
-    (chunked); a request with no body at all is an empty form."""
+    """The posted form (``application/x-www-form-urlencoded``, UTF-8, as Twilio and browsers
+    send it), read before any signature is checked, so it is refused early: 413 when over
+    ``FORM_LIMIT`` or of unknown length (chunked), 415 when compressed (a small body must not
+    inflate to megabytes) or of another type, 400 when it is not UTF-8. A request with no
+    body at all is an empty form."""
     if not request.body_exists:
         return {}
     length = request.content_length
     if length is None or length > FORM_LIMIT:
         raise web.HTTPRequestEntityTooLarge(max_size=FORM_LIMIT, actual_size=length or 0)
+    if request.headers.get(hdrs.CONTENT_ENCODING, "identity").lower() != "identity":
+        raise web.HTTPUnsupportedMediaType(text="compressed forms are not accepted")
+    if request.content_type not in _FORM_TYPES or (request.charset or "utf-8").lower() not in (
+        "utf-8",
+        "utf8",
+    ):
+        raise web.HTTPUnsupportedMediaType(
+            text="expected Content-Type application/x-www-form-urlencoded (UTF-8)"
+        )
     try:
-        await read_body(request)  # aiohttp's post() parses what this read
+        # aiohttp's post() would also take multipart forms and other charsets, and raise
+        # (a 500) on some malformed ones; the standard library's parse is all this needs.
+        text = (await read_body(request)).decode("utf-8")
+        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, max_num_fields=_FORM_FIELDS)
     except TimeoutError:
         message = f"body not received within {BODY_TIMEOUT_S:g} s"
         raise web.HTTPRequestTimeout(text=message) from None
-    form = await request.post()
-    return {key: str(value) for key, value in form.items()}
+    except UnicodeDecodeError:
+        raise web.HTTPBadRequest(text="the form is not valid UTF-8") from None
+    except ValueError:  # more fields than _FORM_FIELDS
+        raise web.HTTPBadRequest(text="the form has too many fields") from None
+    return dict(pairs)
 
 
 async def use_link(request: web.Request) -> web.StreamResponse:
@@ -215,7 +239,10 @@ async def use_link(request: web.Request) -> web.StreamResponse:
     done = "Acknowledged" if action == "acknowledge" else "Resolved"
     note = "" if changed else " (it already was)"
     title = f"{done}: incident {incident.id}"
-    return _page(title, f"<h1>{html.escape(title)}{note}</h1><p>{html.escape(incident.title)}</p>")
+    return _page(
+        title,
+        f"<h1>{html.escape(title)}{note}</h1><p>{html.escape(clean_text(incident.title))}</p>",
+    )
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

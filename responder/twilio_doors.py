@@ -35,8 +35,9 @@ from responder.incident import IncidentNotFound, Page, PageState, TransitionErro
 from responder.incidents_api import act
 from responder.links import read_small_form
 from responder.log import fields
+from responder.messages import clean_text
 from responder.runtime import RUNTIME, Runtime
-from responder.store import StoreError
+from responder.store import StoreError, row_id
 
 log = logging.getLogger("responder.twilio")
 # How long a status callback waits for the send it is about to be recorded (Twilio waits
@@ -65,7 +66,10 @@ def parse_reply(text: str) -> Command | None:
     what = (match["what"] or "").lower()
     if what == "all":
         return Command(action, None, everything=True)
-    return Command(action, int(what) if what else None)
+    if not what:
+        return Command(action, None)
+    incident_id = row_id(what)
+    return None if incident_id is None else Command(action, incident_id)
 
 
 def contact_by_number(directory: Directory, number: str) -> str | None:
@@ -197,7 +201,7 @@ async def _run(runtime: Runtime, contact: str, command: Command) -> str:
         except TransitionError as exc:
             problems.append(f"#{incident_id}: {exc}")
         else:
-            done.append(f"#{incident.id} {incident.title}"[:60])
+            done.append(f"#{incident.id} {clean_text(incident.title)}"[:60])
     text = f"{verb} {', '.join(done)}." if done else ""
     if problems:
         text = (text + " " if text else "") + "; ".join(problems)
@@ -240,9 +244,13 @@ def _page_ids(key: str) -> list[int]:
     """The pages a keypress URL's key names: ``page-12`` (one page) or ``bundle-12-13``."""
     for prefix in ("page-", "bundle-"):
         if key.startswith(prefix):
-            parts = key.removeprefix(prefix).split("-")
-            if all(part.isdigit() for part in parts):
-                return [int(part) for part in parts]
+            found = []
+            for part in key.removeprefix(prefix).split("-"):
+                page_id = row_id(part)
+                if page_id is None:
+                    return []
+                found.append(page_id)
+            return found
     return []
 
 

@@ -5,6 +5,7 @@ Twilio-compatible server on loopback, which then calls back with valid signature
 from __future__ import annotations
 
 import asyncio
+import gzip
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,8 +22,8 @@ from notifiers.twilio import INBOUND_SMS_PATH
 from responder import ingest
 from responder.app import build_app
 from responder.clock import FakeClock
-from responder.links import LinkError, make_token, read_token
-from responder.runtime import load_snapshot
+from responder.links import LinkError, link_secret, make_token, read_token
+from responder.runtime import RUNTIME, load_snapshot
 from responder.secrets import Secret
 from responder.testing import FakeTwilio, SmtpTestServer
 from responder.twilio_doors import Command, parse_reply
@@ -576,3 +577,56 @@ incidents:
         assert "Acknowledge" in await page.text()
     finally:
         await runner.cleanup()
+
+
+async def test_odd_input_to_the_doors_is_a_4xx_never_a_500(
+    daemon: Client, twilio: FakeTwilio
+) -> None:
+    """What a stranger can send to the public doors is refused before it is parsed, and
+    what an API client can send is a 4xx that says why: never a 500 and its traceback."""
+    inbound = public(daemon, INBOUND_SMS_PATH).replace(public(daemon, ""), "")
+    form = "application/x-www-form-urlencoded"
+    # A small gzip body would inflate to megabytes before the signature is checked.
+    bomb = gzip.compress(b"From=%2B1&Body=" + b"A" * 5_000_000)
+    for headers, body, status in (
+        ({"Content-Type": form, "Content-Encoding": "gzip"}, bomb, 415),
+        ({"Content-Type": "multipart/form-data"}, b"x", 415),
+        ({"Content-Type": f"{form}; charset=bogus"}, b"From=x", 415),
+        ({"Content-Type": form}, b"Body=\xff\xfe", 400),
+        ({"Content-Type": form}, b"&".join([b"a=1"] * 1000), 400),
+    ):
+        answer = await daemon.post(inbound, data=body, headers=headers)
+        assert answer.status == status, (headers, await answer.text())
+    too_big = "9" * 30
+    for method, path in (
+        ("GET", f"/api/v1/incidents/{too_big}"),
+        ("POST", f"/api/v1/incidents/{too_big}/acknowledge"),
+        ("GET", f"/api/v1/drills/{too_big}"),
+        ("GET", f"/api/v1/incidents/{'9' * 5000}"),
+    ):
+        answer = await daemon.request(method, path, headers=AUTH)
+        assert answer.status == 404, (path, await answer.text())
+    nested = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/api/v1/incidents/1/note", "/api/v1/actions/pause", "/api/v1/drills"):
+        answer = await daemon.post(path, data=nested, headers=AUTH)
+        assert answer.status == 400, (path, await answer.text())
+        assert (await answer.json())["error"] == "body: malformed JSON"
+
+
+async def test_the_sms_reply_shows_the_title_on_one_line(
+    daemon: Client, twilio: FakeTwilio
+) -> None:
+    """An alert's name is the sender's text: a line break in it must not make the reply
+    read as if it said something else (pages clean it the same way)."""
+    await post(daemon, webhook(alert("DiskFull\nFAKE: all clear\u202e", instance="web-1")))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 1), "SMS to alice")
+    answer = await twilio.send_inbound_sms(
+        public(daemon, INBOUND_SMS_PATH), "+15551230001", "+15550000000", "ACK 1"
+    )
+    assert "Acknowledged #1 DiskFull FAKE: all clear on web-1." in answer.text, answer.text
+    runtime = daemon.app[RUNTIME]
+    secret = link_secret(runtime.started_with.config.state_dir)
+    link = make_token(secret, 1, 1, "alice", runtime.clock.now() + timedelta(hours=1))
+    page = await (await daemon.get(f"/ack/{link}")).text()
+    assert "DiskFull FAKE: all clear on web-1<" in page
+    assert "\u202e" not in page

@@ -110,6 +110,9 @@ async def test_signed_json_is_delivered(receiver: Receiver, notifier: WebhookNot
     assert not verify_signature(SECRET, header, body + b" ", now=NOW.timestamp())
     assert not verify_signature("other", header, body, now=NOW.timestamp())
     assert not verify_signature(SECRET, header, body, now=NOW.timestamp() + 3600)
+    # A receiver's helper says no to a malformed header; it does not raise.
+    for odd in ("t=\u00b2,v1=ab", "t=" + "9" * 5000 + ",v1=ab", "v1=ab", ""):
+        assert not verify_signature(SECRET, odd, body, now=NOW.timestamp())
 
 
 def test_signature_allows_key_rotation() -> None:

@@ -14,6 +14,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,8 @@ import aiohttp
 import pytest
 
 from responder.app import quiet_accept_errors
+from responder.auth import ensure_generated_secret
+from responder.secrets import Secret
 from tests.conftest import TOKEN, payload, write_config
 
 START_TIMEOUT_S = 20.0
@@ -179,6 +182,53 @@ async def test_generated_token_when_none_configured(tmp_path: Path) -> None:
         assert await post(session, daemon.url, payload("firing-api"), token=printed) == 200
         assert str(token_file) in daemon.log.read_text()
         assert printed not in daemon.log.read_text()  # the secret itself never reaches a log
+
+
+def test_a_secret_generated_by_several_at_once_is_one_whole_secret(tmp_path: Path) -> None:
+    """First starts at once (``responder token`` beside ``serve``): every one of them gets
+    the same secret, never a file read before it was written."""
+    for attempt in range(50):
+        path = tmp_path / f"state-{attempt}" / "webhook-token"
+        start = threading.Barrier(4)
+        got: list[tuple[Secret, bool]] = []
+
+        def generate() -> None:
+            start.wait()  # noqa: B023 - joined below, before the loop moves on
+            got.append(ensure_generated_secret(path))  # noqa: B023
+
+        threads = [threading.Thread(target=generate) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert {secret.value for secret, _ in got} == {path.read_text().strip()}
+        assert len(path.read_text().strip()) >= 40
+        assert [created for _, created in got].count(True) == 1
+        assert [p.name for p in path.parent.iterdir()] == ["webhook-token"]  # no leftovers
+
+
+async def test_an_empty_generated_secret_is_refused(tmp_path: Path) -> None:
+    """An empty token file (cut short by an older release's crash) would let anyone in with
+    ``Authorization: Bearer``: the daemon and ``responder token`` refuse it, and say why."""
+    rules = Path(__file__).parent.parent / "rules"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"classification:\n  rule_files: ['{rules}/*.yaml']\n")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "webhook-token").write_text("\n")
+    for command in ("token", "serve"):
+        done = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "responder",
+            command,
+            "-c",
+            str(config),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        output = (await asyncio.wait_for(done.communicate(), 30))[0].decode()
+        assert done.returncode == 1, output
+        assert "webhook-token is empty; delete it" in output, output
 
 
 async def test_kill_9_loses_no_acknowledged_alert(tmp_path: Path) -> None:

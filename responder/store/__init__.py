@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from responder.store.base import (
+    MAX_ROW_ID,
     PRUNE_BATCH,
     AlertQuery,
     EscalationUpdate,
@@ -21,10 +22,12 @@ from responder.store.base import (
     Store,
     StoredAlert,
     StoreError,
+    row_id,
 )
 from responder.store.sqlite import CommitStats, SQLiteStore
 
 __all__ = [
+    "MAX_ROW_ID",
     "PRUNE_BATCH",
     "AlertQuery",
     "CommitStats",
@@ -39,6 +42,7 @@ __all__ = [
     "StoreError",
     "StoredAlert",
     "open_store",
+    "row_id",
     "sqlite_path",
 ]
 

@@ -43,6 +43,18 @@ class Reroute(Protocol):
 
 # Rows of each kind one retention write deletes: small enough not to hold webhooks back.
 PRUNE_BATCH = 200
+# The largest integer SQLite (and PostgreSQL's bigint) holds: a larger id names no row, and
+# binding one raises OverflowError.
+MAX_ROW_ID = 2**63 - 1
+
+
+def row_id(text: str) -> int | None:
+    """The row id ``text`` names: ASCII digits up to ``MAX_ROW_ID``; None for anything else
+    (a client's or a caller's text, such as a URL's ``/incidents/<id>``)."""
+    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= MAX_ROW_ID else None
 
 
 class StoreError(Exception):
