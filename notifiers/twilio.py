@@ -295,7 +295,10 @@ class TwilioNotifier:
             _PROGRESS.reset(token)
         sid = getattr(instance, "sid", None)
         if not isinstance(sid, str) or not sid:
-            raise DeliveryError("bad_response", "Twilio answered without a SID", retryable=True)
+            # A success without the message's id: it most likely exists (see _api_error).
+            raise DeliveryError(
+                "bad_response", "Twilio answered without a SID", retryable=True, maybe_sent=True
+            )
         status = getattr(instance, "status", None)
         return Receipt(provider_id=sid, status=str(status) if status else "queued")
 
@@ -344,8 +347,12 @@ class TwilioNotifier:
                 maybe_sent=connected and not isinstance(exc, aiohttp.ClientConnectorError),
             )
         if isinstance(exc, json.JSONDecodeError | KeyError | ValueError):
+            # Errors come as TwilioRestException: this was a success we could not read.
             return DeliveryError(
-                "bad_response", f"Twilio's answer was not understood: {exc}", retryable=True
+                "bad_response",
+                f"Twilio's answer was not understood: {exc}",
+                retryable=True,
+                maybe_sent=True,
             )
         return DeliveryError(
             "internal", f"{what} failed: {self._scrub(type(exc).__name__)}", retryable=True
@@ -360,10 +367,15 @@ class TwilioNotifier:
             # The library prefixes the provider's message with its own "Unable to create record".
             text = str(exc.msg).removeprefix("Unable to create record: ")
         detail = self._scrub(f"Twilio answered HTTP {status}, error {code}: {text}")
-        if status == 429:
-            return DeliveryError("rate_limited", detail, retryable=True)
+        if status in (429, 503):  # not taken: try again later
+            return DeliveryError(
+                "rate_limited" if status == 429 else "server_error", detail, retryable=True
+            )
         if status >= 500:
-            return DeliveryError("server_error", detail, retryable=True)
+            # Twilio's own advice (error 20500): a message create that failed with a 500 may
+            # still have gone out, and sending it again may reach the person twice. As for
+            # a timeout: re-routed, never resent. A gateway's 502 or 504 is as uncertain.
+            return DeliveryError("server_error", detail, retryable=True, maybe_sent=True)
         if code == AUTH_FAILED or status == 401:
             # Our account SID or auth token: every page on this channel fails alike.
             return DeliveryError("auth", detail, retryable=True, channel_down=True)

@@ -26,6 +26,7 @@ from responder.classify import format_duration
 from responder.clock import Clock, sleep_until_or_woken
 from responder.directory import Directory
 from responder.incident import (
+    INTERRUPTED,
     Event,
     Incident,
     IncidentState,
@@ -46,6 +47,9 @@ MAX_ATTEMPTS = 6
 BASE_BACKOFF = timedelta(seconds=15)
 MAX_BACKOFF = timedelta(minutes=5)
 MAX_SLEEP = timedelta(seconds=30)
+# A delivery cut off by a store error: its pages never handed to their channel wait this
+# long in the queue (the store may be failing: not a loop of claims that fail alike).
+RETRY_AFTER_FAULT = timedelta(seconds=15)
 
 
 class MessageComposer(Protocol):
@@ -342,18 +346,34 @@ class Dispatcher:
         await self._settled.wait()
 
     async def recover(self) -> int:
-        """Settle pages a crash left in 'sending': failed, and re-routed (docs/escalation.md)."""
-        reroute = self.reroute_for("interrupted while sending: outcome unknown")
+        """Settle pages a crash left in 'sending' (docs/incidents.md): those handed to their
+        channel failed and re-routed, the others queued again. Returns how many failed."""
+        reroute = self.reroute_for(INTERRUPTED)
         pages = await self._store.recover_sending(self._clock.now(), reroute)
+        self._interrupted(pages, reroute)
+        return len(pages)
+
+    async def _settle_interrupted(self, pages: list[Page]) -> None:
+        now = self._clock.now()
+        reroute = self.reroute_for(INTERRUPTED)
+        try:
+            failed = await self._store.recover_sending(
+                now, reroute, page_ids=[p.id for p in pages], retry_at=now + RETRY_AFTER_FAULT
+            )
+        except Exception:  # the next start settles them
+            log.exception("pages left sending", extra=fields(pages=[p.id for p in pages]))
+            return
+        self._interrupted(failed, reroute)
+
+    def _interrupted(self, failed: list[Page], reroute: _Rerouter | None) -> None:
         self.counted(reroute)
-        if pages:
+        if failed:
             log.warning(
                 "pages interrupted while sending: outcome unknown, re-routed instead of resent",
-                extra=fields(pages=[p.id for p in pages]),
+                extra=fields(pages=[p.id for p in failed]),
             )
-        for page in pages:
+        for page in failed:
             self._metrics.pages.labels(page.channel, "unknown").inc()
-        return len(pages)
 
     async def run_once(self) -> int:
         """Claim what is due and start delivering it; returns how many pages were claimed.
@@ -396,7 +416,11 @@ class Dispatcher:
             async with lock:
                 await self._deliver_group(pages)
         except Exception:
+            # A store error (or a bug) midway: the pages must not stay 'sending' until the
+            # next start. What was never handed to its channel waits in the queue again;
+            # what was is settled as after a crash.
             log.exception("delivery failed unexpectedly", extra=fields(pages=[p.id for p in pages]))
+            await self._settle_interrupted(pages)
         finally:
             self._in_flight -= len(pages)
             if not lock.locked():
@@ -528,6 +552,7 @@ class Dispatcher:
             for page in pages:
                 await self._not_sent(page, error)
             return
+        await self._store.hand_over([p.id for p in pages], self._clock.now())
         try:
             async with asyncio.timeout(SEND_DEADLINE_S):
                 receipt = await notifier.send(message)
@@ -587,6 +612,7 @@ class Dispatcher:
         except Exception as exc:  # nothing was sent (_not_composed: whether to try again)
             await self._not_sent(page, self._not_composed([page], exc))
             return
+        await self._store.hand_over([page.id], self._clock.now())
         try:
             async with asyncio.timeout(SEND_DEADLINE_S):
                 receipt = await notifier.send(message)
@@ -728,7 +754,8 @@ class Dispatcher:
                     continue
                 await sleep_until_or_woken(self._clock, until, self._wake)
         finally:
-            # Let provider calls under way finish (bounded): a page cut off mid-call would
-            # have to be re-routed at the next start.
+            # Let provider calls under way finish: a page cut off mid-call would have to be
+            # re-routed at the next start. Every adapter ends its call within the outbox's
+            # deadline (send_bound); the unit's TimeoutStopSec leaves room for it.
             if self._tasks:
-                await asyncio.wait(set(self._tasks), timeout=SEND_DEADLINE_S / 3)
+                await asyncio.wait(set(self._tasks), timeout=SEND_DEADLINE_S)

@@ -34,9 +34,14 @@ class PageKind(StrEnum):
     TEST = "test"  # a drill
 
 
+# The error of a page whose send was cut off (a crash, a store error after the hand-over):
+# whether it reached the provider is unknown, so it is re-routed, never resent.
+INTERRUPTED = "interrupted while sending: outcome unknown"
+
+
 class PageState(StrEnum):
     QUEUED = "queued"
-    SENDING = "sending"  # marked before the provider call: a crash never sends it twice
+    SENDING = "sending"  # claimed; handed to its channel (``handed_at``) just before the call
     SENT = "sent"
     DELIVERED = "delivered"
     FAILED = "failed"

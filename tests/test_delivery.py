@@ -121,7 +121,7 @@ async def test_retryable_errors_back_off_then_succeed(
 ) -> None:
     client = await make_client(config(tmp_path, twilio, smtp))
     twilio.fail_next(Fault.RATE_LIMITED)
-    twilio.fail_next(Fault.SERVER_ERROR)
+    twilio.fail_next(Fault.UNAVAILABLE)
     await post(client, webhook(alert("TargetDown", instance="web-1")))
 
     async def retried() -> bool:
@@ -140,7 +140,7 @@ async def test_retryable_errors_back_off_then_succeed(
     await eventually(sent, "sent after two retryable errors")
     sms = next(p for p in (await incident(client))["pages"] if p["channel"] == "sms")
     assert sms["attempts"] == 3
-    assert [r.http_status for r in twilio.requests] == [429, 500, 201]
+    assert [r.http_status for r in twilio.requests] == [429, 503, 201]
 
 
 async def test_invalid_number_fails_over_at_once(
@@ -460,12 +460,12 @@ async def test_a_provider_outage_longer_than_the_retries_still_delivers_the_page
     twilio: FakeTwilio,
     smtp: SmtpTestServer,
 ) -> None:
-    """Twilio answers 500 to alice's number for 15 minutes: after its attempts her SMS fails
+    """Twilio answers 503 to alice's number for 15 minutes: after its attempts her SMS fails
     over (bob, her backup, is paged), and it keeps trying every few minutes, so she still
     gets it once it goes through (escalation review, stop 12: it was failed for good after
     about 6 minutes)."""
     client = await make_client(config(tmp_path, twilio, smtp))
-    twilio.fail_number("+15551230001", Fault.SERVER_ERROR)
+    twilio.fail_number("+15551230001", Fault.UNAVAILABLE)
     await post(client, webhook(alert("TargetDown", instance="web-1")))
     for _ in range(15):
         clock.advance(timedelta(minutes=1))

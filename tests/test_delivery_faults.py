@@ -180,3 +180,81 @@ async def test_a_bundle_that_could_not_be_composed_is_not_left_sending(tmp_path:
             await task
         await store.close()
     assert states == [PageState.QUEUED, PageState.QUEUED]
+
+
+async def test_a_store_error_before_the_hand_over_queues_the_page_again(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock
+) -> None:
+    """One failed read while alice's rate limits are checked, after her page was claimed:
+    it was handed to no channel, so it waits in the queue and reaches her; before, it stayed
+    'sending' until the next start, which then paged her backup instead (review of stop 16)."""
+    async with SmtpTestServer() as smtp:
+        client = await make_client(write_config(tmp_path, ALICE_THEN_BOB + smtp_channel(smtp)))
+        store = client.app[RUNTIME].store
+        real = store.send_times
+        failures = [StoreError("read failed: disk I/O error")]
+
+        async def flaky(*args: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real(*args)
+
+        store.send_times = flaky
+        await post(client, webhook(alert("TargetDown", instance="web-1")))
+
+        async def back_in_the_queue() -> bool:
+            pages = (await incident(client))["pages"]
+            return not failures and [(p["state"], p["attempts"]) for p in pages] == [("queued", 0)]
+
+        await eventually(back_in_the_queue, "alice's page queued again")
+        clock.advance(timedelta(seconds=20))  # past RETRY_AFTER_FAULT
+        await eventually(lambda: _true(len(smtp.messages) == 1), "alice's email")
+        assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]
+
+        async def sent_once() -> bool:
+            pages = (await incident(client))["pages"]
+            return [(p["contact"], p["state"], p["attempts"]) for p in pages] == [
+                ("alice", "sent", 1)
+            ]
+
+        await eventually(sent_once, "alice's page sent on its first counted attempt")
+
+
+async def test_a_store_error_after_the_hand_over_is_settled_as_a_cut_off_send(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock
+) -> None:
+    """The email went out but recording it failed: the page is not left 'sending' for the
+    next start; as after a crash mid-send it is failed, outcome unknown, and re-routed, never
+    sent to alice again."""
+    async with SmtpTestServer() as smtp:
+        client = await make_client(write_config(tmp_path, ALICE_THEN_BOB + smtp_channel(smtp)))
+        store = client.app[RUNTIME].store
+        real = store.finish_page
+        failures = [StoreError("commit failed: disk I/O error")]
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real(*args, **kwargs)
+
+        store.finish_page = flaky
+        await post(client, webhook(alert("TargetDown", instance="web-1")))
+        await eventually(lambda: _true(len(smtp.messages) == 2), "alice's email, then bob's")
+        assert sorted(m.rcpt_tos[0] for m in smtp.messages) == [
+            "alice@example.com",
+            "bob@example.com",
+        ]
+
+        async def settled() -> bool:
+            pages = (await incident(client))["pages"]
+            return [(p["contact"], p["state"]) for p in pages] == [
+                ("alice", "failed"),
+                ("bob", "sent"),
+            ]
+
+        await eventually(settled, "alice's page failed, bob's sent")
+        assert "outcome unknown" in (await incident(client))["pages"][0]["error"]
+
+
+async def _true(value: bool) -> bool:
+    return value

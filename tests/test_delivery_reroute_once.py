@@ -103,7 +103,7 @@ async def test_channel_down_then_5xx_at_max_attempts_reroutes_once(
     await alice_attempts(client, clock, 1)
     await eventually(lambda: _true(len(smtp.messages) == 1), "bob paged")
     twilio.auth_token = right
-    twilio.fail_number(ALICE, Fault.SERVER_ERROR)  # Twilio itself now has an outage
+    twilio.fail_number(ALICE, Fault.UNAVAILABLE)  # Twilio itself now has an outage
     await alice_attempts(client, clock, 3)
     await asyncio.sleep(0.3)
     assert contacts_paged(smtp) == ["bob@example.com"], "carol paged: re-routed a second time"
@@ -119,7 +119,7 @@ async def test_outage_reroute_then_channel_down_reroutes_once(
     client = await start(
         make_client, tmp_path, clock, twilio, smtp, "delivery: {max_attempts: 2}\n"
     )
-    twilio.fail_number(ALICE, Fault.SERVER_ERROR)
+    twilio.fail_number(ALICE, Fault.UNAVAILABLE)
     await post(client, webhook(alert("TargetDown", instance="web-1")))
     await alice_attempts(client, clock, 2)
     await eventually(lambda: _true(len(smtp.messages) == 1), "bob paged (outage)")
@@ -144,7 +144,7 @@ async def test_channel_down_5xx_channel_down_reroutes_once(
     await alice_attempts(client, clock, 1)
     await eventually(lambda: _true(len(smtp.messages) == 1), "bob paged")
     twilio.auth_token = right
-    twilio.fail_next(Fault.SERVER_ERROR)  # one 500 in between (attempt 2 of 6)
+    twilio.fail_next(Fault.UNAVAILABLE)  # one 503 in between (attempt 2 of 6)
     await alice_attempts(client, clock, 2)
     twilio.auth_token = "0" * 32
     await alice_attempts(client, clock, 3)
@@ -156,7 +156,7 @@ def _break_alices_sms(twilio: FakeTwilio, cause: str) -> None:
     if cause == "channel_down":
         twilio.auth_token = "0" * 32  # our token refused
     else:
-        twilio.fail_number(ALICE, Fault.SERVER_ERROR)  # Twilio's own outage
+        twilio.fail_number(ALICE, Fault.UNAVAILABLE)  # Twilio's own outage
 
 
 @pytest.mark.parametrize("cause", ["channel_down", "outage"])
@@ -369,7 +369,7 @@ delivery:
         + POLICY
     )
     client = await make_client(config(tmp_path, twilio, smtp, contacts=body))
-    twilio.fail_next(Fault.SERVER_ERROR)
+    twilio.fail_next(Fault.UNAVAILABLE)
     await post(client, webhook(alert("TargetDown", instance="web-1")))
     await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "bob's SMS")
     await eventually(lambda: _true(len(smtp.messages) == 1), "bob's email")

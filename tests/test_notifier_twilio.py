@@ -205,18 +205,27 @@ def test_voice_twiml_without_public_url_only_speaks() -> None:
 
 @pytest.mark.parametrize(
     ("fault", "reason"),
-    [(Fault.RATE_LIMITED, "rate_limited"), (Fault.SERVER_ERROR, "server_error")],
+    [(Fault.RATE_LIMITED, "rate_limited"), (Fault.UNAVAILABLE, "server_error")],
 )
 async def test_throttling_and_server_errors_are_retryable(
     fake: FakeTwilio, sms: TwilioNotifier, fault: Fault, reason: str
 ) -> None:
-    """429 and 5xx say "try again later"; the next attempt goes through."""
+    """429 and 503 say "try again later"; the next attempt goes through."""
     fake.fail_next(fault)
     with pytest.raises(DeliveryError) as caught:
         await sms.send(page())
     assert (caught.value.reason, caught.value.retryable) == (reason, True)
     assert_no_secret(fake, caught.value)
     assert (await sms.send(page())).provider_id.startswith("SM")
+
+
+async def test_a_500_may_have_sent_the_message(fake: FakeTwilio, sms: TwilioNotifier) -> None:
+    """Twilio's error 20500: a create that failed with a 500 may still have gone out, so a
+    resend could page twice (re-routed instead, as after a timeout)."""
+    fake.fail_next(Fault.SERVER_ERROR)
+    with pytest.raises(DeliveryError) as caught:
+        await sms.send(page())
+    assert (caught.value.reason, caught.value.maybe_sent) == ("server_error", True)
 
 
 async def test_hanging_api_is_cut_off_by_our_timeout(fake: FakeTwilio) -> None:

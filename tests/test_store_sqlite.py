@@ -730,6 +730,7 @@ async def test_a_failed_page_and_its_reroute_are_one_transaction(store: SQLiteSt
         1, 1, [NewPage("L1", PageKind.PAGE, "alice", "sms", "+1555", T0)], None, T0
     )
     (page,) = await store.claim_pages(T0)
+    await store.hand_over([page.id], T0)
 
     class Broken:
         free_only = False
@@ -763,6 +764,56 @@ async def test_a_failed_page_and_its_reroute_are_one_transaction(store: SQLiteSt
         ("alice", PageState.FAILED),
         ("bob", PageState.QUEUED),
     ]
+
+
+async def test_a_page_claimed_but_never_handed_over_goes_back_to_the_queue(
+    store: SQLiteStore,
+) -> None:
+    """A page claimed while its limits were checked or its message composed reached nobody:
+    interrupted (a crash, a store error), it is queued again, its claim not counted as an
+    attempt, and it does not count as having told its contact. Once handed to its channel,
+    the same interruption leaves its outcome unknown (failed, re-routed)."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await store.add_pages(
+        1,
+        1,
+        [
+            NewPage("L1", PageKind.PAGE, "alice", "sms", "+1555", T0),
+            NewPage("L1", PageKind.PAGE, "alice", "email", "alice@example.com", T0),
+        ],
+        None,
+        T0,
+    )
+    sms, email = sorted(await store.claim_pages(T0), key=lambda p: p.channel != "sms")
+    await store.hand_over([email.id], T0)
+    assert [i.id for i in await store.open_incidents_paged_to("alice")] == [1]  # the email
+    later = T0 + timedelta(minutes=1)
+    # A delivery cut off by a store error: only its own pages, the unsent one due later.
+    failed = await store.recover_sending(later, page_ids=[sms.id], retry_at=later)
+    assert failed == []
+    again = await store.get_page(sms.id)
+    assert again is not None
+    assert (again.state, again.attempts, again.due_at) == (PageState.QUEUED, 0, later)
+    assert (await store.get_page(email.id)).state is PageState.SENDING  # type: ignore[union-attr]
+    (claimed,) = await store.claim_pages(later)
+    assert claimed.id == sms.id
+    # At start: every page left sending, each by what became of it.
+    failed = await store.recover_sending(later)
+    assert [p.id for p in failed] == [email.id]
+    assert (await store.get_page(sms.id)).state is PageState.QUEUED  # type: ignore[union-attr]
+
+
+async def test_a_claimed_page_tells_nobody_until_it_is_handed_over(store: SQLiteStore) -> None:
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await store.add_pages(
+        1, 1, [NewPage("L1", PageKind.PAGE, "alice", "sms", "+1555", T0)], None, T0
+    )
+    (page,) = await store.claim_pages(T0)
+    assert await store.open_incidents_paged_to("alice") == []
+    assert not await store.was_told("alice", 1)
+    await store.hand_over([page.id], T0)
+    assert [i.id for i in await store.open_incidents_paged_to("alice")] == [1]
+    assert await store.was_told("alice", 1)
 
 
 async def test_paid_send_times_count_a_bundle_once(store: SQLiteStore) -> None:
@@ -1109,6 +1160,33 @@ async def test_the_upgrade_to_schema_14_knows_which_pages_failed_over(tmp_path: 
     finally:
         conn.close()
     assert marks == {1: 7, 2: None}
+
+
+async def test_pages_sending_before_the_upgrade_count_as_handed_over(tmp_path: Path) -> None:
+    """Schema 15: a page an older release left 'sending' may have reached its provider
+    (nothing tells which were handed over): its outcome stays unknown, re-routed, not resent."""
+    path = tmp_path / "old.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await store.add_pages(
+        1, 1, [NewPage("L1", PageKind.PAGE, "alice", "sms", "+1555", T0)], None, T0
+    )
+    (page,) = await store.claim_pages(T0)
+    await store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:  # as schema 14 left it
+        conn.execute("ALTER TABLE pages DROP COLUMN handed_at")
+        conn.execute("PRAGMA user_version = 14")
+    finally:
+        conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        (failed,) = await store.recover_sending(T0)
+        assert failed.id == page.id
+    finally:
+        await store.close()
 
 
 async def test_a_held_lift_rescheduled_any_other_way_is_no_longer_shown_held(

@@ -524,6 +524,11 @@ class Store(ContainmentStore, Protocol):
         spend budget's window, read once at start and kept in memory after."""
         ...
 
+    async def hand_over(self, page_ids: Sequence[int], now: datetime) -> None:
+        """Claimed pages go to their channel now: from here on an interruption leaves their
+        outcome unknown (``recover_sending``)."""
+        ...
+
     async def hold_pages(
         self,
         page_ids: Sequence[int],
@@ -554,7 +559,17 @@ class Store(ContainmentStore, Protocol):
         """Pages waiting in the outbox."""
         ...
 
-    async def recover_sending(self, now: datetime, reroute: Reroute | None = None) -> list[Page]:
-        """At start: settle pages a crash left in ``sending`` (see docs/escalation.md), each
-        re-routed by ``reroute`` in the same transaction."""
+    async def recover_sending(
+        self,
+        now: datetime,
+        reroute: Reroute | None = None,
+        *,
+        page_ids: Sequence[int] | None = None,
+        retry_at: datetime | None = None,
+    ) -> list[Page]:
+        """Settle pages left in ``sending``: at start, all that a crash left; during a run,
+        ``page_ids``, whose delivery failed midway (a store error). A page never handed to
+        its channel goes back to the queue (due at ``retry_at`` if later); one handed over
+        is failed, "outcome unknown", re-routed by ``reroute`` in the same transaction, and
+        returned (docs/incidents.md)."""
         ...

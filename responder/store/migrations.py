@@ -339,4 +339,13 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         WHERE state = 'queued' AND error = 'hourly SMS/voice budget used'
         """,
     ],
+    # 15: when a claimed page was handed to its channel (just before the provider call). A
+    # page claimed and not yet handed (its limits being checked, its message composed) that
+    # a crash or a store error interrupts was sent to nobody: it goes back to the queue,
+    # where before it was "outcome unknown" and re-routed. Pages of an older release that
+    # are sending were handed, as far as anyone can tell.
+    [
+        "ALTER TABLE pages ADD COLUMN handed_at INTEGER",
+        "UPDATE pages SET handed_at = updated_at WHERE state = 'sending'",
+    ],
 ]

@@ -814,6 +814,10 @@ class SQLiteStore:
         values = await self._read(lambda conn: inc.paid_send_times(conn, since_us))
         return [from_us(v) for v in values]
 
+    async def hand_over(self, page_ids: Sequence[int], now: datetime) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: inc.hand_over(conn, page_ids, now_us))
+
     async def hold_pages(
         self,
         page_ids: Sequence[int],
@@ -938,11 +942,19 @@ class SQLiteStore:
     async def queue_depth(self) -> int:
         return await self._read(inc.queue_depth)
 
-    async def recover_sending(self, now: datetime, reroute: Reroute | None = None) -> list[Page]:
+    async def recover_sending(
+        self,
+        now: datetime,
+        reroute: Reroute | None = None,
+        *,
+        page_ids: Sequence[int] | None = None,
+        retry_at: datetime | None = None,
+    ) -> list[Page]:
         now_us = to_us(now)
+        retry_at_us = None if retry_at is None else to_us(retry_at)
 
         def work(conn: sqlite3.Connection) -> list[Page]:
-            pages = inc.recover_sending(conn, now_us)
+            pages = inc.settle_interrupted(conn, now_us, page_ids, retry_at_us)
             if reroute is not None:
                 for page in pages:
                     inc.reroute_page(conn, page.id, reroute, now_us)

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from responder.incident import (
+    INTERRUPTED,
     EscalationWork,
     Event,
     Incident,
@@ -548,8 +549,7 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
         for incident_id, contact, channel, address in conn.execute(
             "SELECT DISTINCT p.incident_id, p.contact, p.channel, p.address FROM pages p "  # noqa: S608
             f"WHERE p.incident_id IN ({resolved_marks}) AND p.kind IN ('page', 'status') "
-            "AND (p.state IN ('sent', 'delivered', 'sending') "
-            "OR (p.state = 'failed' AND p.error LIKE '%outcome unknown%')) "
+            f"AND {_REACHED} "
             "AND p.episode > (SELECT COALESCE(MAX(r.episode), 0) FROM pages r "
             "WHERE r.incident_id = p.incident_id AND r.kind = 'recovery') "
             "ORDER BY p.contact",
@@ -866,7 +866,8 @@ def claim_pages(
     skip, busy_params = _not_busy(busy)
     params: list[object] = [now_us, now_us, *busy_params, limit]
     rows = conn.execute(
-        f"UPDATE pages SET state = 'sending', attempts = attempts + 1, updated_at = ? "  # noqa: S608 - fixed text and placeholders
+        "UPDATE pages SET state = 'sending', attempts = attempts + 1, handed_at = NULL, "  # noqa: S608 - fixed text and placeholders
+        "updated_at = ? "
         f"WHERE id IN (SELECT id FROM pages WHERE state = 'queued' AND due_at <= ? {skip}"
         f"ORDER BY due_at LIMIT ?) RETURNING {PAGE_COLUMNS}",
         params,
@@ -914,18 +915,46 @@ def finish_page(
         _event(conn, page[0], now_us, kind, "responder", detail, via=page[2])
 
 
-_INTERRUPTED = "interrupted while sending: outcome unknown"
-_RECOVER_SQL = (
-    f"UPDATE pages SET state = 'failed', error = '{_INTERRUPTED}', updated_at = ? "  # noqa: S608
-    f"WHERE state = 'sending' RETURNING {PAGE_COLUMNS}"
-)
+def hand_over(conn: sqlite3.Connection, page_ids: Sequence[int], now_us: int) -> None:
+    """Claimed pages are about to be handed to their channel: from now on, an interruption
+    leaves their outcome unknown."""
+    conn.executemany(
+        "UPDATE pages SET handed_at = ? WHERE id = ? AND state = 'sending'",
+        [(now_us, page_id) for page_id in page_ids],
+    )
 
 
-def recover_sending(conn: sqlite3.Connection, now_us: int) -> list[Page]:
-    """At start: pages a crash left in 'sending'. Whether the provider took them is unknown;
-    sending again on the same route could page twice, so they are marked failed ('outcome
-    unknown') and returned, for the sender to re-route to the next channel or the backup."""
-    rows = conn.execute(_RECOVER_SQL, (now_us,)).fetchall()
+def settle_interrupted(
+    conn: sqlite3.Connection,
+    now_us: int,
+    page_ids: Sequence[int] | None = None,
+    retry_at_us: int | None = None,
+) -> list[Page]:
+    """Pages left in 'sending' by a crash (all of them, at start) or by a delivery that
+    failed midway (``page_ids``). One never handed to its channel reached nobody: it goes
+    back to the queue (due at ``retry_at_us`` if later), its claim not counted as an
+    attempt. For one handed over, whether the provider took it is unknown, and sending it
+    again on the same route could page twice: it is marked failed ('outcome unknown') and
+    returned, for the caller to re-route to the next channel or the backup."""
+    only, params = "", []
+    if page_ids is not None:
+        only = f" AND id IN ({','.join('?' * len(page_ids))})"
+        params = list(page_ids)
+    requeued = [
+        row[0]
+        for row in conn.execute(
+            "UPDATE pages SET state = 'queued', due_at = MAX(due_at, ?), "  # noqa: S608 - fixed text and placeholders
+            "attempts = MAX(attempts - 1, 0), updated_at = ? "
+            f"WHERE state = 'sending' AND handed_at IS NULL{only} RETURNING id",
+            [retry_at_us or 0, now_us, *params],
+        )
+    ]
+    _cancel_if_pointless(conn, requeued, now_us)
+    rows = conn.execute(
+        f"UPDATE pages SET state = 'failed', error = '{INTERRUPTED}', updated_at = ? "  # noqa: S608
+        f"WHERE state = 'sending'{only} RETURNING {PAGE_COLUMNS}",
+        [now_us, *params],
+    ).fetchall()
     pages = [page_from_row(row) for row in rows]
     for page in pages:
         detail: dict[str, object] = {
@@ -933,7 +962,7 @@ def recover_sending(conn: sqlite3.Connection, now_us: int) -> list[Page]:
             "contact": page.contact,
             "channel": page.channel,
             "step": page.step,
-            "error": "interrupted while sending: outcome unknown",
+            "error": INTERRUPTED,
         }
         _event(conn, page.incident_id, now_us, Event.PAGE_FAILED, "responder", detail, page.channel)
     return pages
@@ -1053,7 +1082,7 @@ def add_pages(
 # A page that reached its contact, or may have: what a reply by SMS can answer to. Pages
 # still queued, held by a rate limit, cancelled or failed told nobody anything.
 _REACHED = (
-    "(p.state IN ('sent', 'delivered', 'sending') "
+    "(p.state IN ('sent', 'delivered') OR (p.state = 'sending' AND p.handed_at IS NOT NULL) "
     "OR (p.state = 'failed' AND p.error LIKE '%outcome unknown%'))"
 )
 

@@ -47,7 +47,8 @@ class Fault(StrEnum):
     """What the fake does instead of accepting a request."""
 
     RATE_LIMITED = "429"  # HTTP 429, Twilio error 20429
-    SERVER_ERROR = "500"  # HTTP 500, Twilio error 20500
+    SERVER_ERROR = "500"  # HTTP 500, Twilio error 20500: the message may have gone out
+    UNAVAILABLE = "503"  # HTTP 503, Twilio error 20503: not taken, try again later
     HANG = "hang"  # never answers (until the server stops or ``hang_seconds`` pass)
     INVALID_NUMBER = "21211"  # HTTP 400: the To number is not valid
     OPTED_OUT = "21610"  # HTTP 400: the recipient replied STOP
@@ -57,6 +58,7 @@ class Fault(StrEnum):
 _FAULT_ANSWERS: dict[Fault, tuple[int, int, str]] = {
     Fault.RATE_LIMITED: (429, 20429, "Too Many Requests"),
     Fault.SERVER_ERROR: (500, 20500, "An internal server error has occurred"),
+    Fault.UNAVAILABLE: (503, 20503, "Service Unavailable"),
     Fault.INVALID_NUMBER: (400, 21211, "The 'To' number {to} is not a valid phone number."),
     Fault.OPTED_OUT: (
         400,
