@@ -565,6 +565,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
         "openedAt",
         "acknowledgedAt",
         "acknowledgedBy",
+        "firstAcknowledgedAt",
         "resolvedAt",
         "resolvedBy",
         "snoozedUntil",

@@ -181,7 +181,7 @@ def _target_breaches(incident: Incident, done: frozenset[str], now: datetime) ->
     """Response targets passed while nobody acknowledged / nothing resolved: recorded once."""
     breaches: list[StepDone] = []
     checks = (
-        ("B.respond", incident.respond_s, incident.acknowledged_at, "respond"),
+        ("B.respond", incident.respond_s, incident.first_acknowledged_at, "respond"),
         ("B.resolve", incident.resolve_s, incident.resolved_at, "resolve"),
     )
     for step_id, seconds, met_at, target in checks:
@@ -199,7 +199,7 @@ def _next_breach(incident: Incident, done: frozenset[str]) -> datetime | None:
     if incident.state is IncidentState.RESOLVED:
         return None
     times = []
-    respond_open = "B.respond" not in done and incident.acknowledged_at is None
+    respond_open = "B.respond" not in done and incident.first_acknowledged_at is None
     if incident.respond_s is not None and respond_open:
         times.append(incident.started + timedelta(seconds=incident.respond_s))
     if incident.resolve_s is not None and "B.resolve" not in done:

@@ -161,6 +161,10 @@ class Incident:
     lasting_since: datetime | None = None
     alert_count: int = 0
     firing_count: int = 0
+    # The first acknowledgement since the trigger: kept through a snooze or an
+    # unacknowledge, which clear ``acknowledged_at``. What targets and MTTA measure.
+    first_acknowledged_at: datetime | None = None
+    first_acknowledged_by: str | None = None
 
     @property
     def started(self) -> datetime:

@@ -68,8 +68,10 @@ async def act(
     )
     if changed:
         runtime.metrics.incident_actions.labels(action, via).inc()
-        if action == "acknowledge" and incident.acknowledged_at is not None:
-            took = (incident.acknowledged_at - incident.started).total_seconds()
+        first = incident.first_acknowledged_at
+        if action == "acknowledge" and first is not None and first == incident.acknowledged_at:
+            # The first acknowledgement since the trigger (not one after an unacknowledge).
+            took = (first - incident.started).total_seconds()
             runtime.metrics.time_to_acknowledge.labels(incident.severity).observe(took)
         runtime.wake_engine()
     return incident, changed
@@ -125,6 +127,8 @@ def incident_document(incident: Incident) -> dict[str, Any]:
         "episode": incident.episode,
         "acknowledgedAt": iso(incident.acknowledged_at),
         "acknowledgedBy": incident.acknowledged_by,
+        "firstAcknowledgedAt": iso(incident.first_acknowledged_at),
+        "firstAcknowledgedBy": incident.first_acknowledged_by,
         "resolvedAt": iso(incident.resolved_at),
         "resolvedBy": incident.resolved_by,
         "snoozedUntil": iso(incident.snoozed_until),

@@ -221,7 +221,9 @@ def incident_figures(doc: Mapping[str, Any], *, now: datetime) -> IncidentFigure
     # Response targets count from the trigger, not from a later episode (an unacknowledge,
     # a reload): startedAt, in documents written since it was added.
     triggered = _time(doc, "startedAt") or _time(doc, "triggeredAt")
-    acknowledged = _time(doc, "acknowledgedAt")
+    # The first acknowledgement since the trigger (a snooze or an unacknowledge clears
+    # acknowledgedAt, not the answer given); documents of older releases have only the last.
+    acknowledged = _time(doc, "firstAcknowledgedAt") or _time(doc, "acknowledgedAt")
     resolved = _time(doc, "resolvedAt")
     respond_from = opened
     if triggered is not None and (acknowledged is None or triggered <= acknowledged):
@@ -361,7 +363,7 @@ def incident_report(doc: Mapping[str, Any], *, now: datetime) -> str:
     triggered_text = _utc(triggered)
     if isinstance(episode, int) and episode > 1:
         triggered_text += f" (episode {episode})"
-    acked_by = _text(doc, "acknowledgedBy")
+    acked_by = _text(doc, "firstAcknowledgedBy") or _text(doc, "acknowledgedBy")
     acked = _utc(figures.acknowledged)
     if figures.acknowledged is not None and acked_by:
         acked += f" by {md_text(acked_by, 80)}"

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from responder.clock import FakeClock
+from responder.report import TargetStatus, incident_figures
 from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from tests.conftest import AUTH, ClientFactory, write_config
 
@@ -322,6 +323,42 @@ async def test_snooze_holds_escalation_then_resumes(
     assert not pages_of(await incident(client), step="L2")
     clock.advance(timedelta(minutes=6))
     await eventually(lambda: _has(client, ("L2", "bob", "sms", "sent")), "level 2 after snooze")
+
+
+async def test_an_acknowledged_incident_snoozed_keeps_its_answer(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Acknowledged within the response target, then snoozed: the target was met and the
+    time to acknowledge is the acknowledgement's, though the snooze (as an unacknowledge)
+    clears acknowledgedAt so that escalation resumes after it (new-user review, stop 16:
+    the report said "not acknowledged" and a respond breach was recorded)."""
+    client = await make_client(story_config(tmp_path, smtp, twilio))
+    await post(client, webhook(alert("TargetDown", instance="web-1:9100")))
+    await eventually(lambda: _has(client, ("L1", "alice", "sms", "sent")), "paged")
+    clock.advance(timedelta(minutes=2))
+    respond_s = (await incident(client))["target"]["respondSeconds"]
+    snooze = {"by": "bob", "for": f"{respond_s // 60 + 60}m"}  # past the target
+    for action, body in (("acknowledge", {"by": "alice"}), ("snooze", snooze)):
+        answer = await client.post(f"/api/v1/incidents/1/{action}", json=body, headers=AUTH)
+        assert answer.status == 200, await answer.text()
+    await settle(client, clock, timedelta(seconds=respond_s + 60))
+    doc = await incident(client)
+    assert (doc["state"], doc["acknowledgedAt"]) == ("snoozed", None)
+    assert doc["firstAcknowledgedBy"] == "alice"
+    assert not [e for e in doc["timeline"] if e["kind"] == "target_breached"]
+    figures = incident_figures(doc, now=clock.now())
+    assert figures.time_to_acknowledge == timedelta(minutes=2)
+    assert figures.respond is not None
+    assert figures.respond.status is TargetStatus.MET
+    # Acknowledged again after the snooze: still the first answer that counts.
+    answer = await client.post("/api/v1/incidents/1/acknowledge", json={"by": "bob"}, headers=AUTH)
+    assert answer.status == 200
+    doc = await incident(client)
+    assert (doc["acknowledgedBy"], doc["firstAcknowledgedBy"]) == ("bob", "alice")
 
 
 async def test_refire_within_window_reopens_the_same_incident(

@@ -1176,7 +1176,12 @@ async def test_pages_sending_before_the_upgrade_count_as_handed_over(tmp_path: P
     await store.close()
     conn = sqlite3.connect(path, isolation_level=None)
     try:  # as schema 14 left it
-        conn.execute("ALTER TABLE pages DROP COLUMN handed_at")
+        for table, column in (
+            ("pages", "handed_at"),
+            ("incidents", "first_acknowledged_at"),
+            ("incidents", "first_acknowledged_by"),
+        ):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 14")
     finally:
         conn.close()
@@ -1187,6 +1192,39 @@ async def test_pages_sending_before_the_upgrade_count_as_handed_over(tmp_path: P
         assert failed.id == page.id
     finally:
         await store.close()
+
+
+async def test_the_first_acknowledgement_is_read_from_the_timeline_on_upgrade(
+    tmp_path: Path,
+) -> None:
+    """Schema 16: an incident acknowledged, then snoozed, before the upgrade keeps its first
+    acknowledgement (the timeline's), which the snooze had erased from acknowledged_at."""
+    path = tmp_path / "old.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    acked = T0 + timedelta(minutes=3)
+    await store.transition(1, "acknowledge", actor="alice", via="sms", now=acked)
+    later = T0 + timedelta(minutes=5)
+    await store.transition(
+        1, "snooze", actor="bob", via="api", now=later, until=T0 + timedelta(hours=1)
+    )
+    await store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:  # as schema 15 left it
+        conn.execute("ALTER TABLE incidents DROP COLUMN first_acknowledged_at")
+        conn.execute("ALTER TABLE incidents DROP COLUMN first_acknowledged_by")
+        conn.execute("PRAGMA user_version = 15")
+    finally:
+        conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        incident = await store.get_incident(1)
+    finally:
+        await store.close()
+    assert (incident.acknowledged_at, incident.first_acknowledged_at) == (None, acked)
+    assert incident.first_acknowledged_by == "alice"
 
 
 async def test_a_held_lift_rescheduled_any_other_way_is_no_longer_shown_held(

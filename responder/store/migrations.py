@@ -348,4 +348,20 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "ALTER TABLE pages ADD COLUMN handed_at INTEGER",
         "UPDATE pages SET handed_at = updated_at WHERE state = 'sending'",
     ],
+    # 16: the first acknowledgement since the incident's trigger, and by whom: what the
+    # response target and the time to acknowledge measure. A snooze or an unacknowledge
+    # clears acknowledged_at (escalation resumes after it) but not the answer already given:
+    # a snoozed incident was reported never acknowledged, and its respond target breached.
+    # Older incidents take their first 'acknowledged' entry since their trigger.
+    [
+        "ALTER TABLE incidents ADD COLUMN first_acknowledged_at INTEGER",
+        "ALTER TABLE incidents ADD COLUMN first_acknowledged_by TEXT",
+        """
+        UPDATE incidents SET (first_acknowledged_at, first_acknowledged_by) = (
+            SELECT t.at, t.actor FROM timeline t
+            WHERE t.incident_id = incidents.id AND t.kind = 'acknowledged'
+            AND t.at >= COALESCE(incidents.lasting_since, incidents.triggered_at)
+            ORDER BY t.id LIMIT 1)
+        """,
+    ],
 ]

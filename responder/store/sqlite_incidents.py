@@ -228,6 +228,7 @@ def attach_alert(
         conn.execute(
             "UPDATE incidents SET state = 'triggered', episode = episode + 1, triggered_at = ?, "
             "lasting_since = NULL, acknowledged_at = NULL, acknowledged_by = NULL, "
+            "first_acknowledged_at = NULL, first_acknowledged_by = NULL, "
             "held_until = NULL, "
             "resolved_at = NULL, "
             "resolved_by = NULL, snoozed_until = NULL, severity = ?, category = ?, policy = ?, "
@@ -365,7 +366,8 @@ INCIDENT_COLUMNS = (
     "i.resolved_at, i.resolved_by, i.snoozed_until, i.assignee, i.next_due, i.version, "
     "i.escalate_now, i.lasting_since, "
     "(SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id), "
-    "(SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id AND a.status = 'firing')"
+    "(SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id AND a.status = 'firing'), "
+    "i.first_acknowledged_at, i.first_acknowledged_by"
 )
 
 
@@ -396,6 +398,8 @@ def incident_from_row(row: Sequence[Any]) -> Incident:
         lasting_since=_opt_us(row[22]),
         alert_count=row[23],
         firing_count=row[24],
+        first_acknowledged_at=_opt_us(row[25]),
+        first_acknowledged_by=row[26],
     )
 
 
@@ -776,10 +780,13 @@ def transition(
                 return incident, True
             return incident, False
         conn.execute(
-            "UPDATE incidents SET state = 'acknowledged', acknowledged_at = ?, "
-            "acknowledged_by = ?, snoozed_until = NULL, next_due = ?, version = version + 1, "
-            "updated_at = ? WHERE id = ?",
-            (now_us, actor, now_us, now_us, incident_id),
+            "UPDATE incidents SET state = 'acknowledged', acknowledged_at = ?1, "
+            "acknowledged_by = ?2, snoozed_until = NULL, next_due = ?1, version = version + 1, "
+            "first_acknowledged_by = CASE WHEN first_acknowledged_at IS NULL THEN ?2 "
+            "ELSE first_acknowledged_by END, "
+            "first_acknowledged_at = COALESCE(first_acknowledged_at, ?1), "
+            "updated_at = ?1 WHERE id = ?3",
+            (now_us, actor, incident_id),
         )
         detail["cancelled_pages"] = own + _cancel_pending(
             conn, incident_id, now_us, f"acknowledged by {actor}", resolve=False
