@@ -9,6 +9,7 @@ alerts: mostly known alertnames, some only a regex rule knows, some no rule know
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 import sys
@@ -110,6 +111,8 @@ def report(title: str, samples: list[float]) -> None:
 
 
 def main() -> int:
+    # No options; argparse answers --help and refuses anything else before a long run.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None).parse_args()
     rng = random.Random(SEED)
     text, names, prefixes = build_rules(rng)
     with tempfile.TemporaryDirectory() as tmp:

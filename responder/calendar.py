@@ -142,9 +142,11 @@ class BusinessHours:
         """
         first = after.astimezone(self.timezone).date() - timedelta(days=1)
         # Every holiday can push the next opening by a week (a single open weekday: each
-        # holiday on it skips to the next); a week more, and a day either side, finds one.
+        # holiday on it skips to the next), and so can a spring-forward gap that swallows a
+        # short window (02:00-02:30 on Sundays only, in Berlin on the last Sunday of March);
+        # a week more, and a day either side, finds one.
         ahead = sum(1 for day in self.holidays if day >= first)
-        span = (ahead + 1) * 7 + 2
+        span = (ahead + 2) * 7 + 2
         found: set[datetime] = set()
         for offset in range(span):
             day = first + timedelta(days=offset)

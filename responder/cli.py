@@ -507,12 +507,15 @@ def parse_label_list(text: str) -> dict[str, str]:
     return labels
 
 
-def _parse_time(text: str) -> datetime:
+def _parse_time(text: str, zone: tzinfo | None = None) -> datetime:
+    """An ISO 8601 time; one without an offset is in ``zone`` (default: this machine's)."""
     try:
         at = datetime.fromisoformat(text)
     except ValueError as exc:
         raise ConfigError("--at", 0, "at", f"expected an ISO 8601 time, got {text!r}") from exc
-    return at if at.tzinfo is not None else at.astimezone()
+    if at.tzinfo is not None:
+        return at
+    return at.replace(tzinfo=zone) if zone is not None else at.astimezone()
 
 
 # -- incidents --------------------------------------------------------------------------------
@@ -769,13 +772,14 @@ def cmd_actions(args: argparse.Namespace) -> int:
 
 def cmd_oncall(args: argparse.Namespace) -> int:
     snapshot = load_snapshot(args.config, state_dir=args.state_dir)
-    at = _parse_time(args.at) if args.at else datetime.now(UTC)
     zone: tzinfo = UTC
     if args.tz:
         try:
             zone = ZoneInfo(args.tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError("--tz", 0, "tz", f"unknown time zone {args.tz!r}") from None
+    # A time without an offset is read in the zone it is shown in.
+    at = _parse_time(args.at, zone if args.tz else None) if args.at else datetime.now(UTC)
     print(render_oncall(snapshot.escalation.directory, at, zone=zone), end="")
     return 0
 

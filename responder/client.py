@@ -77,7 +77,9 @@ class ApiClient:
                     raise ClientError("the daemon answered something that is not a JSON object")
                 return document
         except aiohttp.ClientError as exc:
-            raise ClientError(f"cannot reach the daemon at {self.base_url}: {exc}") from None
+            raise ClientError(
+                f"cannot reach the daemon at {self.base_url}: {exc} (another address: --url)"
+            ) from None
 
 
 def _authorization(config: Config) -> str:

@@ -102,8 +102,8 @@ def _current(claim: LinkClaim, incident: Incident) -> None:
     unacknowledged), its contact may not have been paged for it at all."""
     if incident.episode != claim.episode:
         raise LinkError(
-            "this link was sent before the incident fired again; use the newest page's link, "
-            "SMS, the CLI or the API"
+            "this link was sent before the incident fired again or was unacknowledged; use "
+            "the newest page's link, SMS, the CLI or the API"
         )
 
 

@@ -630,3 +630,27 @@ async def test_the_sms_reply_shows_the_title_on_one_line(
     page = await (await daemon.get(f"/ack/{link}")).text()
     assert "DiskFull FAKE: all clear on web-1<" in page
     assert "\u202e" not in page
+
+
+async def test_a_reassignment_during_a_snooze_reaches_the_new_owner(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    """Snoozed, then handed to alice, who was texted a moment ago: her text waits for her
+    rate limit and then goes; the snooze silences the escalation, not the reassignment
+    (new-user review, stop 16: it was cancelled, "incident snoozed")."""
+    await first_incident_paged(daemon, twilio)
+    for action, body in (
+        ("snooze", {"by": "bob", "for": "2h"}),
+        ("reassign", {"by": "bob", "to": "alice"}),
+    ):
+        answer = await daemon.post(f"/api/v1/incidents/1/{action}", json=body, headers=AUTH)
+        assert answer.status == 200, await answer.text()
+
+    async def held() -> bool:
+        pages = (await incident(daemon))["pages"]
+        sms = [p for p in pages if p["step"].startswith("A") and p["channel"] == "sms"]
+        return [(p["state"], (p["error"] or "")[:12]) for p in sms] == [("queued", "rate limited")]
+
+    await eventually(held, "the reassignment's SMS held by alice's rate limit")
+    clock.advance(timedelta(minutes=2))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "alice's 2nd SMS")

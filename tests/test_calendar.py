@@ -179,3 +179,13 @@ def test_next_change_is_the_first_flip(
     step = (change - at) / 7
     for i in range(1, 7):
         assert office.is_open(at + step * i) == state
+
+
+def test_a_window_the_spring_forward_gap_swallows_opens_a_week_later() -> None:
+    """02:00-02:01 on Sundays in Berlin does not exist on 30 March 2025: the next opening is
+    6 April (found by hypothesis; it raised "business hours never change")."""
+    office = BusinessHours(
+        ZoneInfo("Europe/Berlin"), frozenset({6}), timedelta(minutes=120), timedelta(minutes=121)
+    )
+    change = office.next_change(datetime(2025, 3, 24, tzinfo=UTC))
+    assert change == datetime(2025, 4, 6, 0, 0, tzinfo=UTC)  # 02:00 CEST

@@ -209,3 +209,19 @@ def test_who_ran_a_command_is_the_login_name_when_user_is_unset(
     monkeypatch.setenv("USER", "alice")
     assert operator_name() == "alice"
     assert getpass.getuser() == "alice"
+
+
+def test_oncall_reads_a_time_without_offset_in_the_zone_it_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--at 2026-12-24T10:00 --tz Europe/Berlin` is ten o'clock in Berlin, not in UTC
+    (new-user review, stop 16: it showed 11:00 CET)."""
+    config = write_config(tmp_path)
+    argv = ["oncall", "-c", str(config), "--at", "2026-12-24T10:00", "--tz", "Europe/Berlin"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("On call at 2026-12-24 10:00 CET (Thu)")
+    assert (
+        main(["oncall", "-c", str(config), "--at", "2026-12-24T10:00Z", "--tz", "Europe/Berlin"])
+        == 0
+    )
+    assert capsys.readouterr().out.startswith("On call at 2026-12-24 11:00 CET (Thu)")

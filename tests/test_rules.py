@@ -475,7 +475,7 @@ rules:
     assert '      no  job="db"   (job is "web")' in text
     assert "rules/a.yaml:6): MATCH, stops here" in text
     assert "  severity:    P1   [down]" in text
-    assert "  category:    availability   [fallback: configured default]" in text
+    assert "  category:    availability   [fallback: the default category]" in text
     assert "  target:      respond 30m, resolve 8h   [P1 target]" in text
     fallback = render_explanation(c.explain({"alertname": "X"}, NOON))
     assert "rule:        - (no rule matched: fallback)" in fallback

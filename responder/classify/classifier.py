@@ -374,7 +374,7 @@ class Classifier:
         if decision.severity is None:
             decided_by["severity"] = self._fallback.describe(labels)
         if decision.category is None:
-            decided_by["category"] = "fallback: configured default"
+            decided_by["category"] = "fallback: the default category"
         if classification.target is not None:
             open_now = self._targets.is_open(now)
             decided_by["target"] = (

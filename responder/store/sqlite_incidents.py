@@ -1161,14 +1161,15 @@ def hold_pages(
 def _cancel_if_pointless(conn: sqlite3.Connection, page_ids: Sequence[int], now_us: int) -> None:
     """Pages going back to the queue (a retry, a hold) that were being sent when their
     incident was acknowledged, snoozed or resolved: cancelled as that transition cancelled
-    the queued ones (``_cancel_pending``), instead of going out after it."""
+    the queued ones (``_cancel_pending``), instead of going out after it. A reassignment's
+    pages (step ``A...``) are not silenced by a snooze: the new owner must hear of it."""
     conn.executemany(
         "UPDATE pages SET state = 'cancelled', updated_at = ?, "
         "error = 'incident ' || (SELECT state FROM incidents WHERE id = pages.incident_id) "
         "WHERE id = ? AND state = 'queued' AND EXISTS (SELECT 1 FROM incidents i "
         "WHERE i.id = pages.incident_id AND ((pages.kind = 'page' AND pages.cancel_on_ack = 1 "
-        "AND i.state != 'triggered') OR (pages.kind IN ('page', 'status') "
-        "AND i.state = 'resolved')))",
+        "AND (i.state = 'acknowledged' OR (i.state = 'snoozed' AND pages.step NOT LIKE 'A%'))) "
+        "OR (pages.kind IN ('page', 'status') AND i.state = 'resolved')))",
         [(now_us, page_id) for page_id in page_ids],
     )
 
