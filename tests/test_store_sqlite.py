@@ -87,6 +87,27 @@ def resolved(a: IncomingAlert, ends: datetime, starts: datetime | None = None) -
     )
 
 
+# The columns each migration since 14 added, for a database taken back to an older release.
+_ADDED_COLUMNS = {
+    15: [("pages", "handed_at")],
+    16: [("incidents", "first_acknowledged_at"), ("incidents", "first_acknowledged_by")],
+}
+
+
+def back_to_schema(path: Path, version: int) -> None:
+    """A database of the current schema, with rows, as release ``version`` (14 or later)
+    left it: the columns added since dropped, so that their migrations run again."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for later in sorted(_ADDED_COLUMNS, reverse=True):
+            if later > version:
+                for table, column in _ADDED_COLUMNS[later]:
+                    conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.execute(f"PRAGMA user_version = {version}")
+    finally:
+        conn.close()
+
+
 def migrate_to(conn: sqlite3.Connection, version: int) -> None:
     """The schema of an older release: the first ``version`` migrations, as it left them."""
     for script in SQLITE_MIGRATIONS[:version]:
@@ -1174,17 +1195,7 @@ async def test_pages_sending_before_the_upgrade_count_as_handed_over(tmp_path: P
     )
     (page,) = await store.claim_pages(T0)
     await store.close()
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:  # as schema 14 left it
-        for table, column in (
-            ("pages", "handed_at"),
-            ("incidents", "first_acknowledged_at"),
-            ("incidents", "first_acknowledged_by"),
-        ):
-            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-        conn.execute("PRAGMA user_version = 14")
-    finally:
-        conn.close()
+    back_to_schema(path, 14)
     store = SQLiteStore(path)
     await store.open()
     try:
@@ -1210,13 +1221,7 @@ async def test_the_first_acknowledgement_is_read_from_the_timeline_on_upgrade(
         1, "snooze", actor="bob", via="api", now=later, until=T0 + timedelta(hours=1)
     )
     await store.close()
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:  # as schema 15 left it
-        conn.execute("ALTER TABLE incidents DROP COLUMN first_acknowledged_at")
-        conn.execute("ALTER TABLE incidents DROP COLUMN first_acknowledged_by")
-        conn.execute("PRAGMA user_version = 15")
-    finally:
-        conn.close()
+    back_to_schema(path, 15)
     store = SQLiteStore(path)
     await store.open()
     try:
