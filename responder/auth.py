@@ -45,13 +45,12 @@ def ensure_generated_secret(path: Path) -> tuple[Secret, bool]:
                 handle.write(token + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.link(temporary, path)
-        except FileExistsError:
-            pass  # another process made it first: read theirs below
-        else:
-            return Secret(token, f"file {path}"), True
+            created = _linked(temporary, path)
         finally:
             os.unlink(temporary)
+        if created:
+            return Secret(token, f"file {path}"), True
+        # Another process made it first: theirs is read below.
     secret = read_secret_file(path)
     if not secret.value:
         raise OSError(
@@ -59,6 +58,15 @@ def ensure_generated_secret(path: Path) -> tuple[Secret, bool]:
             "makes a new one"
         )
     return secret, False
+
+
+def _linked(source: str, target: Path) -> bool:
+    """Link ``source`` at ``target``; False when ``target`` exists already."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    return True
 
 
 class Authenticator:
