@@ -66,6 +66,17 @@ def _linked(source: str, target: Path) -> bool:
         os.link(source, target)
     except FileExistsError:
         return False
+    except OSError:
+        # A file system without hard links (some network and FUSE ones): created in place,
+        # exclusively; a racer may then read it before it is written, and refuse it empty.
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as out:
+            out.write(Path(source).read_bytes())
+            out.flush()
+            os.fsync(out.fileno())
     return True
 
 

@@ -569,6 +569,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
         "acknowledgedAt",
         "acknowledgedBy",
         "firstAcknowledgedAt",
+        "firstAcknowledgedBy",
         "resolvedAt",
         "resolvedBy",
         "snoozedUntil",
@@ -576,7 +577,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
         "nextDue",
     ):
         if data.get(key) is not None:
-            print(f"  {key + ':':<16}{_printable(str(data[key]))}")
+            print(f"  {key + ':':<21}{_printable(str(data[key]))}")
     print("timeline:")
     print_table(
         ["AT", "EVENT", "WHO", "VIA", "DETAIL"],

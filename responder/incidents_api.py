@@ -69,8 +69,14 @@ async def act(
     if changed:
         runtime.metrics.incident_actions.labels(action, via).inc()
         first = incident.first_acknowledged_at
-        if action == "acknowledge" and first is not None and first == incident.acknowledged_at:
-            # The first acknowledgement since the trigger (not one after an unacknowledge).
+        # The first acknowledgement since the trigger (not one after an unacknowledge; a
+        # drill's, each contact's answer, stays out of the figures as in the report).
+        if (
+            action == "acknowledge"
+            and first is not None
+            and first == incident.acknowledged_at
+            and incident.category != "drill"
+        ):
             took = (first - incident.started).total_seconds()
             runtime.metrics.time_to_acknowledge.labels(incident.severity).observe(took)
         runtime.wake_engine()

@@ -200,7 +200,9 @@ async def read_small_form(request: web.Request) -> dict[str, str]:
         # aiohttp's post() would also take multipart forms and other charsets, and raise
         # (a 500) on some malformed ones; the standard library's parse is all this needs.
         text = (await read_body(request)).decode("utf-8")
-        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, max_num_fields=_FORM_FIELDS)
+        pairs = urllib.parse.parse_qsl(
+            text, keep_blank_values=True, errors="strict", max_num_fields=_FORM_FIELDS
+        )
     except TimeoutError:
         message = f"body not received within {BODY_TIMEOUT_S:g} s"
         raise web.HTTPRequestTimeout(text=message) from None

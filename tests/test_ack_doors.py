@@ -446,6 +446,9 @@ async def test_drill_pages_every_channel_and_reports_answers(
     assert result["contacts"]["bob"]["answer"]["via"] == "api"
     doc = await incident(daemon, drill_id)
     assert {p["step"] for p in doc["pages"]} == {"D"}  # a drill never escalates
+    # Drills stay out of the time to acknowledge, as out of the report's figures.
+    metrics = await (await daemon.get("/metrics")).text()
+    assert 'responder_incident_time_to_acknowledge_seconds_count{severity="' not in metrics
     listed = (await (await daemon.get("/api/v1/drills", headers=AUTH)).json())["data"]
     assert [d["id"] for d in listed] == [drill_id]
     bad = await daemon.post("/api/v1/drills", json={"contacts": ["mallory"]}, headers=AUTH)

@@ -837,6 +837,48 @@ async def test_a_claimed_page_tells_nobody_until_it_is_handed_over(store: SQLite
     assert await store.was_told("alice", 1)
 
 
+async def test_a_page_claimed_when_its_incident_resolves_gets_a_recovery_notice(
+    store: SQLiteStore,
+) -> None:
+    """Claimed, not yet handed over, when the incident resolves: the page may still go out,
+    so its contact is among those the recovery notice is for (regression review, stop 16:
+    they got the firing page and never heard it was over)."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await store.add_pages(
+        1, 1, [NewPage("L1", PageKind.PAGE, "alice", "email", "a@example.com", T0)], None, T0
+    )
+    assert len(await store.claim_pages(T0)) == 1
+    later = T0 + timedelta(minutes=1)
+    await store.transition(1, "resolve", actor="bob", via="api", now=later)
+    (work,) = await store.due_escalations(later)
+    assert work.paged == (("alice", "email", "a@example.com"),)
+
+
+async def test_a_snooze_does_not_silence_a_reassignment(store: SQLiteStore) -> None:
+    """The new owner's pages, queued before or during a snooze, stay queued through it (and
+    through a longer snooze); the escalation's own pages are cancelled."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await store.add_pages(
+        1,
+        1,
+        [NewPage("L2", PageKind.PAGE, "carol", "sms", "+1555", T0 + timedelta(hours=1))],
+        None,
+        T0,
+    )
+    to_bob = [NewPage("A", PageKind.PAGE, "bob", "email", "b@example.com", T0)]
+    await store.transition(
+        1, "reassign", actor="op", via="api", now=T0, assignee="bob", pages=to_bob
+    )
+    for minute in (1, 2):  # a snooze, then a longer one
+        at = T0 + timedelta(minutes=minute)
+        until = T0 + timedelta(hours=minute)
+        await store.transition(1, "snooze", actor="op", via="api", now=at, until=until)
+    pages = await store.step_pages(1, 1, "L2")
+    assert [p.state for p in pages] == [PageState.CANCELLED]
+    (claimed,) = await store.claim_pages(T0 + timedelta(minutes=3))
+    assert (claimed.contact, claimed.step[0]) == ("bob", "A")
+
+
 async def test_paid_send_times_count_a_bundle_once(store: SQLiteStore) -> None:
     """The SMS/voice budget's window, as read at start: a bundle is one message; email and
     messages older than the window do not count."""

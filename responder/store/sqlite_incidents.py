@@ -40,6 +40,8 @@ from responder.store.base import Reroute
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DRILL_KEY_PREFIX = "drill:"
+# The step of a reassignment's pages: A<time>. A snooze does not silence them.
+REASSIGN_STEP = "A"
 
 
 def to_us(when: datetime) -> int:
@@ -333,11 +335,20 @@ def _event(
 
 
 def _cancel_pending(
-    conn: sqlite3.Connection, incident_id: int, now_us: int, reason: str, *, resolve: bool
+    conn: sqlite3.Connection,
+    incident_id: int,
+    now_us: int,
+    reason: str,
+    *,
+    resolve: bool,
+    snooze: bool = False,
 ) -> int:
-    """Queued pages that lost their point. On acknowledge: unacknowledged-clock pages. On
-    resolve: every page and status update (the recovery notice is written after this)."""
+    """Queued pages that lost their point. On acknowledge: unacknowledged-clock pages; on a
+    snooze, the same but a reassignment's (step ``A...``: the new owner is told, snoozed or
+    not). On resolve: every page and status update (the recovery notice comes after)."""
     condition = "kind IN ('page', 'status')" if resolve else "cancel_on_ack = 1"
+    if snooze:
+        condition += f" AND step NOT LIKE '{REASSIGN_STEP}%'"
     cur = conn.execute(
         f"UPDATE pages SET state = 'cancelled', error = ?, updated_at = ? "  # noqa: S608 - fixed text
         f"WHERE incident_id = ? AND state = 'queued' AND {condition}",
@@ -548,12 +559,14 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
     if resolved:
         # Who was told of it since the last recovery notice: every episode since (an
         # unacknowledge starts one mid-incident), and only pages that reached someone or
-        # may have (never a route that failed or was cancelled).
+        # may have (never a route that failed or was cancelled). A page claimed and not yet
+        # handed over counts: it may go out after the resolve, and then its contact must
+        # hear that it is over (the incident is not due again after its recovery step).
         resolved_marks = ",".join("?" * len(resolved))
         for incident_id, contact, channel, address in conn.execute(
             "SELECT DISTINCT p.incident_id, p.contact, p.channel, p.address FROM pages p "  # noqa: S608
             f"WHERE p.incident_id IN ({resolved_marks}) AND p.kind IN ('page', 'status') "
-            f"AND {_REACHED} "
+            f"AND ({_REACHED} OR p.state = 'sending') "
             "AND p.episode > (SELECT COALESCE(MAX(r.episode), 0) FROM pages r "
             "WHERE r.incident_id = p.incident_id AND r.kind = 'recovery') "
             "ORDER BY p.contact",
@@ -829,7 +842,7 @@ def transition(
             (until_us, now_us, now_us, incident_id),
         )
         detail["cancelled_pages"] = _cancel_pending(
-            conn, incident_id, now_us, f"snoozed by {actor}", resolve=False
+            conn, incident_id, now_us, f"snoozed by {actor}", resolve=False, snooze=True
         )
         detail["until"] = from_us(until_us).isoformat()
         kind = Event.SNOOZED
@@ -848,7 +861,7 @@ def transition(
         # the ones still waiting (the new owner's later calls); on an acknowledged one they
         # go regardless, and the new owner's own acknowledgement drops them
         # (_cancel_pages_to).
-        step = f"A{now_us}"
+        step = f"{REASSIGN_STEP}{now_us}"
         waits_for_ack = state is not IncidentState.ACKNOWLEDGED
         reassigned = [replace(p, step=step, cancel_on_ack=waits_for_ack) for p in pages]
         add_pages(conn, incident_id, incident.episode, reassigned, None, now_us)
@@ -1164,11 +1177,12 @@ def _cancel_if_pointless(conn: sqlite3.Connection, page_ids: Sequence[int], now_
     the queued ones (``_cancel_pending``), instead of going out after it. A reassignment's
     pages (step ``A...``) are not silenced by a snooze: the new owner must hear of it."""
     conn.executemany(
-        "UPDATE pages SET state = 'cancelled', updated_at = ?, "
+        "UPDATE pages SET state = 'cancelled', updated_at = ?, "  # noqa: S608 - fixed text
         "error = 'incident ' || (SELECT state FROM incidents WHERE id = pages.incident_id) "
         "WHERE id = ? AND state = 'queued' AND EXISTS (SELECT 1 FROM incidents i "
         "WHERE i.id = pages.incident_id AND ((pages.kind = 'page' AND pages.cancel_on_ack = 1 "
-        "AND (i.state = 'acknowledged' OR (i.state = 'snoozed' AND pages.step NOT LIKE 'A%'))) "
+        "AND (i.state = 'acknowledged' OR (i.state = 'snoozed' "
+        f"AND pages.step NOT LIKE '{REASSIGN_STEP}%'))) "
         "OR (pages.kind IN ('page', 'status') AND i.state = 'resolved')))",
         [(now_us, page_id) for page_id in page_ids],
     )
