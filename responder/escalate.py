@@ -64,6 +64,10 @@ DEFAULT_REOPEN_WITHIN = timedelta(hours=1)
 MAX_SLEEP = timedelta(seconds=30)
 RECOVERY_STEP = "R"
 CLOSED_STEP = "K"  # the resolve seen by the engine once: time to resolve is observed then
+# A level that found nobody to page (a gap in a schedule) is tried again this often; its
+# "nobody_to_page" event is recorded once, as the step "nobody:L<n>".
+NOBODY_RETRY = timedelta(minutes=1)
+NOBODY_STEP = "nobody:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,12 +287,25 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         if reminder not in done:
             step = Step(reminder, StepKind.LEVEL, now, level.number)
             steps.append(_step_record(step, policy, config.directory, now))
+    nobody = False
     for step in due_steps(policy, view, now):
-        steps.append(_step_record(step, policy, config.directory, now))
+        record = _step_record(step, policy, config.directory, now)
+        if step.kind is StepKind.LEVEL and not record.pages:
+            # Nobody to page on this level now (a gap in a schedule): the level stays due
+            # and is tried again each minute until someone is on call or a later level
+            # pages; the timeline says so once.
+            nobody = True
+            if (said := NOBODY_STEP + step.id) not in done:
+                steps.append(StepDone(said, record.event))
+            continue
+        steps.append(record)
     recorded = done | {s.step for s in steps}
     upcoming = [next_due(policy, _view(incident, recorded), now), _next_breach(incident, recorded)]
     if incident.state is IncidentState.SNOOZED and not unsnooze:
         upcoming.append(incident.snoozed_until)
+    if nobody:
+        # The level left due is the only time here not in the future: it waits its retry.
+        upcoming = [t for t in upcoming if t is None or t > now] + [now + NOBODY_RETRY]
     wake = min((t for t in upcoming if t is not None), default=None)
     return Decision(tuple(steps), tuple(events), wake, unsnooze)
 

@@ -1042,3 +1042,49 @@ async def test_unacknowledge_does_not_delay_a_duration_level(
     assert not await _count(client, lambda p: p["contact"] == "cto")  # 28m: not yet
     await settle(client, clock, timedelta(minutes=3))
     await eventually(lambda: _count(client, lambda p: p["contact"] == "cto"), "cto at 30m")
+
+
+GAP_POLICY = """
+contacts:
+  alice: {email: alice@example.com}
+schedules:
+  primary:
+    timezone: Europe/Berlin
+    layers:
+      - type: daily
+        start: 2026-03-02
+        handoff: "09:00"
+        members: [alice]
+escalation_policies:
+  oncall:
+    levels:
+      - targets: [{schedule: primary}]
+incidents:
+  default_policy: oncall
+"""
+
+
+async def test_a_level_with_nobody_on_call_pages_whoever_comes_on_call(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+) -> None:
+    """The schedule has nobody until its first hand-off at 09:00 Berlin: an incident at
+    08:50 says so once, and the level pages alice when she comes on call (escalation review,
+    stop 16: the level was recorded done with nobody paged, and nobody ever was)."""
+    channels = f"""
+channels:
+  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
+"""
+    client = await make_client(write_config(tmp_path, GAP_POLICY + channels))
+    clock.set(datetime(2026, 3, 2, 7, 50, tzinfo=UTC))  # 08:50 CET
+    await post(client, webhook(alert("TargetDown", starts="2026-03-02T07:50:00Z", instance="db")))
+    for _ in range(5):
+        await settle(client, clock, timedelta(minutes=1))
+    doc = await incident(client)
+    assert doc["pages"] == []
+    assert [e["kind"] for e in doc["timeline"]].count("nobody_to_page") == 1
+    for _ in range(6):  # past 09:00 CET and the next retry
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: _has(client, ("L1", "alice", "email", "sent")), "level 1 to alice")
