@@ -277,3 +277,82 @@ actions:
     clock.advance(timedelta(minutes=6))
     await asyncio.sleep(0.5)
     assert log.read_text().splitlines() == ["on web-1", "off web-1"]
+
+
+async def test_an_iptables_lift_that_fails_on_a_second_rule_is_a_failed_lift(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Two rules went in (the first insert timed out after it ran, the retry worked); the
+    second -D meets the xtables lock (exit 4): a rule is still there, so the lift failed and
+    a person hears of it (containment review, stop 16: it was recorded done, the address
+    blocked for ever)."""
+    from tests.test_containment import script
+
+    log = tmp_path / "fw.log"
+    flag = tmp_path / "tried"
+    deletes = tmp_path / "deletes"
+    body = (
+        f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "if '-I' in sys.argv and not os.path.exists(" + repr(str(flag)) + "):\n"
+        f"    open({str(flag)!r}, 'w').close(); time.sleep(10)\n"
+        "if '-D' in sys.argv:\n"
+        f"    open({str(deletes)!r}, 'a').write('x')\n"
+        f"    sys.exit(4 if len(open({str(deletes)!r}).read()) == 2 else 0)\n"
+    )
+    tool = script(tmp_path, "iptables", body)
+    actions = f"""
+actions:
+  block:
+    kind: block-address
+    backend: iptables
+    iptables: {tool}
+    ip6tables: {tool}
+    duration: 1h
+    params:
+      address: {{from: label, key: source_ip, type: ip}}
+    cooldown: 0
+    timeout: 1s
+    retries: 1
+    retry_delay: 0s
+"""
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
+    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
+    for _ in range(100):
+        if await _finished(client):
+            break
+        await asyncio.sleep(0.1)
+    assert _lines(log, "-I") == 2
+    clock.advance(timedelta(hours=1, minutes=1))
+
+    async def lift_failed() -> bool:
+        runs = (await (await client.get("/api/v1/actions", headers=AUTH)).json())["data"]
+        return any(r.get("undo") == "failed" for r in runs["recent"])
+
+    await eventually(lift_failed, "the lift recorded as failed")
+    assert _lines(log, "-D") == 2
+
+
+async def test_the_kill_switch_holds_lifts_until_it_is_released(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Paused, the site stays in maintenance past its hold-down (someone may be working on
+    it); released, the lift runs at once (containment review, stop 16: it ran while paused)."""
+    log, actions = _maintenance(tmp_path)
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    fired = alert("BackendErrors", backend="shop")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "maintenance on")
+    paused = await client.post(
+        "/api/v1/actions/pause", json={"reason": "hands on", "by": "alice"}, headers=AUTH
+    )
+    assert paused.status == 200
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=10))  # past the 5 minutes' hold-down
+    await asyncio.sleep(0.5)
+    assert log.read_text().splitlines() == ["on shop"]
+    resumed = await client.post("/api/v1/actions/resume", json={"by": "alice"}, headers=AUTH)
+    assert resumed.status == 200
+    await eventually(
+        lambda: _true(log.read_text().splitlines() == ["on shop", "off shop"]), "lifted"
+    )

@@ -167,6 +167,8 @@ class Containment:
         await self._save()
         self._metrics.containment_paused.set(0)
         log.warning("containment resumed", extra=fields(by=by))
+        self._deadline = self._clock.now()  # the lifts the switch held are due
+        self.wake()
         return self._state
 
     async def reset(self, action: str, target: str, by: str) -> GuardState | None:
@@ -397,7 +399,13 @@ class Containment:
     async def _undos(self) -> None:
         now = self._clock.now()
         catalog, _ = self._config()
+        paused = self._paused() is not None
         for run, refired in await self._store.due_undos(now):
+            if paused and not (run.undo or {}).get("manual"):
+                # The kill switch holds lifts too (a lift is a change: a site taken out of
+                # maintenance while someone works on it); they run once it is released. A
+                # lift asked for by hand is a person's decision and runs.
+                continue
             if refired:
                 # The change stays while the alert fires; it is lifted after its next resolve.
                 detail = {"run_id": run.run_id, "action": run.action, "undo": "postponed"}
@@ -426,10 +434,16 @@ class Containment:
                 detail["stderr"] = process.stderr[-300:]
             else:
                 # Rules inserted more than once (retries) go one lift each; the first lift
-                # that finds nothing left ends it.
+                # that finds nothing left (iptables' exit 1) ends it. Any other failure (the
+                # lock, a timeout) leaves a rule in place: a failed lift, as the first.
                 for _ in range(int(plan.get("times", 1)) - 1):
-                    if (await self._runner.run_exec(request)).outcome is not Outcome.OK:
-                        break
+                    again = await self._runner.run_exec(request)
+                    if again.outcome is Outcome.OK:
+                        continue
+                    if again.exit_status != 1:
+                        state = "failed"
+                        detail |= {"exit_status": again.exit_status, "stderr": again.stderr[-300:]}
+                    break
         elif plan.get("action"):
             other = catalog.actions.get(str(plan["action"]))
             if other is None:
@@ -498,6 +512,9 @@ class Containment:
                     await asyncio.sleep(1.0)
                 now = self._clock.now()
                 until = now + MAX_SLEEP
+                if self._paused() and self._deadline is not None and self._deadline <= now:
+                    # Lifts held by the kill switch stay due: not a pass per turn for them.
+                    self._deadline = None
                 if self._deadline is not None:
                     until = min(until, self._deadline)
                 if until <= now:
