@@ -35,6 +35,7 @@ from responder.incident import (
     PageKind,
     PageState,
     TimelineEvent,
+    is_reassignment,
 )
 from responder.log import fields
 from responder.metrics import Metrics
@@ -237,6 +238,8 @@ class _Rerouter:
             page.kind is PageKind.PAGE
             and page.cancel_on_ack
             and incident.state is not IncidentState.TRIGGERED
+            # A snooze holds the escalation, not a reassignment: its pages fail over.
+            and not (incident.state is IncidentState.SNOOZED and is_reassignment(page.step))
         ):
             return [], None  # someone has it (or it is over): nobody else needs waking
         # A duration level (management, cancel_on_ack off) pages even once acknowledged.

@@ -34,6 +34,14 @@ class PageKind(StrEnum):
     TEST = "test"  # a drill
 
 
+# The step of a reassignment's pages: A<time>. A snooze holds the escalation, not them.
+REASSIGN_STEP = "A"
+
+
+def is_reassignment(step: str) -> bool:
+    return step.startswith(REASSIGN_STEP)
+
+
 # The error of a page whose send was cut off (a crash, a store error after the hand-over):
 # whether it reached the provider is unknown, so it is re-routed, never resent.
 INTERRUPTED = "interrupted while sending: outcome unknown"

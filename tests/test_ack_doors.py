@@ -25,7 +25,7 @@ from responder.clock import FakeClock
 from responder.links import LinkError, link_secret, make_token, read_token
 from responder.runtime import RUNTIME, load_snapshot
 from responder.secrets import Secret
-from responder.testing import FakeTwilio, SmtpTestServer
+from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from responder.twilio_doors import Command, parse_reply
 from tests.conftest import AUTH, write_config
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
@@ -657,3 +657,25 @@ async def test_a_reassignment_during_a_snooze_reaches_the_new_owner(
     await eventually(held, "the reassignment's SMS held by alice's rate limit")
     clock.advance(timedelta(minutes=2))
     await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "alice's 2nd SMS")
+
+
+async def test_a_reassignment_during_a_snooze_fails_over_like_any_page(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    """Handed to alice while snoozed; her number is refused for good: her reassignment page
+    fails over down her chain as it would on a triggered incident (escalation review, stop
+    16: nobody else was woken)."""
+    await first_incident_paged(daemon, twilio)
+    twilio.fail_number("+15551230001", Fault.INVALID_NUMBER)
+    for action, body in (
+        ("snooze", {"by": "bob", "for": "2h"}),
+        ("reassign", {"by": "bob", "to": "alice"}),
+    ):
+        answer = await daemon.post(f"/api/v1/incidents/1/{action}", json=body, headers=AUTH)
+        assert answer.status == 200, await answer.text()
+    clock.advance(timedelta(minutes=2))  # past alice's rate limit
+
+    async def failed_over() -> bool:
+        return "failover" in [e["kind"] for e in (await incident(daemon))["timeline"]]
+
+    await eventually(failed_over, "the reassignment's SMS failed over")

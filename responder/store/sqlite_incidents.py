@@ -21,6 +21,7 @@ import orjson
 
 from responder.incident import (
     INTERRUPTED,
+    REASSIGN_STEP,
     EscalationWork,
     Event,
     Incident,
@@ -40,8 +41,6 @@ from responder.store.base import Reroute
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DRILL_KEY_PREFIX = "drill:"
-# The step of a reassignment's pages: A<time>. A snooze does not silence them.
-REASSIGN_STEP = "A"
 
 
 def to_us(when: datetime) -> int:
