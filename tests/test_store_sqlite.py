@@ -879,6 +879,31 @@ async def test_a_snooze_does_not_silence_a_reassignment(store: SQLiteStore) -> N
     assert (claimed.contact, claimed.step[0]) == ("bob", "A")
 
 
+async def test_a_worse_alert_under_another_policy_starts_over_also_when_snoozed(
+    store: SQLiteStore,
+) -> None:
+    """An incident of policy 'low', snoozed (or acknowledged); a P0 alert under 'high'
+    joins: a new episode, so that 'low''s steps done are not read as 'high''s levels
+    (escalation review, stop 16: high's level 1 never paged, and its level 2 was "reminded"
+    to someone never paged). Its state stays, and targets still count from the trigger."""
+    low = replace(CLASSIFIED, policy="low")
+    high = replace(CLASSIFIED, severity=Severity.P0, policy="high")
+    later = T0 + timedelta(minutes=20)
+    for incident_id, action in ((1, "snooze"), (2, "acknowledge")):
+        key = f"k{incident_id}"
+        first = replace(alert(f"aaaa00000000000{incident_id}"), incident_key=key)
+        await store.ingest([replace(first, classification=low)], T0)
+        await store.transition(
+            incident_id, action, actor="op", via="api", now=later, until=T0 + timedelta(hours=2)
+        )
+        before = await store.get_incident(incident_id)
+        worse = replace(alert(f"bbbb00000000000{incident_id}"), incident_key=key)
+        await store.ingest([replace(worse, classification=high)], later)
+        after = await store.get_incident(incident_id)
+        assert (after.policy, after.episode) == ("high", before.episode + 1), action
+        assert (after.state, after.started) == (before.state, before.started), action
+
+
 async def test_paid_send_times_count_a_bundle_once(store: SQLiteStore) -> None:
     """The SMS/voice budget's window, as read at start: a bundle is one message; email and
     messages older than the window do not count."""

@@ -119,15 +119,17 @@ def join_incident(
     target = classification.get("target") or {}
     episode = conn.execute("SELECT episode FROM incidents WHERE id = ?", (incident_id,)).fetchone()
     # Under another policy the escalation starts over (a new episode), not the incident's
-    # lasting: response targets and duration levels keep counting from its trigger.
+    # lasting: response targets and duration levels keep counting from its trigger. Also
+    # while it is snoozed (the new policy's first level then waits for the snooze's end)
+    # or acknowledged (its duration levels are its own): the old policy's steps done must
+    # not be read as level numbers of the new one.
     conn.execute(
         "UPDATE incidents SET severity = ?6, "
-        "lasting_since = CASE WHEN state = 'triggered' AND ?1 IS NOT NULL "
+        "lasting_since = CASE WHEN ?1 IS NOT NULL "
         "AND ?1 IS NOT COALESCE(policy, ?7) THEN COALESCE(lasting_since, triggered_at) "
         "ELSE lasting_since END, "
-        "episode = episode + (state = 'triggered' AND ?1 IS NOT NULL "
-        "AND ?1 IS NOT COALESCE(policy, ?7)), "
-        "triggered_at = CASE WHEN state = 'triggered' AND ?1 IS NOT NULL "
+        "episode = episode + (?1 IS NOT NULL AND ?1 IS NOT COALESCE(policy, ?7)), "
+        "triggered_at = CASE WHEN ?1 IS NOT NULL "
         "AND ?1 IS NOT COALESCE(policy, ?7) THEN ?2 ELSE triggered_at END, "
         "policy = COALESCE(?1, policy), respond_s = COALESCE(?3, respond_s), "
         "resolve_s = COALESCE(?4, resolve_s), held_until = NULL, "
