@@ -266,13 +266,16 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         return Decision(breaches, tuple(events), _next_breach(incident, recorded), unsnooze)
 
     view = _view(incident, done)
+    escalated: IncidentView | None = None  # the levels' view when containment failed
     if incident.escalate_now is not None and incident.state is not IncidentState.ACKNOWLEDGED:
-        # Containment failed: whatever level comes next is due now. The clock is shifted for
-        # this decision only; later levels keep their own times.
-        soonest = next_due(policy, view, now)
+        # Containment failed: whatever level comes next is due now, snoozed or not. The
+        # levels' clock is shifted for this decision only (later levels keep their own
+        # times; status updates keep theirs).
+        escalated = replace(view, snoozed_until=None)
+        soonest = next_due(policy, escalated, now, levels_only=True)
         # A level already due (the first, held while containment worked) is the one to page.
-        if soonest is not None and soonest > now and not due_steps(policy, view, now):
-            view = replace(view, triggered_at=view.triggered_at - (soonest - now))
+        if soonest is not None and soonest > now and not _levels(due_steps(policy, escalated, now)):
+            escalated = replace(escalated, triggered_at=escalated.triggered_at - (soonest - now))
         events.append(
             TimelineEvent(
                 now, Event.ESCALATED, "responder", "containment", {"reason": incident.escalate_now}
@@ -288,7 +291,11 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
             step = Step(reminder, StepKind.LEVEL, now, level.number)
             steps.append(_step_record(step, policy, config.directory, now))
     nobody = False
-    for step in due_steps(policy, view, now):
+    due = due_steps(policy, view, now)
+    if escalated is not None:
+        due = [s for s in due if s.kind is not StepKind.LEVEL]
+        due += _levels(due_steps(policy, escalated, now))
+    for step in due:
         record = _step_record(step, policy, config.directory, now)
         if step.kind is StepKind.LEVEL and not record.pages:
             # Nobody to page on this level now (a gap in a schedule): the level stays due
@@ -308,6 +315,10 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         upcoming = [t for t in upcoming if t is None or t > now] + [now + NOBODY_RETRY]
     wake = min((t for t in upcoming if t is not None), default=None)
     return Decision(tuple(steps), tuple(events), wake, unsnooze)
+
+
+def _levels(steps: list[Step]) -> list[Step]:
+    return [s for s in steps if s.kind is StepKind.LEVEL]
 
 
 def _step_record(step: Step, policy: Policy, directory: Directory, now: datetime) -> StepDone:

@@ -259,8 +259,11 @@ def _latest_update(policy: Policy, incident: IncidentView, now: datetime) -> Ste
     return Step(step_id, StepKind.STATUS_UPDATE, due, update=count)
 
 
-def next_due(policy: Policy, incident: IncidentView, after: datetime) -> datetime | None:
-    """The earliest instant later than ``after`` at which ``due_steps`` will return something.
+def next_due(
+    policy: Policy, incident: IncidentView, after: datetime, *, levels_only: bool = False
+) -> datetime | None:
+    """The earliest instant later than ``after`` at which ``due_steps`` will return something
+    (``levels_only``: a level, not a status update).
 
     None when nothing more can happen (resolved, or every step done, moot or skipped). The
     engine stores this as the incident's wake-up time.
@@ -273,7 +276,7 @@ def next_due(policy: Policy, incident: IncidentView, after: datetime) -> datetim
         if due > after and _applies(planned, policy, incident):
             candidates.append(due)
     updates = policy.status_updates
-    if updates is not None:
+    if updates is not None and not levels_only:
         count = max(1, (after - incident.triggered_at) // updates.every + 1)
         candidates.append(incident.triggered_at + updates.every * count)
     candidates = [c for c in candidates if incident.resolved_at is None or c < incident.resolved_at]

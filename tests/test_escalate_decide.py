@@ -1,0 +1,79 @@
+"""``escalate.decide`` alone, on a fake clock: what one pass records for one incident."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from responder.escalate import decide, load_escalation
+from responder.incident import EscalationWork, Incident, IncidentState
+from responder.yamlfile import load_text
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+CONFIG = """
+contacts:
+  alice: {email: alice@example.com}
+  bob: {email: bob@example.com}
+  carol: {email: carol@example.com}
+  boss: {email: boss@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+      - after: 5m
+        targets: [bob]
+      - after: 30m
+        targets: [carol]
+    status_updates: {every: 10m, to: [boss]}
+"""
+
+
+def _incident(state: IncidentState, **changes: object) -> Incident:
+    fields: dict[str, object] = {
+        "id": 1,
+        "key": "k",
+        "state": state,
+        "severity": "P1",
+        "category": "availability",
+        "policy": "standard",
+        "rule": None,
+        "title": "t",
+        "respond_s": None,
+        "resolve_s": None,
+        "opened_at": T0,
+        "triggered_at": T0,
+        "episode": 1,
+        "acknowledged_at": None,
+        "acknowledged_by": None,
+        "resolved_at": None,
+        "resolved_by": None,
+        "snoozed_until": None,
+        "assignee": None,
+        "next_due": None,
+        "version": 1,
+    }
+    fields.update(changes)
+    return Incident(**fields)  # type: ignore[arg-type]
+
+
+def test_a_containment_failure_pages_the_next_level_not_the_next_status_update() -> None:
+    """At 12 minutes (levels 1 and 2 done, U1 sent), containment fails: carol's level 3 is
+    paged now; the status update U2 keeps its time (escalation review, stop 16: U2 went out
+    early instead, and carol was never paged)."""
+    config = load_escalation(load_text(CONFIG, "config.yaml"))
+    now = T0 + timedelta(minutes=12)
+    incident = _incident(IncidentState.TRIGGERED, escalate_now="restart failed")
+    work = EscalationWork(incident, frozenset({"L1", "L2", "U1"}), ())
+    decision = decide(work, config, now)
+    assert [s.step for s in decision.steps] == ["L3"]
+
+
+def test_a_containment_failure_pages_a_snoozed_incident_at_once() -> None:
+    """Snoozed for an hour after level 1; containment fails at 3 minutes: level 2 now."""
+    config = load_escalation(load_text(CONFIG, "config.yaml"))
+    now = T0 + timedelta(minutes=3)
+    incident = _incident(
+        IncidentState.SNOOZED, snoozed_until=T0 + timedelta(hours=1), escalate_now="failed"
+    )
+    decision = decide(EscalationWork(incident, frozenset({"L1"}), ()), config, now)
+    assert [s.step for s in decision.steps] == ["L2"]
