@@ -356,3 +356,40 @@ async def test_the_kill_switch_holds_lifts_until_it_is_released(
     await eventually(
         lambda: _true(log.read_text().splitlines() == ["on shop", "off shop"]), "lifted"
     )
+
+
+async def test_an_undo_gets_the_secret_variables_of_its_action(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The lift is stored without secret values (they never reach the database) and takes
+    them from the action's configuration when it runs (containment review, stop 16: the undo
+    ran without its token, unauthenticated or failing)."""
+    from tests.test_containment import script
+
+    log = tmp_path / "log"
+    secret = tmp_path / "site-token"
+    secret.write_text("s3cr3t-value\n")
+    body = (
+        f"open({str(log)!r}, 'a').write(sys.argv[1] + ' ' + os.environ.get('TOKEN', '-') + '\\n')"
+    )
+    tool = script(tmp_path, "site", body)
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{tool}, "on"]
+    env:
+      TOKEN: {{value_file: {secret}}}
+    cooldown: 0
+    undo: {{argv: [{tool}, "off"]}}
+    undo_hold_down: 1m
+"""
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    fired = alert("BackendErrors", backend="shop")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "maintenance on")
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=2))
+    await eventually(lambda: _true(len(log.read_text().splitlines()) == 2), "lifted")
+    assert log.read_text().splitlines() == ["on s3cr3t-value", "off s3cr3t-value"]

@@ -28,6 +28,8 @@ from responder.contain.catalog import (
     ActionCatalog,
     BlockAddressSpec,
     ContainmentSettings,
+    EnvValue,
+    ExecSpec,
 )
 from responder.contain.guards import (
     GuardState,
@@ -47,6 +49,7 @@ from responder.contain.runner import ActionRunner, ExecRequest, RunContext, RunR
 from responder.incident import Event
 from responder.log import fields
 from responder.metrics import Metrics
+from responder.secrets import Secret
 from responder.store.base import ContainmentStore, QueuedAlert, RunRow
 
 log = logging.getLogger("responder.contain")
@@ -421,7 +424,7 @@ class Containment:
             detail["by"] = plan["manual"]
         state = "done"
         if plan.get("argv"):
-            request = ExecRequest.from_json(plan["argv"])
+            request = ExecRequest.from_json(plan["argv"], _secret_env(catalog, run.action))
             process = await self._runner.run_exec(request)
             detail |= {"undo": "argv", "exit_status": process.exit_status}
             if plan.get("maybe") and process.exit_status == 1:
@@ -524,6 +527,15 @@ class Containment:
             for task in list(self._tasks):
                 task.cancel()
             await self._runner.close()
+
+
+def _secret_env(catalog: ActionCatalog, name: str) -> dict[str, EnvValue]:
+    """The secret variables of action ``name`` as configured now: an undo is stored without
+    their values, and gets them back when it runs."""
+    action = catalog.actions.get(name)
+    if action is None or not isinstance(action.spec, ExecSpec):
+        return {}
+    return {k: v for k, v in action.spec.env.items() if isinstance(v, Secret)}
 
 
 # Attempts whose process may have done its work: it exited 0, or was killed on timeout.

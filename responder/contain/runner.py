@@ -143,8 +143,18 @@ class ExecRequest:
         return self.to_audit()
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ExecRequest:
-        env = {str(k): str(v) for k, v in data.get("env", {}).items() if v != REDACTED}
+    def from_json(
+        cls, data: Mapping[str, Any], secrets: Mapping[str, EnvValue] | None = None
+    ) -> ExecRequest:
+        """The request persisted by ``to_json``; its secret variables (stored by name only)
+        take their values from ``secrets`` (the action's, as configured now), or are left
+        out when it has none of that name."""
+        env: dict[str, EnvValue] = {}
+        for name, value in data.get("env", {}).items():
+            if value != REDACTED:
+                env[str(name)] = str(value)
+            elif secrets is not None and str(name) in secrets:
+                env[str(name)] = secrets[str(name)]
         return cls(
             argv=tuple(str(a) for a in data["argv"]),
             env=MappingProxyType(env),
