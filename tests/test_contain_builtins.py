@@ -10,6 +10,7 @@ import socket
 import stat
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -264,6 +265,23 @@ async def test_the_hosts_own_addresses_are_never_blocked(tmp_path: Path, address
     assert "203.0.113.7, an address of this host" in str(
         address_refusal(spec, "203.0.113.0/24", own)  # a network holding one
     )
+
+
+@pytest.mark.parametrize(
+    "network",
+    ["169.0.0.0/8", "120.0.0.0/5", "224.0.0.0/3", "fe00::/7", "::fffe:0:0/95", "::/120"],
+)
+def test_a_network_holding_special_addresses_is_refused_whatever_min_prefix(
+    tmp_path: Path, network: str
+) -> None:
+    """With min_prefix 0 an operator allows wide blocks, not one that holds the cloud's
+    metadata address (169.254.169.254), loopback, multicast or the IPv4-mapped range
+    (containment review, stop 16: only the first address was looked at)."""
+    spec = block_catalog(tmp_path)["block-attacker"].spec
+    assert isinstance(spec, BlockAddressSpec)
+    wide = replace(spec, min_prefix4=0, min_prefix6=0)
+    assert address_refusal(wide, network) is not None
+    assert address_refusal(wide, "198.51.0.0/16") is None
 
 
 def test_local_addresses_are_the_interfaces_addresses(monkeypatch: pytest.MonkeyPatch) -> None:

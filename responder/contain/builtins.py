@@ -68,6 +68,22 @@ def local_addresses() -> frozenset[Address] | None:
     return frozenset(found)
 
 
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_NEVER_BLOCKED: tuple[Network, ...] = tuple(
+    ipaddress.ip_network(text)
+    for text in (
+        "127.0.0.0/8",
+        "0.0.0.0/32",
+        "224.0.0.0/4",
+        "169.254.0.0/16",
+        "::1/128",
+        "::/128",
+        "ff00::/8",
+        "fe80::/10",
+    )
+)
+
+
 def address_refusal(
     spec: BlockAddressSpec, address: str, own: Collection[Address] | None = ()
 ) -> str | None:
@@ -77,12 +93,13 @@ def address_refusal(
     if own is None:
         return f"{address} not blocked: this host's own addresses could not be read"
     network: Network = ipaddress.ip_network(address, strict=False)
-    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped:
+    if isinstance(network, ipaddress.IPv6Network) and network.overlaps(_IPV4_MAPPED):
         # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel, but not to the checks below.
         return f"{address} is an IPv4-mapped address; give the IPv4 address"
-    first = network.network_address
-    if first.is_loopback or first.is_unspecified or first.is_multicast or first.is_link_local:
-        return f"{address} is a loopback, unspecified, multicast or link-local address"
+    # Any part of these, not only the first address: with a wide min_prefix, 169.0.0.0/8
+    # would hold 169.254.169.254, the cloud's metadata service.
+    if any(network.version == r.version and network.overlaps(r) for r in _NEVER_BLOCKED):
+        return f"{address} holds loopback, unspecified, multicast or link-local addresses"
     minimum = spec.min_prefix4 if network.version == 4 else spec.min_prefix6
     if network.prefixlen < minimum:
         return f"{address} is wider than /{minimum}"
