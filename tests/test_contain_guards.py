@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 from responder.clock import FakeClock
-from responder.contain.catalog import Action, ContainmentSettings, parse_actions
+from responder.contain.catalog import Action, CheckSpec, ContainmentSettings, parse_actions
 from responder.contain.guards import (
     Guard,
     GuardState,
@@ -15,6 +16,7 @@ from responder.contain.guards import (
     decide,
     finish_run,
     interrupt_running,
+    late_check,
     pause,
     prune,
     reset_breaker,
@@ -251,3 +253,37 @@ def test_prune_forgets_old_finished_runs_but_not_running_ones() -> None:
     clock.advance(timedelta(days=2))
     pruned = prune(state, clock.now(), timedelta(days=1))
     assert [r.run_id for r in pruned.runs] == ["live"]
+
+
+def test_a_check_that_fails_after_an_ok_run_counts_toward_the_breaker() -> None:
+    """Each restart exits 0 (the breaker's count reset) and its alert_resolves_within check
+    fails later: those failures add up and open the breaker at its threshold (containment
+    review, stop 16: four such restarts left no breaker)."""
+    clock = FakeClock()
+    check = CheckSpec(alert_resolves_within=timedelta(minutes=5))
+    restart = replace(actions()["restart"], breaker_failures=2, check=check)
+    state = GuardState()
+    opened = []
+    for n in range(2):
+        state = run_once(state, clock, restart, "nginx.service", Outcome.OK, n)
+        state, now_open = late_check(state, restart, "nginx.service", False, clock.now(), SETTINGS)
+        opened.append(now_open)
+        clock.advance(timedelta(minutes=10))
+    assert opened == [False, True]
+    assert state.breaker("restart", "nginx.service").opened_at is not None
+    assert not decide(state, restart, "nginx.service", SETTINGS, clock.now()).allowed
+
+
+def test_a_verified_late_check_starts_the_count_over() -> None:
+    """One late failure, then a run whose check verifies: the count starts over, and the
+    next failure does not open the breaker (threshold 2)."""
+    clock = FakeClock()
+    check = CheckSpec(alert_resolves_within=timedelta(minutes=5))
+    restart = replace(actions()["restart"], breaker_failures=2, check=check)
+    state = GuardState()
+    for n, verified in enumerate((False, True, False)):
+        state = run_once(state, clock, restart, "nginx.service", Outcome.OK, n)
+        state, opened = late_check(state, restart, "nginx.service", verified, clock.now(), SETTINGS)
+        assert not opened
+        clock.advance(timedelta(minutes=10))
+    assert state.breaker("restart", "nginx.service").consecutive_failures == 1

@@ -37,6 +37,7 @@ from responder.contain.guards import (
     finish_run,
     forget_run,
     interrupt_running,
+    late_check,
     pause,
     prune,
     reset_breaker,
@@ -394,10 +395,27 @@ class Containment:
                 "the alert resolved in time" if verified else "the alert did not resolve in time"
             )
             await self._store.finish_check(run.run_id, verified, reason, now)
+            await self._count_late_check(run, verified, now)
             if not verified:
                 self._on_escalate()
             outcome = Outcome.OK if verified else Outcome.CHECK_FAILED
             self._metrics.actions.labels(run.action, f"check_{outcome.value}").inc()
+
+    async def _count_late_check(self, run: RunRow, verified: bool, now: datetime) -> None:
+        """The run was ok when it ended; its check, later, says whether it was: a failure
+        counts toward the breaker as the failed attempt it turned out to be."""
+        catalog, settings = self._config()
+        action = catalog.actions.get(run.action)
+        if action is None:
+            return
+        self._state, opened = late_check(self._state, action, run.target, verified, now, settings)
+        await self._save()
+        if opened:
+            self._metrics.breakers_opened.labels(action.name).inc()
+            log.error(
+                "breaker open until reset",
+                extra=fields(action=action.name, target=run.target, reason="check_failed"),
+            )
 
     async def _undos(self) -> None:
         now = self._clock.now()

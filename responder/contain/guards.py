@@ -300,7 +300,10 @@ def finish_run(
     count = before.consecutive_failures
     last_failure = before.last_failure_at
     if outcome is Outcome.OK:
-        count = 0
+        # A check that waits for the alert to resolve decides later (late_check): until
+        # then an ok run proves nothing, and its failure must add to the count it found.
+        if action.check is None or action.check.alert_resolves_within is None:
+            count = 0
     elif outcome.is_failure:
         count += max(attempts, 1)
         last_failure = now
@@ -324,6 +327,33 @@ def finish_run(
         breaker_opened=before.opened_at is None and opened_at is not None,
         escalate=escalate,
     )
+
+
+def late_check(
+    state: GuardState,
+    action: Action,
+    target: str,
+    verified: bool,
+    now: datetime,
+    settings: ContainmentSettings,
+) -> tuple[GuardState, bool]:
+    """A run recorded ok, then its ``alert_resolves_within`` check: verified, the breaker's
+    count of (action, target) starts over, as after any ok run; failed, one failed attempt
+    more, as a failed check at run time is. Returns the state and whether the breaker opened
+    now."""
+    before = state.breaker(action.name, target)
+    if verified:
+        breakers = tuple(b for b in state.breakers if (b.action, b.target) != (action.name, target))
+        if before.opened_at is not None:  # open until an operator resets it
+            breakers = (*breakers, replace(before, consecutive_failures=0))
+        return replace(state, breakers=breakers), False
+    count = before.consecutive_failures + 1
+    threshold = action.breaker_failures or settings.breaker_failures
+    opened_at = before.opened_at or (now if count >= threshold else None)
+    after = Breaker(action.name, target, count, opened_at, now)
+    breakers = tuple(b for b in state.breakers if (b.action, b.target) != (action.name, target))
+    opened = before.opened_at is None and opened_at is not None
+    return replace(state, breakers=(*breakers, after)), opened
 
 
 def forget_run(state: GuardState, run_id: str) -> GuardState:
