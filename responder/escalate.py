@@ -287,7 +287,10 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         # hears of it again now (the next level still waits its own time after the snooze).
         step_id, level = reached
         reminder = f"{step_id}.s{int(snooze_end.timestamp())}"
-        if reminder not in done:
+        # Only if the level's condition holds now, as for any step: an office-hours level
+        # reached at 16:00 is not paged at 20:00 when a snooze ends.
+        holds = level.when.holds(view.severity, view.category, now, policy.business_hours)
+        if reminder not in done and holds:
             step = Step(reminder, StepKind.LEVEL, now, level.number)
             steps.append(_step_record(step, policy, config.directory, now))
     nobody = False

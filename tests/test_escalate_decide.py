@@ -77,3 +77,33 @@ def test_a_containment_failure_pages_a_snoozed_incident_at_once() -> None:
     )
     decision = decide(EscalationWork(incident, frozenset({"L1"}), ()), config, now)
     assert [s.step for s in decision.steps] == ["L2"]
+
+
+OFFICE = """
+business_hours: {timezone: UTC, start: "09:00", end: "17:00"}
+contacts:
+  it-manager: {email: it@example.com}
+  night: {email: night@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [it-manager]
+        when: {business_hours: true}
+      - after: 10m
+        targets: [night]
+"""
+
+
+def test_the_reminder_at_a_snooze_end_keeps_to_its_level_condition() -> None:
+    """The office-hours level reached at 16:00 (a Monday), snoozed until 20:00: the IT
+    manager is not paged at 20:00 (escalation review, stop 16: the reminder ignored the
+    level's condition)."""
+    config = load_escalation(load_text(OFFICE, "config.yaml"))
+    start = datetime(2026, 1, 5, 16, 0, tzinfo=UTC)
+    end = start + timedelta(hours=4)
+    incident = _incident(
+        IncidentState.SNOOZED, triggered_at=start, opened_at=start, snoozed_until=end
+    )
+    decision = decide(EscalationWork(incident, frozenset({"L1"}), ()), config, end)
+    assert not [s for s in decision.steps if s.step.startswith("L1.s")]
+    assert decision.unsnooze
