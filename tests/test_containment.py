@@ -390,6 +390,35 @@ actions:
     )
 
 
+async def blocked_once(
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer, tool: Path
+) -> Any:
+    """A daemon whose iptables block (``tool`` as iptables, 1 s timeout, one retry) ran for
+    203.0.113.7, its run finished."""
+    actions = f"""
+actions:
+  block:
+    kind: block-address
+    backend: iptables
+    iptables: {tool}
+    ip6tables: {tool}
+    duration: 1h
+    params:
+      address: {{from: label, key: source_ip, type: ip}}
+    cooldown: 0
+    timeout: 1s
+    retries: 1
+    retry_delay: 0s
+"""
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
+    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
+    for _ in range(100):
+        if await _finished(client):
+            break
+        await asyncio.sleep(0.1)
+    return client
+
+
 def _lines(log: Path, verb: str) -> int:
     return sum(f" {verb} " in f" {line} " for line in log.read_text().splitlines())
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from responder.clock import FakeClock
 from responder.testing import SmtpTestServer
 from tests.conftest import ClientFactory
 from tests.test_containment import (
+    BLOCK_RULE,
     MAINTENANCE_RULE,
     _finished,
     _true,
+    blocked_once,
     config,
     script,
     smtp,
@@ -128,16 +129,6 @@ def _count(rules: Path) -> int:
     return len([r for r in rules.read_text().splitlines() if r])
 
 
-BLOCK = """
-rules:
-  - name: brute
-    matchers: ['alertname="SSHBruteForce"']
-    severity: P1
-    category: security
-    actions: [block]
-"""
-
-
 async def test_an_earlier_runs_lift_does_not_delete_a_later_episodes_iptables_rule(
     make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
 ) -> None:
@@ -162,7 +153,7 @@ actions:
     undo: builtin
     undo_hold_down: 5m
 """
-    client = await make_client(config(tmp_path, smtp, actions, BLOCK))
+    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
     fired = alert("SSHBruteForce", source_ip="203.0.113.7")
     await post(client, webhook(fired))
     for _ in range(100):
@@ -181,35 +172,6 @@ actions:
     clock.advance(timedelta(minutes=49, seconds=30))  # past A's expiry, before B's
     await asyncio.sleep(1.0)
     assert _count(rules) == 1, "B's block was lifted by A's lift before its expiry"
-
-
-async def blocked_once(
-    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer, tool: Path
-) -> Any:
-    """A daemon whose iptables block (``tool`` as iptables, 1 s timeout, one retry) ran for
-    203.0.113.7, its run finished."""
-    actions = f"""
-actions:
-  block:
-    kind: block-address
-    backend: iptables
-    iptables: {tool}
-    ip6tables: {tool}
-    duration: 1h
-    params:
-      address: {{from: label, key: source_ip, type: ip}}
-    cooldown: 0
-    timeout: 1s
-    retries: 1
-    retry_delay: 0s
-"""
-    client = await make_client(config(tmp_path, smtp, actions, BLOCK))
-    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
-    for _ in range(100):
-        if await _finished(client):
-            break
-        await asyncio.sleep(0.1)
-    return client
 
 
 async def test_a_timed_out_insert_that_inserted_nothing_is_not_a_failed_lift(

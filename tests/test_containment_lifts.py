@@ -18,6 +18,7 @@ from tests.test_containment import (
     _lines,
     _true,
     block_action,
+    blocked_once,
     config,
     smtp,
 )
@@ -207,28 +208,7 @@ async def test_an_iptables_insert_that_timed_out_then_a_failed_retry_is_lifted(
         f"        open({str(flag)!r}, 'w').close(); time.sleep(10)\n"
         "    sys.exit(1)\n"
     )
-    tool = script(tmp_path, "iptables", body)
-    actions = f"""
-actions:
-  block:
-    kind: block-address
-    backend: iptables
-    iptables: {tool}
-    ip6tables: {tool}
-    duration: 1h
-    params:
-      address: {{from: label, key: source_ip, type: ip}}
-    cooldown: 0
-    timeout: 1s
-    retries: 1
-    retry_delay: 0s
-"""
-    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
-    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
-    for _ in range(100):
-        if await _finished(client):
-            break
-        await asyncio.sleep(0.1)
+    await blocked_once(make_client, tmp_path, smtp, script(tmp_path, "iptables", body))
     assert _lines(log, "-I") == 2
     clock.advance(timedelta(hours=1, minutes=1))
     await asyncio.sleep(0.5)
@@ -299,28 +279,7 @@ async def test_an_iptables_lift_that_fails_on_a_second_rule_is_a_failed_lift(
         f"    open({str(deletes)!r}, 'a').write('x')\n"
         f"    sys.exit(4 if len(open({str(deletes)!r}).read()) == 2 else 0)\n"
     )
-    tool = script(tmp_path, "iptables", body)
-    actions = f"""
-actions:
-  block:
-    kind: block-address
-    backend: iptables
-    iptables: {tool}
-    ip6tables: {tool}
-    duration: 1h
-    params:
-      address: {{from: label, key: source_ip, type: ip}}
-    cooldown: 0
-    timeout: 1s
-    retries: 1
-    retry_delay: 0s
-"""
-    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
-    await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
-    for _ in range(100):
-        if await _finished(client):
-            break
-        await asyncio.sleep(0.1)
+    client = await blocked_once(make_client, tmp_path, smtp, script(tmp_path, "iptables", body))
     assert _lines(log, "-I") == 2
     clock.advance(timedelta(hours=1, minutes=1))
 

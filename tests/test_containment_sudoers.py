@@ -17,8 +17,7 @@ from responder.contain import builtins
 from responder.contain.catalog import BlockAddressSpec
 from responder.testing import SmtpTestServer
 from tests.conftest import AUTH, ClientFactory
-from tests.test_containment import _true, script, smtp
-from tests.test_containment_lift_identity import blocked_once
+from tests.test_containment import _true, blocked_once, script, smtp
 from tests.test_escalation_story import eventually, incident
 
 __all__ = ["smtp"]
