@@ -256,7 +256,15 @@ def _lift_at_expiry(conn: sqlite3.Connection, run: RunRow) -> None:
     at_us = int(datetime.fromisoformat(at).timestamp() * 1_000_000)
     env = (run.audit.get("request") or {}).get("env") or {}
     times = int(planned.get("attempts") or 1)
-    undo = {"argv": {"argv": argv, "env": env}, "action": None, "at": at_us, "times": times}
+    # No attempt is known to have inserted (the run was cut off): finding no rule to delete
+    # is then "nothing to lift", not a failed lift that pages, as for a timed-out run.
+    undo = {
+        "argv": {"argv": argv, "env": env},
+        "action": None,
+        "at": at_us,
+        "times": times,
+        "maybe": True,
+    }
     conn.execute(
         "UPDATE action_runs SET undo = ?, undo_state = 'wait', undo_due = ? WHERE run_id = ?",
         (dumps(undo), at_us, run.run_id),
