@@ -275,7 +275,14 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         soonest = next_due(policy, escalated, now, levels_only=True)
         # A level already due (the first, held while containment worked) is the one to page.
         if soonest is not None and soonest > now and not _levels(due_steps(policy, escalated, now)):
-            escalated = replace(escalated, triggered_at=escalated.triggered_at - (soonest - now))
+            # Both clocks: duration levels count from the incident's lasting, not its episode.
+            ahead = soonest - now
+            lasting = escalated.lasting_since
+            escalated = replace(
+                escalated,
+                triggered_at=escalated.triggered_at - ahead,
+                lasting_since=None if lasting is None else lasting - ahead,
+            )
         events.append(
             TimelineEvent(
                 now, Event.ESCALATED, "responder", "containment", {"reason": incident.escalate_now}
@@ -299,6 +306,12 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         due = [s for s in due if s.kind is not StepKind.LEVEL]
         due += _levels(due_steps(policy, escalated, now))
     for step in due:
+        retried = NOBODY_STEP + step.id in done
+        if retried and not _holds_now(step, policy, view, now):
+            # Tried for want of anyone and its condition (business hours) has ended since:
+            # skipped from now on, as a level whose condition fails at its due time is.
+            steps.append(StepDone(step.id, None))
+            continue
         record = _step_record(step, policy, config.directory, now)
         if step.kind is StepKind.LEVEL and not record.pages:
             # Nobody to page on this level now (a gap in a schedule): the level stays due
@@ -318,6 +331,13 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         upcoming = [t for t in upcoming if t is None or t > now] + [now + NOBODY_RETRY]
     wake = min((t for t in upcoming if t is not None), default=None)
     return Decision(tuple(steps), tuple(events), wake, unsnooze)
+
+
+def _holds_now(step: Step, policy: Policy, view: IncidentView, now: datetime) -> bool:
+    level = next((lv for lv in policy.levels if lv.number == step.level), None)
+    return level is None or level.when.holds(
+        view.severity, view.category, now, policy.business_hours
+    )
 
 
 def _levels(steps: list[Step]) -> list[Step]:

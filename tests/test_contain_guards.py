@@ -266,7 +266,10 @@ def test_a_check_that_fails_after_an_ok_run_counts_toward_the_breaker() -> None:
     opened = []
     for n in range(2):
         state = run_once(state, clock, restart, "nginx.service", Outcome.OK, n)
-        state, now_open = late_check(state, restart, "nginx.service", False, clock.now(), SETTINGS)
+        now = clock.now()
+        state, now_open = late_check(
+            state, restart, "nginx.service", False, now, SETTINGS, run_started=now
+        )
         opened.append(now_open)
         clock.advance(timedelta(minutes=10))
     assert opened == [False, True]
@@ -283,7 +286,27 @@ def test_a_verified_late_check_starts_the_count_over() -> None:
     state = GuardState()
     for n, verified in enumerate((False, True, False)):
         state = run_once(state, clock, restart, "nginx.service", Outcome.OK, n)
-        state, opened = late_check(state, restart, "nginx.service", verified, clock.now(), SETTINGS)
+        now = clock.now()
+        state, opened = late_check(
+            state, restart, "nginx.service", verified, now, SETTINGS, run_started=now
+        )
         assert not opened
         clock.advance(timedelta(minutes=10))
     assert state.breaker("restart", "nginx.service").consecutive_failures == 1
+
+
+def test_a_late_verified_check_keeps_failures_that_came_after_its_run() -> None:
+    """Run 1 ok, its check pending; runs 2 and 3 fail; then run 1's check verifies: the two
+    later failures still count (regression review, stop 16: they were wiped out)."""
+    clock = FakeClock()
+    check = CheckSpec(alert_resolves_within=timedelta(minutes=5))
+    restart = replace(actions()["restart"], breaker_failures=3, check=check)
+    state = run_once(GuardState(), clock, restart, "nginx.service", Outcome.OK, 1)
+    first_started = clock.now()
+    for n in (2, 3):
+        clock.advance(timedelta(minutes=6))
+        state = run_once(state, clock, restart, "nginx.service", Outcome.FAILED, n)
+    state, _ = late_check(
+        state, restart, "nginx.service", True, clock.now(), SETTINGS, run_started=first_started
+    )
+    assert state.breaker("restart", "nginx.service").consecutive_failures == 2

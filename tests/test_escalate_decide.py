@@ -107,3 +107,50 @@ def test_the_reminder_at_a_snooze_end_keeps_to_its_level_condition() -> None:
     decision = decide(EscalationWork(incident, frozenset({"L1"}), ()), config, end)
     assert not [s for s in decision.steps if s.step.startswith("L1.s")]
     assert decision.unsnooze
+
+
+LASTING = """
+contacts:
+  alice: {email: alice@example.com}
+  boss: {email: boss@example.com}
+  carol: {email: carol@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+      - after: 30m
+        clock: duration
+        targets: [boss]
+      - after: 60m
+        targets: [carol]
+"""
+
+
+def test_a_containment_failure_reaches_a_duration_level_of_a_long_incident() -> None:
+    """The incident has lasted since 20 minutes before this episode's trigger; the next
+    level is a duration level (counted from the lasting): a containment failure at +5m
+    pages it now (regression review, stop 16: only the episode's clock was shifted)."""
+    config = load_escalation(load_text(LASTING, "config.yaml"))
+    incident = _incident(
+        IncidentState.TRIGGERED,
+        lasting_since=T0 - timedelta(minutes=20),
+        escalate_now="restart failed",
+    )
+    decision = decide(
+        EscalationWork(incident, frozenset({"L1"}), ()), config, T0 + timedelta(minutes=5)
+    )
+    assert [s.step for s in decision.steps] == ["L2"]
+
+
+def test_a_level_retried_for_want_of_anyone_keeps_to_its_condition() -> None:
+    """An office-hours level found nobody at 16:55 and was retried: at 17:05 it is out of
+    hours, so it is skipped, not paged to whoever came on call (regression review, stop
+    16)."""
+    config = load_escalation(load_text(OFFICE, "config.yaml"))
+    start = datetime(2026, 1, 5, 16, 55, tzinfo=UTC)
+    incident = _incident(IncidentState.TRIGGERED, triggered_at=start, opened_at=start)
+    work = EscalationWork(incident, frozenset({"nobody:L1"}), ())
+    decision = decide(work, config, start + timedelta(minutes=10))
+    skipped, night = decision.steps
+    assert (skipped.step, skipped.pages, skipped.event) == ("L1", (), None)
+    assert [p.contact for p in night.pages] == ["night"]  # level 2, at its own time

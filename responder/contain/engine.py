@@ -408,7 +408,10 @@ class Containment:
         action = catalog.actions.get(run.action)
         if action is None:
             return
-        self._state, opened = late_check(self._state, action, run.target, verified, now, settings)
+        started = datetime.fromtimestamp(run.started_at / 1_000_000, UTC)
+        self._state, opened = late_check(
+            self._state, action, run.target, verified, now, settings, run_started=started
+        )
         await self._save()
         if opened:
             self._metrics.breakers_opened.labels(action.name).inc()
@@ -534,8 +537,9 @@ class Containment:
                 now = self._clock.now()
                 until = now + MAX_SLEEP
                 if self._paused() and self._deadline is not None and self._deadline <= now:
-                    # Lifts held by the kill switch stay due: not a pass per turn for them.
-                    self._deadline = None
+                    # Lifts held by the kill switch stay due: not a pass per turn for them,
+                    # but one every few seconds, for the checks that fall due meanwhile.
+                    self._deadline = now + PAUSED_PASS
                 if self._deadline is not None:
                     until = min(until, self._deadline)
                 if until <= now:
@@ -556,6 +560,8 @@ def _secret_env(catalog: ActionCatalog, name: str) -> dict[str, EnvValue]:
     return {k: v for k, v in action.spec.env.items() if isinstance(v, Secret)}
 
 
+# While the kill switch holds due lifts, how often the engine still looks at due checks.
+PAUSED_PASS = timedelta(seconds=5)
 # Attempts whose process may have done its work: it exited 0, or was killed on timeout.
 _MAY_HAVE_RUN = frozenset({Outcome.OK, Outcome.TIMEOUT})
 

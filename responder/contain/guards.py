@@ -336,12 +336,16 @@ def late_check(
     verified: bool,
     now: datetime,
     settings: ContainmentSettings,
+    *,
+    run_started: datetime,
 ) -> tuple[GuardState, bool]:
     """A run recorded ok, then its ``alert_resolves_within`` check: verified, the breaker's
-    count of (action, target) starts over, as after any ok run; failed, one failed attempt
-    more, as a failed check at run time is. Returns the state and whether the breaker opened
-    now."""
+    count of (action, target) starts over, as after any ok run, unless a failure came after
+    that run started (a later run's); failed, one failed attempt more, as a failed check at
+    run time is. Returns the state and whether the breaker opened now."""
     before = state.breaker(action.name, target)
+    if verified and before.last_failure_at is not None and before.last_failure_at > run_started:
+        return state, False
     if verified:
         breakers = tuple(b for b in state.breakers if (b.action, b.target) != (action.name, target))
         if before.opened_at is not None:  # open until an operator resets it
