@@ -642,6 +642,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
             return 0
         for result in document["data"]:
             _print_drill(result)
+        if not document["data"]:
+            print("no drills yet (responder drill starts one)")
         return 0
     try:
         wait = parse_duration(args.wait)

@@ -338,6 +338,8 @@ def render_oncall(directory: Directory, at: datetime, *, zone: tzinfo | None = N
             names = directory.expand(Target(kind, name), at)
             rows.append([name, _who([_reached(directory, n) for n in names])])
         lines.extend(["", title, *_table(rows)])
+    if not (directory.schedules or directory.roles or directory.teams):
+        lines.append("No schedules, roles or teams are configured (see docs/escalation.md).")
     return "".join(line + "\n" for line in lines)
 
 

@@ -219,7 +219,9 @@ def test_oncall_reads_a_time_without_offset_in_the_zone_it_shows(
     config = write_config(tmp_path)
     argv = ["oncall", "-c", str(config), "--at", "2026-12-24T10:00", "--tz", "Europe/Berlin"]
     assert main(argv) == 0
-    assert capsys.readouterr().out.startswith("On call at 2026-12-24 10:00 CET (Thu)")
+    shown = capsys.readouterr().out
+    assert shown.startswith("On call at 2026-12-24 10:00 CET (Thu)")
+    assert "No schedules, roles or teams are configured" in shown  # not a bare header
     assert (
         main(["oncall", "-c", str(config), "--at", "2026-12-24T10:00Z", "--tz", "Europe/Berlin"])
         == 0
