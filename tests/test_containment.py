@@ -366,50 +366,43 @@ rules:
 """
 
 
+def iptables_actions(tool: Path, extra: str = "", duration: str = "1h") -> str:
+    """The ``actions:`` of one iptables block-address action named ``block``, with ``tool``
+    as iptables; ``extra``: more of its keys, indented as they are."""
+    return f"""
+actions:
+  block:
+    kind: block-address
+    backend: iptables
+    iptables: {tool}
+    ip6tables: {tool}
+    duration: {duration}
+    params:
+      address: {{from: label, key: source_ip, type: ip}}
+    cooldown: 0
+{extra}
+"""
+
+
 def block_action(folder: Path, extra: str = "") -> tuple[Path, str]:
     """An iptables block-address action whose iptables only logs its argv."""
     log = folder / "fw.log"
     tool = script(
         folder, "iptables", f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')"
     )
-    return (
-        log,
-        f"""
-actions:
-  block:
-    kind: block-address
-    backend: iptables
-    iptables: {tool}
-    ip6tables: {tool}
-    duration: 1h
-    params:
-      address: {{from: label, key: source_ip, type: ip}}
-    cooldown: 0
-{extra}
-""",
-    )
+    return log, iptables_actions(tool, extra)
+
+
+# A 1 s timeout and one retry: an attempt that hangs is cut off and tried again.
+RETRY_ONCE = "    timeout: 1s\n    retries: 1\n    retry_delay: 0s\n"
 
 
 async def blocked_once(
-    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer, tool: Path
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer, tool: Path, extra: str = ""
 ) -> Any:
-    """A daemon whose iptables block (``tool`` as iptables, 1 s timeout, one retry) ran for
-    203.0.113.7, its run finished."""
-    actions = f"""
-actions:
-  block:
-    kind: block-address
-    backend: iptables
-    iptables: {tool}
-    ip6tables: {tool}
-    duration: 1h
-    params:
-      address: {{from: label, key: source_ip, type: ip}}
-    cooldown: 0
-    timeout: 1s
-    retries: 1
-    retry_delay: 0s
-"""
+    """A daemon whose iptables block (``tool`` as iptables, 1 s timeout, one retry, and
+    ``extra`` keys) ran for 203.0.113.7, its run finished."""
+    actions = iptables_actions(tool, RETRY_ONCE + extra)
     client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
     await post(client, webhook(alert("SSHBruteForce", source_ip="203.0.113.7")))
     for _ in range(100):

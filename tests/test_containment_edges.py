@@ -22,6 +22,7 @@ from tests.test_containment import (
     _lines,
     _true,
     config,
+    iptables_actions,
     runs,
     script,
     smtp,  # noqa: F401  (fixture)
@@ -258,22 +259,11 @@ async def test_an_interrupted_iptables_block_with_retries_lifts_every_rule(
         f"if len(open({str(calls)!r}).read()) == 1: sys.exit(1)\n"
         f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)",
     )
-    actions = f"""
-actions:
-  block:
-    kind: block-address
-    backend: iptables
-    iptables: {tool}
-    ip6tables: {tool}
-    duration: 3s
-    params:
-      address: {{from: label, key: source_ip, type: ip}}
-    cooldown: 0
-    retries: 2
-    retry_delay: 0s
-    timeout: 90s
-    check: {{argv: [{check}], timeout: 90s}}
-"""
+    extra = (
+        "    retries: 2\n    retry_delay: 0s\n    timeout: 90s\n"
+        f"    check: {{argv: [{check}], timeout: 90s}}\n"
+    )
+    actions = iptables_actions(tool, extra, duration="3s")
     path = config(tmp_path, smtp, actions, BLOCK_RULE)
     async with running(path) as daemon:
         async with aiohttp.ClientSession() as session:

@@ -12,7 +12,6 @@ from responder.clock import FakeClock
 from responder.testing import SmtpTestServer
 from tests.conftest import ClientFactory
 from tests.test_containment import (
-    BLOCK_RULE,
     MAINTENANCE_RULE,
     _finished,
     _true,
@@ -136,30 +135,9 @@ async def test_an_earlier_runs_lift_does_not_delete_a_later_episodes_iptables_ru
     expiry; run B (a new episode) inserted a rule of its own. Each rule carries its run's
     id, so A's lift cannot delete B's block before B's expiry."""
     tool, rules, _ = _stateful_iptables(tmp_path)
-    actions = f"""
-actions:
-  block:
-    kind: block-address
-    backend: iptables
-    iptables: {tool}
-    ip6tables: {tool}
-    duration: 1h
-    params:
-      address: {{from: label, key: source_ip, type: ip}}
-    cooldown: 0
-    timeout: 1s
-    retries: 1
-    retry_delay: 0s
-    undo: builtin
-    undo_hold_down: 5m
-"""
-    client = await make_client(config(tmp_path, smtp, actions, BLOCK_RULE))
+    undo = "    undo: builtin\n    undo_hold_down: 5m\n"
+    client = await blocked_once(make_client, tmp_path, smtp, tool, undo)
     fired = alert("SSHBruteForce", source_ip="203.0.113.7")
-    await post(client, webhook(fired))
-    for _ in range(100):
-        if await _finished(client):
-            break
-        await asyncio.sleep(0.1)
     assert _count(rules) == 1
     await post(client, webhook(alert("SSHBruteForce", "resolved", **fired["labels"])))
     clock.advance(timedelta(minutes=2))
