@@ -24,7 +24,14 @@ from responder.store import SQLiteStore, StoreError
 from responder.testing import SmtpTestServer
 from responder.yamlfile import load_text
 from tests.conftest import ClientFactory, write_config
-from tests.test_escalation_story import alert, eventually, incident, post, webhook
+from tests.test_escalation_story import (
+    alert,
+    eventually,
+    incident,
+    post,
+    smtp_channel,
+    webhook,
+)
 from tests.test_store_sqlite import alert as stored_alert
 
 ALICE_THEN_BOB = """
@@ -38,13 +45,6 @@ escalation_policies:
 incidents:
   default_policy: standard
 """
-
-
-def smtp_channel(smtp: SmtpTestServer) -> str:
-    return (
-        "channels:\n"
-        f'  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}\n'
-    )
 
 
 async def test_a_store_error_while_a_page_is_composed_is_tried_again(

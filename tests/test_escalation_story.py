@@ -428,6 +428,14 @@ def test_story_payloads_are_valid_json() -> None:
     assert datetime(2026, 1, 5, 9, tzinfo=UTC).isoformat()
 
 
+def smtp_channel(smtp: SmtpTestServer) -> str:
+    """A config's ``channels:`` with only the test SMTP server."""
+    return (
+        "channels:\n"
+        f'  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}\n'
+    )
+
+
 DST_POLICY = """
 contacts:
   alice: {email: alice@example.com}
@@ -460,11 +468,7 @@ async def test_story_across_the_spring_forward_change(
     """Berlin springs forward on 29 March 2026: the 09:00 hand-off is 07:00 UTC that day, not
     08:00. An incident at 08:50 local is paged to the night's person, and its level 2 at
     09:05 local goes to the day's person, as the wall clock says."""
-    channels = f"""
-channels:
-  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
-"""
-    client = await make_client(write_config(tmp_path, DST_POLICY + channels))
+    client = await make_client(write_config(tmp_path, DST_POLICY + smtp_channel(smtp)))
     clock.set(datetime(2026, 3, 29, 6, 50, tzinfo=UTC))  # 08:50 CEST
     await post(client, webhook(alert("TargetDown", starts="2026-03-29T06:50:00Z", instance="db")))
     await eventually(lambda: _has(client, ("L1", "bob", "email", "sent")), "level 1 to bob")
@@ -1073,11 +1077,7 @@ async def test_a_level_with_nobody_on_call_pages_whoever_comes_on_call(
     """The schedule has nobody until its first hand-off at 09:00 Berlin: an incident at
     08:50 says so once, and the level pages alice when she comes on call (escalation review,
     stop 16: the level was recorded done with nobody paged, and nobody ever was)."""
-    channels = f"""
-channels:
-  smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
-"""
-    client = await make_client(write_config(tmp_path, GAP_POLICY + channels))
+    client = await make_client(write_config(tmp_path, GAP_POLICY + smtp_channel(smtp)))
     clock.set(datetime(2026, 3, 2, 7, 50, tzinfo=UTC))  # 08:50 CET
     await post(client, webhook(alert("TargetDown", starts="2026-03-02T07:50:00Z", instance="db")))
     for _ in range(5):
