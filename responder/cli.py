@@ -33,7 +33,7 @@ from responder.auth import ensure_generated_token, token_path
 from responder.classify import format_duration, render_explanation, run_rule_tests
 from responder.client import ApiClient, ClientError
 from responder.clock import SystemClock
-from responder.config import load_config
+from responder.config import Config, load_config
 from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide
 from responder.limits import OPEN_FILES_FEW, raise_open_file_limit
 from responder.log import AccessLog, fields, setup_logging
@@ -49,6 +49,14 @@ log = logging.getLogger("responder")
 EXIT_FAILED = 1
 # Connections waiting to be accepted (see cmd_serve).
 LISTEN_BACKLOG = 1024
+# How long a connection may take to send a request's line and headers, counted from its
+# accept or from the end of its previous answer; then it is closed, idle or trickling a
+# header byte at a time, and its file descriptor is free again. This is aiohttp's keep-alive
+# timer: one per connection, and an answer only moves its due time (no timer per request);
+# arriving bytes do not move it. aiohttp's defaults are 75 s (run_app) and about an hour
+# (AppRunner). With TLS it starts after the handshake, which asyncio bounds at 60 s. The
+# body then has ingest.BODY_TIMEOUT_S.
+KEEPALIVE_TIMEOUT_S = 30.0
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 # The most incidents a period report reads (the API's largest page).
@@ -258,10 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             else "no credentials configured: using the generated bearer token",
             extra=fields(token_file=str(token_path(config.state_dir)), show_with="responder token"),
         )
-    ssl_context = None
-    if config.server.tls is not None:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(config.server.tls.cert_file, config.server.tls.key_file)
+    ssl_context = server_tls(config)
     app = build_app(
         snapshot,
         generated_token=generated,
@@ -298,15 +303,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app,
             sock=sockets,
             ssl_context=ssl_context,
-            shutdown_timeout=config.server.shutdown_timeout,
-            access_log=logging.getLogger("responder.access") if config.server.access_log else None,
-            access_log_class=AccessLog,
             print=None,
             handle_signals=True,
             # aiohttp's default of 128 overflowed when a burst of new connections met a busy
             # loop (bench_ingest, 5,900 req/s after a saturating run: 21 SYNs dropped, each
             # answered a second late). The kernel caps it at net.core.somaxconn.
             backlog=LISTEN_BACKLOG,
+            **runner_options(config),
         )
     except SchemaTooNew as exc:
         # A newer responder's database: restarting cannot help (the unit does not restart
@@ -321,6 +324,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     log.info("responder stopped")
     return 0
+
+
+def server_tls(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context (``server.tls``), or None for plain HTTP."""
+    if config.server.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.server.tls.cert_file, config.server.tls.key_file)
+    return context
+
+
+def runner_options(config: Config) -> dict[str, Any]:
+    """What ``serve`` gives aiohttp's runner besides sockets and TLS; ``web.AppRunner``
+    takes the same, so tests serve the app as the daemon does."""
+    return {
+        "shutdown_timeout": config.server.shutdown_timeout,
+        "keepalive_timeout": KEEPALIVE_TIMEOUT_S,
+        "access_log": logging.getLogger("responder.access") if config.server.access_log else None,
+        "access_log_class": AccessLog,
+    }
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:

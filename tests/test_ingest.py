@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import shutil
 import sqlite3
+import ssl
 from asyncio.subprocess import PIPE, STDOUT
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
 
-from responder import api, ingest
+from responder import api, cli, ingest
+from responder.app import build_app
 from responder.clock import FakeClock
 from responder.links import ACK_PATH
 from responder.log import AccessLog
-from responder.runtime import RUNTIME
+from responder.runtime import RUNTIME, load_snapshot
+from responder.testing import self_signed_cert
 from tests.conftest import AUTH, TOKEN, ClientFactory, payload, write_config
 
 Client = TestClient[Any, Any]
@@ -254,6 +259,80 @@ async def test_a_body_trickled_slower_than_the_deadline_is_408(
     answer = await send_slowly(client, "/api/v1/alertmanager", headers, body, 2, 0.05)
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert len(await alerts(client)) == 1
+
+
+async def answer_until_closed(reader: asyncio.StreamReader, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took;
+    fails if it is still open after ``limit`` seconds."""
+    started = asyncio.get_running_loop().time()
+    received = b""
+    with contextlib.suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(reader.read(65536), limit):
+            received += chunk
+    return received, asyncio.get_running_loop().time() - started
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_headers_trickled_past_the_deadline_lose_their_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: bool
+) -> None:
+    """Served as ``responder serve`` serves it, the app closes a connection that trickles a
+    header byte every 0.2 s once the deadline passes (and an idle keep-alive one likewise),
+    while a webhook on another connection is answered meanwhile."""
+    monkeypatch.setattr(cli, "KEEPALIVE_TIMEOUT_S", 1.0)
+    server = ""
+    client_tls: ssl.SSLContext | None = None
+    if tls:
+        cert, key = self_signed_cert(tmp_path)
+        server = f"server:\n  tls:\n    cert_file: {cert}\n    key_file: {key}\n"
+        client_tls = ssl.create_default_context(cafile=str(cert))
+    snapshot = load_snapshot(write_config(tmp_path, server))
+    config = snapshot.config
+    runner = web.AppRunner(build_app(snapshot), **cli.runner_options(config))
+    await runner.setup()
+    (sock,) = cli.listening_sockets("127.0.0.1", 0)
+    await web.SockSite(runner, sock, ssl_context=cli.server_tls(config)).start()
+    port = sock.getsockname()[1]
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls)
+        writer.write(b"POST /api/v1/alertmanager HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    await asyncio.sleep(0.2)
+                    writer.write(b"a")
+                    await writer.drain()
+
+        trickling = asyncio.create_task(trickle())
+        closing = asyncio.create_task(answer_until_closed(reader, 5.0))
+        await asyncio.sleep(0.3)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                url + "/api/v1/alertmanager",
+                json=payload("firing-api"),
+                headers=AUTH,
+                ssl=client_tls if client_tls is not None else True,
+            ) as response,
+        ):
+            assert response.status == 200
+        assert not closing.done()
+        answer, seconds = await closing
+        trickling.cancel()
+        writer.close()
+        assert answer == b""  # closed unanswered: its request never began
+        assert 0.8 < seconds < 3.0, seconds
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls)
+        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer, seconds = await answer_until_closed(reader, 5.0)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert 0.8 < seconds < 3.0, seconds
+    finally:
+        await runner.cleanup()
 
 
 @pytest.mark.parametrize(
