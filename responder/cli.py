@@ -650,7 +650,9 @@ def cmd_act(args: argparse.Namespace) -> int:
     if args.json:
         print(_as_json(document))
     elif not document.get("changed", True):
-        print(f"incident {data['id']} was already {data['state']}")
+        # Asking for the state it is in is done, not refused (exit 0), as a script expects.
+        noted = " (the note is recorded)" if text else ""
+        print(f"incident {data['id']} was already {data['state']}{noted}")
     else:
         print(f"incident {data['id']}: {data['state']}")
     return 0

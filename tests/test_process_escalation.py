@@ -5,6 +5,7 @@ sent again. Pages are counted where they arrive: a real SMTP server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -178,3 +179,39 @@ channels:
     gone = await asyncio.to_thread(cli, config, daemon.url, "incidents")
     assert gone.returncode == 3
     assert "cannot reach the daemon" in gone.stderr
+
+
+async def test_cli_asking_for_the_state_an_incident_is_in_exits_0_a_refusal_exits_1(
+    tmp_path: Path,
+) -> None:
+    """A script that acts on an incident: asking for the state it is in already (unack of a
+    triggered one, resolve of a resolved one) says so and exits 0, keeping a note given with
+    it; an action its state does not allow (ack, snooze, unack of a resolved one) exits 1."""
+    config = write_config(tmp_path)
+    async with running(config) as daemon:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                daemon.url + "/api/v1/alertmanager", json=body(), headers=AUTH
+            ) as response,
+        ):
+            assert response.status == 200
+
+        async def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return await asyncio.to_thread(cli, config, daemon.url, *args)
+
+        unacked = await run("unack", "1")
+        assert (unacked.returncode, unacked.stdout) == (0, "incident 1 was already triggered\n")
+        resolved = await run("resolve", "1", "--by", "alice", "--note", "exporter restarted")
+        assert (resolved.returncode, resolved.stdout) == (0, "incident 1: resolved\n")
+        again = await run("resolve", "1", "--by", "bob", "--note", "root cause: full disk")
+        assert again.returncode == 0, again.stderr
+        assert again.stdout == "incident 1 was already resolved (the note is recorded)\n"
+        for refused in (("ack", "1"), ("snooze", "1", "30m"), ("unack", "1")):
+            answer = await run(*refused)
+            assert answer.returncode == 1, (refused, answer.stdout, answer.stderr)
+            assert "409: incident 1 is already resolved" in answer.stderr
+        shown = json.loads((await run("incident", "1", "--json")).stdout)
+    assert shown["resolvedBy"] == "alice"
+    notes = [(e["actor"], e["detail"]) for e in shown["timeline"] if e["kind"] == "note"]
+    assert notes == [("bob", {"text": "root cause: full disk"})]

@@ -770,8 +770,9 @@ def transition(
     once_only: Callable[[str | None], Collection[str]] | None = None,
 ) -> tuple[Incident, bool]:
     """Acknowledge, unacknowledge, resolve, snooze, reassign or note. Returns the incident after
-    the change and whether anything changed (acknowledging twice is not an error, and not a
-    second event)."""
+    the change and whether anything changed: asking for the state the incident is in already
+    (acknowledging or resolving twice, unacknowledging a triggered incident) is not an error
+    and not a second event; an action its state does not allow raises TransitionError."""
     incident = get_incident(conn, incident_id)
     state = incident.state
     detail: dict[str, object] = {}
@@ -780,6 +781,8 @@ def transition(
             raise TransitionError("a note needs text")
         _event(conn, incident_id, now_us, Event.NOTE, actor, {"text": text}, via)
         return incident, True
+    if state is IncidentState.RESOLVED and action == "resolve":
+        return _unchanged(conn, incident, now_us, actor, via, text)
     if state is IncidentState.RESOLVED and action != "reassign":
         raise TransitionError(f"incident {incident_id} is already resolved")
     if action == "acknowledge":
@@ -792,7 +795,7 @@ def transition(
                 # A drill wants every contact's answer, not only the first one.
                 _event(conn, incident_id, now_us, Event.ACKNOWLEDGED, actor, {"drill": True}, via)
                 return incident, True
-            return incident, False
+            return _unchanged(conn, incident, now_us, actor, via, text)
         conn.execute(
             "UPDATE incidents SET state = 'acknowledged', acknowledged_at = ?1, "
             "acknowledged_by = ?2, snoozed_until = NULL, next_due = ?1, version = version + 1, "
@@ -807,7 +810,9 @@ def transition(
         )
         kind = Event.ACKNOWLEDGED
     elif action == "unacknowledge":
-        if state is not IncidentState.ACKNOWLEDGED:
+        if state is IncidentState.TRIGGERED:
+            return _unchanged(conn, incident, now_us, actor, via, text)
+        if state is not IncidentState.ACKNOWLEDGED:  # snoozed: unack does not end a snooze
             raise TransitionError(f"incident {incident_id} is {state.value}, not acknowledged")
         # Escalation starts over from the top, as if it had just triggered; what is done
         # once (management told the incident has lasted) stays done.
@@ -874,6 +879,21 @@ def transition(
         detail["note"] = text
     _event(conn, incident_id, now_us, kind, actor, detail, via)
     return get_incident(conn, incident_id), True
+
+
+def _unchanged(
+    conn: sqlite3.Connection,
+    incident: Incident,
+    now_us: int,
+    actor: str,
+    via: str,
+    text: str | None,
+) -> tuple[Incident, bool]:
+    """An action that finds the incident as it asks: nothing changes, but a note given with it
+    is recorded (``resolve --note`` after someone else resolved must not lose the note)."""
+    if text:
+        _event(conn, incident.id, now_us, Event.NOTE, actor, {"text": text}, via)
+    return incident, False
 
 
 # -- the outbox --------------------------------------------------------------------------------
