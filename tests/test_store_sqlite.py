@@ -1350,3 +1350,90 @@ async def test_a_held_lift_rescheduled_any_other_way_is_no_longer_shown_held(
         assert held("by-hand1") is None
     finally:
         conn.close()
+
+
+async def _lift_waiting(
+    store: SQLiteStore, run_id: str, target: str, *, at: datetime, hold_s: int | None = None
+) -> None:
+    """A finished run of action 'm' on ``target`` (alert 1) whose lift waits: due ``at``
+    (an iptables expiry), or with ``hold_s``, a hold-down after its alert's resolve."""
+    recorded = await store.record_run(
+        T0,
+        run_id=run_id,
+        alert_id=1,
+        incident_id=1,
+        action="m",
+        target=target,
+        trigger=f"fire-{run_id}",
+        state="running",
+        audit={},
+        guards=None,
+        event=Event.ACTION_STARTED,
+        detail={},
+    )
+    assert recorded
+    await store.finish_run(
+        T0,
+        run_id=run_id,
+        outcome="ok",
+        audit={},
+        undo={"argv": {"argv": ["/bin/off", target], "env": {}}, "action": None},
+        undo_hold_s=hold_s,
+        undo_at_us=None if hold_s is not None else to_us(at),
+        check_due_us=None,
+        guards=lambda: "{}",
+        escalate=None,
+    )
+
+
+async def test_the_lift_lane_is_not_handed_a_lift_under_way_nor_one_the_kill_switch_holds(
+    store: SQLiteStore,
+) -> None:
+    """Lifts run beside the engine's loop: one under way is still 'wait' in the store, and
+    must not be handed out (nor counted as due) again, nor another of its action and target
+    (two site scripts at once on one backend); while paused, only lifts asked for by hand."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    due = T0 + timedelta(minutes=1)
+    await _lift_waiting(store, "r1", "web-1", at=due)
+    await _lift_waiting(store, "r2", "web-1", at=due + timedelta(seconds=1))
+    await _lift_waiting(store, "r3", "web-2", at=due + timedelta(seconds=2))
+    later = T0 + timedelta(minutes=5)
+
+    async def handed(**kwargs: Any) -> list[str]:
+        return [run.run_id for run, _ in await store.due_undos(later, **kwargs)]
+
+    assert await handed() == ["r1", "r2", "r3"]
+    assert await handed(busy=["r1"]) == ["r3"]
+    assert await store.next_lift_due(busy=["r1"]) == due + timedelta(seconds=2)
+    assert await store.next_lift_due(busy=["r1", "r3"]) is None
+    assert await handed(manual_only=True) == []
+    assert await store.next_lift_due(manual_only=True) is None
+    assert await store.lift_now("r2", "alice", later) == ("r2", None)
+    assert await handed(manual_only=True) == ["r2"]
+    assert await store.next_lift_due(manual_only=True) == later
+
+
+async def test_a_postponement_written_after_a_lift_by_hand_keeps_the_lift(
+    store: SQLiteStore,
+) -> None:
+    """The lift lane reads a lift as due while its alert fires again (to be postponed), then
+    an operator lifts it by hand, then the postponement is written: the lift by hand stands
+    (it was turned into 'postponed', and the change was never lifted)."""
+    first = disk_alert("aaaa000000000001")
+    await store.ingest([first], T0)
+    await _lift_waiting(store, "r1", "web-1", at=T0, hold_s=300)
+    await store.ingest([resolved(first, T0 + timedelta(minutes=1))], T0 + timedelta(minutes=1))
+    again = replace(
+        disk_alert("aaaa000000000001"),
+        alert=msgspec.structs.replace(first.alert, starts_at=T0 + timedelta(minutes=2)),
+    )
+    await store.ingest([again], T0 + timedelta(minutes=2))
+    now = T0 + timedelta(minutes=7)
+    ((run, refired),) = await store.due_undos(now)
+    assert (run.run_id, refired) == ("r1", True)
+    assert await store.lift_now("r1", "alice", now) == ("r1", None)
+    await store.finish_undo("r1", "postponed", {"undo": "postponed"}, now)
+    ((run, refired),) = await store.due_undos(now)
+    assert (run.run_id, refired) == ("r1", False)
+    assert run.undo is not None
+    assert run.undo["manual"] == "alice"

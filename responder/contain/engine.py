@@ -9,6 +9,9 @@ run marked interrupted instead of starting it again blindly (and escalates, beca
 knows whether it helped). A failed containment (the failure count reaching the action's
 ``escalate_after_failures``, a failed check, a refused parameter, an opened breaker) pages
 the next level at once, with the reason in the page.
+
+Lifts (undos) run in a lane of their own, a few at a time: a lift's process may take its
+whole timeout, and the containment of a fresh alert must not wait behind it.
 """
 
 from __future__ import annotations
@@ -91,7 +94,11 @@ class Containment:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._taken_up_to = 0  # highest queue id handed to a task
-        self._deadline: datetime | None = None  # earliest check or undo due; None: unknown
+        self._deadline: datetime | None = None  # earliest check due; None: unknown
+        # The lift lane: lifts under way by run id, and what wakes the lane (a lift asked
+        # for, the kill switch released, a lift ended and its slot is free).
+        self._lifting: dict[str, asyncio.Task[None]] = {}
+        self._lift_wake = asyncio.Event()
         self._pruned_at = datetime.min.replace(tzinfo=UTC)
 
     @property
@@ -99,7 +106,10 @@ class Containment:
         return self._state
 
     def wake(self) -> None:
+        # Both lanes: what queued work may also have moved a lift's due time (a resolve
+        # starts a hold-down, a finished run leaves a lift).
         self._wake.set()
+        self._lift_wake.set()
 
     def _guards_json(self) -> str:
         # Called by the store's writer when it commits, so a commit always carries the newest
@@ -171,8 +181,7 @@ class Containment:
         await self._save()
         self._metrics.containment_paused.set(0)
         log.warning("containment resumed", extra=fields(by=by))
-        self._deadline = self._clock.now()  # the lifts the switch held are due
-        self.wake()
+        self._lift_wake.set()  # the lifts the switch held are due
         return self._state
 
     async def reset(self, action: str, target: str, by: str) -> GuardState | None:
@@ -186,13 +195,12 @@ class Containment:
         return self._state
 
     async def lift(self, run_id: str, by: str) -> tuple[str, str | None]:
-        """Lift a run's change now (the engine's next pass runs its undo). Returns the run's
+        """Lift a run's change now (the lift lane runs its undo next). Returns the run's
         full id and None when it is due, else why it cannot be."""
         run_id, refused = await self._store.lift_now(run_id, by, self._clock.now())
         if refused is None:
             log.warning("lift requested by hand", extra=fields(run=run_id, by=by))
-            self._deadline = self._clock.now()
-            self.wake()
+            self._lift_wake.set()
         return run_id, refused
 
     # -- one alert -------------------------------------------------------------------------------
@@ -386,7 +394,7 @@ class Containment:
             ),
         )
 
-    # -- deadlines: checks and undos --------------------------------------------------------------
+    # -- deadlines: alert_resolves_within checks ---------------------------------------------------
     async def _checks(self) -> None:
         now = self._clock.now()
         for run, status in await self._store.due_checks(now):
@@ -420,25 +428,75 @@ class Containment:
                 extra=fields(action=action.name, target=run.target, reason="check_failed"),
             )
 
-    async def _undos(self) -> None:
-        now = self._clock.now()
-        catalog, _ = self._config()
+    # -- the lift lane -------------------------------------------------------------------------
+    async def _start_lifts(self) -> None:
+        """Start the lifts that are due, as many as the lane has room for. A lift of the
+        same action and target as one under way waits for it (two site scripts at once on
+        one backend): the store leaves those out, and the lifts under way themselves."""
+        # The kill switch holds lifts too (a lift is a change: a site taken out of
+        # maintenance while someone works on it); they run once it is released. A lift
+        # asked for by hand is a person's decision and runs.
         paused = self._paused() is not None
-        for run, refired in await self._store.due_undos(now):
-            if paused and not (run.undo or {}).get("manual"):
-                # The kill switch holds lifts too (a lift is a change: a site taken out of
-                # maintenance while someone works on it); they run once it is released. A
-                # lift asked for by hand is a person's decision and runs.
-                continue
+        now = self._clock.now()
+        taken: set[tuple[str, str]] = set()
+        for run, refired in await self._store.due_undos(
+            now, busy=tuple(self._lifting), manual_only=paused
+        ):
             if refired:
                 # The change stays while the alert fires; it is lifted after its next resolve.
                 detail = {"run_id": run.run_id, "action": run.action, "undo": "postponed"}
                 detail["reason"] = "the alert fired again within the hold-down"
                 await self._store.finish_undo(run.run_id, "postponed", detail, now)
                 continue
-            await self._undo(run, catalog, now)
+            if len(self._lifting) >= LIFT_CONCURRENCY or (run.action, run.target) in taken:
+                continue  # still due: taken once a lift under way ends (which wakes the lane)
+            taken.add((run.action, run.target))
+            task = asyncio.create_task(self._lift(run), name="containment-lift")
+            self._lifting[run.run_id] = task
 
-    async def _undo(self, run: RunRow, catalog: ActionCatalog, now: datetime) -> None:
+    async def _lift(self, run: RunRow) -> None:
+        try:
+            if self._paused() is not None and not (run.undo or {}).get("manual"):
+                return  # paused since the lane took it: still due, it waits for the release
+            catalog, _ = self._config()
+            await self._undo(run, catalog)
+        except Exception:
+            log.exception("lift failed to run", extra=fields(action=run.action, run=run.run_id))
+            # Still due: not again at once (a store that fails would make it a busy loop).
+            await asyncio.sleep(1.0)
+        finally:
+            self._lifting.pop(run.run_id, None)
+            self._lift_wake.set()
+
+    async def _lift_lane(self) -> None:
+        """Start the lifts due, then sleep until the next falls due or something wakes the
+        lane. A wake costs a read; the store is asked for lifts (a write) only when one is
+        due."""
+        due: datetime | None = self._clock.now()  # look once at start
+        while True:
+            self._lift_wake.clear()
+            try:
+                if due is not None and due <= self._clock.now():
+                    await self._start_lifts()
+                due = None
+                if len(self._lifting) < LIFT_CONCURRENCY:
+                    # While paused only lifts asked for by hand are due (the others would
+                    # read as due at once, a pass per turn); resume() wakes the lane.
+                    due = await self._store.next_lift_due(
+                        busy=tuple(self._lifting), manual_only=self._paused() is not None
+                    )
+            except Exception:
+                log.exception("lift pass failed; trying again shortly")
+                due = self._clock.now()
+                await asyncio.sleep(1.0)
+                continue
+            now = self._clock.now()
+            until = now + MAX_SLEEP if due is None else min(due, now + MAX_SLEEP)
+            if until <= now:
+                continue
+            await sleep_until_or_woken(self._clock, until, self._lift_wake)
+
+    async def _undo(self, run: RunRow, catalog: ActionCatalog) -> None:
         plan = run.undo or {}
         detail: dict[str, Any] = {"run_id": run.run_id, "action": run.action}
         if plan.get("manual"):
@@ -485,6 +543,7 @@ class Containment:
                     detail |= {"undo": other.name, "outcome": result.outcome.value}
                     state = "done" if result.outcome is Outcome.OK else "failed"
         self._metrics.actions.labels(run.action, f"undo_{state}").inc()
+        now = self._clock.now()
         await self._store.finish_undo(run.run_id, state, detail, now)
         if state == "failed":
             # What containment changed is still in place (a site left in maintenance, an
@@ -509,7 +568,6 @@ class Containment:
         now = self._clock.now()
         if self._deadline is not None and now >= self._deadline:
             await self._checks()
-            await self._undos()
 
     async def _handle_safely(self, item: QueuedAlert) -> None:
         try:
@@ -524,31 +582,47 @@ class Containment:
     async def run_forever(self) -> None:
         """Call ``start`` first (the app does, before it serves requests)."""
         self._deadline = self._clock.now()  # look once at start
+        lane = asyncio.create_task(self._lift_lane(), name="containment-lifts")
         try:
             while True:
                 self._wake.clear()
                 try:
                     await self.run_once()
-                    self._deadline = await self._store.next_deadline()
+                    self._deadline = await self._store.next_check_due()
                 except Exception:
                     log.exception("containment pass failed; trying again shortly")
                     self._deadline = self._clock.now()
                     await asyncio.sleep(1.0)
                 now = self._clock.now()
                 until = now + MAX_SLEEP
-                if self._paused() and self._deadline is not None and self._deadline <= now:
-                    # Lifts held by the kill switch stay due: not a pass per turn for them,
-                    # but one every few seconds, for the checks that fall due meanwhile.
-                    self._deadline = now + PAUSED_PASS
                 if self._deadline is not None:
                     until = min(until, self._deadline)
                 if until <= now:
                     continue
                 await sleep_until_or_woken(self._clock, until, self._wake)
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await self._runner.close()
+            await self._stop(lane)
+
+    async def _stop(self, lane: asyncio.Task[None]) -> None:
+        """Two phases: lifts under way get a grace period to finish (one cut off stays due
+        and runs again at the next start); then whatever still runs is cancelled (an action
+        is found interrupted at the next start) and awaited, so nothing outlives the engine."""
+        lane.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lane
+        if self._lifting:
+            await asyncio.wait(set(self._lifting.values()), timeout=LIFT_GRACE_S)
+        if self._lifting:
+            log.warning(
+                "lifts cut off by the shutdown; they run again at the next start",
+                extra=fields(runs=sorted(self._lifting)),
+            )
+        left = [*self._tasks, *self._lifting.values()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
+        await self._runner.close()
 
 
 def _secret_env(catalog: ActionCatalog, name: str) -> dict[str, EnvValue]:
@@ -560,8 +634,11 @@ def _secret_env(catalog: ActionCatalog, name: str) -> dict[str, EnvValue]:
     return {k: v for k, v in action.spec.env.items() if isinstance(v, Secret)}
 
 
-# While the kill switch holds due lifts, how often the engine still looks at due checks.
-PAUSED_PASS = timedelta(seconds=5)
+# Lifts under way at once, in their own lane beside the actions (which have containment's
+# concurrency): a slow lift holds up other lifts at most, never a fresh alert's action.
+LIFT_CONCURRENCY = 2
+# At shutdown, how long lifts under way may take to finish before they are cut off.
+LIFT_GRACE_S = 10.0
 # Attempts whose process may have done its work: it exited 0, or was killed on timeout.
 _MAY_HAVE_RUN = frozenset({Outcome.OK, Outcome.TIMEOUT})
 

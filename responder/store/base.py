@@ -226,7 +226,17 @@ class ContainmentStore(Protocol):
 
     async def escalate_incident(self, incident_id: int, reason: str, now: datetime) -> None: ...
 
-    async def due_undos(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, bool]]: ...
+    async def due_undos(
+        self,
+        now: datetime,
+        limit: int = 50,
+        *,
+        busy: Sequence[str] = (),
+        manual_only: bool = False,
+    ) -> list[tuple[RunRow, bool]]:
+        """Lifts due now, leaving out those of the same action and target as the runs in
+        ``busy`` (lifts under way) and, with ``manual_only``, all not asked for by hand."""
+        ...
 
     async def lift_now(self, run_id: str, by: str, now: datetime) -> tuple[str, str | None]: ...
 
@@ -242,8 +252,14 @@ class ContainmentStore(Protocol):
 
     async def action_runs(self, limit: int = 100) -> list[RunRow]: ...
 
-    async def next_deadline(self) -> datetime | None:
-        """The earliest undo or check deadline of containment runs."""
+    async def next_check_due(self) -> datetime | None:
+        """The earliest 'alert resolves within' deadline of containment runs."""
+        ...
+
+    async def next_lift_due(
+        self, *, busy: Sequence[str] = (), manual_only: bool = False
+    ) -> datetime | None:
+        """The earliest due time of a lift, leaving out what ``due_undos`` would."""
         ...
 
 

@@ -891,10 +891,19 @@ class SQLiteStore:
         now_us = to_us(now)
         await self._write(lambda conn: actions.escalate_incident(conn, incident_id, reason, now_us))
 
-    async def due_undos(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, bool]]:
+    async def due_undos(
+        self,
+        now: datetime,
+        limit: int = 50,
+        *,
+        busy: Sequence[str] = (),
+        manual_only: bool = False,
+    ) -> list[tuple[RunRow, bool]]:
         now_us = to_us(now)
         # A write: an undo whose alert fires again may go back to waiting for its expiry.
-        return await self._write(lambda conn: actions.due_undos(conn, now_us, limit))
+        return await self._write(
+            lambda conn: actions.due_undos(conn, now_us, limit, busy, manual_only=manual_only)
+        )
 
     async def lift_now(self, run_id: str, by: str, now: datetime) -> tuple[str, str | None]:
         now_us = to_us(now)
@@ -917,8 +926,16 @@ class SQLiteStore:
     async def action_runs(self, limit: int = 100) -> list[RunRow]:
         return await self._read(lambda conn: actions.runs(conn, limit))
 
-    async def next_deadline(self) -> datetime | None:
-        value = await self._read(actions.next_deadline)
+    async def next_check_due(self) -> datetime | None:
+        value = await self._read(actions.next_check_due)
+        return None if value is None else from_us(value)
+
+    async def next_lift_due(
+        self, *, busy: Sequence[str] = (), manual_only: bool = False
+    ) -> datetime | None:
+        value = await self._read(
+            lambda conn: actions.next_lift_due(conn, busy, manual_only=manual_only)
+        )
         return None if value is None else from_us(value)
 
     async def page_context(

@@ -333,14 +333,33 @@ def _lifted_by_hand(conn: sqlite3.Connection, run: RunRow, now_us: int) -> None:
         _event(conn, other_incident, now_us, Event.ACTION_UNDONE, detail)
 
 
-def due_undos(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, bool]]:
+# SQL: a waiting lift the lift lane may take (run ``r``): none of the same action and target
+# is under way (the runs in the JSON list :busy, the lift itself among them), and while the
+# kill switch holds lifts (:manual_only) only one asked for by hand.
+_LIFT_FREE = (
+    "NOT EXISTS (SELECT 1 FROM action_runs b WHERE b.run_id IN "
+    "(SELECT value FROM json_each(:busy)) AND b.action = r.action AND b.target = r.target) "
+    "AND (NOT :manual_only OR json_extract(r.undo, '$.manual') IS NOT NULL)"
+)
+
+
+def due_undos(
+    conn: sqlite3.Connection,
+    now_us: int,
+    limit: int,
+    busy: Sequence[str] = (),
+    *,
+    manual_only: bool = False,
+) -> list[tuple[RunRow, bool]]:
     """Runs whose undo is due, each with whether its alert (by fingerprint) fires again, so
     that the hold-down is over for nothing. An undo due at the block's expiry is never
-    stopped so; one due after a hold-down whose alert fires again waits for that expiry."""
+    stopped so; one due after a hold-down whose alert fires again waits for that expiry.
+    ``busy``: the runs whose lifts are under way; ``manual_only``: the kill switch holds
+    the others (see _LIFT_FREE)."""
     rows = conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM action_runs WHERE undo_state = 'wait' "  # noqa: S608
-        "AND undo_due <= ? ORDER BY undo_due LIMIT ?",
-        (now_us, limit),
+        f"SELECT {_RUN_COLUMNS} FROM action_runs r WHERE undo_state = 'wait' "  # noqa: S608 - constants
+        f"AND undo_due <= :now AND {_LIFT_FREE} ORDER BY undo_due LIMIT :limit",
+        {"now": now_us, "limit": limit, "busy": dumps(list(busy)), "manual_only": manual_only},
     ).fetchall()
     result: list[tuple[RunRow, bool]] = []
     for row in rows:
@@ -562,11 +581,21 @@ def latest_failure(conn: sqlite3.Connection, incident_id: int) -> str | None:
     return None if row is None else str(json.loads(row[0]).get("reason", ""))
 
 
-def next_deadline(conn: sqlite3.Connection) -> int | None:
-    """The earliest undo or 'alert resolves within' deadline."""
+def next_check_due(conn: sqlite3.Connection) -> int | None:
+    """The earliest 'alert resolves within' deadline."""
     row = conn.execute(
-        "SELECT MIN(t) FROM (SELECT MIN(undo_due) AS t FROM action_runs WHERE undo_state = 'wait' "
-        "UNION ALL SELECT MIN(check_due) FROM action_runs WHERE check_due IS NOT NULL)"
+        "SELECT MIN(check_due) FROM action_runs WHERE check_due IS NOT NULL"
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def next_lift_due(
+    conn: sqlite3.Connection, busy: Sequence[str] = (), *, manual_only: bool = False
+) -> int | None:
+    """The earliest due time of a lift the lift lane may take (as in ``due_undos``)."""
+    row = conn.execute(
+        f"SELECT MIN(undo_due) FROM action_runs r WHERE undo_state = 'wait' AND {_LIFT_FREE}",  # noqa: S608 - constant
+        {"busy": dumps(list(busy)), "manual_only": manual_only},
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 

@@ -1,0 +1,223 @@
+"""Lifts run in a lane of their own: a lift whose command takes its time (up to its
+timeout) holds up neither a fresh alert's containment nor the engine's other work, at most
+two run at once, and one under way when the daemon stops is let finish."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from responder.clock import FakeClock
+from responder.contain import engine
+from responder.testing import SmtpTestServer
+from tests.conftest import AUTH, ClientFactory
+from tests.test_containment import _finished, _true, config, script, smtp
+from tests.test_escalation_story import alert, eventually, incident, post, webhook
+
+__all__ = ["smtp"]
+
+RULES = """
+rules:
+  - name: backend-errors
+    matchers: ['alertname="BackendErrors"']
+    severity: P2
+    category: availability
+    group_by: [backend]
+    actions: [maintenance]
+  - name: web-down
+    matchers: ['alertname="WebDown"']
+    severity: P0
+    category: availability
+    group_by: [service]
+    actions: [restart]
+"""
+
+
+def _actions(folder: Path) -> tuple[Path, Path, str]:
+    """Maintenance on a backend (lifted 5 minutes after its alert resolved, by a command that
+    says it started, then waits for the gate file to appear) and a service restart. Returns
+    the log both write to, the gate and the actions' YAML."""
+    log, gate = folder / "log", folder / "gate"
+    write = f"open({str(log)!r}, 'a').write"
+    on = script(folder, "on", f"{write}('on ' + sys.argv[1] + '\\n')")
+    off = script(
+        folder,
+        "off",
+        f"{write}('lifting ' + sys.argv[1] + '\\n')\n"
+        "end = time.monotonic() + 20\n"
+        f"while not os.path.exists({str(gate)!r}) and time.monotonic() < end: time.sleep(0.02)\n"
+        f"{write}('off ' + sys.argv[1] + '\\n')",
+    )
+    restart = script(folder, "restart", f"{write}('restart ' + sys.argv[1] + '\\n')")
+    return (
+        log,
+        gate,
+        f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "{{backend}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+    cooldown: 0
+    timeout: 60s
+    undo: {{argv: [{off}, "{{backend}}"]}}
+    undo_hold_down: 5m
+  restart:
+    kind: exec
+    argv: [{restart}, "{{service}}"]
+    params:
+      service: {{from: label, key: service, type: identifier}}
+    cooldown: 0
+""",
+    )
+
+
+async def _lines(log: Path) -> list[str]:
+    return (await asyncio.to_thread(log.read_text)).splitlines()
+
+
+async def _has(log: Path, line: str) -> bool:
+    return line in await _lines(log)
+
+
+async def _maintenance_lifting(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    backends: tuple[str, ...] = ("web-1",),
+) -> tuple[Any, Path, Path]:
+    """Each backend was put into maintenance by its alert, which resolved; the hold-down is
+    over and the lifts have started (the first two: the lane's room)."""
+    log, gate, actions = _actions(tmp_path)
+    client = await make_client(config(tmp_path, smtp, actions, RULES))
+    for number, backend in enumerate(backends, 1):
+        fired = alert("BackendErrors", backend=backend)
+        await post(client, webhook(fired, group=backend))
+        await eventually(functools.partial(_finished, client, number), f"{backend} on")
+        resolved = alert("BackendErrors", "resolved", **fired["labels"])
+        await post(client, webhook(resolved, group=backend))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _has(log, f"lifting {backends[0]}"), "the lift started")
+    return client, log, gate
+
+
+async def test_a_p0_alerts_action_does_not_wait_behind_a_slow_lift(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """A site script takes its time to take web-1 out of maintenance; meanwhile a P0 alert
+    arrives: its restart runs at once, while the lift still runs (it waited for the lift,
+    up to the lift's timeout), and the lift then ends as it would have."""
+    client, log, gate = await _maintenance_lifting(make_client, tmp_path, clock, smtp)
+    await post(client, webhook(alert("WebDown", service="nginx"), group="nginx"))
+    await eventually(lambda: _has(log, "restart nginx"), "the P0's containment ran")
+    await eventually(lambda: _finished(client, 2), "and was recorded")
+    assert not await _has(log, "off web-1")  # the lift is still under way
+    gate.touch()
+    await eventually(lambda: _has(log, "off web-1"), "the lift ended")
+    assert await _lines(log) == ["on web-1", "lifting web-1", "restart nginx", "off web-1"]
+
+
+async def test_lifts_run_two_at_a_time(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The lane has room for two lifts: a third waits for one of them to end, then runs."""
+    backends = ("web-1", "web-2", "web-3")
+    client, log, gate = await _maintenance_lifting(make_client, tmp_path, clock, smtp, backends)
+
+    def lifting() -> list[str]:
+        return [line for line in log.read_text().splitlines() if line.startswith("lifting")]
+
+    await eventually(lambda: _true(len(lifting()) == 2), "two lifts under way")
+    await asyncio.sleep(0.3)
+    assert len(lifting()) == 2
+    gate.touch()
+    for backend in backends:
+        await eventually(functools.partial(_has, log, f"off {backend}"), f"{backend} lifted")
+    assert len(lifting()) == 3
+    del client
+
+
+def _undo_states(folder: Path) -> list[str]:
+    (db,) = folder.rglob("responder.db")
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT undo_state FROM action_runs ORDER BY started_at").fetchall()
+    finally:
+        conn.close()
+    return [str(state) for (state,) in rows]
+
+
+async def test_a_lift_under_way_when_the_daemon_stops_is_let_finish(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The daemon stops while a lift runs: the lift ends and is recorded as done before the
+    engine stops (it was cut off, to run again at the next start)."""
+    client, log, gate = await _maintenance_lifting(make_client, tmp_path, clock, smtp)
+    asyncio.get_running_loop().call_later(0.3, gate.touch)
+    await client.close()
+    assert await _lines(log) == ["on web-1", "lifting web-1", "off web-1"]
+    assert _undo_states(tmp_path) == ["done"]
+
+
+async def test_a_lift_cut_off_by_the_shutdown_runs_again_at_the_next_start(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lift still running when the shutdown's grace period ends is cut off (its process
+    group killed): it stays due, and the next start runs it."""
+    monkeypatch.setattr(engine, "LIFT_GRACE_S", 0.2)
+    client, log, gate = await _maintenance_lifting(make_client, tmp_path, clock, smtp)
+    await client.close()
+    assert await _lines(log) == ["on web-1", "lifting web-1"]
+    assert _undo_states(tmp_path) == ["wait"]
+    gate.touch()
+    await make_client(tmp_path / "config.yaml")
+    await eventually(lambda: _has(log, "off web-1"), "lifted after the restart")
+
+
+async def test_while_the_kill_switch_holds_a_lift_checks_are_still_judged(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Paused: web-1's lift is due and held, and the restart's check falls due meanwhile;
+    the check is judged at its deadline (the alert still fires: failed), the lift waits for
+    the release and then runs."""
+    log, gate, actions = _actions(tmp_path)
+    gate.touch()
+    actions = actions.replace(
+        "  restart:\n", "  restart:\n    check: {alert_resolves_within: 10m}\n"
+    )
+    client = await make_client(config(tmp_path, smtp, actions, RULES))
+    fired = alert("BackendErrors", backend="web-1")
+    await post(client, webhook(fired, group="web-1"))
+    await eventually(lambda: _finished(client, 1), "web-1 on")
+    await post(client, webhook(alert("WebDown", service="nginx"), group="nginx"))
+    await eventually(lambda: _finished(client, 2), "nginx restarted")
+    paused = await client.post(
+        "/api/v1/actions/pause", json={"reason": "hands on", "by": "alice"}, headers=AUTH
+    )
+    assert paused.status == 200
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=11))  # past the hold-down and the check's deadline
+
+    async def check_failed() -> bool:
+        doc = await incident(client, 2)
+        return "containment_failed" in [e["kind"] for e in doc["timeline"]]
+
+    await eventually(check_failed, "the check judged while paused")
+    assert not await _has(log, "lifting web-1")
+    resumed = await client.post("/api/v1/actions/resume", json={"by": "alice"}, headers=AUTH)
+    assert resumed.status == 200
+    await eventually(lambda: _has(log, "off web-1"), "lifted once released")
