@@ -93,6 +93,7 @@ class Event(StrEnum):
     ACTION_UNDONE = "action_undone"
     CONTAINMENT_FAILED = "containment_failed"
     CONTAINMENT_VERIFIED = "containment_verified"
+    CONTAINMENT_UNVERIFIED = "containment_unverified"  # a check that could not tell
 
 
 class TransitionError(ValueError):

@@ -1,7 +1,7 @@
 """Containment edges found by the review of stop 13: an nft lift after the kernel expired
 the element, escalation past the failure threshold, the kill switch during retries, the
 guards' history, retention of runs with a block, an interrupted iptables block with
-retries."""
+retries; and an `alert_resolves_within` check whose alert went stale."""
 
 from __future__ import annotations
 
@@ -284,3 +284,71 @@ async def test_an_interrupted_iptables_block_with_retries_lifts_every_rule(
     # One lift per attempt that may have inserted a rule; the real iptables stops at the
     # first "-D" that finds none (this fake does not), so at least as many lifts as rules.
     assert _lines(log, "-D") >= 2, log.read_text()
+
+
+async def test_a_check_whose_alert_went_stale_is_neither_verified_nor_failed(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+) -> None:
+    """Restarting nginx failed once (one failure toward the breaker); a second alert's
+    restart exits 0, its check waits for that alert to resolve within 15 minutes, and the
+    alert goes stale instead (Alertmanager stopped sending it). Nobody saw it resolve: the
+    check is not verified (it was, and the breaker's count of real failures started over),
+    nor failed (monitoring gone quiet is no failed restart to page or open the breaker
+    for): its outcome is unknown."""
+    failing = tmp_path / "failing"
+    failing.touch()
+    tool = script(tmp_path, "restart", f"sys.exit(1 if os.path.exists({str(failing)!r}) else 0)")
+    actions = f"""
+alerts: {{stale_after: 10m, stale_check_every: 1m}}
+actions:
+  restart:
+    kind: exec
+    argv: [{tool}, "{{service}}"]
+    params:
+      service: {{from: label, key: service, type: identifier}}
+    cooldown: 0
+    escalate_after_failures: 5
+    breaker_failures: 2
+    check: {{alert_resolves_within: 15m}}
+"""
+    client = await make_client(config(tmp_path, smtp, actions, RESTART_RULE))
+    first = alert("WebDown", service="nginx", instance="a")
+    await post(client, webhook(first))
+    await eventually(lambda: _finished(client), "the first restart failed")
+    await post(client, webhook(alert("WebDown", "resolved", **first["labels"])))
+    failing.unlink()
+    await post(client, webhook(alert("WebDown", service="nginx", instance="b")))
+
+    async def finished_twice() -> bool:
+        kinds = [e["kind"] for e in await runs(client)]
+        return kinds.count("action_finished") == 2
+
+    await eventually(finished_twice, "the second restart exited 0 (the incident reopened)")
+
+    async def breakers() -> list[dict[str, Any]]:
+        answer = await client.get("/api/v1/actions", headers=AUTH)
+        found: list[dict[str, Any]] = (await answer.json())["data"]["breakers"]
+        return found
+
+    assert [b["consecutive_failures"] for b in await breakers()] == [1]
+    for _ in range(12):  # past stale_after: the sweeper marks the second alert stale
+        clock.advance(timedelta(minutes=1))
+        await asyncio.sleep(0.02)
+    clock.advance(timedelta(minutes=4))  # past the check's 15 minutes
+
+    async def judged() -> bool:
+        doc = await incident(client)
+        return "containment_unverified" in [e["kind"] for e in doc["timeline"]]
+
+    await eventually(judged, "the check's verdict")
+    kinds = [e["kind"] for e in (await incident(client))["timeline"]]
+    assert "alert_stale" in kinds
+    assert "containment_verified" not in kinds
+    assert "containment_failed" not in kinds
+    (breaker,) = await breakers()
+    assert (breaker["consecutive_failures"], breaker["opened_at"]) == (1, None)
+    text = await (await client.get("/metrics")).text()
+    assert 'responder_actions_total{action="restart",outcome="check_unknown"} 1.0' in text

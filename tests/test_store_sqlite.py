@@ -1437,3 +1437,54 @@ async def test_a_postponement_written_after_a_lift_by_hand_keeps_the_lift(
     assert (run.run_id, refired) == ("r1", False)
     assert run.undo is not None
     assert run.undo["manual"] == "alice"
+
+
+async def test_an_alert_resolves_within_check_of_a_stale_alert_is_unknown(
+    store: SQLiteStore,
+) -> None:
+    """At its deadline the check reads the alert's status; a stale alert did not resolve,
+    and the verdict recorded for it is neither verified nor failed: the run's outcome stays
+    as it ended, the timeline says 'containment_unverified', and nothing escalates."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    recorded = await store.record_run(
+        T0,
+        run_id="r1",
+        alert_id=1,
+        incident_id=1,
+        action="restart",
+        target="web",
+        trigger="fire",
+        state="running",
+        audit={},
+        guards=None,
+        event=Event.ACTION_STARTED,
+        detail={},
+    )
+    assert recorded
+    deadline = T0 + timedelta(hours=1)
+    await store.finish_run(
+        T0,
+        run_id="r1",
+        outcome="ok",
+        audit={},
+        undo=None,
+        undo_hold_s=None,
+        undo_at_us=None,
+        check_due_us=to_us(deadline),
+        guards=lambda: "{}",
+        escalate=None,
+    )
+    assert await store.mark_stale(T0 + timedelta(minutes=30), T0 + timedelta(minutes=30))
+    assert await store.next_check_due() == deadline
+    ((run, status),) = await store.due_checks(deadline)
+    assert (run.run_id, status) == ("r1", "stale")
+    await store.finish_check("r1", None, "went stale", deadline)
+    assert await store.due_checks(deadline) == []
+    assert await store.next_check_due() is None
+    (row,) = await store.action_runs()
+    assert row.outcome == "ok"
+    events, _ = await only_timeline(store)
+    kinds = [e.kind for e in events]
+    assert Event.CONTAINMENT_UNVERIFIED in kinds
+    assert Event.CONTAINMENT_FAILED not in kinds
+    assert Event.CONTAINMENT_VERIFIED not in kinds

@@ -398,15 +398,25 @@ class Containment:
     async def _checks(self) -> None:
         now = self._clock.now()
         for run, status in await self._store.due_checks(now):
-            verified = status != "firing"
-            reason = (
-                "the alert resolved in time" if verified else "the alert did not resolve in time"
-            )
-            await self._store.finish_check(run.run_id, verified, reason, now)
-            await self._count_late_check(run, verified, now)
-            if not verified:
+            verdict = _check_verdict(status)
+            if verdict is None:
+                # Stale: Alertmanager stopped sending the alert without a resolve. That says
+                # nothing of the action: no proof it worked (the breaker's count of earlier
+                # failures stays), and no failure to page about or to open the breaker with.
+                reason = f"the alert did not resolve in time but is {status}: outcome unknown"
+                await self._store.finish_check(run.run_id, None, reason, now)
+                log.warning(
+                    "check outcome unknown",
+                    extra=fields(action=run.action, run=run.run_id, alert_status=status),
+                )
+                self._metrics.actions.labels(run.action, "check_unknown").inc()
+                continue
+            reason = "the alert " + ("resolved in time" if verdict else "did not resolve in time")
+            await self._store.finish_check(run.run_id, verdict, reason, now)
+            await self._count_late_check(run, verdict, now)
+            if not verdict:
                 self._on_escalate()
-            outcome = Outcome.OK if verified else Outcome.CHECK_FAILED
+            outcome = Outcome.OK if verdict else Outcome.CHECK_FAILED
             self._metrics.actions.labels(run.action, f"check_{outcome.value}").inc()
 
     async def _count_late_check(self, run: RunRow, verified: bool, now: datetime) -> None:
@@ -641,6 +651,16 @@ LIFT_CONCURRENCY = 2
 LIFT_GRACE_S = 10.0
 # Attempts whose process may have done its work: it exited 0, or was killed on timeout.
 _MAY_HAVE_RUN = frozenset({Outcome.OK, Outcome.TIMEOUT})
+
+
+def _check_verdict(status: str) -> bool | None:
+    """An ``alert_resolves_within`` check at its deadline, by the alert's status then:
+    resolved, verified; firing, failed; stale (or gone), unknown."""
+    if status == "resolved":
+        return True
+    if status == "firing":
+        return False
+    return None
 
 
 def _us(when: datetime) -> int:

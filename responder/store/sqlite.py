@@ -919,7 +919,9 @@ class SQLiteStore:
         now_us = to_us(now)
         return await self._read(lambda conn: actions.due_checks(conn, now_us, limit))
 
-    async def finish_check(self, run_id: str, verified: bool, reason: str, now: datetime) -> None:
+    async def finish_check(
+        self, run_id: str, verified: bool | None, reason: str, now: datetime
+    ) -> None:
         now_us = to_us(now)
         await self._write(lambda conn: actions.finish_check(conn, run_id, verified, reason, now_us))
 

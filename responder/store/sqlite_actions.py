@@ -531,7 +531,8 @@ def finish_undo(
 
 
 def due_checks(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, str]]:
-    """'alert resolves within' checks whose deadline passed, with the alert's status now."""
+    """'alert resolves within' checks whose deadline passed, with the alert's status now
+    ('gone' for an alert no longer stored)."""
     rows = conn.execute(
         f"SELECT {_RUN_COLUMNS} FROM action_runs WHERE check_due IS NOT NULL "  # noqa: S608
         "AND check_due <= ? ORDER BY check_due LIMIT ?",
@@ -541,23 +542,28 @@ def due_checks(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[
     for row in rows:
         run = _run(row)
         status = conn.execute("SELECT status FROM alerts WHERE id = ?", (run.alert_id,)).fetchone()
-        result.append((run, status[0] if status else "resolved"))
+        result.append((run, status[0] if status else "gone"))
     return result
 
 
 def finish_check(
-    conn: sqlite3.Connection, run_id: str, verified: bool, reason: str, now_us: int
+    conn: sqlite3.Connection, run_id: str, verified: bool | None, reason: str, now_us: int
 ) -> None:
+    """Record an 'alert resolves within' verdict: verified, failed (escalates), or None for
+    unknown (the alert went stale): the run keeps the outcome it ended with."""
+    outcome = {True: "ok", False: "check_failed", None: None}[verified]
     row = conn.execute(
-        "UPDATE action_runs SET check_due = NULL, outcome = ? WHERE run_id = ? "
-        "RETURNING incident_id, action",
-        ("ok" if verified else "check_failed", run_id),
+        "UPDATE action_runs SET check_due = NULL, outcome = COALESCE(?, outcome) "
+        "WHERE run_id = ? RETURNING incident_id, action",
+        (outcome, run_id),
     ).fetchone()
     if row is None:
         return
     incident_id, action = row
-    if verified:
-        detail = {"run_id": run_id, "action": action, "check": reason}
+    detail = {"run_id": run_id, "action": action, "check": reason}
+    if verified is None:
+        _event(conn, incident_id, now_us, Event.CONTAINMENT_UNVERIFIED, detail)
+    elif verified:
         _event(conn, incident_id, now_us, Event.CONTAINMENT_VERIFIED, detail)
     else:
         escalate_incident(conn, incident_id, f"{action}: {reason}", now_us)
