@@ -39,6 +39,7 @@ from responder.policy import (
     StepKind,
     due_steps,
     last_level_reached,
+    levels_ahead,
     next_due,
     pages_for,
     parse_policies,
@@ -68,6 +69,9 @@ CLOSED_STEP = "K"  # the resolve seen by the engine once: time to resolve is obs
 # "nobody_to_page" event is recorded once, as the step "nobody:L<n>".
 NOBODY_RETRY = timedelta(minutes=1)
 NOBODY_STEP = "nobody:"
+# Bookkeeping for a containment failure's escalation that waits for someone to come on
+# call: its timeline entry is written once, not at each retry.
+FAILURE_STEP = "containment-failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,9 @@ class Decision:
     events: tuple[TimelineEvent, ...]
     next_due: datetime | None
     unsnooze: bool = False
+    # A containment failure found nobody on call on any level: it stays pending (the
+    # incident's escalate_now is kept) and the levels are tried again each minute.
+    keep_failure: bool = False
 
 
 def _view(incident: Incident, done: frozenset[str]) -> IncidentView:
@@ -266,28 +273,26 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         return Decision(breaches, tuple(events), _next_breach(incident, recorded), unsnooze)
 
     view = _view(incident, done)
-    escalated: IncidentView | None = None  # the levels' view when containment failed
+    failure: list[Step] | None = None  # the levels a containment failure pages now
+    keep_failure = False
     if incident.escalate_now is not None and incident.state is not IncidentState.ACKNOWLEDGED:
-        # Containment failed: whatever level comes next is due now, snoozed or not. The
-        # levels' clock is shifted for this decision only (later levels keep their own
-        # times; status updates keep theirs).
-        escalated = replace(view, snoozed_until=None)
-        soonest = next_due(policy, escalated, now, levels_only=True)
-        # A level already due (the first, held while containment worked) is the one to page.
-        if soonest is not None and soonest > now and not _levels(due_steps(policy, escalated, now)):
-            # Both clocks: duration levels count from the incident's lasting, not its episode.
-            ahead = soonest - now
-            lasting = escalated.lasting_since
-            escalated = replace(
-                escalated,
-                triggered_at=escalated.triggered_at - ahead,
-                lasting_since=None if lasting is None else lasting - ahead,
+        # Containment failed: whatever level comes next is due now, snoozed or not (status
+        # updates keep their times). A level with nobody on call does not make the failure
+        # wait for the following level's time: the first one after it that has someone is
+        # paged now (escalation only moves forward). With nobody on call on any of them,
+        # the failure stays pending and they are tried again each minute, as any level
+        # with nobody is.
+        failure, keep_failure = _failure_levels(policy, view, config.directory, now)
+        if FAILURE_STEP not in done:  # said once, however many minutes it waits for someone
+            events.append(
+                TimelineEvent(
+                    now,
+                    Event.ESCALATED,
+                    "responder",
+                    "containment",
+                    {"reason": incident.escalate_now},
+                )
             )
-        events.append(
-            TimelineEvent(
-                now, Event.ESCALATED, "responder", "containment", {"reason": incident.escalate_now}
-            )
-        )
     steps = list(breaches)
     if unsnooze and snooze_end is not None and (reached := last_level_reached(policy, done)):
         # The snooze is over and nobody acknowledged: whoever the escalation had reached
@@ -302,9 +307,10 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
             steps.append(_step_record(step, policy, config.directory, now))
     nobody = False
     due = due_steps(policy, view, now)
-    if escalated is not None:
-        due = [s for s in due if s.kind is not StepKind.LEVEL]
-        due += _levels(due_steps(policy, escalated, now))
+    if failure is not None:
+        due = [s for s in due if s.kind is not StepKind.LEVEL] + failure
+    if keep_failure:
+        steps.append(StepDone(FAILURE_STEP, None))  # its event is not written again
     for step in due:
         retried = NOBODY_STEP + step.id in done
         if retried and not _holds_now(step, policy, view, now):
@@ -330,7 +336,32 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         # The level left due is the only time here not in the future: it waits its retry.
         upcoming = [t for t in upcoming if t is None or t > now] + [now + NOBODY_RETRY]
     wake = min((t for t in upcoming if t is not None), default=None)
-    return Decision(tuple(steps), tuple(events), wake, unsnooze)
+    return Decision(tuple(steps), tuple(events), wake, unsnooze, keep_failure)
+
+
+def _failure_levels(
+    policy: Policy, view: IncidentView, directory: Directory, now: datetime
+) -> tuple[list[Step], bool]:
+    """The levels a containment failure pages now: the next ones in the escalation, and
+    past those with nobody on call, up to the first that has someone. True when none has
+    anyone: the failure must wait for someone to come on call, not for the levels' times."""
+    chosen: list[Step] = []
+    tried: set[int | None] = set()
+    for group in levels_ahead(policy, view, now):
+        # Paged now, not at their own times (the lag metric would read them as early). A
+        # level with nobody on call now has nobody on its repeats either.
+        fresh = [
+            replace(step, due=now) if step.due > now else step
+            for step in group
+            if step.level not in tried
+        ]
+        if not fresh:
+            continue
+        chosen += fresh
+        tried.update(step.level for step in fresh)
+        if any(pages_for(step, policy, directory, now) for step in fresh):
+            return chosen, False
+    return chosen, bool(chosen)
 
 
 def _holds_now(step: Step, policy: Policy, view: IncidentView, now: datetime) -> bool:
@@ -338,10 +369,6 @@ def _holds_now(step: Step, policy: Policy, view: IncidentView, now: datetime) ->
     return level is None or level.when.holds(
         view.severity, view.category, now, policy.business_hours
     )
-
-
-def _levels(steps: list[Step]) -> list[Step]:
-    return [s for s in steps if s.kind is StepKind.LEVEL]
 
 
 def _step_record(step: Step, policy: Policy, directory: Directory, now: datetime) -> StepDone:
@@ -445,6 +472,7 @@ class Escalator:
                     d.events,
                     d.next_due,
                     d.unsnooze,
+                    d.keep_failure,
                 )
                 for item, d in zip(work, decisions, strict=True)
             ]

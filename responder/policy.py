@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
@@ -234,6 +234,28 @@ def due_steps(policy: Policy, incident: IncidentView, now: datetime) -> list[Ste
     if update is not None:
         due.append(update)
     return sorted(due, key=lambda s: (s.due, s.id))
+
+
+def levels_ahead(policy: Policy, incident: IncidentView, now: datetime) -> list[list[Step]]:
+    """The levels not done yet, in the order the escalation would reach them, grouped by
+    due time (those due by ``now`` form the first group). A snooze is left out, and a level
+    is kept only if its condition holds when it would be paged: at its due time if that has
+    come, else at ``now``. What a containment failure pages from: it cannot wait for the
+    levels' own times, and when the next has nobody on call, the one after may."""
+    if not _open_at(incident, now):
+        return []
+    groups: dict[datetime, list[Step]] = {}
+    for planned in _plan(policy, replace(incident, snoozed_until=None), now):
+        step, condition = planned.step, planned.condition
+        at = min(step.due, now)
+        if condition is not None and not condition.holds(
+            incident.severity, incident.category, at, policy.business_hours
+        ):
+            continue
+        groups.setdefault(max(step.due, now), []).append(step)
+    return [
+        sorted(_latest_pass_only(steps), key=lambda s: s.id) for _, steps in sorted(groups.items())
+    ]
 
 
 def _latest_pass_only(steps: list[Step]) -> list[Step]:

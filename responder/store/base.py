@@ -194,6 +194,8 @@ class EscalationUpdate:
     events: Sequence[TimelineEvent]
     next_due: datetime | None
     unsnooze: bool = False
+    # Keep the incident's escalate_now: a containment failure that found nobody to page.
+    keep_failure: bool = False
 
 
 class ContainmentStore(Protocol):

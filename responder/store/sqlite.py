@@ -588,6 +588,7 @@ class SQLiteStore:
                 u.events,
                 None if u.next_due is None else to_us(u.next_due),
                 u.unsnooze,
+                u.keep_failure,
             )
             for u in batch
         ]

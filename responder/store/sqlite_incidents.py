@@ -718,9 +718,12 @@ def apply_steps(
     next_due_us: int | None,
     unsnooze: bool,
     now_us: int,
+    keep_failure: bool = False,
 ) -> list[str] | None:
     """Record steps (each once), their pages and events; None if the incident changed since
-    the engine read it (its version moved), in which case nothing is written."""
+    the engine read it (its version moved), in which case nothing is written.
+    ``keep_failure``: a containment failure's escalation found nobody on call and stays
+    pending (``escalate_now`` is kept); otherwise it has been dealt with."""
     row = conn.execute(
         "SELECT episode FROM incidents WHERE id = ? AND version = ?", (incident_id, version)
     ).fetchone()
@@ -744,9 +747,10 @@ def apply_steps(
         add_event(conn, incident_id, event)
     # The snooze's end stays recorded: the policy re-arms escalation from it.
     state_sql = ", state = 'triggered'" if unsnooze else ""
+    failure_sql = "" if keep_failure else ", escalate_now = NULL"
     conn.execute(
-        "UPDATE incidents SET next_due = ?, version = version + 1, updated_at = ?, "  # noqa: S608 - fixed text
-        f"escalate_now = NULL{state_sql} WHERE id = ?",
+        "UPDATE incidents SET next_due = ?, version = version + 1, updated_at = ?"  # noqa: S608 - fixed text
+        f"{failure_sql}{state_sql} WHERE id = ?",
         (next_due_us, now_us, incident_id),
     )
     return recorded
@@ -1250,11 +1254,13 @@ def create_drill(
 
 def apply_batch(
     conn: sqlite3.Connection,
-    batch: Sequence[tuple[int, int, Sequence[StepDone], Sequence[TimelineEvent], int | None, bool]],
+    batch: Sequence[
+        tuple[int, int, Sequence[StepDone], Sequence[TimelineEvent], int | None, bool, bool]
+    ],
     now_us: int,
 ) -> list[list[str] | None]:
     """``apply_steps`` for many incidents in one transaction: one commit for a whole pass."""
     return [
-        apply_steps(conn, incident_id, version, steps, events, next_us, unsnooze, now_us)
-        for incident_id, version, steps, events, next_us, unsnooze in batch
+        apply_steps(conn, incident_id, version, steps, events, next_us, unsnooze, now_us, keep)
+        for incident_id, version, steps, events, next_us, unsnooze, keep in batch
     ]
