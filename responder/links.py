@@ -42,9 +42,13 @@ class LinkError(ValueError):
 @dataclass(frozen=True, slots=True)
 class LinkClaim:
     incident_id: int
-    episode: int  # the trigger the page was for: a link does not carry over to the next one
+    episode: int  # the episode the page was sent in
     contact: str
     expires: datetime
+    # When the trigger the page was for began (``Incident.started``): the link acts
+    # through every episode of it, not after a re-fire. None in links made before it was
+    # named: those act in their episode only.
+    trigger: datetime | None = None
 
 
 def link_secret(state_dir: Path) -> Secret:
@@ -64,10 +68,23 @@ def _sign(secret: Secret, payload: bytes) -> bytes:
     return hmac.new(secret.value.encode(), payload, hashlib.sha256).digest()[:_SIG_BYTES]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def make_token(
-    secret: Secret, incident_id: int, episode: int, contact: str, expires: datetime
+    secret: Secret,
+    incident_id: int,
+    episode: int,
+    contact: str,
+    expires: datetime,
+    trigger: datetime | None = None,
 ) -> str:
-    payload = f"{incident_id}:{episode}:{int(expires.timestamp())}:{contact}".encode()
+    # The trigger to the microsecond: a re-fire may come within the second of the resolve.
+    sent_in = str(episode)
+    if trigger is not None:
+        sent_in += f"@{(trigger - _EPOCH) // _MICROSECOND}"
+    payload = f"{incident_id}:{sent_in}:{int(expires.timestamp())}:{contact}".encode()
     return f"{_b64(payload)}.{_b64(_sign(secret, payload))}"
 
 
@@ -80,9 +97,11 @@ def read_token(secret: Secret, token: str, now: datetime) -> LinkClaim:
     if not hmac.compare_digest(signature, _sign(secret, payload)):
         raise LinkError("this link is not valid")
     try:
-        incident_text, episode_text, expires_text, contact = payload.decode().split(":", 3)
+        incident_text, sent_in, expires_text, contact = payload.decode().split(":", 3)
         expires = datetime.fromtimestamp(int(expires_text), UTC)
-        claim = LinkClaim(int(incident_text), int(episode_text), contact, expires)
+        episode_text, at, trigger_text = sent_in.partition("@")
+        trigger = _EPOCH + int(trigger_text) * _MICROSECOND if at else None
+        claim = LinkClaim(int(incident_text), int(episode_text), contact, expires, trigger)
     except (ValueError, UnicodeDecodeError):
         raise LinkError("this link is malformed") from None
     if now >= claim.expires:
@@ -93,18 +112,25 @@ def read_token(secret: Secret, token: str, now: datetime) -> LinkClaim:
 def ack_url(
     public_url: str, secret: Secret, incident: Incident, contact: str, now: datetime
 ) -> str:
-    token = make_token(secret, incident.id, incident.episode, contact, now + LINK_LIFETIME)
+    token = make_token(
+        secret, incident.id, incident.episode, contact, now + LINK_LIFETIME, incident.started
+    )
     return public_url.rstrip("/") + ACK_PATH + token
 
 
 def _current(claim: LinkClaim, incident: Incident) -> None:
-    """A link acts on the trigger it was sent for: once the incident fired again (or was
-    unacknowledged), its contact may not have been paged for it at all."""
-    if incident.episode != claim.episode:
-        raise LinkError(
-            "this link was sent before the incident fired again or was unacknowledged; use "
-            "the newest page's link, SMS, the CLI or the API"
-        )
+    """A link acts on the trigger it was sent for, through all its episodes: a severity
+    raise, a reload or an unacknowledge start the escalation over, but its contact was
+    paged for this very problem. Once the incident resolved and fired again, the contact
+    may not have been paged for the new trigger at all."""
+    if incident.episode == claim.episode:
+        return
+    if claim.trigger is not None and claim.trigger == incident.started:
+        return
+    raise LinkError(
+        "this link was sent before the incident fired again; use the newest page's link, "
+        "SMS, the CLI or the API"
+    )
 
 
 # -- the page ----------------------------------------------------------------------------------

@@ -80,6 +80,18 @@ async def daemon(
     twilio: FakeTwilio,
     smtp: SmtpTestServer,
 ) -> Client:
+    return await start_daemon(aiohttp_client, tmp_path, clock, twilio, smtp)
+
+
+async def start_daemon(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+    contacts: str = CONTACTS,
+    rules: str | None = None,
+) -> Client:
     """The app on a known port, so its public URL is where the fake's callbacks land."""
     port = free_port()
     (tmp_path / "twilio_token").write_text(twilio.auth_token)
@@ -96,7 +108,8 @@ channels:
     api_base_url: {twilio.base_url}
   smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
 """
-        + CONTACTS,
+        + contacts,
+        rules=rules,
     )
     app = build_app(load_snapshot(config), clock=clock, registry=CollectorRegistry())
     return await aiohttp_client(app, server_kwargs={"port": port})
@@ -354,11 +367,19 @@ async def test_email_link_get_shows_post_acts(
     assert acted.status == 200
     doc = await incident(daemon)
     assert (doc["state"], doc["acknowledgedBy"]) == ("acknowledged", "bob")
-    # A new episode (unacknowledged, or fired again): the old page's link no longer acts.
+    # Unacknowledged (a new episode of the same trigger): bob's link still acts.
     again = await daemon.post(
         "/api/v1/incidents/1/unacknowledge", json={"by": "alice"}, headers=AUTH
     )
     assert again.status == 200
+    retaken = await daemon.post(link, data={"action": "acknowledge"})
+    assert retaken.status == 200
+    assert (await incident(daemon))["state"] == "acknowledged"
+    # Resolved and fired again (a new trigger): bob may not have been paged for it.
+    await post(daemon, webhook(alert("TargetDown", status="resolved", instance="web-1:9100")))
+    refired = alert("TargetDown", starts="2026-01-05T09:30:00Z", instance="web-1:9100")
+    await post(daemon, webhook(refired))
+    assert (await incident(daemon))["episode"] > 2
     replayed = await daemon.post(link, data={"action": "acknowledge"})
     assert replayed.status == 403
     assert "fired again" in await replayed.text()
@@ -390,6 +411,54 @@ async def test_email_link_get_shows_post_acts(
     assert "expired" in await expired.text()
 
 
+RAISE_RULES = """
+rules:
+  - name: low-thing
+    matchers: ['alertname="LowThing"']
+    severity: P3
+    category: availability
+  - name: big-thing
+    matchers: ['alertname="BigThing"']
+    severity: P1
+    category: availability
+    policy: urgent
+"""
+
+
+async def test_an_email_link_still_acts_after_a_worse_alert_changed_the_policy(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """Bob's email at 15 minutes links to the incident. A P1 alert whose rule names
+    'urgent' joins: the escalation starts over under 'urgent' (a new episode), but the
+    incident is the same problem bob was paged for, and his link acknowledges it
+    (escalation review: the raise ended every link sent before it)."""
+    urgent = "  urgent:\n    levels:\n      - targets: [alice]\n"
+    contacts = CONTACTS.replace("incidents:", urgent + "incidents:")
+    daemon = await start_daemon(
+        aiohttp_client, tmp_path, clock, twilio, smtp, contacts, RAISE_RULES
+    )
+    low = alert("LowThing", instance="web-1:9100")
+    await post(daemon, webhook(low))
+    clock.advance(timedelta(minutes=15))
+    await eventually(lambda: _true(len(smtp.messages) == 1), "email to bob")
+    body = smtp.messages[0].message.get_body(("plain",))
+    assert body is not None
+    match = re.search(r"(http://\S+/ack/\S+)", body.get_content())
+    assert match is not None
+    link = match.group(1).replace(public(daemon, ""), "")
+    await post(daemon, webhook(low, alert("BigThing", instance="web-1:9100")))
+    doc = await incident(daemon)
+    assert (doc["policy"], doc["episode"], doc["state"]) == ("urgent", 2, "triggered")
+    acted = await daemon.post(link, data={"action": "acknowledge"})
+    assert acted.status == 200, await acted.text()
+    doc = await incident(daemon)
+    assert (doc["state"], doc["acknowledgedBy"]) == ("acknowledged", "bob")
+
+
 def test_tokens_are_bound_to_one_incident() -> None:
     secret = Secret("s3cret", "test")
     now = datetime(2026, 1, 1, tzinfo=UTC)
@@ -404,6 +473,19 @@ def test_tokens_are_bound_to_one_incident() -> None:
         read_token(secret, f"{forged_payload}.{signature}", now)
     with pytest.raises(LinkError):
         read_token(secret, "garbage", now)
+
+
+def test_a_token_names_its_trigger_to_the_microsecond() -> None:
+    """A link names the trigger it was sent for (a re-fire may come within the second of
+    the resolve); one made before it was named (a day at most) reads without it."""
+    secret = Secret("s3cret", "test")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    started = datetime(2025, 12, 31, 23, 59, 58, 123456, tzinfo=UTC)
+    token = make_token(secret, 7, 3, "a:b", now + timedelta(hours=1), started)
+    claim = read_token(secret, token, now)
+    assert (claim.episode, claim.contact, claim.trigger) == (3, "a:b", started)
+    older = read_token(secret, make_token(secret, 7, 3, "a:b", now + timedelta(hours=1)), now)
+    assert (older.episode, older.trigger) == (3, None)
 
 
 async def test_callbacks_refused_without_twilio(make_client: Any, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ waiting for someone to come on call, a policy change in the middle of an inciden
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from responder.clock import FakeClock
 from responder.escalate import Escalator, load_escalation
 from responder.incident import Page
 from responder.metrics import Metrics
-from responder.store import SQLiteStore
+from responder.model import Classification, Severity
+from responder.policy import EscalationLayout
+from responder.store import IncomingAlert, SQLiteStore
 from responder.yamlfile import load_text
 from tests.test_store_sqlite import T0, disk_alert
 
@@ -147,3 +150,113 @@ async def test_a_containment_failure_with_nobody_on_call_pages_whoever_comes_on_
     timeline = await kinds(store)
     assert timeline.count("nobody_to_page") == 2  # levels 2 and 3, once each
     assert timeline.count("escalated") == 3  # alice, the failure (once), bob
+
+
+# -- a policy change within one trigger ------------------------------------------------------
+
+MANAGEMENT = """
+contacts:
+  alice: {email: alice@example.com}
+  ticket: {email: tickets@example.com}
+  mgr: {email: mgr@example.com}
+  cto: {email: cto@example.com}
+escalation_policies:
+  low:
+    levels:
+      - targets: [ticket]
+      - after: 30m
+        clock: duration
+        targets: [mgr]
+  high:
+    levels:
+      - targets: [alice]
+      - after: 30m
+        clock: duration
+        targets: [mgr]
+      - after: 60m
+        clock: duration
+        targets: [cto]
+incidents:
+  default_policy: high
+"""
+
+
+def under(policy: str, fingerprint: str, severity: Severity) -> IncomingAlert:
+    """An alert of the incident keyed "disk" whose rule names ``policy``."""
+    classification = Classification(severity, "availability", "test", policy=policy)
+    return replace(disk_alert(fingerprint), classification=classification)
+
+
+def layout_of(text: str) -> str:
+    """The layout of the levels, as the daemon keeps it with the incidents' steps."""
+    config = load_escalation(load_text(text, "config.yaml"))
+    return EscalationLayout.of(config.policies, config.default_policy).to_json()
+
+
+async def acknowledged_and_managed(store: SQLiteStore, clock: FakeClock) -> Escalator:
+    """A P3 incident under 'low': the ticket at 07:00, alice acknowledges at 07:05, and
+    mgr hears at 07:30 that it has lasted half an hour."""
+    escalator = engine(store, clock, MANAGEMENT)
+    await store.rearm_open_incidents(T0, layout=layout_of(MANAGEMENT))
+    await store.ingest([under("low", "aaaa000000000001", Severity.P3)], T0)
+    await escalator.run_once()
+    clock.set(T0 + timedelta(minutes=5))
+    await store.transition(1, "acknowledge", actor="alice", via="api", now=clock.now())
+    await escalator.run_once()
+    await run_until(escalator, clock, T0 + timedelta(minutes=35))
+    assert [p.contact for p in await pages(store)] == ["ticket", "mgr"]
+    return escalator
+
+
+async def test_a_worse_alert_under_another_policy_does_not_tell_management_twice(
+    store: SQLiteStore,
+) -> None:
+    """At 07:40 a P1 alert whose rule names 'high' joins: a new episode under 'high',
+    still acknowledged. Its management level is the one 'low' had (mgr at 30 min) and
+    was paged already: mgr is not told again; the CTO level, which 'low' has not, goes
+    at 08:00 (escalation review: the new policy's duration levels were all paged anew)."""
+    clock = FakeClock(T0)
+    escalator = await acknowledged_and_managed(store, clock)
+    clock.set(T0 + timedelta(minutes=40))
+    await store.ingest([under("high", "bbbb000000000001", Severity.P1)], clock.now())
+    await escalator.run_once()
+    incident = await store.get_incident(1)
+    assert (incident.policy, incident.episode, incident.state.value) == (
+        "high",
+        2,
+        "acknowledged",
+    )
+    await run_until(escalator, clock, T0 + timedelta(minutes=65))
+    assert [(p.contact, p.due_at) for p in await pages(store)] == [
+        ("ticket", T0),
+        ("mgr", T0 + timedelta(minutes=30)),
+        ("cto", T0 + timedelta(hours=1)),
+    ]
+
+
+async def test_a_reload_removing_the_policy_does_not_tell_management_twice(
+    store: SQLiteStore,
+) -> None:
+    """At 07:40 a reload removes 'low': the acknowledged incident goes on under the default
+    'high', whose management level mgr has heard from already; the CTO hears at 08:00."""
+    clock = FakeClock(T0)
+    await acknowledged_and_managed(store, clock)
+    clock.set(T0 + timedelta(minutes=40))
+    without_low = MANAGEMENT.replace(
+        "  low:\n    levels:\n      - targets: [ticket]\n      - after: 30m\n"
+        "        clock: duration\n        targets: [mgr]\n",
+        "",
+    )
+    config = load_escalation(load_text(without_low, "config.yaml"))
+    assert "low" not in config.policies
+    await store.rearm_open_incidents(
+        clock.now(), gone={"low": True}, default_policy="high", layout=layout_of(without_low)
+    )
+    escalator = Escalator(store, clock, Metrics(CollectorRegistry()), lambda: config)
+    await escalator.run_once()
+    await run_until(escalator, clock, T0 + timedelta(minutes=65))
+    assert [(p.contact, p.due_at) for p in await pages(store)] == [
+        ("ticket", T0),
+        ("mgr", T0 + timedelta(minutes=30)),
+        ("cto", T0 + timedelta(hours=1)),
+    ]

@@ -39,6 +39,7 @@ from responder.incident import (
     TimelineEvent,
 )
 from responder.model import AlertStatus, Classification
+from responder.policy import EscalationLayout
 from responder.store import sqlite_actions as actions
 from responder.store import sqlite_heartbeats as heartbeats
 from responder.store import sqlite_incidents as inc
@@ -610,10 +611,19 @@ class SQLiteStore:
         now_us = to_us(now)
 
         def work(conn: sqlite3.Connection) -> int:
+            # The levels the steps were recorded under, and those they go on under: a
+            # duration level the default shares with a removed policy is not paged again.
+            before = inc.stored_layout(conn)
+            after = None if layout is None else EscalationLayout.from_json(layout)
             for policy, moves in renumber.items():
                 inc.renumber_levels(conn, policy, moves, now_us)
             for policy, restart in gone.items():
-                inc.policy_gone(conn, policy, default_policy, now_us, restart=restart)
+                was = policy or (None if before is None else before.default_policy)
+                old = None if before is None else before.policies.get(was or "")
+                new = None if after is None else after.policies.get(default_policy or "")
+                inc.policy_gone(
+                    conn, policy, default_policy, now_us, restart=restart, levels=(old, new)
+                )
             if layout is not None:
                 conn.execute(
                     "INSERT INTO escalation_layout (id, layout) VALUES (1, ?) "

@@ -37,6 +37,7 @@ from responder.incident import (
     incident_title,
 )
 from responder.model import Severity
+from responder.policy import EscalationLayout, LevelKeys, shared_duration_levels
 from responder.store.base import Reroute
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -117,7 +118,10 @@ def join_incident(
     # levels done say nothing of the new one's.
     policy = classification.get("policy") or default_policy
     target = classification.get("target") or {}
-    episode = conn.execute("SELECT episode FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+    episode, was_under = conn.execute(
+        "SELECT episode, COALESCE(policy, ?) FROM incidents WHERE id = ?",
+        (default_policy, incident_id),
+    ).fetchone()
     # Under another policy the escalation starts over (a new episode), not the incident's
     # lasting: response targets and duration levels keep counting from its trigger. Also
     # while it is snoozed (the new policy's first level then waits for the snooze's end)
@@ -147,8 +151,12 @@ def join_incident(
     (now_episode,) = conn.execute(
         "SELECT episode FROM incidents WHERE id = ?", (incident_id,)
     ).fetchone()
-    if now_episode != episode[0]:
+    if now_episode != episode:
         _carry_steps(conn, incident_id, BREACH_STEPS)
+        layout = stored_layout(conn)
+        if layout is not None:
+            old, new = layout.policies.get(was_under), layout.policies.get(policy or "")
+            _carry_duration_levels(conn, incident_id, old, new)
     _event(
         conn,
         incident_id,
@@ -633,6 +641,39 @@ def _carry_steps(conn: sqlite3.Connection, incident_id: int, steps: Sequence[str
         )
 
 
+def stored_layout(conn: sqlite3.Connection) -> EscalationLayout | None:
+    """The layout of levels the open incidents' steps are recorded under (None before the
+    first start, or unreadable: the start replaces it)."""
+    row = conn.execute("SELECT layout FROM escalation_layout").fetchone()
+    if row is None:
+        return None
+    try:
+        return EscalationLayout.from_json(str(row[0]))
+    except ValueError:
+        return None
+
+
+def _carry_duration_levels(
+    conn: sqlite3.Connection, incident_id: int, old: LevelKeys | None, new: LevelKeys | None
+) -> None:
+    """The incident went from policy ``old`` to ``new`` in a new episode of the same trigger:
+    the duration levels done in the previous episode stay done in this one as the same
+    levels of ``new`` (by identity, not number): management is told once that the incident
+    has lasted, whatever policy it is under."""
+    if not old or not new:
+        return
+    conn.executemany(
+        "INSERT OR IGNORE INTO steps (incident_id, episode, step, done_at) "
+        "SELECT s.incident_id, i.episode, ?, s.done_at FROM steps s "
+        "JOIN incidents i ON i.id = s.incident_id "
+        "WHERE s.incident_id = ? AND s.episode = i.episode - 1 AND s.step = ?",
+        [
+            (f"L{now_number}", incident_id, f"L{was_number}")
+            for was_number, now_number in shared_duration_levels(old, new).items()
+        ],
+    )
+
+
 def policy_gone(
     conn: sqlite3.Connection,
     policy: str | None,
@@ -640,14 +681,17 @@ def policy_gone(
     now_us: int,
     *,
     restart: bool = True,
+    levels: tuple[LevelKeys | None, LevelKeys | None] = (None, None),
 ) -> None:
     """A reload took away the policy open incidents escalated under: ``policy`` removed
     (None: the default policy changed, for incidents whose rule names none). They go on
     under the default. With ``restart``, a new episode: the old policy's levels done say
-    nothing of the new one's. A triggered incident starts the default's levels from now;
-    an acknowledged or snoozed one keeps its start (its duration levels count from there).
-    Response-target breaches already recorded stay recorded. Without ``restart`` (the
-    default has the same levels: a rename), they go on where they were."""
+    nothing of the new one's, but for its duration levels that the default has too
+    (``levels``: the old policy's and the default's, to match them). A triggered incident
+    starts the default's levels from now; an acknowledged or snoozed one keeps its start
+    (its duration levels count from there). Response-target breaches already recorded stay
+    recorded. Without ``restart`` (the default has the same levels: a rename), they go on
+    where they were."""
     rows = conn.execute(
         "SELECT id, policy FROM incidents WHERE state != 'resolved' AND policy IS ?", (policy,)
     ).fetchall()
@@ -664,6 +708,7 @@ def policy_gone(
         )
         if restart:
             _carry_steps(conn, incident_id, BREACH_STEPS)
+            _carry_duration_levels(conn, incident_id, *levels)
         detail: dict[str, object] = {"policy": old, "default_policy": default_policy}
         _event(conn, incident_id, now_us, Event.POLICY_GONE, "responder", detail, "reload")
 
