@@ -168,7 +168,9 @@ class Decision:
     keep_failure: bool = False
 
 
-def _view(incident: Incident, done: frozenset[str]) -> IncidentView:
+def _view(
+    incident: Incident, done: frozenset[str], last_update_at: datetime | None
+) -> IncidentView:
     return IncidentView(
         triggered_at=incident.triggered_at,
         severity=Severity(incident.severity),
@@ -178,6 +180,7 @@ def _view(incident: Incident, done: frozenset[str]) -> IncidentView:
         snoozed_until=incident.snoozed_until,
         done=done,
         lasting_since=incident.lasting_since,
+        last_update_at=last_update_at,
     )
 
 
@@ -272,7 +275,7 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         recorded = done | {s.step for s in breaches}
         return Decision(breaches, tuple(events), _next_breach(incident, recorded), unsnooze)
 
-    view = _view(incident, done)
+    view = _view(incident, done, work.last_update_at)
     failure: list[Step] | None = None  # the levels a containment failure pages now
     keep_failure = False
     if incident.escalate_now is not None and incident.state is not IncidentState.ACKNOWLEDGED:
@@ -329,7 +332,8 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
             continue
         steps.append(record)
     recorded = done | {s.step for s in steps}
-    upcoming = [next_due(policy, _view(incident, recorded), now), _next_breach(incident, recorded)]
+    following = next_due(policy, _view(incident, recorded, work.last_update_at), now)
+    upcoming = [following, _next_breach(incident, recorded)]
     if incident.state is IncidentState.SNOOZED and not unsnooze:
         upcoming.append(incident.snoozed_until)
     if nobody:

@@ -238,3 +238,6 @@ class EscalationWork:
     incident: Incident
     done: frozenset[str]  # step ids recorded in the current episode
     paged: tuple[tuple[str, str, str], ...]  # (contact, channel, address) paged this episode
+    # When its latest status update went, in any episode: updates keep their rhythm across
+    # episodes and a reload that changes their interval.
+    last_update_at: datetime | None = None

@@ -104,8 +104,11 @@ class IncidentView:
     snoozed_until: datetime | None = None
     done: frozenset[str] = frozenset()
     # When the incident's trigger began (Incident.started), if not triggered_at: what
-    # duration-clock levels count from.
+    # duration-clock levels and status updates count from.
     lasting_since: datetime | None = None
+    # When the incident's latest status update went, in any episode (None: none, or the
+    # caller keeps no times and ``done`` says which went).
+    last_update_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,15 +272,29 @@ def _latest_pass_only(steps: list[Step]) -> list[Step]:
 
 
 def _latest_update(policy: Policy, incident: IncidentView, now: datetime) -> Step | None:
-    """The newest status update due by ``now``; older missed ones are superseded by it."""
+    """The newest status update due by ``now``; older missed ones are superseded by it.
+
+    Updates go every ``every`` from the incident's trigger, through its episodes (an
+    unacknowledge, a severity raise or a reload start the levels over, not the updates),
+    and one is due unless an update went since its time: after a reload changed
+    ``every``, the next goes at most one new interval after the last one sent.
+    """
     updates = policy.status_updates
-    if updates is None or now < incident.triggered_at + updates.every:
+    start = incident.lasting_since or incident.triggered_at
+    if updates is None or now < start + updates.every:
         return None
-    count = (now - incident.triggered_at) // updates.every
+    count = (now - start) // updates.every
+    due = start + updates.every * count
+    last = incident.last_update_at
+    if last is not None and last >= due:
+        return None
     step_id = f"U{count}"
     if step_id in incident.done:
-        return None
-    due = incident.triggered_at + updates.every * count
+        if last is None:
+            return None
+        # Taken by an update sent before a reload changed the interval; with the interval
+        # in it, the id is that of this time only.
+        step_id += f".e{int(updates.every.total_seconds())}"
     return Step(step_id, StepKind.STATUS_UPDATE, due, update=count)
 
 
@@ -299,8 +316,9 @@ def next_due(
             candidates.append(due)
     updates = policy.status_updates
     if updates is not None and not levels_only:
-        count = max(1, (after - incident.triggered_at) // updates.every + 1)
-        candidates.append(incident.triggered_at + updates.every * count)
+        start = incident.lasting_since or incident.triggered_at
+        count = max(1, (after - start) // updates.every + 1)
+        candidates.append(start + updates.every * count)
     candidates = [c for c in candidates if incident.resolved_at is None or c < incident.resolved_at]
     return min(candidates, default=None)
 

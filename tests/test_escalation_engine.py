@@ -1,10 +1,11 @@
 """The escalation engine over real SQLite on the fake clock: ``Escalator.run_once`` minute
-by minute, as the loop would wake, for what one pass cannot show (a containment failure
-waiting for someone to come on call, a policy change in the middle of an incident)."""
+by minute, as the loop would wake, for what one pass cannot show: a containment failure
+waiting for someone to come on call, a policy change in the middle of an incident, status
+updates across a reload."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from responder.clock import FakeClock
 from responder.escalate import Escalator, load_escalation
-from responder.incident import Page
+from responder.incident import Page, PageKind
 from responder.metrics import Metrics
 from responder.model import Classification, Severity
 from responder.policy import EscalationLayout
@@ -32,8 +33,27 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 def engine(store: SQLiteStore, clock: FakeClock, text: str) -> Escalator:
-    config = load_escalation(load_text(text, "config.yaml"))
-    return Escalator(store, clock, Metrics(CollectorRegistry()), lambda: config)
+    return reloadable(store, clock, text)[0]
+
+
+def reloadable(
+    store: SQLiteStore, clock: FakeClock, text: str
+) -> tuple[Escalator, Callable[[str], Awaitable[None]]]:
+    """The engine on ``text``, and a reload to another config: the engine reads it from its
+    next pass, and the open incidents are re-armed with its layout of levels, as the
+    runtime does (gone: the policies it removed, for the default)."""
+    current = [load_escalation(load_text(text, "config.yaml"))]
+
+    async def reload(new_text: str) -> None:
+        old, new = current[0], load_escalation(load_text(new_text, "config.yaml"))
+        current[0] = new
+        gone: dict[str | None, bool] = {n: True for n in old.policies if n not in new.policies}
+        await store.rearm_open_incidents(
+            clock.now(), gone=gone, default_policy=new.default_policy, layout=layout_of(new_text)
+        )
+
+    escalator = Escalator(store, clock, Metrics(CollectorRegistry()), lambda: current[0])
+    return escalator, reload
 
 
 async def run_until(escalator: Escalator, clock: FakeClock, until: datetime) -> None:
@@ -247,12 +267,9 @@ async def test_a_reload_removing_the_policy_does_not_tell_management_twice(
         "        clock: duration\n        targets: [mgr]\n",
         "",
     )
-    config = load_escalation(load_text(without_low, "config.yaml"))
-    assert "low" not in config.policies
-    await store.rearm_open_incidents(
-        clock.now(), gone={"low": True}, default_policy="high", layout=layout_of(without_low)
-    )
-    escalator = Escalator(store, clock, Metrics(CollectorRegistry()), lambda: config)
+    assert "low:" not in without_low
+    escalator, reload = reloadable(store, clock, MANAGEMENT)
+    await reload(without_low)
     await escalator.run_once()
     await run_until(escalator, clock, T0 + timedelta(minutes=65))
     assert [(p.contact, p.due_at) for p in await pages(store)] == [
@@ -260,3 +277,105 @@ async def test_a_reload_removing_the_policy_does_not_tell_management_twice(
         ("mgr", T0 + timedelta(minutes=30)),
         ("cto", T0 + timedelta(hours=1)),
     ]
+
+
+# -- status updates across a reload ----------------------------------------------------------
+
+UPDATES = """
+contacts:
+  alice: {email: alice@example.com}
+  mgr: {email: mgr@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+    status_updates: {every: EVERY, to: [mgr]}
+incidents:
+  default_policy: standard
+"""
+
+
+async def status_times(store: SQLiteStore) -> list[float]:
+    """When status updates were sent, in minutes after T0."""
+    return [
+        (p.due_at - T0) / timedelta(minutes=1)
+        for p in await pages(store)
+        if p.kind is PageKind.STATUS
+    ]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        # Longer: under the old numbering, U4 to U9 were sent already (at 40 to 90 minutes),
+        # and the updates at 120, 150 ... 270 minutes were taken for done.
+        ("10m", "30m", [10, 20, 30, 40, 50, 60, 70, 80, 90, 120, 150, 180]),
+        # Shorter: U9 (at 90 minutes under 10m) was not sent yet, so it went at once, five
+        # minutes after the one at 90 minutes.
+        ("30m", "10m", [30, 60, 90, 100, 110, 120, 130, 140, 150, 160, 170, 180]),
+    ],
+)
+async def test_a_reload_that_changes_the_update_interval_keeps_updates_coming(
+    store: SQLiteStore, before: str, after: str, expected: list[float]
+) -> None:
+    """Updates every ``before``; at 95 minutes a reload makes it ``after``: the next update
+    comes at most one new interval after the last one sent, on the new interval's
+    rhythm from the trigger (escalation review: the old numbering silenced them)."""
+    clock = FakeClock(T0)
+    escalator, reload = reloadable(store, clock, UPDATES.replace("EVERY", before))
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await escalator.run_once()
+    await run_until(escalator, clock, T0 + timedelta(minutes=95))
+    await reload(UPDATES.replace("EVERY", after))
+    await escalator.run_once()
+    await run_until(escalator, clock, T0 + timedelta(minutes=185))
+    assert await status_times(store) == expected
+
+
+GONE_UPDATES = """
+contacts:
+  alice: {email: alice@example.com}
+  ticket: {email: tickets@example.com}
+  mgr: {email: mgr@example.com}
+escalation_policies:
+  ops:
+    levels:
+      - targets: [ticket]
+    status_updates: {every: 30m, to: [mgr]}
+  standard:
+    levels:
+      - targets: [alice]
+    status_updates: {every: 30m, to: [mgr]}
+incidents:
+  default_policy: standard
+"""
+WITHOUT_OPS = GONE_UPDATES.replace(
+    "  ops:\n    levels:\n      - targets: [ticket]\n    status_updates: {every: 30m, to: [mgr]}\n",
+    "",
+)
+
+
+@pytest.mark.parametrize("action", ["acknowledge", "snooze", None])
+async def test_a_reload_removing_the_policy_repeats_no_status_update(
+    store: SQLiteStore, action: str | None
+) -> None:
+    """Updates under 'ops' at 30 and 60 minutes; at 70 a reload removes 'ops' and the
+    incident (acknowledged, snoozed or neither) goes on under the default: the update of
+    60 minutes is not sent again, and the next comes at 90 (escalation review: an
+    acknowledged or snoozed incident got the update of 60 minutes twice, and a triggered
+    one's next waited until 100)."""
+    clock = FakeClock(T0)
+    escalator, reload = reloadable(store, clock, GONE_UPDATES)
+    await store.rearm_open_incidents(T0, layout=layout_of(GONE_UPDATES))
+    await store.ingest([under("ops", "aaaa000000000001", Severity.P1)], T0)
+    await escalator.run_once()
+    clock.set(T0 + timedelta(minutes=5))
+    if action is not None:
+        until = T0 + timedelta(hours=3)
+        await store.transition(1, action, actor="alice", via="api", now=clock.now(), until=until)
+    await run_until(escalator, clock, T0 + timedelta(minutes=70))
+    assert "ops" not in WITHOUT_OPS
+    await reload(WITHOUT_OPS)
+    await escalator.run_once()
+    await run_until(escalator, clock, T0 + timedelta(minutes=125))
+    assert await status_times(store) == [30, 60, 90, 120]

@@ -557,12 +557,16 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
     episode = {i.id: i.episode for i in incidents}
     marks = ",".join("?" * len(incidents))
     done: dict[int, set[str]] = {i.id: set() for i in incidents}
-    for incident_id, step_episode, step in conn.execute(
-        f"SELECT incident_id, episode, step FROM steps WHERE incident_id IN ({marks})",  # noqa: S608
+    last_update: dict[int, int] = {}  # the latest status update's time, in any episode
+    for incident_id, step_episode, step, done_at in conn.execute(
+        "SELECT incident_id, episode, step, done_at FROM steps "  # noqa: S608
+        f"WHERE incident_id IN ({marks})",
         list(episode),
     ):
         if step_episode == episode[incident_id]:
             done[incident_id].add(step)
+        if step.startswith("U"):
+            last_update[incident_id] = max(done_at, last_update.get(incident_id, done_at))
     paged: dict[int, list[tuple[str, str, str]]] = {}
     resolved = [i.id for i in incidents if i.state is IncidentState.RESOLVED]
     if resolved:
@@ -582,7 +586,15 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
             resolved,
         ):
             paged.setdefault(incident_id, []).append((contact, channel, address))
-    return [EscalationWork(i, frozenset(done[i.id]), tuple(paged.get(i.id, ()))) for i in incidents]
+    return [
+        EscalationWork(
+            i,
+            frozenset(done[i.id]),
+            tuple(paged.get(i.id, ())),
+            _opt_us(last_update.get(i.id)),
+        )
+        for i in incidents
+    ]
 
 
 _LEVEL_STEP = re.compile(r"L(\d+)((?:\.r\d+)?)")
