@@ -378,21 +378,11 @@ def once_only_steps(policy: Policy | None) -> frozenset[str]:
     )
 
 
-def shared_duration_levels(old: LevelKeys, new: LevelKeys) -> dict[int, int]:
-    """The duration-clock levels of ``old`` that ``new`` has too (the same identity: the
-    same targets and condition; look-alikes pair in order), old number to new. When an
-    incident moves from one policy to another within one trigger, management told by the
-    one that the incident has lasted is not told again by the same level of the other."""
+def duration_levels(keys: LevelKeys) -> list[tuple[int, str]]:
+    """The duration-clock (management) levels among ``keys``, as (number, identity), in the
+    order of their numbers."""
     duration = EscalationClock.DURATION.value
-    free: dict[str, list[int]] = {}
-    for number, identity in new:
-        if json.loads(identity)[0] == duration:
-            free.setdefault(identity, []).append(number)
-    shared: dict[int, int] = {}
-    for number, identity in old:
-        if matches := free.get(identity):
-            shared[number] = matches.pop(0)
-    return shared
+    return sorted((n, identity) for n, identity in keys if json.loads(identity)[0] == duration)
 
 
 def same_levels(old: LevelKeys, new: LevelKeys) -> dict[int, int | None] | None:

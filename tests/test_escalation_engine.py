@@ -279,6 +279,63 @@ async def test_a_reload_removing_the_policy_does_not_tell_management_twice(
     ]
 
 
+THREE_POLICIES = """
+contacts:
+  alice: {email: alice@example.com}
+  ticket: {email: tickets@example.com}
+  lead: {email: lead@example.com}
+  mgr: {email: mgr@example.com}
+escalation_policies:
+  low:
+    levels:
+      - targets: [ticket]
+      - after: 30m
+        clock: duration
+        targets: [mgr]
+  mid:
+    levels:
+      - targets: [lead]
+  high:
+    levels:
+      - targets: [alice]
+      - after: 30m
+        clock: duration
+        targets: [mgr]
+incidents:
+  default_policy: high
+"""
+
+
+@pytest.mark.parametrize("unack_under_mid", [False, True])
+async def test_management_is_told_once_through_a_policy_without_its_level(
+    store: SQLiteStore, unack_under_mid: bool
+) -> None:
+    """mgr hears at 07:30 under 'low' that the acknowledged P3 has lasted half an hour. At
+    07:40 a P2 alert moves it to 'mid', which has no management level; at 07:45 a P1 alert
+    moves it to 'high', whose management level is the one mgr heard from already (with or
+    without an unacknowledge under 'mid' in between): mgr is not told again (escalation
+    review: the level done two policies back was forgotten, and mgr was told twice)."""
+    clock = FakeClock(T0)
+    escalator = engine(store, clock, THREE_POLICIES)
+    await store.rearm_open_incidents(T0, layout=layout_of(THREE_POLICIES))
+    await store.ingest([under("low", "aaaa000000000001", Severity.P3)], T0)
+    await escalator.run_once()
+    clock.set(T0 + timedelta(minutes=5))
+    await store.transition(1, "acknowledge", actor="alice", via="api", now=clock.now())
+    await run_until(escalator, clock, T0 + timedelta(minutes=40))
+    await store.ingest([under("mid", "bbbb000000000001", Severity.P2)], clock.now())
+    await run_until(escalator, clock, T0 + timedelta(minutes=42))
+    if unack_under_mid:
+        await store.transition(1, "unacknowledge", actor="alice", via="api", now=clock.now())
+        await run_until(escalator, clock, T0 + timedelta(minutes=43))
+        await store.transition(1, "acknowledge", actor="lead", via="api", now=clock.now())
+    await run_until(escalator, clock, T0 + timedelta(minutes=45))
+    await store.ingest([under("high", "cccc000000000001", Severity.P1)], clock.now())
+    await run_until(escalator, clock, T0 + timedelta(minutes=65))
+    assert (await store.get_incident(1)).policy == "high"
+    assert [p.contact for p in await pages(store) if p.contact == "mgr"] == ["mgr"]
+
+
 # -- status updates across a reload ----------------------------------------------------------
 
 UPDATES = """

@@ -9,6 +9,7 @@ incident in between (the engine then decides again from fresh data).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -37,7 +38,7 @@ from responder.incident import (
     incident_title,
 )
 from responder.model import Severity
-from responder.policy import EscalationLayout, LevelKeys, shared_duration_levels
+from responder.policy import EscalationLayout, LevelKeys, duration_levels
 from responder.store.base import Reroute
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -154,9 +155,9 @@ def join_incident(
     if now_episode != episode:
         _carry_steps(conn, incident_id, BREACH_STEPS)
         layout = stored_layout(conn)
-        if layout is not None:
-            old, new = layout.policies.get(was_under), layout.policies.get(policy or "")
-            _carry_duration_levels(conn, incident_id, old, new)
+        old = None if layout is None else layout.policies.get(was_under)
+        new = None if layout is None else layout.policies.get(policy or "")
+        _carry_duration_levels(conn, incident_id, old, new)
     _event(
         conn,
         incident_id,
@@ -665,24 +666,56 @@ def stored_layout(conn: sqlite3.Connection) -> EscalationLayout | None:
         return None
 
 
+# What management was told in a trigger, whatever policies the incident went through since
+# (one without the level may come between): a bookkeeping step per duration level told,
+# ``told:<key of its identity>:<n>`` (the n-th of its look-alikes), kept in every episode.
+TOLD_STEP = "told:"
+
+
+def _told_key(identity: str) -> str:
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
 def _carry_duration_levels(
     conn: sqlite3.Connection, incident_id: int, old: LevelKeys | None, new: LevelKeys | None
 ) -> None:
     """The incident went from policy ``old`` to ``new`` in a new episode of the same trigger:
-    the duration levels done in the previous episode stay done in this one as the same
-    levels of ``new`` (by identity, not number): management is told once that the incident
-    has lasted, whatever policy it is under."""
-    if not old or not new:
-        return
+    management told that the incident has lasted, under ``old`` or under a policy before it,
+    is not told again by the same level of ``new`` (by identity, not number; look-alikes
+    pair in order): management is told once, whatever policy it is under."""
+    previous = dict(
+        conn.execute(
+            "SELECT s.step, s.done_at FROM steps s JOIN incidents i ON i.id = s.incident_id "
+            "WHERE s.incident_id = ? AND s.episode = i.episode - 1",
+            (incident_id,),
+        ).fetchall()
+    )
+    told: dict[str, list[int]] = {}  # identity key -> when each of its look-alikes was told
+    for step, done_at in previous.items():
+        if step.startswith(TOLD_STEP):
+            told.setdefault(step.split(":")[1], []).append(done_at)
+    under_old: dict[str, list[int]] = {}
+    for number, identity in duration_levels(old or ()):
+        if (done_at := previous.get(f"L{number}")) is not None:
+            under_old.setdefault(_told_key(identity), []).append(done_at)
+    for key, times in under_old.items():
+        # Levels carried into the previous episode are in both: the larger count is all.
+        if len(times) > len(told.get(key, ())):
+            told[key] = times
+    rows: list[tuple[int, str, int]] = []
+    for key, times in told.items():
+        times.sort()
+        rows += [(incident_id, f"{TOLD_STEP}{key}:{n}", at) for n, at in enumerate(times, 1)]
+    taken: dict[str, int] = {}
+    for number, identity in duration_levels(new or ()):
+        key = _told_key(identity)
+        seen = taken[key] = taken.get(key, 0) + 1
+        if seen <= len(told.get(key, ())):
+            rows.append((incident_id, f"L{number}", told[key][seen - 1]))
     conn.executemany(
         "INSERT OR IGNORE INTO steps (incident_id, episode, step, done_at) "
-        "SELECT s.incident_id, i.episode, ?, s.done_at FROM steps s "
-        "JOIN incidents i ON i.id = s.incident_id "
-        "WHERE s.incident_id = ? AND s.episode = i.episode - 1 AND s.step = ?",
-        [
-            (f"L{now_number}", incident_id, f"L{was_number}")
-            for was_number, now_number in shared_duration_levels(old, new).items()
-        ],
+        "SELECT ?1, episode, ?2, ?3 FROM incidents WHERE id = ?1",
+        rows,
     )
 
 
@@ -886,6 +919,7 @@ def transition(
         )
         kept = list(once_only(incident.policy)) if once_only is not None else []
         _carry_steps(conn, incident_id, [*kept, *BREACH_STEPS])
+        _carry_duration_levels(conn, incident_id, None, None)  # what management was told
         kind = Event.UNACKNOWLEDGED
     elif action == "resolve":
         conn.execute(
