@@ -97,7 +97,12 @@ class Event(StrEnum):
 
 
 class TransitionError(ValueError):
-    """The action does not apply to the incident in its current state (HTTP 409)."""
+    """The action cannot be done as asked: a field of the request (HTTP 400), or the
+    incident's state (``StateConflict``, HTTP 409)."""
+
+
+class StateConflict(TransitionError):
+    """The incident's state does not allow the action (HTTP 409): ack of a resolved one."""
 
 
 class IncidentNotFound(LookupError):

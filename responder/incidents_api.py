@@ -17,6 +17,7 @@ from responder.incident import (
     NewPage,
     Page,
     PageKind,
+    StateConflict,
     TimelineEvent,
     TransitionError,
 )
@@ -315,7 +316,8 @@ async def incident_action(request: web.Request) -> web.StreamResponse:
     except IncidentNotFound as exc:
         return json_error(404, str(exc))
     except TransitionError as exc:
-        return json_error(409 if "already" in str(exc) or " is " in str(exc) else 400, str(exc))
+        # Told by type, not by text: a field's message may hold any words ("... is too long").
+        return json_error(409 if isinstance(exc, StateConflict) else 400, str(exc))
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
     return web.json_response(

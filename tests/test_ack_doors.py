@@ -146,6 +146,25 @@ def test_reply_parsing(text: str, command: Command | None) -> None:
     assert parse_reply(text) == command
 
 
+async def test_an_action_whose_request_is_wrong_is_400_not_409(daemon: Client) -> None:
+    """A field the request got wrong is a bad request (400; the CLI exits 2), whatever its
+    text says; only a state that does not allow the action is 409 (exit 1). A snooze far
+    too long or a contact whose name holds " is " was 409 (escalation review)."""
+    await post(daemon, webhook(alert("DiskFull", instance="db-1")))
+    for action, body in (
+        ("snooze", {"for": "9999999999999w"}),
+        ("snooze", {"for": "until this is over"}),
+        ("reassign", {"to": "whoever is on call"}),
+    ):
+        answer = await daemon.post(f"/api/v1/incidents/1/{action}", json=body, headers=AUTH)
+        assert answer.status == 400, (action, body, await answer.text())
+    resolved = await daemon.post("/api/v1/incidents/1/resolve", json={}, headers=AUTH)
+    assert resolved.status == 200
+    for action in ("acknowledge", "unacknowledge"):
+        answer = await daemon.post(f"/api/v1/incidents/1/{action}", json={}, headers=AUTH)
+        assert answer.status == 409, (action, await answer.text())
+
+
 async def test_sms_reply_acknowledges(daemon: Client, twilio: FakeTwilio) -> None:
     await first_incident_paged(daemon, twilio)
     answer = await twilio.send_inbound_sms(

@@ -32,6 +32,7 @@ from responder.incident import (
     Page,
     PageKind,
     PageState,
+    StateConflict,
     StepDone,
     TimelineEvent,
     TransitionError,
@@ -878,7 +879,7 @@ def transition(
     if state is IncidentState.RESOLVED and action == "resolve":
         return _unchanged(conn, incident, now_us, actor, via, text)
     if state is IncidentState.RESOLVED and action != "reassign":
-        raise TransitionError(f"incident {incident_id} is already resolved")
+        raise StateConflict(f"incident {incident_id} is already resolved")
     if action == "acknowledge":
         # Whoever acknowledges is not paged again for it: their own later notifications
         # (a call after the SMS, a reassignment's) are dropped even when someone else
@@ -907,7 +908,7 @@ def transition(
         if state is IncidentState.TRIGGERED:
             return _unchanged(conn, incident, now_us, actor, via, text)
         if state is not IncidentState.ACKNOWLEDGED:  # snoozed: unack does not end a snooze
-            raise TransitionError(f"incident {incident_id} is {state.value}, not acknowledged")
+            raise StateConflict(f"incident {incident_id} is {state.value}, not acknowledged")
         # Escalation starts over from the top, as if it had just triggered; what is done
         # once (management told the incident has lasted) stays done.
         conn.execute(
