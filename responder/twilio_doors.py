@@ -192,17 +192,24 @@ async def _run(runtime: Runtime, contact: str, command: Command) -> str:
         if not targets:
             return "Nothing open to act on."
     done: list[str] = []
+    already: list[str] = []  # someone else got there first: the sender must not think it was them
     problems: list[str] = []
     for incident_id in targets:
         try:
-            incident, _ = await act(runtime, incident_id, command.action, actor=contact, via="sms")
+            incident, changed = await act(
+                runtime, incident_id, command.action, actor=contact, via="sms"
+            )
         except IncidentNotFound:
             problems.append(f"#{incident_id} not found")
         except TransitionError as exc:
             problems.append(f"#{incident_id}: {exc}")
         else:
-            done.append(f"#{incident.id} {clean_text(incident.title)}"[:60])
+            (done if changed else already).append(
+                f"#{incident.id} {clean_text(incident.title)}"[:60]
+            )
     text = f"{verb} {', '.join(done)}." if done else ""
+    if already:
+        text = (text + " " if text else "") + f"Already {verb.lower()}: {', '.join(already)}."
     if problems:
         text = (text + " " if text else "") + "; ".join(problems)
     return text[:300]

@@ -182,6 +182,26 @@ async def test_sms_reply_acknowledges(daemon: Client, twilio: FakeTwilio) -> Non
     assert [p["state"] for p in voice] == ["cancelled"]
 
 
+async def test_an_sms_reply_says_when_the_incident_already_was_so(
+    daemon: Client, twilio: FakeTwilio
+) -> None:
+    """bob resolves #1 from the CLI while alice texts RES 1: her reply says it already was
+    resolved, as the CLI and the email link say, rather than "Resolved #1" as if she had
+    closed it (escalation review: she could not tell who resolved it, or that it was done)."""
+    await first_incident_paged(daemon, twilio)
+    inbound = public(daemon, INBOUND_SMS_PATH)
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK 1")
+    assert "Acknowledged #1" in answer.text
+    assert "already" not in answer.text
+    again = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK 1")
+    assert "Already acknowledged: #1" in again.text, again.text
+    resolved = await daemon.post("/api/v1/incidents/1/resolve", json={"by": "bob"}, headers=AUTH)
+    assert resolved.status == 200
+    late = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "RES 1")
+    assert "Already resolved: #1" in late.text, late.text
+    assert (await incident(daemon))["resolvedBy"] == "bob"
+
+
 async def test_a_twilio_token_staged_by_a_reload_waits_for_the_restart(
     daemon: Client, twilio: FakeTwilio, tmp_path: Path
 ) -> None:
