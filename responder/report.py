@@ -289,7 +289,7 @@ def _escalation(pages: Sequence[Mapping[str, Any]]) -> str:
     """Levels reached, repeats and status updates, read from the pages' step ids."""
     levels: set[int] = set()
     repeats = 0
-    updates: set[str] = set()
+    updates: set[tuple[object, str]] = set()  # (episode, step): ids repeat across episodes
     for page in pages:
         step = str(page.get("step") or "")
         match = _STEP.fullmatch(step)
@@ -297,7 +297,7 @@ def _escalation(pages: Sequence[Mapping[str, Any]]) -> str:
             levels.add(int(match.group(1)))
             repeats = max(repeats, int(match.group(2) or 0))
         elif step.startswith("U"):
-            updates.add(step)
+            updates.add((page.get("episode"), step))
     if not levels:
         text = "none"
     else:

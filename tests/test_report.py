@@ -211,6 +211,22 @@ def test_report_has_title_summary_key_figures_and_empty_review_headings() -> Non
         assert section(text, heading) == []
 
 
+def test_status_updates_are_counted_per_episode() -> None:
+    """A status update's id is unique within an episode only: U1 after a re-fire (or U4
+    after a reload changed the interval and removed the policy) is another update, while
+    one update to two people is one (escalation review: the report counted the second
+    trigger's updates as none)."""
+    doc = document()
+    first = next(p for p in doc["pages"] if p["step"] == "U1")
+    doc["pages"] = [
+        *doc["pages"],
+        first | {"id": 5, "contact": "erin", "address": "erin@example.com", "episode": None},
+        first | {"id": 6, "episode": 2, "dueAt": at(150), "sentAt": at(150)},
+    ]
+    figures = section(incident_report(doc, now=T0 + timedelta(days=1)), "Key figures")
+    assert figures[2] == "- Escalation levels reached: L1, L2 (highest: L2); 2 status updates"
+
+
 def test_timeline_is_a_table_with_offsets_from_the_opening() -> None:
     """Each event is one row: time, +offset, kind, who and how, detail."""
     text = incident_report(document(), now=T0 + timedelta(days=1))
