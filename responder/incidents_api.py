@@ -4,6 +4,7 @@ reassign or annotate an incident, so each is recorded, counted and woken the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,8 +43,10 @@ async def act(
     until: datetime | None = None,
     text: str | None = None,
     assignee: str | None = None,
+    expect: Callable[[Incident], None] | None = None,
 ) -> tuple[Incident, bool]:
-    """Apply a person's action; raises IncidentNotFound, TransitionError or StoreError."""
+    """Apply a person's action; raises IncidentNotFound, TransitionError or StoreError, or
+    what ``expect`` raises: it sees the incident as the write finds it."""
     now = runtime.clock.now()
     pages: list[NewPage] = []
     if action == "reassign":
@@ -66,6 +69,7 @@ async def act(
         assignee=assignee,
         pages=pages,
         once_only=once_only,
+        expect=expect,
     )
     if changed:
         runtime.metrics.incident_actions.labels(action, via).inc()

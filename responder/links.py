@@ -252,9 +252,15 @@ async def use_link(request: web.Request) -> web.StreamResponse:
     if action not in ("acknowledge", "resolve"):
         return _page("Bad request", "<p>Unknown action.</p>", 400)
     try:
-        _current(claim, await runtime.store.get_incident(claim.incident_id))
+        # Checked in the write itself: a resolve and re-fire between a read and the action
+        # would let this link act on a trigger its contact was never paged for.
         incident, changed = await act(
-            runtime, claim.incident_id, action, actor=claim.contact, via="email"
+            runtime,
+            claim.incident_id,
+            action,
+            actor=claim.contact,
+            via="email",
+            expect=lambda found: _current(claim, found),
         )
     except LinkError as exc:
         return _page("Link not valid", f"<p>{html.escape(str(exc))}</p>", 403)

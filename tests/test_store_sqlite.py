@@ -854,6 +854,36 @@ async def test_a_page_claimed_when_its_incident_resolves_gets_a_recovery_notice(
     assert work.paged == (("alice", "email", "a@example.com"),)
 
 
+async def test_a_transition_refused_by_its_expectation_changes_nothing(
+    store: SQLiteStore,
+) -> None:
+    """``expect`` sees the incident inside the write (an email link checks the trigger it
+    was sent for there): when it refuses, nothing is acknowledged and nothing recorded. A
+    separate read before the write left room for a resolve and re-fire in between
+    (escalation review, stop 17)."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    seen: list[int] = []
+
+    def refuse(incident: Incident) -> None:
+        seen.append(incident.episode)
+        raise LookupError("sent for another trigger")
+
+    with pytest.raises(LookupError, match="another trigger"):
+        await store.transition(
+            1, "acknowledge", actor="bob", via="email", now=T0, text="on it", expect=refuse
+        )
+    assert set(seen) == {1}  # in the write (run again alone when a job of a batch fails)
+    incident = await store.get_incident(1)
+    assert incident.state is IncidentState.TRIGGERED
+    assert incident.first_acknowledged_at is None
+    # Accepted, it acts as before.
+    accepted, changed = await store.transition(
+        1, "acknowledge", actor="bob", via="email", now=T0, expect=lambda _: None
+    )
+    assert changed
+    assert accepted.state is IncidentState.ACKNOWLEDGED
+
+
 async def test_a_snooze_does_not_silence_a_reassignment(store: SQLiteStore) -> None:
     """The new owner's pages, queued before or during a snooze, stay queued through it (and
     through a longer snooze); the escalation's own pages are cancelled."""

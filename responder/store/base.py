@@ -436,11 +436,13 @@ class Store(ContainmentStore, Protocol):
         assignee: str | None = None,
         pages: Sequence[NewPage] = (),
         once_only: Callable[[str | None], Collection[str]] | None = None,
+        expect: Callable[[Incident], None] | None = None,
     ) -> tuple[Incident, bool]:
         """acknowledge, unacknowledge, resolve, snooze, reassign or note; raises
         ``IncidentNotFound`` or ``TransitionError``. ``once_only``: for an incident's
         policy, the steps an unacknowledge must not do again (they stay done in the new
-        episode)."""
+        episode). ``expect`` sees the incident as the write finds it and raises to refuse
+        the action (an email link's trigger), so nothing can change in between."""
         ...
 
     async def get_incident(self, incident_id: int) -> Incident: ...

@@ -658,6 +658,7 @@ class SQLiteStore:
         assignee: str | None = None,
         pages: Sequence[NewPage] = (),
         once_only: Callable[[str | None], Collection[str]] | None = None,
+        expect: Callable[[Incident], None] | None = None,
     ) -> tuple[Incident, bool]:
         now_us = to_us(now)
         until_us = None if until is None else to_us(until)
@@ -674,6 +675,7 @@ class SQLiteStore:
                 assignee=assignee,
                 pages=pages,
                 once_only=once_only,
+                expect=expect,
             )
         )
 

@@ -863,12 +863,15 @@ def transition(
     assignee: str | None = None,
     pages: Sequence[NewPage] = (),
     once_only: Callable[[str | None], Collection[str]] | None = None,
+    expect: Callable[[Incident], None] | None = None,
 ) -> tuple[Incident, bool]:
     """Acknowledge, unacknowledge, resolve, snooze, reassign or note. Returns the incident after
     the change and whether anything changed: asking for the state the incident is in already
     (acknowledging or resolving twice, unacknowledging a triggered incident) is not an error
     and not a second event; an action its state does not allow raises TransitionError."""
     incident = get_incident(conn, incident_id)
+    if expect is not None:
+        expect(incident)
     state = incident.state
     detail: dict[str, object] = {}
     if action == "note":
