@@ -570,6 +570,11 @@ def _parse_policy(
         every = every_node.as_duration()
         if every < timedelta(minutes=1):
             raise every_node.error("status updates at most once a minute")
+        if every % timedelta(seconds=1):
+            # After a reload an update's id carries its interval in seconds (U4.e90): two
+            # intervals within a second of each other would share ids, and one update
+            # would be taken for the other and never sent.
+            raise every_node.error("status updates: an interval in whole seconds")
         updates = StatusUpdates(every, _parse_targets(updates_node["to"], directory))
     return Policy(name, tuple(levels), repeat, repeat_after, updates, business_hours)
 

@@ -295,6 +295,14 @@ def test_pages_carry_the_backup_for_delivery_failover_and_never_repeat_a_contact
             "config.yaml:7: escalation_policies.p.status_updates.every",
             "once a minute",
         ),
+        (
+            # The interval names a reload's update ids (U4.e90): whole seconds keep two
+            # intervals from sharing one (escalation review, stop 17).
+            "  p:\n    levels:\n      - {targets: [{contact: a}]}\n"
+            "    status_updates: {every: 1m30s500ms, to: [{contact: a}]}\n",
+            "config.yaml:7: escalation_policies.p.status_updates.every",
+            "whole seconds",
+        ),
     ],
 )
 def test_policy_errors_name_file_line_and_key(policy: str, where: str, message: str) -> None:
