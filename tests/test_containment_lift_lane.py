@@ -15,6 +15,8 @@ import pytest
 
 from responder.clock import FakeClock
 from responder.contain import engine
+from responder.runtime import RUNTIME
+from responder.store import StoreError
 from responder.testing import SmtpTestServer
 from tests.conftest import AUTH, ClientFactory
 from tests.test_containment import _finished, _true, config, script, smtp
@@ -221,3 +223,56 @@ async def test_while_the_kill_switch_holds_a_lift_checks_are_still_judged(
     resumed = await client.post("/api/v1/actions/resume", json={"by": "alice"}, headers=AUTH)
     assert resumed.status == 200
     await eventually(lambda: _has(log, "off web-1"), "lifted once released")
+
+
+def _run_ids(folder: Path) -> list[str]:
+    (db,) = folder.rglob("responder.db")
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT run_id FROM action_runs ORDER BY started_at").fetchall()
+    finally:
+        conn.close()
+    return [str(run_id) for (run_id,) in rows]
+
+
+async def test_a_run_whose_record_failed_holds_neither_its_target_nor_its_lifts(
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    """lb2's run of maintenance on web-1 could not be recorded (the disk), so it never
+    started. It does not read as running afterwards: Alice's lift by hand of lb1's run goes
+    at once (the lane does not spin on it meanwhile), and a later alert for web-1 runs."""
+    log, gate, actions = _actions(tmp_path)
+    gate.touch()
+    client = await make_client(config(tmp_path, smtp, actions, RULES))
+    store = client.app[RUNTIME].store
+    await post(client, webhook(alert("BackendErrors", backend="web-1", lb="lb1"), group="web-1"))
+    await eventually(lambda: _finished(client, 1), "lb1's run")
+    (first,) = _run_ids(tmp_path)
+
+    real_record, real_due = store.record_run, store.due_undos
+    failures = [StoreError("commit failed: disk I/O error")]
+    passes = 0
+
+    async def flaky_record(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real_record(*args, **kwargs)
+
+    async def counted_due(*args: Any, **kwargs: Any) -> Any:
+        nonlocal passes
+        passes += 1
+        return await real_due(*args, **kwargs)
+
+    store.record_run, store.due_undos = flaky_record, counted_due
+    await post(client, webhook(alert("BackendErrors", backend="web-1", lb="lb2"), group="web-1"))
+    await eventually(lambda: _true(not failures), "lb2's run not recorded")
+    await asyncio.sleep(0.1)
+    lifted = await client.post(
+        "/api/v1/actions/lift", json={"run": first, "by": "alice"}, headers=AUTH
+    )
+    assert lifted.status == 202
+    await eventually(lambda: _has(log, "off web-1"), "the lift by hand ran")
+    assert passes < 10
+    await post(client, webhook(alert("BackendErrors", backend="web-1", lb="lb3"), group="web-1"))
+    await eventually(lambda: _true(len(_run_ids(tmp_path)) == 2), "lb3's run recorded")
+    await eventually(lambda: _true((log.read_text().count("on web-1")) == 2), "lb3's run ran")

@@ -288,17 +288,23 @@ class Containment:
         self._state = start_run(
             self._state, prepared.run_id, action.name, prepared.target, now, dry_run=dry
         )
-        recorded = await self._store.record_run(
-            now,
-            run_id=prepared.run_id,
-            target=prepared.target,
-            state="dry_run" if dry else "running",
-            audit=prepared.to_audit(),
-            guards=self._guards_json,
-            event=Event.ACTION_DRY_RUN if dry else Event.ACTION_STARTED,
-            detail=prepared.to_audit(),
-            **common,
-        )
+        try:
+            recorded = await self._store.record_run(
+                now,
+                run_id=prepared.run_id,
+                target=prepared.target,
+                state="dry_run" if dry else "running",
+                audit=prepared.to_audit(),
+                guards=self._guards_json,
+                event=Event.ACTION_DRY_RUN if dry else Event.ACTION_STARTED,
+                detail=prepared.to_audit(),
+                **common,
+            )
+        except Exception:
+            # Not recorded (the disk), so it never starts: left running in the guards, it
+            # would refuse its target and hold its lifts until the next start.
+            self._state = forget_run(self._state, prepared.run_id)
+            raise
         if not recorded:
             self._state = forget_run(self._state, prepared.run_id)  # ran already: never twice
             return
