@@ -225,6 +225,90 @@ async def test_while_the_kill_switch_holds_a_lift_checks_are_still_judged(
     await eventually(lambda: _has(log, "off web-1"), "lifted once released")
 
 
+def _run_rows(folder: Path) -> list[tuple[str, str | None]]:
+    (db,) = folder.rglob("responder.db")
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT state, undo_state FROM action_runs ORDER BY started_at"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(str(state), undo) for state, undo in rows]
+
+
+async def test_an_alert_that_fires_again_while_its_lift_runs_is_contained_after_the_lift(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """web-1's lift (out of maintenance) is under way when its alert fires again: the new
+    run puts web-1 back into maintenance only once the lift has ended, so web-1 ends in
+    maintenance while its alert fires, and the new run's lift is the one still to come."""
+    client, log, gate = await _maintenance_lifting(make_client, tmp_path, clock, smtp)
+    again = alert("BackendErrors", starts="2026-01-05T09:20:00Z", backend="web-1")
+    await post(client, webhook(again, group="web-1"))
+    await asyncio.sleep(0.5)  # the new run would have run by now, were it not waiting
+    assert await _lines(log) == ["on web-1", "lifting web-1"]
+    gate.touch()
+
+    async def both_done() -> bool:
+        return [state for state, _ in _run_rows(tmp_path)] == ["done", "done"]
+
+    await eventually(both_done, "the new run finished")
+    assert await _lines(log) == ["on web-1", "lifting web-1", "off web-1", "on web-1"]
+    assert _run_rows(tmp_path) == [("done", "done"), ("done", None)]
+
+
+async def test_a_lift_by_hand_asked_while_the_same_change_is_made_runs_after_it(
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    """lb1's alert put web-1 into maintenance; lb2's alert for web-1 is putting it into
+    maintenance again (slowly) when Alice lifts lb1's run by hand: her lift runs once lb2's
+    run is done, so web-1 ends out of maintenance as she asked (lb2's lift stands down: the
+    change was lifted by hand), not in maintenance with no lift left to come."""
+    log, gate = tmp_path / "log", tmp_path / "gate-on"
+    write = f"open({str(log)!r}, 'a').write"
+    on = script(
+        tmp_path,
+        "on",
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+        f"{write}('on ' + sys.argv[1] + '\\n')",
+    )
+    off = script(tmp_path, "off", f"{write}('off ' + sys.argv[1] + '\\n')")
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "{{backend}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+    cooldown: 0
+    timeout: 60s
+    undo: {{argv: [{off}, "{{backend}}"]}}
+    undo_hold_down: 5m
+"""
+    gate.touch()
+    log.touch()
+    client = await make_client(config(tmp_path, smtp, actions, RULES.split("  - name: web")[0]))
+    await post(client, webhook(alert("BackendErrors", backend="web-1", lb="lb1"), group="web-1"))
+    await eventually(lambda: _has(log, "on web-1"), "lb1's run")
+    await eventually(lambda: _true(_run_rows(tmp_path) == [("done", None)]), "and done")
+    (first,) = _run_ids(tmp_path)
+    gate.unlink()
+    await post(client, webhook(alert("BackendErrors", backend="web-1", lb="lb2"), group="web-1"))
+    await eventually(lambda: _true(len(_run_rows(tmp_path)) == 2), "lb2's run under way")
+    lifted = await client.post(
+        "/api/v1/actions/lift", json={"run": first, "by": "alice"}, headers=AUTH
+    )
+    assert lifted.status == 202
+    await asyncio.sleep(0.5)  # the lift would have run by now, were it not waiting
+    assert await _lines(log) == ["on web-1"]
+    gate.touch()
+    await eventually(lambda: _has(log, "off web-1"), "the lift by hand ran")
+    await asyncio.sleep(0.2)
+    assert await _lines(log) == ["on web-1", "on web-1", "off web-1"]
+    assert _run_rows(tmp_path) == [("done", "done"), ("done", "cancelled")]
+
+
 def _run_ids(folder: Path) -> list[str]:
     (db,) = folder.rglob("responder.db")
     conn = sqlite3.connect(db)
@@ -276,3 +360,34 @@ async def test_a_run_whose_record_failed_holds_neither_its_target_nor_its_lifts(
     await post(client, webhook(alert("BackendErrors", backend="web-1", lb="lb3"), group="web-1"))
     await eventually(lambda: _true(len(_run_ids(tmp_path)) == 2), "lb3's run recorded")
     await eventually(lambda: _true((log.read_text().count("on web-1")) == 2), "lb3's run ran")
+
+
+def _timeline_kinds(folder: Path) -> list[str]:
+    (db,) = folder.rglob("responder.db")
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT kind FROM timeline ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return [str(kind) for (kind,) in rows]
+
+
+async def test_a_run_waiting_for_a_lift_when_the_daemon_stops_runs_at_the_next_start(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """web-1's alert fires again while its lift runs, and the daemon stops: the lift ends
+    within the grace period, the run that waited for it does not start then (to be cut off
+    and found interrupted), and the next start runs it."""
+    client, log, gate = await _maintenance_lifting(make_client, tmp_path, clock, smtp)
+    again = alert("BackendErrors", starts="2026-01-05T09:20:00Z", backend="web-1")
+    await post(client, webhook(again, group="web-1"))
+    await asyncio.sleep(0.2)
+    asyncio.get_running_loop().call_later(0.3, gate.touch)
+    await client.close()
+    assert await _lines(log) == ["on web-1", "lifting web-1", "off web-1"]
+    assert _run_rows(tmp_path) == [("done", "done")]
+    await make_client(tmp_path / "config.yaml")
+    await eventually(lambda: _true(len(_run_rows(tmp_path)) == 2), "run at the next start")
+    await eventually(lambda: _true(_run_rows(tmp_path)[1][0] == "done"), "and done")
+    assert await _lines(log) == ["on web-1", "lifting web-1", "off web-1", "on web-1"]
+    assert "action_interrupted" not in _timeline_kinds(tmp_path)

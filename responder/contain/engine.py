@@ -95,10 +95,15 @@ class Containment:
         self._tasks: set[asyncio.Task[None]] = set()
         self._taken_up_to = 0  # highest queue id handed to a task
         self._deadline: datetime | None = None  # earliest check due; None: unknown
-        # The lift lane: lifts under way by run id, and what wakes the lane (a lift asked
-        # for, the kill switch released, a lift ended and its slot is free).
-        self._lifting: dict[str, asyncio.Task[None]] = {}
+        # The lift lane: lifts under way by run id, with the (action, target) each undoes,
+        # and what wakes the lane (a lift asked for, the kill switch released, a lift ended
+        # and its slot is free).
+        self._lifting: dict[str, tuple[tuple[str, str], asyncio.Task[None]]] = {}
         self._lift_wake = asyncio.Event()
+        # Runs waiting for a lift of their change to end; at a stop they are cancelled
+        # before they start (the queue keeps their alert for the next start).
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._stopping = False
         self._pruned_at = datetime.min.replace(tzinfo=UTC)
 
     @property
@@ -260,6 +265,12 @@ class Containment:
                 )
             return
 
+        # A lift of this very change under way (its alert fired again as it was lifted) ends
+        # first: side by side, the lift could end last and leave the change undone while the
+        # alert fires. Waited for before the guards decide (the kill switch may be engaged
+        # meanwhile) and before the run is recorded (a stop meanwhile is no interruption);
+        # once the run is started, the lane takes no new lift of it.
+        await self._lift_ended(action.name, prepared.target)
         now = self._clock.now()
         decision = decide(self._state, action, prepared.target, settings, now)
         if not decision.allowed and not decision.dry_run:
@@ -445,6 +456,26 @@ class Containment:
             )
 
     # -- the lift lane -------------------------------------------------------------------------
+    def _busy(self) -> tuple[str, ...]:
+        """Runs whose action and target no lift may be started on now: the lifts under way,
+        and the actions running (a lift beside its own action could undo it as it is made)."""
+        return (*self._lifting, *(r.run_id for r in self._state.running()))
+
+    async def _lift_ended(self, action: str, target: str) -> None:
+        """Wait until no lift of ``action`` on ``target`` is under way."""
+        while under_way := [t for k, t in self._lifting.values() if k == (action, target)]:
+            if self._stopping:
+                # Not started, nor recorded: its queued alert runs it at the next start,
+                # rather than starting now to be cut off and found interrupted.
+                raise asyncio.CancelledError
+            task = asyncio.current_task()
+            assert task is not None
+            self._waiting.add(task)
+            try:
+                await asyncio.wait(under_way)
+            finally:
+                self._waiting.discard(task)
+
     async def _start_lifts(self) -> None:
         """Start the lifts that are due, as many as the lane has room for. A lift of the
         same action and target as one under way waits for it (two site scripts at once on
@@ -455,20 +486,23 @@ class Containment:
         paused = self._paused() is not None
         now = self._clock.now()
         taken: set[tuple[str, str]] = set()
-        for run, refired in await self._store.due_undos(
-            now, busy=tuple(self._lifting), manual_only=paused
-        ):
+        for run, refired in await self._store.due_undos(now, busy=self._busy(), manual_only=paused):
             if refired:
                 # The change stays while the alert fires; it is lifted after its next resolve.
                 detail = {"run_id": run.run_id, "action": run.action, "undo": "postponed"}
                 detail["reason"] = "the alert fired again within the hold-down"
                 await self._store.finish_undo(run.run_id, "postponed", detail, now)
                 continue
-            if len(self._lifting) >= LIFT_CONCURRENCY or (run.action, run.target) in taken:
+            key = (run.action, run.target)
+            if len(self._lifting) >= LIFT_CONCURRENCY or key in taken:
                 continue  # still due: taken once a lift under way ends (which wakes the lane)
-            taken.add((run.action, run.target))
+            if any((r.action, r.target) == key for r in self._state.running()):
+                # An action on it started since the store was read (its run may not have
+                # been written then): the lift waits for it, and the store then looks again.
+                continue
+            taken.add(key)
             task = asyncio.create_task(self._lift(run), name="containment-lift")
-            self._lifting[run.run_id] = task
+            self._lifting[run.run_id] = (key, task)
 
     async def _lift(self, run: RunRow) -> None:
         try:
@@ -499,7 +533,7 @@ class Containment:
                     # While paused only lifts asked for by hand are due (the others would
                     # read as due at once, a pass per turn); resume() wakes the lane.
                     due = await self._store.next_lift_due(
-                        busy=tuple(self._lifting), manual_only=self._paused() is not None
+                        busy=self._busy(), manual_only=self._paused() is not None
                     )
             except Exception:
                 log.exception("lift pass failed; trying again shortly")
@@ -623,17 +657,20 @@ class Containment:
         """Two phases: lifts under way get a grace period to finish (one cut off stays due
         and runs again at the next start); then whatever still runs is cancelled (an action
         is found interrupted at the next start) and awaited, so nothing outlives the engine."""
+        self._stopping = True
+        for task in list(self._waiting):
+            task.cancel()
         lane.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await lane
         if self._lifting:
-            await asyncio.wait(set(self._lifting.values()), timeout=LIFT_GRACE_S)
+            await asyncio.wait({t for _, t in self._lifting.values()}, timeout=LIFT_GRACE_S)
         if self._lifting:
             log.warning(
                 "lifts cut off by the shutdown; they run again at the next start",
                 extra=fields(runs=sorted(self._lifting)),
             )
-        left = [*self._tasks, *self._lifting.values()]
+        left = [*self._tasks, *(t for _, t in self._lifting.values())]
         for task in left:
             task.cancel()
         if left:
