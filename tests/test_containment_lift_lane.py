@@ -391,3 +391,43 @@ async def test_a_run_waiting_for_a_lift_when_the_daemon_stops_runs_at_the_next_s
     await eventually(lambda: _true(_run_rows(tmp_path)[1][0] == "done"), "and done")
     assert await _lines(log) == ["on web-1", "lifting web-1", "off web-1", "on web-1"]
     assert "action_interrupted" not in _timeline_kinds(tmp_path)
+
+
+async def test_a_failed_lift_cut_off_by_the_shutdown_as_it_is_recorded_still_escalates(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """web-1's lift fails (web-1 stays in maintenance) just as the daemon stops: the
+    shutdown cuts the lift off once its outcome is written but before the store said so.
+    The failure is recorded with its escalation, never the one without the other (a
+    failed lift is not tried again, so without it nobody would hear of it)."""
+    monkeypatch.setattr(engine, "LIFT_GRACE_S", 0.2)
+    _, _, actions = _actions(tmp_path)
+    off = script(tmp_path, "off-fails", "sys.exit(1)")
+    actions = actions.replace(str(tmp_path / "off"), str(off))
+    client = await make_client(config(tmp_path, smtp, actions, RULES))
+    store = client.app[RUNTIME].store
+    fired = alert("BackendErrors", backend="web-1")
+    await post(client, webhook(fired, group="web-1"))
+    await eventually(lambda: _finished(client, 1), "web-1 on")
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+
+    real = store.finish_undo
+    written = asyncio.Event()
+
+    async def slow_answer(*args: Any, **kwargs: Any) -> None:
+        await real(*args, **kwargs)
+        if args[1] == "failed":
+            written.set()
+            await asyncio.sleep(5)  # the commit is done; its answer is late
+
+    store.finish_undo = slow_answer
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await asyncio.wait_for(written.wait(), 5)
+    await client.close()
+    assert _undo_states(tmp_path) == ["failed"]
+    assert "containment_failed" in _timeline_kinds(tmp_path)

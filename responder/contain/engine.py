@@ -594,15 +594,17 @@ class Containment:
                     state = "done" if result.outcome is Outcome.OK else "failed"
         self._metrics.actions.labels(run.action, f"undo_{state}").inc()
         now = self._clock.now()
-        await self._store.finish_undo(run.run_id, state, detail, now)
+        escalate: str | None = None
         if state == "failed":
             # What containment changed is still in place (a site left in maintenance, an
-            # address still blocked): a person must hear of it.
+            # address still blocked): a person must hear of it. In the same write as the
+            # outcome: a failed lift is not tried again, so a stop or crash between the two
+            # would leave it unheard of.
             log.error("undo failed", extra=fields(action=run.action, run_id=run.run_id))
-            if run.incident_id is not None:
-                reason = f"undo of {run.action} failed: {detail.get('error') or detail}"
-                await self._store.escalate_incident(run.incident_id, reason[:500], now)
-                self._on_escalate()
+            escalate = f"undo of {run.action} failed: {detail.get('error') or detail}"[:500]
+        await self._store.finish_undo(run.run_id, state, detail, now, escalate=escalate)
+        if escalate is not None and run.incident_id is not None:
+            self._on_escalate()
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run_once(self) -> None:

@@ -243,8 +243,17 @@ class ContainmentStore(Protocol):
     async def lift_now(self, run_id: str, by: str, now: datetime) -> tuple[str, str | None]: ...
 
     async def finish_undo(
-        self, run_id: str, state: str, detail: dict[str, Any], now: datetime
-    ) -> None: ...
+        self,
+        run_id: str,
+        state: str,
+        detail: dict[str, Any],
+        now: datetime,
+        *,
+        escalate: str | None = None,
+    ) -> None:
+        """A lift's outcome; ``escalate`` (a failed lift) escalates the run's incident in
+        the same transaction."""
+        ...
 
     async def due_checks(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, str]]: ...
 

@@ -923,10 +923,18 @@ class SQLiteStore:
         return await self._write(lambda conn: actions.lift_now(conn, run_id, by, now_us))
 
     async def finish_undo(
-        self, run_id: str, state: str, detail: dict[str, Any], now: datetime
+        self,
+        run_id: str,
+        state: str,
+        detail: dict[str, Any],
+        now: datetime,
+        *,
+        escalate: str | None = None,
     ) -> None:
         now_us = to_us(now)
-        await self._write(lambda conn: actions.finish_undo(conn, run_id, state, detail, now_us))
+        await self._write(
+            lambda conn: actions.finish_undo(conn, run_id, state, detail, now_us, escalate)
+        )
 
     async def due_checks(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, str]]:
         now_us = to_us(now)

@@ -505,7 +505,12 @@ def _hold_for_another_alert(conn: sqlite3.Connection, run: RunRow, now_us: int) 
 
 
 def finish_undo(
-    conn: sqlite3.Connection, run_id: str, state: str, detail: dict[str, Any], now_us: int
+    conn: sqlite3.Connection,
+    run_id: str,
+    state: str,
+    detail: dict[str, Any],
+    now_us: int,
+    escalate: str | None = None,
 ) -> None:
     if state == "postponed":
         # Only a lift still waiting: a run that made the change again may have superseded
@@ -528,6 +533,8 @@ def finish_undo(
     _event(conn, None if run is None else run.incident_id, now_us, Event.ACTION_UNDONE, detail)
     if run is not None and state == "done" and (run.undo or {}).get("manual"):
         _lifted_by_hand(conn, run, now_us)
+    if run is not None and escalate is not None:
+        escalate_incident(conn, run.incident_id, escalate, now_us)
 
 
 def due_checks(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, str]]:
