@@ -530,12 +530,16 @@ def parse_label_list(text: str) -> dict[str, str]:
     return labels
 
 
-def _parse_time(text: str, zone: tzinfo | None = None) -> datetime:
-    """An ISO 8601 time; one without an offset is in ``zone`` (default: this machine's)."""
+def _parse_time(
+    text: str, zone: tzinfo | None = None, *, flag: str = "--at", expected: str = "an ISO 8601 time"
+) -> datetime:
+    """An ISO 8601 time; one without an offset is in ``zone`` (default: this machine's).
+    An error names ``flag`` and says what it takes (``expected``)."""
     try:
         at = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise ConfigError("--at", 0, "at", f"expected an ISO 8601 time, got {text!r}") from exc
+        key = flag.lstrip("-")
+        raise ConfigError(flag, 0, key, f"expected {expected}, got {text!r}") from exc
     if at.tzinfo is not None:
         return at
     return at.replace(tzinfo=zone) if zone is not None else at.astimezone()
@@ -827,7 +831,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         since = now - parse_duration(args.since)
     except ValueError:
-        since = _parse_time(args.since)
+        since = _parse_time(
+            args.since, flag="--since", expected="a duration (30d) or an ISO 8601 time"
+        )
     params = [("since", since.isoformat()), ("limit", str(REPORT_LIMIT))]
     document = asyncio.run(client.request("GET", "/api/v1/incidents", params=params))
     if args.json:

@@ -227,3 +227,17 @@ def test_oncall_reads_a_time_without_offset_in_the_zone_it_shows(
         == 0
     )
     assert capsys.readouterr().out.startswith("On call at 2026-12-24 11:00 CET (Thu)")
+
+
+def test_report_since_that_is_neither_a_duration_nor_a_time_names_since(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`report --since 5x` is refused naming --since and what it takes, before the daemon is
+    asked (new-user review: it said `--at: at: expected an ISO 8601 time`, a flag report
+    does not have)."""
+    config = write_config(tmp_path)
+    assert main(["report", "-c", str(config), "--since", "5x"]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        "responder: --since: since: expected a duration (30d) or an ISO 8601 time, got '5x'\n"
+    )
