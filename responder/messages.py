@@ -175,6 +175,10 @@ class MessageContext:
     public_url: str | None = None
     is_test: bool = False
     items: tuple[BundleItem, ...] = ()
+    # The incident's trigger, whatever episodes followed (an unacknowledge, a severity raise
+    # or a reload start the escalation over, not the incident): what ``open_for``, response
+    # targets, status updates and the time to resolve count from. None: ``triggered_at``.
+    started_at: datetime | None = None
 
     @property
     def level(self) -> int | None:
@@ -224,6 +228,7 @@ def context_for(
         public_url=public_url,
         is_test=page.kind is PageKind.TEST,
         items=tuple(items),
+        started_at=incident.started,
     )
 
 
@@ -313,8 +318,10 @@ def _variables(context: MessageContext, zone: ZoneInfo) -> dict[str, Any]:
     variables["timezone"] = zone.key
     variables["level"] = context.level
     variables["summary"] = annotations["summary"] or annotations["description"]
+    started = context.started_at or context.triggered_at
+    variables["started_at"] = started
     end = context.resolved_at or context.now
-    variables["open_for"] = max(end - context.triggered_at, timedelta(0))
+    variables["open_for"] = max(end - started, timedelta(0))
     public = variables["public_url"]
     variables["incident_url"] = (
         f"{public.rstrip('/')}/api/v1/incidents/{context.incident_id}" if public else None

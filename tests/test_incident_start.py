@@ -15,6 +15,7 @@ from responder.report import incident_figures
 from responder.testing import FakeTwilio, SmtpTestServer
 from tests.conftest import AUTH, ClientFactory, write_config
 from tests.test_escalation_story import (
+    STAKEHOLDER_POLICY,
     _count,
     alert,
     channels,
@@ -23,6 +24,7 @@ from tests.test_escalation_story import (
     post,
     settle,
     smtp,  # noqa: F401 - fixture
+    smtp_channel,
     twilio,  # noqa: F401 - fixture
     webhook,
 )
@@ -217,3 +219,52 @@ async def test_a_severity_raise_counts_duration_levels_the_same_either_way(
     await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
     await _minutes(client, clock, 11)  # 31m of the incident
     assert await _count(client, lambda p: p["contact"] == "cto"), "cto not paged at 31m"
+
+
+# -- 5. the notices say how long the incident has lasted, not the episode --------------------
+
+
+def _mail_text(server: SmtpTestServer, to: str, subject_has: str) -> str | None:
+    for mail in server.messages:
+        if to in mail.rcpt_tos and subject_has in str(mail.message["Subject"]):
+            body = mail.message.get_body(("plain",))
+            return None if body is None else str(body.get_content())
+    return None
+
+
+async def test_status_update_and_recovery_count_from_the_trigger_not_the_unacknowledge(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+) -> None:
+    """Acked at 1m, unacked and acked again at 20m (a new episode), mgr's status update at
+    30m and the resolve at 40m: the update says open 30m and the recovery 40m, as the report
+    and the resolve target count (new-user review: they said 10m and 20m, counting from the
+    unacknowledge, and a recovery 'after 7s' stood beside a report's 23s)."""
+    client = await make_client(write_config(tmp_path, STAKEHOLDER_POLICY + smtp_channel(smtp)))
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    await _minutes(client, clock, 1)
+    await _act(client, "acknowledge")
+    await _minutes(client, clock, 19)
+    await _act(client, "unacknowledge")
+    await _act(client, "acknowledge")
+    await _minutes(client, clock, 10)
+
+    async def status_sent() -> bool:
+        return _mail_text(smtp, "mgr@example.com", "status") is not None
+
+    await eventually(status_sent, "mgr's status update at 30m")
+    assert "Open for:      30m (since " in (_mail_text(smtp, "mgr@example.com", "status") or "")
+    await _minutes(client, clock, 10)
+    await post(client, webhook(alert("Other", "resolved", instance="a")))
+    await _minutes(client, clock, 1)
+
+    async def recovered() -> bool:
+        return _mail_text(smtp, "alice@example.com", "RESOLVED") is not None
+
+    await eventually(recovered, "alice told of the recovery")
+    assert "Duration:      40m (triggered " in (
+        _mail_text(smtp, "alice@example.com", "RESOLVED") or ""
+    )
