@@ -560,6 +560,13 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     if args.json:
         print(_as_json(document["data"]))
         return 0
+    if not document["data"]:  # a bare header reads as a fault
+        if args.all:
+            print("no incidents yet")
+        else:
+            states = " or ".join(args.state or ["open"])
+            print(f"no {states} incidents (--all lists every incident)")
+        return 0
     print_table(
         ["ID", "STATE", "SEV", "CATEGORY", "OPENED", "ACK BY", "ALERTS", "TITLE"],
         [
@@ -861,6 +868,12 @@ def cmd_heartbeats(args: argparse.Namespace) -> int:
     if args.json:
         print(_as_json(document["data"]))
         return 0
+    if not document["data"]:
+        print(
+            "no heartbeats heard yet (alerts a rule marks heartbeat: true, such as Watchdog; "
+            "docs/rules.md#heartbeats)"
+        )
+        return 0
 
     def when(value: str | None) -> str:
         return (value or "")[:19].replace("T", " ")
@@ -906,6 +919,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     document = asyncio.run(client.request("GET", "/api/v1/alerts", params=params))
     if args.json:
         print(_as_json(document["data"]))
+    elif not document["data"]:
+        print("no alerts" + (" match" if args.status or args.filter else " stored yet"))
     else:
         print_table(
             ["ID", "STATUS", "SEV", "CATEGORY", "RULE", "ALERTNAME", "STARTED", "SEEN", "LABELS"],

@@ -215,3 +215,32 @@ async def test_cli_asking_for_the_state_an_incident_is_in_exits_0_a_refusal_exit
     assert shown["resolvedBy"] == "alice"
     notes = [(e["actor"], e["detail"]) for e in shown["timeline"] if e["kind"] == "note"]
     assert notes == [("bob", {"text": "root cause: full disk"})]
+
+
+async def test_cli_lists_with_nothing_to_show_say_so(tmp_path: Path) -> None:
+    """`incidents`, `alerts` and `heartbeats` with nothing to list say so, not a bare header
+    that reads as a fault (new-user review: after the README's resolve, `responder
+    incidents` printed only its column names)."""
+    config = write_config(tmp_path)
+    async with running(config) as daemon:
+
+        async def run(*args: str) -> str:
+            answer = await asyncio.to_thread(cli, config, daemon.url, *args)
+            assert answer.returncode == 0, answer.stderr
+            return answer.stdout
+
+        assert await run("incidents") == "no open incidents (--all lists every incident)\n"
+        assert await run("incidents", "--all") == "no incidents yet\n"
+        assert await run("alerts") == "no alerts stored yet\n"
+        assert (await run("heartbeats")).startswith("no heartbeats heard yet")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                daemon.url + "/api/v1/alertmanager", json=body(), headers=AUTH
+            ) as response,
+        ):
+            assert response.status == 200
+        snoozed = await run("incidents", "--state", "snoozed")
+        assert snoozed == "no snoozed incidents (--all lists every incident)\n"
+        assert await run("alerts", "--status", "stale") == "no alerts match\n"
+        assert "TargetDown on web-1:9100" in await run("incidents")
