@@ -13,6 +13,7 @@ import aiohttp
 from responder.auth import token_path
 from responder.config import Config
 from responder.secrets import read_secret_file
+from responder.yamlfile import ConfigError
 
 
 class ClientError(Exception):
@@ -39,6 +40,11 @@ class ApiClient:
         if host in ("0.0.0.0", "::"):  # noqa: S104 - reading the config, not binding
             host = "127.0.0.1" if host == "0.0.0.0" else "::1"  # noqa: S104
         host = f"[{host}]" if ":" in host else host
+        if url is not None and not url.lower().startswith(("http://", "https://")):
+            # Else aiohttp's "cannot reach" (exit 3, try again) for a typo retrying cannot fix.
+            raise ConfigError(
+                "--url", 0, "url", f"expected an http:// or https:// URL, got {url!r}"
+            )
         base = url or f"{scheme}://{host}:{server.port}"
         context: ssl.SSLContext | None = None
         if server.tls is not None and url is None:

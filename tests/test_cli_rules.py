@@ -241,3 +241,16 @@ def test_report_since_that_is_neither_a_duration_nor_a_time_names_since(
     assert error == (
         "responder: --since: since: expected a duration (30d) or an ISO 8601 time, got '5x'\n"
     )
+
+
+def test_a_url_without_its_scheme_is_a_usage_error_not_an_unreachable_daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--url 127.0.0.1:9095` exits 2 saying what --url takes (new-user review: it said
+    'cannot reach the daemon at 127.0.0.1:9095: 127.0.0.1:9095/api/v1/incidents' and exited
+    3, which tells a script to try again)."""
+    config = write_config(tmp_path)
+    assert main(["incidents", "-c", str(config), "--url", "127.0.0.1:9095"]) == 2
+    assert capsys.readouterr().err == (
+        "responder: --url: url: expected an http:// or https:// URL, got '127.0.0.1:9095'\n"
+    )
