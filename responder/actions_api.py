@@ -112,7 +112,11 @@ async def lift(request: web.Request) -> web.StreamResponse:
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
     if refused == "no such run":
-        return json_error(404, f"no run {asked}; `responder actions status` lists recent runs")
+        # Fewer than 8 characters never match a start of an id (sqlite_actions.lift_now).
+        short = "" if len(asked.strip()) >= 8 else " (give its id, or 8 or more of its start)"
+        return json_error(
+            404, f"no run {asked}{short}; `responder actions status` lists recent runs"
+        )
     if refused is not None:
         return json_error(409, f"run {run_id}: {refused}")
     data = {"run": run_id, "lift": "due now; the incident's timeline shows its outcome"}

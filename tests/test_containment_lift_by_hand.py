@@ -125,7 +125,12 @@ async def test_lift_refuses_what_it_cannot_lift(
     assert "has no lift" in answer["error"]
     status, answer = await _lift(client, "0123456789abcdef")
     assert status == 404
-    assert "no run 0123456789abcdef" in answer["error"]
+    assert "no run 0123456789abcdef;" in answer["error"]
+    # The RUN column shows 12 characters; fewer than 8 never match (new-user review: a
+    # 4-character start was 'no run 22db', as if it did not exist).
+    status, answer = await _lift(client, run[:4])
+    assert status == 404
+    assert f"no run {run[:4]} (give its id, or 8 or more of its start)" in answer["error"]
     short = await client.post("/api/v1/actions/lift", json={"by": "alice"}, headers=AUTH)
     assert short.status == 400
     assert await _lines(log) == ["on web-1"]
