@@ -690,8 +690,19 @@ def cmd_drill(args: argparse.Namespace) -> int:
         body["policy"] = args.policy
     started = asyncio.run(client.request("POST", "/api/v1/drills", body=body))
     drill_id = started["data"]["id"]
-    print(f"drill {drill_id} started; waiting up to {args.wait} for answers (Ctrl-C stops)")
-    result = asyncio.run(_await_drill(client, drill_id, wait.total_seconds()))
+    print(
+        f"drill {drill_id} started; waiting up to {args.wait} for answers (Ctrl-C stops)",
+        flush=True,
+    )
+    try:
+        result = asyncio.run(_await_drill(client, drill_id, wait.total_seconds()))
+    except KeyboardInterrupt:
+        # The drill goes on (answers are still recorded): say where to find it.
+        print(
+            f"\nstopped waiting; `responder drill --list` shows drill {drill_id}'s answers, "
+            f"`responder resolve {drill_id}` closes it"
+        )
+        return 130
     if args.json:
         print(_as_json(result))
     else:

@@ -244,3 +244,27 @@ async def test_cli_lists_with_nothing_to_show_say_so(tmp_path: Path) -> None:
         assert snoozed == "no snoozed incidents (--all lists every incident)\n"
         assert await run("alerts", "--status", "stale") == "no alerts match\n"
         assert "TargetDown on web-1:9100" in await run("incidents")
+
+
+async def test_ctrl_c_on_a_drill_says_where_its_answers_are(tmp_path: Path) -> None:
+    """Ctrl-C while `responder drill` waits stops the waiting, not the drill: the command
+    says where its answers and its close are (new-user review: it exited without a word,
+    and the drill stayed open among the incidents)."""
+    config = write_config(tmp_path, POLICY)
+    async with running(config) as daemon:
+        drill = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "responder", "drill", "--contact", "alice",
+            "-c", str(config), "--url", daemon.url,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert drill.stdout is not None
+        started = await asyncio.wait_for(drill.stdout.readline(), 30)
+        assert started.startswith(b"drill 1 started; waiting up to 5m"), started
+        drill.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(drill.communicate(), 30)
+    assert drill.returncode == 130, err
+    assert out.decode() == (
+        "\nstopped waiting; `responder drill --list` shows drill 1's answers, "
+        "`responder resolve 1` closes it\n"
+    )
+    assert b"Traceback" not in err
