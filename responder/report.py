@@ -169,8 +169,9 @@ class TargetCheck:
 class IncidentFigures:
     """What the review measures about one incident, as of ``now``.
 
-    Time to acknowledge runs from the incident's start (``startedAt``: its trigger, through
-    every episode that followed); time to resolve runs from the opening.
+    Time to acknowledge and time to resolve run from the incident's start (``startedAt``: its
+    trigger, through every episode that followed; a re-fire after a resolve is a new
+    trigger), as the resolve target, the metrics and the recovery notice count.
     """
 
     opened: datetime
@@ -180,6 +181,7 @@ class IncidentFigures:
     now: datetime
     respond: TargetCheck | None
     resolve: TargetCheck | None
+    resolve_from: datetime | None = None  # None: ``opened``
 
     @property
     def time_to_acknowledge(self) -> timedelta | None:
@@ -187,12 +189,12 @@ class IncidentFigures:
 
     @property
     def time_to_resolve(self) -> timedelta | None:
-        return None if self.resolved is None else self.resolved - self.opened
+        return None if self.resolved is None else self.resolved - (self.resolve_from or self.opened)
 
     @property
     def open_for(self) -> timedelta:
-        """How long it has been open, until resolved or ``now``."""
-        return (self.resolved or self.now) - self.opened
+        """How long it has been open since its start, until resolved or ``now``."""
+        return (self.resolved or self.now) - (self.resolve_from or self.opened)
 
 
 def _check(
@@ -244,6 +246,7 @@ def incident_figures(doc: Mapping[str, Any], *, now: datetime) -> IncidentFigure
         now=now,
         respond=_check(respond_s, respond_from, answered, now),
         resolve=_check(resolve_s, triggered or opened, resolved, now),
+        resolve_from=triggered or opened,
     )
 
 
@@ -614,7 +617,7 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
         f"- MTTA counts acknowledged incidents only ({unacked} never acknowledged); it runs from "
         "the incident's start (its trigger, whatever episodes followed).",
         f"- MTTR counts resolved incidents only ({still_open} unresolved); it runs from the "
-        "opening.",
+        "incident's start too.",
         "- p90 is by nearest rank. Open incidents are judged against their targets at the end "
         "of the period; an incident resolved without acknowledgement met the respond target if "
         "it was resolved within it.",

@@ -289,12 +289,17 @@ def test_an_open_unacknowledged_incident_is_judged_at_now() -> None:
 
 
 def test_ack_after_a_retrigger_counts_from_the_new_trigger() -> None:
-    """Episode 2 triggered at 2 h, acknowledged at 2 h 5 min: 5 min, not 2 h 5 min."""
+    """Episode 2 triggered at 2 h, acknowledged at 2 h 5 min, resolved at 3 h: 5 min to
+    acknowledge, not 2 h 5 min, and 1 h to resolve, not 3 h, as the resolve target, the
+    metric and the recovery notice count (new-user review: 'Time to resolve: 19m22s
+    (target 4h: met, 3h58m54s to spare)' contradicted itself)."""
     doc = document() | {"triggeredAt": at(120), "acknowledgedAt": at(125), "episode": 2}
     figures = incident_figures(doc, now=T0 + timedelta(days=1))
     assert figures.time_to_acknowledge == timedelta(minutes=5)
-    assert figures.time_to_resolve == timedelta(hours=3)
-    assert "(episode 2)" in incident_report(doc, now=T0 + timedelta(days=1))
+    assert figures.time_to_resolve == timedelta(hours=1)
+    text = incident_report(doc, now=T0 + timedelta(days=1))
+    assert "(episode 2)" in text
+    assert "- Time to resolve: 1h (target 4h: met, 3h to spare)" in text
 
 
 def test_naive_times_are_refused() -> None:
