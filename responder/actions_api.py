@@ -82,8 +82,11 @@ async def pause(request: web.Request) -> web.StreamResponse:
 async def resume(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     body = await read_json_object(request)
-    state = await _containment(runtime).resume(_text(body, "by", "api"))
-    return web.json_response({"status": "ok", "data": state.to_json()["kill_switch"]})
+    containment = _containment(runtime)
+    was_paused = containment.state.kill_switch.engaged
+    state = await containment.resume(_text(body, "by", "api"))
+    document = {"status": "ok", "data": state.to_json()["kill_switch"], "changed": was_paused}
+    return web.json_response(document)
 
 
 @authenticated

@@ -168,10 +168,12 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     incidents = daemon_command("incidents", "list incidents (open ones by default)")
-    incidents.add_argument(
+    # One or the other: --all with --state silently ignored the states.
+    which = incidents.add_mutually_exclusive_group()
+    which.add_argument(
         "--state", action="append", help="open, triggered, acknowledged, snoozed, resolved"
     )
-    incidents.add_argument("--all", action="store_true", help="every state")
+    which.add_argument("--all", action="store_true", help="every state")
     incidents.add_argument("--limit", type=int, default=100)
     incidents.set_defaults(run=cmd_incidents)
 
@@ -399,11 +401,20 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     snapshot = load_snapshot(args.config, state_dir=args.state_dir)
-    print(
-        f"{snapshot.config.path}: OK ({snapshot.classifier.rule_count} rules "
-        f"from {len(snapshot.classifier.files)} files)"
-    )
+    rules, files = snapshot.classifier.rule_count, len(snapshot.classifier.files)
+    print(f"{snapshot.config.path}: OK ({_count(rules, 'rule')} from {_count(files, 'file')})")
+    if not rules:
+        # Valid, but every alert takes the default classification: likely a wrong path.
+        print(
+            "warning: no classification rules loaded; every alert gets the default "
+            "classification (check classification.rule_files)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 # -- test, explain --------------------------------------------------------------------------
@@ -763,8 +774,11 @@ def cmd_actions(args: argparse.Namespace) -> int:
         print(f"containment paused by {by}: {args.reason}")
         return 0
     if args.verb == "resume":
-        asyncio.run(client.request("POST", "/api/v1/actions/resume", body={"by": by}))
-        print(f"containment resumed by {by}")
+        document = asyncio.run(client.request("POST", "/api/v1/actions/resume", body={"by": by}))
+        if document.get("changed", True):
+            print(f"containment resumed by {by}")
+        else:
+            print("containment was not paused")
         return 0
     if args.verb == "reset":
         if not (args.name and args.target):

@@ -243,6 +243,49 @@ def test_report_since_that_is_neither_a_duration_nor_a_time_names_since(
     )
 
 
+def test_check_counts_rules_and_files_and_warns_when_none_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config whose rule_files match nothing is valid, but every alert would take the
+    default classification: `check` says so (new-user review: "OK (0 rules from 0 files)"
+    and nothing else; also "1 rules from 1 files")."""
+    config = write_config(tmp_path)
+    assert main(["check", "-c", str(config)]) == 0
+    shipped = capsys.readouterr()
+    assert " rules from " in shipped.out
+    assert shipped.out.endswith(" files)\n")
+    assert shipped.err == ""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "config.yaml").write_text(
+        "auth:\n  bearer_token_file: token\nclassification:\n  rule_files: [r.yaml]\n"
+    )
+    (tmp_path / "one" / "token").write_text("t0ken\n")
+    (tmp_path / "one" / "r.yaml").write_text(
+        "rules:\n  - name: disk\n    matchers: ['alertname=\"DiskFull\"']\n    severity: P2\n"
+        "    category: availability\n"
+    )
+    assert main(["check", "-c", str(tmp_path / "one" / "config.yaml")]) == 0
+    assert capsys.readouterr().out.endswith("OK (1 rule from 1 file)\n")
+    # No rule_files: the default, rules/*.yaml beside the config, which is not there.
+    (tmp_path / "one" / "config.yaml").write_text("auth:\n  bearer_token_file: token\n")
+    assert main(["check", "-c", str(tmp_path / "one" / "config.yaml")]) == 0
+    empty = capsys.readouterr()
+    assert empty.out.endswith("OK (0 rules from 0 files)\n")
+    assert "warning: no classification rules loaded" in empty.err
+
+
+def test_incidents_all_with_a_state_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--all` lists every state, so `--state` beside it was silently ignored (new-user
+    review); asking for both is refused before anything is asked of the daemon."""
+    config = write_config(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["incidents", "-c", str(config), "--all", "--state", "snoozed"])
+    assert exited.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_a_url_without_its_scheme_is_a_usage_error_not_an_unreachable_daemon(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

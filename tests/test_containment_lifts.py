@@ -312,9 +312,16 @@ async def test_the_kill_switch_holds_lifts_until_it_is_released(
     assert log.read_text().splitlines() == ["on shop"]
     resumed = await client.post("/api/v1/actions/resume", json={"by": "alice"}, headers=AUTH)
     assert resumed.status == 200
+    assert (await resumed.json())["changed"] is True
     await eventually(
         lambda: _true(log.read_text().splitlines() == ["on shop", "off shop"]), "lifted"
     )
+    # Resuming what is not paused changes nothing, and says so (new-user review: the CLI
+    # printed "resumed" and the audit recorded a resume that was none).
+    again = await client.post("/api/v1/actions/resume", json={"by": "bob"}, headers=AUTH)
+    document = await again.json()
+    assert document["changed"] is False
+    assert document["data"]["by"] == "alice"
 
 
 async def test_an_undo_gets_the_secret_variables_of_its_action(

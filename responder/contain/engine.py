@@ -182,6 +182,10 @@ class Containment:
         return self._state
 
     async def resume(self, by: str) -> GuardState:
+        """Release the kill switch; when it is not engaged, nothing changes (nothing
+        recorded, nothing logged)."""
+        if self._paused() is None:
+            return self._state
         self._state = resume(self._state, by, self._clock.now())
         await self._save()
         self._metrics.containment_paused.set(0)
