@@ -126,6 +126,7 @@ class Composer:
                 i.triggered_at,
                 self._ack_url(told[i.id], i),
                 kind_for_page(told[i.id].kind).value,
+                i.started,
             )
             for i in incidents.values()
         )

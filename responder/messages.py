@@ -137,9 +137,12 @@ class BundleItem:
     severity: str
     category: str
     state: str
-    triggered_at: datetime
+    triggered_at: datetime  # start of the current episode
     ack_url: str | None = None
     kind: str = "activation"
+    # The incident's trigger, whatever episodes followed: what "since" means to the
+    # people told (as ``MessageContext.started_at``). None: ``triggered_at``.
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,6 +171,21 @@ def test_bundle_lists_incidents_and_ack_all() -> None:
     assert got.subject.startswith("[P1] 7 new incidents:")
 
 
+def test_a_bundle_says_since_the_incidents_trigger_not_its_latest_episode() -> None:
+    """After an unacknowledge or a severity raise the episode starts anew, not the
+    incident: a bundle's "since" is its trigger, as single notices say (new-user review)."""
+    episode = START + timedelta(minutes=40)
+    item = BundleItem(41, "TargetDown on web-1", "P1", "availability", "triggered", episode)
+    items = (replace(item, started_at=START), replace(item, incident_id=42))
+    got = DEFAULTS.render(Kind.BUNDLE, "email", context(items=items))
+    lines = [line for line in got.text.splitlines() if "since" in line]
+    assert len(lines) == 2
+    assert "since 2026-11-29 13:05 UTC" in lines[0]
+    assert "since 2026-11-29 13:45 UTC" in lines[1]  # no trigger known: the episode's
+    assert got.html is not None
+    assert "2026-11-29 13:05 UTC" in got.html
+
+
 def test_a_bundle_of_recoveries_says_they_are_over() -> None:
     """Recovery notices held by a rate limit go out together: the bundle says the incidents
     resolved, and asks nobody to acknowledge them."""
