@@ -106,7 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
-            "-c", "--config", type=Path, default=Path("config.yaml"), help="config file"
+            "-c",
+            "--config",
+            type=Path,
+            default=Path("config.yaml"),
+            help="config file (default: config.yaml)",
         )
         sub.add_argument("--state-dir", type=Path, help="state directory (overrides config)")
         return sub
@@ -126,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument(
         "--filter", action="append", default=[], help='label matcher, e.g. severity="critical"'
     )
-    alerts.add_argument("--limit", type=int, default=100)
+    alerts.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     alerts.add_argument(
         "--json", action="store_true", help="print the data of the daemon's answer as JSON"
     )
@@ -174,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
         "--state", action="append", help="open, triggered, acknowledged, snoozed, resolved"
     )
     which.add_argument("--all", action="store_true", help="every state")
-    incidents.add_argument("--limit", type=int, default=100)
+    incidents.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     incidents.set_defaults(run=cmd_incidents)
 
     show = daemon_command("incident", "show one incident with its timeline and pages")
@@ -865,6 +869,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError:
         since = _parse_time(
             args.since, flag="--since", expected="a duration (30d) or an ISO 8601 time"
+        )
+    if since > now:  # a period that would end before it starts
+        raise ConfigError(
+            "report", 0, "", f"--since {args.since} is in the future; give a time before now"
         )
     params = [("since", since.isoformat()), ("limit", str(REPORT_LIMIT))]
     document = asyncio.run(client.request("GET", "/api/v1/incidents", params=params))

@@ -241,6 +241,9 @@ def test_report_since_that_is_neither_a_duration_nor_a_time_names_since(
     assert error == (
         "responder: --since: since: expected a duration (30d) or an ISO 8601 time, got '5x'\n"
     )
+    # A time to come would make a period that ends before it starts (new-user review).
+    assert main(["report", "-c", str(config), "--since", "2999-01-01T00:00:00Z"]) == 2
+    assert "is in the future" in capsys.readouterr().err
 
 
 def test_check_counts_rules_and_files_and_warns_when_none_load(
