@@ -31,9 +31,12 @@ def read_secret_file(path: Path, source: str | None = None) -> Secret:
 
 
 def read_secret(
-    parent: Node, name: str, base_dir: Path, *, required: bool = False
+    parent: Node, name: str, base_dir: Path, *, required: bool = False, one_line: bool = True
 ) -> Secret | None:
-    """Read secret ``name`` of a config mapping from ``<name>_file`` or ``<name>_env``."""
+    """Read secret ``name`` of a config mapping from ``<name>_file`` or ``<name>_env``.
+    ``one_line``: a credential that goes into a header or a login (all but an action's
+    secret variables); a file with more lines is the wrong file, or the secret beside
+    something else, and would fail only when first used."""
     if name in parent:
         raise parent[name].error(
             f"secrets are not written in config; use {name}_file or {name}_env"
@@ -56,13 +59,23 @@ def read_secret(
             raise file_node.error("secret file is not valid UTF-8") from None
         if not secret.value:
             raise file_node.error("secret file is empty")
+        if one_line and _lines(secret.value):
+            raise file_node.error(
+                "secret file holds more than one line; put the secret alone in it"
+            )
         return secret
     if env_node is not None:
         var = env_node.as_str()
         value = os.environ.get(var, "")
         if not value:
             raise env_node.error(f"environment variable {var} is not set or empty")
+        if one_line and _lines(value):
+            raise env_node.error(f"environment variable {var} holds more than one line")
         return Secret(value, f"env {var}")
     if required:
         raise parent.error(f"missing secret: give {name}_file or {name}_env")
     return None
+
+
+def _lines(value: str) -> bool:
+    return "\n" in value or "\r" in value

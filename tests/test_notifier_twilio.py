@@ -531,6 +531,23 @@ channels:
     assert sorted(build_notifiers(parse_channels(node, tmp_path), None)) == ["sms"]
 
 
+def test_a_token_file_of_two_lines_is_a_config_error(tmp_path: Path) -> None:
+    """The wrong file, or the token beside something else: refused when the config is
+    read, not first met as Twilio's 401 when a page is due (new-user review)."""
+    (tmp_path / "t").write_text("ACCOUNT=AC123\nTOKEN=abc\n")
+    node = channels(
+        f"""
+channels:
+  twilio:
+    account_sid: AC{"0" * 32}
+    auth_token_file: t
+    from: "+15005550006"
+"""
+    )
+    with pytest.raises(ConfigError, match="auth_token_file: secret file holds more than one"):
+        parse_channels(node, tmp_path)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

@@ -146,7 +146,8 @@ def _env_or_headers(
             raise item.error("RESPONDER_* variables are set by responder from the alert")
         if item.is_map():
             item.keys_allowed("value_file", "value_env")
-            secret = read_secret(item, "value", base_dir, required=True)
+            # An action's variable may be a key or a certificate: several lines are fine.
+            secret = read_secret(item, "value", base_dir, required=True, one_line=False)
             assert secret is not None  # required=True raises instead
             out[name] = secret
         else:
