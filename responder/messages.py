@@ -363,7 +363,8 @@ def duration_filter(value: timedelta | float | None, words: bool = False) -> str
     ``1 hour 5 minutes``, for speech. Seconds are dropped above a minute."""
     if value is None:
         return ""
-    seconds = int(value.total_seconds() if isinstance(value, timedelta) else value)
+    # Rounded to the second, as the review report rounds: both must tell the same time.
+    seconds = round(value.total_seconds() if isinstance(value, timedelta) else value)
     seconds = max(seconds, 0)
     minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
     if words:
