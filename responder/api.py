@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from responder.classify.matchers import Matcher, MatcherError, parse_matchers
 from responder.ingest import json_error, unauthorized
@@ -23,11 +23,33 @@ MAX_LIMIT = 10_000
 MAX_FILTER_SCAN = 100_000
 
 
+# Methods that change nothing: a page on another site may make a browser send them, but
+# cannot read the answer.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def from_another_site(request: web.Request) -> bool:
+    """Whether a browser sent this for a page of another origin: ``Sec-Fetch-Site`` says so,
+    or an ``Origin`` comes without a same-origin ``Sec-Fetch-Site`` (older browsers send
+    Origin alone). The CLI, curl and Alertmanager send neither."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return True
+    return hdrs.ORIGIN in request.headers and site != "same-origin"
+
+
 def authenticated(handler: Handler) -> Handler:
     async def wrapper(request: web.Request) -> web.StreamResponse:
         runtime = request.app[RUNTIME]
         if not runtime.authenticator.check(request.headers.get("Authorization")):
             return unauthorized(runtime)
+        if request.method not in _SAFE_METHODS and from_another_site(request):
+            # A browser attaches basic-auth credentials it holds for this origin (someone
+            # opened an email's "Incident" link) to a form another site's page submits: a
+            # runbook link in an alert could resolve incidents or pause containment.
+            return json_error(
+                403, "requests from web pages of other sites are refused; use the CLI or API"
+            )
         return await handler(request)
 
     wrapper.__name__ = handler.__name__
