@@ -93,7 +93,7 @@ def build_app(
     app.router.add_post("/api/v1/alertmanager", ingest.receive_alertmanager)
     app.router.add_get("/api/v1/alerts", api.list_alerts)
     incidents_api.add_routes(app.router)
-    twilio_doors.add_routes(app.router)
+    twilio_doors.add_routes(app)
     links.add_routes(app.router)
     drills.add_routes(app.router)
     actions_api.add_routes(app.router)

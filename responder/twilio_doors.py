@@ -40,6 +40,10 @@ from responder.runtime import RUNTIME, Runtime
 from responder.store import StoreError, row_id
 
 log = logging.getLogger("responder.twilio")
+# Refused callbacks are logged at most this often: these doors are public, and a stranger
+# posting to them must not write the log at the rate they send (a full disk; under systemd,
+# journald's per-service rate limit would drop the daemon's other lines with theirs).
+REFUSED_LOG_EVERY_S = 60.0
 # How long a status callback waits for the send it is about to be recorded (Twilio waits
 # 15 s for our answer).
 CALLBACK_WAIT_S = 10.0
@@ -79,24 +83,49 @@ def contact_by_number(directory: Directory, number: str) -> str | None:
     return None
 
 
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+class RefusalLog:
+    """Refused callbacks of one app, logged once every ``REFUSED_LOG_EVERY_S`` at most, with
+    how many were not logged since the previous line."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self._held = 0
+
+    def refused(self, event: str, **values: object) -> None:
+        now = _now()
+        if self._last is not None and now - self._last < REFUSED_LOG_EVERY_S:
+            self._held += 1
+            return
+        log.warning(event, extra=fields(**values, not_logged_since=self._held))
+        self._last, self._held = now, 0
+
+
+REFUSALS = web.AppKey("twilio_refusals", RefusalLog)
+
+
 async def _verified_form(request: web.Request, runtime: Runtime) -> dict[str, str] | None:
-    """The POST form if the request really comes from Twilio; None (and a log line) if not."""
+    """The POST form if the request really comes from Twilio; None (and a log line, once a
+    minute at most) if not."""
     # What the notifiers send with: the account and the URLs of the start, until a restart.
     twilio = runtime.started_with.channels.twilio
     public_url = runtime.started_with.config.server.public_url
+    refusals = request.app[REFUSALS]
     if twilio is None or public_url is None:
-        log.warning(
+        refusals.refused(
             "Twilio callback refused: no twilio channel or no server.public_url configured",
-            extra=fields(path=request.path),
+            path=request.path,
         )
         return None
     params = await read_small_form(request)
     url = public_url.rstrip("/") + request.raw_path
     signature = request.headers.get("X-Twilio-Signature", "")
     if not validate_twilio_signature(twilio.auth_token.value, url, params, signature):
-        log.warning(
-            "Twilio callback with a bad signature refused",
-            extra=fields(path=request.path, peer=request.remote),
+        refusals.refused(
+            "Twilio callback with a bad signature refused", path=request.path, peer=request.remote
         )
         return None
     return params
@@ -261,7 +290,9 @@ def _page_ids(key: str) -> list[int]:
     return []
 
 
-def add_routes(router: web.UrlDispatcher) -> None:
+def add_routes(app: web.Application) -> None:
+    app[REFUSALS] = RefusalLog()
+    router = app.router
     router.add_post(STATUS_CALLBACK_PATH, status_callback)
     router.add_post(INBOUND_SMS_PATH, inbound_sms)
     router.add_post(VOICE_GATHER_PATH, voice_keypress)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,8 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from notifiers.twilio import INBOUND_SMS_PATH
-from responder import ingest
+from notifiers.twilio import INBOUND_SMS_PATH, STATUS_CALLBACK_PATH
+from responder import ingest, twilio_doors
 from responder.app import build_app
 from responder.clock import FakeClock
 from responder.links import LinkError, link_secret, make_token, read_token
@@ -800,3 +801,25 @@ async def test_a_reassignment_during_a_snooze_fails_over_like_any_page(
         return "failover" in [e["kind"] for e in (await incident(daemon))["timeline"]]
 
     await eventually(failed_over, "the reassignment's SMS failed over")
+
+
+async def test_refused_twilio_callbacks_are_logged_once_a_minute(
+    daemon: Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Twilio doors are public and answer anyone: one warning per refused request let a
+    stranger write the log at the rate they send (under systemd, journald's per-service rate
+    limit then drops the daemon's other lines too: 'webhook not stored', 'page failed').
+    Refusals are logged once a minute, with how many were not."""
+    loop_time = [1000.0]
+    monkeypatch.setattr(twilio_doors, "_now", lambda: loop_time[0])
+    form = {"From": "+15551230001", "Body": "ACK ALL"}
+    with caplog.at_level(logging.WARNING, logger="responder.twilio"):
+        for path in (INBOUND_SMS_PATH, STATUS_CALLBACK_PATH) * 100:
+            answer = await daemon.post(path, data=form, headers={"X-Twilio-Signature": "x"})
+            assert answer.status == 403
+        loop_time[0] += twilio_doors.REFUSED_LOG_EVERY_S
+        answer = await daemon.post(INBOUND_SMS_PATH, data=form)
+        assert answer.status == 403
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 2, [r.getMessage() for r in refused]
+    assert refused[1].fields["not_logged_since"] == 199  # type: ignore[attr-defined]
