@@ -73,6 +73,10 @@ LOCALTIME_FORMAT = "%Y-%m-%d %H:%M %Z"
 MAX_VALUE_CHARS = 4000
 MAX_SUBJECT_CHARS = 250
 _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+# An http(s) URL with a host: the host part stops at the first of / ? #, so a long value
+# that fails at its end is refused in linear time ("[^\s/?#]+\S*" backtracked
+# quadratically: 90 ms for 4,000 characters, on the event loop, per HTML email).
+_HTTP_URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
 _SUFFIX = ".j2"
 
 
@@ -388,7 +392,7 @@ def duration_filter(value: timedelta | float | None, words: bool = False) -> str
 
 def http_url_test(value: object) -> bool:
     """True for an http(s) URL with a host: safe to put in an ``href`` (never ``javascript:``)."""
-    return isinstance(value, str) and re.fullmatch(r"https?://[^\s/?#]+\S*", value) is not None
+    return isinstance(value, str) and _HTTP_URL.fullmatch(value) is not None
 
 
 @jinja2.pass_context
