@@ -148,13 +148,18 @@ async def test_lifts_run_two_at_a_time(
     del client
 
 
-def _undo_states(folder: Path) -> list[str]:
+def _rows(folder: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of the daemon's database under ``folder``, read beside the running daemon."""
     (db,) = folder.rglob("responder.db")
     conn = sqlite3.connect(db)
     try:
-        rows = conn.execute("SELECT undo_state FROM action_runs ORDER BY started_at").fetchall()
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def _undo_states(folder: Path) -> list[str]:
+    rows = _rows(folder, "SELECT undo_state FROM action_runs ORDER BY started_at")
     return [str(state) for (state,) in rows]
 
 
@@ -226,14 +231,7 @@ async def test_while_the_kill_switch_holds_a_lift_checks_are_still_judged(
 
 
 def _run_rows(folder: Path) -> list[tuple[str, str | None]]:
-    (db,) = folder.rglob("responder.db")
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(
-            "SELECT state, undo_state FROM action_runs ORDER BY started_at"
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = _rows(folder, "SELECT state, undo_state FROM action_runs ORDER BY started_at")
     return [(str(state), undo) for state, undo in rows]
 
 
@@ -310,12 +308,7 @@ actions:
 
 
 def _run_ids(folder: Path) -> list[str]:
-    (db,) = folder.rglob("responder.db")
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute("SELECT run_id FROM action_runs ORDER BY started_at").fetchall()
-    finally:
-        conn.close()
+    rows = _rows(folder, "SELECT run_id FROM action_runs ORDER BY started_at")
     return [str(run_id) for (run_id,) in rows]
 
 
@@ -363,13 +356,7 @@ async def test_a_run_whose_record_failed_holds_neither_its_target_nor_its_lifts(
 
 
 def _timeline_kinds(folder: Path) -> list[str]:
-    (db,) = folder.rglob("responder.db")
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute("SELECT kind FROM timeline ORDER BY id").fetchall()
-    finally:
-        conn.close()
-    return [str(kind) for (kind,) in rows]
+    return [str(kind) for (kind,) in _rows(folder, "SELECT kind FROM timeline ORDER BY id")]
 
 
 async def test_a_run_waiting_for_a_lift_when_the_daemon_stops_runs_at_the_next_start(
