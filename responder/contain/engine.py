@@ -161,6 +161,7 @@ class Containment:
         state = replace(state, runs=(*state.runs, *(r for r in history if r.run_id not in known)))
         self._state = prune(interrupt_running(state, now), now, self._keep())
         await self._save()
+        # Marked interrupted and escalated in one write (the store does both).
         for run in await self._store.interrupt_runs(now):
             self._metrics.actions.labels(run.action, Outcome.INTERRUPTED.value).inc()
             log.error(
@@ -168,8 +169,6 @@ class Containment:
                 extra=fields(run=run.run_id, action=run.action, target=run.target),
             )
             if run.incident_id is not None:
-                reason = f"{run.action} was interrupted by a restart: outcome unknown"
-                await self._store.escalate_incident(run.incident_id, reason, now)
                 self._on_escalate()
         self._metrics.containment_paused.set(int(self._state.kill_switch.engaged))
 

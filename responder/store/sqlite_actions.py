@@ -230,7 +230,10 @@ def alert_resolved(conn: sqlite3.Connection, alert_id: int, now_us: int) -> None
 
 
 def interrupt_running(conn: sqlite3.Connection, now_us: int) -> list[RunRow]:
-    """At start: runs a stopped daemon left 'running' are interrupted, never started again."""
+    """At start: runs a stopped daemon left 'running' are interrupted, never started again,
+    and escalated (nobody knows whether they helped) in the same transaction: a crash
+    between the mark and the escalation would leave the run interrupted and nobody told,
+    as the next start only escalates the runs it finds still 'running'."""
     rows = conn.execute(
         f"UPDATE action_runs SET state = 'interrupted', outcome = 'interrupted', "  # noqa: S608
         f"finished_at = ? WHERE state = 'running' RETURNING {_RUN_COLUMNS}",
@@ -241,6 +244,8 @@ def interrupt_running(conn: sqlite3.Connection, now_us: int) -> list[RunRow]:
         detail = {"run_id": run.run_id, "action": run.action, "target": run.target}
         _event(conn, run.incident_id, now_us, Event.ACTION_INTERRUPTED, detail)
         _lift_at_expiry(conn, run)
+        reason = f"{run.action} was interrupted by a restart: outcome unknown"
+        escalate_incident(conn, run.incident_id, reason, now_us)
     return runs
 
 

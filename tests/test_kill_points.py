@@ -1,0 +1,133 @@
+"""A real ``responder serve`` killed with SIGKILL at chosen points between its writes, then
+started again on the same state: nothing a person must hear of is lost on the way.
+
+A write is caught in the middle by a SQL trigger that makes it slow (a join over a scratch
+table, inside the daemon's own transaction); the test sees the daemon's writer hold the
+database's write lock for that long and kills it there."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from responder.testing import SmtpTestServer
+from tests.conftest import AUTH
+from tests.test_containment import RESTART_RULE, config, restart_action, smtp
+from tests.test_escalation_story import alert, webhook
+from tests.test_process import Daemon, running, spawn
+from tests.test_process_escalation import recipients, wait_for
+
+__all__ = ["smtp"]
+
+# Rows of the scratch table: a three-way join over them takes seconds.
+SLOW_ROWS = 400
+
+
+def make_writes_slow(db: Path, when: str) -> None:
+    """Every insert into the timeline matching ``when`` (SQL over NEW) takes seconds."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None, timeout=10)) as conn:
+        conn.execute("CREATE TABLE slow_scratch (x INTEGER)")
+        conn.executemany("INSERT INTO slow_scratch VALUES (?)", [(i,) for i in range(SLOW_ROWS)])
+        conn.execute(
+            f"CREATE TRIGGER slow_write BEFORE INSERT ON timeline WHEN {when} BEGIN "  # noqa: S608
+            "SELECT count(*) FROM slow_scratch a, slow_scratch b, slow_scratch c "
+            "WHERE a.x + b.x + c.x < 0; END"
+        )
+
+
+def make_writes_fast(db: Path) -> None:
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None, timeout=10)) as conn:
+        conn.execute("DROP TRIGGER slow_write")
+        conn.execute("DROP TABLE slow_scratch")
+
+
+def _write_locked(db: Path) -> bool:
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None, timeout=0)) as conn:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return True
+        conn.execute("ROLLBACK")
+        return False
+
+
+async def kill_inside_a_slow_write(daemon: Daemon, db: Path, seconds: float = 20.0) -> None:
+    """SIGKILL the daemon once its writer has held the write lock for half a second: it is
+    inside the slow write (every other write takes milliseconds)."""
+    deadline = time.monotonic() + seconds
+    held_since: float | None = None
+    while time.monotonic() < deadline:
+        if daemon.process.returncode is not None:
+            raise AssertionError(f"daemon exited early:\n{daemon.log.read_text()}")
+        if _write_locked(db):
+            held_since = held_since or time.monotonic()
+            if time.monotonic() - held_since >= 0.5:
+                daemon.process.send_signal(signal.SIGKILL)
+                await daemon.process.wait()
+                return
+        else:
+            held_since = None
+        await asyncio.sleep(0.05)
+    daemon.process.kill()
+    await daemon.process.wait()
+    raise AssertionError(f"the daemon never reached the slow write:\n{daemon.log.read_text()}")
+
+
+async def post_alert(daemon: Daemon, document: dict[str, Any]) -> None:
+    url = daemon.url + "/api/v1/alertmanager"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=document, headers=AUTH) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
+async def incident_document(daemon: Daemon, number: int = 1) -> dict[str, Any]:
+    url = f"{daemon.url}/api/v1/incidents/{number}"
+    async with aiohttp.ClientSession() as session, session.get(url, headers=AUTH) as response:
+        document: dict[str, Any] = (await response.json())["data"]
+        return document
+
+
+def _kill_orphan(pidfile: Path) -> None:
+    """The action's process has a session of its own: the SIGKILL of the daemon left it."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+async def test_kill_9_between_marking_a_run_interrupted_and_escalating_it(
+    tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    """The daemon dies during a restart of nginx; at the next start it is killed again just
+    as it records that interrupted run's escalation. After a third start the next level
+    (bob) is still paged: an interrupted run is never left marked interrupted with nobody
+    told (it was, when the mark and the escalation were two writes)."""
+    pidfile = tmp_path / "action.pid"
+    body = f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(30)"
+    path = config(tmp_path, smtp, restart_action(tmp_path, body, "    timeout: 60s"), RESTART_RULE)
+    try:
+        async with running(path) as daemon:
+            await post_alert(daemon, webhook(alert("WebDown", service="nginx")))
+            await wait_for(pidfile.exists, 10, "the action started")
+            await wait_for(lambda: recipients(smtp)["alice@example.com"] == 1, 10, "level 1")
+            daemon.process.send_signal(signal.SIGKILL)
+            await daemon.process.wait()
+        db = tmp_path / "state" / "responder.db"
+        make_writes_slow(db, "NEW.kind = 'containment_failed'")
+        await kill_inside_a_slow_write(await spawn(path), db)
+        make_writes_fast(db)
+        async with running(path) as daemon:
+            await wait_for(lambda: recipients(smtp)["bob@example.com"] == 1, 10, "bob paged")
+            kinds = [e["kind"] for e in (await incident_document(daemon))["timeline"]]
+        assert "action_interrupted" in kinds
+        assert "containment_failed" in kinds
+    finally:
+        _kill_orphan(pidfile)
