@@ -51,6 +51,8 @@ MAX_SLEEP = timedelta(seconds=30)
 # A delivery cut off by a store error: its pages never handed to their channel wait this
 # long in the queue (the store may be failing: not a loop of claims that fail alike).
 RETRY_AFTER_FAULT = timedelta(seconds=15)
+# Settling the pages the last stop left 'sending' failed (the store): tried again this soon.
+RECOVER_RETRY = timedelta(seconds=1)
 
 
 class MessageComposer(Protocol):
@@ -335,6 +337,10 @@ class Dispatcher:
         self._batch = batch
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # set, and replaced, whenever a delivery settles
+        # Until the pages the last stop left 'sending' are settled (recover), the pages
+        # claimed here meanwhile and not yet settled: 'sending' too, but no crash's.
+        self._recovered = False
+        self._claimed_unrecovered: set[int] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -350,11 +356,26 @@ class Dispatcher:
 
     async def recover(self) -> int:
         """Settle pages a crash left in 'sending' (docs/incidents.md): those handed to their
-        channel failed and re-routed, the others queued again. Returns how many failed."""
+        channel failed and re-routed, the others queued again. Returns how many failed.
+        Pages this dispatcher claimed itself (the queue is delivered while a failed first
+        try waits for the next) are left alone."""
         reroute = self.reroute_for(INTERRUPTED)
-        pages = await self._store.recover_sending(self._clock.now(), reroute)
+        pages = await self._store.recover_sending(
+            self._clock.now(), reroute, exclude=self._claimed_unrecovered
+        )
+        self._recovered = True
+        self._claimed_unrecovered.clear()
         self._interrupted(pages, reroute)
         return len(pages)
+
+    async def _recover_safely(self) -> None:
+        """``recover``, logged instead of raised (tried again before the next pass)."""
+        try:
+            await self.recover()
+        except Exception:
+            log.exception(
+                "pages left sending by the last stop not settled yet; trying again shortly"
+            )
 
     async def _settle_interrupted(self, pages: list[Page]) -> None:
         now = self._clock.now()
@@ -394,6 +415,8 @@ class Dispatcher:
             )
             if not pages:
                 break
+            if not self._recovered:
+                self._claimed_unrecovered.update(p.id for p in pages)
             groups: dict[tuple[str, str, str], list[Page]] = {}
             for page in pages:
                 groups.setdefault((page.contact, page.channel, page.address), []).append(page)
@@ -426,6 +449,7 @@ class Dispatcher:
             await self._settle_interrupted(pages)
         finally:
             self._in_flight -= len(pages)
+            self._claimed_unrecovered.difference_update(p.id for p in pages)  # settled
             if not lock.locked():
                 self._method_locks.pop(key, None)
             self._settled.set()
@@ -737,10 +761,15 @@ class Dispatcher:
             self.wake()
 
     async def run_forever(self) -> None:
-        await self.recover()
+        # Pages the last stop left 'sending'. A store error here (a full disk at the start)
+        # must not end the loop: it is tried again before each pass until it is done, and
+        # meanwhile the queue is delivered (claims take queued pages only; recover leaves
+        # the pages claimed here alone).
         try:
             while True:
                 self._wake.clear()
+                if not self._recovered:
+                    await self._recover_safely()
                 try:
                     await self.run_once()
                     # Busy contact methods are left out: their pages go when the message in
@@ -753,6 +782,8 @@ class Dispatcher:
                     await asyncio.sleep(1.0)
                 now = self._clock.now()
                 until = now + MAX_SLEEP if due is None else min(due, now + MAX_SLEEP)
+                if not self._recovered:
+                    until = min(until, now + RECOVER_RETRY)
                 if until <= now and self._in_flight < self._max_in_flight:
                     continue
                 await sleep_until_or_woken(self._clock, until, self._wake)

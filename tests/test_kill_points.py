@@ -18,14 +18,16 @@ from typing import Any
 
 import aiohttp
 
-from responder.testing import SmtpTestServer
+from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from tests.conftest import AUTH
 from tests.test_containment import RESTART_RULE, config, restart_action, smtp
+from tests.test_delivery import config as delivery_config
+from tests.test_delivery import twilio
 from tests.test_escalation_story import alert, webhook
 from tests.test_process import Daemon, running, spawn
 from tests.test_process_escalation import recipients, wait_for
 
-__all__ = ["smtp"]
+__all__ = ["smtp", "twilio"]
 
 # Rows of the scratch table: a three-way join over them takes seconds.
 SLOW_ROWS = 400
@@ -131,3 +133,48 @@ async def test_kill_9_between_marking_a_run_interrupted_and_escalating_it(
         assert "containment_failed" in kinds
     finally:
         _kill_orphan(pidfile)
+
+
+async def test_the_outbox_goes_on_when_settling_the_last_crash_fails_at_start(
+    tmp_path: Path, twilio: FakeTwilio, smtp: SmtpTestServer
+) -> None:
+    """The daemon dies while alice's SMS is with Twilio. At the next start the store refuses
+    the write that settles that page (a full disk, here a trigger): a new incident's SMS
+    still goes out, and once the store takes writes again the interrupted page is
+    re-routed to bob, while the new SMS, still with Twilio then, is left to finish. The
+    outbox loop used to die with that first write, and no page went out until the next
+    restart while /-/ready said 200."""
+    path = delivery_config(tmp_path, twilio, smtp)
+    path.write_text(path.read_text().replace("timeout: 2s", "timeout: 10s"))
+    twilio.fail_next(Fault.HANG)
+    async with running(path) as daemon:
+        await post_alert(daemon, webhook(alert("TargetDown", instance="web-1"), group="a"))
+        await wait_for(lambda: len(twilio.requests) == 1, 10, "alice's SMS at the provider")
+        daemon.process.send_signal(signal.SIGKILL)
+        await daemon.process.wait()
+    db = tmp_path / "state" / "responder.db"
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None, timeout=10)) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse_settle BEFORE UPDATE OF state ON pages "
+            "WHEN NEW.state = 'failed' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+        )
+    async with running(path) as daemon:
+        twilio.answer_delay = 3.0  # the new SMS is with Twilio when the store recovers
+        await post_alert(daemon, webhook(alert("DiskFull", instance="db-1"), group="b"))
+        await wait_for(lambda: len(twilio.sent_sms("+15551230001")) == 1, 10, "the new SMS")
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None, timeout=10)) as conn:
+            conn.execute("DROP TRIGGER refuse_settle")
+        await wait_for(lambda: len(twilio.sent_sms("+15551230002")) == 1, 10, "re-routed to bob")
+        first, second = await incident_document(daemon, 1), await incident_document(daemon, 2)
+        for _ in range(100):
+            second = await incident_document(daemon, 2)
+            if [p["state"] for p in second["pages"] if p["channel"] == "sms"] == ["sent"]:
+                break
+            await asyncio.sleep(0.05)
+    alice_sms = next(p for p in first["pages"] if p["channel"] == "sms")
+    assert "outcome unknown" in alice_sms["error"]
+    # The interrupted SMS was not sent to alice again: her second SMS is the new incident's,
+    # sent, not taken for one the crash interrupted (bob got no SMS for it).
+    assert [p["state"] for p in second["pages"] if p["channel"] == "sms"] == ["sent"]
+    assert [r.to for r in twilio.requests] == ["+15551230001", "+15551230001", "+15551230002"]
+    assert "DiskFull" in twilio.requests[1].body

@@ -600,9 +600,12 @@ class Store(ContainmentStore, Protocol):
         *,
         page_ids: Sequence[int] | None = None,
         retry_at: datetime | None = None,
+        exclude: Collection[int] = (),
     ) -> list[Page]:
-        """Settle pages left in ``sending``: at start, all that a crash left; during a run,
-        ``page_ids``, whose delivery failed midway (a store error). A page never handed to
+        """Settle pages left in ``sending``: at start, all that a crash left (but those in
+        ``exclude``, claimed since by this daemon: a start whose first try failed goes on
+        delivering); during a run, ``page_ids``, whose delivery failed midway (a store
+        error). A page never handed to
         its channel goes back to the queue (due at ``retry_at`` if later); one handed over
         is failed, "outcome unknown", re-routed by ``reroute`` in the same transaction, and
         returned (docs/incidents.md)."""

@@ -989,12 +989,14 @@ class SQLiteStore:
         *,
         page_ids: Sequence[int] | None = None,
         retry_at: datetime | None = None,
+        exclude: Collection[int] = (),
     ) -> list[Page]:
         now_us = to_us(now)
         retry_at_us = None if retry_at is None else to_us(retry_at)
+        excluded = sorted(exclude)
 
         def work(conn: sqlite3.Connection) -> list[Page]:
-            pages = inc.settle_interrupted(conn, now_us, page_ids, retry_at_us)
+            pages = inc.settle_interrupted(conn, now_us, page_ids, retry_at_us, excluded)
             if reroute is not None:
                 for page in pages:
                     inc.reroute_page(conn, page.id, reroute, now_us)

@@ -1069,17 +1069,22 @@ def settle_interrupted(
     now_us: int,
     page_ids: Sequence[int] | None = None,
     retry_at_us: int | None = None,
+    exclude: Sequence[int] = (),
 ) -> list[Page]:
-    """Pages left in 'sending' by a crash (all of them, at start) or by a delivery that
-    failed midway (``page_ids``). One never handed to its channel reached nobody: it goes
-    back to the queue (due at ``retry_at_us`` if later), its claim not counted as an
-    attempt. For one handed over, whether the provider took it is unknown, and sending it
-    again on the same route could page twice: it is marked failed ('outcome unknown') and
-    returned, for the caller to re-route to the next channel or the backup."""
-    only, params = "", []
+    """Pages left in 'sending' by a crash (all of them, at start, but those in ``exclude``:
+    claimed since by this daemon) or by a delivery that failed midway (``page_ids``). One
+    never handed to its channel reached nobody: it goes back to the queue (due at
+    ``retry_at_us`` if later), its claim not counted as an attempt. For one handed over,
+    whether the provider took it is unknown, and sending it again on the same route could
+    page twice: it is marked failed ('outcome unknown') and returned, for the caller to
+    re-route to the next channel or the backup."""
+    only, params = "", list[object]()
     if page_ids is not None:
         only = f" AND id IN ({','.join('?' * len(page_ids))})"
         params = list(page_ids)
+    if exclude:
+        only += f" AND id NOT IN ({','.join('?' * len(exclude))})"
+        params += list(exclude)
     requeued = [
         row[0]
         for row in conn.execute(
