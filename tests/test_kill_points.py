@@ -20,7 +20,14 @@ import aiohttp
 
 from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from tests.conftest import AUTH
-from tests.test_containment import RESTART_RULE, config, restart_action, smtp
+from tests.test_containment import (
+    MAINTENANCE_RULE,
+    RESTART_RULE,
+    config,
+    restart_action,
+    script,
+    smtp,
+)
 from tests.test_delivery import config as delivery_config
 from tests.test_delivery import twilio
 from tests.test_escalation_story import alert, webhook
@@ -178,3 +185,53 @@ async def test_the_outbox_goes_on_when_settling_the_last_crash_fails_at_start(
     assert [p["state"] for p in second["pages"] if p["channel"] == "sms"] == ["sent"]
     assert [r.to for r in twilio.requests] == ["+15551230001", "+15551230001", "+15551230002"]
     assert "DiskFull" in twilio.requests[1].body
+
+
+async def test_a_change_made_by_a_run_the_daemon_died_in_is_lifted_after_its_resolve(
+    tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    """The load balancer took web-1 into maintenance and the daemon died before the call
+    returned. The run is found interrupted (and paged) at the next start; when the alert
+    resolves, web-1 comes out of maintenance after the hold-down, as it does after a run
+    that timed out. It stayed in maintenance for good: only an iptables block kept its
+    lift when its run was interrupted."""
+    log, pidfile = tmp_path / "lb.log", tmp_path / "action.pid"
+    write = f"open({str(log)!r}, 'a').write"
+    on = script(
+        tmp_path,
+        "on",
+        f"{write}('on ' + sys.argv[1] + '\\n')\n"
+        f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(30)",
+    )
+    off = script(tmp_path, "off", f"{write}('off ' + sys.argv[1] + '\\n')")
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "{{backend}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+    cooldown: 0
+    timeout: 60s
+    undo: {{argv: [{off}, "{{backend}}"]}}
+    undo_hold_down: 1s
+"""
+    path = config(tmp_path, smtp, actions, MAINTENANCE_RULE)
+    fired = alert("BackendErrors", backend="web-1")
+    try:
+        async with running(path) as daemon:
+            await post_alert(daemon, webhook(fired))
+            await wait_for(pidfile.exists, 10, "maintenance on, the call not returned yet")
+            daemon.process.send_signal(signal.SIGKILL)
+            await daemon.process.wait()
+        _kill_orphan(pidfile)
+        async with running(path) as daemon:
+            await wait_for(lambda: recipients(smtp)["bob@example.com"] == 1, 10, "bob paged")
+            await post_alert(daemon, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+            await wait_for(lambda: "off web-1" in log.read_text(), 10, "maintenance lifted")
+            kinds = [e["kind"] for e in (await incident_document(daemon))["timeline"]]
+        assert log.read_text().splitlines() == ["on web-1", "off web-1"]
+        assert "action_interrupted" in kinds
+        assert "action_undone" in kinds
+    finally:
+        _kill_orphan(pidfile)

@@ -241,6 +241,9 @@ class UndoPlan:
     def to_audit(self) -> dict[str, Any]:
         return {
             "argv": self.request.to_audit()["argv"] if self.request is not None else None,
+            # The whole command as persisted (secrets by name): what a run interrupted by a
+            # crash is lifted with.
+            "request": self.request.to_json() if self.request is not None else None,
             "action": self.action,
             "on_resolve": self.on_resolve,
             "hold_down_s": self.hold_down.total_seconds(),

@@ -244,6 +244,7 @@ def interrupt_running(conn: sqlite3.Connection, now_us: int) -> list[RunRow]:
         detail = {"run_id": run.run_id, "action": run.action, "target": run.target}
         _event(conn, run.incident_id, now_us, Event.ACTION_INTERRUPTED, detail)
         _lift_at_expiry(conn, run)
+        _lift_on_resolve(conn, run, now_us)
         reason = f"{run.action} was interrupted by a restart: outcome unknown"
         escalate_incident(conn, run.incident_id, reason, now_us)
     return runs
@@ -274,6 +275,34 @@ def _lift_at_expiry(conn: sqlite3.Connection, run: RunRow) -> None:
         "UPDATE action_runs SET undo = ?, undo_state = 'wait', undo_due = ? WHERE run_id = ?",
         (dumps(undo), at_us, run.run_id),
     )
+
+
+def _lift_on_resolve(conn: sqlite3.Connection, run: RunRow, now_us: int) -> None:
+    """An interrupted run of an action with an undo (a command or another action) may have
+    made its change, as an attempt that timed out may have: its lift, planned when the run
+    was recorded, waits for the alert's resolve and the hold-down as a finished run's does
+    (at once if the alert resolved already). Block-address runs are left to their expiry
+    (the kernel's for nft; ``_lift_at_expiry`` for iptables)."""
+    planned = run.audit.get("undo") or {}
+    if run.audit.get("kind") == "block-address" or not planned.get("on_resolve", True):
+        return
+    if planned.get("action"):
+        undo: dict[str, Any] = {"argv": None, "action": planned["action"]}
+    elif planned.get("argv"):
+        request = planned.get("request") or {"argv": planned["argv"]}
+        undo = {"argv": request, "action": None}
+    else:
+        return
+    hold_s = int(float(planned.get("hold_down_s") or 0))
+    conn.execute(
+        "UPDATE action_runs SET undo = ?, undo_hold_s = ?, undo_state = NULL, undo_due = NULL "
+        "WHERE run_id = ?",
+        (dumps(undo), hold_s, run.run_id),
+    )
+    _supersede(conn, run.run_id, run.alert_id, now_us)
+    status = conn.execute("SELECT status FROM alerts WHERE id = ?", (run.alert_id,)).fetchone()
+    if status is not None and status[0] == "resolved":
+        alert_resolved(conn, run.alert_id, now_us)
 
 
 # Undo states of a lift that has ended with nothing left for it to do ('failed' is not one:
