@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -43,6 +44,7 @@ from responder.deliver import Dispatcher
 from responder.directory import Directory
 from responder.entry import EARLY_SIGHUP
 from responder.escalate import Escalator
+from responder.lift_alarm import store_lift_alarm
 from responder.log import fields
 from responder.metrics import Metrics
 from responder.runtime import BODY_LIMIT, RUNTIME, Runtime, Snapshot, in_background
@@ -333,6 +335,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         runner,
         lambda: (runtime.snapshot.actions, runtime.snapshot.containment),
         on_escalate=runtime.escalator.wake,
+        on_lift_alarm=functools.partial(store_lift_alarm, runtime),
     )
     # Before any request: the guards' state (kill switch, breakers) is in force from the start.
     await runtime.containment.start()

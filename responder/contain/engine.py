@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -63,6 +63,18 @@ MAX_SLEEP = timedelta(seconds=30)
 ConfigSource = Callable[[], tuple[ActionCatalog, ContainmentSettings]]
 
 
+@dataclass(frozen=True, slots=True)
+class LiftAlarm:
+    """A failed lift nobody would be paged for (its run's incident resolved, or none), or
+    the later lift of that run that ended it. The runtime turns it into an alert of the
+    daemon's own (lift_alarm.py): ``ended`` None raises it, a time resolves it."""
+
+    run: RunRow
+    reason: str  # why the lift failed ("" once it is ended)
+    since: datetime  # the run's first failed lift: the alert's start, for every copy
+    ended: datetime | None
+
+
 def _tail(result: RunResult, limit: int = 300) -> str:
     if result.rejected is not None:
         return str(result.rejected.to_audit().get("reason", "parameter refused"))
@@ -83,8 +95,10 @@ class Containment:
         config: ConfigSource,
         *,
         on_escalate: Callable[[], None] = lambda: None,
+        on_lift_alarm: Callable[[LiftAlarm], Awaitable[object]] | None = None,
     ) -> None:
         self._on_escalate = on_escalate  # wakes the escalation engine
+        self._on_lift_alarm = on_lift_alarm  # raises or resolves ContainmentLiftFailed
         self._store = store
         self._clock = clock
         self._metrics = metrics
@@ -605,9 +619,33 @@ class Containment:
             # would leave it unheard of.
             log.error("undo failed", extra=fields(action=run.action, run_id=run.run_id))
             escalate = f"undo of {run.action} failed: {detail.get('error') or detail}"[:500]
-        await self._store.finish_undo(run.run_id, state, detail, now, escalate=escalate)
+        told = await self._store.finish_undo(run.run_id, state, detail, now, escalate=escalate)
         if escalate is not None and run.incident_id is not None:
             self._on_escalate()
+        # The run's incident is resolved (the usual case: lifts follow the resolve), or it
+        # has none: escalating it pages nobody, so the daemon raises an alert of its own,
+        # one per run (a second failure is a repeat). The lift that later ends the change
+        # (by hand) resolves it.
+        alerted = plan.get("alerted")
+        if escalate is not None and not told:
+            since = now if alerted is None else _from_us(int(alerted))
+            await self._lift_alarm(LiftAlarm(run, escalate, since, None))
+        elif state in ("done", "nothing") and alerted is not None:
+            since = _from_us(int(alerted))
+            await self._lift_alarm(LiftAlarm(run, "", since, max(now, since)))
+
+    async def _lift_alarm(self, alarm: LiftAlarm) -> None:
+        if self._on_lift_alarm is None:
+            return
+        try:
+            await self._on_lift_alarm(alarm)
+        except Exception:
+            # The lift's outcome is committed (it must not run again for this): the
+            # timeline, the log and the undo_failed metric still say so.
+            log.exception(
+                "lift alert not stored",
+                extra=fields(action=alarm.run.action, run=alarm.run.run_id),
+            )
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run_once(self) -> None:
@@ -709,6 +747,10 @@ def _check_verdict(status: str) -> bool | None:
     if status == "firing":
         return False
     return None
+
+
+def _from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
 
 
 def _us(when: datetime) -> int:

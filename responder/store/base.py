@@ -253,9 +253,11 @@ class ContainmentStore(Protocol):
         now: datetime,
         *,
         escalate: str | None = None,
-    ) -> None:
+    ) -> bool:
         """A lift's outcome; ``escalate`` (a failed lift) escalates the run's incident in
-        the same transaction."""
+        the same transaction. True when that incident is open (not resolved): it pages, or
+        someone has it. False otherwise: the run is marked ``alerted`` in its undo (the
+        first failure's time, in microseconds) for the daemon's own alert."""
         ...
 
     async def due_checks(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, str]]: ...

@@ -930,9 +930,9 @@ class SQLiteStore:
         now: datetime,
         *,
         escalate: str | None = None,
-    ) -> None:
+    ) -> bool:
         now_us = to_us(now)
-        await self._write(
+        return await self._write(
             lambda conn: actions.finish_undo(conn, run_id, state, detail, now_us, escalate)
         )
 

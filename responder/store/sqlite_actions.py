@@ -545,7 +545,11 @@ def finish_undo(
     detail: dict[str, Any],
     now_us: int,
     escalate: str | None = None,
-) -> None:
+) -> bool:
+    """Record a lift's outcome. With ``escalate`` (a failed lift): when the run's incident
+    is open (not resolved), it is escalated and True returned; otherwise the timeline still
+    says so, the run is marked ``alerted`` (the first failure's time, kept by a later one),
+    and False tells the engine to raise its own alert, as nobody would be paged."""
     if state == "postponed":
         # Only a lift still waiting: a run that made the change again may have superseded
         # it since the engine read it (then the new run's lift is the one to come), and an
@@ -557,7 +561,7 @@ def finish_undo(
             (state, run_id),
         ).fetchone()
         if row is None:
-            return
+            return False
     else:
         row = conn.execute(
             f"UPDATE action_runs SET undo_state = ? WHERE run_id = ? RETURNING {_RUN_COLUMNS}",  # noqa: S608
@@ -567,8 +571,22 @@ def finish_undo(
     _event(conn, None if run is None else run.incident_id, now_us, Event.ACTION_UNDONE, detail)
     if run is not None and state == "done" and (run.undo or {}).get("manual"):
         _lifted_by_hand(conn, run, now_us)
-    if run is not None and escalate is not None:
-        escalate_incident(conn, run.incident_id, escalate, now_us)
+    if run is None or escalate is None:
+        return False
+    escalate_incident(conn, run.incident_id, escalate, now_us)
+    incident = None
+    if run.incident_id is not None:
+        incident = conn.execute(
+            "SELECT state FROM incidents WHERE id = ?", (run.incident_id,)
+        ).fetchone()
+    if incident is not None and incident[0] != "resolved":
+        return True
+    conn.execute(
+        "UPDATE action_runs SET undo = json_set(undo, '$.alerted', "
+        "COALESCE(json_extract(undo, '$.alerted'), ?)) WHERE run_id = ? AND undo IS NOT NULL",
+        (now_us, run.run_id),
+    )
+    return False
 
 
 def due_checks(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, str]]:
