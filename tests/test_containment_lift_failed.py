@@ -143,6 +143,13 @@ async def test_a_lift_failed_after_the_resolve_pages_and_a_lift_by_hand_resolves
     assert answer.status == 404, "a second failure of the run opened another incident"
     assert await _state(client, 2, "triggered")
 
+    # The change stays in place for half a day: the daemon keeps sending its alert, as
+    # Alertmanager re-sends its own, so the stale sweep (12h) never takes it for over.
+    for _ in range(14):
+        clock.advance(timedelta(hours=1))
+        await asyncio.sleep(0.1)
+        assert await _state(client, 2, "triggered"), "the stale sweep ended the lift's alert"
+
     (tmp_path / "broken").unlink()
     await _lift(client, run)
     await eventually(lambda: _true(_lines(log)[-1:] == ["off web-1"]), "lifted by hand")

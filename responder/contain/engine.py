@@ -59,6 +59,11 @@ from responder.store.base import ContainmentStore, QueuedAlert, RunRow
 log = logging.getLogger("responder.contain")
 
 MAX_SLEEP = timedelta(seconds=30)
+# The alerts of failed lifts (ContainmentLiftFailed) are sent again this often, as
+# Alertmanager re-sends its own: the stale sweep (alerts.stale_after, 5 minutes at least)
+# must never take one for over while the change is still in place. Also once at start: a
+# crash may have come between a lift's failure and its alert.
+LIFT_ALARM_RESEND = timedelta(minutes=1)
 
 ConfigSource = Callable[[], tuple[ActionCatalog, ContainmentSettings]]
 
@@ -119,6 +124,7 @@ class Containment:
         self._waiting: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._pruned_at = datetime.min.replace(tzinfo=UTC)
+        self._lift_alarms_sent_at = datetime.min.replace(tzinfo=UTC)
 
     @property
     def state(self) -> GuardState:
@@ -634,6 +640,17 @@ class Containment:
             since = _from_us(int(alerted))
             await self._lift_alarm(LiftAlarm(run, "", since, max(now, since)))
 
+    async def _resend_lift_alarms(self) -> None:
+        now = self._clock.now()
+        if self._on_lift_alarm is None or now - self._lift_alarms_sent_at < LIFT_ALARM_RESEND:
+            return
+        self._lift_alarms_sent_at = now
+        for run in await self._store.alerted_lifts():
+            plan = run.undo or {}
+            reason = str(plan.get("alerted_reason") or "")
+            since = _from_us(int(plan["alerted"]))
+            await self._lift_alarm(LiftAlarm(run, reason, since, None))
+
     async def _lift_alarm(self, alarm: LiftAlarm) -> None:
         if self._on_lift_alarm is None:
             return
@@ -650,6 +667,7 @@ class Containment:
     # -- the loop ----------------------------------------------------------------------------------
     async def run_once(self) -> None:
         self._prune(self._clock.now())
+        await self._resend_lift_alarms()
         # Take new queue rows only (the queue only grows at the end): a backlog is read once,
         # not again on every pass while its runs are under way.
         while items := await self._store.containment_queue(self._taken_up_to):

@@ -262,6 +262,10 @@ class ContainmentStore(Protocol):
 
     async def due_checks(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, str]]: ...
 
+    async def alerted_lifts(self) -> list[RunRow]:
+        """Failed lifts marked ``alerted`` (their own alert raised), still failed."""
+        ...
+
     async def finish_check(
         self, run_id: str, verified: bool | None, reason: str, now: datetime
     ) -> None:

@@ -940,6 +940,9 @@ class SQLiteStore:
         now_us = to_us(now)
         return await self._read(lambda conn: actions.due_checks(conn, now_us, limit))
 
+    async def alerted_lifts(self) -> list[RunRow]:
+        return await self._read(actions.alerted_lifts)
+
     async def finish_check(
         self, run_id: str, verified: bool | None, reason: str, now: datetime
     ) -> None:

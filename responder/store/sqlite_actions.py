@@ -583,10 +583,22 @@ def finish_undo(
         return True
     conn.execute(
         "UPDATE action_runs SET undo = json_set(undo, '$.alerted', "
-        "COALESCE(json_extract(undo, '$.alerted'), ?)) WHERE run_id = ? AND undo IS NOT NULL",
-        (now_us, run.run_id),
+        "COALESCE(json_extract(undo, '$.alerted'), ?), '$.alerted_reason', ?) "
+        "WHERE run_id = ? AND undo IS NOT NULL",
+        (now_us, escalate, run.run_id),
     )
     return False
+
+
+def alerted_lifts(conn: sqlite3.Connection) -> list[RunRow]:
+    """Failed lifts the daemon raised its own alert for, still failed: their alerts are
+    sent again (a crash may have come between the mark and the alert; and, unrenewed, the
+    stale sweep would take one for over while the change is still in place)."""
+    rows = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM action_runs WHERE undo_state = 'failed' "  # noqa: S608
+        "AND json_extract(undo, '$.alerted') IS NOT NULL ORDER BY started_at"
+    ).fetchall()
+    return [_run(row) for row in rows]
 
 
 def due_checks(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[RunRow, str]]:
