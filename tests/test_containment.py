@@ -30,6 +30,23 @@ def script(folder: Path, name: str, body: str) -> Path:
     return path
 
 
+def maintenance_action(
+    on: Path, off: Path, *, cooldown: str = "0", timeout: str | None = None, hold_down: str = "5m"
+) -> str:
+    """The ``maintenance`` action's YAML (under ``actions:``): ``on BACKEND``, lifted by
+    ``off BACKEND`` once its alert has been resolved for ``hold_down``."""
+    limit = "" if timeout is None else f"    timeout: {timeout}\n"
+    return f"""  maintenance:
+    kind: exec
+    argv: [{on}, "{{backend}}"]
+    params:
+      backend: {{from: label, key: backend, type: identifier}}
+    cooldown: {cooldown}
+{limit}    undo: {{argv: [{off}, "{{backend}}"]}}
+    undo_hold_down: {hold_down}
+"""
+
+
 @pytest.fixture
 async def smtp() -> AsyncIterator[SmtpTestServer]:
     async with SmtpTestServer() as server:
@@ -246,15 +263,7 @@ async def maintenance_on(
     off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
     actions = f"""
 actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-    cooldown: 0
-    undo: {{argv: [{off}, "{{backend}}"]}}
-    undo_hold_down: 5m
-"""
+{maintenance_action(on, off)}"""
     client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     fired = alert("BackendErrors", backend="web-1")
     await post(client, webhook(fired))
@@ -690,15 +699,7 @@ async def test_a_revival_stopped_by_a_guard_keeps_the_change_until_the_final_res
     off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
     actions = f"""
 actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-    cooldown: 5m
-    undo: {{argv: [{off}, "{{backend}}"]}}
-    undo_hold_down: 5m
-"""
+{maintenance_action(on, off, cooldown="5m")}"""
     client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     fired = alert("BackendErrors", backend="web-1")
     await post(client, webhook(fired))

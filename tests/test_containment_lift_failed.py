@@ -12,7 +12,7 @@ from typing import Any
 from responder.clock import FakeClock
 from responder.testing import SmtpTestServer
 from tests.conftest import AUTH, ClientFactory
-from tests.test_containment import _finished, _true, config, script, smtp
+from tests.test_containment import _finished, _true, config, maintenance_action, script, smtp
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
 
 __all__ = ["smtp"]
@@ -44,15 +44,7 @@ def _actions(folder: Path) -> str:
     broken.touch()
     return f"""
 actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-    cooldown: 0
-    undo: {{argv: [{off}, "{{backend}}"]}}
-    undo_hold_down: 5m
-"""
+{maintenance_action(on, off)}"""
 
 
 async def _client(make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer) -> Any:

@@ -19,7 +19,7 @@ from responder.runtime import RUNTIME
 from responder.store import StoreError
 from responder.testing import SmtpTestServer
 from tests.conftest import AUTH, ClientFactory
-from tests.test_containment import _finished, _true, config, script, smtp
+from tests.test_containment import _finished, _true, config, maintenance_action, script, smtp
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
 
 __all__ = ["smtp"]
@@ -62,16 +62,7 @@ def _actions(folder: Path) -> tuple[Path, Path, str]:
         gate,
         f"""
 actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-    cooldown: 0
-    timeout: 60s
-    undo: {{argv: [{off}, "{{backend}}"]}}
-    undo_hold_down: 5m
-  restart:
+{maintenance_action(on, off, timeout="60s")}  restart:
     kind: exec
     argv: [{restart}, "{{service}}"]
     params:
@@ -274,16 +265,7 @@ async def test_a_lift_by_hand_asked_while_the_same_change_is_made_runs_after_it(
     off = script(tmp_path, "off", f"{write}('off ' + sys.argv[1] + '\\n')")
     actions = f"""
 actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-    cooldown: 0
-    timeout: 60s
-    undo: {{argv: [{off}, "{{backend}}"]}}
-    undo_hold_down: 5m
-"""
+{maintenance_action(on, off, timeout="60s")}"""
     gate.touch()
     log.touch()
     client = await make_client(config(tmp_path, smtp, actions, RULES.split("  - name: web")[0]))

@@ -20,6 +20,7 @@ from tests.test_containment import (
     block_action,
     blocked_once,
     config,
+    maintenance_action,
     smtp,
 )
 from tests.test_escalation_story import alert, eventually, post, webhook
@@ -62,15 +63,7 @@ def _maintenance(tmp_path: Path, extra: str = "") -> tuple[Path, str]:
         log,
         f"""
 actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-    cooldown: 0
-    undo: {{argv: [{off}, "{{backend}}"]}}
-    undo_hold_down: 5m
-{extra}
+{maintenance_action(on, off)}{extra}
 """,
     )
 

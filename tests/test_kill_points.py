@@ -24,6 +24,7 @@ from tests.test_containment import (
     MAINTENANCE_RULE,
     RESTART_RULE,
     config,
+    maintenance_action,
     restart_action,
     script,
     smtp,
@@ -206,16 +207,7 @@ async def test_a_change_made_by_a_run_the_daemon_died_in_is_lifted_after_its_res
     off = script(tmp_path, "off", f"{write}('off ' + sys.argv[1] + '\\n')")
     actions = f"""
 actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params:
-      backend: {{from: label, key: backend, type: identifier}}
-    cooldown: 0
-    timeout: 60s
-    undo: {{argv: [{off}, "{{backend}}"]}}
-    undo_hold_down: 1s
-"""
+{maintenance_action(on, off, timeout="60s", hold_down="1s")}"""
     path = config(tmp_path, smtp, actions, MAINTENANCE_RULE)
     fired = alert("BackendErrors", backend="web-1")
     try:
