@@ -705,11 +705,12 @@ def cmd_drill(args: argparse.Namespace) -> int:
         body["policy"] = args.policy
     started = asyncio.run(client.request("POST", "/api/v1/drills", body=body))
     drill_id = started["data"]["id"]
-    print(
-        f"drill {drill_id} started; waiting up to {args.wait} for answers (Ctrl-C stops)",
-        flush=True,
-    )
     try:
+        # Within the try: a Ctrl-C right after this line must still say where the drill is.
+        print(
+            f"drill {drill_id} started; waiting up to {args.wait} for answers (Ctrl-C stops)",
+            flush=True,
+        )
         result = asyncio.run(_await_drill(client, drill_id, wait.total_seconds()))
     except KeyboardInterrupt:
         # The drill goes on (answers are still recorded): say where to find it.
