@@ -186,3 +186,36 @@ async def test_a_lift_failed_while_the_incident_is_open_escalates_it_instead(
     await _lift(client, await _run_id(client, "web-1"))
     await eventually(lambda: _state(client, 2, "triggered"), "now ContainmentLiftFailed")
     assert (await incident(client, 2))["rule"] == "containment-lift-failed"
+
+
+async def test_a_later_run_whose_lift_ends_the_same_change_resolves_the_lift_alert(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """web-1's lift fails (ContainmentLiftFailed, incident 2). Another alert puts web-1 in
+    maintenance again (a later run of the same change) and, the backend fixed, that run's
+    lift takes web-1 out of it: nothing is left in place, so incident 2 resolves. It kept
+    firing (re-sent every minute, for ever) while the first run stayed 'failed'."""
+    log = tmp_path / "log"
+    client = await _client(make_client, tmp_path, smtp)
+    fired = alert("BackendErrors", backend="web-1", service="shop")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "web-1 in maintenance")
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await eventually(lambda: _state(client, 1, "resolved"), "its incident resolved")
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _state(client, 2, "triggered"), "ContainmentLiftFailed")
+
+    again = alert("BackendErrors", backend="web-1", service="shop", region="eu")
+    await post(client, webhook(again))
+    await eventually(lambda: _true(_lines(log)[-1:] == ["on web-1"]), "web-1 on again")
+    (tmp_path / "broken").unlink()
+    await asyncio.sleep(0.2)
+    await post(client, webhook(alert("BackendErrors", "resolved", **again["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _true(_lines(log)[-1:] == ["off web-1"]), "the later run lifted")
+    for _ in range(3):
+        clock.advance(timedelta(minutes=1))
+        await asyncio.sleep(0.1)
+    await eventually(lambda: _state(client, 2, "resolved"), "ContainmentLiftFailed resolved")

@@ -1518,3 +1518,69 @@ async def test_an_alert_resolves_within_check_of_a_stale_alert_is_unknown(
     assert Event.CONTAINMENT_UNVERIFIED in kinds
     assert Event.CONTAINMENT_FAILED not in kinds
     assert Event.CONTAINMENT_VERIFIED not in kinds
+
+
+async def _failed_lift(store: SQLiteStore) -> None:
+    """Run r1 blocked an address for an alert of no incident; its lift failed after the
+    resolve, and the run is marked for the daemon's own alert."""
+    loose = alert("bbbb000000000002")  # no incident key
+    await store.ingest([loose], T0)
+    lift = {"argv": {"argv": ["/usr/sbin/iptables", "-D", "INPUT", "-s", "203.0.113.7"]}}
+    assert await store.record_run(
+        T0,
+        run_id="r1",
+        alert_id=1,
+        incident_id=None,
+        action="block",
+        target="address=203.0.113.7",
+        trigger="fire",
+        state="running",
+        audit={},
+        guards=None,
+        event=Event.ACTION_STARTED,
+        detail={},
+    )
+    await store.finish_run(
+        T0,
+        run_id="r1",
+        outcome="ok",
+        audit={},
+        undo=lift,
+        undo_hold_s=600,
+        undo_at_us=None,
+        check_due_us=None,
+        guards=lambda: "{}",
+        escalate=None,
+    )
+    later = T0 + timedelta(hours=1)
+    await store.ingest([resolved(loose, later)], later)
+    assert not await store.finish_undo("r1", "failed", {}, later, escalate="undo failed")
+    assert [r.run_id for r in await store.alerted_lifts()] == ["r1"]
+
+
+async def test_retention_keeps_a_run_whose_lift_failed(store: SQLiteStore) -> None:
+    """A failed lift leaves its change in place (an address blocked) and the daemon's own
+    alert (ContainmentLiftFailed) names the run: retention must keep the run, or its alert
+    is no longer re-sent (the stale sweep then ends it with the change still in place) and
+    'responder actions lift RUN' answers 'no such run'."""
+    await _failed_lift(store)
+    assert await store.prune(T0 + timedelta(days=30)) == (0, 0)
+    assert [r.run_id for r in await store.alerted_lifts()] == ["r1"]
+
+
+async def test_a_lift_done_whose_own_alert_still_fires_is_listed_to_resolve_it(
+    store: SQLiteStore,
+) -> None:
+    """The lift by hand of r1 succeeded and the daemon died before it sent the resolved
+    copy of ContainmentLiftFailed: the run is still listed (as ended) while that alert
+    fires, so the next start resolves it; nothing is listed once it has."""
+    await _failed_lift(store)
+    at = T0 + timedelta(hours=2)
+    await store.ingest([alert("lift-failed:r1", starts=at)], at)
+    assert await store.lift_now("r1", "alice", at + timedelta(minutes=1)) == ("r1", None)
+    await store.finish_undo("r1", "done", {}, at + timedelta(minutes=2))
+    (listed,) = await store.alerted_lifts()
+    assert (listed.run_id, listed.undo_state) == ("r1", "done")
+    end = at + timedelta(minutes=3)
+    await store.ingest([alert("lift-failed:r1", AlertStatus.RESOLVED, at, end)], end)
+    assert await store.alerted_lifts() == []

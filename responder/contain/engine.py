@@ -647,8 +647,11 @@ class Containment:
         self._lift_alarms_sent_at = now
         for run in await self._store.alerted_lifts():
             plan = run.undo or {}
-            reason = str(plan.get("alerted_reason") or "")
             since = _from_us(int(plan["alerted"]))
+            if run.undo_state != "failed":  # its lift has ended since: resolve the alert
+                await self._lift_alarm(LiftAlarm(run, "", since, max(now, since)))
+                continue
+            reason = str(plan.get("alerted_reason") or "")
             await self._lift_alarm(LiftAlarm(run, reason, since, None))
 
     async def _lift_alarm(self, alarm: LiftAlarm) -> None:

@@ -263,7 +263,8 @@ class ContainmentStore(Protocol):
     async def due_checks(self, now: datetime, limit: int = 50) -> list[tuple[RunRow, str]]: ...
 
     async def alerted_lifts(self) -> list[RunRow]:
-        """Failed lifts marked ``alerted`` (their own alert raised), still failed."""
+        """Failed lifts marked ``alerted`` (their own alert raised): still failed (sent
+        again), or ended since while their alert still fires (resolved)."""
         ...
 
     async def finish_check(

@@ -571,6 +571,8 @@ def finish_undo(
     _event(conn, None if run is None else run.incident_id, now_us, Event.ACTION_UNDONE, detail)
     if run is not None and state == "done" and (run.undo or {}).get("manual"):
         _lifted_by_hand(conn, run, now_us)
+    if run is not None and state == "done":
+        _failed_lifts_ended(conn, run, now_us)
     if run is None or escalate is None:
         return False
     escalate_incident(conn, run.incident_id, escalate, now_us)
@@ -590,13 +592,38 @@ def finish_undo(
     return False
 
 
+def _failed_lifts_ended(conn: sqlite3.Connection, run: RunRow, now_us: int) -> None:
+    """A lift of a change is done: other runs' failed lifts of the very same change (an
+    earlier run whose lift failed, the change made again by a later run) have nothing left
+    in place, so they stand down ('cancelled'), and their own alerts resolve
+    (``alerted_lifts``). Left 'failed', their alerts were sent again for ever."""
+    others = conn.execute(
+        "UPDATE action_runs SET undo_state = 'cancelled' WHERE run_id IN ("  # noqa: S608
+        "SELECT e.run_id FROM action_runs n JOIN action_runs e ON e.run_id != n.run_id "
+        f"AND ({_same_lift('e', 'n')} OR (json_extract(n.undo, '$.shared') "
+        "AND json_extract(e.undo, '$.argv.argv') = json_extract(n.undo, '$.argv.argv'))) "
+        "WHERE n.run_id = ? AND e.undo IS NOT NULL AND e.undo_state = 'failed') "
+        "RETURNING run_id, incident_id, action",
+        (run.run_id,),
+    ).fetchall()
+    for other, other_incident, other_action in others:
+        detail = {"run_id": other, "action": other_action, "undo": "cancelled"}
+        detail["reason"] = f"the same change was lifted (run {run.run_id})"
+        _event(conn, other_incident, now_us, Event.ACTION_UNDONE, detail)
+
+
 def alerted_lifts(conn: sqlite3.Connection) -> list[RunRow]:
     """Failed lifts the daemon raised its own alert for, still failed: their alerts are
     sent again (a crash may have come between the mark and the alert; and, unrenewed, the
-    stale sweep would take one for over while the change is still in place)."""
+    stale sweep would take one for over while the change is still in place). Also those
+    whose lift has ended since (another run's lift of the same change, a crash between
+    the lift and its alert's resolve) while their alert still fires: it is resolved."""
     rows = conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM action_runs WHERE undo_state = 'failed' "  # noqa: S608
-        "AND json_extract(undo, '$.alerted') IS NOT NULL ORDER BY started_at"
+        f"SELECT {_RUN_COLUMNS} FROM action_runs r "  # noqa: S608
+        "WHERE json_extract(undo, '$.alerted') IS NOT NULL AND (undo_state = 'failed' "
+        f"OR (undo_state IN {_LIFT_OVER!r} AND EXISTS (SELECT 1 FROM alerts a "
+        "WHERE a.fingerprint = 'lift-failed:' || r.run_id AND a.status = 'firing'))) "
+        "ORDER BY started_at"
     ).fetchall()
     return [_run(row) for row in rows]
 

@@ -3,9 +3,9 @@ incident that ended long ago, are deleted in small batches (``storage.retention`
 
 What is still in use is never deleted: open incidents, firing alerts, alerts of a watched
 heartbeat (the dead-man switch reads when it was last heard from them), and containment
-runs still running, being checked, or holding a change not undone yet (with their alerts
-and incidents). An alert deleted this way that fires again later is a new alert (not a
-revival of the old one): after that long, that is what it is.
+runs still running, being checked, or holding a change not undone yet (its lift waiting, or
+failed), with their alerts and incidents. An alert deleted this way that fires again later
+is a new alert (not a revival of the old one): after that long, that is what it is.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from collections.abc import Sequence
 
 # A containment run whose alert and incident must stay: the engine still has work with it
 # (running, checking, an undo due), or a change it made waits for the alert's resolve to
-# be undone, unless that change (an nft set element) expired before the cutoff (?1).
+# be undone, unless that change (an nft set element) expired before the cutoff (?1), or
+# its lift failed: the change is still in place, the daemon's own alert (ContainmentLiftFailed)
+# names the run and is re-sent from it, and 'responder actions lift RUN' needs it.
 _BUSY_RUN = (
     "(r.state = 'running' OR r.check_due IS NOT NULL "
-    "OR r.undo_state IN ('wait', 'postponed') "
+    "OR r.undo_state IN ('wait', 'postponed', 'failed') "
     "OR (r.undo IS NOT NULL AND r.undo_state IS NULL AND r.undo_hold_s IS NOT NULL "
     "AND COALESCE(json_extract(r.undo, '$.until'), 9e18) >= ?1))"
 )
