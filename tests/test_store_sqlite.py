@@ -970,6 +970,64 @@ async def test_the_last_drill_is_found_behind_any_number_of_incidents(
     assert [i.id for i in await store.list_incidents(limit=1)] != [drill]
 
 
+async def _run_started(
+    store: SQLiteStore,
+    *,
+    incident_id: int | None,
+    action: str,
+    target: str,
+    audit: dict[str, Any] | None = None,
+) -> bool:
+    """Run r1 of ``action`` on ``target`` for alert 1, recorded as started at T0."""
+    return await store.record_run(
+        T0,
+        run_id="r1",
+        alert_id=1,
+        incident_id=incident_id,
+        action=action,
+        target=target,
+        trigger="fire",
+        state="running",
+        audit=audit or {},
+        guards=None,
+        event=Event.ACTION_STARTED,
+        detail={},
+    )
+
+
+async def _run_ended(
+    store: SQLiteStore,
+    *,
+    undo: dict[str, Any] | None = None,
+    undo_hold_s: int | None = None,
+    check_due_us: int | None = None,
+) -> None:
+    """Run r1 ended well at T0, with its lift and its check, if any."""
+    await store.finish_run(
+        T0,
+        run_id="r1",
+        outcome="ok",
+        audit={},
+        undo=undo,
+        undo_hold_s=undo_hold_s,
+        undo_at_us=None,
+        check_due_us=check_due_us,
+        guards=lambda: "{}",
+        escalate=None,
+    )
+
+
+async def _blocked_for_a_loose_alert(store: SQLiteStore, fingerprint: str) -> IncomingAlert:
+    """An alert of no incident fired at T0; run r1 blocked an address for it, to be lifted
+    10 minutes after its resolve."""
+    loose = alert(fingerprint)  # no incident key
+    await store.ingest([loose], T0)
+    assert await _run_started(store, incident_id=None, action="block", target="address=203.0.113.7")
+    lift = {"argv": {"argv": ["/usr/sbin/iptables", "-D", "INPUT", "-s", "203.0.113.7"]}}
+    await _run_ended(store, undo=lift, undo_hold_s=600)
+    return loose
+
+
 async def test_an_interrupted_iptables_block_is_lifted_at_its_expiry(store: SQLiteStore) -> None:
     """A daemon killed during an iptables block leaves the run 'running'; at the next start
     it is interrupted, and the lift recorded with it before it started is due at the
@@ -981,19 +1039,8 @@ async def test_an_interrupted_iptables_block_is_lifted_at_its_expiry(store: SQLi
         "request": {"argv": ["/usr/sbin/iptables", "-w", "-I"], "env": {"LANG": "C.UTF-8"}},
         "undo": {"argv": lift, "action": None, "on_resolve": False, "at": expiry.isoformat()},
     }
-    recorded = await store.record_run(
-        T0,
-        run_id="r1",
-        alert_id=1,
-        incident_id=1,
-        action="block",
-        target="address=203.0.113.7",
-        trigger="fire",
-        state="running",
-        audit=audit,
-        guards=None,
-        event=Event.ACTION_STARTED,
-        detail={},
+    recorded = await _run_started(
+        store, incident_id=1, action="block", target="address=203.0.113.7", audit=audit
     )
     assert recorded
     (interrupted,) = await store.interrupt_runs(T0 + timedelta(minutes=1))
@@ -1083,35 +1130,7 @@ async def test_retention_keeps_a_run_whose_undo_waits_for_the_resolve(
     """A block made for a firing alert is lifted when the alert resolves. The alert went
     stale meanwhile; retention must keep it and its run, or the resolve that comes later
     lifts nothing and the block stays for ever (second review, stop 13)."""
-    loose = alert("bbbb000000000001")  # no incident key
-    await store.ingest([loose], T0)
-    lift = {"argv": {"argv": ["/usr/sbin/iptables", "-D", "INPUT", "-s", "203.0.113.7"]}}
-    assert await store.record_run(
-        T0,
-        run_id="r1",
-        alert_id=1,
-        incident_id=None,
-        action="block",
-        target="address=203.0.113.7",
-        trigger="fire",
-        state="running",
-        audit={},
-        guards=None,
-        event=Event.ACTION_STARTED,
-        detail={},
-    )
-    await store.finish_run(
-        T0,
-        run_id="r1",
-        outcome="ok",
-        audit={},
-        undo=lift,
-        undo_hold_s=600,
-        undo_at_us=None,
-        check_due_us=None,
-        guards=lambda: "{}",
-        escalate=None,
-    )
+    loose = await _blocked_for_a_loose_alert(store, "bbbb000000000001")
     assert await store.mark_stale(T0 + timedelta(minutes=30), T0 + timedelta(hours=1))
     assert await store.prune(T0 + timedelta(days=2)) == (0, 0)
     assert [r.run_id for r in await store.action_runs()] == ["r1"]
@@ -1476,34 +1495,10 @@ async def test_an_alert_resolves_within_check_of_a_stale_alert_is_unknown(
     and the verdict recorded for it is neither verified nor failed: the run's outcome stays
     as it ended, the timeline says 'containment_unverified', and nothing escalates."""
     await store.ingest([disk_alert("aaaa000000000001")], T0)
-    recorded = await store.record_run(
-        T0,
-        run_id="r1",
-        alert_id=1,
-        incident_id=1,
-        action="restart",
-        target="web",
-        trigger="fire",
-        state="running",
-        audit={},
-        guards=None,
-        event=Event.ACTION_STARTED,
-        detail={},
-    )
+    recorded = await _run_started(store, incident_id=1, action="restart", target="web")
     assert recorded
     deadline = T0 + timedelta(hours=1)
-    await store.finish_run(
-        T0,
-        run_id="r1",
-        outcome="ok",
-        audit={},
-        undo=None,
-        undo_hold_s=None,
-        undo_at_us=None,
-        check_due_us=to_us(deadline),
-        guards=lambda: "{}",
-        escalate=None,
-    )
+    await _run_ended(store, check_due_us=to_us(deadline))
     assert await store.mark_stale(T0 + timedelta(minutes=30), T0 + timedelta(minutes=30))
     assert await store.next_check_due() == deadline
     ((run, status),) = await store.due_checks(deadline)
@@ -1523,35 +1518,7 @@ async def test_an_alert_resolves_within_check_of_a_stale_alert_is_unknown(
 async def _failed_lift(store: SQLiteStore) -> None:
     """Run r1 blocked an address for an alert of no incident; its lift failed after the
     resolve, and the run is marked for the daemon's own alert."""
-    loose = alert("bbbb000000000002")  # no incident key
-    await store.ingest([loose], T0)
-    lift = {"argv": {"argv": ["/usr/sbin/iptables", "-D", "INPUT", "-s", "203.0.113.7"]}}
-    assert await store.record_run(
-        T0,
-        run_id="r1",
-        alert_id=1,
-        incident_id=None,
-        action="block",
-        target="address=203.0.113.7",
-        trigger="fire",
-        state="running",
-        audit={},
-        guards=None,
-        event=Event.ACTION_STARTED,
-        detail={},
-    )
-    await store.finish_run(
-        T0,
-        run_id="r1",
-        outcome="ok",
-        audit={},
-        undo=lift,
-        undo_hold_s=600,
-        undo_at_us=None,
-        check_due_us=None,
-        guards=lambda: "{}",
-        escalate=None,
-    )
+    loose = await _blocked_for_a_loose_alert(store, "bbbb000000000002")
     later = T0 + timedelta(hours=1)
     await store.ingest([resolved(loose, later)], later)
     assert not await store.finish_undo("r1", "failed", {}, later, escalate="undo failed")
