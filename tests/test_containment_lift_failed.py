@@ -51,6 +51,18 @@ async def _client(make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServ
     return await make_client(config(tmp_path, smtp, _actions(tmp_path), RULES))
 
 
+async def _resolved_and_lift_due(client: Any, clock: FakeClock) -> None:
+    """web-1 put into maintenance for its alert (incident 1), which then resolves; past the
+    5 minutes' hold-down its lift runs (and fails while ``broken`` exists)."""
+    fired = alert("BackendErrors", backend="web-1", service="shop")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "web-1 in maintenance")
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await eventually(lambda: _state(client, 1, "resolved"), "its incident resolved")
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+
+
 def _lines(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
@@ -93,13 +105,7 @@ async def test_a_lift_failed_after_the_resolve_pages_and_a_lift_by_hand_resolves
     new incident; the lift by hand that works resolves it."""
     log = tmp_path / "log"
     client = await _client(make_client, tmp_path, smtp)
-    fired = alert("BackendErrors", backend="web-1", service="shop")
-    await post(client, webhook(fired))
-    await eventually(lambda: _finished(client), "web-1 in maintenance")
-    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
-    await eventually(lambda: _state(client, 1, "resolved"), "its incident resolved")
-    await asyncio.sleep(0.2)
-    clock.advance(timedelta(minutes=6))
+    await _resolved_and_lift_due(client, clock)
     await eventually(lambda: _true(_lines(log) == ["on web-1", "off failed web-1"]), "failed")
 
     await eventually(lambda: _state(client, 2, "triggered"), "an incident for the failure")
@@ -197,13 +203,7 @@ async def test_a_later_run_whose_lift_ends_the_same_change_resolves_the_lift_ale
     firing (re-sent every minute, for ever) while the first run stayed 'failed'."""
     log = tmp_path / "log"
     client = await _client(make_client, tmp_path, smtp)
-    fired = alert("BackendErrors", backend="web-1", service="shop")
-    await post(client, webhook(fired))
-    await eventually(lambda: _finished(client), "web-1 in maintenance")
-    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
-    await eventually(lambda: _state(client, 1, "resolved"), "its incident resolved")
-    await asyncio.sleep(0.2)
-    clock.advance(timedelta(minutes=6))
+    await _resolved_and_lift_due(client, clock)
     await eventually(lambda: _state(client, 2, "triggered"), "ContainmentLiftFailed")
 
     again = alert("BackendErrors", backend="web-1", service="shop", region="eu")
