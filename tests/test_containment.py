@@ -88,7 +88,9 @@ rules:
 """
 
 
-def restart_action(folder: Path, body: str, extra: str = "") -> str:
+def restart_action(
+    folder: Path, body: str, extra: str = "", *, escalate_after_failures: int = 1
+) -> str:
     tool = script(folder, "restart", body)
     return f"""
 actions:
@@ -98,7 +100,7 @@ actions:
     params:
       service: {{from: label, key: service, type: identifier}}
     cooldown: 0
-    escalate_after_failures: 1
+    escalate_after_failures: {escalate_after_failures}
 {extra}
 """
 

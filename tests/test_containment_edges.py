@@ -23,6 +23,7 @@ from tests.test_containment import (
     _true,
     config,
     iptables_actions,
+    restart_action,
     runs,
     script,
     smtp,  # noqa: F401  (fixture)
@@ -300,20 +301,12 @@ async def test_a_check_whose_alert_went_stale_is_neither_verified_nor_failed(
     for): its outcome is unknown."""
     failing = tmp_path / "failing"
     failing.touch()
-    tool = script(tmp_path, "restart", f"sys.exit(1 if os.path.exists({str(failing)!r}) else 0)")
-    actions = f"""
-alerts: {{stale_after: 10m, stale_check_every: 1m}}
-actions:
-  restart:
-    kind: exec
-    argv: [{tool}, "{{service}}"]
-    params:
-      service: {{from: label, key: service, type: identifier}}
-    cooldown: 0
-    escalate_after_failures: 5
-    breaker_failures: 2
-    check: {{alert_resolves_within: 15m}}
-"""
+    actions = "alerts: {stale_after: 10m, stale_check_every: 1m}\n" + restart_action(
+        tmp_path,
+        f"sys.exit(1 if os.path.exists({str(failing)!r}) else 0)",
+        "    breaker_failures: 2\n    check: {alert_resolves_within: 15m}",
+        escalate_after_failures=5,
+    )
     client = await make_client(config(tmp_path, smtp, actions, RESTART_RULE))
     first = alert("WebDown", service="nginx", instance="a")
     await post(client, webhook(first))
