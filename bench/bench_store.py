@@ -8,8 +8,9 @@ they take turns, one commit each, so the VM's drift (10-30% within minutes) hits
 the figure is thread CPU time per alert. Identical variants give the same figure to within
 about 1%.
 
-A variant is ``PAGE_SIZE:SYNCHRONOUS``, e.g. ``4096:full 4096:normal 4096:off`` (the
-default) or ``4096:full 8192:full``.
+A variant is ``PAGE_SIZE:SYNCHRONOUS[:PRAGMA=VALUE,...]``, e.g. ``4096:full 4096:normal
+4096:off`` (the default), ``4096:full 8192:full`` or ``4096:full 4096:full:cache_size=-65536``
+(further pragmas set on the writer's connection after the store's own).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Variant:
 
 
 def open_variant(name: str, work: Path, prefix: int, count: int) -> Variant:
-    page_size, _, synchronous = name.partition(":")
+    page_size, _, rest = name.partition(":")
+    synchronous, _, extra = rest.partition(":")
     path = work / f"{prefix}.db"
     # The page size of a new database is set before its first table.
     setup = sqlite3.connect(path)
@@ -59,6 +61,11 @@ def open_variant(name: str, work: Path, prefix: int, count: int) -> Variant:
     asyncio.run(store.open())
     # A connection of the store's own making (same pragmas), driven from this thread.
     conn = store._connect()
+    for pragma in filter(None, extra.split(",")):
+        key, _, value = pragma.partition("=")
+        if not key.isidentifier() or not value.lstrip("-").isalnum():
+            raise SystemExit(f"{name}: expected PRAGMA=VALUE, got {pragma!r}")
+        conn.execute(f"PRAGMA {key}={value}")
     template = body_template(1)
     messages = [parse_webhook(render(template, 1, prefix, i).encode()) for i in range(count)]
     return Variant(name, store, conn, messages)
@@ -102,7 +109,7 @@ def main() -> int:
             for variant in variants:
                 commit_one(variant, runtime, start, args.batch)
         print(f"{args.alerts:,} new 1-alert webhooks per variant, commits of {args.batch}:")
-        print("| variant (page size:synchronous) | CPU µs per alert |")
+        print("| variant (page size:synchronous:pragmas) | CPU µs per alert |")
         print("| --- | ---: |")
         for variant in variants:
             print(f"| {variant.name} | {variant.cpu / args.alerts * 1e6:.1f} |")
