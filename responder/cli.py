@@ -31,7 +31,7 @@ from aiohttp import web
 from responder import __version__
 from responder.auth import ensure_generated_token, token_path
 from responder.classify import format_duration, render_explanation, run_rule_tests
-from responder.client import ApiClient, ClientError
+from responder.client import ApiClient, CertificateRefused, ClientError
 from responder.clock import SystemClock
 from responder.config import Config, load_config
 from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide
@@ -79,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ClientError as exc:
         print(f"responder: {exc}", file=sys.stderr)
+        if isinstance(exc, CertificateRefused):
+            return EXIT_USAGE  # a matter of trust to set right, not one to retry
         if exc.status is None or exc.status >= 500:
             return EXIT_UNREACHABLE  # down, or up without its store: try again later
         return EXIT_USAGE if exc.status == 400 else EXIT_FAILED  # refused: 404, 409, 401
@@ -115,6 +117,17 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--state-dir", type=Path, help="state directory (overrides config)")
         return sub
 
+    def add_daemon_address(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--url", help="daemon URL (default: from the config's listen address)")
+        sub.add_argument(
+            "--cacert",
+            type=Path,
+            metavar="FILE",
+            help="for an https daemon, trust this CA or certificate (PEM) and no other; "
+            "the certificate must name the URL's host (default: server.tls.cert_file, and "
+            "with --url this system's CAs too)",
+        )
+
     serve = command("serve", "run the daemon")
     serve.add_argument("--listen", metavar="HOST:PORT", help="listen address (overrides config)")
     serve.set_defaults(run=cmd_serve)
@@ -134,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument(
         "--json", action="store_true", help="print the data of the daemon's answer as JSON"
     )
-    alerts.add_argument("--url", help="daemon URL (default: from the config's listen address)")
+    add_daemon_address(alerts)
     alerts.set_defaults(run=cmd_alerts)
 
     test = commands.add_parser(
@@ -165,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def daemon_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = command(name, help_text)
-        sub.add_argument("--url", help="daemon URL (default: from the config's listen address)")
+        add_daemon_address(sub)
         sub.add_argument(
             "--json", action="store_true", help="print the data of the daemon's answer as JSON"
         )
@@ -564,7 +577,8 @@ def _parse_time(
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
-    return ApiClient.from_config(load_config(args.config, state_dir=args.state_dir), args.url)
+    config = load_config(args.config, state_dir=args.state_dir)
+    return ApiClient.from_config(config, args.url, args.cacert)
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
@@ -946,7 +960,7 @@ def _as_json(data: Any) -> str:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     config = load_config(args.config, state_dir=args.state_dir)
-    client = ApiClient.from_config(config, args.url)
+    client = ApiClient.from_config(config, args.url, args.cacert)
     params: list[tuple[str, str]] = [("limit", str(args.limit))]
     params += [("status", s) for s in args.status or []]
     params += [("filter", f) for f in args.filter]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,14 +28,37 @@ class ClientError(Exception):
         self.status = status
 
 
+class CertificateRefused(ClientError):
+    """The daemon's certificate is not one this command trusts: retrying cannot help."""
+
+
+# The first certificate of a PEM file: the leaf, when a chain follows it.
+_FIRST_PEM_CERTIFICATE = re.compile(
+    r"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ApiClient:
     base_url: str
     authorization: str
     ssl_context: ssl.SSLContext | None = None
+    # What the operator can do when the daemon's certificate is refused (the trust in use).
+    trust_hint: str = ""
 
     @classmethod
-    def from_config(cls, config: Config, url: str | None = None) -> ApiClient:
+    def from_config(
+        cls, config: Config, url: str | None = None, cacert: Path | None = None
+    ) -> ApiClient:
+        """A client of the daemon of ``config``, at ``url`` or else at its listen address.
+
+        HTTPS trust: ``cacert`` alone when given; else, at the listen address, exactly the
+        daemon's own certificate (``server.tls.cert_file``); else this system's CAs, plus
+        that certificate when the config has one. The host name is checked against the
+        certificate whenever the operator chose the address or the CA; it is not when the
+        daemon's own certificate is pinned at the address read from the config, which a
+        certificate rarely names (127.0.0.1 for 0.0.0.0): only the holder of that
+        certificate's key can present it, whatever name it carries."""
         server = config.server
         scheme = "https" if server.tls is not None else "http"
         host = server.host
@@ -45,13 +70,12 @@ class ApiClient:
             raise ConfigError(
                 "--url", 0, "url", f"expected an http:// or https:// URL, got {url!r}"
             )
-        base = url or f"{scheme}://{host}:{server.port}"
+        base = (url or f"{scheme}://{host}:{server.port}").rstrip("/")
         context: ssl.SSLContext | None = None
-        if server.tls is not None and url is None:
-            # Trust the daemon's own certificate: a self-signed one works without flags.
-            context = ssl.create_default_context(cafile=str(server.tls.cert_file))
-            context.check_hostname = False
-        return cls(base.rstrip("/"), _authorization(config), context)
+        hint = ""
+        if base.lower().startswith("https://"):
+            context, hint = _trust(config, cacert, pinned=url is None)
+        return cls(base, _authorization(config), context, hint)
 
     async def request(
         self, method: str, path: str, *, params: Any = None, body: Any = None
@@ -82,10 +106,82 @@ class ApiClient:
                 if not isinstance(document, dict):
                     raise ClientError("the daemon answered something that is not a JSON object")
                 return document
+        except aiohttp.ClientConnectorCertificateError as exc:
+            reason = exc.certificate_error
+            detail = (getattr(reason, "verify_message", None) or str(reason)).rstrip(".")
+            raise CertificateRefused(
+                f"the daemon at {self.base_url} presented a certificate this command does "
+                f"not trust ({detail}); {self.trust_hint}"
+            ) from None
         except aiohttp.ClientError as exc:
             raise ClientError(
                 f"cannot reach the daemon at {self.base_url}: {exc} (another address: --url)"
             ) from None
+
+
+def _trust(config: Config, cacert: Path | None, *, pinned: bool) -> tuple[ssl.SSLContext, str]:
+    """The TLS context for the daemon, and what to do if its certificate is refused."""
+    tls = config.server.tls
+    if cacert is not None:
+        context = _verifying_context(system_cas=False)
+        try:
+            context.load_verify_locations(cafile=str(cacert))
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(
+                "--cacert", 0, "", f"cannot load {cacert} as PEM certificates: {reason}"
+            ) from None
+        return context, (
+            f"{cacert} (--cacert) is not its certificate nor the CA that issued it, or the "
+            "certificate does not name the host of the URL (choose it with --url)"
+        )
+    if tls is None:
+        return _verifying_context(system_cas=True), (
+            "trust its certificate or CA with --cacert FILE"
+        )
+    if pinned:
+        context = _verifying_context(system_cas=False)
+        context.check_hostname = False
+        context.load_verify_locations(cadata=_first_certificate(config, tls.cert_file))
+        return context, (
+            f"it is not server.tls.cert_file ({tls.cert_file}): after a renewal, restart the "
+            "daemon; or trust its CA with --cacert FILE"
+        )
+    # --url: the daemon by a name its certificate carries, or another server (a proxy) that
+    # this system's CAs vouch for.
+    context = _verifying_context(system_cas=True)
+    context.load_verify_locations(cadata=_first_certificate(config, tls.cert_file))
+    return context, (
+        "neither this system's CAs nor server.tls.cert_file vouch for it, or the certificate "
+        "does not name the host of --url; trust its certificate or CA with --cacert FILE"
+    )
+
+
+def _verifying_context(*, system_cas: bool) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and checks the host name
+    if system_cas:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    # A trusted certificate that a CA issued is trusted itself, without its CA: OpenSSL
+    # otherwise accepts only a chain up to a self-signed root (Python 3.13 sets it too).
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+def _first_certificate(config: Config, path: Path) -> str:
+    """The daemon's own certificate, the first of its ``cert_file`` (a chain may follow):
+    trusting the chain's CA as well would let any certificate it issued pass for the
+    daemon's, since the host name is not checked against a pinned certificate."""
+    key = "server.tls.cert_file"
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        reason = f"cannot read {path}: {exc.strerror or exc}"
+        advice = "trust the daemon's certificate or CA with --cacert FILE instead"
+        raise ConfigError(str(config.path), 0, key, f"{reason}; {advice}") from None
+    found = _FIRST_PEM_CERTIFICATE.search(text)
+    if found is None:
+        raise ConfigError(str(config.path), 0, key, f"no PEM certificate in {path}")
+    return found.group(0)
 
 
 def _authorization(config: Config) -> str:

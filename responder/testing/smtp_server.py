@@ -47,11 +47,15 @@ class ReceivedMessage:
     login: str | None  # the AUTH user, if any
 
 
-def self_signed_cert(directory: Path, hostname: str = "localhost") -> tuple[Path, Path]:
-    """Write ``cert.pem`` and ``key.pem`` for ``hostname`` and 127.0.0.1; return their paths.
+def self_signed_cert(
+    directory: Path, hostname: str = "localhost", *, with_loopback_ip: bool = True
+) -> tuple[Path, Path]:
+    """Write ``cert.pem`` and ``key.pem`` for ``hostname`` and 127.0.0.1 (unless
+    ``with_loopback_ip`` is false); return their paths.
 
     The certificate is its own CA: pass ``cert.pem`` as the client's CA bundle.
     """
+    names = f"DNS:{hostname},IP:127.0.0.1" if with_loopback_ip else f"DNS:{hostname}"
     cert = directory / "cert.pem"
     key = directory / "key.pem"
     subprocess.run(
@@ -69,7 +73,7 @@ def self_signed_cert(directory: Path, hostname: str = "localhost") -> tuple[Path
             "-subj",
             f"/CN={hostname}",
             "-addext",
-            f"subjectAltName=DNS:{hostname},IP:127.0.0.1",
+            f"subjectAltName={names}",
             "-keyout",
             str(key),
             "-out",
