@@ -117,6 +117,9 @@ class Runtime:
         self._listen_override = listen_override
         self._state_dir_override = state_dir_override
         self._reload_lock = asyncio.Lock()
+        # The reload that callers asking now share: it has not begun to read the files yet.
+        self._next_reload: asyncio.Task[ConfigError | None] | None = None
+        self._reloads: set[asyncio.Task[ConfigError | None]] = set()
         # Re-arms of open incidents a reload asked for and the store has not taken yet.
         self._rearms: list[
             tuple[dict[str | None, dict[int, int | None]], dict[str | None, bool], str | None, str]
@@ -249,6 +252,10 @@ class Runtime:
     async def stop(self) -> None:
         """Before the store closes: a re-arm still waiting is not tried again here; the
         store still holds the layout before it, so the next start does it."""
+        for task in list(self._reloads):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._rearm_retry is not None:
             self._rearm_retry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -273,72 +280,93 @@ class Runtime:
         return error
 
     async def reload(self) -> ConfigError | None:
-        """Load the config again; swap it in on success. Returns the error on failure."""
+        """Load the config again; swap it in on success. Returns the error on failure.
+
+        Callers that ask while no reload has begun to read the files share one: a storm of
+        SIGHUPs (one per file a deployment tool changed) loads the files once or twice,
+        not once per signal, each under the lock after the one before. A caller that asks
+        once a reload is reading gets the next one, which reads the files as they are
+        after the caller asked."""
+        if self._next_reload is None:
+            task = asyncio.create_task(self._reload_when_free(), name="reload")
+            self._next_reload = task
+            self._reloads.add(task)
+            task.add_done_callback(self._forget_reload)
+        # Shielded: one caller given up (a request cut off) does not cancel the others' reload.
+        return await asyncio.shield(self._next_reload)
+
+    def _forget_reload(self, task: asyncio.Task[ConfigError | None]) -> None:
+        self._reloads.discard(task)
+        if self._next_reload is task:  # cancelled (at stop) before it began
+            self._next_reload = None
+
+    async def _reload_when_free(self) -> ConfigError | None:
         async with self._reload_lock:
-            old = self.snapshot
-            try:
-                new = await asyncio.to_thread(
-                    load_snapshot,
-                    old.config.path,
-                    listen=self._listen_override,
-                    state_dir=self._state_dir_override,
-                )
-            except ConfigError as exc:
-                self.metrics.config_reload_ok.set(0)
-                log.error(
-                    "reload failed; the old config stays in force", extra=fields(error=str(exc))
-                )
-                return exc
-            except Exception as exc:  # a fault of ours in loading: still keep the old config
-                return self._reload_fault(old, exc)
-            try:
-                authenticator = Authenticator(new.config.auth, self.generated_token)
-            except ValueError:
-                # No credentials left, and no generated token to fall back on: one is made
-                # only at a start (docs/configuration.md, Reload).
-                self.metrics.config_reload_ok.set(0)
-                error = ConfigError(
-                    display_name(new.config.path),
-                    0,
-                    "auth",
-                    "a reload cannot remove every credential; restart instead, and a token "
-                    "is generated",
-                )
-                log.error(
-                    "reload failed; the old config stays in force", extra=fields(error=str(error))
-                )
-                return error
-            except Exception as exc:  # a fault of ours
-                return self._reload_fault(old, exc)
-            if new.config.logging != old.config.logging:
+            self._next_reload = None  # reading from here on: later callers need another
+            return await self._reload()
+
+    async def _reload(self) -> ConfigError | None:
+        """One reload, under the lock."""
+        old = self.snapshot
+        try:
+            new = await asyncio.to_thread(
+                load_snapshot,
+                old.config.path,
+                listen=self._listen_override,
+                state_dir=self._state_dir_override,
+            )
+        except ConfigError as exc:
+            self.metrics.config_reload_ok.set(0)
+            log.error("reload failed; the old config stays in force", extra=fields(error=str(exc)))
+            return exc
+        except Exception as exc:  # a fault of ours in loading: still keep the old config
+            return self._reload_fault(old, exc)
+        try:
+            authenticator = Authenticator(new.config.auth, self.generated_token)
+        except ValueError:
+            # No credentials left, and no generated token to fall back on: one is made
+            # only at a start (docs/configuration.md, Reload).
+            self.metrics.config_reload_ok.set(0)
+            error = ConfigError(
+                display_name(new.config.path),
+                0,
+                "auth",
+                "a reload cannot remove every credential; restart instead, and a token "
+                "is generated",
+            )
+            log.error(
+                "reload failed; the old config stays in force", extra=fields(error=str(error))
+            )
+            return error
+        except Exception as exc:  # a fault of ours
+            return self._reload_fault(old, exc)
+        if new.config.logging != old.config.logging:
+            log.warning(
+                "config section changed; it takes effect at the next restart",
+                extra=fields(section="logging"),
+            )
+        if new.channels != old.channels:
+            log.warning(
+                "config section changed; it takes effect at the next restart",
+                extra=fields(section="channels"),
+            )
+        for name in ("server", "storage", "state_dir"):
+            if getattr(new.config, name) != getattr(old.config, name):
                 log.warning(
                     "config section changed; it takes effect at the next restart",
-                    extra=fields(section="logging"),
+                    extra=fields(section=name),
                 )
-            if new.channels != old.channels:
-                log.warning(
-                    "config section changed; it takes effect at the next restart",
-                    extra=fields(section="channels"),
-                )
-            for name in ("server", "storage", "state_dir"):
-                if getattr(new.config, name) != getattr(old.config, name):
-                    log.warning(
-                        "config section changed; it takes effect at the next restart",
-                        extra=fields(section=name),
-                    )
-            self.snapshot = new
-            self.authenticator = authenticator
-            if new.escalation != old.escalation:
-                self._queue_rearm(self._layout(old.escalation), self._layout(new.escalation))
-                if self._rearm_retry is None and not await self._apply_rearms():
-                    self._rearm_retry = asyncio.create_task(
-                        self._retry_rearms(), name="rearm-retry"
-                    )
-            self.metrics.config_reload_ok.set(1)
-            self.metrics.config_reload_time.set(self.clock.now().timestamp())
-            self.metrics.rules_loaded.set(new.classifier.rule_count)
-            log.info("config reloaded", extra=fields(rules=new.classifier.rule_count))
-            return None
+        self.snapshot = new
+        self.authenticator = authenticator
+        if new.escalation != old.escalation:
+            self._queue_rearm(self._layout(old.escalation), self._layout(new.escalation))
+            if self._rearm_retry is None and not await self._apply_rearms():
+                self._rearm_retry = asyncio.create_task(self._retry_rearms(), name="rearm-retry")
+        self.metrics.config_reload_ok.set(1)
+        self.metrics.config_reload_time.set(self.clock.now().timestamp())
+        self.metrics.rules_loaded.set(new.classifier.rule_count)
+        log.info("config reloaded", extra=fields(rules=new.classifier.rule_count))
+        return None
 
 
 @contextlib.asynccontextmanager

@@ -484,6 +484,29 @@ async def test_reload_keeps_old_config_when_new_is_bad(
     )
 
 
+async def test_a_storm_of_reloads_reads_the_files_once_not_once_per_signal(
+    make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fifty reloads asked at once (a deployment tool sending SIGHUP per file it changed)
+    share one load, and each asker gets its outcome; one asked once that load is reading
+    gets a load of its own, which sees the file as it is then."""
+    path = write_config(tmp_path)
+    client = await make_client(path)
+    runtime = client.app[RUNTIME]
+    with caplog.at_level(logging.INFO, logger="responder"):
+        assert await asyncio.gather(*(runtime.reload() for _ in range(50))) == [None] * 50
+    assert [r.getMessage() for r in caplog.records].count("config reloaded") == 1
+
+    reading = asyncio.ensure_future(runtime.reload())
+    await asyncio.sleep(0)  # it asks for a reload ...
+    await asyncio.sleep(0)  # ... which takes the lock and reads the files
+    path.write_text(path.read_text() + "server:\n  listen: nowhere\n")
+    later = await runtime.reload()
+    assert later is not None
+    assert "server.listen: expected host:port" in str(later)
+    await reading
+
+
 async def test_undecodable_authorization_header_is_401(client: Client) -> None:
     """Header bytes that are not UTF-8 reach us as surrogates; they are wrong credentials,
     not a 500 (review, stop 12)."""
