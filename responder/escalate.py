@@ -353,11 +353,14 @@ def _failure_levels(
     tried: set[int | None] = set()
     for group in levels_ahead(policy, view, now):
         # Paged now, not at their own times (the lag metric would read them as early). A
-        # level with nobody on call now has nobody on its repeats either.
+        # level with nobody on call now has nobody on its repeats either. A level tried
+        # for want of anyone is paged now if at all: its condition is the one of now, not
+        # of its due time (decide skips it once that condition has ended).
         fresh = [
             replace(step, due=now) if step.due > now else step
             for step in group
             if step.level not in tried
+            and (NOBODY_STEP + step.id not in view.done or _holds_now(step, policy, view, now))
         ]
         if not fresh:
             continue

@@ -154,3 +154,21 @@ def test_a_level_retried_for_want_of_anyone_keeps_to_its_condition() -> None:
     skipped, night = decision.steps
     assert (skipped.step, skipped.pages, skipped.event) == ("L1", (), None)
     assert [p.contact for p in night.pages] == ["night"]  # level 2, at its own time
+
+
+def test_a_containment_failure_just_after_office_hours_pages_the_next_level() -> None:
+    """The office-hours level found nobody at 16:55 and waits its retry; containment fails
+    at 17:00:30, before that retry skipped it: the failure pages level 2 now. It paged
+    nobody: the level, still pending, was chosen by its condition at its due time (16:55)
+    and then skipped as out of hours, and the failure was cleared."""
+    config = load_escalation(load_text(OFFICE, "config.yaml"))
+    start = datetime(2026, 1, 5, 16, 55, tzinfo=UTC)
+    incident = _incident(
+        IncidentState.TRIGGERED, triggered_at=start, opened_at=start, escalate_now="failed"
+    )
+    work = EscalationWork(incident, frozenset({"nobody:L1"}), ())
+    now = datetime(2026, 1, 5, 17, 0, 30, tzinfo=UTC)
+    decision = decide(work, config, now)
+    paged = [p.contact for s in decision.steps for p in s.pages]
+    assert paged == ["night"]
+    assert not decision.keep_failure
