@@ -53,7 +53,7 @@ class Composer:
             return None
         if incident.state is IncidentState.RESOLVED or page.kind is PageKind.RECOVERY:
             return None
-        return links.ack_url(self._public_url, self._secret, incident, page.contact, self._now())
+        return links.ack_url(self._public_url, self._secret, page, self._now())
 
     async def page(self, page: Page) -> Message:
         incident, first, failure = await self._store.page_context(page.incident_id)

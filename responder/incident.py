@@ -47,6 +47,11 @@ def is_reassignment(step: str) -> bool:
 INTERRUPTED = "interrupted while sending: outcome unknown"
 
 
+# The error of a page cancelled because the trigger it was made for is over: the incident
+# resolved and fired again while it waited (a retry, a rate limit).
+TRIGGER_ENDED = "cancelled: the incident resolved and fired again since this page was made"
+
+
 class PageState(StrEnum):
     QUEUED = "queued"
     SENDING = "sending"  # claimed; handed to its channel (``handed_at``) just before the call
@@ -224,6 +229,9 @@ class Page:
     sent_at: datetime | None
     # On the unacknowledged clock: moot once someone acknowledged (``NewPage``).
     cancel_on_ack: bool = True
+    # When the trigger the page was made for began (``Incident.started``): a page that waited
+    # while the incident resolved and fired again tells of that trigger, not the new one.
+    trigger_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import hdrs, web
 
 from responder.auth import ensure_generated_secret
-from responder.incident import Incident, IncidentNotFound, TransitionError
+from responder.incident import Incident, IncidentNotFound, Page, TransitionError
 from responder.incidents_api import act
 from responder.ingest import BODY_TIMEOUT_S, read_body
 from responder.messages import clean_text
@@ -109,11 +109,12 @@ def read_token(secret: Secret, token: str, now: datetime) -> LinkClaim:
     return claim
 
 
-def ack_url(
-    public_url: str, secret: Secret, incident: Incident, contact: str, now: datetime
-) -> str:
+def ack_url(public_url: str, secret: Secret, page: Page, now: datetime) -> str:
+    """The link of a page: for the episode and trigger the page was made for, not the
+    incident's current ones (a page that waited across a re-fire must not act on the new
+    trigger)."""
     token = make_token(
-        secret, incident.id, incident.episode, contact, now + LINK_LIFETIME, incident.started
+        secret, page.incident_id, page.episode, page.contact, now + LINK_LIFETIME, page.trigger_at
     )
     return public_url.rstrip("/") + ACK_PATH + token
 

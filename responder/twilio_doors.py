@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 
 from aiohttp import web
 
@@ -31,7 +33,7 @@ from notifiers.twilio import (
     voice_reply_twiml,
 )
 from responder.directory import Directory
-from responder.incident import IncidentNotFound, Page, PageState, TransitionError
+from responder.incident import Incident, IncidentNotFound, Page, PageState, TransitionError
 from responder.incidents_api import act
 from responder.links import read_small_form
 from responder.log import fields
@@ -203,33 +205,67 @@ async def inbound_sms(request: web.Request) -> web.StreamResponse:
     return _xml(sms_reply_twiml(reply))
 
 
+class FiredAgain(Exception):
+    """The incident resolved and fired again since the sender's page: the new trigger may
+    page someone else, and their reply must not act on it."""
+
+    def __init__(self, started: datetime) -> None:
+        super().__init__(started)
+        self.started = started
+
+
+def _same_trigger(told: datetime) -> Callable[[Incident], None]:
+    """Checked in the write that acts (as an email link's trigger is): a re-fire between the
+    read of what the sender was told and the action must not let the reply act on it."""
+
+    def expect(incident: Incident) -> None:
+        if incident.started != told:
+            raise FiredAgain(incident.started)
+
+    return expect
+
+
 async def _run(runtime: Runtime, contact: str, command: Command) -> str:
     verb = "Acknowledged" if command.action == "acknowledge" else "Resolved"
+    targets: list[tuple[int, datetime]] = []  # each incident with the trigger told of
     if command.incident is not None:
         # Only an incident this person was told of: a number that can text responder must
         # not be able to close other teams' incidents (email links refuse the same).
-        if not await runtime.store.was_told(contact, command.incident):
+        told = await runtime.store.trigger_told(contact, command.incident)
+        if told is None:
             return f"#{command.incident} was not paged to you; use the CLI or the API."
-        targets = [command.incident]
+        targets = [(command.incident, told)]
     else:
         open_incidents = await runtime.store.open_incidents_paged_to(contact)
         if command.action == "acknowledge":
             open_incidents = [i for i in open_incidents if i.state.value != "acknowledged"]
-        targets = [i.id for i in open_incidents]
+        targets = [(i.id, i.started) for i in open_incidents]
         if not command.everything:
             targets = targets[:1]
         if not targets:
             return "Nothing open to act on."
+    zone = _zone_of(runtime, contact)
     done: list[str] = []
     already: list[str] = []  # someone else got there first: the sender must not think it was them
     problems: list[str] = []
-    for incident_id in targets:
+    for incident_id, told in targets:
         try:
             incident, changed = await act(
-                runtime, incident_id, command.action, actor=contact, via="sms"
+                runtime,
+                incident_id,
+                command.action,
+                actor=contact,
+                via="sms",
+                expect=_same_trigger(told),
             )
         except IncidentNotFound:
             problems.append(f"#{incident_id} not found")
+        except FiredAgain as exc:
+            at = exc.started.astimezone(zone).strftime("%H:%M %Z")
+            problems.append(
+                f"#{incident_id} fired again at {at} since your page, not {verb.lower()} "
+                "(use the CLI or the API)"
+            )
         except TransitionError as exc:
             problems.append(f"#{incident_id}: {exc}")
         else:
@@ -242,6 +278,12 @@ async def _run(runtime: Runtime, contact: str, command: Command) -> str:
     if problems:
         text = (text + " " if text else "") + "; ".join(problems)
     return text[:300]
+
+
+def _zone_of(runtime: Runtime, contact: str) -> tzinfo:
+    """The contact's time zone, for times in a reply (UTC if the contact is gone)."""
+    known = runtime.snapshot.escalation.directory.contacts.get(contact)
+    return UTC if known is None else known.timezone
 
 
 async def voice_keypress(request: web.Request) -> web.StreamResponse:
@@ -262,9 +304,15 @@ async def voice_keypress(request: web.Request) -> web.StreamResponse:
     done: list[str] = []
     problems: list[str] = []
     for incident_id in dict.fromkeys(page.incident_id for page in pages):
-        contact = next(p.contact for p in pages if p.incident_id == incident_id)
+        page = next(p for p in pages if p.incident_id == incident_id)
+        # The call told of its page's trigger: not one that began after it.
+        expect = None if page.trigger_at is None else _same_trigger(page.trigger_at)
         try:
-            await act(runtime, incident_id, "acknowledge", actor=contact, via="voice")
+            await act(
+                runtime, incident_id, "acknowledge", actor=page.contact, via="voice", expect=expect
+            )
+        except FiredAgain:
+            problems.append(f"Incident {incident_id} fired again since; not acknowledged.")
         except (TransitionError, IncidentNotFound) as exc:
             problems.append(f"{exc}.")
         else:

@@ -281,6 +281,47 @@ async def test_sms_replies_answer_only_for_incidents_the_sender_was_told_of(
     assert (await incident(daemon, 2))["state"] == "triggered"
 
 
+async def test_an_sms_reply_acts_only_on_the_trigger_the_sender_was_paged_for(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    """alice was texted for #1; it resolves and fires again, and its new text to her waits
+    for her rate limit. Her 'ACK 1' (and a bare ACK) must not acknowledge the new trigger
+    she has not heard of: the reply says it fired again and nothing changes. Once the new
+    text reached her (paged for both triggers), ACK 1 acts, and keeps acting through the
+    trigger's snooze and new episodes (escalation review: it acknowledged any trigger)."""
+    await first_incident_paged(daemon, twilio)
+    clock.advance(timedelta(seconds=30))  # within alice's rate limit of one SMS a minute
+    await post(daemon, webhook(alert("TargetDown", status="resolved", instance="web-1:9100")))
+    refired = alert("TargetDown", starts="2026-01-05T09:00:30Z", instance="web-1:9100")
+    await post(daemon, webhook(refired))
+
+    async def held() -> bool:
+        pages = (await incident(daemon))["pages"]
+        return any(p["episode"] == 2 and "rate limited" in (p["error"] or "") for p in pages)
+
+    await eventually(held, "the new trigger's SMS held by alice's rate limit")
+    inbound = public(daemon, INBOUND_SMS_PATH)
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK 1")
+    assert "#1 fired again at 09:00 UTC since your page, not acknowledged" in answer.text
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "RES 1")
+    assert "not resolved" in answer.text
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK")
+    assert "Nothing open to act on." in answer.text
+    assert (await incident(daemon))["state"] == "triggered"
+    clock.advance(timedelta(minutes=1))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "new SMS")
+    for action, body in (
+        ("snooze", {"by": "bob", "for": "1h"}),
+        ("unacknowledge", {"by": "bob"}),  # after her ACK: a new episode of the same trigger
+    ):
+        done = await daemon.post(f"/api/v1/incidents/1/{action}", json=body, headers=AUTH)
+        assert done.status == 200, await done.text()
+        answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK 1")
+        assert "Acknowledged #1" in answer.text
+    doc = await incident(daemon)
+    assert (doc["state"], doc["acknowledgedBy"], doc["episode"]) == ("acknowledged", "alice", 3)
+
+
 async def test_a_reassigned_contact_who_acknowledges_is_not_called_afterwards(
     daemon: Client, twilio: FakeTwilio, clock: FakeClock
 ) -> None:

@@ -91,6 +91,7 @@ def resolved(a: IncomingAlert, ends: datetime, starts: datetime | None = None) -
 _ADDED_COLUMNS = {
     15: [("pages", "handed_at")],
     16: [("incidents", "first_acknowledged_at"), ("incidents", "first_acknowledged_by")],
+    17: [("pages", "trigger_at")],
 }
 
 
@@ -831,10 +832,10 @@ async def test_a_claimed_page_tells_nobody_until_it_is_handed_over(store: SQLite
     )
     (page,) = await store.claim_pages(T0)
     assert await store.open_incidents_paged_to("alice") == []
-    assert not await store.was_told("alice", 1)
+    assert await store.trigger_told("alice", 1) is None
     await store.hand_over([page.id], T0)
     assert [i.id for i in await store.open_incidents_paged_to("alice")] == [1]
-    assert await store.was_told("alice", 1)
+    assert await store.trigger_told("alice", 1) is not None
 
 
 async def test_a_page_claimed_when_its_incident_resolves_gets_a_recovery_notice(

@@ -548,12 +548,13 @@ class Store(ContainmentStore, Protocol):
         ...
 
     async def open_incidents_paged_to(self, contact: str) -> list[Incident]:
-        """Open incidents whose pages or status updates reached ``contact`` (sent, or maybe
-        sent), the one told of last first."""
+        """Open incidents whose pages or status updates of their current trigger reached
+        ``contact`` (sent, or maybe sent), the one told of last first."""
         ...
 
-    async def was_told(self, contact: str, incident_id: int) -> bool:
-        """Whether a page or status update of the incident reached ``contact``."""
+    async def trigger_told(self, contact: str, incident_id: int) -> datetime | None:
+        """When the latest trigger of the incident (``Incident.started``) that a page or
+        status update told ``contact`` of began (sent, or maybe sent); None if none did."""
         ...
 
     async def send_times(self, contact: str, channel: str, since: datetime) -> list[datetime]:

@@ -364,4 +364,29 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             ORDER BY t.id LIMIT 1)
         """,
     ],
+    # 17: the trigger each page was made for (when it began: Incident.started). A page
+    # queued for one trigger and sent after the incident resolved and fired again is not a
+    # page for the new one: its link and an SMS reply act on the trigger it told of. Older
+    # pages take the latest trigger (opening or re-fire) at or before the first page of
+    # their episode, which a failover made after a re-fire does not move.
+    [
+        "ALTER TABLE pages ADD COLUMN trigger_at INTEGER",
+        """
+        CREATE TEMP TABLE page_triggers AS
+        SELECT e.incident_id, e.episode, (
+            SELECT MAX(t.at) FROM timeline t WHERE t.incident_id = e.incident_id
+            AND t.kind IN ('triggered', 'retriggered') AND t.at <= e.first_at) AS trigger_at
+        FROM (SELECT incident_id, episode, MIN(created_at) AS first_at FROM pages
+              GROUP BY incident_id, episode) e
+        """,
+        """
+        UPDATE pages SET trigger_at = COALESCE(
+            (SELECT COALESCE(i.lasting_since, i.triggered_at) FROM incidents i
+             WHERE i.id = pages.incident_id AND i.episode = pages.episode),
+            (SELECT t.trigger_at FROM page_triggers t
+             WHERE t.incident_id = pages.incident_id AND t.episode = pages.episode),
+            (SELECT i.opened_at FROM incidents i WHERE i.id = pages.incident_id))
+        """,
+        "DROP TABLE temp.page_triggers",
+    ],
 ]

@@ -814,8 +814,9 @@ class SQLiteStore:
     async def open_incidents_paged_to(self, contact: str) -> list[Incident]:
         return await self._read(lambda conn: inc.open_incidents_paged_to(conn, contact))
 
-    async def was_told(self, contact: str, incident_id: int) -> bool:
-        return await self._read(lambda conn: inc.was_told(conn, contact, incident_id))
+    async def trigger_told(self, contact: str, incident_id: int) -> datetime | None:
+        told = await self._read(lambda conn: inc.trigger_told(conn, contact, incident_id))
+        return None if told is None else from_us(told)
 
     async def send_times(self, contact: str, channel: str, since: datetime) -> list[datetime]:
         since_us = to_us(since)

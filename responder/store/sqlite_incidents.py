@@ -23,6 +23,7 @@ import orjson
 from responder.incident import (
     INTERRUPTED,
     REASSIGN_STEP,
+    TRIGGER_ENDED,
     EscalationWork,
     Event,
     Incident,
@@ -507,7 +508,7 @@ def timeline(conn: sqlite3.Connection, incident_id: int) -> list[TimelineEvent]:
 
 PAGE_COLUMNS = (
     "id, incident_id, episode, step, kind, contact, channel, address, backup, due_at, state, "
-    "attempts, provider_id, error, created_at, sent_at, cancel_on_ack"
+    "attempts, provider_id, error, created_at, sent_at, cancel_on_ack, trigger_at"
 )
 
 
@@ -530,6 +531,7 @@ def page_from_row(row: Sequence[Any]) -> Page:
         created_at=from_us(row[14]),
         sent_at=_opt_us(row[15]),
         cancel_on_ack=bool(row[16]),
+        trigger_at=_opt_us(row[17]),
     )
 
 
@@ -1003,6 +1005,16 @@ def claim_pages(
 ) -> list[Page]:
     """Mark due pages as sending (durably, before any provider call) and return them,
     skipping the ``busy`` (contact, channel, address) methods."""
+    # A page or status update that waited (a retry, a rate limit) while its incident
+    # resolved and fired again told of a trigger that is over: the new one pages whoever is
+    # on call for it now.
+    conn.execute(
+        "UPDATE pages SET state = 'cancelled', error = ?, updated_at = ? "  # noqa: S608 - fixed text
+        "WHERE state = 'queued' AND due_at <= ? AND kind IN ('page', 'status') "
+        f"AND trigger_at IS NOT (SELECT {_STARTED} FROM incidents i "
+        "WHERE i.id = pages.incident_id)",
+        (TRIGGER_ENDED, now_us, now_us),
+    )
     skip, busy_params = _not_busy(busy)
     params: list[object] = [now_us, now_us, *busy_params, limit]
     rows = conn.execute(
@@ -1198,11 +1210,12 @@ def add_pages(
     now_us: int,
 ) -> int:
     added = 0
+    trigger_us = _trigger_of(conn, incident_id, episode)
     for page in pages:
         cur = conn.execute(
             "INSERT INTO pages (incident_id, episode, step, kind, contact, channel, address, "
-            "backup, due_at, state, cancel_on_ack, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT DO NOTHING",
+            "backup, due_at, state, cancel_on_ack, created_at, updated_at, trigger_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 incident_id,
                 episode,
@@ -1216,12 +1229,33 @@ def add_pages(
                 int(page.cancel_on_ack),
                 now_us,
                 now_us,
+                trigger_us,
             ),
         )
         added += cur.rowcount
     if added and event is not None:
         add_event(conn, incident_id, event)
     return added
+
+
+# When the incident's current trigger began (Incident.started), for ``i``.
+_STARTED = "COALESCE(i.lasting_since, i.triggered_at)"
+
+
+def _trigger_of(conn: sqlite3.Connection, incident_id: int, episode: int) -> int | None:
+    """When the trigger of an episode began: the incident's, for its current episode; for
+    an earlier one (a failover of a page that waited across a re-fire), that of the
+    episode's pages already made."""
+    row = conn.execute(
+        f"SELECT {_STARTED} FROM incidents i WHERE i.id = ? AND i.episode = ?",  # noqa: S608
+        (incident_id, episode),
+    ).fetchone()
+    if row is None:
+        row = conn.execute(
+            "SELECT trigger_at FROM pages WHERE incident_id = ? AND episode = ? LIMIT 1",
+            (incident_id, episode),
+        ).fetchone()
+    return None if row is None else row[0]
 
 
 # A page that reached its contact, or may have: what a reply by SMS can answer to. Pages
@@ -1233,13 +1267,15 @@ _REACHED = (
 
 
 def open_incidents_paged_to(conn: sqlite3.Connection, contact: str) -> list[Incident]:
-    """Open incidents whose pages or status updates reached ``contact``, the one told of
-    last first: what 'ACK' and 'ACK ALL' answer."""
+    """Open incidents whose pages or status updates of their current trigger reached
+    ``contact``, the one told of last first: what 'ACK' and 'ACK ALL' answer. One that
+    resolved and fired again since is not: someone else may be on call for it now."""
     rows = conn.execute(
         f"SELECT {INCIDENT_COLUMNS} FROM incidents i JOIN "  # noqa: S608 - fixed text
-        "(SELECT p.incident_id, MAX(COALESCE(p.sent_at, p.created_at)) AS told_at FROM pages p "
-        f"WHERE p.contact = ? AND p.kind IN ('page', 'status', 'test') AND {_REACHED} "
-        "GROUP BY p.incident_id) t ON t.incident_id = i.id "
+        "(SELECT p.incident_id, p.trigger_at, MAX(COALESCE(p.sent_at, p.created_at)) AS told_at "
+        f"FROM pages p WHERE p.contact = ? AND p.kind IN ('page', 'status', 'test') "
+        f"AND {_REACHED} GROUP BY p.incident_id, p.trigger_at) t "
+        f"ON t.incident_id = i.id AND t.trigger_at = {_STARTED} "
         "WHERE i.state IN ('triggered', 'snoozed', 'acknowledged') "
         "ORDER BY t.told_at DESC, i.id DESC LIMIT 100",
         (contact,),
@@ -1247,14 +1283,16 @@ def open_incidents_paged_to(conn: sqlite3.Connection, contact: str) -> list[Inci
     return [incident_from_row(row) for row in rows]
 
 
-def was_told(conn: sqlite3.Connection, contact: str, incident_id: int) -> bool:
-    """Whether a page or status update of the incident reached ``contact``, in any episode."""
+def trigger_told(conn: sqlite3.Connection, contact: str, incident_id: int) -> int | None:
+    """When the latest trigger of the incident that a page or status update told
+    ``contact`` of began; None if none reached them."""
     row = conn.execute(
-        "SELECT 1 FROM pages p WHERE p.incident_id = ? AND p.contact = ? "  # noqa: S608
-        f"AND p.kind IN ('page', 'status', 'test') AND {_REACHED} LIMIT 1",
+        "SELECT MAX(p.trigger_at) FROM pages p "  # noqa: S608 - fixed text
+        "WHERE p.incident_id = ? AND p.contact = ? "
+        f"AND p.kind IN ('page', 'status', 'test') AND {_REACHED}",
         (incident_id, contact),
     ).fetchone()
-    return row is not None
+    return None if row is None else row[0]
 
 
 def send_times(conn: sqlite3.Connection, contact: str, channel: str, since_us: int) -> list[int]:
@@ -1301,15 +1339,17 @@ def _cancel_if_pointless(conn: sqlite3.Connection, page_ids: Sequence[int], now_
     incident was acknowledged, snoozed or resolved: cancelled as that transition cancelled
     the queued ones (``_cancel_pending``), instead of going out after it. A reassignment's
     pages (step ``A...``) are not silenced by a snooze: the new owner must hear of it."""
+    ended = f"pages.kind IN ('page', 'status') AND pages.trigger_at IS NOT {_STARTED}"
     conn.executemany(
         "UPDATE pages SET state = 'cancelled', updated_at = ?, "  # noqa: S608 - fixed text
-        "error = 'incident ' || (SELECT state FROM incidents WHERE id = pages.incident_id) "
+        f"error = (SELECT CASE WHEN {ended} THEN ? ELSE 'incident ' || i.state END "
+        "FROM incidents i WHERE i.id = pages.incident_id) "
         "WHERE id = ? AND state = 'queued' AND EXISTS (SELECT 1 FROM incidents i "
         "WHERE i.id = pages.incident_id AND ((pages.kind = 'page' AND pages.cancel_on_ack = 1 "
         "AND (i.state = 'acknowledged' OR (i.state = 'snoozed' "
         f"AND pages.step NOT LIKE '{REASSIGN_STEP}%'))) "
-        "OR (pages.kind IN ('page', 'status') AND i.state = 'resolved')))",
-        [(now_us, page_id) for page_id in page_ids],
+        f"OR (pages.kind IN ('page', 'status') AND i.state = 'resolved') OR ({ended})))",
+        [(now_us, TRIGGER_ENDED, page_id) for page_id in page_ids],
     )
 
 
