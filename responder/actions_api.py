@@ -114,16 +114,51 @@ async def lift(request: web.Request) -> web.StreamResponse:
         run_id, refused = await _containment(runtime).lift(asked, _text(body, "by", "api"))
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
+    if refused is not None:
+        return _refused(asked, run_id, refused)
+    data = {"run": run_id, "lift": "due now; the incident's timeline shows its outcome"}
+    return web.json_response({"status": "ok", "data": data}, status=202)
+
+
+@authenticated
+async def lifted(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/actions/lifted {"run": "<run id>", "reason": "...", "by": "alice"}: the
+    run's change is gone (removed by hand, or its lift can never succeed): its lift ends as
+    ``removed_by_hand`` and nothing runs. Unlike ``lift``, which runs the undo again."""
+    runtime = request.app[RUNTIME]
+    body = await read_json_object(request)
+    asked, reason, by = _text(body, "run"), _text(body, "reason"), _text(body, "by", "api")
+    try:
+        answer = await _containment(runtime).removed_by_hand(asked, by, reason)
+    except StoreError as exc:
+        return json_error(503, f"store unavailable: {exc}")
+    if answer.refused is not None:
+        return _refused(asked, answer.run_id, answer.refused)
+    run = answer.run
+    assert run is not None  # recorded (now or before)
+    removed = (run.undo or {}).get("removed") or {}
+    data = {
+        "run": run.run_id,
+        "action": run.action,
+        "target": run.target,
+        "undo": run.undo_state,
+        "by": removed.get("by"),
+        "reason": removed.get("reason"),
+        "at": iso(from_us(int(removed["at"]))) if removed.get("at") else None,
+        "liftAlert": (run.undo or {}).get("alerted") is not None,
+    }
+    return web.json_response({"status": "ok", "changed": answer.changed, "data": data})
+
+
+def _refused(asked: str, run_id: str, refused: str) -> web.StreamResponse:
+    """A lift asked for (or recorded) that cannot be: 404 for no run, else 409."""
     if refused == "no such run":
-        # Fewer than 8 characters never match a start of an id (sqlite_actions.lift_now).
+        # Fewer than 8 characters never match a start of an id (sqlite_actions._find_run).
         short = "" if len(asked.strip()) >= 8 else " (give its id, or 8 or more of its start)"
         return json_error(
             404, f"no run {asked}{short}; `responder actions status` lists recent runs"
         )
-    if refused is not None:
-        return json_error(409, f"run {run_id}: {refused}")
-    data = {"run": run_id, "lift": "due now; the incident's timeline shows its outcome"}
-    return web.json_response({"status": "ok", "data": data}, status=202)
+    return json_error(409, f"run {run_id}: {refused}")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
@@ -132,3 +167,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/api/v1/actions/resume", resume)
     router.add_post("/api/v1/actions/reset", reset)
     router.add_post("/api/v1/actions/lift", lift)
+    router.add_post("/api/v1/actions/lifted", lifted)

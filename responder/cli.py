@@ -239,12 +239,25 @@ def _parser() -> argparse.ArgumentParser:
     drill.set_defaults(run=cmd_drill)
 
     actions = daemon_command(
-        "actions", "containment: status, kill switch, breaker reset, lift by hand"
+        "actions",
+        "containment: status, kill switch, breaker reset, lift by hand, a change removed by hand",
     )
-    actions.add_argument("verb", choices=["status", "pause", "resume", "reset", "lift"])
-    actions.add_argument("name", nargs="?", help="reset: the action; lift: the run (its id)")
+    actions.add_argument(
+        "verb",
+        choices=["status", "pause", "resume", "reset", "lift", "lifted"],
+        help="status; pause --reason TEXT; resume; reset ACTION TARGET; "
+        "lift RUN: run the run's undo now (again, after it failed); "
+        "lifted RUN --reason TEXT: record that the run's change is gone (you removed it by "
+        "hand, or its undo can never succeed): its lift ends, nothing runs, and its "
+        "ContainmentLiftFailed alert resolves",
+    )
+    actions.add_argument(
+        "name",
+        nargs="?",
+        help="reset: the action; lift, lifted: the run (its id, or 8+ of its start)",
+    )
     actions.add_argument("target", nargs="?", help="reset: the target, as status shows it")
-    actions.add_argument("--reason", help="pause: why (recorded)")
+    actions.add_argument("--reason", help="pause, lifted: why (required, recorded)")
     actions.add_argument("--by", help="who (default: $USER, else your login name)")
     actions.set_defaults(run=cmd_actions)
 
@@ -778,7 +791,8 @@ def operator_name() -> str:
         return "cli"
 
 
-# Runs are shown by the start of their id, like git's short hashes; `actions lift` takes it.
+# Runs are shown by the start of their id, like git's short hashes; `actions lift` and
+# `actions lifted` take it.
 RUN_ID_SHOWN = 12
 
 
@@ -813,6 +827,8 @@ def cmd_actions(args: argparse.Namespace) -> int:
         document = asyncio.run(client.request("POST", "/api/v1/actions/lift", body=body))
         print(f"lift of run {document['data']['run']} due now (requested by {by})")
         return 0
+    if args.verb == "lifted":
+        return _actions_lifted(args, client, by)
     document = asyncio.run(client.request("GET", "/api/v1/actions"))
     data = document["data"]
     if args.json:
@@ -850,6 +866,31 @@ def cmd_actions(args: argparse.Namespace) -> int:
             for r in data["recent"]
         ],
     )
+    return 0
+
+
+def _actions_lifted(args: argparse.Namespace, client: ApiClient, by: str) -> int:
+    """`actions lifted RUN --reason TEXT`: the run's change is gone; nothing runs."""
+    if not args.name:
+        raise ConfigError("actions lifted", 0, "", "give the run's id (actions status shows it)")
+    if not args.reason:
+        raise ConfigError(
+            "actions lifted", 0, "", "--reason is required (it is audited): how the change went"
+        )
+    body = {"run": args.name, "reason": args.reason, "by": by}
+    document = asyncio.run(client.request("POST", "/api/v1/actions/lifted", body=body))
+    data = document["data"]
+    if args.json:
+        print(_as_json(document))
+        return 0
+    recorded = _printable(f"by {data['by']}: {data['reason']}")
+    if not document.get("changed", True):
+        # Asking for what is recorded already is done, not refused (exit 0), as ack does.
+        print(f"run {data['run']} was already recorded as removed by hand ({recorded})")
+        return 0
+    print(f"run {data['run']}: its change is recorded as removed by hand ({recorded}); no undo ran")
+    if data["liftAlert"]:
+        print("its ContainmentLiftFailed alert resolves")
     return 0
 
 

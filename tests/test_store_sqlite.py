@@ -1552,3 +1552,50 @@ async def test_a_lift_done_whose_own_alert_still_fires_is_listed_to_resolve_it(
     end = at + timedelta(minutes=3)
     await store.ingest([alert("lift-failed:r1", AlertStatus.RESOLVED, at, end)], end)
     assert await store.alerted_lifts() == []
+
+
+async def test_a_change_removed_by_hand_whose_own_alert_still_fires_is_listed_to_resolve_it(
+    store: SQLiteStore,
+) -> None:
+    """r1's lift failed (its ContainmentLiftFailed fires); an operator records that its
+    change was removed by hand, and the daemon dies before it sends the alert's resolved
+    copy: the run is still listed (as ended) while that alert fires, so the next start
+    resolves it. Asked again, it is recorded already, with the first record's who and why;
+    a lift by hand is refused, and says so."""
+    await _failed_lift(store)
+    at = T0 + timedelta(hours=2)
+    await store.ingest([alert("lift-failed:r1", starts=at)], at)
+    removed = await store.removed_by_hand("r1", "alice", "rule deleted by hand", at)
+    assert (removed.run_id, removed.refused, removed.changed) == ("r1", None, True)
+    assert removed.run is not None
+    assert removed.run.undo_state == "removed_by_hand"
+    (listed,) = await store.alerted_lifts()
+    assert (listed.run_id, listed.undo_state) == ("r1", "removed_by_hand")
+    again = await store.removed_by_hand("r1", "bob", "again", at + timedelta(minutes=1))
+    assert (again.refused, again.changed) == (None, False)
+    assert again.run is not None
+    assert again.run.undo is not None
+    assert again.run.undo["removed"] == {
+        "by": "alice",
+        "reason": "rule deleted by hand",
+        "at": to_us(at),
+    }
+    _, refused = await store.lift_now("r1", "carol", at + timedelta(minutes=2))
+    assert refused == "the change was recorded as removed by hand by alice: rule deleted by hand"
+    end = at + timedelta(minutes=3)
+    await store.ingest([alert("lift-failed:r1", AlertStatus.RESOLVED, at, end)], end)
+    assert await store.alerted_lifts() == []
+
+
+async def test_a_lift_under_way_is_not_recorded_as_removed_by_hand(store: SQLiteStore) -> None:
+    """The engine runs r1's lift now: its outcome is about to be written, and a record that
+    the change is gone would be overwritten by it (or overwrite it). Refused; the lift
+    still waits in the store."""
+    await _failed_lift(store)
+    at = T0 + timedelta(hours=2)
+    removed = await store.removed_by_hand("r1", "alice", "gone", at, under_way=["r1"])
+    assert removed.refused == (
+        "its lift is running now; the incident's timeline will show how it ended"
+    )
+    (run,) = await store.action_runs()
+    assert run.undo_state == "failed"

@@ -54,7 +54,7 @@ from responder.incident import Event
 from responder.log import fields
 from responder.metrics import Metrics
 from responder.secrets import Secret
-from responder.store.base import ContainmentStore, QueuedAlert, RunRow
+from responder.store.base import ContainmentStore, QueuedAlert, RemovedByHand, RunRow
 
 log = logging.getLogger("responder.contain")
 
@@ -230,6 +230,29 @@ class Containment:
             log.warning("lift requested by hand", extra=fields(run=run_id, by=by))
             self._lift_wake.set()
         return run_id, refused
+
+    async def removed_by_hand(self, run_id: str, by: str, reason: str) -> RemovedByHand:
+        """Record that a run's change is gone, removed by hand: its lift ends and nothing
+        runs (the store's ``removed_by_hand``). A lift the lane is running now is refused:
+        its outcome is about to be recorded. The run's ContainmentLiftFailed, if it has one,
+        resolves now (or at the next re-send, should the daemon stop first)."""
+        now = self._clock.now()
+        answer = await self._store.removed_by_hand(
+            run_id, by, reason, now, under_way=tuple(self._lifting)
+        )
+        if answer.refused is not None or not answer.changed or answer.run is None:
+            return answer
+        run = answer.run
+        self._metrics.actions.labels(run.action, "undo_removed_by_hand").inc()
+        log.warning(
+            "change recorded as removed by hand; no undo run",
+            extra=fields(run=run.run_id, action=run.action, by=by, reason=reason),
+        )
+        alerted = (run.undo or {}).get("alerted")
+        if alerted is not None:
+            since = _from_us(int(alerted))
+            await self._lift_alarm(LiftAlarm(run, "", since, max(now, since)))
+        return answer
 
     # -- one alert -------------------------------------------------------------------------------
     async def handle(self, item: QueuedAlert) -> None:

@@ -185,6 +185,17 @@ class RunRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RemovedByHand:
+    """The answer to "the change of this run is gone, I removed it by hand"
+    (``ContainmentStore.removed_by_hand``)."""
+
+    run_id: str  # the run's full id (as given when none fits)
+    refused: str | None  # why it cannot be recorded; None: recorded, now or before
+    changed: bool  # False: recorded before (``run`` says by whom and why)
+    run: RunRow | None  # the run as recorded (None when refused)
+
+
+@dataclass(frozen=True, slots=True)
 class EscalationUpdate:
     """What the engine decided for one incident (see ``Store.apply_escalations``)."""
 
@@ -244,6 +255,14 @@ class ContainmentStore(Protocol):
         ...
 
     async def lift_now(self, run_id: str, by: str, now: datetime) -> tuple[str, str | None]: ...
+
+    async def removed_by_hand(
+        self, run_id: str, by: str, reason: str, now: datetime, *, under_way: Sequence[str] = ()
+    ) -> RemovedByHand:
+        """Record that a run's change is gone, removed by hand: its lift ends (nothing runs),
+        other runs' lifts of the same change stand down (``sqlite_actions.removed_by_hand``).
+        ``under_way``: the runs whose lifts are running now (refused)."""
+        ...
 
     async def finish_undo(
         self,

@@ -52,6 +52,7 @@ from responder.store.base import (
     IncomingAlert,
     IngestOutcome,
     QueuedAlert,
+    RemovedByHand,
     Reroute,
     RunRow,
     SchemaTooNew,
@@ -922,6 +923,14 @@ class SQLiteStore:
     async def lift_now(self, run_id: str, by: str, now: datetime) -> tuple[str, str | None]:
         now_us = to_us(now)
         return await self._write(lambda conn: actions.lift_now(conn, run_id, by, now_us))
+
+    async def removed_by_hand(
+        self, run_id: str, by: str, reason: str, now: datetime, *, under_way: Sequence[str] = ()
+    ) -> RemovedByHand:
+        now_us = to_us(now)
+        return await self._write(
+            lambda conn: actions.removed_by_hand(conn, run_id, by, reason, now_us, under_way)
+        )
 
     async def finish_undo(
         self,

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from responder.incident import Event
-from responder.store.base import QueuedAlert, RunRow
+from responder.store.base import QueuedAlert, RemovedByHand, RunRow
 from responder.store.migrations import CHANGE_KEY, SHARED_LIFT
 from responder.store.sqlite_incidents import dumps
 
@@ -48,13 +48,14 @@ def _event(
     now_us: int,
     kind: Event,
     detail: dict[str, Any],
+    actor: str = "responder",
 ) -> None:
     if incident_id is None:
         return
     conn.execute(
         "INSERT INTO timeline (incident_id, at, kind, actor, via, detail) "
-        "VALUES (?, ?, ?, 'responder', 'containment', ?)",
-        (incident_id, now_us, kind.value, dumps(detail)),
+        "VALUES (?, ?, ?, ?, 'containment', ?)",
+        (incident_id, now_us, kind.value, actor, dumps(detail)),
     )
 
 
@@ -306,16 +307,31 @@ def _lift_on_resolve(conn: sqlite3.Connection, run: RunRow, now_us: int) -> None
 
 
 # Undo states of a lift that has ended with nothing left for it to do ('failed' is not one:
-# what the run changed may still be in place).
-_LIFT_OVER = ("done", "nothing", "expired", "cancelled", "superseded")
+# what the run changed may still be in place), each with what it means for an operator who
+# asks for the lift again.
+_LIFT_OVER = ("done", "nothing", "expired", "cancelled", "superseded", "removed_by_hand")
+_HOW_ENDED = {
+    "done": "its undo ran",
+    "nothing": "there was nothing to lift",
+    "expired": "the block expired by itself",
+    "cancelled": "another run's lift of the same change took its place",
+    "superseded": "the change was made again, and the later run's lift took its place",
+}
 
 
-def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> tuple[str, str | None]:
-    """An operator lifts a run's change now, whatever it waits for (a resolve, a hold-down,
-    another alert, the block's expiry), or again after it failed: the lift is due at once
-    and ``due_undos`` hands it to the engine without its usual checks. ``run_id`` may be a
-    unique start of the id (8 characters or more). Returns the run's id and None when the
-    lift is due, else why it cannot be."""
+def _how_ended(undo_state: str, undo: dict[str, Any]) -> str:
+    """Why a run's lift cannot be asked for: it has ended, and how."""
+    removed = undo.get("removed") or {}
+    if undo_state == "removed_by_hand":
+        how = f"the change was recorded as removed by hand by {removed.get('by')}"
+        return f"{how}: {removed.get('reason')}"
+    return f"its lift has ended already ({undo_state}): {_HOW_ENDED[undo_state]}"
+
+
+def _find_run(conn: sqlite3.Connection, run_id: str) -> tuple[str, tuple[Any, ...] | None, str]:
+    """The run an operator names by its id or a unique start of it (8 characters or more,
+    like git's short hashes): its full id and row (run_id, state, undo, undo_state,
+    incident_id, action), or the id as given, None and why none fits."""
     run_id = run_id.strip().lower()
     upper = run_id + "g"  # ids are hex: every id that starts with run_id sorts below this
     rows = conn.execute(
@@ -327,16 +343,28 @@ def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> tup
     if exact:
         rows = exact
     if not rows:
-        return run_id, "no such run"
+        return run_id, None, "no such run"
     if len(rows) > 1:
-        return run_id, "more than one run's id starts so; give more of it"
-    run_id, state, undo, undo_state, incident_id, action = rows[0]
+        return run_id, None, "more than one run's id starts so; give more of it"
+    return str(rows[0][0]), tuple(rows[0]), ""
+
+
+def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> tuple[str, str | None]:
+    """An operator lifts a run's change now, whatever it waits for (a resolve, a hold-down,
+    another alert, the block's expiry), or again after it failed: the lift is due at once
+    and ``due_undos`` hands it to the engine without its usual checks. ``run_id`` may be a
+    unique start of the id (8 characters or more). Returns the run's id and None when the
+    lift is due, else why it cannot be."""
+    run_id, row, missing = _find_run(conn, run_id)
+    if row is None:
+        return run_id, missing
+    _, state, undo, undo_state, incident_id, action = row
     if state == "running":
         return run_id, "the run is still running; lift it once it has finished"
     if undo is None:
         return run_id, "the run has no lift (no undo declared, or it changed nothing)"
     if undo_state in _LIFT_OVER:
-        return run_id, f"its lift has ended already ({undo_state})"
+        return run_id, _how_ended(undo_state, json.loads(undo))
     conn.execute(
         "UPDATE action_runs SET undo = json_remove(json_set(undo, '$.manual', ?), '$.held'), "
         "undo_state = 'wait', undo_due = ? WHERE run_id = ?",
@@ -348,10 +376,70 @@ def lift_now(conn: sqlite3.Connection, run_id: str, by: str, now_us: int) -> tup
     return run_id, None
 
 
-def _lifted_by_hand(conn: sqlite3.Connection, run: RunRow, now_us: int) -> None:
-    """A lift by hand is done: other runs' lifts of the very same change have nothing left
-    to undo (for an nft block, any lift of the same set element), so they stand down."""
-    by = (run.undo or {}).get("manual")
+def removed_by_hand(
+    conn: sqlite3.Connection,
+    run_id: str,
+    by: str,
+    reason: str,
+    now_us: int,
+    under_way: Sequence[str] = (),
+) -> RemovedByHand:
+    """An operator records that a run's change is gone (removed by hand, or its lift can
+    never succeed: the undo action or its tool removed): its lift ends as
+    'removed_by_hand', with who and why, and nothing runs. For a lift that failed, or is
+    still to come (the operator got there first). In the same write: the timeline of the
+    run's incident says so, and other runs' lifts of the very same change, to come or
+    failed, stand down. The run's own alert (ContainmentLiftFailed), if it has one, is
+    resolved by the engine; ``alerted_lifts`` lists it until it is, should the daemon
+    stop first. ``under_way``: the runs whose lifts the engine is running now."""
+    run_id, row, missing = _find_run(conn, run_id)
+    if row is None:
+        return RemovedByHand(run_id, missing, False, None)
+    _, state, undo, undo_state, incident_id, action = row
+    if state == "running":
+        refused = "the run is still running; record its change as removed once it has finished"
+        return RemovedByHand(run_id, refused, False, None)
+    if undo is None:
+        refused = "the run has no lift (no undo declared, or it changed nothing): nothing to record"
+        return RemovedByHand(run_id, refused, False, None)
+    if undo_state == "removed_by_hand":
+        return RemovedByHand(run_id, None, False, _run_row(conn, run_id))
+    if undo_state in _LIFT_OVER:
+        return RemovedByHand(run_id, _how_ended(undo_state, json.loads(undo)), False, None)
+    if run_id in under_way:
+        refused = "its lift is running now; the incident's timeline will show how it ended"
+        return RemovedByHand(run_id, refused, False, None)
+    removed = {"by": by, "reason": reason, "at": now_us}
+    found = conn.execute(
+        "UPDATE action_runs SET undo_state = 'removed_by_hand', "  # noqa: S608 - constant
+        "undo = json_set(json_remove(undo, '$.held'), '$.removed', json(?)) "
+        f"WHERE run_id = ? RETURNING {_RUN_COLUMNS}",
+        (dumps(removed), run_id),
+    ).fetchone()
+    run = _run(found)
+    detail = {"run_id": run_id, "action": action, "undo": "removed_by_hand", "by": by}
+    detail["reason"] = reason
+    _event(conn, incident_id, now_us, Event.ACTION_UNDONE, detail, actor=by)
+    why = f"the same change was removed by hand (run {run_id})"
+    _others_stand_down(conn, run, by, why, now_us)
+    _failed_lifts_ended(conn, run, why, now_us)
+    return RemovedByHand(run_id, None, True, run)
+
+
+def _run_row(conn: sqlite3.Connection, run_id: str) -> RunRow:
+    row = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM action_runs WHERE run_id = ?",  # noqa: S608 - constant
+        (run_id,),
+    ).fetchone()
+    return _run(row)
+
+
+def _others_stand_down(
+    conn: sqlite3.Connection, run: RunRow, by: str | None, why: str, now_us: int
+) -> None:
+    """A run's change was lifted by hand (or recorded as removed by hand): other runs'
+    lifts of the very same change have nothing left to undo (for an nft block, any lift of
+    the same set element), so they stand down."""
     others = conn.execute(
         "UPDATE action_runs SET undo_state = 'cancelled' WHERE run_id IN ("  # noqa: S608
         "SELECT e.run_id FROM action_runs n JOIN action_runs e ON e.run_id != n.run_id "
@@ -363,7 +451,7 @@ def _lifted_by_hand(conn: sqlite3.Connection, run: RunRow, now_us: int) -> None:
     ).fetchall()
     for other, other_incident, other_action in others:
         detail = {"run_id": other, "action": other_action, "undo": "cancelled", "by": by}
-        detail["reason"] = f"the same change was lifted by hand (run {run.run_id})"
+        detail["reason"] = why
         _event(conn, other_incident, now_us, Event.ACTION_UNDONE, detail)
 
 
@@ -570,9 +658,11 @@ def finish_undo(
     run = None if row is None else _run(row)
     _event(conn, None if run is None else run.incident_id, now_us, Event.ACTION_UNDONE, detail)
     if run is not None and state == "done" and (run.undo or {}).get("manual"):
-        _lifted_by_hand(conn, run, now_us)
+        by = (run.undo or {}).get("manual")
+        why = f"the same change was lifted by hand (run {run.run_id})"
+        _others_stand_down(conn, run, by, why, now_us)
     if run is not None and state == "done":
-        _failed_lifts_ended(conn, run, now_us)
+        _failed_lifts_ended(conn, run, f"the same change was lifted (run {run.run_id})", now_us)
     if run is None or escalate is None:
         return False
     escalate_incident(conn, run.incident_id, escalate, now_us)
@@ -592,10 +682,11 @@ def finish_undo(
     return False
 
 
-def _failed_lifts_ended(conn: sqlite3.Connection, run: RunRow, now_us: int) -> None:
-    """A lift of a change is done: other runs' failed lifts of the very same change (an
-    earlier run whose lift failed, the change made again by a later run) have nothing left
-    in place, so they stand down ('cancelled'), and their own alerts resolve
+def _failed_lifts_ended(conn: sqlite3.Connection, run: RunRow, why: str, now_us: int) -> None:
+    """A lift of a change is done, or the change is recorded as removed by hand: other
+    runs' failed lifts of the very same change (an earlier run whose lift failed, the
+    change made again by a later run) have nothing left in place, so they stand down
+    ('cancelled', ``why`` in their timeline), and their own alerts resolve
     (``alerted_lifts``). Left 'failed', their alerts were sent again for ever."""
     others = conn.execute(
         "UPDATE action_runs SET undo_state = 'cancelled' WHERE run_id IN ("  # noqa: S608
@@ -608,7 +699,7 @@ def _failed_lifts_ended(conn: sqlite3.Connection, run: RunRow, now_us: int) -> N
     ).fetchall()
     for other, other_incident, other_action in others:
         detail = {"run_id": other, "action": other_action, "undo": "cancelled"}
-        detail["reason"] = f"the same change was lifted (run {run.run_id})"
+        detail["reason"] = why
         _event(conn, other_incident, now_us, Event.ACTION_UNDONE, detail)
 
 
