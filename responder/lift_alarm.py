@@ -8,8 +8,8 @@ containment engine hands a ``LiftAlarm`` here, and ``ContainmentLiftFailed`` is 
 Alertmanager had sent it (as HeartbeatMissing is): classified by the rules (the shipped rule
 ``containment-lift-failed``), an incident, pages, escalation. One alert per run (its
 fingerprint): another failure of the same run is a repeat. The later lift of that run that
-succeeds (by hand: ``responder actions lift RUN``) sends its resolved copy.
-"""
+succeeds (by hand: ``responder actions lift RUN``) sends its resolved copy, as does an
+operator's record that the change was removed by hand (``responder actions lifted RUN``)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def lift_failed_alert(alarm: LiftAlarm) -> Alert:
         "target": target[:_TARGET_LIMIT],
     }
     lift = f"responder actions lift {run.run_id}"
+    lifted = f"responder actions lifted {run.run_id} --reason TEXT"
     annotations = {
         "summary": (
             f"The change of {run.action} on {target} is still in place: its lift failed. "
@@ -45,7 +46,10 @@ def lift_failed_alert(alarm: LiftAlarm) -> Alert:
             f"The lift (undo) of run {run.run_id} ({run.action} on {target}) failed after its "
             f"alert resolved, and is not tried again by itself. {alarm.reason} Once the cause "
             f"is fixed, '{lift}' (POST /api/v1/actions/lift) runs it again; when it succeeds "
-            "this alert resolves."
+            "this alert resolves. If the lift can never succeed (its undo action or tool is "
+            "gone) or the change is gone already, remove what is left of it by hand and "
+            f"record that: '{lifted}' (POST /api/v1/actions/lifted) runs nothing, and this "
+            "alert resolves."
         ).replace("  ", " "),
     }
     return Alert(

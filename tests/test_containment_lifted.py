@@ -92,6 +92,8 @@ async def test_a_lift_whose_undo_action_a_reload_removed_is_recorded_as_removed_
     assert "undo action 'maintenance-off' is gone" in failed[-1]["detail"]["reason"]
 
     run = await _run_id(client, "web-1")
+    (own,) = (await incident(client, 2))["alerts"]
+    assert f"'responder actions lifted {run} --reason TEXT'" in own["annotations"]["description"]
     url = str(client.make_url("")).rstrip("/")
     args = ("actions", "lifted", run[:12], "--reason", REASON, "--by", "alice")
     done = await asyncio.to_thread(cli, path, url, *args)
