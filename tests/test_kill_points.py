@@ -41,13 +41,14 @@ __all__ = ["smtp", "twilio"]
 SLOW_ROWS = 400
 
 
-def make_writes_slow(db: Path, when: str) -> None:
-    """Every insert into the timeline matching ``when`` (SQL over NEW) takes seconds."""
+def make_writes_slow(db: Path, when: str, write: str = "INSERT ON timeline") -> None:
+    """Every ``write`` (an insert into the timeline unless told) matching ``when`` (SQL over
+    NEW) takes seconds."""
     with contextlib.closing(sqlite3.connect(db, isolation_level=None, timeout=10)) as conn:
         conn.execute("CREATE TABLE slow_scratch (x INTEGER)")
         conn.executemany("INSERT INTO slow_scratch VALUES (?)", [(i,) for i in range(SLOW_ROWS)])
         conn.execute(
-            f"CREATE TRIGGER slow_write BEFORE INSERT ON timeline WHEN {when} BEGIN "  # noqa: S608
+            f"CREATE TRIGGER slow_write BEFORE {write} WHEN {when} BEGIN "  # noqa: S608
             "SELECT count(*) FROM slow_scratch a, slow_scratch b, slow_scratch c "
             "WHERE a.x + b.x + c.x < 0; END"
         )
@@ -227,3 +228,38 @@ actions:
         assert "action_undone" in kinds
     finally:
         _kill_orphan(pidfile)
+
+
+async def test_kill_9_between_a_late_verdict_and_the_breaker_that_counts_it(
+    tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    """nginx was restarted, but the alert did not resolve within its second: the check
+    failed. The daemon is killed as it writes the breaker's count of that failure. After
+    the next start the timeline and the breaker agree: one failed check, counted once
+    (they were two writes: the verdict was committed and the breaker never counted it)."""
+    check = "    check: {alert_resolves_within: 1s}"
+    path = config(tmp_path, smtp, restart_action(tmp_path, "pass", check), RESTART_RULE)
+    db = tmp_path / "state" / "responder.db"
+    async with running(path) as daemon:
+        make_writes_slow(
+            db, "NEW.state LIKE '%\"consecutive_failures\": 1%'", "UPDATE ON guard_state"
+        )
+        await post_alert(daemon, webhook(alert("WebDown", service="nginx")))
+        await kill_inside_a_slow_write(daemon, db)
+    make_writes_fast(db)
+    async with running(path) as daemon:
+
+        async def failed_checks() -> int:
+            timeline = (await incident_document(daemon))["timeline"]
+            failed = [e["detail"]["reason"] for e in timeline if e["kind"] == "containment_failed"]
+            return sum("did not resolve in time" in r for r in failed)
+
+        for _ in range(100):
+            if await failed_checks():
+                break
+            await asyncio.sleep(0.1)
+        url = daemon.url + "/api/v1/actions"
+        async with aiohttp.ClientSession() as session, session.get(url, headers=AUTH) as answer:
+            breakers = (await answer.json())["data"]["breakers"]
+        assert await failed_checks() == 1
+    assert [(b["action"], b["consecutive_failures"]) for b in breakers] == [("restart", 1)]

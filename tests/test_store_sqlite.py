@@ -1516,6 +1516,40 @@ async def test_an_alert_resolves_within_check_of_a_stale_alert_is_unknown(
     assert Event.CONTAINMENT_VERIFIED not in kinds
 
 
+async def test_a_late_verdict_and_the_breaker_that_counts_it_are_one_write(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """The verdict of an 'alert resolves within' check and the guards' state that counts
+    it are written together: refused (a full disk, here a trigger on the guards' row), the
+    check is still due and the timeline says nothing of it; written, both are there (they
+    were two writes, and a crash between them left the breaker not counting a failure the
+    timeline recorded)."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    assert await _run_started(store, incident_id=1, action="restart", target="web")
+    deadline = T0 + timedelta(minutes=2)
+    await _run_ended(store, check_due_us=to_us(deadline))
+    counted = '{"breakers": [{"action": "restart", "consecutive_failures": 1}]}'
+    with sqlite3.connect(tmp_path / "responder.db") as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse_guards BEFORE UPDATE ON guard_state "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    with pytest.raises(StoreError):
+        await store.finish_check("r1", False, "did not resolve", deadline, guards=lambda: counted)
+    assert [run.run_id for run, _ in await store.due_checks(deadline)] == ["r1"]
+    events, _ = await only_timeline(store)
+    assert Event.CONTAINMENT_FAILED not in [e.kind for e in events]
+    with sqlite3.connect(tmp_path / "responder.db") as conn:
+        conn.execute("DROP TRIGGER refuse_guards")
+    await store.finish_check("r1", False, "did not resolve", deadline, guards=lambda: counted)
+    assert await store.due_checks(deadline) == []
+    assert await store.load_guards() == counted
+    (row,) = await store.action_runs()
+    assert row.outcome == "check_failed"
+    events, _ = await only_timeline(store)
+    assert Event.CONTAINMENT_FAILED in [e.kind for e in events]
+
+
 async def _failed_lift(store: SQLiteStore) -> None:
     """Run r1 blocked an address for an alert of no incident; its lift failed after the
     resolve, and the run is marked for the daemon's own alert."""

@@ -44,6 +44,7 @@ from responder.contain.guards import (
     pause,
     prune,
     reset_breaker,
+    restore_breaker,
     resume,
     start_run,
 )
@@ -475,25 +476,37 @@ class Containment:
                 self._metrics.actions.labels(run.action, "check_unknown").inc()
                 continue
             reason = "the alert " + ("resolved in time" if verdict else "did not resolve in time")
-            await self._store.finish_check(run.run_id, verdict, reason, now)
-            await self._count_late_check(run, verdict, now)
+            await self._finish_late_check(run, verdict, reason, now)
             if not verdict:
                 self._on_escalate()
             outcome = Outcome.OK if verdict else Outcome.CHECK_FAILED
             self._metrics.actions.labels(run.action, f"check_{outcome.value}").inc()
 
-    async def _count_late_check(self, run: RunRow, verified: bool, now: datetime) -> None:
+    async def _finish_late_check(
+        self, run: RunRow, verified: bool, reason: str, now: datetime
+    ) -> None:
         """The run was ok when it ended; its check, later, says whether it was: a failure
-        counts toward the breaker as the failed attempt it turned out to be."""
+        counts toward the breaker as the failed attempt it turned out to be. The verdict and
+        the breaker's count are one write: a crash between two left the timeline saying the
+        check failed and the breaker not counting it."""
         catalog, settings = self._config()
         action = catalog.actions.get(run.action)
         if action is None:
+            await self._store.finish_check(run.run_id, verified, reason, now)
             return
         started = datetime.fromtimestamp(run.started_at / 1_000_000, UTC)
+        before = self._state
         self._state, opened = late_check(
             self._state, action, run.target, verified, now, settings, run_started=started
         )
-        await self._save()
+        try:
+            await self._store.finish_check(
+                run.run_id, verified, reason, now, guards=self._guards_json
+            )
+        except Exception:
+            # Not written: the check is still due, and the next pass counts it then (once).
+            self._state = restore_breaker(self._state, before, action.name, run.target)
+            raise
         if opened:
             self._metrics.breakers_opened.labels(action.name).inc()
             log.error(

@@ -360,6 +360,15 @@ def late_check(
     return replace(state, breakers=(*breakers, after)), opened
 
 
+def restore_breaker(state: GuardState, earlier: GuardState, action: str, target: str) -> GuardState:
+    """``state`` with the breaker of ``action`` on ``target`` as it was in ``earlier``: takes
+    back a count that could not be written, and keeps whatever else changed meanwhile."""
+    key = (action, target)
+    others = tuple(b for b in state.breakers if (b.action, b.target) != key)
+    kept = tuple(b for b in earlier.breakers if (b.action, b.target) == key)
+    return replace(state, breakers=(*others, *kept))
+
+
 def forget_run(state: GuardState, run_id: str) -> GuardState:
     """Take back a start that could not be recorded (the alert had run this action already)."""
     return replace(state, runs=tuple(r for r in state.runs if r.run_id != run_id))

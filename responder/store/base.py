@@ -287,9 +287,17 @@ class ContainmentStore(Protocol):
         ...
 
     async def finish_check(
-        self, run_id: str, verified: bool | None, reason: str, now: datetime
+        self,
+        run_id: str,
+        verified: bool | None,
+        reason: str,
+        now: datetime,
+        *,
+        guards: Callable[[], str] | None = None,
     ) -> None:
-        """An 'alert resolves within' verdict; None: unknown (the alert went stale)."""
+        """An 'alert resolves within' verdict; None: unknown (the alert went stale).
+        ``guards`` (read at commit, as in ``save_guards``): the state that counts the verdict,
+        written in the same transaction."""
         ...
 
     async def action_runs(self, limit: int = 100) -> list[RunRow]: ...

@@ -954,10 +954,18 @@ class SQLiteStore:
         return await self._read(actions.alerted_lifts)
 
     async def finish_check(
-        self, run_id: str, verified: bool | None, reason: str, now: datetime
+        self,
+        run_id: str,
+        verified: bool | None,
+        reason: str,
+        now: datetime,
+        *,
+        guards: Callable[[], str] | None = None,
     ) -> None:
         now_us = to_us(now)
-        await self._write(lambda conn: actions.finish_check(conn, run_id, verified, reason, now_us))
+        await self._write(
+            lambda conn: actions.finish_check(conn, run_id, verified, reason, now_us, guards)
+        )
 
     async def action_runs(self, limit: int = 100) -> list[RunRow]:
         return await self._read(lambda conn: actions.runs(conn, limit))

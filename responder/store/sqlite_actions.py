@@ -736,16 +736,25 @@ def due_checks(conn: sqlite3.Connection, now_us: int, limit: int) -> list[tuple[
 
 
 def finish_check(
-    conn: sqlite3.Connection, run_id: str, verified: bool | None, reason: str, now_us: int
+    conn: sqlite3.Connection,
+    run_id: str,
+    verified: bool | None,
+    reason: str,
+    now_us: int,
+    guards: Callable[[], str] | None = None,
 ) -> None:
     """Record an 'alert resolves within' verdict: verified, failed (escalates), or None for
-    unknown (the alert went stale): the run keeps the outcome it ended with."""
+    unknown (the alert went stale): the run keeps the outcome it ended with. ``guards``:
+    the guards' state that counts the verdict (the breaker), in the same transaction, so
+    that a crash leaves both or neither."""
     outcome = {True: "ok", False: "check_failed", None: None}[verified]
     row = conn.execute(
         "UPDATE action_runs SET check_due = NULL, outcome = COALESCE(?, outcome) "
         "WHERE run_id = ? RETURNING incident_id, action",
         (outcome, run_id),
     ).fetchone()
+    if guards is not None:
+        save_guards(conn, guards(), now_us)
     if row is None:
         return
     incident_id, action = row
