@@ -144,6 +144,24 @@ def block_argv(
     return (*prefix, exe, "-w", "-I", *rule), (*prefix, exe, "-w", "-D", *rule)
 
 
+# What the block tools themselves say when the rule or element to delete is not there, both
+# with exit status 1: iptables' "-D" ("iptables: Bad rule (does a matching rule exist in
+# that chain?)."), nft's "delete element" ("Error: Could not process rule: No such file or
+# directory"). Exit status 1 alone is no answer: sudo exits 1 when it refuses to run the
+# command at all ("sudo: a password is required", "Sorry, user ... is not allowed to
+# execute ..."), and a rule may then be in place.
+_NOTHING_THERE = (
+    "Bad rule (does a matching rule exist",
+    "Error: Could not process rule: No such file or directory",
+)
+
+
+def found_nothing_to_lift(exit_status: int | None, stderr: str) -> bool:
+    """Whether a block's lift failed only because the block tool found no such rule or set
+    element (it is gone already), not because it could not run (sudo, the lock, a typo)."""
+    return exit_status == 1 and any(text in stderr for text in _NOTHING_THERE)
+
+
 def journal_argv(spec: CaptureEvidenceSpec, unit: str, since: datetime) -> tuple[str, ...]:
     return (
         spec.journalctl,

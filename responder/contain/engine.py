@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from responder.clock import Clock, sleep_until_or_woken
+from responder.contain.builtins import found_nothing_to_lift
 from responder.contain.catalog import (
     Action,
     ActionCatalog,
@@ -615,9 +616,9 @@ class Containment:
             request = ExecRequest.from_json(plan["argv"], _secret_env(catalog, run.action))
             process = await self._runner.run_exec(request)
             detail |= {"undo": "argv", "exit_status": process.exit_status}
-            if plan.get("maybe") and process.exit_status == 1:
-                # iptables' "Bad rule (does a matching rule exist?)": the block most likely
-                # never went in. Any other failure (the lock, sudo) is a failure.
+            if plan.get("maybe") and found_nothing_to_lift(process.exit_status, process.stderr):
+                # iptables found no such rule: the block most likely never went in. Any
+                # other failure (sudo's refusal, the lock) is a failure: a rule may be there.
                 state = "nothing"
                 detail["reason"] = "nothing to lift: no attempt of the block is known to have run"
             elif process.outcome is not Outcome.OK:
@@ -625,13 +626,14 @@ class Containment:
                 detail["stderr"] = process.stderr[-300:]
             else:
                 # Rules inserted more than once (retries) go one lift each; the first lift
-                # that finds nothing left (iptables' exit 1) ends it. Any other failure (the
-                # lock, a timeout) leaves a rule in place: a failed lift, as the first.
+                # that finds nothing left (iptables says no such rule) ends it. Any other
+                # failure (sudo's refusal, the lock, a timeout) leaves a rule in place: a
+                # failed lift, as the first.
                 for _ in range(int(plan.get("times", 1)) - 1):
                     again = await self._runner.run_exec(request)
                     if again.outcome is Outcome.OK:
                         continue
-                    if again.exit_status != 1:
+                    if not found_nothing_to_lift(again.exit_status, again.stderr):
                         state = "failed"
                         detail |= {"exit_status": again.exit_status, "stderr": again.stderr[-300:]}
                     break
