@@ -21,6 +21,7 @@ import aiohttp
 from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from tests.conftest import AUTH
 from tests.test_containment import (
+    BLOCK_RULE,
     MAINTENANCE_RULE,
     RESTART_RULE,
     config,
@@ -29,6 +30,7 @@ from tests.test_containment import (
     script,
     smtp,
 )
+from tests.test_containment_edges import nft_action
 from tests.test_delivery import config as delivery_config
 from tests.test_delivery import twilio
 from tests.test_escalation_story import alert, webhook
@@ -263,3 +265,54 @@ async def test_kill_9_between_a_late_verdict_and_the_breaker_that_counts_it(
             breakers = (await answer.json())["data"]["breakers"]
         assert await failed_checks() == 1
     assert [(b["action"], b["consecutive_failures"]) for b in breakers] == [("restart", 1)]
+
+
+async def test_a_lift_cut_off_after_its_delete_went_through_is_done_when_run_again(
+    tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    """The alert resolved and nft deleted the blocked address's element, but the daemon was
+    killed before nft returned. At the next start the lift runs again and nft finds no such
+    element: the lift is done (the cut-off one most likely removed it), not a failed lift
+    paging people (ContainmentLiftFailed) for a block that is already gone."""
+    element, pidfile = tmp_path / "element", tmp_path / "lift.pid"
+    _, actions = nft_action(tmp_path, "    undo: builtin\n    undo_hold_down: 1s\n")
+    script(  # the real nft's answers, in place of nft_action's
+        tmp_path,
+        "nft",
+        f"p = {str(element)!r}\n"
+        "if 'add' in sys.argv: open(p, 'w').write('203.0.113.7')\n"
+        "if 'delete' in sys.argv:\n"
+        "    if not os.path.exists(p):\n"
+        "        sys.stderr.write('Error: Could not process rule: No such file or directory')\n"
+        "        sys.exit(1)\n"
+        f"    os.remove(p); open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(30)\n",
+    )
+    path = config(tmp_path, smtp, actions, BLOCK_RULE)
+    fired = alert("SSHBruteForce", source_ip="203.0.113.7")
+    try:
+        async with running(path) as daemon:
+            await post_alert(daemon, webhook(fired))
+            await wait_for(element.exists, 10, "blocked")
+            await asyncio.sleep(0.5)  # the run is recorded finished
+            await post_alert(daemon, webhook(alert("SSHBruteForce", "resolved", **fired["labels"])))
+            await wait_for(pidfile.exists, 10, "the element deleted, nft not returned yet")
+            daemon.process.send_signal(signal.SIGKILL)
+            await daemon.process.wait()
+        _kill_orphan(pidfile)
+        async with running(path) as daemon:
+            url = daemon.url + "/api/v1/actions"
+            async with aiohttp.ClientSession() as session:
+                for _ in range(100):
+                    async with session.get(url, headers=AUTH) as answer:
+                        (run,) = (await answer.json())["data"]["recent"]
+                    if run["undo"] != "wait":
+                        break
+                    await asyncio.sleep(0.1)
+            timeline = (await incident_document(daemon))["timeline"]
+        assert run["undo"] == "done"
+        lifts = [e["detail"] for e in timeline if e["kind"] == "action_undone"]
+        assert "most likely removed it" in lifts[-1]["reason"], lifts
+        failed = [e["detail"]["reason"] for e in timeline if e["kind"] == "containment_failed"]
+        assert not any("undo of block failed" in r for r in failed), failed
+    finally:
+        _kill_orphan(pidfile)

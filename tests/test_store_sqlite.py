@@ -1463,6 +1463,23 @@ async def test_the_lift_lane_is_not_handed_a_lift_under_way_nor_one_the_kill_swi
     assert await store.next_lift_due(manual_only=True) == later
 
 
+async def test_a_lift_cut_off_is_known_as_such_when_it_is_due_again(store: SQLiteStore) -> None:
+    """A lift marked started and never finished (the daemon died in it) is handed out again
+    with the mark, so the engine knows its first try may have done the work; a lift that
+    ended loses the mark (a later lift by hand is no re-run of a cut-off one)."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await _lift_waiting(store, "r1", "web-1", at=T0)
+    await store.start_undo("r1", T0)
+    ((run, _),) = await store.due_undos(T0)
+    assert run.undo is not None
+    assert run.undo["lifting"] == to_us(T0)
+    await store.finish_undo("r1", "failed", {}, T0)
+    assert await store.lift_now("r1", "alice", T0) == ("r1", None)
+    ((run, _),) = await store.due_undos(T0)
+    assert run.undo is not None
+    assert "lifting" not in run.undo
+
+
 async def test_a_postponement_written_after_a_lift_by_hand_keeps_the_lift(
     store: SQLiteStore,
 ) -> None:

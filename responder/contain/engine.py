@@ -612,15 +612,25 @@ class Containment:
         if plan.get("manual"):
             detail["by"] = plan["manual"]
         state = "done"
+        # An earlier try of this very lift was cut off (a crash, the shutdown): its process
+        # may have removed the change before it was killed.
+        cut_off = plan.get("lifting") is not None
+        await self._store.start_undo(run.run_id, self._clock.now())
         if plan.get("argv"):
             request = ExecRequest.from_json(plan["argv"], _secret_env(catalog, run.action))
             process = await self._runner.run_exec(request)
             detail |= {"undo": "argv", "exit_status": process.exit_status}
-            if plan.get("maybe") and found_nothing_to_lift(process.exit_status, process.stderr):
+            gone = found_nothing_to_lift(process.exit_status, process.stderr)
+            if plan.get("maybe") and gone:
                 # iptables found no such rule: the block most likely never went in. Any
                 # other failure (sudo's refusal, the lock) is a failure: a rule may be there.
                 state = "nothing"
                 detail["reason"] = "nothing to lift: no attempt of the block is known to have run"
+            elif cut_off and gone:
+                detail["reason"] = (
+                    "nothing left to lift: the lift that was cut off (the daemon stopped) had "
+                    "most likely removed it"
+                )
             elif process.outcome is not Outcome.OK:
                 state = "failed"
                 detail["stderr"] = process.stderr[-300:]

@@ -264,6 +264,11 @@ class ContainmentStore(Protocol):
         ``under_way``: the runs whose lifts are running now (refused)."""
         ...
 
+    async def start_undo(self, run_id: str, now: datetime) -> None:
+        """A lift is about to run: marked ``lifting`` in its undo until ``finish_undo``, so
+        that a lift cut off by a crash or the shutdown is known as such when it runs again."""
+        ...
+
     async def finish_undo(
         self,
         run_id: str,

@@ -932,6 +932,10 @@ class SQLiteStore:
             lambda conn: actions.removed_by_hand(conn, run_id, by, reason, now_us, under_way)
         )
 
+    async def start_undo(self, run_id: str, now: datetime) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: actions.start_undo(conn, run_id, now_us))
+
     async def finish_undo(
         self,
         run_id: str,

@@ -626,6 +626,16 @@ def _hold_for_another_alert(conn: sqlite3.Connection, run: RunRow, now_us: int) 
         _event(conn, run.incident_id, now_us, Event.ACTION_UNDONE, detail)
 
 
+def start_undo(conn: sqlite3.Connection, run_id: str, now_us: int) -> None:
+    """A lift's process is about to start. The mark stays until the lift's outcome is
+    written: a lift that finds it was cut off (a crash, the shutdown's grace period) and
+    may have done its work before."""
+    conn.execute(
+        "UPDATE action_runs SET undo = json_set(undo, '$.lifting', ?) WHERE run_id = ?",
+        (now_us, run_id),
+    )
+
+
 def finish_undo(
     conn: sqlite3.Connection,
     run_id: str,
@@ -652,7 +662,8 @@ def finish_undo(
             return False
     else:
         row = conn.execute(
-            f"UPDATE action_runs SET undo_state = ? WHERE run_id = ? RETURNING {_RUN_COLUMNS}",  # noqa: S608
+            "UPDATE action_runs SET undo_state = ?, undo = json_remove(undo, '$.lifting') "  # noqa: S608 - constants
+            f"WHERE run_id = ? RETURNING {_RUN_COLUMNS}",
             (state, run_id),
         ).fetchone()
     run = None if row is None else _run(row)
