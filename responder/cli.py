@@ -245,7 +245,9 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_argument(
         "verb",
         choices=["status", "pause", "resume", "reset", "lift", "lifted"],
-        help="status; pause --reason TEXT; resume; reset ACTION TARGET; "
+        help="status; pause --reason TEXT: no action or lift starts, nor a further attempt "
+        "of one under way (a lift stopped so waits for resume; a lift by hand still runs); "
+        "resume; reset ACTION TARGET; "
         "lift RUN: run the run's undo now (again, after it failed); "
         "lifted RUN --reason TEXT: record that the run's change is gone (you removed it by "
         "hand, or its undo can never succeed): its lift ends, nothing runs, and its "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from responder.clock import FakeClock
 from responder.testing import SmtpTestServer
@@ -23,7 +24,7 @@ from tests.test_containment import (
     maintenance_action,
     smtp,
 )
-from tests.test_escalation_story import alert, eventually, post, webhook
+from tests.test_escalation_story import alert, eventually, incident, post, webhook
 
 __all__ = ["smtp"]
 
@@ -352,3 +353,178 @@ actions:
     clock.advance(timedelta(minutes=2))
     await eventually(lambda: _true(len(log.read_text().splitlines()) == 2), "lifted")
     assert log.read_text().splitlines() == ["on s3cr3t-value", "off s3cr3t-value"]
+
+
+def _iptables_deleting_on_go(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A fake iptables keeping its rules in a file: its first -I inserts and then hangs (cut
+    off at the 1 s timeout), a retry inserts; each -D waits until the file ``go`` exists,
+    then deletes one rule (or finds none, as iptables says it). Returns the tool, the rules
+    and ``go``."""
+    from tests.test_containment import script
+
+    rules, flag, go = tmp_path / "rules", tmp_path / "hung-once", tmp_path / "go"
+    rules.write_text("")
+    body = (
+        f"open({str(tmp_path / 'fw.log')!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        f"kept = open({str(rules)!r}).read().splitlines()\n"
+        "if '-I' in sys.argv:\n"
+        f"    open({str(rules)!r}, 'a').write('rule\\n')\n"
+        f"    if not os.path.exists({str(flag)!r}):\n"
+        f"        open({str(flag)!r}, 'w').close(); time.sleep(30)\n"
+        "    sys.exit(0)\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+        "if not kept:\n"
+        "    sys.stderr.write('iptables: Bad rule (does a matching rule exist in that chain?).')\n"
+        "    sys.exit(1)\n"
+        f"open({str(rules)!r}, 'w').write(''.join(r + '\\n' for r in kept[1:]))\n"
+    )
+    return script(tmp_path, "iptables", body), rules, go
+
+
+async def _undo_states(client: Any) -> list[str | None]:
+    answer = await client.get("/api/v1/actions", headers=AUTH)
+    return [r["undo"] for r in (await answer.json())["data"]["recent"]]
+
+
+async def _paused_lifts(client: Any) -> list[dict[str, Any]]:
+    timeline = (await incident(client))["timeline"]
+    return [
+        e["detail"]
+        for e in timeline
+        if e["kind"] == "action_undone" and e["detail"].get("undo") == "paused"
+    ]
+
+
+async def _lift_paused(client: Any) -> bool:
+    return bool(await _paused_lifts(client))
+
+
+async def test_the_kill_switch_stops_a_lift_under_way_before_its_next_delete(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Two rules went in; at expiry the lift deletes the first, and containment is paused
+    meanwhile. The second -D does not start: the lift waits again (not done, not failed),
+    the timeline says why and what is left; resumed, it deletes the second rule and is
+    done (the switch held new lifts only, and the lift under way went on deleting)."""
+    tool, rules, go = _iptables_deleting_on_go(tmp_path)
+    client = await blocked_once(make_client, tmp_path, smtp, tool)
+    assert rules.read_text() == "rule\nrule\n"
+    log = tmp_path / "fw.log"
+    clock.advance(timedelta(hours=1, minutes=1))
+    await eventually(lambda: _true(_lines(log, "-D") == 1), "the first delete under way")
+    paused = await client.post(
+        "/api/v1/actions/pause", json={"reason": "hands on", "by": "alice"}, headers=AUTH
+    )
+    assert paused.status == 200
+    go.touch()
+    await eventually(lambda: _lift_paused(client), "the lift stopped")
+    await asyncio.sleep(0.3)
+    assert _lines(log, "-D") == 1
+    assert rules.read_text() == "rule\n"
+    assert await _undo_states(client) == ["wait"]
+    (held,) = await _paused_lifts(client)
+    assert "containment paused by alice: hands on" in held["reason"]
+    assert held["left"] == "1 of 2 rules still to delete"
+    resumed = await client.post("/api/v1/actions/resume", json={"by": "alice"}, headers=AUTH)
+    assert resumed.status == 200
+    await eventually(lambda: _true(rules.read_text() == ""), "the second rule deleted")
+    await eventually(lambda: _true(_lines(log, "-D") == 2), "one more delete")
+    await asyncio.sleep(0.3)
+    assert await _undo_states(client) == ["done"]
+    reasons = [
+        e["detail"].get("reason", "")
+        for e in (await incident(client))["timeline"]
+        if e["kind"] == "containment_failed"
+    ]
+    assert not any("undo of block failed" in r for r in reasons), reasons
+
+
+async def test_a_lift_by_hand_under_the_kill_switch_runs_all_its_deletes(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """Paused, an operator lifts the two-rule block by hand: it is a person's decision, and
+    both -D run although the switch is engaged."""
+    tool, rules, go = _iptables_deleting_on_go(tmp_path)
+    go.touch()
+    client = await blocked_once(make_client, tmp_path, smtp, tool)
+    assert rules.read_text() == "rule\nrule\n"
+    paused = await client.post(
+        "/api/v1/actions/pause", json={"reason": "hands on", "by": "alice"}, headers=AUTH
+    )
+    assert paused.status == 200
+    answer = await client.get("/api/v1/actions", headers=AUTH)
+    (run,) = (await answer.json())["data"]["recent"]
+    lifted = await client.post(
+        "/api/v1/actions/lift", json={"run": run["runId"], "by": "bob"}, headers=AUTH
+    )
+    assert lifted.status == 202
+    await eventually(lambda: _true(rules.read_text() == ""), "both rules deleted")
+
+    async def done() -> bool:
+        return await _undo_states(client) == ["done"]
+
+    await eventually(done, "the lift recorded done")
+    assert await _paused_lifts(client) == []
+
+
+async def test_the_kill_switch_stops_the_retries_of_an_undo_action_under_way(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """undo: {action: maintenance-off}, with a retry. Its first attempt fails as containment
+    is paused: the retry does not start, and the lift waits (not failed: the attempt it did
+    not make says nothing); resumed, the undo action runs again and web-1 comes out of
+    maintenance."""
+    from tests.test_containment import script
+
+    log, go = tmp_path / "log", tmp_path / "go"
+    write = f"open({str(log)!r}, 'a').write"
+    on = script(tmp_path, "on", f"{write}('on ' + sys.argv[1] + '\\n')")
+    off = script(
+        tmp_path,
+        "off",
+        f"if 'off' not in open({str(log)!r}).read():\n"
+        f"    {write}('off failed\\n')\n"
+        f"    while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+        "    sys.exit(1)\n"
+        f"{write}('off ' + sys.argv[1] + '\\n')",
+    )
+    params = "{backend: {from: label, key: backend, type: identifier}}"
+    actions = f"""
+actions:
+  maintenance:
+    kind: exec
+    argv: [{on}, "{{backend}}"]
+    params: {params}
+    cooldown: 0
+    undo: {{action: maintenance-off}}
+    undo_hold_down: 5m
+  maintenance-off:
+    kind: exec
+    argv: [{off}, "{{backend}}"]
+    params: {params}
+    retries: 1
+    retry_delay: 0s
+"""
+    client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
+    fired = alert("BackendErrors", backend="web-1")
+    await post(client, webhook(fired))
+    await eventually(lambda: _finished(client), "maintenance on")
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _true("off failed" in log.read_text()), "the undo's first attempt")
+    paused = await client.post(
+        "/api/v1/actions/pause", json={"reason": "hands on", "by": "alice"}, headers=AUTH
+    )
+    assert paused.status == 200
+    go.touch()
+    await eventually(lambda: _lift_paused(client), "the lift stopped")
+    await asyncio.sleep(0.3)
+    assert log.read_text().splitlines() == ["on web-1", "off failed"]
+    assert await _undo_states(client) == ["wait"]
+    resumed = await client.post("/api/v1/actions/resume", json={"by": "alice"}, headers=AUTH)
+    assert resumed.status == 200
+    await eventually(lambda: _true("off web-1" in log.read_text()), "lifted once resumed")
+    await asyncio.sleep(0.3)
+    assert log.read_text().splitlines() == ["on web-1", "off failed", "off web-1"]
+    assert await _undo_states(client) == ["done"]

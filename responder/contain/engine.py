@@ -618,35 +618,38 @@ class Containment:
         await self._store.start_undo(run.run_id, self._clock.now())
         if plan.get("argv"):
             request = ExecRequest.from_json(plan["argv"], _secret_env(catalog, run.action))
-            process = await self._runner.run_exec(request)
-            detail |= {"undo": "argv", "exit_status": process.exit_status}
-            gone = found_nothing_to_lift(process.exit_status, process.stderr)
-            if plan.get("maybe") and gone:
-                # iptables found no such rule: the block most likely never went in. Any
-                # other failure (sudo's refusal, the lock) is a failure: a rule may be there.
-                state = "nothing"
-                detail["reason"] = "nothing to lift: no attempt of the block is known to have run"
-            elif cut_off and gone:
-                detail["reason"] = (
-                    "nothing left to lift: the lift that was cut off (the daemon stopped) had "
-                    "most likely removed it"
-                )
-            elif process.outcome is not Outcome.OK:
-                state = "failed"
-                detail["stderr"] = process.stderr[-300:]
-            else:
-                # Rules inserted more than once (retries) go one lift each; the first lift
-                # that finds nothing left (iptables says no such rule) ends it. Any other
-                # failure (sudo's refusal, the lock, a timeout) leaves a rule in place: a
-                # failed lift, as the first.
-                for _ in range(int(plan.get("times", 1)) - 1):
-                    again = await self._runner.run_exec(request)
-                    if again.outcome is Outcome.OK:
-                        continue
-                    if not found_nothing_to_lift(again.exit_status, again.stderr):
-                        state = "failed"
-                        detail |= {"exit_status": again.exit_status, "stderr": again.stderr[-300:]}
-                    break
+            detail["undo"] = "argv"
+            # Rules inserted more than once (retries) go one lift each, counted from those
+            # a lift held by the kill switch had already removed; the first that finds
+            # nothing left (iptables says no such rule) ends it. Any other failure (sudo's
+            # refusal, the lock, a timeout) leaves a rule in place: a failed lift.
+            times, removed = int(plan.get("times", 1)), int(plan.get("removed", 0))
+            for number in range(removed, times):
+                if (held := self._held_by_switch(plan)) is not None:
+                    await self._hold_lift(run, number, times, held)
+                    return
+                process = await self._runner.run_exec(request)
+                detail["exit_status"] = process.exit_status
+                if process.outcome is Outcome.OK:
+                    continue
+                gone = found_nothing_to_lift(process.exit_status, process.stderr)
+                if gone and number > 0:
+                    break  # none left: the lifts before this one removed them all
+                if gone and plan.get("maybe"):
+                    # iptables found no such rule: the block most likely never went in.
+                    state = "nothing"
+                    detail["reason"] = (
+                        "nothing to lift: no attempt of the block is known to have run"
+                    )
+                elif gone and cut_off:
+                    detail["reason"] = (
+                        "nothing left to lift: the lift that was cut off (the daemon stopped) "
+                        "had most likely removed it"
+                    )
+                else:
+                    state = "failed"
+                    detail["stderr"] = process.stderr[-300:]
+                break
         elif plan.get("action"):
             other = catalog.actions.get(str(plan["action"]))
             if other is None:
@@ -659,8 +662,17 @@ class Containment:
                 prepared = self._runner.prepare(other, {}, {}, context, values=values)
                 if isinstance(prepared, ParamRejected):
                     state, detail["error"] = "failed", str(prepared.to_audit())
+                elif (held := self._held_by_switch(plan)) is not None:
+                    await self._hold_lift(run, 0, 1, held)
+                    return
                 else:
-                    result = await self._runner.execute(prepared)
+                    result = await self._runner.execute(
+                        prepared, stopped=lambda: self._held_by_switch(plan)
+                    )
+                    if result.stopped is not None:
+                        # Its retries are left: the whole undo action runs again later.
+                        await self._hold_lift(run, 0, 1, result.stopped)
+                        return
                     detail |= {"undo": other.name, "outcome": result.outcome.value}
                     state = "done" if result.outcome is Outcome.OK else "failed"
         self._metrics.actions.labels(run.action, f"undo_{state}").inc()
@@ -687,6 +699,29 @@ class Containment:
         elif state in ("done", "nothing") and alerted is not None:
             since = _from_us(int(alerted))
             await self._lift_alarm(LiftAlarm(run, "", since, max(now, since)))
+
+    def _held_by_switch(self, plan: dict[str, Any]) -> str | None:
+        """Why a lift under way may start no further attempt (the kill switch), or None. A
+        lift asked for by hand is a person's decision: it keeps running all its attempts."""
+        return None if plan.get("manual") else self._paused()
+
+    async def _hold_lift(self, run: RunRow, removed: int, times: int, why: str) -> None:
+        """The kill switch was engaged during a lift: it stops before its next attempt and
+        waits again, for the release or a lift by hand, with what it has left to do. Not
+        done, nor failed: what it did not try says nothing of the change."""
+        detail: dict[str, Any] = {"run_id": run.run_id, "action": run.action, "undo": "paused"}
+        detail["reason"] = (
+            f"{why}; the lift stopped before its next attempt and runs when containment is "
+            f"resumed (or now with `responder actions lift {run.run_id}`)"
+        )
+        if times > 1:
+            detail["left"] = f"{times - removed} of {times} rules still to delete"
+        self._metrics.actions.labels(run.action, "undo_paused").inc()
+        log.warning(
+            "lift stopped by the kill switch; it waits for the release",
+            extra=fields(action=run.action, run=run.run_id, removed=removed, times=times),
+        )
+        await self._store.hold_undo(run.run_id, removed, detail, self._clock.now())
 
     async def _resend_lift_alarms(self) -> None:
         now = self._clock.now()

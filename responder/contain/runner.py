@@ -377,6 +377,8 @@ class RunResult:
     evidence_manifest_sha256: str | None = None
     rejected: ParamRejected | None = None
     dry_run: bool = False
+    # Why ``stopped`` ended the retries with attempts left (the kill switch), else None.
+    stopped: str | None = None
 
     @property
     def exit_status(self) -> int | None:
@@ -808,6 +810,7 @@ class ActionRunner:
         evidence_dir: str | None = None
         manifest: str | None = None
         outcome = Outcome.DRY_RUN
+        stopped_by: str | None = None
         if not dry:
             for number in range(1, action.retries + 2):
                 if isinstance(prepared.request, EvidencePlan):
@@ -824,7 +827,7 @@ class ActionRunner:
                 if outcome not in _RETRYABLE or number > action.retries:
                     break
                 await self._sleep(action.retry_delay.total_seconds())
-                if stopped is not None and stopped() is not None:
+                if stopped is not None and (stopped_by := stopped()) is not None:
                     break  # the kill switch: no new attempt (the audit has those made)
         finished_at = self._clock.now()
         undo = prepared.undo
@@ -859,6 +862,7 @@ class ActionRunner:
             evidence_dir=evidence_dir,
             evidence_manifest_sha256=manifest,
             dry_run=dry,
+            stopped=stopped_by,
         )
 
     async def run_exec(self, request: ExecRequest, *, limit: int | None = None) -> ProcessResult:

@@ -269,6 +269,13 @@ class ContainmentStore(Protocol):
         that a lift cut off by a crash or the shutdown is known as such when it runs again."""
         ...
 
+    async def hold_undo(
+        self, run_id: str, removed: int, detail: dict[str, Any], now: datetime
+    ) -> None:
+        """A lift the kill switch stopped before its next attempt waits again, due, with
+        the number of its deletes done (``removed`` in its undo); the timeline says so."""
+        ...
+
     async def finish_undo(
         self,
         run_id: str,

@@ -936,6 +936,12 @@ class SQLiteStore:
         now_us = to_us(now)
         await self._write(lambda conn: actions.start_undo(conn, run_id, now_us))
 
+    async def hold_undo(
+        self, run_id: str, removed: int, detail: dict[str, Any], now: datetime
+    ) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: actions.hold_undo(conn, run_id, removed, detail, now_us))
+
     async def finish_undo(
         self,
         run_id: str,

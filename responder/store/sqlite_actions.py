@@ -636,6 +636,21 @@ def start_undo(conn: sqlite3.Connection, run_id: str, now_us: int) -> None:
     )
 
 
+def hold_undo(
+    conn: sqlite3.Connection, run_id: str, removed: int, detail: dict[str, Any], now_us: int
+) -> None:
+    """A lift stopped by the kill switch before its next attempt waits again (still due:
+    it runs once the switch is released, or by hand), with how many of its rules it has
+    deleted (``removed``): it goes on from there. No outcome: it did not end."""
+    row = conn.execute(
+        "UPDATE action_runs SET undo = json_remove(json_set(undo, '$.removed', ?), '$.lifting') "
+        "WHERE run_id = ? AND undo_state = 'wait' RETURNING incident_id",
+        (removed, run_id),
+    ).fetchone()
+    if row is not None:
+        _event(conn, row[0], now_us, Event.ACTION_UNDONE, detail)
+
+
 def finish_undo(
     conn: sqlite3.Connection,
     run_id: str,
