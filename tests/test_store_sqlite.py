@@ -1480,6 +1480,24 @@ async def test_a_lift_cut_off_is_known_as_such_when_it_is_due_again(store: SQLit
     assert "lifting" not in run.undo
 
 
+async def test_a_lift_recorded_as_removed_by_hand_after_it_was_read_as_due_does_not_start(
+    store: SQLiteStore,
+) -> None:
+    """The lift lane reads a lift as due, then (while it awaits another write) an operator
+    records the change as removed by hand: the lift must not start, or its outcome would
+    overwrite the operator's record (and a failure would raise ContainmentLiftFailed)."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await _lift_waiting(store, "r1", "web-1", at=T0)
+    ((run, _),) = await store.due_undos(T0)
+    removed = await store.removed_by_hand("r1", "alice", "deleted the rule myself", T0)
+    assert removed.changed
+    assert not await store.start_undo(run.run_id, T0)
+    (stored,) = [r for r in await store.action_runs() if r.run_id == "r1"]
+    assert stored.undo_state == "removed_by_hand"
+    assert stored.undo is not None
+    assert "lifting" not in stored.undo
+
+
 async def test_a_postponement_written_after_a_lift_by_hand_keeps_the_lift(
     store: SQLiteStore,
 ) -> None:

@@ -615,7 +615,8 @@ class Containment:
         # An earlier try of this very lift was cut off (a crash, the shutdown): its process
         # may have removed the change before it was killed.
         cut_off = plan.get("lifting") is not None
-        await self._store.start_undo(run.run_id, self._clock.now())
+        if not await self._store.start_undo(run.run_id, self._clock.now()):
+            return  # ended since the lane read it as due (removed by hand, another lift)
         if plan.get("argv"):
             request = ExecRequest.from_json(plan["argv"], _secret_env(catalog, run.action))
             detail["undo"] = "argv"

@@ -264,9 +264,11 @@ class ContainmentStore(Protocol):
         ``under_way``: the runs whose lifts are running now (refused)."""
         ...
 
-    async def start_undo(self, run_id: str, now: datetime) -> None:
+    async def start_undo(self, run_id: str, now: datetime) -> bool:
         """A lift is about to run: marked ``lifting`` in its undo until ``finish_undo``, so
-        that a lift cut off by a crash or the shutdown is known as such when it runs again."""
+        that a lift cut off by a crash or the shutdown is known as such when it runs again.
+        False when it is no longer waiting (removed by hand, ended by another run's lift
+        since it was read as due): it must not run."""
         ...
 
     async def hold_undo(

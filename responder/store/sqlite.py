@@ -932,9 +932,9 @@ class SQLiteStore:
             lambda conn: actions.removed_by_hand(conn, run_id, by, reason, now_us, under_way)
         )
 
-    async def start_undo(self, run_id: str, now: datetime) -> None:
+    async def start_undo(self, run_id: str, now: datetime) -> bool:
         now_us = to_us(now)
-        await self._write(lambda conn: actions.start_undo(conn, run_id, now_us))
+        return await self._write(lambda conn: actions.start_undo(conn, run_id, now_us))
 
     async def hold_undo(
         self, run_id: str, removed: int, detail: dict[str, Any], now: datetime

@@ -626,14 +626,18 @@ def _hold_for_another_alert(conn: sqlite3.Connection, run: RunRow, now_us: int) 
         _event(conn, run.incident_id, now_us, Event.ACTION_UNDONE, detail)
 
 
-def start_undo(conn: sqlite3.Connection, run_id: str, now_us: int) -> None:
+def start_undo(conn: sqlite3.Connection, run_id: str, now_us: int) -> bool:
     """A lift's process is about to start. The mark stays until the lift's outcome is
     written: a lift that finds it was cut off (a crash, the shutdown's grace period) and
-    may have done its work before."""
-    conn.execute(
-        "UPDATE action_runs SET undo = json_set(undo, '$.lifting', ?) WHERE run_id = ?",
+    may have done its work before. False, and no mark, when the lift is no longer waiting:
+    since the lane read it as due, an operator recorded its change as removed by hand, or
+    another run's lift ended it. Then it must not run (its outcome would overwrite that)."""
+    found = conn.execute(
+        "UPDATE action_runs SET undo = json_set(undo, '$.lifting', ?) "
+        "WHERE run_id = ? AND undo_state = 'wait' RETURNING 1",
         (now_us, run_id),
-    )
+    ).fetchone()
+    return found is not None
 
 
 def hold_undo(
