@@ -295,6 +295,9 @@ class _Rerouter:
 
 # Why a paid page waits: also how a later hold knows the page was held (and re-routed) before.
 BUDGET_HELD = "hourly SMS/voice budget used"
+# The administrators' notice that the budget holds pages back, and how often it is sent.
+BUDGET_NOTICE = "budget_reached"
+BUDGET_NOTICE_EVERY = timedelta(hours=1)
 # How long a send recorded in the future (the clock stepped back) keeps the time it was
 # first seen at: longer than any rate limit's window and the budget's hour.
 FUTURE_SENDS_KEPT = timedelta(days=2)
@@ -319,7 +322,6 @@ class Dispatcher:
     ) -> None:
         self._directory = directory
         self._config = config
-        self._budget_told: datetime | None = None
         # Send times of SMS and calls in the last hour (the budget's window), read from the
         # store on first use and kept here after: counting them in the database for every
         # message grew with the traffic.
@@ -551,10 +553,15 @@ class Dispatcher:
         )
 
     async def _tell_admins(self, config: DeliveryConfig, used: int, now: datetime) -> None:
-        """Email the admins once an hour while the budget holds pages back."""
-        if self._budget_told is not None and now - self._budget_told < timedelta(hours=1):
+        """Email the admins once an hour while the budget holds pages back. The hour is
+        kept in the store: a restart (or a crash loop) must not send the notice again."""
+        try:
+            due = await self._store.claim_admin_notice(BUDGET_NOTICE, now, BUDGET_NOTICE_EVERY)
+        except StoreError as exc:  # the pages are held already; the next hold asks again
+            log.error("budget notice not sent", extra=fields(error=str(exc)))
             return
-        self._budget_told = now
+        if not due:
+            return
         log.error("SMS/voice budget reached", extra=fields(used=used))
         email = self._notifiers().get("email")
         if email is None or not config.budget_notify:

@@ -311,6 +311,48 @@ delivery:
     await eventually(lambda: _true(len(twilio.sent_sms()) == 2), "sent once the budget frees")
 
 
+async def test_the_budget_notice_goes_once_an_hour_across_restarts(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """The budget holds an SMS and the admins are emailed. The daemon restarts twice (a
+    crash loop) while the budget still holds the SMS: no second email within the hour.
+    An hour after the first, the budget holds another SMS: the admins are told again."""
+    extra = "delivery:\n  budget: {sms_voice_per_hour: 1, notify: [admin@example.com]}\n"
+    path = config(tmp_path, twilio, smtp, extra)
+    client = await make_client(path)
+
+    def admin_emails() -> int:
+        return sum("admin@example.com" in m.rcpt_tos for m in smtp.messages)
+
+    async def held_here() -> bool:  # by the daemon now running (a fresh registry each)
+        return (await outcomes(client, "sms")).get("held", 0) >= 1
+
+    await post(client, webhook(alert("TargetDown", instance="web-1"), group="a"))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "first SMS: the budget")
+    clock.advance(timedelta(minutes=2))
+    await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
+    await eventually(lambda: _true(admin_emails() == 1), "budget notice to the admins")
+    for _ in range(2):
+        await client.close()
+        client = await make_client(path)
+        clock.advance(timedelta(minutes=6))  # the held SMS is due again: held again
+        await eventually(held_here, "the SMS held again after the restart")
+        await asyncio.sleep(0.1)
+        assert admin_emails() == 1
+    # The first SMS's hour is over: the held one goes, and uses the budget in turn.
+    clock.advance(timedelta(minutes=50))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 2), "sent once the budget frees")
+    await client.close()
+    client = await make_client(path)
+    await post(client, webhook(alert("CpuHot", instance="app-1"), group="c"))
+    await eventually(lambda: _true(admin_emails() == 2), "the notice again, an hour on")
+    assert len(twilio.sent_sms()) == 2
+
+
 async def test_a_page_held_by_the_budget_reaches_the_backup_by_email_at_once(
     make_client: ClientFactory,
     tmp_path: Path,
@@ -371,6 +413,18 @@ async def test_kill_9_while_the_provider_holds_the_page(
 async def _true(value: bool) -> bool:
     await asyncio.sleep(0)
     return value
+
+
+async def outcomes(client: Any, channel: str) -> dict[str, float]:
+    """``responder_pages_total`` of one channel, by outcome."""
+    text = await (await client.get("/metrics")).text()
+    return {
+        s.labels["outcome"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "responder_pages"
+        for s in f.samples
+        if s.name == "responder_pages_total" and s.labels["channel"] == channel
+    }
 
 
 class HeldNotifier:

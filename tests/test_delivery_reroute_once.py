@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from responder.clock import FakeClock
 from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from tests.conftest import ClientFactory
-from tests.test_delivery import config, smtp, twilio
+from tests.test_delivery import config, outcomes, smtp, twilio
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
 
 __all__ = ["smtp", "twilio"]
@@ -333,17 +332,6 @@ escalation_policies:
 incidents:
   default_policy: standard
 """
-
-
-async def outcomes(client: Any, channel: str) -> dict[str, float]:
-    text = await (await client.get("/metrics")).text()
-    return {
-        s.labels["outcome"]: s.value
-        for f in text_string_to_metric_families(text)
-        if f.name == "responder_pages"
-        for s in f.samples
-        if s.name == "responder_pages_total" and s.labels["channel"] == channel
-    }
 
 
 async def test_a_budget_hold_after_the_failover_wakes_nobody_else(

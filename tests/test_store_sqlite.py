@@ -93,13 +93,19 @@ _ADDED_COLUMNS = {
     16: [("incidents", "first_acknowledged_at"), ("incidents", "first_acknowledged_by")],
     17: [("pages", "trigger_at")],
 }
+_ADDED_TABLES = {18: ["admin_notices"]}
 
 
 def back_to_schema(path: Path, version: int) -> None:
     """A database of the current schema, with rows, as release ``version`` (14 or later)
-    left it: the columns added since dropped, so that their migrations run again."""
+    left it: the columns and tables added since dropped, so that their migrations run
+    again."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
+        for later in sorted(_ADDED_TABLES, reverse=True):
+            if later > version:
+                for table in _ADDED_TABLES[later]:
+                    conn.execute(f"DROP TABLE {table}")
         for later in sorted(_ADDED_COLUMNS, reverse=True):
             if later > version:
                 for table, column in _ADDED_COLUMNS[later]:
@@ -350,6 +356,27 @@ async def test_data_survives_reopen(tmp_path: Path) -> None:
     await second.open()
     try:
         assert await second.ingest([alert()], T0 + timedelta(minutes=1)) == [IngestOutcome.REPEAT]
+    finally:
+        await second.close()
+
+
+async def test_an_admin_notice_is_sent_once_per_period_across_a_reopen(tmp_path: Path) -> None:
+    """The claim on a notice is durable: a reopened store refuses it within the period and
+    grants it after; a claim recorded in the future (the clock stepped back) holds nothing."""
+    path, hour = tmp_path / "r.db", timedelta(hours=1)
+    first = SQLiteStore(path)
+    await first.open()
+    assert await first.claim_admin_notice("budget_reached", T0, hour)
+    assert not await first.claim_admin_notice("budget_reached", T0 + timedelta(minutes=1), hour)
+    assert await first.claim_admin_notice("other", T0, hour)  # each notice on its own
+    await first.close()
+    second = SQLiteStore(path)
+    await second.open()
+    try:
+        later = T0 + timedelta(minutes=59)
+        assert not await second.claim_admin_notice("budget_reached", later, hour)
+        assert await second.claim_admin_notice("budget_reached", T0 + hour, hour)
+        assert await second.claim_admin_notice("budget_reached", T0, hour)  # stepped back
     finally:
         await second.close()
 

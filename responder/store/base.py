@@ -477,6 +477,13 @@ class Store(ContainmentStore, Protocol):
         """The layout last kept by ``rearm_open_incidents``; None before the first."""
         ...
 
+    async def claim_admin_notice(self, kind: str, now: datetime, every: timedelta) -> bool:
+        """Whether the administrators' notice ``kind`` may be sent now: it was not sent in
+        the last ``every``. If so, it is recorded as sent now, durably, before it goes (a
+        restart does not send it again; a crash during the send loses that one copy). A
+        time recorded later than ``now`` (the clock stepped back) does not hold it."""
+        ...
+
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
         """The earliest due time of a queued page, leaving out the ``busy`` contact methods
         (as ``claim_pages`` does: their pages wait for the message in progress)."""

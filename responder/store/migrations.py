@@ -389,4 +389,10 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         """,
         "DROP TABLE temp.page_triggers",
     ],
+    # 18: when the daemon last sent each of its own notices to the administrators (the SMS/
+    # voice budget reached: once an hour). Kept in memory, a restart or a crash loop sent
+    # the notice again at every start.
+    [
+        "CREATE TABLE admin_notices (kind TEXT PRIMARY KEY, sent_at INTEGER NOT NULL)",
+    ],
 ]

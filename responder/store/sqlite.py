@@ -641,6 +641,20 @@ class SQLiteStore:
         )
         return None if row is None else str(row[0])
 
+    async def claim_admin_notice(self, kind: str, now: datetime, every: timedelta) -> bool:
+        now_us, every_us = to_us(now), int(every.total_seconds() * 1_000_000)
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO admin_notices (kind, sent_at) VALUES (?, ?) "
+                "ON CONFLICT (kind) DO UPDATE SET sent_at = excluded.sent_at "
+                "WHERE sent_at <= ? OR sent_at > ?",
+                (kind, now_us, now_us - every_us, now_us),
+            )
+            return bool(cur.rowcount)
+
+        return await self._write(work)
+
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
         skip = list(busy)
         value = await self._read(lambda conn: inc.next_page(conn, skip))
