@@ -43,6 +43,17 @@ class Receipt:
     status: str = "sent"
 
 
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """What a provider says later of a message it took (a status callback, or a lookup)."""
+
+    provider_id: str  # the MessageSid or CallSid that send() returned in its Receipt
+    status: str  # queued, sent, delivered, undelivered, failed; ringing, completed, busy, ...
+    error_code: int | None
+    final: bool  # no later status will change the outcome
+    delivered: bool  # the page reached the phone (delivered SMS, answered call)
+
+
 # The outbox's bound on one send (twilio ignores its own timeout). An adapter with its own
 # timeout ends before it, so that it, not the outbox, says whether the message may be out.
 SEND_DEADLINE_S = 30.0

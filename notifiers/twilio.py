@@ -30,7 +30,7 @@ from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
-from notifiers.base import DeliveryError, Message, Receipt, send_bound
+from notifiers.base import DeliveryError, Message, Receipt, StatusUpdate, send_bound
 from notifiers.sms_text import fit_segments
 from responder.secrets import Secret
 
@@ -109,17 +109,6 @@ class TwilioSettings:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class StatusUpdate:
-    """One status callback from Twilio, reduced to what the outbox needs."""
-
-    provider_id: str  # the MessageSid or CallSid that send() returned in its Receipt
-    status: str  # queued, sent, delivered, undelivered, failed; ringing, completed, busy, ...
-    error_code: int | None
-    final: bool  # no further callback will change the outcome
-    delivered: bool  # the page reached the phone (delivered SMS, answered call)
-
-
 _FINAL_STATUSES = frozenset(
     {"delivered", "undelivered", "failed", "read", "completed", "busy", "no-answer", "canceled"}
 )
@@ -134,6 +123,11 @@ def parse_status_callback(params: Mapping[str, str]) -> StatusUpdate | None:
         return None
     raw_code = params.get("ErrorCode", "")
     error_code = int(raw_code) if raw_code.isascii() and raw_code.isdigit() else None
+    return _status_update(sid, status, error_code)
+
+
+def _status_update(sid: str, status: str, error_code: int | None) -> StatusUpdate:
+    """One reading of a message's or call's status, from a callback or from the API."""
     return StatusUpdate(
         provider_id=sid,
         status=status,

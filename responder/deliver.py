@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from notifiers.base import SEND_DEADLINE_S, DeliveryError, Message, Notifier
+from notifiers.base import SEND_DEADLINE_S, DeliveryError, Message, Notifier, StatusUpdate
 from responder.classify import format_duration
 from responder.clock import Clock, sleep_until_or_woken
 from responder.directory import Directory
@@ -735,6 +735,25 @@ class Dispatcher:
             "page failed", extra=fields(page=page.id, incident=page.incident_id, error=reason)
         )
         await self._finish(page, PageState.FAILED, error=reason, reroute=self.reroute_for(reason))
+
+    async def provider_status(self, pages: Sequence[Page], update: StatusUpdate) -> None:
+        """A provider's final word on a message it took (its status callback, or a lookup
+        when the callback did not come), for each page the message carried (a bundle's
+        status is each one's): delivered; or failed, and re-routed as any failed page."""
+        now = self._clock.now()
+        code = f" (Twilio error {update.error_code})" if update.error_code else ""
+        reason = f"{update.status}{code}"
+        for page in pages:
+            if update.delivered:
+                if await self._store.provider_status(page.id, PageState.DELIVERED, None, now):
+                    self._metrics.pages.labels(page.channel, "delivered").inc()
+                    took = max((now - page.due_at).total_seconds(), 0.0)
+                    self._metrics.delivered_latency.labels(page.channel).observe(took)
+                continue
+            reroute = self.reroute_for(reason)
+            if await self._store.provider_status(page.id, PageState.FAILED, reason, now, reroute):
+                self._metrics.pages.labels(page.channel, "undelivered").inc()
+            self.counted(reroute)
 
     def reroute_for(self, reason: str, *, free_only: bool = False) -> _Rerouter | None:
         """How a page that failed for good (or waits: an outage, the budget) is re-routed:

@@ -33,7 +33,7 @@ from notifiers.twilio import (
     voice_reply_twiml,
 )
 from responder.directory import Directory
-from responder.incident import Incident, IncidentNotFound, Page, PageState, TransitionError
+from responder.incident import Incident, IncidentNotFound, Page, TransitionError
 from responder.incidents_api import act
 from responder.links import read_small_form
 from responder.log import fields
@@ -145,24 +145,11 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
     update = parse_status_callback(params)
     if update is None or not update.final:
         return web.Response(status=204)
-    # A bundle is one message for several pages: its status is each one's.
-    pages = await _pages_of(runtime, update.provider_id)
-    now = runtime.clock.now()
-    code = f" (Twilio error {update.error_code})" if update.error_code else ""
-    reason = f"{update.status}{code}"
-    for page in pages:  # none: not ours (a drill from another daemon, say)
-        if update.delivered:
-            if await runtime.store.provider_status(page.id, PageState.DELIVERED, None, now):
-                runtime.metrics.pages.labels(page.channel, "delivered").inc()
-                took = max((now - page.due_at).total_seconds(), 0.0)
-                runtime.metrics.delivered_latency.labels(page.channel).observe(took)
-        else:
-            dispatcher = runtime.dispatcher
-            reroute = None if dispatcher is None else dispatcher.reroute_for(reason)
-            if await runtime.store.provider_status(page.id, PageState.FAILED, reason, now, reroute):
-                runtime.metrics.pages.labels(page.channel, "undelivered").inc()
-            if dispatcher is not None:
-                dispatcher.counted(reroute)
+    dispatcher = runtime.dispatcher
+    if dispatcher is None:  # not started: the lookup after the start asks Twilio instead
+        return web.Response(status=503, text="starting")
+    # None: not ours (a drill from another daemon, say).
+    await dispatcher.provider_status(await _pages_of(runtime, update.provider_id), update)
     return web.Response(status=204)
 
 
