@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +106,14 @@ class Notifier(Protocol):
     async def send(self, message: Message) -> Receipt: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class StatusLookup(Protocol):
+    """A channel whose provider can be asked how a message it took fared (Twilio's REST
+    API), for when its status callback did not come."""
+
+    async def fetch_status(self, provider_id: str) -> StatusUpdate:
+        """The message's status now; raises ``DeliveryError`` (``retryable`` False: asking
+        again cannot help, the provider does not know the message)."""
+        ...

@@ -35,6 +35,8 @@ from notifiers.sms_text import fit_segments
 from responder.secrets import Secret
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+# A message's SID as Twilio hands it out: SM (SMS) or MM (MMS) and 32 hex digits.
+MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
 
 # Paths the daemon serves under its public URL; Twilio calls them.
 STATUS_CALLBACK_PATH = "/api/v1/twilio/status"  # message and call status (queued -> delivered)
@@ -295,6 +297,43 @@ class TwilioNotifier:
             )
         status = getattr(instance, "status", None)
         return Receipt(provider_id=sid, status=str(status) if status else "queued")
+
+    async def fetch_status(self, provider_id: str) -> StatusUpdate:
+        """The status Twilio has now for an SMS this channel sent, through its REST API
+        (``GET .../Messages/{sid}.json``): for when the status callback did not come."""
+        if self.channel != "sms" or not MESSAGE_SID.fullmatch(provider_id):
+            # Only what Twilio answered to a send of ours goes into the request's path.
+            raise DeliveryError("not_a_message", "not a Twilio message SID", retryable=False)
+        client = self._twilio()
+        timeout = send_bound(self._settings.timeout)
+        try:
+            instance = await asyncio.wait_for(client.messages(provider_id).fetch_async(), timeout)
+        except TwilioRestException as exc:
+            raise self._lookup_error(exc) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise DeliveryError(
+                "connection",
+                f"cannot reach Twilio: {self._scrub(type(exc).__name__ + ': ' + str(exc))}",
+                retryable=True,
+            ) from None
+        status = getattr(instance, "status", None)
+        if not status:
+            raise DeliveryError("bad_response", "Twilio answered without a status", retryable=True)
+        code = getattr(instance, "error_code", None)
+        return _status_update(provider_id, str(status), code if isinstance(code, int) else None)
+
+    def _lookup_error(self, exc: TwilioRestException) -> DeliveryError:
+        status = int(exc.status)
+        text = str(exc.msg).removeprefix("Unable to fetch record: ")
+        detail = self._scrub(f"Twilio answered HTTP {status}, error {exc.code}: {text}")
+        if status == 404:  # another account's message, or one deleted: asking again won't do
+            return DeliveryError("unknown_message", detail, retryable=False)
+        if status == 429:
+            return DeliveryError("rate_limited", detail, retryable=True)
+        if exc.code == AUTH_FAILED or status == 401:
+            return DeliveryError("auth", detail, retryable=True, channel_down=True)
+        reason = "server_error" if status >= 500 else "rejected"
+        return DeliveryError(reason, detail, retryable=True)
 
     def _scrub(self, text: str) -> str:
         """Remove credentials from provider text (Twilio's 404 messages quote the URL)."""

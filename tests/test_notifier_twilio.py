@@ -458,6 +458,46 @@ async def test_failed_status_carries_error_code(
     )
 
 
+async def test_a_message_status_is_looked_up_with_the_real_library(
+    fake: FakeTwilio, sms: TwilioNotifier
+) -> None:
+    """The status Twilio has for a sent SMS, read back through its REST API: still queued,
+    then undelivered with its error code when the callback never came."""
+    receipt = await sms.send(page())
+    pending = await sms.fetch_status(receipt.provider_id)
+    assert (pending.status, pending.final) == ("queued", False)
+    fake.set_status(receipt.provider_id, "undelivered", 30003)
+    update = await sms.fetch_status(receipt.provider_id)
+    assert (update.status, update.error_code, update.final, update.delivered) == (
+        "undelivered",
+        30003,
+        True,
+        False,
+    )
+    assert fake.lookups == [receipt.provider_id] * 2
+    assert fake.sent_sms()[0].statuses == ["queued", "undelivered"]  # no callback sent
+
+
+async def test_a_status_lookup_says_whether_asking_again_can_help(
+    fake: FakeTwilio, sms: TwilioNotifier
+) -> None:
+    """A message Twilio does not know is not asked for again; an outage is; a SID that is
+    not one never reaches the API; the credentials never show."""
+    unknown = "SM" + "0" * 32
+    with pytest.raises(DeliveryError) as raised:
+        await sms.fetch_status(unknown)
+    assert (raised.value.reason, raised.value.retryable) == ("unknown_message", False)
+    assert_no_secret(fake, raised.value)
+    receipt = await sms.send(page())
+    fake.fail_lookups(Fault.UNAVAILABLE)
+    with pytest.raises(DeliveryError) as raised:
+        await sms.fetch_status(receipt.provider_id)
+    assert (raised.value.reason, raised.value.retryable) == ("server_error", True)
+    with pytest.raises(DeliveryError, match="not a Twilio message SID"):
+        await sms.fetch_status("SM../../Calls")
+    assert fake.lookups == [unknown, receipt.provider_id]
+
+
 async def test_inbound_sms_signature_checked(fake: FakeTwilio, daemon: Daemon) -> None:
     """A reply with Twilio's signature is answered with TwiML; a forged one is refused."""
     url = daemon.public_url + INBOUND_SMS_PATH

@@ -3,7 +3,10 @@
 ``FakeTwilio`` answers ``POST /2010-04-01/Accounts/{sid}/Messages.json`` and ``Calls.json``
 like the real API (form-encoded requests, HTTP basic auth, JSON answers with ``SM...`` and
 ``CA...`` SIDs, Twilio's error JSON), records every request, and injects faults on demand: for
-the next requests (``fail_next``) or for one number (``fail_number``). It also plays Twilio's
+the next requests (``fail_next``) or for one number (``fail_number``). ``GET .../Messages/
+{sid}.json`` answers with the status a message has now: the last callback sent for it, or the
+one a test set without a callback (``set_status``: a callback lost while the daemon was down);
+``lookups`` lists those requests and ``fail_lookups`` makes them fail. It also plays Twilio's
 side of the callbacks: status callbacks, inbound SMS and voice keypresses, each signed with a
 valid ``X-Twilio-Signature`` (or a wrong one, to test that the daemon refuses it). Point the
 notifier at it with ``TwilioSettings(api_base_url=fake.base_url, ...)``.
@@ -122,6 +125,8 @@ class FakeTwilio:
         self.requests: list[TwilioRequest] = []
         self._next_faults: deque[Fault] = deque()
         self._number_faults: dict[str, Fault] = {}
+        self.lookups: list[str] = []  # the message SIDs asked for with GET, in order
+        self._lookup_fault: Fault | None = None
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -133,6 +138,7 @@ class FakeTwilio:
         prefix = f"/{API_VERSION}/Accounts/{{sid}}"
         app.router.add_post(prefix + "/Messages.json", self._messages)
         app.router.add_post(prefix + "/Calls.json", self._calls)
+        app.router.add_get(prefix + "/Messages/{message_sid}.json", self._fetch_message)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._port)
@@ -167,6 +173,18 @@ class FakeTwilio:
     def clear_faults(self) -> None:
         self._next_faults.clear()
         self._number_faults.clear()
+        self._lookup_fault = None
+
+    def fail_lookups(self, fault: Fault | None) -> None:
+        """Every message lookup (GET) gets ``fault`` until ``None`` or ``clear_faults``."""
+        self._lookup_fault = fault
+
+    def set_status(self, sid: str, status: str, error_code: int | None = None) -> None:
+        """Give message ``sid`` a new status (``undelivered``, 30003, say) and send no
+        callback for it: what the daemon finds when the callback was lost."""
+        record = self.find(sid)
+        record.statuses.append(status)
+        record.error_code = error_code
 
     # -- what was sent ------------------------------------------------------------------------
     def sent_sms(self, to: str | None = None) -> list[TwilioRequest]:
@@ -268,20 +286,26 @@ class FakeTwilio:
         if kind == "voice" and not (record.twiml or record.params.get("Url")):
             return self._error(400, 21205, "Url or Twiml is required.")
         record.sid = ("SM" if kind == "sms" else "CA") + secrets.token_hex(16)
+        record.statuses.append("queued")
+        return web.json_response(self._resource(record), status=201)
+
+    def _resource(self, record: TwilioRequest) -> dict[str, object]:
+        """The message or call as Twilio's JSON shows it, with its status now."""
         now = format_datetime(datetime.now(UTC), usegmt=True)
-        resource = "Messages" if kind == "sms" else "Calls"
+        resource = "Messages" if record.kind == "sms" else "Calls"
         payload: dict[str, object] = {
             "sid": record.sid,
             "account_sid": self.account_sid,
             "to": record.to,
             "from": record.params.get("From"),
-            "status": "queued",
+            "status": record.statuses[-1],
+            "error_code": record.error_code,
             "date_created": now,
             "date_updated": now,
             "api_version": API_VERSION,
             "uri": f"/{API_VERSION}/Accounts/{self.account_sid}/{resource}/{record.sid}.json",
         }
-        if kind == "sms":
+        if record.kind == "sms":
             payload |= {
                 "body": record.body,
                 "direction": "outbound-api",
@@ -290,8 +314,25 @@ class FakeTwilio:
             }
         else:
             payload |= {"direction": "outbound-api"}
-        record.statuses.append("queued")
-        return web.json_response(payload, status=201)
+        return payload
+
+    async def _fetch_message(self, request: web.Request) -> web.StreamResponse:
+        sid = request.match_info["message_sid"]
+        self.lookups.append(sid)
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        fault = self._lookup_fault
+        if fault is Fault.HANG:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), self.hang_seconds)
+            fault = Fault.SERVER_ERROR
+        if fault is not None:
+            status, code, text = _FAULT_ANSWERS[fault]
+            return self._error(status, code, text.format(to=""))
+        record = next((r for r in self.requests if r.kind == "sms" and r.sid == sid), None)
+        if record is None or not sid:
+            return self._error(404, 20404, f"The requested resource {request.path} was not found")
+        return web.json_response(self._resource(record))
 
     # -- Twilio's side of the callbacks -------------------------------------------------------
     def sign(self, url: str, params: dict[str, str]) -> str:
@@ -344,6 +385,7 @@ class FakeTwilio:
         if error_code is not None:
             params["ErrorCode"] = str(error_code)
         record.statuses.append(status)
+        record.error_code = error_code
         return await self._post_form(record.status_callback, params)
 
     async def send_inbound_sms(
