@@ -47,6 +47,7 @@ from responder.escalate import Escalator
 from responder.lift_alarm import store_lift_alarm
 from responder.log import fields
 from responder.metrics import Metrics
+from responder.reconcile import Reconciler
 from responder.runtime import BODY_LIMIT, RUNTIME, Runtime, Snapshot, in_background
 from responder.secrets import Secret
 from responder.store import PRUNE_BATCH, CommitStats, open_store
@@ -285,7 +286,8 @@ async def _prune(runtime: Runtime, before: datetime) -> tuple[int, int]:
 
 
 async def _engine(app: web.Application) -> AsyncIterator[None]:
-    """The escalation engine and the outbox sender, each one loop on the shared clock."""
+    """The escalation engine, the outbox sender and its status lookups, each one loop on
+    the shared clock."""
     runtime = app[RUNTIME]
     public_url = runtime.started_with.config.server.public_url
     if not runtime.snapshot.escalation.policies:
@@ -337,12 +339,17 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         on_escalate=runtime.escalator.wake,
         on_lift_alarm=functools.partial(store_lift_alarm, runtime),
     )
+    # SMS whose status callback did not come (the daemon was down) are looked up at Twilio.
+    reconciler = Reconciler(
+        runtime.store, runtime.clock, runtime.metrics, dispatcher, lambda: runtime.notifiers
+    )
     # Before any request: the guards' state (kill switch, breakers) is in force from the start.
     await runtime.containment.start()
     tasks = [
         asyncio.create_task(runtime.containment.run_forever(), name="containment"),
         asyncio.create_task(runtime.escalator.run_forever(), name="escalator"),
         asyncio.create_task(runtime.dispatcher.run_forever(), name="dispatcher"),
+        asyncio.create_task(reconciler.run_forever(), name="reconciler"),
     ]
     yield
     for task in tasks:

@@ -251,6 +251,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.status_lookups = Counter(
+            "responder_status_lookups_total",
+            "Sent messages whose status was asked of the provider because its callback had "
+            "not come, by channel and outcome (delivered, failed, pending, error, unknown).",
+            ["channel", "outcome"],
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "responder_outbox_queued_pages",
             "Pages waiting in the outbox (due later, held back, or waiting for a retry).",

@@ -568,6 +568,11 @@ class Store(ContainmentStore, Protocol):
         every page of a bundle."""
         ...
 
+    async def unconfirmed_sends(self, channel: str, since: datetime) -> list[Page]:
+        """Pages of ``channel`` sent since ``since`` that the provider took (they have its
+        id) and has not said the fate of yet (still ``sent``), oldest first."""
+        ...
+
     async def step_pages(self, incident_id: int, episode: int, step: str) -> list[Page]:
         """Every page of one step, failovers included."""
         ...

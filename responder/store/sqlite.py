@@ -792,6 +792,10 @@ class SQLiteStore:
     async def pages_by_provider_id(self, provider_id: str) -> list[Page]:
         return await self._read(lambda conn: inc.pages_by_provider_id(conn, provider_id))
 
+    async def unconfirmed_sends(self, channel: str, since: datetime) -> list[Page]:
+        since_us = to_us(since)
+        return await self._read(lambda conn: inc.unconfirmed_sends(conn, channel, since_us))
+
     async def step_pages(self, incident_id: int, episode: int, step: str) -> list[Page]:
         return await self._read(lambda conn: inc.step_pages(conn, incident_id, episode, step))
 

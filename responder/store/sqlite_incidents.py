@@ -1164,6 +1164,16 @@ def pages_by_provider_id(conn: sqlite3.Connection, provider_id: str) -> list[Pag
     return [page_from_row(row) for row in rows]
 
 
+def unconfirmed_sends(conn: sqlite3.Connection, channel: str, since_us: int) -> list[Page]:
+    rows = conn.execute(
+        f"SELECT {PAGE_COLUMNS} FROM pages "  # noqa: S608 - fixed text
+        "WHERE sent_at >= ? AND state = 'sent' AND channel = ? AND provider_id IS NOT NULL "
+        "ORDER BY sent_at, id",
+        (since_us, channel),
+    ).fetchall()
+    return [page_from_row(row) for row in rows]
+
+
 def step_pages(conn: sqlite3.Connection, incident_id: int, episode: int, step: str) -> list[Page]:
     return [
         page_from_row(row)
