@@ -308,7 +308,8 @@ class Metrics:
         )
         self.config_reload_ok = Gauge(
             "responder_config_last_reload_successful",
-            "Whether the last configuration reload attempt was successful.",
+            "Whether the last configuration reload attempt was successful and is in force in "
+            "full (0 while its re-arm of the open incidents waits for the database).",
             registry=registry,
         )
         self.config_reload_time = Gauge(

@@ -125,6 +125,9 @@ class Runtime:
             tuple[dict[str | None, dict[int, int | None]], dict[str | None, bool], str | None, str]
         ] = []
         self._rearm_retry: asyncio.Task[None] | None = None
+        # Whether the last reload loaded its files (or none was asked for since the start):
+        # with no re-arm waiting, that reload is in force in full.
+        self._last_reload_loaded = True
         # The engine loops, set by the app; handlers wake them after writing a nearer due time.
         self.escalator: Escalator | None = None
         self.dispatcher: Dispatcher | None = None
@@ -266,13 +269,26 @@ class Runtime:
             while True:
                 await asyncio.sleep(REARM_RETRY_S)
                 if await self._apply_rearms():
+                    self._report_reload(loaded=self._last_reload_loaded)
                     return
         finally:
             self._rearm_retry = None
 
+    def _report_reload(self, *, loaded: bool) -> None:
+        """``responder_config_last_reload_successful``: 1 (and the success time) once the
+        last reload is in force in full; 0 when its files were refused, and also while the
+        re-arm of the open incidents it asked for waits for the store (the engine holds
+        off meanwhile), as Prometheus reads 0 when a config it loaded could not be applied."""
+        self._last_reload_loaded = loaded
+        if loaded and not self._rearms:
+            self.metrics.config_reload_ok.set(1)
+            self.metrics.config_reload_time.set(self.clock.now().timestamp())
+        else:
+            self.metrics.config_reload_ok.set(0)
+
     def _reload_fault(self, old: Snapshot, exc: Exception) -> ConfigError:
         """A reload that failed for a fault of ours, not the file's: the old config stays."""
-        self.metrics.config_reload_ok.set(0)
+        self._report_reload(loaded=False)
         error = ConfigError(display_name(old.config.path), 0, "", f"cannot load: {exc!r}")
         log.exception(
             "reload failed; the old config stays in force", extra=fields(error=str(error))
@@ -316,7 +332,7 @@ class Runtime:
                 state_dir=self._state_dir_override,
             )
         except ConfigError as exc:
-            self.metrics.config_reload_ok.set(0)
+            self._report_reload(loaded=False)
             log.error("reload failed; the old config stays in force", extra=fields(error=str(exc)))
             return exc
         except Exception as exc:  # a fault of ours in loading: still keep the old config
@@ -326,7 +342,7 @@ class Runtime:
         except ValueError:
             # No credentials left, and no generated token to fall back on: one is made
             # only at a start (docs/configuration.md, Reload).
-            self.metrics.config_reload_ok.set(0)
+            self._report_reload(loaded=False)
             error = ConfigError(
                 display_name(new.config.path),
                 0,
@@ -362,8 +378,7 @@ class Runtime:
             self._queue_rearm(self._layout(old.escalation), self._layout(new.escalation))
             if self._rearm_retry is None and not await self._apply_rearms():
                 self._rearm_retry = asyncio.create_task(self._retry_rearms(), name="rearm-retry")
-        self.metrics.config_reload_ok.set(1)
-        self.metrics.config_reload_time.set(self.clock.now().timestamp())
+        self._report_reload(loaded=True)
         self.metrics.rules_loaded.set(new.classifier.rule_count)
         log.info("config reloaded", extra=fields(rules=new.classifier.rule_count))
         return None

@@ -253,6 +253,62 @@ async def test_a_rearm_the_store_could_not_take_is_tried_again(
     assert len(calls) == 2
 
 
+async def _reload_metrics(client: Any) -> tuple[float, float]:
+    """responder_config_last_reload_successful and its success timestamp, as scraped."""
+    text = await (await client.get("/metrics")).text()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("responder_config_last_reload_success"):
+            values[name] = float(value)
+    return (
+        values["responder_config_last_reload_successful"],
+        values["responder_config_last_reload_success_timestamp_seconds"],
+    )
+
+
+async def test_the_reload_metric_reads_0_until_the_re_arm_is_written(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reload whose re-arm of the open incidents the store refuses is not in force in
+    full (the engine holds off until it is written): the metric says 0 meanwhile, not 1
+    with only the log to tell, and 1 with the time of the write once the retry succeeds."""
+    from responder import runtime as runtime_module
+    from responder.runtime import RUNTIME
+    from responder.store import StoreError
+
+    monkeypatch.setattr(runtime_module, "REARM_RETRY_S", 0.01)
+    client = await make_client(write_config(tmp_path, config(OPS + STANDARD), rules=RULES_OPS))
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    runtime = client.app[RUNTIME]
+    real = runtime.store.rearm_open_incidents
+    disk_full = [True]
+
+    async def failing_while_full(*args: Any, **kwargs: Any) -> int:
+        if disk_full[0]:
+            raise StoreError("database or disk is full")
+        count: int = await real(*args, **kwargs)
+        return count
+
+    monkeypatch.setattr(runtime.store, "rearm_open_incidents", failing_while_full)
+    _, started = await _reload_metrics(client)
+    clock.advance(timedelta(minutes=1))
+    write_config(tmp_path, config(STANDARD), rules=RULES_DEFAULT)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    assert await _reload_metrics(client) == (0, started)
+    clock.advance(timedelta(minutes=1))
+    disk_full[0] = False
+
+    async def rearmed() -> bool:
+        return not runtime.rearm_pending
+
+    await eventually(rearmed, "the re-arm written by its retry")
+    assert await _reload_metrics(client) == (1, clock.now().timestamp())
+
+
 # Continues the classification: section write_config opens.
 TARGETS = "  response_targets:\n    P1: {respond: 5m, resolve: 20m}\n"
 
