@@ -244,11 +244,7 @@ class _Rerouter:
             and not (incident.state is IncidentState.SNOOZED and is_reassignment(page.step))
         ):
             return [], None  # someone has it (or it is over): nobody else needs waking
-        if (
-            page.kind is not PageKind.RECOVERY
-            and page.trigger_at is not None
-            and page.trigger_at != incident.started
-        ):
+        if page.trigger_at is not None and page.trigger_at != incident.started:
             return [], None  # its trigger is over: the new one pages whoever is on call now
         # A duration level (management, cancel_on_ack off) pages even once acknowledged.
         if page.kind is not PageKind.RECOVERY and incident.state is IncidentState.RESOLVED:

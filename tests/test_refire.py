@@ -123,3 +123,38 @@ async def test_the_upgrade_gives_older_pages_the_trigger_they_were_made_for(
         ("carol", REFIRED_AT),
     ]
     assert pages[0].id == page_id
+
+
+async def test_a_recovery_notice_held_across_a_refire_is_dropped_and_the_next_one_tells(
+    store: SQLiteStore,
+) -> None:
+    """alice's "RESOLVED, no action is needed" for the first trigger waits for her rate
+    limit while the incident fires again: sent then, it would say the opposite of what is
+    happening, next to (or in a bundle instead of) the new trigger's page. It is cancelled
+    like a late page, and alice, told of the first trigger and of no end to it, is among
+    those the new trigger's recovery notice goes to."""
+    first = disk_alert("aaaa000000000001")
+    await store.ingest([first], T0)
+    page = NewPage("L1", PageKind.PAGE, "alice", "sms", "+15551230001", T0)
+    await store.add_pages(1, 1, [page], None, T0)
+    (claimed,) = await store.claim_pages(T0)
+    await store.finish_page(claimed.id, PageState.SENT, T0)
+    await store.ingest([resolved(first, RESOLVED_AT)], RESOLVED_AT)
+    recovery = NewPage(
+        "R", PageKind.RECOVERY, "alice", "sms", "+15551230001", RESOLVED_AT, cancel_on_ack=False
+    )
+    await store.add_pages(1, 1, [recovery], None, RESOLVED_AT)
+    (notice,) = await store.claim_pages(RESOLVED_AT)
+    held_until = REFIRED_AT + timedelta(minutes=1)
+    await store.hold_pages([notice.id], held_until, "rate limited", RESOLVED_AT)
+    again = replace(first, alert=msgspec.structs.replace(first.alert, starts_at=REFIRED_AT))
+    await store.ingest([again], REFIRED_AT)
+    assert await store.claim_pages(held_until) == []
+    dropped = await store.get_page(notice.id)
+    assert dropped is not None
+    assert (dropped.state, dropped.error) == (PageState.CANCELLED, TRIGGER_ENDED)
+    over = REFIRED_AT + timedelta(minutes=10)
+    await store.ingest([resolved(again, over)], over)
+    (work,) = await store.due_escalations(over)
+    assert work.incident.state is IncidentState.RESOLVED
+    assert ("alice", "sms", "+15551230001") in work.paged

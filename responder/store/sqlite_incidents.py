@@ -579,15 +579,19 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
         # may have (never a route that failed or was cancelled). A page claimed and not yet
         # handed over counts: it may go out after the resolve, and then its contact must
         # hear that it is over (the incident is not due again after its recovery step).
+        # A recovery notice of an earlier trigger still waiting (a retry, a rate limit), or
+        # cancelled because the incident fired again before it went, told nobody: those it
+        # was for hear this one.
         resolved_marks = ",".join("?" * len(resolved))
         for incident_id, contact, channel, address in conn.execute(
             "SELECT DISTINCT p.incident_id, p.contact, p.channel, p.address FROM pages p "  # noqa: S608
             f"WHERE p.incident_id IN ({resolved_marks}) AND p.kind IN ('page', 'status') "
             f"AND ({_REACHED} OR p.state = 'sending') "
             "AND p.episode > (SELECT COALESCE(MAX(r.episode), 0) FROM pages r "
-            "WHERE r.incident_id = p.incident_id AND r.kind = 'recovery') "
+            "WHERE r.incident_id = p.incident_id AND r.kind = 'recovery' "
+            "AND r.state != 'queued' AND r.error IS NOT ?) "
             "ORDER BY p.contact",
-            resolved,
+            [*resolved, TRIGGER_ENDED],
         ):
             paged.setdefault(incident_id, []).append((contact, channel, address))
     return [
@@ -1005,12 +1009,12 @@ def claim_pages(
 ) -> list[Page]:
     """Mark due pages as sending (durably, before any provider call) and return them,
     skipping the ``busy`` (contact, channel, address) methods."""
-    # A page or status update that waited (a retry, a rate limit) while its incident
-    # resolved and fired again told of a trigger that is over: the new one pages whoever is
-    # on call for it now.
+    # A page, status update or recovery notice that waited (a retry, a rate limit) while
+    # its incident resolved and fired again told of a trigger that is over: the new one
+    # pages whoever is on call for it now, and its recovery notice tells them all.
     conn.execute(
         "UPDATE pages SET state = 'cancelled', error = ?, updated_at = ? "  # noqa: S608 - fixed text
-        "WHERE state = 'queued' AND due_at <= ? AND kind IN ('page', 'status') "
+        "WHERE state = 'queued' AND due_at <= ? AND kind IN ('page', 'status', 'recovery') "
         f"AND trigger_at IS NOT (SELECT {_STARTED} FROM incidents i "
         "WHERE i.id = pages.incident_id)",
         (TRIGGER_ENDED, now_us, now_us),
@@ -1349,7 +1353,7 @@ def _cancel_if_pointless(conn: sqlite3.Connection, page_ids: Sequence[int], now_
     incident was acknowledged, snoozed or resolved: cancelled as that transition cancelled
     the queued ones (``_cancel_pending``), instead of going out after it. A reassignment's
     pages (step ``A...``) are not silenced by a snooze: the new owner must hear of it."""
-    ended = f"pages.kind IN ('page', 'status') AND pages.trigger_at IS NOT {_STARTED}"
+    ended = f"pages.kind IN ('page', 'status', 'recovery') AND pages.trigger_at IS NOT {_STARTED}"
     conn.executemany(
         "UPDATE pages SET state = 'cancelled', updated_at = ?, "  # noqa: S608 - fixed text
         f"error = (SELECT CASE WHEN {ended} THEN ? ELSE 'incident ' || i.state END "
