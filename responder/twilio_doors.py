@@ -9,7 +9,8 @@ these doors are closed. Replies a person can send to the Twilio number:
 - ``ACK ALL``: every open incident that paged the sender.
 
 Senders are recognised by their number (a contact's ``sms`` or ``voice``); an unknown sender
-gets no answer at all and is logged.
+gets no answer at all and is logged. A number several contacts share (a team phone, one
+person in two roles) acts as whichever of them was paged.
 """
 
 from __future__ import annotations
@@ -78,11 +79,12 @@ def parse_reply(text: str) -> Command | None:
     return None if incident_id is None else Command(action, incident_id)
 
 
-def contact_by_number(directory: Directory, number: str) -> str | None:
-    for contact in directory.contacts.values():
-        if number and number in (contact.sms, contact.voice):
-            return contact.name
-    return None
+def contacts_by_number(directory: Directory, number: str) -> list[str]:
+    """Every contact with this number (``sms`` or ``voice``): a team phone shared by several,
+    or one person in two roles. A reply acts as whichever of them was paged."""
+    if not number:
+        return []
+    return [c.name for c in directory.contacts.values() if number in (c.sms, c.voice)]
 
 
 def _now() -> float:
@@ -178,15 +180,15 @@ async def inbound_sms(request: web.Request) -> web.StreamResponse:
     if params is None:
         return web.Response(status=403, text="forbidden")
     sender = params.get("From", "")
-    contact = contact_by_number(runtime.snapshot.escalation.directory, sender)
-    if contact is None:
+    contacts = contacts_by_number(runtime.snapshot.escalation.directory, sender)
+    if not contacts:
         log.warning("SMS from an unknown number ignored", extra=fields(sender=sender[-4:]))
         return _xml(sms_reply_twiml(None))
     command = parse_reply(params.get("Body", ""))
     if command is None:
         return _xml(sms_reply_twiml("Reply ACK <id>, RES <id>, ACK or ACK ALL."))
     try:
-        reply = await _run(runtime, contact, command)
+        reply = await _run(runtime, contacts, command)
     except StoreError:
         reply = "responder cannot reach its database right now; try again or use the CLI."
     return _xml(sms_reply_twiml(reply))
@@ -212,30 +214,34 @@ def _same_trigger(told: datetime) -> Callable[[Incident], None]:
     return expect
 
 
-async def _run(runtime: Runtime, contact: str, command: Command) -> str:
+async def _run(runtime: Runtime, contacts: list[str], command: Command) -> str:
+    """Act on the reply of the number of ``contacts``: as the one of them whose page of the
+    incident's trigger reached it last, the message the reply most likely answers."""
     verb = "Acknowledged" if command.action == "acknowledge" else "Resolved"
-    targets: list[tuple[int, datetime]] = []  # each incident with the trigger told of
+    # Each incident with the trigger told of, and the contact it was told to.
+    targets: list[tuple[int, datetime, str]] = []
     if command.incident is not None:
         # Only an incident this person was told of: a number that can text responder must
         # not be able to close other teams' incidents (email links refuse the same).
-        told = await runtime.store.trigger_told(contact, command.incident)
+        told = await runtime.store.trigger_told(contacts, command.incident)
         if told is None:
             return f"#{command.incident} was not paged to you; use the CLI or the API."
-        targets = [(command.incident, told)]
+        targets = [(command.incident, *told)]
     else:
-        open_incidents = await runtime.store.open_incidents_paged_to(contact)
+        open_incidents = await runtime.store.open_incidents_paged_to(contacts)
         if command.action == "acknowledge":
-            open_incidents = [i for i in open_incidents if i.state.value != "acknowledged"]
-        targets = [(i.id, i.started) for i in open_incidents]
+            open_incidents = [
+                (i, paged) for i, paged in open_incidents if i.state.value != "acknowledged"
+            ]
+        targets = [(i.id, i.started, paged) for i, paged in open_incidents]
         if not command.everything:
             targets = targets[:1]
         if not targets:
             return "Nothing open to act on."
-    zone = _zone_of(runtime, contact)
     done: list[str] = []
     already: list[str] = []  # someone else got there first: the sender must not think it was them
     problems: list[str] = []
-    for incident_id, told in targets:
+    for incident_id, trigger, contact in targets:
         try:
             incident, changed = await act(
                 runtime,
@@ -243,12 +249,12 @@ async def _run(runtime: Runtime, contact: str, command: Command) -> str:
                 command.action,
                 actor=contact,
                 via="sms",
-                expect=_same_trigger(told),
+                expect=_same_trigger(trigger),
             )
         except IncidentNotFound:
             problems.append(f"#{incident_id} not found")
         except FiredAgain as exc:
-            at = exc.started.astimezone(zone).strftime("%H:%M %Z")
+            at = exc.started.astimezone(_zone_of(runtime, contact)).strftime("%H:%M %Z")
             problems.append(
                 f"#{incident_id} fired again at {at} since your page, not {verb.lower()} "
                 "(use the CLI or the API)"

@@ -322,6 +322,62 @@ async def test_an_sms_reply_acts_only_on_the_trigger_the_sender_was_paged_for(
     assert (doc["state"], doc["acknowledgedBy"], doc["episode"]) == ("acknowledged", "alice", 3)
 
 
+# The team phone's number is ops-desk's and alice's (she carries it): ops-desk, first in the
+# file, is paged for disks, alice for the rest.
+SHARED_PHONE_CONTACTS = """
+contacts:
+  ops-desk: {sms: "+15551230001"}
+  alice: {sms: "+15551230001"}
+  bob: {sms: "+15551230002"}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [alice]
+  disks:
+    levels:
+      - targets: [ops-desk]
+incidents:
+  default_policy: standard
+"""
+DISK_RULES = """
+rules:
+  - name: disk
+    matchers: ['alertname="DiskFull"']
+    severity: P2
+    category: availability
+    policy: disks
+"""
+
+
+async def test_a_reply_from_a_shared_number_acts_as_the_contact_that_was_paged(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """Two contacts share a phone. #1 paged alice, the second of them in the file: her
+    'ACK 1' acknowledges it as her (it answered "#1 was not paged to you", the number
+    taken for ops-desk's alone), and 'ACK ALL' then takes #2, paged to ops-desk, as
+    ops-desk: each incident records the contact its page went to."""
+    daemon = await start_daemon(
+        aiohttp_client, tmp_path, clock, twilio, smtp, SHARED_PHONE_CONTACTS, DISK_RULES
+    )
+    await post(daemon, webhook(alert("TargetDown", instance="web-1:9100")))
+    await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "both SMS")
+    inbound = public(daemon, INBOUND_SMS_PATH)
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK 1")
+    assert "Acknowledged #1" in answer.text, answer.text
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK ALL")
+    assert "Acknowledged #2" in answer.text, answer.text
+    for number, contact in ((1, "alice"), (2, "ops-desk")):
+        doc = await incident(daemon, number)
+        assert (doc["state"], doc["acknowledgedBy"]) == ("acknowledged", contact)
+        ack = next(e for e in doc["timeline"] if e["kind"] == "acknowledged")
+        assert (ack["actor"], ack["via"]) == (contact, "sms")
+
+
 async def test_a_reassigned_contact_who_acknowledges_is_not_called_afterwards(
     daemon: Client, twilio: FakeTwilio, clock: FakeClock
 ) -> None:

@@ -835,7 +835,7 @@ async def test_a_page_claimed_but_never_handed_over_goes_back_to_the_queue(
     )
     sms, email = sorted(await store.claim_pages(T0), key=lambda p: p.channel != "sms")
     await store.hand_over([email.id], T0)
-    assert [i.id for i in await store.open_incidents_paged_to("alice")] == [1]  # the email
+    assert [i.id for i, _ in await store.open_incidents_paged_to(["alice"])] == [1]  # the email
     later = T0 + timedelta(minutes=1)
     # A delivery cut off by a store error: only its own pages, the unsent one due later.
     failed = await store.recover_sending(later, page_ids=[sms.id], retry_at=later)
@@ -858,11 +858,33 @@ async def test_a_claimed_page_tells_nobody_until_it_is_handed_over(store: SQLite
         1, 1, [NewPage("L1", PageKind.PAGE, "alice", "sms", "+1555", T0)], None, T0
     )
     (page,) = await store.claim_pages(T0)
-    assert await store.open_incidents_paged_to("alice") == []
-    assert await store.trigger_told("alice", 1) is None
+    assert await store.open_incidents_paged_to(["alice"]) == []
+    assert await store.trigger_told(["alice"], 1) is None
     await store.hand_over([page.id], T0)
-    assert [i.id for i in await store.open_incidents_paged_to("alice")] == [1]
-    assert await store.trigger_told("alice", 1) is not None
+    assert [(i.id, who) for i, who in await store.open_incidents_paged_to(["alice"])] == [
+        (1, "alice")
+    ]
+    assert await store.trigger_told(["alice"], 1) == (T0, "alice")
+
+
+async def test_a_shared_number_answers_as_the_contact_told_last(store: SQLiteStore) -> None:
+    """A phone two contacts share (a team phone) was texted for incident 1 as ops, then as
+    alice: a reply from it acts as alice, whose page it most likely answers; incident 2,
+    paged to ops alone, as ops."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await store.ingest([replace(alert("aaaa000000000002"), incident_key="other")], T0)
+    later = T0 + timedelta(minutes=1)
+    for incident_id, contact, at in ((1, "ops", T0), (2, "ops", T0), (1, "alice", later)):
+        page = NewPage("L1", PageKind.PAGE, contact, "sms", "+15551230001", at)
+        await store.add_pages(incident_id, 1, [page], None, at)
+        (claimed,) = await store.claim_pages(at)
+        await store.finish_page(claimed.id, PageState.SENT, at)
+    both = ["ops", "alice"]
+    assert await store.trigger_told(both, 1) == (T0, "alice")
+    assert await store.trigger_told(both, 2) == (T0, "ops")
+    assert await store.trigger_told(["bob"], 1) is None
+    told = [(i.id, who) for i, who in await store.open_incidents_paged_to(both)]
+    assert told == [(1, "alice"), (2, "ops")]
 
 
 async def test_a_page_claimed_when_its_incident_resolves_gets_a_recovery_notice(

@@ -600,14 +600,18 @@ class Store(ContainmentStore, Protocol):
         """Queue pages outside the engine (failover, drills); returns how many were new."""
         ...
 
-    async def open_incidents_paged_to(self, contact: str) -> list[Incident]:
-        """Open incidents whose pages or status updates of their current trigger reached
-        ``contact`` (sent, or maybe sent), the one told of last first."""
+    async def open_incidents_paged_to(self, contacts: Sequence[str]) -> list[tuple[Incident, str]]:
+        """Open incidents whose pages or status updates of their current trigger reached any
+        of ``contacts`` (sent, or maybe sent), the one told of last first, each with the
+        contact of those told of it last."""
         ...
 
-    async def trigger_told(self, contact: str, incident_id: int) -> datetime | None:
+    async def trigger_told(
+        self, contacts: Sequence[str], incident_id: int
+    ) -> tuple[datetime, str] | None:
         """When the latest trigger of the incident (``Incident.started``) that a page or
-        status update told ``contact`` of began (sent, or maybe sent); None if none did."""
+        status update told any of ``contacts`` of began (sent, or maybe sent), and which of
+        them was told of it last; None if none was."""
         ...
 
     async def send_times(self, contact: str, channel: str, since: datetime) -> list[datetime]:

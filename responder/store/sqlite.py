@@ -830,12 +830,14 @@ class SQLiteStore:
             lambda conn: inc.add_pages(conn, incident_id, episode, pages, event, now_us)
         )
 
-    async def open_incidents_paged_to(self, contact: str) -> list[Incident]:
-        return await self._read(lambda conn: inc.open_incidents_paged_to(conn, contact))
+    async def open_incidents_paged_to(self, contacts: Sequence[str]) -> list[tuple[Incident, str]]:
+        return await self._read(lambda conn: inc.open_incidents_paged_to(conn, contacts))
 
-    async def trigger_told(self, contact: str, incident_id: int) -> datetime | None:
-        told = await self._read(lambda conn: inc.trigger_told(conn, contact, incident_id))
-        return None if told is None else from_us(told)
+    async def trigger_told(
+        self, contacts: Sequence[str], incident_id: int
+    ) -> tuple[datetime, str] | None:
+        told = await self._read(lambda conn: inc.trigger_told(conn, contacts, incident_id))
+        return None if told is None else (from_us(told[0]), told[1])
 
     async def send_times(self, contact: str, channel: str, since: datetime) -> list[datetime]:
         since_us = to_us(since)

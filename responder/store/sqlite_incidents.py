@@ -1280,33 +1280,43 @@ _REACHED = (
 )
 
 
-def open_incidents_paged_to(conn: sqlite3.Connection, contact: str) -> list[Incident]:
-    """Open incidents whose pages or status updates of their current trigger reached
-    ``contact``, the one told of last first: what 'ACK' and 'ACK ALL' answer. One that
-    resolved and fired again since is not: someone else may be on call for it now."""
+def open_incidents_paged_to(
+    conn: sqlite3.Connection, contacts: Sequence[str]
+) -> list[tuple[Incident, str]]:
+    """Open incidents whose pages or status updates of their current trigger reached any of
+    ``contacts`` (the contacts of one number), the one told of last first, each with the
+    contact told of it last: what 'ACK' and 'ACK ALL' answer. One that resolved and fired
+    again since is not: someone else may be on call for it now."""
+    marks = ",".join("?" * len(contacts))
     rows = conn.execute(
-        f"SELECT {INCIDENT_COLUMNS} FROM incidents i JOIN "  # noqa: S608 - fixed text
-        "(SELECT p.incident_id, p.trigger_at, MAX(COALESCE(p.sent_at, p.created_at)) AS told_at "
-        f"FROM pages p WHERE p.contact = ? AND p.kind IN ('page', 'status', 'test') "
+        # SQLite takes a bare column (p.contact) from the row that gave the MAX().
+        f"SELECT {INCIDENT_COLUMNS}, t.contact FROM incidents i JOIN "  # noqa: S608 - fixed text
+        "(SELECT p.incident_id, p.trigger_at, p.contact, "
+        "MAX(COALESCE(p.sent_at, p.created_at)) AS told_at "
+        f"FROM pages p WHERE p.contact IN ({marks}) AND p.kind IN ('page', 'status', 'test') "
         f"AND {_REACHED} GROUP BY p.incident_id, p.trigger_at) t "
         f"ON t.incident_id = i.id AND t.trigger_at = {_STARTED} "
         "WHERE i.state IN ('triggered', 'snoozed', 'acknowledged') "
         "ORDER BY t.told_at DESC, i.id DESC LIMIT 100",
-        (contact,),
+        list(contacts),
     ).fetchall()
-    return [incident_from_row(row) for row in rows]
+    return [(incident_from_row(row), row[-1]) for row in rows]
 
 
-def trigger_told(conn: sqlite3.Connection, contact: str, incident_id: int) -> int | None:
-    """When the latest trigger of the incident that a page or status update told
-    ``contact`` of began; None if none reached them."""
+def trigger_told(
+    conn: sqlite3.Connection, contacts: Sequence[str], incident_id: int
+) -> tuple[int, str] | None:
+    """When the latest trigger of the incident that a page or status update told any of
+    ``contacts`` of began, and which of them was told of it last; None if none was."""
+    marks = ",".join("?" * len(contacts))
     row = conn.execute(
-        "SELECT MAX(p.trigger_at) FROM pages p "  # noqa: S608 - fixed text
-        "WHERE p.incident_id = ? AND p.contact = ? "
-        f"AND p.kind IN ('page', 'status', 'test') AND {_REACHED}",
-        (incident_id, contact),
+        "SELECT p.trigger_at, p.contact FROM pages p "  # noqa: S608 - fixed text
+        f"WHERE p.incident_id = ? AND p.contact IN ({marks}) "
+        f"AND p.kind IN ('page', 'status', 'test') AND {_REACHED} "
+        "ORDER BY p.trigger_at DESC, COALESCE(p.sent_at, p.created_at) DESC, p.id DESC LIMIT 1",
+        (incident_id, *contacts),
     ).fetchone()
-    return None if row is None else row[0]
+    return None if row is None or row[0] is None else (row[0], row[1])
 
 
 def send_times(conn: sqlite3.Connection, contact: str, channel: str, since_us: int) -> list[int]:
