@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from notifiers.base import SEND_DEADLINE_S, DeliveryError, Message, Notifier, StatusUpdate
 from responder.classify import format_duration
 from responder.clock import Clock, sleep_until_or_woken
-from responder.directory import Directory
+from responder.directory import Channel, Directory
 from responder.incident import (
     INTERRUPTED,
     Event,
@@ -423,7 +423,8 @@ class Dispatcher:
                 self._claimed_unrecovered.update(p.id for p in pages)
             groups: dict[tuple[str, str, str], list[Page]] = {}
             for page in pages:
-                groups.setdefault((page.contact, page.channel, page.address), []).append(page)
+                address = self._address_now(page) or page.address
+                groups.setdefault((page.contact, page.channel, address), []).append(page)
             for key, group in groups.items():
                 self._in_flight += len(group)
                 self._method_locks.setdefault(key, asyncio.Lock())  # busy from now on
@@ -460,8 +461,47 @@ class Dispatcher:
             self._settled = asyncio.Event()
             self.wake()
 
+    def _address_now(self, page: Page) -> str | None:
+        """Where a page goes: its contact's address for its channel in the config in force
+        (a reload may have corrected it since the page was queued); None when the contact,
+        or its address for the channel, is gone."""
+        if self._directory is None:
+            return page.address
+        contact = self._directory().contacts.get(page.contact)
+        return None if contact is None else contact.address(Channel(page.channel))
+
+    async def _to_current_address(self, pages: list[Page]) -> list[Page]:
+        """One contact method's pages, each rewritten (and its row) to go to the address in
+        force; none when that is gone: they fail over as for an unreachable contact."""
+        first = pages[0]
+        address = self._address_now(first)
+        if address is None:
+            known = self._directory is not None and first.contact in self._directory().contacts
+            error = (
+                f"{first.contact} has no {first.channel} address any more (config reloaded)"
+                if known
+                else f"{first.contact} is no longer a contact (config reloaded)"
+            )
+            for page in pages:
+                self._metrics.pages.labels(page.channel, "failed").inc()
+                await self._finish(
+                    page, PageState.FAILED, error=error, reroute=self.reroute_for(error)
+                )
+            return []
+        moved = [p.id for p in pages if p.address != address]
+        if moved:
+            await self._store.readdress_pages(moved, address, self._clock.now())
+            log.info(
+                "pages go to their contact's address changed by a reload",
+                extra=fields(pages=moved, contact=first.contact, channel=first.channel),
+            )
+        return [replace(p, address=address) for p in pages]
+
     async def _deliver_group(self, pages: list[Page]) -> None:
         """One contact method's due pages: within its limits they go as one message."""
+        pages = await self._to_current_address(pages)
+        if not pages:
+            return
         first = pages[0]
         config = self._config()
         now = self._clock.now()

@@ -165,6 +165,64 @@ async def test_invalid_number_fails_over_at_once(
     assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]
 
 
+async def _sms_waiting_for_its_retry(client: Any) -> None:
+    async def retried() -> bool:
+        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
+        return bool(sms) and sms[0]["state"] == "queued" and sms[0]["attempts"] >= 1
+
+    await eventually(retried, "alice's SMS refused once, queued for its retry")
+
+
+async def test_a_reload_that_corrects_a_number_reaches_the_page_waiting_to_retry(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """alice's number had a typo; her SMS waits for its retry when the operator corrects
+    it and reloads: the retry goes to the corrected number (it went to the wrong one until
+    it failed over), and the page shows the number it went to."""
+    wrong = CONTACTS.replace("+15551230001", "+15551230009")
+    client = await make_client(config(tmp_path, twilio, smtp, contacts=wrong))
+    twilio.fail_next(Fault.UNAVAILABLE)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await _sms_waiting_for_its_retry(client)
+    config(tmp_path, twilio, smtp)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    clock.advance(timedelta(seconds=30))  # past the first backoff
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 1), "the SMS")
+    assert twilio.sent_sms("+15551230009") == []
+    sms = next(p for p in (await incident(client))["pages"] if p["channel"] == "sms")
+    assert (sms["state"], sms["address"]) == ("sent", "+15551230001")
+
+
+async def test_a_page_whose_address_a_reload_removed_fails_over(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """alice's SMS waits for its retry when a reload takes her number away: it is not sent
+    to the number she no longer has, but fails as for a contact who cannot be reached, and
+    her backup bob is texted."""
+    client = await make_client(config(tmp_path, twilio, smtp))
+    twilio.fail_next(Fault.UNAVAILABLE)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await _sms_waiting_for_its_retry(client)
+    without_sms = CONTACTS.replace('sms: "+15551230001", ', "")
+    config(tmp_path, twilio, smtp, contacts=without_sms)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    clock.advance(timedelta(seconds=30))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230002")) == 1), "bob's SMS")
+    assert twilio.sent_sms("+15551230001") == []
+    pages = (await incident(client))["pages"]
+    alice_sms = next(p for p in pages if (p["contact"], p["channel"]) == ("alice", "sms"))
+    assert alice_sms["state"] == "failed"
+    assert alice_sms["error"] == "alice has no sms address any more (config reloaded)"
+
+
 async def test_a_provider_that_took_the_message_but_answered_late_is_not_sent_twice(
     make_client: ClientFactory,
     tmp_path: Path,

@@ -623,6 +623,11 @@ class Store(ContainmentStore, Protocol):
         spend budget's window, read once at start and kept in memory after."""
         ...
 
+    async def readdress_pages(self, page_ids: Sequence[int], address: str, now: datetime) -> None:
+        """Claimed pages go to ``address``, their contact's for the channel in the config in
+        force (a reload corrected it since they were queued): the rows show where they went."""
+        ...
+
     async def hand_over(self, page_ids: Sequence[int], now: datetime) -> None:
         """Claimed pages go to their channel now: from here on an interruption leaves their
         outcome unknown (``recover_sending``)."""

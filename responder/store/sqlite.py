@@ -849,6 +849,10 @@ class SQLiteStore:
         values = await self._read(lambda conn: inc.paid_send_times(conn, since_us))
         return [from_us(v) for v in values]
 
+    async def readdress_pages(self, page_ids: Sequence[int], address: str, now: datetime) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: inc.readdress_pages(conn, page_ids, address, now_us))
+
     async def hand_over(self, page_ids: Sequence[int], now: datetime) -> None:
         now_us = to_us(now)
         await self._write(lambda conn: inc.hand_over(conn, page_ids, now_us))

@@ -1071,6 +1071,17 @@ def finish_page(
         _event(conn, page[0], now_us, kind, "responder", detail, via=page[2])
 
 
+def readdress_pages(
+    conn: sqlite3.Connection, page_ids: Sequence[int], address: str, now_us: int
+) -> None:
+    """Claimed pages go to their contact's address in force, not the one they were queued
+    with."""
+    conn.executemany(
+        "UPDATE pages SET address = ?, updated_at = ? WHERE id = ? AND state = 'sending'",
+        [(address, now_us, page_id) for page_id in page_ids],
+    )
+
+
 def hand_over(conn: sqlite3.Connection, page_ids: Sequence[int], now_us: int) -> None:
     """Claimed pages are about to be handed to their channel: from now on, an interruption
     leaves their outcome unknown."""
