@@ -6,7 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from responder.api import authenticated
-from responder.runtime import RUNTIME
+from responder.runtime import REARM_RETRY_S, RUNTIME
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -30,7 +30,17 @@ async def ready(request: web.Request) -> web.Response:
 
 @authenticated
 async def reload(request: web.Request) -> web.StreamResponse:
-    error = await request.app[RUNTIME].reload()
+    runtime = request.app[RUNTIME]
+    error = await runtime.reload()
     if error is not None:
         return web.json_response({"status": "error", "error": str(error)}, status=400)
+    if runtime.rearm_pending:
+        # In force but for escalation, which holds off until the re-arm is written: a tool
+        # that reloads must not take this for a clean success (the metric reads 0 too).
+        message = (
+            "config loaded, but the re-arm of the open incidents for the new escalation "
+            "policies could not be written (the database refused it); it is retried every "
+            f"{REARM_RETRY_S:g} s and escalation waits for it: see the log"
+        )
+        return web.json_response({"status": "error", "error": message}, status=503)
     return web.json_response({"status": "ok"})

@@ -297,7 +297,9 @@ async def test_the_reload_metric_reads_0_until_the_re_arm_is_written(
     _, started = await _reload_metrics(client)
     clock.advance(timedelta(minutes=1))
     write_config(tmp_path, config(STANDARD), rules=RULES_DEFAULT)
-    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    answer = await client.post("/-/reload", headers=AUTH)
+    assert answer.status == 503, "a reload not in force in full is no clean success"
+    assert "re-arm of the open incidents" in (await answer.json())["error"]
     assert await _reload_metrics(client) == (0, started)
     clock.advance(timedelta(minutes=1))
     disk_full[0] = False
