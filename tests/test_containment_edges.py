@@ -154,6 +154,52 @@ actions:
     assert log.read_text() == "x", f"{len(log.read_text())} attempts ran, 3 after the pause"
 
 
+async def test_a_run_the_kill_switch_stopped_is_recorded_stopped_not_failed(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+) -> None:
+    """The restart fails its first attempt as containment is paused: its retries are not
+    made, and the run is recorded stopped by the switch (timeline, actions status,
+    metric), not failed. One failure would open the breaker and escalate: neither
+    happens, and the page held for containment goes to level 1 at once."""
+    log, go = tmp_path / "attempts", tmp_path / "go"
+    body = (
+        f"open({str(log)!r}, 'a').write('x')\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+        "sys.stderr.write('nginx failed'); sys.exit(1)"
+    )
+    extra = "    retries: 2\n    retry_delay: 0s\n    breaker_failures: 1\n"
+    actions = restart_action(tmp_path, body, extra)
+    client = await make_client(
+        config(tmp_path, smtp, actions, RESTART_RULE + "    hold_page: 30m\n")
+    )
+    await post(client, webhook(alert("WebDown", service="nginx")))
+    await eventually(lambda: _true(log.exists()), "the first attempt")
+    paused = await client.post(
+        "/api/v1/actions/pause", json={"reason": "hands on", "by": "alice"}, headers=AUTH
+    )
+    assert paused.status == 200
+    go.touch()
+    await eventually(lambda: _finished(client), "the run ended")
+    assert log.read_text() == "x"
+    (finished,) = [e["detail"] for e in await runs(client) if e["kind"] == "action_finished"]
+    assert finished["outcome"] == "stopped"
+    assert finished["stopped"] == "containment paused by alice: hands on"
+    assert [a["outcome"] for a in finished["attempts"]] == ["failed"]
+    status = (await (await client.get("/api/v1/actions", headers=AUTH)).json())["data"]
+    assert [r["outcome"] for r in status["recent"]] == ["stopped"]
+    assert status["breakers"] == []
+    metrics = await (await client.get("/metrics")).text()
+    assert 'responder_actions_total{action="restart",outcome="stopped"} 1.0' in metrics
+    await eventually(lambda: _true(len(smtp.messages) == 1), "level 1 paged, not after 30m")
+    await asyncio.sleep(0.3)
+    assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]
+    kinds = [e["kind"] for e in (await incident(client))["timeline"]]
+    assert "containment_failed" not in kinds, kinds
+
+
 async def test_the_guards_in_memory_history_is_pruned(
     make_client: ClientFactory,
     tmp_path: Path,

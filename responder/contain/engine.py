@@ -443,10 +443,16 @@ class Containment:
             check_due_us=check_due,
             guards=self._guards_json,
             escalate=escalate,
+            # Stopped by the kill switch: no containment is at work, the held page goes.
+            release_hold=result.outcome is Outcome.STOPPED,
         )
-        if escalate is not None:
+        if escalate is not None or result.outcome is Outcome.STOPPED:
             self._on_escalate()
-        level = logging.INFO if result.outcome in (Outcome.OK, Outcome.DRY_RUN) else logging.ERROR
+        level = {
+            Outcome.OK: logging.INFO,
+            Outcome.DRY_RUN: logging.INFO,
+            Outcome.STOPPED: logging.WARNING,
+        }.get(result.outcome, logging.ERROR)
         log.log(
             level,
             "action finished",

@@ -307,6 +307,7 @@ def finish_run(
     elif outcome.is_failure:
         count += max(attempts, 1)
         last_failure = now
+    # Otherwise (STOPPED: the kill switch ended its retries) the count stays as it was.
     threshold = action.breaker_failures or settings.breaker_failures
     opened_at = before.opened_at
     if opened_at is None and count >= threshold:

@@ -19,6 +19,9 @@ class Outcome(StrEnum):
     DRY_RUN = "dry_run"  # rendered and recorded, deliberately not run
     RUNNING = "running"  # recorded before the process starts; a restart finds it here
     INTERRUPTED = "interrupted"  # was RUNNING when the daemon stopped; never re-run blindly
+    # The kill switch was engaged between two attempts: the retries left were not made.
+    # Neither a success nor a failure: the attempts made say nothing of those not made.
+    STOPPED = "stopped"
 
     @property
     def is_failure(self) -> bool:

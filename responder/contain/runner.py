@@ -412,6 +412,7 @@ class RunResult:
             "evidence_dir": self.evidence_dir,
             "evidence_manifest_sha256": self.evidence_manifest_sha256,
             "rejected": self.rejected.to_audit() if self.rejected is not None else None,
+            "stopped": self.stopped,
         }
 
 
@@ -843,6 +844,10 @@ class ActionRunner:
                 undo = replace(undo, at=expires_at)
         if dry or not changed:
             undo = None
+        if stopped_by is not None:
+            # Recorded as stopped, not as its last attempt's failure: the operator paused
+            # containment on purpose, and the retries it did not make may have helped.
+            outcome = Outcome.STOPPED
         return RunResult(
             run_id=prepared.run_id,
             action=action.name,

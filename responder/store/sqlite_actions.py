@@ -132,13 +132,21 @@ def record_run(
     _event(conn, incident_id, now_us, event, detail)
     if escalate is not None:
         escalate_incident(conn, incident_id, escalate, now_us)
-    if release_hold and incident_id is not None:
-        conn.execute(
-            "UPDATE incidents SET next_due = ?, held_until = NULL, version = version + 1, "
-            "updated_at = ? WHERE id = ? AND state = 'triggered' AND next_due > ?",
-            (now_us, now_us, incident_id, now_us),
-        )
+    if release_hold:
+        _release_hold(conn, incident_id, now_us)
     return True
+
+
+def _release_hold(conn: sqlite3.Connection, incident_id: int | None, now_us: int) -> None:
+    """No containment is at work for the incident (a guard stopped its run): a rule's
+    hold_page ends, and the first page goes now."""
+    if incident_id is None:
+        return
+    conn.execute(
+        "UPDATE incidents SET next_due = ?, held_until = NULL, version = version + 1, "
+        "updated_at = ? WHERE id = ? AND state = 'triggered' AND next_due > ?",
+        (now_us, now_us, incident_id, now_us),
+    )
 
 
 def finish_run(
@@ -154,7 +162,10 @@ def finish_run(
     guards: Callable[[], str],
     escalate: str | None,
     now_us: int,
+    release_hold: bool = False,
 ) -> None:
+    """The run's outcome, in one write with the guards' state; ``escalate`` pages the next
+    level, ``release_hold`` (the kill switch stopped it) ends a rule's hold_page."""
     row = conn.execute(
         "UPDATE action_runs SET state = 'done', outcome = ?, audit = ?, undo = ?, "
         "undo_hold_s = ?, undo_state = ?, undo_due = ?, check_due = ?, finished_at = ? "
@@ -183,6 +194,8 @@ def finish_run(
     _event(conn, incident_id, now_us, Event.ACTION_FINISHED, audit)
     if escalate is not None:
         escalate_incident(conn, incident_id, escalate, now_us)
+    if release_hold:
+        _release_hold(conn, incident_id, now_us)
 
 
 def escalate_incident(
