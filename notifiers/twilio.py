@@ -37,6 +37,8 @@ from responder.secrets import Secret
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 # A message's SID as Twilio hands it out: SM (SMS) or MM (MMS) and 32 hex digits.
 MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
+# A call's SID: CA and 32 hex digits.
+CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 
 # Paths the daemon serves under its public URL; Twilio calls them.
 STATUS_CALLBACK_PATH = "/api/v1/twilio/status"  # message and call status (queued -> delivered)
@@ -299,15 +301,20 @@ class TwilioNotifier:
         return Receipt(provider_id=sid, status=str(status) if status else "queued")
 
     async def fetch_status(self, provider_id: str) -> StatusUpdate:
-        """The status Twilio has now for an SMS this channel sent, through its REST API
-        (``GET .../Messages/{sid}.json``): for when the status callback did not come."""
-        if self.channel != "sms" or not MESSAGE_SID.fullmatch(provider_id):
-            # Only what Twilio answered to a send of ours goes into the request's path.
-            raise DeliveryError("not_a_message", "not a Twilio message SID", retryable=False)
+        """The status Twilio has now for an SMS or a call this channel sent, through its REST
+        API (``GET .../Messages/{sid}.json``, ``.../Calls/{sid}.json``): for when the status
+        callback did not come."""
+        # Only what Twilio answered to a send of ours goes into the request's path.
+        if self.channel == "sms":
+            if not MESSAGE_SID.fullmatch(provider_id):
+                raise DeliveryError("not_a_message", "not a Twilio message SID", retryable=False)
+        elif not CALL_SID.fullmatch(provider_id):
+            raise DeliveryError("not_a_call", "not a Twilio call SID", retryable=False)
         client = self._twilio()
+        resource = client.messages if self.channel == "sms" else client.calls
         timeout = send_bound(self._settings.timeout)
         try:
-            instance = await asyncio.wait_for(client.messages(provider_id).fetch_async(), timeout)
+            instance = await asyncio.wait_for(resource(provider_id).fetch_async(), timeout)
         except TwilioRestException as exc:
             raise self._lookup_error(exc) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

@@ -339,7 +339,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         on_escalate=runtime.escalator.wake,
         on_lift_alarm=functools.partial(store_lift_alarm, runtime),
     )
-    # SMS whose status callback did not come (the daemon was down) are looked up at Twilio.
+    # SMS and calls whose status callback did not come (the daemon was down) are looked up.
     reconciler = Reconciler(
         runtime.store, runtime.clock, runtime.metrics, dispatcher, lambda: runtime.notifiers
     )

@@ -1,6 +1,6 @@
-"""An SMS whose final status callback never came is looked up at Twilio: the real twilio
-library against FakeTwilio, which records a status without posting its callback (the daemon
-was down, and Twilio does not post a callback again)."""
+"""An SMS or a call whose final status callback never came is looked up at Twilio: the real
+twilio library against FakeTwilio, which records a status without posting its callback (the
+daemon was down, and Twilio does not post a callback again)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from responder.clock import FakeClock
-from responder.reconcile import CHECK_AFTER, GIVE_UP_AFTER
+from responder.reconcile import CALL_CHECK_AFTER, CHECK_AFTER, GIVE_UP_AFTER
 from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from tests.test_ack_doors import Client, _true, first_incident_paged, smtp, start_daemon, twilio
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
@@ -151,3 +151,63 @@ async def test_an_sms_older_than_the_bound_is_not_asked_for(
     await asyncio.sleep(0.3)
     assert sid not in twilio.lookups
     assert (await alice_sms(client))["state"] == "sent"
+
+
+async def alice_called(client: Client, twilio: FakeTwilio, clock: FakeClock) -> str:
+    """The first incident's call to alice (her voice page 5 minutes after the SMS), taken
+    by Twilio and recorded sent; its SID."""
+    await alice_paged(client, twilio)
+    clock.advance(timedelta(minutes=5))
+    await eventually(lambda: _true(len(twilio.calls("+15551230001")) == 1), "alice called")
+
+    async def recorded() -> bool:
+        pages = (await incident(client))["pages"]
+        return [p["state"] for p in pages if p["channel"] == "voice"] == ["sent"]
+
+    await eventually(recorded, "the call recorded as sent")
+    return twilio.calls("+15551230001")[0].sid
+
+
+async def test_a_lost_no_answer_callback_of_a_call_is_looked_up_and_fails_over(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """alice does not answer the call, and Twilio's no-answer callback is lost. Nobody
+    asks before three minutes; then the call is looked up, the voice page fails as the
+    callback would have made it, and bob is paged in alice's place."""
+    client = await starter(aiohttp_client, tmp_path, clock, twilio, smtp)()
+    sid = await alice_called(client, twilio, clock)
+    twilio.set_status(sid, "no-answer")
+    clock.advance(CALL_CHECK_AFTER - timedelta(seconds=30))
+    await asyncio.sleep(0.2)
+    assert sid not in twilio.lookups
+    assert twilio.sent_sms("+15551230002") == []
+    clock.advance(timedelta(seconds=40))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230002")) == 1), "bob paged")
+    voice = [p for p in (await incident(client))["pages"] if p["channel"] == "voice"]
+    assert [(p["state"], p["error"]) for p in voice] == [("failed", "no-answer")]
+    assert twilio.lookups.count(sid) == 1
+
+
+async def test_a_call_that_failed_while_the_daemon_was_down_fails_over_at_the_start(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """The daemon stopped during alice's call; the line was busy and the callback saying
+    so found nobody. At the start the call is looked up and bob is paged."""
+    start = starter(aiohttp_client, tmp_path, clock, twilio, smtp)
+    client = await start()
+    sid = await alice_called(client, twilio, clock)
+    await client.close()
+    twilio.set_status(sid, "busy")
+    client = await start()
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230002")) == 1), "bob paged")
+    assert sid in twilio.lookups
+    voice = [p for p in (await incident(client))["pages"] if p["channel"] == "voice"]
+    assert [(p["state"], p["error"]) for p in voice] == [("failed", "busy")]

@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -496,6 +496,26 @@ async def test_a_status_lookup_says_whether_asking_again_can_help(
     with pytest.raises(DeliveryError, match="not a Twilio message SID"):
         await sms.fetch_status("SM../../Calls")
     assert fake.lookups == [unknown, receipt.provider_id]
+
+
+async def test_a_call_status_is_looked_up_with_the_real_library(
+    fake: FakeTwilio, daemon: Daemon
+) -> None:
+    """A call's status is read back through its REST API (``calls(sid).fetch``): queued,
+    then no-answer, final and not delivered; only a call SID reaches the API."""
+    voice = TwilioNotifier("voice", settings_for(fake), daemon.public_url)
+    try:
+        receipt = await voice.send(replace(page(), channel="voice"))
+        pending = await voice.fetch_status(receipt.provider_id)
+        assert (pending.status, pending.final) == ("queued", False)
+        fake.set_status(receipt.provider_id, "no-answer")
+        update = await voice.fetch_status(receipt.provider_id)
+        assert (update.status, update.final, update.delivered) == ("no-answer", True, False)
+        with pytest.raises(DeliveryError, match="not a Twilio call SID"):
+            await voice.fetch_status("SM" + "0" * 32)
+    finally:
+        await voice.close()
+    assert fake.lookups == [receipt.provider_id] * 2
 
 
 async def test_inbound_sms_signature_checked(fake: FakeTwilio, daemon: Daemon) -> None:

@@ -4,9 +4,10 @@
 like the real API (form-encoded requests, HTTP basic auth, JSON answers with ``SM...`` and
 ``CA...`` SIDs, Twilio's error JSON), records every request, and injects faults on demand: for
 the next requests (``fail_next``) or for one number (``fail_number``). ``GET .../Messages/
-{sid}.json`` answers with the status a message has now: the last callback sent for it, or the
-one a test set without a callback (``set_status``: a callback lost while the daemon was down);
-``lookups`` lists those requests and ``fail_lookups`` makes them fail. It also plays Twilio's
+{sid}.json`` and ``.../Calls/{sid}.json`` answer with the status a message or call has now:
+the last callback sent for it, or the one a test set without a callback (``set_status``: a
+callback lost while the daemon was down); ``lookups`` lists those requests and
+``fail_lookups`` makes them fail. It also plays Twilio's
 side of the callbacks: status callbacks, inbound SMS and voice keypresses, each signed with a
 valid ``X-Twilio-Signature`` (or a wrong one, to test that the daemon refuses it). Point the
 notifier at it with ``TwilioSettings(api_base_url=fake.base_url, ...)``.
@@ -125,7 +126,7 @@ class FakeTwilio:
         self.requests: list[TwilioRequest] = []
         self._next_faults: deque[Fault] = deque()
         self._number_faults: dict[str, Fault] = {}
-        self.lookups: list[str] = []  # the message SIDs asked for with GET, in order
+        self.lookups: list[str] = []  # the message and call SIDs asked for with GET, in order
         self._lookup_fault: Fault | None = None
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -139,6 +140,7 @@ class FakeTwilio:
         app.router.add_post(prefix + "/Messages.json", self._messages)
         app.router.add_post(prefix + "/Calls.json", self._calls)
         app.router.add_get(prefix + "/Messages/{message_sid}.json", self._fetch_message)
+        app.router.add_get(prefix + "/Calls/{message_sid}.json", self._fetch_call)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._port)
@@ -176,12 +178,14 @@ class FakeTwilio:
         self._lookup_fault = None
 
     def fail_lookups(self, fault: Fault | None) -> None:
-        """Every message lookup (GET) gets ``fault`` until ``None`` or ``clear_faults``."""
+        """Every message or call lookup (GET) gets ``fault`` until ``None`` or
+        ``clear_faults``."""
         self._lookup_fault = fault
 
     def set_status(self, sid: str, status: str, error_code: int | None = None) -> None:
-        """Give message ``sid`` a new status (``undelivered``, 30003, say) and send no
-        callback for it: what the daemon finds when the callback was lost."""
+        """Give message or call ``sid`` a new status (``undelivered``, 30003, say; a call's
+        ``no-answer``) and send no callback for it: what the daemon finds when the callback
+        was lost."""
         record = self.find(sid)
         record.statuses.append(status)
         record.error_code = error_code
@@ -317,6 +321,12 @@ class FakeTwilio:
         return payload
 
     async def _fetch_message(self, request: web.Request) -> web.StreamResponse:
+        return await self._fetch(request, "sms")
+
+    async def _fetch_call(self, request: web.Request) -> web.StreamResponse:
+        return await self._fetch(request, "voice")
+
+    async def _fetch(self, request: web.Request, kind: str) -> web.StreamResponse:
         sid = request.match_info["message_sid"]
         self.lookups.append(sid)
         if not self._authorized(request):
@@ -329,7 +339,7 @@ class FakeTwilio:
         if fault is not None:
             status, code, text = _FAULT_ANSWERS[fault]
             return self._error(status, code, text.format(to=""))
-        record = next((r for r in self.requests if r.kind == "sms" and r.sid == sid), None)
+        record = next((r for r in self.requests if r.kind == kind and r.sid == sid), None)
         if record is None or not sid:
             return self._error(404, 20404, f"The requested resource {request.path} was not found")
         return web.json_response(self._resource(record))
