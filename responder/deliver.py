@@ -590,7 +590,9 @@ class Dispatcher:
 
     async def _tell_admins(self, config: DeliveryConfig, used: int, now: datetime) -> None:
         """Email the admins once an hour while the budget holds pages back. The hour is
-        kept in the store: a restart (or a crash loop) must not send the notice again."""
+        kept in the store: a restart (or a crash loop) must not send the notice again. It
+        is claimed before the email goes (two holds at once send it once) and given back
+        when no admin got it, so the next hold tries again."""
         try:
             due = await self._store.claim_admin_notice(BUDGET_NOTICE, now, BUDGET_NOTICE_EVERY)
         except StoreError as exc:  # the pages are held already; the next hold asks again
@@ -607,12 +609,21 @@ class Dispatcher:
             f"({config.sms_voice_per_hour}). Further SMS and calls wait in the queue until the "
             "budget frees up; email pages still go out. Raise delivery.budget if this is real."
         )
+        told = False
         for address in config.budget_notify:
             message = Message("email", address, text, subject="[responder] SMS/voice budget used")
             try:
                 await asyncio.wait_for(email.send(message), SEND_DEADLINE_S)
             except (DeliveryError, TimeoutError) as exc:
-                log.error("budget notice not sent", extra=fields(error=str(exc)))
+                log.error("budget notice not sent", extra=fields(to=address, error=str(exc)))
+            else:
+                told = True
+        if told:
+            return  # an admin who got it passes it on: sent again, it would repeat to them
+        try:
+            await self._store.release_admin_notice(BUDGET_NOTICE, now)
+        except StoreError as exc:  # kept: the notice waits for the next hour
+            log.error("budget notice claim not given back", extra=fields(error=str(exc)))
 
     async def _deliver_bundle(self, pages: list[Page]) -> None:
         m = self._metrics

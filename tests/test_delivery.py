@@ -411,6 +411,42 @@ async def test_the_budget_notice_goes_once_an_hour_across_restarts(
     assert len(twilio.sent_sms()) == 2
 
 
+async def test_a_budget_notice_the_mail_server_refused_goes_at_the_next_hold(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """The budget holds an SMS; the mail server refuses the admins' notice. The claim on
+    the hour is given back: when the SMS is held again, the notice goes (once)."""
+    extra = "delivery:\n  budget: {sms_voice_per_hour: 1, notify: [admin@example.com]}\n"
+    client = await make_client(config(tmp_path, twilio, smtp, extra))
+
+    def admin_emails() -> int:
+        return sum("admin@example.com" in m.rcpt_tos for m in smtp.messages)
+
+    async def held(times: int) -> bool:
+        return (await outcomes(client, "sms")).get("held", 0) >= times
+
+    await post(client, webhook(alert("TargetDown", instance="web-1"), group="a"))
+    await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "first SMS: the budget")
+    smtp.reject_recipients = frozenset({"admin@example.com"})
+    clock.advance(timedelta(minutes=2))
+    await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
+    await eventually(lambda: held(1), "the second SMS held by the budget")
+    await asyncio.sleep(0.2)
+    assert admin_emails() == 0
+    smtp.reject_recipients = frozenset()
+    clock.advance(timedelta(minutes=6))  # the held SMS is due again: held again
+    await eventually(lambda: held(2), "the SMS held again")
+    await eventually(lambda: _true(admin_emails() == 1), "the notice, at the next hold")
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: held(3), "the SMS held a third time")
+    await asyncio.sleep(0.2)
+    assert admin_emails() == 1
+
+
 async def test_a_page_held_by_the_budget_reaches_the_backup_by_email_at_once(
     make_client: ClientFactory,
     tmp_path: Path,

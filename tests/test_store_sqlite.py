@@ -381,6 +381,22 @@ async def test_an_admin_notice_is_sent_once_per_period_across_a_reopen(tmp_path:
         await second.close()
 
 
+async def test_an_admin_notice_given_back_may_be_claimed_again(tmp_path: Path) -> None:
+    """A notice not sent gives its claim back: the next claim gets it. Giving back an
+    older claim leaves a later one in place."""
+    store, hour = SQLiteStore(tmp_path / "r.db"), timedelta(hours=1)
+    await store.open()
+    try:
+        assert await store.claim_admin_notice("budget_reached", T0, hour)
+        await store.release_admin_notice("budget_reached", T0)
+        later = T0 + timedelta(minutes=5)
+        assert await store.claim_admin_notice("budget_reached", later, hour)
+        await store.release_admin_notice("budget_reached", T0)  # not this claim's time
+        assert not await store.claim_admin_notice("budget_reached", later, hour)
+    finally:
+        await store.close()
+
+
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     """A database written by a newer responder is not touched by an older one."""
     path = tmp_path / "r.db"

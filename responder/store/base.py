@@ -484,6 +484,11 @@ class Store(ContainmentStore, Protocol):
         time recorded later than ``now`` (the clock stepped back) does not hold it."""
         ...
 
+    async def release_admin_notice(self, kind: str, claimed_at: datetime) -> None:
+        """Give back the claim ``claim_admin_notice`` made at ``claimed_at``: the notice
+        was not sent, and the next claim may send it. A later claim stays."""
+        ...
+
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
         """The earliest due time of a queued page, leaving out the ``busy`` contact methods
         (as ``claim_pages`` does: their pages wait for the message in progress)."""

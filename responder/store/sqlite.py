@@ -655,6 +655,14 @@ class SQLiteStore:
 
         return await self._write(work)
 
+    async def release_admin_notice(self, kind: str, claimed_at: datetime) -> None:
+        claimed_us = to_us(claimed_at)
+        await self._write(
+            lambda conn: conn.execute(
+                "DELETE FROM admin_notices WHERE kind = ? AND sent_at = ?", (kind, claimed_us)
+            )
+        )
+
     async def next_page(self, busy: Collection[tuple[str, str, str]] = ()) -> datetime | None:
         skip = list(busy)
         value = await self._read(lambda conn: inc.next_page(conn, skip))
