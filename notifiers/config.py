@@ -45,11 +45,13 @@ from notifiers.webhook import WebhookNotifier, WebhookSettings
 from responder.secrets import read_secret
 from responder.yamlfile import Node
 
-_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
-_SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
+# Each checks a whole value (fullmatch: with match, "$" lets a trailing newline through).
+_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 # Alphanumeric sender IDs: up to 11 letters, digits and spaces, at least one letter.
-_ALPHA_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
-_HOST = re.compile(r"^[A-Za-z0-9.\-:\[\]]+$")
+_ALPHA_SENDER = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+_HOST = re.compile(r"[A-Za-z0-9.\-:\[\]]+")
+_HTTP_URL = re.compile(r"https?://[^/\s]+(/\S*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,7 @@ def _seconds(node: Node | None, default: float, maximum: float = 600.0) -> float
 
 def _url(node: Node) -> str:
     value = node.as_str().rstrip("/")
-    if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+    if not _HTTP_URL.fullmatch(value):
         raise node.error(f"expected an http:// or https:// URL, got {value!r}")
     return value
 
@@ -94,7 +96,7 @@ def _parse_twilio(node: Node, base_dir: Path) -> TwilioSettings:
     )
     sid_node = node["account_sid"]
     account_sid = sid_node.as_str()
-    if not _ACCOUNT_SID.match(account_sid):
+    if not _ACCOUNT_SID.fullmatch(account_sid):
         # The value is not echoed: it identifies the account.
         raise sid_node.error("expected AC followed by 32 hexadecimal digits")
     auth_token = read_secret(node, "auth_token", base_dir, required=True)
@@ -102,7 +104,7 @@ def _parse_twilio(node: Node, base_dir: Path) -> TwilioSettings:
     from_number: str | None = None
     if (from_node := node.get("from")) is not None:
         from_number = from_node.as_str()
-        if not (E164.match(from_number) or _ALPHA_SENDER.match(from_number)):
+        if not (E164.fullmatch(from_number) or _ALPHA_SENDER.fullmatch(from_number)):
             raise from_node.error(
                 f"expected an E.164 number such as +15005550006 or an alphanumeric sender ID,"
                 f" got {from_number!r}"
@@ -110,7 +112,7 @@ def _parse_twilio(node: Node, base_dir: Path) -> TwilioSettings:
     service_sid: str | None = None
     if (service_node := node.get("messaging_service_sid")) is not None:
         service_sid = service_node.as_str()
-        if not _SERVICE_SID.match(service_sid):
+        if not _SERVICE_SID.fullmatch(service_sid):
             raise service_node.error("expected MG followed by 32 hexadecimal digits")
     if from_number is None and service_sid is None:
         raise node.error("give from, messaging_service_sid, or both")
@@ -143,7 +145,7 @@ def _parse_smtp(node: Node, base_dir: Path) -> SmtpSettings:
     )
     host_node = node["host"]
     host = host_node.as_str()
-    if not host or not _HOST.match(host):
+    if not host or not _HOST.fullmatch(host):
         raise host_node.error(f"expected a host name or address, got {host!r}")
     mode_node = node.get("mode")
     mode = SmtpMode(mode_node.as_choice(*SmtpMode)) if mode_node is not None else SmtpMode.STARTTLS
@@ -220,7 +222,7 @@ def build_notifiers(settings: ChannelSettings, public_url: str | None) -> dict[s
         notifiers["sms"] = TwilioNotifier("sms", settings.twilio, public_url)
         # A call needs a real number to call from; an alphanumeric sender or a messaging
         # service alone can only send SMS.
-        if settings.twilio.from_number and E164.match(settings.twilio.from_number):
+        if settings.twilio.from_number and E164.fullmatch(settings.twilio.from_number):
             notifiers["voice"] = TwilioNotifier("voice", settings.twilio, public_url)
     if settings.smtp is not None:
         notifiers["email"] = SmtpNotifier(settings.smtp)

@@ -34,7 +34,8 @@ from notifiers.base import DeliveryError, Message, Receipt, StatusUpdate, send_b
 from notifiers.sms_text import fit_segments
 from responder.secrets import Secret
 
-E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+# Whole values only (``fullmatch``): ``match`` with ``$`` lets a trailing newline through.
+E164 = re.compile(r"\+[1-9]\d{1,14}")
 # A message's SID as Twilio hands it out: SM (SMS) or MM (MMS) and 32 hex digits.
 MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
 # A call's SID: CA and 32 hex digits.
@@ -224,7 +225,7 @@ class TwilioNotifier:
     ) -> None:
         if channel not in ("sms", "voice"):
             raise ValueError(f"TwilioNotifier channel must be sms or voice, not {channel!r}")
-        if channel == "voice" and not E164.match(settings.from_number or ""):
+        if channel == "voice" and not E164.fullmatch(settings.from_number or ""):
             raise ValueError("voice pages need an E.164 from number")
         if channel == "sms" and not (settings.from_number or settings.messaging_service_sid):
             raise ValueError("SMS pages need a from number or a messaging service SID")

@@ -383,6 +383,19 @@ def test_config_errors_name_file_line_and_key(body: str, message: str, tmp_path:
     assert "hunter2" not in str(caught.value)
 
 
+def test_a_host_with_a_trailing_newline_is_a_config_error(tmp_path: Path) -> None:
+    """A host quoted with a newline at its end (or written as a block scalar) is refused
+    when the config is read, not first met as a failed connection when a page is due."""
+    node = channels(
+        '\nchannels:\n  smtp:\n    host: "mail.example.com\\n"\n    from: a@b.example\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_channels(node, tmp_path)
+    assert str(caught.value).startswith(
+        "config.yaml:4: channels.smtp.host: expected a host name or address"
+    )
+
+
 async def test_the_whole_exchange_ends_within_the_timeout(plain: SmtpTestServer) -> None:
     """The bound covers QUIT too: a stalled server costs the timeout, not twice it."""
     plain.answer_delay = 2.0

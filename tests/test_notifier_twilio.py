@@ -266,10 +266,12 @@ async def test_number_problems_are_permanent(
 async def test_malformed_number_is_refused_by_the_api(
     fake: FakeTwilio, sms: TwilioNotifier
 ) -> None:
-    """The fake validates E.164 like Twilio does: 21211, permanent."""
-    with pytest.raises(DeliveryError) as caught:
-        await sms.send(page(to="0800-DISK"))
-    assert (caught.value.reason, caught.value.retryable) == ("invalid_number", False)
+    """The fake validates E.164 like Twilio does, the whole number (a trailing newline
+    too): 21211, permanent."""
+    for number in ("0800-DISK", PRIMARY + "\n"):
+        with pytest.raises(DeliveryError) as caught:
+            await sms.send(page(to=number))
+        assert (caught.value.reason, caught.value.retryable) == ("invalid_number", False)
 
 
 async def test_bad_credentials_take_the_channel_down_and_are_never_shown(
@@ -639,6 +641,31 @@ channels:
         (
             f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n    from: '+15005550006'\n"
             "    api_base_url: localhost:8080\n",
+            "config.yaml:7: channels.twilio.api_base_url: expected an http:// or https:// URL",
+        ),
+        # A trailing newline (a YAML block scalar, a quoted "\n") is no part of a valid value.
+        (
+            f'    account_sid: "AC{"0" * 32}\\n"\n'
+            '    auth_token_env: HOME\n    from: "+15005550006"\n',
+            "config.yaml:4: channels.twilio.account_sid: expected AC followed by 32",
+        ),
+        (
+            f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n"
+            '    from: "+15005550006\\n"\n',
+            "config.yaml:6: channels.twilio.from: expected an E.164 number",
+        ),
+        (
+            f'    account_sid: AC{"0" * 32}\n    auth_token_env: HOME\n    from: "ACME Ops\\n"\n',
+            "config.yaml:6: channels.twilio.from: expected an E.164 number",
+        ),
+        (
+            f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n"
+            f'    messaging_service_sid: "MG{"0" * 32}\\n"\n',
+            "config.yaml:6: channels.twilio.messaging_service_sid: expected MG followed by 32",
+        ),
+        (
+            f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n    from: '+15005550006'\n"
+            '    api_base_url: "http://127.0.0.1:8080\\n"\n',
             "config.yaml:7: channels.twilio.api_base_url: expected an http:// or https:// URL",
         ),
     ],

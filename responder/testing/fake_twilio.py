@@ -44,7 +44,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 API_VERSION = "2010-04-01"
-_E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+_E164 = re.compile(r"\+[1-9]\d{1,14}")
 
 
 class Fault(StrEnum):
@@ -278,7 +278,7 @@ class FakeTwilio:
             return self._error(status, code, text.format(to=record.to))
         if not record.to:
             return self._error(400, 21604, "A 'To' phone number is required.")
-        if not _E164.match(record.to):
+        if not _E164.fullmatch(record.to):
             record.error_code = 21211
             return self._error(
                 400, 21211, f"The 'To' number {record.to} is not a valid phone number."
