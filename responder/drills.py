@@ -24,6 +24,7 @@ from responder.incident import Incident, NewPage, PageKind
 from responder.incidents_api import incident_document
 from responder.ingest import json_error, read_json_object
 from responder.log import fields
+from responder.model import DRILL_CATEGORY
 from responder.runtime import RUNTIME, Runtime, in_background
 from responder.store import StoreError, row_id
 
@@ -165,7 +166,7 @@ async def list_drills(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/drills: the latest drills with who answered through what and how fast."""
     runtime = request.app[RUNTIME]
     try:
-        drills = await runtime.store.list_incidents(limit=50, category="drill")
+        drills = await runtime.store.list_incidents(limit=50, category=DRILL_CATEGORY)
         results = [drill_results(await _drill_document(runtime, i)) for i in drills]
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
@@ -182,7 +183,7 @@ async def get_drill(request: web.Request) -> web.StreamResponse:
         incident = await runtime.store.get_incident(drill_id)
     except LookupError:
         return json_error(404, "no such drill")
-    if incident.category != "drill":
+    if incident.category != DRILL_CATEGORY:
         return json_error(404, "no such drill")
     return web.json_response(
         {"status": "ok", "data": drill_results(await _drill_document(runtime, incident))}
@@ -210,7 +211,7 @@ async def scheduled_drills(app: web.Application) -> AsyncIterator[None]:
             if schedule is not None:
                 try:
                     # However many incidents came since: a storm must not make it look overdue.
-                    latest = await runtime.store.list_incidents(limit=1, category="drill")
+                    latest = await runtime.store.list_incidents(limit=1, category=DRILL_CATEGORY)
                     last = latest[0].opened_at if latest else None
                     due = now if last is None else last + schedule.every
                     if due <= now:

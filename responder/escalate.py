@@ -30,7 +30,7 @@ from responder.incident import (
 )
 from responder.log import fields
 from responder.metrics import Metrics
-from responder.model import Severity
+from responder.model import DRILL_CATEGORY, Severity
 from responder.policy import (
     EscalationClock,
     IncidentView,
@@ -225,7 +225,7 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
     """What to record for one due incident at ``now``: steps with their pages, events, and the
     next due time. Pure: the same inputs give the same decision."""
     incident, done = work.incident, work.done
-    if incident.category == "drill":
+    if incident.category == DRILL_CATEGORY:
         return Decision((), (), None)  # drills page once, by themselves, and never escalate
     breaches = tuple(_target_breaches(incident, done, now))
     policy = config.policy_for(incident.policy)

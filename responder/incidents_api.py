@@ -23,6 +23,7 @@ from responder.incident import (
     TransitionError,
 )
 from responder.ingest import json_error, read_json_object
+from responder.model import DRILL_CATEGORY
 from responder.policy import once_only_steps
 from responder.runtime import RUNTIME, Runtime
 from responder.store import StoredAlert, StoreError, row_id
@@ -80,7 +81,7 @@ async def act(
             action == "acknowledge"
             and first is not None
             and first == incident.acknowledged_at
-            and incident.category != "drill"
+            and incident.category != DRILL_CATEGORY
         ):
             took = (first - incident.started).total_seconds()
             runtime.metrics.time_to_acknowledge.labels(incident.severity).observe(took)

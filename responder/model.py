@@ -61,6 +61,10 @@ BUILTIN_CATEGORIES: tuple[str, ...] = (
     "compliance",
 )
 
+# The category of drills (responder.drills): never escalated, kept out of every KPI. Reserved,
+# so that no rule can give it to a real incident.
+DRILL_CATEGORY = "drill"
+
 Labels = Mapping[str, str]
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from responder.calendar import require_aware
 from responder.classify import format_duration
-from responder.model import Severity
+from responder.model import DRILL_CATEGORY, Severity
 
 __all__ = [
     "IncidentFigures",
@@ -509,7 +509,7 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
         figures = incident_figures(doc, now=until)
         if not since <= figures.opened < until:
             continue
-        if _text(doc, "category") == "drill":
+        if _text(doc, "category") == DRILL_CATEGORY:
             drills += 1  # tests of the paging path, not incidents: kept out of the figures
             continue
         chosen.append((doc, figures))

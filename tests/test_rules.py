@@ -306,6 +306,9 @@ def test_off_hours_targets(tmp_path: Path, when: datetime, respond: int, resolve
             "invalid category name",
         ),
         ("classification:\n  categories: [security]\n", 2, "categories[0]", "built-in"),
+        # Drills have this category: incidents of it would never escalate and stay out of
+        # every KPI.
+        ("classification:\n  categories: [drill]\n", 2, "categories[0]", "reserved for drills"),
         (
             "classification:\n  rule_files: [nothing/*.yaml]\n",
             2,

@@ -28,6 +28,7 @@ from responder.classify.rules import Rule, load_rule_file
 from responder.classify.targets import ResponseTargets, parse_response_targets
 from responder.model import (
     BUILTIN_CATEGORIES,
+    DRILL_CATEGORY,
     Classification,
     Labels,
     ResponseTarget,
@@ -430,6 +431,10 @@ def _categories(node: Node | None) -> tuple[str, ...]:
             raise item.error(f"invalid category name {name!r} (expected [a-z0-9][a-z0-9_-]*)")
         if name in BUILTIN_CATEGORIES:
             raise item.error(f"{name!r} is a built-in category; list only new ones")
+        if name == DRILL_CATEGORY:
+            raise item.error(
+                f"{name!r} is reserved for drills (never escalated, left out of the KPIs)"
+            )
         if name in extra:
             raise item.error(f"category {name!r} is listed twice")
         extra.append(name)
