@@ -194,8 +194,11 @@ def _level_clock(policy: Policy, step: Step) -> EscalationClock:
 def _target_breaches(incident: Incident, done: frozenset[str], now: datetime) -> list[StepDone]:
     """Response targets passed while nobody acknowledged / nothing resolved: recorded once."""
     breaches: list[StepDone] = []
+    # Resolved before anyone acknowledged: answered when it was resolved (as the report
+    # judges it), also when the pass that closes it comes after the deadline (a restart).
+    answered = incident.first_acknowledged_at or incident.resolved_at
     checks = (
-        ("B.respond", incident.respond_s, incident.first_acknowledged_at, "respond"),
+        ("B.respond", incident.respond_s, answered, "respond"),
         ("B.resolve", incident.resolve_s, incident.resolved_at, "resolve"),
     )
     for step_id, seconds, met_at, target in checks:

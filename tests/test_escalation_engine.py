@@ -17,11 +17,11 @@ from responder.clock import FakeClock
 from responder.escalate import Escalator, load_escalation
 from responder.incident import Page, PageKind
 from responder.metrics import Metrics
-from responder.model import Classification, Severity
+from responder.model import Classification, ResponseTarget, Severity
 from responder.policy import EscalationLayout
 from responder.store import IncomingAlert, SQLiteStore
 from responder.yamlfile import load_text
-from tests.test_store_sqlite import T0, disk_alert
+from tests.test_store_sqlite import CLASSIFIED, T0, disk_alert, resolved
 
 
 @pytest.fixture
@@ -436,3 +436,35 @@ async def test_a_reload_removing_the_policy_repeats_no_status_update(
     await escalator.run_once()
     await run_until(escalator, clock, T0 + timedelta(minutes=125))
     assert await status_times(store) == [30, 60, 90, 120]
+
+
+# -- response targets judged after the fact ----------------------------------------------------
+
+
+async def test_a_late_pass_records_no_respond_breach_for_an_incident_resolved_in_time(
+    store: SQLiteStore,
+) -> None:
+    """Respond target 15m; nobody acknowledges and the alert resolves at 10m. The pass that
+    closes the incident comes at 25m (the daemon was killed just after the resolve's
+    commit and started again): the respond target was met, as the report says (resolved
+    within it), and no breach is recorded or counted (KPI review: the late pass judged
+    the resolved incident as never answered)."""
+    clock = FakeClock(T0)
+    registry = CollectorRegistry()
+    config = load_escalation(load_text(NEXT_HAS_NOBODY, "config.yaml"))
+    escalator = Escalator(store, clock, Metrics(registry), lambda: config)
+    targeted = replace(
+        disk_alert("aaaa000000000001"),
+        classification=replace(CLASSIFIED, target=ResponseTarget(15 * 60, 4 * 3600)),
+    )
+    await store.ingest([targeted], T0)
+    await escalator.run_once()
+    clock.set(T0 + timedelta(minutes=10))
+    await store.ingest([resolved(targeted, clock.now())], clock.now())
+    clock.set(T0 + timedelta(minutes=25))
+    await escalator.run_once()
+    assert "target_breached" not in await kinds(store)
+    breaches = registry.get_sample_value(
+        "responder_response_target_breaches_total", {"severity": "P1", "target": "respond"}
+    )
+    assert not breaches
