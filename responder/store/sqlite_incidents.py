@@ -39,7 +39,7 @@ from responder.incident import (
     TransitionError,
     incident_title,
 )
-from responder.model import Severity
+from responder.model import DRILL_CATEGORY, Severity
 from responder.policy import EscalationLayout, LevelKeys, duration_levels
 from responder.store.base import Reroute
 
@@ -1416,8 +1416,8 @@ def create_drill(
     cur = conn.execute(
         "INSERT INTO incidents (key, state, severity, category, policy, rule, title, opened_at, "
         "triggered_at, next_due, updated_at) "
-        "VALUES (?, 'triggered', 'P3', 'drill', NULL, NULL, ?, ?, ?, NULL, ?)",
-        (f"{DRILL_KEY_PREFIX}{now_us}", title, now_us, now_us, now_us),
+        "VALUES (?, 'triggered', 'P3', ?, NULL, NULL, ?, ?, ?, NULL, ?)",
+        (f"{DRILL_KEY_PREFIX}{now_us}", DRILL_CATEGORY, title, now_us, now_us, now_us),
     )
     incident_id = int(cur.lastrowid or 0)
     contacts = sorted({p.contact for p in pages})
