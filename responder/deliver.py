@@ -519,8 +519,14 @@ class Dispatcher:
                 return
         limits = config.limits_for(first.channel)
         longest = max((limit.window for limit in limits), default=timedelta(0))
+        # A drill's test message does not hold back a real page: a drill must never delay
+        # the page of an incident. Drills among themselves keep to the limits.
+        real = any(p.kind is not PageKind.TEST for p in pages)
         sent = self._as_seen(
-            await self._store.send_times(first.contact, first.channel, now - longest), now
+            await self._store.send_times(
+                first.contact, first.channel, now - longest, without_tests=real
+            ),
+            now,
         )
         allowed = next_allowed(sent, limits, now)
         if allowed > now:

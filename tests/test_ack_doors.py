@@ -682,6 +682,23 @@ async def test_drill_pages_every_channel_and_reports_answers(
     assert bad.status == 400
 
 
+async def test_a_drill_message_does_not_hold_back_a_real_page(
+    daemon: Client, twilio: FakeTwilio
+) -> None:
+    """A page of a real incident right after a drill's test SMS to the same phone goes at
+    once: the drill's message does not count against the page's rate limit (1 a minute),
+    or a drill would delay a real page by up to a minute (KPI review). The clock stands
+    still here: a held page would never go."""
+    started = await daemon.post(
+        "/api/v1/drills", json={"contacts": ["alice"], "by": "ops"}, headers=AUTH
+    )
+    assert started.status == 200, await started.text()
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 1), "the drill SMS")
+    await post(daemon, webhook(alert("TargetDown", instance="web-1:9100")))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "the real page")
+    assert "TEST" not in twilio.sent_sms("+15551230001")[1].body
+
+
 async def test_a_drill_shows_a_channel_down_as_failed_at_once(
     daemon: Client, twilio: FakeTwilio, smtp: SmtpTestServer
 ) -> None:

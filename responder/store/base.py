@@ -619,8 +619,11 @@ class Store(ContainmentStore, Protocol):
         them was told of it last; None if none was."""
         ...
 
-    async def send_times(self, contact: str, channel: str, since: datetime) -> list[datetime]:
-        """When messages went to one contact method since a time (a bundle counts once)."""
+    async def send_times(
+        self, contact: str, channel: str, since: datetime, *, without_tests: bool = False
+    ) -> list[datetime]:
+        """When messages went to one contact method since a time (a bundle counts once);
+        ``without_tests``: not those that carried only drill pages."""
         ...
 
     async def paid_send_times(self, since: datetime) -> list[datetime]:

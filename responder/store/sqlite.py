@@ -847,9 +847,13 @@ class SQLiteStore:
         told = await self._read(lambda conn: inc.trigger_told(conn, contacts, incident_id))
         return None if told is None else (from_us(told[0]), told[1])
 
-    async def send_times(self, contact: str, channel: str, since: datetime) -> list[datetime]:
+    async def send_times(
+        self, contact: str, channel: str, since: datetime, *, without_tests: bool = False
+    ) -> list[datetime]:
         since_us = to_us(since)
-        values = await self._read(lambda conn: inc.send_times(conn, contact, channel, since_us))
+        values = await self._read(
+            lambda conn: inc.send_times(conn, contact, channel, since_us, without_tests)
+        )
         return [from_us(v) for v in values]
 
     async def paid_send_times(self, since: datetime) -> list[datetime]:

@@ -1330,14 +1330,17 @@ def trigger_told(
     return None if row is None or row[0] is None else (row[0], row[1])
 
 
-def send_times(conn: sqlite3.Connection, contact: str, channel: str, since_us: int) -> list[int]:
-    """When messages went to one contact method (a bundle of pages counts once)."""
+def send_times(
+    conn: sqlite3.Connection, contact: str, channel: str, since_us: int, without_tests: bool
+) -> list[int]:
+    """When messages went to one contact method (a bundle of pages counts once); with
+    ``without_tests``, those that held only drill pages left out."""
     return [
         row[0]
         for row in conn.execute(
             "SELECT DISTINCT sent_at FROM pages WHERE contact = ? AND channel = ? "
-            "AND sent_at >= ? ORDER BY sent_at",
-            (contact, channel, since_us),
+            "AND sent_at >= ? AND NOT (? AND kind = 'test') ORDER BY sent_at",
+            (contact, channel, since_us, without_tests),
         )
     ]
 
