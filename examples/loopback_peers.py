@@ -6,9 +6,10 @@ that print every SMS, call and mail they receive.
 (it needs aiosmtpd, one of the test extras: `.venv/bin/pip install -q -e '.[test]'`),
 
 then start the daemon on examples/paging.yaml (which points at them) and post an alert. The
-Twilio side is the fake the tests use (responder.testing.FakeTwilio); its auth token is
-generated once and written to ./twilio-token (mode 0600), where the config reads it; a
-restart of the peers keeps it, so the running daemon still authenticates. Each mail is
+Twilio side is the fake the tests use (responder.testing.FakeTwilio); its auth token is read
+from ./twilio-token, where the config reads it too (shipped with a placeholder, so that
+`responder check -c examples/paging.yaml` passes before the peers ever ran; if the file is
+removed, a new token is generated into it). Each mail is
 printed with the links in its text (the acknowledge link, to try it with a browser or curl).
 
 To answer a page by SMS as that phone would (signed with the same token, as Twilio signs):

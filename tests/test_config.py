@@ -28,6 +28,15 @@ def test_shipped_config_loads() -> None:
     assert snapshot.classifier.rule_count > 0
 
 
+SHIPPED = [ROOT / "config.yaml", *sorted((ROOT / "examples").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.relative_to(ROOT).as_posix() for p in SHIPPED])
+def test_every_shipped_config_passes_check(path: Path) -> None:
+    """`responder check` passes on a fresh clone for every config the repository ships."""
+    load_snapshot(path)
+
+
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
 def test_bad_config_names_file_line_and_key(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each bad example file fails with the message its first line expects."""
