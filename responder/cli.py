@@ -31,7 +31,7 @@ from aiohttp import web
 from responder import __version__
 from responder.auth import ensure_generated_token, token_path
 from responder.classify import format_duration, render_explanation, run_rule_tests
-from responder.client import ApiClient, CertificateRefused, ClientError
+from responder.client import ApiClient, CertificateRefused, ClientError, CredentialsMissing
 from responder.clock import SystemClock
 from responder.config import Config, load_config
 from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide
@@ -79,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ClientError as exc:
         print(f"responder: {exc}", file=sys.stderr)
-        if isinstance(exc, CertificateRefused):
-            return EXIT_USAGE  # a matter of trust to set right, not one to retry
+        if isinstance(exc, CertificateRefused | CredentialsMissing):
+            return EXIT_USAGE  # a matter of trust or config to set right, not one to retry
         if exc.status is None or exc.status >= 500:
             return EXIT_UNREACHABLE  # down, or up without its store: try again later
         return EXIT_USAGE if exc.status == 400 else EXIT_FAILED  # refused: 404, 409, 401

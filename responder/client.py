@@ -32,6 +32,11 @@ class CertificateRefused(ClientError):
     """The daemon's certificate is not one this command trusts: retrying cannot help."""
 
 
+class CredentialsMissing(ClientError):
+    """The config names no credentials and no generated token was found: a matter of
+    configuration (or of --state-dir), which retrying cannot help."""
+
+
 # The first certificate of a PEM file: the leaf, when a chain follows it.
 _FIRST_PEM_CERTIFICATE = re.compile(
     r"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
@@ -195,7 +200,8 @@ def _authorization(config: Config) -> str:
     try:
         return f"Bearer {read_secret_file(path).value}"
     except OSError:
-        raise ClientError(
+        raise CredentialsMissing(
             f"no credentials: the config names none and {path} does not exist "
-            "(start the daemon once, or run `responder token`)"
+            "(start the daemon once, or run `responder token`; a daemon started with"
+            " --state-dir keeps its token there: pass the same --state-dir)"
         ) from None

@@ -300,3 +300,22 @@ def test_a_url_without_its_scheme_is_a_usage_error_not_an_unreachable_daemon(
     assert capsys.readouterr().err == (
         "responder: --url: url: expected an http:// or https:// URL, got '127.0.0.1:9095'\n"
     )
+
+
+def test_no_token_found_says_to_pass_the_daemons_state_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon started with --state-dir keeps its generated token there; a command run
+    without the flag looked in the config's state_dir and told the operator to start the
+    daemon or run `responder token` (a token the running daemon would not accept), and
+    exited 3, which tells a script to try again. It says to pass the same --state-dir, and
+    exits 2: a config matter (new-operator review)."""
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  listen: 127.0.0.1:9\n")
+    assert main(["incidents", "-c", str(config)]) == 2
+    token = tmp_path / "state" / "webhook-token"
+    assert capsys.readouterr().err == (
+        f"responder: no credentials: the config names none and {token} does not exist (start"
+        " the daemon once, or run `responder token`; a daemon started with --state-dir keeps"
+        " its token there: pass the same --state-dir)\n"
+    )
