@@ -13,6 +13,7 @@ import getpass
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sqlite3
@@ -484,7 +485,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             )
             print(f"escalation: none (a heartbeat never opens an incident{watch})")
             continue
-        _explain_actions(snapshot, c.actions, labels, notes, guards, at)
+        _explain_actions(snapshot, c.actions, c.severity.value, labels, notes, guards, at)
         escalation = snapshot.escalation
         policy = escalation.policy_for(c.policy)
         if policy is None:
@@ -511,9 +512,20 @@ def _saved_guards(snapshot: Snapshot) -> GuardState:
     return GuardState.from_json(json.loads(row[0])) if row else GuardState()
 
 
+def _evidence_lines(plan: dict[str, Any]) -> list[str]:
+    """A capture-evidence plan as an operator reads it (its audit form holds each command's
+    whole environment)."""
+    lines = [f"journal of {j['unit']}: {shlex.join(j['argv'])}" for j in plan["journals"]]
+    lines += [f"file {path}" for path in plan["files"]]
+    lines += [f"command {c['name']}: {shlex.join(c['argv'])}" for c in plan["commands"]]
+    lines.append(f"at most {plan['max_bytes']:,} bytes kept of each")
+    return lines
+
+
 def _explain_actions(
     snapshot: Snapshot,
     names: Sequence[str],
+    severity: str,
     labels: dict[str, str],
     notes: dict[str, str],
     guards: GuardState,
@@ -525,7 +537,8 @@ def _explain_actions(
         return
     print("containment (dry: nothing runs):")
     runner = ActionRunner(SystemClock(), snapshot.config.state_dir / "evidence")
-    context = RunContext("(explain)", labels.get("alertname", ""), "", "")
+    # As the engine gives it (RESPONDER_SEVERITY); no fingerprint: no alert is stored.
+    context = RunContext("(explain)", labels.get("alertname", ""), "", severity)
     for name in names:
         action = snapshot.actions.actions[name]
         # A placeholder run id: the real one is made per run (iptables rules carry it).
@@ -535,8 +548,13 @@ def _explain_actions(
             print(f"  - {name}: REFUSED, nothing would run: {audit.get('reason', audit)}")
             continue
         request = prepared.request.to_audit()
-        shown = request.get("argv") or request.get("url") or request
-        print(f"  - {name} ({action.kind.value}) on {prepared.target}: {shown}")
+        if "journals" in request:  # an evidence plan: what it would read, one per line
+            print(f"  - {name} ({action.kind.value}) on {prepared.target}:")
+            for line in _evidence_lines(request):
+                print(f"      {line}")
+        else:
+            shown = request.get("argv") or request.get("url") or request
+            print(f"  - {name} ({action.kind.value}) on {prepared.target}: {shown}")
         decision = decide(guards, action, prepared.target, snapshot.containment, at)
         if decision.dry_run:
             print(f"      dry run: {decision.reason}")

@@ -192,6 +192,43 @@ def test_explain_shows_a_placeholder_for_the_run_id_an_iptables_rule_carries(
     assert "'responder:<run-id>'" in out, out
 
 
+def test_explain_shows_an_evidence_plan_readably_with_the_severity_it_would_get(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A capture-evidence action is shown as what it would read, one item a line (it was a
+    Python dict with each command's whole environment), and its commands get the severity
+    a real run gives them (RESPONDER_SEVERITY was empty; docs review)."""
+    actions = (
+        "actions:\n  evidence:\n    kind: capture-evidence\n    units: [ssh.service]\n"
+        "    files: [/var/log/auth.log]\n    commands:\n      sockets: [/usr/bin/ss, -tanp]\n"
+    )
+    rules = (
+        "rules:\n  - name: brute\n    matchers: ['alertname=\"SSHBruteForce\"']\n"
+        "    severity: P1\n    category: security\n    actions: [evidence]\n"
+    )
+    path = write_config(tmp_path, actions, rules=rules)
+    assert main(["explain", "-c", str(path), "--labels", "alertname=SSHBruteForce"]) == 0
+    out = capsys.readouterr().out
+    assert "journal of ssh.service: /usr/bin/journalctl -u ssh.service" in out, out
+    assert "file /var/log/auth.log" in out
+    assert "command sockets: /usr/bin/ss -tanp" in out
+    assert "'env'" not in out
+
+    from responder.contain.runner import ActionRunner
+
+    seen: list[str] = []
+    real_prepare = ActionRunner.prepare
+
+    def prepare(self: ActionRunner, *args: Any, **kwargs: Any) -> Any:
+        seen.append(args[3].severity)  # the RunContext
+        return real_prepare(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ActionRunner, "prepare", prepare)
+        assert main(["explain", "-c", str(path), "--labels", "alertname=SSHBruteForce"]) == 0
+    assert seen == ["P1"]
+
+
 def test_who_ran_a_command_is_the_login_name_when_user_is_unset(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
