@@ -637,7 +637,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
                 i["state"],
                 i["severity"],
                 i["category"],
-                (i["openedAt"] or "")[:19].replace("T", " "),
+                shown_time(i["openedAt"]),
                 i["acknowledgedBy"] or "",
                 f"{i['firingCount']}/{i['alertCount']}",
                 i["title"],
@@ -679,7 +679,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
         ["AT", "EVENT", "WHO", "VIA", "DETAIL"],
         [
             [
-                (e["at"] or "")[:19].replace("T", " "),
+                shown_time(e["at"]),
                 e["kind"],
                 e["actor"] or "",
                 e["via"] or "",
@@ -699,7 +699,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
                 p["contact"],
                 p["channel"],
                 p["state"],
-                (p["dueAt"] or "")[:19].replace("T", " "),
+                shown_time(p["dueAt"]),
                 p["error"] or "",
             ]
             for p in data["pages"]
@@ -811,6 +811,11 @@ def operator_name() -> str:
         return "cli"
 
 
+def shown_time(value: str | None) -> str:
+    """A time of the API (ISO 8601, UTC) as the tables show it: 2026-12-03 16:57:37."""
+    return (value or "")[:19].replace("T", " ")
+
+
 # Runs are shown by the start of their id, like git's short hashes; `actions lift` and
 # `actions lifted` take it.
 RUN_ID_SHOWN = 12
@@ -856,7 +861,7 @@ def cmd_actions(args: argparse.Namespace) -> int:
         return 0
     switch = data["killSwitch"]
     if data["paused"]:
-        print(f"PAUSED by {switch['by']} at {switch['at']}: {switch['reason']}")
+        print(f"PAUSED by {switch['by']} at {shown_time(switch['at'])} UTC: {switch['reason']}")
     else:
         print("containment active" + (" (dry run)" if data["dryRun"] else ""))
     print(f"actions: {', '.join(data['actions']) or 'none configured'}")
@@ -865,7 +870,12 @@ def cmd_actions(args: argparse.Namespace) -> int:
         print_table(
             ["ACTION", "TARGET", "FAILURES", "OPEN SINCE"],
             [
-                [b["action"], b["target"], str(b["consecutive_failures"]), b["opened_at"] or ""]
+                [
+                    b["action"],
+                    b["target"],
+                    str(b["consecutive_failures"]),
+                    shown_time(b["opened_at"]),
+                ]
                 for b in data["breakers"]
             ],
         )
@@ -874,7 +884,7 @@ def cmd_actions(args: argparse.Namespace) -> int:
         ["STARTED", "RUN", "ACTION", "TARGET", "STATE", "OUTCOME", "INCIDENT", "UNDO"],
         [
             [
-                (r["startedAt"] or "")[:19].replace("T", " "),
+                shown_time(r["startedAt"]),
                 r["runId"][:RUN_ID_SHOWN],
                 r["action"],
                 r["target"],
@@ -984,9 +994,6 @@ def cmd_heartbeats(args: argparse.Namespace) -> int:
         )
         return 0
 
-    def when(value: str | None) -> str:
-        return (value or "")[:19].replace("T", " ")
-
     rows = []
     for h in document["data"]:
         labels = dict(h["labels"])
@@ -998,8 +1005,8 @@ def cmd_heartbeats(args: argparse.Namespace) -> int:
                 alertname,
                 h["state"],
                 "-" if timeout is None else format_duration(timeout),
-                when(h["lastHeard"]),
-                when(h["missingSince"]),
+                shown_time(h["lastHeard"]),
+                shown_time(h["missingSince"]),
                 ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
             ]
         )
@@ -1051,7 +1058,7 @@ def _alert_row(alert: dict[str, Any]) -> list[str]:
         c["category"],
         c["rule"] or "(fallback)",
         alertname,
-        (alert["startsAt"] or "")[:19].replace("T", " "),
+        shown_time(alert["startsAt"]),
         str(alert["receiveCount"]),
         ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
     ]

@@ -5,6 +5,7 @@ lifts of the same change stand down."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -294,3 +295,24 @@ rules:
     failed = [e["detail"]["reason"] for e in timeline if e["kind"] == "containment_failed"]
     assert not any("undo of block-web failed" in r for r in failed), failed
     assert log.read_text().count("delete") == 1
+
+
+async def test_actions_status_shows_the_kill_switch_time_as_the_other_tables_do(
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    """`actions status` while paused: the time to the second in UTC, as every table shows
+    times (it was raw ISO with microseconds and an offset; docs review)."""
+    _, actions = _maintenance(tmp_path)
+    path = config(tmp_path, smtp, actions, MAINTENANCE_RULE)
+    client = await make_client(path)
+    url = str(client.make_url("")).rstrip("/")
+    paused = await asyncio.to_thread(
+        cli, path, url, "actions", "pause", "--reason", "maintenance window", "--by", "ops"
+    )
+    assert paused.returncode == 0, paused.stderr
+    listed = await asyncio.to_thread(cli, path, url, "actions", "status")
+    assert re.search(
+        r"^PAUSED by ops at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: maintenance window$",
+        listed.stdout,
+        re.MULTILINE,
+    ), listed.stdout
