@@ -30,7 +30,7 @@ from responder.incident import (
 )
 from responder.log import fields
 from responder.metrics import Metrics
-from responder.model import DRILL_CATEGORY, Severity
+from responder.model import DRILL_CATEGORY, STALE_SWEEP, Severity
 from responder.policy import (
     EscalationClock,
     IncidentView,
@@ -506,7 +506,12 @@ class Escalator:
     def _count(self, step: StepDone, incident: Incident, now: datetime) -> None:
         m = self._metrics
         if step.event is None:
-            if step.step == CLOSED_STEP and incident.resolved_at is not None:
+            # An incident whose alerts went stale ended unseen: no time to resolve.
+            if (
+                step.step == CLOSED_STEP
+                and incident.resolved_at is not None
+                and incident.resolved_by != STALE_SWEEP
+            ):
                 took = (incident.resolved_at - incident.started).total_seconds()
                 m.time_to_resolve.labels(incident.severity).observe(took)
             return

@@ -227,7 +227,8 @@ class Metrics:
         )
         self.time_to_resolve = Histogram(
             "responder_incident_time_to_resolve_seconds",
-            "From an incident triggering to its resolution.",
+            "From an incident triggering to its resolution (not observed for incidents "
+            "that ended because their alerts went stale).",
             ["severity"],
             buckets=_KPI_BUCKETS,
             registry=registry,

@@ -64,6 +64,9 @@ BUILTIN_CATEGORIES: tuple[str, ...] = (
 # The category of drills (responder.drills): never escalated, kept out of every KPI. Reserved,
 # so that no rule can give it to a real incident.
 DRILL_CATEGORY = "drill"
+# Who resolves an incident whose last alerts went stale (alerts.stale_after without a copy):
+# nobody saw it end, so its time to resolve is left out of MTTR (metric and report).
+STALE_SWEEP = "stale-sweep"
 
 Labels = Mapping[str, str]
 

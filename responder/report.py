@@ -25,7 +25,7 @@ from typing import Any
 
 from responder.calendar import require_aware
 from responder.classify import format_duration
-from responder.model import DRILL_CATEGORY, Severity
+from responder.model import DRILL_CATEGORY, STALE_SWEEP, Severity
 
 __all__ = [
     "IncidentFigures",
@@ -182,6 +182,9 @@ class IncidentFigures:
     respond: TargetCheck | None
     resolve: TargetCheck | None
     resolve_from: datetime | None = None  # None: ``opened``
+    # Resolved because its last alerts went stale: nobody saw it end (no time to resolve in
+    # MTTR, as in the metric).
+    ended_unseen: bool = False
 
     @property
     def time_to_acknowledge(self) -> timedelta | None:
@@ -247,6 +250,7 @@ def incident_figures(doc: Mapping[str, Any], *, now: datetime) -> IncidentFigure
         respond=_check(respond_s, respond_from, answered, now),
         resolve=_check(resolve_s, triggered or opened, resolved, now),
         resolve_from=triggered or opened,
+        ended_unseen=resolved is not None and _text(doc, "resolvedBy") == STALE_SWEEP,
     )
 
 
@@ -525,7 +529,11 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
         return [t.total_seconds() for f in group if (t := f.time_to_acknowledge) is not None]
 
     def ttr(group: Sequence[IncidentFigures]) -> list[float]:
-        return [t.total_seconds() for f in group if (t := f.time_to_resolve) is not None]
+        return [
+            t.total_seconds()
+            for f in group
+            if (t := f.time_to_resolve) is not None and not f.ended_unseen
+        ]
 
     def breaches(group: Sequence[IncidentFigures], which: str) -> str:
         checks = [getattr(f, which) for f in group]
@@ -591,7 +599,11 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
                 md_text(_text(doc, "title") or _text(doc, "key") or "", 120),
                 _utc(f.opened),
                 "—" if (a := f.time_to_acknowledge) is None else _span(a),
-                "open" if (r := f.time_to_resolve) is None else _span(r),
+                "open"
+                if (r := f.time_to_resolve) is None
+                else f"{_span(r)} (stale)"
+                if f.ended_unseen
+                else _span(r),
                 ", ".join(
                     f"{what} {check.status}"
                     for what, check in (("respond", f.respond), ("resolve", f.resolve))
@@ -603,6 +615,7 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
         lines += [*_table(["Id", "Severity", "Title", "Opened", "TTA", "TTR", "Targets"], rows), ""]
 
     unacked = sum(1 for f in everything if f.acknowledged is None)
+    unseen = sum(1 for f in everything if f.ended_unseen)
     lines += [
         "## Notes",
         "",
@@ -617,7 +630,9 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
         f"- MTTA counts acknowledged incidents only ({unacked} never acknowledged); it runs from "
         "the incident's start (its trigger, whatever episodes followed).",
         f"- MTTR counts resolved incidents only ({still_open} unresolved); it runs from the "
-        "incident's start too.",
+        "incident's start too. Incidents that ended because their alerts went stale (no copy "
+        f"within alerts.stale_after: nobody saw them end) are not counted ({unseen}; marked "
+        '"(stale)" above).',
         "- p90 is by nearest rank. Open incidents are judged against their targets at the end "
         "of the period; an incident resolved without acknowledgement met the respond target if "
         "it was resolved within it.",

@@ -468,3 +468,36 @@ async def test_a_late_pass_records_no_respond_breach_for_an_incident_resolved_in
         "responder_response_target_breaches_total", {"severity": "P1", "target": "respond"}
     )
     assert not breaches
+
+
+async def test_an_incident_that_ended_by_going_stale_has_no_time_to_resolve(
+    store: SQLiteStore,
+) -> None:
+    """The alert stops arriving and goes stale: the incident resolves, by the stale sweep,
+    and the engine's closing pass observes no time to resolve (nobody saw it end; 12 hours
+    of nothing would swamp the MTTR; KPI review). A resolve by Alertmanager is observed."""
+    clock = FakeClock(T0)
+    registry = CollectorRegistry()
+    config = load_escalation(load_text(NEXT_HAS_NOBODY, "config.yaml"))
+    escalator = Escalator(store, clock, Metrics(registry), lambda: config)
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await escalator.run_once()
+    clock.set(T0 + timedelta(hours=13))
+    assert await store.mark_stale(T0 + timedelta(hours=1), clock.now()) == [1]
+    (ended,) = await store.list_incidents()
+    assert (ended.state.value, ended.resolved_by) == ("resolved", "stale-sweep")
+    await escalator.run_once()
+    observed = registry.get_sample_value(
+        "responder_incident_time_to_resolve_seconds_count", {"severity": "P1"}
+    )
+    assert observed == 0
+
+    await store.ingest([disk_alert("bbbb000000000002")], clock.now())
+    await escalator.run_once()
+    clock.set(clock.now() + timedelta(minutes=5))
+    await store.ingest([resolved(disk_alert("bbbb000000000002"), clock.now())], clock.now())
+    await escalator.run_once()
+    observed = registry.get_sample_value(
+        "responder_incident_time_to_resolve_seconds_count", {"severity": "P1"}
+    )
+    assert observed == 1

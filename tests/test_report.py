@@ -435,3 +435,22 @@ def test_drills_are_left_out_of_the_figures_and_counted_in_the_notes() -> None:
     notes = "\n".join(section(text, "Notes"))
     assert "Drills are left out of every figure above (1 in the period" in notes
     assert "- 1 incident opened outside the period left out." in text
+
+
+def test_period_mttr_leaves_out_incidents_that_ended_by_going_stale() -> None:
+    """An incident whose alerts went stale (no copy for alerts.stale_after, 12h by default)
+    ended unseen: its 13 hours are not a time to resolve, and counted they would swamp the
+    MTTR (KPI review). Listed with its time marked "(stale)", and counted in the notes."""
+    stale = incident(9, "P1", BASE + timedelta(days=5), 10, 13 * 60, P1_TARGET)
+    stale["resolvedBy"] = "stale-sweep"
+    text = period_report(
+        [*month(), stale],
+        since=datetime(2026, 3, 1, tzinfo=UTC),
+        until=datetime(2026, 4, 1, tzinfo=UTC),
+    )
+    mttr = table(text, "Time to resolve (MTTR)")
+    assert mttr["P1"] == ["3", "5h20m", "4h", "10h"]  # as without it
+    assert table(text, "Incidents")["9"][4] == "13h (stale)"
+    notes = "\n".join(section(text, "Notes"))
+    assert "went stale" in notes
+    assert "are not counted (1;" in notes

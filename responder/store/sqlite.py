@@ -38,7 +38,7 @@ from responder.incident import (
     StepDone,
     TimelineEvent,
 )
-from responder.model import AlertStatus, Classification
+from responder.model import STALE_SWEEP, AlertStatus, Classification
 from responder.policy import EscalationLayout
 from responder.store import sqlite_actions as actions
 from responder.store import sqlite_heartbeats as heartbeats
@@ -480,7 +480,9 @@ class SQLiteStore:
             ).fetchall()
             for alert_id, incident_id in sorted(rows):
                 if incident_id is not None:
-                    inc.alert_ended(conn, alert_id, incident_id, Event.ALERT_STALE, now_us)
+                    inc.alert_ended(
+                        conn, alert_id, incident_id, Event.ALERT_STALE, now_us, STALE_SWEEP
+                    )
             return sorted(row[0] for row in rows)
 
         return await self._write(work)

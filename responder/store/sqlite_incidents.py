@@ -324,7 +324,11 @@ def alert_ended(
     )
     if cur.rowcount:
         _cancel_pending(conn, incident_id, now_us, "resolved", resolve=True)
-        reason = "all alerts resolved" if kind is Event.ALERT_RESOLVED else "all alerts ended"
+        reason = (
+            "all alerts resolved"
+            if kind is Event.ALERT_RESOLVED
+            else "all alerts ended, the last by going stale (no copy within alerts.stale_after)"
+        )
         _event(conn, incident_id, now_us, Event.RESOLVED, source, {"reason": reason}, source)
         return True
     return False
