@@ -77,7 +77,11 @@ def judge(
     if timeout is None:
         return HeartbeatState.UNWATCHED
     firing = row.heard_firing
-    if row.forgotten_at is not None and (firing is None or firing <= row.forgotten_at):
+    # Copies of the same episode still on their way after a forget are no return: only one
+    # past the settling time is (a new episode clears the forget as it is stored).
+    if row.forgotten_at is not None and (
+        firing is None or firing <= row.forgotten_at + FORGET_SETTLES
+    ):
         return HeartbeatState.FORGOTTEN
     if row.missing_since is not None:
         # Missing until a firing copy arrives after it was found missing, or a reload gives

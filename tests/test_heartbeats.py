@@ -786,3 +786,23 @@ async def test_a_heartbeat_forgotten_by_mistake_is_watched_again_while_it_arrive
         await post(client, webhook(watchdog()))
     await client.app[HEARTBEAT_WATCH].check()
     await _dies_and_pages(client, clock, "2026-01-05T09:00:00Z")
+
+
+async def test_copies_still_on_their_way_after_a_forget_do_not_watch_it_again(
+    make_client: ClientFactory,
+    fast_path: Path,
+    clock: FakeClock,
+) -> None:
+    """A cluster retired whole: forgotten, one more repeat of the same episode arrives, then
+    Prometheus and Alertmanager go, so no resolve ever comes. That copy came within the
+    forget's settling time: the heartbeat stays forgotten and nothing pages."""
+    client = await make_client(fast_path)
+    await post(client, webhook(watchdog()))
+    await _forget(client)
+    clock.advance(timedelta(minutes=1))
+    await post(client, webhook(watchdog()))  # Alertmanager's repeat, already on its way
+    assert [h["state"] for h in await heartbeats(client)] == ["forgotten"]
+    clock.advance(timedelta(minutes=7))
+    await client.app[HEARTBEAT_WATCH].check()
+    assert [h["state"] for h in await heartbeats(client)] == ["forgotten"]
+    assert await incident_count(client) == 0
