@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from responder.classify.rules import parse_rule
+from responder.cli import main
 from responder.clock import FakeClock
 from responder.heartbeats import (
     CHECK_EVERY,
@@ -806,3 +807,22 @@ async def test_copies_still_on_their_way_after_a_forget_do_not_watch_it_again(
     await client.app[HEARTBEAT_WATCH].check()
     assert [h["state"] for h in await heartbeats(client)] == ["forgotten"]
     assert await incident_count(client) == 0
+
+
+def test_check_warns_of_a_heartbeat_timeout_alertmanagers_defaults_would_outlast(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With Alertmanager's default route (repeat_interval 4h, group_interval 5m) Watchdog
+    comes every 4h05m at worst: a shorter timeout pages between its copies, every time.
+    `check` says so; the shipped 13h says nothing."""
+    (tmp_path / "shipped").mkdir()
+    assert main(["check", "-c", str(write_config(tmp_path / "shipped"))]) == 0
+    assert capsys.readouterr().err == ""
+    config = write_config(tmp_path, rules=FAST_WATCHDOG.replace("5m", "4h"))
+    assert main(["check", "-c", str(config)]) == 0
+    assert capsys.readouterr().err == (
+        f"warning: {tmp_path / 'rules.yaml'}:3: rule 'fast-watchdog': heartbeat_timeout 4h "
+        "is not longer than Alertmanager's default repeat_interval plus group_interval "
+        "(4h5m): unless the route for this alert re-sends it more often, HeartbeatMissing "
+        "fires between its copies (docs/rules.md#heartbeats)\n"
+    )
