@@ -48,6 +48,12 @@ CHECK_EVERY = timedelta(seconds=30)
 # again. Shorter would take the copies still on their way for a return: Alertmanager keeps
 # re-sending a retired Prometheus' Watchdog until its end time, about 4 minutes.
 FORGET_SETTLES = timedelta(minutes=10)
+# After a start, a heartbeat whose silence reaches past its timeout once the daemon's own
+# downtime is counted too has at most this long to arrive (its timeout, if shorter): a
+# repeat that fell due while the daemon was down failed, and Alertmanager sends it again on
+# every group_interval tick (5m by default) until it goes through. Without it, a 13h timeout
+# left a dead pipeline unpaged for 13 hours after every restart.
+START_GRACE = timedelta(minutes=30)
 # How long Alertmanager's default route may leave a firing alert unsent: a repeat is due
 # after repeat_interval (4h) and goes out on the next group_interval tick (5m).
 ALERTMANAGER_DEFAULT_RESEND = timedelta(hours=4, minutes=5)
@@ -76,7 +82,9 @@ def judge(
     """Whether a heartbeat is alive, missing or not watched, now. ``downtimes``: when the
     daemon was down (from its last check to its next start). Silence counts only while it
     listened: restarts, however many and however close, neither hide a dead pipeline's
-    silence nor add their downtime to it."""
+    silence nor add their downtime to it. But a heartbeat overdue in wall time (downtime
+    counted) is missing once ``START_GRACE`` (or its timeout) has passed since the last
+    start without it: Alertmanager re-sends what it could not deliver meanwhile."""
     if timeout is None:
         return HeartbeatState.UNWATCHED
     firing = row.heard_firing
@@ -101,7 +109,12 @@ def judge(
         if end > start:
             silence -= end - start
             deaf_until = end
-    return HeartbeatState.MISSING if silence > timeout else HeartbeatState.ALIVE
+    if silence > timeout:
+        return HeartbeatState.MISSING
+    started = max((up_at for _, up_at in downtimes if up_at <= now), default=None)
+    if started is not None and now - since > timeout and now - started >= min(timeout, START_GRACE):
+        return HeartbeatState.MISSING  # overdue in wall time, and not re-sent since the start
+    return HeartbeatState.ALIVE
 
 
 MISSING_PREFIX = "heartbeat-missing:"

@@ -826,3 +826,20 @@ def test_check_warns_of_a_heartbeat_timeout_alertmanagers_defaults_would_outlast
         "(4h5m): unless the route for this alert re-sends it more often, HeartbeatMissing "
         "fires between its copies (docs/rules.md#heartbeats)\n"
     )
+
+
+def test_after_a_long_downtime_a_long_timeout_gets_a_short_grace_not_its_whole_length() -> None:
+    """Shipped heartbeat: 13h. Heard at T0, the daemon down from T0+1m for two days, the
+    pipeline dead too. A repeat fell due while the daemon was down, and Alertmanager re-sends
+    it every group_interval until it goes through: a live pipeline is heard within minutes
+    of the start. So the heartbeat has START_GRACE (30m) after the start, not its 13h (the
+    dead-man switch was blind for 13 hours after every long downtime; heartbeat review)."""
+    thirteen = timedelta(hours=13)
+    start = T0 + timedelta(days=2)
+    down = [(T0 + timedelta(minutes=1), start)]
+    assert judge(row(T0), thirteen, start + timedelta(minutes=29), down) == "alive"
+    assert judge(row(T0), thirteen, start + timedelta(minutes=31), down) == "missing"
+    # Down for less than the silence the timeout allows: nothing fell due; as before.
+    short = [(T0 + timedelta(minutes=1), T0 + timedelta(hours=3))]
+    later = T0 + timedelta(hours=3, minutes=31)
+    assert judge(row(T0), thirteen, later, short) == "alive"
