@@ -70,6 +70,7 @@ def build_app(
     def on_commit(stats: CommitStats) -> None:
         metrics.store_commit_duration.observe(stats.seconds)
         metrics.store_commit_batch.observe(stats.batch_size)
+        metrics.store_disk_full.set(stats.reserve_given_up)
 
     store = open_store(
         config.storage.url,

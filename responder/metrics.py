@@ -212,6 +212,12 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
+        self.store_disk_full = Gauge(
+            "responder_store_disk_full",
+            "1 from the commit that found the disk full until twice the database's reserve "
+            "(8 MiB) is free again; writes meanwhile use the reserve.",
+            registry=registry,
+        )
         self.rules_loaded = Gauge(
             "responder_rules_loaded",
             "Classification rules in force.",

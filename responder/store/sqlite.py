@@ -83,6 +83,13 @@ DEADLINE_CHECK_S = 0.25
 # each, and the daemon needed 0.91 of its core; spaced 2 ms apart, 0.60 (docs/performance.md).
 # A write with nothing else in flight (quiet times, one chain of writes) is not delayed.
 COMMIT_SPACING_S = 0.002
+# Disk space set aside at open, in a file beside the database (``<database>.reserve``), and
+# given up the first time a commit finds the disk full: the writes that follow (the outbox
+# claiming and recording its pages, webhooks) have room while the operator frees space,
+# so a full disk does not silence paging. Taken again once twice that much is free.
+RESERVE_BYTES = 8 * 1024 * 1024
+RESERVE_CHECK_S = 30.0  # how often, while the reserve is given up, free space is looked at
+SQLITE_FULL = 13
 
 
 @dataclass(slots=True)
@@ -101,6 +108,9 @@ class CommitStats:
 
     batch_size: int
     seconds: float
+    # The disk filled and the reserve is given up (not yet set aside again): the writes go on
+    # in the reserve's space, and the operator must free space before it runs out too.
+    reserve_given_up: bool = False
 
 
 class SQLiteStore:
@@ -135,6 +145,9 @@ class SQLiteStore:
         # engine's loops write every 30 s or so, so this clears soon after the cause does.
         self._commit_failing = False
         self._batch_fault = False  # a write of the batch in progress met a storage fault
+        self._batch_full = False  # ... and that fault was a full disk
+        self._reserve = path.with_name(path.name + ".reserve")
+        self._reserve_given_up_at: float | None = None  # perf_counter; None: held
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -161,6 +174,12 @@ class SQLiteStore:
         except BaseException:
             self._unlock()
             raise
+        if not self._take_reserve():
+            self._reserve_given_up_at = time.perf_counter()
+            log.warning(
+                "disk space reserve not set aside: the disk is nearly full",
+                extra={"fields": {"reserve": str(self._reserve), "bytes": RESERVE_BYTES}},
+            )
         self._writer = threading.Thread(
             target=self._write_loop,
             args=(writer_conn,),
@@ -197,6 +216,53 @@ class SQLiteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the lock
             self._lock_fd = None
+
+    def _take_reserve(self) -> bool:
+        """Set ``RESERVE_BYTES`` aside in the reserve file; False when the disk cannot spare
+        them (nothing is left half-taken)."""
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self._reserve)
+            return False
+        return True
+
+    def _give_up_reserve(self) -> None:
+        """The disk is full: free the reserve for the writes that follow (writer thread)."""
+        if self._reserve_given_up_at is not None:
+            return
+        self._reserve_given_up_at = time.perf_counter()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._reserve)
+        log.error(
+            "disk full: the database's reserve is given up so that pages can still be "
+            "sent; free space on the disk (webhooks may be refused with 503 until then)",
+            extra={"fields": {"database": str(self.path), "reserve_bytes": RESERVE_BYTES}},
+        )
+
+    def _retake_reserve(self) -> None:
+        """Set the reserve aside again once the disk has room for it twice over (writer
+        thread; looks at most every ``RESERVE_CHECK_S``)."""
+        given_up = self._reserve_given_up_at
+        if given_up is None or time.perf_counter() - given_up < RESERVE_CHECK_S:
+            return
+        self._reserve_given_up_at = time.perf_counter()
+        try:
+            disk = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        if disk.f_bavail * disk.f_frsize < 2 * RESERVE_BYTES or not self._take_reserve():
+            return
+        self._reserve_given_up_at = None
+        log.info(
+            "disk space reserve set aside again",
+            extra={"fields": {"reserve": str(self._reserve), "bytes": RESERVE_BYTES}},
+        )
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -339,7 +405,7 @@ class SQLiteStore:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         started = time.perf_counter()
-        self._batch_fault = False
+        self._batch_fault = self._batch_full = False
         try:
             results = self._run_jobs(conn, batch)
             conn.execute("COMMIT")
@@ -350,10 +416,21 @@ class SQLiteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._commit_failing = True
+            self._batch_full = self._batch_full or _is_disk_full(exc)
             error = StoreError(f"commit failed: {exc}")
             results = [(job, False, error) for job in batch]
+        if self._batch_full:
+            self._give_up_reserve()
+        elif not self._commit_failing:
+            self._retake_reserve()
         if self._on_commit is not None:
-            self._on_commit(CommitStats(len(batch), time.perf_counter() - started))
+            self._on_commit(
+                CommitStats(
+                    len(batch),
+                    time.perf_counter() - started,
+                    reserve_given_up=self._reserve_given_up_at is not None,
+                )
+            )
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
         for item in results:
             by_loop.setdefault(item[0].loop, []).append(item)
@@ -405,6 +482,7 @@ class SQLiteStore:
                 known.forget()
                 if _is_storage_fault(exc):
                     self._batch_fault = True  # the disk, not this write: not ready
+                    self._batch_full = self._batch_full or _is_disk_full(exc)
                 results.append((job, False, _as_store_error(exc)))
             else:
                 conn.execute("RELEASE job")
@@ -1099,6 +1177,11 @@ _STORAGE_FAULTS = frozenset({10, 13})  # SQLITE_IOERR, SQLITE_FULL
 def _is_storage_fault(exc: Exception) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF in _STORAGE_FAULTS
+
+
+def _is_disk_full(exc: Exception) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == SQLITE_FULL
 
 
 def _as_store_error(exc: Exception) -> Exception:
