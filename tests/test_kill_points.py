@@ -25,6 +25,7 @@ from tests.test_containment import (
     MAINTENANCE_RULE,
     RESTART_RULE,
     config,
+    iptables_actions,
     maintenance_action,
     restart_action,
     script,
@@ -314,5 +315,62 @@ async def test_a_lift_cut_off_after_its_delete_went_through_is_done_when_run_aga
         assert "most likely removed it" in lifts[-1]["reason"], lifts
         failed = [e["detail"]["reason"] for e in timeline if e["kind"] == "containment_failed"]
         assert not any("undo of block failed" in r for r in failed), failed
+    finally:
+        _kill_orphan(pidfile)
+
+
+async def test_a_cut_off_lift_of_a_block_that_may_not_have_gone_in_is_done_when_run_again(
+    tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    """iptables -I timed out (the rule went in, its answer never came): the block 'maybe'
+    went in. The alert resolved, iptables -D deleted the rule, and the daemon was killed
+    before -D returned. At the next start the lift runs again and finds no such rule: the
+    cut-off lift removed it, so the lift is done. It was recorded 'nothing', "no attempt of
+    the block is known to have run", as if the block had never been in place."""
+    rule, pidfile = tmp_path / "rule", tmp_path / "lift.pid"
+    tool = script(
+        tmp_path,
+        "iptables",
+        f"p = {str(rule)!r}\n"
+        "if '-I' in sys.argv: open(p, 'w').write('203.0.113.7'); time.sleep(30)\n"
+        "if '-D' in sys.argv:\n"
+        "    if not os.path.exists(p):\n"
+        "        sys.stderr.write('iptables: Bad rule (does a matching rule exist in that "
+        "chain?).')\n"
+        "        sys.exit(1)\n"
+        f"    os.remove(p); open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(30)\n",
+    )
+    extra = "    timeout: 1s\n    retries: 0\n    undo: builtin\n    undo_hold_down: 1s\n"
+    path = config(tmp_path, smtp, iptables_actions(tool, extra), BLOCK_RULE)
+    fired = alert("SSHBruteForce", source_ip="203.0.113.7")
+    url = "/api/v1/actions"
+    try:
+        async with running(path) as daemon:
+            await post_alert(daemon, webhook(fired))
+            async with aiohttp.ClientSession() as session:
+                for _ in range(100):
+                    async with session.get(daemon.url + url, headers=AUTH) as answer:
+                        recent = (await answer.json())["data"]["recent"]
+                    if recent and recent[0]["outcome"] == "timeout":
+                        break
+                    await asyncio.sleep(0.1)
+            assert recent[0]["outcome"] == "timeout", recent
+            await post_alert(daemon, webhook(alert("SSHBruteForce", "resolved", **fired["labels"])))
+            await wait_for(pidfile.exists, 10, "the rule deleted, iptables -D not returned yet")
+            daemon.process.send_signal(signal.SIGKILL)
+            await daemon.process.wait()
+        _kill_orphan(pidfile)
+        async with running(path) as daemon:
+            async with aiohttp.ClientSession() as session:
+                for _ in range(100):
+                    async with session.get(daemon.url + url, headers=AUTH) as answer:
+                        (run,) = (await answer.json())["data"]["recent"]
+                    if run["undo"] != "wait":
+                        break
+                    await asyncio.sleep(0.1)
+            timeline = (await incident_document(daemon))["timeline"]
+        lifts = [e["detail"] for e in timeline if e["kind"] == "action_undone"]
+        assert run["undo"] == "done", lifts
+        assert "most likely removed it" in lifts[-1]["reason"], lifts
     finally:
         _kill_orphan(pidfile)

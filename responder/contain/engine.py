@@ -642,16 +642,18 @@ class Containment:
                 gone = found_nothing_to_lift(process.exit_status, process.stderr)
                 if gone and number > 0:
                     break  # none left: the lifts before this one removed them all
-                if gone and plan.get("maybe"):
+                if gone and cut_off:
+                    # Before "maybe": a block that may never have gone in may have, and
+                    # then the cut-off lift removed it.
+                    detail["reason"] = (
+                        "nothing left to lift: the lift that was cut off (the daemon stopped) "
+                        "had most likely removed it"
+                    )
+                elif gone and plan.get("maybe"):
                     # iptables found no such rule: the block most likely never went in.
                     state = "nothing"
                     detail["reason"] = (
                         "nothing to lift: no attempt of the block is known to have run"
-                    )
-                elif gone and cut_off:
-                    detail["reason"] = (
-                        "nothing left to lift: the lift that was cut off (the daemon stopped) "
-                        "had most likely removed it"
                     )
                 else:
                     state = "failed"
