@@ -1733,3 +1733,54 @@ async def test_a_lift_under_way_is_not_recorded_as_removed_by_hand(store: SQLite
     )
     (run,) = await store.action_runs()
     assert run.undo_state == "failed"
+
+
+async def test_a_shared_element_found_gone_ends_the_failed_lifts_of_the_same_element(
+    store: SQLiteStore,
+) -> None:
+    """Two runs added the same nft set element (a shared change). The first run's lift
+    failed and raised its own alert; the second run's lift finds the element gone (nft: no
+    such element, 'nothing'). Nothing of the change is in place, so the first run's failed
+    lift stands down and its alert can resolve; it stayed 'failed', re-sent for ever, as
+    only a 'done' lift ended it (crash review)."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    delete = [
+        "/usr/sbin/nft",
+        "delete",
+        "element",
+        "inet",
+        "responder",
+        "blocked",
+        "{ 203.0.113.7 }",
+    ]
+    for run_id in ("r1", "r2"):
+        assert await store.record_run(
+            T0,
+            run_id=run_id,
+            alert_id=1,
+            incident_id=1,
+            action="block",
+            target="address=203.0.113.7",
+            trigger=f"fire-{run_id}",
+            state="running",
+            audit={},
+            guards=None,
+            event=Event.ACTION_STARTED,
+            detail={},
+        )
+        await store.finish_run(
+            T0,
+            run_id=run_id,
+            outcome="ok",
+            audit={},
+            undo={"argv": {"argv": delete, "env": {}}, "shared": True},
+            undo_hold_s=None,
+            undo_at_us=to_us(T0),
+            check_due_us=None,
+            guards=lambda: "{}",
+            escalate=None,
+        )
+    await store.finish_undo("r1", "failed", {}, T0, escalate="undo of block failed")
+    await store.finish_undo("r2", "nothing", {}, T0)
+    states = {r.run_id: r.undo_state for r in await store.action_runs()}
+    assert states == {"r1": "cancelled", "r2": "nothing"}

@@ -706,6 +706,11 @@ def finish_undo(
         _others_stand_down(conn, run, by, why, now_us)
     if run is not None and state == "done":
         _failed_lifts_ended(conn, run, f"the same change was lifted (run {run.run_id})", now_us)
+    elif run is not None and state == "nothing":
+        # Nothing of the change is in place (a shared nft element found gone): the failed
+        # lifts of the very same change have nothing left to lift either.
+        why = f"the same change is no longer in place (run {run.run_id} found nothing to lift)"
+        _failed_lifts_ended(conn, run, why, now_us)
     if run is None or escalate is None:
         return False
     escalate_incident(conn, run.incident_id, escalate, now_us)
@@ -726,7 +731,8 @@ def finish_undo(
 
 
 def _failed_lifts_ended(conn: sqlite3.Connection, run: RunRow, why: str, now_us: int) -> None:
-    """A lift of a change is done, or the change is recorded as removed by hand: other
+    """A lift of a change is done (or found nothing to lift), or the change is recorded as
+    removed by hand: other
     runs' failed lifts of the very same change (an earlier run whose lift failed, the
     change made again by a later run) have nothing left in place, so they stand down
     ('cancelled', ``why`` in their timeline), and their own alerts resolve
