@@ -194,10 +194,10 @@ async def test_a_store_error_before_the_hand_over_queues_the_page_again(
         real = store.send_times
         failures = [StoreError("read failed: disk I/O error")]
 
-        async def flaky(*args: Any) -> Any:
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
             if failures:
                 raise failures.pop()
-            return await real(*args)
+            return await real(*args, **kwargs)
 
         store.send_times = flaky
         await post(client, webhook(alert("TargetDown", instance="web-1")))
