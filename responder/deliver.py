@@ -37,7 +37,7 @@ from responder.incident import (
     TimelineEvent,
     is_reassignment,
 )
-from responder.log import fields
+from responder.log import STORE_ERROR_LOG_EVERY_S, ThrottledLog, fields
 from responder.metrics import Metrics
 from responder.store import Store, StoreError
 from responder.yamlfile import Node, parse_duration
@@ -337,6 +337,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._method_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._channels_down: set[str] = set()  # said once in the log until one delivers again
+        # A store that keeps failing fails every pass (each second): a line a minute says so.
+        self._store_failing = ThrottledLog(log, logging.ERROR, STORE_ERROR_LOG_EVERY_S)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._batch = batch
         self._wake = asyncio.Event()
@@ -861,6 +863,12 @@ class Dispatcher:
                     # progress is done (which wakes this loop), not in a spin until then.
                     due = await self._store.next_page(busy=tuple(self._method_locks))
                     await self._update_queue_depth()
+                except StoreError as exc:
+                    # A full disk, a broken database: no traceback to read, and the queue is
+                    # tried again in a second (not at MAX_SLEEP), as soon as it can be.
+                    self._store_failing.log("delivery pass failed; trying again", error=str(exc))
+                    due = self._clock.now()
+                    await asyncio.sleep(1.0)
                 except Exception:
                     log.exception("delivery pass failed; trying again shortly")
                     due = None

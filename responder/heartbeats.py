@@ -32,7 +32,7 @@ from responder.api import authenticated, iso
 from responder.classify import Classifier, format_duration
 from responder.classify.rules import MAX_HEARTBEAT_TIMEOUT, Rule
 from responder.ingest import json_error, store_own_alert
-from responder.log import fields
+from responder.log import STORE_ERROR_LOG_EVERY_S, ThrottledLog, fields
 from responder.model import Alert, AlertStatus, frozen_labels
 from responder.runtime import RUNTIME, Runtime, in_background
 from responder.store import HeartbeatRow, StoreError
@@ -336,10 +336,13 @@ async def watch_heartbeats(app: web.Application) -> AsyncIterator[None]:
         # would count the time the daemon was down as silence.
         while not started and not await start():
             await runtime.clock.sleep_until(runtime.clock.now() + CHECK_EVERY)
+        store_failing = ThrottledLog(log, logging.ERROR, STORE_ERROR_LOG_EVERY_S)
         while True:
             now = runtime.clock.now()
             try:
                 await watch.check()
+            except StoreError as exc:  # a full disk, a broken database: one line a while
+                store_failing.log("heartbeat check failed; will try again", error=str(exc))
             except Exception:
                 log.exception("heartbeat check failed; will try again")
             await runtime.clock.sleep_until(now + CHECK_EVERY)

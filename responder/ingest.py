@@ -232,7 +232,9 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
             )
         except StoreError as exc:
             metrics.request("unavailable")
-            log.error("webhook not stored", extra=fields(reason=str(exc) or "store timed out"))
+            runtime.unstored_webhooks.log(
+                "webhook not stored", reason=str(exc) or "store timed out"
+            )
             return json_error(503, "alerts could not be stored; retry later")
         metrics.observe_ingest(loop.time() - started)
         counts = _stored(runtime, incoming, outcomes)

@@ -13,7 +13,9 @@ import logging
 import os
 import re
 import sys
+import time
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +26,36 @@ from aiohttp.web import BaseRequest, StreamResponse
 def fields(**values: Any) -> dict[str, Any]:
     """Wrap event fields for ``extra=`` so they land under one attribute."""
     return {"fields": values}
+
+
+# How often a store error that repeats (every webhook, every pass of a loop) is logged.
+STORE_ERROR_LOG_EVERY_S = 60.0
+
+
+class ThrottledLog:
+    """One kind of event that may repeat at a high rate (refused requests, a store that keeps
+    failing): logged at most once every ``every_s`` seconds of ``clock`` (monotonic), with
+    how many were not logged since the line before. A flood must not fill the disk or, under
+    systemd, trip journald's rate limit, which would drop the daemon's other lines too."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        level: int,
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger, self._level, self._every_s, self._clock = logger, level, every_s, clock
+        self._last: float | None = None
+        self._held = 0
+
+    def log(self, event: str, **values: Any) -> None:
+        now = self._clock()
+        if self._last is not None and now - self._last < self._every_s:
+            self._held += 1
+            return
+        self._logger.log(self._level, event, extra=fields(**values, not_logged_since=self._held))
+        self._last, self._held = now, 0
 
 
 def _fields_of(record: logging.LogRecord) -> dict[str, Any]:

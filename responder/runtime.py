@@ -29,7 +29,7 @@ from responder.contain.engine import Containment
 from responder.deliver import DeliveryConfig, Dispatcher, parse_delivery
 from responder.escalate import ESCALATION_KEYS, EscalationConfig, Escalator, load_escalation
 from responder.intake import Intake
-from responder.log import fields
+from responder.log import STORE_ERROR_LOG_EVERY_S, ThrottledLog, fields
 from responder.messages import Templates, load_templates
 from responder.metrics import Metrics
 from responder.policy import EscalationLayout, LevelKeys, level_renumbering, same_levels
@@ -133,6 +133,11 @@ class Runtime:
         self.dispatcher: Dispatcher | None = None
         self.containment: Containment | None = None
         self.intake = Intake()  # back-pressure from the escalation engine on the webhook
+        # Webhooks the store refused (a full disk, a broken database): Alertmanager retries
+        # every group's, so one line a minute says it, with how many since.
+        self.unstored_webhooks = ThrottledLog(
+            logging.getLogger("responder.ingest"), logging.ERROR, STORE_ERROR_LOG_EVERY_S
+        )
         self.notifiers: dict[str, Notifier] = {}
         metrics.config_reload_ok.set(1)
         metrics.config_reload_time.set(clock.now().timestamp())

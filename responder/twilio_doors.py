@@ -37,7 +37,7 @@ from responder.directory import Directory
 from responder.incident import Incident, IncidentNotFound, Page, TransitionError
 from responder.incidents_api import act
 from responder.links import read_small_form
-from responder.log import fields
+from responder.log import ThrottledLog, fields
 from responder.messages import clean_text
 from responder.runtime import RUNTIME, Runtime
 from responder.store import StoreError, row_id
@@ -91,24 +91,7 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
-class RefusalLog:
-    """Refused callbacks of one app, logged once every ``REFUSED_LOG_EVERY_S`` at most, with
-    how many were not logged since the previous line."""
-
-    def __init__(self) -> None:
-        self._last: float | None = None
-        self._held = 0
-
-    def refused(self, event: str, **values: object) -> None:
-        now = _now()
-        if self._last is not None and now - self._last < REFUSED_LOG_EVERY_S:
-            self._held += 1
-            return
-        log.warning(event, extra=fields(**values, not_logged_since=self._held))
-        self._last, self._held = now, 0
-
-
-REFUSALS = web.AppKey("twilio_refusals", RefusalLog)
+REFUSALS = web.AppKey("twilio_refusals", ThrottledLog)
 
 
 async def _verified_form(request: web.Request, runtime: Runtime) -> dict[str, str] | None:
@@ -119,7 +102,7 @@ async def _verified_form(request: web.Request, runtime: Runtime) -> dict[str, st
     public_url = runtime.started_with.config.server.public_url
     refusals = request.app[REFUSALS]
     if twilio is None or public_url is None:
-        refusals.refused(
+        refusals.log(
             "Twilio callback refused: no twilio channel or no server.public_url configured",
             path=request.path,
         )
@@ -128,7 +111,7 @@ async def _verified_form(request: web.Request, runtime: Runtime) -> dict[str, st
     url = public_url.rstrip("/") + request.raw_path
     signature = request.headers.get("X-Twilio-Signature", "")
     if not validate_twilio_signature(twilio.auth_token.value, url, params, signature):
-        refusals.refused(
+        refusals.log(
             "Twilio callback with a bad signature refused", path=request.path, peer=request.remote
         )
         return None
@@ -332,7 +315,8 @@ def _page_ids(key: str) -> list[int]:
 
 
 def add_routes(app: web.Application) -> None:
-    app[REFUSALS] = RefusalLog()
+    # _now looked up at each call: tests move the loop's time through it.
+    app[REFUSALS] = ThrottledLog(log, logging.WARNING, REFUSED_LOG_EVERY_S, lambda: _now())
     router = app.router
     router.add_post(STATUS_CALLBACK_PATH, status_callback)
     router.add_post(INBOUND_SMS_PATH, inbound_sms)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from notifiers.base import Message, Receipt
@@ -258,3 +260,37 @@ async def test_a_store_error_after_the_hand_over_is_settled_as_a_cut_off_send(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_delivery_pass_the_store_fails_is_tried_again_within_seconds_and_said_once(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store refuses the outbox's claims twice (a full disk, a locked database):
+    the page goes out as soon as it lets it, a second or so later, not after the loop's
+    30 s sleep (the fake clock stands still here: only the retry can send it), and the log
+    says it once with how many it left out, not a traceback a pass (disk review)."""
+    async with SmtpTestServer() as smtp:
+        client = await make_client(write_config(tmp_path, ALICE_THEN_BOB + smtp_channel(smtp)))
+        store = client.app[RUNTIME].store
+        real = store.claim_pages
+        failures = [StoreError("database or disk is full") for _ in range(2)]
+
+        async def refusing(*args: Any, **kwargs: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real(*args, **kwargs)
+
+        store.claim_pages = refusing
+        with caplog.at_level(logging.ERROR, logger="responder.deliver"):
+            await post(client, webhook(alert("TargetDown", instance="web-1")))
+            for _ in range(100):  # a second between passes: up to 10 s of real time
+                if smtp.messages:
+                    break
+                await asyncio.sleep(0.1)
+            assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]
+        said = [r for r in caplog.records if "delivery pass failed" in r.getMessage()]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        assert said[0].exc_info is None

@@ -410,6 +410,24 @@ async def test_storage_failure_is_503(client: Client) -> None:
     assert (await post(client, payload("firing-api"))).status == 200
 
 
+async def test_refused_webhooks_are_logged_once_a_minute_not_once_each(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that refuses every write (a full disk) refuses every group's retries: one
+    error line says so, with how many went unsaid, not a line per webhook (disk review)."""
+    db = client.app[RUNTIME].config.state_dir / "responder.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON alerts "
+            "BEGIN SELECT RAISE(FAIL, 'disk on fire'); END"
+        )
+    with caplog.at_level(logging.ERROR, logger="responder.ingest"):
+        for _ in range(20):
+            assert (await post(client, payload("firing-api"))).status == 503
+    said = [r for r in caplog.records if r.getMessage() == "webhook not stored"]
+    assert len(said) == 1, len(said)
+
+
 async def test_a_stalled_disk_is_503_within_the_deadline(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
