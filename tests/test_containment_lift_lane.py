@@ -19,7 +19,15 @@ from responder.runtime import RUNTIME
 from responder.store import StoreError
 from responder.testing import SmtpTestServer
 from tests.conftest import AUTH, ClientFactory
-from tests.test_containment import _finished, _true, config, maintenance_action, script, smtp
+from tests.test_containment import (
+    MAINTENANCE_RULE,
+    _finished,
+    _true,
+    config,
+    maintenance_action,
+    script,
+    smtp,
+)
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
 
 __all__ = ["smtp"]
@@ -183,6 +191,49 @@ async def test_a_lift_cut_off_by_the_shutdown_runs_again_at_the_next_start(
     gate.touch()
     await make_client(tmp_path / "config.yaml")
     await eventually(lambda: _has(log, "off web-1"), "lifted after the restart")
+
+
+async def test_a_cut_off_lift_of_a_command_is_failed_whatever_its_output_says(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A site's lift command, cut off by the shutdown, fails when run again, and its error
+    quotes the alert's label (attacker text) holding iptables' 'no such rule' answer: that
+    is no answer of the block tool, so the lift is failed (people are told the change is
+    still in place), not done as if a cut-off delete had removed it."""
+    monkeypatch.setattr(engine, "LIFT_GRACE_S", 0.2)
+    gate = tmp_path / "gate"
+    on = script(tmp_path, "on", "")
+    off = script(
+        tmp_path,
+        "off",
+        f"if not os.path.exists({str(gate)!r}): time.sleep(20)\n"
+        "sys.stderr.write('cannot end maintenance of backend ' + sys.argv[1] + '\\n')\n"
+        "sys.exit(1)",
+    )
+    actions = maintenance_action(on, off, timeout="60s").replace(
+        "type: identifier}", "type: text, pattern: '[ -~]+'}"
+    )
+    client = await make_client(config(tmp_path, smtp, f"actions:\n{actions}", MAINTENANCE_RULE))
+    fired = alert("BackendErrors", backend="Bad rule (does a matching rule exist in that chain?)")
+    await post(client, webhook(fired, group="web-1"))
+    await eventually(lambda: _finished(client, 1), "in maintenance")
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await asyncio.sleep(0.2)
+    clock.advance(timedelta(minutes=6))
+    await eventually(lambda: _true(bool(_rows(tmp_path, _LIFTING))), "the lift started")
+    await client.close()  # the lift is cut off by the shutdown
+    assert _undo_states(tmp_path) == ["wait"]
+    gate.touch()
+    await make_client(tmp_path / "config.yaml")
+    await eventually(lambda: _true(_undo_states(tmp_path) != ["wait"]), "lifted again")
+    assert _undo_states(tmp_path) == ["failed"]
+
+
+_LIFTING = "SELECT 1 FROM action_runs WHERE json_extract(undo, '$.lifting') IS NOT NULL"
 
 
 async def test_while_the_kill_switch_holds_a_lift_checks_are_still_judged(

@@ -400,6 +400,8 @@ class Containment:
                 "argv": plan.request.to_json() if plan.request is not None else None,
                 "action": plan.action,
             }
+            if plan.block_tool:
+                undo_json["block_tool"] = True
             if plan.at is not None:
                 # iptables: lifted at expiry whatever happens (and earlier on resolve, below).
                 undo_at = _us(plan.at)
@@ -639,7 +641,9 @@ class Containment:
                 detail["exit_status"] = process.exit_status
                 if process.outcome is Outcome.OK:
                     continue
-                gone = found_nothing_to_lift(process.exit_status, process.stderr)
+                gone = bool(plan.get("block_tool")) and found_nothing_to_lift(
+                    process.exit_status, process.stderr
+                )
                 if gone and number > 0:
                     break  # none left: the lifts before this one removed them all
                 if gone and cut_off:

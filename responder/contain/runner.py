@@ -237,6 +237,10 @@ class UndoPlan:
     # How many times the run may have done what this undoes (each attempt of an iptables
     # block inserts a rule): what a run interrupted by a crash must lift.
     attempts: int = 1
+    # The block tool's own delete (iptables -D, nft delete element), whose 'no such rule'
+    # answer means there is nothing to lift. Another lift command's output may quote
+    # alert labels: it is never read so.
+    block_tool: bool = False
 
     def to_audit(self) -> dict[str, Any]:
         return {
@@ -641,6 +645,7 @@ class ActionRunner:
                 # starts); a finished run's expiry counts from when it finished.
                 at=now + spec.duration if spec.backend == "iptables" else None,
                 attempts=action.retries + 1,
+                block_tool=True,
             )
         else:
             request = self._evidence_plan(action, spec, values, env, now)

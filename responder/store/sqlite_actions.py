@@ -281,6 +281,7 @@ def _lift_at_expiry(conn: sqlite3.Connection, run: RunRow) -> None:
     undo = {
         "argv": {"argv": argv, "env": env},
         "action": None,
+        "block_tool": True,  # only the built-in block's lift has an expiry
         "at": at_us,
         "times": times,
         "maybe": True,
