@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -93,6 +94,30 @@ def _now() -> float:
 
 REFUSALS = web.AppKey("twilio_refusals", ThrottledLog)
 
+# Inbound SMS remembered, so that the same one posted again is not acted on again.
+REMEMBERED_REPLIES = 10_000
+
+
+class AnsweredReplies:
+    """The MessageSids of the inbound SMS this daemon has taken since its start (the latest
+    ``REMEMBERED_REPLIES``). Twilio's signature holds no time nor nonce: a signed request
+    captured once (a proxy's log, a plain-HTTP public_url) stays valid, and an 'ACK' posted
+    again would act on whatever incident is open and paged to that number then."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, message_sid: str) -> bool:
+        if message_sid in self._seen:
+            return False
+        self._seen[message_sid] = None
+        if len(self._seen) > REMEMBERED_REPLIES:
+            self._seen.popitem(last=False)
+        return True
+
+
+ANSWERED = web.AppKey("twilio_answered_replies", AnsweredReplies)
+
 
 async def _verified_form(request: web.Request, runtime: Runtime) -> dict[str, str] | None:
     """The POST form if the request really comes from Twilio; None (and a log line, once a
@@ -163,6 +188,9 @@ async def inbound_sms(request: web.Request) -> web.StreamResponse:
     if params is None:
         return web.Response(status=403, text="forbidden")
     sender = params.get("From", "")
+    if not request.app[ANSWERED].first_time(params.get("MessageSid", "")):
+        log.warning("SMS reply posted again ignored", extra=fields(sender=sender[-4:]))
+        return _xml(sms_reply_twiml(None))
     contacts = contacts_by_number(runtime.snapshot.escalation.directory, sender)
     if not contacts:
         log.warning("SMS from an unknown number ignored", extra=fields(sender=sender[-4:]))
@@ -317,6 +345,7 @@ def _page_ids(key: str) -> list[int]:
 def add_routes(app: web.Application) -> None:
     # _now looked up at each call: tests move the loop's time through it.
     app[REFUSALS] = ThrottledLog(log, logging.WARNING, REFUSED_LOG_EVERY_S, lambda: _now())
+    app[ANSWERED] = AnsweredReplies()
     router = app.router
     router.add_post(STATUS_CALLBACK_PATH, status_callback)
     router.add_post(INBOUND_SMS_PATH, inbound_sms)

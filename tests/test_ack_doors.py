@@ -323,6 +323,29 @@ async def test_an_sms_reply_acts_only_on_the_trigger_the_sender_was_paged_for(
     assert (doc["state"], doc["acknowledgedBy"], doc["episode"]) == ("acknowledged", "alice", 3)
 
 
+async def test_a_replayed_sms_reply_acts_on_nothing(daemon: Client, twilio: FakeTwilio) -> None:
+    """Twilio's signature holds no time: a signed 'ACK' captured once stays valid. Posted
+    again after a new incident paged alice, it must not acknowledge that one as her."""
+    await first_incident_paged(daemon, twilio)
+    inbound = public(daemon, INBOUND_SMS_PATH)
+    sid = "SM" + "ab" * 16
+    answer = await twilio.send_inbound_sms(
+        inbound, "+15551230001", "+15550000000", "ACK", message_sid=sid
+    )
+    assert "Acknowledged #1" in answer.text, answer.text
+    await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
+    clock = daemon.app[RUNTIME].clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(timedelta(minutes=2))  # past the SMS rate limit
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "#2 paged")
+    replayed = await twilio.send_inbound_sms(
+        inbound, "+15551230001", "+15550000000", "ACK", message_sid=sid
+    )
+    assert replayed.status == 200
+    assert "<Message>" not in replayed.text, replayed.text
+    assert (await incident(daemon, 2))["state"] == "triggered"
+
+
 # The team phone's number is ops-desk's and alice's (she carries it): ops-desk, first in the
 # file, is paged for disks, alice for the rest.
 SHARED_PHONE_CONTACTS = """

@@ -399,10 +399,18 @@ class FakeTwilio:
         return await self._post_form(record.status_callback, params)
 
     async def send_inbound_sms(
-        self, url: str, from_: str, to: str, body: str, *, valid_signature: bool = True
+        self,
+        url: str,
+        from_: str,
+        to: str,
+        body: str,
+        *,
+        valid_signature: bool = True,
+        message_sid: str | None = None,
     ) -> CallbackAnswer:
-        """POST an inbound SMS to ``url`` the way Twilio's messaging webhook does."""
-        sid = "SM" + secrets.token_hex(16)
+        """POST an inbound SMS to ``url`` the way Twilio's messaging webhook does; the same
+        ``message_sid`` again is the same signed request again (a replay)."""
+        sid = message_sid or "SM" + secrets.token_hex(16)
         params = {
             "MessageSid": sid,
             "SmsSid": sid,
