@@ -74,3 +74,38 @@ async def test_a_cross_site_form_with_the_browsers_basic_credentials_does_not_ac
     done = await client.post("/api/v1/incidents/1/resolve", json={"by": "alice"}, headers=AUTH)
     assert done.status == 200
     assert (await incident(client))["state"] == "resolved"
+
+
+# The doors that anyone may reach: Alertmanager's webhook, Twilio's (signed), email links.
+PUBLIC_DOORS = frozenset(
+    {
+        "/api/v1/alertmanager",
+        "/api/v1/twilio/status",
+        "/api/v1/twilio/sms",
+        "/api/v1/twilio/voice",
+        "/ack/{token}",
+    }
+)
+
+
+async def test_every_route_that_acts_needs_credentials_and_refuses_other_sites(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Each POST or DELETE of the API, those added since included (actions lift, lifted):
+    without credentials 401, with the browser's credentials from another site's page 403.
+    Nothing acts: the refusals come before the handler reads its body."""
+    client = await basic_daemon(make_client, tmp_path)
+    acting = [
+        (route.method, route.resource.canonical)
+        for route in client.app.router.routes()
+        if route.method not in ("GET", "HEAD") and route.resource is not None
+    ]
+    checked = [(m, path) for m, path in acting if path not in PUBLIC_DOORS]
+    assert ("POST", "/api/v1/actions/lifted") in checked
+    for method, path in checked:
+        url = path.replace("{id}", "1").replace("{action}", "resolve")
+        url = url.replace("{fingerprint}", "0" * 16)
+        anonymous = await client.request(method, url, data="{}")
+        assert anonymous.status == 401, (method, path)
+        cross_site = await client.request(method, url, data="{}", headers={**BASIC, **CROSS_SITE})
+        assert cross_site.status == 403, (method, path)
