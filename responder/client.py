@@ -42,6 +42,10 @@ _FIRST_PEM_CERTIFICATE = re.compile(
     r"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
 )
 
+# OpenSSL's verify codes for a certificate outside its dates: X509_V_ERR_CERT_NOT_YET_VALID,
+# X509_V_ERR_CERT_HAS_EXPIRED.
+_OUT_OF_DATE = frozenset({9, 10})
+
 
 @dataclass(frozen=True, slots=True)
 class ApiClient:
@@ -114,9 +118,16 @@ class ApiClient:
         except aiohttp.ClientConnectorCertificateError as exc:
             reason = exc.certificate_error
             detail = (getattr(reason, "verify_message", None) or str(reason)).rstrip(".")
+            hint = self.trust_hint
+            if getattr(reason, "verify_code", None) in _OUT_OF_DATE:
+                # The certificate may well be the trusted one: another trust cannot help.
+                hint = (
+                    "renew it (the daemon's own is server.tls.cert_file, read at its start), "
+                    "or set this machine's clock right"
+                )
             raise CertificateRefused(
                 f"the daemon at {self.base_url} presented a certificate this command does "
-                f"not trust ({detail}); {self.trust_hint}"
+                f"not trust ({detail}); {hint}"
             ) from None
         except aiohttp.ClientError as exc:
             raise ClientError(

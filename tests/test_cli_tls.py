@@ -165,3 +165,49 @@ async def test_a_pinned_certificate_is_the_leaf_not_its_ca(
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert f"it is not server.tls.cert_file ({own[0]}): after a renewal, restart" in err
+
+
+def expired_cert(folder: Path, hostname: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``hostname`` that was valid for one day in 2020."""
+    folder.mkdir()
+    cert, key, request = folder / "cert.pem", folder / "key.pem", folder / "request.pem"
+    (folder / "index.txt").touch()
+    (folder / "serial").write_text("01\n")
+    settings = folder / "ca.cnf"
+    settings.write_text(
+        f"[ca]\ndefault_ca = d\n[d]\ndatabase = {folder}/index.txt\nserial = {folder}/serial\n"
+        f"new_certs_dir = {folder}\ndefault_md = sha256\npolicy = p\ncopy_extensions = copy\n"
+        "[p]\ncommonName = supplied\n"
+    )
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    names = ["-subj", f"/CN={hostname}", "-addext", f"subjectAltName=DNS:{hostname}"]
+    subprocess.run(
+        ["openssl", "req", "-new", *new_key, *names, "-keyout", str(key), "-out", str(request)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    dates = ["-startdate", "20200101000000Z", "-enddate", "20200102000000Z"]
+    signed = ["-selfsign", "-keyfile", str(key), "-in", str(request), *dates, "-out", str(cert)]
+    subprocess.run(
+        ["openssl", "ca", "-batch", "-config", str(settings), *signed],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
+
+
+async def test_an_expired_certificate_is_refused_and_said_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon serves exactly its server.tls.cert_file, but it has expired: the pin does
+    not make it valid, and the line says to renew it (not that it is another certificate)."""
+    cert, key = expired_cert(tmp_path / "tls", NAME)
+    async with https_daemon(tmp_path, cert, key) as (config, port):
+        assert await run_cli("incidents", "-c", str(config)) == 2
+    assert capsys.readouterr().err == (
+        f"responder: the daemon at https://127.0.0.1:{port} presented a certificate this "
+        "command does not trust (certificate has expired); renew it (the daemon's own is "
+        "server.tls.cert_file, read at its start), or set this machine's clock right\n"
+    )
