@@ -84,6 +84,15 @@ class ApiClient:
         hint = ""
         if base.lower().startswith("https://"):
             context, hint = _trust(config, cacert, pinned=url is None)
+        elif cacert is not None:
+            # Silently unused, it would let the operator believe the daemon was verified.
+            raise ConfigError(
+                "--cacert",
+                0,
+                "",
+                f"the daemon is at {base}, plain HTTP: there is no "
+                "certificate to check (an https:// --url, or server.tls in the config)",
+            )
         return cls(base, _authorization(config), context, hint)
 
     async def request(

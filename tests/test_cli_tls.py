@@ -211,3 +211,14 @@ async def test_an_expired_certificate_is_refused_and_said_so(
         "command does not trust (certificate has expired); renew it (the daemon's own is "
         "server.tls.cert_file, read at its start), or set this machine's clock right\n"
     )
+
+
+def test_cacert_with_a_plain_http_daemon_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cacert says "verify the daemon against this": with an http:// daemon nothing
+    would be verified, and it was ignored without a word (security review)."""
+    cert, _ = self_signed_cert(tmp_path, NAME)
+    config = write_config(tmp_path, "server:\n  listen: 127.0.0.1:9\n")
+    assert cli.main(["alerts", "-c", str(config), "--cacert", str(cert)]) == 2
+    assert "plain HTTP: there is no certificate to check" in capsys.readouterr().err
