@@ -261,18 +261,36 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
             if kept is not None:
                 try:
                     incidents, alerts = await _prune(runtime, now - kept)
+                    twilio_requests = await _forget_twilio_requests(runtime, now - kept)
                 except Exception:
                     log.exception("retention failed; will try again")
                 else:
-                    if incidents or alerts:
+                    if incidents or alerts or twilio_requests:
                         log.info(
                             "old records deleted (storage.retention)",
-                            extra=fields(incidents=incidents, alerts=alerts, kept=str(kept)),
+                            extra=fields(
+                                incidents=incidents,
+                                alerts=alerts,
+                                twilio_requests=twilio_requests,
+                                kept=str(kept),
+                            ),
                         )
             await runtime.clock.sleep_until(now + RETENTION_EVERY)
 
     async with in_background(prune_forever(), "retention"):
         yield
+
+
+async def _forget_twilio_requests(runtime: Runtime, before: datetime) -> int:
+    """The SMS replies and keypresses taken before ``before``, batch after batch: a
+    captured one posted again acts again after that long (``storage.retention``)."""
+    forgotten = 0
+    while True:
+        batch = await runtime.store.forget_twilio_requests(before, PRUNE_BATCH)
+        forgotten += batch
+        if batch < PRUNE_BATCH:
+            return forgotten
+        await asyncio.sleep(0.05)
 
 
 async def _prune(runtime: Runtime, before: datetime) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from responder.incident import (
     Page,
     PageKind,
     PageState,
+    StateConflict,
     TimelineEvent,
 )
 from responder.model import Alert, AlertStatus, Classification, Severity, frozen_labels
@@ -37,6 +38,7 @@ from responder.store import (
     SchemaTooNew,
     SQLiteStore,
     StoreError,
+    TakenRequest,
 )
 from responder.store.migrations import SQLITE_MIGRATIONS
 from responder.store.sqlite_incidents import to_us
@@ -93,7 +95,7 @@ _ADDED_COLUMNS = {
     16: [("incidents", "first_acknowledged_at"), ("incidents", "first_acknowledged_by")],
     17: [("pages", "trigger_at")],
 }
-_ADDED_TABLES = {18: ["admin_notices"]}
+_ADDED_TABLES = {18: ["admin_notices"], 19: ["twilio_requests"]}
 
 
 def back_to_schema(path: Path, version: int) -> None:
@@ -1784,3 +1786,31 @@ async def test_a_shared_element_found_gone_ends_the_failed_lifts_of_the_same_ele
     await store.finish_undo("r2", "nothing", {}, T0)
     states = {r.run_id: r.undo_state for r in await store.action_runs()}
     assert states == {"r1": "cancelled", "r2": "nothing"}
+
+
+async def test_a_twilio_request_is_taken_with_the_action_it_asks_for(store: SQLiteStore) -> None:
+    """The sid of an SMS reply is recorded in the write that acts on it, and only if that
+    write commits; the answer comes after, and retention forgets it with the incidents."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+
+    def refuse(incident: Incident) -> None:
+        raise StateConflict("fired again")
+
+    with pytest.raises(StateConflict):
+        await store.transition(
+            1, "acknowledge", actor="alice", via="sms", now=T0, expect=refuse, taking="SM1"
+        )
+    assert await store.twilio_request("SM1") is None  # nothing done, nothing taken
+    later = T0 + timedelta(seconds=5)
+    await store.transition(1, "acknowledge", actor="alice", via="sms", now=later, taking="SM1")
+    assert await store.twilio_request("SM1") == TakenRequest(later, None)
+    await store.take_twilio_request("SM1", later + timedelta(seconds=1), "Acknowledged #1.")
+    assert await store.twilio_request("SM1") == TakenRequest(later, "Acknowledged #1.")
+    await store.take_twilio_request("SM2", later, None)  # acted on nothing: taken all the same
+
+    assert await store.forget_twilio_requests(later, limit=1) == 0  # taken at the cutoff: kept
+    cutoff = later + timedelta(days=1)
+    assert await store.forget_twilio_requests(cutoff, limit=1) == 1
+    assert await store.forget_twilio_requests(cutoff, limit=1) == 1
+    assert await store.forget_twilio_requests(cutoff) == 0
+    assert await store.twilio_request("SM1") is None

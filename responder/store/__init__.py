@@ -22,6 +22,7 @@ from responder.store.base import (
     Store,
     StoredAlert,
     StoreError,
+    TakenRequest,
     row_id,
 )
 from responder.store.sqlite import CommitStats, SQLiteStore
@@ -41,6 +42,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredAlert",
+    "TakenRequest",
     "open_store",
     "row_id",
     "sqlite_path",

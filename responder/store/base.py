@@ -125,6 +125,15 @@ class StoredAlert:
 
 
 @dataclass(frozen=True, slots=True)
+class TakenRequest:
+    """A signed Twilio request taken once (an SMS reply, a keypress): when, and what it was
+    answered (None: no answer, or a crash before the answer was recorded)."""
+
+    taken_at: datetime
+    answer: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatRow:
     """A heartbeat alert the dead-man switch watches (``responder.heartbeats``)."""
 
@@ -370,6 +379,11 @@ class Store(ContainmentStore, Protocol):
         ended before it; never anything still in use. Returns (incidents, alerts)."""
         ...
 
+    async def forget_twilio_requests(self, before: datetime, limit: int = PRUNE_BATCH) -> int:
+        """Retention, one batch: forget up to ``limit`` Twilio requests taken before
+        ``before``; returns how many."""
+        ...
+
     async def mark_stale(self, last_received_before: datetime, now: datetime) -> list[int]:
         """Firing alerts not heard of since the cut-off become stale; returns their ids."""
         ...
@@ -509,12 +523,25 @@ class Store(ContainmentStore, Protocol):
         pages: Sequence[NewPage] = (),
         once_only: Callable[[str | None], Collection[str]] | None = None,
         expect: Callable[[Incident], None] | None = None,
+        taking: str | None = None,
     ) -> tuple[Incident, bool]:
         """acknowledge, unacknowledge, resolve, snooze, reassign or note; raises
         ``IncidentNotFound`` or ``TransitionError``. ``once_only``: for an incident's
         policy, the steps an unacknowledge must not do again (they stay done in the new
         episode). ``expect`` sees the incident as the write finds it and raises to refuse
-        the action (an email link's trigger), so nothing can change in between."""
+        the action (an email link's trigger), so nothing can change in between.
+        ``taking``: the Twilio request (its sid) that asks for the action, recorded as
+        taken in the same write (``take_twilio_request``), so a crash keeps both or
+        neither."""
+        ...
+
+    async def twilio_request(self, sid: str) -> TakenRequest | None:
+        """The signed Twilio request ``sid`` (MessageSid, CallSid) if it was taken."""
+        ...
+
+    async def take_twilio_request(self, sid: str, now: datetime, answer: str | None) -> None:
+        """Record the Twilio request ``sid`` as taken now with ``answer``; one recorded by
+        the write that acted on it keeps its time and gets the answer."""
         ...
 
     async def get_incident(self, incident_id: int) -> Incident: ...

@@ -395,4 +395,13 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     [
         "CREATE TABLE admin_notices (kind TEXT PRIMARY KEY, sent_at INTEGER NOT NULL)",
     ],
+    # 19: the signed Twilio requests taken (an SMS reply's MessageSid, a keypress's
+    # CallSid) and the answer each got. Twilio's signature holds no time nor nonce: kept in
+    # memory, a captured 'ACK' posted again after a restart acted on the incident open then.
+    # A request that acts is recorded in the write that acts (answer NULL until it is known).
+    [
+        "CREATE TABLE twilio_requests (sid TEXT PRIMARY KEY, taken_at INTEGER NOT NULL, "
+        "answer TEXT)",
+        "CREATE INDEX twilio_requests_taken_at ON twilio_requests (taken_at)",
+    ],
 ]

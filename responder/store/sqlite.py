@@ -58,6 +58,7 @@ from responder.store.base import (
     SchemaTooNew,
     StoredAlert,
     StoreError,
+    TakenRequest,
 )
 from responder.store.migrations import SQLITE_MIGRATIONS
 from responder.store.sqlite_incidents import dumps as _dumps
@@ -570,6 +571,12 @@ class SQLiteStore:
         before_us = to_us(before)
         return await self._write(lambda conn: retention.prune(conn, before_us, limit))
 
+    async def forget_twilio_requests(self, before: datetime, limit: int = PRUNE_BATCH) -> int:
+        before_us = to_us(before)
+        return await self._write(
+            lambda conn: retention.forget_twilio_requests(conn, before_us, limit)
+        )
+
     async def heartbeats(self) -> list[HeartbeatRow]:
         return await self._read(heartbeats.all_rows)
 
@@ -762,11 +769,13 @@ class SQLiteStore:
         pages: Sequence[NewPage] = (),
         once_only: Callable[[str | None], Collection[str]] | None = None,
         expect: Callable[[Incident], None] | None = None,
+        taking: str | None = None,
     ) -> tuple[Incident, bool]:
         now_us = to_us(now)
         until_us = None if until is None else to_us(until)
-        return await self._write(
-            lambda conn: inc.transition(
+
+        def work(conn: sqlite3.Connection) -> tuple[Incident, bool]:
+            result = inc.transition(
                 conn,
                 incident_id,
                 action,
@@ -779,6 +788,33 @@ class SQLiteStore:
                 pages=pages,
                 once_only=once_only,
                 expect=expect,
+            )
+            if taking is not None:
+                # DO NOTHING: an ACK ALL acts in one write per incident, each taking it.
+                conn.execute(
+                    "INSERT INTO twilio_requests (sid, taken_at) VALUES (?, ?) "
+                    "ON CONFLICT (sid) DO NOTHING",
+                    (taking, now_us),
+                )
+            return result
+
+        return await self._write(work)
+
+    async def twilio_request(self, sid: str) -> TakenRequest | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT taken_at, answer FROM twilio_requests WHERE sid = ?", (sid,)
+            ).fetchone()
+        )
+        return None if row is None else TakenRequest(from_us(row[0]), row[1])
+
+    async def take_twilio_request(self, sid: str, now: datetime, answer: str | None) -> None:
+        now_us = to_us(now)
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO twilio_requests (sid, taken_at, answer) VALUES (?, ?, ?) "
+                "ON CONFLICT (sid) DO UPDATE SET answer = excluded.answer",
+                (sid, now_us, answer),
             )
         )
 

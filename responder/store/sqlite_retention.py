@@ -6,6 +6,13 @@ heartbeat (the dead-man switch reads when it was last heard from them), and cont
 runs still running, being checked, or holding a change not undone yet (its lift waiting, or
 failed), with their alerts and incidents. An alert deleted this way that fires again later
 is a new alert (not a revival of the old one): after that long, that is what it is.
+
+The signed Twilio requests taken (SMS replies, keypresses) are forgotten after the same
+time. Twilio's signature never expires, so no bound is safe by itself; this one is the
+time the operator keeps the incidents such a replay would be about, a year by default,
+longer than proxy logs and backups (where a request gets captured) are usually kept, and a
+row per reply costs next to nothing. A captured request posted again after that long acts
+again.
 """
 
 from __future__ import annotations
@@ -62,6 +69,16 @@ def prune(conn: sqlite3.Connection, before_us: int, limit: int) -> tuple[int, in
     if alerts:
         _delete_alerts(conn, alerts)
     return len(incidents), len(alerts)
+
+
+def forget_twilio_requests(conn: sqlite3.Connection, before_us: int, limit: int) -> int:
+    """Forget up to ``limit`` Twilio requests taken before ``before_us``; returns how many."""
+    cur = conn.execute(
+        "DELETE FROM twilio_requests WHERE sid IN "
+        "(SELECT sid FROM twilio_requests WHERE taken_at < ? LIMIT ?)",
+        (before_us, limit),
+    )
+    return cur.rowcount
 
 
 def _marks(ids: Sequence[int]) -> str:
