@@ -45,9 +45,11 @@ async def act(
     text: str | None = None,
     assignee: str | None = None,
     expect: Callable[[Incident], None] | None = None,
+    taking: str | None = None,
 ) -> tuple[Incident, bool]:
     """Apply a person's action; raises IncidentNotFound, TransitionError or StoreError, or
-    what ``expect`` raises: it sees the incident as the write finds it."""
+    what ``expect`` raises: it sees the incident as the write finds it. ``taking``: the
+    signed Twilio request asking for it, recorded as taken in the same write."""
     now = runtime.clock.now()
     pages: list[NewPage] = []
     if action == "reassign":
@@ -71,6 +73,7 @@ async def act(
         pages=pages,
         once_only=once_only,
         expect=expect,
+        taking=taking,
     )
     if changed:
         runtime.metrics.incident_actions.labels(action, via).inc()

@@ -18,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
@@ -94,29 +93,63 @@ def _now() -> float:
 
 REFUSALS = web.AppKey("twilio_refusals", ThrottledLog)
 
-# Inbound SMS remembered, so that the same one posted again is not acted on again.
-REMEMBERED_REPLIES = 10_000
+# A request taken again within this time is most likely Twilio retrying (our answer failed
+# or came late: Twilio waits 15 s); later, a replay of a captured request.
+TWILIO_RETRY_S = 60.0
 
 
-class AnsweredReplies:
-    """The MessageSids of the inbound SMS this daemon has taken since its start (the latest
-    ``REMEMBERED_REPLIES``). Twilio's signature holds no time nor nonce: a signed request
-    captured once (a proxy's log, a plain-HTTP public_url) stays valid, and an 'ACK' posted
-    again would act on whatever incident is open and paged to that number then."""
+class TakenOnce:
+    """Signed requests that act (an SMS reply, a keypress) are taken once. Twilio's
+    signature holds no time nor nonce: a request captured once (a proxy's log, a plain-HTTP
+    public_url) stays valid, and an 'ACK' posted again would act on whatever incident is
+    open and paged to that number then. The store remembers each request's sid (for
+    ``storage.retention``) and its answer, which a repeat within ``TWILIO_RETRY_S`` gets
+    again: Twilio retries a request whose answer failed or came late. In memory, only the
+    requests being answered now, so that a retry arriving meanwhile waits for the first
+    answer and reads it.
+
+    No cache of taken sids in front of the store: nearly every request is new, and only
+    the store can say so."""
 
     def __init__(self) -> None:
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._answering: dict[str, asyncio.Event] = {}
 
-    def first_time(self, message_sid: str) -> bool:
-        if message_sid in self._seen:
-            return False
-        self._seen[message_sid] = None
-        if len(self._seen) > REMEMBERED_REPLIES:
-            self._seen.popitem(last=False)
-        return True
+    async def answer(
+        self,
+        runtime: Runtime,
+        sid: str,
+        what: str,
+        first_answer: Callable[[], Awaitable[str | None]],
+        **log_fields: str,
+    ) -> str | None:
+        """``first_answer()`` the first time ``sid`` comes (what it acts on records the sid
+        in the same write; here it is recorded with the answer after); for a repeat, the
+        recorded answer if it is Twilio's retry, else None. Raises StoreError if the store
+        cannot say."""
+        while (busy := self._answering.get(sid)) is not None:
+            await busy.wait()
+        done = self._answering[sid] = asyncio.Event()
+        try:
+            taken = await runtime.store.twilio_request(sid)
+            if taken is not None:
+                after = (runtime.clock.now() - taken.taken_at).total_seconds()
+                retried = after <= TWILIO_RETRY_S
+                log.log(
+                    logging.INFO if retried else logging.WARNING,
+                    f"{what} posted again; not acted on again",
+                    extra=fields(sid=sid, after_s=round(after), **log_fields),
+                )
+                # Twilio passes a retry's answer on to the person; a replayer learns nothing.
+                return taken.answer if retried else None
+            answer = await first_answer()
+            await runtime.store.take_twilio_request(sid, runtime.clock.now(), answer)
+            return answer
+        finally:
+            del self._answering[sid]
+            done.set()
 
 
-ANSWERED = web.AppKey("twilio_answered_replies", AnsweredReplies)
+TAKEN = web.AppKey("twilio_taken_once", TakenOnce)
 
 
 async def _verified_form(request: web.Request, runtime: Runtime) -> dict[str, str] | None:
@@ -158,6 +191,9 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
     dispatcher = runtime.dispatcher
     if dispatcher is None:  # not started: the lookup after the start asks Twilio instead
         return web.Response(status=503, text="starting")
+    # No replay guard needed: a captured callback can only tell a message's true final
+    # status again, and the store applies a final status only to a page still sent or being
+    # sent (the first one that came moved it on; a repeat changes nothing).
     # None: not ours (a drill from another daemon, say).
     await dispatcher.provider_status(await _pages_of(runtime, update.provider_id), update)
     return web.Response(status=204)
@@ -187,19 +223,25 @@ async def inbound_sms(request: web.Request) -> web.StreamResponse:
     params = await _verified_form(request, runtime)
     if params is None:
         return web.Response(status=403, text="forbidden")
+    message_sid = params.get("MessageSid", "")
+    if not message_sid:  # Twilio always sends one
+        return web.Response(status=400, text="no MessageSid")
     sender = params.get("From", "")
-    if not request.app[ANSWERED].first_time(params.get("MessageSid", "")):
-        log.warning("SMS reply posted again ignored", extra=fields(sender=sender[-4:]))
-        return _xml(sms_reply_twiml(None))
-    contacts = contacts_by_number(runtime.snapshot.escalation.directory, sender)
-    if not contacts:
-        log.warning("SMS from an unknown number ignored", extra=fields(sender=sender[-4:]))
-        return _xml(sms_reply_twiml(None))
-    command = parse_reply(params.get("Body", ""))
-    if command is None:
-        return _xml(sms_reply_twiml("Reply ACK <id>, RES <id>, ACK or ACK ALL."))
+
+    async def first_answer() -> str | None:
+        contacts = contacts_by_number(runtime.snapshot.escalation.directory, sender)
+        if not contacts:
+            log.warning("SMS from an unknown number ignored", extra=fields(sender=sender[-4:]))
+            return None
+        command = parse_reply(params.get("Body", ""))
+        if command is None:
+            return "Reply ACK <id>, RES <id>, ACK or ACK ALL."
+        return await _run(runtime, contacts, command, message_sid)
+
     try:
-        reply = await _run(runtime, contacts, command)
+        reply = await request.app[TAKEN].answer(
+            runtime, message_sid, "SMS reply", first_answer, sender=sender[-4:]
+        )
     except StoreError:
         reply = "responder cannot reach its database right now; try again or use the CLI."
     return _xml(sms_reply_twiml(reply))
@@ -225,9 +267,10 @@ def _same_trigger(told: datetime) -> Callable[[Incident], None]:
     return expect
 
 
-async def _run(runtime: Runtime, contacts: list[str], command: Command) -> str:
-    """Act on the reply of the number of ``contacts``: as the one of them whose page of the
-    incident's trigger reached it last, the message the reply most likely answers."""
+async def _run(runtime: Runtime, contacts: list[str], command: Command, message_sid: str) -> str:
+    """Act on the reply ``message_sid`` of the number of ``contacts``: as the one of them
+    whose page of the incident's trigger reached it last, the message the reply most likely
+    answers."""
     verb = "Acknowledged" if command.action == "acknowledge" else "Resolved"
     # Each incident with the trigger told of, and the contact it was told to.
     targets: list[tuple[int, datetime, str]] = []
@@ -261,6 +304,7 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command) -> str:
                 actor=contact,
                 via="sms",
                 expect=_same_trigger(trigger),
+                taking=message_sid,
             )
         except IncidentNotFound:
             problems.append(f"#{incident_id} not found")
@@ -295,15 +339,34 @@ async def voice_keypress(request: web.Request) -> web.StreamResponse:
     params = await _verified_form(request, runtime)
     if params is None:
         return web.Response(status=403, text="forbidden")
+    # The call's sid is the keypress's: its <Gather> posts the first key pressed, and our
+    # answer hangs up, so a call posts one keypress (a second one is a retry or a replay).
+    call_sid = params.get("CallSid", "")
+    if not call_sid:  # Twilio always sends one
+        return web.Response(status=400, text="no CallSid")
+
+    async def first_answer() -> str:
+        return await _keypress(runtime, request.query.get("page", ""), params, call_sid)
+
+    try:
+        said = await request.app[TAKEN].answer(runtime, call_sid, "voice keypress", first_answer)
+    except StoreError:
+        said = "responder cannot reach its database right now. Goodbye."
+    return _xml(voice_reply_twiml(said or "Goodbye."))
+
+
+async def _keypress(runtime: Runtime, page_key: str, params: dict[str, str], call_sid: str) -> str:
+    """Act on a keypress of call ``call_sid`` made for the pages ``page_key`` names; what
+    to say back."""
     pages = [
         page
-        for page_id in _page_ids(request.query.get("page", ""))
+        for page_id in _page_ids(page_key)
         if (page := await runtime.store.get_page(page_id)) is not None
     ]
     if not pages:
-        return _xml(voice_reply_twiml("This page is unknown. Goodbye."))
+        return "This page is unknown. Goodbye."
     if params.get("Digits") != "1":
-        return _xml(voice_reply_twiml("No action taken. Goodbye."))
+        return "No action taken. Goodbye."
     # One call may carry a bundle: the key acknowledges every incident it told of.
     done: list[str] = []
     problems: list[str] = []
@@ -313,7 +376,13 @@ async def voice_keypress(request: web.Request) -> web.StreamResponse:
         expect = None if page.trigger_at is None else _same_trigger(page.trigger_at)
         try:
             await act(
-                runtime, incident_id, "acknowledge", actor=page.contact, via="voice", expect=expect
+                runtime,
+                incident_id,
+                "acknowledge",
+                actor=page.contact,
+                via="voice",
+                expect=expect,
+                taking=call_sid,
             )
         except FiredAgain:
             problems.append(f"Incident {incident_id} fired again since; not acknowledged.")
@@ -325,7 +394,7 @@ async def voice_keypress(request: web.Request) -> web.StreamResponse:
     if done:
         noun = "Incident" if len(done) == 1 else "Incidents"
         said.append(f"{noun} {', '.join(done)} acknowledged.")
-    return _xml(voice_reply_twiml(" ".join([*said, *problems, "Goodbye."])))
+    return " ".join([*said, *problems, "Goodbye."])
 
 
 def _page_ids(key: str) -> list[int]:
@@ -345,7 +414,7 @@ def _page_ids(key: str) -> list[int]:
 def add_routes(app: web.Application) -> None:
     # _now looked up at each call: tests move the loop's time through it.
     app[REFUSALS] = ThrottledLog(log, logging.WARNING, REFUSED_LOG_EVERY_S, lambda: _now())
-    app[ANSWERED] = AnsweredReplies()
+    app[TAKEN] = TakenOnce()
     router = app.router
     router.add_post(STATUS_CALLBACK_PATH, status_callback)
     router.add_post(INBOUND_SMS_PATH, inbound_sms)

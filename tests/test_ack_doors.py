@@ -323,27 +323,69 @@ async def test_an_sms_reply_acts_only_on_the_trigger_the_sender_was_paged_for(
     assert (doc["state"], doc["acknowledgedBy"], doc["episode"]) == ("acknowledged", "alice", 3)
 
 
-async def test_a_replayed_sms_reply_acts_on_nothing(daemon: Client, twilio: FakeTwilio) -> None:
+async def test_a_replayed_sms_reply_acts_on_nothing_even_after_a_restart(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Twilio's signature holds no time: a signed 'ACK' captured once stays valid. Posted
-    again after a new incident paged alice, it must not acknowledge that one as her."""
+    again after a restart and a new incident paging alice, it must not acknowledge that one
+    as her, nor tell the one who posted it anything."""
+    daemon = await start_daemon(aiohttp_client, tmp_path, clock, twilio, smtp)
     await first_incident_paged(daemon, twilio)
-    inbound = public(daemon, INBOUND_SMS_PATH)
     sid = "SM" + "ab" * 16
     answer = await twilio.send_inbound_sms(
-        inbound, "+15551230001", "+15550000000", "ACK", message_sid=sid
+        public(daemon, INBOUND_SMS_PATH), "+15551230001", "+15550000000", "ACK", message_sid=sid
     )
     assert "Acknowledged #1" in answer.text, answer.text
+    await daemon.close()
+
+    daemon = await start_daemon(aiohttp_client, tmp_path, clock, twilio, smtp)
     await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
-    clock = daemon.app[RUNTIME].clock
-    assert isinstance(clock, FakeClock)
     clock.advance(timedelta(minutes=2))  # past the SMS rate limit
     await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "#2 paged")
-    replayed = await twilio.send_inbound_sms(
-        inbound, "+15551230001", "+15550000000", "ACK", message_sid=sid
-    )
+    with caplog.at_level(logging.INFO, logger="responder.twilio"):
+        replayed = await twilio.send_inbound_sms(
+            public(daemon, INBOUND_SMS_PATH), "+15551230001", "+15550000000", "ACK", message_sid=sid
+        )
     assert replayed.status == 200
     assert "<Message>" not in replayed.text, replayed.text
     assert (await incident(daemon, 2))["state"] == "triggered"
+    [record] = [r for r in caplog.records if "posted again" in r.getMessage()]
+    assert (record.levelno, record.getMessage()) == (
+        logging.WARNING,
+        "SMS reply posted again; not acted on again",
+    )
+
+
+async def test_twilio_retrying_an_sms_reply_gets_the_first_answer(
+    daemon: Client, twilio: FakeTwilio, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twilio retries a webhook whose answer failed or came late: the retry, even while
+    the first is being answered, acts on nothing and gets the first answer, logged as info
+    (a retry, not an attack)."""
+    await first_incident_paged(daemon, twilio)
+    inbound = public(daemon, INBOUND_SMS_PATH)
+    sid = "SM" + "cd" * 16
+    with caplog.at_level(logging.INFO, logger="responder.twilio"):
+        answers = await asyncio.gather(
+            *(
+                twilio.send_inbound_sms(
+                    inbound, "+15551230001", "+15550000000", "RES", message_sid=sid
+                )
+                for _ in range(3)
+            )
+        )
+    assert {a.status for a in answers} == {200}
+    assert len({a.text for a in answers}) == 1, [a.text for a in answers]
+    assert "Resolved #1" in answers[0].text, answers[0].text
+    doc = await incident(daemon)
+    assert [e["kind"] for e in doc["timeline"]].count("resolved") == 1
+    repeats = [r for r in caplog.records if "posted again" in r.getMessage()]
+    assert [r.levelno for r in repeats] == [logging.INFO, logging.INFO]
 
 
 # The team phone's number is ops-desk's and alice's (she carries it): ops-desk, first in the
@@ -454,6 +496,32 @@ async def test_voice_keypress_acknowledges(
     doc = await incident(daemon)
     ack = next(e for e in doc["timeline"] if e["kind"] == "acknowledged")
     assert (ack["actor"], ack["via"]) == ("alice", "voice")
+
+
+async def test_a_replayed_keypress_acts_on_nothing(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    """A call posts one keypress: its signed request posted again, after alice took the
+    incident back, must not acknowledge it again as her."""
+    await first_incident_paged(daemon, twilio)
+    clock.advance(timedelta(minutes=5))
+    await eventually(lambda: _true(len(twilio.calls("+15551230001")) == 1), "voice call")
+    call = twilio.calls("+15551230001")[0]
+    answer = await twilio.send_keypress(call.sid, "1")
+    assert "Incident 1 acknowledged" in answer.text, answer.text
+    assert (await twilio.send_keypress(call.sid, "1")).text == answer.text  # Twilio's retry
+    response = await daemon.post(
+        "/api/v1/incidents/1/unacknowledge", json={"by": "alice"}, headers=AUTH
+    )
+    assert response.status == 200, await response.text()
+    clock.advance(timedelta(minutes=5))
+
+    replayed = await twilio.send_keypress(call.sid, "1")
+    assert replayed.status == 200
+    assert "acknowledged" not in replayed.text, replayed.text
+    doc = await incident(daemon)
+    assert doc["state"] == "triggered"
+    assert [e["kind"] for e in doc["timeline"]].count("acknowledged") == 1
 
 
 async def test_undelivered_sms_fails_over_to_the_backup(daemon: Client, twilio: FakeTwilio) -> None:
