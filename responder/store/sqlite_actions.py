@@ -322,8 +322,7 @@ def _lift_on_resolve(conn: sqlite3.Connection, run: RunRow, now_us: int) -> None
 
 # Undo states of a lift that has ended with nothing left for it to do ('failed' is not one:
 # what the run changed may still be in place), each with what it means for an operator who
-# asks for the lift again.
-_LIFT_OVER = ("done", "nothing", "expired", "cancelled", "superseded", "removed_by_hand")
+# asks for the lift again ('removed_by_hand' says who and why: ``_how_ended``).
 _HOW_ENDED = {
     "done": "its undo ran",
     "nothing": "there was nothing to lift",
@@ -331,6 +330,7 @@ _HOW_ENDED = {
     "cancelled": "another run's lift of the same change took its place",
     "superseded": "the change was made again, and the later run's lift took its place",
 }
+_LIFT_OVER = (*_HOW_ENDED, "removed_by_hand")
 
 
 def _how_ended(undo_state: str, undo: dict[str, Any]) -> str:
@@ -452,19 +452,36 @@ def _others_stand_down(
     conn: sqlite3.Connection, run: RunRow, by: str | None, why: str, now_us: int
 ) -> None:
     """A run's change was lifted by hand (or recorded as removed by hand): other runs'
-    lifts of the very same change have nothing left to undo (for an nft block, any lift of
-    the same set element), so they stand down."""
+    lifts of the very same change still to come have nothing left to undo, so they stand
+    down."""
+    _same_change_stands_down(conn, run, _LIFT_TO_COME, why, now_us, by=by)
+
+
+def _same_change_stands_down(
+    conn: sqlite3.Connection,
+    run: RunRow,
+    which: str,
+    why: str,
+    now_us: int,
+    *,
+    by: str | None = None,
+) -> None:
+    """Other runs' lifts (``e``, those that SQL condition ``which`` picks) of the very same
+    change as ``run``'s (for an nft block, any lift of the same set element) end as
+    'cancelled', ``why`` in their timeline."""
     others = conn.execute(
         "UPDATE action_runs SET undo_state = 'cancelled' WHERE run_id IN ("  # noqa: S608
         "SELECT e.run_id FROM action_runs n JOIN action_runs e ON e.run_id != n.run_id "
         f"AND ({_same_lift('e', 'n')} OR (json_extract(n.undo, '$.shared') "
         "AND json_extract(e.undo, '$.argv.argv') = json_extract(n.undo, '$.argv.argv'))) "
-        f"WHERE n.run_id = ? AND {_LIFT_TO_COME}) "
+        f"WHERE n.run_id = ? AND {which}) "
         "RETURNING run_id, incident_id, action",
         (run.run_id,),
     ).fetchall()
     for other, other_incident, other_action in others:
-        detail = {"run_id": other, "action": other_action, "undo": "cancelled", "by": by}
+        detail: dict[str, Any] = {"run_id": other, "action": other_action, "undo": "cancelled"}
+        if by is not None:
+            detail["by"] = by
         detail["reason"] = why
         _event(conn, other_incident, now_us, Event.ACTION_UNDONE, detail)
 
@@ -733,24 +750,12 @@ def finish_undo(
 
 def _failed_lifts_ended(conn: sqlite3.Connection, run: RunRow, why: str, now_us: int) -> None:
     """A lift of a change is done (or found nothing to lift), or the change is recorded as
-    removed by hand: other
-    runs' failed lifts of the very same change (an earlier run whose lift failed, the
-    change made again by a later run) have nothing left in place, so they stand down
-    ('cancelled', ``why`` in their timeline), and their own alerts resolve
-    (``alerted_lifts``). Left 'failed', their alerts were sent again for ever."""
-    others = conn.execute(
-        "UPDATE action_runs SET undo_state = 'cancelled' WHERE run_id IN ("  # noqa: S608
-        "SELECT e.run_id FROM action_runs n JOIN action_runs e ON e.run_id != n.run_id "
-        f"AND ({_same_lift('e', 'n')} OR (json_extract(n.undo, '$.shared') "
-        "AND json_extract(e.undo, '$.argv.argv') = json_extract(n.undo, '$.argv.argv'))) "
-        "WHERE n.run_id = ? AND e.undo IS NOT NULL AND e.undo_state = 'failed') "
-        "RETURNING run_id, incident_id, action",
-        (run.run_id,),
-    ).fetchall()
-    for other, other_incident, other_action in others:
-        detail = {"run_id": other, "action": other_action, "undo": "cancelled"}
-        detail["reason"] = why
-        _event(conn, other_incident, now_us, Event.ACTION_UNDONE, detail)
+    removed by hand: other runs' failed lifts of the very same change (an earlier run whose
+    lift failed, the change made again by a later run) have nothing left in place, so they
+    stand down, and their own alerts resolve (``alerted_lifts``). Left 'failed', their
+    alerts were sent again for ever."""
+    which = "e.undo IS NOT NULL AND e.undo_state = 'failed'"
+    _same_change_stands_down(conn, run, which, why, now_us)
 
 
 def alerted_lifts(conn: sqlite3.Connection) -> list[RunRow]:
