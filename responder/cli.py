@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="for an https daemon, trust this CA or certificate (PEM) and no other; "
             "the certificate must name the URL's host (default: server.tls.cert_file, and "
-            "with --url this system's CAs too)",
+            "with --url this system's CAs too); refused for a plain-HTTP daemon",
         )
 
     serve = command("serve", "run the daemon")
