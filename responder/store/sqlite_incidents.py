@@ -1018,9 +1018,8 @@ def claim_pages(
     # pages whoever is on call for it now, and its recovery notice tells them all.
     conn.execute(
         "UPDATE pages SET state = 'cancelled', error = ?, updated_at = ? "  # noqa: S608 - fixed text
-        "WHERE state = 'queued' AND due_at <= ? AND kind IN ('page', 'status', 'recovery') "
-        f"AND trigger_at IS NOT (SELECT {_STARTED} FROM incidents i "
-        "WHERE i.id = pages.incident_id)",
+        "WHERE state = 'queued' AND due_at <= ? AND EXISTS (SELECT 1 FROM incidents i "
+        f"WHERE i.id = pages.incident_id AND {_TRIGGER_OVER})",
         (TRIGGER_ENDED, now_us, now_us),
     )
     skip, busy_params = _not_busy(busy)
@@ -1269,6 +1268,11 @@ def add_pages(
 
 # When the incident's current trigger began (Incident.started), for ``i``.
 _STARTED = "COALESCE(i.lasting_since, i.triggered_at)"
+# A page, status update or recovery notice (row ``pages``) of a trigger that is over: its
+# incident ``i`` resolved and fired again since it was made.
+_TRIGGER_OVER = (
+    f"pages.kind IN ('page', 'status', 'recovery') AND pages.trigger_at IS NOT {_STARTED}"
+)
 
 
 def _trigger_of(conn: sqlite3.Connection, incident_id: int, episode: int) -> int | None:
@@ -1380,17 +1384,17 @@ def _cancel_if_pointless(conn: sqlite3.Connection, page_ids: Sequence[int], now_
     """Pages going back to the queue (a retry, a hold) that were being sent when their
     incident was acknowledged, snoozed or resolved: cancelled as that transition cancelled
     the queued ones (``_cancel_pending``), instead of going out after it. A reassignment's
-    pages (step ``A...``) are not silenced by a snooze: the new owner must hear of it."""
-    ended = f"pages.kind IN ('page', 'status', 'recovery') AND pages.trigger_at IS NOT {_STARTED}"
+    pages (step ``A...``) are not silenced by a snooze: the new owner must hear of it. So
+    are those whose trigger is over (``claim_pages``), with ``TRIGGER_ENDED``."""
     conn.executemany(
         "UPDATE pages SET state = 'cancelled', updated_at = ?, "  # noqa: S608 - fixed text
-        f"error = (SELECT CASE WHEN {ended} THEN ? ELSE 'incident ' || i.state END "
+        f"error = (SELECT CASE WHEN {_TRIGGER_OVER} THEN ? ELSE 'incident ' || i.state END "
         "FROM incidents i WHERE i.id = pages.incident_id) "
         "WHERE id = ? AND state = 'queued' AND EXISTS (SELECT 1 FROM incidents i "
         "WHERE i.id = pages.incident_id AND ((pages.kind = 'page' AND pages.cancel_on_ack = 1 "
         "AND (i.state = 'acknowledged' OR (i.state = 'snoozed' "
         f"AND pages.step NOT LIKE '{REASSIGN_STEP}%'))) "
-        f"OR (pages.kind IN ('page', 'status') AND i.state = 'resolved') OR ({ended})))",
+        f"OR (pages.kind IN ('page', 'status') AND i.state = 'resolved') OR ({_TRIGGER_OVER})))",
         [(now_us, TRIGGER_ENDED, page_id) for page_id in page_ids],
     )
 
