@@ -112,6 +112,14 @@ def test_delivery_config_errors_name_the_line() -> None:
     assert ok.limits_for("sms") == (RateLimit(2, timedelta(minutes=1)),)
 
 
+async def _sms_waiting_for_its_retry(client: Any) -> None:
+    async def retried() -> bool:
+        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
+        return bool(sms) and sms[0]["state"] == "queued" and sms[0]["attempts"] >= 1
+
+    await eventually(retried, "alice's SMS refused once, queued for its retry")
+
+
 async def test_retryable_errors_back_off_then_succeed(
     make_client: ClientFactory,
     tmp_path: Path,
@@ -123,12 +131,7 @@ async def test_retryable_errors_back_off_then_succeed(
     twilio.fail_next(Fault.RATE_LIMITED)
     twilio.fail_next(Fault.UNAVAILABLE)
     await post(client, webhook(alert("TargetDown", instance="web-1")))
-
-    async def retried() -> bool:
-        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
-        return bool(sms) and sms[0]["state"] == "queued" and sms[0]["attempts"] >= 1
-
-    await eventually(retried, "first attempt refused, page queued again")
+    await _sms_waiting_for_its_retry(client)
     for _ in range(4):  # backoff: up to 15 s, then up to 30 s
         clock.advance(timedelta(seconds=30))
         await asyncio.sleep(0.05)
@@ -165,14 +168,6 @@ async def test_invalid_number_fails_over_at_once(
     assert [m.rcpt_tos for m in smtp.messages] == [["alice@example.com"]]
 
 
-async def _sms_waiting_for_its_retry(client: Any) -> None:
-    async def retried() -> bool:
-        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
-        return bool(sms) and sms[0]["state"] == "queued" and sms[0]["attempts"] >= 1
-
-    await eventually(retried, "alice's SMS refused once, queued for its retry")
-
-
 async def test_a_reload_that_corrects_a_number_reaches_the_page_waiting_to_retry(
     make_client: ClientFactory,
     tmp_path: Path,
@@ -191,10 +186,15 @@ async def test_a_reload_that_corrects_a_number_reaches_the_page_waiting_to_retry
     config(tmp_path, twilio, smtp)
     assert (await client.post("/-/reload", headers=AUTH)).status == 200
     clock.advance(timedelta(seconds=30))  # past the first backoff
-    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 1), "the SMS")
+
+    async def sent_to_the_corrected_number() -> bool:
+        sms = next(p for p in (await incident(client))["pages"] if p["channel"] == "sms")
+        return bool((sms["state"], sms["address"]) == ("sent", "+15551230001"))
+
+    # The page's row, not Twilio's request: the outbox records 'sent' after Twilio answers.
+    await eventually(sent_to_the_corrected_number, "the SMS recorded sent to the new number")
+    assert len(twilio.sent_sms("+15551230001")) == 1
     assert twilio.sent_sms("+15551230009") == []
-    sms = next(p for p in (await incident(client))["pages"] if p["channel"] == "sms")
-    assert (sms["state"], sms["address"]) == ("sent", "+15551230001")
 
 
 async def test_a_page_whose_address_a_reload_removed_fails_over(
