@@ -95,6 +95,8 @@ class Event(StrEnum):
     ACTION_DRY_RUN = "action_dry_run"
     ACTION_FINISHED = "action_finished"
     ACTION_INTERRUPTED = "action_interrupted"
+    # A process a killed daemon left running, stopped at the next start.
+    ACTION_PROCESS_STOPPED = "action_process_stopped"
     ACTION_UNDONE = "action_undone"
     CONTAINMENT_FAILED = "containment_failed"
     CONTAINMENT_VERIFIED = "containment_verified"

@@ -272,7 +272,9 @@ c:
     assert "still broken" in result.check.detail
     assert result.undo is not None
     assert result.undo.request is not None
-    undone = await runner.run_exec(ExecRequest.from_json(result.undo.request.to_json()))
+    undone = await runner.run_exec(
+        ExecRequest.from_json(result.undo.request.to_json()), run_id=result.run_id
+    )
     assert undone.stdout == "undone\n"
 
 

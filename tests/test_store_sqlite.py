@@ -95,7 +95,7 @@ _ADDED_COLUMNS = {
     16: [("incidents", "first_acknowledged_at"), ("incidents", "first_acknowledged_by")],
     17: [("pages", "trigger_at")],
 }
-_ADDED_TABLES = {18: ["admin_notices"], 19: ["twilio_requests"]}
+_ADDED_TABLES = {18: ["admin_notices"], 19: ["twilio_requests"], 20: ["action_processes"]}
 
 
 def back_to_schema(path: Path, version: int) -> None:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from responder.clock import Clock, sleep_until_or_woken
+from responder.contain import orphans
 from responder.contain.builtins import found_nothing_to_lift
 from responder.contain.catalog import (
     Action,
@@ -80,6 +81,42 @@ class LiftAlarm:
     reason: str  # why the lift failed ("" once it is ended)
     since: datetime  # the run's first failed lift: the alert's start, for every copy
     ended: datetime | None
+
+
+class _StoreLedger:
+    """Action and lift process groups on record in the store while they run."""
+
+    def __init__(self, store: ContainmentStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def started(self, identity: orphans.ProcessIdentity, run_id: str, argv0: str) -> None:
+        try:
+            await self._store.record_process(identity, run_id, argv0, self._clock.now())
+        except Exception:
+            log.exception("cannot record an action process; it runs unrecorded")
+
+    async def ended(self, identity: orphans.ProcessIdentity) -> None:
+        try:
+            await self._store.forget_process(identity)
+        except Exception:
+            # Harmless: its leader has ended, and a start signals no group whose leader
+            # is gone.
+            log.exception("cannot clear the record of an ended action process")
+
+
+# What the start tells of each group it stopped.
+_STOPPED_SAYS = {
+    orphans.Stopped.TERMINATED: "stopped at start (SIGTERM): the daemon that ran it was killed",
+    orphans.Stopped.KILLED: (
+        "killed at start (SIGKILL: it outlived SIGTERM by "
+        f"{orphans.STOP_GRACE_S:g} s): the daemon that ran it was killed"
+    ),
+    orphans.Stopped.SURVIVED: (
+        "still running after SIGTERM and SIGKILL at start: what is left of its group runs "
+        "as another user (a command under sudo) and the daemon may not signal it; stop it by hand"
+    ),
+}
 
 
 def _tail(result: RunResult, limit: int = 300) -> str:
@@ -174,6 +211,8 @@ class Containment:
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
+        # Before the interrupted runs are marked: their processes are stopped first.
+        await self._stop_orphans()
         now = self._clock.now()
         saved = await self._store.load_guards()
         state = GuardState.from_json(json.loads(saved)) if saved else GuardState()
@@ -193,6 +232,39 @@ class Containment:
             if run.incident_id is not None:
                 self._on_escalate()
         self._metrics.containment_paused.set(int(self._state.kill_switch.engaged))
+
+    async def _stop_orphans(self) -> None:
+        """Stop the action and lift processes a killed daemon left running (orphans.py),
+        then record those this one starts."""
+        boot = orphans.boot_id()
+        if boot is None:
+            log.info(
+                "no /proc/sys/kernel/random/boot_id: action processes that outlive a killed "
+                "daemon are neither recorded nor stopped at start on this system"
+            )
+            return
+        recorded = await self._store.recorded_processes()
+        found = await asyncio.gather(*(orphans.stop(identity, boot) for identity, _, _ in recorded))
+        now = self._clock.now()
+        for (identity, run_id, program), stopped in zip(recorded, found, strict=True):
+            says = _STOPPED_SAYS.get(stopped)
+            if says is None:  # nothing of it runs, or its pid is another process's now
+                await self._store.forget_process(identity)
+                continue
+            detail = {
+                "process_group": identity.pgid,
+                "program": program,
+                "outcome": stopped.value,
+                "detail": says,
+            }
+            await self._store.process_stopped(identity, run_id, detail, now)
+            level = logging.ERROR if stopped is orphans.Stopped.SURVIVED else logging.WARNING
+            log.log(
+                level,
+                f"action process left by a killed daemon {says}",
+                extra=fields(run=run_id, process_group=identity.pgid, program=program),
+            )
+        self._runner.record_processes(_StoreLedger(self._store, self._clock), boot)
 
     # -- the kill switch and breakers ------------------------------------------------------------
     async def pause(self, reason: str, by: str) -> GuardState:
@@ -637,7 +709,7 @@ class Containment:
                 if (held := self._held_by_switch(plan)) is not None:
                     await self._hold_lift(run, number, times, held)
                     return
-                process = await self._runner.run_exec(request)
+                process = await self._runner.run_exec(request, run_id=run.run_id)
                 detail["exit_status"] = process.exit_status
                 if process.outcome is Outcome.OK:
                     continue
@@ -672,7 +744,10 @@ class Containment:
                 # extracted and checked; the undo action checks them against its own types.
                 values = {p["name"]: p["value"] for p in run.audit.get("params", [])}
                 context = RunContext(str(run.incident_id or ""))
-                prepared = self._runner.prepare(other, {}, {}, context, values=values)
+                # Under the run's id: a process of it that a kill -9 leaves is the run's.
+                prepared = self._runner.prepare(
+                    other, {}, {}, context, run_id=run.run_id, values=values
+                )
                 if isinstance(prepared, ParamRejected):
                     state, detail["error"] = "failed", str(prepared.to_audit())
                 elif (held := self._held_by_switch(plan)) is not None:

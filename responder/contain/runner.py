@@ -45,6 +45,7 @@ from responder.contain.catalog import (
     SystemdRestartSpec,
     Template,
 )
+from responder.contain.orphans import ProcessIdentity, ProcessLedger, identify
 from responder.contain.outcome import Outcome
 from responder.contain.params import (
     BoundParam,
@@ -471,10 +472,25 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """Where and as what a process's group is recorded while it runs (orphans.py)."""
+
+    ledger: ProcessLedger
+    boot_id: str
+    run_id: str
+
+
 async def run_process(
-    request: ExecRequest, *, limit: int = OUTPUT_LIMIT, kill_grace_s: float = 2.0
+    request: ExecRequest,
+    *,
+    limit: int = OUTPUT_LIMIT,
+    kill_grace_s: float = 2.0,
+    recording: Recording | None = None,
 ) -> ProcessResult:
-    """Run one argv without a shell, bounded in time and output; the group dies on timeout."""
+    """Run one argv without a shell, bounded in time and output; the group dies on timeout.
+    With ``recording``, the group is on record while it runs, for a start after a kill -9
+    of the daemon to stop it."""
     started = monotonic()
     secrets = request.secrets
     try:
@@ -510,7 +526,14 @@ async def run_process(
     # forever; the exit itself is watched through returncode instead.
     exit_task = asyncio.ensure_future(proc.wait())
     timed_out = False
+    identity: ProcessIdentity | None = None
     try:
+        if recording is not None:
+            # The ledger keeps store failures to itself: a process must not lose its
+            # timeout because it could not be recorded.
+            identity = identify(proc.pid, recording.boot_id)
+            if identity is not None:
+                await recording.ledger.started(identity, recording.run_id, request.argv[0])
         if not await _exited(proc, exit_task, request.timeout_s):
             timed_out = True
             _signal_group(proc.pid, signal.SIGTERM)
@@ -538,6 +561,8 @@ async def run_process(
     finally:
         if not exit_task.done():
             exit_task.cancel()
+    if recording is not None and identity is not None and proc.returncode is not None:
+        await recording.ledger.ended(identity)
     return ProcessResult(
         exit_status=proc.returncode,
         stdout=_redact(out.data.decode("utf-8", "replace"), secrets, cut=out.dropped > 0),
@@ -582,6 +607,12 @@ class ActionRunner:
         self._grace = kill_grace_s
         self._base_env = dict(base_env)
         self._sleep = sleep
+        self._ledger: ProcessLedger | None = None
+        self._boot_id = ""
+
+    def record_processes(self, ledger: ProcessLedger, boot_id: str) -> None:
+        """From now on every process group started is recorded in ``ledger`` while it runs."""
+        self._ledger, self._boot_id = ledger, boot_id
 
     async def close(self) -> None:
         if self._own_session and self._session is not None:
@@ -827,7 +858,7 @@ class ActionRunner:
                 outcome = attempt.outcome
                 check = None
                 if outcome is Outcome.OK and prepared.check is not None:
-                    check = await self._run_check(prepared.check)
+                    check = await self._run_check(prepared.check, prepared.run_id)
                     if check.outcome is Outcome.CHECK_FAILED:
                         outcome = Outcome.CHECK_FAILED
                 if outcome not in _RETRYABLE or number > action.retries:
@@ -875,9 +906,17 @@ class ActionRunner:
             stopped=stopped_by,
         )
 
-    async def run_exec(self, request: ExecRequest, *, limit: int | None = None) -> ProcessResult:
-        """Run one rendered argv (an undo, for instance) with the runner's bounds."""
-        return await run_process(request, limit=limit or self._limit, kill_grace_s=self._grace)
+    async def run_exec(
+        self, request: ExecRequest, *, run_id: str, limit: int | None = None
+    ) -> ProcessResult:
+        """Run one rendered argv of run ``run_id`` (an undo, for instance) with the runner's
+        bounds."""
+        recording = None
+        if self._ledger is not None:
+            recording = Recording(self._ledger, self._boot_id, run_id)
+        return await run_process(
+            request, limit=limit or self._limit, kill_grace_s=self._grace, recording=recording
+        )
 
     async def _attempt(self, prepared: PreparedRun, number: int) -> Attempt:
         at = self._clock.now()
@@ -885,7 +924,7 @@ class ActionRunner:
         if isinstance(request, HttpRequest):
             return await self._http_attempt(request, number, at)
         assert isinstance(request, ExecRequest)
-        proc = await self.run_exec(request)
+        proc = await self.run_exec(request, run_id=prepared.run_id)
         outcome = proc.outcome
         detail = proc.error or ""
         spec = prepared.action.spec
@@ -896,7 +935,7 @@ class ActionRunner:
             show = ExecRequest(
                 builtins.result_argv(spec, prepared.unit), request.env, None, request.timeout_s
             )
-            shown = await self.run_exec(show)
+            shown = await self.run_exec(show, run_id=prepared.run_id)
             result = builtins.parse_result(shown.stdout)
             if result:
                 detail = f"Result={result}"
@@ -947,11 +986,11 @@ class ActionRunner:
             return None, "", 0, _redact(f"{type(exc).__name__}: {exc}", request.secrets)
         return status, capture.data.decode("utf-8", "replace"), capture.dropped, None
 
-    async def _run_check(self, check: CheckRequest) -> CheckResult:
+    async def _run_check(self, check: CheckRequest, run_id: str) -> CheckResult:
         if check.delay > timedelta(0):
             await self._sleep(check.delay.total_seconds())
         if check.exec is not None:
-            proc = await self.run_exec(check.exec)
+            proc = await self.run_exec(check.exec, run_id=run_id)
             ok = proc.outcome is Outcome.OK
             detail = proc.error or (
                 "timeout" if proc.timed_out else _tail(proc.stdout + proc.stderr)
@@ -979,7 +1018,7 @@ class ActionRunner:
         items: list[evidence.EvidenceItem] = []
         problems: list[str] = []
         for index, (unit, request) in enumerate(plan.journals, start=1):
-            proc = await self.run_exec(request, limit=plan.max_bytes)
+            proc = await self.run_exec(request, run_id=prepared.run_id, limit=plan.max_bytes)
             items.append(_proc_item(f"journal-{index}.log", "journal", unit, request, proc))
             if proc.outcome is not Outcome.OK:
                 problems.append(f"journal {unit}: {proc.error or proc.exit_status}")
@@ -996,7 +1035,7 @@ class ActionRunner:
                 evidence.EvidenceItem(f"file-{index}.log", "file", str(path), data, cut, meta)
             )
         for name, request in plan.commands:
-            proc = await self.run_exec(request, limit=plan.max_bytes)
+            proc = await self.run_exec(request, run_id=prepared.run_id, limit=plan.max_bytes)
             items.append(_proc_item(f"command-{name}.txt", "command", name, request, proc))
             if proc.outcome is not Outcome.OK:
                 problems.append(f"command {name}: {proc.error or proc.exit_status}")

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from responder.contain.guards import RunRecord
+from responder.contain.orphans import ProcessIdentity
 from responder.incident import (
     EscalationWork,
     Incident,
@@ -250,6 +251,27 @@ class ContainmentStore(Protocol):
         ...
 
     async def escalate_incident(self, incident_id: int, reason: str, now: datetime) -> None: ...
+
+    async def record_process(
+        self, identity: ProcessIdentity, run_id: str, argv0: str, now: datetime
+    ) -> None:
+        """Record an action or lift process group while it runs (contain/orphans.py)."""
+        ...
+
+    async def forget_process(self, identity: ProcessIdentity) -> None:
+        """The group's leader ended: its record goes."""
+        ...
+
+    async def recorded_processes(self) -> list[tuple[ProcessIdentity, str, str]]:
+        """The groups on record, each with its run id and program."""
+        ...
+
+    async def process_stopped(
+        self, identity: ProcessIdentity, run_id: str, detail: dict[str, Any], now: datetime
+    ) -> None:
+        """The start stopped a group a killed daemon left (``detail`` says how): its record
+        goes, and its run's audit and its incident's timeline say so, in one transaction."""
+        ...
 
     async def due_undos(
         self,

@@ -404,4 +404,20 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "answer TEXT)",
         "CREATE INDEX twilio_requests_taken_at ON twilio_requests (taken_at)",
     ],
+    # 20: the process groups of action and lift processes while they run (contain/orphans.py):
+    # a start after a kill -9 of the daemon stops those still alive. A group is its leader's
+    # pid with the leader's start time (clock ticks since boot) and the boot's id.
+    [
+        """
+        CREATE TABLE action_processes (
+            boot_id TEXT NOT NULL,
+            pgid INTEGER NOT NULL,
+            start_ticks INTEGER NOT NULL,
+            run_id TEXT NOT NULL,
+            argv0 TEXT NOT NULL,
+            started_at INTEGER NOT NULL,
+            PRIMARY KEY (boot_id, pgid, start_ticks)
+        )
+        """,
+    ],
 ]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from responder.contain.guards import RunRecord
+from responder.contain.orphans import ProcessIdentity
 from responder.contain.outcome import Outcome
 from responder.incident import (
     EscalationWork,
@@ -1057,6 +1058,28 @@ class SQLiteStore:
     async def escalate_incident(self, incident_id: int, reason: str, now: datetime) -> None:
         now_us = to_us(now)
         await self._write(lambda conn: actions.escalate_incident(conn, incident_id, reason, now_us))
+
+    async def record_process(
+        self, identity: ProcessIdentity, run_id: str, argv0: str, now: datetime
+    ) -> None:
+        now_us = to_us(now)
+        await self._write(
+            lambda conn: actions.record_process(conn, identity, run_id, argv0, now_us)
+        )
+
+    async def forget_process(self, identity: ProcessIdentity) -> None:
+        await self._write(lambda conn: actions.forget_process(conn, identity))
+
+    async def recorded_processes(self) -> list[tuple[ProcessIdentity, str, str]]:
+        return await self._read(actions.recorded_processes)
+
+    async def process_stopped(
+        self, identity: ProcessIdentity, run_id: str, detail: dict[str, Any], now: datetime
+    ) -> None:
+        now_us = to_us(now)
+        await self._write(
+            lambda conn: actions.process_stopped(conn, identity, run_id, detail, now_us)
+        )
 
     async def due_undos(
         self,

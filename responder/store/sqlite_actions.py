@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from responder.contain.orphans import ProcessIdentity
 from responder.incident import Event
 from responder.store.base import QueuedAlert, RemovedByHand, RunRow
 from responder.store.migrations import CHANGE_KEY, SHARED_LIFT
@@ -262,6 +263,55 @@ def interrupt_running(conn: sqlite3.Connection, now_us: int) -> list[RunRow]:
         reason = f"{run.action} was interrupted by a restart: outcome unknown"
         escalate_incident(conn, run.incident_id, reason, now_us)
     return runs
+
+
+_PROCESS_KEY = "boot_id = ? AND pgid = ? AND start_ticks = ?"
+
+
+def _key(identity: ProcessIdentity) -> tuple[str, int, int]:
+    return identity.boot_id, identity.pgid, identity.start_ticks
+
+
+def record_process(
+    conn: sqlite3.Connection, identity: ProcessIdentity, run_id: str, argv0: str, now_us: int
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO action_processes "
+        "(boot_id, pgid, start_ticks, run_id, argv0, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (*_key(identity), run_id, argv0, now_us),
+    )
+
+
+def forget_process(conn: sqlite3.Connection, identity: ProcessIdentity) -> None:
+    conn.execute(f"DELETE FROM action_processes WHERE {_PROCESS_KEY}", _key(identity))  # noqa: S608
+
+
+def recorded_processes(conn: sqlite3.Connection) -> list[tuple[ProcessIdentity, str, str]]:
+    rows = conn.execute(
+        "SELECT boot_id, pgid, start_ticks, run_id, argv0 FROM action_processes ORDER BY started_at"
+    ).fetchall()
+    return [
+        (ProcessIdentity(pgid, ticks, boot), run, argv0) for boot, pgid, ticks, run, argv0 in rows
+    ]
+
+
+def process_stopped(
+    conn: sqlite3.Connection,
+    identity: ProcessIdentity,
+    run_id: str,
+    detail: dict[str, Any],
+    now_us: int,
+) -> None:
+    forget_process(conn, identity)
+    # A run runs one process at a time: at most one group of it to stop.
+    row = conn.execute(
+        "UPDATE action_runs SET audit = json_set(audit, '$.stopped_at_start', json(?)) "
+        "WHERE run_id = ? RETURNING incident_id",
+        (dumps(detail), run_id),
+    ).fetchone()
+    if row is None:
+        return  # a process of a lift run by another action, under the lift's own id
+    _event(conn, row[0], now_us, Event.ACTION_PROCESS_STOPPED, {"run_id": run_id, **detail})
 
 
 def _lift_at_expiry(conn: sqlite3.Connection, run: RunRow) -> None:
