@@ -111,6 +111,17 @@ async def incident_document(daemon: Daemon, number: int = 1) -> dict[str, Any]:
         return document
 
 
+async def timeline_kinds_once(daemon: Daemon, kind: str, seconds: float = 10.0) -> list[str]:
+    """Incident 1's timeline kinds, once ``kind`` is among them (or as they are after
+    ``seconds``, for the assertion to show)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        kinds = [e["kind"] for e in (await incident_document(daemon))["timeline"]]
+        if kind in kinds or time.monotonic() > deadline:
+            return kinds
+        await asyncio.sleep(0.05)
+
+
 def _kill_orphan(pidfile: Path) -> None:
     """The action's process has a session of its own: the SIGKILL of the daemon left it."""
     with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
@@ -225,7 +236,8 @@ actions:
             await wait_for(lambda: recipients(smtp)["bob@example.com"] == 1, 10, "bob paged")
             await post_alert(daemon, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
             await wait_for(lambda: "off web-1" in log.read_text(), 10, "maintenance lifted")
-            kinds = [e["kind"] for e in (await incident_document(daemon))["timeline"]]
+            # The script wrote its line before it exited; the lift's outcome comes after.
+            kinds = await timeline_kinds_once(daemon, "action_undone")
         assert log.read_text().splitlines() == ["on web-1", "off web-1"]
         assert "action_interrupted" in kinds
         assert "action_undone" in kinds
