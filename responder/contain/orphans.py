@@ -105,7 +105,8 @@ def _group_alive(pgid: int, proc: Path) -> bool:
 
 
 def _signal(pgid: int, sig: signal.Signals) -> None:
-    # EPERM: every member left is one the daemon may not signal (root under sudo).
+    # EPERM: every member left is one the daemon may not signal (a root command whose sudo
+    # has ended; sudo itself runs with the daemon's user as its real user and relays TERM).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
