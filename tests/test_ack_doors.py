@@ -12,7 +12,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from aiohttp import web
@@ -74,15 +74,29 @@ async def smtp() -> AsyncIterator[SmtpTestServer]:
         yield server
 
 
+class Starter(Protocol):
+    def __call__(self, contacts: str = CONTACTS, rules: str | None = None) -> Awaitable[Client]: ...
+
+
 @pytest.fixture
-async def daemon(
+def start(
     aiohttp_client: Callable[..., Awaitable[Client]],
     tmp_path: Path,
     clock: FakeClock,
     twilio: FakeTwilio,
     smtp: SmtpTestServer,
-) -> Client:
-    return await start_daemon(aiohttp_client, tmp_path, clock, twilio, smtp)
+) -> Starter:
+    """Starts the daemon on the test's state: again after a ``close()``, a restart."""
+
+    def start(contacts: str = CONTACTS, rules: str | None = None) -> Awaitable[Client]:
+        return start_daemon(aiohttp_client, tmp_path, clock, twilio, smtp, contacts, rules)
+
+    return start
+
+
+@pytest.fixture
+async def daemon(start: Starter) -> Client:
+    return await start()
 
 
 async def start_daemon(
@@ -324,17 +338,15 @@ async def test_an_sms_reply_acts_only_on_the_trigger_the_sender_was_paged_for(
 
 
 async def test_a_replayed_sms_reply_acts_on_nothing_even_after_a_restart(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tmp_path: Path,
+    start: Starter,
     clock: FakeClock,
     twilio: FakeTwilio,
-    smtp: SmtpTestServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Twilio's signature holds no time: a signed 'ACK' captured once stays valid. Posted
     again after a restart and a new incident paging alice, it must not acknowledge that one
     as her, nor tell the one who posted it anything."""
-    daemon = await start_daemon(aiohttp_client, tmp_path, clock, twilio, smtp)
+    daemon = await start()
     await first_incident_paged(daemon, twilio)
     sid = "SM" + "ab" * 16
     answer = await twilio.send_inbound_sms(
@@ -343,7 +355,7 @@ async def test_a_replayed_sms_reply_acts_on_nothing_even_after_a_restart(
     assert "Acknowledged #1" in answer.text, answer.text
     await daemon.close()
 
-    daemon = await start_daemon(aiohttp_client, tmp_path, clock, twilio, smtp)
+    daemon = await start()
     await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
     clock.advance(timedelta(minutes=2))  # past the SMS rate limit
     await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "#2 paged")
@@ -416,19 +428,13 @@ rules:
 
 
 async def test_a_reply_from_a_shared_number_acts_as_the_contact_that_was_paged(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tmp_path: Path,
-    clock: FakeClock,
-    twilio: FakeTwilio,
-    smtp: SmtpTestServer,
+    start: Starter, twilio: FakeTwilio
 ) -> None:
     """Two contacts share a phone. #1 paged alice, the second of them in the file: her
     'ACK 1' acknowledges it as her (it answered "#1 was not paged to you", the number
     taken for ops-desk's alone), and 'ACK ALL' then takes #2, paged to ops-desk, as
     ops-desk: each incident records the contact its page went to."""
-    daemon = await start_daemon(
-        aiohttp_client, tmp_path, clock, twilio, smtp, SHARED_PHONE_CONTACTS, DISK_RULES
-    )
+    daemon = await start(SHARED_PHONE_CONTACTS, DISK_RULES)
     await post(daemon, webhook(alert("TargetDown", instance="web-1:9100")))
     await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
     await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "both SMS")
@@ -655,11 +661,7 @@ rules:
 
 
 async def test_an_email_link_still_acts_after_a_worse_alert_changed_the_policy(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tmp_path: Path,
-    clock: FakeClock,
-    twilio: FakeTwilio,
-    smtp: SmtpTestServer,
+    start: Starter, clock: FakeClock, smtp: SmtpTestServer
 ) -> None:
     """Bob's email at 15 minutes links to the incident. A P1 alert whose rule names
     'urgent' joins: the escalation starts over under 'urgent' (a new episode), but the
@@ -667,9 +669,7 @@ async def test_an_email_link_still_acts_after_a_worse_alert_changed_the_policy(
     (escalation review: the raise ended every link sent before it)."""
     urgent = "  urgent:\n    levels:\n      - targets: [alice]\n"
     contacts = CONTACTS.replace("incidents:", urgent + "incidents:")
-    daemon = await start_daemon(
-        aiohttp_client, tmp_path, clock, twilio, smtp, contacts, RAISE_RULES
-    )
+    daemon = await start(contacts, RAISE_RULES)
     low = alert("LowThing", instance="web-1:9100")
     await post(daemon, webhook(low))
     clock.advance(timedelta(minutes=15))

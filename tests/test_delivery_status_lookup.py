@@ -5,34 +5,15 @@ daemon was down, and Twilio does not post a callback again)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from pathlib import Path
 
 from responder.clock import FakeClock
 from responder.reconcile import CALL_CHECK_AFTER, CHECK_AFTER, GIVE_UP_AFTER
-from responder.testing import FakeTwilio, Fault, SmtpTestServer
-from tests.test_ack_doors import Client, _true, first_incident_paged, smtp, start_daemon, twilio
+from responder.testing import FakeTwilio, Fault
+from tests.test_ack_doors import Client, Starter, _true, first_incident_paged, smtp, start, twilio
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
 
-__all__ = ["smtp", "twilio"]
-
-Starter = Callable[[], Awaitable[Client]]
-
-
-def starter(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tmp_path: Path,
-    clock: FakeClock,
-    twilio: FakeTwilio,
-    smtp: SmtpTestServer,
-) -> Starter:
-    """Starts the daemon on the same state (a restart after a ``close()``)."""
-
-    async def start() -> Client:
-        return await start_daemon(aiohttp_client, tmp_path, clock, twilio, smtp)
-
-    return start
+__all__ = ["smtp", "start", "twilio"]
 
 
 async def alice_sms(client: Client) -> dict[str, object]:
@@ -52,16 +33,13 @@ async def alice_paged(client: Client, twilio: FakeTwilio) -> str:
 
 
 async def test_an_sms_undelivered_while_the_daemon_was_down_fails_over_at_the_start(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tmp_path: Path,
+    start: Starter,
     clock: FakeClock,
     twilio: FakeTwilio,
-    smtp: SmtpTestServer,
 ) -> None:
     """Twilio took alice's SMS; the daemon stopped; the SMS turned out undelivered and the
     callback saying so found nobody. At the start the daemon asks Twilio, and the page
     fails over to bob as the callback would have made it."""
-    start = starter(aiohttp_client, tmp_path, clock, twilio, smtp)
     client = await start()
     sid = await alice_paged(client, twilio)
     await client.close()
@@ -78,15 +56,13 @@ async def test_an_sms_undelivered_while_the_daemon_was_down_fails_over_at_the_st
 
 
 async def test_a_lost_delivered_callback_is_looked_up_after_five_minutes_then_never_again(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tmp_path: Path,
+    start: Starter,
     clock: FakeClock,
     twilio: FakeTwilio,
-    smtp: SmtpTestServer,
 ) -> None:
     """The daemon runs; alice's SMS is delivered but the callback is lost. Nobody asks
     before five minutes; then the page is marked delivered, and not asked for again."""
-    client = await starter(aiohttp_client, tmp_path, clock, twilio, smtp)()
+    client = await start()
     sid = await alice_paged(client, twilio)
     twilio.set_status(sid, "delivered")
     clock.advance(CHECK_AFTER - timedelta(seconds=30))
@@ -105,16 +81,13 @@ async def test_a_lost_delivered_callback_is_looked_up_after_five_minutes_then_ne
 
 
 async def test_while_twilio_cannot_answer_the_outbox_goes_on_and_the_lookup_waits(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tmp_path: Path,
+    start: Starter,
     clock: FakeClock,
     twilio: FakeTwilio,
-    smtp: SmtpTestServer,
 ) -> None:
     """Twilio's API answers 503 to the lookups after the start: the page of a new incident
     still goes out meanwhile, and the lookup, tried again a minute later, fails alice's
     page over once Twilio answers."""
-    start = starter(aiohttp_client, tmp_path, clock, twilio, smtp)
     client = await start()
     sid = await alice_paged(client, twilio)
     await client.close()
@@ -134,15 +107,12 @@ async def test_while_twilio_cannot_answer_the_outbox_goes_on_and_the_lookup_wait
 
 
 async def test_an_sms_older_than_the_bound_is_not_asked_for(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tmp_path: Path,
+    start: Starter,
     clock: FakeClock,
     twilio: FakeTwilio,
-    smtp: SmtpTestServer,
 ) -> None:
     """A daemon down longer than Twilio keeps a message queued does not ask about the
     SMS it sent before: whatever became of it, it is over."""
-    start = starter(aiohttp_client, tmp_path, clock, twilio, smtp)
     client = await start()
     sid = await alice_paged(client, twilio)
     await client.close()
@@ -169,16 +139,14 @@ async def alice_called(client: Client, twilio: FakeTwilio, clock: FakeClock) -> 
 
 
 async def test_a_lost_no_answer_callback_of_a_call_is_looked_up_and_fails_over(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tmp_path: Path,
+    start: Starter,
     clock: FakeClock,
     twilio: FakeTwilio,
-    smtp: SmtpTestServer,
 ) -> None:
     """alice does not answer the call, and Twilio's no-answer callback is lost. Nobody
     asks before three minutes; then the call is looked up, the voice page fails as the
     callback would have made it, and bob is paged in alice's place."""
-    client = await starter(aiohttp_client, tmp_path, clock, twilio, smtp)()
+    client = await start()
     sid = await alice_called(client, twilio, clock)
     twilio.set_status(sid, "no-answer")
     clock.advance(CALL_CHECK_AFTER - timedelta(seconds=30))
@@ -193,15 +161,12 @@ async def test_a_lost_no_answer_callback_of_a_call_is_looked_up_and_fails_over(
 
 
 async def test_a_call_that_failed_while_the_daemon_was_down_fails_over_at_the_start(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tmp_path: Path,
+    start: Starter,
     clock: FakeClock,
     twilio: FakeTwilio,
-    smtp: SmtpTestServer,
 ) -> None:
     """The daemon stopped during alice's call; the line was busy and the callback saying
     so found nobody. At the start the call is looked up and bob is paged."""
-    start = starter(aiohttp_client, tmp_path, clock, twilio, smtp)
     client = await start()
     sid = await alice_called(client, twilio, clock)
     await client.close()
