@@ -47,6 +47,45 @@ def maintenance_action(
 """
 
 
+BACKEND_PARAMS = "{backend: {from: label, key: backend, type: identifier}}"
+
+
+def maintenance_undone_by_action(
+    on: Path,
+    off: Path,
+    *,
+    value: str = "backend",
+    params: str = BACKEND_PARAMS,
+    off_extra: str = "",
+) -> str:
+    """The ``maintenance`` action's YAML (under ``actions:``): ``on VALUE``, lifted 5 minutes
+    after its alert resolved by the action ``maintenance-off``: ``off VALUE`` (``off_extra``:
+    more of its settings, each line indented by four spaces)."""
+    return f"""  maintenance:
+    kind: exec
+    argv: [{on}, "{{{value}}}"]
+    params: {params}
+    cooldown: 0
+    undo: {{action: maintenance-off}}
+    undo_hold_down: 5m
+  maintenance-off:
+    kind: exec
+    argv: [{off}, "{{{value}}}"]
+    params: {params}
+{off_extra}"""
+
+
+def on_off_scripts(folder: Path, log: Path) -> tuple[Path, Path]:
+    """``on`` and ``off``: each writes its name and its argument, a line, to ``log``."""
+
+    def writing(name: str) -> Path:
+        return script(
+            folder, name, f"open({str(log)!r}, 'a').write('{name} ' + sys.argv[1] + '\\n')"
+        )
+
+    return writing("on"), writing("off")
+
+
 @pytest.fixture
 async def smtp() -> AsyncIterator[SmtpTestServer]:
     async with SmtpTestServer() as server:
@@ -488,23 +527,9 @@ async def test_an_undo_action_takes_its_runs_values_and_a_failed_undo_is_told(
     """undo: {action: X} binds X's parameters by name from the run's checked values (here
     extracted from a label under another key); an undo that fails is escalated."""
     log = tmp_path / "log"
-    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
-    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
+    on, off = on_off_scripts(tmp_path, log)
     params = '{host: {from: label, key: instance, type: hostname, extract: "([^:]+):[0-9]+"}}'
-    actions = f"""
-actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{host}}"]
-    params: {params}
-    cooldown: 0
-    undo: {{action: maintenance-off}}
-    undo_hold_down: 5m
-  maintenance-off:
-    kind: exec
-    argv: [{off}, "{{host}}"]
-    params: {params}
-"""
+    actions = "actions:\n" + maintenance_undone_by_action(on, off, value="host", params=params)
     client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     fired = alert("BackendErrors", instance="web-1:9100")
     await post(client, webhook(fired))
@@ -697,8 +722,7 @@ async def test_a_revival_stopped_by_a_guard_keeps_the_change_until_the_final_res
     and is postponed (it was cancelled for good), and the change is lifted after the final
     resolve (third review of stop 14)."""
     log = tmp_path / "log"
-    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
-    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
+    on, off = on_off_scripts(tmp_path, log)
     actions = f"""
 actions:
 {maintenance_action(on, off, cooldown="5m")}"""

@@ -17,6 +17,8 @@ from tests.test_containment import (
     _true,
     blocked_once,
     config,
+    maintenance_undone_by_action,
+    on_off_scripts,
     script,
     smtp,
 )
@@ -32,23 +34,8 @@ async def test_an_undo_action_is_run_once_when_a_new_episode_makes_the_change_ag
     """undo: {action: ...}: a new episode that makes the same change again (same values)
     supersedes the first run's lift; the undo action runs once after the last resolve."""
     log = tmp_path / "log"
-    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
-    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
-    params = "{backend: {from: label, key: backend, type: identifier}}"
-    actions = f"""
-actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params: {params}
-    cooldown: 0
-    undo: {{action: maintenance-off}}
-    undo_hold_down: 5m
-  maintenance-off:
-    kind: exec
-    argv: [{off}, "{{backend}}"]
-    params: {params}
-"""
+    on, off = on_off_scripts(tmp_path, log)
+    actions = "actions:\n" + maintenance_undone_by_action(on, off)
     client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     fired = alert("BackendErrors", backend="web-1")
     await post(client, webhook(fired))

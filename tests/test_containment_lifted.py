@@ -14,11 +14,14 @@ from responder.clock import FakeClock
 from responder.testing import SmtpTestServer
 from tests.conftest import AUTH, ClientFactory
 from tests.test_containment import (
+    BACKEND_PARAMS,
     MAINTENANCE_RULE,
     _finished,
     _true,
     config,
     maintenance_action,
+    maintenance_undone_by_action,
+    on_off_scripts,
     script,
     smtp,
 )
@@ -45,26 +48,17 @@ def _maintenance_with_undo_action(folder: Path, *, undo: bool = True) -> str:
     """``maintenance`` puts a backend into maintenance (writing to ``log``); with ``undo``,
     the action ``maintenance-off`` lifts it 5 minutes after its alert resolved."""
     log = folder / "log"
-    on = script(folder, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
-    off = script(folder, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
-    params = "{backend: {from: label, key: backend, type: identifier}}"
-    text = f"""
+    on, off = on_off_scripts(folder, log)
+    if undo:
+        return "actions:\n" + maintenance_undone_by_action(on, off)
+    return f"""
 actions:
   maintenance:
     kind: exec
     argv: [{on}, "{{backend}}"]
-    params: {params}
+    params: {BACKEND_PARAMS}
     cooldown: 0
 """
-    if undo:
-        text += f"""    undo: {{action: maintenance-off}}
-    undo_hold_down: 5m
-  maintenance-off:
-    kind: exec
-    argv: [{off}, "{{backend}}"]
-    params: {params}
-"""
-    return text
 
 
 async def test_a_lift_whose_undo_action_a_reload_removed_is_recorded_as_removed_by_hand(
@@ -155,8 +149,7 @@ async def test_a_waiting_lift_recorded_as_removed_by_hand_stands_the_other_lifts
     characters of it): the other run's lift stands down, and once both alerts resolved
     nothing runs. Asked again (by bob), the first record stands."""
     log = tmp_path / "log"
-    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
-    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
+    on, off = on_off_scripts(tmp_path, log)
     path = config(tmp_path, smtp, f"actions:\n{maintenance_action(on, off)}", MAINTENANCE_RULE)
     client = await make_client(path)
     first = alert("BackendErrors", backend="web-1", instance="lb-a")

@@ -22,6 +22,8 @@ from tests.test_containment import (
     blocked_once,
     config,
     maintenance_action,
+    maintenance_undone_by_action,
+    on_off_scripts,
     smtp,
 )
 from tests.test_escalation_story import alert, eventually, incident, post, webhook
@@ -55,11 +57,9 @@ async def test_an_iptables_block_made_again_by_a_new_episode_lifts_both_rules(
 
 
 def _maintenance(tmp_path: Path, extra: str = "") -> tuple[Path, str]:
-    from tests.test_containment import script
 
     log = tmp_path / "log"
-    on = script(tmp_path, "on", f"open({str(log)!r}, 'a').write('on ' + sys.argv[1] + '\\n')")
-    off = script(tmp_path, "off", f"open({str(log)!r}, 'a').write('off ' + sys.argv[1] + '\\n')")
+    on, off = on_off_scripts(tmp_path, log)
     return (
         log,
         f"""
@@ -488,23 +488,8 @@ async def test_the_kill_switch_stops_the_retries_of_an_undo_action_under_way(
         "    sys.exit(1)\n"
         f"{write}('off ' + sys.argv[1] + '\\n')",
     )
-    params = "{backend: {from: label, key: backend, type: identifier}}"
-    actions = f"""
-actions:
-  maintenance:
-    kind: exec
-    argv: [{on}, "{{backend}}"]
-    params: {params}
-    cooldown: 0
-    undo: {{action: maintenance-off}}
-    undo_hold_down: 5m
-  maintenance-off:
-    kind: exec
-    argv: [{off}, "{{backend}}"]
-    params: {params}
-    retries: 1
-    retry_delay: 0s
-"""
+    retry = "    retries: 1\n    retry_delay: 0s\n"
+    actions = "actions:\n" + maintenance_undone_by_action(on, off, off_extra=retry)
     client = await make_client(config(tmp_path, smtp, actions, MAINTENANCE_RULE))
     fired = alert("BackendErrors", backend="web-1")
     await post(client, webhook(fired))
