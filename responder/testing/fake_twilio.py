@@ -266,16 +266,9 @@ class FakeTwilio:
             record.error_code = 20003
             return self._error(401, 20003, "Authenticate")
         fault = self._next_faults.popleft() if self._next_faults else None
-        fault = fault or self._number_faults.get(record.to)
-        if fault is Fault.HANG:
-            # Longer than any client timeout; released when the fake stops.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._release.wait(), self.hang_seconds)
-            fault = Fault.SERVER_ERROR
-        if fault is not None:
-            status, code, text = _FAULT_ANSWERS[fault]
-            record.error_code = code
-            return self._error(status, code, text.format(to=record.to))
+        faulted = await self._fault_answer(fault or self._number_faults.get(record.to), record)
+        if faulted is not None:
+            return faulted
         if not record.to:
             return self._error(400, 21604, "A 'To' phone number is required.")
         if not _E164.fullmatch(record.to):
@@ -292,6 +285,23 @@ class FakeTwilio:
         record.sid = ("SM" if kind == "sms" else "CA") + secrets.token_hex(16)
         record.statuses.append("queued")
         return web.json_response(self._resource(record), status=201)
+
+    async def _fault_answer(
+        self, fault: Fault | None, record: TwilioRequest | None = None
+    ) -> web.Response | None:
+        """Twilio's answer of ``fault`` (its error code recorded on the ``record`` it
+        refuses), None without one. A hang is held up to ``hang_seconds``, then a 500."""
+        if fault is Fault.HANG:
+            # Longer than any client timeout; released when the fake stops.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), self.hang_seconds)
+            fault = Fault.SERVER_ERROR
+        if fault is None:
+            return None
+        status, code, text = _FAULT_ANSWERS[fault]
+        if record is not None:
+            record.error_code = code
+        return self._error(status, code, text.format(to=record.to if record else ""))
 
     def _resource(self, record: TwilioRequest) -> dict[str, object]:
         """The message or call as Twilio's JSON shows it, with its status now."""
@@ -331,14 +341,9 @@ class FakeTwilio:
         self.lookups.append(sid)
         if not self._authorized(request):
             return self._error(401, 20003, "Authenticate")
-        fault = self._lookup_fault
-        if fault is Fault.HANG:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._release.wait(), self.hang_seconds)
-            fault = Fault.SERVER_ERROR
-        if fault is not None:
-            status, code, text = _FAULT_ANSWERS[fault]
-            return self._error(status, code, text.format(to=""))
+        faulted = await self._fault_answer(self._lookup_fault)
+        if faulted is not None:
+            return faulted
         record = next((r for r in self.requests if r.kind == kind and r.sid == sid), None)
         if record is None or not sid:
             return self._error(404, 20404, f"The requested resource {request.path} was not found")
