@@ -1470,16 +1470,24 @@ async def test_a_held_lift_rescheduled_any_other_way_is_no_longer_shown_held(
 
 
 async def _lift_waiting(
-    store: SQLiteStore, run_id: str, target: str, *, at: datetime, hold_s: int | None = None
+    store: SQLiteStore,
+    run_id: str,
+    target: str,
+    *,
+    at: datetime,
+    hold_s: int | None = None,
+    action: str = "m",
+    undo: dict[str, Any] | None = None,
 ) -> None:
-    """A finished run of action 'm' on ``target`` (alert 1) whose lift waits: due ``at``
-    (an iptables expiry), or with ``hold_s``, a hold-down after its alert's resolve."""
+    """A finished run of ``action`` on ``target`` (alert 1) whose lift waits: due ``at``
+    (an iptables expiry), or with ``hold_s``, a hold-down after its alert's resolve. Its
+    ``undo`` is ``/bin/off TARGET`` unless given."""
     recorded = await store.record_run(
         T0,
         run_id=run_id,
         alert_id=1,
         incident_id=1,
-        action="m",
+        action=action,
         target=target,
         trigger=f"fire-{run_id}",
         state="running",
@@ -1494,7 +1502,7 @@ async def _lift_waiting(
         run_id=run_id,
         outcome="ok",
         audit={},
-        undo={"argv": {"argv": ["/bin/off", target], "env": {}}, "action": None},
+        undo=undo or {"argv": {"argv": ["/bin/off", target], "env": {}}, "action": None},
         undo_hold_s=hold_s,
         undo_at_us=None if hold_s is not None else to_us(at),
         check_due_us=None,
@@ -1755,32 +1763,10 @@ async def test_a_shared_element_found_gone_ends_the_failed_lifts_of_the_same_ele
         "blocked",
         "{ 203.0.113.7 }",
     ]
+    shared = {"argv": {"argv": delete, "env": {}}, "shared": True}
     for run_id in ("r1", "r2"):
-        assert await store.record_run(
-            T0,
-            run_id=run_id,
-            alert_id=1,
-            incident_id=1,
-            action="block",
-            target="address=203.0.113.7",
-            trigger=f"fire-{run_id}",
-            state="running",
-            audit={},
-            guards=None,
-            event=Event.ACTION_STARTED,
-            detail={},
-        )
-        await store.finish_run(
-            T0,
-            run_id=run_id,
-            outcome="ok",
-            audit={},
-            undo={"argv": {"argv": delete, "env": {}}, "shared": True},
-            undo_hold_s=None,
-            undo_at_us=to_us(T0),
-            check_due_us=None,
-            guards=lambda: "{}",
-            escalate=None,
+        await _lift_waiting(
+            store, run_id, "address=203.0.113.7", at=T0, action="block", undo=shared
         )
     await store.finish_undo("r1", "failed", {}, T0, escalate="undo of block failed")
     await store.finish_undo("r2", "nothing", {}, T0)
