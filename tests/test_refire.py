@@ -4,13 +4,11 @@ not the new one's. Real SQLite, the real composer and link tokens."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from responder import links
 from responder.compose import Composer
@@ -18,19 +16,13 @@ from responder.incident import TRIGGER_ENDED, IncidentState, NewPage, PageKind, 
 from responder.messages import load_templates
 from responder.secrets import Secret
 from responder.store import SQLiteStore
-from tests.test_store_sqlite import T0, back_to_schema, disk_alert, resolved
+from tests.test_store_sqlite import T0, back_to_schema, disk_alert, resolved, store
+
+__all__ = ["store"]
 
 RESOLVED_AT = T0 + timedelta(minutes=5)
 REFIRED_AT = T0 + timedelta(minutes=6)
 SECRET = Secret("x" * 32, "test")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "responder.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def _paged_then_refired(store: SQLiteStore, channel: str, address: str) -> int:
