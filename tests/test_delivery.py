@@ -112,6 +112,16 @@ def test_delivery_config_errors_name_the_line() -> None:
     assert ok.limits_for("sms") == (RateLimit(2, timedelta(minutes=1)),)
 
 
+BUDGET_NOTIFYING_ADMIN = (
+    "delivery:\n  budget: {sms_voice_per_hour: 1, notify: [admin@example.com]}\n"
+)
+
+
+def admin_emails(smtp: SmtpTestServer) -> int:
+    """How many emails went to the admin the budget's notice goes to."""
+    return sum("admin@example.com" in m.rcpt_tos for m in smtp.messages)
+
+
 async def _sms_waiting_for_its_retry(client: Any) -> None:
     async def retried() -> bool:
         sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
@@ -379,12 +389,8 @@ async def test_the_budget_notice_goes_once_an_hour_across_restarts(
     """The budget holds an SMS and the admins are emailed. The daemon restarts twice (a
     crash loop) while the budget still holds the SMS: no second email within the hour.
     An hour after the first, the budget holds another SMS: the admins are told again."""
-    extra = "delivery:\n  budget: {sms_voice_per_hour: 1, notify: [admin@example.com]}\n"
-    path = config(tmp_path, twilio, smtp, extra)
+    path = config(tmp_path, twilio, smtp, BUDGET_NOTIFYING_ADMIN)
     client = await make_client(path)
-
-    def admin_emails() -> int:
-        return sum("admin@example.com" in m.rcpt_tos for m in smtp.messages)
 
     async def held_here() -> bool:  # by the daemon now running (a fresh registry each)
         return (await outcomes(client, "sms")).get("held", 0) >= 1
@@ -393,21 +399,21 @@ async def test_the_budget_notice_goes_once_an_hour_across_restarts(
     await eventually(lambda: _true(len(twilio.sent_sms()) == 1), "first SMS: the budget")
     clock.advance(timedelta(minutes=2))
     await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
-    await eventually(lambda: _true(admin_emails() == 1), "budget notice to the admins")
+    await eventually(lambda: _true(admin_emails(smtp) == 1), "budget notice to the admins")
     for _ in range(2):
         await client.close()
         client = await make_client(path)
         clock.advance(timedelta(minutes=6))  # the held SMS is due again: held again
         await eventually(held_here, "the SMS held again after the restart")
         await asyncio.sleep(0.1)
-        assert admin_emails() == 1
+        assert admin_emails(smtp) == 1
     # The first SMS's hour is over: the held one goes, and uses the budget in turn.
     clock.advance(timedelta(minutes=50))
     await eventually(lambda: _true(len(twilio.sent_sms()) == 2), "sent once the budget frees")
     await client.close()
     client = await make_client(path)
     await post(client, webhook(alert("CpuHot", instance="app-1"), group="c"))
-    await eventually(lambda: _true(admin_emails() == 2), "the notice again, an hour on")
+    await eventually(lambda: _true(admin_emails(smtp) == 2), "the notice again, an hour on")
     assert len(twilio.sent_sms()) == 2
 
 
@@ -420,11 +426,7 @@ async def test_a_budget_notice_the_mail_server_refused_goes_at_the_next_hold(
 ) -> None:
     """The budget holds an SMS; the mail server refuses the admins' notice. The claim on
     the hour is given back: when the SMS is held again, the notice goes (once)."""
-    extra = "delivery:\n  budget: {sms_voice_per_hour: 1, notify: [admin@example.com]}\n"
-    client = await make_client(config(tmp_path, twilio, smtp, extra))
-
-    def admin_emails() -> int:
-        return sum("admin@example.com" in m.rcpt_tos for m in smtp.messages)
+    client = await make_client(config(tmp_path, twilio, smtp, BUDGET_NOTIFYING_ADMIN))
 
     async def held(times: int) -> bool:
         return (await outcomes(client, "sms")).get("held", 0) >= times
@@ -436,15 +438,15 @@ async def test_a_budget_notice_the_mail_server_refused_goes_at_the_next_hold(
     await post(client, webhook(alert("DiskFull", instance="db-1"), group="b"))
     await eventually(lambda: held(1), "the second SMS held by the budget")
     await asyncio.sleep(0.2)
-    assert admin_emails() == 0
+    assert admin_emails(smtp) == 0
     smtp.reject_recipients = frozenset()
     clock.advance(timedelta(minutes=6))  # the held SMS is due again: held again
     await eventually(lambda: held(2), "the SMS held again")
-    await eventually(lambda: _true(admin_emails() == 1), "the notice, at the next hold")
+    await eventually(lambda: _true(admin_emails(smtp) == 1), "the notice, at the next hold")
     clock.advance(timedelta(minutes=6))
     await eventually(lambda: held(3), "the SMS held a third time")
     await asyncio.sleep(0.2)
-    assert admin_emails() == 1
+    assert admin_emails(smtp) == 1
 
 
 async def test_a_page_held_by_the_budget_reaches_the_backup_by_email_at_once(
