@@ -44,10 +44,10 @@ def fill(disk: Path) -> Path:
     filler = disk / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        for size in (1 << 16, 1 << 12):
-            with contextlib.suppress(OSError):
-                while os.write(fd, b"\0" * size):
-                    pass
+        for size in (1 << 16, 1 << 12):  # large writes, then small ones for the last blocks
+            with contextlib.suppress(OSError):  # ENOSPC: full at this size
+                while os.write(fd, b"\0" * size) == size:
+                    continue
     finally:
         os.close(fd)
     return filler
