@@ -32,16 +32,19 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await opened.close()
 
 
-def engine(store: SQLiteStore, clock: FakeClock, text: str) -> Escalator:
-    return reloadable(store, clock, text)[0]
+def engine(
+    store: SQLiteStore, clock: FakeClock, text: str, registry: CollectorRegistry | None = None
+) -> Escalator:
+    return reloadable(store, clock, text, registry)[0]
 
 
 def reloadable(
-    store: SQLiteStore, clock: FakeClock, text: str
+    store: SQLiteStore, clock: FakeClock, text: str, registry: CollectorRegistry | None = None
 ) -> tuple[Escalator, Callable[[str], Awaitable[None]]]:
-    """The engine on ``text``, and a reload to another config: the engine reads it from its
-    next pass, and the open incidents are re-armed with its layout of levels, as the
-    runtime does (gone: the policies it removed, for the default)."""
+    """The engine on ``text`` (its metrics in ``registry``, when the test reads them), and a
+    reload to another config: the engine reads it from its next pass, and the open incidents
+    are re-armed with its layout of levels, as the runtime does (gone: the policies it
+    removed, for the default)."""
     current = [load_escalation(load_text(text, "config.yaml"))]
 
     async def reload(new_text: str) -> None:
@@ -52,7 +55,8 @@ def reloadable(
             clock.now(), gone=gone, default_policy=new.default_policy, layout=layout_of(new_text)
         )
 
-    escalator = Escalator(store, clock, Metrics(CollectorRegistry()), lambda: current[0])
+    metrics = Metrics(registry or CollectorRegistry())
+    escalator = Escalator(store, clock, metrics, lambda: current[0])
     return escalator, reload
 
 
@@ -451,8 +455,7 @@ async def test_a_late_pass_records_no_respond_breach_for_an_incident_resolved_in
     the resolved incident as never answered)."""
     clock = FakeClock(T0)
     registry = CollectorRegistry()
-    config = load_escalation(load_text(NEXT_HAS_NOBODY, "config.yaml"))
-    escalator = Escalator(store, clock, Metrics(registry), lambda: config)
+    escalator = engine(store, clock, NEXT_HAS_NOBODY, registry)
     targeted = replace(
         disk_alert("aaaa000000000001"),
         classification=replace(CLASSIFIED, target=ResponseTarget(15 * 60, 4 * 3600)),
@@ -478,8 +481,7 @@ async def test_an_incident_that_ended_by_going_stale_has_no_time_to_resolve(
     of nothing would swamp the MTTR; KPI review). A resolve by Alertmanager is observed."""
     clock = FakeClock(T0)
     registry = CollectorRegistry()
-    config = load_escalation(load_text(NEXT_HAS_NOBODY, "config.yaml"))
-    escalator = Escalator(store, clock, Metrics(registry), lambda: config)
+    escalator = engine(store, clock, NEXT_HAS_NOBODY, registry)
     await store.ingest([disk_alert("aaaa000000000001")], T0)
     await escalator.run_once()
     clock.set(T0 + timedelta(hours=13))
