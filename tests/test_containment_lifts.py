@@ -399,6 +399,19 @@ async def _lift_paused(client: Any) -> bool:
     return bool(await _paused_lifts(client))
 
 
+async def _pause_while_lifting(client: Any, go: Path) -> None:
+    """Containment paused while a lift is under way, then the lift's held attempt let go
+    (``go``): the lift stops before its next attempt (and, a moment later, has started
+    none)."""
+    paused = await client.post(
+        "/api/v1/actions/pause", json={"reason": "hands on", "by": "alice"}, headers=AUTH
+    )
+    assert paused.status == 200
+    await asyncio.to_thread(go.touch)
+    await eventually(lambda: _lift_paused(client), "the lift stopped")
+    await asyncio.sleep(0.3)
+
+
 async def test_the_kill_switch_stops_a_lift_under_way_before_its_next_delete(
     make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
 ) -> None:
@@ -412,13 +425,7 @@ async def test_the_kill_switch_stops_a_lift_under_way_before_its_next_delete(
     log = tmp_path / "fw.log"
     clock.advance(timedelta(hours=1, minutes=1))
     await eventually(lambda: _true(_lines(log, "-D") == 1), "the first delete under way")
-    paused = await client.post(
-        "/api/v1/actions/pause", json={"reason": "hands on", "by": "alice"}, headers=AUTH
-    )
-    assert paused.status == 200
-    go.touch()
-    await eventually(lambda: _lift_paused(client), "the lift stopped")
-    await asyncio.sleep(0.3)
+    await _pause_while_lifting(client, go)
     assert _lines(log, "-D") == 1
     assert rules.read_text() == "rule\n"
     assert await _undo_states(client) == ["wait"]
@@ -498,13 +505,7 @@ async def test_the_kill_switch_stops_the_retries_of_an_undo_action_under_way(
     await asyncio.sleep(0.2)
     clock.advance(timedelta(minutes=6))
     await eventually(lambda: _true("off failed" in log.read_text()), "the undo's first attempt")
-    paused = await client.post(
-        "/api/v1/actions/pause", json={"reason": "hands on", "by": "alice"}, headers=AUTH
-    )
-    assert paused.status == 200
-    go.touch()
-    await eventually(lambda: _lift_paused(client), "the lift stopped")
-    await asyncio.sleep(0.3)
+    await _pause_while_lifting(client, go)
     assert log.read_text().splitlines() == ["on web-1", "off failed"]
     assert await _undo_states(client) == ["wait"]
     resumed = await client.post("/api/v1/actions/resume", json={"by": "alice"}, headers=AUTH)
