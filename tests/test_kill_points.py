@@ -386,3 +386,40 @@ async def test_a_cut_off_lift_of_a_block_that_may_not_have_gone_in_is_done_when_
         assert "most likely removed it" in lifts[-1]["reason"], lifts
     finally:
         _kill_orphan(pidfile)
+
+
+async def test_kill_9_between_a_status_lookup_and_its_failover_fails_over_once(
+    tmp_path: Path, twilio: FakeTwilio, smtp: SmtpTestServer
+) -> None:
+    """Alice's SMS was undelivered and its callback was lost. At the next start the daemon
+    asks Twilio, and is killed as it writes the answer (the page failed, bob's page
+    queued). After a third start Twilio is asked again and bob is paged exactly once: the
+    answer applied once, not lost with the crash and not applied twice."""
+    path = delivery_config(tmp_path, twilio, smtp)
+    db = tmp_path / "state" / "responder.db"
+    async with running(path) as daemon:
+        await post_alert(daemon, webhook(alert("TargetDown", instance="web-1")))
+        await wait_for(lambda: len(twilio.sent_sms("+15551230001")) == 1, 10, "alice's SMS")
+        for _ in range(100):
+            pages = (await incident_document(daemon))["pages"]
+            if [p["state"] for p in pages if p["channel"] == "sms"] == ["sent"]:
+                break
+            await asyncio.sleep(0.05)
+        daemon.process.send_signal(signal.SIGKILL)
+        await daemon.process.wait()
+    sid = twilio.sent_sms("+15551230001")[0].sid
+    twilio.set_status(sid, "undelivered", 30003)
+    make_writes_slow(db, "NEW.state = 'failed'", "UPDATE ON pages")
+    await kill_inside_a_slow_write(await spawn(path), db)
+    make_writes_fast(db)
+    assert twilio.lookups == [sid]
+    async with running(path) as daemon:
+        await wait_for(lambda: len(twilio.sent_sms("+15551230002")) == 1, 10, "bob paged")
+        await asyncio.sleep(1.0)  # time for a second failover, were there one
+        document = await incident_document(daemon)
+    assert twilio.lookups == [sid, sid]
+    assert len(twilio.sent_sms("+15551230002")) == 1
+    kinds = [e["kind"] for e in document["timeline"]]
+    assert kinds.count("failover") == 1, kinds
+    alice = next(p for p in document["pages"] if (p["contact"], p["channel"]) == ("alice", "sms"))
+    assert (alice["state"], alice["error"]) == ("failed", "undelivered (Twilio error 30003)")
