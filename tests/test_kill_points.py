@@ -423,3 +423,71 @@ async def test_kill_9_between_a_status_lookup_and_its_failover_fails_over_once(
     assert kinds.count("failover") == 1, kinds
     alice = next(p for p in document["pages"] if (p["contact"], p["channel"]) == ("alice", "sms"))
     assert (alice["state"], alice["error"]) == ("failed", "undelivered (Twilio error 30003)")
+
+
+NEW_NUMBER = "+15551230009"
+
+
+async def queued_to_a_number_since_corrected(path: Path, db: Path) -> None:
+    """Alice's SMS queued to her old number (the daemon killed as it claims it), and her
+    number corrected in the config before the next start."""
+    async with running(path) as daemon:
+        make_writes_slow(db, "NEW.state = 'sending'", "UPDATE OF state ON pages")
+        await post_alert(daemon, webhook(alert("TargetDown", instance="web-1")))
+        await kill_inside_a_slow_write(daemon, db)
+    make_writes_fast(db)
+    correct_alices_number(path)
+
+
+def correct_alices_number(path: Path) -> None:
+    path.write_text(path.read_text().replace('sms: "+15551230001"', f'sms: "{NEW_NUMBER}"'))
+
+
+def alice_sms_row(document: dict[str, Any]) -> dict[str, Any]:
+    return next(p for p in document["pages"] if (p["contact"], p["channel"]) == ("alice", "sms"))
+
+
+async def test_kill_9_between_readdressing_a_page_and_its_send_sends_it_once_to_the_new_number(
+    tmp_path: Path, twilio: FakeTwilio, smtp: SmtpTestServer
+) -> None:
+    """The page is rewritten to alice's corrected number and the daemon is killed as it
+    records the hand-over to Twilio. After the next start it goes once, to the new number,
+    and its row says so."""
+    path, db = delivery_config(tmp_path, twilio, smtp), tmp_path / "state" / "responder.db"
+    await queued_to_a_number_since_corrected(path, db)
+    make_writes_slow(db, "NEW.handed_at IS NOT NULL", "UPDATE OF handed_at ON pages")
+    await kill_inside_a_slow_write(await spawn(path), db)
+    make_writes_fast(db)
+    assert twilio.requests == []
+    async with running(path) as daemon:
+        await wait_for(lambda: len(twilio.requests) == 1, 10, "alice's SMS")
+        for _ in range(100):
+            if alice_sms_row(await incident_document(daemon))["state"] == "sent":
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # time for a second send, were there one
+        page = alice_sms_row(await incident_document(daemon))
+    assert [r.to for r in twilio.requests] == [NEW_NUMBER]
+    assert (page["state"], page["address"]) == ("sent", NEW_NUMBER)
+
+
+async def test_kill_9_between_a_readdressed_send_and_its_record_pages_the_new_number_once(
+    tmp_path: Path, twilio: FakeTwilio, smtp: SmtpTestServer
+) -> None:
+    """The page went to alice's corrected number and the daemon was killed before Twilio
+    answered. After the next start it is not sent again (on any number): its row, with the
+    new number, says its outcome is unknown, and it is re-routed to bob."""
+    path, db = delivery_config(tmp_path, twilio, smtp), tmp_path / "state" / "responder.db"
+    await queued_to_a_number_since_corrected(path, db)
+    twilio.fail_next(Fault.HANG)
+    daemon = await spawn(path)
+    await wait_for(lambda: len(twilio.requests) == 1, 10, "alice's SMS at the provider")
+    daemon.process.send_signal(signal.SIGKILL)
+    await daemon.process.wait()
+    async with running(path) as daemon:
+        await wait_for(lambda: len(twilio.sent_sms("+15551230002")) == 1, 10, "re-routed to bob")
+        await asyncio.sleep(0.5)  # time for a second send, were there one
+        page = alice_sms_row(await incident_document(daemon))
+    assert [r.to for r in twilio.requests] == [NEW_NUMBER, "+15551230002"]
+    assert (page["state"], page["address"]) == ("failed", NEW_NUMBER)
+    assert "outcome unknown" in page["error"]
