@@ -295,7 +295,8 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
     done: list[str] = []
     already: list[str] = []  # someone else got there first: the sender must not think it was them
     problems: list[str] = []
-    for incident_id, trigger, contact in targets:
+    last = len(targets) - 1
+    for index, (incident_id, trigger, contact) in enumerate(targets):
         try:
             incident, changed = await act(
                 runtime,
@@ -304,7 +305,10 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
                 actor=contact,
                 via="sms",
                 expect=_same_trigger(trigger),
-                taking=message_sid,
+                # 'ACK ALL' is a write per incident: the reply is taken in the last one, so
+                # that Twilio's retry after a crash or a store error part-way finishes the
+                # rest (those done are no longer open to it; an acknowledge is harmless).
+                taking=message_sid if index == last else None,
             )
         except IncidentNotFound:
             problems.append(f"#{incident_id} not found")

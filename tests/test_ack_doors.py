@@ -400,6 +400,46 @@ async def test_twilio_retrying_an_sms_reply_gets_the_first_answer(
     assert [r.levelno for r in repeats] == [logging.INFO, logging.INFO]
 
 
+async def test_an_ack_all_cut_off_part_way_is_finished_by_twilios_retry(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'ACK ALL' acknowledges one incident per write. The database fails after the first
+    (as a crash there would cut it): Twilio posts the reply again, and the retry must finish
+    the rest. Each write recorded the reply as taken, so the retry was ignored and #2 stayed
+    unacknowledged with nobody told (crash review). Only the last write records it now; the
+    incident acknowledged already is simply not asked again."""
+    from responder.store import StoreError
+
+    await first_incident_paged(daemon, twilio)
+    await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
+    clock.advance(timedelta(minutes=1))  # past alice's rate limit: #2's SMS goes too
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "#2 paged")
+    store = daemon.app[RUNTIME].store
+    real = store.transition
+    calls: list[int] = []
+
+    async def second_write_fails(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise StoreError("database is locked")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "transition", second_write_fails)
+    inbound, sid = public(daemon, INBOUND_SMS_PATH), "SM" + "ef" * 16
+    first = await twilio.send_inbound_sms(
+        inbound, "+15551230001", "+15550000000", "ACK ALL", message_sid=sid
+    )
+    assert "cannot reach its database" in first.text, first.text
+    states = [(await incident(daemon, n))["state"] for n in (1, 2)]
+    assert sorted(states) == ["acknowledged", "triggered"]  # one of the two
+    left = 1 + states.index("triggered")
+    retry = await twilio.send_inbound_sms(
+        inbound, "+15551230001", "+15550000000", "ACK ALL", message_sid=sid
+    )
+    assert f"Acknowledged #{left}" in retry.text, retry.text
+    assert [(await incident(daemon, n))["state"] for n in (1, 2)] == ["acknowledged"] * 2
+
+
 # The team phone's number is ops-desk's and alice's (she carries it): ops-desk, first in the
 # file, is paged for disks, alice for the rest.
 SHARED_PHONE_CONTACTS = """
