@@ -16,6 +16,12 @@ class Clock(Protocol):
         """The current time, timezone-aware, in UTC."""
         ...
 
+    def elapsed(self) -> float:
+        """Seconds from an arbitrary point on a clock that setting the wall clock does not
+        move and that stands still while the host is suspended. Compared with ``now()``,
+        it tells a suspend or a step of the wall clock (heartbeats.py)."""
+        ...
+
     async def sleep_until(self, when: datetime) -> None:
         """Return at ``when`` or later (early return is allowed; callers re-check)."""
         ...
@@ -24,6 +30,9 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def elapsed(self) -> float:
+        return time.monotonic()  # CLOCK_MONOTONIC: not CLOCK_BOOTTIME, which counts suspends
 
     async def sleep_until(self, when: datetime) -> None:
         delay = (when - self.now()).total_seconds()
@@ -37,19 +46,31 @@ def monotonic() -> float:
 
 
 class FakeClock:
-    """A clock that moves only when a test says so; sleepers wake when it passes their time."""
+    """A clock that moves only when a test says so; sleepers wake when it passes their time.
+
+    ``advance`` and ``set`` forward are time passing; ``set`` back and ``jump`` move the wall
+    clock alone, as a suspend of the host or a step of its clock does."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+        self._elapsed = 0.0
         self._changed = asyncio.Event()
 
     def now(self) -> datetime:
         return self._now
 
+    def elapsed(self) -> float:
+        return self._elapsed
+
     def set(self, when: datetime) -> None:
         if when.tzinfo is None:
             raise ValueError("FakeClock needs an aware datetime")
-        self._now = when
+        self._elapsed += max(0.0, (when - self._now).total_seconds())
+        self.jump(when - self._now)
+
+    def jump(self, delta: timedelta) -> None:
+        """The wall clock alone moves by ``delta``."""
+        self._now += delta
         self._changed.set()
         self._changed = asyncio.Event()
 

@@ -54,6 +54,13 @@ FORGET_SETTLES = timedelta(minutes=10)
 # every group_interval tick (5m by default) until it goes through. Without it, a 13h timeout
 # left a dead pipeline unpaged for 13 hours after every restart.
 START_GRACE = timedelta(minutes=30)
+# A check that finds the wall clock this much further on (or back) than the daemon's
+# elapsed time since the last check: the host was suspended, or its clock was stepped (an
+# NTP step at boot). Nothing was heard in a suspend, and a step forward is time that never
+# passed: either way the gap counts as downtime, not as a heartbeat's silence.
+CLOCK_JUMP = timedelta(seconds=60)
+# A downtime at least this long is worth a warning at start (a restart is a few seconds).
+NOTABLE_DOWNTIME = timedelta(minutes=5)
 # How long Alertmanager's default route may leave a firing alert unsent: a repeat is due
 # after repeat_interval (4h) and goes out on the next group_interval tick (5m).
 ALERTMANAGER_DEFAULT_RESEND = timedelta(hours=4, minutes=5)
@@ -186,6 +193,26 @@ def missing_alert(
     )
 
 
+def _tell_downtime(downtimes: Sequence[tuple[datetime, datetime]], now: datetime) -> None:
+    """Log the downtime that ends with this start (none at the first start ever)."""
+    ended = [down_from for down_from, up_at in downtimes if up_at == now]
+    if not ended or ended[0].timestamp() <= 0:  # from 1970: no check was ever recorded
+        return
+    down_for = now - ended[0]
+    notable = down_for >= NOTABLE_DOWNTIME
+    log.log(
+        logging.WARNING if notable else logging.INFO,
+        "this daemon was not running"
+        + (
+            "; Alertmanager re-sends what it could not deliver meanwhile, and escalation "
+            "steps that fell due go out now"
+            if notable
+            else ""
+        ),
+        extra=fields(since=iso(ended[0]), until=iso(now), down_s=round(down_for.total_seconds())),
+    )
+
+
 class HeartbeatWatch:
     """Checks every heartbeat on the shared clock; raises and resolves HeartbeatMissing."""
 
@@ -194,11 +221,43 @@ class HeartbeatWatch:
         self._downtimes: list[tuple[datetime, datetime]] = []
         self._adopted_for: str | None = None  # the heartbeat rules the last adoption used
         self._lock = asyncio.Lock()  # one check or forget at a time
+        # The last check (or the start): the wall clock's time and the elapsed clock's.
+        self._last_check: tuple[datetime, float] | None = None
 
     async def start_listening(self) -> None:
+        clock = self._runtime.clock
+        now, elapsed = clock.now(), clock.elapsed()
         self._downtimes, self._adopted_for = await self._runtime.store.heartbeat_watch_started(
-            self._runtime.clock.now(), MAX_HEARTBEAT_TIMEOUT
+            now, MAX_HEARTBEAT_TIMEOUT
         )
+        self._last_check = (now, elapsed)
+        _tell_downtime(self._downtimes, now)
+
+    async def _count_clock_jump(self) -> None:
+        """A suspend or a step of the wall clock since the last check becomes downtime."""
+        clock = self._runtime.clock
+        now, elapsed = clock.now(), clock.elapsed()
+        if self._last_check is None:
+            return
+        last, last_elapsed = self._last_check
+        jumped = (now - last) - timedelta(seconds=elapsed - last_elapsed)
+        if jumped > CLOCK_JUMP:
+            # Stored first: a failed write leaves the jump to the next check.
+            await self._runtime.store.heartbeat_watch_deaf(last, now)
+            self._downtimes.append((last, now))
+            log.warning(
+                "the wall clock moved on further than this daemon's time since the last check "
+                "(the host was suspended or its clock was set forward); heartbeats' silence "
+                "does not count that time, and escalation steps that fell due in it go out now",
+                extra=fields(since=iso(last), now=iso(now), jumped_s=round(jumped.total_seconds())),
+            )
+        elif jumped < -CLOCK_JUMP:
+            log.warning(
+                "the wall clock was set back since the last check; escalation steps wait for "
+                "their times on the new clock",
+                extra=fields(since=iso(last), now=iso(now), back_s=round(-jumped.total_seconds())),
+            )
+        self._last_check = (now, elapsed)
 
     def _timeout(self, labels: Mapping[str, str], now: datetime) -> timedelta | None:
         c = self._runtime.snapshot.classifier.classify(labels, now)  # the rules now in force
@@ -219,6 +278,7 @@ class HeartbeatWatch:
         """One pass: raise (or re-send) HeartbeatMissing for the missing heartbeats, resolve
         it for those back or no longer watched."""
         async with self._lock:
+            await self._count_clock_jump()
             await self._adopt()
             statuses = await self.statuses()
             self._count(statuses)

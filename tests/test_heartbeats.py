@@ -5,6 +5,7 @@ the real twilio library on loopback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -594,6 +595,70 @@ async def test_a_wall_clock_stepped_back_still_resolves_heartbeat_missing(
     await post(client, webhook(watchdog()))
     await client.app[HEARTBEAT_WATCH].check()  # a check before the clock is past the start
     await eventually(lambda: _state_is(client, "resolved"), "its return resolved it anyway")
+
+
+async def test_a_suspend_of_the_host_is_no_silence_and_a_step_back_only_logged(
+    make_client: ClientFactory,
+    fast_path: Path,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The host sleeps an hour (or NTP steps its clock an hour on): the wall clock jumps, the
+    daemon's elapsed time does not. As after a restart, the heartbeat has its timeout from
+    the wake-up to arrive, and the jump is logged; a silence past that still pages."""
+    client = await make_client(fast_path)
+    await post(client, webhook(watchdog()))
+    clock.advance(timedelta(minutes=1))
+    await client.app[HEARTBEAT_WATCH].check()
+    clock.jump(timedelta(hours=1))
+
+    async def jump_logged() -> bool:
+        return "wall clock moved on further" in caplog.text
+
+    await eventually(jump_logged, "the next check counted the jump as downtime")
+    clock.advance(timedelta(minutes=4))
+    assert [h["state"] for h in await heartbeats(client)] == ["alive"]  # 5 minutes heard
+    assert await incident_count(client) == 0
+    clock.advance(timedelta(minutes=2))
+    await eventually(lambda: _one_incident(client), "missing once its timeout passed after it")
+
+    # The downtime is stored: a restart right after still does not count it as silence.
+    downtimes, _ = await client.app[RUNTIME].store.heartbeat_watch_started(
+        clock.now(), timedelta(days=7)
+    )
+    woke = clock.now() - timedelta(minutes=6)
+    assert any(up == woke and up - down >= timedelta(hours=1) for down, up in downtimes)
+
+    caplog.clear()
+    clock.jump(timedelta(minutes=-10))  # set back: nothing to forgive, only said
+    await client.app[HEARTBEAT_WATCH].check()
+    assert "wall clock was set back" in caplog.text
+
+
+async def test_a_start_says_how_long_the_daemon_was_down(
+    make_client: ClientFactory,
+    fast_path: Path,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="responder.heartbeats")
+    client = await make_client(fast_path)
+    assert "was not running" not in caplog.text  # the first start ever: nothing before it
+    await client.close()
+    clock.advance(timedelta(hours=2))
+    client = await make_client(fast_path)
+    (record,) = [r for r in caplog.records if "was not running" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "escalation steps that fell due go out now" in record.getMessage()
+    assert record.fields["down_s"] == 7200  # type: ignore[attr-defined]
+    assert record.fields["since"] == "2026-01-05T09:00:00Z"  # type: ignore[attr-defined]
+
+    await client.close()
+    caplog.clear()
+    clock.advance(timedelta(seconds=5))  # a restart: said, quietly
+    await make_client(fast_path)
+    (record,) = [r for r in caplog.records if "was not running" in r.getMessage()]
+    assert (record.levelno, record.fields["down_s"]) == (logging.INFO, 5)  # type: ignore[attr-defined]
 
 
 async def test_a_rule_loaded_for_an_alert_already_firing_watches_it(

@@ -431,6 +431,11 @@ class Store(ContainmentStore, Protocol):
         """Record that the heartbeat watch ran: a stop after it was down from then."""
         ...
 
+    async def heartbeat_watch_deaf(self, down_from: datetime, up_at: datetime) -> None:
+        """Record a downtime while running: the host was suspended, or its clock stepped
+        forward, between two checks."""
+        ...
+
     async def heartbeat_watch_started(
         self, now: datetime, keep: timedelta
     ) -> tuple[list[tuple[datetime, datetime]], str | None]:

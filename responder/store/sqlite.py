@@ -597,6 +597,10 @@ class SQLiteStore:
         now_us = to_us(now)
         await self._write(lambda conn: heartbeats.checked(conn, now_us))
 
+    async def heartbeat_watch_deaf(self, down_from: datetime, up_at: datetime) -> None:
+        down_us, up_us = to_us(down_from), to_us(up_at)
+        await self._write(lambda conn: heartbeats.deaf(conn, down_us, up_us))
+
     async def heartbeat_watch_started(
         self, now: datetime, keep: timedelta
     ) -> tuple[list[tuple[datetime, datetime]], str | None]:

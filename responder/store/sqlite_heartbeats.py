@@ -113,11 +113,7 @@ def started(
     over, and the rules signature of the last adoption (``set_adopted_for``)."""
     row = conn.execute("SELECT last_check FROM watch_state WHERE id = 1").fetchone()
     down_from = 0 if row is None or row[0] is None else int(row[0])
-    if down_from < now_us:
-        conn.execute(
-            "INSERT INTO watch_downtime (down_from, up_at) VALUES (?, ?)", (down_from, now_us)
-        )
-    checked(conn, now_us)
+    deaf(conn, down_from, now_us)
     # A downtime matters while less than ``keep_us`` of listening followed it: a silence
     # reaching back further is longer than any heartbeat timeout, downtimes or not.
     listened, cursor = 0, now_us
@@ -131,6 +127,15 @@ def started(
         cursor = min(cursor, down)
     downtimes = conn.execute("SELECT down_from, up_at FROM watch_downtime ORDER BY up_at")
     return downtimes.fetchall(), adopted_for(conn)
+
+
+def deaf(conn: sqlite3.Connection, down_from: int, up_at: int) -> None:
+    """The watch heard nothing from ``down_from`` to ``up_at``, now; its last check is now."""
+    if down_from < up_at:
+        conn.execute(
+            "INSERT INTO watch_downtime (down_from, up_at) VALUES (?, ?)", (down_from, up_at)
+        )
+    checked(conn, up_at)
 
 
 def checked(conn: sqlite3.Connection, now_us: int) -> None:
