@@ -25,7 +25,9 @@ from datetime import UTC, datetime, tzinfo
 from aiohttp import web
 
 from notifiers.twilio import (
+    CALL_SID,
     INBOUND_SMS_PATH,
+    MESSAGE_SID,
     STATUS_CALLBACK_PATH,
     VOICE_GATHER_PATH,
     parse_status_callback,
@@ -102,11 +104,14 @@ class TakenOnce:
     """Signed requests that act (an SMS reply, a keypress) are taken once. Twilio's
     signature holds no time nor nonce: a request captured once (a proxy's log, a plain-HTTP
     public_url) stays valid, and an 'ACK' posted again would act on whatever incident is
-    open and paged to that number then. The store remembers each request's sid (for
-    ``storage.retention``) and its answer, which a repeat within ``TWILIO_RETRY_S`` gets
-    again: Twilio retries a request whose answer failed or came late. In memory, only the
-    requests being answered now, so that a retry arriving meanwhile waits for the first
-    answer and reads it.
+    open and paged to that number then. The signature covers the fields run together
+    (name, value, name, value...), so a sid that takes in the field after it
+    (``MessageSid=SM...NumMedia0``) signs the same: the doors take only sids of Twilio's
+    exact shape, else a replay would pass as a new request. The store remembers each
+    request's sid (for ``storage.retention``) and its answer, which a repeat within
+    ``TWILIO_RETRY_S`` gets again: Twilio retries a request whose answer failed or came
+    late. In memory, only the requests being answered now, so that a retry arriving
+    meanwhile waits for the first answer and reads it.
 
     No cache of taken sids in front of the store: nearly every request is new, and only
     the store can say so."""
@@ -224,8 +229,8 @@ async def inbound_sms(request: web.Request) -> web.StreamResponse:
     if params is None:
         return web.Response(status=403, text="forbidden")
     message_sid = params.get("MessageSid", "")
-    if not message_sid:  # Twilio always sends one
-        return web.Response(status=400, text="no MessageSid")
+    if not MESSAGE_SID.fullmatch(message_sid):  # Twilio always sends one
+        return web.Response(status=400, text="no valid MessageSid")
     sender = params.get("From", "")
 
     async def first_answer() -> str | None:
@@ -346,8 +351,8 @@ async def voice_keypress(request: web.Request) -> web.StreamResponse:
     # The call's sid is the keypress's: its <Gather> posts the first key pressed, and our
     # answer hangs up, so a call posts one keypress (a second one is a retry or a replay).
     call_sid = params.get("CallSid", "")
-    if not call_sid:  # Twilio always sends one
-        return web.Response(status=400, text="no CallSid")
+    if not CALL_SID.fullmatch(call_sid):  # Twilio always sends one
+        return web.Response(status=400, text="no valid CallSid")
 
     async def first_answer() -> str:
         return await _keypress(runtime, request.query.get("page", ""), params, call_sid)

@@ -373,6 +373,40 @@ async def test_a_replayed_sms_reply_acts_on_nothing_even_after_a_restart(
     )
 
 
+async def test_a_replayed_sms_reply_with_a_sid_that_swallowed_a_field_acts_on_nothing(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    """Twilio signs the fields run together, name after value: a captured 'ACK' whose
+    MessageSid takes in the field after it (and that field left out) carries the same
+    signature. It must not pass as a new request and acknowledge a later incident."""
+    await first_incident_paged(daemon, twilio)
+    sid = "SM" + "ef" * 16
+    form = {
+        "AccountSid": twilio.account_sid,
+        "ApiVersion": "2010-04-01",
+        "Body": "ACK",
+        "From": "+15551230001",
+        "MessageSid": sid,
+        "NumMedia": "0",
+        "SmsSid": sid,
+        "To": "+15550000000",
+    }
+    signature = twilio.sign(public(daemon, INBOUND_SMS_PATH), form)
+    headers = {"X-Twilio-Signature": signature}
+    answer = await daemon.post(INBOUND_SMS_PATH, data=form, headers=headers)
+    assert "Acknowledged #1" in await answer.text()
+
+    await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
+    clock.advance(timedelta(minutes=2))  # past the SMS rate limit
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "#2 paged")
+    swallowed = {k: v for k, v in form.items() if k != "NumMedia"}
+    swallowed["MessageSid"] = sid + "NumMedia0"
+    assert twilio.sign(public(daemon, INBOUND_SMS_PATH), swallowed) == signature
+    replayed = await daemon.post(INBOUND_SMS_PATH, data=swallowed, headers=headers)
+    assert replayed.status == 400, await replayed.text()
+    assert (await incident(daemon, 2))["state"] == "triggered"
+
+
 async def test_twilio_retrying_an_sms_reply_gets_the_first_answer(
     daemon: Client, twilio: FakeTwilio, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -568,6 +602,41 @@ async def test_a_replayed_keypress_acts_on_nothing(
     doc = await incident(daemon)
     assert doc["state"] == "triggered"
     assert [e["kind"] for e in doc["timeline"]].count("acknowledged") == 1
+
+
+async def test_a_replayed_keypress_with_a_sid_that_swallowed_a_field_acts_on_nothing(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    """As for SMS: a keypress whose CallSid takes in the field after it signs the same, and
+    must not act again as a new request after alice took the incident back."""
+    await first_incident_paged(daemon, twilio)
+    clock.advance(timedelta(minutes=5))
+    await eventually(lambda: _true(len(twilio.calls("+15551230001")) == 1), "voice call")
+    call = twilio.calls("+15551230001")[0]
+    gather = re.search(r'action="([^"]+)"', call.twiml)
+    assert gather is not None, call.twiml
+    url = gather.group(1).replace("&amp;", "&")
+    form = {
+        "AccountSid": twilio.account_sid,
+        "CallSid": call.sid,
+        "CallStatus": "in-progress",
+        "Digits": "1",
+    }
+    headers = {"X-Twilio-Signature": twilio.sign(url, form)}
+    path = url.removeprefix(public(daemon, ""))
+    answer = await daemon.post(path, data=form, headers=headers)
+    assert "Incident 1 acknowledged" in await answer.text()
+    response = await daemon.post(
+        "/api/v1/incidents/1/unacknowledge", json={"by": "alice"}, headers=AUTH
+    )
+    assert response.status == 200, await response.text()
+
+    swallowed = {k: v for k, v in form.items() if k != "CallStatus"}
+    swallowed["CallSid"] = call.sid + "CallStatusin-progress"
+    assert twilio.sign(url, swallowed) == headers["X-Twilio-Signature"]
+    replayed = await daemon.post(path, data=swallowed, headers=headers)
+    assert replayed.status == 400, await replayed.text()
+    assert (await incident(daemon))["state"] == "triggered"
 
 
 async def test_undelivered_sms_fails_over_to_the_backup(daemon: Client, twilio: FakeTwilio) -> None:
