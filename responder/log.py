@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
 
@@ -114,6 +115,49 @@ class JsonFormatter(logging.Formatter):
         return _escape_invisible(json.dumps(document, ensure_ascii=False, default=str))
 
 
+# How often a malformed HTTP request (a stranger's, a scanner's) is logged.
+MALFORMED_LOG_EVERY_S = 60.0
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse (a line or header too long, a bad header,
+    a broken body) at error, with a traceback: unthrottled, from anyone who can reach the
+    public doors (ack links, Twilio), with nothing wrong in the daemon. Such lines are turned
+    into one warning without the traceback at most once every ``every_s`` seconds, with how
+    many were not logged since; the daemon's own errors pass as they are."""
+
+    def __init__(
+        self, every_s: float = MALFORMED_LOG_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._every_s, self._clock = every_s, clock
+        self._last: float | None = None
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        now = self._clock()
+        if self._last is not None and now - self._last < self._every_s:
+            self._held += 1
+            return False
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = "malformed HTTP request refused", None
+        record.exc_info, record.exc_text = None, None
+        record.__dict__.update(
+            fields(
+                peer=peer,
+                status=error.code,
+                error=error.message[:200],
+                not_logged_since=self._held,
+            )
+        )
+        self._last, self._held = now, 0
+        return True
+
+
 # syslog priorities, for journald's "<N>" line prefix (SyslogLevelPrefix=, on by default).
 _PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}
 
@@ -152,6 +196,9 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log is off unless asked for; its other loggers stay at warning.
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [f for f in server.filters if not isinstance(f, MalformedRequests)]
+    server.addFilter(MalformedRequests())
 
 
 class AccessLog(AbstractAccessLogger):

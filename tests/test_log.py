@@ -51,3 +51,55 @@ def test_a_label_cannot_break_or_colour_a_log_line() -> None:
         assert "caf\u00e9 \u65e5\u672c" in line
     document = json.loads(JsonFormatter().format(record))
     assert document["label"] == hostile  # escaped, not lost
+
+
+MALFORMED = """
+import asyncio, logging, socket
+from aiohttp import web
+from responder.log import setup_logging
+
+async def broken(request):
+    raise RuntimeError("a bug of ours")
+
+async def main():
+    setup_logging()
+    app = web.Application()
+    app.router.add_get("/broken", broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    requests = [b"GET /" + b"A" * 9000 + b" HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"] * 5
+    requests.append(b"GET /broken HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+    for raw in requests:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await reader.read()
+        writer.close()
+    await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
+def test_malformed_requests_are_one_warning_a_minute_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """aiohttp logs each request it cannot parse at error with a traceback: anyone who can
+    reach the public doors (ack links, Twilio) must not write the log at the rate they send.
+    The daemon's own errors still come with their traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    done = subprocess.run(
+        [sys.executable, "-c", MALFORMED], capture_output=True, text=True, env=env, check=True
+    )
+    lines = done.stderr.splitlines()
+    malformed = [line for line in lines if "malformed HTTP request" in line]
+    assert len(malformed) == 1, done.stderr
+    assert " warning " in malformed[0]
+    assert "status=400" in malformed[0]
+    assert "Traceback" not in malformed[0]
+    bugs = [line for line in lines if "Error handling request" in line]
+    assert len(bugs) == 1, done.stderr
+    assert " error " in bugs[0]
+    assert "a bug of ours" in bugs[0]
