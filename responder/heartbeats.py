@@ -10,7 +10,8 @@ the people paged get the recovery notice.
 
 Every heartbeat alert (fingerprint) seen is watched, so one Prometheus of several going
 quiet is noticed. Silence counts only while this daemon could hear: the time it was down
-(from its last check to its start) is not the heartbeat's. A heartbeat retired on purpose
+(from its stop, or after a crash its last check, to its start) or asleep (a suspend of the
+host between two checks) is not the heartbeat's. A heartbeat retired on purpose
 is forgotten with ``responder heartbeats --forget FINGERPRINT`` (``DELETE
 /api/v1/heartbeats/{fingerprint}``) until it is heard again.
 """
@@ -18,6 +19,7 @@ is forgotten with ``responder heartbeats --forget FINGERPRINT`` (``DELETE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import logging
@@ -224,6 +226,11 @@ class HeartbeatWatch:
         # The last check (or the start): the wall clock's time and the elapsed clock's.
         self._last_check: tuple[datetime, float] | None = None
 
+    @property
+    def listening(self) -> bool:
+        """The downtime before this start is known: checks may judge."""
+        return self._last_check is not None
+
     async def start_listening(self) -> None:
         clock = self._runtime.clock
         now, elapsed = clock.now(), clock.elapsed()
@@ -409,6 +416,11 @@ async def watch_heartbeats(app: web.Application) -> AsyncIterator[None]:
 
     async with in_background(loop(), "heartbeat-watch"):
         yield
+    if watch.listening:
+        # A clean stop: the watch listened until now, so the next start's downtime (its log
+        # line, the heartbeats' silence forgiven) begins here, not at the last check.
+        with contextlib.suppress(StoreError):
+            await runtime.store.heartbeat_watch_checked(runtime.clock.now())
 
 
 def _document(status: HeartbeatStatus) -> dict[str, Any]:

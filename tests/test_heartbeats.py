@@ -644,6 +644,7 @@ async def test_a_start_says_how_long_the_daemon_was_down(
     caplog.set_level(logging.INFO, logger="responder.heartbeats")
     client = await make_client(fast_path)
     assert "was not running" not in caplog.text  # the first start ever: nothing before it
+    clock.advance(timedelta(seconds=20))  # no check since the start: the stop is recorded
     await client.close()
     clock.advance(timedelta(hours=2))
     client = await make_client(fast_path)
@@ -651,7 +652,7 @@ async def test_a_start_says_how_long_the_daemon_was_down(
     assert record.levelno == logging.WARNING
     assert "escalation steps that fell due go out now" in record.getMessage()
     assert record.fields["down_s"] == 7200  # type: ignore[attr-defined]
-    assert record.fields["since"] == "2026-01-05T09:00:00Z"  # type: ignore[attr-defined]
+    assert record.fields["since"] == "2026-01-05T09:00:20Z"  # type: ignore[attr-defined]
 
     await client.close()
     caplog.clear()
