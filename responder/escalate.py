@@ -129,9 +129,20 @@ class EscalationConfig:
         return policy or self.policies.get(self.default_policy or "")
 
 
+def _business_hours_node(root: Node) -> Node | None:
+    """The one definition of business hours: the top-level section, else the one in
+    ``classification`` (the classifier refuses both at once). Response targets and
+    ``when: {business_hours: ...}`` must read the same office hours."""
+    node = root.get("business_hours")
+    section = root.get("classification")
+    if node is None and section is not None and section.is_map():
+        node = section.get("business_hours")
+    return node
+
+
 def load_escalation(root: Node) -> EscalationConfig:
     """Read the escalation sections of the top-level config node; raises ConfigError."""
-    hours_node = root.get("business_hours")
+    hours_node = _business_hours_node(root)
     hours = BusinessHours() if hours_node is None else parse_business_hours(hours_node)
     directory = parse_directory(root)
     policies_node = root.get("escalation_policies")

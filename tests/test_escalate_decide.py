@@ -172,3 +172,32 @@ def test_a_containment_failure_just_after_office_hours_pages_the_next_level() ->
     paged = [p.contact for s in decision.steps for p in s.pages]
     assert paged == ["night"]
     assert not decision.keep_failure
+
+
+OFFICE_IN_CLASSIFICATION = """
+classification:
+  business_hours: {timezone: Europe/Berlin, start: "08:00", end: "18:00"}
+contacts:
+  it-manager: {email: it@example.com}
+  night: {email: night@example.com}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [it-manager]
+        when: {business_hours: true}
+      - targets: [night]
+        when: {business_hours: false}
+"""
+
+
+def test_business_hours_given_in_classification_also_decide_escalation_conditions() -> None:
+    """Business hours written in the classification section (as configuration.md and
+    rules.md show them) are the one definition: at 08:30 on a Monday in Berlin the office
+    level is paged, as the response target says the office is open, not the night level
+    of the default Mon-Fri 09:00-17:00 UTC."""
+    config = load_escalation(load_text(OFFICE_IN_CLASSIFICATION, "config.yaml"))
+    start = datetime(2026, 3, 2, 7, 30, tzinfo=UTC)  # 08:30 CET
+    incident = _incident(IncidentState.TRIGGERED, triggered_at=start, opened_at=start)
+    decision = decide(EscalationWork(incident, frozenset(), ()), config, start)
+    assert [p.contact for s in decision.steps for p in s.pages] == ["it-manager"]
+    assert config.business_hours.timezone.key == "Europe/Berlin"
