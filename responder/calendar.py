@@ -178,10 +178,26 @@ DAY = timedelta(days=1)
 
 def parse_business_hours(node: Node) -> BusinessHours:
     """Read a ``business_hours:`` mapping; an absent or empty one means Mon-Fri 09-17 UTC."""
+    hours = parse_window(node, BusinessHours())
+    if (
+        not node.is_null()
+        and len(hours.days) == 7
+        and hours.start == timedelta(0)
+        and hours.end == DAY
+        and not hours.holidays
+    ):
+        raise node.error(
+            "open around the clock on every day: that is no window at all; leave it out"
+        )
+    return hours
+
+
+def parse_window(node: Node, defaults: BusinessHours) -> BusinessHours:
+    """Read a mapping of ``timezone``, ``days``, ``start``, ``end`` and ``holidays``; a key
+    left out (or the whole mapping) takes its value from ``defaults``."""
     if node.is_null():
-        return BusinessHours()
+        return defaults
     node.keys_allowed("timezone", "days", "start", "end", "holidays")
-    defaults = BusinessHours()
     zone_node = node.get("timezone")
     timezone = defaults.timezone if zone_node is None else parse_timezone(zone_node)
 
@@ -217,10 +233,6 @@ def parse_business_hours(node: Node) -> BusinessHours:
             if day_off in holidays:
                 raise item.error(f"holiday {day_off.isoformat()} is listed twice")
             holidays.add(day_off)
-    if len(days) == 7 and start == timedelta(0) and end == DAY and not holidays:
-        raise node.error(
-            "open around the clock on every day: that is no window at all; leave it out"
-        )
     return BusinessHours(timezone, days, start, end, frozenset(holidays))
 
 

@@ -20,11 +20,12 @@ from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
 from responder.calendar import (
+    DAY,
     BusinessHours,
-    parse_business_hours,
     parse_date,
     parse_time_of_day,
     parse_timezone,
+    parse_window,
     require_aware,
     wall_to_utc,
 )
@@ -540,13 +541,14 @@ def _parse_layer(node: Node, index: int, zone: ZoneInfo, contacts: Mapping[str, 
 
 
 def _parse_restriction(node: Node, zone: ZoneInfo) -> BusinessHours:
-    """A weekly window in the schedule's zone; without ``days`` it applies every day."""
+    """A weekly window in the schedule's zone; what it leaves out is not restricted: without
+    ``days`` it applies every day, without ``start`` from midnight, without ``end`` until
+    midnight (``restrict: {days: [sat, sun]}`` is the whole weekend, not 09:00-17:00)."""
     node.keys_allowed("days", "start", "end")
-    window = parse_business_hours(node)
-    days = window.days if "days" in node else frozenset(range(7))
-    if len(days) == 7 and window.start == timedelta(0) and window.end == timedelta(days=1):
+    window = parse_window(node, BusinessHours(zone, frozenset(range(7)), timedelta(0), DAY))
+    if len(window.days) == 7 and window.start == timedelta(0) and window.end == DAY:
         raise node.error("a restriction to every hour of every day restricts nothing; leave it out")
-    return BusinessHours(zone, days, window.start, window.end)
+    return window
 
 
 def _parse_instant(node: Node, zone: ZoneInfo) -> datetime:

@@ -196,6 +196,39 @@ def test_targets_expand_through_roles_teams_and_schedules() -> None:
     assert people.expand(Target(TargetKind.SCHEDULE, "primary"), saturday) == ("bob",)
 
 
+WEEKEND = """\
+contacts:
+  alice: {email: alice@example.com}
+  bob: {email: bob@example.com}
+schedules:
+  weekend:
+    timezone: Europe/Berlin
+    layers:
+      - type: weekly
+        start: 2026-01-05
+        members: [bob]
+        restrict: {days: [mon, tue, wed, thu, fri]}
+      - {type: weekly, start: 2026-01-05, members: [alice], restrict: {days: [sat, sun]}}
+      - {type: daily, start: 2026-01-05, members: [alice], restrict: {start: "20:00"}}
+"""
+
+
+def test_a_restriction_leaves_out_what_it_does_not_name() -> None:
+    """``restrict: {days: [sat, sun]}`` is the whole weekend and the weekdays layer the whole
+    weekday: without start and end a restriction is not 09:00-17:00 (which left Saturday
+    night and every weekday night with nobody on call); ``{start: "20:00"}`` runs to
+    midnight."""
+    people = directory(WEEKEND)
+    assert people.on_call("weekend", utc(2026, 3, 28, 22, 0)) == ("alice",)  # Sat 23:00
+    assert people.on_call("weekend", utc(2026, 3, 29, 3, 0)) == ("alice",)  # Sun 05:00
+    assert people.on_call("weekend", utc(2026, 3, 30, 4, 0)) == ("bob",)  # Mon 06:00
+    assert people.on_call("weekend", utc(2026, 3, 30, 17, 0)) == ("bob",)  # Mon 19:00
+    assert people.on_call("weekend", utc(2026, 3, 30, 18, 0)) == ("alice",)  # Mon 20:00
+    assert people.on_call("weekend", utc(2026, 3, 30, 21, 59)) == ("alice",)  # Mon 23:59
+    shifts = people.shifts("weekend", utc(2026, 3, 27, 12), utc(2026, 3, 31))
+    assert all(shift.who for shift in shifts)
+
+
 def _only_layer(people: Directory, schedule: str, index: int) -> Schedule:
     plan = people.schedules[schedule]
     return Schedule(plan.name, plan.timezone, (plan.layers[index],))
@@ -256,6 +289,12 @@ def _only_layer(people: Directory, schedule: str, index: int) -> Schedule:
             "      - {start: 2026-01-01, handoff: 9:00, members: [a]}\n",
             "config.yaml:6: schedules.s.layers[0].handoff",
             "quoted",
+        ),
+        (
+            "contacts:\n  a: {email: a@x.org}\nschedules:\n  s:\n    layers:\n"
+            "      - {start: 2026-01-01, members: [a], restrict: {}}\n",
+            "config.yaml:6: schedules.s.layers[0].restrict",
+            "restricts nothing",
         ),
         (
             "contacts:\n  a: {email: a@x.org}\nschedules:\n  s:\n    layers:\n"
