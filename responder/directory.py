@@ -561,6 +561,9 @@ def _parse_instant(node: Node, zone: ZoneInfo) -> datetime:
             moment = datetime.fromisoformat(raw.strip())
         except ValueError:
             raise node.error(f"expected a time such as 2026-03-01T09:00, got {raw!r}") from None
+    elif isinstance(raw, date):
+        day = raw.isoformat()
+        raise node.error(f"expected a time such as {day}T00:00, got the date {day} alone")
     else:
         raise node.error(f"expected a time such as 2026-03-01T09:00, got {raw!r}")
     if moment.tzinfo is None:

@@ -292,6 +292,13 @@ def _only_layer(people: Directory, schedule: str, index: int) -> Schedule:
         ),
         (
             "contacts:\n  a: {email: a@x.org}\nschedules:\n  s:\n    layers:\n"
+            "      - {start: 2026-01-01, members: [a]}\n    overrides:\n"
+            "      - {contact: a, start: 2026-12-24, end: 2026-12-27}\n",
+            "config.yaml:8: schedules.s.overrides[0].start",
+            "expected a time such as 2026-12-24T00:00, got the date 2026-12-24 alone",
+        ),
+        (
+            "contacts:\n  a: {email: a@x.org}\nschedules:\n  s:\n    layers:\n"
             "      - {start: 2026-01-01, members: [a], restrict: {}}\n",
             "config.yaml:6: schedules.s.layers[0].restrict",
             "restricts nothing",
