@@ -1,4 +1,5 @@
 """Decode and validate an Alertmanager webhook (version 4) into typed, frozen objects.
+Grafana's webhook contact point sends the same shape as version "1"; it is taken too.
 
 Pure: bytes in, ``WebhookMessage`` out, or a ``PayloadError`` that names the offending field
 (``alerts[3].labels.job: expected a string``). Unknown fields are accepted, because newer
@@ -107,8 +108,13 @@ class _TypedAlert(msgspec.Struct):
     fingerprint: _Fingerprint | None = None
 
 
+# Alertmanager's webhook v4, and Grafana Alerting's webhook, which has the same shape (with
+# fields of its own) and calls itself "1".
+VERSIONS = ("4", "1")
+
+
 class _TypedWebhook(msgspec.Struct):
-    version: Literal["4"]
+    version: Literal["4", "1"]
     alerts: list[_TypedAlert]
     status: _Status = "firing"
     receiver: _Text | None = ""
@@ -200,8 +206,10 @@ def webhook_from_document(document: Any, *, plain: bool = False) -> WebhookMessa
     if type(document) is not dict:
         raise PayloadError(f"body: expected a JSON object, got {_kind(document)}")
     version = document.get("version")
-    if version != "4":
-        raise PayloadError(f'version: expected "4" (Alertmanager webhook v4), got {version!r}')
+    if version not in VERSIONS:
+        raise PayloadError(
+            f'version: expected "4" (Alertmanager webhook v4) or "1" (Grafana), got {version!r}'
+        )
     raw_alerts = document.get("alerts")
     if type(raw_alerts) is not list:
         raise PayloadError(f"alerts: expected a list, got {_kind(raw_alerts)}")

@@ -80,6 +80,57 @@ def test_unknown_fields_are_accepted() -> None:
     assert len(parse_webhook(body(document)).alerts) == 1
 
 
+def grafana_webhook(status: str) -> dict[str, Any]:
+    """The body of Grafana Alerting's webhook contact point, as its documentation shows it:
+    Alertmanager's shape with fields of its own, and "version": "1"."""
+    ends = "0001-01-01T00:00:00Z" if status == "firing" else "2021-10-12T10:01:03.157076+02:00"
+    return {
+        "receiver": "responder",
+        "status": status,
+        "orgId": 1,
+        "alerts": [
+            {
+                "status": status,
+                "labels": {"alertname": "High memory usage", "team": "blue", "zone": "us-1"},
+                "annotations": {"summary": "This alert was triggered for zone us-1"},
+                "startsAt": "2021-10-12T09:51:03.157076+02:00",
+                "endsAt": ends,
+                "generatorURL": "https://play.grafana.org/alerting/1afz29v7z/edit",
+                "fingerprint": "c6eadffa33fcdf37",
+                "silenceURL": "https://play.grafana.org/alerting/silence/new",
+                "dashboardURL": "",
+                "panelURL": "",
+                "values": {"B": 44.23943737541908, "C": 1},
+            }
+        ],
+        "groupLabels": {},
+        "commonLabels": {"team": "blue"},
+        "commonAnnotations": {},
+        "externalURL": "https://play.grafana.org/",
+        "version": "1",
+        "groupKey": "{}:{}",
+        "truncatedAlerts": 0,
+        "title": "[FIRING:1]  (blue)",
+        "state": "alerting",
+        "message": "**Firing**",
+    }
+
+
+@pytest.mark.parametrize("status", ["firing", "resolved"])
+def test_grafanas_webhook_is_accepted(status: str) -> None:
+    """Grafana's webhook contact point says "version": "1" for the same shape: refusing it
+    would refuse every alert a Grafana sends, again at each of its retries."""
+    (alert,) = parse_webhook(body(grafana_webhook(status))).alerts
+    assert alert.status is AlertStatus(status)
+    assert alert.labels["zone"] == "us-1"
+    assert alert.starts_at == datetime(2021, 10, 12, 7, 51, 3, 157076, tzinfo=UTC)
+    # The general path (taken when the schema path cannot word an error) agrees.
+    document = grafana_webhook(status)
+    document["alerts"].append({"status": "firing", "labels": {"alertname": "x"}})
+    with pytest.raises(PayloadError, match=r"alerts\[1\]\.startsAt: required"):
+        parse_webhook(body(document))
+
+
 def test_nanosecond_timestamps_are_accepted() -> None:
     """The API echoes whatever precision was posted, nanoseconds included."""
     document = payload("firing-api")
