@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from responder import __version__
+from responder.api import MAX_LIMIT
 from responder.auth import ensure_generated_token, token_path
 from responder.classify import format_duration, render_explanation, run_rule_tests
 from responder.client import ApiClient, CertificateRefused, ClientError, CredentialsMissing
@@ -622,6 +623,8 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     if not args.all:
         params += [("state", s) for s in args.state or ["open"]]
     document = asyncio.run(_client(args).request("GET", "/api/v1/incidents", params=params))
+    if document.get("truncated"):
+        _say_cut("incidents", args.limit)
     if args.json:
         print(_as_json(document["data"]))
         return 0
@@ -649,6 +652,12 @@ def cmd_incidents(args: argparse.Namespace) -> int:
         ],
     )
     return 0
+
+
+def _say_cut(what: str, limit: int) -> None:
+    # A page of rows in a storm must not read as all there is.
+    print(f"responder: more {what} than the {limit} shown (newest first); --limit shows more",
+          file=sys.stderr)  # fmt: skip
 
 
 def cmd_incident(args: argparse.Namespace) -> int:
@@ -1032,10 +1041,14 @@ def _as_json(data: Any) -> str:
 def cmd_alerts(args: argparse.Namespace) -> int:
     config = load_config(args.config, state_dir=args.state_dir)
     client = ApiClient.from_config(config, args.url, args.cacert)
-    params: list[tuple[str, str]] = [("limit", str(args.limit))]
+    # One more than shown, so that a list cut at the limit can say so.
+    asked = args.limit + 1 if 0 < args.limit < MAX_LIMIT else args.limit
+    params: list[tuple[str, str]] = [("limit", str(asked))]
     params += [("status", s) for s in args.status or []]
     params += [("filter", f) for f in args.filter]
     document = asyncio.run(client.request("GET", "/api/v1/alerts", params=params))
+    cut = len(document["data"]) > args.limit
+    document["data"] = document["data"][: args.limit]
     if args.json:
         print(_as_json(document["data"]))
     elif not document["data"]:
@@ -1045,6 +1058,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             ["ID", "STATUS", "SEV", "CATEGORY", "RULE", "ALERTNAME", "STARTED", "SEEN", "LABELS"],
             [_alert_row(alert) for alert in document["data"]],
         )
+    if cut:
+        _say_cut("alerts", args.limit)
     if "truncated" in document:
         print(f"responder: the filter {document['truncated']}", file=sys.stderr)
     return 0
