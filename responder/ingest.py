@@ -169,9 +169,9 @@ async def receive_alertmanager(request: web.Request) -> web.Response:
         and request.content_type != "application/json"
     ):
         metrics.request("unsupported_media_type")
-        return json_error(
-            415, f"expected Content-Type application/json, got {request.content_type or 'none'}"
-        )
+        # aiohttp reads a missing header as application/octet-stream: say what was sent.
+        sent = request.content_type if "Content-Type" in request.headers else "none"
+        return json_error(415, f"expected Content-Type application/json, got {sent}")
     limit = request.app[BODY_LIMIT]
     if request.content_length is not None and request.content_length > limit:
         metrics.request("too_large")

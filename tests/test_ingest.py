@@ -214,6 +214,19 @@ async def test_wrong_content_type_is_415(client: Client) -> None:
     assert "application/json" in (await response.json())["error"]
 
 
+async def test_a_missing_content_type_is_named_missing(client: Client) -> None:
+    """A sender that sends no Content-Type is told so, not that it sent
+    application/octet-stream (aiohttp's default for a missing header)."""
+    response = await client.post(
+        "/api/v1/alertmanager",
+        data=json.dumps(payload("firing-api")).encode(),
+        headers=AUTH,
+        skip_auto_headers=["Content-Type"],
+    )
+    assert response.status == 415
+    assert (await response.json())["error"] == "expected Content-Type application/json, got none"
+
+
 async def test_50_mb_body_is_413(client: Client) -> None:
     """A body over the limit is refused before it is read whole."""
     response = await client.post(
