@@ -289,7 +289,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from responder.app import build_app  # import here: the other commands stay fast
+    # Imported here: the other commands stay fast.
+    from responder.app import build_app, finish_requests_on_stop
 
     snapshot = load_snapshot(args.config, listen=args.listen, state_dir=args.state_dir)
     config = snapshot.config
@@ -310,6 +311,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listen_override=args.listen,
         state_dir_override=args.state_dir,
     )
+    app.on_startup.append(finish_requests_on_stop)
     scheme = "https" if ssl_context else "http"
     log.info(
         "responder starting",

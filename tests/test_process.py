@@ -126,6 +126,67 @@ async def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
     assert "responder stopped" in daemon.log.read_text()
 
 
+async def test_sigterm_finishes_a_webhook_whose_body_is_on_its_way(tmp_path: Path) -> None:
+    """A webhook whose headers came before SIGTERM and whose body comes after it is read,
+    stored and answered, and the daemon then exits at once. aiohttp alone drops what
+    arrives after its shutdown began: the request waited out shutdown_timeout and its
+    connection closed without an answer."""
+    async with running(write_config(tmp_path)) as daemon:
+        body = json.dumps(numbered_alert(7)).encode()
+        port = int(daemon.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /api/v1/alertmanager HTTP/1.1\r\nHost: responder\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the handler has begun to read the body
+        started = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)  # shutdown is under way
+        writer.write(body[10:])
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 200"), status_line
+        assert await asyncio.wait_for(daemon.process.wait(), 5) == 0
+        assert time.monotonic() - started < 5  # not shutdown_timeout (10 s)
+    database = sqlite3.connect(tmp_path / "state" / "responder.db")
+    with contextlib.closing(database):
+        (stored,) = database.execute("SELECT count(*) FROM alerts").fetchone()
+    assert stored == 1
+
+
+async def test_a_second_sigterm_cuts_a_stuck_request_off_and_closes_the_store(
+    tmp_path: Path,
+) -> None:
+    """While the daemon waits for a request in flight (a body that stopped arriving), a
+    second SIGTERM cuts it off at once, and the daemon still closes its store and exits 0
+    (aiohttp's own second signal left the store open and exited 1)."""
+    async with running(write_config(tmp_path)) as daemon:
+        port = int(daemon.url.rsplit(":", 1)[1])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /api/v1/alertmanager HTTP/1.1\r\nHost: responder\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n{{".encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.process.wait(), 5) == 0
+        assert time.monotonic() - started < 5
+        writer.close()
+    log = daemon.log.read_text()
+    assert "store closed" in log
+    assert "Traceback" not in log
+
+
 async def test_sighup_reload_keeps_old_config_on_error(tmp_path: Path) -> None:
     """SIGHUP with a broken file keeps serving on the old config and says why."""
     config = write_config(tmp_path)
