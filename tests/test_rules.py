@@ -143,6 +143,41 @@ def test_continue_only_rules_fall_back_for_the_rest(tmp_path: Path) -> None:
     assert dict(got.extra_labels) == {"seen": "yes"}
 
 
+def test_hold_page_comes_with_the_actions_taken(tmp_path: Path) -> None:
+    """hold_page holds the first page while the rule's actions work: a hold from a rule whose
+    actions an earlier rule overrode (here with `actions: []`) held a P1 page for 30 minutes
+    with no containment running."""
+    c = classifier(
+        tmp_path,
+        {
+            "a.yaml": """
+rules:
+  - name: no-containment-on-prod-db
+    matchers: [env="prod", role="db"]
+    actions: []
+    continue: true
+  - name: other-actions
+    matchers: [env="staging"]
+    actions: [capture]
+    continue: true
+  - name: web-down
+    matchers: [alertname="WebDown"]
+    severity: P1
+    actions: [restart-web]
+    hold_page: 30m
+""",
+        },
+    )
+    held = c.classify({"alertname": "WebDown"}, NOON)
+    assert (held.actions, held.hold_page_s) == (("restart-web",), 1800)
+    for labels in ({"env": "prod", "role": "db"}, {"env": "staging"}):
+        alert = {"alertname": "WebDown", **labels}
+        got = c.classify(alert, NOON)
+        assert got.hold_page_s is None, labels
+        assert c.explain(alert, NOON).classification == got
+        assert "hold_page" not in c.explain(alert, NOON).decided_by
+
+
 @pytest.mark.parametrize(
     ("impact", "urgency", "severity"),
     [("high", "high", "P0"), ("high", "low", "P1"), ("low", "high", "P2"), ("low", "low", "P3")],

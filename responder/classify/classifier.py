@@ -131,7 +131,9 @@ def _merge(rules: Sequence[Rule]) -> _Decision:
         heartbeat_timeout=next(
             (r.heartbeat_timeout for r in rules if r.heartbeat is not None), None
         ),
-        hold_page=next((r.hold_page for r in rules if r.hold_page is not None), None),
+        # The hold waits for the containment of the rule whose actions run: another rule's
+        # hold (say, behind an earlier `actions: []`) would hold a page nothing works on.
+        hold_page=next((r.hold_page for r in rules if r.actions is not None), None),
     )
 
 
@@ -144,9 +146,10 @@ def _named(rules: Sequence[Rule]) -> str:
 def _decided_by(rules: Sequence[Rule]) -> dict[str, str]:
     result: dict[str, str] = {}
     for name in _SCALARS:
-        setter = next((r.name for r in rules if getattr(r, name) is not None), None)
-        if setter is not None:
-            result[name] = setter
+        decides = "actions" if name == "hold_page" else name  # hold_page goes with actions
+        setter = next((r for r in rules if getattr(r, decides) is not None), None)
+        if setter is not None and getattr(setter, name) is not None:
+            result[name] = setter.name
     for name in _MAPS:
         setters = [r.name for r in rules if getattr(r, name)]
         if setters:
