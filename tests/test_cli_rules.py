@@ -68,6 +68,27 @@ def test_explain_payload_explains_each_alert(capsys: pytest.CaptureFixture[str])
     assert capsys.readouterr().out.count("rules tried:") == count
 
 
+def test_explain_shows_control_characters_of_labels_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A payload's labels are anyone's text: explain wrote them raw, so an escape sequence in
+    one (retitle the terminal, clear the screen, a carriage return over the line) reached
+    the operator's terminal."""
+    payload = json.loads((PAYLOADS / "am-0.25.0-firing-api.json").read_text())
+    hostile = "db-1\x1b]0;pwned\x07\x1b[2J\rfake\u202e"
+    payload["alerts"] = payload["alerts"][:1]
+    payload["alerts"][0]["labels"]["instance"] = hostile
+    payload["alerts"][0]["labels"]["x\x1b[31m"] = "y"
+    path = tmp_path / "hostile.json"
+    path.write_text(json.dumps(payload))
+    args = ["explain", "-c", str(ROOT / "config.yaml"), "--payload", str(path), "--all-matchers"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\r\u202e")
+    assert 'instance="db-1\\x1b]0;pwned\\x07\\x1b[2J\\rfake\\u202e"' in out
+    assert 'x\\x1b[31m="y"' in out
+
+
 def test_explain_bad_payload_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

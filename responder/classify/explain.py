@@ -85,13 +85,28 @@ def format_duration(seconds: int) -> str:
     return "".join(parts)
 
 
+def _visible(text: str, escape: str = "") -> str:
+    """``text`` with characters that are not printable shown escaped (\\x1b, \\r, \\u202e):
+    labels are chosen by whoever sends an alert, and written as they are, escape sequences
+    would rewrite the reader's terminal. Characters in ``escape`` get a backslash."""
+    out = []
+    for char in text:
+        if char in escape:
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(repr(char)[1:-1])
+    return "".join(out)
+
+
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"') + '"'
+    return '"' + _visible(text, '"\\') + '"'
 
 
 def format_labels(labels: Mapping[str, str]) -> str:
     """Labels in Prometheus' brace form, sorted by name."""
-    return "{" + ", ".join(f"{k}={_quote(v)}" for k, v in sorted(labels.items())) + "}"
+    return "{" + ", ".join(f"{_visible(k)}={_quote(v)}" for k, v in sorted(labels.items())) + "}"
 
 
 def _result_line(result: MatcherResult) -> str:
