@@ -91,6 +91,21 @@ def test_a_config_folder_named_like_a_pattern_finds_its_rules(tmp_path: Path) ->
     assert load_classifier(None, base).rule_count == 1
 
 
+@pytest.mark.parametrize("pattern", [None, "rules/*.yaml", "rules/10-security.yaml"])
+def test_a_rule_file_linked_to_nothing_is_an_error(tmp_path: Path, pattern: str | None) -> None:
+    """rules/10-security.yaml a link to a file that was removed: glob dropped it, so check
+    said OK and a reload went on without its rules; every security alert fell back."""
+    _rules(tmp_path, GOOD, "20-a.yaml")
+    os.symlink(tmp_path / "gone" / "security.yaml", tmp_path / "rules" / "10-security.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_classifier(None if pattern is None else _section(pattern), tmp_path)
+    link = tmp_path / "rules" / "10-security.yaml"
+    assert f"{link} is a symbolic link to {tmp_path}/gone/security.yaml, which does not exist" in (
+        str(caught.value)
+    )
+    assert str(caught.value).startswith(str(link) if pattern is None else "c.yaml:2: ")
+
+
 def test_hidden_files_are_not_rule_files(tmp_path: Path) -> None:
     """An editor's lock or backup file (.#x.yaml) beside the rules is not loaded."""
     _rules(tmp_path, GOOD)

@@ -14,6 +14,7 @@ alert only runs the remaining matchers of the few rules that can still match it.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -479,7 +480,13 @@ def _rule_paths(node: Node | None, base_dir: Path) -> list[tuple[Path, str]]:
     seen: set[Path] = set()
     result: list[tuple[Path, str]] = []
     for pattern, item in patterns:
-        matches = _matching_files(base_dir, pattern)
+        try:
+            matches = _matching_files(base_dir, pattern)
+        except _BrokenLink as exc:
+            message = f"{exc.path} is a symbolic link to {exc.target}, which does not exist"
+            if item is None:
+                raise ConfigError(str(exc.path), 0, "", message) from None
+            raise item.error(message) from None
         if not matches and item is not None:
             if _GLOB_CHARS.search(pattern):
                 raise item.error(f"pattern matches no file (looked in {base_dir})")
@@ -492,12 +499,29 @@ def _rule_paths(node: Node | None, base_dir: Path) -> list[tuple[Path, str]]:
     return result
 
 
+class _BrokenLink(Exception):
+    """A rule file that is a symbolic link to nothing (its target was removed or renamed)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+        try:
+            self.target = os.readlink(path)
+        except OSError:
+            self.target = "?"
+
+
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
 def _matching_files(base_dir: Path, pattern: str) -> list[Path]:
     """The files ``pattern`` (relative to ``base_dir``, or absolute) matches, sorted. As
     ``glob`` would, with three differences: the folder's own name is never read as a
     pattern (a config in ``responder[prod]/`` finds its rules); ``**`` does not walk into
     symlinked folders, so a link loop cannot make it endless; hidden files and folders are
-    left out unless the pattern names one (an editor's ``.#rules.yaml``)."""
+    left out unless the pattern names one (an editor's ``.#rules.yaml``). A match that is a
+    symbolic link to nothing raises ``_BrokenLink``: glob would drop it, and its rules with it."""
     given = Path(pattern)
     if given.is_absolute():
         root, relative = Path(given.anchor), str(given.relative_to(given.anchor))
@@ -505,6 +529,8 @@ def _matching_files(base_dir: Path, pattern: str) -> list[Path]:
         root, relative = base_dir, pattern
     if not _GLOB_CHARS.search(relative):
         literal = root / relative
+        if _is_broken_link(literal):
+            raise _BrokenLink(literal)
         return [literal] if literal.is_file() else []
     # As glob reads them: "**" inside a name is "*", and a trailing "**" is every file below.
     components = [c if c == "**" else c.replace("**", "*") for c in Path(relative).parts]
@@ -518,6 +544,8 @@ def _matching_files(base_dir: Path, pattern: str) -> list[Path]:
             continue
         if match.is_file():
             found.append(match)
+        elif _is_broken_link(match):
+            raise _BrokenLink(match)
     return sorted(found, key=str)
 
 
