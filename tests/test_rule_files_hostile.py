@@ -106,6 +106,17 @@ def test_a_rule_file_linked_to_nothing_is_an_error(tmp_path: Path, pattern: str 
     assert str(caught.value).startswith(str(link) if pattern is None else "c.yaml:2: ")
 
 
+def test_a_folder_named_as_a_rule_file_is_called_a_folder(tmp_path: Path) -> None:
+    """It was "no such file", for a path that plainly exists."""
+    (tmp_path / "rules").mkdir()
+    with pytest.raises(ConfigError) as caught:
+        load_classifier(_section("rules"), tmp_path)
+    assert str(caught.value) == (
+        f"c.yaml:2: classification.rule_files[0]: {tmp_path}/rules is a folder, not a rule "
+        "file (write rules/*.yaml for the files in it)"
+    )
+
+
 def test_hidden_files_are_not_rule_files(tmp_path: Path) -> None:
     """An editor's lock or backup file (.#x.yaml) beside the rules is not loaded."""
     _rules(tmp_path, GOOD)

@@ -490,6 +490,11 @@ def _rule_paths(node: Node | None, base_dir: Path) -> list[tuple[Path, str]]:
         if not matches and item is not None:
             if _GLOB_CHARS.search(pattern):
                 raise item.error(f"pattern matches no file (looked in {base_dir})")
+            if (base_dir / pattern).is_dir():
+                raise item.error(
+                    f"{base_dir / pattern} is a folder, not a rule file "
+                    f"(write {pattern.rstrip('/')}/*.yaml for the files in it)"
+                )
             raise item.error(f"no such file: {base_dir / pattern}")
         for path in matches:
             key = path.resolve()
