@@ -409,7 +409,13 @@ def incident_report(doc: Mapping[str, Any], *, now: datetime) -> str:
     if figures.respond is not None:
         ack_line += f" ({figures.respond})"
     ttr = figures.time_to_resolve
-    if ttr is not None:
+    if ttr is not None and figures.ended_unseen:
+        # As the metric and the period report: nobody saw it end, so this is no time to resolve.
+        resolve_line = (
+            f"- Time to resolve: not measured: its alerts went stale, nobody saw it end "
+            f"(closed by {STALE_SWEEP} {_span(ttr)} after its start; left out of MTTR)"
+        )
+    elif ttr is not None:
         resolve_line = f"- Time to resolve: {_span(ttr)}"
     else:
         resolve_line = f"- Time to resolve: open for {_span(figures.open_for)}"

@@ -454,3 +454,14 @@ def test_period_mttr_leaves_out_incidents_that_ended_by_going_stale() -> None:
     notes = "\n".join(section(text, "Notes"))
     assert "went stale" in notes
     assert "are not counted (1;" in notes
+
+
+def test_an_incident_that_ended_by_going_stale_shows_no_time_to_resolve() -> None:
+    """Resolved by the stale sweep: nobody saw it end, so the review must not show the sweep's
+    time as its time to resolve (the metric and the period report leave it out; the report
+    printed "Time to resolve: 13h" as if it were measured)."""
+    doc = document() | {"resolvedAt": at(13 * 60), "resolvedBy": "stale-sweep"}
+    figures = section(incident_report(doc, now=T0 + timedelta(days=1)), "Key figures")
+    assert figures[1].startswith("- Time to resolve: not measured: its alerts went stale")
+    assert "stale-sweep 13h after its start; left out of MTTR" in figures[1]
+    assert figures[1].endswith("(target 4h: **breached** by 9h)")
