@@ -318,6 +318,15 @@ async def test_snooze_holds_escalation_then_resumes(
         return any(step.startswith("L1.s") for step, *_ in pages)
 
     await eventually(reminded, "alice reminded when the snooze ended")
+    # The review reads cause before effect: the snooze ended, then its reminder went out
+    # (both are recorded at one instant, and the report keeps the stored order).
+    kinds = [
+        e["kind"]
+        for e in (await incident(client))["timeline"]
+        if e["kind"] == "snooze_ended"
+        or (e["kind"] == "escalated" and str(e["detail"].get("step", "")).startswith("L1.s"))
+    ]
+    assert kinds == ["snooze_ended", "escalated"]
     # Re-armed: level 2 waits its full 15 minutes after the snooze ends.
     await settle(client, clock, timedelta(minutes=10))
     assert not pages_of(await incident(client), step="L2")

@@ -831,6 +831,10 @@ def apply_steps(
     if row is None:
         return None
     episode = row[0]
+    # The pass's own events (a snooze that ended, a containment failure) cause its steps:
+    # written first, they come first in the timeline, which keeps this order at one instant.
+    for event in events:
+        add_event(conn, incident_id, event)
     recorded: list[str] = []
     for step in steps:
         cur = conn.execute(
@@ -844,8 +848,6 @@ def apply_steps(
         if step.event is not None:
             add_event(conn, incident_id, step.event)
         add_pages(conn, incident_id, episode, step.pages, None, now_us)
-    for event in events:
-        add_event(conn, incident_id, event)
     # The snooze's end stays recorded: the policy re-arms escalation from it.
     state_sql = ", state = 'triggered'" if unsnooze else ""
     failure_sql = "" if keep_failure else ", escalate_now = NULL"
