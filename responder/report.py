@@ -354,6 +354,63 @@ def _labels(value: object) -> str:
     return ", ".join(f"{md_text(k, 60)}={md_text(v, 200)}" for k, v in sorted(value.items()))
 
 
+def _earlier_triggers(events: Sequence[Mapping[str, Any]], current: datetime | None) -> list[str]:
+    """One line per trigger before the current one (a re-fire after a resolve starts a new
+    trigger, and the figures above are its own): when it started, its first acknowledgement,
+    its resolve and the targets the engine recorded as breached, read from the timeline. The
+    metrics counted each of them; without these lines a breach of the first trigger read as
+    "met" once the incident fired again."""
+    starts: list[tuple[datetime, Mapping[str, Any]]] = []
+    for event in events:
+        at = _time(event, "at")
+        if at is not None and event.get("kind") in ("triggered", "retriggered"):
+            starts.append((at, event))
+    starts.sort(key=lambda item: item[0])
+    if current is None:
+        return []
+    earlier = [(at, event) for at, event in starts if at < current]
+    lines: list[str] = []
+    for number, (start, opening) in enumerate(earlier, 1):
+        end = earlier[number][0] if number < len(earlier) else current
+        window = [
+            (at, e) for e in events if (at := _time(e, "at")) is not None and start <= at < end
+        ]
+        acked = next(((at, e) for at, e in window if e.get("kind") == "acknowledged"), None)
+        resolved = next(((at, e) for at, e in window if e.get("kind") == "resolved"), None)
+        breached = sorted(
+            {
+                str(e["detail"].get("target"))
+                for _, e in window
+                if e.get("kind") == "target_breached" and isinstance(e.get("detail"), Mapping)
+            }
+        )
+        detail = opening.get("detail")
+        severity = detail.get("severity") if isinstance(detail, Mapping) else None
+        parts = [f"- Earlier trigger {number}, from {_utc(start)}"]
+        if isinstance(severity, str):
+            parts[0] += f" ({md_text(severity, 20)})"
+        if acked is None:
+            parts.append("not acknowledged")
+        else:
+            parts.append(f"acknowledged after {_span(acked[0] - start)}{_by(acked[1])}")
+        if resolved is None:
+            parts.append("not resolved")
+        elif _text(resolved[1], "actor") == STALE_SWEEP:
+            parts.append(f"its alerts went stale after {_span(resolved[0] - start)}")
+        else:
+            parts.append(f"resolved after {_span(resolved[0] - start)}{_by(resolved[1])}")
+        if breached:
+            targets = " and ".join(md_text(t, 20) for t in breached)
+            parts.append(f"**{targets} target breached**")
+        lines.append(": ".join(parts[:2]) + "".join(f"; {p}" for p in parts[2:]))
+    return lines
+
+
+def _by(event: Mapping[str, Any]) -> str:
+    who = _who(event)
+    return f" by {who}" if who else ""
+
+
 def incident_report(doc: Mapping[str, Any], *, now: datetime) -> str:
     """The post-incident review of one incident document, as Markdown."""
     figures = incident_figures(doc, now=now)
@@ -422,9 +479,17 @@ def incident_report(doc: Mapping[str, Any], *, now: datetime) -> str:
     if figures.resolve is not None:
         resolve_line += f" ({figures.resolve})"
     pages = _mappings(doc.get("pages"))
+    earlier = _earlier_triggers(_mappings(doc.get("timeline")), figures.resolve_from)
+    if earlier:
+        lines.append(
+            f"- The incident fired again after it resolved: the current trigger, since "
+            f"{_utc(figures.resolve_from)}:"
+        )
+        ack_line, resolve_line = "  " + ack_line, "  " + resolve_line
     lines += [
         ack_line,
         resolve_line,
+        *earlier,
         f"- Escalation levels reached: {_escalation(pages)}",
         f"- Pages: {len(pages)}" + (", by channel and state:" if pages else ""),
         "",

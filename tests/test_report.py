@@ -465,3 +465,42 @@ def test_an_incident_that_ended_by_going_stale_shows_no_time_to_resolve() -> Non
     assert figures[1].startswith("- Time to resolve: not measured: its alerts went stale")
     assert "stale-sweep 13h after its start; left out of MTTR" in figures[1]
     assert figures[1].endswith("(target 4h: **breached** by 9h)")
+
+
+def test_a_trigger_before_a_re_fire_keeps_its_figures_and_breaches() -> None:
+    """Ignored past the respond target, resolved by hand, then fired again and answered at
+    once: the figures are the new trigger's, and the first trigger's breach (in the timeline
+    and the metric) must not vanish behind "respond met" in the review."""
+
+    def event(
+        minutes: float, kind: str, actor: str | None, via: str | None, **detail: Any
+    ) -> dict[str, Any]:
+        return {"at": at(minutes), "kind": kind, "actor": actor, "via": via, "detail": detail}
+
+    doc = document() | {
+        "triggeredAt": at(60),
+        "startedAt": at(60),
+        "acknowledgedAt": at(62),
+        "firstAcknowledgedAt": at(62),
+        "acknowledgedBy": "alice",
+        "resolvedAt": at(70),
+        "resolvedBy": "alertmanager",
+        "episode": 2,
+        "timeline": [
+            event(0, "triggered", "alertmanager", "alertmanager", severity="P0"),
+            event(15, "target_breached", "responder", "engine", target="respond"),
+            event(40, "resolved", "bob", "cli"),
+            event(60, "retriggered", "alertmanager", "alertmanager", severity="P0"),
+            event(62, "acknowledged", "alice", "sms"),
+            event(70, "resolved", "alertmanager", "alertmanager"),
+        ],
+    }
+    figures = section(incident_report(doc, now=T0 + timedelta(days=1)), "Key figures")
+    assert figures[:4] == [
+        "- The incident fired again after it resolved: the current trigger, since "
+        "2026-03-31 09:00:00 UTC:",
+        "  - Time to acknowledge: 2m (target 15m: met, 13m to spare)",
+        "  - Time to resolve: 10m (target 4h: met, 3h50m to spare)",
+        "- Earlier trigger 1, from 2026-03-31 08:00:00 UTC (P0): not acknowledged; resolved "
+        "after 40m by bob via cli; **respond target breached**",
+    ]
