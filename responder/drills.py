@@ -11,7 +11,7 @@ A scheduled drill (``drills.every``) runs on its own; results stay in the store.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from responder.incidents_api import incident_document
 from responder.ingest import json_error, read_json_object
 from responder.log import fields
 from responder.model import DRILL_CATEGORY
+from responder.report import drill_results
 from responder.runtime import RUNTIME, Runtime, in_background
 from responder.store import StoreError, row_id
 
@@ -96,33 +97,6 @@ async def start_drill(
     runtime.wake_engine()
     log.info("drill started", extra=fields(incident=incident_id, contacts=names))
     return incident_id
-
-
-def drill_results(document: Mapping[str, Any]) -> dict[str, Any]:
-    """Per contact: the channels paged, and the first answer with its channel and delay."""
-    opened = datetime.fromisoformat(document["openedAt"])
-    answers: dict[str, dict[str, Any]] = {}
-    for event in document["timeline"]:
-        if event["kind"] == "acknowledged" and event["actor"] not in answers:
-            at = datetime.fromisoformat(event["at"])
-            answers[event["actor"]] = {
-                "via": event["via"],
-                "at": event["at"],
-                "seconds": round((at - opened).total_seconds(), 1),
-            }
-    contacts: dict[str, Any] = {}
-    for page in document["pages"]:
-        entry = contacts.setdefault(page["contact"], {"pages": [], "answer": None})
-        entry["pages"].append({"channel": page["channel"], "state": page["state"]})
-    for name, entry in contacts.items():
-        entry["answer"] = answers.get(name)
-    return {
-        "id": document["id"],
-        "openedAt": document["openedAt"],
-        "contacts": contacts,
-        "answered": sum(1 for e in contacts.values() if e["answer"] is not None),
-        "total": len(contacts),
-    }
 
 
 # -- HTTP --------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ __all__ = [
     "IncidentFigures",
     "TargetCheck",
     "TargetStatus",
+    "drill_results",
     "incident_figures",
     "incident_report",
     "md_text",
@@ -411,6 +412,64 @@ def _by(event: Mapping[str, Any]) -> str:
     return f" by {who}" if who else ""
 
 
+def drill_results(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A drill's answers from its incident document: per contact, the channels paged and
+    the first answer with its channel and delay (``GET /api/v1/drills``, the report)."""
+    opened = datetime.fromisoformat(document["openedAt"])
+    answers: dict[str, dict[str, Any]] = {}
+    for event in document["timeline"]:
+        if event["kind"] == "acknowledged" and event["actor"] not in answers:
+            at = datetime.fromisoformat(event["at"])
+            answers[event["actor"]] = {
+                "via": event["via"],
+                "at": event["at"],
+                "seconds": round((at - opened).total_seconds(), 1),
+            }
+    contacts: dict[str, Any] = {}
+    for page in document["pages"]:
+        entry = contacts.setdefault(page["contact"], {"pages": [], "answer": None})
+        entry["pages"].append({"channel": page["channel"], "state": page["state"]})
+    for name, entry in contacts.items():
+        entry["answer"] = answers.get(name)
+    return {
+        "id": document["id"],
+        "openedAt": document["openedAt"],
+        "contacts": contacts,
+        "answered": sum(1 for e in contacts.values() if e["answer"] is not None),
+        "total": len(contacts),
+    }
+
+
+def _drill_answers(doc: Mapping[str, Any]) -> list[str]:
+    """A drill's section: who was paged, through what, and who answered how fast. The
+    summary's acknowledgement is the first answer only; a drill tests everyone paged."""
+    try:
+        results = drill_results(doc)
+    except (KeyError, TypeError, ValueError):  # a document without the API's fields
+        return []
+    rows = []
+    for name, entry in sorted(results["contacts"].items()):
+        paged = ", ".join(
+            f"{md_text(p['channel'], 40)} ({md_text(p['state'], 40)})" for p in entry["pages"]
+        )
+        answer = entry["answer"]
+        answered = (
+            "**no answer**"
+            if answer is None
+            else f"{_span(timedelta(seconds=answer['seconds']))} after, via "
+            f"{md_text(answer['via'], 40)}"
+        )
+        rows.append([md_text(name, 80), paged, answered])
+    return [
+        "## Drill answers",
+        "",
+        f"{results['answered']} of {results['total']} contacts paged answered.",
+        "",
+        *_table(["Contact", "Paged (state)", "Answered"], rows),
+        "",
+    ]
+
+
 def incident_report(doc: Mapping[str, Any], *, now: datetime) -> str:
     """The post-incident review of one incident document, as Markdown."""
     figures = incident_figures(doc, now=now)
@@ -496,6 +555,9 @@ def incident_report(doc: Mapping[str, Any], *, now: datetime) -> str:
     ]
     if pages:
         lines += [*_pages_table(pages), ""]
+
+    if doc.get("category") == DRILL_CATEGORY:
+        lines += _drill_answers(doc)
 
     lines += ["## Timeline", ""]
     events = _mappings(doc.get("timeline"))

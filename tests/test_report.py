@@ -504,3 +504,30 @@ def test_a_trigger_before_a_re_fire_keeps_its_figures_and_breaches() -> None:
         "- Earlier trigger 1, from 2026-03-31 08:00:00 UTC (P0): not acknowledged; resolved "
         "after 40m by bob via cli; **respond target breached**",
     ]
+
+
+def test_a_drill_report_names_who_answered_and_who_did_not() -> None:
+    """A drill pages everyone it names; the summary's acknowledgement is the first answer
+    only, so a drill half answered read as answered (review of stop 19)."""
+    drill = incident(4, "P3", T0, 1, None, P3_TARGET) | {
+        "category": "drill",
+        "acknowledgedBy": "alice",
+        "pages": [
+            {"contact": "alice", "channel": "sms", "state": "delivered"},
+            {"contact": "alice", "channel": "email", "state": "sent"},
+            {"contact": "bob", "channel": "sms", "state": "failed"},
+        ],
+        "timeline": [
+            {"kind": "triggered", "at": at(0), "actor": "responder", "via": "drill"},
+            {"kind": "acknowledged", "at": at(1), "actor": "alice", "via": "sms"},
+            {"kind": "acknowledged", "at": at(3), "actor": "alice", "via": "email"},
+        ],
+    }
+    lines = section(incident_report(drill, now=T0 + timedelta(hours=1)), "Drill answers")
+    assert lines[0] == "1 of 2 contacts paged answered."
+    rows = {cells(r)[0]: cells(r)[1:] for r in lines[3:]}
+    assert rows == {
+        "alice": ["sms (delivered), email (sent)", "1m after, via sms"],
+        "bob": ["sms (failed)", "**no answer**"],
+    }
+    assert "Drill answers" not in incident_report(document(), now=T0)  # drills only
