@@ -7,7 +7,8 @@ and threads every message of one incident: the thread's root Message-ID is deriv
 replies to it (``In-Reply-To`` and ``References``). Transport security is explicit: ``starttls``
 (required, never silently skipped), ``tls`` (implicit, port 465) or ``none`` (a loopback relay).
 Each send is bounded by a timeout; failures become ``DeliveryError``: connection problems,
-timeouts and 4xx replies can be retried, 5xx replies (unknown mailbox, failed AUTH) cannot.
+timeouts and 4xx replies can be retried, a 5xx for the page (unknown mailbox) cannot, and what
+refuses every page (failed AUTH, no STARTTLS, a 554 greeting) takes the channel down.
 """
 
 from __future__ import annotations
@@ -272,8 +273,11 @@ class SmtpNotifier:
                     # MAIL FROM's SIZE= over the server's limit: this message, not the channel.
                     return DeliveryError("too_large", detail, retryable=False)
                 return DeliveryError("rejected_sender", detail, retryable=True, channel_down=True)
-            if isinstance(exc, aiosmtplib.SMTPConnectResponseError) and exc.code < 500:
-                return DeliveryError("connection", detail, retryable=True)
+            if isinstance(exc, aiosmtplib.SMTPConnectResponseError | aiosmtplib.SMTPHeloError):
+                # The server refuses our connection itself (554 at the greeting: our address
+                # blocklisted, a relay that is not ours): no page gets through, and a page
+                # failed for good here would be lost once it is fixed.
+                return DeliveryError("refused", detail, retryable=True, channel_down=True)
             return DeliveryError("rejected", detail, retryable=False)
         if isinstance(exc, TimeoutError):
             return DeliveryError(
@@ -296,11 +300,20 @@ class SmtpNotifier:
             return DeliveryError(
                 "connection", self._scrub(f"cannot talk to {where}: {exc}"), retryable=True
             )
-        if isinstance(exc, aiosmtplib.SMTPException):
-            # What is left are missing capabilities (STARTTLS required but not offered, AUTH
-            # or SMTPUTF8 not supported): the server will not grow them between retries.
+        if isinstance(exc, aiosmtplib.SMTPNotSupported):
+            # SMTPUTF8 needed by this page's address: other pages still go.
             return DeliveryError(
                 "unsupported", self._scrub(f"{where}: {exc.message}"), retryable=False
+            )
+        if isinstance(exc, aiosmtplib.SMTPException):
+            # What is left are missing capabilities of the connection (STARTTLS required but
+            # not offered, AUTH not offered): every page fails alike until the server or our
+            # settings are fixed, as for a certificate that does not verify.
+            return DeliveryError(
+                "unsupported",
+                self._scrub(f"{where}: {exc.message}"),
+                retryable=True,
+                channel_down=True,
             )
         return DeliveryError(
             "internal", f"email to {where} failed: {type(exc).__name__}", retryable=True

@@ -251,11 +251,38 @@ async def test_starttls_without_verification(cert_pair: tuple[Path, Path]) -> No
 
 
 async def test_starttls_required_but_not_offered(plain: SmtpTestServer) -> None:
-    """Mode starttls never falls back to plain text."""
+    """Mode starttls never falls back to plain text. No page gets through such a server
+    (a relay reconfigured, STARTTLS stripped on the way): the channel is down, so the page
+    stays queued and goes once it is fixed, instead of failing for good."""
     with pytest.raises(DeliveryError) as caught:
         await SmtpNotifier(settings_for(plain, mode=SmtpMode.STARTTLS)).send(page())
-    assert (caught.value.reason, caught.value.retryable) == ("unsupported", False)
+    error = caught.value
+    assert (error.reason, error.retryable, error.channel_down) == ("unsupported", True, True)
+    assert not error.maybe_sent
     assert plain.messages == []
+
+
+async def test_a_server_refusing_the_connection_at_its_greeting_takes_the_channel_down() -> None:
+    """554 instead of 220 (our address on a blocklist, a relay that will not serve us):
+    every page fails alike, none through its own fault, so none is failed for good."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"554 5.7.1 No SMTP service for you\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = SmtpSettings(host="127.0.0.1", port=port, from_addr=FROM, mode=SmtpMode.NONE)
+        with pytest.raises(DeliveryError) as caught:
+            await SmtpNotifier(settings).send(page())
+    finally:
+        server.close()
+        await server.wait_closed()
+    error = caught.value
+    assert (error.retryable, error.channel_down, error.maybe_sent) == (True, True, False)
+    assert "554" in str(error)
 
 
 async def test_implicit_tls(cert_pair: tuple[Path, Path]) -> None:
