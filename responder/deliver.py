@@ -791,24 +791,29 @@ class Dispatcher:
         )
         await self._finish(page, PageState.FAILED, error=reason, reroute=self.reroute_for(reason))
 
-    async def provider_status(self, pages: Sequence[Page], update: StatusUpdate) -> None:
+    async def provider_status(self, pages: Sequence[Page], update: StatusUpdate) -> list[Page]:
         """A provider's final word on a message it took (its status callback, or a lookup
         when the callback did not come), for each page the message carried (a bundle's
-        status is each one's): delivered; or failed, and re-routed as any failed page."""
+        status is each one's): delivered; or failed, and re-routed as any failed page.
+        Returns the pages it changed (none for a repeat)."""
         now = self._clock.now()
         code = f" (Twilio error {update.error_code})" if update.error_code else ""
         reason = f"{update.status}{code}"
+        moved: list[Page] = []
         for page in pages:
             if update.delivered:
                 if await self._store.provider_status(page.id, PageState.DELIVERED, None, now):
+                    moved.append(page)
                     self._metrics.pages.labels(page.channel, "delivered").inc()
                     took = max((now - page.due_at).total_seconds(), 0.0)
                     self._metrics.delivered_latency.labels(page.channel).observe(took)
                 continue
             reroute = self.reroute_for(reason)
             if await self._store.provider_status(page.id, PageState.FAILED, reason, now, reroute):
+                moved.append(page)
                 self._metrics.pages.labels(page.channel, "undelivered").inc()
             self.counted(reroute)
+        return moved
 
     def reroute_for(self, reason: str, *, free_only: bool = False) -> _Rerouter | None:
         """How a page that failed for good (or waits: an outage, the budget) is re-routed:

@@ -200,7 +200,21 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
     # status again, and the store applies a final status only to a page still sent or being
     # sent (the first one that came moved it on; a repeat changes nothing).
     # None: not ours (a drill from another daemon, say).
-    await dispatcher.provider_status(await _pages_of(runtime, update.provider_id), update)
+    pages = await _pages_of(runtime, update.provider_id)
+    changed = await dispatcher.provider_status(pages, update)
+    if changed and not update.delivered:
+        # Once per message (a repeat changes nothing): the page went to Twilio fine, so
+        # without this line the log would never say why the next in line was paged.
+        log.warning(
+            "SMS not delivered" if changed[0].channel == "sms" else "call not answered",
+            extra=fields(
+                pages=[p.id for p in changed],
+                incident=changed[0].incident_id,
+                contact=changed[0].contact,
+                status=update.status,
+                error_code=update.error_code,
+            ),
+        )
     return web.Response(status=204)
 
 

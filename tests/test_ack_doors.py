@@ -639,11 +639,21 @@ async def test_a_replayed_keypress_with_a_sid_that_swallowed_a_field_acts_on_not
     assert (await incident(daemon))["state"] == "triggered"
 
 
-async def test_undelivered_sms_fails_over_to_the_backup(daemon: Client, twilio: FakeTwilio) -> None:
+async def test_undelivered_sms_fails_over_to_the_backup(
+    daemon: Client, twilio: FakeTwilio, caplog: pytest.LogCaptureFixture
+) -> None:
     await first_incident_paged(daemon, twilio)
     sid = twilio.sent_sms("+15551230001")[0].sid
-    answer = await twilio.send_status_callback(sid, "undelivered", 30003)
-    assert answer.status == 204
+    with caplog.at_level(logging.INFO, logger="responder"):
+        answer = await twilio.send_status_callback(sid, "undelivered", 30003)
+        assert answer.status == 204
+        # Twilio's 'failed' after it (or the same callback again) changes nothing more.
+        assert (await twilio.send_status_callback(sid, "failed", 30003)).status == 204
+    # The operator reads why the backup was paged, once.
+    [record] = [r for r in caplog.records if r.getMessage() == "SMS not delivered"]
+    assert record.levelno == logging.WARNING
+    assert record.fields["status"] == "undelivered"  # type: ignore[attr-defined]
+    assert record.fields["error_code"] == 30003  # type: ignore[attr-defined]
 
     async def bob_paged() -> bool:
         return len(twilio.sent_sms("+15551230002")) == 1
