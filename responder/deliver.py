@@ -337,6 +337,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._method_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._channels_down: set[str] = set()  # said once in the log until one delivers again
+        # Channels whose provider refused or could not be reached (pages wait for a retry):
+        # said once in the log, as above, not once per page and attempt.
+        self._channels_failing: set[str] = set()
         # A store that keeps failing fails every pass (each second): a line a minute says so.
         self._store_failing = ThrottledLog(log, logging.ERROR, STORE_ERROR_LOG_EVERY_S)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
@@ -675,8 +678,9 @@ class Dispatcher:
         )
 
     def _observe_sent(self, page: Page) -> None:
-        if page.channel in self._channels_down:
+        if page.channel in self._channels_down or page.channel in self._channels_failing:
             self._channels_down.discard(page.channel)
+            self._channels_failing.discard(page.channel)
             log.warning("channel delivers again", extra=fields(channel=page.channel))
         self._metrics.pages.labels(page.channel, "sent").inc()
         latency = (self._clock.now() - page.due_at).total_seconds()
@@ -780,6 +784,12 @@ class Dispatcher:
             # failure. A page is re-routed once, whatever the path (the store knows).
             outage = channel_down or page.attempts == config.max_attempts
             reroute = self.reroute_for(reason) if outage else None
+            if not channel_down and page.channel not in self._channels_failing:
+                self._channels_failing.add(page.channel)
+                log.warning(
+                    "channel failing; its pages are retried",
+                    extra=fields(channel=page.channel, page=page.id, error=reason),
+                )
             m.pages.labels(page.channel, "channel_down" if channel_down else "retry").inc()
             await self._finish(
                 page, PageState.QUEUED, error=reason, retry_at=retry_at, reroute=reroute
