@@ -220,11 +220,19 @@ class _Rerouter:
     twice (a batch run again after another write failed): what it decided is kept by page,
     and counted once, by ``counted()``, after the commit."""
 
-    def __init__(self, reason: str, directory: Directory, now: datetime, free_only: bool) -> None:
+    def __init__(
+        self,
+        reason: str,
+        directory: Directory,
+        now: datetime,
+        free_only: bool,
+        kept: bool = False,
+    ) -> None:
         self._reason = reason
         self._directory = directory
         self._now = now
         self.free_only = free_only
+        self.kept = kept  # the page itself stays queued (an outage): it has not failed
         self._decided: dict[int, tuple[Page, list[NewPage]]] = {}
 
     def __call__(
@@ -279,8 +287,11 @@ class _Rerouter:
     def counted(self, metrics: Metrics) -> None:
         for page, pages in self._decided.values():
             if not pages:
-                log.error(
-                    "page failed and nobody is left to fail over to",
+                log.log(
+                    logging.WARNING if self.kept else logging.ERROR,
+                    "nobody is left to fail over to; the page waits for its channel"
+                    if self.kept
+                    else "page failed and nobody is left to fail over to",
                     extra=fields(page=page.id, incident=page.incident_id, contact=page.contact),
                 )
                 metrics.pages.labels(page.channel, "exhausted").inc()
@@ -783,7 +794,7 @@ class Dispatcher:
             # channel that is down (our credentials) is such an outage from the first
             # failure. A page is re-routed once, whatever the path (the store knows).
             outage = channel_down or page.attempts == config.max_attempts
-            reroute = self.reroute_for(reason) if outage else None
+            reroute = self.reroute_for(reason, kept=True) if outage else None
             if not channel_down and page.channel not in self._channels_failing:
                 self._channels_failing.add(page.channel)
                 log.warning(
@@ -825,7 +836,9 @@ class Dispatcher:
             self.counted(reroute)
         return moved
 
-    def reroute_for(self, reason: str, *, free_only: bool = False) -> _Rerouter | None:
+    def reroute_for(
+        self, reason: str, *, free_only: bool = False, kept: bool = False
+    ) -> _Rerouter | None:
         """How a page that failed for good (or waits: an outage, the budget) is re-routed:
         the contact's next channel, else the backup; ``free_only``, only where no SMS or
         call is needed (what the budget allows). The store applies it in the transaction
@@ -833,7 +846,7 @@ class Dispatcher:
         that commit keeps the metrics."""
         if self._directory is None:
             return None
-        return _Rerouter(reason, self._directory(), self._clock.now(), free_only)
+        return _Rerouter(reason, self._directory(), self._clock.now(), free_only, kept)
 
     async def _finish(
         self,

@@ -395,6 +395,13 @@ contacts:
     nobody = [r for r in caplog.records if "nobody is left" in r.getMessage()]
     assert got.get("exhausted", 0) == 1
     assert len(nobody) == 1
+    # The page itself still waits for its channel (retry_for): the line must not say it
+    # failed, which deployment.md reads as "delivery gave up on a page".
+    [sms] = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
+    assert sms["state"] == "queued"
+    assert nobody[0].getMessage() == (
+        "nobody is left to fail over to; the page waits for its channel"
+    )
 
 
 async def test_a_second_budget_hold_wakes_nobody_further_down_the_chain(tmp_path: Path) -> None:
