@@ -253,7 +253,10 @@ class Runtime:
                 )
                 return False
             self._rearms.pop(0)
-            log.info("open incidents re-armed for the new policies", extra=fields(incidents=count))
+            if count:  # every start re-arms too: with nothing open, nothing to say
+                log.info(
+                    "open incidents re-armed for the new policies", extra=fields(incidents=count)
+                )
             self.wake_engine()
         return True
 

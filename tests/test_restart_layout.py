@@ -5,6 +5,7 @@ layout of the policies that open incidents were armed under (schema 10)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -344,3 +345,26 @@ async def test_a_reopened_incident_has_no_hold_of_its_first_episode(
     assert await client.app[RUNTIME].reload() is None
     clock.advance(timedelta(seconds=5))
     await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at once")
+
+
+async def test_a_start_says_it_re_armed_open_incidents_only_when_some_are_open(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every start re-arms the open incidents; with none open, the log said "re-armed for
+    the new policies" with incidents=0 at each start all the same."""
+    caplog.set_level(logging.INFO, logger="responder")
+    extra = channels(tmp_path, smtp, twilio)
+    path = write_config(tmp_path, config(OPS_BOB_LATE + STANDARD) + extra, rules=RULES_OPS)
+    client = await make_client(path)
+    assert "re-armed" not in caplog.text
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    await client.close()
+    await make_client(path)
+    (record,) = [r for r in caplog.records if "re-armed" in r.getMessage()]
+    assert record.fields == {"incidents": 1}  # type: ignore[attr-defined]
