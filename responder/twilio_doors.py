@@ -5,7 +5,7 @@ Every request must carry a valid ``X-Twilio-Signature`` computed over the config
 these doors are closed. Replies a person can send to the Twilio number:
 
 - ``ACK 42`` / ``RES 42``: acknowledge or resolve incident 42;
-- ``ACK`` / ``RES``: the newest open incident that paged the sender;
+- ``ACK`` / ``RES``: the open incident the sender was told of last;
 - ``ACK ALL``: every open incident that paged the sender.
 
 Senders are recognised by their number (a contact's ``sms`` or ``voice``); an unknown sender
@@ -302,12 +302,14 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
         targets = [(command.incident, *told)]
     else:
         open_incidents = await runtime.store.open_incidents_paged_to(contacts)
-        if command.action == "acknowledge":
+        if command.action == "acknowledge" and command.everything:
             open_incidents = [
                 (i, paged) for i, paged in open_incidents if i.state.value != "acknowledged"
             ]
         targets = [(i.id, i.started, paged) for i, paged in open_incidents]
         if not command.everything:
+            # A bare ACK answers the text told last, also when someone acknowledged it
+            # first: skipping to an older incident would stop an escalation nobody answered.
             targets = targets[:1]
         if not targets:
             return "Nothing open to act on."

@@ -296,6 +296,31 @@ async def test_sms_replies_answer_only_for_incidents_the_sender_was_told_of(
     assert (await incident(daemon, 2))["state"] == "triggered"
 
 
+async def test_a_bare_ack_answers_the_page_told_last_even_when_someone_was_first(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock
+) -> None:
+    """alice is texted #1, then #2; bob acknowledges #2 from the API, and alice answers
+    #2's text with a bare ACK. The reply is about #2, which someone acknowledged first; it
+    must not acknowledge #1 instead, an older incident she did not answer, stopping its
+    escalation (escalation review: the bare ACK skipped acknowledged incidents)."""
+    await first_incident_paged(daemon, twilio)
+    clock.advance(timedelta(minutes=2))  # past alice's SMS rate limit
+    await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "#2 paged")
+    taken = await daemon.post("/api/v1/incidents/2/acknowledge", json={"by": "bob"}, headers=AUTH)
+    assert taken.status == 200
+    inbound = public(daemon, INBOUND_SMS_PATH)
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK")
+    assert "Already acknowledged: #2" in answer.text, answer.text
+    assert "#1" not in answer.text, answer.text
+    assert (await incident(daemon, 1))["state"] == "triggered"
+    assert (await incident(daemon, 2))["acknowledgedBy"] == "bob"
+    # ACK ALL still acknowledges every open incident she was told of.
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK ALL")
+    assert "Acknowledged #1" in answer.text, answer.text
+    assert (await incident(daemon, 1))["acknowledgedBy"] == "alice"
+
+
 async def test_an_sms_reply_acts_only_on_the_trigger_the_sender_was_paged_for(
     daemon: Client, twilio: FakeTwilio, clock: FakeClock
 ) -> None:
