@@ -419,6 +419,8 @@ def _step_record(step: Step, policy: Policy, directory: Directory, now: datetime
         "due": step.due.isoformat(),
         "pages": [f"{p.contact}/{p.channel}" for p in pages],
     }
+    if replaced := {t.contact: t.instead_of for t in targets if t.instead_of is not None}:
+        detail["instead_of"] = replaced  # a contact with no channel, paged through its backup
     if step.level is not None:
         detail["level"] = step.level
     if step.repeat:

@@ -526,6 +526,33 @@ incidents:
     await eventually(deputy_paged, "the deputy paged for the cto")
 
 
+async def test_a_contact_without_a_channel_is_paged_through_its_backup_and_the_step_says_so(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """dave has no channel: carol, his backup, is paged, and the step's timeline entry names
+    whom she stands in for (the docs said the page says so; nothing did, escalation review)."""
+    text = """
+contacts:
+  dave: {backup: carol}
+  carol: {sms: "+15551237777"}
+escalation_policies:
+  standard:
+    levels:
+      - targets: [dave]
+incidents:
+  default_policy: standard
+"""
+    client = await make_client(write_config(tmp_path, text + channels(tmp_path, smtp, twilio)))
+    await post(client, webhook(alert("Other", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "carol"), "carol paged")
+    (step,) = [e for e in (await incident(client))["timeline"] if e["kind"] == "escalated"]
+    assert step["detail"]["pages"] == ["carol/sms"]
+    assert step["detail"]["instead_of"] == {"carol": "dave"}
+
+
 async def test_everyone_paged_before_an_unacknowledge_hears_of_the_recovery(
     make_client: ClientFactory,
     tmp_path: Path,
