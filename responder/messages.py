@@ -170,6 +170,7 @@ class MessageContext:
     acknowledged_at: datetime | None = None
     acknowledged_by: str | None = None
     resolved_at: datetime | None = None
+    resolved_by: str | None = None
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     alert_count: int = 0
@@ -223,6 +224,7 @@ def context_for(
         acknowledged_at=incident.acknowledged_at,
         acknowledged_by=incident.acknowledged_by,
         resolved_at=incident.resolved_at,
+        resolved_by=incident.resolved_by,
         labels=MappingProxyType(dict(labels)),
         annotations=MappingProxyType(dict(annotations)),
         alert_count=incident.alert_count,
@@ -305,7 +307,7 @@ def _variables(context: MessageContext, zone: ZoneInfo) -> dict[str, Any]:
     }
     for name in ("title", "severity", "category", "state", "step", "contact"):
         variables[name] = clean_text(variables[name])
-    for name in ("acknowledged_by", "ack_url", "resolve_url", "public_url"):
+    for name in ("acknowledged_by", "resolved_by", "ack_url", "resolve_url", "public_url"):
         variables[name] = _optional(variables[name])
     labels = _label_view(context.labels)
     annotations = _label_view(context.annotations)

@@ -160,6 +160,37 @@ def test_status_and_recovery_say_how_long() -> None:
     assert "Resolved 2026-11-29 14:35 UTC after 1h30m" in recovery.text
 
 
+def test_a_recovery_says_who_resolved_it_and_when_alerts_still_fire() -> None:
+    """A recovery told management "No action is needed" and nobody said who resolved it,
+    also after a resolve by hand while its alerts still fired (escalation review)."""
+    resolved = context(
+        state="resolved",
+        now=START + timedelta(minutes=90),
+        resolved_at=START + timedelta(minutes=90),
+        resolved_by="bob",
+        firing_count=0,
+        step="R",
+    )
+    sms = DEFAULTS.render(Kind.RECOVERY, "sms", resolved).text
+    assert "after 1h30m by bob" in sms
+    assert "still firing" not in sms
+    email = DEFAULTS.render(Kind.RECOVERY, "email", resolved)
+    assert "No action is needed." in email.text
+    assert email.html is not None
+    assert "by bob" in email.html
+
+    by_hand = replace(resolved, firing_count=2)
+    assert "2 alert(s) still firing" in DEFAULTS.render(Kind.RECOVERY, "sms", by_hand).text
+    email = DEFAULTS.render(Kind.RECOVERY, "email", by_hand)
+    for text in (
+        email.text,
+        email.html or "",
+        DEFAULTS.render(Kind.RECOVERY, "voice", by_hand).text,
+    ):
+        assert "2 of its alerts still fire: check before you stand down" in text
+        assert "No action is needed" not in text
+
+
 def test_bundle_lists_incidents_and_ack_all() -> None:
     """Several incidents for one person go as one SMS that answers to ACK ALL."""
     items = tuple(
