@@ -677,25 +677,43 @@ class Dispatcher:
             return
         m.pages_bundled.inc(len(pages))
         sent_at = self._clock.now()  # one message: one send time, counted once by the limits
-        for page in pages:
-            self._observe_sent(page)
+        recovered = [self._observe_sent(page) for page in pages]
         await self._store.finish_pages(
             [p.id for p in pages], PageState.SENT, sent_at, provider_id=receipt.provider_id
         )
         self._count_paid(pages[0].channel, sent_at)
+        if any(recovered):
+            await self._retries_go_now(pages[0].channel)
         log.info(
             "pages bundled",
             extra=fields(pages=[p.id for p in pages], contact=pages[0].contact),
         )
 
-    def _observe_sent(self, page: Page) -> None:
-        if page.channel in self._channels_down or page.channel in self._channels_failing:
+    def _observe_sent(self, page: Page) -> bool:
+        """Count a send; True when its channel was failing until it (it delivers again)."""
+        recovered = page.channel in self._channels_down or page.channel in self._channels_failing
+        if recovered:
             self._channels_down.discard(page.channel)
             self._channels_failing.discard(page.channel)
             log.warning("channel delivers again", extra=fields(channel=page.channel))
         self._metrics.pages.labels(page.channel, "sent").inc()
         latency = (self._clock.now() - page.due_at).total_seconds()
         self._metrics.delivery_latency.labels(page.channel).observe(max(latency, 0.0))
+        return recovered
+
+    async def _retries_go_now(self, channel: str) -> None:
+        """The channel delivers again: the pages waiting on it for a retry go now, oldest
+        first, rather than each at the end of its own backoff (up to 5 minutes), after the
+        pages of newer incidents. The rate limits still apply to them."""
+        try:
+            moved = await self._store.retry_channel_now(channel, self._clock.now())
+        except StoreError:
+            return  # each goes at its own retry time
+        if moved:
+            log.info(
+                "pages waiting for the channel go now", extra=fields(channel=channel, pages=moved)
+            )
+            self.wake()
 
     async def _deliver(self, page: Page) -> None:
         m = self._metrics
@@ -732,9 +750,11 @@ class Dispatcher:
         except Exception as exc:  # a bug in an adapter must not stop the outbox
             await self._adapter_failed(page, exc)
             return
-        self._observe_sent(page)
+        recovered = self._observe_sent(page)
         await self._finish(page, PageState.SENT, provider_id=receipt.provider_id)
         self._count_paid(page.channel, self._clock.now())
+        if recovered:
+            await self._retries_go_now(page.channel)
 
     @staticmethod
     def _not_composed(pages: Sequence[Page], exc: Exception) -> DeliveryError:

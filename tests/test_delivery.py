@@ -65,6 +65,7 @@ def config(
     extra: str = "",
     *,
     contacts: str = CONTACTS,
+    rules: str | None = None,
 ) -> Path:
     (folder / "twilio_token").write_text(twilio.auth_token)
     channels = f"""
@@ -77,7 +78,7 @@ channels:
     timeout: 2s
   smtp: {{host: 127.0.0.1, port: {smtp.port}, mode: none, from: "r@example.com"}}
 """
-    return write_config(folder, contacts + channels + extra)
+    return write_config(folder, contacts + channels + extra, rules=rules)
 
 
 def at(minute: int, second: int = 0) -> datetime:
@@ -155,6 +156,37 @@ async def test_retryable_errors_back_off_then_succeed(
     sms = next(p for p in (await incident(client))["pages"] if p["channel"] == "sms")
     assert sms["attempts"] == 3
     assert [r.http_status for r in twilio.requests] == [429, 503, 201]
+
+
+async def test_pages_waiting_on_a_channel_go_as_soon_as_it_delivers_again(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    twilio: FakeTwilio,
+    smtp: SmtpTestServer,
+) -> None:
+    """Twilio refuses alice's SMS (503), then takes bob's for a newer incident: alice's waits
+    no longer for its backoff (7.5-15 s here, up to 5 minutes later on), after the newer
+    page (delivery review: pages came out of order after an outage)."""
+    contacts = CONTACTS.replace(
+        "incidents:", "  bob-first:\n    levels:\n      - targets: [bob]\nincidents:"
+    )
+    rules = """
+rules:
+  - name: for-bob
+    matchers: ['alertname="ForBob"']
+    policy: bob-first
+"""
+    client = await make_client(config(tmp_path, twilio, smtp, contacts=contacts, rules=rules))
+    twilio.fail_next(Fault.UNAVAILABLE)
+    await post(client, webhook(alert("TargetDown", instance="web-1")))
+    await _sms_waiting_for_its_retry(client)
+    await post(client, webhook(alert("ForBob", instance="web-2"), group="b"))
+
+    async def both_sent() -> bool:
+        return [len(twilio.sent_sms(n)) for n in ("+15551230002", "+15551230001")] == [1, 1]
+
+    await eventually(both_sent, "alice's SMS went once Twilio took bob's, the clock unmoved")
 
 
 async def test_a_provider_failing_is_said_once_and_its_recovery_once(

@@ -695,6 +695,11 @@ class Store(ContainmentStore, Protocol):
         outcome unknown (``recover_sending``)."""
         ...
 
+    async def retry_channel_now(self, channel: str, now: datetime) -> int:
+        """The pages queued on ``channel`` for a retry (a failed attempt, not a first send
+        held by a limit) are due ``now``; returns how many."""
+        ...
+
     async def hold_pages(
         self,
         page_ids: Sequence[int],

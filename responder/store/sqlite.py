@@ -990,6 +990,10 @@ class SQLiteStore:
         now_us = to_us(now)
         await self._write(lambda conn: inc.hand_over(conn, page_ids, now_us))
 
+    async def retry_channel_now(self, channel: str, now: datetime) -> int:
+        now_us = to_us(now)
+        return await self._write(lambda conn: inc.retry_channel_now(conn, channel, now_us))
+
     async def hold_pages(
         self,
         page_ids: Sequence[int],

@@ -1370,6 +1370,16 @@ def paid_send_times(conn: sqlite3.Connection, since_us: int) -> list[int]:
     ]
 
 
+def retry_channel_now(conn: sqlite3.Connection, channel: str, now_us: int) -> int:
+    # attempts > 0: tried and put back for a retry (a hold gives its claim back).
+    cur = conn.execute(
+        "UPDATE pages SET due_at = ?, updated_at = ? "
+        "WHERE state = 'queued' AND channel = ? AND attempts > 0 AND due_at > ?",
+        (now_us, now_us, channel, now_us),
+    )
+    return cur.rowcount
+
+
 def hold_pages(
     conn: sqlite3.Connection, page_ids: Sequence[int], until_us: int, reason: str, now_us: int
 ) -> None:
