@@ -212,3 +212,11 @@ tests:
     )
     code, text = run(path)
     assert code == 0, text
+
+
+def test_a_test_file_whose_cases_are_all_commented_out_is_an_error(tmp_path: Path) -> None:
+    """It passed as "0 passed, 0 failed", green, testing nothing (rules review)."""
+    path = write(tmp_path, "rule_files: [rules.yaml]\ntests: []\n")
+    code, text = run(path)
+    assert code == 2
+    assert f"ERROR {path}:2: tests: no test cases" in text

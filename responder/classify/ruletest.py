@@ -181,6 +181,8 @@ def _suite(path: Path) -> _Suite:
     tests_node = root["tests"]
     if not tests_node.is_list():
         raise tests_node.error("expected a list of test cases")
+    if not tests_node.as_list():  # every case commented out must not pass for a green run
+        raise tests_node.error("no test cases: a rule test file tests at least one alert")
     cases = tuple(_case(item, i, default_at) for i, item in enumerate(tests_node.as_list()))
     return _Suite(classifier, cases)
 
