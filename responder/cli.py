@@ -609,7 +609,11 @@ def _parse_time(
         raise ConfigError(flag, 0, key, f"expected {expected}, got {text!r}") from exc
     if at.tzinfo is not None:
         return at
-    return at.replace(tzinfo=zone) if zone is not None else at.astimezone()
+    if zone is None:
+        return at.astimezone()
+    # Through UTC and back: a wall time the zone skips (02:30 on a spring-forward day) reads
+    # as the instant it names under the old offset, shown as it is (03:30), not as 02:30.
+    return at.replace(tzinfo=zone).astimezone(UTC).astimezone(zone)
 
 
 # -- incidents --------------------------------------------------------------------------------

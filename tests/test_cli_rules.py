@@ -285,6 +285,11 @@ def test_oncall_reads_a_time_without_offset_in_the_zone_it_shows(
         == 0
     )
     assert capsys.readouterr().out.startswith("On call at 2026-12-24 11:00 CET (Thu)")
+    # A wall time the spring-forward skips is shown as the instant it stands for, not as a
+    # 02:45 CET that never was (calendar review: the answer was for 03:45 CEST).
+    argv[4] = "2026-03-29T02:45"
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("On call at 2026-03-29 03:45 CEST (Sun)")
 
 
 def test_report_since_that_is_neither_a_duration_nor_a_time_names_since(
