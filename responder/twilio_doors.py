@@ -342,9 +342,16 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
         except TransitionError as exc:
             problems.append(f"#{incident_id}: {exc}")
         else:
-            (done if changed else already).append(
-                f"#{incident.id} {clean_text(incident.title)}"[:60]
-            )
+            named = f"#{incident.id} {clean_text(incident.title)}"[:60]
+            if changed:
+                done.append(named)
+            else:  # who got there first: the sender must not wonder whether it was them
+                by = (
+                    incident.resolved_by
+                    if command.action == "resolve"
+                    else incident.acknowledged_by
+                )
+                already.append(f"{named} (by {clean_text(by)[:30]})" if by else named)
     text = f"{verb} {', '.join(done)}." if done else ""
     if already:
         text = (text + " " if text else "") + f"Already {verb.lower()}: {', '.join(already)}."

@@ -215,6 +215,7 @@ async def test_an_sms_reply_says_when_the_incident_already_was_so(
     assert resolved.status == 200
     late = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "RES 1")
     assert "Already resolved: #1" in late.text, late.text
+    assert "(by bob)" in late.text, late.text
     assert (await incident(daemon))["resolvedBy"] == "bob"
 
 
@@ -311,7 +312,7 @@ async def test_a_bare_ack_answers_the_page_told_last_even_when_someone_was_first
     assert taken.status == 200
     inbound = public(daemon, INBOUND_SMS_PATH)
     answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK")
-    assert "Already acknowledged: #2" in answer.text, answer.text
+    assert "Already acknowledged: #2 DiskFull on db-1 (by bob)." in answer.text, answer.text
     assert "#1" not in answer.text, answer.text
     assert (await incident(daemon, 1))["state"] == "triggered"
     assert (await incident(daemon, 2))["acknowledgedBy"] == "bob"
