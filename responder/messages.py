@@ -34,7 +34,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from notifiers.sms_text import fit_keeping_head
 from responder.calendar import parse_timezone
-from responder.incident import Incident, Page, PageKind
+from responder.incident import REASSIGN_STEP, Incident, Page, PageKind
 from responder.log import fields
 from responder.yamlfile import ConfigError, Node
 
@@ -331,11 +331,24 @@ def _variables(context: MessageContext, zone: ZoneInfo) -> dict[str, Any]:
     variables["started_at"] = started
     end = context.resolved_at or context.now
     variables["open_for"] = max(end - started, timedelta(0))
+    variables["why"] = _why(context, started)
     public = variables["public_url"]
     variables["incident_url"] = (
         f"{public.rstrip('/')}/api/v1/incidents/{context.incident_id}" if public else None
     )
     return variables
+
+
+def _why(context: MessageContext, started: datetime) -> str:
+    """Why a page comes that is not the incident's first news: the people paged must not
+    take it for the page they already answered."""
+    if context.step.startswith(REASSIGN_STEP):
+        return "Reassigned to you"
+    if re.match(r"L\d+\.s", context.step):
+        return "Its snooze ended"
+    if started > context.opened_at:
+        return "Fired again after it resolved"
+    return ""
 
 
 # -- filters ---------------------------------------------------------------------------------------

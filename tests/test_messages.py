@@ -191,6 +191,34 @@ def test_a_recovery_says_who_resolved_it_and_when_alerts_still_fire() -> None:
         assert "No action is needed" not in text
 
 
+@pytest.mark.parametrize(
+    ("step", "fired_again", "why"),
+    [
+        ("L1", False, None),
+        ("L2.s1767603600", False, "Its snooze ended"),
+        ("A1767603600", False, "Reassigned to you"),
+        ("L1", True, "Fired again after it resolved"),
+    ],
+)
+def test_a_page_that_is_not_the_first_news_says_why(
+    step: str, fired_again: bool, why: str | None
+) -> None:
+    """A page after a snooze, a reassignment or a re-fire was word for word the first page:
+    the person could take it for the one they had answered (escalation review)."""
+    started = START + timedelta(hours=2) if fired_again else START
+    ctx = context(step=step, started_at=started, opened_at=START)
+    sms = DEFAULTS.render(Kind.ACTIVATION, "sms", ctx)
+    email = DEFAULTS.render(Kind.ACTIVATION, "email", ctx)
+    if why is None:
+        for text in (sms.text, email.text, email.subject or ""):
+            assert "snooze" not in text
+            assert "again" not in text
+        return
+    assert sms.text.splitlines()[2] == why  # right after the title and "Reply ACK"
+    assert f"\n{why}.\n" in email.text
+    assert f"({why.lower()})" in (email.subject or "")
+
+
 def test_bundle_lists_incidents_and_ack_all() -> None:
     """Several incidents for one person go as one SMS that answers to ACK ALL."""
     items = tuple(
