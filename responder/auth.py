@@ -37,7 +37,11 @@ def ensure_generated_secret(path: Path) -> tuple[Secret, bool]:
     first starts at once, ``responder token`` beside ``serve``); then theirs is read. An empty
     file (cut short by a crash of an older release) is refused: it would let anyone in."""
     if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission: name the state directory
+            why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
+            raise OSError(f"cannot create the state directory {path.parent}: {why}") from exc
         token = secrets.token_urlsafe(32)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
         try:

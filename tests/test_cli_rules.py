@@ -382,3 +382,18 @@ def test_no_token_found_says_to_pass_the_daemons_state_dir(
         " the daemon once, or run `responder token`; a daemon started with --state-dir keeps"
         " its token there: pass the same --state-dir)\n"
     )
+
+
+def test_a_state_directory_that_cannot_be_made_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file where the state directory goes said only `[Errno 17] File exists: '...'`
+    (acceptance review)."""
+    (tmp_path / "afile").write_text("")
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  listen: 127.0.0.1:9\n")  # no token: one is generated
+    argv = ["token", "-c", str(config), "--state-dir", str(tmp_path / "afile")]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == (
+        f"responder: cannot create the state directory {tmp_path / 'afile'}: a file is in the way\n"
+    )
