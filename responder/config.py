@@ -118,7 +118,11 @@ def parse_config(
     """The daemon's own sections of an already-read file; command-line overrides win."""
     base_dir = path.parent
     state_node = root.get("state_dir")
-    state = Path(state_node.as_str()) if state_node is not None else Path("state")
+    state = Path("state")
+    if state_node is not None:
+        if not state_node.as_str().strip():  # Path("") is the config's own folder
+            raise state_node.error("expected a directory path, got an empty string")
+        state = Path(state_node.as_str())
     if not state.is_absolute():
         state = base_dir / state
     if state_dir is not None:
