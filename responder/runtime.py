@@ -364,22 +364,18 @@ class Runtime:
             return error
         except Exception as exc:  # a fault of ours
             return self._reload_fault(old, exc)
-        if new.config.logging != old.config.logging:
+        # Against what runs (the start's), not the last reload's: a section edited back to
+        # it takes effect at once, and one still edited is said again at each reload.
+        running = self.started_with
+        changed = [name for name in ("logging", "server", "storage", "state_dir")
+                   if getattr(new.config, name) != getattr(running.config, name)]  # fmt: skip
+        if new.channels != running.channels:
+            changed.insert(1, "channels")
+        for name in changed:
             log.warning(
                 "config section changed; it takes effect at the next restart",
-                extra=fields(section="logging"),
+                extra=fields(section=name),
             )
-        if new.channels != old.channels:
-            log.warning(
-                "config section changed; it takes effect at the next restart",
-                extra=fields(section="channels"),
-            )
-        for name in ("server", "storage", "state_dir"):
-            if getattr(new.config, name) != getattr(old.config, name):
-                log.warning(
-                    "config section changed; it takes effect at the next restart",
-                    extra=fields(section=name),
-                )
         self.snapshot = new
         self.authenticator = authenticator
         if new.escalation != old.escalation:

@@ -570,6 +570,29 @@ async def test_body_limit_stays_the_one_in_force_until_restart(
     assert (await post(client, document)).status == 200
 
 
+async def test_a_restart_only_section_edited_back_is_not_said_to_wait_for_a_restart(
+    make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload said a section "takes effect at the next restart" whenever it differed from
+    the last reload's, so putting it back to what runs said so too (acceptance review); one
+    still edited is said at every reload."""
+    path = write_config(tmp_path)
+    original = path.read_text()
+    client = await make_client(path)
+    waiting = "config section changed; it takes effect at the next restart"
+    path.write_text(original + "server:\n  max_body_bytes: 2048\n")
+    for _ in range(2):
+        caplog.clear()
+        assert (await client.post("/-/reload", headers=AUTH)).status == 200
+        assert [r.fields for r in caplog.records if r.getMessage() == waiting] == [  # type: ignore[attr-defined]
+            {"section": "server"}
+        ]
+    caplog.clear()
+    path.write_text(original)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    assert waiting not in caplog.text
+
+
 async def test_reload_that_fails_unexpectedly_keeps_old_config(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
