@@ -402,7 +402,8 @@ async def _keypress(runtime: Runtime, page_key: str, params: dict[str, str], cal
     # One call may carry a bundle: the key acknowledges every incident it told of.
     done: list[str] = []
     problems: list[str] = []
-    for incident_id in dict.fromkeys(page.incident_id for page in pages):
+    incident_ids = list(dict.fromkeys(page.incident_id for page in pages))
+    for index, incident_id in enumerate(incident_ids):
         page = next(p for p in pages if p.incident_id == incident_id)
         # The call told of its page's trigger: not one that began after it.
         expect = None if page.trigger_at is None else _same_trigger(page.trigger_at)
@@ -414,7 +415,9 @@ async def _keypress(runtime: Runtime, page_key: str, params: dict[str, str], cal
                 actor=page.contact,
                 via="voice",
                 expect=expect,
-                taking=call_sid,
+                # Taken in the last write only, as an 'ACK ALL' is: Twilio's retry after a
+                # crash or a store error part-way finishes the rest of a bundled call.
+                taking=call_sid if index == len(incident_ids) - 1 else None,
             )
         except FiredAgain:
             problems.append(f"Incident {incident_id} fired again since; not acknowledged.")

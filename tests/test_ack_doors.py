@@ -1007,6 +1007,53 @@ async def test_a_keypress_on_a_bundled_call_acknowledges_every_incident_in_it(
         assert (await incident(daemon, number))["state"] == "acknowledged"
 
 
+async def test_a_keypress_cut_off_part_way_through_a_bundled_call_is_finished_by_the_retry(
+    daemon: Client, twilio: FakeTwilio, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keypress acknowledges a bundled call's incidents one write each. The database
+    fails after the first (as a crash there would cut it): Twilio's retry must finish the
+    rest, as it does for an 'ACK ALL'. Each write recorded the CallSid as taken, so the
+    retry was taken for a repeat and the other incident stayed unacknowledged, escalating
+    past the person who pressed 1."""
+    from responder.store import StoreError
+
+    for n in (1, 2):
+        await post(
+            daemon, webhook(alert("DiskFull", instance=f"db-{n}"), group=f'{{}}:{{x="{n}"}}')
+        )
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) >= 1), "an SMS")
+    clock.advance(timedelta(minutes=5))  # both voice pages are due together: one call
+    await eventually(lambda: _true(len(twilio.calls("+15551230001")) >= 1), "the call")
+    (call,) = twilio.calls("+15551230001")
+    store = daemon.app[RUNTIME].store
+    real = store.transition
+    calls: list[int] = []
+
+    async def second_write_fails(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise StoreError("database is locked")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "transition", second_write_fails)
+    first = await twilio.send_keypress(call.sid, "1")
+    assert "cannot reach its database" in first.text, first.text
+    assert [(await incident(daemon, n))["state"] for n in (1, 2)] == [
+        "acknowledged",
+        "triggered",
+    ]
+    retry = await twilio.send_keypress(call.sid, "1")
+    assert "Incidents 1, 2 acknowledged" in retry.text, retry.text
+    assert [(await incident(daemon, n))["state"] for n in (1, 2)] == ["acknowledged"] * 2
+    # Taken now: a replay acts on nothing.
+    response = await daemon.post(
+        "/api/v1/incidents/2/unacknowledge", json={"by": "alice"}, headers=AUTH
+    )
+    assert response.status == 200, await response.text()
+    await twilio.send_keypress(call.sid, "1")
+    assert (await incident(daemon, 2))["state"] == "triggered"
+
+
 async def test_a_webhook_page_carries_the_acknowledge_link(
     aiohttp_client: Callable[..., Awaitable[Client]],
     tmp_path: Path,
