@@ -46,10 +46,12 @@ async def act(
     assignee: str | None = None,
     expect: Callable[[Incident], None] | None = None,
     taking: str | None = None,
+    answer: Callable[[Incident, bool], str | None] | None = None,
 ) -> tuple[Incident, bool]:
     """Apply a person's action; raises IncidentNotFound, TransitionError or StoreError, or
     what ``expect`` raises: it sees the incident as the write finds it. ``taking``: the
-    signed Twilio request asking for it, recorded as taken in the same write."""
+    signed Twilio request asking for it, recorded as taken in the same write, with
+    ``answer(incident, changed)``: what the request is answered."""
     now = runtime.clock.now()
     pages: list[NewPage] = []
     if action == "reassign":
@@ -74,6 +76,7 @@ async def act(
         once_only=once_only,
         expect=expect,
         taking=taking,
+        answer=answer,
     )
     if changed:
         runtime.metrics.incident_actions.labels(action, via).inc()

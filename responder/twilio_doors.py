@@ -317,6 +317,14 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
     already: list[str] = []  # someone else got there first: the sender must not think it was them
     problems: list[str] = []
     last = len(targets) - 1
+
+    def answer(incident: Incident, changed: bool) -> str:
+        """The reply once the last write acted on ``incident``."""
+        told = _named(incident, command.action, changed)
+        if changed:
+            return _sms_reply(verb, [*done, told], already, problems)
+        return _sms_reply(verb, done, [*already, told], problems)
+
     for index, (incident_id, trigger, contact) in enumerate(targets):
         try:
             incident, changed = await act(
@@ -329,7 +337,10 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
                 # 'ACK ALL' is a write per incident: the reply is taken in the last one, so
                 # that Twilio's retry after a crash or a store error part-way finishes the
                 # rest (those done are no longer open to it; an acknowledge is harmless).
+                # Its answer goes with it: a retry after a crash before the answer went
+                # out gets it.
                 taking=message_sid if index == last else None,
+                answer=answer if index == last else None,
             )
         except IncidentNotFound:
             problems.append(f"#{incident_id} not found")
@@ -342,16 +353,19 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
         except TransitionError as exc:
             problems.append(f"#{incident_id}: {exc}")
         else:
-            named = f"#{incident.id} {clean_text(incident.title)}"[:60]
-            if changed:
-                done.append(named)
-            else:  # who got there first: the sender must not wonder whether it was them
-                by = (
-                    incident.resolved_by
-                    if command.action == "resolve"
-                    else incident.acknowledged_by
-                )
-                already.append(f"{named} (by {clean_text(by)[:30]})" if by else named)
+            (done if changed else already).append(_named(incident, command.action, changed))
+    return _sms_reply(verb, done, already, problems)
+
+
+def _named(incident: Incident, action: str, changed: bool) -> str:
+    """An incident in a reply; one someone else got to first says who, so that the sender
+    does not wonder whether it was them."""
+    named = f"#{incident.id} {clean_text(incident.title)}"[:60]
+    by = incident.resolved_by if action == "resolve" else incident.acknowledged_by
+    return f"{named} (by {clean_text(by)[:30]})" if by and not changed else named
+
+
+def _sms_reply(verb: str, done: list[str], already: list[str], problems: list[str]) -> str:
     text = f"{verb} {', '.join(done)}." if done else ""
     if already:
         text = (text + " " if text else "") + f"Already {verb.lower()}: {', '.join(already)}."
@@ -403,6 +417,12 @@ async def _keypress(runtime: Runtime, page_key: str, params: dict[str, str], cal
     done: list[str] = []
     problems: list[str] = []
     incident_ids = list(dict.fromkeys(page.incident_id for page in pages))
+    last = len(incident_ids) - 1
+
+    def answer(incident: Incident, _changed: bool) -> str:
+        # A call says "acknowledged" either way: the person pressed 1 for it.
+        return _said([*done, str(incident.id)], problems)
+
     for index, incident_id in enumerate(incident_ids):
         page = next(p for p in pages if p.incident_id == incident_id)
         # The call told of its page's trigger: not one that began after it.
@@ -417,7 +437,8 @@ async def _keypress(runtime: Runtime, page_key: str, params: dict[str, str], cal
                 expect=expect,
                 # Taken in the last write only, as an 'ACK ALL' is: Twilio's retry after a
                 # crash or a store error part-way finishes the rest of a bundled call.
-                taking=call_sid if index == len(incident_ids) - 1 else None,
+                taking=call_sid if index == last else None,
+                answer=answer if index == last else None,
             )
         except FiredAgain:
             problems.append(f"Incident {incident_id} fired again since; not acknowledged.")
@@ -425,6 +446,10 @@ async def _keypress(runtime: Runtime, page_key: str, params: dict[str, str], cal
             problems.append(f"{exc}.")
         else:
             done.append(str(incident_id))
+    return _said(done, problems)
+
+
+def _said(done: list[str], problems: list[str]) -> str:
     said = []
     if done:
         noun = "Incident" if len(done) == 1 else "Incidents"

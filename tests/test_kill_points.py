@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from notifiers.twilio import INBOUND_SMS_PATH
 from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from tests.conftest import AUTH
 from tests.test_containment import (
@@ -491,3 +492,61 @@ async def test_kill_9_between_a_readdressed_send_and_its_record_pages_the_new_nu
     assert [r.to for r in twilio.requests] == [NEW_NUMBER, "+15551230002"]
     assert (page["state"], page["address"]) == ("failed", NEW_NUMBER)
     assert "outcome unknown" in page["error"]
+
+
+PUBLIC_URL = "http://responder.invalid"
+
+
+async def sms_reply(daemon: Daemon, twilio: FakeTwilio, sid: str, text: str) -> str:
+    """Alice's phone answers ``text``: the request Twilio posts (signed for the public URL)
+    to the daemon; its answer's text."""
+    params = {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "AccountSid": twilio.account_sid,
+        "From": "+15551230001",
+        "To": "+15550000000",
+        "Body": text,
+        "NumMedia": "0",
+    }
+    signature = twilio.sign(PUBLIC_URL + INBOUND_SMS_PATH, params)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            daemon.url + INBOUND_SMS_PATH, data=params, headers={"X-Twilio-Signature": signature}
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+        return await response.text()
+
+
+async def test_kill_9_between_acting_on_an_sms_reply_and_recording_its_answer(
+    tmp_path: Path, twilio: FakeTwilio, smtp: SmtpTestServer
+) -> None:
+    """Alice answers "ACK 1"; the daemon acknowledges #1 and is killed before it has
+    recorded its answer. Twilio posts the reply again after the restart: the retry acts on
+    nothing and gets the first answer. It got none (the answer was a second write), and
+    alice did not learn that her acknowledgement had been taken (crash campaign)."""
+    path = delivery_config(tmp_path, twilio, smtp, f"server:\n  public_url: {PUBLIC_URL}\n")
+    db = tmp_path / "state" / "responder.db"
+    sid = "SM" + "ab" * 16
+    async with running(path) as daemon:
+        await post_alert(daemon, webhook(alert("TargetDown", instance="web-1")))
+        await wait_for(lambda: len(twilio.sent_sms("+15551230001")) == 1, 10, "alice's SMS")
+        for _ in range(100):
+            pages = (await incident_document(daemon))["pages"]
+            if [p["state"] for p in pages if p["channel"] == "sms"] == ["sent"]:
+                break
+            await asyncio.sleep(0.05)
+        make_writes_slow(db, "1", "UPDATE ON twilio_requests")
+        reply = asyncio.create_task(sms_reply(daemon, twilio, sid, "ACK 1"))
+        await kill_inside_a_slow_write(daemon, db)
+        with contextlib.suppress(aiohttp.ClientError):
+            await reply
+    make_writes_fast(db)
+    async with running(path) as daemon:
+        retried = await sms_reply(daemon, twilio, sid, "ACK 1")
+        document = await incident_document(daemon)
+    assert "Acknowledged #1" in retried, retried
+    acks = [e for e in document["timeline"] if e["kind"] == "acknowledged"]
+    assert [(e["actor"], e["via"]) for e in acks] == [("alice", "sms")]

@@ -551,6 +551,7 @@ class Store(ContainmentStore, Protocol):
         once_only: Callable[[str | None], Collection[str]] | None = None,
         expect: Callable[[Incident], None] | None = None,
         taking: str | None = None,
+        answer: Callable[[Incident, bool], str | None] | None = None,
     ) -> tuple[Incident, bool]:
         """acknowledge, unacknowledge, resolve, snooze, reassign or note; raises
         ``IncidentNotFound`` or ``TransitionError``. ``once_only``: for an incident's
@@ -559,7 +560,8 @@ class Store(ContainmentStore, Protocol):
         the action (an email link's trigger), so nothing can change in between.
         ``taking``: the Twilio request (its sid) that asks for the action, recorded as
         taken in the same write (``take_twilio_request``), so a crash keeps both or
-        neither."""
+        neither; with ``answer(incident, changed)``, its answer too, for Twilio's retry
+        after a crash before the answer went out."""
         ...
 
     async def twilio_request(self, sid: str) -> TakenRequest | None:

@@ -775,6 +775,7 @@ class SQLiteStore:
         once_only: Callable[[str | None], Collection[str]] | None = None,
         expect: Callable[[Incident], None] | None = None,
         taking: str | None = None,
+        answer: Callable[[Incident, bool], str | None] | None = None,
     ) -> tuple[Incident, bool]:
         now_us = to_us(now)
         until_us = None if until is None else to_us(until)
@@ -797,9 +798,9 @@ class SQLiteStore:
             if taking is not None:
                 # DO NOTHING: an ACK ALL acts in one write per incident, each taking it.
                 conn.execute(
-                    "INSERT INTO twilio_requests (sid, taken_at) VALUES (?, ?) "
+                    "INSERT INTO twilio_requests (sid, taken_at, answer) VALUES (?, ?, ?) "
                     "ON CONFLICT (sid) DO NOTHING",
-                    (taking, now_us),
+                    (taking, now_us, None if answer is None else answer(*result)),
                 )
             return result
 
