@@ -138,24 +138,35 @@ async def test_retryable_errors_back_off_then_succeed(
     clock: FakeClock,
     twilio: FakeTwilio,
     smtp: SmtpTestServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """429 then 503: the SMS goes at its third attempt. The log says why once, not nothing
+    (the operator saw only 'page' lines with a growing attempt number) and not once per page
+    and attempt; and once when the channel delivers again."""
     client = await make_client(config(tmp_path, twilio, smtp))
     twilio.fail_next(Fault.RATE_LIMITED)
     twilio.fail_next(Fault.UNAVAILABLE)
-    await post(client, webhook(alert("TargetDown", instance="web-1")))
-    await _sms_waiting_for_its_retry(client)
-    for _ in range(4):  # backoff: up to 15 s, then up to 30 s
-        clock.advance(timedelta(seconds=30))
-        await asyncio.sleep(0.05)
+    with caplog.at_level(logging.INFO, logger="responder.deliver"):
+        await post(client, webhook(alert("TargetDown", instance="web-1")))
+        await _sms_waiting_for_its_retry(client)
+        for _ in range(4):  # backoff: up to 15 s, then up to 30 s
+            clock.advance(timedelta(seconds=30))
+            await asyncio.sleep(0.05)
 
-    async def sent() -> bool:
-        sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
-        return bool(sms[0]["state"] == "sent")
+        async def sent() -> bool:
+            sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
+            return bool(sms[0]["state"] == "sent")
 
-    await eventually(sent, "sent after two retryable errors")
+        await eventually(sent, "sent after two retryable errors")
     sms = next(p for p in (await incident(client))["pages"] if p["channel"] == "sms")
     assert sms["attempts"] == 3
     assert [r.http_status for r in twilio.requests] == [429, 503, 201]
+    failing = [r for r in caplog.records if r.getMessage().startswith("channel failing")]
+    assert len(failing) == 1
+    assert failing[0].levelno == logging.WARNING
+    assert "429" in failing[0].fields["error"]  # type: ignore[attr-defined]
+    again = [r for r in caplog.records if r.getMessage() == "channel delivers again"]
+    assert [r.fields["channel"] for r in again] == ["sms"]  # type: ignore[attr-defined]
 
 
 async def test_pages_waiting_on_a_channel_go_as_soon_as_it_delivers_again(
@@ -187,41 +198,6 @@ rules:
         return [len(twilio.sent_sms(n)) for n in ("+15551230002", "+15551230001")] == [1, 1]
 
     await eventually(both_sent, "alice's SMS went once Twilio took bob's, the clock unmoved")
-
-
-async def test_a_provider_failing_is_said_once_and_its_recovery_once(
-    make_client: ClientFactory,
-    tmp_path: Path,
-    clock: FakeClock,
-    twilio: FakeTwilio,
-    smtp: SmtpTestServer,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Twilio refusing (429, 503) while pages wait for their retries: the log says why once,
-    not nothing (the operator saw only 'page' lines with a growing attempt number) and not
-    once per page and attempt; and once when the channel delivers again."""
-    client = await make_client(config(tmp_path, twilio, smtp))
-    twilio.fail_next(Fault.RATE_LIMITED)
-    twilio.fail_next(Fault.UNAVAILABLE)
-    with caplog.at_level(logging.INFO, logger="responder.deliver"):
-        await post(client, webhook(alert("TargetDown", instance="web-1")))
-        await _sms_waiting_for_its_retry(client)
-        for _ in range(4):  # backoff: up to 15 s, then up to 30 s
-            clock.advance(timedelta(seconds=30))
-            await asyncio.sleep(0.05)
-
-        async def sent() -> bool:
-            sms = [p for p in (await incident(client))["pages"] if p["channel"] == "sms"]
-            return bool(sms[0]["state"] == "sent")
-
-        await eventually(sent, "sent after two retryable errors")
-    assert [r.http_status for r in twilio.requests] == [429, 503, 201]
-    failing = [r for r in caplog.records if r.getMessage().startswith("channel failing")]
-    assert len(failing) == 1
-    assert failing[0].levelno == logging.WARNING
-    assert "429" in failing[0].fields["error"]  # type: ignore[attr-defined]
-    again = [r for r in caplog.records if r.getMessage() == "channel delivers again"]
-    assert [r.fields["channel"] for r in again] == ["sms"]  # type: ignore[attr-defined]
 
 
 async def test_invalid_number_fails_over_at_once(
