@@ -27,6 +27,7 @@ from responder.clock import FakeClock
 from responder.links import LinkError, link_secret, make_token, read_token
 from responder.runtime import RUNTIME, load_snapshot
 from responder.secrets import Secret
+from responder.store import StoreError
 from responder.testing import FakeTwilio, Fault, SmtpTestServer
 from responder.twilio_doors import Command, parse_reply
 from tests.conftest import AUTH, write_config
@@ -160,6 +161,22 @@ async def first_incident_paged(client: Client, twilio: FakeTwilio) -> None:
 )
 def test_reply_parsing(text: str, command: Command | None) -> None:
     assert parse_reply(text) == command
+
+
+def _second_transition_fails(daemon: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store refuses the second incident write from now on (a full disk, a lock): an
+    'ACK ALL' or a bundled call's keypress cut off part-way."""
+    store = daemon.app[RUNTIME].store
+    real = store.transition
+    calls: list[int] = []
+
+    async def second_write_fails(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise StoreError("database is locked")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "transition", second_write_fails)
 
 
 async def test_an_action_whose_request_is_wrong_is_400_not_409(daemon: Client) -> None:
@@ -468,23 +485,11 @@ async def test_an_ack_all_cut_off_part_way_is_finished_by_twilios_retry(
     the rest. Each write recorded the reply as taken, so the retry was ignored and #2 stayed
     unacknowledged with nobody told (crash review). Only the last write records it now; the
     incident acknowledged already is simply not asked again."""
-    from responder.store import StoreError
-
     await first_incident_paged(daemon, twilio)
     await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
     clock.advance(timedelta(minutes=1))  # past alice's rate limit: #2's SMS goes too
     await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) == 2), "#2 paged")
-    store = daemon.app[RUNTIME].store
-    real = store.transition
-    calls: list[int] = []
-
-    async def second_write_fails(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 2:
-            raise StoreError("database is locked")
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(store, "transition", second_write_fails)
+    _second_transition_fails(daemon, monkeypatch)
     inbound, sid = public(daemon, INBOUND_SMS_PATH), "SM" + "ef" * 16
     first = await twilio.send_inbound_sms(
         inbound, "+15551230001", "+15550000000", "ACK ALL", message_sid=sid
@@ -1015,8 +1020,6 @@ async def test_a_keypress_cut_off_part_way_through_a_bundled_call_is_finished_by
     rest, as it does for an 'ACK ALL'. Each write recorded the CallSid as taken, so the
     retry was taken for a repeat and the other incident stayed unacknowledged, escalating
     past the person who pressed 1."""
-    from responder.store import StoreError
-
     for n in (1, 2):
         await post(
             daemon, webhook(alert("DiskFull", instance=f"db-{n}"), group=f'{{}}:{{x="{n}"}}')
@@ -1025,17 +1028,7 @@ async def test_a_keypress_cut_off_part_way_through_a_bundled_call_is_finished_by
     clock.advance(timedelta(minutes=5))  # both voice pages are due together: one call
     await eventually(lambda: _true(len(twilio.calls("+15551230001")) >= 1), "the call")
     (call,) = twilio.calls("+15551230001")
-    store = daemon.app[RUNTIME].store
-    real = store.transition
-    calls: list[int] = []
-
-    async def second_write_fails(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 2:
-            raise StoreError("database is locked")
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(store, "transition", second_write_fails)
+    _second_transition_fails(daemon, monkeypatch)
     first = await twilio.send_keypress(call.sid, "1")
     assert "cannot reach its database" in first.text, first.text
     assert [(await incident(daemon, n))["state"] for n in (1, 2)] == [
