@@ -129,6 +129,17 @@ def _kill_orphan(pidfile: Path) -> None:
         os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
+async def _alice_texted(daemon: Daemon, twilio: FakeTwilio) -> None:
+    """An alert, and alice's SMS sent and recorded as sent."""
+    await post_alert(daemon, webhook(alert("TargetDown", instance="web-1")))
+    await wait_for(lambda: len(twilio.sent_sms("+15551230001")) == 1, 10, "alice's SMS")
+    for _ in range(100):
+        pages = (await incident_document(daemon))["pages"]
+        if [p["state"] for p in pages if p["channel"] == "sms"] == ["sent"]:
+            break
+        await asyncio.sleep(0.05)
+
+
 async def test_kill_9_between_marking_a_run_interrupted_and_escalating_it(
     tmp_path: Path, smtp: SmtpTestServer
 ) -> None:
@@ -399,13 +410,7 @@ async def test_kill_9_between_a_status_lookup_and_its_failover_fails_over_once(
     path = delivery_config(tmp_path, twilio, smtp)
     db = tmp_path / "state" / "responder.db"
     async with running(path) as daemon:
-        await post_alert(daemon, webhook(alert("TargetDown", instance="web-1")))
-        await wait_for(lambda: len(twilio.sent_sms("+15551230001")) == 1, 10, "alice's SMS")
-        for _ in range(100):
-            pages = (await incident_document(daemon))["pages"]
-            if [p["state"] for p in pages if p["channel"] == "sms"] == ["sent"]:
-                break
-            await asyncio.sleep(0.05)
+        await _alice_texted(daemon, twilio)
         daemon.process.send_signal(signal.SIGKILL)
         await daemon.process.wait()
     sid = twilio.sent_sms("+15551230001")[0].sid
@@ -531,13 +536,7 @@ async def test_kill_9_between_acting_on_an_sms_reply_and_recording_its_answer(
     db = tmp_path / "state" / "responder.db"
     sid = "SM" + "ab" * 16
     async with running(path) as daemon:
-        await post_alert(daemon, webhook(alert("TargetDown", instance="web-1")))
-        await wait_for(lambda: len(twilio.sent_sms("+15551230001")) == 1, 10, "alice's SMS")
-        for _ in range(100):
-            pages = (await incident_document(daemon))["pages"]
-            if [p["state"] for p in pages if p["channel"] == "sms"] == ["sent"]:
-                break
-            await asyncio.sleep(0.05)
+        await _alice_texted(daemon, twilio)
         make_writes_slow(db, "1", "UPDATE ON twilio_requests")
         reply = asyncio.create_task(sms_reply(daemon, twilio, sid, "ACK 1"))
         await kill_inside_a_slow_write(daemon, db)
