@@ -768,27 +768,38 @@ def cmd_drill(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"contacts": args.contact, "by": operator_name()}
     if args.policy:
         body["policy"] = args.policy
-    started = asyncio.run(client.request("POST", "/api/v1/drills", body=body))
-    drill_id = started["data"]["id"]
-    try:
-        # Within the try: a Ctrl-C right after this line must still say where the drill is.
-        print(
-            f"drill {drill_id} started; waiting up to {args.wait} for answers (Ctrl-C stops)",
-            flush=True,
-        )
-        result = asyncio.run(_await_drill(client, drill_id, wait.total_seconds()))
-    except KeyboardInterrupt:
-        # The drill goes on (answers are still recorded): say where to find it.
-        print(
-            f"\nstopped waiting; `responder drill --list` shows drill {drill_id}'s answers, "
-            f"`responder resolve {drill_id}` closes it"
-        )
+    result = asyncio.run(_run_drill(client, body, args.wait, wait.total_seconds()))
+    if result is None:
         return 130
     if args.json:
         print(_as_json(result))
     else:
         _print_drill(result)
     return 0 if result["answered"] == result["total"] else EXIT_FAILED
+
+
+async def _run_drill(
+    client: ApiClient, body: dict[str, Any], wait_text: str, seconds: float
+) -> dict[str, Any] | None:
+    """Start a drill and wait for its answers; None when Ctrl-C stopped the waiting. Ctrl-C
+    cancels the wait through the loop's own handler: a KeyboardInterrupt could land while
+    asyncio sets up or tears down, and end the command with a traceback."""
+    waiting = asyncio.current_task()
+    assert waiting is not None
+    started = await client.request("POST", "/api/v1/drills", body=body)
+    drill_id = started["data"]["id"]
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, waiting.cancel)
+    print(f"drill {drill_id} started; waiting up to {wait_text} for answers (Ctrl-C stops)",
+          flush=True)  # fmt: skip
+    try:
+        return await _await_drill(client, drill_id, seconds)
+    except asyncio.CancelledError:
+        # The drill goes on (answers are still recorded): say where to find it.
+        print(
+            f"\nstopped waiting; `responder drill --list` shows drill {drill_id}'s answers, "
+            f"`responder resolve {drill_id}` closes it"
+        )
+        return None
 
 
 async def _await_drill(client: ApiClient, drill_id: int, seconds: float) -> dict[str, Any]:
