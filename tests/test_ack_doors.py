@@ -163,6 +163,19 @@ def test_reply_parsing(text: str, command: Command | None) -> None:
     assert parse_reply(text) == command
 
 
+async def _one_call_for_two_incidents(daemon: Client, twilio: FakeTwilio, clock: FakeClock) -> Any:
+    """Two incidents for alice whose voice pages fall due together: one call tells of both."""
+    for n in (1, 2):
+        await post(
+            daemon, webhook(alert("DiskFull", instance=f"db-{n}"), group=f'{{}}:{{x="{n}"}}')
+        )
+    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) >= 1), "an SMS")
+    clock.advance(timedelta(minutes=5))  # both voice pages are due together: one call
+    await eventually(lambda: _true(len(twilio.calls("+15551230001")) >= 1), "the call")
+    (call,) = twilio.calls("+15551230001")
+    return call
+
+
 def _second_transition_fails(daemon: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """The store refuses the second incident write from now on (a full disk, a lock): an
     'ACK ALL' or a bundled call's keypress cut off part-way."""
@@ -997,14 +1010,7 @@ async def test_a_keypress_on_a_bundled_call_acknowledges_every_incident_in_it(
 ) -> None:
     """A call that told of several incidents offers "press 1" for them all (review, stop
     12: the key named a bundle, which the keypress door did not know)."""
-    for n in (1, 2):
-        await post(
-            daemon, webhook(alert("DiskFull", instance=f"db-{n}"), group=f'{{}}:{{x="{n}"}}')
-        )
-    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) >= 1), "an SMS")
-    clock.advance(timedelta(minutes=5))  # both voice pages are due together: one call
-    await eventually(lambda: _true(len(twilio.calls("+15551230001")) >= 1), "the call")
-    (call,) = twilio.calls("+15551230001")
+    call = await _one_call_for_two_incidents(daemon, twilio, clock)
     answer = await twilio.send_keypress(call.sid, "1")
     assert answer.status == 200
     assert "Incidents 1, 2 acknowledged" in answer.text
@@ -1020,14 +1026,7 @@ async def test_a_keypress_cut_off_part_way_through_a_bundled_call_is_finished_by
     rest, as it does for an 'ACK ALL'. Each write recorded the CallSid as taken, so the
     retry was taken for a repeat and the other incident stayed unacknowledged, escalating
     past the person who pressed 1."""
-    for n in (1, 2):
-        await post(
-            daemon, webhook(alert("DiskFull", instance=f"db-{n}"), group=f'{{}}:{{x="{n}"}}')
-        )
-    await eventually(lambda: _true(len(twilio.sent_sms("+15551230001")) >= 1), "an SMS")
-    clock.advance(timedelta(minutes=5))  # both voice pages are due together: one call
-    await eventually(lambda: _true(len(twilio.calls("+15551230001")) >= 1), "the call")
-    (call,) = twilio.calls("+15551230001")
+    call = await _one_call_for_two_incidents(daemon, twilio, clock)
     _second_transition_fails(daemon, monkeypatch)
     first = await twilio.send_keypress(call.sid, "1")
     assert "cannot reach its database" in first.text, first.text

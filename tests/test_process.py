@@ -126,6 +126,22 @@ async def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
     assert "responder stopped" in daemon.log.read_text()
 
 
+async def _webhook_begun(
+    daemon: Daemon, length: int, first: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A webhook's headers (``Content-Length: length``) and the first bytes of its body."""
+    port = int(daemon.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/v1/alertmanager HTTP/1.1\r\nHost: responder\r\n"
+        b"Content-Type: application/json\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {length}\r\n\r\n".encode()
+        + first
+    )
+    await writer.drain()
+    return reader, writer
+
+
 async def test_sigterm_finishes_a_webhook_whose_body_is_on_its_way(tmp_path: Path) -> None:
     """A webhook whose headers came before SIGTERM and whose body comes after it is read,
     stored and answered, and the daemon then exits at once. aiohttp alone drops what
@@ -133,15 +149,7 @@ async def test_sigterm_finishes_a_webhook_whose_body_is_on_its_way(tmp_path: Pat
     connection closed without an answer."""
     async with running(write_config(tmp_path)) as daemon:
         body = json.dumps(numbered_alert(7)).encode()
-        port = int(daemon.url.rsplit(":", 1)[1])
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
-            b"POST /api/v1/alertmanager HTTP/1.1\r\nHost: responder\r\n"
-            b"Content-Type: application/json\r\n"
-            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            + body[:10]
-        )
-        await writer.drain()
+        reader, writer = await _webhook_begun(daemon, len(body), body[:10])
         await asyncio.sleep(0.3)  # the handler has begun to read the body
         started = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)
@@ -166,14 +174,7 @@ async def test_a_second_sigterm_cuts_a_stuck_request_off_and_closes_the_store(
     second SIGTERM cuts it off at once, and the daemon still closes its store and exits 0
     (aiohttp's own second signal left the store open and exited 1)."""
     async with running(write_config(tmp_path)) as daemon:
-        port = int(daemon.url.rsplit(":", 1)[1])
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
-            b"POST /api/v1/alertmanager HTTP/1.1\r\nHost: responder\r\n"
-            b"Content-Type: application/json\r\n"
-            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n{{".encode()
-        )
-        await writer.drain()
+        _, writer = await _webhook_begun(daemon, 1000, b"{")
         await asyncio.sleep(0.3)
         started = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)
