@@ -204,6 +204,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, action, help_text in (
         ("ack", "acknowledge", "acknowledge an incident: escalation stops"),
         ("unack", "unacknowledge", "take an acknowledgement back: escalation starts over"),
+        (
+            "unsnooze",
+            "unsnooze",
+            "end a snooze now: the level reached is paged again and escalation resumes",
+        ),
         ("resolve", "resolve", "resolve an incident by hand"),
         ("note", "note", "add a note to an incident's timeline"),
     ):
@@ -743,7 +748,10 @@ def cmd_act(args: argparse.Namespace) -> int:
     elif not document.get("changed", True):
         # Asking for the state it is in is done, not refused (exit 0), as a script expects.
         noted = " (the note is recorded)" if text else ""
-        print(f"incident {data['id']} was already {data['state']}{noted}")
+        if args.action == "unsnooze":
+            print(f"incident {data['id']} was not snoozed: {data['state']}{noted}")
+        else:
+            print(f"incident {data['id']} was already {data['state']}{noted}")
     else:
         print(f"incident {data['id']}: {data['state']}")
     return 0

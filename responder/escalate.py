@@ -311,17 +311,10 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
                 )
             )
     steps = list(breaches)
-    if unsnooze and snooze_end is not None and (reached := last_level_reached(policy, done)):
-        # The snooze is over and nobody acknowledged: whoever the escalation had reached
-        # hears of it again now (the next level still waits its own time after the snooze).
-        step_id, level = reached
-        reminder = f"{step_id}.s{int(snooze_end.timestamp())}"
-        # Only if the level's condition holds now, as for any step: an office-hours level
-        # reached at 16:00 is not paged at 20:00 when a snooze ends.
-        holds = level.when.holds(view.severity, view.category, now, policy.business_hours)
-        if reminder not in done and holds:
-            step = Step(reminder, StepKind.LEVEL, now, level.number)
-            steps.append(_step_record(step, policy, config.directory, now))
+    if unsnooze and snooze_end is not None:
+        reminder = snooze_reminder(policy, config.directory, incident, done, snooze_end, now)
+        if reminder is not None:
+            steps.append(reminder)
     nobody = False
     due = due_steps(policy, view, now)
     if failure is not None:
@@ -355,6 +348,48 @@ def decide(work: EscalationWork, config: EscalationConfig, now: datetime) -> Dec
         upcoming = [t for t in upcoming if t is None or t > now] + [now + NOBODY_RETRY]
     wake = min((t for t in upcoming if t is not None), default=None)
     return Decision(tuple(steps), tuple(events), wake, unsnooze, keep_failure)
+
+
+def snooze_reminder(
+    policy: Policy,
+    directory: Directory,
+    incident: Incident,
+    done: frozenset[str],
+    snooze_end: datetime,
+    now: datetime,
+) -> StepDone | None:
+    """What a snooze's end pages when nobody acknowledged, whether it ran out or someone
+    ended it: whoever the escalation had reached hears of it again now (step
+    ``L<n>.s<end>``, whose message says "Its snooze ended"; the next level still waits its
+    own time after the snooze). None when no level was reached yet, or when the level's
+    condition does not hold now, as for any step: an office-hours level reached at 16:00
+    is not paged at 20:00 when a snooze ends."""
+    reached = last_level_reached(policy, done)
+    if reached is None:
+        return None
+    step_id, level = reached
+    reminder = f"{step_id}.s{int(snooze_end.timestamp())}"
+    severity = Severity(incident.severity)
+    if reminder in done or not level.when.holds(
+        severity, incident.category, now, policy.business_hours
+    ):
+        return None
+    return _step_record(Step(reminder, StepKind.LEVEL, now, level.number), policy, directory, now)
+
+
+def snooze_ended_by_hand(
+    config: EscalationConfig, incident: Incident, done: frozenset[str], end: datetime
+) -> list[StepDone]:
+    """The steps a snooze ended by hand at ``end`` takes at once (``act``'s unsnooze): the
+    reminder the engine pages when a snooze runs out. The engine's next pass does the rest
+    (the next level, re-armed from ``end``; targets), as after a snooze that ran out."""
+    if incident.category == DRILL_CATEGORY:
+        return []  # drills never escalate
+    policy = config.policy_for(incident.policy)
+    if policy is None:
+        return []
+    reminder = snooze_reminder(policy, config.directory, incident, done, end, end)
+    return [] if reminder is None else [reminder]
 
 
 def _failure_levels(
@@ -508,46 +543,13 @@ class Escalator:
                 progressed = True
                 for step in decision.steps:
                     if step.step in recorded:
-                        self._count(step, item.incident, now)
+                        count_step(self._metrics, step, item.incident, now)
                         paged = paged or bool(step.pages)
             if paged:
                 self._on_pages()
             handled += len(work)
             if not progressed or len(work) < self._batch:
                 return handled
-
-    def _count(self, step: StepDone, incident: Incident, now: datetime) -> None:
-        m = self._metrics
-        if step.event is None:
-            # An incident whose alerts went stale ended unseen: no time to resolve.
-            if (
-                step.step == CLOSED_STEP
-                and incident.resolved_at is not None
-                and incident.resolved_by != STALE_SWEEP
-            ):
-                took = (incident.resolved_at - incident.started).total_seconds()
-                m.time_to_resolve.labels(incident.severity).observe(took)
-            return
-        kind = step.event.kind
-        if kind is Event.TARGET_BREACHED:
-            m.target_breaches.labels(incident.severity, str(step.event.detail["target"])).inc()
-            return
-        m.escalation_steps.labels(kind.value).inc()
-        due = step.event.detail.get("due")
-        if isinstance(due, str):
-            m.escalation_lag.observe((now - datetime.fromisoformat(due)).total_seconds())
-        for page in step.pages:
-            m.pages_queued.labels(page.channel, page.kind.value).inc()
-        if kind is Event.NOBODY_TO_PAGE:
-            log.error(
-                "escalation step found nobody to page",
-                extra=fields(incident=incident.id, step=step.step),
-            )
-        elif step.pages:
-            log.info(
-                "escalated",
-                extra=fields(incident=incident.id, step=step.step, pages=len(step.pages)),
-            )
 
     async def run_forever(self) -> None:
         while True:
@@ -573,3 +575,38 @@ class Escalator:
             if until <= now:
                 continue
             await sleep_until_or_woken(self._clock, until, self._wake)
+
+
+def count_step(metrics: Metrics, step: StepDone, incident: Incident, now: datetime) -> None:
+    """Metrics and log of one escalation step recorded (by the engine, or by an unsnooze)."""
+    m = metrics
+    if step.event is None:
+        # An incident whose alerts went stale ended unseen: no time to resolve.
+        if (
+            step.step == CLOSED_STEP
+            and incident.resolved_at is not None
+            and incident.resolved_by != STALE_SWEEP
+        ):
+            took = (incident.resolved_at - incident.started).total_seconds()
+            m.time_to_resolve.labels(incident.severity).observe(took)
+        return
+    kind = step.event.kind
+    if kind is Event.TARGET_BREACHED:
+        m.target_breaches.labels(incident.severity, str(step.event.detail["target"])).inc()
+        return
+    m.escalation_steps.labels(kind.value).inc()
+    due = step.event.detail.get("due")
+    if isinstance(due, str):
+        m.escalation_lag.observe((now - datetime.fromisoformat(due)).total_seconds())
+    for page in step.pages:
+        m.pages_queued.labels(page.channel, page.kind.value).inc()
+    if kind is Event.NOBODY_TO_PAGE:
+        log.error(
+            "escalation step found nobody to page",
+            extra=fields(incident=incident.id, step=step.step),
+        )
+    elif step.pages:
+        log.info(
+            "escalated",
+            extra=fields(incident=incident.id, step=step.step, pages=len(step.pages)),
+        )

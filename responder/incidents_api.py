@@ -1,6 +1,7 @@
 """Incidents through the authenticated JSON API, and ``act``: the one function every door
 (API, CLI, SMS reply, voice keypress, email link) uses to acknowledge, resolve, snooze,
-reassign or annotate an incident, so each is recorded, counted and woken the same way."""
+unsnooze, reassign or annotate an incident, so each is recorded, counted and woken the same
+way."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from responder.api import MAX_LIMIT, authenticated, iso
+from responder.escalate import count_step, snooze_ended_by_hand
 from responder.incident import (
     Incident,
     IncidentNotFound,
@@ -19,6 +21,7 @@ from responder.incident import (
     Page,
     PageKind,
     StateConflict,
+    StepDone,
     TimelineEvent,
     TransitionError,
 )
@@ -29,7 +32,7 @@ from responder.runtime import RUNTIME, Runtime
 from responder.store import StoredAlert, StoreError, row_id
 from responder.yamlfile import parse_duration
 
-ACTIONS = ("acknowledge", "unacknowledge", "resolve", "snooze", "reassign", "note")
+ACTIONS = ("acknowledge", "unacknowledge", "resolve", "snooze", "unsnooze", "reassign", "note")
 MAX_TEXT = 2000
 MAX_SNOOZE = timedelta(days=7)
 
@@ -59,9 +62,19 @@ async def act(
             raise TransitionError("reassign needs a contact")
         pages = reassign_pages(runtime, assignee, now)
     escalation = runtime.snapshot.escalation
+    if action == "unsnooze" and runtime.rearm_pending:
+        # The steps stored may still name the old policies' levels: the reminder would
+        # page whoever the new numbering puts there. The re-arm is retried every 5 s.
+        raise StoreError("escalation is being re-armed for the new policies; try again shortly")
 
     def once_only(policy: str | None) -> frozenset[str]:
         return once_only_steps(escalation.policy_for(policy))
+
+    resumed: list[StepDone] = []
+
+    def resume(incident: Incident, done: frozenset[str], end: datetime) -> list[StepDone]:
+        resumed[:] = snooze_ended_by_hand(escalation, incident, done, end)
+        return resumed
 
     incident, changed = await runtime.store.transition(
         incident_id,
@@ -77,9 +90,12 @@ async def act(
         expect=expect,
         taking=taking,
         answer=answer,
+        resume=resume,
     )
     if changed:
         runtime.metrics.incident_actions.labels(action, via).inc()
+        for step in resumed:  # recorded with the unsnooze, as the engine's steps are counted
+            count_step(runtime.metrics, step, incident, now)
         first = incident.first_acknowledged_at
         # The first acknowledgement since the trigger (not one after an unacknowledge; a
         # drill's, each contact's answer, stays out of the figures as in the report).

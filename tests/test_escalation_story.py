@@ -334,6 +334,126 @@ async def test_snooze_holds_escalation_then_resumes(
     await eventually(lambda: _has(client, ("L2", "bob", "sms", "sent")), "level 2 after snooze")
 
 
+async def test_unsnooze_ends_the_snooze_as_its_time_would(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Snoozed for an hour, ended by bob after 20 minutes: triggered again at once, alice
+    (the level reached) is reminded now with the page saying why, level 2 waits its full
+    gap from the early end, and the planned end, when it comes, does nothing more."""
+    registry = CollectorRegistry()
+    client = await make_client(story_config(tmp_path, smtp, twilio), registry)
+    await post(client, webhook(alert("TargetDown", instance="web-1:9100")))
+    await eventually(lambda: _has(client, ("L1", "alice", "sms", "sent")), "paged")
+    planned_end = clock.now() + timedelta(hours=1)
+    response = await client.post(
+        "/api/v1/incidents/1/snooze", json={"by": "alice", "for": "1h"}, headers=AUTH
+    )
+    assert response.status == 200, await response.text()
+    await settle(client, clock, timedelta(minutes=20))
+    ended_at = clock.now()
+    response = await client.post(
+        "/api/v1/incidents/1/unsnooze",
+        json={"by": "bob", "text": "deploy rolled back, watching"},
+        headers=AUTH,
+    )
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    assert answer["changed"] is True
+    data = answer["data"]
+    assert (data["state"], data["acknowledgedAt"]) == ("triggered", None)
+    # The end is kept, as after a snooze that ran out: escalation is re-armed from it.
+    assert data["snoozedUntil"] == ended_at.isoformat().replace("+00:00", "Z")
+
+    async def reminded() -> bool:
+        pages = pages_of(await incident(client), contact="alice", channel="sms", state="sent")
+        return (f"L1.s{int(ended_at.timestamp())}", "alice", "sms", "sent") in pages
+
+    await eventually(reminded, "alice reminded when bob ended the snooze")
+    reminder = twilio.sent_sms("+15551230001")[-1]
+    assert "Its snooze ended" in reminder.body, reminder.body
+    timeline = (await incident(client))["timeline"]
+    ended = [e for e in timeline if e["kind"] == "snooze_ended"]
+    assert [(e["actor"], e["via"]) for e in ended] == [("bob", "api")]
+    assert ended[0]["detail"] == {
+        "until": planned_end.isoformat(),
+        "note": "deploy rolled back, watching",
+    }
+    kinds = [
+        e["kind"]
+        for e in timeline
+        if e["at"] == ended[0]["at"] and e["kind"] in ("snooze_ended", "escalated")
+    ]
+    assert kinds == ["snooze_ended", "escalated"]  # cause before effect, as the engine writes
+
+    # Re-armed from the early end: level 2 waits its full 15 minutes after it.
+    await settle(client, clock, timedelta(minutes=14))
+    assert not pages_of(await incident(client), step="L2")
+    clock.advance(timedelta(minutes=2))
+    await eventually(lambda: _has(client, ("L2", "bob", "sms", "sent")), "level 2 after unsnooze")
+    # The snooze's planned end passes: it is over already, nobody hears of it again.
+    await settle(client, clock, timedelta(minutes=40))
+    doc = await incident(client)
+    assert [e["kind"] for e in doc["timeline"]].count("snooze_ended") == 1
+    assert {p[0] for p in pages_of(doc, contact="alice") if ".s" in p[0]} == {
+        f"L1.s{int(ended_at.timestamp())}"
+    }
+    text = await (await client.get("/metrics")).text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("responder_incident_actions_total", (("action", "unsnooze"), ("via", "api")))]
+    # The reminder is counted as the engine counts its steps.
+    escalated = [e for e in doc["timeline"] if e["kind"] == "escalated"]
+    assert samples[("responder_escalation_steps_total", (("kind", "escalated"),))] == len(escalated)
+
+
+async def test_unsnooze_of_an_incident_not_snoozed(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    twilio: FakeTwilio,
+) -> None:
+    """Not snoozed (triggered, acknowledged): 200 with changed false, nothing happens but a
+    note given with it; resolved: 409, as the other actions on a resolved incident."""
+    client = await make_client(story_config(tmp_path, smtp, twilio))
+    await post(client, webhook(alert("TargetDown", instance="web-1:9100")))
+    await eventually(lambda: _has(client, ("L1", "alice", "sms", "sent")), "paged")
+
+    async def unsnooze(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        response = await client.post("/api/v1/incidents/1/unsnooze", json=body, headers=AUTH)
+        document: dict[str, Any] = await response.json()
+        return response.status, document
+
+    status, answer = await unsnooze({"by": "bob", "text": "was it snoozed?"})
+    assert (status, answer["changed"], answer["data"]["state"]) == (200, False, "triggered")
+    doc = await incident(client)
+    assert [e["detail"] for e in doc["timeline"] if e["kind"] == "note"] == [
+        {"text": "was it snoozed?"}
+    ]
+    acked = await client.post("/api/v1/incidents/1/acknowledge", json={"by": "alice"}, headers=AUTH)
+    assert acked.status == 200
+    status, answer = await unsnooze({"by": "bob"})
+    assert (status, answer["changed"], answer["data"]["state"]) == (200, False, "acknowledged")
+    await settle(client, clock, timedelta(minutes=20))
+    doc = await incident(client)
+    assert "snooze_ended" not in [e["kind"] for e in doc["timeline"]]
+    assert not [p for p in doc["pages"] if p["step"] != "L1"]  # nobody paged by it
+    resolved = await client.post("/api/v1/incidents/1/resolve", json={"by": "alice"}, headers=AUTH)
+    assert resolved.status == 200
+    status, answer = await unsnooze({"by": "bob"})
+    assert status == 409
+    assert "resolved" in answer["error"]
+    missing = await client.post("/api/v1/incidents/9/unsnooze", json={}, headers=AUTH)
+    assert missing.status == 404
+
+
 async def test_an_acknowledged_incident_snoozed_keeps_its_answer(
     make_client: ClientFactory,
     tmp_path: Path,

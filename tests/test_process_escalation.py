@@ -186,7 +186,8 @@ async def test_cli_asking_for_the_state_an_incident_is_in_exits_0_a_refusal_exit
 ) -> None:
     """A script that acts on an incident: asking for the state it is in already (unack of a
     triggered one, resolve of a resolved one) says so and exits 0, keeping a note given with
-    it; an action its state does not allow (ack, snooze, unack of a resolved one) exits 1."""
+    it; an action its state does not allow (ack, snooze, unack, unsnooze of a resolved one)
+    exits 1. An unsnooze of an incident not snoozed says so and exits 0."""
     config = write_config(tmp_path)
     async with running(config) as daemon:
         async with (
@@ -202,12 +203,21 @@ async def test_cli_asking_for_the_state_an_incident_is_in_exits_0_a_refusal_exit
 
         unacked = await run("unack", "1")
         assert (unacked.returncode, unacked.stdout) == (0, "incident 1 was already triggered\n")
+        unsnoozed = await run("unsnooze", "1")
+        assert (unsnoozed.returncode, unsnoozed.stdout) == (
+            0,
+            "incident 1 was not snoozed: triggered\n",
+        )
+        snoozed = await run("snooze", "1", "2h")
+        assert (snoozed.returncode, snoozed.stdout) == (0, "incident 1: snoozed\n")
+        unsnoozed = await run("unsnooze", "1", "--by", "bob", "--note", "back on it")
+        assert (unsnoozed.returncode, unsnoozed.stdout) == (0, "incident 1: triggered\n")
         resolved = await run("resolve", "1", "--by", "alice", "--note", "exporter restarted")
         assert (resolved.returncode, resolved.stdout) == (0, "incident 1: resolved\n")
         again = await run("resolve", "1", "--by", "bob", "--note", "root cause: full disk")
         assert again.returncode == 0, again.stderr
         assert again.stdout == "incident 1 was already resolved (the note is recorded)\n"
-        for refused in (("ack", "1"), ("snooze", "1", "30m"), ("unack", "1")):
+        for refused in (("ack", "1"), ("snooze", "1", "30m"), ("unack", "1"), ("unsnooze", "1")):
             answer = await run(*refused)
             assert answer.returncode == 1, (refused, answer.stdout, answer.stderr)
             assert "409: incident 1 is already resolved" in answer.stderr
@@ -215,6 +225,12 @@ async def test_cli_asking_for_the_state_an_incident_is_in_exits_0_a_refusal_exit
     assert shown["resolvedBy"] == "alice"
     notes = [(e["actor"], e["detail"]) for e in shown["timeline"] if e["kind"] == "note"]
     assert notes == [("bob", {"text": "root cause: full disk"})]
+    ended = [
+        (e["actor"], e["via"], e["detail"].get("note"))
+        for e in shown["timeline"]
+        if e["kind"] == "snooze_ended"
+    ]
+    assert ended == [("bob", "cli", "back on it")]
 
 
 async def test_cli_lists_with_nothing_to_show_say_so(tmp_path: Path) -> None:

@@ -123,6 +123,70 @@ async def test_a_snoozed_incident_whose_policy_is_removed_starts_the_default_fro
     assert any(contact == "carol" for _, contact, _ in pages), pages
 
 
+async def test_an_unsnooze_waits_for_the_re_arm_of_a_reload(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,  # noqa: F811
+    twilio: FakeTwilio,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Snoozed after bob ('ops' level 2) was paged; a reload removes 'ops' and the store
+    refuses its re-arm for a while. An unsnooze meanwhile is refused (503, still snoozed):
+    the steps stored still name the old levels, and its reminder would page dave, whom the
+    default's level 2 names. Once the re-arm is written the default starts from its start,
+    as at a snooze's own end: carol is paged, dave is not."""
+    from responder import runtime as runtime_module
+    from responder.runtime import RUNTIME
+    from responder.store import StoreError
+
+    monkeypatch.setattr(runtime_module, "REARM_RETRY_S", 0.01)
+    extra = channels(tmp_path, smtp, twilio)
+    client = await make_client(
+        write_config(tmp_path, config(OPS + STANDARD) + extra, rules=RULES_OPS)
+    )
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    for _ in range(16):
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")
+    answer = await client.post(
+        "/api/v1/incidents/1/snooze", json={"by": "bob", "for": "1h"}, headers=AUTH
+    )
+    assert answer.status == 200, await answer.text()
+    runtime = client.app[RUNTIME]
+    real = runtime.store.rearm_open_incidents
+    disk_full = [True]
+
+    async def failing_while_full(*args: Any, **kwargs: Any) -> int:
+        if disk_full[0]:
+            raise StoreError("database or disk is full")
+        count: int = await real(*args, **kwargs)
+        return count
+
+    monkeypatch.setattr(runtime.store, "rearm_open_incidents", failing_while_full)
+    write_config(tmp_path, config(STANDARD) + extra, rules=RULES_DEFAULT)
+    assert (await client.post("/-/reload", headers=AUTH)).status == 503
+    answer = await client.post("/api/v1/incidents/1/unsnooze", json={"by": "bob"}, headers=AUTH)
+    assert answer.status == 503, await answer.text()
+    assert "re-armed" in (await answer.json())["error"]
+    assert (await incident(client))["state"] == "snoozed"
+    disk_full[0] = False
+    await eventually(lambda: _true(not runtime.rearm_pending), "the re-arm written")
+    answer = await client.post("/api/v1/incidents/1/unsnooze", json={"by": "bob"}, headers=AUTH)
+    assert answer.status == 200, await answer.text()
+    assert (await answer.json())["data"]["state"] == "triggered"
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "carol"), "carol")
+    for _ in range(5):
+        await settle(client, clock, timedelta(minutes=1))
+    pages = await _contacts(client)
+    assert not [p for p in pages if p[1] == "dave"], pages
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_an_acknowledged_incident_moved_to_the_default_gets_its_management_level(
     make_client: ClientFactory,
     tmp_path: Path,

@@ -552,11 +552,14 @@ class Store(ContainmentStore, Protocol):
         expect: Callable[[Incident], None] | None = None,
         taking: str | None = None,
         answer: Callable[[Incident, bool], str | None] | None = None,
+        resume: Callable[[Incident, frozenset[str], datetime], Sequence[StepDone]] | None = None,
     ) -> tuple[Incident, bool]:
-        """acknowledge, unacknowledge, resolve, snooze, reassign or note; raises
+        """acknowledge, unacknowledge, resolve, snooze, unsnooze, reassign or note; raises
         ``IncidentNotFound`` or ``TransitionError``. ``once_only``: for an incident's
         policy, the steps an unacknowledge must not do again (they stay done in the new
-        episode). ``expect`` sees the incident as the write finds it and raises to refuse
+        episode). ``resume(incident, done, end)``: the steps an unsnooze records at once
+        (the snooze's reminder), given the steps done in the episode and the snooze's end.
+        ``expect`` sees the incident as the write finds it and raises to refuse
         the action (an email link's trigger), so nothing can change in between.
         ``taking``: the Twilio request (its sid) that asks for the action, recorded as
         taken in the same write (``take_twilio_request``), so a crash keeps both or

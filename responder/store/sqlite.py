@@ -776,6 +776,7 @@ class SQLiteStore:
         expect: Callable[[Incident], None] | None = None,
         taking: str | None = None,
         answer: Callable[[Incident, bool], str | None] | None = None,
+        resume: Callable[[Incident, frozenset[str], datetime], Sequence[StepDone]] | None = None,
     ) -> tuple[Incident, bool]:
         now_us = to_us(now)
         until_us = None if until is None else to_us(until)
@@ -794,6 +795,7 @@ class SQLiteStore:
                 pages=pages,
                 once_only=once_only,
                 expect=expect,
+                resume=resume,
             )
             if taking is not None:
                 # DO NOTHING: an ACK ALL acts in one write per incident, each taking it.

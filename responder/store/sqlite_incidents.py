@@ -876,11 +876,14 @@ def transition(
     pages: Sequence[NewPage] = (),
     once_only: Callable[[str | None], Collection[str]] | None = None,
     expect: Callable[[Incident], None] | None = None,
+    resume: Callable[[Incident, frozenset[str], datetime], Sequence[StepDone]] | None = None,
 ) -> tuple[Incident, bool]:
-    """Acknowledge, unacknowledge, resolve, snooze, reassign or note. Returns the incident after
-    the change and whether anything changed: asking for the state the incident is in already
-    (acknowledging or resolving twice, unacknowledging a triggered incident) is not an error
-    and not a second event; an action its state does not allow raises TransitionError."""
+    """Acknowledge, unacknowledge, resolve, snooze, unsnooze, reassign or note. Returns the
+    incident after the change and whether anything changed: asking for the state the
+    incident is in already (acknowledging or resolving twice, unacknowledging a triggered
+    incident, unsnoozing one that is not snoozed) is not an error and not a second event;
+    an action its state does not allow raises TransitionError. ``resume(incident, done,
+    end)``: the steps an unsnooze takes at once, from the steps done in the episode."""
     incident = get_incident(conn, incident_id)
     if expect is not None:
         expect(incident)
@@ -963,6 +966,11 @@ def transition(
         )
         detail["until"] = from_us(until_us).isoformat()
         kind = Event.SNOOZED
+    elif action == "unsnooze":
+        if state is not IncidentState.SNOOZED:  # triggered or acknowledged: not snoozed
+            return _unchanged(conn, incident, now_us, actor, via, text)
+        _end_snooze(conn, incident, actor, via, now_us, text, resume)
+        return get_incident(conn, incident_id), True
     elif action == "reassign":
         if not assignee:
             raise TransitionError("reassign needs a contact")
@@ -990,6 +998,40 @@ def transition(
         detail["note"] = text
     _event(conn, incident_id, now_us, kind, actor, detail, via)
     return get_incident(conn, incident_id), True
+
+
+def _end_snooze(
+    conn: sqlite3.Connection,
+    incident: Incident,
+    actor: str,
+    via: str,
+    now_us: int,
+    text: str | None,
+    resume: Callable[[Incident, frozenset[str], datetime], Sequence[StepDone]] | None,
+) -> None:
+    """A snooze ended by hand ends as one that ran out (``apply_steps`` with ``unsnooze``):
+    triggered again, the end kept in ``snoozed_until`` (escalation is re-armed from it),
+    the reminder of the level reached recorded with its pages, and the engine due now for
+    the rest; only its timeline entry names who ended it."""
+    planned = incident.snoozed_until
+    # A snooze already over that the engine has not seen yet ends at its own time: the
+    # reminder's step is the one the engine would have taken, so it is not taken twice.
+    end_us = now_us if planned is None else min(now_us, to_us(planned))
+    done = frozenset(
+        row[0]
+        for row in conn.execute(
+            "SELECT step FROM steps WHERE incident_id = ? AND episode = ?",
+            (incident.id, incident.episode),
+        )
+    )
+    steps = resume(incident, done, from_us(end_us)) if resume is not None else ()
+    detail: dict[str, object] = {"until": None if planned is None else planned.isoformat()}
+    if text:
+        detail["note"] = text
+    event = TimelineEvent(from_us(now_us), Event.SNOOZE_ENDED, actor, via, detail)
+    # The containment failure an incident may carry is the engine's to page (keep_failure).
+    apply_steps(conn, incident.id, incident.version, steps, [event], now_us, True, now_us, True)
+    conn.execute("UPDATE incidents SET snoozed_until = ? WHERE id = ?", (end_us, incident.id))
 
 
 def _unchanged(
