@@ -13,7 +13,7 @@ from responder.classify.matchers import Matcher, MatcherError, parse_matchers
 from responder.ingest import json_error, unauthorized
 from responder.model import AlertStatus
 from responder.runtime import RUNTIME
-from responder.store import AlertQuery, StoredAlert, StoreError
+from responder.store import AlertQuery, StoredAlert, StoreError, row_id
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -82,7 +82,11 @@ def alert_document(alert: StoredAlert) -> dict[str, Any]:
 
 @authenticated
 async def list_alerts(request: web.Request) -> web.StreamResponse:
-    """GET /api/v1/alerts?status=firing&filter=severity="critical"&limit=100"""
+    """GET /api/v1/alerts?status=firing&filter=severity="critical"&limit=100&before=ID
+
+    Newest first (by id). ``more`` says whether older alerts may match; ``nextBefore`` is
+    then the ``before`` of the next page: ids only grow, so alerts stored meanwhile do not
+    shift a page, and none is listed twice or skipped."""
     runtime = request.app[RUNTIME]
     statuses: set[AlertStatus] = set()
     for value in request.query.getall("status", []):
@@ -97,6 +101,11 @@ async def list_alerts(request: web.Request) -> web.StreamResponse:
         return json_error(400, "limit: expected a whole number")
     if not 0 < limit <= MAX_LIMIT:
         return json_error(400, f"limit: must be 1 to {MAX_LIMIT}")
+    before = None
+    if "before" in request.query:
+        before = row_id(request.query["before"])
+        if before is None:
+            return json_error(400, "before: expected an alert id (a whole number)")
     try:
         matchers = [m for text in request.query.getall("filter", []) for m in parse_matchers(text)]
     except MatcherError as exc:
@@ -104,26 +113,37 @@ async def list_alerts(request: web.Request) -> web.StreamResponse:
     query = AlertQuery(
         statuses=frozenset(statuses),
         fingerprint=request.query.get("fingerprint"),
-        # Label filters are applied after the read: read pages until enough match.
-        limit=MAX_LIMIT if matchers else limit,
+        # One more than asked for: whether there are more is known, not guessed. Label
+        # filters are applied after the read: read pages until enough match.
+        limit=MAX_LIMIT if matchers else limit + 1,
+        before_id=before,
     )
     answer: dict[str, Any] = {"status": "ok"}
+    next_before = None
     try:
         alerts = await runtime.store.list_alerts(query)
         if matchers:
             found, scanned = _matching(alerts, matchers), len(alerts)
-            while len(found) < limit and len(alerts) == MAX_LIMIT:
+            while len(found) <= limit and len(alerts) == MAX_LIMIT:
                 if scanned >= MAX_FILTER_SCAN:
-                    # Say so rather than let an older match look absent.
+                    # Say so rather than let an older match look absent; the next page
+                    # goes on searching where this one stopped.
                     answer["truncated"] = f"searched the newest {scanned} alerts only"
+                    next_before = alerts[-1].id
                     break
                 query = replace(query, before_id=alerts[-1].id)
                 alerts = await runtime.store.list_alerts(query)
                 found += _matching(alerts, matchers)
                 scanned += len(alerts)
-            alerts = found[:limit]
+            alerts = found
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
+    if len(alerts) > limit:
+        alerts = alerts[:limit]
+        next_before = alerts[-1].id
+    answer["more"] = next_before is not None
+    if next_before is not None:
+        answer["nextBefore"] = next_before
     answer["data"] = [alert_document(a) for a in alerts]
     return web.json_response(answer)
 

@@ -30,7 +30,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from responder import __version__
-from responder.api import MAX_LIMIT
 from responder.auth import ensure_generated_token, token_path
 from responder.classify import format_duration, render_explanation, run_rule_tests
 from responder.client import ApiClient, CertificateRefused, ClientError, CredentialsMissing
@@ -147,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
         "--filter", action="append", default=[], help='label matcher, e.g. severity="critical"'
     )
     alerts.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    alerts.add_argument(
+        "--before",
+        type=int,
+        metavar="ID",
+        help="only alerts older than this id: the next page of a list cut at --limit",
+    )
     alerts.add_argument(
         "--json", action="store_true", help="print the data of the daemon's answer as JSON"
     )
@@ -665,10 +670,10 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_cut(what: str, limit: int) -> None:
+def _say_cut(what: str, limit: int, onward: str = "") -> None:
     # A page of rows in a storm must not read as all there is.
-    print(f"responder: more {what} than the {limit} shown (newest first); --limit shows more",
-          file=sys.stderr)  # fmt: skip
+    print(f"responder: more {what} than the {limit} shown (newest first); --limit shows more"
+          f"{onward}", file=sys.stderr)  # fmt: skip
 
 
 def cmd_incident(args: argparse.Namespace) -> int:
@@ -1066,14 +1071,12 @@ def _as_json(data: Any) -> str:
 def cmd_alerts(args: argparse.Namespace) -> int:
     config = load_config(args.config, state_dir=args.state_dir)
     client = ApiClient.from_config(config, args.url, args.cacert)
-    # One more than shown, so that a list cut at the limit can say so.
-    asked = args.limit + 1 if 0 < args.limit < MAX_LIMIT else args.limit
-    params: list[tuple[str, str]] = [("limit", str(asked))]
+    params: list[tuple[str, str]] = [("limit", str(args.limit))]
     params += [("status", s) for s in args.status or []]
     params += [("filter", f) for f in args.filter]
+    if args.before is not None:
+        params.append(("before", str(args.before)))
     document = asyncio.run(client.request("GET", "/api/v1/alerts", params=params))
-    cut = len(document["data"]) > args.limit
-    document["data"] = document["data"][: args.limit]
     if args.json:
         print(_as_json(document["data"]))
     elif not document["data"]:
@@ -1083,10 +1086,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             ["ID", "STATUS", "SEV", "CATEGORY", "RULE", "ALERTNAME", "STARTED", "SEEN", "LABELS"],
             [_alert_row(alert) for alert in document["data"]],
         )
-    if cut:
-        _say_cut("alerts", args.limit)
+    following = document.get("nextBefore")
     if "truncated" in document:
-        print(f"responder: the filter {document['truncated']}", file=sys.stderr)
+        onward = f"; --before {following} searches older ones" if following else ""
+        print(f"responder: the filter {document['truncated']}{onward}", file=sys.stderr)
+    elif document.get("more"):
+        _say_cut("alerts", args.limit, f", --before {following} the next ones")
     return 0
 
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from responder import cli
+from responder import api, cli
 from responder.app import build_app
 from responder.runtime import load_snapshot
 from tests.conftest import AUTH, payload, write_config
@@ -86,3 +86,28 @@ async def test_a_list_cut_at_its_limit_says_so(
         code, out, err = await run_cli(capsys, "alerts", "-c", str(config), "--limit", "0")
         assert code == 2
         assert "limit: must be 1 to 10000" in err
+
+
+async def test_alerts_cut_at_the_limit_say_where_the_next_page_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`responder alerts` cut at --limit names the --before of the next page, and that page
+    goes on from there; a list cut at the daemon's largest limit says so too (the command
+    asked for one more than it showed to tell, which it could not at that limit)."""
+    async with daemon(tmp_path) as (config, url):
+        await post_alerts(url, 3)
+
+        async def alerts(*args: str) -> tuple[list[str], str]:
+            code, out, err = await run_cli(capsys, "alerts", "-c", str(config), *args)
+            assert code == 0, err
+            return [line.split()[0] for line in out.splitlines()[1:]], err
+
+        ids, err = await alerts("--limit", "2")
+        assert ids == ["3", "2"]
+        assert "more alerts than the 2 shown" in err
+        assert "--before 2 the next ones" in err
+        assert await alerts("--limit", "2", "--before", "2") == (["1"], "")
+        monkeypatch.setattr(api, "MAX_LIMIT", 2)  # the daemon's largest limit, here 2
+        ids, err = await alerts("--limit", "2")
+        assert ids == ["3", "2"]
+        assert "more alerts than the 2 shown" in err

@@ -406,6 +406,62 @@ async def test_label_filters_read_past_the_newest_page(
     answer = await response.json()
     assert answer["data"] == []
     assert answer["truncated"] == "searched the newest 6 alerts only"
+    # The search goes on where it stopped: the ids 10 to 5 were searched.
+    assert (answer["more"], answer["nextBefore"]) == (True, 5)
+    response = await client.get(
+        '/api/v1/alerts?limit=2&filter=instance="host-0"&before=5', headers=AUTH
+    )
+    answer = await response.json()
+    assert [a["labels"]["instance"] for a in answer["data"]] == ["host-0"]
+    assert (answer["more"], "truncated" in answer, "nextBefore" in answer) == (False, False, False)
+
+
+async def _page(client: Client, query: str) -> tuple[list[str], bool, int | None]:
+    """The instances of one page of alerts, whether there are more, and the next page's
+    ``before``."""
+    response = await client.get(f"/api/v1/alerts?{query}", headers=AUTH)
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    instances = [a["labels"]["instance"] for a in answer["data"]]
+    return instances, answer["more"], answer.get("nextBefore")
+
+
+async def test_the_alert_list_says_when_it_was_cut_and_pages_on(client: Client) -> None:
+    """A list cut at its limit says so (``more``) and where the next page starts
+    (``nextBefore``, for ``before``); pages are by id, so alerts stored between two
+    requests do not shift them: every alert once, none skipped. A list that ends exactly
+    at its limit is not said to be cut."""
+    document = payload("firing-api")
+    template = document["alerts"][0]
+
+    async def store(i: int) -> None:
+        labels = {**template["labels"], "instance": f"host-{i}"}
+        document["alerts"] = [{**template, "labels": labels, "fingerprint": f"{i:016x}"}]
+        assert (await post(client, document)).status == 200
+
+    for i in range(5):
+        await store(i)
+    assert await _page(client, "limit=5") == ([f"host-{i}" for i in (4, 3, 2, 1, 0)], False, None)
+    first = await _page(client, "limit=2")
+    assert first == (["host-4", "host-3"], True, 4)
+    await store(5)  # stored between two pages: on the newest page, not on the next ones
+    second = await _page(client, f"limit=2&before={first[2]}")
+    assert second == (["host-2", "host-1"], True, 2)
+    assert await _page(client, f"limit=2&before={second[2]}") == (["host-0"], False, None)
+    assert await _page(client, "limit=1") == (["host-5"], True, 6)
+    # The same with a label filter: a page ends at its last match.
+    matching = 'filter=instance=~"host-[0-2]"'
+    assert await _page(client, f"limit=1&{matching}") == (["host-2"], True, 3)
+    assert await _page(client, f"limit=1&{matching}&before=3") == (["host-1"], True, 2)
+    assert await _page(client, f"limit=2&{matching}&before=3") == (
+        ["host-1", "host-0"],
+        False,
+        None,
+    )
+    for bad in ("abc", "-1", "1.5", "99999999999999999999"):
+        response = await client.get(f"/api/v1/alerts?before={bad}", headers=AUTH)
+        assert response.status == 400, bad
+        assert "before:" in (await response.json())["error"]
 
 
 async def test_storage_failure_is_503(client: Client) -> None:
