@@ -1002,7 +1002,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError(
             "report", 0, "", f"--since {args.since} is in the future; give a time before now"
         )
-    params = [("since", since.isoformat()), ("limit", str(REPORT_LIMIT))]
+    # Every trigger that started in the period: an incident opened before it that fired
+    # again in it counts too.
+    params = [("startedSince", since.isoformat()), ("limit", str(REPORT_LIMIT))]
     document = asyncio.run(client.request("GET", "/api/v1/incidents", params=params))
     if args.json:
         print(_as_json(document["data"]))

@@ -28,6 +28,7 @@ from responder.incident import (
 from responder.ingest import json_error, read_json_object
 from responder.model import DRILL_CATEGORY
 from responder.policy import once_only_steps
+from responder.report import TRIGGER_EVENTS, trigger_document, trigger_history
 from responder.runtime import RUNTIME, Runtime
 from responder.store import StoredAlert, StoreError, row_id
 from responder.yamlfile import parse_duration
@@ -244,23 +245,41 @@ async def list_incidents(request: web.Request) -> web.StreamResponse:
         return json_error(400, "limit: expected a whole number")
     if not 0 < limit <= MAX_LIMIT:
         return json_error(400, f"limit: must be 1 to {MAX_LIMIT}")
-    since = None
-    if "since" in request.query:
+    times: dict[str, datetime | None] = {"since": None, "startedSince": None}
+    for name in times:
+        if name not in request.query:
+            continue
         try:
-            since = datetime.fromisoformat(request.query["since"])
+            times[name] = moment = datetime.fromisoformat(request.query[name])
         except ValueError:
-            return json_error(400, "since: expected an ISO 8601 time")
-        if since.tzinfo is None:
-            return json_error(400, "since: needs a time zone (e.g. Z)")
+            return json_error(400, f"{name}: expected an ISO 8601 time")
+        if moment.tzinfo is None:
+            return json_error(400, f"{name}: needs a time zone (e.g. Z)")
     try:
-        incidents = await runtime.store.list_incidents(states, since, limit + 1)
+        incidents = await runtime.store.list_incidents(
+            states, times["since"], limit + 1, started_since=times["startedSince"]
+        )
+        answer: dict[str, object] = {"status": "ok"}
+        if len(incidents) > limit:  # more match than asked for: say so, a count must not guess
+            answer["truncated"] = True
+        incidents = incidents[:limit]
+        # Only an incident that resolved and fired again has had earlier triggers.
+        refired = [i.id for i in incidents if i.started > i.opened_at]
+        events = await runtime.store.trigger_events(refired, sorted(TRIGGER_EVENTS))
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
-    answer: dict[str, object] = {"status": "ok"}
-    if len(incidents) > limit:  # more match than asked for: say so, a count must not guess
-        answer["truncated"] = True
-    answer["data"] = [incident_document(i) for i in incidents[:limit]]
+    answer["data"] = [
+        incident_document(i) | {"earlierTriggers": _earlier_triggers(i, events.get(i.id, []))}
+        for i in incidents
+    ]
     return web.json_response(answer)
+
+
+def _earlier_triggers(incident: Incident, events: list[TimelineEvent]) -> list[dict[str, Any]]:
+    """The incident's triggers before its current one, from its timeline, as the metrics
+    observed them: what the period report counts besides the current trigger."""
+    history = trigger_history([_event_document(e) for e in events], incident.started)
+    return [trigger_document(t) for t in history]
 
 
 _STATES = ", ".join(s.value for s in IncidentState)
@@ -279,6 +298,7 @@ async def get_incident(request: web.Request) -> web.StreamResponse:
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
     document = incident_document(incident)
+    document["earlierTriggers"] = _earlier_triggers(incident, timeline)
     document["alerts"] = [_alert_summary(a) for a in alerts]
     document["timeline"] = [_event_document(e) for e in timeline]
     document["pages"] = [_page_document(p) for p in pages]

@@ -28,14 +28,19 @@ from responder.classify import format_duration
 from responder.model import DRILL_CATEGORY, STALE_SWEEP, Severity
 
 __all__ = [
+    "TRIGGER_EVENTS",
     "IncidentFigures",
     "TargetCheck",
     "TargetStatus",
+    "Trigger",
     "drill_results",
+    "earlier_triggers",
     "incident_figures",
     "incident_report",
     "md_text",
     "period_report",
+    "trigger_document",
+    "trigger_history",
 ]
 
 # -- escaping ------------------------------------------------------------------------------------
@@ -255,6 +260,138 @@ def incident_figures(doc: Mapping[str, Any], *, now: datetime) -> IncidentFigure
     )
 
 
+# -- triggers -------------------------------------------------------------------------------------
+
+# The timeline entries that start, answer, end or judge a trigger.
+TRIGGER_EVENTS = frozenset(
+    {"triggered", "retriggered", "acknowledged", "severity_raised", "target_breached", "resolved"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """One trigger of an incident before its current one: an incident that resolved and
+    fired again (a re-fire) has had several, and the metrics observed each of them.
+    ``severity`` is the one it ended with (a raise during it included)."""
+
+    start: datetime
+    severity: str | None
+    acknowledged: datetime | None
+    acknowledged_by: str | None
+    acknowledged_via: str | None
+    resolved: datetime | None
+    resolved_by: str | None
+    resolved_via: str | None
+    breached: tuple[str, ...]
+
+    @property
+    def ended_unseen(self) -> bool:
+        """Resolved because its last alerts went stale: no time to resolve, as in the metric."""
+        return self.resolved is not None and self.resolved_by == STALE_SWEEP
+
+
+def trigger_history(events: Sequence[Mapping[str, Any]], current: datetime) -> list[Trigger]:
+    """The triggers before the one that started at ``current``, read from the timeline (event
+    documents; at one instant, in the engine's order): each runs from its ``triggered`` or
+    ``retriggered`` entry to the next one; its first acknowledgement, its resolve and the
+    targets the engine recorded as breached are the first such entries in that span, as the
+    metrics counted them. Its severity is its opening's, raised by any raise during it."""
+    timed = sorted(
+        ((at, e) for e in events if (at := _time(e, "at")) is not None), key=lambda item: item[0]
+    )
+    starts = [
+        (at, e) for at, e in timed if e.get("kind") in ("triggered", "retriggered") and at < current
+    ]
+    triggers: list[Trigger] = []
+    for number, (start, opening) in enumerate(starts, 1):
+        end = starts[number][0] if number < len(starts) else current
+        window = [(at, e) for at, e in timed if start <= at < end]
+        acked = next((e for _, e in window if e.get("kind") == "acknowledged"), None)
+        resolved = next((e for _, e in window if e.get("kind") == "resolved"), None)
+        severity = _detail_text(opening, "severity")
+        for _, event in window:
+            if event.get("kind") == "severity_raised":
+                severity = _detail_text(event, "to") or severity
+        breached = {
+            target
+            for _, e in window
+            if e.get("kind") == "target_breached" and (target := _detail_text(e, "target"))
+        }
+        triggers.append(
+            Trigger(
+                start=start,
+                severity=severity,
+                acknowledged=None if acked is None else _time(acked, "at"),
+                acknowledged_by=None if acked is None else _text(acked, "actor"),
+                acknowledged_via=None if acked is None else _text(acked, "via"),
+                resolved=None if resolved is None else _time(resolved, "at"),
+                resolved_by=None if resolved is None else _text(resolved, "actor"),
+                resolved_via=None if resolved is None else _text(resolved, "via"),
+                breached=tuple(sorted(breached)),
+            )
+        )
+    return triggers
+
+
+def _detail_text(event: Mapping[str, Any], key: str) -> str | None:
+    detail = event.get("detail")
+    value = detail.get(key) if isinstance(detail, Mapping) else None
+    return value if isinstance(value, str) and value else None
+
+
+def trigger_document(trigger: Trigger) -> dict[str, Any]:
+    """A trigger as the API's ``earlierTriggers`` lists it."""
+
+    def iso(moment: datetime | None) -> str | None:  # as the API writes times
+        return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+    return {
+        "startedAt": iso(trigger.start),
+        "severity": trigger.severity,
+        "firstAcknowledgedAt": iso(trigger.acknowledged),
+        "firstAcknowledgedBy": trigger.acknowledged_by,
+        "firstAcknowledgedVia": trigger.acknowledged_via,
+        "resolvedAt": iso(trigger.resolved),
+        "resolvedBy": trigger.resolved_by,
+        "resolvedVia": trigger.resolved_via,
+        "breached": list(trigger.breached),
+    }
+
+
+def earlier_triggers(doc: Mapping[str, Any], current: datetime | None) -> list[Trigger]:
+    """The incident's triggers before its current one (which started at ``current``): the
+    document's ``earlierTriggers`` (the API's), else read from its ``timeline``."""
+    if current is None:
+        return []
+    listed = doc.get("earlierTriggers")
+    if listed is None:
+        return trigger_history(_mappings(doc.get("timeline")), current)
+    triggers = []
+    for item in _mappings(listed):
+        start = _time(item, "startedAt")
+        if start is None or start >= current:
+            continue
+        breached = item.get("breached")
+        triggers.append(
+            Trigger(
+                start=start,
+                severity=_text(item, "severity"),
+                acknowledged=_time(item, "firstAcknowledgedAt"),
+                acknowledged_by=_text(item, "firstAcknowledgedBy"),
+                acknowledged_via=_text(item, "firstAcknowledgedVia"),
+                resolved=_time(item, "resolvedAt"),
+                resolved_by=_text(item, "resolvedBy"),
+                resolved_via=_text(item, "resolvedVia"),
+                breached=tuple(
+                    sorted(str(t) for t in breached if isinstance(t, str))
+                    if isinstance(breached, list)
+                    else ()
+                ),
+            )
+        )
+    return sorted(triggers, key=lambda t: t.start)
+
+
 # -- formatting ------------------------------------------------------------------------------------
 
 
@@ -355,60 +492,38 @@ def _labels(value: object) -> str:
     return ", ".join(f"{md_text(k, 60)}={md_text(v, 200)}" for k, v in sorted(value.items()))
 
 
-def _earlier_triggers(events: Sequence[Mapping[str, Any]], current: datetime | None) -> list[str]:
-    """One line per trigger before the current one (a re-fire after a resolve starts a new
-    trigger, and the figures above are its own): when it started, its first acknowledgement,
-    its resolve and the targets the engine recorded as breached, read from the timeline. The
-    metrics counted each of them; without these lines a breach of the first trigger read as
-    "met" once the incident fired again."""
-    starts: list[tuple[datetime, Mapping[str, Any]]] = []
-    for event in events:
-        at = _time(event, "at")
-        if at is not None and event.get("kind") in ("triggered", "retriggered"):
-            starts.append((at, event))
-    starts.sort(key=lambda item: item[0])
-    if current is None:
-        return []
-    earlier = [(at, event) for at, event in starts if at < current]
+def _earlier_trigger_lines(triggers: Sequence[Trigger]) -> list[str]:
+    """One line per trigger before the current one (the figures above are its own): when it
+    started, its first acknowledgement, its resolve and the targets the engine recorded as
+    breached. The metrics counted each of them; without these lines a breach of the first
+    trigger read as "met" once the incident fired again."""
     lines: list[str] = []
-    for number, (start, opening) in enumerate(earlier, 1):
-        end = earlier[number][0] if number < len(earlier) else current
-        window = [
-            (at, e) for e in events if (at := _time(e, "at")) is not None and start <= at < end
-        ]
-        acked = next(((at, e) for at, e in window if e.get("kind") == "acknowledged"), None)
-        resolved = next(((at, e) for at, e in window if e.get("kind") == "resolved"), None)
-        breached = sorted(
-            {
-                str(e["detail"].get("target"))
-                for _, e in window
-                if e.get("kind") == "target_breached" and isinstance(e.get("detail"), Mapping)
-            }
-        )
-        detail = opening.get("detail")
-        severity = detail.get("severity") if isinstance(detail, Mapping) else None
+    for number, trigger in enumerate(triggers, 1):
+        start = trigger.start
         parts = [f"- Earlier trigger {number}, from {_utc(start)}"]
-        if isinstance(severity, str):
-            parts[0] += f" ({md_text(severity, 20)})"
-        if acked is None:
+        if trigger.severity is not None:
+            parts[0] += f" ({md_text(trigger.severity, 20)})"
+        if trigger.acknowledged is None:
             parts.append("not acknowledged")
         else:
-            parts.append(f"acknowledged after {_span(acked[0] - start)}{_by(acked[1])}")
-        if resolved is None:
+            by = _by_whom(trigger.acknowledged_by, trigger.acknowledged_via)
+            parts.append(f"acknowledged after {_span(trigger.acknowledged - start)}{by}")
+        if trigger.resolved is None:
             parts.append("not resolved")
-        elif _text(resolved[1], "actor") == STALE_SWEEP:
-            parts.append(f"its alerts went stale after {_span(resolved[0] - start)}")
+        elif trigger.ended_unseen:
+            parts.append(f"its alerts went stale after {_span(trigger.resolved - start)}")
         else:
-            parts.append(f"resolved after {_span(resolved[0] - start)}{_by(resolved[1])}")
-        if breached:
-            targets = " and ".join(md_text(t, 20) for t in breached)
+            by = _by_whom(trigger.resolved_by, trigger.resolved_via)
+            parts.append(f"resolved after {_span(trigger.resolved - start)}{by}")
+        if trigger.breached:
+            targets = " and ".join(md_text(t, 20) for t in trigger.breached)
             parts.append(f"**{targets} target breached**")
         lines.append(": ".join(parts[:2]) + "".join(f"; {p}" for p in parts[2:]))
     return lines
 
 
-def _by(event: Mapping[str, Any]) -> str:
-    who = _who(event)
+def _by_whom(actor: str | None, via: str | None) -> str:
+    who = _who({"actor": actor, "via": via})
     return f" by {who}" if who else ""
 
 
@@ -538,7 +653,7 @@ def incident_report(doc: Mapping[str, Any], *, now: datetime) -> str:
     if figures.resolve is not None:
         resolve_line += f" ({figures.resolve})"
     pages = _mappings(doc.get("pages"))
-    earlier = _earlier_triggers(_mappings(doc.get("timeline")), figures.resolve_from)
+    earlier = _earlier_trigger_lines(earlier_triggers(doc, figures.resolve_from))
     if earlier:
         lines.append(
             f"- The incident fired again after it resolved: the current trigger, since "
@@ -633,60 +748,145 @@ def _stats_row(values: Sequence[float]) -> list[str]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """One trigger the period review counts: an incident's current one or an earlier one."""
+
+    doc: Mapping[str, Any]
+    number: int  # which of the incident's triggers, from 1
+    of: int  # how many it has had
+    severity: str
+    start: datetime
+    acknowledged: bool
+    resolved: bool
+    still_open: bool
+    time_to_acknowledge: timedelta | None
+    time_to_resolve: timedelta | None
+    ended_unseen: bool
+    respond: TargetStatus | None
+    resolve: TargetStatus | None
+
+
+def _counted(doc: Mapping[str, Any], now: datetime) -> list[_Counted]:
+    """Every trigger of one incident document, the current one last."""
+    figures = incident_figures(doc, now=now)
+    current = figures.resolve_from or figures.opened
+    earlier = earlier_triggers(doc, current)
+    severity = _text(doc, "severity") or "?"
+    target = doc.get("target")
+    targets = {
+        name
+        for name, key in (("respond", "respondSeconds"), ("resolve", "resolveSeconds"))
+        if isinstance(target, Mapping) and _seconds(target, key) is not None
+    }
+
+    def recorded(trigger: Trigger, name: str, done: bool) -> TargetStatus | None:
+        # An earlier trigger is judged by what the engine recorded while it lasted.
+        if name in trigger.breached:
+            return TargetStatus.BREACHED
+        return TargetStatus.MET if name in targets and done else None
+
+    rows = [
+        _Counted(
+            doc=doc,
+            number=number,
+            of=len(earlier) + 1,
+            severity=t.severity or severity,
+            start=t.start,
+            acknowledged=t.acknowledged is not None,
+            resolved=t.resolved is not None,
+            still_open=False,
+            time_to_acknowledge=None if t.acknowledged is None else t.acknowledged - t.start,
+            time_to_resolve=None if t.resolved is None else t.resolved - t.start,
+            ended_unseen=t.ended_unseen,
+            respond=recorded(t, "respond", t.acknowledged is not None or t.resolved is not None),
+            resolve=recorded(t, "resolve", t.resolved is not None),
+        )
+        for number, t in enumerate(earlier, 1)
+    ]
+    rows.append(
+        _Counted(
+            doc=doc,
+            number=len(earlier) + 1,
+            of=len(earlier) + 1,
+            severity=severity,
+            start=current,
+            acknowledged=figures.acknowledged is not None,
+            resolved=figures.resolved is not None,
+            still_open=figures.resolved is None,
+            time_to_acknowledge=figures.time_to_acknowledge,
+            time_to_resolve=figures.time_to_resolve,
+            ended_unseen=figures.ended_unseen,
+            respond=None if figures.respond is None else figures.respond.status,
+            resolve=None if figures.resolve is None else figures.resolve.status,
+        )
+    )
+    return rows
+
+
 def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: datetime) -> str:
-    """Incidents opened in ``[since, until)``: counts, MTTA, MTTR and target breaches, as Markdown.
+    """Triggers that started in ``[since, until)``: counts, MTTA, MTTR and target breaches, as
+    Markdown. An incident that resolved and fired again counts once per trigger, each with
+    its own times and severity, as the metrics observe them.
 
     Incidents still open are judged against their targets at ``until``.
     """
     require_aware(since, "since")
     require_aware(until, "until")
-    chosen: list[tuple[Mapping[str, Any], IncidentFigures]] = []
+    chosen: list[_Counted] = []
     drills = 0
+    left_out = 0
     for doc in docs:
-        figures = incident_figures(doc, now=until)
-        if not since <= figures.opened < until:
-            continue
+        triggers = _counted(doc, until)
+        inside = [row for row in triggers if since <= row.start < until]
         if _text(doc, "category") == DRILL_CATEGORY:
-            drills += 1  # tests of the paging path, not incidents: kept out of the figures
+            # Tests of the paging path, not incidents: kept out of the figures.
+            drills += 1 if inside else 0
             continue
-        chosen.append((doc, figures))
-    left_out = len(docs) - len(chosen) - drills
+        left_out += len(triggers) - len(inside)
+        chosen += inside
+    chosen.sort(key=lambda row: row.start)
 
-    groups: dict[str, list[IncidentFigures]] = {}
-    for doc, figures in chosen:
-        groups.setdefault(_text(doc, "severity") or "?", []).append(figures)
+    groups: dict[str, list[_Counted]] = {}
+    for row in chosen:
+        groups.setdefault(row.severity, []).append(row)
     order = _severity_order(groups)
-    everything = [f for _, f in chosen]
 
-    def tta(group: Sequence[IncidentFigures]) -> list[float]:
-        return [t.total_seconds() for f in group if (t := f.time_to_acknowledge) is not None]
+    def tta(group: Sequence[_Counted]) -> list[float]:
+        return [t.total_seconds() for r in group if (t := r.time_to_acknowledge) is not None]
 
-    def ttr(group: Sequence[IncidentFigures]) -> list[float]:
+    def ttr(group: Sequence[_Counted]) -> list[float]:
         return [
             t.total_seconds()
-            for f in group
-            if (t := f.time_to_resolve) is not None and not f.ended_unseen
+            for r in group
+            if (t := r.time_to_resolve) is not None and not r.ended_unseen
         ]
 
-    def breaches(group: Sequence[IncidentFigures], which: str) -> str:
-        checks = [getattr(f, which) for f in group]
-        return str(sum(1 for c in checks if c is not None and c.status is TargetStatus.BREACHED))
+    def breaches(group: Sequence[_Counted], which: str) -> str:
+        return str(sum(1 for r in group if getattr(r, which) is TargetStatus.BREACHED))
 
     labelled = [(md_text(name, 40), groups.get(name, [])) for name in order]
-    labelled.append(("**All**", everything))
-    still_open = sum(1 for f in everything if f.resolved is None)
+    labelled.append(("**All**", chosen))
+    still_open = sum(1 for r in chosen if r.still_open)
+    incidents = len({id(r.doc) for r in chosen})
+    if incidents == len(chosen):
+        counted = f"{incidents} incident{'' if incidents == 1 else 's'} fired in the period"
+    else:
+        counted = (
+            f"{len(chosen)} triggers of {incidents} incident{'' if incidents == 1 else 's'} in "
+            "the period (an incident that resolved and fired again counts once per trigger)"
+        )
     lines = [
         f"# Incidents from {_utc(since)} to {_utc(until)}",
         "",
-        f"{len(chosen)} incident{'' if len(chosen) == 1 else 's'} opened in the period; "
-        f"{still_open} still open.",
+        f"{counted}; {still_open} still open.",
         "",
         "## By severity",
         "",
         *_table(
             [
                 "Severity",
-                "Incidents",
+                "Triggers",
                 "Still open",
                 "Acknowledged",
                 "Resolved",
@@ -697,9 +897,9 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
                 [
                     name,
                     str(len(group)),
-                    str(sum(1 for f in group if f.resolved is None)),
-                    str(sum(1 for f in group if f.acknowledged is not None)),
-                    str(sum(1 for f in group if f.resolved is not None)),
+                    str(sum(1 for r in group if r.still_open)),
+                    str(sum(1 for r in group if r.acknowledged)),
+                    str(sum(1 for r in group if r.resolved)),
                     breaches(group, "respond"),
                     breaches(group, "resolve"),
                 ]
@@ -727,28 +927,33 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
         lines += ["## Incidents", ""]
         rows = [
             [
-                md_text(doc.get("id", "?"), 40),
-                md_text(_text(doc, "severity") or "?", 40),
-                md_text(_text(doc, "title") or _text(doc, "key") or "", 120),
-                _utc(f.opened),
-                "—" if (a := f.time_to_acknowledge) is None else _span(a),
-                "open"
-                if (r := f.time_to_resolve) is None
-                else f"{_span(r)} (stale)"
-                if f.ended_unseen
-                else _span(r),
+                md_text(r.doc.get("id", "?"), 40)
+                + (f" (trigger {r.number} of {r.of})" if r.of > 1 else ""),
+                md_text(r.severity, 40),
+                md_text(_text(r.doc, "title") or _text(r.doc, "key") or "", 120),
+                _utc(r.start),
+                "—" if (a := r.time_to_acknowledge) is None else _span(a),
+                ("open" if r.still_open else "—")
+                if (t := r.time_to_resolve) is None
+                else f"{_span(t)} (stale)"
+                if r.ended_unseen
+                else _span(t),
                 ", ".join(
-                    f"{what} {check.status}"
-                    for what, check in (("respond", f.respond), ("resolve", f.resolve))
-                    if check is not None
+                    f"{what} {status}"
+                    for what, status in (("respond", r.respond), ("resolve", r.resolve))
+                    if status is not None
                 ),
             ]
-            for doc, f in sorted(chosen, key=lambda item: item[1].opened)
+            for r in chosen
         ]
-        lines += [*_table(["Id", "Severity", "Title", "Opened", "TTA", "TTR", "Targets"], rows), ""]
+        lines += [
+            *_table(["Id", "Severity", "Title", "Started", "TTA", "TTR", "Targets"], rows),
+            "",
+        ]
 
-    unacked = sum(1 for f in everything if f.acknowledged is None)
-    unseen = sum(1 for f in everything if f.ended_unseen)
+    unacked = sum(1 for r in chosen if not r.acknowledged)
+    unresolved = sum(1 for r in chosen if not r.resolved)
+    unseen = sum(1 for r in chosen if r.ended_unseen)
     lines += [
         "## Notes",
         "",
@@ -760,19 +965,23 @@ def period_report(docs: Sequence[Mapping[str, Any]], *, since: datetime, until: 
             if drills
             else []
         ),
-        f"- MTTA counts acknowledged incidents only ({unacked} never acknowledged); it runs from "
-        "the incident's start (its trigger, whatever episodes followed).",
-        f"- MTTR counts resolved incidents only ({still_open} unresolved); it runs from the "
-        "incident's start too. Incidents that ended because their alerts went stale (no copy "
+        "- An incident that resolved and fired again counts once for each trigger that started "
+        "in the period, each with its own times and its severity as that trigger ended, as the "
+        "metrics observe them.",
+        f"- MTTA counts acknowledged triggers only ({unacked} never acknowledged); it runs from "
+        "the trigger's start (whatever episodes followed) to its first acknowledgement.",
+        f"- MTTR counts resolved triggers only ({unresolved} unresolved); it runs from the "
+        "trigger's start too. Triggers that ended because their alerts went stale (no copy "
         f"within alerts.stale_after: nobody saw them end) are not counted ({unseen}; marked "
         '"(stale)" above).',
         "- p90 is by nearest rank. Open incidents are judged against their targets at the end "
         "of the period; an incident resolved without acknowledgement met the respond target if "
-        "it was resolved within it.",
+        "it was resolved within it. An earlier trigger is judged by the breaches the engine "
+        "recorded while it lasted.",
     ]
     if left_out:
         lines.append(
-            f"- {left_out} incident{'s' if left_out > 1 else ''} opened outside the "
+            f"- {left_out} trigger{'s' if left_out > 1 else ''} that started outside the "
             "period left out."
         )
     lines.append("")

@@ -14,6 +14,8 @@ from responder.report import (
     incident_report,
     md_text,
     period_report,
+    trigger_document,
+    trigger_history,
 )
 
 T0 = datetime(2026, 3, 31, 8, 0, tzinfo=UTC)
@@ -366,7 +368,7 @@ def test_period_counts_breaches_and_open_incidents_per_severity() -> None:
     text = period_report(
         month(), since=datetime(2026, 3, 1, tzinfo=UTC), until=datetime(2026, 4, 1, tzinfo=UTC)
     )
-    assert "7 incidents opened in the period; 2 still open." in text
+    assert "7 incidents fired in the period; 2 still open." in text
     counts = table(text, "By severity")
     # Incidents, still open, acknowledged, resolved, respond breached, resolve breached.
     assert counts["P0"] == ["0", "0", "0", "0", "0", "0"]
@@ -374,7 +376,7 @@ def test_period_counts_breaches_and_open_incidents_per_severity() -> None:
     assert counts["P2"] == ["3", "1", "2", "2", "0", "0"]
     assert counts["P3"] == ["1", "1", "0", "0", "1", "1"]
     assert counts["**All**"] == ["7", "2", "5", "5", "2", "2"]
-    assert "- 1 incident opened outside the period left out." in text
+    assert "- 1 trigger that started outside the period left out." in text
 
 
 def test_period_mtta_and_mttr_mean_median_p90() -> None:
@@ -396,8 +398,8 @@ def test_period_mtta_and_mttr_mean_median_p90() -> None:
     assert mttr["P2"] == ["2", "45m", "45m", "1h"]
     assert mttr["**All**"] == ["5", "3h30m", "2h", "10h"]
     notes = "\n".join(section(text, "Notes"))
-    assert "acknowledged incidents only (2 never acknowledged)" in notes
-    assert "resolved incidents only (2 unresolved)" in notes
+    assert "acknowledged triggers only (2 never acknowledged)" in notes
+    assert "resolved triggers only (2 unresolved)" in notes
 
 
 def test_period_lists_each_incident_with_escaped_titles() -> None:
@@ -417,7 +419,7 @@ def test_an_empty_period_still_renders() -> None:
     text = period_report(
         [], since=datetime(2026, 3, 1, tzinfo=UTC), until=datetime(2026, 4, 1, tzinfo=UTC)
     )
-    assert "0 incidents opened in the period; 0 still open." in text
+    assert "0 incidents fired in the period; 0 still open." in text
     assert table(text, "Time to resolve (MTTR)")["**All**"] == ["0", "—", "—", "—"]
 
 
@@ -430,11 +432,11 @@ def test_drills_are_left_out_of_the_figures_and_counted_in_the_notes() -> None:
         since=datetime(2026, 3, 1, tzinfo=UTC),
         until=datetime(2026, 4, 1, tzinfo=UTC),
     )
-    assert "7 incidents opened in the period; 2 still open." in text
+    assert "7 incidents fired in the period; 2 still open." in text
     assert table(text, "By severity")["P3"] == ["1", "1", "0", "0", "1", "1"]
     notes = "\n".join(section(text, "Notes"))
     assert "Drills are left out of every figure above (1 in the period" in notes
-    assert "- 1 incident opened outside the period left out." in text
+    assert "- 1 trigger that started outside the period left out." in text
 
 
 def test_period_mttr_leaves_out_incidents_that_ended_by_going_stale() -> None:
@@ -504,6 +506,150 @@ def test_a_trigger_before_a_re_fire_keeps_its_figures_and_breaches() -> None:
         "- Earlier trigger 1, from 2026-03-31 08:00:00 UTC (P0): not acknowledged; resolved "
         "after 40m by bob via cli; **respond target breached**",
     ]
+
+
+def event(
+    when: datetime, kind: str, actor: str | None, via: str | None, **detail: Any
+) -> dict[str, Any]:
+    return {"at": when.isoformat(), "kind": kind, "actor": actor, "via": via, "detail": detail}
+
+
+REFIRED = BASE + timedelta(days=1)
+
+
+def refired(first_resolved_by: str = "alertmanager") -> dict[str, Any]:
+    """Incident 12 fired as P2 and was raised to P1, acknowledged after 40 min (past its
+    30 min respond target, which the engine recorded) and resolved after 90 min; it fired
+    again at 2 h as P2, was acknowledged 5 min later and resolved 30 min after it fired."""
+
+    def m(minutes: float) -> datetime:
+        return REFIRED + timedelta(minutes=minutes)
+
+    doc = incident(12, "P2", REFIRED, None, None, P2_TARGET)
+    return doc | {
+        "state": "resolved",
+        "triggeredAt": m(120).isoformat(),
+        "startedAt": m(120).isoformat(),
+        "firstAcknowledgedAt": m(125).isoformat(),
+        "acknowledgedAt": m(125).isoformat(),
+        "resolvedAt": m(150).isoformat(),
+        "resolvedBy": "alertmanager",
+        "episode": 2,
+        "timeline": [
+            event(m(0), "triggered", "alertmanager", "alertmanager", severity="P2"),
+            event(m(0), "alert_fired", "alertmanager", "alertmanager", severity="P2"),
+            event(m(5), "severity_raised", "alertmanager", "alertmanager", to="P1"),
+            event(m(30), "target_breached", "responder", "engine", target="respond"),
+            event(m(40), "acknowledged", "alice", "sms"),
+            event(m(50), "unacknowledged", "alice", "api"),
+            event(m(55), "acknowledged", "bob", "api"),
+            event(m(90), "resolved", first_resolved_by, first_resolved_by),
+            event(m(120), "retriggered", "alertmanager", "alertmanager", severity="P2"),
+            event(m(125), "acknowledged", "alice", "email"),
+            event(m(150), "resolved", "alertmanager", "alertmanager"),
+        ],
+    }
+
+
+MARCH = {"since": datetime(2026, 3, 1, tzinfo=UTC), "until": datetime(2026, 4, 1, tzinfo=UTC)}
+
+
+def test_period_counts_each_trigger_of_an_incident_that_fired_again() -> None:
+    """The first trigger is counted too, with its own times (from its own start, to its
+    first acknowledgement) and the severity it had (P1 after the raise), as the metrics
+    observed it: the report counted only the latest trigger, so the 40 min answer and its
+    breach were missing from the MTTA that the histograms showed."""
+    text = period_report([refired()], **MARCH)
+    assert (
+        "2 triggers of 1 incident in the period (an incident that resolved and fired again "
+        "counts once per trigger); 0 still open." in text
+    )
+    counts = table(text, "By severity")
+    assert counts["P1"] == ["1", "0", "1", "1", "1", "0"]
+    assert counts["P2"] == ["1", "0", "1", "1", "0", "0"]
+    assert counts["**All**"] == ["2", "0", "2", "2", "1", "0"]
+    mtta = table(text, "Time to acknowledge (MTTA)")
+    assert mtta["P1"] == ["1", "40m", "40m", "40m"]
+    assert mtta["P2"] == ["1", "5m", "5m", "5m"]
+    assert mtta["**All**"] == ["2", "22m30s", "22m30s", "40m"]
+    mttr = table(text, "Time to resolve (MTTR)")
+    assert mttr["**All**"] == ["2", "1h", "1h", "1h30m"]
+    listed = table(text, "Incidents")
+    assert listed["12 (trigger 1 of 2)"][0] == "P1"
+    assert listed["12 (trigger 1 of 2)"][2:] == [
+        "2026-03-11 00:00:00 UTC",
+        "40m",
+        "1h30m",
+        "respond breached, resolve met",
+    ]
+    assert listed["12 (trigger 2 of 2)"][2:] == [
+        "2026-03-11 02:00:00 UTC",
+        "5m",
+        "30m",
+        "respond met, resolve met",
+    ]
+    assert "left out" not in text
+
+
+def test_a_period_that_holds_only_the_second_trigger_counts_that_one() -> None:
+    """From 1 h on: the re-fire at 2 h is in, the first trigger (and the opening) is not."""
+    text = period_report([refired()], since=REFIRED + timedelta(hours=1), until=MARCH["until"])
+    assert "1 incident fired in the period; 0 still open." in text
+    assert table(text, "By severity")["P1"] == ["0", "0", "0", "0", "0", "0"]
+    assert table(text, "Time to acknowledge (MTTA)")["**All**"] == ["1", "5m", "5m", "5m"]
+    assert table(text, "Time to resolve (MTTR)")["**All**"] == ["1", "30m", "30m", "30m"]
+    assert list(table(text, "Incidents")) == ["12 (trigger 2 of 2)"]
+    assert "- 1 trigger that started outside the period left out." in text
+    before = period_report([refired()], since=MARCH["since"], until=REFIRED + timedelta(hours=1))
+    assert list(table(before, "Incidents")) == ["12 (trigger 1 of 2)"]
+
+
+def test_the_api_s_earlier_triggers_count_as_the_timeline_does() -> None:
+    """The API lists an incident's earlier triggers (``earlierTriggers``), read from its
+    timeline, without the timeline itself: both reports read the same figures from it."""
+    doc = refired()
+    history = trigger_history(doc["timeline"], REFIRED + timedelta(hours=2))
+    assert [trigger_document(t) for t in history] == [
+        {
+            "startedAt": "2026-03-11T00:00:00Z",
+            "severity": "P1",
+            "firstAcknowledgedAt": "2026-03-11T00:40:00Z",
+            "firstAcknowledgedBy": "alice",
+            "firstAcknowledgedVia": "sms",
+            "resolvedAt": "2026-03-11T01:30:00Z",
+            "resolvedBy": "alertmanager",
+            "resolvedVia": "alertmanager",
+            "breached": ["respond"],
+        }
+    ]
+    listed = {k: v for k, v in doc.items() if k != "timeline"}
+    listed["earlierTriggers"] = [trigger_document(t) for t in history]
+    assert period_report([listed], **MARCH) == period_report([doc], **MARCH)
+    now = MARCH["until"]
+    assert (
+        section(incident_report(listed, now=now), "Key figures")[:4]
+        == section(incident_report(doc, now=now), "Key figures")[:4]
+    )
+
+
+def test_an_earlier_trigger_that_ended_by_going_stale_is_left_out_of_mttr() -> None:
+    """Its alerts went stale: nobody saw it end, so it has no time to resolve (as in the
+    metric), but its acknowledgement still counts in MTTA."""
+    text = period_report([refired(first_resolved_by="stale-sweep")], **MARCH)
+    assert table(text, "Time to acknowledge (MTTA)")["**All**"][0] == "2"
+    assert table(text, "Time to resolve (MTTR)")["**All**"] == ["1", "30m", "30m", "30m"]
+    assert table(text, "Incidents")["12 (trigger 1 of 2)"][4] == "1h30m (stale)"
+    assert "are not counted (1;" in "\n".join(section(text, "Notes"))
+
+
+def test_a_drill_is_left_out_beside_an_incident_that_fired_again() -> None:
+    drill = incident(9, "P3", REFIRED, 1, None, P3_TARGET) | {"category": "drill"}
+    text = period_report([refired(), drill], **MARCH)
+    assert table(text, "By severity")["**All**"][0] == "2"
+    assert table(text, "By severity")["P3"][0] == "0"
+    assert table(text, "Time to acknowledge (MTTA)")["**All**"][0] == "2"
+    assert "Drills are left out of every figure above (1 in the period" in text
+    assert "9" not in table(text, "Incidents")
 
 
 def test_a_drill_report_names_who_answered_and_who_did_not() -> None:

@@ -589,8 +589,18 @@ class Store(ContainmentStore, Protocol):
         limit: int = 500,
         *,
         category: str | None = None,
+        started_since: datetime | None = None,
     ) -> list[Incident]:
-        """Newest first; ``category="drill"`` for the drills."""
+        """Newest first; ``category="drill"`` for the drills. ``since``: opened at or after
+        it; ``started_since``: with a trigger that started at or after it (a re-fire of an
+        incident opened before counts)."""
+        ...
+
+    async def trigger_events(
+        self, incident_ids: Sequence[int], kinds: Sequence[str]
+    ) -> dict[int, list[TimelineEvent]]:
+        """The timeline entries of ``kinds`` of these incidents, each incident's in time
+        order: what the triggers before its current one are read from."""
         ...
 
     # -- the outbox ---------------------------------------------------------------------------

@@ -864,11 +864,20 @@ class SQLiteStore:
         limit: int = 500,
         *,
         category: str | None = None,
+        started_since: datetime | None = None,
     ) -> list[Incident]:
         since_us = None if since is None else to_us(since)
+        started_us = None if started_since is None else to_us(started_since)
         return await self._read(
-            lambda conn: inc.list_incidents(conn, states, since_us, limit, category)
+            lambda conn: inc.list_incidents(conn, states, since_us, limit, category, started_us)
         )
+
+    async def trigger_events(
+        self, incident_ids: Sequence[int], kinds: Sequence[str]
+    ) -> dict[int, list[TimelineEvent]]:
+        if not incident_ids:
+            return {}
+        return await self._read(lambda conn: inc.trigger_events(conn, incident_ids, kinds))
 
     # -- the outbox ---------------------------------------------------------------------------
     async def claim_pages(

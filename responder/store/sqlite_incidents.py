@@ -446,6 +446,7 @@ def list_incidents(
     since_us: int | None,
     limit: int,
     category: str | None = None,
+    started_since_us: int | None = None,
 ) -> list[Incident]:
     clauses: list[str] = []
     params: list[Any] = []
@@ -458,10 +459,33 @@ def list_incidents(
     if since_us is not None:
         clauses.append("i.opened_at >= ?")
         params.append(since_us)
+    if started_since_us is not None:
+        # The current trigger is the latest: one that started since means some did. Not
+        # indexed: a report's scan, not a hot path.
+        clauses.append(f"{_STARTED} >= ?")
+        params.append(started_since_us)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     params.append(limit)
     sql = f"SELECT {INCIDENT_COLUMNS} FROM incidents i {where} ORDER BY i.id DESC LIMIT ?"  # noqa: S608 - fixed text
     return [incident_from_row(row) for row in conn.execute(sql, params)]
+
+
+def trigger_events(
+    conn: sqlite3.Connection, incident_ids: Sequence[int], kinds: Sequence[str]
+) -> dict[int, list[TimelineEvent]]:
+    """The timeline rows of ``kinds`` of these incidents, each incident's in time order."""
+    events: dict[int, list[TimelineEvent]] = {i: [] for i in incident_ids}
+    rows = conn.execute(
+        "SELECT incident_id, at, kind, actor, via, detail FROM timeline "
+        "WHERE incident_id IN (SELECT value FROM json_each(?1)) "
+        "AND kind IN (SELECT value FROM json_each(?2)) ORDER BY incident_id, at, id",
+        (dumps(list(incident_ids)), dumps(list(kinds))),
+    )
+    for incident_id, at, kind, actor, via, detail in rows:
+        events[incident_id].append(
+            TimelineEvent(from_us(at), Event(kind), actor, via, json.loads(detail))
+        )
+    return events
 
 
 def timeline(conn: sqlite3.Connection, incident_id: int) -> list[TimelineEvent]:
