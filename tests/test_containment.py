@@ -748,3 +748,20 @@ actions:
         lambda: _true(log.read_text().splitlines() == ["on web-1", "off web-1"]),
         "lifted after the final resolve",
     )
+
+
+async def test_a_failed_run_below_the_escalation_count_does_not_hold_the_page_back(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """hold_page waits while containment works. A run that failed (its one attempt, below
+    escalate_after_failures, so nothing escalates) leaves nothing at work: the first page
+    goes at once, not when the 30 minute hold ends."""
+    body = "sys.stderr.write('unit nginx.service failed to start'); sys.exit(1)"
+    actions = restart_action(tmp_path, body, escalate_after_failures=3)
+    client = await make_client(
+        config(tmp_path, smtp, actions, RESTART_RULE + "    hold_page: 30m\n")
+    )
+    await post(client, webhook(alert("WebDown", service="nginx")))
+    await eventually(lambda: _finished(client), "the run failed")
+    await eventually(lambda: _true(len(smtp.messages) == 1), "paged despite the hold")
+    assert smtp.messages[0].rcpt_tos == ["alice@example.com"]  # level 1: nothing escalated

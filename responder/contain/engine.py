@@ -506,6 +506,9 @@ class Containment:
             and not dry
         ):
             check_due = _us(now + check.alert_resolves_within)
+        # Stopped by the kill switch, or failed (even below escalate_after_failures, which
+        # pages nobody more): no containment is at work, the page a rule held for it goes.
+        release = result.outcome is Outcome.STOPPED or result.outcome.is_failure
         await self._store.finish_run(
             now,
             run_id=prepared.run_id,
@@ -517,10 +520,9 @@ class Containment:
             check_due_us=check_due,
             guards=self._guards_json,
             escalate=escalate,
-            # Stopped by the kill switch: no containment is at work, the held page goes.
-            release_hold=result.outcome is Outcome.STOPPED,
+            release_hold=release,
         )
-        if escalate is not None or result.outcome is Outcome.STOPPED:
+        if escalate is not None or release:
             self._on_escalate()
         level = {
             Outcome.OK: logging.INFO,

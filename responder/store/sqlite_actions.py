@@ -139,8 +139,8 @@ def record_run(
 
 
 def _release_hold(conn: sqlite3.Connection, incident_id: int | None, now_us: int) -> None:
-    """No containment is at work for the incident (a guard stopped its run): a rule's
-    hold_page ends, and the first page goes now."""
+    """No containment is at work for the incident (a guard stopped its run, or it
+    failed): a rule's hold_page ends, and the first page goes now."""
     if incident_id is None:
         return
     conn.execute(
@@ -166,7 +166,8 @@ def finish_run(
     release_hold: bool = False,
 ) -> None:
     """The run's outcome, in one write with the guards' state; ``escalate`` pages the next
-    level, ``release_hold`` (the kill switch stopped it) ends a rule's hold_page."""
+    level, ``release_hold`` (the kill switch stopped it, or it failed) ends a rule's
+    hold_page."""
     row = conn.execute(
         "UPDATE action_runs SET state = 'done', outcome = ?, audit = ?, undo = ?, "
         "undo_hold_s = ?, undo_state = ?, undo_due = ?, check_due = ?, finished_at = ? "
