@@ -560,8 +560,8 @@ def _explain_actions(
         # A placeholder run id: the real one is made per run (iptables rules carry it).
         prepared = runner.prepare(action, labels, notes, context, run_id="<run-id>")
         if isinstance(prepared, ParamRejected):
-            audit = prepared.to_audit()
-            print(f"  - {name}: REFUSED, nothing would run: {audit.get('reason', audit)}")
+            # The value is the caller's own (--labels, --payload): shown, escaped.
+            print(f"  - {name}: REFUSED, nothing would run: {prepared}")
             continue
         request = prepared.request.to_audit()
         if "journals" in request:  # an evidence plan: what it would read, one per line

@@ -211,6 +211,14 @@ def test_explain_shows_a_placeholder_for_the_run_id_an_iptables_rule_carries(
     assert main(["explain", "-c", str(path), "--labels", labels]) == 0
     out = capsys.readouterr().out
     assert "'responder:<run-id>'" in out, out
+    refused = "alertname=SSHBruteForce,source_ip=--203.0.113.7"
+    assert main(["explain", "-c", str(path), "--labels", refused]) == 0
+    out = capsys.readouterr().out
+    # Which parameter, from which label, and the value given.
+    assert (
+        "block: REFUSED, nothing would run: parameter address from label source_ip rejected: "
+        "starts with '-' (would read as an option) (value \"--203.0.113.7\")"
+    ) in out, out
 
 
 def test_explain_shows_an_evidence_plan_readably_with_the_severity_it_would_get(

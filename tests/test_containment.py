@@ -190,7 +190,12 @@ async def test_injection_through_labels_is_refused_before_anything_runs(
     await eventually(rejected, "the run was refused and recorded")
     assert not log.exists()
     doc = await incident(client)
-    assert "containment_failed" in [e["kind"] for e in doc["timeline"]]
+    (failed,) = [e for e in doc["timeline"] if e["kind"] == "containment_failed"]
+    # The reason (the page's text) names the parameter and where it came from, so that
+    # the person paged knows which label was refused, but never holds the hostile value.
+    reason = failed["detail"]["reason"]
+    assert reason.startswith("restart not run: parameter service from label service: "), reason
+    assert hostile not in reason
 
 
 async def test_failed_containment_pages_at_once_with_the_output(

@@ -121,7 +121,7 @@ _STOPPED_SAYS = {
 
 def _tail(result: RunResult, limit: int = 300) -> str:
     if result.rejected is not None:
-        return str(result.rejected.to_audit().get("reason", "parameter refused"))
+        return result.rejected.without_value()
     if not result.attempts:
         return ""
     last = result.attempts[-1]

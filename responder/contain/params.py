@@ -87,6 +87,11 @@ class ParamRejected:
             f" (value {self.value})"
         )
 
+    def without_value(self) -> str:
+        """Which parameter was refused and why, without the alert's value: for the page and
+        the timeline's reason (the audit record keeps the value, escaped)."""
+        return f"parameter {self.param} from {self.source}: {self.reason}"
+
     def to_audit(self) -> dict[str, str]:
         return {
             "param": self.param,
