@@ -88,7 +88,9 @@ def _stored(
         counts[stored] = counts.get(stored, 0) + 1
         if stored in _CHANGES_INCIDENTS:
             c = item.decided()
-            contain = contain or bool(c.actions)
+            # A resolve starts the hold-down of its runs' lifts, also when a reload has
+            # since taken the actions out of its rule: the lift lane must look again.
+            contain = contain or bool(c.actions) or stored is IngestOutcome.RESOLVED
             if stored is not IngestOutcome.RESOLVED:
                 metrics.started_firing(c)
     if contain:

@@ -514,3 +514,25 @@ async def test_the_kill_switch_stops_the_retries_of_an_undo_action_under_way(
     await asyncio.sleep(0.3)
     assert log.read_text().splitlines() == ["on web-1", "off failed", "off web-1"]
     assert await _undo_states(client) == ["done"]
+
+
+async def test_a_resolve_wakes_the_lift_lane_after_a_reload_took_the_rules_actions_away(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """The alert's rule named the action when it fired; a reload took it out of the rule
+    (the action stays). The resolve still starts the lift's hold-down (here none), so it
+    must wake the lift lane: it slept until its next look, up to 30 s later (the clock
+    stands still here: for ever)."""
+    log, actions = _maintenance(tmp_path)
+    actions = actions.replace("undo_hold_down: 5m", "undo_hold_down: 0s")
+    path = config(tmp_path, smtp, actions, MAINTENANCE_RULE)
+    client = await make_client(path)
+    fired = alert("BackendErrors", backend="web-1")
+    await post(client, webhook(fired))
+    await eventually(lambda: _true(log.exists() and "on web-1" in log.read_text()), "on")
+    await eventually(lambda: _finished(client), "the run finished")
+    (tmp_path / "rules.yaml").write_text(MAINTENANCE_RULE.replace("actions: [maintenance]", ""))
+    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    await asyncio.sleep(0.2)  # the lane has looked and sleeps until its next look
+    await post(client, webhook(alert("BackendErrors", "resolved", **fired["labels"])))
+    await eventually(lambda: _true("off web-1" in log.read_text()), "lifted at the resolve")
