@@ -501,6 +501,23 @@ def test_the_documented_example_config_loads(
     assert prep.undo.action == "maintenance-off"
 
 
+def test_the_documented_checks_load(tmp_path: Path) -> None:
+    """Each `check:` example of docs/actions.md's "Verify, hold-down and undo" loads as an
+    action's check (the http one had a placeholder in the host, which the loader refuses)."""
+    doc = (Path(__file__).parent.parent / "docs" / "actions.md").read_text()
+    section = doc.split("## Verify, hold-down and undo", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    checks = [line for line in block.splitlines() if line.startswith("check:")]
+    assert len(checks) == 3, block
+    for line in checks:
+        text = (
+            "a:\n  kind: exec\n  argv: [/bin/true]\n"
+            "  params: {host: {from: label, key: instance, type: hostname}}\n  " + line
+        )
+        action = parse_actions(load_text(text, "actions.md"), tmp_path)["a"]
+        assert action.check is not None, line
+
+
 async def test_leftovers_holding_the_output_open_do_not_outlive_the_action(
     tmp_path: Path, runner: ActionRunner
 ) -> None:
