@@ -267,3 +267,14 @@ def test_fuzz_permissive_text_still_refuses_controls_and_dashes(value: str) -> N
         assert not canonical.startswith("-")
         assert "/" not in canonical
         assert "\\" not in canonical
+
+
+def test_an_invalid_pattern_is_told_once_in_words(capfd: pytest.CaptureFixture[str]) -> None:
+    """`responder check` on a bad pattern: the error says RE2's reason as text (it showed
+    b'missing ): ...'), and RE2 writes nothing of its own to stderr (it logged the error
+    there too, after an absl warning)."""
+    with pytest.raises(ConfigError) as err:
+        specs("p: {from: label, key: v, type: identifier, pattern: 'a(b'}")
+    assert "invalid RE2 regex: missing ): ^(?:a(b)$" in str(err.value), str(err.value)
+    assert "b'" not in str(err.value)
+    assert capfd.readouterr().err == ""

@@ -302,13 +302,20 @@ def bind_values(
     return bound
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the error goes into the ConfigError, not to stderr
+
+
 def compile_re2(node: Node, *, groups: int | None = None) -> Any:
     """Compile an operator's RE2 regex, anchored as Alertmanager anchors: ``^(?:...)$``."""
     text = node.as_str()
     try:
-        compiled = re2.compile(f"^(?:{text})$")
+        compiled = re2.compile(f"^(?:{text})$", _RE2_OPTIONS)
     except re2.error as exc:
-        raise node.error(f"invalid RE2 regex: {exc}") from None
+        reason = exc.args[0] if exc.args else "invalid"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise node.error(f"invalid RE2 regex: {reason}") from None
     if groups is not None and compiled.groups != groups:
         raise node.error(f"must have exactly {groups} capturing group, has {compiled.groups}")
     return compiled
