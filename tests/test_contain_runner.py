@@ -452,6 +452,7 @@ GOOD_HEAD = "a:\n  kind: exec\n  params: {h: {from: label, key: h, type: hostnam
         ("a: {kind: teleport}", "expected one of"),
         ("a: {kind: systemd-restart, units: []}", "at least one unit"),
         ("a: {kind: systemd-restart, units: [a, b]}", "exactly one unit"),
+        ("a: {kind: systemd-restart, units: ['@a']}", "not a valid systemd unit name"),
         ("a: {kind: block-address}", "needs a parameter `address`"),
         ("a: {kind: capture-evidence}", "at least one of units, files, commands"),
         ("a: {kind: capture-evidence, files: [relative.log]}", "absolute path"),

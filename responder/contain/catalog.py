@@ -546,7 +546,7 @@ def _parse_systemd(node: Node, params: Mapping[str, ParamSpec]) -> SystemdRestar
     units: set[str] = set()
     for item in units_node.as_list():
         unit = item.as_str()
-        if not re.fullmatch(r"[A-Za-z0-9:_.@-]+", unit) or unit.startswith(("-", ".")):
+        if not re.fullmatch(r"[A-Za-z0-9:_.@-]+", unit) or unit.startswith(("-", ".", "@")):
             raise item.error("not a valid systemd unit name")
         units.add(normalize_unit(unit))
     if not units:

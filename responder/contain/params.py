@@ -203,7 +203,9 @@ def _check_type(kind: ParamType, value: str) -> tuple[str, None] | tuple[None, s
             return None, "not a valid hostname"
         return value.lower(), None
     if kind is ParamType.SYSTEMD_UNIT:
-        if not _UNIT.fullmatch(value) or value.startswith("."):
+        # systemd refuses a name starting with '.' or '@' (unit_name_is_valid); a leading
+        # '@' also reads as "the contents of a file" to curl, argparse and javac.
+        if not _UNIT.fullmatch(value) or value.startswith((".", "@")):
             return None, "not a valid systemd unit name"
         return normalize_unit(value), None
     if kind is ParamType.IDENTIFIER:
