@@ -6,6 +6,7 @@ import collections
 import hashlib
 import ipaddress
 import json
+import os
 import socket
 import stat
 import sys
@@ -377,7 +378,11 @@ evidence:
     bad = runner.prepare(cat["evidence"], {"service": "../../etc/x"}, {}, CONTEXT)
     assert isinstance(bad, ParamRejected)
     clock_now = FakeClock().now()
-    result = await runner.execute(prepare(runner, cat, "evidence", service="nginx"))
+    umask = os.umask(0o022)  # the usual one, whatever this test runs under
+    try:
+        result = await runner.execute(prepare(runner, cat, "evidence", service="nginx"))
+    finally:
+        os.umask(umask)
     # A missing file makes the capture incomplete (failed) but everything else is kept.
     assert result.outcome is Outcome.FAILED
     assert "missing.log" in result.attempts[0].detail
@@ -408,6 +413,10 @@ evidence:
     assert (folder / "command-who.txt").read_text() == "who is there\n"
     assert "Failed password" in (folder / "journal-1.log").read_text()
     assert _mode(folder) == 0o700
+    # The folders above it too (they were 0755 under the usual umask 022): their names say
+    # which incidents had evidence taken, when, and by which action.
+    assert _mode(folder.parent) == 0o700
+    assert _mode(folder.parent.parent) == 0o700
 
 
 def _mode(path: Path) -> int:

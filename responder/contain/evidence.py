@@ -8,6 +8,7 @@ its size and SHA-256 so that a later review can show the evidence was not altere
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -57,7 +58,8 @@ def read_tail(path: Path, max_bytes: int) -> tuple[bytes, bool]:
 
 def write_capture(folder: Path, items: Sequence[EvidenceItem], header: Mapping[str, Any]) -> str:
     """Write the items and their manifest; returns the manifest's own SHA-256."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=False)
+    _private_dir(folder.parent)
+    folder.mkdir(mode=0o700)
     entries: list[dict[str, Any]] = []
     for item in items:
         _write_private(folder / item.name, item.data)
@@ -75,6 +77,16 @@ def write_capture(folder: Path, items: Sequence[EvidenceItem], header: Mapping[s
     manifest = json.dumps({**header, "files": entries}, indent=2, sort_keys=True).encode()
     _write_private(folder / "manifest.json", manifest)
     return hashlib.sha256(manifest).hexdigest()
+
+
+def _private_dir(path: Path) -> None:
+    """``path`` and the folders missing above it, owner-only: ``mkdir(parents=True)`` makes
+    the parents 0777 less the umask (0755), and their names tell which incidents had
+    evidence taken, when and by which action."""
+    if not path.parent.exists():
+        _private_dir(path.parent)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
 
 
 def _write_private(path: Path, data: bytes) -> None:
