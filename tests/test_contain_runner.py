@@ -454,6 +454,17 @@ GOOD_HEAD = "a:\n  kind: exec\n  params: {h: {from: label, key: h, type: hostnam
         ("a: {kind: systemd-restart, units: [a, b]}", "exactly one unit"),
         ("a: {kind: systemd-restart, units: ['@a']}", "not a valid systemd unit name"),
         ("a: {kind: block-address}", "needs a parameter `address`"),
+        (
+            # /33 would refuse every IPv4 address, silently, at each alert.
+            "a: {kind: block-address, min_prefix4: 33, params: {address: {from: label, "
+            "key: ip, type: ip}}}",
+            "min_prefix4: must be at most 32, got 33",
+        ),
+        (
+            "a: {kind: block-address, min_prefix6: 129, params: {address: {from: label, "
+            "key: ip, type: ip}}}",
+            "min_prefix6: must be at most 128, got 129",
+        ),
         ("a: {kind: capture-evidence}", "at least one of units, files, commands"),
         ("a: {kind: capture-evidence, files: [relative.log]}", "absolute path"),
         ("'a b': {kind: exec, argv: [/bin/true]}", "action names"),

@@ -384,9 +384,11 @@ def _opt(node: Node, key: str, read: Callable[[Node], Any], default: Any) -> Any
     return default if child is None else read(child)
 
 
-def _opt_int(node: Node, key: str, default: int, minimum: int = 1) -> int:
+def _opt_int(
+    node: Node, key: str, default: int, minimum: int = 1, maximum: int | None = None
+) -> int:
     child = node.get(key)
-    return default if child is None else child.as_int(minimum)
+    return default if child is None else child.as_int(minimum, maximum)
 
 
 def _opt_duration(node: Node, key: str, default: timedelta, *, positive: bool = False) -> timedelta:
@@ -612,8 +614,8 @@ def _parse_block(node: Node, params: Mapping[str, ParamSpec]) -> BlockAddressSpe
         chain=chain,
         sudo=str(_abs_path(sudo_node)) if sudo_node is not None else None,
         never_block=tuple(never),
-        min_prefix4=_opt_int(node, "min_prefix4", 24, minimum=0),
-        min_prefix6=_opt_int(node, "min_prefix6", 64, minimum=0),
+        min_prefix4=_opt_int(node, "min_prefix4", 24, minimum=0, maximum=32),
+        min_prefix6=_opt_int(node, "min_prefix6", 64, minimum=0, maximum=128),
     )
 
 
