@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import ipaddress
@@ -439,3 +440,23 @@ async def test_evidence_folder_comes_from_the_incident_id_never_from_labels(
     assert folder.parent.parent == root
     assert folder.parent.name.startswith("incident-")
     assert "." not in folder.parent.name
+
+
+async def test_an_evidence_file_that_is_no_regular_file_fails_at_once(
+    tmp_path: Path, runner: ActionRunner
+) -> None:
+    """A listed log path that is a FIFO (or a device) is not read: opening a FIFO waits for a
+    writer, for ever, and the run held its target with it (no timeout covers a file read).
+    The capture fails for that file and keeps the rest."""
+    fifo = tmp_path / "auth.log"
+    os.mkfifo(fifo)
+    log = tmp_path / "app.log"
+    log.write_text("kept\n")
+    cat = catalog(f"e: {{kind: capture-evidence, files: [{fifo}, {log}], timeout: 2s}}", tmp_path)
+    prep = runner.prepare(cat["e"], {}, {}, CONTEXT)
+    assert isinstance(prep, PreparedRun)
+    result = await asyncio.wait_for(runner.execute(prep), timeout=10)
+    assert result.outcome is Outcome.FAILED
+    assert f"file {fifo}: not a regular file" in result.attempts[0].detail
+    assert result.evidence_dir is not None
+    assert (Path(result.evidence_dir) / "file-2.log").read_text() == "kept\n"

@@ -9,10 +9,12 @@ its size and SHA-256 so that a later review can show the evidence was not altere
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,9 +49,14 @@ class EvidenceItem:
 
 
 def read_tail(path: Path, max_bytes: int) -> tuple[bytes, bool]:
-    """The last ``max_bytes`` of a file (the newest log lines), and whether it was cut."""
-    with path.open("rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
+    """The last ``max_bytes`` of a file (the newest log lines), and whether it was cut. A
+    FIFO or a device is refused: opening a FIFO waits for a writer, and reading a device
+    may never end (O_NONBLOCK makes the open itself return at once)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        size = os.fstat(fd).st_size
         if size > max_bytes:
             fh.seek(size - max_bytes)
             return fh.read(max_bytes), True
