@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from responder.contain.runner import (
     REDACTED,
     ActionRunner,
     ExecRequest,
+    HttpRequest,
     PreparedRun,
     RunContext,
     _redact,
@@ -454,6 +456,10 @@ GOOD_HEAD = "a:\n  kind: exec\n  params: {h: {from: label, key: h, type: hostnam
         ("a: {kind: systemd-restart, units: [a, b]}", "exactly one unit"),
         ("a: {kind: systemd-restart, units: ['@a']}", "not a valid systemd unit name"),
         ("a: {kind: block-address}", "needs a parameter `address`"),
+        # What a process or the HTTP client cannot take is refused at load, not at each run.
+        (GOOD_HEAD + '  argv: [/bin/echo, "a\\0b"]\n', "a NUL cannot be passed"),
+        (GOOD_HEAD + '  argv: [/bin/true]\n  cwd: "/tmp\\0x"\n', "cannot hold a NUL"),
+        ('a: {kind: http, url: "http://h/", headers: {X: "a\\x7fb"}}', "control characters"),
         (
             # /33 would refuse every IPv4 address, silently, at each alert.
             "a: {kind: block-address, min_prefix4: 33, params: {address: {from: label, "
@@ -476,6 +482,72 @@ def test_catalog_is_parsed_strictly(text: str, message: str, tmp_path: Path) -> 
         catalog(text, tmp_path)
     assert message in str(err.value)
     assert str(err.value).startswith("actions.yaml:")
+
+
+def test_a_secret_a_header_or_environment_cannot_carry_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    """A header's secret with a line break or another control character (aiohttp refuses
+    to send it: every run ended in an exception and stayed 'running'), an environment
+    secret with a NUL. An environment secret of several lines (a key) is fine."""
+    (tmp_path / "two-lines").write_text("part one\npart two\n")
+    (tmp_path / "control").write_text("tok\x01en\n")
+    (tmp_path / "nul").write_text("a\x00b\n")
+    head = "a: {kind: http, url: 'http://h/', headers: {X: {value_file: "
+    for name, message in [
+        ("two-lines", "more than one line"),
+        ("control", "a control character a header cannot carry"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            catalog(head + name + "}}}", tmp_path)
+        assert message in str(err.value)
+        assert "tok" not in str(err.value)
+    env = "a: {kind: exec, argv: [/bin/true], env: {K: {value_file: "
+    with pytest.raises(ConfigError) as err:
+        catalog(env + "nul}}}", tmp_path)
+    assert "the secret holds a NUL" in str(err.value)
+    assert "a" in catalog(env + "two-lines}}}", tmp_path)
+
+
+async def test_what_cannot_start_or_be_sent_ends_the_attempt_not_the_run(
+    tmp_path: Path,
+    runner: ActionRunner,
+    http_app: tuple[str, list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request the OS or the HTTP client refuses with ValueError (a NUL in argv, a control
+    character in a header), or any fault of ours, ends that attempt as an error; execute
+    returns. It raised, and the engine left the run recorded as running: its target
+    refused ("already running") until the next start, and nobody told."""
+    base, _ = http_app
+    actions = catalog(
+        f"""
+nul: {{kind: exec, argv: [/bin/echo, hello], retries: 1}}
+web: {{kind: http, url: "{base}/api/backends/a/maintenance", headers: {{X: "ok"}}}}
+""",
+        tmp_path,
+    )
+    prep = prepared(runner, actions["nul"])
+    assert isinstance(prep.request, ExecRequest)
+    request = replace(prep.request, argv=("/bin/echo", "a\x00b"))
+    result = await runner.execute(replace(prep, request=request))
+    assert result.outcome is Outcome.ERROR
+    assert len(result.attempts) == 1  # an error is not retried (it could not start)
+    assert "embedded null byte" in result.attempts[0].detail
+    web_prep = prepared(runner, actions["web"])
+    assert isinstance(web_prep.request, HttpRequest)
+    bad = replace(web_prep.request, headers={"X": "a\x01b"})
+    sent = await runner.execute(replace(web_prep, request=bad))
+    assert sent.outcome is Outcome.FAILED
+    assert "ValueError" in sent.attempts[0].detail
+
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("a fault of ours")
+
+    monkeypatch.setattr(ActionRunner, "_attempt", broken)
+    faulty = await runner.execute(prepared(runner, actions["nul"]))
+    assert faulty.outcome is Outcome.ERROR
+    assert faulty.attempts[-1].detail == "internal error: RuntimeError: a fault of ours"
 
 
 def test_containment_settings() -> None:

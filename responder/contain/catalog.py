@@ -96,6 +96,8 @@ class Template:
 
 def parse_template(node: Node, declared: frozenset[str]) -> Template:
     text = node.as_str()
+    if "\x00" in text:
+        raise node.error("a NUL cannot be passed to a program (argv ends there)")
     parts: list[str | Placeholder] = []
     pos = 0
     for match in _PLACEHOLDER.finditer(text):
@@ -133,6 +135,12 @@ def _argv(node: Node, declared: frozenset[str], *, what: str = "argv") -> tuple[
 EnvValue = str | Secret
 
 
+def _header_controls(value: str) -> bool:
+    """Whether a header value holds a control character the HTTP client refuses (all but a
+    tab: a line break would be a header of its own)."""
+    return any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in value)
+
+
 def _env_or_headers(
     node: Node | None, base_dir: Path, name_re: re.Pattern[str], what: str
 ) -> Mapping[str, EnvValue]:
@@ -146,13 +154,21 @@ def _env_or_headers(
             raise item.error("RESPONDER_* variables are set by responder from the alert")
         if item.is_map():
             item.keys_allowed("value_file", "value_env")
-            # An action's variable may be a key or a certificate: several lines are fine.
-            secret = read_secret(item, "value", base_dir, required=True, one_line=False)
+            # An action's variable may be a key or a certificate: several lines are fine. A
+            # header may not hold a line break (the HTTP client refuses it at each run).
+            one_line = what == "header"
+            secret = read_secret(item, "value", base_dir, required=True, one_line=one_line)
             assert secret is not None  # required=True raises instead
+            # The process's environment cannot hold a NUL, and a header no control
+            # character but a tab: refused here, not at the first run (the value unsaid).
+            if one_line and _header_controls(secret.value):
+                raise item.error("the secret holds a control character a header cannot carry")
+            if "\x00" in secret.value:
+                raise item.error("the secret holds a NUL, which an environment cannot carry")
             out[name] = secret
         else:
             value = item.as_str()
-            if any(ord(c) < 0x20 for c in value) or "\x00" in value:
+            if any(ord(c) < 0x20 or c == "\x7f" for c in value):
                 raise item.error("control characters are not allowed")
             out[name] = value
     return MappingProxyType(out)
@@ -506,6 +522,8 @@ _KIND_KEYS: dict[Kind, tuple[str, ...]] = {
 
 
 def _abs_path(node: Node) -> Path:
+    if "\x00" in node.as_str():
+        raise node.error("a path cannot hold a NUL")
     path = Path(node.as_str())
     if not path.is_absolute():
         raise node.error("must be an absolute path")

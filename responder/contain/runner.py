@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import uuid
@@ -54,7 +55,10 @@ from responder.contain.params import (
     bind_params,
     bind_values,
 )
+from responder.log import fields
 from responder.secrets import Secret
+
+log = logging.getLogger("responder.contain")
 
 OUTPUT_LIMIT = 64 * 1024
 BASE_ENV: Mapping[str, str] = MappingProxyType(
@@ -507,7 +511,8 @@ async def run_process(
             # The open-file limit the daemon started with, not the one it raised.
             preexec_fn=limits.restore_in_child if limits.raised() else None,
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or the environment
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return ProcessResult(
             None,
             "",
@@ -515,7 +520,7 @@ async def run_process(
             0,
             0,
             monotonic() - started,
-            error=f"cannot start {request.argv[0]}: {exc.strerror or exc}",
+            error=_redact(f"cannot start {request.argv[0]}: {reason}", secrets),
         )
     out, err = _Capture(limit), _Capture(limit)
     readers = [
@@ -850,15 +855,27 @@ class ActionRunner:
         stopped_by: str | None = None
         if not dry:
             for number in range(1, action.retries + 2):
-                if isinstance(prepared.request, EvidencePlan):
-                    attempt, evidence_dir, manifest = await self._capture(prepared, number)
-                else:
-                    attempt = await self._attempt(prepared, number)
+                at = self._clock.now()
+                try:
+                    if isinstance(prepared.request, EvidencePlan):
+                        attempt, evidence_dir, manifest = await self._capture(prepared, number)
+                    else:
+                        attempt = await self._attempt(prepared, number)
+                except Exception as exc:
+                    # A fault of ours or of a library must end the run (as an error, which
+                    # counts and escalates) rather than leave it recorded as running, its
+                    # target refused until the next start.
+                    log.exception("action attempt failed unexpectedly", extra=_run(prepared))
+                    attempt = Attempt(number, Outcome.ERROR, at, 0.0, detail=_fault(exc, prepared))
                 attempts.append(attempt)
                 outcome = attempt.outcome
                 check = None
                 if outcome is Outcome.OK and prepared.check is not None:
-                    check = await self._run_check(prepared.check, prepared.run_id)
+                    try:
+                        check = await self._run_check(prepared.check, prepared.run_id)
+                    except Exception as exc:
+                        log.exception("action check failed unexpectedly", extra=_run(prepared))
+                        check = CheckResult(Outcome.CHECK_FAILED, _fault(exc, prepared))
                     if check.outcome is Outcome.CHECK_FAILED:
                         outcome = Outcome.CHECK_FAILED
                 if outcome not in _RETRYABLE or number > action.retries:
@@ -982,7 +999,8 @@ class ActionRunner:
                     status = resp.status
         except TimeoutError:
             return None, "", 0, "timeout"
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
+            # ValueError: what the client refuses to send (a control character in a header).
             return None, "", 0, _redact(f"{type(exc).__name__}: {exc}", request.secrets)
         return status, capture.data.decode("utf-8", "replace"), capture.dropped, None
 
@@ -1068,6 +1086,17 @@ class ActionRunner:
         outcome = Outcome.FAILED if problems else Outcome.OK
         attempt = Attempt(number, outcome, at, monotonic() - started, detail="; ".join(problems))
         return attempt, str(folder), digest
+
+
+def _run(prepared: PreparedRun) -> dict[str, Any]:
+    return fields(action=prepared.action.name, run=prepared.run_id)
+
+
+def _fault(exc: Exception, prepared: PreparedRun) -> str:
+    """An unexpected exception, for the audit: its type and message, secrets redacted."""
+    request = prepared.request
+    secrets = request.secrets if isinstance(request, ExecRequest | HttpRequest) else ()
+    return _redact(f"internal error: {type(exc).__name__}: {exc}", secrets)[:500]
 
 
 def _proc_item(
