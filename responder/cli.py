@@ -36,6 +36,7 @@ from responder.client import ApiClient, CertificateRefused, ClientError, Credent
 from responder.clock import SystemClock
 from responder.config import Config, load_config
 from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide
+from responder.contain.catalog import missing_programs
 from responder.heartbeats import heartbeat_timeout_warnings
 from responder.limits import OPEN_FILES_FEW, raise_open_file_limit
 from responder.log import AccessLog, fields, setup_logging
@@ -458,6 +459,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     for warning in heartbeat_timeout_warnings(snapshot.classifier.rules):
+        print(f"warning: {warning}", file=sys.stderr)
+    for warning in missing_programs(snapshot.actions):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 

@@ -317,6 +317,49 @@ def test_report_since_that_is_neither_a_duration_nor_a_time_names_since(
     assert "is in the future" in capsys.readouterr().err
 
 
+def test_check_warns_of_programs_an_action_would_start_that_are_not_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in an action's program (or a tool not installed) passed `check` and showed
+    only at the first incident, as an 'error' run. It is a warning, not an error: a config
+    may be checked on another machine than the one it runs on."""
+    tool = tmp_path / "clear-cache"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    actions = f"""
+actions:
+  clear:
+    kind: exec
+    argv: [{tool}, --all]
+    cwd: {tmp_path}/nowhere
+    undo: {{argv: [{tmp_path}/uncleer]}}
+  fine:
+    kind: exec
+    argv: [{tool}]
+  restart:
+    kind: systemd-restart
+    systemctl: {tmp_path}/systemctl
+    units: [nginx]
+  block:
+    kind: block-address
+    backend: iptables
+    iptables: {tool}
+    ip6tables: {tmp_path}/ip6tables
+    params: {{address: {{from: label, key: ip, type: ip}}}}
+"""
+    assert main(["check", "-c", str(write_config(tmp_path, actions))]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "action" in line]
+    assert warnings == [
+        f"warning: action block: ip6tables {tmp_path}/ip6tables is not an executable file "
+        "on this host",
+        f"warning: action clear: undo.argv[0] {tmp_path}/uncleer is not an executable file "
+        "on this host",
+        f"warning: action clear: cwd {tmp_path}/nowhere is not a directory on this host",
+        f"warning: action restart: systemctl {tmp_path}/systemctl is not an executable file "
+        "on this host",
+    ]
+
+
 def test_check_counts_rules_and_files_and_warns_when_none_load(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

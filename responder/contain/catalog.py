@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -702,3 +703,47 @@ def _parse_check(node: Node | None, declared: frozenset[str], base_dir: Path) ->
         return CheckSpec(http=probe, delay=delay, timeout=timeout)
     within = _opt_duration(node, "alert_resolves_within", timedelta(0), positive=True)
     return CheckSpec(alert_resolves_within=within, delay=delay, timeout=timeout)
+
+
+def programs(action: Action) -> Iterator[tuple[str, str]]:
+    """Each program the action may start, as (what it is for, its path): the action's own,
+    its check's and its undo's."""
+    spec = action.spec
+    if isinstance(spec, ExecSpec):
+        yield "argv[0]", spec.argv[0].source
+    elif isinstance(spec, SystemdRestartSpec):
+        yield "systemctl", spec.systemctl
+    elif isinstance(spec, BlockAddressSpec):
+        if spec.sudo is not None:
+            yield "sudo", spec.sudo
+        if spec.backend == "nft":
+            yield "nft", spec.nft
+        else:
+            yield "iptables", spec.iptables
+            yield "ip6tables", spec.ip6tables
+    elif isinstance(spec, CaptureEvidenceSpec):
+        if spec.units:
+            yield "journalctl", spec.journalctl
+        for name, argv in spec.commands:
+            yield f"commands.{name}[0]", argv[0].source
+    if action.check is not None and action.check.argv is not None:
+        yield "check.argv[0]", action.check.argv[0].source
+    if action.undo is not None and action.undo.argv is not None:
+        yield "undo.argv[0]", action.undo.argv[0].source
+
+
+def missing_programs(catalog: ActionCatalog) -> list[str]:
+    """What `responder check` warns of: programs the actions would start that are not an
+    executable file on this host (a typo, a tool not installed), and a missing ``cwd``. A
+    warning, not an error: the config may be checked on another machine than it runs on."""
+    warnings: list[str] = []
+    for name, action in sorted(catalog.actions.items()):
+        for what, path in programs(action):
+            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                warnings.append(
+                    f"action {name}: {what} {path} is not an executable file on this host"
+                )
+        spec = action.spec
+        if isinstance(spec, ExecSpec) and spec.cwd is not None and not spec.cwd.is_dir():
+            warnings.append(f"action {name}: cwd {spec.cwd} is not a directory on this host")
+    return warnings
