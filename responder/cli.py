@@ -577,6 +577,8 @@ def _explain_actions(
         decision = decide(guards, action, prepared.target, snapshot.containment, at)
         if decision.dry_run:
             print(f"      dry run: {decision.reason}")
+        elif decision.wait:
+            print(f"      would wait for a free slot: {decision.reason}")
         elif not decision.allowed:
             guard = decision.guard.value if decision.guard else "guard"
             print(f"      would be stopped by {guard}: {decision.reason}")

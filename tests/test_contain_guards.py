@@ -202,6 +202,10 @@ def test_concurrency_in_flight_runs() -> None:
     decision = decide(state, restart, "php-fpm.service", SETTINGS, clock.now())
     assert decision.guard is Guard.CONCURRENCY
     assert "2 run(s)" in decision.reason
+    # A full slot is worth waiting for (a run on another target ends); the same target
+    # already in work is not (that change is being made).
+    assert decision.wait
+    assert not decide(state, restart, "nginx.service", SETTINGS, clock.now()).wait
 
 
 def test_interrupted_runs_are_not_rerun_blindly() -> None:

@@ -770,3 +770,23 @@ async def test_a_failed_run_below_the_escalation_count_does_not_hold_the_page_ba
     await eventually(lambda: _finished(client), "the run failed")
     await eventually(lambda: _true(len(smtp.messages) == 1), "paged despite the hold")
     assert smtp.messages[0].rcpt_tos == ["alice@example.com"]  # level 1: nothing escalated
+
+
+async def test_a_run_waits_for_a_concurrency_slot_instead_of_being_skipped(
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    """nginx and php-fpm go down at once; the action runs one at a time (concurrency 1, the
+    default). php-fpm's run waits for nginx's to end and then runs: it was skipped, for good
+    (its alert's repeats never run an action again), so php-fpm was never restarted."""
+    log = tmp_path / "ran"
+    body = f"time.sleep(0.3); open({str(log)!r}, 'a').write(sys.argv[1] + '\\n')"
+    client = await make_client(config(tmp_path, smtp, restart_action(tmp_path, body), RESTART_RULE))
+    nginx, php = alert("WebDown", service="nginx"), alert("WebDown", service="php-fpm")
+    await post(client, webhook(nginx, php))
+    await eventually(
+        lambda: _true(log.exists() and sorted(log.read_text().split()) == ["nginx", "php-fpm"]),
+        "both restarted, one after the other",
+    )
+    for number in (1, 2):
+        kinds = [e["kind"] for e in await runs(client, number)]
+        assert "action_skipped" not in kinds, kinds

@@ -158,9 +158,12 @@ class Containment:
         # and its slot is free).
         self._lifting: dict[str, tuple[tuple[str, str], asyncio.Task[None]]] = {}
         self._lift_wake = asyncio.Event()
-        # Runs waiting for a lift of their change to end; at a stop they are cancelled
-        # before they start (the queue keeps their alert for the next start).
+        # Runs waiting for a lift of their change to end, or for a concurrency slot; at a
+        # stop they are cancelled before they start (the queue keeps their alert for the
+        # next start).
         self._waiting: set[asyncio.Task[Any]] = set()
+        # Set (and replaced) each time a run ends: runs waiting for a concurrency slot.
+        self._run_end = asyncio.Event()
         self._stopping = False
         self._pruned_at = datetime.min.replace(tzinfo=UTC)
         self._lift_alarms_sent_at = datetime.min.replace(tzinfo=UTC)
@@ -390,9 +393,15 @@ class Containment:
         # alert fires. Waited for before the guards decide (the kill switch may be engaged
         # meanwhile) and before the run is recorded (a stop meanwhile is no interruption);
         # once the run is started, the lane takes no new lift of it.
-        await self._lift_ended(action.name, prepared.target)
-        now = self._clock.now()
-        decision = decide(self._state, action, prepared.target, settings, now)
+        while True:
+            await self._lift_ended(action.name, prepared.target)
+            now = self._clock.now()
+            decision = decide(self._state, action, prepared.target, settings, now)
+            if not decision.wait:
+                break
+            # Every slot is taken by runs on other targets: this one runs when one ends,
+            # rather than never (its alert's repeats never run an action again).
+            await self._run_ended()
         if not decision.allowed and not decision.dry_run:
             guard = decision.guard.value if decision.guard else "unknown"
             detail = {"action": action.name, "target": prepared.target, "guard": guard}
@@ -435,9 +444,11 @@ class Containment:
             # Not recorded (the disk), so it never starts: left running in the guards, it
             # would refuse its target and hold its lifts until the next start.
             self._state = forget_run(self._state, prepared.run_id)
+            self._slot_freed()
             raise
         if not recorded:
             self._state = forget_run(self._state, prepared.run_id)  # ran already: never twice
+            self._slot_freed()
             return
 
         result = await self._runner.execute(prepared, dry_run=dry, stopped=self._paused)
@@ -456,6 +467,7 @@ class Containment:
                 attempts=max(len(result.attempts), 1),
             )
             self._state = finished.state
+            self._slot_freed()
             if finished.escalate or result.outcome is Outcome.CHECK_FAILED:
                 escalate = f"{action.name} {result.outcome.value}: {_tail(result)}"
             if finished.breaker_opened:
@@ -602,6 +614,25 @@ class Containment:
         """Runs whose action and target no lift may be started on now: the lifts under way,
         and the actions running (a lift beside its own action could undo it as it is made)."""
         return (*self._lifting, *(r.run_id for r in self._state.running()))
+
+    def _slot_freed(self) -> None:
+        """A run left the running ones: the runs waiting for a concurrency slot look again."""
+        self._run_end.set()
+        self._run_end = asyncio.Event()
+
+    async def _run_ended(self) -> None:
+        """Wait until a run ends (or the engine stops: then the run is not started, and its
+        queued alert runs it at the next start)."""
+        if self._stopping:
+            raise asyncio.CancelledError
+        ended = self._run_end
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            await ended.wait()
+        finally:
+            self._waiting.discard(task)
 
     async def _lift_ended(self, action: str, target: str) -> None:
         """Wait until no lift of ``action`` on ``target`` is under way."""

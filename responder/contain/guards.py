@@ -165,6 +165,9 @@ class Decision:
     guard: Guard | None = None
     reason: str = ""
     retry_at: datetime | None = None
+    # Stopped only because the action's or the global concurrency is reached: another
+    # run ending frees a slot, and the run waits for it instead of being skipped.
+    wait: bool = False
 
     @property
     def dry_run(self) -> bool:
@@ -200,9 +203,11 @@ def decide(
     if any(r.action == action.name and r.target == target for r in running):
         return Decision(False, Guard.CONCURRENCY, "already running against this target")
     if sum(1 for r in running if r.action == action.name) >= action.concurrency:
-        return Decision(False, Guard.CONCURRENCY, f"{action.concurrency} run(s) of it in flight")
+        reason = f"{action.concurrency} run(s) of it in flight"
+        return Decision(False, Guard.CONCURRENCY, reason, wait=True)
     if len(running) >= settings.concurrency:
-        return Decision(False, Guard.CONCURRENCY, f"{settings.concurrency} actions in flight")
+        reason = f"{settings.concurrency} actions in flight"
+        return Decision(False, Guard.CONCURRENCY, reason, wait=True)
 
     mine = [r for r in state.runs if r.action == action.name and r.target == target]
     if mine and action.cooldown > timedelta(0):
