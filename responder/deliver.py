@@ -654,14 +654,10 @@ class Dispatcher:
             for page in pages:
                 await self._deliver(page)  # records the missing channel per page
             return
-        try:
-            message = await self._compose.bundle(pages)
-        except Exception as exc:  # nothing was sent (_not_composed: whether to try again)
-            error = self._not_composed(pages, exc)
-            for page in pages:
-                await self._not_sent(page, error)
+        made = await self._made_and_handed_over(pages)
+        if made is None:
             return
-        await self._store.hand_over([p.id for p in pages], self._clock.now())
+        pages, message = made
         try:
             async with asyncio.timeout(SEND_DEADLINE_S):
                 receipt = await notifier.send(message)
@@ -675,7 +671,8 @@ class Dispatcher:
             for page in pages:
                 await self._adapter_failed(page, exc)
             return
-        m.pages_bundled.inc(len(pages))
+        if len(pages) > 1:
+            m.pages_bundled.inc(len(pages))
         sent_at = self._clock.now()  # one message: one send time, counted once by the limits
         recovered = [self._observe_sent(page) for page in pages]
         await self._store.finish_pages(
@@ -688,6 +685,33 @@ class Dispatcher:
             "pages bundled",
             extra=fields(pages=[p.id for p in pages], contact=pages[0].contact),
         )
+
+    async def _made_and_handed_over(self, pages: list[Page]) -> tuple[list[Page], Message] | None:
+        """The message for one contact method's pages, made and then handed over with them:
+        those the hand-over finds pointless now (acknowledged, snoozed or resolved since
+        they were claimed) are cancelled, and the message is made again without them. Only
+        the pages handed over go, in the message made for exactly them. None: nothing to
+        send (all cancelled, or not composed: each page is then settled)."""
+        while pages:
+            try:
+                if len(pages) == 1:
+                    message = await self._compose.page(pages[0])
+                else:
+                    message = await self._compose.bundle(pages)
+            except Exception as exc:  # nothing was sent (_not_composed: whether to try again)
+                error = self._not_composed(pages, exc)
+                for page in pages:
+                    await self._not_sent(page, error)
+                return None
+            dropped = await self._store.hand_over([p.id for p in pages], self._clock.now())
+            if not dropped:
+                return pages, message
+            log.info(
+                "pages cancelled at the hand-over: their incident changed since they were claimed",
+                extra=fields(pages=dropped, contact=pages[0].contact, channel=pages[0].channel),
+            )
+            pages = [p for p in pages if p.id not in dropped]
+        return None
 
     def _observe_sent(self, page: Page) -> bool:
         """Count a send; True when its channel was failing until it (it delivers again)."""
@@ -735,12 +759,10 @@ class Dispatcher:
             m.pages.labels(page.channel, "failed").inc()
             await self._finish(page, PageState.FAILED, error=error, reroute=self.reroute_for(error))
             return
-        try:
-            message = await self._compose.page(page)
-        except Exception as exc:  # nothing was sent (_not_composed: whether to try again)
-            await self._not_sent(page, self._not_composed([page], exc))
+        made = await self._made_and_handed_over([page])
+        if made is None:
             return
-        await self._store.hand_over([page.id], self._clock.now())
+        _, message = made
         try:
             async with asyncio.timeout(SEND_DEADLINE_S):
                 receipt = await notifier.send(message)

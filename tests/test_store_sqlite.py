@@ -778,7 +778,8 @@ async def test_a_page_being_sent_when_its_incident_is_acknowledged_is_not_retrie
     await store.add_pages(1, 1, pages, None, T0)
     sms, email = sorted(await store.claim_pages(T0), key=lambda p: p.channel != "sms")
     later = T0 + timedelta(seconds=5)
-    await store.transition(1, "acknowledge", actor="alice", via="api", now=later)
+    # bob: alice's own acknowledgement would cancel her pages at once (_cancel_pages_to).
+    await store.transition(1, "acknowledge", actor="bob", via="api", now=later)
     await store.finish_page(sms.id, PageState.QUEUED, later, error="500", retry_at=later)
     await store.hold_pages([email.id], later, "rate limit", later)
     assert await store.claim_pages(later + timedelta(minutes=5)) == []
@@ -905,21 +906,30 @@ async def test_a_shared_number_answers_as_the_contact_told_last(store: SQLiteSto
     assert told == [(1, "alice"), (2, "ops")]
 
 
-async def test_a_page_claimed_when_its_incident_resolves_gets_a_recovery_notice(
+async def test_a_recovery_notice_goes_to_whoever_a_page_was_handed_over_for(
     store: SQLiteStore,
 ) -> None:
-    """Claimed, not yet handed over, when the incident resolves: the page may still go out,
-    so its contact is among those the recovery notice is for (regression review, stop 16:
-    they got the firing page and never heard it was over)."""
+    """The incident resolves while alice's email and bob's SMS are claimed; alice's was
+    handed over before the resolve (it may have reached her), bob's not: its hand-over
+    cancels it, so the recovery notice is for alice alone. Before, a claimed page counted
+    (it could still go out after the resolve) and bob would have been told "RESOLVED" of a
+    page he never got."""
     await store.ingest([disk_alert("aaaa000000000001")], T0)
-    await store.add_pages(
-        1, 1, [NewPage("L1", PageKind.PAGE, "alice", "email", "a@example.com", T0)], None, T0
-    )
-    assert len(await store.claim_pages(T0)) == 1
+    pages = [
+        NewPage("L1", PageKind.PAGE, "alice", "email", "a@example.com", T0),
+        NewPage("L1", PageKind.PAGE, "bob", "sms", "+15551230002", T0),
+    ]
+    await store.add_pages(1, 1, pages, None, T0)
+    alice, bob = sorted(await store.claim_pages(T0), key=lambda p: p.contact)
+    assert await store.hand_over([alice.id], T0) == []
     later = T0 + timedelta(minutes=1)
-    await store.transition(1, "resolve", actor="bob", via="api", now=later)
+    await store.transition(1, "resolve", actor="carol", via="api", now=later)
     (work,) = await store.due_escalations(later)
     assert work.paged == (("alice", "email", "a@example.com"),)
+    assert await store.hand_over([bob.id], later) == [bob.id]
+    cancelled = await store.get_page(bob.id)
+    assert cancelled is not None
+    assert (cancelled.state, cancelled.error) == (PageState.CANCELLED, "incident resolved")
 
 
 async def test_a_transition_refused_by_its_expectation_changes_nothing(

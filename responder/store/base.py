@@ -625,7 +625,8 @@ class Store(ContainmentStore, Protocol):
     ) -> int:
         """Record the outcome; with ``retry_at`` the page is queued again for then. With
         ``reroute``, in the same transaction, the pages it gives are queued; returns how
-        many were new."""
+        many were new. A page cancelled while it was being made (its contact acknowledged)
+        stays cancelled, and is not re-routed."""
         ...
 
     async def finish_pages(
@@ -705,9 +706,14 @@ class Store(ContainmentStore, Protocol):
         force (a reload corrected it since they were queued): the rows show where they went."""
         ...
 
-    async def hand_over(self, page_ids: Sequence[int], now: datetime) -> None:
-        """Claimed pages go to their channel now: from here on an interruption leaves their
-        outcome unknown (``recover_sending``)."""
+    async def hand_over(self, page_ids: Sequence[int], now: datetime) -> list[int]:
+        """The claimed pages of one message go to their channel now: from here on an
+        interruption leaves their outcome unknown (``recover_sending``). First, in the same
+        transaction, each is checked against its incident as it is now: one that lost its
+        point since it was claimed (acknowledged, snoozed, resolved, fired again: the rules
+        that cancel queued pages) is cancelled. Returns the pages not handed over (cancelled
+        now or before); when there are any, none was, and the message made with them must
+        be made again without them."""
         ...
 
     async def retry_channel_now(self, channel: str, now: datetime) -> int:

@@ -902,7 +902,7 @@ class SQLiteStore:
         retry_us = None if retry_at is None else to_us(retry_at)
 
         def work(conn: sqlite3.Connection) -> int:
-            inc.finish_page(
+            recorded = inc.finish_page(
                 conn,
                 page_id,
                 state,
@@ -911,7 +911,9 @@ class SQLiteStore:
                 error=error,
                 retry_at_us=retry_us,
             )
-            return 0 if reroute is None else inc.reroute_page(conn, page_id, reroute, now_us)
+            if reroute is None or not recorded:
+                return 0
+            return inc.reroute_page(conn, page_id, reroute, now_us)
 
         return await self._write(work)
 
@@ -998,9 +1000,10 @@ class SQLiteStore:
         now_us = to_us(now)
         await self._write(lambda conn: inc.readdress_pages(conn, page_ids, address, now_us))
 
-    async def hand_over(self, page_ids: Sequence[int], now: datetime) -> None:
+    async def hand_over(self, page_ids: Sequence[int], now: datetime) -> list[int]:
         now_us = to_us(now)
-        await self._write(lambda conn: inc.hand_over(conn, page_ids, now_us))
+        ids = list(page_ids)
+        return await self._write(lambda conn: inc.hand_over(conn, ids, now_us))
 
     async def retry_channel_now(self, channel: str, now: datetime) -> int:
         now_us = to_us(now)

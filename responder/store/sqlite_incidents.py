@@ -376,10 +376,14 @@ def _cancel_pending(
 def _cancel_pages_to(
     conn: sqlite3.Connection, incident_id: int, contact: str, now_us: int, reason: str
 ) -> int:
-    """Queued pages of the incident to ``contact`` (not status updates or recoveries)."""
+    """Pages of the incident to ``contact`` not yet handed to their channel (not status
+    updates or recoveries): queued, or claimed by the outbox and still being made, whose
+    hand-over then finds them gone (``hand_over``). Only the first acknowledger is kept on
+    the incident, so the hand-over could not tell who else acknowledged since."""
     cur = conn.execute(
         "UPDATE pages SET state = 'cancelled', error = ?, updated_at = ? "
-        "WHERE incident_id = ? AND state = 'queued' AND kind = 'page' AND contact = ?",
+        "WHERE incident_id = ? AND kind = 'page' AND contact = ? "
+        "AND (state = 'queued' OR (state = 'sending' AND handed_at IS NULL))",
         (reason, now_us, incident_id, contact),
     )
     return cur.rowcount
@@ -605,8 +609,7 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
         # Who was told of it since the last recovery notice: every episode since (an
         # unacknowledge starts one mid-incident), and only pages that reached someone or
         # may have (never a route that failed or was cancelled). A page claimed and not yet
-        # handed over counts: it may go out after the resolve, and then its contact must
-        # hear that it is over (the incident is not due again after its recovery step).
+        # handed over does not: its hand-over, after the resolve, cancels it (hand_over).
         # A recovery notice of an earlier trigger still waiting (a retry, a rate limit), or
         # cancelled because the incident fired again before it went, told nobody: those it
         # was for hear this one.
@@ -614,7 +617,7 @@ def due_work(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Escalati
         for incident_id, contact, channel, address in conn.execute(
             "SELECT DISTINCT p.incident_id, p.contact, p.channel, p.address FROM pages p "  # noqa: S608
             f"WHERE p.incident_id IN ({resolved_marks}) AND p.kind IN ('page', 'status') "
-            f"AND ({_REACHED} OR p.state = 'sending') "
+            f"AND {_REACHED} "
             "AND p.episode > (SELECT COALESCE(MAX(r.episode), 0) FROM pages r "
             "WHERE r.incident_id = p.incident_id AND r.kind = 'recovery' "
             "AND r.state != 'queued' AND r.error IS NOT ?) "
@@ -1111,21 +1114,26 @@ def finish_page(
     provider_id: str | None = None,
     error: str | None = None,
     retry_at_us: int | None = None,
-) -> None:
+) -> bool:
+    """Record a send's outcome; False (nothing recorded) for a page cancelled meanwhile: its
+    contact acknowledged while it was being made (``_cancel_pages_to``), and it is not
+    failed (nor re-routed) after that."""
     if retry_at_us is not None:
-        conn.execute(
+        cur = conn.execute(
             "UPDATE pages SET state = 'queued', due_at = ?, error = ?, updated_at = ? "
             "WHERE id = ? AND state = 'sending'",
             (retry_at_us, error, now_us, page_id),
         )
         _cancel_if_pointless(conn, [page_id], now_us)
-        return
+        return cur.rowcount > 0
     sent_at = now_us if state in (PageState.SENT, PageState.DELIVERED) else None
-    conn.execute(
+    cur = conn.execute(
         "UPDATE pages SET state = ?, provider_id = COALESCE(?, provider_id), error = ?, "
-        "sent_at = COALESCE(?, sent_at), updated_at = ? WHERE id = ?",
+        "sent_at = COALESCE(?, sent_at), updated_at = ? WHERE id = ? AND state != 'cancelled'",
         (state.value, provider_id, error, sent_at, now_us, page_id),
     )
+    if not cur.rowcount:
+        return False
     page = conn.execute(
         "SELECT incident_id, contact, channel, step FROM pages WHERE id = ?", (page_id,)
     ).fetchone()
@@ -1140,6 +1148,7 @@ def finish_page(
         if error:
             detail["error"] = error
         _event(conn, page[0], now_us, kind, "responder", detail, via=page[2])
+    return True
 
 
 def readdress_pages(
@@ -1153,13 +1162,38 @@ def readdress_pages(
     )
 
 
-def hand_over(conn: sqlite3.Connection, page_ids: Sequence[int], now_us: int) -> None:
-    """Claimed pages are about to be handed to their channel: from now on, an interruption
-    leaves their outcome unknown."""
-    conn.executemany(
-        "UPDATE pages SET handed_at = ? WHERE id = ? AND state = 'sending'",
-        [(now_us, page_id) for page_id in page_ids],
+def hand_over(conn: sqlite3.Connection, page_ids: Sequence[int], now_us: int) -> list[int]:
+    """The pages of one message are about to be handed to their channel: from now on, an
+    interruption leaves their outcome unknown. An acknowledgement, snooze or resolve (or a
+    re-fire) committed since they were claimed cancelled only the queued ones: those of
+    these that lost their point are cancelled here as they would have been (``_POINTLESS``).
+    All or nothing: when any of them is cancelled (or was, by its contact's acknowledgement:
+    ``_cancel_pages_to``), none is handed over and their ids are returned; the message was
+    made with them, and the caller makes it again without them."""
+    if not page_ids:
+        return []
+    marks = ",".join("?" * len(page_ids))
+    conn.execute(
+        f"UPDATE pages SET state = 'cancelled', updated_at = ?, error = {_POINTLESS_ERROR} "  # noqa: S608 - fixed text and placeholders
+        f"WHERE id IN ({marks}) AND state = 'sending' AND handed_at IS NULL "
+        f"AND EXISTS (SELECT 1 FROM incidents i WHERE i.id = pages.incident_id AND {_POINTLESS})",
+        [now_us, TRIGGER_ENDED, *page_ids],
     )
+    sending = {
+        row[0]
+        for row in conn.execute(
+            f"SELECT id FROM pages WHERE id IN ({marks}) AND state = 'sending'",  # noqa: S608
+            list(page_ids),
+        )
+    }
+    dropped = [page_id for page_id in page_ids if page_id not in sending]
+    if dropped:
+        return dropped
+    conn.execute(
+        f"UPDATE pages SET handed_at = ? WHERE id IN ({marks})",  # noqa: S608 - placeholders
+        [now_us, *page_ids],
+    )
+    return []
 
 
 def settle_interrupted(
@@ -1215,8 +1249,8 @@ def reroute_page(conn: sqlite3.Connection, page_id: int, reroute: Reroute, now_u
     """Queue what ``reroute`` says for a page that failed or waits (in the caller's
     transaction); returns how many pages were new."""
     page = get_page(conn, page_id)
-    if page is None:
-        return 0
+    if page is None or page.state is PageState.CANCELLED:
+        return 0  # it lost its point: nobody else needs waking for it either
     incident = get_incident(conn, page.incident_id)
     siblings = step_pages(conn, page.incident_id, page.episode, page.step)
     failed_over_at, budget_rerouted_at = conn.execute(
@@ -1458,21 +1492,34 @@ def hold_pages(
     _cancel_if_pointless(conn, page_ids, now_us)
 
 
+# A page (row ``pages``) that lost its point, by what it is, given its incident ``i``: an
+# escalation page on the unacknowledged clock once someone acknowledged, or snoozed (not a
+# reassignment's: the new owner hears of it, snoozed or not); a page or status update once
+# resolved; any page, status update or recovery notice of a trigger that is over. A
+# management (duration) level's page, a status update while open, a recovery notice of its
+# own trigger and a drill's test page still go. The same rules as the transitions apply to
+# queued pages (``_cancel_pending``) and the reroutes to failed ones (deliver._Rerouter).
+_POINTLESS = (
+    "((pages.kind = 'page' AND pages.cancel_on_ack = 1 AND (i.state = 'acknowledged' "
+    f"OR (i.state = 'snoozed' AND pages.step NOT LIKE '{REASSIGN_STEP}%'))) "
+    f"OR (pages.kind IN ('page', 'status') AND i.state = 'resolved') OR ({_TRIGGER_OVER}))"
+)
+# Why it was cancelled (one parameter: TRIGGER_ENDED).
+_POINTLESS_ERROR = (
+    f"(SELECT CASE WHEN {_TRIGGER_OVER} THEN ? ELSE 'incident ' || i.state END "  # noqa: S608
+    "FROM incidents i WHERE i.id = pages.incident_id)"
+)
+
+
 def _cancel_if_pointless(conn: sqlite3.Connection, page_ids: Sequence[int], now_us: int) -> None:
     """Pages going back to the queue (a retry, a hold) that were being sent when their
     incident was acknowledged, snoozed or resolved: cancelled as that transition cancelled
-    the queued ones (``_cancel_pending``), instead of going out after it. A reassignment's
-    pages (step ``A...``) are not silenced by a snooze: the new owner must hear of it. So
-    are those whose trigger is over (``claim_pages``), with ``TRIGGER_ENDED``."""
+    the queued ones (``_cancel_pending``), instead of going out after it; so are those
+    whose trigger is over (``claim_pages``), with ``TRIGGER_ENDED``."""
     conn.executemany(
-        "UPDATE pages SET state = 'cancelled', updated_at = ?, "  # noqa: S608 - fixed text
-        f"error = (SELECT CASE WHEN {_TRIGGER_OVER} THEN ? ELSE 'incident ' || i.state END "
-        "FROM incidents i WHERE i.id = pages.incident_id) "
+        f"UPDATE pages SET state = 'cancelled', updated_at = ?, error = {_POINTLESS_ERROR} "  # noqa: S608 - fixed text
         "WHERE id = ? AND state = 'queued' AND EXISTS (SELECT 1 FROM incidents i "
-        "WHERE i.id = pages.incident_id AND ((pages.kind = 'page' AND pages.cancel_on_ack = 1 "
-        "AND (i.state = 'acknowledged' OR (i.state = 'snoozed' "
-        f"AND pages.step NOT LIKE '{REASSIGN_STEP}%'))) "
-        f"OR (pages.kind IN ('page', 'status') AND i.state = 'resolved') OR ({_TRIGGER_OVER})))",
+        f"WHERE i.id = pages.incident_id AND {_POINTLESS})",
         [(now_us, TRIGGER_ENDED, page_id) for page_id in page_ids],
     )
 
