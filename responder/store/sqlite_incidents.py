@@ -9,6 +9,7 @@ incident in between (the engine then decides again from fresh data).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -1170,30 +1171,36 @@ def hand_over(conn: sqlite3.Connection, page_ids: Sequence[int], now_us: int) ->
     All or nothing: when any of them is cancelled (or was, by its contact's acknowledgement:
     ``_cancel_pages_to``), none is handed over and their ids are returned; the message was
     made with them, and the caller makes it again without them."""
-    if not page_ids:
+    ids = list(dict.fromkeys(page_ids))
+    if not ids:
         return []
-    marks = ",".join("?" * len(page_ids))
-    conn.execute(
-        f"UPDATE pages SET state = 'cancelled', updated_at = ?, error = {_POINTLESS_ERROR} "  # noqa: S608 - fixed text and placeholders
-        f"WHERE id IN ({marks}) AND state = 'sending' AND handed_at IS NULL "
-        f"AND EXISTS (SELECT 1 FROM incidents i WHERE i.id = pages.incident_id AND {_POINTLESS})",
-        [now_us, TRIGGER_ENDED, *page_ids],
+    handing, handed, undoing, cancelling = _hand_over_sql(len(ids))
+    if conn.execute(handing, [now_us, *ids]).rowcount == len(ids):
+        return []  # the usual case: one statement
+    going = {row[0] for row in conn.execute(handed, ids)}
+    conn.execute(undoing, ids)
+    conn.execute(cancelling, [now_us, TRIGGER_ENDED, *ids])
+    return [page_id for page_id in ids if page_id not in going]
+
+
+@functools.cache
+def _hand_over_sql(count: int) -> tuple[str, str, str, str]:
+    """``hand_over``'s statements for ``count`` pages: hand over those still going; which
+    those were; take that back; cancel those that lost their point."""
+    marks = ",".join("?" * count)
+    pointless = (
+        "EXISTS (SELECT 1 FROM incidents i "  # noqa: S608 - fixed text
+        f"WHERE i.id = pages.incident_id AND {_POINTLESS})"
     )
-    sending = {
-        row[0]
-        for row in conn.execute(
-            f"SELECT id FROM pages WHERE id IN ({marks}) AND state = 'sending'",  # noqa: S608
-            list(page_ids),
-        )
-    }
-    dropped = [page_id for page_id in page_ids if page_id not in sending]
-    if dropped:
-        return dropped
-    conn.execute(
-        f"UPDATE pages SET handed_at = ? WHERE id IN ({marks})",  # noqa: S608 - placeholders
-        [now_us, *page_ids],
+    return (
+        f"UPDATE pages SET handed_at = ? WHERE id IN ({marks}) AND state = 'sending' "  # noqa: S608 - fixed text and placeholders
+        f"AND NOT {pointless}",
+        f"SELECT id FROM pages WHERE id IN ({marks}) AND state = 'sending' "  # noqa: S608
+        "AND handed_at IS NOT NULL",
+        f"UPDATE pages SET handed_at = NULL WHERE id IN ({marks}) AND state = 'sending'",  # noqa: S608
+        f"UPDATE pages SET state = 'cancelled', updated_at = ?, error = {_POINTLESS_ERROR} "  # noqa: S608
+        f"WHERE id IN ({marks}) AND state = 'sending' AND {pointless}",
     )
-    return []
 
 
 def settle_interrupted(
