@@ -24,10 +24,11 @@ class Message:
     # Structured data for channels that carry it (webhook JSON, email headers).
     data: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     # True for the first message of a thread to this address (the incident's first notice).
-    # Email makes it the thread's root (its Message-ID derives from thread_id); later messages
-    # reply to that root. Only the caller knows which message is first: a notifier that guessed
-    # from memory would, after a restart, send a second root with the same Message-ID, and
-    # mail providers silently drop duplicate Message-IDs.
+    # Email makes it the thread's root (its Message-ID derives from thread_id and ``to``:
+    # each recipient has a root of its own); later messages to ``to`` reply to that root.
+    # Only the caller knows which message is first: a notifier that guessed from memory
+    # would, after a restart, send a second root with the same Message-ID, and mail
+    # providers silently drop duplicate Message-IDs.
     thread_start: bool = False
     # Which install composed it: stable for the install, different for another (staging and
     # production paging the same person have their own incident 1 and page 1). Email mixes

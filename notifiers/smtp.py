@@ -3,9 +3,10 @@
 ``SmtpNotifier`` (channel ``"email"``) builds a ``multipart/alternative`` message (text, and
 HTML when the page has it) with the ``Date`` and ``Message-ID`` headers aiosmtplib does not add,
 and threads every message of one incident: the thread's root Message-ID is derived from
-``Message.thread_id``, the message marked ``thread_start`` carries it, and every other message
-replies to it (``In-Reply-To`` and ``References``). Transport security is explicit: ``starttls``
-(required, never silently skipped), ``tls`` (implicit, port 465) or ``none`` (a loopback relay).
+``Message.thread_id`` and the recipient, the message marked ``thread_start`` carries it, and
+every other message to that recipient replies to it (``In-Reply-To`` and ``References``).
+Transport security is explicit: ``starttls`` (required, never silently skipped), ``tls``
+(implicit, port 465) or ``none`` (a loopback relay).
 Each send is bounded by a timeout; failures become ``DeliveryError``: connection problems,
 timeouts and 4xx replies can be retried, a 5xx for the page (unknown mailbox) cannot, and what
 refuses every page (failed AUTH, no STARTTLS, a 554 greeting) takes the channel down.
@@ -64,10 +65,14 @@ def _from_domain(from_addr: str) -> str:
     return domain or "responder.invalid"
 
 
-def thread_root_id(thread_id: str, domain: str, origin: str = "") -> str:
-    """The Message-ID every message of ``thread_id`` refers to: the same on every run."""
-    digest = hashlib.sha256(f"{origin}\x00{thread_id}".encode()).hexdigest()[:32]
-    return f"<thread.{digest}@{domain}>"
+def thread_root_id(thread_id: str, domain: str, origin: str = "", to: str = "") -> str:
+    """The Message-ID every message of ``thread_id`` to ``to`` refers to: the same on every
+    run. Each recipient's thread has a root of its own: everyone paged at level 1 gets a first
+    notice, and one Message-ID for two different messages makes a mailbox that receives both
+    (a list, an alias, a shared archive) drop the second as a duplicate."""
+    recipient = parseaddr(to)[1].lower()
+    key = f"{origin}\x00{thread_id}\x00{recipient}"
+    return f"<thread.{hashlib.sha256(key.encode()).hexdigest()[:32]}@{domain}>"
 
 
 def message_id(message: Message, domain: str) -> str:
@@ -75,7 +80,7 @@ def message_id(message: Message, domain: str) -> str:
     the idempotency key, so that a retried page carries the same id and mail systems can drop
     the duplicate; random only when there is no key. Both mix in the message's origin."""
     if message.thread_start and message.thread_id:
-        return thread_root_id(message.thread_id, domain, message.origin)
+        return thread_root_id(message.thread_id, domain, message.origin, message.to)
     if message.idempotency_key:
         key = f"{message.origin}\x00{message.idempotency_key}"
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -96,7 +101,7 @@ def build_email(message: Message, from_addr: str, clock: Clock) -> EmailMessage:
     mail["Date"] = format_datetime(clock.now())
     mail["Message-ID"] = message_id(message, domain)
     if message.thread_id and not message.thread_start:
-        root = thread_root_id(message.thread_id, domain, message.origin)
+        root = thread_root_id(message.thread_id, domain, message.origin, message.to)
         mail["In-Reply-To"] = root
         mail["References"] = root
     # RFC 3834: tells vacation responders and ticket systems not to answer a page.

@@ -102,7 +102,7 @@ async def test_messages_of_one_incident_thread_together(plain: SmtpTestServer) -
     update = await notifier.send(page(idempotency_key="incident-42/1/alice/email"))
     retry = await notifier.send(page(idempotency_key="incident-42/1/alice/email"))
     other = await notifier.send(page(thread_id="incident-43", thread_start=True))
-    root = thread_root_id("incident-42", "ops.example")
+    root = thread_root_id("incident-42", "ops.example", to=TO)
     m1, m2, m3, m4 = (m.message for m in plain.messages)
     assert m1["Message-ID"] == root == first.provider_id
     assert m1["In-Reply-To"] is None
@@ -111,6 +111,25 @@ async def test_messages_of_one_incident_thread_together(plain: SmtpTestServer) -
     assert m2["Message-ID"] != root
     assert m3["Message-ID"] == m2["Message-ID"] == update.provider_id == retry.provider_id
     assert m4["Message-ID"] == other.provider_id != root
+
+
+async def test_each_recipient_of_a_first_notice_has_a_message_id_of_its_own(
+    plain: SmtpTestServer,
+) -> None:
+    """Alice and bob, both paged at level 1, each get the incident's first notice: two
+    messages, two Message-IDs (a list or an alias that delivers both to one mailbox would
+    drop the second as a duplicate; the soak test saw one id on two routes), and bob's later
+    messages reply to the root bob got."""
+    notifier = SmtpNotifier(settings_for(plain))
+    await notifier.send(page(to="alice@example.com", thread_start=True))
+    await notifier.send(page(to="bob@example.com", thread_start=True))
+    await notifier.send(page(to="bob@example.com", idempotency_key="page-9"))
+    alice_root, bob_root, bob_update = (m.message for m in plain.messages)
+    assert alice_root["Message-ID"] != bob_root["Message-ID"]
+    assert bob_update["In-Reply-To"] == bob_update["References"] == bob_root["Message-ID"]
+    assert bob_root["Message-ID"] == thread_root_id(
+        "incident-42", "ops.example", to="bob@example.com"
+    )
 
 
 async def test_two_installs_never_share_a_message_id(plain: SmtpTestServer) -> None:
