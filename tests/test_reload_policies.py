@@ -88,6 +88,19 @@ async def _contacts(client: Any) -> list[tuple[str, str, str]]:
     return [(p["step"], p["contact"], p["state"]) for p in doc["pages"]]
 
 
+async def _snoozed_after_bob(client: Any, clock: FakeClock, duration: str) -> None:
+    """Incident 1 (a DiskFull under 'ops') paged alice, then bob at 15 min, who snoozed it."""
+    await post(client, webhook(alert("DiskFull", instance="a")))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
+    for _ in range(16):
+        await settle(client, clock, timedelta(minutes=1))
+    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")
+    answer = await client.post(
+        "/api/v1/incidents/1/snooze", json={"by": "bob", "for": duration}, headers=AUTH
+    )
+    assert answer.status == 200, await answer.text()
+
+
 async def test_a_snoozed_incident_whose_policy_is_removed_starts_the_default_from_level_1(
     make_client: ClientFactory,
     tmp_path: Path,
@@ -102,15 +115,7 @@ async def test_a_snoozed_incident_whose_policy_is_removed_starts_the_default_fro
     client = await make_client(
         write_config(tmp_path, config(OPS + STANDARD) + extra, rules=RULES_OPS)
     )
-    await post(client, webhook(alert("DiskFull", instance="a")))
-    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
-    for _ in range(16):
-        await settle(client, clock, timedelta(minutes=1))
-    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")
-    answer = await client.post(
-        "/api/v1/incidents/1/snooze", json={"by": "bob", "for": "30m"}, headers=AUTH
-    )
-    assert answer.status == 200, await answer.text()
+    await _snoozed_after_bob(client, clock, "30m")
     # 'ops' is removed; the rule now names no policy (the default, 'standard').
     write_config(tmp_path, config(STANDARD) + extra, rules=RULES_DEFAULT)
     assert (await client.post("/-/reload", headers=AUTH)).status == 200
@@ -145,15 +150,7 @@ async def test_an_unsnooze_waits_for_the_re_arm_of_a_reload(
     client = await make_client(
         write_config(tmp_path, config(OPS + STANDARD) + extra, rules=RULES_OPS)
     )
-    await post(client, webhook(alert("DiskFull", instance="a")))
-    await eventually(lambda: _count(client, lambda p: p["contact"] == "alice"), "alice")
-    for _ in range(16):
-        await settle(client, clock, timedelta(minutes=1))
-    await eventually(lambda: _count(client, lambda p: p["contact"] == "bob"), "bob at 15m")
-    answer = await client.post(
-        "/api/v1/incidents/1/snooze", json={"by": "bob", "for": "1h"}, headers=AUTH
-    )
-    assert answer.status == 200, await answer.text()
+    await _snoozed_after_bob(client, clock, "1h")
     runtime = client.app[RUNTIME]
     real = runtime.store.rearm_open_incidents
     disk_full = [True]
