@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from responder.clock import FakeClock
+from responder.runtime import RUNTIME
+from responder.store import StoreError
 from responder.testing import FakeTwilio, SmtpTestServer
 from tests.conftest import AUTH, ClientFactory, write_config
 from tests.test_escalation_story import (
@@ -88,6 +90,23 @@ async def _contacts(client: Any) -> list[tuple[str, str, str]]:
     return [(p["step"], p["contact"], p["state"]) for p in doc["pages"]]
 
 
+def _rearm_refused_while_full(client: Any, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The store refuses the re-arm of open incidents (a full disk) until the returned
+    flag's ``[0]`` is set to False."""
+    store = client.app[RUNTIME].store
+    real = store.rearm_open_incidents
+    disk_full = [True]
+
+    async def failing_while_full(*args: Any, **kwargs: Any) -> int:
+        if disk_full[0]:
+            raise StoreError("database or disk is full")
+        count: int = await real(*args, **kwargs)
+        return count
+
+    monkeypatch.setattr(store, "rearm_open_incidents", failing_while_full)
+    return disk_full
+
+
 async def _snoozed_after_bob(client: Any, clock: FakeClock, duration: str) -> None:
     """Incident 1 (a DiskFull under 'ops') paged alice, then bob at 15 min, who snoozed it."""
     await post(client, webhook(alert("DiskFull", instance="a")))
@@ -142,8 +161,6 @@ async def test_an_unsnooze_waits_for_the_re_arm_of_a_reload(
     default's level 2 names. Once the re-arm is written the default starts from its start,
     as at a snooze's own end: carol is paged, dave is not."""
     from responder import runtime as runtime_module
-    from responder.runtime import RUNTIME
-    from responder.store import StoreError
 
     monkeypatch.setattr(runtime_module, "REARM_RETRY_S", 0.01)
     extra = channels(tmp_path, smtp, twilio)
@@ -151,17 +168,7 @@ async def test_an_unsnooze_waits_for_the_re_arm_of_a_reload(
         write_config(tmp_path, config(OPS + STANDARD) + extra, rules=RULES_OPS)
     )
     await _snoozed_after_bob(client, clock, "1h")
-    runtime = client.app[RUNTIME]
-    real = runtime.store.rearm_open_incidents
-    disk_full = [True]
-
-    async def failing_while_full(*args: Any, **kwargs: Any) -> int:
-        if disk_full[0]:
-            raise StoreError("database or disk is full")
-        count: int = await real(*args, **kwargs)
-        return count
-
-    monkeypatch.setattr(runtime.store, "rearm_open_incidents", failing_while_full)
+    disk_full = _rearm_refused_while_full(client, monkeypatch)
     write_config(tmp_path, config(STANDARD) + extra, rules=RULES_DEFAULT)
     assert (await client.post("/-/reload", headers=AUTH)).status == 503
     answer = await client.post("/api/v1/incidents/1/unsnooze", json={"by": "bob"}, headers=AUTH)
@@ -169,7 +176,7 @@ async def test_an_unsnooze_waits_for_the_re_arm_of_a_reload(
     assert "re-armed" in (await answer.json())["error"]
     assert (await incident(client))["state"] == "snoozed"
     disk_full[0] = False
-    await eventually(lambda: _true(not runtime.rearm_pending), "the re-arm written")
+    await eventually(lambda: _true(not client.app[RUNTIME].rearm_pending), "the re-arm written")
     answer = await client.post("/api/v1/incidents/1/unsnooze", json={"by": "bob"}, headers=AUTH)
     assert answer.status == 200, await answer.text()
     assert (await answer.json())["data"]["state"] == "triggered"
@@ -283,8 +290,6 @@ async def test_a_rearm_the_store_could_not_take_is_tried_again(
     """The re-arm write also moves incidents of a removed policy to the default: when the
     store refuses it once, it is tried again, and carol (the default's level 1) is paged."""
     from responder import runtime as runtime_module
-    from responder.runtime import RUNTIME
-    from responder.store import StoreError
 
     monkeypatch.setattr(runtime_module, "REARM_RETRY_S", 0.01)
     extra = channels(tmp_path, smtp, twilio)
@@ -338,23 +343,11 @@ async def test_the_reload_metric_reads_0_until_the_re_arm_is_written(
     full (the engine holds off until it is written): the metric says 0 meanwhile, not 1
     with only the log to tell, and 1 with the time of the write once the retry succeeds."""
     from responder import runtime as runtime_module
-    from responder.runtime import RUNTIME
-    from responder.store import StoreError
 
     monkeypatch.setattr(runtime_module, "REARM_RETRY_S", 0.01)
     client = await make_client(write_config(tmp_path, config(OPS + STANDARD), rules=RULES_OPS))
     await post(client, webhook(alert("DiskFull", instance="a")))
-    runtime = client.app[RUNTIME]
-    real = runtime.store.rearm_open_incidents
-    disk_full = [True]
-
-    async def failing_while_full(*args: Any, **kwargs: Any) -> int:
-        if disk_full[0]:
-            raise StoreError("database or disk is full")
-        count: int = await real(*args, **kwargs)
-        return count
-
-    monkeypatch.setattr(runtime.store, "rearm_open_incidents", failing_while_full)
+    disk_full = _rearm_refused_while_full(client, monkeypatch)
     _, started = await _reload_metrics(client)
     clock.advance(timedelta(minutes=1))
     write_config(tmp_path, config(STANDARD), rules=RULES_DEFAULT)
@@ -366,7 +359,7 @@ async def test_the_reload_metric_reads_0_until_the_re_arm_is_written(
     disk_full[0] = False
 
     async def rearmed() -> bool:
-        return not runtime.rearm_pending
+        return not client.app[RUNTIME].rearm_pending
 
     await eventually(rearmed, "the re-arm written by its retry")
     assert await _reload_metrics(client) == (1, clock.now().timestamp())
