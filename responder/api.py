@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import hdrs, web
 
@@ -57,6 +57,53 @@ def authenticated(handler: Handler) -> Handler:
     return wrapper
 
 
+class BadQuery(ValueError):
+    """A list request's parameter cannot be taken; the text is the 400's error."""
+
+
+def page_query(query: Mapping[str, str], what: str) -> tuple[int, int | None]:
+    """A list request's ``limit`` (1 to MAX_LIMIT, default 500) and ``before`` (only rows
+    older than that id of ``what``: the next page), or BadQuery."""
+    try:
+        limit = int(query.get("limit", "500"))
+    except ValueError:
+        raise BadQuery("limit: expected a whole number") from None
+    if not 0 < limit <= MAX_LIMIT:
+        raise BadQuery(f"limit: must be 1 to {MAX_LIMIT}")
+    if "before" not in query:
+        return limit, None
+    before = row_id(query["before"])
+    if before is None:
+        raise BadQuery(f"before: expected {what} id (a whole number)")
+    return limit, before
+
+
+class _Row(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+R = TypeVar("R", bound=_Row)
+
+
+def cut_page(
+    rows: list[R], limit: int, answer: dict[str, Any], next_before: int | None = None
+) -> list[R]:
+    """The first ``limit`` of ``rows``, newest first by id, read one more than ``limit``
+    (whether there are more is then known, not guessed); sets the answer's ``more`` and,
+    if so, ``nextBefore``: the ``before`` of the next page. Ids only grow, so rows stored
+    between two requests do not shift a page: none is listed twice or skipped.
+    ``next_before``: where the next page starts although these rows were not cut (a
+    search that stopped short)."""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_before = rows[-1].id
+    answer["more"] = next_before is not None
+    if next_before is not None:
+        answer["nextBefore"] = next_before
+    return rows
+
+
 def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
@@ -84,9 +131,8 @@ def alert_document(alert: StoredAlert) -> dict[str, Any]:
 async def list_alerts(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/alerts?status=firing&filter=severity="critical"&limit=100&before=ID
 
-    Newest first (by id). ``more`` says whether older alerts may match; ``nextBefore`` is
-    then the ``before`` of the next page: ids only grow, so alerts stored meanwhile do not
-    shift a page, and none is listed twice or skipped."""
+    Newest first (by id), a page at a time (``cut_page``): ``more`` says whether older
+    alerts may match, ``nextBefore`` is then the ``before`` of the next page."""
     runtime = request.app[RUNTIME]
     statuses: set[AlertStatus] = set()
     for value in request.query.getall("status", []):
@@ -96,16 +142,9 @@ async def list_alerts(request: web.Request) -> web.StreamResponse:
             except ValueError:
                 return json_error(400, f"status: expected firing, resolved or stale, got {part!r}")
     try:
-        limit = int(request.query.get("limit", "500"))
-    except ValueError:
-        return json_error(400, "limit: expected a whole number")
-    if not 0 < limit <= MAX_LIMIT:
-        return json_error(400, f"limit: must be 1 to {MAX_LIMIT}")
-    before = None
-    if "before" in request.query:
-        before = row_id(request.query["before"])
-        if before is None:
-            return json_error(400, "before: expected an alert id (a whole number)")
+        limit, before = page_query(request.query, "an alert")
+    except BadQuery as exc:
+        return json_error(400, str(exc))
     try:
         matchers = [m for text in request.query.getall("filter", []) for m in parse_matchers(text)]
     except MatcherError as exc:
@@ -138,12 +177,7 @@ async def list_alerts(request: web.Request) -> web.StreamResponse:
             alerts = found
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
-    if len(alerts) > limit:
-        alerts = alerts[:limit]
-        next_before = alerts[-1].id
-    answer["more"] = next_before is not None
-    if next_before is not None:
-        answer["nextBefore"] = next_before
+    alerts = cut_page(alerts, limit, answer, next_before)
     answer["data"] = [alert_document(a) for a in alerts]
     return web.json_response(answer)
 

@@ -131,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
             "with --url this system's CAs too); refused for a plain-HTTP daemon",
         )
 
+    def add_page_options(sub: argparse.ArgumentParser, what: str) -> None:
+        sub.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+        sub.add_argument(
+            "--before",
+            type=int,
+            metavar="ID",
+            help=f"only {what} older than this id: the next page of a list cut at --limit",
+        )
+
     serve = command("serve", "run the daemon")
     serve.add_argument("--listen", metavar="HOST:PORT", help="listen address (overrides config)")
     serve.set_defaults(run=cmd_serve)
@@ -146,13 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument(
         "--filter", action="append", default=[], help='label matcher, e.g. severity="critical"'
     )
-    alerts.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    alerts.add_argument(
-        "--before",
-        type=int,
-        metavar="ID",
-        help="only alerts older than this id: the next page of a list cut at --limit",
-    )
+    add_page_options(alerts, "alerts")
     alerts.add_argument(
         "--json", action="store_true", help="print the data of the daemon's answer as JSON"
     )
@@ -200,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
         "--state", action="append", help="open, triggered, acknowledged, snoozed, resolved"
     )
     which.add_argument("--all", action="store_true", help="every state")
-    incidents.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    add_page_options(incidents, "incidents")
     incidents.set_defaults(run=cmd_incidents)
 
     show = daemon_command("incident", "show one incident with its timeline and pages")
@@ -640,21 +643,21 @@ def _client(args: argparse.Namespace) -> ApiClient:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    params: list[tuple[str, str]] = [("limit", str(args.limit))]
+    params = _page_params(args)
     if not args.all:
         params += [("state", s) for s in args.state or ["open"]]
     document = asyncio.run(_client(args).request("GET", "/api/v1/incidents", params=params))
-    if document.get("truncated"):
-        _say_cut("incidents", args.limit)
+    _say_cut("incidents", args.limit, document)
     if args.json:
         print(_as_json(document["data"]))
         return 0
     if not document["data"]:  # a bare header reads as a fault
+        older = "" if args.before is None else f" older than {args.before}"
         if args.all:
-            print("no incidents yet")
+            print(f"no incidents{older or ' yet'}")
         else:
             states = " or ".join(args.state or ["open"])
-            print(f"no {states} incidents (--all lists every incident)")
+            print(f"no {states} incidents{older} (--all lists every incident)")
         return 0
     print_table(
         ["ID", "STATE", "SEV", "CATEGORY", "OPENED", "ACK BY", "ALERTS", "TITLE"],
@@ -675,10 +678,20 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_cut(what: str, limit: int, onward: str = "") -> None:
-    # A page of rows in a storm must not read as all there is.
-    print(f"responder: more {what} than the {limit} shown (newest first); --limit shows more"
-          f"{onward}", file=sys.stderr)  # fmt: skip
+def _page_params(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The query of one page of a list: --limit and --before."""
+    params = [("limit", str(args.limit))]
+    if args.before is not None:
+        params.append(("before", str(args.before)))
+    return params
+
+
+def _say_cut(what: str, limit: int, document: dict[str, Any]) -> None:
+    """A list the daemon cut at --limit says so and where the next page starts: a page of
+    rows in a storm must not read as all there is."""
+    if document.get("more"):
+        print(f"responder: more {what} than the {limit} shown (newest first); --limit shows more"
+              f", --before {document['nextBefore']} the next ones", file=sys.stderr)  # fmt: skip
 
 
 def cmd_incident(args: argparse.Namespace) -> int:
@@ -1015,7 +1028,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(_as_json(document["data"]))
     else:
         print(period_report(document["data"], since=since, until=now), end="")
-    if document.get("truncated"):
+    if document.get("more"):
         print(
             f"responder: more than {REPORT_LIMIT} incidents since {since.isoformat()}; the "
             f"figures above cover the newest {REPORT_LIMIT} only: give a shorter --since",
@@ -1078,27 +1091,26 @@ def _as_json(data: Any) -> str:
 def cmd_alerts(args: argparse.Namespace) -> int:
     config = load_config(args.config, state_dir=args.state_dir)
     client = ApiClient.from_config(config, args.url, args.cacert)
-    params: list[tuple[str, str]] = [("limit", str(args.limit))]
+    params = _page_params(args)
     params += [("status", s) for s in args.status or []]
     params += [("filter", f) for f in args.filter]
-    if args.before is not None:
-        params.append(("before", str(args.before)))
     document = asyncio.run(client.request("GET", "/api/v1/alerts", params=params))
     if args.json:
         print(_as_json(document["data"]))
     elif not document["data"]:
-        print("no alerts" + (" match" if args.status or args.filter else " stored yet"))
+        chosen = args.status or args.filter or args.before is not None
+        print("no alerts" + (" match" if chosen else " stored yet"))
     else:
         print_table(
             ["ID", "STATUS", "SEV", "CATEGORY", "RULE", "ALERTNAME", "STARTED", "SEEN", "LABELS"],
             [_alert_row(alert) for alert in document["data"]],
         )
-    following = document.get("nextBefore")
     if "truncated" in document:
+        following = document.get("nextBefore")
         onward = f"; --before {following} searches older ones" if following else ""
         print(f"responder: the filter {document['truncated']}{onward}", file=sys.stderr)
-    elif document.get("more"):
-        _say_cut("alerts", args.limit, f", --before {following} the next ones")
+    else:
+        _say_cut("alerts", args.limit, document)
     return 0
 
 

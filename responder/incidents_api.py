@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from responder.api import MAX_LIMIT, authenticated, iso
+from responder.api import BadQuery, authenticated, cut_page, iso, page_query
 from responder.escalate import count_step, snooze_ended_by_hand
 from responder.incident import (
     Incident,
@@ -227,7 +227,10 @@ def _incident_id(request: web.Request) -> int:
 
 @authenticated
 async def list_incidents(request: web.Request) -> web.StreamResponse:
-    """GET /api/v1/incidents?state=triggered,acknowledged&since=2026-11-01T00:00:00Z&limit=100"""
+    """GET /api/v1/incidents?state=triggered,acknowledged&since=2026-11-01T00:00:00Z&limit=100
+    &before=ID
+
+    Newest first (by id), a page at a time as the alerts are (``cut_page``)."""
     runtime = request.app[RUNTIME]
     states: list[str] = []
     for value in request.query.getall("state", []):
@@ -240,11 +243,9 @@ async def list_incidents(request: web.Request) -> web.StreamResponse:
                 return json_error(400, f"state: expected open or one of {_STATES}, got {part!r}")
             states.append(part)
     try:
-        limit = int(request.query.get("limit", "500"))
-    except ValueError:
-        return json_error(400, "limit: expected a whole number")
-    if not 0 < limit <= MAX_LIMIT:
-        return json_error(400, f"limit: must be 1 to {MAX_LIMIT}")
+        limit, before = page_query(request.query, "an incident")
+    except BadQuery as exc:
+        return json_error(400, str(exc))
     times: dict[str, datetime | None] = {"since": None, "startedSince": None}
     for name in times:
         if name not in request.query:
@@ -257,12 +258,16 @@ async def list_incidents(request: web.Request) -> web.StreamResponse:
             return json_error(400, f"{name}: needs a time zone (e.g. Z)")
     try:
         incidents = await runtime.store.list_incidents(
-            states, times["since"], limit + 1, started_since=times["startedSince"]
+            states,
+            times["since"],
+            limit + 1,
+            started_since=times["startedSince"],
+            before_id=before,
         )
-        answer: dict[str, object] = {"status": "ok"}
-        if len(incidents) > limit:  # more match than asked for: say so, a count must not guess
+        answer: dict[str, Any] = {"status": "ok"}
+        incidents = cut_page(incidents, limit, answer)
+        if answer["more"]:  # what `more` says, under its name before `more` came
             answer["truncated"] = True
-        incidents = incidents[:limit]
         # Only an incident that resolved and fired again has had earlier triggers.
         refired = [i.id for i in incidents if i.started > i.opened_at]
         events = await runtime.store.trigger_events(refired, sorted(TRIGGER_EVENTS))

@@ -88,26 +88,50 @@ async def test_a_list_cut_at_its_limit_says_so(
         assert "limit: must be 1 to 10000" in err
 
 
-async def test_alerts_cut_at_the_limit_say_where_the_next_page_starts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("command", ["alerts", "incidents"])
+async def test_a_list_cut_at_the_limit_says_where_the_next_page_starts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
 ) -> None:
-    """`responder alerts` cut at --limit names the --before of the next page, and that page
-    goes on from there; a list cut at the daemon's largest limit says so too (the command
-    asked for one more than it showed to tell, which it could not at that limit)."""
+    """`responder alerts` or `responder incidents` cut at --limit names the --before of the
+    next page, and that page goes on from there; a list cut at the daemon's largest limit
+    says so too (the command asked for one more than it showed to tell, which it could not
+    at that limit)."""
     async with daemon(tmp_path) as (config, url):
         await post_alerts(url, 3)
 
-        async def alerts(*args: str) -> tuple[list[str], str]:
-            code, out, err = await run_cli(capsys, "alerts", "-c", str(config), *args)
+        async def listed(*args: str) -> tuple[list[str], str]:
+            code, out, err = await run_cli(capsys, command, "-c", str(config), *args)
             assert code == 0, err
             return [line.split()[0] for line in out.splitlines()[1:]], err
 
-        ids, err = await alerts("--limit", "2")
+        ids, err = await listed("--limit", "2")
         assert ids == ["3", "2"]
-        assert "more alerts than the 2 shown" in err
+        assert f"more {command} than the 2 shown" in err
         assert "--before 2 the next ones" in err
-        assert await alerts("--limit", "2", "--before", "2") == (["1"], "")
+        assert await listed("--limit", "2", "--before", "2") == (["1"], "")
+        code, out, err = await run_cli(capsys, command, "-c", str(config), "--before", "1")
+        assert (code, err) == (0, "")
+        assert "older than 1" in out or "match" in out, out  # an empty page, not an empty store
         monkeypatch.setattr(api, "MAX_LIMIT", 2)  # the daemon's largest limit, here 2
-        ids, err = await alerts("--limit", "2")
+        ids, err = await listed("--limit", "2")
         assert ids == ["3", "2"]
-        assert "more alerts than the 2 shown" in err
+        assert f"more {command} than the 2 shown" in err
+
+
+async def test_a_period_report_cut_at_the_daemons_largest_page_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`responder report --since` whose incidents do not fit one page must not pass for the
+    whole period: it says so and fails."""
+    monkeypatch.setattr(cli, "REPORT_LIMIT", 2)
+    async with daemon(tmp_path) as (config, url):
+        await post_alerts(url, 2)
+        code, _, err = await run_cli(capsys, "report", "-c", str(config), "--since", "1d")
+        assert (code, err) == (0, "")
+        await post_alerts(url, 3)  # a third incident (the first two only repeat)
+        code, _, err = await run_cli(capsys, "report", "-c", str(config), "--since", "1d")
+        assert code == cli.EXIT_FAILED
+        assert "more than 2 incidents since" in err

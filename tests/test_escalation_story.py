@@ -815,6 +815,41 @@ async def test_an_incident_list_cut_short_says_so(
     assert (len(whole["data"]), "truncated" in whole) == (2, False)
 
 
+async def test_the_incident_list_says_where_the_next_page_starts(client: Client) -> None:
+    """As the alert list does: a list cut at its limit says so (``more``) and where the next
+    page starts (``nextBefore``, for ``before``). Pages are by id, so incidents opened
+    between two requests do not shift them; a state filter applies to each page."""
+
+    async def page(query: str) -> tuple[list[int], bool, int | None]:
+        answer = await client.get(f"/api/v1/incidents?{query}", headers=AUTH)
+        assert answer.status == 200, await answer.text()
+        document = await answer.json()
+        ids = [i["id"] for i in document["data"]]
+        return ids, document["more"], document.get("nextBefore")
+
+    async def open_incident(n: int) -> None:
+        await post(client, webhook(alert("Other", instance=f"h{n}"), group=f"g{n}"))
+
+    for n in range(1, 6):
+        await open_incident(n)
+    assert await page("limit=5") == ([5, 4, 3, 2, 1], False, None)
+    first = await page("limit=2")
+    assert first == ([5, 4], True, 4)
+    await open_incident(6)  # opened between two pages: on the newest page, not the next ones
+    second = await page(f"limit=2&before={first[2]}")
+    assert second == ([3, 2], True, 2)
+    assert await page(f"limit=2&before={second[2]}") == ([1], False, None)
+    assert await page("limit=1") == ([6], True, 6)
+    resolved = await client.post("/api/v1/incidents/3/resolve", json={}, headers=AUTH)
+    assert resolved.status == 200, await resolved.text()
+    assert await page("state=open&limit=2&before=5") == ([4, 2], True, 2)
+    assert await page("state=open&limit=2&before=2") == ([1], False, None)
+    for bad in ("abc", "-1", "1.5", "99999999999999999999"):
+        answer = await client.get(f"/api/v1/incidents?before={bad}", headers=AUTH)
+        assert answer.status == 400, bad
+        assert "before: expected an incident id" in (await answer.json())["error"]
+
+
 async def test_a_restart_after_a_long_outage_does_not_call_live_alerts_stale(
     make_client: ClientFactory,
     tmp_path: Path,

@@ -590,10 +590,12 @@ class Store(ContainmentStore, Protocol):
         *,
         category: str | None = None,
         started_since: datetime | None = None,
+        before_id: int | None = None,
     ) -> list[Incident]:
-        """Newest first; ``category="drill"`` for the drills. ``since``: opened at or after
-        it; ``started_since``: with a trigger that started at or after it (a re-fire of an
-        incident opened before counts)."""
+        """Newest first (by id); ``category="drill"`` for the drills. ``since``: opened at
+        or after it; ``started_since``: with a trigger that started at or after it (a
+        re-fire of an incident opened before counts); ``before_id``: only older incidents,
+        the next page."""
         ...
 
     async def trigger_events(

@@ -865,11 +865,14 @@ class SQLiteStore:
         *,
         category: str | None = None,
         started_since: datetime | None = None,
+        before_id: int | None = None,
     ) -> list[Incident]:
         since_us = None if since is None else to_us(since)
         started_us = None if started_since is None else to_us(started_since)
         return await self._read(
-            lambda conn: inc.list_incidents(conn, states, since_us, limit, category, started_us)
+            lambda conn: inc.list_incidents(
+                conn, states, since_us, limit, category, started_us, before_id
+            )
         )
 
     async def trigger_events(

@@ -452,9 +452,13 @@ def list_incidents(
     limit: int,
     category: str | None = None,
     started_since_us: int | None = None,
+    before_id: int | None = None,
 ) -> list[Incident]:
     clauses: list[str] = []
     params: list[Any] = []
+    if before_id is not None:
+        clauses.append("i.id < ?")
+        params.append(before_id)
     if category is not None:
         clauses.append("i.category = ?")
         params.append(category)
