@@ -5,7 +5,8 @@ Every request must carry a valid ``X-Twilio-Signature`` computed over the config
 these doors are closed. Replies a person can send to the Twilio number:
 
 - ``ACK 42`` / ``RES 42``: acknowledge or resolve incident 42;
-- ``ACK`` / ``RES``: the open incident the sender was told of last;
+- ``UNSNOOZE 42``: end incident 42's snooze now, as the API's ``unsnooze`` does;
+- ``ACK`` / ``RES`` / ``UNSNOOZE``: the open incident the sender was told of last;
 - ``ACK ALL``: every open incident that paged the sender.
 
 Senders are recognised by their number (a contact's ``sms`` or ``voice``); an unknown sender
@@ -54,27 +55,53 @@ REFUSED_LOG_EVERY_S = 60.0
 CALLBACK_WAIT_S = 10.0
 
 _COMMAND = re.compile(
-    r"^\s*(?P<verb>ack|acknowledge|a|res|resolve|r)\b\s*#?(?P<what>\d{1,12}|all)?\s*$",
+    r"^\s*(?P<verb>ack|acknowledge|a|res|resolve|r|unsnooze)\b"
+    r"\s*#?(?P<what>\d{1,12}|all)?\s*$",
     re.IGNORECASE,
+)
+_ACTIONS = {"a": "acknowledge", "r": "resolve", "u": "unsnooze"}  # by the verb's first letter
+
+# The answer to a text that is no command.
+REPLY_HELP = (
+    "Reply ACK, RES or UNSNOOZE with an incident id (without: the one told of last), or ACK ALL."
 )
 
 
 @dataclass(frozen=True, slots=True)
+class _Wording:
+    """What the sender is answered for an action: done; someone else was first (for an
+    unsnooze: there is no snooze to end); refused, it fired again since their page."""
+
+    done: str
+    already: str
+    refused: str
+
+
+_WORDING = {
+    "acknowledge": _Wording("Acknowledged", "Already acknowledged", "not acknowledged"),
+    "resolve": _Wording("Resolved", "Already resolved", "not resolved"),
+    "unsnooze": _Wording("Snooze ended for", "Not snoozed", "its snooze not ended"),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
-    action: str  # acknowledge | resolve
+    action: str  # acknowledge | resolve | unsnooze
     incident: int | None  # None: the newest open incident that paged the sender
     everything: bool = False  # ACK ALL
 
 
 def parse_reply(text: str) -> Command | None:
-    """``ACK 42``, ``res 42``, ``ACK``, ``ACK ALL``; None for anything else."""
+    """``ACK 42``, ``res 42``, ``UNSNOOZE 42``, ``ACK``, ``ACK ALL``; None for anything
+    else."""
     match = _COMMAND.match(text.strip()[:100])
     if match is None:
         return None
-    action = "acknowledge" if match["verb"].lower().startswith("a") else "resolve"
+    action = _ACTIONS[match["verb"][0].lower()]
     what = (match["what"] or "").lower()
     if what == "all":
-        return Command(action, None, everything=True)
+        # An unsnooze pages again: one incident at a time, named or told of last.
+        return None if action == "unsnooze" else Command(action, None, everything=True)
     if not what:
         return Command(action, None)
     incident_id = row_id(what)
@@ -254,7 +281,7 @@ async def inbound_sms(request: web.Request) -> web.StreamResponse:
             return None
         command = parse_reply(params.get("Body", ""))
         if command is None:
-            return "Reply ACK <id>, RES <id>, ACK or ACK ALL."
+            return REPLY_HELP
         return await _run(runtime, contacts, command, message_sid)
 
     try:
@@ -290,7 +317,7 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
     """Act on the reply ``message_sid`` of the number of ``contacts``: as the one of them
     whose page of the incident's trigger reached it last, the message the reply most likely
     answers."""
-    verb = "Acknowledged" if command.action == "acknowledge" else "Resolved"
+    wording = _WORDING[command.action]
     # Each incident with the trigger told of, and the contact it was told to.
     targets: list[tuple[int, datetime, str]] = []
     if command.incident is not None:
@@ -322,8 +349,8 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
         """The reply once the last write acted on ``incident``."""
         told = _named(incident, command.action, changed)
         if changed:
-            return _sms_reply(verb, [*done, told], already, problems)
-        return _sms_reply(verb, done, [*already, told], problems)
+            return _sms_reply(wording, [*done, told], already, problems)
+        return _sms_reply(wording, done, [*already, told], problems)
 
     for index, (incident_id, trigger, contact) in enumerate(targets):
         try:
@@ -347,28 +374,34 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
         except FiredAgain as exc:
             at = exc.started.astimezone(_zone_of(runtime, contact)).strftime("%H:%M %Z")
             problems.append(
-                f"#{incident_id} fired again at {at} since your page, not {verb.lower()} "
+                f"#{incident_id} fired again at {at} since your page, {wording.refused} "
                 "(use the CLI or the API)"
             )
         except TransitionError as exc:
             problems.append(f"#{incident_id}: {exc}")
         else:
             (done if changed else already).append(_named(incident, command.action, changed))
-    return _sms_reply(verb, done, already, problems)
+    return _sms_reply(wording, done, already, problems)
 
 
 def _named(incident: Incident, action: str, changed: bool) -> str:
     """An incident in a reply; one someone else got to first says who, so that the sender
-    does not wonder whether it was them."""
+    does not wonder whether it was them; one with no snooze to end says what it is."""
     named = f"#{incident.id} {clean_text(incident.title)}"[:60]
+    if changed:
+        return named
+    if action == "unsnooze":
+        by = incident.acknowledged_by
+        state = incident.state.value
+        return f"{named} ({state} by {clean_text(by)[:30]})" if by else f"{named} ({state})"
     by = incident.resolved_by if action == "resolve" else incident.acknowledged_by
-    return f"{named} (by {clean_text(by)[:30]})" if by and not changed else named
+    return f"{named} (by {clean_text(by)[:30]})" if by else named
 
 
-def _sms_reply(verb: str, done: list[str], already: list[str], problems: list[str]) -> str:
-    text = f"{verb} {', '.join(done)}." if done else ""
+def _sms_reply(wording: _Wording, done: list[str], already: list[str], problems: list[str]) -> str:
+    text = f"{wording.done} {', '.join(done)}." if done else ""
     if already:
-        text = (text + " " if text else "") + f"Already {verb.lower()}: {', '.join(already)}."
+        text = (text + " " if text else "") + f"{wording.already}: {', '.join(already)}."
     if problems:
         text = (text + " " if text else "") + "; ".join(problems)
     return text[:300]

@@ -160,6 +160,11 @@ async def first_incident_paged(client: Client, twilio: FakeTwilio) -> None:
         ("ACK", Command("acknowledge", None)),
         ("ack all", Command("acknowledge", None, everything=True)),
         ("r", Command("resolve", None)),
+        ("UNSNOOZE 42", Command("unsnooze", 42)),
+        ("Unsnooze #7", Command("unsnooze", 7)),
+        ("unsnooze", Command("unsnooze", None)),
+        ("UNSNOOZE ALL", None),  # it pages again: one incident at a time
+        ("u 42", None),
         ("hello", None),
         ("ACK 42; DROP TABLE", None),
         ("ACK 4" + "2" * 20, None),
@@ -253,6 +258,51 @@ async def test_an_sms_reply_says_when_the_incident_already_was_so(
     assert "Already resolved: #1" in late.text, late.text
     assert "(by bob)" in late.text, late.text
     assert (await incident(daemon))["resolvedBy"] == "bob"
+
+
+async def test_an_sms_reply_ends_a_snooze_as_the_api_does(
+    daemon: Client, twilio: FakeTwilio
+) -> None:
+    """bob snoozed #1 for an hour; alice, whose page told her of it, texts UNSNOOZE 1: the
+    snooze ends now as through the API (recorded as hers, via sms; the level reached is
+    paged again at once). Sent again, the reply says it is not snoozed; a bare UNSNOOZE
+    ends the snooze of the incident she was told of last. bob, never paged for #1, is
+    refused, and a resolved incident's snooze cannot be ended."""
+    await first_incident_paged(daemon, twilio)
+    inbound = public(daemon, INBOUND_SMS_PATH)
+
+    async def reply(sender: str, text: str) -> str:
+        answer = await twilio.send_inbound_sms(inbound, sender, "+15550000000", text)
+        assert answer.status == 200, answer
+        return answer.text
+
+    async def act(action: str, body: dict[str, str]) -> None:
+        done = await daemon.post(f"/api/v1/incidents/1/{action}", json=body, headers=AUTH)
+        assert done.status == 200, await done.text()
+
+    await act("snooze", {"by": "bob", "for": "1h"})
+    assert "#1 was not paged to you" in await reply("+15551230002", "UNSNOOZE 1")
+    assert (await incident(daemon))["state"] == "snoozed"
+    text = await reply("+15551230001", "UNSNOOZE 1")
+    assert "Snooze ended for #1 TargetDown on web-1:9100." in text, text
+    doc = await incident(daemon)
+    assert doc["state"] == "triggered"
+    ended = [(e["actor"], e["via"]) for e in doc["timeline"] if e["kind"] == "snooze_ended"]
+    assert ended == [("alice", "sms")]
+    again = sorted((p["contact"], p["channel"]) for p in doc["pages"] if p["step"][:4] == "L1.s")
+    assert again == [("alice", "sms"), ("alice", "voice")]  # her notification rules
+    text = await reply("+15551230001", "UNSNOOZE 1")
+    assert "Not snoozed: #1 TargetDown on web-1:9100 (triggered)." in text, text
+    await act("snooze", {"by": "bob", "for": "1h"})
+    text = await reply("+15551230001", "unsnooze")
+    assert "Snooze ended for #1" in text, text
+    await act("acknowledge", {"by": "bob"})
+    text = await reply("+15551230001", "UNSNOOZE")
+    assert "Not snoozed: #1 TargetDown on web-1:9100 (acknowledged by bob)." in text, text
+    await act("resolve", {"by": "bob"})
+    assert "#1: incident 1 is already resolved" in await reply("+15551230001", "UNSNOOZE 1")
+    help_text = await reply("+15551230001", "wake up")
+    assert "Reply ACK, RES or UNSNOOZE with an incident id" in help_text, help_text
 
 
 async def test_a_twilio_token_staged_by_a_reload_waits_for_the_restart(
@@ -382,6 +432,8 @@ async def test_an_sms_reply_acts_only_on_the_trigger_the_sender_was_paged_for(
     assert "#1 fired again at 09:00 UTC since your page, not acknowledged" in answer.text
     answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "RES 1")
     assert "not resolved" in answer.text
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "UNSNOOZE 1")
+    assert "since your page, its snooze not ended" in answer.text
     answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "ACK")
     assert "Nothing open to act on." in answer.text
     assert (await incident(daemon))["state"] == "triggered"
