@@ -299,30 +299,31 @@ RETENTION_EVERY = timedelta(hours=6)
 
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:
-    """``storage.retention``: what ended longer ago is deleted, a little at a time."""
+    """``storage.retention``: what ended longer ago is deleted, a little at a time; and
+    the heartbeat watch's downtimes that no longer matter, whatever is kept."""
     runtime = app[RUNTIME]
+    watch = app[heartbeats.HEARTBEAT_WATCH]
 
     async def prune_forever() -> None:
         while True:
             kept = runtime.started_with.config.storage.retention  # storage: at start only
             now = runtime.clock.now()
-            if kept is not None:
-                try:
-                    incidents, alerts = await _prune(runtime, now - kept)
-                    twilio_requests = await _forget_twilio_requests(runtime, now - kept)
-                except Exception:
-                    log.exception("retention failed; will try again")
-                else:
-                    if incidents or alerts or twilio_requests:
-                        log.info(
-                            "old records deleted (storage.retention)",
-                            extra=fields(
-                                incidents=incidents,
-                                alerts=alerts,
-                                twilio_requests=twilio_requests,
-                                kept=str(kept),
-                            ),
-                        )
+            deleted: dict[str, int] = {}
+            try:
+                if kept is not None:
+                    deleted["incidents"], deleted["alerts"] = await _prune(runtime, now - kept)
+                    deleted["twilio_requests"] = await _forget_twilio_requests(runtime, now - kept)
+                # The watch's own state, not records: trimmed whatever is kept (a host
+                # suspended nightly adds a downtime a day for as long as the daemon runs).
+                deleted["watch_downtimes"] = await watch.forget_old_downtimes()
+            except Exception:
+                log.exception("retention failed; will try again")
+            else:
+                if any(deleted.values()):
+                    log.info(
+                        "old records deleted (storage.retention)",
+                        extra=fields(**deleted, kept="forever" if kept is None else str(kept)),
+                    )
             await runtime.clock.sleep_until(now + RETENTION_EVERY)
 
     async with in_background(prune_forever(), "retention"):

@@ -233,12 +233,23 @@ class HeartbeatWatch:
 
     async def start_listening(self) -> None:
         clock = self._runtime.clock
-        now, elapsed = clock.now(), clock.elapsed()
-        self._downtimes, self._adopted_for = await self._runtime.store.heartbeat_watch_started(
-            now, MAX_HEARTBEAT_TIMEOUT
-        )
-        self._last_check = (now, elapsed)
+        async with self._lock:  # not overwritten by a retention pass that read before it
+            now, elapsed = clock.now(), clock.elapsed()
+            store = self._runtime.store
+            self._downtimes, self._adopted_for = await store.heartbeat_watch_started(
+                now, MAX_HEARTBEAT_TIMEOUT
+            )
+            self._last_check = (now, elapsed)
         _tell_downtime(self._downtimes, now)
+
+    async def forget_old_downtimes(self) -> int:
+        """Retention, while running: the downtimes no heartbeat's silence can reach back over
+        any more go from the store and from here, as at a start. Returns how many went."""
+        async with self._lock:
+            deleted, self._downtimes = await self._runtime.store.heartbeat_watch_forget(
+                self._runtime.clock.now(), MAX_HEARTBEAT_TIMEOUT
+            )
+        return deleted
 
     async def _count_clock_jump(self) -> None:
         """A suspend or a step of the wall clock since the last check becomes downtime."""

@@ -5,6 +5,7 @@ the real twilio library on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from dataclasses import replace
@@ -29,6 +30,7 @@ from responder.heartbeats import (
 from responder.model import Alert, AlertStatus, Classification, Severity, frozen_labels
 from responder.runtime import RUNTIME
 from responder.store import HeartbeatRow, IncomingAlert, SQLiteStore, StoreError
+from responder.store.sqlite_incidents import to_us
 from responder.testing import FakeTwilio, SmtpTestServer
 from responder.yamlfile import ConfigError, load_text
 from tests.conftest import AUTH, ClientFactory, write_config
@@ -803,6 +805,44 @@ async def test_downtimes_go_once_a_week_of_listening_followed_them(tmp_path: Pat
     finally:
         await store.close()
     assert 7 <= len(downtimes) <= 9
+
+
+async def test_a_daemon_running_for_months_forgets_old_downtimes(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock
+) -> None:
+    """The host is suspended now and then while the daemon runs: each suspend is a downtime
+    stored. The periodic retention forgets those a week of listening followed, as a start
+    does (only a start did, so a daemon running for months kept every one), also when
+    records are kept forever; a newer one is kept, as is one less than a week of listening
+    followed."""
+    client = await make_client(write_config(tmp_path, "storage:\n  retention: forever\n"))
+    watch = client.app[HEARTBEAT_WATCH]
+
+    def downtimes() -> list[tuple[int, int]]:
+        db = tmp_path / "state" / "responder.db"
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = conn.execute("SELECT down_from, up_at FROM watch_downtime ORDER BY up_at")
+            return [(int(down), int(up)) for down, up in rows]
+
+    async def suspended() -> tuple[int, int]:
+        """Checked now, the host sleeps an hour; the next check stores it."""
+        await watch.check()
+        down = clock.now()
+        clock.jump(timedelta(hours=1))
+        await watch.check()
+        return to_us(down), to_us(clock.now())
+
+    assert watch.listening
+    first = await suspended()
+    clock.advance(timedelta(days=4))  # retention runs: less than a week listened since
+    second = await suspended()
+    assert downtimes()[-2:] == [first, second]
+    clock.advance(timedelta(days=4))  # a week and a day listened since the first
+
+    async def forgotten() -> bool:
+        return downtimes() == [second]
+
+    await eventually(forgotten, "retention forgot the downtimes a week of listening followed")
 
 
 async def _forget(client: Client) -> None:

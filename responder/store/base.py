@@ -445,6 +445,14 @@ class Store(ContainmentStore, Protocol):
         alerts were last adopted for (``watch_heartbeats``)."""
         ...
 
+    async def heartbeat_watch_forget(
+        self, now: datetime, keep: timedelta
+    ) -> tuple[int, list[tuple[datetime, datetime]]]:
+        """Retention of the downtimes recorded: forget those more than ``keep`` of listening
+        followed (as ``heartbeat_watch_started`` does). Returns how many went, and the
+        downtimes kept."""
+        ...
+
     async def unwatched_firing_alerts(
         self, except_prefix: str
     ) -> list[tuple[str, Mapping[str, str]]]:

@@ -608,6 +608,15 @@ class SQLiteStore:
         rows, signature = await self._write(lambda conn: heartbeats.started(conn, now_us, keep_us))
         return [(from_us(down), from_us(up)) for down, up in rows], signature
 
+    async def heartbeat_watch_forget(
+        self, now: datetime, keep: timedelta
+    ) -> tuple[int, list[tuple[datetime, datetime]]]:
+        now_us, keep_us = to_us(now), int(keep.total_seconds() * 1_000_000)
+        deleted, rows = await self._write(
+            lambda conn: heartbeats.forget_downtimes(conn, now_us, keep_us)
+        )
+        return deleted, [(from_us(down), from_us(up)) for down, up in rows]
+
     async def unwatched_firing_alerts(
         self, except_prefix: str
     ) -> list[tuple[str, Mapping[str, str]]]:

@@ -114,19 +114,26 @@ def started(
     row = conn.execute("SELECT last_check FROM watch_state WHERE id = 1").fetchone()
     down_from = 0 if row is None or row[0] is None else int(row[0])
     deaf(conn, down_from, now_us)
-    # A downtime matters while less than ``keep_us`` of listening followed it: a silence
-    # reaching back further is longer than any heartbeat timeout, downtimes or not.
-    listened, cursor = 0, now_us
+    return forget_downtimes(conn, now_us, keep_us)[1], adopted_for(conn)
+
+
+def forget_downtimes(
+    conn: sqlite3.Connection, now_us: int, keep_us: int
+) -> tuple[int, list[tuple[int, int]]]:
+    """Delete the downtimes more than ``keep_us`` of listening followed: a silence reaching
+    back further is longer than any heartbeat timeout, downtimes or not. Returns how many
+    went, and the downtimes kept."""
+    listened, cursor, deleted = 0, now_us, 0
     for down, up in conn.execute(
         "SELECT down_from, up_at FROM watch_downtime ORDER BY up_at DESC"
     ).fetchall():
         listened += max(cursor - up, 0)
         if listened > keep_us:
-            conn.execute("DELETE FROM watch_downtime WHERE up_at <= ?", (up,))
+            deleted = conn.execute("DELETE FROM watch_downtime WHERE up_at <= ?", (up,)).rowcount
             break
         cursor = min(cursor, down)
     downtimes = conn.execute("SELECT down_from, up_at FROM watch_downtime ORDER BY up_at")
-    return downtimes.fetchall(), adopted_for(conn)
+    return deleted, downtimes.fetchall()
 
 
 def deaf(conn: sqlite3.Connection, down_from: int, up_at: int) -> None:
