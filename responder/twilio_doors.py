@@ -100,8 +100,9 @@ def parse_reply(text: str) -> Command | None:
     action = _ACTIONS[match["verb"][0].lower()]
     what = (match["what"] or "").lower()
     if what == "all":
-        # An unsnooze pages again: one incident at a time, named or told of last.
-        return None if action == "unsnooze" else Command(action, None, everything=True)
+        # Only acknowledgements in bulk: an unsnooze pages again, and resolving every open
+        # incident from a phone, alerts still firing or not, is one typo from a wrong RES.
+        return Command(action, None, everything=True) if action == "acknowledge" else None
     if not what:
         return Command(action, None)
     incident_id = row_id(what)

@@ -164,6 +164,7 @@ async def first_incident_paged(client: Client, twilio: FakeTwilio) -> None:
         ("Unsnooze #7", Command("unsnooze", 7)),
         ("unsnooze", Command("unsnooze", None)),
         ("UNSNOOZE ALL", None),  # it pages again: one incident at a time
+        ("RES ALL", None),  # one incident at a time: resolving is not undone by a reply
         ("u 42", None),
         ("hello", None),
         ("ACK 42; DROP TABLE", None),
