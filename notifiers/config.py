@@ -103,7 +103,7 @@ def _parse_twilio(node: Node, base_dir: Path) -> TwilioSettings:
     assert auth_token is not None  # required=True raises instead of returning None
     from_number: str | None = None
     if (from_node := node.get("from")) is not None:
-        from_number = from_node.as_str()
+        from_number = from_node.as_phone_number()
         if not (E164.fullmatch(from_number) or _ALPHA_SENDER.fullmatch(from_number)):
             raise from_node.error(
                 f"expected an E.164 number such as +15005550006 or an alphanumeric sender ID,"

@@ -347,7 +347,8 @@ def _parse_contact(name: str, node: Node) -> Contact:
         field_node = node.get(channel.value)
         if field_node is None:
             continue
-        value = field_node.as_str().strip()
+        phone = channel in (Channel.SMS, Channel.VOICE)
+        value = (field_node.as_phone_number() if phone else field_node.as_str()).strip()
         if not pattern.fullmatch(value):
             raise field_node.error(f"expected {example}, got {value!r}")
         addresses[channel] = value

@@ -261,6 +261,17 @@ class Node:
             raise self.error(f"expected a string, got {_kind(value)}")
         return value
 
+    def as_phone_number(self) -> str:
+        """The string of a phone number field, not yet checked as E.164."""
+        value = self.value
+        if isinstance(value, int) and not isinstance(value, bool):
+            # YAML reads an unquoted +4915112345678 as a number; the + (or a leading 0) is lost.
+            raise self.error(
+                'phone numbers must be quoted, e.g. "+4915112345678"'
+                " (YAML reads an unquoted +4915112345678 as a number)"
+            )
+        return self.as_str()
+
     def as_int(self, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self.value
         if isinstance(value, bool) or not isinstance(value, int):

@@ -238,6 +238,17 @@ def _only_layer(people: Directory, schedule: str, index: int) -> Schedule:
     ("text", "where", "message"),
     [
         ('contacts:\n  a:\n    sms: "015110000001"\n', "config.yaml:3: contacts.a.sms", "E.164"),
+        # Unquoted, YAML reads the number as an integer: the message says to quote it.
+        (
+            "contacts:\n  a:\n    sms: +4915110000001\n",
+            "config.yaml:3: contacts.a.sms",
+            'phone numbers must be quoted, e.g. "+4915112345678"',
+        ),
+        (
+            "contacts:\n  a:\n    voice: 015110000001\n",
+            "config.yaml:3: contacts.a.voice",
+            "phone numbers must be quoted",
+        ),
         (
             "contacts:\n  a:\n    email: a.example.com\n",
             "config.yaml:3: contacts.a.email",

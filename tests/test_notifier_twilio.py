@@ -626,6 +626,10 @@ channels:
             "config.yaml:6: channels.twilio.from: expected an E.164 number",
         ),
         (
+            f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n    from: +15005550006\n",
+            "config.yaml:6: channels.twilio.from: phone numbers must be quoted",
+        ),
+        (
             f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n",
             "config.yaml:3: channels.twilio: give from, messaging_service_sid, or both",
         ),
