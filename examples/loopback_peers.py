@@ -25,6 +25,8 @@ import re
 import secrets
 from pathlib import Path
 
+import aiohttp
+
 from notifiers.twilio import INBOUND_SMS_PATH
 from responder.testing import FakeTwilio, SmtpTestServer
 
@@ -58,9 +60,15 @@ async def main(twilio_port: int, smtp_port: int, token: str) -> None:
 async def reply(daemon: str, sender: str, text: str, token: str) -> None:
     """One inbound SMS to the daemon, signed as Twilio signs it; prints the daemon's answer."""
     async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=token) as twilio:
-        answer = await twilio.send_inbound_sms(
-            daemon.rstrip("/") + INBOUND_SMS_PATH, sender, "+15550000000", text
-        )
+        try:
+            answer = await twilio.send_inbound_sms(
+                daemon.rstrip("/") + INBOUND_SMS_PATH, sender, "+15550000000", text
+            )
+        except aiohttp.ClientConnectionError as exc:
+            raise SystemExit(
+                f"cannot reach the daemon at {daemon}: {exc}; is it running?"
+                " (another address: --daemon URL)"
+            ) from None
     print(answer.status, answer.text)
 
 
