@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import re
 import secrets
 from pathlib import Path
@@ -95,4 +96,11 @@ if __name__ == "__main__":
         token = secrets.token_hex(16)
         args.token_file.write_text(token + "\n")
     args.token_file.chmod(0o600)
-    asyncio.run(main(args.twilio_port, args.smtp_port, token))
+    try:
+        asyncio.run(main(args.twilio_port, args.smtp_port, token))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how they are stopped
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise SystemExit(f"{exc.strerror}; other ports: --twilio-port N --smtp-port M") from None

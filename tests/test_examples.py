@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -30,3 +31,42 @@ def test_a_reply_to_a_daemon_that_is_not_running_says_so_in_one_line() -> None:
     assert done.stderr.startswith(f"cannot reach the daemon at {daemon}: ")
     assert done.stderr.rstrip().endswith("is it running? (another address: --daemon URL)")
     assert done.stderr.count("\n") == 1
+
+
+def test_stand_ins_on_a_port_in_use_say_so_and_how_to_choose_others(tmp_path: Path) -> None:
+    """A port taken (a second copy, another program) was a traceback; it is one line that
+    names the flags for other ports."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        command = ["loopback_peers.py", "--token-file", str(tmp_path / "token")]
+        done = subprocess.run(
+            [sys.executable, *command, "--twilio-port", port, "--smtp-port", "0"],
+            cwd=EXAMPLES,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"('127.0.0.1', {port}): address already in use" in done.stderr
+    assert done.stderr.endswith("; other ports: --twilio-port N --smtp-port M\n")
+
+
+def test_ctrl_c_stops_the_stand_ins_without_a_traceback(tmp_path: Path) -> None:
+    """The README stops them with Ctrl-C; that printed a KeyboardInterrupt traceback."""
+    command = ["loopback_peers.py", "--token-file", str(tmp_path / "token")]
+    with subprocess.Popen(
+        [sys.executable, *command, "--twilio-port", "0", "--smtp-port", "0"],
+        cwd=EXAMPLES,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as peers:
+        assert peers.stdout is not None
+        assert peers.stdout.readline().startswith("twilio api_base_url: ")  # both are up
+        peers.send_signal(signal.SIGINT)
+        _, errors = peers.communicate(timeout=30)
+    assert peers.returncode == 0
+    assert errors == ""
