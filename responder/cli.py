@@ -30,19 +30,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from responder import __version__
+from responder.advice import config_warnings
 from responder.auth import ensure_generated_token, token_path
 from responder.classify import format_duration, render_explanation, run_rule_tests
 from responder.client import ApiClient, CertificateRefused, ClientError, CredentialsMissing
 from responder.clock import SystemClock
 from responder.config import Config, load_config
 from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide
-from responder.contain.catalog import missing_programs
-from responder.heartbeats import heartbeat_timeout_warnings
 from responder.limits import OPEN_FILES_FEW, raise_open_file_limit
 from responder.log import AccessLog, fields, setup_logging
 from responder.plan import escalation_plan, render_oncall, render_plan
 from responder.report import incident_report, period_report
-from responder.runtime import Snapshot, load_snapshot
+from responder.runtime import Snapshot, load_snapshot, log_config_warnings
 from responder.store import SchemaTooNew, StoreError, sqlite_path
 from responder.webhook import PayloadError, parse_webhook
 from responder.yamlfile import ConfigError, parse_duration
@@ -337,6 +336,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             rules=snapshot.classifier.rule_count,
         ),
     )
+    log_config_warnings(snapshot)
     before, after = raise_open_file_limit()
     if after < OPEN_FILES_FEW:
         log.warning(
@@ -454,16 +454,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     snapshot = load_snapshot(args.config, state_dir=args.state_dir)
     rules, files = snapshot.classifier.rule_count, len(snapshot.classifier.files)
     print(f"{snapshot.config.path}: OK ({_count(rules, 'rule')} from {_count(files, 'file')})")
-    if not rules:
-        # Valid, but every alert takes the default classification: likely a wrong path.
-        print(
-            "warning: no classification rules loaded; every alert gets the default "
-            "classification (check classification.rule_files)",
-            file=sys.stderr,
-        )
-    for warning in heartbeat_timeout_warnings(snapshot.classifier.rules):
-        print(f"warning: {warning}", file=sys.stderr)
-    for warning in missing_programs(snapshot.actions):
+    for warning in config_warnings(snapshot):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 

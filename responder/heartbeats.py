@@ -32,7 +32,7 @@ from aiohttp import web
 
 from responder.api import authenticated, iso
 from responder.classify import Classifier, format_duration
-from responder.classify.rules import MAX_HEARTBEAT_TIMEOUT, Rule
+from responder.classify.rules import MAX_HEARTBEAT_TIMEOUT
 from responder.ingest import json_error, store_own_alert
 from responder.log import STORE_ERROR_LOG_EVERY_S, ThrottledLog, fields
 from responder.model import Alert, AlertStatus, frozen_labels
@@ -63,9 +63,6 @@ START_GRACE = timedelta(minutes=30)
 CLOCK_JUMP = timedelta(seconds=60)
 # A downtime at least this long is worth a warning at start (a restart is a few seconds).
 NOTABLE_DOWNTIME = timedelta(minutes=5)
-# How long Alertmanager's default route may leave a firing alert unsent: a repeat is due
-# after repeat_interval (4h) and goes out on the next group_interval tick (5m).
-ALERTMANAGER_DEFAULT_RESEND = timedelta(hours=4, minutes=5)
 
 
 class HeartbeatState(enum.StrEnum):
@@ -140,23 +137,6 @@ def heartbeat_rules_signature(classifier: Classifier) -> str:
         (r.name, r.matchers, r.heartbeat) for r in classifier.rules if r.heartbeat is not None
     ]
     return hashlib.sha256(repr(deciding).encode()).hexdigest()
-
-
-def heartbeat_timeout_warnings(rules: Sequence[Rule]) -> list[str]:
-    """Heartbeat timeouts that Alertmanager's default route would outlast: valid (a route of
-    its own may re-send the alert every minute), but with the defaults HeartbeatMissing
-    would fire between the heartbeat's copies, every time."""
-    default = format_duration(int(ALERTMANAGER_DEFAULT_RESEND.total_seconds()))
-    return [
-        f"{rule.file}:{rule.line}: rule {rule.name!r}: heartbeat_timeout "
-        f"{format_duration(int(rule.heartbeat_timeout.total_seconds()))} is not longer than "
-        f"Alertmanager's default repeat_interval plus group_interval ({default}): unless "
-        "the route for this alert re-sends it more often, HeartbeatMissing fires between its "
-        "copies (docs/rules.md#heartbeats)"
-        for rule in rules
-        if rule.heartbeat_timeout is not None
-        and rule.heartbeat_timeout <= ALERTMANAGER_DEFAULT_RESEND
-    ]
 
 
 def missing_alert(

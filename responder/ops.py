@@ -43,4 +43,9 @@ async def reload(request: web.Request) -> web.StreamResponse:
             f"{REARM_RETRY_S:g} s and escalation waits for it: see the log"
         )
         return web.json_response({"status": "error", "error": message}, status=503)
-    return web.json_response({"status": "ok"})
+    answer: dict[str, object] = {"status": "ok"}
+    if runtime.restart_needed:
+        answer["restartNeeded"] = list(runtime.restart_needed)
+    if runtime.config_warnings:
+        answer["warnings"] = list(runtime.config_warnings)
+    return web.json_response(answer)

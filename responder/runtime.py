@@ -20,6 +20,7 @@ from aiohttp import web
 
 from notifiers.base import Notifier
 from notifiers.config import ChannelSettings, parse_channels
+from responder.advice import config_warnings
 from responder.auth import Authenticator
 from responder.classify import Classifier, load_classifier
 from responder.clock import Clock
@@ -109,6 +110,10 @@ class Runtime:
         # The sections read only at start (server, storage, state_dir, channels, logging):
         # a reload that changes them takes effect at the next restart, for every part alike.
         self.started_with = snapshot
+        # What the last successful reload said: the sections changed that wait for a
+        # restart, and what ``responder check`` would warn of (POST /-/reload answers both).
+        self.restart_needed: tuple[str, ...] = ()
+        self.config_warnings: tuple[str, ...] = ()
         self.store = store
         self.metrics = metrics
         self.clock = clock
@@ -376,6 +381,7 @@ class Runtime:
                 "config section changed; it takes effect at the next restart",
                 extra=fields(section=name),
             )
+        self.restart_needed = tuple(changed)
         self.snapshot = new
         self.authenticator = authenticator
         if new.escalation != old.escalation:
@@ -385,7 +391,16 @@ class Runtime:
         self._report_reload(loaded=True)
         self.metrics.rules_loaded.set(new.classifier.rule_count)
         log.info("config reloaded", extra=fields(rules=new.classifier.rule_count))
+        self.config_warnings = tuple(log_config_warnings(new))
         return None
+
+
+def log_config_warnings(snapshot: Snapshot) -> list[str]:
+    """Log what ``responder check`` would warn of in this config; returns it."""
+    warnings = config_warnings(snapshot)
+    for warning in warnings:
+        log.warning("config warning", extra=fields(warning=warning))
+    return warnings
 
 
 @contextlib.asynccontextmanager

@@ -4,6 +4,7 @@ classification each stored alert carries into the API and the metrics."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -389,6 +390,45 @@ def test_check_counts_rules_and_files_and_warns_when_none_load(
     empty = capsys.readouterr()
     assert empty.out.endswith("OK (0 rules from 0 files)\n")
     assert "warning: no classification rules loaded" in empty.err
+
+
+@pytest.mark.parametrize(
+    ("text", "warned"),
+    [
+        (
+            "escalation_policies:\n  standard:\n    levels:\n      - targets: [alice]\n",
+            "incidents.default_policy is not set: an incident whose rules name no policy "
+            "(RULES) pages nobody; set it to one of standard (docs/escalation.md)",
+        ),
+        (
+            "",
+            "contacts are defined but no escalation_policies: nobody is paged (docs/escalation.md)",
+        ),
+        (
+            "escalation_policies:\n  standard:\n    levels:\n      - targets: [alice]\n"
+            "incidents:\n  default_policy: standard\n",
+            None,
+        ),
+    ],
+)
+def test_check_warns_when_incidents_would_page_nobody(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, warned: str | None
+) -> None:
+    """Valid, but pages go nowhere: contacts without policies, or policies that no incident
+    takes (no default_policy; the shipped rules name no policy). New-user review: the
+    escalation docs' full example without its incidents block paged nobody, silently."""
+    config = write_config(tmp_path, "contacts:\n  alice: {email: alice@example.com}\n" + text)
+    assert main(["check", "-c", str(config)]) == 0
+    err = capsys.readouterr().err
+    if warned is None:
+        assert err == ""
+        return
+    (line,) = err.splitlines()
+    rules = re.search(r"\((\d+) of (\d+) rules name none, and alerts no rule matches\)", line)
+    if rules is not None:  # the shipped rules name no policy
+        assert rules[1] == rules[2] != "0"
+        line = line.replace(rules[0], "(RULES)")
+    assert line == f"warning: {config}: {warned}"
 
 
 def test_incidents_all_with_a_state_is_a_usage_error(

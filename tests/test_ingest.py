@@ -565,10 +565,39 @@ async def test_reload_keeps_old_config_when_new_is_bad(
     assert "responder_config_last_reload_successful 0.0" in text
     assert (await post(client, payload("firing-api"))).status == 200
     path.write_text(path.read_text().replace("listen: nowhere", "listen: 127.0.0.1:9999"))
-    assert (await client.post("/-/reload", headers=AUTH)).status == 200
+    response = await client.post("/-/reload", headers=AUTH)
+    assert response.status == 200
+    # Loaded, but the new address waits for a restart: the answer says so, not just "ok".
+    assert await response.json() == {"status": "ok", "restartNeeded": ["server"]}
     assert (
         "responder_config_last_reload_successful 1.0" in await (await client.get("/metrics")).text()
     )
+
+
+async def test_a_reload_that_leaves_incidents_paging_nobody_says_so(
+    make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Policies without incidents.default_policy, and rules that name none: every incident
+    pages nobody, a valid config (new-user review: `check` said OK, the daemon nothing).
+    The reload's answer and the log carry the warning `responder check` prints."""
+    path = write_config(tmp_path)
+    client = await make_client(path)
+    contacts = (
+        "contacts:\n  alice: {email: alice@example.com}\n"
+        "escalation_policies:\n  standard:\n    levels:\n      - targets: [alice]\n"
+    )
+    path.write_text(path.read_text() + contacts)
+    with caplog.at_level(logging.WARNING, logger="responder.runtime"):
+        response = await client.post("/-/reload", headers=AUTH)
+    assert response.status == 200
+    (warning,) = (await response.json())["warnings"]
+    assert warning.startswith(f"{path}: incidents.default_policy is not set: ")
+    assert "pages nobody; set it to one of standard" in warning
+    logged = [r for r in caplog.records if r.getMessage() == "config warning"]
+    assert [r.fields["warning"] for r in logged] == [warning]  # type: ignore[attr-defined]
+    path.write_text(path.read_text() + "incidents:\n  default_policy: standard\n")
+    response = await client.post("/-/reload", headers=AUTH)
+    assert await response.json() == {"status": "ok"}
 
 
 async def test_a_storm_of_reloads_reads_the_files_once_not_once_per_signal(
