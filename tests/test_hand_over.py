@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 
@@ -191,3 +191,75 @@ async def test_a_message_that_lost_a_page_is_not_handed_over_and_survives_a_cras
     assert [p.id for p in await store.recover_sending(LATER)] == [status.id]
     assert (await _state(store, status.id))[0] is PageState.FAILED
     assert await store.claim_pages(LATER + timedelta(hours=1)) == []
+
+
+async def _handed(store: SQLiteStore, page: NewPage, at: datetime) -> int:
+    """``page`` of incident 1 claimed and handed to its channel at ``at``: its id."""
+    await store.add_pages(1, (await store.get_incident(1)).episode, [page], None, at)
+    (claimed,) = await store.claim_pages(at)
+    assert await store.hand_over([claimed.id], at) == []
+    return claimed.id
+
+
+async def _back_for_a_retry(store: SQLiteStore, page_id: int, at: datetime) -> None:
+    """Its provider answered 503: the page goes back to the queue for a retry."""
+    await store.finish_page(
+        page_id, PageState.QUEUED, at, error="503", retry_at=at + timedelta(seconds=15)
+    )
+
+
+async def test_a_second_acknowledger_s_page_on_its_way_does_not_come_back_for_a_retry(
+    store: SQLiteStore,
+) -> None:
+    """alice acknowledged first. The management level's SMS to mgr (it goes even when
+    acknowledged) is with Twilio when mgr acknowledges too; Twilio answers 503. The retry
+    would page mgr about an incident he has just acknowledged: it is cancelled instead.
+    Had it failed for good, nobody is paged in his place either."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    await store.transition(1, "acknowledge", actor="alice", via="api", now=T0)
+    retried = await _handed(store, sms("L3", PageKind.PAGE, "mgr", cancel_on_ack=False), T0)
+    failed = await _handed(store, sms("L4", PageKind.PAGE, "mgr", cancel_on_ack=False), T0)
+    await store.transition(1, "acknowledge", actor="mgr", via="sms", now=LATER)
+    await _back_for_a_retry(store, retried, LATER)
+    assert await _state(store, retried) == (PageState.CANCELLED, "acknowledged by mgr")
+    assert await store.claim_pages(LATER + timedelta(minutes=5)) == []
+    await store.finish_page(failed, PageState.FAILED, LATER, error="x", reroute=ToBackup())
+    assert await _state(store, failed) == (PageState.FAILED, "x")  # as it happened
+    assert await store.claim_pages(LATER + timedelta(minutes=5)) == []  # no backup paged
+
+
+async def test_an_acknowledgement_undone_before_the_hand_over_still_stops_the_page(
+    store: SQLiteStore,
+) -> None:
+    """bob acknowledges while alice's level-1 SMS is being made, and unacknowledges at once:
+    the escalation starts over (a new episode), which pages alice afresh. The page claimed
+    in the old episode lost its point at the acknowledgement and is not handed over; one
+    on its way at the acknowledgement does not come back for a retry either. The new
+    episode's pages go."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    on_its_way = await _handed(store, sms("L1", PageKind.PAGE, "alice"), T0)
+    await store.add_pages(1, 1, [sms("L1", PageKind.PAGE, "carol")], None, T0)
+    (being_made,) = await store.claim_pages(T0)
+    await store.transition(1, "acknowledge", actor="bob", via="api", now=LATER)
+    await store.transition(1, "unacknowledge", actor="bob", via="api", now=LATER)
+    assert await store.hand_over([being_made.id], LATER) == [being_made.id]
+    assert await _state(store, being_made.id) == (PageState.CANCELLED, "acknowledged by bob")
+    await _back_for_a_retry(store, on_its_way, LATER)
+    assert await _state(store, on_its_way) == (PageState.CANCELLED, "acknowledged by bob")
+    afresh = await _handed(store, sms("L1", PageKind.PAGE, "alice"), LATER)
+    assert (await store.get_incident(1)).episode == 2
+    assert await _state(store, afresh) == (PageState.SENDING, None)
+
+
+async def test_a_snooze_ended_before_the_hand_over_still_stops_the_page(
+    store: SQLiteStore,
+) -> None:
+    """bob snoozes while alice's level-1 SMS is being made and ends the snooze at once: its
+    end pages the level reached again (a reminder), so the page claimed before it does not
+    go as well."""
+    ids = await _claimed(store, sms("L1", PageKind.PAGE, "alice"))
+    until = LATER + timedelta(hours=1)
+    await store.transition(1, "snooze", actor="bob", via="api", now=LATER, until=until)
+    await store.transition(1, "unsnooze", actor="bob", via="api", now=LATER)
+    assert await store.hand_over([ids["L1"]], LATER) == [ids["L1"]]
+    assert await _state(store, ids["L1"]) == (PageState.CANCELLED, "snoozed by bob")

@@ -94,6 +94,7 @@ _ADDED_COLUMNS = {
     15: [("pages", "handed_at")],
     16: [("incidents", "first_acknowledged_at"), ("incidents", "first_acknowledged_by")],
     17: [("pages", "trigger_at")],
+    21: [("pages", "lost_point")],
 }
 _ADDED_TABLES = {18: ["admin_notices"], 19: ["twilio_requests"], 20: ["action_processes"]}
 

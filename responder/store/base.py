@@ -635,8 +635,9 @@ class Store(ContainmentStore, Protocol):
     ) -> int:
         """Record the outcome; with ``retry_at`` the page is queued again for then. With
         ``reroute``, in the same transaction, the pages it gives are queued; returns how
-        many were new. A page cancelled while it was being made (its contact acknowledged)
-        stays cancelled, and is not re-routed."""
+        many were new. A page cancelled meanwhile stays cancelled, and one that lost its
+        point while it was out of the queue (its contact acknowledged, an acknowledgement
+        since undone) is not re-routed, and cancelled instead of queued for a retry."""
         ...
 
     async def finish_pages(
@@ -720,10 +721,11 @@ class Store(ContainmentStore, Protocol):
         """The claimed pages of one message go to their channel now: from here on an
         interruption leaves their outcome unknown (``recover_sending``). First, in the same
         transaction, each is checked against its incident as it is now: one that lost its
-        point since it was claimed (acknowledged, snoozed, resolved, fired again: the rules
-        that cancel queued pages) is cancelled. Returns the pages not handed over (cancelled
-        now or before); when there are any, none was, and the message made with them must
-        be made again without them."""
+        point since it was claimed (acknowledged, snoozed, resolved, fired again, its
+        contact acknowledged: the rules that cancel queued pages, also when a later change
+        undid the first, an unacknowledge) is cancelled. Returns the pages not handed over
+        (cancelled now or before); when there are any, none was, and the message made with
+        them must be made again without them."""
         ...
 
     async def retry_channel_now(self, channel: str, now: datetime) -> int:

@@ -420,4 +420,13 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    # 21: why a page lost its point while it was with its channel (handed over, or sent and
+    # not yet confirmed), where the change that took it (an acknowledgement, a snooze, a
+    # reassignment) could not cancel it: should it come back (a retry, a failure), it is
+    # cancelled or not re-routed, as it would have been had it still been queued. The
+    # incident's state cannot say so: an unacknowledge undoes it, and it keeps only the
+    # first of several people who acknowledged.
+    [
+        "ALTER TABLE pages ADD COLUMN lost_point TEXT",
+    ],
 ]

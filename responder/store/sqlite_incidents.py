@@ -360,32 +360,49 @@ def _cancel_pending(
     resolve: bool,
     snooze: bool = False,
 ) -> int:
-    """Queued pages that lost their point. On acknowledge: unacknowledged-clock pages; on a
-    snooze, the same but a reassignment's (step ``A...``: the new owner is told, snoozed or
-    not). On resolve: every page and status update (the recovery notice comes after)."""
+    """Pages that lost their point (``_lose_point``). On acknowledge: unacknowledged-clock
+    pages; on a snooze, the same but a reassignment's (step ``A...``: the new owner is
+    told, snoozed or not). On resolve: every page and status update (the recovery notice
+    comes after)."""
     condition = "kind IN ('page', 'status')" if resolve else "cancel_on_ack = 1"
     if snooze:
         condition += f" AND step NOT LIKE '{REASSIGN_STEP}%'"
-    cur = conn.execute(
-        f"UPDATE pages SET state = 'cancelled', error = ?, updated_at = ? "  # noqa: S608 - fixed text
-        f"WHERE incident_id = ? AND state = 'queued' AND {condition}",
-        (reason, now_us, incident_id),
-    )
-    return cur.rowcount
+    return _lose_point(conn, condition, [], incident_id, now_us, reason)
 
 
 def _cancel_pages_to(
     conn: sqlite3.Connection, incident_id: int, contact: str, now_us: int, reason: str
 ) -> int:
-    """Pages of the incident to ``contact`` not yet handed to their channel (not status
-    updates or recoveries): queued, or claimed by the outbox and still being made, whose
-    hand-over then finds them gone (``hand_over``). Only the first acknowledger is kept on
-    the incident, so the hand-over could not tell who else acknowledged since."""
+    """The pages of the incident to ``contact`` (not status updates or recoveries): they
+    acknowledged it, first or not (only the first is kept on the incident)."""
+    condition = "kind = 'page' AND contact = ?"
+    return _lose_point(conn, condition, [contact], incident_id, now_us, reason)
+
+
+def _lose_point(
+    conn: sqlite3.Connection,
+    condition: str,
+    params: Sequence[object],
+    incident_id: int,
+    now_us: int,
+    reason: str,
+) -> int:
+    """The incident's pages matching ``condition`` lost their point: the queued ones are
+    cancelled with ``reason``; the others still out keep it in ``lost_point``: one being
+    made is cancelled at its hand-over, one handed over or sent is cancelled should it
+    come back for a retry, and pages nobody in its place should it fail (``_POINTLESS``,
+    ``reroute_page``). A later change (an unacknowledge, a snooze's end) does not give it
+    back. Returns how many were cancelled."""
     cur = conn.execute(
-        "UPDATE pages SET state = 'cancelled', error = ?, updated_at = ? "
-        "WHERE incident_id = ? AND kind = 'page' AND contact = ? "
-        "AND (state = 'queued' OR (state = 'sending' AND handed_at IS NULL))",
-        (reason, now_us, incident_id, contact),
+        "UPDATE pages SET state = 'cancelled', error = ?, updated_at = ? "  # noqa: S608 - fixed text
+        f"WHERE incident_id = ? AND state = 'queued' AND {condition}",
+        [reason, now_us, incident_id, *params],
+    )
+    conn.execute(
+        "UPDATE pages SET lost_point = ? "  # noqa: S608 - fixed text
+        "WHERE incident_id = ? AND state IN ('sending', 'sent') AND lost_point IS NULL "
+        f"AND {condition}",
+        [reason, incident_id, *params],
     )
     return cur.rowcount
 
@@ -1120,9 +1137,8 @@ def finish_page(
     error: str | None = None,
     retry_at_us: int | None = None,
 ) -> bool:
-    """Record a send's outcome; False (nothing recorded) for a page cancelled meanwhile: its
-    contact acknowledged while it was being made (``_cancel_pages_to``), and it is not
-    failed (nor re-routed) after that."""
+    """Record a send's outcome; False (nothing recorded) for a page cancelled meanwhile (at
+    its hand-over): it is not failed (nor re-routed) after that."""
     if retry_at_us is not None:
         cur = conn.execute(
             "UPDATE pages SET state = 'queued', due_at = ?, error = ?, updated_at = ? "
@@ -1171,10 +1187,10 @@ def hand_over(conn: sqlite3.Connection, page_ids: Sequence[int], now_us: int) ->
     """The pages of one message are about to be handed to their channel: from now on, an
     interruption leaves their outcome unknown. An acknowledgement, snooze or resolve (or a
     re-fire) committed since they were claimed cancelled only the queued ones: those of
-    these that lost their point are cancelled here as they would have been (``_POINTLESS``).
-    All or nothing: when any of them is cancelled (or was, by its contact's acknowledgement:
-    ``_cancel_pages_to``), none is handed over and their ids are returned; the message was
-    made with them, and the caller makes it again without them."""
+    these that lost their point are cancelled here as they would have been (``_POINTLESS``,
+    which includes what such a change marked and a later one undid: ``_lose_point``).
+    All or nothing: when any of them is cancelled, none is handed over and their ids are
+    returned; the message was made with them, and the caller makes it again without them."""
     ids = list(dict.fromkeys(page_ids))
     if not ids:
         return []
@@ -1262,11 +1278,14 @@ def reroute_page(conn: sqlite3.Connection, page_id: int, reroute: Reroute, now_u
     page = get_page(conn, page_id)
     if page is None or page.state is PageState.CANCELLED:
         return 0  # it lost its point: nobody else needs waking for it either
+    failed_over_at, budget_rerouted_at, lost_point = conn.execute(
+        "SELECT failed_over_at, budget_rerouted_at, lost_point FROM pages WHERE id = ?",
+        (page_id,),
+    ).fetchone()
+    if lost_point is not None:
+        return 0  # so it did on its way (``_lose_point``)
     incident = get_incident(conn, page.incident_id)
     siblings = step_pages(conn, page.incident_id, page.episode, page.step)
-    failed_over_at, budget_rerouted_at = conn.execute(
-        "SELECT failed_over_at, budget_rerouted_at FROM pages WHERE id = ?", (page_id,)
-    ).fetchone()
     # Each once, also when nobody was left: a failover, and the budget's first hold (after
     # a failover, someone has the page already).
     mark = "budget_rerouted_at" if reroute.free_only else "failed_over_at"
@@ -1506,18 +1525,22 @@ def hold_pages(
 # A page (row ``pages``) that lost its point, by what it is, given its incident ``i``: an
 # escalation page on the unacknowledged clock once someone acknowledged, or snoozed (not a
 # reassignment's: the new owner hears of it, snoozed or not); a page or status update once
-# resolved; any page, status update or recovery notice of a trigger that is over. A
-# management (duration) level's page, a status update while open, a recovery notice of its
-# own trigger and a drill's test page still go. The same rules as the transitions apply to
-# queued pages (``_cancel_pending``) and the reroutes to failed ones (deliver._Rerouter).
-_POINTLESS = (
-    "((pages.kind = 'page' AND pages.cancel_on_ack = 1 AND (i.state = 'acknowledged' "
+# resolved; any page, status update or recovery notice of a trigger that is over; a page
+# that lost it while out of the queue (``lost_point``: its contact acknowledged; an
+# acknowledgement or snooze since undone). A management (duration) level's page, a status
+# update while open, a recovery notice of its own trigger and a drill's test page still
+# go. The same rules as the transitions apply to queued pages (``_cancel_pending``) and
+# the reroutes to failed ones (deliver._Rerouter).
+_GONE_WITH_STATE = (
+    "(pages.kind = 'page' AND pages.cancel_on_ack = 1 AND (i.state = 'acknowledged' "
     f"OR (i.state = 'snoozed' AND pages.step NOT LIKE '{REASSIGN_STEP}%'))) "
-    f"OR (pages.kind IN ('page', 'status') AND i.state = 'resolved') OR ({_TRIGGER_OVER}))"
+    "OR (pages.kind IN ('page', 'status') AND i.state = 'resolved')"
 )
+_POINTLESS = f"({_GONE_WITH_STATE} OR ({_TRIGGER_OVER}) OR pages.lost_point IS NOT NULL)"
 # Why it was cancelled (one parameter: TRIGGER_ENDED).
 _POINTLESS_ERROR = (
-    f"(SELECT CASE WHEN {_TRIGGER_OVER} THEN ? ELSE 'incident ' || i.state END "  # noqa: S608
+    f"(SELECT CASE WHEN {_TRIGGER_OVER} THEN ? "  # noqa: S608
+    f"WHEN {_GONE_WITH_STATE} THEN 'incident ' || i.state ELSE pages.lost_point END "
     "FROM incidents i WHERE i.id = pages.incident_id)"
 )
 
