@@ -263,3 +263,47 @@ async def test_a_snooze_ended_before_the_hand_over_still_stops_the_page(
     await store.transition(1, "unsnooze", actor="bob", via="api", now=LATER)
     assert await store.hand_over([ids["L1"]], LATER) == [ids["L1"]]
     assert await _state(store, ids["L1"]) == (PageState.CANCELLED, "snoozed by bob")
+
+
+async def test_a_reassignment_cancels_what_is_still_on_its_way_to_the_one_relieved(
+    store: SQLiteStore,
+) -> None:
+    """Level 1 texted alice (the SMS is with Twilio) and calls her in 5 minutes; carol,
+    paged with her, too. alice hands the incident to bob: her call is cancelled, and her
+    SMS does not come back for a retry; carol's call still comes. Then the lead hands it
+    from bob to dave: bob's page still waiting for his rate limit is cancelled. Neither
+    fails over: nobody else needs waking for them."""
+    await store.ingest([disk_alert("aaaa000000000001")], T0)
+    texted = await _handed(store, sms("L1", PageKind.PAGE, "alice"), T0)
+    in_5_minutes = T0 + timedelta(minutes=5)
+    calls = [
+        NewPage("L1", PageKind.PAGE, who, "voice", f"+1555{who}", in_5_minutes)
+        for who in ("alice", "carol")
+    ]
+    await store.add_pages(1, 1, calls, None, T0)
+    to_bob = [replace(sms("A", PageKind.PAGE, "bob"), due_at=in_5_minutes)]
+    await store.transition(
+        1, "reassign", actor="alice", via="api", now=LATER, assignee="bob", pages=to_bob
+    )
+    await _back_for_a_retry(store, texted, LATER)
+    assert await _state(store, texted) == (PageState.CANCELLED, "reassigned to bob")
+    await store.transition(
+        1, "reassign", actor="lead", via="cli", now=LATER, assignee="dave", pages=()
+    )
+    pages = {(p.contact, p.channel): p for p in (await store.incident_details(1))[3]}
+    assert (pages["alice", "voice"].state, pages["alice", "voice"].error) == (
+        PageState.CANCELLED,
+        "reassigned to bob",
+    )
+    assert (pages["bob", "sms"].state, pages["bob", "sms"].error) == (
+        PageState.CANCELLED,
+        "reassigned to dave",
+    )
+    assert [(p.contact, p.channel) for p in await store.claim_pages(in_5_minutes)] == [
+        ("carol", "voice")
+    ]
+    reassigned = [e for e in (await store.incident_details(1))[2] if e.kind == "reassigned"]
+    assert [(e.detail["to"], e.detail["cancelled_pages"]) for e in reassigned] == [
+        ("bob", 1),
+        ("dave", 1),
+    ]

@@ -722,10 +722,10 @@ class Store(ContainmentStore, Protocol):
         interruption leaves their outcome unknown (``recover_sending``). First, in the same
         transaction, each is checked against its incident as it is now: one that lost its
         point since it was claimed (acknowledged, snoozed, resolved, fired again, its
-        contact acknowledged: the rules that cancel queued pages, also when a later change
-        undid the first, an unacknowledge) is cancelled. Returns the pages not handed over
-        (cancelled now or before); when there are any, none was, and the message made with
-        them must be made again without them."""
+        contact acknowledged or relieved by a reassignment: the rules that cancel queued
+        pages, also when a later change undid the first, an unacknowledge) is cancelled.
+        Returns the pages not handed over (cancelled now or before); when there are any,
+        none was, and the message made with them must be made again without them."""
         ...
 
     async def retry_channel_now(self, channel: str, now: datetime) -> int:

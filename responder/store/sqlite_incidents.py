@@ -374,7 +374,8 @@ def _cancel_pages_to(
     conn: sqlite3.Connection, incident_id: int, contact: str, now_us: int, reason: str
 ) -> int:
     """The pages of the incident to ``contact`` (not status updates or recoveries): they
-    acknowledged it, first or not (only the first is kept on the incident)."""
+    acknowledged it, first or not (only the first is kept on the incident), or a
+    reassignment relieved them of it."""
     condition = "kind = 'page' AND contact = ?"
     return _lose_point(conn, condition, [contact], incident_id, now_us, reason)
 
@@ -1028,8 +1029,16 @@ def transition(
             (assignee, now_us, incident_id),
         )
         detail["to"] = assignee
+        # The one relieved (the owner before, else whoever hands it over) is not called
+        # for it any more by what is still on its way to them; the escalation goes on.
+        relieved = incident.assignee or actor
         if state is IncidentState.RESOLVED:
             pages = ()  # an owner for the review: nothing to wake anyone for
+        elif relieved != assignee:
+            reason = f"reassigned to {assignee}"
+            detail["cancelled_pages"] = _cancel_pages_to(
+                conn, incident_id, relieved, now_us, reason
+            )
         # One step per reassignment: its pages are unique among themselves only. On an
         # incident nobody has acknowledged (triggered, snoozed), an acknowledgement drops
         # the ones still waiting (the new owner's later calls); on an acknowledged one they
@@ -1526,11 +1535,11 @@ def hold_pages(
 # escalation page on the unacknowledged clock once someone acknowledged, or snoozed (not a
 # reassignment's: the new owner hears of it, snoozed or not); a page or status update once
 # resolved; any page, status update or recovery notice of a trigger that is over; a page
-# that lost it while out of the queue (``lost_point``: its contact acknowledged; an
-# acknowledgement or snooze since undone). A management (duration) level's page, a status
-# update while open, a recovery notice of its own trigger and a drill's test page still
-# go. The same rules as the transitions apply to queued pages (``_cancel_pending``) and
-# the reroutes to failed ones (deliver._Rerouter).
+# that lost it while out of the queue (``lost_point``: its contact acknowledged, or was
+# relieved by a reassignment; an acknowledgement or snooze since undone). A management
+# (duration) level's page, a status update while open, a recovery notice of its own
+# trigger and a drill's test page still go. The same rules as the transitions apply to
+# queued pages (``_cancel_pending``) and the reroutes to failed ones (deliver._Rerouter).
 _GONE_WITH_STATE = (
     "(pages.kind = 'page' AND pages.cancel_on_ack = 1 AND (i.state = 'acknowledged' "
     f"OR (i.state = 'snoozed' AND pages.step NOT LIKE '{REASSIGN_STEP}%'))) "
