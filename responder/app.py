@@ -72,6 +72,8 @@ def build_app(
         metrics.store_commit_duration.observe(stats.seconds)
         metrics.store_commit_batch.observe(stats.batch_size)
         metrics.store_disk_full.set(stats.reserve_given_up)
+        for channel, count in stats.pages_cancelled.items():
+            metrics.pages.labels(channel, "cancelled").inc(count)
 
     store = open_store(
         config.storage.url,

@@ -66,6 +66,7 @@ _PAGE_OUTCOMES = (
     "held",
     "unknown",
     "exhausted",
+    "cancelled",
 )
 _ESCALATION_STEPS = (
     "escalated",
@@ -278,10 +279,11 @@ class Metrics:
         )
         self.pages = Counter(
             "responder_pages_total",
-            "Pages handed to a channel, by channel and outcome (sent; delivered or undelivered, "
-            "as the provider reported; failed; retry; channel_down: our credentials or setup "
-            "refused; held: a rate limit or the budget; unknown: cut off while sending; "
-            "exhausted: failed with nobody left to fail over to).",
+            "Pages by channel and outcome (sent; delivered or undelivered, as the provider "
+            "reported; failed; retry; channel_down: our credentials or setup refused; held: a "
+            "rate limit or the budget; unknown: cut off while sending; exhausted: failed with "
+            "nobody left to fail over to; cancelled: lost its point before it went, by an "
+            "acknowledgement, snooze, resolve, re-fire or reassignment).",
             ["channel", "outcome"],
             registry=registry,
         )

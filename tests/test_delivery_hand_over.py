@@ -105,6 +105,10 @@ async def test_an_acknowledgement_while_the_page_is_made_pages_nobody(
         ("page", "alice", "sms", "cancelled", "incident acknowledged"),
     ]
     assert len(asked) == 2  # one hand-over each, nothing made again
+    registry = client.app[RUNTIME].metrics.registry
+    for channel in ("sms", "email"):
+        labels = {"channel": channel, "outcome": "cancelled"}
+        assert registry.get_sample_value("responder_pages_total", labels) == 1, channel
 
 
 async def test_a_bundle_that_lost_a_page_goes_without_it(

@@ -30,6 +30,8 @@ def test_known_series_start_at_zero() -> None:
     }
     for name, labels in zero.items():
         assert registry.get_sample_value(name, labels) == 0, (name, labels)
+    cancelled = {"channel": "voice", "outcome": "cancelled"}
+    assert registry.get_sample_value("responder_pages_total", cancelled) == 0
 
 
 def test_kpi_buckets_resolve_the_first_minutes() -> None:

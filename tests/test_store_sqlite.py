@@ -348,6 +348,60 @@ async def test_one_failing_write_does_not_fail_its_batch(tmp_path: Path) -> None
         await store.close()
 
 
+async def test_each_page_cancelled_is_reported_once_with_the_commit_that_cancels_it(
+    tmp_path: Path,
+) -> None:
+    """What responder_pages_total{outcome="cancelled"} counts: bob's acknowledgement cancels
+    alice's queued SMS and email, counted by channel with its commit. In a batch run again
+    because another write failed, it is still counted once, and that failed write's own
+    cancellation, rolled back, not at all."""
+    commits: list[CommitStats] = []
+    store = SQLiteStore(tmp_path / "r.db", on_commit=commits.append)
+    await store.open()
+    try:
+        await store.ingest([disk_alert("aaaa000000000001")], T0)
+        later = T0 + timedelta(minutes=5)
+        pages = [NewPage("L1", PageKind.PAGE, "alice", ch, "a", later) for ch in ("sms", "email")]
+        status = NewPage("U1", PageKind.STATUS, "alice", "voice", "a", later, None, False)
+        await store.add_pages(1, 1, [*pages, status], None, T0)
+
+        def cancelled() -> dict[str, int]:
+            total: dict[str, int] = {}
+            for stats in commits:
+                for channel, count in stats.pages_cancelled.items():
+                    total[channel] = total.get(channel, 0) + count
+            return total
+
+        def fails_after_cancelling(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE pages SET state = 'cancelled' WHERE channel = 'voice'")
+            raise RuntimeError("refused by test")
+
+        # Hold the writer so that the acknowledgement and the failing write share a batch.
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold(_: sqlite3.Connection) -> None:
+            entered.set()
+            gate.wait(10)
+
+        held = asyncio.ensure_future(store._write(hold))
+        await asyncio.to_thread(entered.wait, 10)
+        ack = asyncio.ensure_future(
+            store.transition(1, "acknowledge", actor="bob", via="api", now=T0)
+        )
+        failing = asyncio.ensure_future(store._write(fails_after_cancelling))
+        await asyncio.sleep(0.1)
+        gate.set()
+        await held
+        await ack
+        with pytest.raises(RuntimeError, match="refused by test"):
+            await failing
+        assert cancelled() == {"sms": 1, "email": 1}
+        voice = [p for p in (await store.incident_details(1))[3] if p.channel == "voice"]
+        assert voice[0].state is PageState.QUEUED
+    finally:
+        await store.close()
+
+
 async def test_data_survives_reopen(tmp_path: Path) -> None:
     """A restart on the same file sees everything committed before it."""
     path = tmp_path / "r.db"

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,6 +113,8 @@ class CommitStats:
     # The disk filled and the reserve is given up (not yet set aside again): the writes go on
     # in the reserve's space, and the operator must free space before it runs out too.
     reserve_given_up: bool = False
+    # Pages this commit cancelled (they lost their point before they went), by channel.
+    pages_cancelled: Mapping[str, int] = field(default_factory=dict)
 
 
 class SQLiteStore:
@@ -148,6 +150,9 @@ class SQLiteStore:
         self._commit_failing = False
         self._batch_fault = False  # a write of the batch in progress met a storage fault
         self._batch_full = False  # ... and that fault was a full disk
+        # The channels of the pages the batch in progress cancelled (writer thread only),
+        # reported once its commit holds (``_count_cancellations``).
+        self._cancelled: list[str] = []
         self._reserve = path.with_name(path.name + ".reserve")
         self._reserve_given_up_at: float | None = None  # perf_counter; None: held
 
@@ -167,6 +172,7 @@ class SQLiteStore:
             writer_conn = self._connect()
             try:
                 self._migrate(writer_conn)
+                self._count_cancellations(writer_conn)
             except BaseException as exc:
                 writer_conn.close()
                 if isinstance(exc, sqlite3.Error):
@@ -310,6 +316,16 @@ class SQLiteStore:
                 raise
             log.info("schema migrated", extra={"fields": {"version": version}})
 
+    def _count_cancellations(self, conn: sqlite3.Connection) -> None:
+        """Every page any write cancels, whichever rule it followed, is noted for the
+        commit's report (``CommitStats.pages_cancelled``): one place, not one per rule."""
+        conn.create_function("page_cancelled", 1, self._cancelled.append)
+        conn.execute(
+            "CREATE TEMP TRIGGER page_cancelled AFTER UPDATE OF state ON main.pages "
+            "WHEN NEW.state = 'cancelled' AND OLD.state != 'cancelled' "
+            "BEGIN SELECT page_cancelled(NEW.channel); END"
+        )
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -421,16 +437,20 @@ class SQLiteStore:
             self._batch_full = self._batch_full or _is_disk_full(exc)
             error = StoreError(f"commit failed: {exc}")
             results = [(job, False, error) for job in batch]
+            self._cancelled.clear()
         if self._batch_full:
             self._give_up_reserve()
         elif not self._commit_failing:
             self._retake_reserve()
+        cancelled = collections.Counter(self._cancelled)
+        self._cancelled.clear()
         if self._on_commit is not None:
             self._on_commit(
                 CommitStats(
                     len(batch),
                     time.perf_counter() - started,
                     reserve_given_up=self._reserve_given_up_at is not None,
+                    pages_cancelled=cancelled,
                 )
             )
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
@@ -453,6 +473,8 @@ class SQLiteStore:
         may have changed: at each start, after any other job, after a job rolled back."""
         known = self._open_incidents
         known.forget()
+        cancelled = self._cancelled
+        cancelled.clear()
         conn.execute("BEGIN IMMEDIATE")
         results: list[tuple[_Job, bool, Any]] = []
         try:
@@ -465,10 +487,12 @@ class SQLiteStore:
             if conn.in_transaction:  # SQLite may have rolled it back itself (a full disk)
                 conn.execute("ROLLBACK")
         known.forget()
+        cancelled.clear()
         conn.execute("BEGIN IMMEDIATE")
         results = []
         for job in batch:
             conn.execute("SAVEPOINT job")
+            noted = len(cancelled)
             try:
                 value = job.work(conn)
             except Exception as exc:  # one bad write must not fail the batch
@@ -481,6 +505,7 @@ class SQLiteStore:
                     raise sqlite3.OperationalError(f"transaction lost: {exc}") from exc
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
+                del cancelled[noted:]
                 known.forget()
                 if _is_storage_fault(exc):
                     self._batch_fault = True  # the disk, not this write: not ready
