@@ -790,3 +790,57 @@ async def test_a_run_waits_for_a_concurrency_slot_instead_of_being_skipped(
     for number in (1, 2):
         kinds = [e["kind"] for e in await runs(client, number)]
         assert "action_skipped" not in kinds, kinds
+
+
+@pytest.mark.parametrize("where", ["action", "containment"])
+async def test_a_dry_run_does_not_hold_the_page_back(
+    make_client: ClientFactory, tmp_path: Path, smtp: SmtpTestServer, where: str
+) -> None:
+    """hold_page waits while containment works; a dry run changes nothing, so nothing is at
+    work: the first page goes at once, not when the 30 minute hold ends (the fake clock
+    never moves here)."""
+    log = tmp_path / "ran"
+    body = f"open({str(log)!r}, 'a').write('ran')"
+    extra = "    dry_run: true" if where == "action" else ""
+    actions = restart_action(tmp_path, body, extra)
+    if where == "containment":
+        actions = actions.replace("actions:\n", "  dry_run: true\nactions:\n", 1)
+    client = await make_client(
+        config(tmp_path, smtp, actions, RESTART_RULE + "    hold_page: 30m\n")
+    )
+    await post(client, webhook(alert("WebDown", service="nginx")))
+    await eventually(lambda: _true(len(smtp.messages) == 1), "paged despite the hold")
+    assert smtp.messages[0].rcpt_tos == ["alice@example.com"]  # level 1: nothing escalated
+    assert "action_dry_run" in [e["kind"] for e in await runs(client)]
+    assert not log.exists()
+
+
+async def test_a_dry_run_beside_a_real_run_at_work_keeps_the_page_held(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+) -> None:
+    """A rule runs a real restart (it succeeds) and a dry-run evidence script: the restart
+    is containment at work, so the page stays held; the alert resolves within the hold and
+    nobody is woken."""
+    tool = script(tmp_path, "probe", "pass")
+    actions = (
+        restart_action(tmp_path, "pass")
+        + f"""  probe:
+    kind: exec
+    argv: [{tool}, "{{service}}"]
+    params:
+      service: {{from: label, key: service, type: identifier}}
+    dry_run: true
+"""
+    )
+    rule = RESTART_RULE.replace("actions: [restart]", "actions: [probe, restart]")
+    client = await make_client(config(tmp_path, smtp, actions, rule + "    hold_page: 30m\n"))
+    down = alert("WebDown", service="nginx")
+    await post(client, webhook(down))
+    await eventually(lambda: _finished(client), "the restart ran")
+    await asyncio.sleep(0.2)
+    assert smtp.messages == []
+    clock.advance(timedelta(minutes=2))
+    await post(client, webhook(alert("WebDown", "resolved", **down["labels"])))
+    clock.advance(timedelta(minutes=40))
+    await asyncio.sleep(0.2)
+    assert smtp.messages == []

@@ -523,7 +523,7 @@ async def test_containment_queue_ids_are_never_reused(tmp_path: Path) -> None:
             return int(cur.lastrowid or 0)
 
         first = await store._write(lambda conn: queue(conn, 1))
-        await store.containment_done(first)
+        await store.containment_done(first, T0)
         second = await store._write(lambda conn: queue(conn, 2))
         assert second > first
         assert [q.queue_id for q in await store.containment_queue(first)] == [second]

@@ -335,6 +335,7 @@ class Containment:
     async def handle(self, item: QueuedAlert) -> None:
         catalog, settings = self._config()
         names = item.classification.get("actions") or []
+        outcomes: list[Outcome | None] = []
         for name in names:
             action = catalog.actions.get(name)
             if action is None:
@@ -345,12 +346,21 @@ class Containment:
             wanted = "resolve" if action.on_resolve else "fire"
             if item.trigger.partition("#")[0] != wanted:  # "fire#2": its third generation
                 continue  # actions run for firing alerts only, unless declared for resolve
-            await self._run_one(item, action, settings)
-        await self._store.containment_done(item.queue_id)
+            outcomes.append(await self._run_one(item, action, settings))
+        # A dry run changes nothing: unless another of the alert's actions ran and is at
+        # work (ok), the page its rule holds for containment goes now. Runs that failed or
+        # were stopped released it already.
+        dry_only = Outcome.DRY_RUN in outcomes and Outcome.OK not in outcomes
+        release = item.incident_id if dry_only else None
+        await self._store.containment_done(item.queue_id, self._clock.now(), release_hold=release)
+        if release is not None:
+            self._on_escalate()  # a held first page is due now
 
     async def _run_one(
         self, item: QueuedAlert, action: Action, settings: ContainmentSettings
-    ) -> None:
+    ) -> Outcome | None:
+        """Run one action for the alert; the run's outcome, None when none was started
+        (a parameter refused, a guard stopped it, the alert had run it already)."""
         m = self._metrics
         context = RunContext(
             str(item.incident_id or ""),
@@ -386,7 +396,7 @@ class Containment:
                     "action refused a parameter; nothing ran",
                     extra=fields(action=action.name, rejection=prepared.to_audit()),
                 )
-            return
+            return None
 
         # A lift of this very change under way (its alert fired again as it was lifted) ends
         # first: side by side, the lift could end last and leave the change undone while the
@@ -421,7 +431,7 @@ class Containment:
             if recorded:
                 m.action_guard_stops.labels(action.name, guard).inc()
                 self._on_escalate()  # a held first page is due now
-            return
+            return None
         # No await between the decision and the start: the loop's single thread makes the
         # two one step, so concurrent runs always see each other.
         dry = decision.dry_run
@@ -449,7 +459,7 @@ class Containment:
         if not recorded:
             self._state = forget_run(self._state, prepared.run_id)  # ran already: never twice
             self._slot_freed()
-            return
+            return None
 
         result = await self._runner.execute(prepared, dry_run=dry, stopped=self._paused)
         m.actions.labels(action.name, result.outcome.value).inc()
@@ -552,6 +562,7 @@ class Containment:
                 escalate=escalate is not None,
             ),
         )
+        return result.outcome
 
     # -- deadlines: alert_resolves_within checks ---------------------------------------------------
     async def _checks(self) -> None:
@@ -893,7 +904,7 @@ class Containment:
         except Exception:
             log.exception("containment failed for an alert", extra=fields(alert=item.alert_id))
             with contextlib.suppress(Exception):
-                await self._store.containment_done(item.queue_id)
+                await self._store.containment_done(item.queue_id, self._clock.now())
         finally:
             self.wake()
 

@@ -226,7 +226,12 @@ class ContainmentStore(Protocol):
         """Queued alerts with queue ids above ``after_id``, oldest first."""
         ...
 
-    async def containment_done(self, queue_id: int) -> None: ...
+    async def containment_done(
+        self, queue_id: int, now: datetime, *, release_hold: int | None = None
+    ) -> None:
+        """Take the alert off the containment queue; ``release_hold`` (an incident id) ends
+        its rule's hold_page in the same write: no containment is at work for it."""
+        ...
 
     async def load_guards(self) -> str | None: ...
 

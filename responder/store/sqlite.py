@@ -1077,8 +1077,11 @@ class SQLiteStore:
     async def containment_queue(self, after_id: int = 0, limit: int = 100) -> list[QueuedAlert]:
         return await self._read(lambda conn: actions.queued(conn, after_id, limit))
 
-    async def containment_done(self, queue_id: int) -> None:
-        await self._write(lambda conn: actions.dequeue(conn, queue_id))
+    async def containment_done(
+        self, queue_id: int, now: datetime, *, release_hold: int | None = None
+    ) -> None:
+        now_us = to_us(now)
+        await self._write(lambda conn: actions.dequeue(conn, queue_id, now_us, release_hold))
 
     async def load_guards(self) -> str | None:
         return await self._read(actions.load_guards)

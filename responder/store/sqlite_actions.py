@@ -77,8 +77,14 @@ def queued(conn: sqlite3.Connection, after_id: int, limit: int) -> list[QueuedAl
     ]
 
 
-def dequeue(conn: sqlite3.Connection, queue_id: int) -> None:
+def dequeue(
+    conn: sqlite3.Connection, queue_id: int, now_us: int, release_hold: int | None = None
+) -> None:
+    """The alert's containment is done; ``release_hold`` (an incident id: its actions were
+    dry runs only) ends a rule's hold_page in the same write."""
     conn.execute("DELETE FROM action_queue WHERE id = ?", (queue_id,))
+    if release_hold is not None:
+        _release_hold(conn, release_hold, now_us)
 
 
 def load_guards(conn: sqlite3.Connection) -> str | None:
