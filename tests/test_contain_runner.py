@@ -12,6 +12,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from responder.clock import FakeClock
-from responder.contain.catalog import Action, ActionCatalog, parse_actions, parse_containment
+from responder.contain.catalog import (
+    Action,
+    ActionCatalog,
+    CaptureEvidenceSpec,
+    parse_actions,
+    parse_containment,
+)
 from responder.contain.outcome import Outcome
 from responder.contain.params import ParamRejected
 from responder.contain.runner import (
@@ -482,6 +489,21 @@ def test_catalog_is_parsed_strictly(text: str, message: str, tmp_path: Path) -> 
         catalog(text, tmp_path)
     assert message in str(err.value)
     assert str(err.value).startswith("actions.yaml:")
+
+
+def test_the_caps_on_a_run_refuse_past_them_not_at_them() -> None:
+    """A 10m timeout, 5 retries, a 16 MiB evidence item and a run of exactly an hour (6
+    attempts of 10m) all load; a second more of timeout, or of retry delay, does not."""
+    longest = "a: {kind: exec, argv: [/bin/true], timeout: 10m, retries: 5, retry_delay: "
+    assert catalog(longest + "0}", Path("/"))["a"].timeout == timedelta(minutes=10)
+    evidence = "e: {kind: capture-evidence, files: [/var/log/syslog], max_bytes: 16777216}"
+    spec = catalog(evidence, Path("/"))["e"].spec
+    assert isinstance(spec, CaptureEvidenceSpec)
+    assert spec.max_bytes == 16 * 1024 * 1024
+    with pytest.raises(ConfigError, match=r"a\.timeout: must be at most 10m"):
+        catalog("a: {kind: exec, argv: [/bin/true], timeout: 10m1s}", Path("/"))
+    with pytest.raises(ConfigError, match="a: a run may take up to 1h5s"):
+        catalog(longest + "1s}", Path("/"))
 
 
 def test_a_secret_a_header_or_environment_cannot_carry_is_refused_at_load(

@@ -27,6 +27,7 @@ from urllib.parse import quote, urlsplit
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from responder.classify.explain import format_duration
 from responder.contain.params import ParamSpec, ParamType, normalize_unit, parse_params
 from responder.secrets import Secret, read_secret
 from responder.yamlfile import Node
@@ -57,6 +58,18 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([a-z_][a-z0-9_]*)\}|[{}]")
 _NFT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _CHAIN = re.compile(r"[A-Za-z0-9_-]{1,28}")
+
+# Caps on how long one run may take: a run holds a concurrency slot, and the first page a
+# rule's hold_page holds for it, until it ends; a typo such as `timeout: 10h` must fail at
+# load, not during an incident. Ten minutes outlasts a slow unit's start (systemd's own
+# TimeoutStartSec is 90s by default); an hour is the longest a page may be held.
+MAX_TIMEOUT = timedelta(minutes=10)  # timeout, retry_delay, check.delay, check.timeout
+MAX_RETRIES = 5
+MAX_RUN = timedelta(hours=1)  # every attempt with its check, and the delays between them
+# Each evidence item (a journal, a file, a command's output) is held in memory until the
+# capture is written: 16 MiB is some 100,000 log lines.
+MAX_EVIDENCE_BYTES = 16 * 1024 * 1024
+_HOLDS = "a run holds a concurrency slot, and the page a rule holds for it, that long"
 
 
 class Kind(StrEnum):
@@ -408,14 +421,46 @@ def _opt_int(
     return default if child is None else child.as_int(minimum, maximum)
 
 
-def _opt_duration(node: Node, key: str, default: timedelta, *, positive: bool = False) -> timedelta:
+def _opt_duration(
+    node: Node,
+    key: str,
+    default: timedelta,
+    *,
+    positive: bool = False,
+    maximum: timedelta | None = None,
+) -> timedelta:
     child = node.get(key)
     if child is None:
         return default
     value = child.as_duration()
     if positive and value <= timedelta(0):
         raise child.error("must be longer than 0")
+    if maximum is not None and value > maximum:
+        raise child.error(f"must be at most {_shown(maximum)} ({_HOLDS}), got {child.value}")
     return value
+
+
+def _shown(span: timedelta) -> str:
+    return format_duration(int(span.total_seconds()))
+
+
+def _longest_run(node: Node, action: Action) -> None:
+    """Refuse an action whose run, every attempt failing, may take longer than MAX_RUN."""
+    attempts = action.retries + 1
+    per_attempt = action.timeout
+    check = action.check
+    checked = ""
+    if check is not None and check.alert_resolves_within is None:
+        per_attempt += check.delay + check.timeout
+        checked = f" and its check ({_shown(check.delay + check.timeout)})"
+    longest = attempts * per_attempt + action.retries * action.retry_delay
+    if longest > MAX_RUN:
+        delays = "retry delay" if action.retries == 1 else "retry delays"
+        raise node.error(
+            f"a run may take up to {_shown(longest)} ({attempts} attempts of timeout "
+            f"{_shown(action.timeout)}{checked}, {action.retries} {delays} of "
+            f"{_shown(action.retry_delay)}); at most {_shown(MAX_RUN)}"
+        )
 
 
 def parse_actions(node: Node | None, base_dir: Path) -> ActionCatalog:
@@ -427,6 +472,7 @@ def parse_actions(node: Node | None, base_dir: Path) -> ActionCatalog:
             if not _ACTION_NAME.fullmatch(name):
                 raise item.error("action names are letters, digits, '.', '_' and '-'")
             actions[name] = _parse_action(name, item, base_dir)
+            _longest_run(item, actions[name])
             nodes[name] = item
     for name, action in actions.items():
         if action.undo is not None and action.undo.action is not None:
@@ -474,9 +520,11 @@ def _parse_action(name: str, node: Node, base_dir: Path) -> Action:
         params=params,
         description=desc_node.as_str() if desc_node is not None else "",
         target=target,
-        timeout=_opt_duration(node, "timeout", timedelta(seconds=30), positive=True),
-        retries=_opt_int(node, "retries", 0, minimum=0),
-        retry_delay=_opt_duration(node, "retry_delay", timedelta(seconds=5)),
+        timeout=_opt_duration(
+            node, "timeout", timedelta(seconds=30), positive=True, maximum=MAX_TIMEOUT
+        ),
+        retries=_opt_int(node, "retries", 0, minimum=0, maximum=MAX_RETRIES),
+        retry_delay=_opt_duration(node, "retry_delay", timedelta(seconds=5), maximum=MAX_TIMEOUT),
         escalate_after_failures=_opt_int(node, "escalate_after_failures", 3),
         cooldown=_opt_duration(node, "cooldown", timedelta(minutes=5)),
         max_runs=max_runs_node.as_int(1) if max_runs_node is not None else None,
@@ -659,7 +707,7 @@ def _parse_evidence(node: Node, declared: frozenset[str]) -> CaptureEvidenceSpec
         max_lines=_opt_int(node, "max_lines", 10000),
         files=files,
         commands=tuple(commands),
-        max_bytes=_opt_int(node, "max_bytes", 1024 * 1024),
+        max_bytes=_opt_int(node, "max_bytes", 1024 * 1024, maximum=MAX_EVIDENCE_BYTES),
     )
 
 
@@ -687,8 +735,10 @@ def _parse_check(node: Node | None, declared: frozenset[str], base_dir: Path) ->
     given = [k for k in ("argv", "http", "alert_resolves_within") if k in node]
     if len(given) != 1:
         raise node.error("give exactly one of argv, http, alert_resolves_within")
-    delay = _opt_duration(node, "delay", timedelta(0))
-    timeout = _opt_duration(node, "timeout", timedelta(seconds=10), positive=True)
+    delay = _opt_duration(node, "delay", timedelta(0), maximum=MAX_TIMEOUT)
+    timeout = _opt_duration(
+        node, "timeout", timedelta(seconds=10), positive=True, maximum=MAX_TIMEOUT
+    )
     if "argv" in node:
         return CheckSpec(argv=_argv(node["argv"], declared), delay=delay, timeout=timeout)
     if "http" in node:
