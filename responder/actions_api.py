@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from responder.api import authenticated, iso
+from responder.contain.guards import GuardState
 from responder.ingest import json_error, read_json_object
 from responder.runtime import RUNTIME, Runtime
 from responder.store import StoreError
@@ -35,6 +36,11 @@ def _undo_state(run: RunRow) -> str | None:
     return run.undo_state
 
 
+def _open_action_breakers(state: GuardState) -> list[dict[str, Any]]:
+    """The breakers open across targets (a reset one is kept only to count from its reset)."""
+    return [b for b in state.to_json()["action_breakers"] if b["opened_at"] is not None]
+
+
 @authenticated
 async def status(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/actions: the kill switch, running actions, open breakers, recent runs."""
@@ -52,6 +58,7 @@ async def status(request: web.Request) -> web.StreamResponse:
         "actions": sorted(catalog.actions),
         "running": [r for r in state.to_json()["runs"] if r["outcome"] == "running"],
         "breakers": state.to_json()["breakers"],
+        "actionBreakers": _open_action_breakers(state),
         "recent": [
             {
                 "runId": r.run_id,
@@ -91,16 +98,23 @@ async def resume(request: web.Request) -> web.StreamResponse:
 
 @authenticated
 async def reset(request: web.Request) -> web.StreamResponse:
-    """POST /api/v1/actions/reset {"action": "restart-web", "target": "unit=nginx.service"}"""
+    """POST /api/v1/actions/reset {"action": "restart-web", "target": "unit=nginx.service"};
+    without a target, the action's breaker across targets."""
     runtime = request.app[RUNTIME]
     body = await read_json_object(request)
-    action, target = _text(body, "action"), _text(body, "target")
+    action = _text(body, "action")
+    target = _text(body, "target") if "target" in body else None
     state = await _containment(runtime).reset(action, target, _text(body, "by", "api"))
     if state is None:
+        where = "across targets" if target is None else f"on {target}"
         return json_error(
-            404, f"no breaker for {action} on {target}; `responder actions status` lists them"
+            404, f"no open breaker for {action} {where}; `responder actions status` lists them"
         )
-    return web.json_response({"status": "ok", "data": {"breakers": state.to_json()["breakers"]}})
+    data = {
+        "breakers": state.to_json()["breakers"],
+        "actionBreakers": _open_action_breakers(state),
+    }
+    return web.json_response({"status": "ok", "data": data})
 
 
 @authenticated

@@ -263,7 +263,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=["status", "pause", "resume", "reset", "lift", "lifted"],
         help="status; pause --reason TEXT: no action or lift starts, nor a further attempt "
         "of one under way (a lift stopped so waits for resume; a lift by hand still runs); "
-        "resume; reset ACTION TARGET; "
+        "resume; reset ACTION TARGET (ACTION alone: its breaker across targets); "
         "lift RUN: run the run's undo now (again, after it failed); "
         "lifted RUN --reason TEXT: record that the run's change is gone (you removed it by "
         "hand, or its undo can never succeed): its lift ends, nothing runs, and its "
@@ -274,7 +274,11 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         help="reset: the action; lift, lifted: the run (its id, or 8+ of its start)",
     )
-    actions.add_argument("target", nargs="?", help="reset: the target, as status shows it")
+    actions.add_argument(
+        "target",
+        nargs="?",
+        help="reset: the target, as status shows it (none: the breaker across targets)",
+    )
     actions.add_argument("--reason", help="pause, lifted: why (required, recorded)")
     actions.add_argument("--by", help="who (default: $USER, else your login name)")
     actions.set_defaults(run=cmd_actions)
@@ -872,6 +876,10 @@ def shown_time(value: str | None) -> str:
 RUN_ID_SHOWN = 12
 
 
+# The TARGET of an action's breaker across targets in `actions status`.
+ACROSS_TARGETS = "(every target)"
+
+
 def cmd_actions(args: argparse.Namespace) -> int:
     client = _client(args)
     by = args.by or operator_name()
@@ -890,11 +898,13 @@ def cmd_actions(args: argparse.Namespace) -> int:
             print("containment was not paused")
         return 0
     if args.verb == "reset":
-        if not (args.name and args.target):
-            raise ConfigError("actions reset", 0, "", "give the action and the target")
-        body = {"action": args.name, "target": args.target, "by": by}
+        if not args.name:
+            raise ConfigError("actions reset", 0, "", "give the action (and the target)")
+        body = {"action": args.name, "by": by}
+        if args.target:
+            body["target"] = args.target
         asyncio.run(client.request("POST", "/api/v1/actions/reset", body=body))
-        print(f"breaker reset: {args.name} on {args.target}")
+        print(f"breaker reset: {args.name} on {args.target or 'every target'}")
         return 0
     if args.verb == "lift":
         if not args.name:
@@ -916,18 +926,30 @@ def cmd_actions(args: argparse.Namespace) -> int:
     else:
         print("containment active" + (" (dry run)" if data["dryRun"] else ""))
     print(f"actions: {', '.join(data['actions']) or 'none configured'}")
-    if data["breakers"]:
+    if data["breakers"] or data.get("actionBreakers"):
         print("breakers:")
         print_table(
             ["ACTION", "TARGET", "FAILURES", "OPEN SINCE"],
             [
-                [
-                    b["action"],
-                    b["target"],
-                    str(b["consecutive_failures"]),
-                    shown_time(b["opened_at"]),
-                ]
-                for b in data["breakers"]
+                # Broken whatever the target: failed runs on that many targets.
+                *(
+                    [
+                        b["action"],
+                        ACROSS_TARGETS,
+                        f"{b['failures']} runs on {b['targets']} targets",
+                        shown_time(b["opened_at"]),
+                    ]
+                    for b in data.get("actionBreakers", [])
+                ),
+                *(
+                    [
+                        b["action"],
+                        b["target"],
+                        str(b["consecutive_failures"]),
+                        shown_time(b["opened_at"]),
+                    ]
+                    for b in data["breakers"]
+                ),
             ],
         )
     print("recent runs:")

@@ -338,8 +338,8 @@ class Metrics:
         )
         self.action_guard_stops = Counter(
             "responder_action_guard_stops_total",
-            "Runs a guard stopped (paused, breaker_open, concurrency, cooldown, rate_limit, "
-            "blast_radius).",
+            "Runs a guard stopped (paused, action_breaker_open, breaker_open, concurrency, "
+            "cooldown, rate_limit, blast_radius).",
             ["action", "guard"],
             registry=registry,
         )
@@ -353,6 +353,14 @@ class Metrics:
         self.breakers_opened = Counter(
             "responder_action_breakers_opened_total",
             "Circuit breakers opened after consecutive failures of an action on a target.",
+            ["action"],
+            registry=registry,
+        )
+        self.action_breaker_open = Gauge(
+            "responder_action_breaker_open",
+            "1 while an action's breaker across targets is open: it failed "
+            "containment.action_breaker_failures runs within the window, whatever their "
+            "targets, and runs on no target until reset.",
             ["action"],
             registry=registry,
         )

@@ -19,6 +19,7 @@ from responder.contain.guards import (
     late_check,
     pause,
     prune,
+    reset_action_breaker,
     reset_breaker,
     resume,
     start_run,
@@ -314,3 +315,69 @@ def test_a_late_verified_check_keeps_failures_that_came_after_its_run() -> None:
         state, restart, "nginx.service", True, clock.now(), SETTINGS, run_started=first_started
     )
     assert state.breaker("restart", "nginx.service").consecutive_failures == 2
+
+
+def test_an_action_failing_on_many_targets_opens_its_breaker_across_targets() -> None:
+    """nft is broken: every block fails, each on a new attacker address, so no target's
+    breaker ever counts past 1. The fifth failed run within the hour (the default) opens
+    the action's breaker across targets, once; every target is refused until it is reset,
+    and the open breaker survives a save and load (a restart)."""
+    clock = FakeClock()
+    block = replace(actions()["block"], dry_run=False)
+    settings = replace(SETTINGS, max_actions_per_window=100, max_targets_per_window=100)
+    state = GuardState()
+    opened = []
+    for n in range(7):
+        target = f"203.0.113.{n}"
+        assert decide(state, block, target, settings, clock.now()).allowed, n
+        state = start_run(state, f"r{n}", "block", target, clock.now())
+        done = finish_run(
+            state, f"r{n}", Outcome.FAILED, clock.now(), action=block, settings=settings
+        )
+        state = done.state
+        assert done.consecutive_failures == 1  # per target: never near its breaker
+        opened.append(done.action_breaker is not None)
+        if n == 4:
+            break
+        clock.advance(timedelta(minutes=10))
+    assert opened == [False, False, False, False, True]
+    assert done.escalate  # the run that opened it pages: the action is broken
+    broken = state.action_breaker("block")
+    assert (broken.failures, broken.targets, broken.opened_at) == (5, 5, clock.now())
+    decision = decide(state, block, "198.51.100.7", settings, clock.now())
+    assert decision.guard is Guard.ACTION_BREAKER_OPEN
+    assert "5 failed runs on 5 targets" in decision.reason
+    reloaded = GuardState.from_json(json.loads(json.dumps(state.to_json())))
+    clock.advance(timedelta(minutes=5))  # open until reset, not until the window passes
+    decision = decide(reloaded, block, "198.51.100.7", settings, clock.now())
+    assert decision.guard is Guard.ACTION_BREAKER_OPEN
+    state = reset_action_breaker(reloaded, "block", clock.now())
+    assert not state.action_breaker("block").is_open
+    assert decide(state, block, "198.51.100.7", settings, clock.now()).allowed
+    # The failures before the reset are forgiven: one more does not open it again at once.
+    state = start_run(state, "after", "block", "198.51.100.7", clock.now())
+    done = finish_run(state, "after", Outcome.FAILED, clock.now(), action=block, settings=settings)
+    assert done.action_breaker is None
+
+
+def test_failures_older_than_the_window_do_not_open_the_action_breaker() -> None:
+    """Failures 20 minutes apart, an ok and a stopped run among them: the window never holds
+    five failed runs, so the action keeps running (an ok run does not count, nor does it
+    start the count over: the window does). A per-action setting overrides the default."""
+    clock = FakeClock()
+    block = replace(actions()["block"], dry_run=False)
+    settings = replace(SETTINGS, max_actions_per_window=100, max_targets_per_window=100)
+    state = GuardState()
+    outcomes = [Outcome.FAILED, Outcome.OK, Outcome.TIMEOUT, Outcome.ERROR, Outcome.STOPPED]
+    outcomes += [Outcome.FAILED] * 4
+    for n, outcome in enumerate(outcomes):
+        state = start_run(state, f"r{n}", "block", f"192.0.2.{n}", clock.now())
+        done = finish_run(state, f"r{n}", outcome, clock.now(), action=block, settings=settings)
+        state = done.state
+        assert done.action_breaker is None, n
+        clock.advance(timedelta(minutes=20))
+    strict = replace(block, action_breaker_failures=3)
+    state = start_run(state, "last", "block", "192.0.2.99", clock.now())
+    done = finish_run(state, "last", Outcome.FAILED, clock.now(), action=strict, settings=settings)
+    assert done.action_breaker is not None
+    assert done.action_breaker.failures == 3  # the three within the last hour

@@ -51,6 +51,7 @@ ACTION_KEYS_COMMON = (
     "check",
     "on_resolve",
     "breaker_failures",
+    "action_breaker_failures",
 )
 _ACTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
@@ -357,6 +358,7 @@ class Action:
     check: CheckSpec | None = None
     on_resolve: bool = False
     breaker_failures: int | None = None  # None: containment.breaker_failures
+    action_breaker_failures: int | None = None  # None: containment.action_breaker_failures
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +369,10 @@ class ContainmentSettings:
     window: timedelta = timedelta(minutes=10)
     concurrency: int = 4
     breaker_failures: int = 3
+    # Failed runs of one action, whatever their targets, within the window that open its
+    # breaker across targets: a broken tool fed a new address each time.
+    action_breaker_failures: int = 5
+    action_breaker_window: timedelta = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +403,8 @@ def parse_containment(node: Node | None) -> ContainmentSettings:
         "window",
         "concurrency",
         "breaker_failures",
+        "action_breaker_failures",
+        "action_breaker_window",
     )
     d = ContainmentSettings()
     return ContainmentSettings(
@@ -406,6 +414,12 @@ def parse_containment(node: Node | None) -> ContainmentSettings:
         window=_opt_duration(node, "window", d.window, positive=True),
         concurrency=_opt_int(node, "concurrency", d.concurrency),
         breaker_failures=_opt_int(node, "breaker_failures", d.breaker_failures),
+        action_breaker_failures=_opt_int(
+            node, "action_breaker_failures", d.action_breaker_failures
+        ),
+        action_breaker_window=_opt_duration(
+            node, "action_breaker_window", d.action_breaker_window, positive=True
+        ),
     )
 
 
@@ -512,6 +526,7 @@ def _parse_action(name: str, node: Node, base_dir: Path) -> Action:
     undo = _parse_undo(node.get("undo"), declared, kind)
     check = _parse_check(node.get("check"), declared, base_dir)
     breaker_node = node.get("breaker_failures")
+    broken_node = node.get("action_breaker_failures")
     desc_node = node.get("description")
     return Action(
         name=name,
@@ -536,6 +551,7 @@ def _parse_action(name: str, node: Node, base_dir: Path) -> Action:
         check=check,
         on_resolve=_opt(node, "on_resolve", Node.as_bool, False),
         breaker_failures=breaker_node.as_int(1) if breaker_node is not None else None,
+        action_breaker_failures=broken_node.as_int(1) if broken_node is not None else None,
     )
 
 

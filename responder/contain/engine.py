@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from responder.classify.explain import format_duration
 from responder.clock import Clock, sleep_until_or_woken
 from responder.contain import orphans
 from responder.contain.builtins import found_nothing_to_lift
@@ -45,6 +46,7 @@ from responder.contain.guards import (
     late_check,
     pause,
     prune,
+    reset_action_breaker,
     reset_breaker,
     restore_breaker,
     resume,
@@ -190,7 +192,7 @@ class Containment:
     def _keep(self) -> timedelta:
         """How far back the guards look: the longest window, cooldown or budget window."""
         catalog, settings = self._config()
-        spans = [settings.window, timedelta(minutes=1)]
+        spans = [settings.window, settings.action_breaker_window, timedelta(minutes=1)]
         for action in catalog.actions.values():
             spans.append(action.cooldown)
             if action.max_runs is not None:
@@ -235,6 +237,8 @@ class Containment:
             if run.incident_id is not None:
                 self._on_escalate()
         self._metrics.containment_paused.set(int(self._state.kill_switch.engaged))
+        for broken in self._state.action_breakers:
+            self._metrics.action_breaker_open.labels(broken.action).set(int(broken.is_open))
 
     async def _stop_orphans(self) -> None:
         """Stop the action and lift processes a killed daemon left running (orphans.py),
@@ -289,9 +293,17 @@ class Containment:
         self._lift_wake.set()  # the lifts the switch held are due
         return self._state
 
-    async def reset(self, action: str, target: str, by: str) -> GuardState | None:
-        """Close the breaker of ``action`` on ``target``; None when there is none (a typo
-        must not read as a reset)."""
+    async def reset(self, action: str, target: str | None, by: str) -> GuardState | None:
+        """Close the breaker of ``action`` on ``target``, or (None) across its targets; None
+        when there is none open (a typo must not read as a reset)."""
+        if target is None:
+            if not self._state.action_breaker(action).is_open:
+                return None
+            self._state = reset_action_breaker(self._state, action, self._clock.now())
+            await self._save()
+            self._metrics.action_breaker_open.labels(action).set(0)
+            log.warning("breaker across targets reset", extra=fields(action=action, by=by))
+            return self._state
         if not any((b.action, b.target) == (action, target) for b in self._state.breakers):
             return None
         self._state = reset_breaker(self._state, action, target)
@@ -485,6 +497,21 @@ class Containment:
                 escalate = (escalate or f"{action.name} {result.outcome.value}") + (
                     f"; breaker open for {prepared.target} until reset"
                 )
+            if (broken := finished.action_breaker) is not None:
+                m.action_breaker_open.labels(action.name).set(1)
+                says = (
+                    f"{action.name} is broken: {broken.failures} failed runs on "
+                    f"{broken.targets} targets within "
+                    f"{_shown(settings.action_breaker_window)}; it runs on no target until "
+                    f"reset (responder actions reset {action.name})"
+                )
+                log.error(
+                    "action broken: its breaker across targets is open until reset",
+                    extra=fields(
+                        action=action.name, failures=broken.failures, targets=broken.targets
+                    ),
+                )
+                escalate = says if escalate is None else f"{says}; {escalate}"
         undo_json: dict[str, Any] | None = None
         undo_hold: int | None = None
         undo_at: int | None = None
@@ -983,6 +1010,10 @@ def _check_verdict(status: str) -> bool | None:
     if status == "firing":
         return False
     return None
+
+
+def _shown(span: timedelta) -> str:
+    return format_duration(int(span.total_seconds()))
 
 
 def _from_us(value: int) -> datetime:

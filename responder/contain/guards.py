@@ -8,7 +8,10 @@ concurrency, cooldown, rate_limit, blast_radius, dry_run), never with an excepti
 changes through functions that return a new state: ``start_run`` (before the process starts,
 so a crash never leads to a blind re-run), ``finish_run``, ``interrupt_running``, the kill
 switch and ``reset_breaker``. A breaker opens after N consecutive failed attempts and stays
-open until an operator resets it.
+open until an operator resets it. Each action also has a breaker across its targets: a
+broken tool fed a new target each time (an attacker's next address) never fails twice on
+one, so N failed runs of the action within a window, whatever their targets, open it for
+every target, until an operator resets it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from responder.contain.outcome import Outcome
 
 class Guard(StrEnum):
     PAUSED = "paused"
+    ACTION_BREAKER_OPEN = "action_breaker_open"
     BREAKER_OPEN = "breaker_open"
     CONCURRENCY = "concurrency"
     COOLDOWN = "cooldown"
@@ -58,6 +62,23 @@ class Breaker:
 
 
 @dataclass(frozen=True, slots=True)
+class ActionBreaker:
+    """Open: the action failed ``failures`` runs on ``targets`` distinct targets within the
+    window, so it is broken whatever the target, until an operator resets it. Reset
+    (closed): only failures after ``reset_at`` count toward opening it again."""
+
+    action: str
+    failures: int = 0
+    targets: int = 0
+    opened_at: datetime | None = None
+    reset_at: datetime | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+
+@dataclass(frozen=True, slots=True)
 class KillSwitch:
     """The global pause: while engaged, no action runs (dry runs neither)."""
 
@@ -72,12 +93,17 @@ class GuardState:
     runs: tuple[RunRecord, ...] = ()
     breakers: tuple[Breaker, ...] = ()
     kill_switch: KillSwitch = field(default_factory=KillSwitch)
+    action_breakers: tuple[ActionBreaker, ...] = ()
 
     def breaker(self, action: str, target: str) -> Breaker:
         for b in self.breakers:
             if b.action == action and b.target == target:
                 return b
         return Breaker(action, target)
+
+    def action_breaker(self, action: str) -> ActionBreaker:
+        """The breaker of ``action`` across its targets (closed when none is recorded)."""
+        return next((b for b in self.action_breakers if b.action == action), ActionBreaker(action))
 
     def running(self) -> tuple[RunRecord, ...]:
         return tuple(r for r in self.runs if r.outcome is Outcome.RUNNING)
@@ -113,6 +139,16 @@ class GuardState:
                 "by": self.kill_switch.by,
                 "at": _iso(self.kill_switch.at),
             },
+            "action_breakers": [
+                {
+                    "action": b.action,
+                    "failures": b.failures,
+                    "targets": b.targets,
+                    "opened_at": _iso(b.opened_at),
+                    "reset_at": _iso(b.reset_at),
+                }
+                for b in self.action_breakers
+            ],
         }
 
     @classmethod
@@ -146,7 +182,17 @@ class GuardState:
             by=str(ks.get("by", "")),
             at=_from_iso(ks.get("at")),
         )
-        return cls(runs, breakers, kill)
+        broken = tuple(
+            ActionBreaker(
+                action=str(b["action"]),
+                failures=int(b["failures"]),
+                targets=int(b["targets"]),
+                opened_at=_from_iso(b.get("opened_at")),
+                reset_at=_from_iso(b.get("reset_at")),
+            )
+            for b in data.get("action_breakers", [])  # absent in a state saved before them
+        )
+        return cls(runs, breakers, kill, broken)
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -189,6 +235,15 @@ def decide(
     ks = state.kill_switch
     if ks.engaged:
         return Decision(False, Guard.PAUSED, f"containment paused by {ks.by}: {ks.reason}")
+
+    broken = state.action_breaker(action.name)
+    if broken.is_open:
+        return Decision(
+            False,
+            Guard.ACTION_BREAKER_OPEN,
+            f"action broken: {broken.failures} failed runs on {broken.targets} targets"
+            f" (open since {_iso(broken.opened_at)}); reset it to run again",
+        )
 
     breaker = state.breaker(action.name, target)
     if breaker.is_open:
@@ -281,6 +336,7 @@ class Finished:
     consecutive_failures: int
     breaker_opened: bool  # opened by this run
     escalate: bool  # the failure count just reached escalate_after_failures (or start limit)
+    action_breaker: ActionBreaker | None = None  # the breaker across targets this run opened
 
 
 def finish_run(
@@ -327,12 +383,47 @@ def finish_run(
     # must be paged too (the store pages each incident once for it).
     failing = outcome.is_failure and count >= action.escalate_after_failures
     escalate = failing or outcome is Outcome.START_LIMIT_HIT
+    broken = None
+    if outcome.is_failure and not state.action_breaker(action.name).is_open:
+        broken = _broken(runs, state.action_breaker(action.name), action, settings, now)
+    action_breakers = state.action_breakers
+    if broken is not None:
+        others = tuple(b for b in action_breakers if b.action != action.name)
+        action_breakers = (*others, broken)
     return Finished(
-        replace(state, runs=runs, breakers=breakers),
+        replace(state, runs=runs, breakers=breakers, action_breakers=action_breakers),
         consecutive_failures=count,
         breaker_opened=before.opened_at is None and opened_at is not None,
-        escalate=escalate,
+        escalate=escalate or broken is not None,
+        action_breaker=broken,
     )
+
+
+def _broken(
+    runs: tuple[RunRecord, ...],
+    before: ActionBreaker,
+    action: Action,
+    settings: ContainmentSettings,
+    now: datetime,
+) -> ActionBreaker | None:
+    """The breaker across targets, opened now, when the action's failed runs within the
+    window (since its last reset) reach its threshold, whatever their targets; else None.
+    Runs, not attempts: one run with retries is one target that failed."""
+    since = now - settings.action_breaker_window
+    if before.reset_at is not None:
+        since = max(since, before.reset_at)
+    failed = [
+        r
+        for r in runs
+        if r.action == action.name
+        and r.outcome.is_failure
+        and r.finished_at is not None
+        and r.finished_at > since
+    ]
+    threshold = action.action_breaker_failures or settings.action_breaker_failures
+    if len(failed) < threshold:
+        return None
+    return ActionBreaker(action.name, len(failed), len({r.target for r in failed}), now, None)
 
 
 def late_check(
@@ -395,7 +486,11 @@ def prune(state: GuardState, now: datetime, keep: timedelta) -> GuardState:
     """Forget finished runs that started before ``now - keep`` (keep >= the longest window)."""
     cutoff = now - keep
     runs = tuple(r for r in state.runs if r.outcome is Outcome.RUNNING or r.started_at >= cutoff)
-    return replace(state, runs=runs)
+    # A reset older than every window forgives nothing the window still holds.
+    broken = tuple(
+        b for b in state.action_breakers if b.is_open or (b.reset_at and b.reset_at >= cutoff)
+    )
+    return replace(state, runs=runs, action_breakers=broken)
 
 
 def pause(state: GuardState, reason: str, by: str, now: datetime) -> GuardState:
@@ -409,6 +504,13 @@ def resume(state: GuardState, by: str, now: datetime) -> GuardState:
 def reset_breaker(state: GuardState, action: str, target: str) -> GuardState:
     breakers = tuple(b for b in state.breakers if (b.action, b.target) != (action, target))
     return replace(state, breakers=breakers)
+
+
+def reset_action_breaker(state: GuardState, action: str, now: datetime) -> GuardState:
+    """Close the breaker of ``action`` across its targets: the failures before the reset are
+    forgiven (else the next failure would open it again at once)."""
+    others = tuple(b for b in state.action_breakers if b.action != action)
+    return replace(state, action_breakers=(*others, ActionBreaker(action, reset_at=now)))
 
 
 class UndoState(StrEnum):
