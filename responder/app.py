@@ -39,7 +39,7 @@ from responder import (
 )
 from responder.clock import Clock, SystemClock
 from responder.compose import Composer
-from responder.contain import ActionRunner
+from responder.contain import ActionRunner, evidence
 from responder.contain.engine import Containment
 from responder.deliver import Dispatcher
 from responder.directory import Directory
@@ -302,7 +302,8 @@ RETENTION_EVERY = timedelta(hours=6)
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:
     """``storage.retention``: what ended longer ago is deleted, a little at a time; and
-    the heartbeat watch's downtimes that no longer matter, whatever is kept."""
+    the heartbeat watch's downtimes that no longer matter, whatever is kept;
+    ``containment.evidence_retention``: old evidence captures."""
     runtime = app[RUNTIME]
     watch = app[heartbeats.HEARTBEAT_WATCH]
 
@@ -310,6 +311,7 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
         while True:
             kept = runtime.started_with.config.storage.retention  # storage: at start only
             now = runtime.clock.now()
+            await _prune_evidence(runtime, now)
             deleted: dict[str, int] = {}
             try:
                 if kept is not None:
@@ -330,6 +332,37 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
 
     async with in_background(prune_forever(), "retention"):
         yield
+
+
+async def _prune_evidence(runtime: Runtime, now: datetime) -> None:
+    """Evidence captures past ``containment.evidence_retention`` (read per pass: a reload
+    changes it), and the oldest past ``evidence_max_total_bytes``."""
+    settings = runtime.snapshot.containment
+    if settings.evidence_retention is None and settings.evidence_max_total_bytes is None:
+        return
+    folder = evidence.root(runtime.started_with.config.state_dir)
+    try:
+        done = await asyncio.to_thread(
+            evidence.prune,
+            folder,
+            now,
+            max_age=settings.evidence_retention,
+            max_total_bytes=settings.evidence_max_total_bytes,
+        )
+    except OSError:
+        log.exception("evidence retention failed; will try again")
+        return
+    if done.captures or done.errors:
+        log.log(
+            logging.WARNING if done.errors else logging.INFO,
+            "old evidence deleted (containment.evidence_retention)",
+            extra=fields(
+                captures=done.captures,
+                bytes=done.bytes,
+                incident_folders=done.incidents,
+                not_deleted=done.errors,
+            ),
+        )
 
 
 async def _forget_twilio_requests(runtime: Runtime, before: datetime) -> int:
@@ -399,7 +432,7 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         on_pages=dispatcher.wake,
         held=lambda: runtime.rearm_pending,
     )
-    runner = ActionRunner(runtime.clock, runtime.started_with.config.state_dir / "evidence")
+    runner = ActionRunner(runtime.clock, evidence.root(runtime.started_with.config.state_dir))
     runtime.containment = Containment(
         runtime.store,
         runtime.clock,

@@ -36,7 +36,7 @@ from responder.classify import format_duration, render_explanation, run_rule_tes
 from responder.client import ApiClient, CertificateRefused, ClientError, CredentialsMissing
 from responder.clock import SystemClock
 from responder.config import Config, load_config
-from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide
+from responder.contain import ActionRunner, GuardState, ParamRejected, RunContext, decide, evidence
 from responder.limits import OPEN_FILES_FEW, raise_open_file_limit
 from responder.log import AccessLog, fields, setup_logging
 from responder.plan import escalation_plan, render_oncall, render_plan
@@ -553,7 +553,7 @@ def _explain_actions(
         print("containment: no actions")
         return
     print("containment (dry: nothing runs):")
-    runner = ActionRunner(SystemClock(), snapshot.config.state_dir / "evidence")
+    runner = ActionRunner(SystemClock(), evidence.root(snapshot.config.state_dir))
     # As the engine gives it (RESPONDER_SEVERITY); no fingerprint: no alert is stored.
     context = RunContext("(explain)", labels.get("alertname", ""), "", severity)
     for name in names:

@@ -30,7 +30,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from responder.classify.explain import format_duration
 from responder.contain.params import ParamSpec, ParamType, normalize_unit, parse_params
 from responder.secrets import Secret, read_secret
-from responder.yamlfile import Node
+from responder.yamlfile import ConfigError, Node
 
 ACTION_KEYS_COMMON = (
     "kind",
@@ -373,6 +373,10 @@ class ContainmentSettings:
     # breaker across targets: a broken tool fed a new address each time.
     action_breaker_failures: int = 5
     action_breaker_window: timedelta = timedelta(hours=1)
+    # Captures older than this are deleted (None: kept forever), and the oldest past the
+    # total size (None: no cap).
+    evidence_retention: timedelta | None = timedelta(days=90)
+    evidence_max_total_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,8 +409,11 @@ def parse_containment(node: Node | None) -> ContainmentSettings:
         "breaker_failures",
         "action_breaker_failures",
         "action_breaker_window",
+        "evidence_retention",
+        "evidence_max_total_bytes",
     )
     d = ContainmentSettings()
+    total = node.get("evidence_max_total_bytes")
     return ContainmentSettings(
         dry_run=_opt(node, "dry_run", Node.as_bool, d.dry_run),
         max_actions_per_window=_opt_int(node, "max_actions_per_window", d.max_actions_per_window),
@@ -420,7 +427,24 @@ def parse_containment(node: Node | None) -> ContainmentSettings:
         action_breaker_window=_opt_duration(
             node, "action_breaker_window", d.action_breaker_window, positive=True
         ),
+        evidence_retention=_evidence_retention(node.get("evidence_retention")),
+        evidence_max_total_bytes=None if total is None else total.as_int(1),
     )
+
+
+def _evidence_retention(node: Node | None) -> timedelta | None:
+    if node is None:
+        return ContainmentSettings().evidence_retention
+    if node.value == "forever":
+        return None
+    refused = "expected a duration of at least 1d, or forever"
+    try:
+        kept = node.as_duration()
+    except ConfigError:
+        raise node.error(f"{refused}, got {node.value!r}") from None
+    if kept < timedelta(days=1):
+        raise node.error(f"{refused}, got {node.value!r}")
+    return kept
 
 
 def _opt(node: Node, key: str, read: Callable[[Node], Any], default: Any) -> Any:
