@@ -233,10 +233,16 @@ async def test_contained_blip_wakes_nobody(
 
 
 async def test_alert_resolves_within_verifies_or_escalates(
-    make_client: ClientFactory, tmp_path: Path, clock: FakeClock, smtp: SmtpTestServer
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+    smtp: SmtpTestServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The check "the alert resolves within 2m": one alert does (verified, held page never
-    sent), the other does not (escalated at once when the 2 minutes pass)."""
+    sent), the other does not (escalated at once when the 2 minutes pass). The log says
+    each verdict (new-user review: a failed check showed only as "escalated")."""
+    caplog.set_level("INFO", logger="responder.contain")
     extra = "    check: {alert_resolves_within: 2m}\n    concurrency: 2"
     rule = RESTART_RULE + "    hold_page: 10m\n"
     client = await make_client(
@@ -258,6 +264,12 @@ async def test_alert_resolves_within_verifies_or_escalates(
     await eventually(outcome, "one verified, one escalated")
     await eventually(lambda: _true(len(smtp.messages) == 1), "the page for the one not healed")
     assert "did not resolve in time" in str(smtp.messages[0].message.get_body(("plain",)))
+    verdicts = [
+        (r.levelname, r.fields["passed"])  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "check finished"
+    ]
+    assert sorted(verdicts) == [("ERROR", False), ("INFO", True)]
 
 
 async def test_kill_switch_stops_actions_and_is_audited(

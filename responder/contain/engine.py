@@ -612,6 +612,13 @@ class Containment:
             await self._finish_late_check(run, verdict, reason, now)
             if not verdict:
                 self._on_escalate()
+            # Said either way: a failed check pages the next level, and the log must say
+            # why ("escalated" alone read as if nobody had acknowledged).
+            log.log(
+                logging.INFO if verdict else logging.ERROR,
+                "check finished",
+                extra=fields(action=run.action, run=run.run_id, target=run.target, passed=verdict),
+            )
             outcome = Outcome.OK if verdict else Outcome.CHECK_FAILED
             self._metrics.actions.labels(run.action, f"check_{outcome.value}").inc()
 
