@@ -512,7 +512,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             policy, escalation.directory, c.severity, c.category, at, horizon=timedelta(hours=4)
         )
         hold = f", first page held {c.hold_page_s}s for containment" if c.hold_page_s else ""
-        print(f"escalation: policy {policy.name}, if nobody acknowledges (next 4h){hold}:")
+        default = "" if c.policy else " (incidents.default_policy: the rules name none)"
+        print(f"escalation: policy {policy.name}{default}, if nobody acknowledges (next 4h){hold}:")
         print(render_plan(plan, zone=escalation.business_hours.timezone), end="")
     return 0
 

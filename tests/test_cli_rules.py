@@ -62,6 +62,19 @@ def test_explain_labels(capsys: pytest.CaptureFixture[str]) -> None:
     assert "respond 30m, resolve 8h" in out
 
 
+def test_explain_says_when_the_default_policy_pages(capsys: pytest.CaptureFixture[str]) -> None:
+    """The rule result reads "policy: -" when no rule names one; the escalation line says
+    which policy pages then, and why (new-user review: it looked as if none would)."""
+    labels = ["--labels", "alertname=TargetDown,instance=x"]
+    assert main(["explain", "-c", str(ROOT / "examples" / "paging.yaml"), *labels]) == 0
+    out = capsys.readouterr().out
+    assert "policy:      -\n" in out
+    assert (
+        "escalation: policy standard (incidents.default_policy: the rules name none), "
+        "if nobody acknowledges (next 4h):\n" in out
+    )
+
+
 def test_explain_payload_explains_each_alert(capsys: pytest.CaptureFixture[str]) -> None:
     path = PAYLOADS / "am-0.25.0-grouped-mixed.json"
     count = len(json.loads(path.read_text())["alerts"])
