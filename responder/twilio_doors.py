@@ -202,8 +202,14 @@ async def _verified_form(request: web.Request, runtime: Runtime) -> dict[str, st
     url = public_url.rstrip("/") + request.raw_path
     signature = request.headers.get("X-Twilio-Signature", "")
     if not validate_twilio_signature(twilio.auth_token.value, url, params, signature):
+        # The URL the signature was checked against (without its query): one that is not
+        # what Twilio was told to call (scheme, host, a proxy's prefix) refuses every
+        # callback, and this is where that shows.
         refusals.log(
-            "Twilio callback with a bad signature refused", path=request.path, peer=request.remote
+            "Twilio callback with a bad signature refused",
+            path=request.path,
+            peer=request.remote,
+            checked_url=public_url.rstrip("/") + request.path,
         )
         return None
     return params

@@ -323,7 +323,9 @@ async def test_a_twilio_token_staged_by_a_reload_waits_for_the_restart(
     assert (await incident(daemon))["state"] == "acknowledged"
 
 
-async def test_sms_ack_all_and_unknown_senders(daemon: Client, twilio: FakeTwilio) -> None:
+async def test_sms_ack_all_and_unknown_senders(
+    daemon: Client, twilio: FakeTwilio, caplog: pytest.LogCaptureFixture
+) -> None:
     await first_incident_paged(daemon, twilio)
     await post(daemon, webhook(alert("DiskFull", instance="db-1"), group='{}:{x="2"}'))
 
@@ -346,6 +348,14 @@ async def test_sms_ack_all_and_unknown_senders(daemon: Client, twilio: FakeTwili
         valid_signature=False,
     )
     assert forged.status == 403
+    # The log names the URL the signature was checked against: a server.public_url that is
+    # not the one Twilio calls refuses every reply, and this is where an operator sees it.
+    (refused,) = [
+        r.fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "Twilio callback with a bad signature refused"
+    ]
+    assert refused["checked_url"] == public(daemon, INBOUND_SMS_PATH)
     assert (await incident(daemon, 1))["state"] == "triggered"
     answer = await twilio.send_inbound_sms(
         public(daemon, INBOUND_SMS_PATH), "+15551230001", "+15550000000", "ack all"
