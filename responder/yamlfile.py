@@ -216,12 +216,17 @@ class Node:
         return [str(_unwrap(k)) for k in self._map()]
 
     def keys_allowed(self, *allowed: str) -> None:
-        """Raise on the first key not in ``allowed`` (unknown keys are errors, not ignored)."""
+        """Raise on the first key not in ``allowed`` (unknown keys are errors, not ignored).
+
+        A secret's bare name allowed beside its ``_file`` form (``auth_token`` with
+        ``auth_token_file``) is let through only so that ``read_secret`` can say why it is
+        refused: the hint does not offer it."""
         for key in self._map():
             name = _unwrap(key)
             if name not in allowed:
                 child = self._child(key, str(name))
-                hint = f"; expected one of: {', '.join(sorted(allowed))}" if allowed else ""
+                offered = sorted(k for k in allowed if f"{k}_file" not in allowed)
+                hint = f"; expected one of: {', '.join(offered)}" if offered else ""
                 raise child.error(f"unknown key{hint}")
 
     def __contains__(self, key: str) -> bool:

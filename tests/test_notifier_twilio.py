@@ -680,3 +680,16 @@ def test_config_errors_name_file_line_and_key(body: str, message: str, tmp_path:
     with pytest.raises(ConfigError) as caught:
         parse_channels(node, tmp_path)
     assert str(caught.value).startswith(message)
+
+
+def test_an_unknown_key_is_not_offered_a_secret_written_in_config(tmp_path: Path) -> None:
+    """The hint lists what may be written: auth_token_file and auth_token_env, not the bare
+    auth_token, which is let through only to be refused with its reason (new-user review:
+    "expected one of: ..., auth_token, ..." invited the secret into the file)."""
+    body = f"    account_sid: AC{'0' * 32}\n    auth_token_env: HOME\n    frm: '+15005550006'\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_channels(channels("\nchannels:\n  twilio:\n" + body), tmp_path)
+    offered = str(caught.value).split("expected one of: ")[1].split(", ")
+    assert "auth_token_file" in offered
+    assert "auth_token_env" in offered
+    assert "auth_token" not in offered
