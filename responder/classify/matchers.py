@@ -65,10 +65,19 @@ def _compile(value: str) -> Any:
     try:
         return re2.compile(f"^(?:{value})$", _OPTIONS)
     except re2.error as exc:
-        reason = exc.args[0] if exc.args else "invalid"
-        if isinstance(reason, bytes):
-            reason = reason.decode("utf-8", "replace")
-        raise MatcherError(f"invalid regex {value!r}: {reason}") from None
+        reason = _reason(exc)
+    # RE2 quotes the part it choked on, of the anchored form: said of the operator's own
+    # text where that fails alike ("missing ): (a", not "missing ): ^(?:(a)$").
+    try:
+        re2.compile(value, _OPTIONS)
+    except re2.error as exc:
+        reason = _reason(exc)
+    raise MatcherError(f"invalid regex {value!r}: {reason}")
+
+
+def _reason(exc: Exception) -> str:
+    reason = exc.args[0] if exc.args else "invalid"
+    return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
