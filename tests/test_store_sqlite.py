@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -132,6 +133,31 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await s.open()
     yield s
     await s.close()
+
+
+async def test_migrations_are_logged_once_with_the_versions_found_and_reached(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new database takes every migration: one log line, not one per version (new-user
+    review: twenty "schema migrated" lines at a first start); an upgrade says from where."""
+    caplog.set_level(logging.INFO, logger="responder.store")
+    newest = len(SQLITE_MIGRATIONS)
+
+    async def opened_and_closed() -> list[dict[str, int]]:
+        caplog.clear()
+        s = SQLiteStore(tmp_path / "responder.db")
+        await s.open()
+        await s.close()
+        return [
+            r.fields  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.getMessage() == "schema migrated"
+        ]
+
+    assert await opened_and_closed() == [{"from_version": 0, "version": newest}]
+    assert await opened_and_closed() == []  # nothing to do
+    back_to_schema(tmp_path / "responder.db", 14)
+    assert await opened_and_closed() == [{"from_version": 14, "version": newest}]
 
 
 async def test_repeats_update_and_create_nothing(store: SQLiteStore) -> None:

@@ -304,17 +304,25 @@ class SQLiteStore:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
         if current > len(SQLITE_MIGRATIONS):  # checked before opening; a race is still refused
             raise _too_new(current)
-        for version, script in enumerate(SQLITE_MIGRATIONS[current:], start=current + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in script:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={version}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            log.info("schema migrated", extra={"fields": {"version": version}})
+        reached = current
+        try:
+            for version, script in enumerate(SQLITE_MIGRATIONS[current:], start=current + 1):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in script:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={version}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                reached = version
+        finally:
+            if reached > current:  # one line, not one per step (a new database takes them all)
+                log.info(
+                    "schema migrated",
+                    extra={"fields": {"from_version": current, "version": reached}},
+                )
 
     def _count_cancellations(self, conn: sqlite3.Connection) -> None:
         """Every page any write cancels, whichever rule it followed, is noted for the
