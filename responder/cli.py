@@ -771,6 +771,10 @@ def cmd_act(args: argparse.Namespace) -> int:
             print(f"incident {data['id']} was not snoozed: {data['state']}{noted}")
         else:
             print(f"incident {data['id']} was already {data['state']}{noted}")
+    elif args.action == "note":
+        print(f"incident {data['id']}: note recorded ({data['state']})")
+    elif args.action == "reassign":
+        print(f"incident {data['id']}: reassigned to {data['assignee']} ({data['state']})")
     else:
         print(f"incident {data['id']}: {data['state']}")
     return 0

@@ -20,12 +20,12 @@ from tests.conftest import AUTH, payload, write_config
 
 
 @asynccontextmanager
-async def daemon(folder: Path) -> AsyncIterator[tuple[Path, str]]:
-    """The daemon served as ``responder serve`` serves it, on 127.0.0.1; yields its config
-    (which names the address) and its URL."""
+async def daemon(folder: Path, text: str = "") -> AsyncIterator[tuple[Path, str]]:
+    """The daemon served as ``responder serve`` serves it, on 127.0.0.1, with ``text`` added
+    to its config; yields its config (which names the address) and its URL."""
     (sock,) = cli.listening_sockets("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    config = write_config(folder, f"server:\n  listen: 127.0.0.1:{port}\n")
+    config = write_config(folder, f"server:\n  listen: 127.0.0.1:{port}\n{text}")
     snapshot = load_snapshot(config)
     runner = web.AppRunner(build_app(snapshot), **cli.runner_options(snapshot.config))
     await runner.setup()
@@ -135,3 +135,17 @@ async def test_a_period_report_cut_at_the_daemons_largest_page_fails(
         code, _, err = await run_cli(capsys, "report", "-c", str(config), "--since", "1d")
         assert code == cli.EXIT_FAILED
         assert "more than 2 incidents since" in err
+
+
+async def test_a_reassignment_says_to_whom(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`reassign` leaves the state as it was: the answer names the new assignee instead of
+    a bare "incident 1: triggered" (new-user review)."""
+    async with daemon(tmp_path, "contacts:\n  alice: {email: alice@example.com}\n") as (
+        config,
+        url,
+    ):
+        await post_alerts(url, 1)
+        code, out, err = await run_cli(capsys, "reassign", "1", "alice", "-c", str(config))
+    assert (code, out) == (0, "incident 1: reassigned to alice (triggered)\n"), err

@@ -208,6 +208,9 @@ async def test_cli_asking_for_the_state_an_incident_is_in_exits_0_a_refusal_exit
             0,
             "incident 1 was not snoozed: triggered\n",
         )
+        # A note or a reassignment leaves the state as it was: the answer says what was done.
+        noted = await run("note", "1", "looking at the exporter", "--by", "carol")
+        assert (noted.returncode, noted.stdout) == (0, "incident 1: note recorded (triggered)\n")
         snoozed = await run("snooze", "1", "2h")
         assert (snoozed.returncode, snoozed.stdout) == (0, "incident 1: snoozed\n")
         unsnoozed = await run("unsnooze", "1", "--by", "bob", "--note", "back on it")
@@ -224,7 +227,10 @@ async def test_cli_asking_for_the_state_an_incident_is_in_exits_0_a_refusal_exit
         shown = json.loads((await run("incident", "1", "--json")).stdout)
     assert shown["resolvedBy"] == "alice"
     notes = [(e["actor"], e["detail"]) for e in shown["timeline"] if e["kind"] == "note"]
-    assert notes == [("bob", {"text": "root cause: full disk"})]
+    assert notes == [
+        ("carol", {"text": "looking at the exporter"}),
+        ("bob", {"text": "root cause: full disk"}),
+    ]
     ended = [
         (e["actor"], e["via"], e["detail"].get("note"))
         for e in shown["timeline"]
