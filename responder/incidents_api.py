@@ -93,8 +93,10 @@ async def act(
         answer=answer,
         resume=resume,
     )
-    if changed:
+    if changed and incident.category != DRILL_CATEGORY:
+        # A drill's answers are its result (GET /api/v1/drills/ID), not work on incidents.
         runtime.metrics.incident_actions.labels(action, via).inc()
+    if changed:
         for step in resumed:  # recorded with the unsnooze, as the engine's steps are counted
             count_step(runtime.metrics, step, incident, now)
         first = incident.first_acknowledged_at

@@ -999,6 +999,15 @@ async def test_drill_pages_every_channel_and_reports_answers(
     ]
     assert counts
     assert not any(counts)
+    # Nor are the answers work done on incidents: a dashboard of acknowledgements by door
+    # must not rise with every drill.
+    actions = [
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "responder_incident_actions_total"
+    ]
+    assert not any(actions)
     listed = (await (await daemon.get("/api/v1/drills", headers=AUTH)).json())["data"]
     assert [d["id"] for d in listed] == [drill_id]
     bad = await daemon.post("/api/v1/drills", json={"contacts": ["mallory"]}, headers=AUTH)
