@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import re
 import secrets
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -40,11 +42,19 @@ async def main(twilio_port: int, smtp_port: int, token: str) -> None:
         FakeTwilio(account_sid=ACCOUNT_SID, auth_token=token, port=twilio_port) as twilio,
         SmtpTestServer(port=smtp_port) as smtp,
     ):
+        # Ctrl-C and SIGTERM stop them, also when started from a shell that ignores SIGINT
+        # in what it runs (a script, CI: Python then raises no KeyboardInterrupt). Set
+        # before they say they are up.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         print(f"twilio api_base_url: {twilio.base_url}  account_sid: {twilio.account_sid}")
         print(f"smtp: 127.0.0.1:{smtp.port}", flush=True)
         seen_sms = seen_calls = seen_mail = 0
-        while True:
-            await asyncio.sleep(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
             for request in twilio.sent_sms()[seen_sms:]:
                 print(f"SMS  to {request.to}: {request.body!r}", flush=True)
             for request in twilio.calls()[seen_calls:]:
@@ -98,8 +108,6 @@ if __name__ == "__main__":
     args.token_file.chmod(0o600)
     try:
         asyncio.run(main(args.twilio_port, args.smtp_port, token))
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how they are stopped
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise

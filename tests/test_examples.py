@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
@@ -54,8 +56,13 @@ def test_stand_ins_on_a_port_in_use_say_so_and_how_to_choose_others(tmp_path: Pa
     assert done.stderr.endswith("; other ports: --twilio-port N --smtp-port M\n")
 
 
-def test_ctrl_c_stops_the_stand_ins_without_a_traceback(tmp_path: Path) -> None:
-    """The README stops them with Ctrl-C; that printed a KeyboardInterrupt traceback."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_the_stand_ins_without_a_traceback(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """The README stops them with Ctrl-C; that printed a KeyboardInterrupt traceback. The
+    child starts with SIGINT ignored, as anything started from a non-interactive shell's
+    background job does (CI): it must stop all the same."""
     command = ["loopback_peers.py", "--token-file", str(tmp_path / "token")]
     with subprocess.Popen(
         [sys.executable, *command, "--twilio-port", "0", "--smtp-port", "0"],
@@ -63,10 +70,11 @@ def test_ctrl_c_stops_the_stand_ins_without_a_traceback(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     ) as peers:
         assert peers.stdout is not None
         assert peers.stdout.readline().startswith("twilio api_base_url: ")  # both are up
-        peers.send_signal(signal.SIGINT)
+        peers.send_signal(signum)
         _, errors = peers.communicate(timeout=30)
     assert peers.returncode == 0
     assert errors == ""
