@@ -273,17 +273,7 @@ def _storage(node: Node | None) -> StorageConfig:
     if (sync := node.get("synchronous")) is not None:
         cfg = replace(cfg, synchronous=sync.as_choice("full", "normal").upper())
     if (retention := node.get("retention")) is not None:
-        if retention.value == "forever":
-            cfg = replace(cfg, retention=None)
-        else:
-            refused = "expected a duration of at least 1d, or forever"
-            try:
-                kept = retention.as_duration()
-            except ConfigError:
-                raise retention.error(f"{refused}, got {retention.value!r}") from None
-            if kept < timedelta(days=1):
-                raise retention.error(refused)
-            cfg = replace(cfg, retention=kept)
+        cfg = replace(cfg, retention=retention.as_retention())
     return cfg
 
 

@@ -310,6 +310,19 @@ class Node:
         except ValueError as exc:
             raise self.error(str(exc)) from None
 
+    def as_retention(self) -> timedelta | None:
+        """How long records are kept: a duration of at least a day, or ``forever`` (None)."""
+        if self.value == "forever":
+            return None
+        refused = "expected a duration of at least 1d, or forever"
+        try:
+            kept = self.as_duration()
+        except ConfigError:
+            raise self.error(f"{refused}, got {self.value!r}") from None
+        if kept < timedelta(days=1):
+            raise self.error(f"{refused}, got {self.value!r}")
+        return kept
+
     def as_choice(self, *options: str) -> str:
         value = self.as_str()
         if value not in options:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -125,6 +126,26 @@ def migrate_to(conn: sqlite3.Connection, version: int) -> None:
         for statement in script:
             conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {version}")
+
+
+@contextlib.asynccontextmanager
+async def writer_held(store: SQLiteStore) -> AsyncIterator[None]:
+    """The writer thread held by a write of its own: the writes queued inside the block
+    wait, and run in one batch once it ends."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(_: sqlite3.Connection) -> None:
+        entered.set()
+        gate.wait(10)
+
+    held = asyncio.ensure_future(store._write(hold))
+    await asyncio.to_thread(entered.wait, 10)
+    try:
+        yield
+        await asyncio.sleep(0.1)  # the writes queued in the block reach the writer's queue
+    finally:
+        gate.set()
+        await held
 
 
 @pytest.fixture
@@ -402,22 +423,12 @@ async def test_each_page_cancelled_is_reported_once_with_the_commit_that_cancels
             conn.execute("UPDATE pages SET state = 'cancelled' WHERE channel = 'voice'")
             raise RuntimeError("refused by test")
 
-        # Hold the writer so that the acknowledgement and the failing write share a batch.
-        entered, gate = threading.Event(), threading.Event()
-
-        def hold(_: sqlite3.Connection) -> None:
-            entered.set()
-            gate.wait(10)
-
-        held = asyncio.ensure_future(store._write(hold))
-        await asyncio.to_thread(entered.wait, 10)
-        ack = asyncio.ensure_future(
-            store.transition(1, "acknowledge", actor="bob", via="api", now=T0)
-        )
-        failing = asyncio.ensure_future(store._write(fails_after_cancelling))
-        await asyncio.sleep(0.1)
-        gate.set()
-        await held
+        # The acknowledgement and the failing write share a batch.
+        async with writer_held(store):
+            ack = asyncio.ensure_future(
+                store.transition(1, "acknowledge", actor="bob", via="api", now=T0)
+            )
+            failing = asyncio.ensure_future(store._write(fails_after_cancelling))
         await ack
         with pytest.raises(RuntimeError, match="refused by test"):
             await failing
@@ -792,24 +803,14 @@ async def test_an_incident_resolved_within_a_batch_is_looked_up_again(tmp_path: 
         await store.ingest([first], T0)
         (incident,) = await store.list_incidents()
 
-        # Hold the writer so that the next three writes queue up and share one batch.
-        entered, gate = threading.Event(), threading.Event()
-
-        def hold(_: sqlite3.Connection) -> None:
-            entered.set()
-            gate.wait(10)
-
-        held = asyncio.ensure_future(store._write(hold))
-        await asyncio.to_thread(entered.wait, 10)
+        # The next three writes queue up and share one batch.
         later = T0 + timedelta(minutes=1)
-        joined = asyncio.ensure_future(store.ingest([second], later))
-        resolved_by_hand = asyncio.ensure_future(
-            store.transition(incident.id, "resolve", actor="alice", via="api", now=later)
-        )
-        fired_again = asyncio.ensure_future(store.ingest([third], later))
-        await asyncio.sleep(0.1)
-        gate.set()
-        await held
+        async with writer_held(store):
+            joined = asyncio.ensure_future(store.ingest([second], later))
+            resolved_by_hand = asyncio.ensure_future(
+                store.transition(incident.id, "resolve", actor="alice", via="api", now=later)
+            )
+            fired_again = asyncio.ensure_future(store.ingest([third], later))
         assert await joined == [IngestOutcome.NEW]
         await resolved_by_hand
         assert await fired_again == [IngestOutcome.NEW]

@@ -30,7 +30,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from responder.classify.explain import format_duration
 from responder.contain.params import ParamSpec, ParamType, normalize_unit, parse_params
 from responder.secrets import Secret, read_secret
-from responder.yamlfile import ConfigError, Node
+from responder.yamlfile import Node
 
 ACTION_KEYS_COMMON = (
     "kind",
@@ -435,16 +435,7 @@ def parse_containment(node: Node | None) -> ContainmentSettings:
 def _evidence_retention(node: Node | None) -> timedelta | None:
     if node is None:
         return ContainmentSettings().evidence_retention
-    if node.value == "forever":
-        return None
-    refused = "expected a duration of at least 1d, or forever"
-    try:
-        kept = node.as_duration()
-    except ConfigError:
-        raise node.error(f"{refused}, got {node.value!r}") from None
-    if kept < timedelta(days=1):
-        raise node.error(f"{refused}, got {node.value!r}")
-    return kept
+    return node.as_retention()
 
 
 def _opt(node: Node, key: str, read: Callable[[Node], Any], default: Any) -> Any:
