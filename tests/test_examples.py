@@ -13,6 +13,17 @@ import pytest
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
+def stand_ins(*args: str) -> subprocess.CompletedProcess[str]:
+    """``loopback_peers.py`` with ``args``, run to its end from examples/ as the README runs it."""
+    return subprocess.run(
+        [sys.executable, "loopback_peers.py", *args],
+        cwd=EXAMPLES,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_a_reply_to_a_daemon_that_is_not_running_says_so_in_one_line() -> None:
     """`loopback_peers.py --reply` before the daemon is up (or at the wrong port) ended in a
     page of aiohttp traceback; it says what is wrong and how to point it elsewhere."""
@@ -20,14 +31,7 @@ def test_a_reply_to_a_daemon_that_is_not_running_says_so_in_one_line() -> None:
         # Bound, never listening: a connection to it is refused for as long as it is held.
         closed.bind(("127.0.0.1", 0))
         daemon = f"http://127.0.0.1:{closed.getsockname()[1]}"
-        command = ["loopback_peers.py", "--daemon", daemon, "--reply", "+15551230001", "ACK 1"]
-        done = subprocess.run(
-            [sys.executable, *command],
-            cwd=EXAMPLES,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = stand_ins("--daemon", daemon, "--reply", "+15551230001", "ACK 1")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith(f"cannot reach the daemon at {daemon}: ")
@@ -42,14 +46,8 @@ def test_stand_ins_on_a_port_in_use_say_so_and_how_to_choose_others(tmp_path: Pa
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        command = ["loopback_peers.py", "--token-file", str(tmp_path / "token")]
-        done = subprocess.run(
-            [sys.executable, *command, "--twilio-port", port, "--smtp-port", "0"],
-            cwd=EXAMPLES,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        token = str(tmp_path / "token")
+        done = stand_ins("--token-file", token, "--twilio-port", port, "--smtp-port", "0")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"('127.0.0.1', {port}): address already in use" in done.stderr
