@@ -38,6 +38,11 @@ MAX_TEXT = 2000
 MAX_SNOOZE = timedelta(days=7)
 
 
+class RearmPending(StoreError):
+    """An unsnooze while a reload's re-arm of the open incidents is not written yet: it
+    would page by the old levels' numbering. Retried by the daemon every few seconds."""
+
+
 async def act(
     runtime: Runtime,
     incident_id: int,
@@ -66,7 +71,7 @@ async def act(
     if action == "unsnooze" and runtime.rearm_pending:
         # The steps stored may still name the old policies' levels: the reminder would
         # page whoever the new numbering puts there. The re-arm is retried every 5 s.
-        raise StoreError("escalation is being re-armed for the new policies; try again shortly")
+        raise RearmPending("escalation is being re-armed for the new policies; try again shortly")
 
     def once_only(policy: str | None) -> frozenset[str]:
         return once_only_steps(escalation.policy_for(policy))
@@ -372,6 +377,8 @@ async def incident_action(request: web.Request) -> web.StreamResponse:
     except TransitionError as exc:
         # Told by type, not by text: a field's message may hold any words ("... is too long").
         return json_error(409 if isinstance(exc, StateConflict) else 400, str(exc))
+    except RearmPending as exc:
+        return json_error(503, str(exc))
     except StoreError as exc:
         return json_error(503, f"store unavailable: {exc}")
     return web.json_response(

@@ -38,7 +38,7 @@ from notifiers.twilio import (
 )
 from responder.directory import Directory
 from responder.incident import Incident, IncidentNotFound, Page, TransitionError
-from responder.incidents_api import act
+from responder.incidents_api import RearmPending, act
 from responder.links import read_small_form
 from responder.log import ThrottledLog, fields
 from responder.messages import clean_text
@@ -384,7 +384,7 @@ async def _run(runtime: Runtime, contacts: list[str], command: Command, message_
                 f"#{incident_id} fired again at {at} since your page, {wording.refused} "
                 "(use the CLI or the API)"
             )
-        except TransitionError as exc:
+        except (TransitionError, RearmPending) as exc:
             problems.append(f"#{incident_id}: {exc}")
         else:
             (done if changed else already).append(_named(incident, command.action, changed))

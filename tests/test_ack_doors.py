@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from notifiers.twilio import INBOUND_SMS_PATH, STATUS_CALLBACK_PATH
 from responder import ingest, twilio_doors
+from responder import runtime as runtime_module
 from responder.app import build_app
 from responder.clock import FakeClock
 from responder.links import LinkError, link_secret, make_token, read_token
@@ -304,6 +305,45 @@ async def test_an_sms_reply_ends_a_snooze_as_the_api_does(
     assert "#1: incident 1 is already resolved" in await reply("+15551230001", "UNSNOOZE 1")
     help_text = await reply("+15551230001", "wake up")
     assert "Reply ACK, RES or UNSNOOZE with an incident id" in help_text, help_text
+
+
+async def test_an_sms_unsnooze_during_a_reloads_re_arm_says_why_it_waits(
+    daemon: Client, twilio: FakeTwilio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload changed the policies and the store refuses their re-arm for a while (a full
+    disk): an unsnooze waits for it (it would page by the old levels' numbering). By SMS the
+    reply says so, not "cannot reach its database"; once the re-arm is written it works."""
+    await first_incident_paged(daemon, twilio)
+    snoozed = await daemon.post(
+        "/api/v1/incidents/1/snooze", json={"by": "alice", "for": "1h"}, headers=AUTH
+    )
+    assert snoozed.status == 200, await snoozed.text()
+    store = daemon.app[RUNTIME].store
+    real = store.rearm_open_incidents
+    disk_full = True
+
+    async def refused_while_full(*args: Any, **kwargs: Any) -> int:
+        if disk_full:
+            raise StoreError("database or disk is full")
+        done: int = await real(*args, **kwargs)
+        return done
+
+    monkeypatch.setattr(store, "rearm_open_incidents", refused_while_full)
+    monkeypatch.setattr(runtime_module, "REARM_RETRY_S", 0.01)
+    config = tmp_path / "config.yaml"
+    config.write_text(config.read_text().replace("after: 15m", "after: 20m"))
+    assert (await daemon.post("/-/reload", headers=AUTH)).status == 503  # re-arm pending
+    inbound = public(daemon, INBOUND_SMS_PATH)
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "UNSNOOZE 1")
+    assert answer.status == 200
+    assert "#1: escalation is being re-armed for the new policies; try again shortly" in (
+        answer.text
+    ), answer.text
+    assert (await incident(daemon))["state"] == "snoozed"
+    disk_full = False
+    await eventually(lambda: _true(not daemon.app[RUNTIME].rearm_pending), "re-arm written")
+    answer = await twilio.send_inbound_sms(inbound, "+15551230001", "+15550000000", "UNSNOOZE 1")
+    assert "Snooze ended for #1" in answer.text, answer.text
 
 
 async def test_a_twilio_token_staged_by_a_reload_waits_for_the_restart(
