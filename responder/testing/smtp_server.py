@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import weakref
 from collections.abc import Collection
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -151,6 +152,51 @@ class _Handler:
         return "250 2.0.0 OK"
 
 
+def _accepting(loop: asyncio.AbstractEventLoop) -> set[asyncio.Task[Any]]:
+    """asyncio's own tasks that set up a connection just accepted."""
+    return {
+        task
+        for task in asyncio.all_tasks(loop)
+        if getattr(task.get_coro(), "__name__", "") == "_accept_connection2"
+    }
+
+
+class _Controller(Controller):
+    """aiosmtpd's Controller, whose ``stop()`` closes the connections still open.
+
+    Its own stop closes the event loop without closing them: a client that had just
+    connected then waited for a greeting until its own timeout (25 s for the daemon's email
+    adapter, so that long a test teardown whenever a page was on its way)."""
+
+    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()  # the loop's thread only
+
+    def factory(self) -> SMTP:
+        session = SMTP(self.handler, **self.SMTP_kwargs)  # as Controller.factory makes it
+        self._sessions.add(session)
+        return session
+
+    async def _hang_up(self) -> None:
+        """Refuse new connections and close the open ones, as a real server going down."""
+        assert self.server is not None
+        # asyncio's Server.close() leaks a connection accepted but not yet set up (making
+        # its transport fails an assertion, and its socket stays open): close between them.
+        give_up = self.loop.time() + 1.0  # a TLS handshake may linger
+        while (accepting := _accepting(self.loop)) and self.loop.time() < give_up:
+            await asyncio.wait(accepting, timeout=give_up - self.loop.time())
+        self.server.close()
+        for session in list(self._sessions):
+            if isinstance(session.transport, asyncio.Transport):
+                session.transport.abort()
+        await asyncio.sleep(0)  # the aborted transports close their sockets
+
+    def stop(self, no_assert: bool = False) -> None:
+        if self.server is not None:
+            asyncio.run_coroutine_threadsafe(self._hang_up(), self.loop).result()
+        super().stop(no_assert)
+
+
 class SmtpTestServer:
     """aiosmtpd on 127.0.0.1 as an async context manager; ``messages`` fills as mail arrives."""
 
@@ -181,7 +227,7 @@ class SmtpTestServer:
         self._lock = threading.Lock()
         self._defer = defer_next
         self.answer_delay = 0.0  # seconds between taking a message and answering 250
-        self._controller: Controller | None = None
+        self._controller: _Controller | None = None
 
     def defer_next(self, count: int) -> None:
         """Answer the next ``count`` transactions' DATA with 451 (a temporary failure)."""
@@ -234,7 +280,7 @@ class SmtpTestServer:
             # AUTH is then enforced at MAIL by the handler rather than with auth_required,
             # which aiosmtpd warns about when combined with auth_require_tls=False.
             smtp_kwargs |= {"authenticator": self._authenticate, "auth_require_tls": False}
-        self._controller = Controller(
+        self._controller = _Controller(
             _Handler(self),
             hostname=self.host,
             port=self.port,
