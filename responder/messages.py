@@ -78,6 +78,10 @@ _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 # quadratically: 90 ms for 4,000 characters, on the event loop, per HTML email).
 _HTTP_URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
 _SUFFIX = ".j2"
+# Test seam: compiled templates shared between loads (jinja2 keys them by name and checks
+# their source). None in the daemon, which loads at start and at a reload; the test suite
+# loads the same shipped templates hundreds of times, and compiling them is most of a load.
+BYTECODE_CACHE: jinja2.BytecodeCache | None = None
 
 
 class Kind(StrEnum):
@@ -463,6 +467,7 @@ def _environment(sources: Mapping[str, _Source]) -> ImmutableSandboxedEnvironmen
         lstrip_blocks=True,
         auto_reload=False,
         finalize=_finalize,
+        bytecode_cache=BYTECODE_CACHE,
     )
     env.filters["localtime"] = localtime_filter
     env.filters["duration"] = duration_filter

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import settings
+from jinja2.bccache import Bucket
 from prometheus_client import CollectorRegistry
 
+from responder import messages
 from responder.app import build_app
 from responder.clock import FakeClock
 from responder.runtime import load_snapshot
@@ -26,6 +29,31 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 # helpers running beside the suite) a parse can take that long without anything being wrong.
 settings.register_profile("responder", deadline=None)
 settings.load_profile("responder")
+
+
+class MemoryBytecodeCache(jinja2.BytecodeCache):
+    """Compiled templates kept in memory for the whole run. jinja2 keys each by template name
+    and file name and recompiles it when its source differs, so a test's own templates are
+    compiled as the daemon would compile them."""
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        if (code := self._code.get(bucket.key)) is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_templates_shared() -> Iterator[None]:
+    """Every config load compiles the shipped templates, most of its time; hundreds of tests
+    load one. They share the compiled code (``messages.BYTECODE_CACHE``, a test seam)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(messages, "BYTECODE_CACHE", MemoryBytecodeCache())
+        yield
 
 
 def payload(name: str) -> dict[str, Any]:

@@ -1,14 +1,19 @@
-"""The suite's own machinery: the SMTP server tests page through."""
+"""The suite's own machinery: the SMTP server tests page through, and the compiled templates
+that tests share."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 
 from notifiers.base import DeliveryError
 from notifiers.smtp import SmtpNotifier
+from responder import messages
 from responder.testing import SmtpTestServer
+from tests.conftest import MemoryBytecodeCache
+from tests.test_messages import context, load_with
 from tests.test_notifier_smtp import page, settings_for
 
 
@@ -31,3 +36,13 @@ async def test_stopping_the_smtp_server_hangs_up_on_its_clients_at_once() -> Non
             await asyncio.sleep(round_ % 20 / 1000)
         took = await asyncio.gather(*sends)
         assert max(took) < 1.5, (round_, took)
+
+
+def test_a_template_changed_under_the_same_path_is_compiled_again(tmp_path: Path) -> None:
+    """The suite shares compiled templates between config loads; an operator's template
+    rewritten in place renders its new text (a cache keyed by path alone kept the old)."""
+    assert isinstance(messages.BYTECODE_CACHE, MemoryBytecodeCache)
+    first = load_with(tmp_path, {"activation.sms.j2": "first #{{ incident_id }}"})
+    assert first.render("activation", "sms", context()).text == "first #42"
+    again = load_with(tmp_path, {"activation.sms.j2": "second #{{ incident_id }}"})
+    assert again.render("activation", "sms", context()).text == "second #42"
