@@ -45,7 +45,7 @@ from tests.test_escalation_story import (
 )
 from tests.test_process import post as post_to
 from tests.test_process import running
-from tests.test_process_escalation import cli
+from tests.test_process_escalation import cli, clis
 from tests.test_store_sqlite import migrate_to
 
 Client = TestClient[Any, Any]
@@ -467,14 +467,16 @@ async def test_the_cli_lists_and_forgets_heartbeats(tmp_path: Path) -> None:
             cli, config, daemon.url, "heartbeats", "--forget", fingerprint
         )
         assert forgot.returncode == 0, forgot.stderr
-        listed = await asyncio.to_thread(cli, config, daemon.url, "heartbeats")
-        assert listed.stdout.splitlines()[1].split()[2] == "forgotten"
-        unknown = await asyncio.to_thread(
-            cli, config, daemon.url, "heartbeats", "--forget", "0000000000000000"
+        listed, unknown, odd = await clis(
+            config,
+            daemon.url,
+            ("heartbeats",),
+            ("heartbeats", "--forget", "0000000000000000"),
+            ("heartbeats", "--forget", "a/../b?c"),
         )
+        assert listed.stdout.splitlines()[1].split()[2] == "forgotten"
         assert unknown.returncode == 1
         assert "404: no heartbeat" in unknown.stderr
-        odd = await asyncio.to_thread(cli, config, daemon.url, "heartbeats", "--forget", "a/../b?c")
         assert odd.returncode == 1
         assert "404" in odd.stderr
 
