@@ -393,7 +393,9 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     the shared clock."""
     runtime = app[RUNTIME]
     public_url = runtime.started_with.config.server.public_url
-    if not runtime.snapshot.escalation.policies:
+    escalation = runtime.snapshot.escalation
+    # With contacts defined, the config warnings (responder.advice) say it already.
+    if not escalation.policies and not escalation.directory.contacts:
         log.warning(
             "no escalation_policies configured: incidents are recorded, nobody is paged "
             "(see docs/escalation.md)"

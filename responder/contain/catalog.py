@@ -413,7 +413,6 @@ def parse_containment(node: Node | None) -> ContainmentSettings:
         "evidence_max_total_bytes",
     )
     d = ContainmentSettings()
-    total = node.get("evidence_max_total_bytes")
     return ContainmentSettings(
         dry_run=_opt(node, "dry_run", Node.as_bool, d.dry_run),
         max_actions_per_window=_opt_int(node, "max_actions_per_window", d.max_actions_per_window),
@@ -427,15 +426,13 @@ def parse_containment(node: Node | None) -> ContainmentSettings:
         action_breaker_window=_opt_duration(
             node, "action_breaker_window", d.action_breaker_window, positive=True
         ),
-        evidence_retention=_evidence_retention(node.get("evidence_retention")),
-        evidence_max_total_bytes=None if total is None else total.as_int(1),
+        evidence_retention=_opt(
+            node, "evidence_retention", Node.as_retention, d.evidence_retention
+        ),
+        evidence_max_total_bytes=_opt(
+            node, "evidence_max_total_bytes", lambda n: n.as_int(1), d.evidence_max_total_bytes
+        ),
     )
-
-
-def _evidence_retention(node: Node | None) -> timedelta | None:
-    if node is None:
-        return ContainmentSettings().evidence_retention
-    return node.as_retention()
 
 
 def _opt(node: Node, key: str, read: Callable[[Node], Any], default: Any) -> Any:
