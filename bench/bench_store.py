@@ -31,9 +31,9 @@ from benchlib import ROOT
 from responder.ingest import _incoming
 from responder.model import WebhookMessage
 from responder.runtime import Runtime, load_snapshot
-from responder.store import sqlite as engine
 from responder.store.sqlite import SQLiteStore
 from responder.store.sqlite_incidents import to_us
+from responder.store.sqlite_ingest import ingest_one
 from responder.webhook import parse_webhook
 
 REOPEN_WITHIN_US = 3_600_000_000
@@ -83,7 +83,7 @@ def commit_one(variant: Variant, runtime: Runtime, start: int, batch: int) -> No
     for message in variant.messages[start : start + batch]:
         incoming = _incoming(runtime, message.alerts, message.group_key, message.receiver, now)
         for alert in incoming:
-            engine._ingest_one(conn, alert, now_us, REOPEN_WITHIN_US, cache, known)
+            ingest_one(conn, alert, now_us, REOPEN_WITHIN_US, cache, known)
     conn.execute("COMMIT")
     variant.cpu += time.thread_time() - began
 

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from responder import __version__
+from responder import __version__, build
 from responder.advice import config_warnings
 from responder.auth import ensure_generated_token, token_path
 from responder.classify import format_duration, render_explanation, run_rule_tests
@@ -104,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="responder",
         description="Turns Alertmanager webhooks into containment and pages that reach a human.",
     )
-    parser.add_argument("--version", action="version", version=f"responder {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"responder {__version__} ({build.describe()})"
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -338,8 +340,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             config=str(config.path),
             state_dir=str(config.state_dir),
             rules=snapshot.classifier.rule_count,
+            build=build.describe(),
         ),
     )
+    stale = build.stale_modules()
+    if stale:
+        log.warning(
+            "compiled modules are older than their source: the old code runs until the "
+            "install is run again",
+            extra=fields(modules=stale, rebuild="pip install -e ."),
+        )
     log_config_warnings(snapshot)
     before, after = raise_open_file_limit()
     if after < OPEN_FILES_FEW:

@@ -21,11 +21,20 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 
 from responder.model import Alert, AlertStatus, WebhookMessage, frozen_labels
+from responder.webhook_schema import (
+    MAX_FINGERPRINT_LENGTH,
+    MAX_LABELS,
+    MAX_NAME_LENGTH,
+    MAX_VALUE_LENGTH,
+    TYPED_DECODER,
+    VERSIONS,
+    TypedWebhook,
+)
 
 _EMPTY: Mapping[str, str] = frozen_labels({})
 
@@ -41,12 +50,6 @@ _RFC3339 = re.compile(
     r"(\d{4})-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|([+-])\d{2}:\d{2})"
 )
 
-# Bounds per alert: generous for real alerts, tight enough that one body cannot make
-# every later stage (rules, templates, storage) chew on megabytes of labels.
-MAX_LABELS = 128
-MAX_NAME_LENGTH = 256
-MAX_VALUE_LENGTH = 16384
-MAX_FINGERPRINT_LENGTH = 64
 # The annotation a mended alert carries, and what a cut value ends with. A sender's own
 # annotation of that name is dropped (a mend itself): the mark must mean responder made it.
 REPAIRED_ANNOTATION = "responder_repaired"
@@ -65,12 +68,12 @@ def parse_webhook(body: bytes) -> WebhookMessage:
     """Decode a webhook body; raise ``PayloadError`` for anything that is not one."""
     # Almost every body is ASCII without escapes: then no text in it can hold anything but
     # printable ASCII (JSON forbids raw control characters). Such a body is decoded and
-    # type-checked in one pass by msgspec, against the schema below. Anything else, or
+    # type-checked in one pass by msgspec, against webhook_schema.py. Anything else, or
     # anything that schema refuses, takes the general way, which decides and words errors.
     if body.isascii() and b"\\u" not in body:
         # (or its subclass ValidationError; RecursionError: nested about 1,000 deep)
         with contextlib.suppress(msgspec.DecodeError, RecursionError):
-            message = _from_typed(_TYPED_DECODER.decode(body))
+            message = _from_typed(TYPED_DECODER.decode(body))
             if message is not None:
                 return message
     return _parse_generally(body)
@@ -89,49 +92,7 @@ def _parse_generally(body: bytes) -> WebhookMessage:
     return webhook_from_document(document, plain=plain)
 
 
-# -- the schema of the usual body (msgspec) ------------------------------------------------
-
-_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
-_Text = Annotated[str, msgspec.Meta(max_length=MAX_VALUE_LENGTH)]
-_Texts = Annotated[dict[_Name, _Text], msgspec.Meta(max_length=MAX_LABELS)]
-_Fingerprint = Annotated[str, msgspec.Meta(max_length=MAX_FINGERPRINT_LENGTH)]
-_Status = Literal["firing", "resolved"]
-
-
-class _TypedAlert(msgspec.Struct):
-    labels: _Texts
-    status: _Status
-    starts_at: str = msgspec.field(name="startsAt")
-    ends_at: str | None = msgspec.field(default=None, name="endsAt")
-    annotations: _Texts | None = None
-    generator_url: _Text | None = msgspec.field(default="", name="generatorURL")
-    fingerprint: _Fingerprint | None = None
-
-
-# Alertmanager's webhook v4, and Grafana Alerting's webhook, which has the same shape (with
-# fields of its own) and calls itself "1".
-VERSIONS = ("4", "1")
-
-
-class _TypedWebhook(msgspec.Struct):
-    version: Literal["4", "1"]
-    alerts: list[_TypedAlert]
-    status: _Status = "firing"
-    receiver: _Text | None = ""
-    group_key: _Text | None = msgspec.field(default="", name="groupKey")
-    group_labels: _Texts | None = msgspec.field(default=None, name="groupLabels")
-    common_labels: _Texts | None = msgspec.field(default=None, name="commonLabels")
-    common_annotations: _Texts | None = msgspec.field(default=None, name="commonAnnotations")
-    external_url: _Text | None = msgspec.field(default="", name="externalURL")
-    truncated_alerts: Annotated[int, msgspec.Meta(ge=0)] = msgspec.field(
-        default=0, name="truncatedAlerts"
-    )
-
-
-_TYPED_DECODER = msgspec.json.Decoder(_TypedWebhook)
-
-
-def _from_typed(typed: _TypedWebhook) -> WebhookMessage | None:
+def _from_typed(typed: TypedWebhook) -> WebhookMessage | None:
     """The message of a body that matched the schema; None when a rule the schema does not
     express is broken (the general way then words the error)."""
     alerts = []
@@ -213,7 +174,7 @@ def webhook_from_document(document: Any, *, plain: bool = False) -> WebhookMessa
     raw_alerts = document.get("alerts")
     if type(raw_alerts) is not list:
         raise PayloadError(f"alerts: expected a list, got {_kind(raw_alerts)}")
-    repairs = _Repairs()
+    repairs: list[str] = []
     alerts = tuple([_alert(raw, i, plain, repairs) for i, raw in enumerate(raw_alerts)])
     truncated = document.get("truncatedAlerts", 0)
     if type(truncated) is not int or truncated < 0:
@@ -234,18 +195,16 @@ def webhook_from_document(document: Any, *, plain: bool = False) -> WebhookMessa
         external_url=_optional_str(document, "externalURL", "externalURL"),
         truncated_alerts=truncated,
         alerts=alerts,
-        repairs=repairs.notes(),
+        repairs=_notes(repairs),
     )
 
 
-class _Repairs(list[str]):
-    """The mends of one message: every note is kept while parsing (one per mended entry,
-    at most 129 an alert), ``notes()`` names the first ``MAX_NOTES`` and counts the rest."""
-
-    def notes(self) -> tuple[str, ...]:
-        if len(self) <= MAX_NOTES:
-            return tuple(self)
-        return (*self[:MAX_NOTES], f"... and {len(self) - MAX_NOTES} more")
+def _notes(repairs: list[str]) -> tuple[str, ...]:
+    """The mends of one message: every note is kept while parsing (one per mended entry, at
+    most 129 an alert); the message names the first ``MAX_NOTES`` and counts the rest."""
+    if len(repairs) <= MAX_NOTES:
+        return tuple(repairs)
+    return (*repairs[:MAX_NOTES], f"... and {len(repairs) - MAX_NOTES} more")
 
 
 def _alert(raw: Any, index: int, plain: bool, repairs: list[str]) -> Alert:
@@ -438,7 +397,7 @@ def _clean(text: str) -> str:
     """NULs and lone surrogates (not storable text) replaced by U+FFFD."""
     if text.isascii():
         return text.replace("\x00", "\ufffd") if "\x00" in text else text
-    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return "".join("\ufffd" if ch == "\x00" or 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
 
 
 def _cut(text: str, limit: int) -> str:

@@ -14,7 +14,7 @@ from hypothesis import settings
 from jinja2.bccache import Bucket
 from prometheus_client import CollectorRegistry
 
-from responder import messages
+from responder import build, messages
 from responder.app import build_app
 from responder.clock import FakeClock
 from responder.runtime import load_snapshot
@@ -29,6 +29,17 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 # helpers running beside the suite) a parse can take that long without anything being wrong.
 settings.register_profile("responder", deadline=None)
 settings.load_profile("responder")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    stale = build.stale_modules()
+    if stale:
+        pytest.exit(
+            f"compiled modules older than their source: {', '.join(stale)}; the tests would "
+            "run the old code. Run `.venv/bin/pip install -e .` again (or, to test the pure "
+            "Python, RESPONDER_PURE_PYTHON=1 .venv/bin/pip install -e .)",
+            returncode=4,
+        )
 
 
 class MemoryBytecodeCache(jinja2.BytecodeCache):

@@ -13,17 +13,15 @@ from hypothesis import strategies as st
 from responder.model import AlertStatus
 from responder.webhook import (
     CUT_MARK,
-    MAX_LABELS,
-    MAX_NAME_LENGTH,
     MAX_NOTES,
     MAX_NOTES_PER_ALERT,
-    MAX_VALUE_LENGTH,
     REPAIRED_ANNOTATION,
     PayloadError,
     _parse_generally,
     alertmanager_fingerprint,
     parse_webhook,
 )
+from responder.webhook_schema import MAX_LABELS, MAX_NAME_LENGTH, MAX_VALUE_LENGTH
 from tests.conftest import payload
 
 
