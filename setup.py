@@ -21,9 +21,9 @@ import sysconfig
 
 from setuptools import setup
 
-# Modules with no class that tests or callers patch or subclass (mypyc makes classes
-# native: fixed attributes, no subclassing from Python) and nothing mypyc cannot hold
-# (msgspec's classes live in webhook_schema.py for that reason).
+# mypyc makes a module's classes native (fixed attributes, no subclassing from Python)
+# unless they say @mypyc_attr(native_class=False), as SQLiteStore does; and it cannot hold
+# msgspec's classes (they live in webhook_schema.py).
 COMPILED = [
     "responder/webhook.py",
     "responder/ingest.py",
@@ -35,6 +35,7 @@ COMPILED = [
     "responder/classify/matchers.py",
     "responder/classify/targets.py",
     "responder/store/base.py",
+    "responder/store/sqlite.py",
     "responder/store/sqlite_ingest.py",
     "responder/store/sqlite_incidents.py",
 ]

@@ -308,13 +308,15 @@ async def test_a_repeat_between_the_stale_scan_and_its_write_keeps_the_alert(
     between stays firing."""
     heard_again = alert("aaaa000000000001")
 
-    class RepeatAfterScan(SQLiteStore):
-        async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-            found = await super()._read(work)
-            await self.ingest([heard_again], T0 + timedelta(hours=5))
-            return found
+    store = SQLiteStore(tmp_path / "r.db")
+    read = store._read
 
-    store = RepeatAfterScan(tmp_path / "r.db")
+    async def read_then_repeat(work: Callable[[sqlite3.Connection], T]) -> T:
+        found = await read(work)
+        await store.ingest([heard_again], T0 + timedelta(hours=5))
+        return found
+
+    store._read = read_then_repeat  # type: ignore[method-assign]
     await store.open()
     try:
         await store.ingest([heard_again, alert("aaaa000000000002")], T0)
