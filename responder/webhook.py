@@ -70,13 +70,19 @@ def parse_webhook(body: bytes) -> WebhookMessage:
     # printable ASCII (JSON forbids raw control characters). Such a body is decoded and
     # type-checked in one pass by msgspec, against webhook_schema.py. Anything else, or
     # anything that schema refuses, takes the general way, which decides and words errors.
-    if body.isascii() and b"\\u" not in body:
+    if _plain(body):
         # (or its subclass ValidationError; RecursionError: nested about 1,000 deep)
         with contextlib.suppress(msgspec.DecodeError, RecursionError):
             message = _from_typed(TYPED_DECODER.decode(body))
             if message is not None:
                 return message
     return _parse_generally(body)
+
+
+def _plain(body: bytes) -> bool:
+    """ASCII without ``\\u`` escapes. A body without any backslash (nearly all) is told by
+    one byte search, five times faster than a search for the pair."""
+    return body.isascii() and (b"\\" not in body or b"\\u" not in body)
 
 
 def _parse_generally(body: bytes) -> WebhookMessage:
@@ -88,7 +94,7 @@ def _parse_generally(body: bytes) -> WebhookMessage:
     except (msgspec.DecodeError, RecursionError):
         document = _decode_strictly(body)
     # As above; and no text can be longer than the body.
-    plain = len(body) <= MAX_VALUE_LENGTH and body.isascii() and b"\\u" not in body
+    plain = len(body) <= MAX_VALUE_LENGTH and _plain(body)
     return webhook_from_document(document, plain=plain)
 
 
