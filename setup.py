@@ -1,7 +1,7 @@
 """The build: the webhook's hot path compiled to C with mypyc where the install can.
 
 Every alert runs these modules (decode, intake, classification, the store's ingest write
-path); compiled, a new 1-alert webhook costs about 10% less CPU (docs/performance.md). They
+path); compiled, a new 1-alert webhook costs about 14% less CPU (docs/performance.md). They
 are plain, type-checked Python: without a C compiler or Python's headers (a fresh Debian
 machine has neither until ``apt install gcc python3-dev``), or with RESPONDER_PURE_PYTHON=1,
 the install keeps them as Python and everything works the same, a little slower.
@@ -49,7 +49,7 @@ def _why_not_compiled() -> str | None:
     include = sysconfig.get_paths()["include"]
     if not os.path.exists(os.path.join(include, "Python.h")):
         return f"no Python headers in {include} (apt install python3-dev)"
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return f"no C compiler ({compiler}; apt install gcc)"
     return None
