@@ -49,4 +49,3 @@ def test_a_source_edited_after_its_compile_is_stale(package: Path) -> None:
     make(package / "ingest.py", 1000)
     make(package / f"ingest{SUFFIX}", 2000)
     assert build.stale_modules() == ["webhook.py"]
-
