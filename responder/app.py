@@ -51,7 +51,7 @@ from responder.metrics import Metrics
 from responder.reconcile import Reconciler
 from responder.runtime import BODY_LIMIT, RUNTIME, Runtime, Snapshot, in_background
 from responder.secrets import Secret
-from responder.store import PRUNE_BATCH, CommitStats, open_store
+from responder.store import PRUNE_BATCH, CommitStats, StoreError, open_store
 
 log = logging.getLogger("responder")
 
@@ -342,12 +342,19 @@ async def _prune_evidence(runtime: Runtime, now: datetime) -> None:
         return
     folder = evidence.root(runtime.started_with.config.state_dir)
     try:
+        # An open incident's evidence waits for its review, however old.
+        still_open = [str(i) for i in await runtime.store.open_incident_ids()]
+    except StoreError:
+        log.warning("evidence retention skipped: open incidents unknown; will try again")
+        return
+    try:
         done = await asyncio.to_thread(
             evidence.prune,
             folder,
             now,
             max_age=settings.evidence_retention,
             max_total_bytes=settings.evidence_max_total_bytes,
+            open_incidents=still_open,
         )
     except OSError:
         log.exception("evidence retention failed; will try again")

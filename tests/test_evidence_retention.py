@@ -5,6 +5,7 @@ is ever touched, and no symlink is followed."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from responder.clock import FakeClock
 from responder.contain import evidence
 from responder.contain.catalog import parse_containment
 from responder.yamlfile import ConfigError, load_text
-from tests.conftest import ClientFactory, write_config
+from tests.conftest import AUTH, ClientFactory, payload, write_config
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -51,6 +52,32 @@ def test_past_the_total_size_the_oldest_captures_go_first(tmp_path: Path) -> Non
     done = evidence.prune(root, NOW, max_age=None, max_total_bytes=3 * each)
     assert done.captures == 2
     assert [f.exists() for f in folders] == [False, False, True, True, True]
+
+
+def test_an_open_incidents_captures_stay_past_the_retention_and_go_last_past_the_size(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "evidence"
+    open_old = capture(root, "7", timedelta(days=300), size=1000)
+    closed_old = capture(root, "8", timedelta(days=300), size=1000)
+    done = evidence.prune(
+        root, NOW, max_age=timedelta(days=90), max_total_bytes=None, open_incidents=["7"]
+    )
+    assert done.captures == 1
+    assert open_old.exists()
+    assert not closed_old.exists()
+
+    # Past the total size, every closed incident's capture goes before an open one's, even
+    # a newer one.
+    closed_new = capture(root, "9", timedelta(days=1), size=1000)
+    each = sum(f.stat().st_size for f in open_old.iterdir())
+    done = evidence.prune(root, NOW, max_age=None, max_total_bytes=each, open_incidents=["7"])
+    assert done.captures == 1
+    assert open_old.exists()
+    assert not closed_new.exists()
+    done = evidence.prune(root, NOW, max_age=None, max_total_bytes=0, open_incidents=["7"])
+    assert done.captures == 1  # the size is the disk's safety: open ones go too, last
+    assert not open_old.exists()
 
 
 def test_symlinks_are_never_followed_and_nothing_outside_is_deleted(tmp_path: Path) -> None:
@@ -127,3 +154,32 @@ async def test_the_daemon_prunes_evidence_where_it_prunes_its_records(
             break
         await asyncio.sleep(0.01)
     assert not young.exists()
+
+
+async def test_the_daemon_keeps_an_open_incidents_evidence_past_the_retention(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    clock: FakeClock,
+) -> None:
+    """Incident 1 opens from a captured payload and stays open: its old evidence stays,
+    the old evidence of incident 2 (never opened here, so not open) goes."""
+    root = tmp_path / "state" / "evidence"
+    client = await make_client(write_config(tmp_path, "containment:\n  evidence_retention: 7d\n"))
+    response = await client.post(
+        "/api/v1/alertmanager",
+        data=json.dumps(payload("firing-api")),
+        headers={"Content-Type": "application/json", **AUTH},
+    )
+    assert response.status == 200
+    listed = await client.get("/api/v1/incidents", headers=AUTH)
+    assert [i["id"] for i in (await listed.json())["data"]] == [1]
+    age = NOW - clock.now()  # both after the pass at start, found by the next one
+    kept = capture(root, "1", age + timedelta(days=30))
+    gone = capture(root, "2", age + timedelta(days=30))
+    clock.advance(timedelta(hours=6))  # the next retention pass
+    for _ in range(300):
+        if not gone.exists():
+            break
+        await asyncio.sleep(0.01)
+    assert not gone.exists()
+    assert kept.exists()

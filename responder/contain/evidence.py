@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -143,10 +143,17 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def prune(
-    folder: Path, now: datetime, *, max_age: timedelta | None, max_total_bytes: int | None
+    folder: Path,
+    now: datetime,
+    *,
+    max_age: timedelta | None,
+    max_total_bytes: int | None,
+    open_incidents: Collection[str] = (),
 ) -> Pruned:
     """Delete the captures under ``folder`` taken before ``now - max_age``, then the oldest
     until the rest hold at most ``max_total_bytes``; an incident folder left empty goes too.
+    The captures of ``open_incidents`` (ids) are kept whatever their age: the review has
+    not happened yet. Past the total size they go last, after every closed incident's.
     ``folder`` itself is where the operator put it (it may be a link); below it, symlinks
     are left alone, never followed, and names capture_folder would not make are not ours."""
     try:
@@ -154,11 +161,14 @@ def prune(
     except FileNotFoundError:
         return Pruned()
     try:
-        captures = sorted(_captures(root_fd), key=lambda c: c.at)
+        still_open = {incident_folder_name(i) for i in open_incidents}
+        # Oldest first, the open incidents' after all the others.
+        captures = sorted(_captures(root_fd), key=lambda c: (c.incident in still_open, c.at))
         doomed: list[_Capture] = []
         if max_age is not None:
-            doomed = [c for c in captures if c.at < now - max_age]
-        left = captures[len(doomed) :]  # sorted: the old ones are the first
+            doomed = [c for c in captures if c.at < now - max_age and c.incident not in still_open]
+        aged = set(doomed)
+        left = [c for c in captures if c not in aged]
         if max_total_bytes is not None:
             total = sum(c.size for c in left)
             while left and total > max_total_bytes:

@@ -611,6 +611,10 @@ class Store(ContainmentStore, Protocol):
         the next page."""
         ...
 
+    async def open_incident_ids(self) -> list[int]:
+        """Every incident not resolved (drills included)."""
+        ...
+
     async def trigger_events(
         self, incident_ids: Sequence[int], kinds: Sequence[str]
     ) -> dict[int, list[TimelineEvent]]:

@@ -917,6 +917,9 @@ class SQLiteStore:
             )
         )
 
+    async def open_incident_ids(self) -> list[int]:
+        return await self._read(inc.open_incident_ids)
+
     async def trigger_events(
         self, incident_ids: Sequence[int], kinds: Sequence[str]
     ) -> dict[int, list[TimelineEvent]]:

@@ -463,6 +463,10 @@ def get_incident(conn: sqlite3.Connection, incident_id: int) -> Incident:
     return incident_from_row(row)
 
 
+def open_incident_ids(conn: sqlite3.Connection) -> list[int]:
+    return [i for (i,) in conn.execute("SELECT id FROM incidents WHERE state != 'resolved'")]
+
+
 def list_incidents(
     conn: sqlite3.Connection,
     states: Sequence[str],
