@@ -99,13 +99,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+class _Version(argparse.Action):
+    """``--version``: the build is looked up only when asked (it lists the package's files)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"responder {__version__} ({build.describe()})")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="responder",
         description="Turns Alertmanager webhooks into containment and pages that reach a human.",
     )
     parser.add_argument(
-        "--version", action="version", version=f"responder {__version__} ({build.describe()})"
+        "--version", action=_Version, nargs=0, help="show the version and the build, and exit"
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 

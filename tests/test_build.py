@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from responder import build
+from responder import __version__, build
+from responder.cli import main
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
@@ -49,3 +50,10 @@ def test_a_source_edited_after_its_compile_is_stale(package: Path) -> None:
     make(package / "ingest.py", 1000)
     make(package / f"ingest{SUFFIX}", 2000)
     assert build.stale_modules() == ["webhook.py"]
+
+
+def test_the_version_names_the_build(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out == f"responder {__version__} ({build.describe()})\n"

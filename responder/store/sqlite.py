@@ -115,8 +115,9 @@ class CommitStats:
     pages_cancelled: Mapping[str, int] = field(default_factory=dict)
 
 
-# Compiled (setup.py) but an ordinary class: tests stand faults in for its methods and
-# subclass it, which a native class would refuse.
+# Compiled (setup.py) but an ordinary class: tests stand faults in for its methods on an
+# instance, which a native class would refuse. (A subclass is refused either way: its
+# compiled methods check the class of self.)
 @mypyc_attr(native_class=False)
 class SQLiteStore:
     """``Store`` on one SQLite file. URL: ``sqlite:///absolute/path.db``."""
