@@ -14,10 +14,13 @@ them, run the install again (the tests refuse to run on a stale build).
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 import shutil
 import sys
 import sysconfig
+from pathlib import Path
 
 from setuptools import setup
 
@@ -55,6 +58,11 @@ def _why_not_compiled() -> str | None:
     return None
 
 
+# What the compiled modules were compiled from (responder/build.py compares): an editable
+# install's source edited since runs the old code until the next install.
+SOURCES_RECORD = "responder/_compiled_sources.json"
+
+
 def _forget_earlier_builds() -> None:
     """An earlier editable install's compiled modules would still shadow the Python."""
     for path in COMPILED:
@@ -62,6 +70,17 @@ def _forget_earlier_builds() -> None:
             os.remove(built)
     for built in glob.glob("responder/_hot__mypyc.*.so"):
         os.remove(built)
+    if os.path.exists(SOURCES_RECORD):
+        os.remove(SOURCES_RECORD)
+
+
+def _record_sources() -> None:
+    record = {
+        path.removeprefix("responder/"): hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        for path in COMPILED
+    }
+    with open(SOURCES_RECORD, "w", encoding="utf-8") as out:
+        json.dump(record, out, indent=1, sort_keys=True)
 
 
 def _extensions() -> list[object]:
@@ -83,6 +102,7 @@ def _extensions() -> list[object]:
         "--no-warn-unused-ignores",
         "--no-warn-return-any",
     ]
+    _record_sources()
     return list(mypycify([*options, *COMPILED], group_name="responder._hot", opt_level="3"))
 
 
