@@ -354,7 +354,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stale = build.stale_modules()
     if stale:
         log.warning(
-            "compiled modules are older than their source: the old code runs until the "
+            "compiled modules whose source changed since: the old code runs until the "
             "install is run again",
             extra=fields(modules=stale, rebuild="pip install -e ."),
         )

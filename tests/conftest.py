@@ -35,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     stale = build.stale_modules()
     if stale:
         pytest.exit(
-            f"compiled modules older than their source: {', '.join(stale)}; the tests would "
+            f"compiled modules whose source changed since: {', '.join(stale)}; the tests would "
             "run the old code. Run `.venv/bin/pip install -e .` again (or, to test the pure "
             "Python, RESPONDER_PURE_PYTHON=1 .venv/bin/pip install -e .)",
             returncode=4,
