@@ -5,7 +5,6 @@ is ever touched, and no symlink is followed."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,8 +16,18 @@ from responder.contain import evidence
 from responder.contain.catalog import parse_containment
 from responder.yamlfile import ConfigError, load_text
 from tests.conftest import AUTH, ClientFactory, payload, write_config
+from tests.test_ingest import post
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+async def deleted(path: Path) -> bool:
+    """Whether the daemon's retention pass deletes ``path`` within about 3 s."""
+    for _ in range(300):
+        if not await asyncio.to_thread(path.exists):
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 def capture(root: Path, incident: str, age: timedelta, size: int = 10) -> Path:
@@ -140,20 +149,12 @@ async def test_the_daemon_prunes_evidence_where_it_prunes_its_records(
     old = capture(root, "2", age + timedelta(days=8))
     caplog.set_level(logging.INFO, logger="responder")
     await make_client(write_config(tmp_path, "containment:\n  evidence_retention: 7d\n"))
-    for _ in range(300):
-        if not old.exists():
-            break
-        await asyncio.sleep(0.01)
-    assert not old.exists()
+    assert await deleted(old)
     assert young.exists()
     (record,) = [r for r in caplog.records if r.getMessage().startswith("old evidence deleted")]
     assert record.__dict__["fields"]["captures"] == 1
     clock.advance(timedelta(hours=6))  # the next pass: young is 7d2h old now
-    for _ in range(300):
-        if not young.exists():
-            break
-        await asyncio.sleep(0.01)
-    assert not young.exists()
+    assert await deleted(young)
 
 
 async def test_the_daemon_keeps_an_open_incidents_evidence_past_the_retention(
@@ -165,21 +166,12 @@ async def test_the_daemon_keeps_an_open_incidents_evidence_past_the_retention(
     the old evidence of incident 2 (never opened here, so not open) goes."""
     root = tmp_path / "state" / "evidence"
     client = await make_client(write_config(tmp_path, "containment:\n  evidence_retention: 7d\n"))
-    response = await client.post(
-        "/api/v1/alertmanager",
-        data=json.dumps(payload("firing-api")),
-        headers={"Content-Type": "application/json", **AUTH},
-    )
-    assert response.status == 200
+    assert (await post(client, payload("firing-api"))).status == 200
     listed = await client.get("/api/v1/incidents", headers=AUTH)
     assert [i["id"] for i in (await listed.json())["data"]] == [1]
     age = NOW - clock.now()  # both after the pass at start, found by the next one
     kept = capture(root, "1", age + timedelta(days=30))
     gone = capture(root, "2", age + timedelta(days=30))
     clock.advance(timedelta(hours=6))  # the next retention pass
-    for _ in range(300):
-        if not gone.exists():
-            break
-        await asyncio.sleep(0.01)
-    assert not gone.exists()
+    assert await deleted(gone)
     assert kept.exists()
