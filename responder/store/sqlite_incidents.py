@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -70,6 +71,14 @@ def dumps(value: object) -> str:
     library writes with those options, at a third of its cost: this runs several times for
     every alert stored)."""
     return orjson.dumps(value, option=_DUMPS_OPTIONS).decode()
+
+
+def dumps_texts(texts: Mapping[str, str]) -> str:
+    """``dumps`` of labels or annotations, which arrive as read-only views of a dict. The
+    view's ``copy()`` is that dict's own copy, a third of the cost of ``dict(view)``, which
+    goes key by key (0.36 against 0.14 µs, and this runs twice for every alert stored)."""
+    plain = texts.copy() if type(texts) is MappingProxyType else texts
+    return dumps(plain if type(plain) is dict else dict(plain))
 
 
 def add_event(conn: sqlite3.Connection, incident_id: int, event: TimelineEvent) -> None:

@@ -17,7 +17,7 @@ from responder.store import sqlite_heartbeats as heartbeats
 from responder.store import sqlite_incidents as inc
 from responder.store.base import IncomingAlert, IngestOutcome
 from responder.store.sqlite_incidents import dumps as _dumps
-from responder.store.sqlite_incidents import to_us
+from responder.store.sqlite_incidents import dumps_texts, to_us
 
 # A firing copy of a resolved alert episode (same fingerprint and startsAt) that arrives
 # this long after the resolve fires again; sooner, it is out of order and ignored. Longer
@@ -154,7 +154,7 @@ def ingest_one(
     if incoming.incident_key is None:
         if classification.heartbeat:
             alert = incoming.alert  # a new or revived episode of a heartbeat: watch it
-            heartbeats.track(conn, alert.fingerprint, _dumps(dict(alert.labels)), now_us)
+            heartbeats.track(conn, alert.fingerprint, dumps_texts(alert.labels), now_us)
         return outcome, False
     document = cache.document(classification)[0]
     if incident_id is not None and incident_severity is not None:
@@ -193,7 +193,7 @@ def _store_alert(
     stored with its incident, that incident's severity."""
     alert = incoming.alert
     if alert.status is AlertStatus.FIRING:
-        annotations = _dumps(dict(alert.annotations))
+        annotations = dumps_texts(alert.annotations)
         fingerprint = alert.fingerprint
         if cache.probably_firing(fingerprint):
             if _repeat(conn, fingerprint, annotations, now_us):
@@ -262,7 +262,7 @@ def _store_alert(
     )
     if cur.rowcount:
         return IngestOutcome.REPEAT_RESOLVED, None, None, None
-    annotations = _dumps(dict(alert.annotations))
+    annotations = dumps_texts(alert.annotations)
     _insert_alert(
         conn, incoming, AlertStatus.RESOLVED, annotations, starts_us, ends_us, now_us, cache
     )
@@ -329,12 +329,15 @@ def _insert_alert(
         "generator_url, group_key, receiver, alertname, severity, category, rule, "
         "classification, first_received, last_received, receive_count, updated_at, "
         "incident_id, joined_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?) "
+        # ?15, the time of storing, is bound once for its four columns (each bound value
+        # costs 0.1 µs); joined_at: joined as it was stored.
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, 1, ?15, "
+        "?16, CASE WHEN ?16 IS NOT NULL THEN ?15 END) "
         "ON CONFLICT DO NOTHING",
         (
             alert.fingerprint,
             status.value,
-            _dumps(dict(alert.labels)),
+            dumps_texts(alert.labels),
             annotations,
             starts_us,
             ends_us,
@@ -347,9 +350,6 @@ def _insert_alert(
             c.rule,
             cache.document(c)[1],
             now_us,
-            now_us,
-            now_us,
             incident_id,
-            None if incident_id is None else now_us,  # joined as it was stored
         ),
     )
